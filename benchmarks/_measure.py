@@ -1,0 +1,87 @@
+"""Shared benchmark helpers: run a command, measure wall time and peak memory of its process tree."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+
+
+@dataclass
+class Run:
+    seconds: float
+    peak_rss: int  # bytes, VmHWM of the child (polled; includes mapped file pages)
+    peak_anon: int  # bytes, max RssAnon of the process tree, polled (private memory, not page cache)
+    stdout: str
+
+
+def _mem(pid: int) -> tuple[int, int]:
+    """(RssAnon of the process tree, VmHWM of the process) in bytes."""
+    total = hwm = 0
+    pids = [pid]
+    try:
+        children = open(f"/proc/{pid}/task/{pid}/children").read().split()
+        pids += [int(c) for c in children]
+    except OSError:
+        pass
+    for p in pids:
+        try:
+            for line in open(f"/proc/{p}/status"):
+                if line.startswith("RssAnon:"):
+                    total += int(line.split()[1]) * 1024
+                elif line.startswith("VmHWM:") and p == pid:
+                    hwm = int(line.split()[1]) * 1024
+        except OSError:
+            pass
+    return total, hwm
+
+
+def measure(cmd: list[str], env: dict[str, str] | None = None, poll: float = 0.02) -> Run:
+    """Run ``cmd``; wall seconds, peak RSS (rusage) and peak private memory (polled RssAnon)."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, **(env or {})})
+    peak = hwm = 0
+    stop = False
+
+    def watch() -> None:
+        nonlocal peak, hwm
+        while not stop:
+            anon, h = _mem(proc.pid)
+            peak, hwm = max(peak, anon), max(hwm, h)
+            time.sleep(poll)
+
+    th = threading.Thread(target=watch, daemon=True)
+    th.start()
+    out, errb = proc.communicate()
+    seconds = time.perf_counter() - t0
+    stop = True
+    th.join()
+    if proc.returncode != 0:
+        sys.stderr.write(errb.decode())
+        raise SystemExit(f"command failed: {' '.join(cmd)}")
+    return Run(seconds, hwm, peak, out.decode())
+
+
+def python_cmd(code: str) -> list[str]:
+    return [sys.executable, "-c", code]
+
+
+def read_once_seconds(path: str, block: int = 16 << 20) -> float:
+    """Time to read a file front to back once (the floor for any tool that must see every byte)."""
+    buf = bytearray(block)
+    t0 = time.perf_counter()
+    with open(path, "rb", buffering=0) as f:
+        while f.readinto(buf):
+            pass
+    return time.perf_counter() - t0
+
+
+def gb(n: int) -> str:
+    return f"{n / 1e9:.2f} GB"
+
+
+def mb(n: int) -> str:
+    return f"{n / 1e6:.0f} MB"

@@ -1,0 +1,1 @@
+"""Analyses over checkpoints: inspect, LoRA, metadata, schedules, scans (and later diff, matrix, cost)."""

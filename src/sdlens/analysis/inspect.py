@@ -1,0 +1,438 @@
+"""``inspect(path)``: what is this file? From the header alone (plus a few tiny tensors), in about a second."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sdlens.analysis.lora import LoraInfo, analyse_lora, is_lora
+from sdlens.analysis.metadata import MetadataSummary, summarise_metadata
+from sdlens.analysis.scan import ScanResult, scan_tensors
+from sdlens.analysis.schedule import ScheduleInfo, analyse_schedule
+from sdlens.arch import registry as R
+from sdlens.arch.detect import (
+    FamilyMatch,
+    family_from_text_encoders,
+    match_family,
+    read_features,
+    split_components,
+)
+from sdlens.io.base import Checkpoint
+from sdlens.io.dtypes import DTYPES
+from sdlens.io.hashing import FileHashes, hash_file
+from sdlens.io.open import open_checkpoint
+
+SCHEMA_VERSION = 1
+# tensors smaller than this may be read by inspect (position ids, alphas, schedule buffers, one norm bias)
+_SMALL = 1 << 20
+
+
+@dataclass
+class ComponentSummary:
+    id: str
+    label: str
+    prefix: str
+    convention: str
+    tensors: int
+    params: int
+    bytes: int
+    dtypes: dict[str, int]  # dtype -> tensors
+
+
+@dataclass
+class EmaInfo:
+    tensors: int
+    expected: int  # denoiser parameters an EMA copy should hold
+    complete: bool
+    missing_examples: list[str] = field(default_factory=list)
+
+
+@dataclass
+class PositionIdsCheck:
+    key: str
+    dtype: str
+    ok: bool
+    detail: str
+
+
+@dataclass
+class InspectReport:
+    """Everything inspect knows about one checkpoint. ``to_dict()`` gives the documented JSON schema."""
+
+    path: str
+    format: str
+    file_size: int
+    tensor_count: int
+    tensor_bytes: int
+    kind: str  # full model | denoiser only | VAE | text encoder(s) | LoRA | ControlNet | ... | unknown
+    family: str  # registry id or "unknown"
+    family_name: str
+    variants: list[str]
+    confidence: str
+    reasons: list[str]
+    nonstandard: list[str]
+    conventions: list[str]
+    components: list[ComponentSummary]
+    missing: list[str]
+    dtypes: dict[str, dict[str, int]]  # dtype -> {"tensors": n, "bytes": b}
+    precision: str
+    bytes_beyond_fp16: int
+    ema: EmaInfo | None
+    schedule: ScheduleInfo | None
+    markers: list[str]
+    prediction: str | None
+    unknown_keys: list[dict[str, Any]]
+    position_ids: list[PositionIdsCheck]
+    problems: list[str]
+    lora: LoraInfo | None
+    metadata: MetadataSummary
+    extras: dict[str, Any]
+    hashes: list[FileHashes] = field(default_factory=list)
+    scan: ScanResult | None = None
+    summary: str = ""
+    schema_version: int = SCHEMA_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def inspect(
+    path: str | Path,
+    *,
+    hashes: bool = False,
+    scan: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> InspectReport:
+    """Describe a checkpoint. ``hashes`` and ``scan`` read the whole file (streaming); ``progress`` gets byte counts."""
+    with open_checkpoint(path) as ckpt:
+        report = describe(ckpt)
+        if scan:
+            report.scan = scan_tensors(ckpt, progress)
+            report.problems += report.scan.problems
+        if hashes:
+            report.hashes = [hash_file(f, progress) for f in ckpt.files]
+        report.summary = summary_line(report)
+        return report
+
+
+def describe(ckpt: Checkpoint) -> InspectReport:
+    """The header-level report (no hashing, no scan)."""
+    tensors = ckpt.tensors
+    dtypes: dict[str, dict[str, int]] = {}
+    beyond = 0
+    for t in tensors.values():
+        d = dtypes.setdefault(t.dtype, {"tensors": 0, "bytes": 0})
+        d["tensors"] += 1
+        d["bytes"] += t.nbytes
+        if DTYPES[t.dtype].is_float and DTYPES[t.dtype].itemsize > 2:
+            beyond += t.nbytes - t.numel * 2
+    meta = summarise_metadata(ckpt.metadata)
+    base = dict(
+        path=str(ckpt.path),
+        format=ckpt.format,
+        file_size=ckpt.file_size,
+        tensor_count=len(tensors),
+        tensor_bytes=ckpt.tensor_bytes,
+        dtypes=dict(sorted(dtypes.items(), key=lambda kv: -kv[1]["bytes"])),
+        precision=_precision(dtypes),
+        bytes_beyond_fp16=beyond,
+        metadata=meta,
+        extras=dict(ckpt.extras),
+    )
+    if is_lora(tensors):
+        lora = analyse_lora(tensors, ckpt.metadata, lambda k: float(ckpt.read(k).float().reshape(-1)[0]))
+        return InspectReport(
+            **base,
+            kind="LoRA",
+            family=lora.arch,
+            family_name=R.FAMILY_BY_ID[lora.arch].name if lora.arch in R.FAMILY_BY_ID else lora.arch,
+            variants=[lora.network],
+            confidence="high" if lora.arch != "unknown" else "low",
+            reasons=lora.arch_reasons,
+            nonstandard=[],
+            conventions=[lora.convention],
+            components=[],
+            missing=[],
+            ema=None,
+            schedule=None,
+            markers=[],
+            prediction=None,
+            unknown_keys=[],
+            position_ids=[],
+            problems=[],
+            lora=lora,
+        )
+
+    split = split_components(tensors)
+    comps = split.components
+    match, kind = _identify(split, ckpt)
+    fam = R.FAMILY_BY_ID.get(match.family)
+    components = [
+        ComponentSummary(
+            c.id,
+            _label(c.id, fam),
+            c.prefix,
+            c.convention,
+            len(c.keys),
+            c.params,
+            c.nbytes,
+            dict(sorted(_count(t.dtype for t in c.keys.values()).items())),
+        )
+        for c in sorted(comps.values(), key=lambda c: _ORDER.get(c.id.split("@")[0], 99))
+    ]
+    problems: list[str] = []
+    pos = [_check_position_ids(ckpt, k) for k in tensors if k.endswith("position_ids")]
+    for p in pos:
+        if not p.ok:
+            problems.append(
+                f"broken position_ids in {p.key}: {p.detail} (a known merge bug; restore as int64 0..N-1)"
+            )
+    return InspectReport(
+        **base,
+        kind=kind,
+        family=match.family,
+        family_name=match.name,
+        variants=match.variants,
+        confidence=match.confidence,
+        reasons=match.reasons,
+        nonstandard=match.nonstandard,
+        conventions=split.conventions,
+        components=components,
+        missing=_missing(comps, fam, kind),
+        ema=_ema(comps),
+        schedule=_schedule(ckpt, comps),
+        markers=[f"{k}: {R.MARKER_KEYS[k]}" for k in tensors if k in R.MARKER_KEYS],
+        prediction=_prediction(ckpt, match, tensors),
+        unknown_keys=[
+            {
+                "key": k,
+                "shape": list(t.shape),
+                "dtype": t.dtype,
+                "bytes": t.nbytes,
+                "why": f"prefix {k.split('.')[0]!r} belongs to no known component or layout",
+            }
+            for k, t in split.unknown.items()
+        ],
+        position_ids=pos,
+        problems=problems,
+        lora=None,
+    )
+
+
+_ORDER = {k: i for i, k in enumerate(
+    ["denoiser", "controlnet", "clip_l", "openclip_h", "clip_g", "t5", "text_encoder", "vae_encoder", "vae_decoder",
+     "ema", "schedule", "markers"]
+)}
+
+
+def _count(items) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for i in items:
+        out[i] = out.get(i, 0) + 1
+    return out
+
+
+def _label(cid: str, fam: R.Family | None) -> str:
+    base = cid.split("@")[0]
+    if base == "denoiser":
+        return fam.denoiser_label if fam else "denoiser"
+    if base == "markers":
+        return "markers"
+    return R.COMPONENT_LABELS.get(base, base)
+
+
+def _identify(split, ckpt: Checkpoint) -> tuple[FamilyMatch, str]:
+    comps = split.components
+    te_kinds = [c for c in comps if c.split("@")[0] in R.TEXT_ENCODER_KINDS]
+    has_vae = "vae_encoder" in comps or "vae_decoder" in comps
+    if "denoiser" in comps:
+        feats = read_features(comps["denoiser"].keys)
+        match = match_family(feats)
+        kind = "full model" if te_kinds and has_vae else "denoiser" + _with(te_kinds, has_vae)
+        return match, kind
+    if "controlnet" in comps:
+        feats = read_features(comps["controlnet"].keys)
+        # a ControlNet is half a UNet: only its encoder side and middle block exist
+        feats["levels"] = (feats["input_blocks"] + 1) // 3 if feats.get("input_blocks") else feats.get("down_levels")
+        match = match_family(feats, allowed=("sd1", "sd2", "sdxl"))
+        match.reasons.insert(0, "ControlNet keys (control_model.* / controlnet_cond_embedding.*)")
+        return match, "ControlNet"
+    if has_vae:
+        rel = {**comps.get("vae_decoder", _EMPTY).keys, **comps.get("vae_encoder", _EMPTY).keys}
+        latent = _latent_channels(rel)
+        parts = [p for p in ("vae_encoder", "vae_decoder") if p in comps]
+        fams = "SD1/SD2/SDXL (identical shapes: only values tell them apart)" if latent == 4 else (
+            "SD3/FLUX" if latent == 16 else "unknown family")
+        reasons = [f"VAE {' + '.join(R.COMPONENT_LABELS[p] for p in parts)}", f"{latent}-channel latent: {fams}"]
+        kind = "VAE" if not te_kinds else "VAE" + _with(te_kinds, False)
+        fam_id = "vae16" if latent == 16 else ("vae4" if latent == 4 else "unknown")
+        name = f"VAE ({latent}-channel latent)" if latent else "VAE"
+        return FamilyMatch(fam_id, name, "high" if latent in (4, 16) else "low", reasons, [], []), kind
+    if te_kinds:
+        kinds = [c.split("@")[0] for c in te_kinds]
+        fams = family_from_text_encoders(kinds)
+        names = " + ".join(R.COMPONENT_LABELS[k] for k in kinds)
+        reasons = [f"text encoder(s) only: {names}"]
+        if fams:
+            reasons.append("the text encoders of " + ", ".join(R.FAMILY_BY_ID[f].name for f in fams))
+        fam = fams[0] if len(fams) == 1 else "unknown"
+        return FamilyMatch(fam, R.FAMILY_BY_ID[fam].name if fam in R.FAMILY_BY_ID else names, "medium", reasons, [], []), (
+            "text encoder" if len(kinds) == 1 else "text encoders")
+    if not ckpt.tensors:
+        return FamilyMatch("unknown", "unknown", "low", ["no tensors in the file"], [], []), "empty"
+    return FamilyMatch("unknown", "unknown", "low", ["no key matches a known layout"], [], []), "unknown"
+
+
+class _Empty:
+    keys: dict = {}
+
+
+_EMPTY = _Empty()
+
+
+def _with(te_kinds: list[str], has_vae: bool) -> str:
+    extra = (["text encoders"] if te_kinds else []) + (["VAE"] if has_vae else [])
+    return (" + " + " + ".join(extra)) if extra else " only"
+
+
+def _latent_channels(rel: dict) -> int | None:
+    t = rel.get("decoder.conv_in.weight")
+    if t is not None:
+        return t.shape[1]
+    t = rel.get("encoder.conv_out.weight")
+    return t.shape[0] // 2 if t is not None else None
+
+
+def _missing(comps: dict, fam: R.Family | None, kind: str) -> list[str]:
+    if fam is None or kind in ("LoRA", "ControlNet"):
+        return []
+    out = []
+    for te in fam.text_encoders:
+        if te not in comps:
+            out.append(f"{R.COMPONENT_LABELS[te]} text encoder (load it separately)")
+    enc, dec = "vae_encoder" in comps, "vae_decoder" in comps
+    if not enc and not dec:
+        out.append("VAE (load one separately)")
+    elif not dec:
+        out.append("VAE decoder (needed to decode images)")
+    elif not enc:
+        out.append("VAE encoder (needed for img2img / inpainting only)")
+    if "denoiser" not in comps:
+        out.insert(0, fam.denoiser_label)
+    return out
+
+
+def _ema(comps: dict) -> EmaInfo | None:
+    ema = comps.get("ema")
+    if ema is None:
+        return None
+    present = set(ema.keys)
+    den = comps.get("denoiser")
+    expected = {"diffusion_model" + rel.replace(".", "") for rel in (den.keys if den else {})}
+    missing = sorted(expected - present)
+    return EmaInfo(len(present), len(expected), bool(expected) and not missing, missing[:5])
+
+
+def _schedule(ckpt: Checkpoint, comps: dict) -> ScheduleInfo | None:
+    sched = comps.get("schedule")
+    if sched is None:
+        return None
+    betas = ckpt.read("betas") if "betas" in sched.keys else None
+    ac = ckpt.read("alphas_cumprod") if "alphas_cumprod" in sched.keys else None
+    return analyse_schedule(betas, ac, list(sched.keys))
+
+
+def _prediction(ckpt: Checkpoint, match: FamilyMatch, tensors: dict) -> str | None:
+    if "v_pred" in tensors:
+        return "v-prediction (v_pred marker key)"
+    if "edm_vpred.sigma_max" in tensors:
+        return "v-prediction, EDM (edm_vpred marker)"
+    if match.family != "sd2":
+        return None
+    step = ckpt.extras.get("global_step")
+    if step == 875000:
+        return "epsilon (global_step 875000 = SD2 base)"
+    key = "model.diffusion_model.output_blocks.11.1.transformer_blocks.0.norm1.bias"
+    if key in tensors and tensors[key].nbytes <= _SMALL:
+        std = float(ckpt.read(key).float().std())
+        guess = "v-prediction" if std > 0.09 else "epsilon"
+        return f"{guess} (heuristic: std of {key.split('.', 2)[2]} = {std:.3f}, > 0.09 means v)"
+    return "unknown (cannot be read from the keys)"
+
+
+def _check_position_ids(ckpt: Checkpoint, key: str) -> PositionIdsCheck:
+    import torch
+
+    info = ckpt.tensors[key]
+    if info.nbytes > _SMALL:
+        return PositionIdsCheck(key, info.dtype, False, f"unexpectedly large ({info.shape})")
+    t = ckpt.read(key).reshape(-1)
+    ref = torch.arange(t.numel(), dtype=torch.float64)
+    vals = t.double()
+    if torch.equal(vals, ref):
+        return PositionIdsCheck(key, info.dtype, True, f"0..{t.numel() - 1}")
+    diff = (vals - ref).abs()
+    i = int(diff.argmax())
+    return PositionIdsCheck(
+        key, info.dtype, False,
+        f"not exactly 0..{t.numel() - 1}: {int((diff > 0).sum())} of {t.numel()} values off, "
+        f"worst at index {i} = {float(vals[i]):.6g} (stored as {info.dtype})",
+    )
+
+
+def _precision(dtypes: dict[str, dict[str, int]]) -> str:
+    floats = {d: v["bytes"] for d, v in dtypes.items() if DTYPES[d].is_float}
+    if not floats:
+        return "none"
+    names = {"F16": "fp16", "BF16": "bf16", "F32": "fp32", "F64": "fp64", "F8_E4M3": "fp8-e4m3", "F8_E5M2": "fp8-e5m2"}
+    if len(floats) == 1:
+        return names[next(iter(floats))]
+    total = sum(floats.values())
+    return "mixed: " + ", ".join(f"{names[d]} {100 * b / total:.0f}%" for d, b in sorted(floats.items(), key=lambda kv: -kv[1]))
+
+
+# --------------------------------------------------------------------------- one-line summary
+
+
+def _human_count(n: int) -> str:
+    for div, suffix in ((1e9, " B"), (1e6, " M"), (1e3, " k")):
+        if n >= div:
+            v = n / div
+            return f"{v:.3g}{suffix}" if v < 100 else f"{v:.0f}{suffix}"
+    return str(n)
+
+
+def human_bytes(n: int) -> str:
+    for div, suffix in ((1e9, "GB"), (1e6, "MB"), (1e3, "kB")):
+        if n >= div:
+            return f"{n / div:.3g} {suffix}"
+    return f"{n} B"
+
+
+def summary_line(r: InspectReport) -> str:
+    """E.g. ``SDXL base · sgm keys · fp16 · 6.94 GB · UNet 2.57 B · CLIP-L 123 M · CLIP-G 695 M · VAE 83.7 M · no EMA``."""
+    name = r.family_name if r.kind in ("full model", "LoRA") or r.kind.startswith("denoiser") else f"{r.kind}: {r.family_name}"
+    if r.kind.startswith("denoiser"):
+        name = f"{r.family_name} ({r.kind})"
+    parts = [name + (f" {', '.join(r.variants)}" if r.variants else "")]
+    if r.conventions:
+        parts.append("/".join(r.conventions) + " keys")
+    parts += [r.precision, human_bytes(r.file_size)]
+    if r.lora:
+        ranks = ", ".join(str(k) for k in r.lora.ranks) or "?"
+        parts.append(f"{r.lora.modules} modules · rank {ranks}")
+    vae = 0
+    for c in r.components:
+        if c.id in ("vae_encoder", "vae_decoder"):
+            vae += c.params
+        elif c.id not in ("schedule", "markers", "ema"):
+            parts.append(f"{c.label} {_human_count(c.params)}")
+    if vae:
+        parts.append(f"VAE {_human_count(vae)}")
+    if r.kind not in ("LoRA", "VAE", "text encoder", "text encoders", "ControlNet"):
+        parts.append("no EMA" if r.ema is None else ("EMA" if r.ema.complete else "partial EMA"))
+    if r.problems:
+        parts.append(f"{len(r.problems)} problem{'s' if len(r.problems) > 1 else ''}")
+    return " · ".join(parts)

@@ -1,0 +1,1 @@
+"""Architecture knowledge as data: the registry, detection, key conventions, block maps, configs."""

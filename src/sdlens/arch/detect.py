@@ -1,0 +1,290 @@
+"""What is this file? Split keys into components, read structural features, match the family table.
+
+Works from names and shapes only (no tensor data). Never falls back silently: what matches nothing is
+``unknown``, with the reasons.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from functools import cache
+from typing import Any
+
+from sdlens.arch import registry as R
+from sdlens.io.base import TensorInfo
+
+
+@dataclass
+class Component:
+    """The keys of one component, relative to its prefix, and the layout they are written in."""
+
+    id: str
+    prefix: str
+    convention: str
+    keys: dict[str, TensorInfo] = field(default_factory=dict)  # relative key -> info
+    full_keys: list[str] = field(default_factory=list)
+
+    @property
+    def params(self) -> int:
+        return sum(t.numel for t in self.keys.values())
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.nbytes for t in self.keys.values())
+
+
+@dataclass
+class Split:
+    components: dict[str, Component]
+    unknown: dict[str, TensorInfo]  # full key -> info, for keys that belong to no known component
+    conventions: list[str]
+
+
+@cache
+def _rx(pattern: str) -> re.Pattern[str]:
+    return re.compile(pattern)
+
+
+_PREFIXES_LONGEST_FIRST = sorted(R.PREFIXES, key=lambda p: -len(p.prefix))
+
+
+def _match_prefix(key: str) -> tuple[R.Prefix, str] | None:
+    for p in _PREFIXES_LONGEST_FIRST:
+        if key.startswith(p.prefix):
+            rel = key[len(p.prefix) :]
+            if p.exclude and _rx(p.exclude).search(rel):
+                continue
+            return p, rel
+    return None
+
+
+def text_encoder_kind(rel_keys: list[str], default: str = "text_encoder") -> str:
+    """CLIP-L / OpenCLIP-H / CLIP-G / T5 from the number of layers, which holds for any width."""
+    for pattern, by_count in R.TEXT_ENCODER_LAYERS:
+        rx = _rx(pattern)
+        layers = {m.group(1) for k in rel_keys if (m := rx.match(k))}
+        if layers:
+            return by_count.get(len(layers), default)
+    return default
+
+
+def text_encoder_layout(rel_keys: list[str]) -> str:
+    for pattern, layout in R.TEXT_ENCODER_LAYOUTS:
+        if any(_rx(pattern).match(k) for k in rel_keys):
+            return layout
+    return "unknown"
+
+
+def split_components(tensors: Mapping[str, TensorInfo]) -> Split:
+    """Assign every key to a component (or to ``unknown``) using the registry's prefix and bare tables."""
+    comps: dict[str, Component] = {}
+    leftovers: dict[str, TensorInfo] = {}
+
+    def put(cid: str, prefix: str, conv: str, rel: str, full: str, info: TensorInfo) -> None:
+        c = comps.setdefault(cid, Component(cid, prefix, conv))
+        c.keys[rel] = info
+        c.full_keys.append(full)
+
+    pending_te: dict[str, list[tuple[str, str, TensorInfo]]] = {}
+    for key, info in tensors.items():
+        if key in R.SCHEDULE_KEYS:
+            put("schedule", "", "ldm", key, key, info)
+            continue
+        if key in R.MARKER_KEYS:
+            put("markers", "", "sgm", key, key, info)
+            continue
+        m = _match_prefix(key)
+        if m is None:
+            leftovers[key] = info
+            continue
+        p, rel = m
+        if p.component == "vae":
+            side = "vae_decoder" if rel.startswith(("decoder.", "post_quant_conv.")) else "vae_encoder"
+            put(side, p.prefix, p.convention, rel, key, info)
+        elif p.component == "te?":
+            pending_te.setdefault(p.prefix, []).append((rel, key, info))
+        else:
+            put(p.component, p.prefix, p.convention, rel, key, info)
+    # diffusers text_encoder slots: the kind comes from the structure
+    for prefix, items in pending_te.items():
+        kind = text_encoder_kind([rel for rel, _, _ in items])
+        for rel, key, info in items:
+            put(kind if kind not in comps or comps[kind].prefix == prefix else f"{kind}@{prefix}", prefix, "diffusers", rel, key, info)
+
+    unknown: dict[str, TensorInfo] = {}
+    if leftovers:
+        bare = _bare_component(list(leftovers))
+        if bare is None:
+            unknown = leftovers
+        else:
+            cid, conv = bare
+            if cid == "te?":
+                cid = text_encoder_kind(list(leftovers))
+            for key, info in leftovers.items():
+                if cid == "vae":
+                    side = "vae_decoder" if key.startswith(("decoder.", "post_quant_conv.")) else "vae_encoder"
+                    put(side, "", conv, key, key, info)
+                else:
+                    put(cid, "", conv, key, key, info)
+    conventions = _conventions(comps)
+    return Split(comps, unknown, conventions)
+
+
+def _bare_component(keys: list[str]) -> tuple[str, str] | None:
+    for pattern, cid, conv in R.BARE_SIGNATURES:
+        rx = _rx(pattern)
+        if any(rx.search(k) for k in keys):
+            return cid, conv
+    return None
+
+
+def _conventions(comps: dict[str, Component]) -> list[str]:
+    names = []
+    for c in comps.values():
+        if c.id in ("schedule", "markers"):
+            continue
+        conv = c.convention
+        if c.id in R.TEXT_ENCODER_KINDS and conv not in ("nai",):
+            layout = text_encoder_layout(list(c.keys))
+            if conv == "bare" and layout != "unknown":
+                conv = f"bare ({layout})"
+        if c.id.startswith("vae") and conv in ("bare", "diffusers"):
+            conv = "diffusers" if any(k.startswith(("encoder.down_blocks", "decoder.up_blocks")) for k in c.keys) else "ldm"
+        if conv not in names:
+            names.append(conv)
+    return names
+
+
+# --------------------------------------------------------------------------- features and families
+
+
+def read_features(keys: Mapping[str, TensorInfo], features: tuple[R.Feature, ...] = R.DENOISER_FEATURES) -> dict[str, Any]:
+    """Evaluate the registry's feature table on a component's relative keys (sorted for determinism)."""
+    ordered = sorted(keys, key=_natural)
+    out: dict[str, Any] = {}
+    for f in features:
+        rx = _rx(f.pattern)
+        hits = [k for k in ordered if rx.search(k)]
+        if f.op == "present":
+            out[f.name] = bool(hits)
+        elif f.op == "dim":
+            shape = keys[hits[0]].shape if hits else ()
+            out[f.name] = shape[f.arg] if len(shape) > f.arg else None
+        elif f.op == "ndim":
+            out[f.name] = len(keys[hits[0]].shape) if hits else None
+        elif f.op == "count":
+            out[f.name] = len({rx.search(k).group(1) for k in hits}) or None
+        elif f.op == "keys":
+            out[f.name] = len(hits)
+    for name, fn in R.DERIVED_FEATURES.items():
+        out[name] = fn(out)
+    return out
+
+
+def _natural(key: str) -> tuple:
+    return tuple(int(p) if p.isdigit() else p for p in re.split(r"(\d+)", key))
+
+
+def _holds(value: Any, want: Any) -> bool:
+    """``want`` is a value, or (op, value) with op in ne / ge / le / in."""
+    if isinstance(want, tuple) and len(want) == 2 and want[0] in ("ne", "ge", "le", "in"):
+        op, arg = want
+        if op == "ne":
+            return value != arg
+        if value is None:
+            return False
+        if op == "ge":
+            return value >= arg
+        if op == "le":
+            return value <= arg
+        return value in arg
+    return value == want
+
+
+_FEATURE_TEXT: dict[str, str] = {
+    "unet": "UNet layout",
+    "proj_in_ndim": "transformer proj_in rank (4 = 1×1 conv, 2 = linear)",
+    "adm_in": "label_emb input width (size/pooled conditioning)",
+    "levels": "UNet resolution levels",
+    "context_dim": "cross-attention context width",
+    "model_channels": "model channels",
+    "transformer_depth": "deepest transformer stack",
+    "mmdit_blocks": "MMDiT joint blocks",
+    "dual_attention": "dual (MMDiT-X) attention",
+    "pos_embed_len": "positional-embedding length",
+    "hidden": "hidden width",
+    "flux_blocks": "double/single stream blocks",
+    "guidance_in": "guidance embedding",
+    "img_in": "img_in input width",
+    "aura": "AuraFlow layers (w1q / register tokens)",
+    "aura_double": "MMDiT layers",
+    "aura_single": "single DiT layers",
+    "hunyuan": "HunyuanDiT T5 MLP (mlp_t5)",
+    "hunyuan_blocks": "DiT blocks",
+    "pixart": "PixArt timestep block",
+    "pixart_ar": "aspect-ratio embedder",
+    "pixart_blocks": "DiT blocks",
+}
+
+
+def _say(name: str, value: Any) -> str:
+    text = _FEATURE_TEXT.get(name, name)
+    if value is True:
+        return f"{text}: present"
+    if value is False or value is None:
+        return f"{text}: absent"
+    return f"{text} = {value}"
+
+
+@dataclass
+class FamilyMatch:
+    family: str  # registry id, or "unknown"
+    name: str
+    confidence: str  # high | medium | low
+    reasons: list[str]
+    variants: list[str]
+    nonstandard: list[str]  # released-model values this file differs from (tiny, distilled, pruned widths)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def match_family(features: dict[str, Any], allowed: tuple[str, ...] | None = None) -> FamilyMatch:
+    """The family whose required features all hold; among several, the one with most standard values."""
+    candidates = []
+    for fam in R.FAMILIES:
+        if allowed is not None and fam.id not in allowed:
+            continue
+        if all(_holds(features.get(k), v) for k, v in fam.requires.items()):
+            std_ok = [k for k, v in fam.standard.items() if features.get(k) == v]
+            candidates.append((len(std_ok) - len(fam.standard), len(fam.requires), fam))
+    if not candidates:
+        return FamilyMatch("unknown", "unknown", "low", ["denoiser structure matches no known family"], [], [])
+    candidates.sort(key=lambda c: (c[0], c[1]), reverse=True)
+    fam = candidates[0][2]
+    reasons = [_say(k, features.get(k)) for k in fam.requires]
+    nonstandard = [
+        f"{_FEATURE_TEXT.get(k, k)} {features.get(k)} (released model: {v})"
+        for k, v in fam.standard.items()
+        if features.get(k) != v
+    ]
+    reasons += [_say(k, features.get(k)) for k, v in fam.standard.items() if features.get(k) == v and k not in fam.requires]
+    variants = [v.name for v in R.VARIANTS if fam.id in v.families and features.get(v.feature) == v.value]
+    confidence = "high" if not nonstandard else "medium"
+    if len(candidates) > 1 and candidates[1][:2] == candidates[0][:2]:
+        confidence = "low"
+        reasons.append("also consistent with " + ", ".join(c[2].name for c in candidates[1:] if c[:2] == candidates[0][:2]))
+    return FamilyMatch(fam.id, fam.name, confidence, reasons, variants, nonstandard)
+
+
+def family_from_text_encoders(kinds: list[str]) -> tuple[str, ...]:
+    """Families whose text-encoder set equals ``kinds`` (for files holding text encoders only)."""
+    ks = set(kinds)
+    return tuple(f.id for f in R.FAMILIES if f.text_encoders and set(f.text_encoders) == ks)
+
+
+def dtype_counts(tensors: Mapping[str, TensorInfo]) -> Counter:
+    return Counter(t.dtype for t in tensors.values())

@@ -1,0 +1,373 @@
+"""The one registry of architecture knowledge: components, key conventions, structural features, families.
+
+Everything here is data. Detection (``sdlens.arch.detect``), inspect, diff and the other commands consult these
+tables; adding a family or a layout means adding rows, not code paths. Sources: architectures.md §3-§4.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+# --------------------------------------------------------------------------- components
+
+COMPONENT_LABELS: dict[str, str] = {
+    "denoiser": "denoiser",
+    "clip_l": "CLIP-L",
+    "openclip_h": "OpenCLIP-H",
+    "clip_g": "CLIP-G",
+    "t5": "T5-XXL",
+    "text_encoder": "text encoder",
+    "vae_encoder": "VAE encoder",
+    "vae_decoder": "VAE decoder",
+    "ema": "EMA",
+    "controlnet": "ControlNet",
+    "schedule": "schedule buffers",
+    "other": "other",
+}
+TEXT_ENCODER_KINDS = ("clip_l", "openclip_h", "clip_g", "t5")
+
+
+@dataclass(frozen=True)
+class Prefix:
+    """Keys starting with ``prefix`` belong to ``component`` and are written in ``convention``."""
+
+    prefix: str
+    component: str  # a COMPONENT_LABELS key, "vae" (split into encoder/decoder) or "te?" (kind from structure)
+    convention: str
+    exclude: str | None = None  # relative keys matching this regex are not part of it
+
+
+# Longest prefix wins (sorted at lookup), so the NAI rule below never shadows the standard CLIP one.
+PREFIXES: tuple[Prefix, ...] = (
+    Prefix("model.diffusion_model.", "denoiser", "ldm"),
+    Prefix("model_ema.", "ema", "ldm"),
+    Prefix("first_stage_model.", "vae", "ldm"),
+    Prefix("cond_stage_model.transformer.text_model.", "clip_l", "ldm"),
+    Prefix("cond_stage_model.transformer.", "clip_l", "nai"),
+    Prefix("cond_stage_model.model.", "openclip_h", "ldm"),
+    Prefix("conditioner.embedders.0.transformer.", "clip_l", "sgm"),
+    Prefix("conditioner.embedders.0.model.", "clip_g", "sgm"),
+    Prefix("conditioner.embedders.1.model.", "clip_g", "sgm"),
+    Prefix("text_encoders.clip_l.", "clip_l", "comfy"),
+    Prefix("text_encoders.clip_g.", "clip_g", "comfy"),
+    Prefix("text_encoders.t5xxl.", "t5", "comfy"),
+    Prefix("control_model.", "controlnet", "ldm"),
+    Prefix("unet.", "denoiser", "diffusers"),
+    Prefix("transformer.", "denoiser", "diffusers", exclude=r"^resblocks\."),
+    Prefix("controlnet.", "controlnet", "diffusers"),
+    Prefix("vae.", "vae", "diffusers"),
+    Prefix("text_encoder.", "te?", "diffusers"),
+    Prefix("text_encoder_2.", "te?", "diffusers"),
+    Prefix("text_encoder_3.", "te?", "diffusers"),
+)
+
+# LDM noise-schedule buffers stored at the top level of SD1/SD2 checkpoints, shape (1000,)
+SCHEDULE_KEYS: frozenset[str] = frozenset(
+    {
+        "betas",
+        "alphas_cumprod",
+        "alphas_cumprod_prev",
+        "sqrt_alphas_cumprod",
+        "sqrt_one_minus_alphas_cumprod",
+        "log_one_minus_alphas_cumprod",
+        "sqrt_recip_alphas_cumprod",
+        "sqrt_recipm1_alphas_cumprod",
+        "posterior_variance",
+        "posterior_log_variance_clipped",
+        "posterior_mean_coef1",
+        "posterior_mean_coef2",
+        "logvar",
+    }
+)
+# SDXL-era marker keys (architectures.md §4)
+MARKER_KEYS: dict[str, str] = {
+    "v_pred": "v-prediction marker",
+    "ztsnr": "zero terminal SNR marker",
+    "edm_mean": "EDM latent mean (Playground v2.5 style)",
+    "edm_std": "EDM latent std (Playground v2.5 style)",
+    "edm_vpred.sigma_max": "EDM v-prediction sigma_max",
+    "edm_vpred.sigma_min": "EDM v-prediction sigma_min",
+}
+
+# A whole file with no known prefix: which component its bare keys make up (first match wins).
+BARE_SIGNATURES: tuple[tuple[str, str, str], ...] = (
+    # (regex that some key must match, component, convention)
+    (r"^controlnet_cond_embedding\.", "controlnet", "diffusers"),
+    (r"^(double_blocks|single_blocks)\.\d+\.", "denoiser", "bare"),
+    (r"^joint_blocks\.\d+\.", "denoiser", "bare"),
+    (r"^(double_layers|single_layers)\.\d+\.", "denoiser", "bare"),
+    (r"^mlp_t5\.0\.weight$", "denoiser", "bare"),
+    (r"^t_block\.1\.weight$", "denoiser", "bare"),
+    (r"^input_blocks\.0\.0\.weight$", "denoiser", "bare"),
+    (r"^(down_blocks\.\d+\.(resnets|attentions)|transformer_blocks\.\d+\.|single_transformer_blocks\.|joint_transformer_blocks\.)", "denoiser", "diffusers"),
+    (r"^blocks\.\d+\.attn1\.", "denoiser", "diffusers"),
+    (r"^(encoder|decoder)\.(down|up|mid|conv_in|down_blocks|up_blocks|mid_block)", "vae", "bare"),
+    (r"^text_model\.encoder\.layers\.\d+\.", "te?", "bare"),
+    (r"^transformer\.resblocks\.\d+\.", "te?", "bare"),
+    (r"^(encoder\.block\.\d+\.layer|shared\.weight$)", "t5", "bare"),
+)
+
+# How a text encoder's kind is read from its own (relative) keys when its slot does not say it.
+# (regex capturing a layer index, layer count -> kind); widths are not used, so tiny models resolve too.
+TEXT_ENCODER_LAYERS: tuple[tuple[str, dict[int, str]], ...] = (
+    (r"^(?:text_model\.)?encoder\.layers\.(\d+)\.", {12: "clip_l", 23: "openclip_h", 24: "openclip_h", 32: "clip_g"}),
+    (r"^transformer\.resblocks\.(\d+)\.", {12: "clip_l", 23: "openclip_h", 24: "openclip_h", 32: "clip_g"}),
+    (r"^encoder\.block\.(\d+)\.", {24: "t5", 12: "t5"}),
+)
+# the layout each text encoder kind is written in, per relative-key signature
+TEXT_ENCODER_LAYOUTS: tuple[tuple[str, str], ...] = (
+    (r"^text_model\.", "hf"),
+    (r"^transformer\.resblocks\.", "open_clip"),
+    (r"^encoder\.layers\.", "hf-nai"),
+    (r"^encoder\.block\.", "hf"),
+)
+
+# --------------------------------------------------------------------------- structural features
+
+
+@dataclass(frozen=True)
+class Feature:
+    """A fact read off a component's (relative) keys and shapes.
+
+    ``op``: ``present`` (some key matches), ``dim`` (shape[arg] of the first match), ``ndim``,
+    ``count`` (distinct values of the regex's first group), ``keys`` (number of matching keys).
+    """
+
+    name: str
+    op: str
+    pattern: str
+    arg: int = 0
+
+
+DENOISER_FEATURES: tuple[Feature, ...] = (
+    # UNets, LDM layout and diffusers layout
+    Feature("unet_ldm", "present", r"^input_blocks\.0\.0\.weight$"),
+    Feature("unet_diffusers", "present", r"^down_blocks\.0\.resnets\.0\.conv1\.weight$"),
+    Feature("in_channels", "dim", r"^(input_blocks\.0\.0|conv_in)\.weight$", 1),
+    Feature("model_channels", "dim", r"^(input_blocks\.0\.0|conv_in)\.weight$", 0),
+    Feature("context_dim", "dim", r"(^|\.)attn2\.to_k\.weight$", 1),
+    Feature("proj_in_ndim", "ndim", r"(^|\.)proj_in\.weight$"),
+    Feature("adm_in", "dim", r"^(label_emb\.0\.0|add_embedding\.linear_1)\.weight$", 1),
+    Feature("input_blocks", "count", r"^input_blocks\.(\d+)\."),
+    Feature("down_levels", "count", r"^down_blocks\.(\d+)\."),
+    Feature("transformer_depth", "count", r"\.transformer_blocks\.(\d+)\."),
+    # MMDiT (SD3 family): original and diffusers layouts
+    Feature("joint_blocks", "count", r"^joint_blocks\.(\d+)\."),
+    Feature("sd3_diffusers", "present", r"^transformer_blocks\.0\.norm1_context\.linear\.weight$"),
+    Feature("sd3_diffusers_blocks", "count", r"^transformer_blocks\.(\d+)\.norm1_context\."),
+    Feature("dual_attention", "present", r"^(joint_blocks\.\d+\.x_block\.attn2\.|transformer_blocks\.\d+\.attn2\.)"),
+    Feature("pos_embed_len", "dim", r"^pos_embed(\.pos_embed)?$", 1),
+    Feature("hidden", "dim", r"^(x_embedder\.proj|pos_embed\.proj|img_in|x_embedder)\.weight$", 0),
+    # FLUX
+        Feature("flux_double", "count", r"^double_blocks\.(\d+)\."),
+    Feature("flux_single", "count", r"^single_blocks\.(\d+)\."),
+    Feature("flux_diffusers_single", "count", r"^single_transformer_blocks\.(\d+)\.proj_mlp\."),
+    Feature("dit_blocks", "count", r"^transformer_blocks\.(\d+)\."),
+    Feature("img_in", "dim", r"^(img_in|x_embedder)\.weight$", 1),
+    Feature("guidance_in", "present", r"^(guidance_in\.|time_text_embed\.guidance_embedder\.)"),
+    # AuraFlow
+    Feature("aura_double", "count", r"^(?:double_layers|joint_transformer_blocks)\.(\d+)\."),
+    Feature("aura_single", "count", r"^(?:single_layers|single_transformer_blocks)\.(\d+)\."),
+    Feature("aura", "present", r"^(double_layers\.0\.attn\.w1q\.weight|register_tokens)$"),
+    # HunyuanDiT
+    Feature("hunyuan", "present", r"^(mlp_t5\.0\.weight|text_embedder\.linear_1\.weight)$"),
+    Feature("hunyuan_blocks", "count", r"^blocks\.(\d+)\."),
+    # PixArt
+    Feature("pixart", "present", r"^(t_block\.1\.weight|adaln_single\.linear\.weight)$"),
+    Feature("pixart_ar", "present", r"^(ar_embedder\.|adaln_single\.emb\.aspect_ratio_embedder\.)"),
+    Feature("pixart_blocks", "count", r"^(?:blocks|transformer_blocks)\.(\d+)\."),
+)
+
+
+# --------------------------------------------------------------------------- families
+
+
+@dataclass(frozen=True)
+class Family:
+    """One architecture: what its denoiser looks like (``requires``), its released sizes (``standard``),
+    and what else a complete single file carries."""
+
+    id: str
+    name: str
+    requires: dict[str, Any]  # feature -> exact value, or (op, value) with op in {"ne", "ge", "le", "in"}
+    standard: dict[str, Any] = field(default_factory=dict)  # released-model values (else: non-standard widths)
+    denoiser_label: str = "UNet"
+    text_encoders: tuple[str, ...] = ()
+    latent_channels: int = 4
+    config: str | None = None  # key in sdlens.arch.configs.DENOISERS
+    notes: str = ""
+
+
+def _unet(**kw: Any) -> dict[str, Any]:
+    return {"unet": True, **kw}
+
+
+FAMILIES: tuple[Family, ...] = (
+    Family(
+        "sd1",
+        "SD1.x",
+        _unet(proj_in_ndim=4, adm_in=None, levels=4),
+        {"context_dim": 768, "model_channels": 320},
+        text_encoders=("clip_l",),
+        config="sd1",
+    ),
+    Family(
+        "sd2",
+        "SD2.x",
+        _unet(proj_in_ndim=2, adm_in=None, levels=4),
+        {"context_dim": 1024, "model_channels": 320},
+        text_encoders=("openclip_h",),
+        config="sd2",
+    ),
+    Family(
+        "sdxl",
+        "SDXL base",
+        _unet(adm_in=("ne", None), levels=3),
+        {"context_dim": 2048, "model_channels": 320, "adm_in": 2816, "transformer_depth": 10},
+        text_encoders=("clip_l", "clip_g"),
+        config="sdxl",
+    ),
+    Family(
+        "sdxl_refiner",
+        "SDXL refiner",
+        _unet(adm_in=("ne", None), levels=4),
+        {"context_dim": 1280, "model_channels": 384, "adm_in": 2560, "transformer_depth": 4},
+        text_encoders=("clip_g",),
+        config="sdxl_refiner",
+    ),
+    Family(
+        "sd3",
+        "SD3 medium",
+        {"mmdit_blocks": 24, "dual_attention": False},
+        {"pos_embed_len": 36864, "hidden": 1536},
+        denoiser_label="MMDiT",
+        text_encoders=("clip_l", "clip_g", "t5"),
+        latent_channels=16,
+        config="sd3",
+    ),
+    Family(
+        "sd35m",
+        "SD3.5 medium",
+        {"mmdit_blocks": 24, "dual_attention": True},
+        {"pos_embed_len": 147456, "hidden": 1536},
+        denoiser_label="MMDiT-X",
+        text_encoders=("clip_l", "clip_g", "t5"),
+        latent_channels=16,
+    ),
+    Family(
+        "sd35",
+        "SD3.5 large",
+        {"mmdit_blocks": 38},
+        {"pos_embed_len": 36864, "hidden": 2432},
+        denoiser_label="MMDiT",
+        text_encoders=("clip_l", "clip_g", "t5"),
+        latent_channels=16,
+        config="sd35",
+    ),
+    Family(
+        "flux_dev",
+        "FLUX.1-dev",
+        {"flux_blocks": (19, 38), "guidance_in": True},
+        {"hidden": 3072, "img_in": 64},
+        denoiser_label="DiT",
+        text_encoders=("clip_l", "t5"),
+        latent_channels=16,
+        config="flux",
+    ),
+    Family(
+        "flux_schnell",
+        "FLUX.1-schnell",
+        {"flux_blocks": (19, 38), "guidance_in": False},
+        {"hidden": 3072, "img_in": 64},
+        denoiser_label="DiT",
+        text_encoders=("clip_l", "t5"),
+        latent_channels=16,
+        config="flux",
+    ),
+    Family(
+        "auraflow",
+        "AuraFlow",
+        {"aura": True},
+        {"aura_double": 4, "aura_single": 32},
+        denoiser_label="DiT",
+        latent_channels=4,
+        config="auraflow",
+    ),
+    Family(
+        "hunyuandit",
+        "HunyuanDiT",
+        {"hunyuan": True},
+        {"hunyuan_blocks": 40},
+        denoiser_label="DiT",
+        latent_channels=4,
+        config="hunyuandit",
+    ),
+    Family(
+        "pixart_alpha",
+        "PixArt-α",
+        {"pixart": True, "pixart_ar": True},
+        {"pixart_blocks": 28},
+        denoiser_label="DiT",
+        text_encoders=("t5",),
+        latent_channels=4,
+    ),
+    Family(
+        "pixart_sigma",
+        "PixArt-Σ",
+        {"pixart": True, "pixart_ar": False},
+        {"pixart_blocks": 28},
+        denoiser_label="DiT",
+        text_encoders=("t5",),
+        latent_channels=4,
+    ),
+)
+FAMILY_BY_ID: dict[str, Family] = {f.id: f for f in FAMILIES}
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A variant of a family told by one feature's value (e.g. 9 input channels -> inpainting)."""
+
+    families: tuple[str, ...]
+    feature: str
+    value: Any
+    name: str
+
+
+VARIANTS: tuple[Variant, ...] = (
+    Variant(("sd1", "sd2", "sdxl"), "in_channels", 9, "inpainting"),
+    Variant(("sd1", "sd2", "sdxl"), "in_channels", 8, "instruct-pix2pix"),
+    Variant(("sd2",), "in_channels", 7, "x4 upscaler"),
+    Variant(("flux_dev", "flux_schnell"), "img_in", 384, "Fill (inpainting)"),
+    Variant(("flux_dev", "flux_schnell"), "img_in", 128, "Depth/Canny control"),
+)
+
+# Derived features: computed from the raw ones above (name -> function of the raw feature dict).
+DERIVED_FEATURES: dict[str, Any] = {
+    "unet": lambda f: bool(f.get("unet_ldm") or f.get("unet_diffusers")),
+    # UNet resolution levels: LDM input_blocks = 1 + levels*3 - 1 (no downsampler at the last level)
+    "levels": lambda f: (f["input_blocks"] + 1) // 3 if f.get("input_blocks") else f.get("down_levels"),
+    "mmdit_blocks": lambda f: f.get("joint_blocks")
+    or (f.get("sd3_diffusers_blocks") if not f.get("flux_diffusers_single") and not f.get("aura") else None)
+    or None,
+    "flux_blocks": lambda f: (
+        (f.get("flux_double"), f.get("flux_single"))
+        if f.get("flux_double")
+        else ((f.get("dit_blocks"), f.get("flux_diffusers_single")) if f.get("flux_diffusers_single") else None)
+    ),
+}
+
+# --------------------------------------------------------------------------- layer types
+
+# What kind of layer a key (or a kohya module name, with "_" for ".") belongs to; first match wins.
+LAYER_TYPES: tuple[tuple[str, str], ...] = (
+    ("attn1", r"attn1[._]"),
+    ("attn2", r"attn2[._]"),
+    ("attn", r"(attn|attention|self_attn|SelfAttention|EncDecAttention)[._]|[._](qkv|to_[qkv]|in_proj|out_proj|w1[qkv]|w2[qkv])([._]|$)"),
+    ("ff", r"([._]ff[._]|ff_context|[._]mlp[._]|mlp_|[._]fc[12][._]|DenseReluDense|c_fc|c_proj|proj_mlp|linear[12][._])"),
+    ("norm", r"(norm|ln_|layer_norm|ln_final|final_layer_norm|group_norm)"),
+    ("proj", r"(proj_in|proj_out|text_projection|proj[._])"),
+    ("embedding", r"(embed|emb[._]|emb_layers|time_in|vector_in|guidance_in|txt_in|img_in|token_embedding|positional_embedding|label_emb|shared)"),
+    ("resnet/conv", r"(conv|resnets|in_layers|out_layers|skip_connection|nin_shortcut|op[._]|block_\d|downsample|upsample|input_blocks\.0\.0)"),
+)

@@ -1,0 +1,123 @@
+"""The ``sdlens`` command line: a thin layer over the Python API (``sdlens.analysis``)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from sdlens.errors import SdlensError
+
+app = typer.Typer(
+    name="sdlens",
+    help="See inside Stable Diffusion family checkpoints: what a file is, what changed, how models relate.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console()
+err = Console(stderr=True)
+
+
+def _fail(e: SdlensError) -> None:
+    err.print(f"[bold red]sdlens: error:[/] {e}", highlight=False, soft_wrap=True)
+
+
+def _progress_bar(total: int, description: str):
+    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
+
+    p = Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,
+        disable=not err.is_terminal,
+    )
+    task = p.add_task(description, total=total)
+    return p, lambda n: p.advance(task, n)
+
+
+@app.command()
+def inspect(
+    paths: Annotated[list[Path], typer.Argument(help="Checkpoint files (.safetensors .ckpt .pt .bin), diffusers folders, *.index.json, or folders of models.")],
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON (schema in docs/inspect-json.md).")] = False,
+    hashes: Annotated[bool, typer.Option("--hash", help="sha256, AutoV2 and the old A1111 hash (reads the whole file).")] = False,
+    scan: Annotated[bool, typer.Option("--scan", help="Read all data: NaN/Inf and all-zero tensors.")] = False,
+    brief: Annotated[bool, typer.Option("--brief", help="Only the one-line summary per file.")] = False,
+) -> None:
+    """What is this file? Family, layout, components, precision, EMA, metadata, problems: from the header."""
+    from sdlens.analysis.inspect import inspect as run_inspect
+    from sdlens.io.open import expand_paths, open_checkpoint
+    from sdlens.render.jsonout import dumps
+
+    results: list[dict | object] = []
+    failed = 0
+    for path in expand_paths(paths):
+        try:
+            progress = None
+            bar = None
+            if hashes or scan:
+                with open_checkpoint(path) as ck:
+                    total = (ck.file_size if hashes else 0) + (ck.tensor_bytes if scan else 0)
+                bar, progress = _progress_bar(total, path.name)
+                bar.start()
+            try:
+                report = run_inspect(path, hashes=hashes, scan=scan, progress=progress)
+            finally:
+                if bar is not None:
+                    bar.stop()
+        except SdlensError as e:
+            failed += 1
+            _fail(e)
+            if json_out:
+                results.append({"path": str(path), "error": e.problem})
+            continue
+        if json_out:
+            results.append(report)
+        else:
+            from sdlens.render.inspect_view import render_report
+
+            render_report(report, out, brief=brief)
+    if json_out:
+        print(dumps(results[0] if len(results) == 1 else results))
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def demo(
+    out_dir: Annotated[Path, typer.Option("--out", help="Where to write the zoo, tables and plots.")] = Path("demo-out"),
+) -> None:
+    """Build a small synthetic model zoo and run every landed capability on it."""
+    from sdlens.demo import run_demo
+
+    run_demo(out_dir, out)
+
+
+@app.command()
+def version() -> None:
+    """Print the sdlens version."""
+    from sdlens import __version__
+
+    print(__version__)
+
+
+def main() -> None:
+    try:
+        app()
+    except SdlensError as e:  # anything the commands did not catch themselves
+        _fail(e)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

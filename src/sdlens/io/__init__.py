@@ -1,0 +1,1 @@
+"""Reading checkpoints lazily: an index of tensors from headers, tensor data on demand."""

@@ -1,0 +1,147 @@
+"""Stream a checkpoint's tensors front to back: each file read once, sequentially, into reused buffers.
+
+A reader thread fills one buffer while the caller works on the previous one (reading and arithmetic overlap),
+so a pass over a model costs about max(read time, compute time) and a bounded amount of memory: three
+buffers of ``chunk_bytes``, whatever the model size.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from sdlens.io.base import Checkpoint, TensorInfo
+from sdlens.io.dtypes import torch_dtype
+
+DEFAULT_CHUNK = 64 << 20
+
+
+@dataclass
+class Piece:
+    """Part (or all) of one tensor: ``data`` is a flat view of elements ``start .. start + data.numel()``.
+
+    ``data`` lives in a reused buffer: it is valid only until the next piece is requested.
+    """
+
+    key: str
+    info: TensorInfo
+    start: int
+    data: Any  # torch.Tensor, 1-D, the tensor's stored dtype
+
+    @property
+    def last(self) -> bool:
+        return self.start + self.data.numel() >= self.info.numel
+
+
+def _plan(ckpt: Checkpoint, keys: Iterable[str] | None, chunk: int) -> list[tuple[str, int, int, list]]:
+    """Group tensors (in file order) into byte spans of at most ``chunk`` bytes: (source, begin, end, parts)
+    where parts are (key, byte offset in file, first element, element count)."""
+    spans: list[tuple[str, int, int, list]] = []
+    cur: list | None = None
+    for key in ckpt.in_file_order(keys):
+        info = ckpt.tensors[key]
+        if not ckpt.is_plain(key):
+            spans.append((info.source, -1, -1, [(key, -1, 0, info.numel)]))
+            cur = None
+            continue
+        step = max(1, chunk // info.itemsize)
+        for first in range(0, max(info.numel, 1), step):
+            count = min(step, info.numel - first)
+            off = info.offset + first * info.itemsize
+            nbytes = count * info.itemsize
+            if cur is not None and cur[0] == info.source and off >= cur[2] and off + nbytes - cur[1] <= chunk and off - cur[2] < 4096:
+                cur[3].append((key, off, first, count))
+                cur[2] = off + nbytes
+            else:
+                cur = [info.source, off - off % 8, off + nbytes, [(key, off, first, count)]]
+                spans.append(cur)  # type: ignore[arg-type]
+    return [tuple(s) for s in spans]  # type: ignore[misc]
+
+
+def stream(
+    ckpt: Checkpoint, keys: Iterable[str] | None = None, chunk_bytes: int = DEFAULT_CHUNK, threaded: bool = True
+) -> Iterator[Piece]:
+    """Yield every (selected) tensor as one or more :class:`Piece` in file-offset order."""
+    import torch
+
+    spans = _plan(ckpt, keys, chunk_bytes)
+    biggest = max((s[2] - s[1] for s in spans if s[1] >= 0), default=0)
+    buffers = [torch.empty(biggest + 8, dtype=torch.uint8) for _ in range(3 if threaded else 1)]
+    files: dict[str, Any] = {}
+
+    def fill(i: int, span) -> tuple:
+        source, begin, end, parts = span
+        if begin < 0:
+            return span, None
+        f = files.get(source)
+        if f is None:
+            f = files[source] = open(source, "rb", buffering=0)  # noqa: SIM115
+        buf = buffers[i % len(buffers)]
+        view = memoryview(buf.numpy())[: end - begin]
+        f.seek(begin)
+        got = 0
+        while got < end - begin:
+            n = f.readinto(view[got:])
+            if not n:
+                from sdlens.errors import CheckpointError
+
+                raise CheckpointError(source, f"file ended at byte {begin + got}, expected {end} (truncated?)")
+            got += n
+        return span, buf
+
+    def pieces(span, buf) -> Iterator[Piece]:
+        source, begin, _end, parts = span
+        for key, off, first, count in parts:
+            info = ckpt.tensors[key]
+            if buf is None:
+                yield Piece(key, info, 0, ckpt.read(key).reshape(-1))
+                continue
+            rel = off - begin
+            raw = buf[rel : rel + count * info.itemsize]
+            if rel % info.itemsize:
+                raw = raw.clone()
+            yield Piece(key, info, first, raw.view(torch_dtype(info.dtype)))
+
+    try:
+        if not threaded:
+            for i, span in enumerate(spans):
+                yield from pieces(*fill(i, span))
+            return
+        q: queue.Queue = queue.Queue(maxsize=1)
+        stop = threading.Event()
+
+        def reader() -> None:
+            try:
+                for i, span in enumerate(spans):
+                    item = fill(i, span)
+                    while not stop.is_set():
+                        try:
+                            q.put(item, timeout=0.1)
+                            break
+                        except queue.Full:
+                            continue
+                    if stop.is_set():
+                        return
+                q.put(None)
+            except BaseException as e:  # hand errors to the consumer
+                q.put(e)
+
+        th = threading.Thread(target=reader, daemon=True, name="sdlens-reader")
+        th.start()
+        try:
+            while True:
+                item = q.get()
+                if item is None:
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                yield from pieces(*item)
+        finally:
+            stop.set()
+            th.join()
+    finally:
+        for f in files.values():
+            f.close()

@@ -1,0 +1,24 @@
+"""Shared fixtures: small real-format files written per test session."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run the real console entry point in a subprocess (as users do)."""
+    return subprocess.run(
+        [sys.executable, "-m", "sdlens.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=300
+    )
+
+
+@pytest.fixture
+def cli():
+    return run_cli
