@@ -22,3 +22,11 @@ def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
 @pytest.fixture
 def cli():
     return run_cli
+
+
+@pytest.fixture(scope="session")
+def zoo(tmp_path_factory):
+    """The whole synthetic zoo, built once per test session."""
+    from sdlens.testing.zoo import build_zoo
+
+    return build_zoo(tmp_path_factory.mktemp("zoo"))

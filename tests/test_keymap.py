@@ -162,10 +162,8 @@ def test_full_size_unet_map_covers_every_parameter(family: str) -> None:
     assert unet_prefix_table(DENOISERS[family][1]) == unet_prefix_table(config)
     km = unet_key_map(DENOISERS[family][1]) if family == "sd1" else unet_key_map(config, sd)
     assert set(km) == set(sd) and len(set(km.values())) == len(km)
-    ldm = unet_diffusers_to_ldm(sd, model.config)
-    back = sfu.convert_ldm_unet_checkpoint(
-        {f"model.diffusion_model.{k}": v for k, v in ldm.items()}, model.config
-    )
+    ldm = unet_diffusers_to_ldm(sd, config)
+    back = sfu.convert_ldm_unet_checkpoint({f"model.diffusion_model.{k}": v for k, v in ldm.items()}, config)
     assert {k: v.shape for k, v in back.items()} == {k: v.shape for k, v in sd.items()}
     shapes = {k: tuple(v.shape) for k, v in ldm.items()}
     n_out = {"sd1": 12, "sd2": 12, "sdxl": 9, "sdxl_refiner": 12}[family]

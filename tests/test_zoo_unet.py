@@ -110,8 +110,8 @@ def test_tiny_configs_are_consistent(family: str) -> None:
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_single_file_equals_diffusers_parts(family: str) -> None:
-    single = build_single_file(family, seed=3)
-    parts = build_diffusers_parts(family, seed=3)
+    single = build_single_file(family)
+    parts = build_diffusers_parts(family)
     cfgs = diffusers_configs(family)
     for part, sd in parts.items():  # loads strictly (names and shapes) into the real classes
         with torch.device("meta"):
@@ -141,9 +141,6 @@ def test_single_file_equals_diffusers_parts(family: str) -> None:
         same(openclip_to_clip_hf(_sub(single, "conditioner.embedders.1.model."), 32), parts["text_encoder_2"])
     else:
         same(openclip_to_clip_hf(_sub(single, "conditioner.embedders.0.model."), 32), parts["text_encoder_2"])
-    assert not torch.equal(
-        single[UNET + "out.2.weight"], build_single_file(family, seed=4)[UNET + "out.2.weight"]
-    )
 
 
 def _init_kwargs(cfg: dict) -> dict:
@@ -153,6 +150,8 @@ def _init_kwargs(cfg: dict) -> dict:
 def test_seeded_and_deterministic() -> None:
     a, b = build_single_file("sd1", seed=7), build_single_file("sd1", seed=7)
     assert all(torch.equal(a[k], b[k]) for k in a)
+    other = build_single_file("sd1")
+    assert not any(torch.equal(a[k], other[k]) for k in a if k.startswith(UNET))
     a[UNET + "out.2.bias"].add_(1)  # results are copies: editing one leaves the next build intact
     assert torch.equal(build_single_file("sd1", seed=7)[UNET + "out.2.bias"], b[UNET + "out.2.bias"])
 

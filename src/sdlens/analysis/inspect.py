@@ -328,7 +328,7 @@ def _ema(comps: dict) -> EmaInfo | None:
     ema = comps.get("ema")
     if ema is None:
         return None
-    present = set(ema.keys)
+    present = set(ema.keys) - {"decay", "num_updates"}  # bookkeeping scalars, not weight copies
     den = comps.get("denoiser")
     expected = {"diffusion_model" + rel.replace(".", "") for rel in (den.keys if den else {})}
     missing = sorted(expected - present)
