@@ -8,6 +8,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 
 @dataclass
@@ -23,13 +24,13 @@ def _mem(pid: int) -> tuple[int, int]:
     total = hwm = 0
     pids = [pid]
     try:
-        children = open(f"/proc/{pid}/task/{pid}/children").read().split()
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
         pids += [int(c) for c in children]
     except OSError:
         pass
     for p in pids:
         try:
-            for line in open(f"/proc/{p}/status"):
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
                 if line.startswith("RssAnon:"):
                     total += int(line.split()[1]) * 1024
                 elif line.startswith("VmHWM:") and p == pid:

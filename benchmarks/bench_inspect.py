@@ -20,7 +20,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _measure import gb, mb, measure, python_cmd, read_once_seconds  # noqa: E402
-
 from sdlens.testing.writers import save_safetensors  # noqa: E402
 from sdlens.testing.zoo_unet import build_single_file  # noqa: E402
 

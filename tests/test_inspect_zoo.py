@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from sdlens.analysis.inspect import inspect
-from sdlens.testing.zoo import zoo_table
 from sdlens.testing.writers import save_safetensors
+from sdlens.testing.zoo import zoo_table
 
 ZOO_NAMES = [row[0] for row in zoo_table()]
 

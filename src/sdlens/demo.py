@@ -27,8 +27,8 @@ def run_demo(out_dir: Path, console: Console) -> None:
     # ---- inspect: every zoo file, one line each, then the full report of a few
     reports = []
     table = Table(title="sdlens inspect over the zoo", title_justify="left")
-    for col in ("file", "truth", "sdlens says", "ok", "time"):
-        table.add_column(col)
+    for col in ("file", "built as", "sdlens says", "ok", "time"):
+        table.add_column(col, overflow="fold")
     wrong = 0
     for entry in zoo.values():
         t = time.perf_counter()
@@ -40,7 +40,8 @@ def run_demo(out_dir: Path, console: Console) -> None:
         table.add_row(
             entry.path.name,
             entry.truth_text,
-            r.summary,
+            f"{r.family_name} · {r.kind}" + (f" · {', '.join(r.variants)}" if r.variants else "")
+            + f" · {r.precision} · {human_bytes(r.file_size)}",
             "[green]✓[/]" if ok else "[red]✗[/]",
             f"{dt * 1000:.0f} ms",
         )

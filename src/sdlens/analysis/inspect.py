@@ -147,7 +147,7 @@ def describe(ckpt: Checkpoint) -> InspectReport:
             **base,
             kind="LoRA",
             family=lora.arch,
-            family_name=R.FAMILY_BY_ID[lora.arch].name if lora.arch in R.FAMILY_BY_ID else lora.arch,
+            family_name=R.FAMILY_BY_ID[lora.arch].name if lora.arch in R.FAMILY_BY_ID else _LORA_ARCH_NAMES.get(lora.arch, lora.arch),
             variants=[lora.network],
             confidence="high" if lora.arch != "unknown" else "low",
             reasons=lora.arch_reasons,
@@ -221,6 +221,7 @@ def describe(ckpt: Checkpoint) -> InspectReport:
     )
 
 
+_LORA_ARCH_NAMES = {"flux": "FLUX.1", "sd3": "SD3", "unknown": "unknown"}
 _ORDER = {k: i for i, k in enumerate(
     ["denoiser", "controlnet", "clip_l", "openclip_h", "clip_g", "t5", "text_encoder", "vae_encoder", "vae_decoder",
      "ema", "schedule", "markers"]
@@ -390,7 +391,11 @@ def _precision(dtypes: dict[str, dict[str, int]]) -> str:
     if len(floats) == 1:
         return names[next(iter(floats))]
     total = sum(floats.values())
-    return "mixed: " + ", ".join(f"{names[d]} {100 * b / total:.0f}%" for d, b in sorted(floats.items(), key=lambda kv: -kv[1]))
+    def share(b: int) -> str:
+        pct = 100 * b / total
+        return f"{pct:.0f}%" if pct >= 1 else "<1%"
+
+    return "mixed: " + ", ".join(f"{names[d]} {share(b)}" for d, b in sorted(floats.items(), key=lambda kv: -kv[1]))
 
 
 # --------------------------------------------------------------------------- one-line summary

@@ -151,9 +151,11 @@ def _materialize(meta: TensorDict, seed: int) -> TensorDict:
     """Seeded float32 values for meta shapes: norm weights 1 + N(0, 0.02²), other 1-D tensors N(0, 0.02²),
     weights N(0, 1/fan_in); so no two tensors are alike (a swapped key cannot pass a comparison)."""
     gen = torch.Generator().manual_seed(seed)
+    sizes = [t.numel() for t in meta.values()]
+    flat = torch.randn(sum(sizes), generator=gen, dtype=torch.float32)
     out: TensorDict = {}
-    for key, t in meta.items():
-        noise = torch.randn(tuple(t.shape), generator=gen, dtype=torch.float32)
+    for (key, t), noise in zip(meta.items(), flat.split(sizes), strict=True):
+        noise = noise.view(tuple(t.shape))
         if t.ndim >= 2:
             out[key] = noise * (math.prod(t.shape[1:]) ** -0.5)
         elif "norm" in key and key.endswith("weight"):
