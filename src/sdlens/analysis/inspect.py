@@ -142,7 +142,7 @@ def describe(ckpt: Checkpoint) -> InspectReport:
         extras=dict(ckpt.extras),
     )
     if is_lora(tensors):
-        lora = analyse_lora(tensors, ckpt.metadata, lambda k: float(ckpt.read(k).float().reshape(-1)[0]))
+        lora = analyse_lora(tensors, ckpt.metadata, lambda k: float(ckpt.read_numpy(k).reshape(-1)[0]))
         return InspectReport(
             **base,
             kind="LoRA",
@@ -340,8 +340,8 @@ def _schedule(ckpt: Checkpoint, comps: dict) -> ScheduleInfo | None:
     sched = comps.get("schedule")
     if sched is None:
         return None
-    betas = ckpt.read("betas") if "betas" in sched.keys else None
-    ac = ckpt.read("alphas_cumprod") if "alphas_cumprod" in sched.keys else None
+    betas = ckpt.read_numpy("betas") if "betas" in sched.keys else None
+    ac = ckpt.read_numpy("alphas_cumprod") if "alphas_cumprod" in sched.keys else None
     return analyse_schedule(betas, ac, list(sched.keys))
 
 
@@ -357,28 +357,27 @@ def _prediction(ckpt: Checkpoint, match: FamilyMatch, tensors: dict) -> str | No
         return "epsilon (global_step 875000 = SD2 base)"
     key = "model.diffusion_model.output_blocks.11.1.transformer_blocks.0.norm1.bias"
     if key in tensors and tensors[key].nbytes <= _SMALL:
-        std = float(ckpt.read(key).float().std())
+        std = float(ckpt.read_numpy(key).astype("float64").std(ddof=1))
         guess = "v-prediction" if std > 0.09 else "epsilon"
         return f"{guess} (heuristic: std of {key.split('.', 2)[2]} = {std:.3f}, > 0.09 means v)"
     return "unknown (cannot be read from the keys)"
 
 
 def _check_position_ids(ckpt: Checkpoint, key: str) -> PositionIdsCheck:
-    import torch
+    import numpy as np
 
     info = ckpt.tensors[key]
     if info.nbytes > _SMALL:
         return PositionIdsCheck(key, info.dtype, False, f"unexpectedly large ({info.shape})")
-    t = ckpt.read(key).reshape(-1)
-    ref = torch.arange(t.numel(), dtype=torch.float64)
-    vals = t.double()
-    if torch.equal(vals, ref):
-        return PositionIdsCheck(key, info.dtype, True, f"0..{t.numel() - 1}")
-    diff = (vals - ref).abs()
+    vals = ckpt.read_numpy(key).reshape(-1).astype(np.float64)
+    n = vals.size
+    if np.array_equal(vals, np.arange(n, dtype=np.float64)):
+        return PositionIdsCheck(key, info.dtype, True, f"0..{n - 1}")
+    diff = np.abs(vals - np.arange(n))
     i = int(diff.argmax())
     return PositionIdsCheck(
         key, info.dtype, False,
-        f"not exactly 0..{t.numel() - 1}: {int((diff > 0).sum())} of {t.numel()} values off, "
+        f"not exactly 0..{n - 1}: {int((diff > 0).sum())} of {n} values off, "
         f"worst at index {i} = {float(vals[i]):.6g} (stored as {info.dtype})",
     )
 

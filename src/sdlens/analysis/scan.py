@@ -48,56 +48,62 @@ class ScanResult:
         return out
 
 
-def _signed_torch() -> dict[int, Any]:
-    import torch
-
-    return {2: torch.int16, 4: torch.int32, 8: torch.int64}
-
-
-_SIGNED_TORCH: dict[int, Any] = {}
 _BLOCK = 1 << 17  # elements per cache-sized block
 
 
-def _piece_stats(dtype: str, data) -> tuple[bool, bool]:
+def _piece_stats(dtype: str, arr: np.ndarray) -> tuple[bool, bool]:
     """(has a non-finite value, has a non-zero value) for one flat chunk."""
-    if data.numel() == 0:
+    if arr.size == 0:
         return False, False
     bits = _BITS.get(dtype)
     if bits is not None:
         signed, unsigned, pos, neg, sign = bits
-        raw = data.view(_SIGNED_TORCH[data.element_size()]).numpy().view(signed)
-        uraw = raw.view(unsigned)
+        raw = arr.view(signed)
+        uraw = arr.view(unsigned)
         smax = umax = 0
         # both maxima per cache-sized block: the second reduction reads from cache, not memory
         for i in range(0, raw.size, _BLOCK):
             smax = max(smax, int(raw[i : i + _BLOCK].max()))
             umax = max(umax, int(uraw[i : i + _BLOCK].max()))
-        nonfinite = smax >= pos or umax >= neg
-        nonzero = smax > 0 or umax not in (0, sign)
-        return nonfinite, nonzero
-    if data.is_floating_point():  # fp8: small, convert
-        f = data.float()
+        return smax >= pos or umax >= neg, smax > 0 or umax not in (0, sign)
+    if dtype in ("F8_E4M3", "F8_E5M2"):  # small: decode with torch
+        import torch
+
+        f = torch.from_numpy(arr).view(getattr(torch, "float8_e4m3fn" if dtype == "F8_E4M3" else "float8_e5m2")).float()
         return not bool(f.isfinite().all()), bool(f.any())
-    return False, bool(data.any())
+    return False, bool(arr.any())
+
+
+def _count_nonfinite(dtype: str, arr: np.ndarray) -> tuple[int, int]:
+    """(NaN count, Inf count) from the bit patterns: exponent all ones; mantissa zero for Inf."""
+    if dtype not in _BITS:
+        import torch
+
+        f = torch.from_numpy(arr).view(getattr(torch, "float8_e4m3fn" if dtype == "F8_E4M3" else "float8_e5m2")).float()
+        return int(f.isnan().sum()), int(f.isinf().sum())
+    _signed, unsigned, pos, _neg, sign = _BITS[dtype]
+    u = arr.view(unsigned)
+    mag = u & unsigned(sign - 1)
+    nonfinite = mag >= unsigned(pos)
+    inf = int(np.count_nonzero(mag == unsigned(pos)))
+    return int(np.count_nonzero(nonfinite)) - inf, inf
 
 
 def scan_tensors(ckpt: Checkpoint, progress: Callable[[int], None] | None = None) -> ScanResult:
-    """Stream the whole checkpoint once in file order."""
-    import torch
-
-    _SIGNED_TORCH.update(_signed_torch())
+    """Stream the whole checkpoint once in file order (no torch needed for fp16/bf16/fp32/fp64)."""
     res = ScanResult(len(ckpt.tensors), 0)
     nonzero: dict[str, bool] = {}
     for piece in stream(ckpt):
-        bad, nz = _piece_stats(piece.info.dtype, piece.data)
+        dtype = piece.info.dtype
+        bad, nz = _piece_stats(dtype, piece.array)
         if bad:
-            f = piece.data.float()
-            if n := int(torch.isnan(f).sum()):
-                res.nan[piece.key] = res.nan.get(piece.key, 0) + n
-            if n := int(torch.isinf(f).sum()):
-                res.inf[piece.key] = res.inf.get(piece.key, 0) + n
+            n_nan, n_inf = _count_nonfinite(dtype, piece.array)
+            if n_nan:
+                res.nan[piece.key] = res.nan.get(piece.key, 0) + n_nan
+            if n_inf:
+                res.inf[piece.key] = res.inf.get(piece.key, 0) + n_inf
         nonzero[piece.key] = nonzero.get(piece.key, False) or nz
-        nb = piece.data.numel() * piece.info.itemsize
+        nb = piece.count * piece.info.itemsize
         res.bytes += nb
         if progress:
             progress(nb)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
+
 STANDARD_BETA_START = 0.00085
 STANDARD_BETA_END = 0.012
 
@@ -23,25 +25,22 @@ class ScheduleInfo:
 
 
 def analyse_schedule(betas=None, alphas_cumprod=None, buffers: list[str] | None = None) -> ScheduleInfo | None:
-    """Classify the noise schedule from ``betas`` (preferred) or ``alphas_cumprod`` (1-D tensors)."""
-    import torch
-
+    """Classify the noise schedule from ``betas`` (preferred) or ``alphas_cumprod`` (1-D numpy arrays)."""
     if betas is None and alphas_cumprod is None:
         return None
     if betas is None:
-        ac = alphas_cumprod.double()
-        prev = torch.cat([ac.new_ones(1), ac[:-1]])
-        betas = 1 - ac / prev
-    betas = betas.double()
-    n = betas.numel()
-    ac = torch.cumprod(1 - betas, 0) if alphas_cumprod is None else alphas_cumprod.double()
-    scaled = torch.linspace(STANDARD_BETA_START**0.5, STANDARD_BETA_END**0.5, n, dtype=torch.float64) ** 2
-    linear = torch.linspace(float(betas[0]), float(betas[-1]), n, dtype=torch.float64)
-    if torch.allclose(betas, scaled, rtol=2e-3, atol=1e-7):
+        ac = np.asarray(alphas_cumprod, dtype=np.float64)
+        betas = 1 - ac / np.concatenate([[1.0], ac[:-1]])
+    betas = np.asarray(betas, dtype=np.float64).reshape(-1)
+    n = betas.size
+    ac = np.cumprod(1 - betas) if alphas_cumprod is None else np.asarray(alphas_cumprod, dtype=np.float64).reshape(-1)
+    scaled = np.linspace(STANDARD_BETA_START**0.5, STANDARD_BETA_END**0.5, n) ** 2
+    linear = np.linspace(betas[0], betas[-1], n)
+    if np.allclose(betas, scaled, rtol=2e-3, atol=1e-7):
         kind = "scaled-linear (standard SD, 0.00085 → 0.012)"
-    elif torch.allclose(betas, linear, rtol=2e-3, atol=1e-7):
+    elif np.allclose(betas, linear, rtol=2e-3, atol=1e-7):
         kind = "linear"
     else:
         kind = "non-standard"
-    ztsnr = bool(ac[-1].abs() < 1e-6) or bool(betas[-1] >= 0.999)
+    ztsnr = bool(abs(ac[-1]) < 1e-6 or betas[-1] >= 0.999)
     return ScheduleInfo(n, kind, float(betas[0]), float(betas[-1]), ztsnr, sorted(buffers or []))

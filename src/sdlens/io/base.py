@@ -19,6 +19,9 @@ from typing import Any
 from sdlens.errors import CheckpointError
 from sdlens.io.dtypes import DTYPES, torch_dtype
 
+_NUMPY = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": "<u2", "I64": "<i8", "I32": "<i4", "I16": "<i2",
+          "I8": "i1", "U8": "u1", "BOOL": "?"}
+
 
 @dataclass(frozen=True)
 class TensorInfo:
@@ -128,6 +131,21 @@ class Checkpoint:
         t = torch.frombuffer(m, dtype=torch_dtype(info.dtype), count=info.numel, offset=info.offset)
         t = t.view(info.shape)
         return t.clone() if copy else t
+
+    def read_numpy(self, key: str):
+        """A small tensor as a numpy array, without importing torch (bf16 widened to float32)."""
+        import numpy as np
+
+        info = self.tensors[key]
+        if not self.is_plain(key) or info.dtype not in _NUMPY:
+            t = self.read(key)
+            return (t.float() if t.is_floating_point() else t).numpy()
+        m = self._map(info.source)
+        self._check_bounds(info, m)
+        raw = np.frombuffer(m, dtype=_NUMPY[info.dtype], count=info.numel, offset=info.offset).reshape(info.shape)
+        if info.dtype == "BF16":
+            return (raw.astype(np.uint32) << 16).view(np.float32)
+        return raw.copy()
 
     def read_chunks(self, key: str, chunk_bytes: int = 64 << 20) -> Iterator[Any]:
         """A tensor's elements as flat 1-D views of at most ``chunk_bytes`` each, in order."""

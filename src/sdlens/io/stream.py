@@ -13,7 +13,9 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from sdlens.io.base import Checkpoint, TensorInfo
+import numpy as np
+
+from sdlens.io.base import _NUMPY, Checkpoint, TensorInfo
 from sdlens.io.dtypes import torch_dtype
 
 DEFAULT_CHUNK = 64 << 20
@@ -21,19 +23,47 @@ DEFAULT_CHUNK = 64 << 20
 
 @dataclass
 class Piece:
-    """Part (or all) of one tensor: ``data`` is a flat view of elements ``start .. start + data.numel()``.
+    """Part (or all) of one tensor: elements ``start .. start + count`` as a flat array.
 
-    ``data`` lives in a reused buffer: it is valid only until the next piece is requested.
+    ``array`` (numpy; bf16 and fp8 as their raw unsigned integers) lives in a reused buffer: it is valid only
+    until the next piece is requested. ``data`` gives the same memory as a torch tensor of the stored dtype.
     """
 
     key: str
     info: TensorInfo
     start: int
-    data: Any  # torch.Tensor, 1-D, the tensor's stored dtype
+    array: np.ndarray
+
+    @property
+    def count(self) -> int:
+        return int(self.array.size)
 
     @property
     def last(self) -> bool:
-        return self.start + self.data.numel() >= self.info.numel
+        return self.start + self.count >= self.info.numel
+
+    @property
+    def data(self) -> Any:
+        import torch
+
+        t = torch.from_numpy(self.array)
+        want = torch_dtype(self.info.dtype)
+        return t if t.dtype == want else t.view(want)
+
+
+class _LazyTorchInts(dict):
+    def __missing__(self, size: int) -> Any:
+        import torch
+
+        self.update({1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64})
+        return self[size]
+
+
+_TORCH_INT: dict[int, Any] = _LazyTorchInts()
+
+
+def _raw_dtype(dtype: str) -> str:
+    return _NUMPY.get(dtype, "u1")
 
 
 def _plan(ckpt: Checkpoint, keys: Iterable[str] | None, chunk: int) -> list[tuple[str, int, int, list]]:
@@ -65,11 +95,9 @@ def stream(
     ckpt: Checkpoint, keys: Iterable[str] | None = None, chunk_bytes: int = DEFAULT_CHUNK, threaded: bool = True
 ) -> Iterator[Piece]:
     """Yield every (selected) tensor as one or more :class:`Piece` in file-offset order."""
-    import torch
-
     spans = _plan(ckpt, keys, chunk_bytes)
     biggest = max((s[2] - s[1] for s in spans if s[1] >= 0), default=0)
-    buffers = [torch.empty(biggest + 8, dtype=torch.uint8) for _ in range(3 if threaded else 1)]
+    buffers = [np.empty(biggest + 8, dtype=np.uint8) for _ in range(3 if threaded else 1)]
     files: dict[str, Any] = {}
 
     def fill(i: int, span) -> tuple:
@@ -80,7 +108,7 @@ def stream(
         if f is None:
             f = files[source] = open(source, "rb", buffering=0)  # noqa: SIM115
         buf = buffers[i % len(buffers)]
-        view = memoryview(buf.numpy())[: end - begin]
+        view = memoryview(buf)[: end - begin]
         f.seek(begin)
         got = 0
         while got < end - begin:
@@ -96,14 +124,16 @@ def stream(
         source, begin, _end, parts = span
         for key, off, first, count in parts:
             info = ckpt.tensors[key]
-            if buf is None:
-                yield Piece(key, info, 0, ckpt.read(key).reshape(-1))
+            if buf is None:  # a strided torch view: read it whole
+                t = ckpt.read(key).reshape(-1)
+                raw_np = t.view(_TORCH_INT[info.itemsize]).numpy() if info.dtype in ("BF16", "F8_E4M3", "F8_E5M2") else t.numpy()
+                yield Piece(key, info, 0, raw_np.view(_raw_dtype(info.dtype)))
                 continue
             rel = off - begin
             raw = buf[rel : rel + count * info.itemsize]
             if rel % info.itemsize:
-                raw = raw.clone()
-            yield Piece(key, info, first, raw.view(torch_dtype(info.dtype)))
+                raw = raw.copy()
+            yield Piece(key, info, first, raw.view(_raw_dtype(info.dtype)))
 
     try:
         if not threaded:

@@ -108,7 +108,7 @@ def _broken_position_ids(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
     return sd
 
 
-def _realise_small(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def realise_small_buffers(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """In a full-size meta (sparse) build, give the few buffers inspect reads their real values."""
     from sdlens.testing.zoo_unet import schedule_buffers
 
@@ -187,9 +187,9 @@ def zoo_table() -> list[tuple[str, str, Callable[[Path], None], Truth]]:
          Truth("sdxl", full, problem="broken position_ids")),
         ("sdxl_refiner", "sdxl_refiner.safetensors", _st(lambda: _unet("sdxl_refiner", dtype=F16)), Truth("sdxl_refiner", full)),
         ("sdxl_diffusers", "sdxl_diffusers", _folder("sdxl"), Truth("sdxl", full, conventions=("diffusers",))),
-        ("sdxl_full_fp16", "sdxl_full_fp16.safetensors", _st(lambda: _realise_small(_unet("sdxl", size="full", dtype=F16))),
+        ("sdxl_full_fp16", "sdxl_full_fp16.safetensors", _st(lambda: realise_small_buffers(_unet("sdxl", size="full", dtype=F16))),
          Truth("sdxl", full, precision="fp16")),
-        ("sd1_full_ema_fp32", "sd1_full_ema_fp32.safetensors", _st(lambda: _realise_small(_unet("sd1", size="full", ema=True))),
+        ("sd1_full_ema_fp32", "sd1_full_ema_fp32.safetensors", _st(lambda: realise_small_buffers(_unet("sd1", size="full", ema=True))),
          Truth("sd1", full, precision="fp32", ema=True)),
         ("sdxl_unet_only", "sdxl_unet.safetensors", _st(lambda: _strip(_unet("sdxl", dtype=F16), "model.diffusion_model.")),
          Truth("sdxl", "denoiser only")),
