@@ -206,18 +206,27 @@ def denoiser_config(
     return cls, cfg
 
 
+class _Renamer:
+    """Builds a renamed state dict while recording which source keys were used (to catch leftovers)."""
+
+    def __init__(self, sd: TensorDict):
+        self.sd = sd
+        self.out: TensorDict = {}
+        self.used: set[str] = set()
+
+    def take(self, key: str) -> torch.Tensor:
+        self.used.add(key)
+        return self.sd[key]
+
+    def put(self, dst: str, src: str) -> None:
+        self.out[dst] = self.take(src)
+
+
 # ----------------------------------------------------------------------------------------------- SD3
 def sd3_to_original(sd: TensorDict) -> TensorDict:
     """diffusers SD3Transformer2DModel state dict -> SD3 single-file keys (no ``model.diffusion_model.``)."""
-    out: TensorDict = {}
-    used: set[str] = set()
-
-    def take(key: str) -> torch.Tensor:
-        used.add(key)
-        return sd[key]
-
-    def put(dst: str, src: str) -> None:
-        out[dst] = take(src)
+    r = _Renamer(sd)
+    out, used, take, put = r.out, r.used, r.take, r.put
 
     out["pos_embed"] = take("pos_embed.pos_embed")
     for p in ("weight", "bias"):
@@ -266,15 +275,8 @@ def sd3_to_original(sd: TensorDict) -> TensorDict:
 # ----------------------------------------------------------------------------------------------- FLUX
 def flux_to_original(sd: TensorDict) -> TensorDict:
     """diffusers FluxTransformer2DModel state dict -> BFL single-file keys (bare ``double_blocks.N`` ...)."""
-    out: TensorDict = {}
-    used: set[str] = set()
-
-    def take(key: str) -> torch.Tensor:
-        used.add(key)
-        return sd[key]
-
-    def put(dst: str, src: str) -> None:
-        out[dst] = take(src)
+    r = _Renamer(sd)
+    out, used, take, put = r.out, r.used, r.take, r.put
 
     emb = {"time_in": "timestep_embedder", "vector_in": "text_embedder", "guidance_in": "guidance_embedder"}
     for p in ("weight", "bias"):
