@@ -91,6 +91,44 @@ def inspect(
 
 
 @app.command()
+def diff(
+    a: Annotated[Path, typer.Argument(help="First checkpoint (any format or layout).")],
+    b: Annotated[Path, typer.Argument(help="Second checkpoint.")],
+    metric: Annotated[str, typer.Option(help="Metric shown per tensor with --by key: l2, l1, l0, cos or all.")] = "all",
+    by: Annotated[str, typer.Option(help="Table granularity: component, block, type or key.")] = "component",
+    json_file: Annotated[Path | None, typer.Option("--json", help="Write every number to this JSON file.")] = None,
+    plot: Annotated[Path | None, typer.Option(help="Write plots: FILE.png/.svg (histograms) and FILE-blocks.png/.svg.")] = None,
+    time_embed: Annotated[str, typer.Option(help="Merge block of time_embed / label_emb: IN00 (A1111 mergers) or BASE (sd-mecha).")] = "IN00",
+) -> None:
+    """What changed between two checkpoints: verdict in plain words, then per component / block / type / tensor."""
+    from sdlens.analysis.diff import diff as run_diff
+    from sdlens.io.open import open_checkpoint
+    from sdlens.render.diff_view import render_diff
+
+    if metric not in ("l2", "l1", "l0", "cos", "all") or by not in ("component", "block", "type", "key"):
+        raise SdlensError(None, f"unknown --metric {metric!r} or --by {by!r}")
+    if time_embed not in ("IN00", "BASE"):
+        raise SdlensError(None, "--time-embed must be IN00 or BASE")
+    with open_checkpoint(a) as ck:
+        total = ck.tensor_bytes
+    bar, progress = _progress_bar(total, f"diff {a.name}")
+    with bar:
+        result = run_diff(a, b, time_embed=time_embed, progress=progress)
+    render_diff(result, out, by=by, metric=metric)
+    if json_file is not None:
+        from sdlens.io.atomic import write_text_atomic
+        from sdlens.render.jsonout import dumps
+
+        write_text_atomic(json_file, dumps(result))
+        out.print(f"JSON written to {json_file}", soft_wrap=True)
+    if plot is not None:
+        from sdlens.render.diff_figures import write_diff_plots
+
+        for p in write_diff_plots(result, plot):
+            out.print(f"plot written to {p}", soft_wrap=True)
+
+
+@app.command()
 def demo(
     out_dir: Annotated[Path, typer.Option("--out", help="Where to write the zoo, tables and plots.")] = Path("demo-out"),
 ) -> None:

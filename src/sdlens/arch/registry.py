@@ -371,3 +371,54 @@ LAYER_TYPES: tuple[tuple[str, str], ...] = (
     ("embedding", r"(embed|emb[._]|emb_layers|time_in|vector_in|guidance_in|txt_in|img_in|token_embedding|positional_embedding|label_emb|shared)"),
     ("resnet/conv", r"(conv|resnets|in_layers|out_layers|skip_connection|nin_shortcut|op[._]|block_\d|downsample|upsample|input_blocks\.0\.0)"),
 )
+
+# --------------------------------------------------------------------------- merge blocks (architectures.md §5)
+
+# Rules applied to a denoiser's canonical key (LDM / original layout), first match wins. A template gets the
+# regex's first group as an int; "TIME" stands for the switchable placement of time_embed / label_emb.
+_SD_UNET_BLOCKS: tuple[tuple[str, str], ...] = (
+    (r"^(time_embed|label_emb)\.", "TIME"),
+    (r"^out\.", "OUT{last}"),
+    (r"^input_blocks\.(\d+)\.", "IN{0:02d}"),
+    (r"^middle_block\.", "M00"),
+    (r"^output_blocks\.(\d+)\.", "OUT{0:02d}"),
+)
+_FLUX_BLOCKS: tuple[tuple[str, str], ...] = (
+    (r"^(?:double_blocks|transformer_blocks)\.(\d+)\.", "D{0:02d}"),
+    (r"^(?:single_blocks|single_transformer_blocks)\.(\d+)\.", "S{0:02d}"),
+    (r"^(img_in|txt_in|time_in|vector_in|guidance_in|x_embedder|context_embedder|time_text_embed)", "IN"),
+    (r"^(final_layer|norm_out|proj_out)", "OUT"),
+)
+_MMDIT_BLOCKS: tuple[tuple[str, str], ...] = (
+    (r"^(?:joint_blocks|transformer_blocks)\.(\d+)\.", "J{0:02d}"),
+    (r"^(x_embedder|t_embedder|y_embedder|context_embedder|pos_embed|time_text_embed)", "IN"),
+    (r"^(final_layer|norm_out|proj_out)", "OUT"),
+)
+_AURA_BLOCKS: tuple[tuple[str, str], ...] = (
+    (r"^(?:double_layers|joint_transformer_blocks)\.(\d+)\.", "D{0:02d}"),
+    (r"^(?:single_layers|single_transformer_blocks)\.(\d+)\.", "S{0:02d}"),
+    (r"^(final_linear|modF|norm_out|proj_out)", "OUT"),
+    (r".", "IN"),
+)
+_DIT_BLOCKS: tuple[tuple[str, str], ...] = (
+    (r"^(?:blocks|transformer_blocks)\.(\d+)\.", "B{0:02d}"),
+    (r"^(final_layer|norm_out|proj_out)", "OUT"),
+    (r".", "IN"),
+)
+BLOCK_RULES: dict[str, tuple[tuple[str, str], ...]] = {
+    "sd1": _SD_UNET_BLOCKS,
+    "sd2": _SD_UNET_BLOCKS,
+    "sdxl": _SD_UNET_BLOCKS,
+    "sdxl_refiner": _SD_UNET_BLOCKS,
+    "flux_dev": _FLUX_BLOCKS,
+    "flux_schnell": _FLUX_BLOCKS,
+    "sd3": _MMDIT_BLOCKS,
+    "sd35m": _MMDIT_BLOCKS,
+    "sd35": _MMDIT_BLOCKS,
+    "auraflow": _AURA_BLOCKS,
+    "hunyuandit": _DIT_BLOCKS,
+    "pixart_alpha": _DIT_BLOCKS,
+    "pixart_sigma": _DIT_BLOCKS,
+}
+# index of the last output block, for the rule that sends the final ``out.`` layers there
+LAST_OUT_BLOCK: dict[str, int] = {"sd1": 11, "sd2": 11, "sdxl": 8, "sdxl_refiner": 11}

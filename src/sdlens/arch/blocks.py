@@ -1,0 +1,35 @@
+"""Merge blocks ("MBW" names: BASE, IN00…, M00, OUT…; D/S for FLUX; J for SD3) from the registry's rules."""
+
+from __future__ import annotations
+
+import re
+from functools import cache
+
+from sdlens.arch.registry import BLOCK_RULES, LAST_OUT_BLOCK
+
+
+@cache
+def _compiled(family: str) -> tuple[tuple[re.Pattern[str], str], ...]:
+    return tuple((re.compile(rx), tpl) for rx, tpl in BLOCK_RULES.get(family, ()))
+
+
+def block_of(canonical_name: str, family: str, *, time_embed: str = "IN00") -> str:
+    """The merge block of a canonical tensor name (``component/key``). Everything outside the denoiser
+    (text encoders, VAE, EMA, schedule) is BASE; ``time_embed`` ("IN00" or "BASE") places the UNet's
+    time / label embeddings, on which merging tools disagree."""
+    component, _, key = canonical_name.partition("/")
+    if component != "denoiser":
+        return "BASE"
+    rules = _compiled(family)
+    if not rules:
+        return "ALL"
+    for rx, tpl in rules:
+        m = rx.search(key)
+        if m is None:
+            continue
+        if tpl == "TIME":
+            return time_embed
+        if "{last}" in tpl:
+            return tpl.format(last=f"{LAST_OUT_BLOCK.get(family, 11):02d}")
+        return tpl.format(int(m.group(1))) if "{0" in tpl else tpl
+    return "BASE"

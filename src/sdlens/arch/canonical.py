@@ -1,0 +1,178 @@
+"""One canonical name for every tensor, whatever the file's layout, so two files compare tensor to tensor.
+
+Canonical names are ``<component>/<key>`` with the key in one layout per component:
+
+* denoiser — LDM names for UNets (diffusers-layout UNets renamed with the keymap); DiTs keep their keys;
+* VAE — LDM names (``encoder.down.0.block.0.conv1.weight``); diffusers VAEs renamed;
+* text encoders — transformers' CLIPTextModel layout (``text_model.encoder.layers.0.self_attn.q_proj.weight``):
+  NAI-renamed keys are put back under ``text_model.``, open_clip's fused ``in_proj_weight`` becomes three row
+  slices and its ``text_projection`` a transpose (see :class:`CanonRef`);
+* EMA — ``ema/<LDM UNet key>`` (the dot-free ``model_ema.diffusion_model…`` names restored);
+* schedule buffers, markers, ControlNets — their own keys; anything unrecognised — ``other/<full key>``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from sdlens.arch import configs as C
+from sdlens.arch import registry as R
+from sdlens.arch.detect import Component, match_family, read_features, split_components
+from sdlens.io.base import TensorInfo
+
+
+@dataclass(frozen=True)
+class CanonRef:
+    """Where a canonical tensor's data lives: a real key, optionally a row slice and/or a transpose."""
+
+    key: str
+    shape: tuple[int, ...]
+    rows: tuple[int, int] | None = None
+    transpose: bool = False
+
+
+def read_canonical(ckpt: Any, ref: CanonRef, *, copy: bool = True):
+    t = ckpt.read(ref.key, copy=copy)
+    if ref.rows is not None:
+        t = t[ref.rows[0] : ref.rows[1]]
+    if ref.transpose:
+        t = t.t()
+    return t
+
+
+def _plain(info: TensorInfo) -> CanonRef:
+    return CanonRef(info.key, info.shape)
+
+
+# --------------------------------------------------------------------------- text encoders
+
+_OPENCLIP_LAYER = {
+    "ln_1": "layer_norm1",
+    "ln_2": "layer_norm2",
+    "attn.out_proj": "self_attn.out_proj",
+    "mlp.c_fc": "mlp.fc1",
+    "mlp.c_proj": "mlp.fc2",
+}
+_OPENCLIP_TOP = {
+    "token_embedding.weight": "text_model.embeddings.token_embedding.weight",
+    "positional_embedding": "text_model.embeddings.position_embedding.weight",
+    "ln_final.weight": "text_model.final_layer_norm.weight",
+    "ln_final.bias": "text_model.final_layer_norm.bias",
+}
+_RESBLOCK = re.compile(r"^transformer\.resblocks\.(\d+)\.(.+)$")
+
+
+def _text_encoder(comp: Component) -> dict[str, CanonRef]:
+    out: dict[str, CanonRef] = {}
+    for rel, info in comp.keys.items():
+        key = rel.removeprefix("transformer.") if rel.startswith("transformer.text_model.") else rel
+        m = _RESBLOCK.match(rel)
+        if m:  # open_clip layout
+            n, rest = m.groups()
+            base = f"text_model.encoder.layers.{n}."
+            if rest in ("attn.in_proj_weight", "attn.in_proj_bias"):
+                width = info.shape[0] // 3
+                kind = "weight" if rest.endswith("weight") else "bias"
+                for i, qkv in enumerate("qkv"):
+                    shape = (width, *info.shape[1:])
+                    out[f"{base}self_attn.{qkv}_proj.{kind}"] = CanonRef(info.key, shape, (i * width, (i + 1) * width))
+                continue
+            for src, dst in _OPENCLIP_LAYER.items():
+                if rest.startswith(src + "."):
+                    rest = dst + rest[len(src) :]
+                    break
+            out[base + rest] = _plain(info)
+            continue
+        if rel in _OPENCLIP_TOP:
+            out[_OPENCLIP_TOP[rel]] = _plain(info)
+        elif rel == "text_projection" and len(info.shape) == 2:
+            out["text_projection.weight"] = CanonRef(info.key, (info.shape[1], info.shape[0]), transpose=True)
+        elif key.startswith(("encoder.layers.", "embeddings.", "final_layer_norm.")) and comp.id != "t5":
+            out["text_model." + key] = _plain(info)  # NAI-renamed, or the ldm prefix that swallowed text_model.
+        else:
+            out[key] = _plain(info)
+    return out
+
+
+# --------------------------------------------------------------------------- UNet, VAE, EMA
+
+
+def _unet_config(family: str, configs: Mapping[str, dict] | None) -> dict | None:
+    if configs and isinstance(configs.get("unet"), dict) and configs["unet"].get("block_out_channels"):
+        return {k: v for k, v in configs["unet"].items() if not k.startswith("_")}
+    fam = R.FAMILY_BY_ID.get(family)
+    return C.DENOISERS[fam.config][1] if fam and fam.config in C.DENOISERS else None
+
+
+def _denoiser(comp: Component, family: str, configs: Mapping[str, dict] | None) -> dict[str, CanonRef]:
+    is_diffusers_unet = "conv_in.weight" in comp.keys and any(k.startswith("down_blocks.") for k in comp.keys)
+    config = _unet_config(family, configs) if is_diffusers_unet else None
+    if config is None:
+        return {rel: _plain(info) for rel, info in comp.keys.items()}
+    from sdlens.arch.keymap import unet_diffusers_key_to_ldm
+
+    out: dict[str, CanonRef] = {}
+    for rel, info in comp.keys.items():
+        try:
+            out[unet_diffusers_key_to_ldm(rel, config)] = _plain(info)
+        except (KeyError, ValueError):
+            out[rel] = _plain(info)
+    return out
+
+
+def _vae(comps: list[Component], configs: Mapping[str, dict] | None) -> dict[str, CanonRef]:
+    keys = {rel: info for c in comps for rel, info in c.keys.items()}
+    if not any(k.startswith(("encoder.down_blocks.", "decoder.up_blocks.")) for k in keys):
+        return {rel: _plain(info) for rel, info in keys.items()}
+    from sdlens.arch.keymap import vae_key_map
+
+    cfg = (configs or {}).get("vae")
+    if not (isinstance(cfg, dict) and cfg.get("block_out_channels")):
+        conv_in = keys.get("decoder.conv_in.weight")
+        cfg = C.VAES["vae16" if conv_in is not None and conv_in.shape[1] == 16 else "vae4"]
+    cfg = {k: v for k, v in cfg.items() if not k.startswith("_")}
+    try:
+        mapping = vae_key_map(cfg, list(keys))
+    except (KeyError, ValueError):
+        return {rel: _plain(info) for rel, info in keys.items()}
+    return {mapping.get(rel, rel): _plain(info) for rel, info in keys.items()}
+
+
+def _ema(comp: Component, denoiser_keys: list[str]) -> dict[str, CanonRef]:
+    squashed = {"diffusion_model" + k.replace(".", ""): k for k in denoiser_keys}
+    return {squashed.get(rel, rel): _plain(info) for rel, info in comp.keys.items()}
+
+
+def canonical_index(
+    tensors: Mapping[str, TensorInfo], configs: Mapping[str, dict] | None = None
+) -> tuple[dict[str, CanonRef], str]:
+    """Canonical name -> where its data is, for every tensor; and the detected family id."""
+    split = split_components(tensors)
+    comps = split.components
+    family = "unknown"
+    if "denoiser" in comps:
+        family = match_family(read_features(comps["denoiser"].keys)).family
+    out: dict[str, CanonRef] = {}
+    denoiser_keys: list[str] = []
+    if "denoiser" in comps:
+        den = _denoiser(comps["denoiser"], family, configs)
+        denoiser_keys = list(den)
+        out.update({f"denoiser/{k}": v for k, v in den.items()})
+    vae_parts = [comps[c] for c in ("vae_encoder", "vae_decoder") if c in comps]
+    for rel, ref in _vae(vae_parts, configs).items():
+        side = "vae_decoder" if rel.startswith(("decoder.", "post_quant_conv.")) else "vae_encoder"
+        out[f"{side}/{rel}"] = ref
+    for cid, comp in comps.items():
+        base = cid.split("@")[0]
+        if base in R.TEXT_ENCODER_KINDS:
+            out.update({f"{cid}/{k}": v for k, v in _text_encoder(comp).items()})
+        elif base == "ema":
+            out.update({f"ema/{k}": v for k, v in _ema(comp, denoiser_keys).items()})
+        elif base not in ("denoiser", "vae_encoder", "vae_decoder"):
+            out.update({f"{cid}/{rel}": _plain(info) for rel, info in comp.keys.items()})
+    for key, info in split.unknown.items():
+        out[f"other/{key}"] = _plain(info)
+    return out, family

@@ -1,0 +1,29 @@
+"""The plots of a DiffResult: per-layer-type histograms and per-block bars for each component."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sdlens.analysis.diff import DiffResult, _label
+
+
+def write_diff_plots(r: DiffResult, path: str | Path) -> list[Path]:
+    """``path`` (.png or .svg) gets the histograms; ``<stem>-blocks<suffix>`` the per-block bar chart."""
+    from sdlens.render.diff_plots import plot_block_bars, plot_layer_histograms
+
+    path = Path(path)
+    fam = r.family_a if r.family_a != "unknown" else r.family_b
+    per_tensor = [
+        {"key": t.key, "component": t.component, "layer_type": t.layer_type, "l2": t.l2, "rms": t.rms,
+         "identical": not t.changed, "numel": t.numel}
+        for t in r.tensors
+    ]
+    title = f"{Path(r.a).name} vs {Path(r.b).name}"
+    hist = plot_layer_histograms(per_tensor, path, title=title)
+    blocks = {
+        _label(c, fam): {b: g.to_dict() for b, g in groups.items()}
+        for c, groups in r.by_block.items()
+        if c not in ("schedule", "markers")
+    }
+    bars = plot_block_bars(blocks, path.with_name(f"{path.stem}-blocks{path.suffix}"), metric="rms", title=title)
+    return [hist, bars]

@@ -1,0 +1,51 @@
+"""The human view of a DiffResult: the verdict first, then a table at the chosen granularity."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from sdlens.analysis.diff import DiffResult, GroupDiff, _label
+
+_METRICS = ("l2", "l1", "l0", "cos")
+
+
+def _fmt(x: float) -> str:
+    return "0" if x == 0 else f"{x:.4g}"
+
+
+def render_diff(r: DiffResult, console: Console, by: str = "component", metric: str = "all") -> None:
+    console.print(f"[bold]A[/] {r.a}\n[bold]B[/] {r.b}")
+    for line in r.verdict:
+        console.print(f"  • {line}", highlight=False, soft_wrap=True)
+    fam = r.family_a if r.family_a != "unknown" else r.family_b
+    if by == "key":
+        t = Table(title="Per tensor (changed only)", title_justify="left")
+        cols = ["key", "block", "type"] + (list(_METRICS) if metric == "all" else [metric]) + ["rel", "max |Δ|"]
+        for c in cols:
+            t.add_column(c, overflow="fold")
+        for d in r.tensors:
+            if not d.changed:
+                continue
+            vals = {"l2": _fmt(d.l2), "l1": _fmt(d.l1), "l0": str(d.l0), "cos": f"{d.cos:.6f}"}
+            row = [d.key, d.block, d.layer_type] + [vals[m] for m in (_METRICS if metric == "all" else [metric])]
+            t.add_row(*row, _fmt(d.rel), _fmt(d.max_abs))
+        console.print(t)
+        return
+    groups: list[tuple[str, GroupDiff]]
+    if by == "block":
+        groups = [(f"{_label(c, fam)} {b}", g) for c, blocks in r.by_block.items() for b, g in blocks.items()]
+    elif by == "type":
+        groups = list(r.by_type.items())
+    else:
+        groups = [(_label(c, fam), g) for c, g in r.by_component.items()]
+    t = Table(title=f"By {by}", title_justify="left")
+    for c in ("group", "tensors", "changed", "identical", "√Σ‖Δ‖²", "RMS Δ", "max |Δ|"):
+        t.add_column(c, justify="left" if c == "group" else "right")
+    for name, g in groups:
+        style = None if g.changed else "dim"
+        t.add_row(name, str(g.tensors), str(g.changed), str(g.identical), _fmt(g.l2), _fmt(g.rms), _fmt(g.max_abs),
+                  style=style)
+    console.print(t)
+    if r.only_a or r.only_b:
+        console.print(f"only in A: {len(r.only_a)} tensors · only in B: {len(r.only_b)} tensors (listed in --json)")
