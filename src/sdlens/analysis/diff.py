@@ -290,11 +290,20 @@ def _bits_equal(a, b) -> bool:
     return bool(torch.equal(a.view(ints), b.view(ints)))
 
 
+_BLOCK_RANK = {"BASE": 0, "IN": 1, "D": 2, "J": 2, "B": 2, "M": 3, "S": 4, "OUT": 5, "ALL": 6}
+
+
+def _block_order(name: str) -> tuple[int, int]:
+    head = name.rstrip("0123456789")
+    return _BLOCK_RANK.get(head, 9), int(name[len(head) :] or 0)
+
+
 def _aggregate(r: DiffResult) -> None:
     for t in r.tensors:
         r.by_component.setdefault(t.component, GroupDiff()).add(t)
         r.by_block.setdefault(t.component, {}).setdefault(t.block, GroupDiff()).add(t)
         r.by_type.setdefault(t.layer_type, GroupDiff()).add(t)
+    r.by_block = {c: dict(sorted(g.items(), key=lambda kv: _block_order(kv[0]))) for c, g in r.by_block.items()}
 
 
 # --------------------------------------------------------------------------- verdict in plain words
@@ -314,7 +323,7 @@ def _label(component: str, family: str) -> str:
 
 
 def _span(names: list[str]) -> str:
-    return ", ".join(names) if len(names) <= 6 else f"{names[0]} … {names[-1]} ({len(names)} blocks)"
+    return ", ".join(names) if len(names) <= 10 else f"{names[0]} … {names[-1]} ({len(names)} blocks)"
 
 
 def verdict(r: DiffResult) -> list[str]:

@@ -20,10 +20,16 @@ def write_diff_plots(r: DiffResult, path: str | Path) -> list[Path]:
     ]
     title = f"{Path(r.a).name} vs {Path(r.b).name}"
     hist = plot_layer_histograms(per_tensor, path, title=title)
-    blocks = {
-        _label(c, fam): {b: g.to_dict() for b, g in groups.items()}
-        for c, groups in r.by_block.items()
-        if c not in ("schedule", "markers")
-    }
+    blocks: dict[str, dict[str, dict]] = {}
+    whole: dict[str, dict] = {}  # components that are one block (text encoders, VAE): one bar each, one row
+    for c, groups in r.by_block.items():
+        if c in ("schedule", "markers"):
+            continue
+        if len(groups) > 1:
+            blocks[_label(c, fam)] = {b: g.to_dict() for b, g in groups.items()}
+        else:
+            whole[_label(c, fam)] = r.by_component[c].to_dict()
+    if whole:
+        blocks["other components (whole)"] = whole
     bars = plot_block_bars(blocks, path.with_name(f"{path.stem}-blocks{path.suffix}"), metric="rms", title=title)
     return [hist, bars]

@@ -64,6 +64,8 @@ def plot_block_bars(
         colours = ["#4C72B0" if groups[n]["changed"] else "#BBBBBB" for n in names]
         ax.bar(range(len(names)), vals, color=colours)
         top = max(vals) if any(vals) else 1.0
+        if not any(vals):
+            ax.set_ylim(0, 1)
         for i, n in enumerate(names):
             if not groups[n]["changed"]:
                 ax.text(i, top * 0.02, "=", ha="center", va="bottom", fontsize=9, color="#555555")
