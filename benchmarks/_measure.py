@@ -86,3 +86,18 @@ def gb(n: int) -> str:
 
 def mb(n: int) -> str:
     return f"{n / 1e6:.0f} MB"
+
+
+def fill_with_normals(path: str | Path, ranges: list[tuple[int, int]], seed: int = 0) -> None:
+    """Overwrite byte ranges of a (sparse) file with fp16 normal values (std 0.05): real data for benchmarks."""
+    import torch
+
+    block = (torch.randn(16 << 20, generator=torch.Generator().manual_seed(seed)) * 0.05).half().numpy().tobytes()
+    with open(path, "r+b") as f:
+        for begin, end in ranges:
+            f.seek(begin)
+            pos = begin
+            while pos < end:
+                n = min(len(block), end - pos)
+                f.write(block[:n])
+                pos += n

@@ -21,23 +21,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _measure import gb, mb, measure, python_cmd, read_once_seconds  # noqa: E402
+from _measure import fill_with_normals, gb, mb, measure, python_cmd, read_once_seconds  # noqa: E402
 from sdlens.io.open import open_checkpoint  # noqa: E402
 from sdlens.testing.writers import save_safetensors  # noqa: E402
 from sdlens.testing.zoo import realise_small_buffers  # noqa: E402
 from sdlens.testing.zoo_unet import build_single_file  # noqa: E402
-
-
-def _fill(path: Path, ranges: list[tuple[int, int]], seed: int) -> None:
-    block = (torch.randn(16 << 20, generator=torch.Generator().manual_seed(seed)) * 0.05).half().numpy().tobytes()
-    with open(path, "r+b") as f:
-        for begin, end in ranges:
-            f.seek(begin)
-            pos = begin
-            while pos < end:
-                n = min(len(block), end - pos)
-                f.write(block[:n])
-                pos += n
 
 
 def make_pair(workdir: Path) -> tuple[Path, Path]:
@@ -50,9 +38,9 @@ def make_pair(workdir: Path) -> tuple[Path, Path]:
         infos = [t for t in ck.tensors.values() if t.dtype == "F16"]
         unet = [(t.offset, t.offset + t.nbytes) for t in infos if t.key.startswith("model.diffusion_model.")]
         begin, end = min(t.offset for t in infos), max(t.offset + t.nbytes for t in infos)
-    _fill(a, [(begin, end)], seed=0)
+    fill_with_normals(a, [(begin, end)], seed=0)
     os.system(f"cp --reflink=auto {a} {b}")
-    _fill(b, unet, seed=1)  # the UNet re-drawn: every UNet tensor changed
+    fill_with_normals(b, unet, seed=1)  # the UNet re-drawn: every UNet tensor changed
     return a, b
 
 

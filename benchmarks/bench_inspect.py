@@ -19,23 +19,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _measure import gb, mb, measure, python_cmd, read_once_seconds  # noqa: E402
+from _measure import fill_with_normals, gb, mb, measure, python_cmd, read_once_seconds  # noqa: E402
 from sdlens.testing.writers import save_safetensors  # noqa: E402
 from sdlens.testing.zoo import realise_small_buffers  # noqa: E402
 from sdlens.testing.zoo_unet import build_single_file  # noqa: E402
-
-
-def fill_with_values(path: Path, data_start: int) -> None:
-    """Turn a sparse safetensors file into a real one: overwrite the data region with fp16 normals."""
-    block = (torch.randn(32 << 20, generator=torch.Generator().manual_seed(0)) * 0.05).half().numpy().tobytes()
-    size = path.stat().st_size
-    with open(path, "r+b") as f:
-        f.seek(data_start)
-        pos = data_start
-        while pos < size:
-            n = min(len(block), size - pos)
-            f.write(block[:n])
-            pos += n
 
 
 def main() -> None:
@@ -69,7 +56,7 @@ def main() -> None:
     if args.no_scan:
         return
     data_start = min(t.offset for t in _index(path))
-    fill_with_values(path, data_start)
+    fill_with_normals(path, [(data_start, size)])
     read_once_seconds(str(path))  # warm the page cache
     t_read = min(read_once_seconds(str(path)) for _ in range(2))
     scan = min((measure(sdlens + ["--scan"]) for _ in range(2)), key=lambda r: r.seconds)

@@ -7,16 +7,26 @@ Canonical names are ``<component>/<key>`` with the key in one layout per compone
 * text encoders — transformers' CLIPTextModel layout (``text_model.encoder.layers.0.self_attn.q_proj.weight``):
   NAI-renamed keys are put back under ``text_model.``, open_clip's fused ``in_proj_weight`` becomes three row
   slices and its ``text_projection`` a transpose (see :class:`CanonRef`);
-* EMA — ``ema/<LDM UNet key>`` (the dot-free ``model_ema.diffusion_model…`` names restored);
+* EMA — ``ema/<LDM UNet key>`` (the dot-free ``model_ema.diffusion_model…`` names restored against the
+  file's own denoiser keys, or, without one, against the released UNet configs' LDM keys);
 * schedule buffers, markers, ControlNets — their own keys; anything unrecognised — ``other/<full key>``.
+
+Canonical shapes: the shape after ``rows`` / ``transpose``; the VAE's mid-block attention weights, 1×1 convs
+[C, C, 1, 1] in LDM files and linears [C, C] in diffusers ones, are canonical as 2-D [C, C].
+:func:`read_canonical` returns tensors of the canonical shape, so equal weights compare ``torch.equal``.
+Names one layout has and the other lacks (``logit_scale``, ``position_ids``, SD2's unused 24th open_clip
+layer, ``text_projection`` of a projection-less encoder, schedule buffers) simply stay unmatched.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
+
+import torch
 
 from sdlens.arch import configs as C
 from sdlens.arch import registry as R
@@ -26,7 +36,8 @@ from sdlens.io.base import TensorInfo
 
 @dataclass(frozen=True)
 class CanonRef:
-    """Where a canonical tensor's data lives: a real key, optionally a row slice and/or a transpose."""
+    """Where a canonical tensor's data lives: a real key, optionally a row slice (dim 0) and/or a transpose;
+    ``shape`` is the canonical shape (after both)."""
 
     key: str
     shape: tuple[int, ...]
@@ -34,12 +45,15 @@ class CanonRef:
     transpose: bool = False
 
 
-def read_canonical(ckpt: Any, ref: CanonRef, *, copy: bool = True):
+def read_canonical(ckpt: Any, ref: CanonRef, *, copy: bool = True) -> torch.Tensor:
+    """Read ``ref.key`` from ``ckpt`` and apply the row slice, transpose and reshape to the canonical shape."""
     t = ckpt.read(ref.key, copy=copy)
     if ref.rows is not None:
         t = t[ref.rows[0] : ref.rows[1]]
     if ref.transpose:
         t = t.t()
+    if tuple(t.shape) != tuple(ref.shape):
+        t = t.reshape(ref.shape)
     return t
 
 
@@ -126,7 +140,7 @@ def _denoiser(comp: Component, family: str, configs: Mapping[str, dict] | None) 
 def _vae(comps: list[Component], configs: Mapping[str, dict] | None) -> dict[str, CanonRef]:
     keys = {rel: info for c in comps for rel, info in c.keys.items()}
     if not any(k.startswith(("encoder.down_blocks.", "decoder.up_blocks.")) for k in keys):
-        return {rel: _plain(info) for rel, info in keys.items()}
+        return {rel: _vae_attn_2d(rel, _plain(info)) for rel, info in keys.items()}
     from sdlens.arch.keymap import vae_key_map
 
     cfg = (configs or {}).get("vae")
@@ -138,12 +152,47 @@ def _vae(comps: list[Component], configs: Mapping[str, dict] | None) -> dict[str
         mapping = vae_key_map(cfg, list(keys))
     except (KeyError, ValueError):
         return {rel: _plain(info) for rel, info in keys.items()}
-    return {mapping.get(rel, rel): _plain(info) for rel, info in keys.items()}
+    out: dict[str, CanonRef] = {}
+    for rel, info in keys.items():
+        name = mapping.get(rel, rel)
+        out[name] = _vae_attn_2d(name, _plain(info))
+    return out
+
+
+_VAE_ATTN = re.compile(r"^(encoder|decoder)\.mid\.attn_1\.(q|k|v|proj_out)\.weight$")
+
+
+def _vae_attn_2d(name: str, ref: CanonRef) -> CanonRef:
+    """VAE mid attention weights are canonical as 2-D [C, C] (LDM stores 1x1 convs [C, C, 1, 1])."""
+    if _VAE_ATTN.match(name) and len(ref.shape) == 4 and ref.shape[2:] == (1, 1):
+        return CanonRef(ref.key, ref.shape[:2], ref.rows, ref.transpose)
+    return ref
+
+
+@cache
+def _released_unet_ldm_keys() -> tuple[tuple[str, ...], ...]:
+    """LDM key sets of the released UNet configs (sd1, sd2, sdxl, refiner), for EMA files without a UNet."""
+    from sdlens.arch.keymap import unet_key_map
+
+    return tuple(
+        tuple(unet_key_map(cfg).values()) for cls, cfg in C.DENOISERS.values() if cls == "UNet2DConditionModel"
+    )
+
+
+def _squash(ldm_keys: Iterable[str]) -> dict[str, str]:
+    return {"diffusion_model" + k.replace(".", ""): k for k in ldm_keys}
 
 
 def _ema(comp: Component, denoiser_keys: list[str]) -> dict[str, CanonRef]:
-    squashed = {"diffusion_model" + k.replace(".", ""): k for k in denoiser_keys}
-    return {squashed.get(rel, rel): _plain(info) for rel, info in comp.keys.items()}
+    """Restore the dots of ``model_ema.diffusion_model…`` keys from the UNet key set that explains most of them."""
+    rels = [r for r in comp.keys if r.startswith("diffusion_model")]
+    best = _squash(denoiser_keys)
+    if not all(r in best for r in rels):
+        for keys in _released_unet_ldm_keys():
+            other = _squash(keys)
+            if sum(r in other for r in rels) > sum(r in best for r in rels):
+                best = other
+    return {best.get(rel, rel): _plain(info) for rel, info in comp.keys.items()}
 
 
 def canonical_index(

@@ -7,7 +7,6 @@ Works from names and shapes only (no tensor data). Never falls back silently: wh
 from __future__ import annotations
 
 import re
-from collections import Counter
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from functools import cache
@@ -284,7 +283,3 @@ def family_from_text_encoders(kinds: list[str]) -> tuple[str, ...]:
     """Families whose text-encoder set equals ``kinds`` (for files holding text encoders only)."""
     ks = set(kinds)
     return tuple(f.id for f in R.FAMILIES if f.text_encoders and set(f.text_encoders) == ks)
-
-
-def dtype_counts(tensors: Mapping[str, TensorInfo]) -> Counter:
-    return Counter(t.dtype for t in tensors.values())

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import math
 import mmap
-import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -160,10 +159,6 @@ class Checkpoint:
         for k in self.in_file_order(keys):
             yield k, self.read(k, copy=copy)
 
-    def read_raw(self, source: str, offset: int, nbytes: int) -> bytes:
-        m = self._map(source)
-        return bytes(m[offset : offset + nbytes])
-
     # ------------------------------------------------------------------ lifetime
     def close(self) -> None:
         for m in self._maps.values():
@@ -182,7 +177,3 @@ class Checkpoint:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.path} {len(self.tensors)} tensors>"
-
-
-def file_size(path: str | Path) -> int:
-    return os.stat(path).st_size
