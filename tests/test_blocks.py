@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from sdlens.arch.blocks import block_of
+from sdlens.arch.blocks import block_names, block_of
 from sdlens.arch.canonical import canonical_index
 from sdlens.io.base import TensorInfo
 from sdlens.io.dtypes import st_name
@@ -70,3 +70,42 @@ def test_non_denoiser_tensors_are_base():
     assert block_of("clip_l/text_model.final_layer_norm.weight", "sd1") == "BASE"
     assert block_of("vae_decoder/decoder.conv_out.weight", "sdxl") == "BASE"
     assert block_of("denoiser/anything", "unknown") == "ALL"
+
+
+@pytest.mark.parametrize(
+    ("builder", "family"),
+    [
+        (_unet("sd1"), "sd1"),
+        (_unet("sd2"), "sd2"),
+        (_unet("sdxl"), "sdxl"),
+        (_unet("sdxl_refiner"), "sdxl_refiner"),
+        (_dit("flux"), "flux_dev"),
+        (_dit("sd3"), "sd3"),
+        (_dit("sd35m"), "sd35m"),
+        (_dit("sd35"), "sd35"),
+        (_dit("auraflow"), "auraflow"),
+        (_dit("hunyuandit"), "hunyuandit"),
+        (_dit("pixart_sigma"), "pixart_sigma"),
+    ],
+)
+def test_block_names_are_exactly_the_blocks_hit(builder, family):
+    fam, per = _blocks(builder)
+    assert fam == family
+    names = block_names(family)
+    assert names[0] == "BASE" and len(set(names)) == len(names)
+    assert set(per) == set(names) - {"BASE"}
+
+
+def test_sd1_with_time_embed_in_base_still_hits_every_block():
+    _, per = _blocks(_unet("sd1"), time_embed="BASE")
+    names = block_names("sd1")
+    assert len(names) == 26 and set(per) == set(names)  # IN00 keeps input_blocks.0 (conv_in)
+    assert per["IN00"] == 4 * 320 * 9 + 320
+
+
+def test_block_names_order_and_unknown_family():
+    assert block_names("sd1")[:3] == ["BASE", "IN00", "IN01"] and block_names("sd1")[-1] == "OUT11"
+    assert block_names("sdxl")[10:12] == ["M00", "OUT00"]
+    flux = block_names("flux_dev")
+    assert sum(n.startswith("D") for n in flux) == 19 and sum(n.startswith("S") for n in flux) == 38
+    assert block_names("nonesuch") == ["BASE", "ALL"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from functools import cache
 
-from sdlens.arch.registry import BLOCK_RULES, LAST_OUT_BLOCK
+from sdlens.arch.registry import BLOCK_LAYOUT, BLOCK_RULES, LAST_OUT_BLOCK
 
 
 @cache
@@ -33,3 +33,11 @@ def block_of(canonical_name: str, family: str, *, time_embed: str = "IN00") -> s
             return tpl.format(last=f"{LAST_OUT_BLOCK.get(family, 11):02d}")
         return tpl.format(int(m.group(1))) if "{0" in tpl else tpl
     return "BASE"
+
+
+def block_names(family: str) -> list[str]:
+    """A family's merge-block names in display order (BASE first); ``["BASE", "ALL"]`` for an unknown family."""
+    layout = BLOCK_LAYOUT.get(family)
+    if layout is None:
+        return ["BASE", "ALL"]
+    return [head if n is None else f"{head}{i:02d}" for head, n in layout for i in range(n or 1)]

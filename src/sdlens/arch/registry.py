@@ -422,3 +422,24 @@ BLOCK_RULES: dict[str, tuple[tuple[str, str], ...]] = {
 }
 # index of the last output block, for the rule that sends the final ``out.`` layers there
 LAST_OUT_BLOCK: dict[str, int] = {"sd1": 11, "sd2": 11, "sdxl": 8, "sdxl_refiner": 11}
+
+# Display order of each family's merge blocks: (name prefix, count); count None -> the bare name (BASE, IN, OUT).
+_SD_LAYOUT = (("BASE", None), ("IN", 12), ("M", 1), ("OUT", 12))
+_SD3_LAYOUT = (("BASE", None), ("IN", None), ("J", 24), ("OUT", None))
+_FLUX_LAYOUT = (("BASE", None), ("IN", None), ("D", 19), ("S", 38), ("OUT", None))
+_PIXART_LAYOUT = (("BASE", None), ("IN", None), ("B", 28), ("OUT", None))
+BLOCK_LAYOUT: dict[str, tuple[tuple[str, int | None], ...]] = {
+    "sd1": _SD_LAYOUT,
+    "sd2": _SD_LAYOUT,
+    "sdxl": (("BASE", None), ("IN", 9), ("M", 1), ("OUT", 9)),
+    "sdxl_refiner": _SD_LAYOUT,
+    "flux_dev": _FLUX_LAYOUT,
+    "flux_schnell": _FLUX_LAYOUT,
+    "sd3": _SD3_LAYOUT,
+    "sd35m": _SD3_LAYOUT,
+    "sd35": (("BASE", None), ("IN", None), ("J", 38), ("OUT", None)),
+    "auraflow": (("BASE", None), ("IN", None), ("D", 4), ("S", 32), ("OUT", None)),
+    "hunyuandit": (("BASE", None), ("IN", None), ("B", 40), ("OUT", None)),
+    "pixart_alpha": _PIXART_LAYOUT,
+    "pixart_sigma": _PIXART_LAYOUT,
+}
