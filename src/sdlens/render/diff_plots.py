@@ -1,4 +1,8 @@
-"""Figures for ``sdlens diff`` from plain data: per-layer-type histograms and per-block bar charts."""
+"""Figures for ``sdlens diff`` from plain data: per-layer-type histograms and per-block bar charts.
+
+Both functions write PNG or SVG (chosen by the file suffix; SVG keeps text as text), create parent
+directories, close the figure and return the written path. Matplotlib is imported only when plotting.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,25 @@ from pathlib import Path
 from typing import Any
 
 _TYPE_ORDER = ["attn1", "attn2", "attn", "ff", "proj", "norm", "resnet/conv", "embedding", "other"]
+_TYPE_NAMES = {"attn1": "attn1 (self-attention)", "attn2": "attn2 (cross-attention)"}
+_BAR_COLOURS = ["#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B2", "#937860", "#DA8BC3"]
+_UNCHANGED = "#BBBBBB"
+_METRIC_LABELS = {
+    "rms": "RMS of Δ (size-normalised)",
+    "l2": "L2 = √Σ‖Δ‖²",
+}
+_RC = {"svg.fonttype": "none"}  # SVG text stays searchable text instead of glyph paths
+
+
+def _count_formatter(minor: bool = False) -> Any:
+    from matplotlib.ticker import FuncFormatter
+
+    def fmt(v: float, _pos: int | None) -> str:
+        if minor and str(int(round(v)))[0] not in "25":
+            return ""
+        return f"{v:.0f}" if v >= 1 else ""
+
+    return FuncFormatter(fmt)
 
 
 def _plt():
@@ -19,68 +42,115 @@ def _plt():
     return plt
 
 
+def _type_rank(layer_type: str) -> tuple[int, str]:
+    return (_TYPE_ORDER.index(layer_type) if layer_type in _TYPE_ORDER else len(_TYPE_ORDER), layer_type)
+
+
+def _is_identical(t: Mapping[str, Any]) -> bool:
+    return bool(t.get("identical")) or not float(t.get("l2", 0.0))
+
+
 def plot_layer_histograms(per_tensor: Sequence[Mapping[str, Any]], path: str | Path, *, title: str = "") -> Path:
-    """The notebook's figure: one histogram of per-tensor L2 distances per layer type, log-scale counts.
-    Denoiser tensors only when there are any; identical tensors are counted in the titles, not plotted."""
+    """One histogram of per-tensor L2 distances per layer type (linear x, log-scale counts).
+
+    Only denoiser tensors when there are any, else all. Identical tensors (l2 == 0) are counted in
+    the panel titles but not plotted; a group with nothing changed says "all identical".
+    """
     plt = _plt()
     rows = [t for t in per_tensor if t.get("component") == "denoiser"] or list(per_tensor)
-    types = sorted({t["layer_type"] for t in rows}, key=lambda x: _TYPE_ORDER.index(x) if x in _TYPE_ORDER else 99)
-    types = types or ["other"]
-    cols = min(3, len(types))
-    nrows = math.ceil(len(types) / cols)
-    fig, axes = plt.subplots(nrows, cols, figsize=(5 * cols, 3.4 * nrows), squeeze=False)
-    for ax, lt in zip(axes.flat, types, strict=False):
-        group = [t for t in rows if t["layer_type"] == lt]
-        same = sum(1 for t in group if t.get("identical") or t["l2"] == 0)
-        values = [t["l2"] for t in group if not (t.get("identical") or t["l2"] == 0)]
-        norm = math.sqrt(sum(t["l2"] ** 2 for t in group))
-        if values:
-            ax.hist(values, bins=40, color="#4C72B0")
-            ax.set_yscale("log")
+    types = sorted({str(t.get("layer_type", "other")) for t in rows}, key=_type_rank)
+    with plt.rc_context(_RC):
+        if not types:
+            fig, ax = plt.subplots(figsize=(8, 3.4))
+            ax.text(0.5, 0.5, "no tensors to compare", ha="center", va="center", transform=ax.transAxes, fontsize=12)
+            ax.axis("off")
         else:
-            ax.text(0.5, 0.5, "all identical", ha="center", va="center", transform=ax.transAxes, fontsize=12)
-        ax.set_title(f"{lt}: {len(group)} tensors, {same} identical\n√Σ‖Δ‖² = {norm:.4g}", fontsize=9)
-        ax.set_xlabel("L2 distance per tensor", fontsize=8)
+            cols = min(3, len(types))
+            nrows = math.ceil(len(types) / cols)
+            fig, axes = plt.subplots(nrows, cols, figsize=(max(8.0, 5.0 * cols), 3.4 * nrows), squeeze=False)
+            for ax, lt in zip(axes.flat, types, strict=False):
+                group = [t for t in rows if str(t.get("layer_type", "other")) == lt]
+                _histogram_panel(ax, lt, group)
+            for ax in list(axes.flat)[len(types) :]:
+                ax.axis("off")
+        if title:
+            fig.suptitle(title, fontsize=11)
+        fig.tight_layout()
+        return _save(fig, plt, path)
+
+
+def _histogram_panel(ax: Any, layer_type: str, group: Sequence[Mapping[str, Any]]) -> None:
+    same = sum(1 for t in group if _is_identical(t))
+    values = [float(t["l2"]) for t in group if not _is_identical(t) and math.isfinite(float(t["l2"]))]
+    norm = math.sqrt(sum(v * v for v in values))
+    if values:
+        ax.hist(values, bins=40, color="#4C72B0", edgecolor="white", linewidth=0.3)
+        ax.set_yscale("log")
+        ax.set_ylim(bottom=0.7)  # single-tensor bins stay visible
+        ax.yaxis.set_major_formatter(_count_formatter())
+        ax.yaxis.set_minor_formatter(_count_formatter(minor=True))
         ax.set_ylabel("tensors (log)", fontsize=8)
-    for ax in list(axes.flat)[len(types) :]:
-        ax.axis("off")
-    if title:
-        fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
-    return _save(fig, plt, path)
+    else:
+        ax.text(0.5, 0.5, "all identical", ha="center", va="center", transform=ax.transAxes, fontsize=12)
+        ax.set_yticks([])
+    ax.set_xlabel("L2 distance per tensor", fontsize=8)
+    ax.tick_params(which="both", labelsize=7)
+    name = _TYPE_NAMES.get(layer_type, layer_type)
+    ax.set_title(f"{name}: {len(group)} tensors, {same} identical\n√Σ‖Δ‖² = {norm:.4g}", fontsize=9)
 
 
 def plot_block_bars(
     blocks: Mapping[str, Mapping[str, Mapping[str, Any]]], path: str | Path, *, metric: str = "rms", title: str = ""
 ) -> Path:
-    """One bar chart row per component: the distance of each merge block, unchanged blocks in grey with '='."""
+    """One bar chart row per component of the distance of each block, in the given order.
+
+    ``metric`` is ``"rms"`` (size-normalised RMS of Δ) or ``"l2"`` (√Σ‖Δ‖²). Blocks with
+    ``changed == 0`` are grey with an "=" above; components with no blocks are skipped.
+    """
+    if metric not in _METRIC_LABELS:
+        raise ValueError(f"metric must be one of {sorted(_METRIC_LABELS)}, not {metric!r}")
     plt = _plt()
     comps = [(c, b) for c, b in blocks.items() if b]
-    width = max(8.0, 0.22 * max((len(b) for _, b in comps), default=1) + 2)
-    fig, axes = plt.subplots(max(1, len(comps)), 1, figsize=(width, 2.8 * max(1, len(comps))), squeeze=False)
-    for ax, (comp, groups) in zip(axes[:, 0], comps, strict=False):
-        names = list(groups)
-        vals = [groups[n][metric] for n in names]
-        colours = ["#4C72B0" if groups[n]["changed"] else "#BBBBBB" for n in names]
-        ax.bar(range(len(names)), vals, color=colours)
-        top = max(vals) if any(vals) else 1.0
-        if not any(vals):
-            ax.set_ylim(0, 1)
-        for i, n in enumerate(names):
-            if not groups[n]["changed"]:
-                ax.text(i, top * 0.02, "=", ha="center", va="bottom", fontsize=9, color="#555555")
-        ax.set_xticks(range(len(names)), names, rotation=90, fontsize=7)
-        ax.set_ylabel("RMS of Δ" if metric == "rms" else "√Σ‖Δ‖²", fontsize=8)
-        ax.set_title(comp, fontsize=10, loc="left")
-    if title:
-        fig.suptitle(title + ("  (grey '=': unchanged)"), fontsize=11)
-    fig.tight_layout()
-    return _save(fig, plt, path)
+    most = max((len(b) for _, b in comps), default=1)
+    width = max(8.0, 0.24 * most + 2.5)
+    with plt.rc_context(_RC):
+        fig, axes = plt.subplots(max(1, len(comps)), 1, figsize=(width, 2.9 * max(1, len(comps))), squeeze=False)
+        if not comps:
+            ax = axes[0, 0]
+            ax.text(0.5, 0.5, "no blocks to compare", ha="center", va="center", transform=ax.transAxes, fontsize=12)
+            ax.axis("off")
+        for i, (ax, (comp, groups)) in enumerate(zip(axes[:, 0], comps, strict=False)):
+            _bar_row(ax, comp, groups, metric, _BAR_COLOURS[i % len(_BAR_COLOURS)])
+        heading = f"{title}  " if title else ""
+        fig.suptitle(f"{heading}(grey '=' : block unchanged)", fontsize=11)
+        fig.tight_layout()
+        return _save(fig, plt, path)
 
 
-def _save(fig, plt, path: str | Path) -> Path:
+def _bar_row(ax: Any, comp: str, groups: Mapping[str, Mapping[str, Any]], metric: str, colour: str) -> None:
+    names = list(groups)
+    vals = [float(groups[n].get(metric, 0.0) or 0.0) for n in names]
+    vals = [v if math.isfinite(v) else 0.0 for v in vals]
+    changed = [bool(groups[n].get("changed", 1 if v else 0)) for n, v in zip(names, vals, strict=True)]
+    ax.bar(range(len(names)), vals, color=[colour if c else _UNCHANGED for c in changed], width=0.8)
+    top = max(vals, default=0.0) or 1.0
+    ax.set_ylim(0, top * 1.12)
+    for i, (v, c) in enumerate(zip(vals, changed, strict=True)):
+        if not c:
+            ax.text(i, v + top * 0.02, "=", ha="center", va="bottom", fontsize=10, fontweight="bold", color="#555555")
+    ax.set_xticks(range(len(names)), names, rotation=90, fontsize=7)
+    ax.set_xlim(-0.6, len(names) - 0.4)
+    ax.tick_params(axis="y", labelsize=7)
+    ax.set_ylabel(_METRIC_LABELS[metric], fontsize=8)
+    n_changed = sum(changed)
+    ax.set_title(f"{comp}: {n_changed} of {len(names)} blocks changed", fontsize=10, loc="left")
+
+
+def _save(fig: Any, plt: Any, path: str | Path) -> Path:
     out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(out, dpi=120)
+    finally:
+        plt.close(fig)
     return out
