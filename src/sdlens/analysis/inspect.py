@@ -261,7 +261,7 @@ def _identify(split, ckpt: Checkpoint) -> tuple[FamilyMatch, str]:
         match.reasons.insert(0, "ControlNet keys (control_model.* / controlnet_cond_embedding.*)")
         return match, "ControlNet"
     if has_vae:
-        rel = {**comps.get("vae_decoder", _EMPTY).keys, **comps.get("vae_encoder", _EMPTY).keys}
+        rel = {k: t for part in ("vae_decoder", "vae_encoder") if part in comps for k, t in comps[part].keys.items()}
         latent = _latent_channels(rel)
         parts = [p for p in ("vae_encoder", "vae_decoder") if p in comps]
         fams = "SD1/SD2/SDXL (identical shapes: only values tell them apart)" if latent == 4 else (
@@ -284,13 +284,6 @@ def _identify(split, ckpt: Checkpoint) -> tuple[FamilyMatch, str]:
     if not ckpt.tensors:
         return FamilyMatch("unknown", "unknown", "low", ["no tensors in the file"], [], []), "empty"
     return FamilyMatch("unknown", "unknown", "low", ["no key matches a known layout"], [], []), "unknown"
-
-
-class _Empty:
-    keys: dict = {}
-
-
-_EMPTY = _Empty()
 
 
 def _with(te_kinds: list[str], has_vae: bool) -> str:
@@ -417,9 +410,12 @@ def human_bytes(n: int) -> str:
 
 def summary_line(r: InspectReport) -> str:
     """E.g. ``SDXL base · sgm keys · fp16 · 6.94 GB · UNet 2.57 B · CLIP-L 123 M · CLIP-G 695 M · VAE 83.7 M · no EMA``."""
-    name = r.family_name if r.kind in ("full model", "LoRA") or r.kind.startswith("denoiser") else f"{r.kind}: {r.family_name}"
-    if r.kind.startswith("denoiser"):
+    if r.kind in ("full model", "LoRA"):
+        name = r.family_name
+    elif r.kind.startswith("denoiser"):
         name = f"{r.family_name} ({r.kind})"
+    else:
+        name = f"{r.kind}: {r.family_name}"
     parts = [name + (f" {', '.join(r.variants)}" if r.variants else "")]
     if r.conventions:
         parts.append("/".join(r.conventions) + " keys")
