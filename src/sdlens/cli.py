@@ -146,6 +146,22 @@ def version() -> None:
     print(__version__)
 
 
+def _register_commands() -> None:
+    """Commands that live in their own modules (``sdlens.commands.<name>.register(app)``); importing them is
+    cheap: each imports its heavy dependencies inside the command body."""
+    import importlib
+    import pkgutil
+
+    import sdlens.commands as pkg
+
+    for m in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda m: m.name):
+        if not m.name.startswith("_"):
+            importlib.import_module(f"sdlens.commands.{m.name}").register(app)
+
+
+_register_commands()
+
+
 def main() -> None:
     try:
         app()

@@ -60,10 +60,25 @@ def run_demo(out_dir: Path, console: Console) -> None:
         console.print(f"(the full-size SDXL file is {human_bytes(big.path.stat().st_size)}, sparse on disk: inspect reads only its header)")
     console.print(f"\n[bold]written:[/] {out_dir / 'inspect.json'}, {out_dir / 'inspect.txt'}, {plot}")
     _demo_diff(zoo_dir, out_dir, console)
+    for section in _command_demo_sections():
+        section(zoo_dir, out_dir, console)
     if wrong:
         console.print(f"[bold red]{wrong} zoo files were not identified as built[/]")
         raise SystemExit(1)
     console.print(f"[green]all {len(zoo)} zoo files identified as built[/] in {time.perf_counter() - t0:.1f} s")
+
+
+def _command_demo_sections():
+    """``demo_section(zoo_dir, out_dir, console)`` of every module in ``sdlens.commands`` that has one."""
+    import importlib
+    import pkgutil
+
+    import sdlens.commands as pkg
+
+    for m in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda m: m.name):
+        section = getattr(importlib.import_module(f"sdlens.commands.{m.name}"), "demo_section", None)
+        if section is not None:
+            yield section
 
 
 def _demo_diff(zoo_dir: Path, out_dir: Path, console: Console) -> None:
