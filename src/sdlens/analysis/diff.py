@@ -190,14 +190,25 @@ def compare_tensors(a, b, buf: _Buffers | None = None) -> dict[str, Any]:
         return {"l2": 0.0, "l1": 0.0, "l0": 0, "cos": 1.0, "rel": 0.0, "max_abs": 0.0}
     na2, nb2 = _sumsq(fa), _sumsq(fb)
     absd = torch.abs(d, out=fb)
+    return _metrics(na2, nb2, l2sq, _sum(absd), int(torch.count_nonzero(absd)), float(absd.max()))
+
+
+def _metrics(
+    na2: float, nb2: float, l2sq: float, l1: float, l0: int, max_abs: float, dot: float | None = None
+) -> dict[str, Any]:
+    """Per-tensor metrics from the sums; cos = ⟨a,b⟩ / (‖a‖‖b‖), the dot product taken as
+    (‖a‖² + ‖b‖² − ‖a−b‖²) / 2 when not summed directly."""
+    if l2sq == 0.0 and l0 == 0:
+        return {"l2": 0.0, "l1": 0.0, "l0": 0, "cos": 1.0, "rel": 0.0, "max_abs": 0.0}
     na, nb, l2 = math.sqrt(na2), math.sqrt(nb2), math.sqrt(l2sq)
+    dot = (na2 + nb2 - l2sq) / 2 if dot is None else dot
     return {
         "l2": l2,
-        "l1": _sum(absd),
-        "l0": int(torch.count_nonzero(absd)),
-        "cos": max(-1.0, min(1.0, (na2 + nb2 - l2sq) / (2 * na * nb))) if na and nb else (1.0 if na == nb else 0.0),
+        "l1": l1,
+        "l0": l0,
+        "cos": max(-1.0, min(1.0, dot / (na * nb))) if na and nb else (1.0 if na == nb else 0.0),
         "rel": l2 / na if na else math.inf,
-        "max_abs": float(absd.max()),
+        "max_abs": max_abs,
     }
 
 
@@ -209,8 +220,6 @@ def diff(
     progress: Callable[[int], None] | None = None,
 ) -> DiffResult:
     """Compare two checkpoints (any formats / layouts). ``progress`` receives bytes of A processed."""
-    import torch
-
     with open_checkpoint(path_a) as ca, open_checkpoint(path_b) as cb:
         idx_a, fam_a = canonical_index(ca.tensors, getattr(ca, "configs", None))
         idx_b, fam_b = canonical_index(cb.tensors, getattr(cb, "configs", None))
@@ -233,14 +242,7 @@ def diff(
             if ia.dtype != ib.dtype:
                 pair = f"{ia.dtype}->{ib.dtype}"
                 dtype_pairs[pair] = dtype_pairs.get(pair, 0) + 1
-            a, b = _view(ca, ra), _view(cb, rb)
-            identical = ia.dtype == ib.dtype and _bits_equal(a, b)
-            lower_same = False
-            if not identical and ia.dtype != ib.dtype and DTYPES[ia.dtype].is_float and DTYPES[ib.dtype].is_float:
-                low = _lower(ia.dtype, ib.dtype)
-                hi, lo = (b, a) if low == ia.dtype else (a, b)
-                lower_same = bool(torch.equal(hi.to(lo.dtype), lo))
-            metrics = {} if identical else compare_tensors(a, b, buf)
+            identical, lower_same, metrics = _compare_pair(ca, cb, ra, rb, buf)
             td = TensorDiff(
                 key=name,
                 component=component,
@@ -249,7 +251,7 @@ def diff(
                 shape=list(ra.shape),
                 dtype_a=ia.dtype,
                 dtype_b=ib.dtype,
-                numel=a.numel(),
+                numel=math.prod(ra.shape),
                 identical=identical,
                 same_at_lower_precision=lower_same,
                 **metrics,
@@ -276,6 +278,48 @@ def diff(
     _aggregate(result)
     result.verdict = verdict(result)
     return result
+
+
+def _raw_view(ckpt: Checkpoint, ref: CanonRef):
+    """The stored bytes of a canonical tensor as a numpy view (row slices included), or None when only the
+    torch path can produce it (transposed refs, strided .ckpt views)."""
+    if ref.transpose:
+        return None
+    raw = ckpt.raw_bytes(ref.key)
+    if raw is None or ref.rows is None:
+        return raw
+    info = ckpt.tensors[ref.key]
+    row = info.nbytes // info.shape[0]
+    return raw[ref.rows[0] * row : ref.rows[1] * row]
+
+
+def _compare_pair(ca: Checkpoint, cb: Checkpoint, ra: CanonRef, rb: CanonRef, buf: _Buffers):
+    """(bit-identical, same at the lower precision, metrics) of one aligned tensor pair.
+
+    Same-dtype pairs of fp16 / bf16 / fp32 (nearly every pair) take one fused pass over the mapped bytes
+    (``kernels``); other pairs, and tensors with NaN / Inf, take the float32 torch path."""
+    from sdlens.analysis.kernels import KERNEL_DTYPES, bits_equal, pair_stats
+
+    da, db = ca.tensors[ra.key].dtype, cb.tensors[rb.key].dtype
+    if da == db:
+        xa, xb = _raw_view(ca, ra), _raw_view(cb, rb)
+        if xa is not None and xb is not None:
+            if bits_equal(xa, xb):
+                return True, False, {}
+            if da in KERNEL_DTYPES:
+                s = pair_stats(xa, xb, da)
+                if s is not None:
+                    return False, False, _metrics(s.saa, s.sbb, s.sdd, s.l1, s.l0, s.max_abs, s.sab)
+    import torch
+
+    a, b = _view(ca, ra), _view(cb, rb)
+    if da == db and _bits_equal(a, b):
+        return True, False, {}
+    lower_same = False
+    if da != db and DTYPES[da].is_float and DTYPES[db].is_float:
+        hi, lo = (b, a) if _lower(da, db) == da else (a, b)
+        lower_same = bool(torch.equal(hi.to(lo.dtype), lo))
+    return False, lower_same, compare_tensors(a, b, buf)
 
 
 def _bits_equal(a, b) -> bool:

@@ -24,14 +24,15 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import cache
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from sdlens.arch import configs as C
 from sdlens.arch import registry as R
 from sdlens.arch.detect import Component, match_family, read_features, split_components
 from sdlens.io.base import TensorInfo
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)

@@ -146,6 +146,18 @@ class Checkpoint:
             return (raw.astype(np.uint32) << 16).view(np.float32)
         return raw.copy()
 
+    def raw_bytes(self, key: str):
+        """The tensor's stored bytes as a flat uint8 numpy view on the memory map (no copy, no torch), or
+        ``None`` when they are not one contiguous run (strided views in some .ckpt files)."""
+        import numpy as np
+
+        if not self.is_plain(key):
+            return None
+        info = self.tensors[key]
+        m = self._map(info.source)
+        self._check_bounds(info, m)
+        return np.frombuffer(m, dtype=np.uint8, count=info.nbytes, offset=info.offset)
+
     def read_chunks(self, key: str, chunk_bytes: int = 64 << 20) -> Iterator[Any]:
         """A tensor's elements as flat 1-D views of at most ``chunk_bytes`` each, in order."""
         info = self.tensors[key]

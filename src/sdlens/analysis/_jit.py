@@ -1,0 +1,89 @@
+"""numba kernels (imported lazily by ``sdlens.analysis.kernels``; compiled once, cached on disk).
+
+The loops are written so LLVM vectorises them: the element type is widened inside the loop (fp16 with the
+CPU's half-to-float instruction, bf16 by a 16-bit shift), max and "is non-zero" use branch-free forms."""
+
+from __future__ import annotations
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, types
+from numba.core.extending import intrinsic
+
+BLOCK = 512  # float32 partial sums over this many elements, float64 across blocks
+_F32 = ir.FloatType()
+
+
+@intrinsic
+def _widen(typingctx, x, bf16):
+    """The float32 value of one stored element: uint16 holds fp16 bits (``bf16`` false) or bf16 bits;
+    float32 passes through."""
+    if x == types.float32:
+        return types.float32(x, bf16), lambda context, builder, sig, args: args[0]
+
+    def codegen(context, builder, sig, args):
+        bits, flag = args
+        half = builder.fpext(builder.bitcast(bits, ir.HalfType()), _F32)
+        shifted = builder.shl(builder.zext(bits, ir.IntType(32)), ir.Constant(ir.IntType(32), 16))
+        flag = builder.icmp_unsigned("!=", flag, ir.Constant(flag.type, 0))
+        return builder.select(flag, builder.bitcast(shifted, _F32), half)
+
+    return types.float32(types.uint16, types.boolean), codegen
+
+
+@intrinsic
+def _fmax(typingctx, x, y):
+    """llvm.maxnum: a max LLVM can vectorise (numba's ``max`` branches on NaN)."""
+
+    def codegen(context, builder, sig, args):
+        decl = builder.module.declare_intrinsic("llvm.maxnum", [_F32], ir.FunctionType(_F32, [_F32, _F32]))
+        return builder.call(decl, args)
+
+    return types.float32(types.float32, types.float32), codegen
+
+
+@njit(fastmath={"reassoc", "nsz", "contract", "arcp"}, nogil=True, cache=True)
+def pair_sums(a, b, bf16):
+    """(‖a‖², ‖b‖², ⟨a,b⟩, ‖a−b‖², Σ|a−b|, #(a≠b), max|a−b|) of two equally long 1-D arrays in one pass."""
+    saa = sbb = sab = sdd = sl1 = l0 = 0.0
+    mx = np.float32(0.0)
+    n = a.size
+    for s in range(0, n, BLOCK):
+        e = min(n, s + BLOCK)
+        paa = pbb = pab = pdd = pl1 = np.float32(0.0)
+        pm = np.float32(0.0)
+        pc = 0.0
+        for i in range(s, e):
+            fa = _widen(a[i], bf16)
+            fb = _widen(b[i], bf16)
+            d = fa - fb
+            ad = abs(d)
+            paa += fa * fa
+            pbb += fb * fb
+            pab += fa * fb
+            pdd += d * d
+            pl1 += ad
+            pc += min(np.float64(ad) * 1.0e200, 1.0)  # 1 for any non-zero float32 difference, 0 for zero
+            pm = _fmax(pm, ad)
+        saa += paa
+        sbb += pbb
+        sab += pab
+        sdd += pdd
+        sl1 += pl1
+        l0 += pc
+        mx = max(mx, pm)
+    return saa, sbb, sab, sdd, sl1, l0, mx
+
+
+@njit(nogil=True, cache=True)
+def bits_equal(a, b):
+    """Same bits? Stops at the first differing block of 4096 elements."""
+    n = a.size
+    for s in range(0, n, 4096):
+        e = min(n, s + 4096)
+        x = 0
+        for i in range(s, e):
+            x |= a[i] ^ b[i]
+        if x:
+            return False
+    return True

@@ -1,0 +1,78 @@
+"""Fused one-pass arithmetic over raw tensor bytes, for diff (and any pairwise comparison).
+
+``pair_stats(a, b, dtype)`` walks two equally long arrays once and returns every sum the diff needs:
+‖a‖², ‖b‖², ⟨a,b⟩, ‖a−b‖², Σ|a−b|, the number of differing values and max |a−b|. The inputs are the file's own
+bits (fp16 / bf16 as uint16, fp32 as float32, typically mmap views), widened to float32 inside the loop, so
+no converted copy of a tensor is ever made. Arithmetic is float32 (never fp16), summed in float32 over
+blocks of 512 and in float64 across blocks: relative error about 1e-7 (tested against float64). Tensors of
+more than ``_SPLIT`` elements are split across threads (the kernels release the GIL). The numba kernels
+(``_jit``) are imported on first use: ~1 s once per process, then cached compiled code."""
+
+from __future__ import annotations
+
+import math
+import os
+from concurrent.futures import ThreadPoolExecutor
+from functools import cache
+from itertools import pairwise
+from typing import NamedTuple
+
+import numpy as np
+
+KERNEL_DTYPES = ("F16", "BF16", "F32")
+_SPLIT = 1 << 22
+
+
+class PairSums(NamedTuple):
+    saa: float  # ‖a‖²
+    sbb: float  # ‖b‖²
+    sab: float  # ⟨a, b⟩
+    sdd: float  # ‖a−b‖²
+    l1: float  # Σ|a−b|
+    l0: int  # positions where the values differ
+    max_abs: float  # max |a−b|
+
+
+@cache
+def _pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="sdlens-kernel")
+
+
+def _parts(n: int, align: int) -> list[tuple[int, int]]:
+    k = min(os.cpu_count() or 1, max(1, n // _SPLIT))
+    edges = [n * i // k // align * align for i in range(k)] + [n]
+    return list(pairwise(edges))
+
+
+def _raw(x: np.ndarray, dtype: str) -> np.ndarray:
+    x = np.ascontiguousarray(x).reshape(-1)
+    return x.view(np.uint16) if dtype in ("F16", "BF16") else x.view(np.float32)
+
+
+def pair_stats(a: np.ndarray, b: np.ndarray, dtype: str) -> PairSums | None:
+    """All sums for two equally long tensors stored as ``dtype`` (one of ``KERNEL_DTYPES``); ``None`` when
+    the tensors hold NaN or Inf (the caller then takes an exact slow path that reports them faithfully)."""
+    from sdlens.analysis import _jit
+
+    ra, rb, bf16 = _raw(a, dtype), _raw(b, dtype), dtype == "BF16"
+    parts = _parts(ra.size, _jit.BLOCK)
+    if len(parts) == 1:
+        results = [_jit.pair_sums(ra, rb, bf16)]
+    else:
+        results = list(_pool().map(lambda p: _jit.pair_sums(ra[p[0] : p[1]], rb[p[0] : p[1]], bf16), parts))
+    sums = [float(sum(r[i] for r in results)) for i in range(6)]
+    if not all(math.isfinite(x) for x in sums):
+        return None
+    return PairSums(*sums[:5], l0=int(round(sums[5])), max_abs=float(max(r[6] for r in results)))
+
+
+def bits_equal(a: np.ndarray, b: np.ndarray) -> bool:
+    """True when two arrays hold the same bytes (stops at the first differing block)."""
+    from sdlens.analysis import _jit
+
+    if a.nbytes != b.nbytes:
+        return False
+    a, b = np.ascontiguousarray(a).reshape(-1), np.ascontiguousarray(b).reshape(-1)
+    width = a.itemsize if a.itemsize == b.itemsize and a.itemsize in (1, 2, 4, 8) else 1
+    view = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}[width]
+    return bool(_jit.bits_equal(a.view(view), b.view(view)))
