@@ -79,11 +79,19 @@ def test_non_finite_values_are_left_to_the_exact_path(bad):
 
 
 def test_bits_equal():
-    a = np.arange(10_000, dtype=np.float32)
+    a = np.arange(100_000, dtype=np.float32)  # above the memcmp threshold: the kernel path
     b = a.copy()
     assert bits_equal(a, b)
-    b[9_999] = -b[9_999]
+    b[99_999] = -b[99_999]
     assert not bits_equal(a, b)
     z, nz = np.zeros(3, np.float32), -np.zeros(3, np.float32)
     assert not bits_equal(z, nz)  # equal values, other bits
     assert not bits_equal(a, a[:10])
+
+
+def test_bits_equal_small_arrays():
+    a = np.arange(100, dtype=np.float16)
+    assert bits_equal(a, a.copy())
+    b = a.copy()
+    b[0] = -0.0
+    assert not bits_equal(a, b)

@@ -1,0 +1,514 @@
+"""N×N distance matrices over many checkpoints, each file read once, memory bounded.
+
+For L2 and cosine everything follows from Gram matrices: ‖a−b‖² = ‖a‖² + ‖b‖² − 2⟨a,b⟩. One pass over the
+aligned tensors (diff's canonical names) holds, per key (or chunk of a large key), the N models' slices in a
+float64 block X (N × chunk), centres it on the per-key mean (so that near-identical models do not lose
+precision to cancellation) and accumulates Y·Yᵀ into every group's matrices (component, merge block). Models
+whose tensor is bit-identical share one row (found by comparing bytes, stopping at the first difference), so
+"same VAE as model 7" is exactly 0. L1 (optional) comes from the same rows with ``torch.cdist(p=1)``.
+
+The work is a list of independent :class:`Task` s whose :class:`Partial` results add: ``run_task`` is a pure
+function of (model paths, task), so the same tasks can be mapped over a Dask cluster and summed. The driver
+saves the running sum atomically after every task, and ``resume=True`` continues from it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sdlens.arch.blocks import block_of
+from sdlens.arch.canonical import CanonRef, canonical_index
+from sdlens.errors import SdlensError
+from sdlens.io.base import Checkpoint
+from sdlens.io.dtypes import DTYPES
+from sdlens.io.open import open_checkpoint
+
+METRICS = ("l2", "cos", "l1")
+_VAE = ("vae_encoder", "vae_decoder")
+_TASK_BYTES = 256 << 20  # bytes per model per task (the resume granularity)
+_SMALL = 1 << 17  # keys with at most this many elements × unique models take the one-thread numpy path
+
+
+@dataclass
+class ModelInfo:
+    path: str
+    name: str
+    family: str
+    size: int
+    header_sha256: str  # of the key/shape/dtype/offset table: cheap, changes whenever the layout does
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class KeyPlan:
+    name: str  # canonical name, component/key
+    groups: tuple[str, ...]  # every group this key adds to
+    refs: list[CanonRef | None]  # per model; None where missing or of another shape
+    numel: int
+    nbytes: int  # all models together
+
+
+@dataclass
+class Task:
+    id: int
+    keys: list[KeyPlan]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(k.nbytes for k in self.keys)
+
+
+@dataclass
+class Plan:
+    models: list[ModelInfo]
+    tasks: list[Task]
+    groups: list[str]
+    signatures: dict[str, list[str | None]]  # group -> per-model digest of its (key, shape) set, None = absent
+    with_l1: bool
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.nbytes for t in self.tasks)
+
+
+@dataclass
+class Partial:
+    """Additive sums per group, each an N×N float64 array: ``d2`` Σ‖xi−xj‖², ``dot`` Σ⟨xi,xj⟩, ``sq``
+    Σ‖xi‖² over the keys both have, ``l1`` Σ|xi−xj|, ``same`` keys bit-identical, ``both`` keys both have."""
+
+    n: int
+    sums: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    done: set[int] = field(default_factory=set)
+
+    FIELDS = ("d2", "dot", "sq", "l1", "same", "both")
+
+    def group(self, g: str) -> dict[str, np.ndarray]:
+        if g not in self.sums:
+            self.sums[g] = {f: np.zeros((self.n, self.n)) for f in self.FIELDS}
+        return self.sums[g]
+
+    def __add__(self, other: Partial) -> Partial:
+        out = Partial(self.n, done=self.done | other.done)
+        for src in (self, other):
+            for g, fs in src.sums.items():
+                acc = out.group(g)
+                for f, v in fs.items():
+                    acc[f] += v
+        return out
+
+    def save(self, path: Path, fingerprint: str) -> None:
+        """Atomically: write beside, then rename."""
+        arrays = {f"{g}|{f}": v for g, fs in self.sums.items() for f, v in fs.items()}
+        tmp = path.with_name(f".{path.name}.tmp.npz")
+        np.savez(tmp, __meta__=np.array(json.dumps({"fingerprint": fingerprint, "done": sorted(self.done)})),
+                 **arrays)
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: Path, n: int, fingerprint: str) -> Partial:
+        with np.load(path) as z:
+            meta = json.loads(str(z["__meta__"]))
+            if meta["fingerprint"] != fingerprint:
+                raise SdlensError(path, "saved partial results belong to another run (models or options differ)")
+            p = cls(n, done=set(meta["done"]))
+            for k in z.files:
+                if k != "__meta__":
+                    g, f = k.rsplit("|", 1)
+                    p.group(g)[f] = z[k].copy()
+        return p
+
+
+@dataclass
+class MatrixResult:
+    models: list[ModelInfo]
+    metric: str
+    by: str
+    ref: int
+    matrices: dict[str, list[list[float | None]]]  # group -> N×N, None where not comparable
+    notes: dict[str, str]  # group -> who was left out and why
+    identity: dict[str, list[list[str]]]  # component -> groups (≥ 2 models) with bit-identical tensors
+    keys: dict[str, int]  # group -> number of tensors compared
+
+    def matrix(self, group: str) -> np.ndarray:
+        return np.array([[np.nan if v is None else v for v in row] for row in self.matrices[group]])
+
+    @property
+    def names(self) -> list[str]:
+        return [m.name for m in self.models]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "models": [m.to_dict() for m in self.models],
+            "metric": self.metric,
+            "by": self.by,
+            "ref": self.models[self.ref].name,
+            "matrices": self.matrices,
+            "notes": self.notes,
+            "identity": self.identity,
+            "keys": self.keys,
+        }
+
+
+# ----------------------------------------------------------------------------------------------- planning
+
+
+def _component_groups(name: str) -> tuple[str, ...]:
+    comp = name.split("/", 1)[0].split("@")[0]
+    return (comp, "vae") if comp in _VAE else (comp,)
+
+
+def plan(paths: Sequence[str | Path], *, with_l1: bool = False, time_embed: str = "IN00") -> Plan:
+    """Headers only: align every model's tensors by canonical name and cut the work into tasks."""
+    if len(paths) < 2:
+        raise SdlensError(None, "matrix needs at least two models")
+    models: list[ModelInfo] = []
+    indexes: list[dict[str, CanonRef]] = []
+    infos: list[dict[str, Any]] = []
+    orders: list[dict[str, int]] = []
+    for p in paths:
+        with open_checkpoint(p) as ck:
+            idx, fam = canonical_index(ck.tensors, getattr(ck, "configs", None))
+            table = json.dumps(sorted((k, t.dtype, list(t.shape), t.offset) for k, t in ck.tensors.items()))
+            size = sum(Path(s).stat().st_size for s in {t.source for t in ck.tensors.values()})
+            models.append(ModelInfo(str(p), Path(p).name, fam, size, hashlib.sha256(table.encode()).hexdigest()))
+            indexes.append(idx)
+            infos.append(dict(ck.tensors))
+            orders.append({k: i for i, k in enumerate(ck.in_file_order())})
+    names = {n for idx in indexes for n in idx}
+    # the family that names the merge blocks: the most common one among the models
+    fams = [m.family for m in models if m.family != "unknown"]
+    family = max(set(fams), key=fams.count) if fams else "unknown"
+    plans: list[tuple[tuple[int, int], KeyPlan]] = []
+    members: dict[str, list[list[str]]] = {}
+    for name in names:
+        refs: list[CanonRef | None] = [idx.get(name) for idx in indexes]
+        shapes = [tuple(r.shape) for r in refs if r is not None]
+        shape = max(set(shapes), key=shapes.count)
+        ok = []
+        for i, r in enumerate(refs):
+            if r is None or tuple(r.shape) != shape or not DTYPES[infos[i][r.key].dtype].is_float:
+                refs[i] = None
+            else:
+                ok.append(i)
+        if not ok:
+            continue
+        groups = _component_groups(name)
+        if name.startswith("denoiser/"):
+            groups += (f"block:{block_of(name, family, time_embed=time_embed)}",)
+        numel = math.prod(shape)
+        nbytes = sum(infos[i][refs[i].key].nbytes * numel // max(1, infos[i][refs[i].key].numel) for i in ok)
+        first = ok[0]
+        plans.append(((first, orders[first].get(refs[first].key, 0)), KeyPlan(name, groups, refs, numel, nbytes)))
+        for g in groups:
+            per_model = members.setdefault(g, [[] for _ in models])
+            for i in ok:
+                per_model[i].append(f"{name}:{shape}")
+    plans.sort(key=lambda x: x[0])
+    tasks: list[Task] = []
+    cur: list[KeyPlan] = []
+    cur_bytes = 0
+    for _, kp in plans:
+        cur.append(kp)
+        cur_bytes += kp.nbytes
+        if cur_bytes >= _TASK_BYTES * len(models):
+            tasks.append(Task(len(tasks), cur))
+            cur, cur_bytes = [], 0
+    if cur:
+        tasks.append(Task(len(tasks), cur))
+    signatures = {
+        g: [hashlib.sha256("\n".join(sorted(ks)).encode()).hexdigest() if ks else None for ks in per]
+        for g, per in members.items()
+    }
+    groups = sorted(members, key=_group_order)
+    return Plan(models, tasks, groups, signatures, with_l1)
+
+
+def _group_order(g: str) -> tuple[int, str]:
+    if g.startswith("block:"):
+        from sdlens.analysis.diff import _block_order
+
+        r, i = _block_order(g[6:])
+        return (100 + r * 100 + i, g)
+    order = ["denoiser", "clip_l", "clip_g", "openclip_h", "t5", "vae", "vae_encoder", "vae_decoder", "ema"]
+    return (order.index(g) if g in order else 50, g)
+
+
+# ----------------------------------------------------------------------------------------------- tasks
+
+
+def _flat(ck: Checkpoint, ref: CanonRef):
+    """A torch view (no copy where the bytes allow) of one canonical tensor, flat."""
+    import torch
+
+    from sdlens.analysis.diff import _raw_view
+    from sdlens.io.dtypes import torch_dtype
+
+    raw = _raw_view(ck, ref)
+    if raw is None:
+        from sdlens.arch.canonical import read_canonical
+
+        return read_canonical(ck, ref, copy=False).reshape(-1)
+    return torch.frombuffer(raw, dtype=torch_dtype(ck.tensors[ref.key].dtype)) if raw.size else torch.empty(0)
+
+
+def _identity_rows(raws: list[Any]) -> list[int]:
+    """For each model, the index of the first model whose bytes are identical (itself if none)."""
+    from sdlens.analysis.kernels import bits_equal
+
+    rep: list[int] = []
+    for i, r in enumerate(raws):
+        rep.append(next((j for j in sorted(set(rep)) if raws[j] is not None and r is not None
+                         and raws[j].dtype == r.dtype and bits_equal(raws[j], r)), i))
+    return rep
+
+
+def run_task(
+    paths: Sequence[str | Path],
+    task: Task,
+    *,
+    with_l1: bool = False,
+    chunk_bytes: int = 512 << 20,
+    device: str | None = None,
+    progress: Callable[[int], None] | None = None,
+    checkpoints: Sequence[Checkpoint] | None = None,
+) -> Partial:
+    """The sums of one task. Pure: depends only on the files and the task (safe to run anywhere)."""
+    import torch
+
+    from sdlens.analysis.diff import _raw_view
+
+    n = len(paths)
+    owned = checkpoints is None
+    cks = list(checkpoints) if checkpoints is not None else [open_checkpoint(p) for p in paths]
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    part = Partial(n, done={task.id})
+    try:
+        for kp in task.keys:
+            present = [i for i, r in enumerate(kp.refs) if r is not None]
+            raws = [_raw_view(cks[i], kp.refs[i]) if kp.refs[i] is not None else None for i in range(n)]
+            rep = _identity_rows([raws[i] if i in present else None for i in range(n)])
+            uniq = sorted({rep[i] for i in present})
+            row_of = {m: r for r, m in enumerate(uniq)}
+            u = len(uniq)
+            if kp.numel * u <= _SMALL:
+                d2, dot, l1 = _small_key(cks, kp, uniq, with_l1)
+            else:
+                d2, dot, l1 = _large_key(cks, kp, uniq, with_l1, chunk_bytes, dev)
+            np.fill_diagonal(d2, 0.0)
+            idx = np.array([row_of[rep[i]] for i in present])
+            sel = np.ix_(present, present)
+            d2n, dotn, l1n = (t[np.ix_(idx, idx)] for t in (d2, dot, l1))
+            sq = np.repeat(np.diag(dotn)[:, None], len(present), axis=1)
+            same = (idx[:, None] == idx[None, :]).astype(np.float64)
+            for g_name in kp.groups:
+                acc = part.group(g_name)
+                acc["d2"][sel] += d2n
+                acc["dot"][sel] += dotn
+                acc["sq"][sel] += sq
+                acc["l1"][sel] += l1n
+                acc["same"][sel] += same
+                acc["both"][sel] += 1.0
+            if progress:
+                progress(kp.nbytes)
+    finally:
+        if owned:
+            for ck in cks:
+                ck.close()
+    return part
+
+
+def _gram_sums(y):
+    """(‖yi−yj‖², ⟨xi,xj⟩) of the rows x of ``y`` (numpy or torch, float64), centring ``y`` in place."""
+    mean = y.mean(0)
+    y -= mean
+    g = y @ y.T
+    v = y @ mean
+    d = g.diagonal()
+    return (d[:, None] + d[None, :] - 2 * g).clip(min=0), g + v[:, None] + v[None, :] + mean @ mean
+
+
+def _small_key(cks: Sequence[Checkpoint], kp: KeyPlan, uniq: list[int], with_l1: bool):
+    """numpy, one thread: for the many small tensors, thread start-up would cost more than the arithmetic."""
+    from sdlens.arch.canonical import read_canonical
+
+    rows = []
+    for m in uniq:
+        raw = _raw_numpy(cks[m], kp.refs[m])
+        rows.append(raw if raw is not None else read_canonical(cks[m], kp.refs[m]).double().reshape(-1).numpy())
+    y = np.stack(rows).astype(np.float64, copy=False).reshape(len(uniq), -1)
+    l1 = np.abs(y[:, None, :] - y[None, :, :]).sum(-1) if with_l1 else np.zeros((len(uniq),) * 2)
+    d2, dot = _gram_sums(y)
+    return d2, dot, l1
+
+
+def _raw_numpy(ck: Checkpoint, ref: CanonRef) -> np.ndarray | None:
+    from sdlens.analysis.diff import _raw_view
+
+    raw = _raw_view(ck, ref)
+    dtype = ck.tensors[ref.key].dtype
+    if raw is None or dtype not in ("F16", "F32", "F64", "BF16"):
+        return None
+    if dtype == "BF16":
+        return (raw.view(np.uint16).astype(np.uint32) << 16).view(np.float32)
+    return raw.view({"F16": np.float16, "F32": np.float32, "F64": np.float64}[dtype])
+
+
+def _large_key(cks: Sequence[Checkpoint], kp: KeyPlan, uniq: list[int], with_l1: bool, chunk_bytes: int, dev):
+    """torch, all threads (or the GPU): the unique rows in float64 chunks of at most ``chunk_bytes``."""
+    import torch
+
+    u = len(uniq)
+    flats = [_flat(cks[m], kp.refs[m]) for m in uniq]
+    step = max(1, chunk_bytes // (8 * u))
+    buf = torch.empty(u, min(step, kp.numel), dtype=torch.float64)
+    d2 = np.zeros((u, u))
+    dot = np.zeros((u, u))
+    l1 = np.zeros((u, u))
+    for s in range(0, kp.numel, step):
+        c = min(step, kp.numel - s)
+        x = buf[:, :c] if c < buf.shape[1] else buf
+        for r, f in enumerate(flats):
+            x[r].copy_(f[s : s + c])
+        y = x.to(dev) if dev.type != "cpu" else x
+        if with_l1:
+            l1 += torch.cdist(y[None], y[None], p=1)[0].cpu().numpy()
+        a, b = _gram_sums(y)
+        d2 += a.cpu().numpy()
+        dot += b.cpu().numpy()
+    return d2, dot, l1
+
+
+# ----------------------------------------------------------------------------------------------- driver
+
+
+def _fingerprint(p: Plan, metric: str) -> str:
+    doc = {"models": [(m.path, m.size, m.header_sha256) for m in p.models], "l1": p.with_l1,
+           "tasks": [[k.name for k in t.keys] for t in p.tasks], "metric": metric}
+    return hashlib.sha256(json.dumps(doc).encode()).hexdigest()
+
+
+def matrix(
+    paths: Sequence[str | Path],
+    *,
+    metric: str = "l2",
+    by: str = "component",
+    ref: str | Path | None = None,
+    state: str | Path | None = None,
+    resume: bool = False,
+    chunk_bytes: int = 512 << 20,
+    workers: int | None = None,
+    device: str | None = None,
+    time_embed: str = "IN00",
+    progress: Callable[[int], None] | None = None,
+    on_plan: Callable[[Plan], None] | None = None,
+) -> MatrixResult:
+    """Distance matrices between ``paths`` (any formats / layouts), per component or merge block.
+
+    ``state``: file for the running sums (saved atomically after each task); with ``resume`` an
+    interrupted run continues from it and gives the same matrices."""
+    if metric not in METRICS:
+        raise SdlensError(None, f"unknown metric {metric!r}: use one of {', '.join(METRICS)}")
+    if by not in ("component", "block"):
+        raise SdlensError(None, f"unknown --by {by!r}: use component or block")
+    if workers:
+        import torch
+
+        torch.set_num_threads(workers)
+    pl = plan(paths, with_l1=metric == "l1", time_embed=time_embed)
+    if on_plan:
+        on_plan(pl)
+    n = len(pl.models)
+    fp = _fingerprint(pl, metric)
+    state_path = Path(state) if state else None
+    total = Partial(n)
+    if resume and state_path is not None and state_path.exists():
+        total = Partial.load(state_path, n, fp)
+        if progress:
+            progress(sum(t.nbytes for t in pl.tasks if t.id in total.done))
+    cks = [open_checkpoint(p) for p in paths]
+    try:
+        for task in pl.tasks:
+            if task.id in total.done:
+                continue
+            total = total + run_task(paths, task, with_l1=pl.with_l1, chunk_bytes=chunk_bytes, device=device,
+                                     progress=progress, checkpoints=cks)
+            if state_path is not None:
+                total.save(state_path, fp)
+    finally:
+        for ck in cks:
+            ck.close()
+    return finish(pl, total, metric=metric, by=by, ref=_ref_index(pl, ref))
+
+
+def _ref_index(pl: Plan, ref: str | Path | None) -> int:
+    if ref is None:
+        return 0
+    for i, m in enumerate(pl.models):
+        if str(ref) in (m.path, m.name, Path(m.path).stem):
+            return i
+    raise SdlensError(ref, "--ref is not one of the models")
+
+
+def finish(pl: Plan, total: Partial, *, metric: str, by: str, ref: int = 0) -> MatrixResult:
+    """Matrices, notes and identity groups from the summed partial results."""
+    names = [m.name for m in pl.models]
+    n = len(names)
+    matrices: dict[str, list[list[float | None]]] = {}
+    notes: dict[str, str] = {}
+    identity: dict[str, list[list[str]]] = {}
+    keys: dict[str, int] = {}
+    wanted = [g for g in pl.groups if g.startswith("block:") == (by == "block")]
+    for g in wanted:
+        sig = pl.signatures[g]
+        acc = total.group(g)
+        present = [i for i in range(n) if sig[i] is not None]
+        common = max({sig[i] for i in present}, key=[sig[i] for i in present].count)
+        valid = np.array([[sig[i] is not None and sig[i] == sig[j] for j in range(n)] for i in range(n)])
+        if metric == "l2":
+            m = np.sqrt(acc["d2"])
+        elif metric == "l1":
+            m = acc["l1"].copy()
+        else:
+            den = np.sqrt(acc["sq"] * acc["sq"].T)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                m = 1.0 - np.clip(acc["dot"] / den, -1.0, 1.0)
+            m[np.diag_indices(n)] = 0.0
+        m[~valid] = np.nan
+        matrices[g] = [[None if math.isnan(v) else float(v) for v in row] for row in m]
+        absent = [names[i] for i in range(n) if sig[i] is None]
+        other = [names[i] for i in present if sig[i] != common]
+        parts = []
+        if absent:
+            parts.append(f"no {g.removeprefix('block:')} in {', '.join(absent)}")
+        if other:
+            parts.append(f"other architecture or key set in {', '.join(other)} (compared only with each other)")
+        if parts:
+            notes[g] = "; ".join(parts)
+        keys[g] = int(acc["both"].max()) if acc["both"].size else 0
+    for g in pl.groups:
+        if g.startswith("block:"):
+            continue
+        acc = total.group(g)
+        sig = pl.signatures[g]
+        same = (acc["same"] == acc["both"]) & (acc["both"] > 0)
+        seen: set[int] = set()
+        groups: list[list[str]] = []
+        for i in range(n):
+            if i in seen or sig[i] is None:
+                continue
+            members = [j for j in range(n) if sig[j] == sig[i] and same[i, j]]
+            seen.update(members)
+            if len(members) > 1:
+                groups.append([names[j] for j in members])
+        identity[g] = groups
+    return MatrixResult(pl.models, metric, by, ref, matrices, notes, identity, keys)

@@ -1,0 +1,93 @@
+"""``sdlens matrix`` outputs: console tables, CSV per group, one JSON, and the figures."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from sdlens.analysis.matrix import MatrixResult
+from sdlens.io.atomic import write_text_atomic
+from sdlens.render.jsonout import dumps
+
+_DETAIL = ("vae_encoder", "vae_decoder", "schedule", "other")  # heatmaps only
+_METRIC = {"l2": "L2 distance ‖a−b‖₂", "l1": "L1 distance Σ|a−b|", "cos": "cosine distance 1 − cos(a, b)"}
+
+
+def _fname(group: str) -> str:
+    return group.replace("block:", "block-").replace("/", "_")
+
+
+def matrix_csv(result: MatrixResult, group: str) -> str:
+    """Labelled N×N CSV; NaN where two models are not comparable."""
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["model", *result.names])
+    for name, row in zip(result.names, result.matrix(group), strict=True):
+        w.writerow([name, *("NaN" if np.isnan(v) else repr(float(v)) for v in row)])
+    return buf.getvalue()
+
+
+def identity_csv(result: MatrixResult) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["component", "group", "models"])
+    for comp, groups in result.identity.items():
+        for k, grp in enumerate(groups):
+            w.writerow([comp, k + 1, " | ".join(grp)])
+    return buf.getvalue()
+
+
+def write_outputs(result: MatrixResult, out_dir: Path, *, plots: bool = True) -> list[Path]:
+    """CSV per group, matrix.json, identity.csv and (with ``plots``) the figures; each written atomically."""
+    from sdlens.render import matrix_plots as P
+
+    out_dir = Path(out_dir)
+    written = [write_text_atomic(out_dir / f"matrix-{_fname(g)}.csv", matrix_csv(result, g)) for g in result.matrices]
+    written.append(write_text_atomic(out_dir / "matrix.json", dumps(result)))
+    written.append(write_text_atomic(out_dir / "identity.csv", identity_csv(result)))
+    if not plots:
+        return written
+    label = _METRIC[result.metric]
+    mats = {g: result.matrix(g) for g in result.matrices}
+    for g, m in mats.items():
+        if np.isnan(m).all() or (~np.isnan(m)).sum(axis=1).max() < 2:
+            continue
+        written.append(P.plot_heatmap(m, result.names, f"{g}: {label}", out_dir / f"heatmap-{_fname(g)}.png"))
+        if not g.startswith("block:") and g not in _DETAIL:
+            written.append(P.plot_graph(m, result.names, f"{g}: {label}", out_dir / f"graph-{_fname(g)}.png"))
+            written.append(P.plot_mds(m, result.names, f"{g}: 2-D map (MDS) of {label}",
+                                      out_dir / f"mds-{_fname(g)}.png"))
+    main = {g: m for g, m in mats.items() if not g.startswith("block:") and g not in _DETAIL}
+    written.append(P.plot_from_ref(main or mats, result.names, result.ref, out_dir / "from-ref.png"))
+    written.append(P.plot_identity(result.identity, result.names, out_dir / "identity.png"))
+    return written
+
+
+def render_matrix(result: MatrixResult, console: Console, *, max_cols: int = 12) -> None:
+    """Notes, the identity groups, then each group's matrix (models as rows; at most ``max_cols`` columns)."""
+    console.print(f"[bold]{len(result.models)} models[/] · {_METRIC[result.metric]} · by {result.by}")
+    for g, note in result.notes.items():
+        console.print(f"[yellow]note[/] {g}: {note}", soft_wrap=True)
+    t = Table(title="bit-identical components", title_justify="left")
+    t.add_column("component")
+    t.add_column("models sharing the same bytes")
+    for comp, groups in result.identity.items():
+        for grp in groups:
+            t.add_row(comp, ", ".join(grp))
+    if t.row_count:
+        console.print(t)
+    short = [Path(n).stem[:18] for n in result.names]
+    for g in result.matrices:
+        m = result.matrix(g)
+        t = Table(title=f"{g} ({result.keys.get(g, 0)} tensors)", title_justify="left")
+        t.add_column("model")
+        for name in short[:max_cols]:
+            t.add_column(name, justify="right")
+        for i, name in enumerate(short):
+            t.add_row(name, *("—" if np.isnan(v) else ("0" if v == 0 else f"{v:.4g}") for v in m[i, :max_cols]))
+        console.print(t)

@@ -1,0 +1,163 @@
+"""matrix: distances over a model family with known relations, against float64 brute force."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from sdlens.analysis import matrix as M
+from sdlens.arch.canonical import canonical_index, read_canonical
+from sdlens.io.open import open_checkpoint
+from sdlens.testing.zoo_matrix import MERGE_ALPHA, build_matrix_zoo
+
+GROUPS = {"denoiser": ("denoiser",), "clip_l": ("clip_l",), "vae": ("vae_encoder", "vae_decoder"),
+          "vae_decoder": ("vae_decoder",)}
+
+
+@pytest.fixture(scope="module")
+def mzoo(tmp_path_factory) -> dict[str, Path]:
+    return build_matrix_zoo(tmp_path_factory.mktemp("mzoo"))
+
+
+@pytest.fixture(scope="module")
+def l2(mzoo):
+    return M.matrix(list(mzoo.values()), metric="l2")
+
+
+@pytest.fixture(scope="module")
+def tensors(mzoo):
+    """name -> {canonical key: float64 flat tensor} (the brute force keeps everything: tiny models)."""
+    out = {}
+    for name, p in mzoo.items():
+        with open_checkpoint(p) as ck:
+            idx, _ = canonical_index(ck.tensors)
+            out[name] = {k: read_canonical(ck, r).double().reshape(-1) for k, r in idx.items()
+                         if ck.tensors[r.key].dtype.startswith(("F", "BF"))}
+    return out
+
+
+def _brute(tensors, a, b, comps, metric):
+    ta, tb = tensors[a], tensors[b]
+    keys = [k for k in ta if k.split("/")[0] in comps and k in tb and ta[k].shape == tb[k].shape]
+    x = torch.cat([ta[k] for k in keys])
+    y = torch.cat([tb[k] for k in keys])
+    if metric == "l2":
+        return float((x - y).norm())
+    if metric == "l1":
+        return float((x - y).abs().sum())
+    return 1.0 - float(x.dot(y) / (x.norm() * y.norm()))
+
+
+def _check_brute(result, tensors, metric, rel):
+    names = [Path(m.path).stem for m in result.models]
+    checked = 0
+    for group, comps in GROUPS.items():
+        m = result.matrix(group)
+        for i, a in enumerate(names):
+            for j, b in enumerate(names):
+                if i < j and not math.isnan(m[i, j]):
+                    want = _brute(tensors, a, b, comps, metric)
+                    assert m[i, j] == pytest.approx(want, rel=rel, abs=1e-12), (group, a, b)
+                    assert m[i, j] == m[j, i]
+                    checked += 1
+    assert checked > 40
+
+
+def test_l2_equals_brute_force(l2, tensors):
+    _check_brute(l2, tensors, "l2", 1e-6)
+
+
+@pytest.mark.parametrize("metric", ["cos", "l1"])
+def test_other_metrics_equal_brute_force(mzoo, tensors, metric):
+    r = M.matrix(list(mzoo.values()), metric=metric)
+    _check_brute(r, tensors, metric, 1e-6 if metric == "l1" else 1e-5)
+
+
+def test_near_identical_fine_tune_keeps_precision(l2, tensors):
+    # a 1e-5 perturbation next to models that differ by ~15: cancellation would ruin a plain Gram matrix
+    i, j = l2.names.index("base.safetensors"), l2.names.index("near.safetensors")
+    want = _brute(tensors, "base", "near", ("denoiser",), "l2")
+    assert want < 1e-2
+    assert l2.matrix("denoiser")[i, j] == pytest.approx(want, rel=1e-6)
+
+
+def test_merge_lies_where_it_must(l2):
+    m = l2.matrix("denoiser")
+    idx = {n.removesuffix(".safetensors"): i for i, n in enumerate(l2.names)}
+    d_ab = m[idx["base"], idx["unet_ft"]]
+    assert m[idx["base"], idx["merge"]] == pytest.approx((1 - MERGE_ALPHA) * d_ab, rel=1e-6)
+    assert m[idx["merge"], idx["unet_ft"]] == pytest.approx(MERGE_ALPHA * d_ab, rel=1e-6)
+
+
+def test_identity_groups_are_exact(l2):
+    stem = {n: n.removesuffix(".safetensors") for n in l2.names}
+    ident = {g: [sorted(stem[n] for n in grp) for grp in groups] for g, groups in l2.identity.items()}
+    assert ident["denoiser"] == [["base", "te_ft", "vae_swap"]]
+    assert ident["clip_l"] == [["base", "merge", "near", "unet_ft", "vae_swap"]]
+    assert ident["vae"] == [["base", "merge", "near", "te_ft", "unet_ft"]]
+    m = l2.matrix("vae")
+    i, j = l2.names.index("base.safetensors"), l2.names.index("near.safetensors")
+    assert m[i, j] == 0.0  # exactly: the same bytes
+    k, swap = l2.names.index("fp16.safetensors"), l2.names.index("vae_swap.safetensors")
+    assert 0 < m[i, k] < 1e-3 * m[i, swap]  # fp16 copy: not identical, within rounding
+
+
+def test_other_architecture_is_left_out_with_a_note(l2):
+    m = l2.matrix("denoiser")
+    x = l2.names.index("sdxl.safetensors")
+    assert np.isnan(m[x, :x]).all() and m[x, x] == 0.0
+    assert "sdxl.safetensors" in l2.notes["denoiser"]
+    assert "clip_l" not in l2.notes  # every model has a CLIP-L of the same shape: all compared
+    assert not np.isnan(l2.matrix("clip_l")).any()
+
+
+def test_blocks_add_up_to_the_denoiser(mzoo, l2):
+    r = M.matrix(list(mzoo.values())[:4], by="block")
+    assert {"block:IN00", "block:M00", "block:OUT11"} <= set(r.matrices)
+    total = sum(r.matrix(g) ** 2 for g in r.matrices)
+    assert np.allclose(np.sqrt(total), l2.matrix("denoiser")[:4, :4], rtol=1e-9)
+
+
+def test_resume_gives_the_same_result(mzoo, tmp_path, monkeypatch):
+    monkeypatch.setattr(M, "_TASK_BYTES", 50_000)
+    paths = list(mzoo.values())[:5]
+    whole = M.matrix(paths)
+    state = tmp_path / "state.npz"
+    seen = {"bytes": 0}
+
+    def interrupt(n):
+        seen["bytes"] += n
+        if seen["bytes"] > 2_000_000:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        M.matrix(paths, state=state, progress=interrupt)
+    saved = M.Partial.load(state, 5, M._fingerprint(M.plan(paths), "l2"))
+    assert 0 < len(saved.done) < len(M.plan(paths).tasks)
+    resumed = M.matrix(paths, state=state, resume=True)
+    assert resumed.matrices == whole.matrices
+    assert resumed.identity == whole.identity
+
+
+def test_tasks_add_up_like_the_whole_run(mzoo, monkeypatch):
+    # the engine's contract for distributed runs: per-task partials, summed in any order, give the result
+    monkeypatch.setattr(M, "_TASK_BYTES", 50_000)
+    paths = list(mzoo.values())[:3]
+    pl = M.plan(paths)
+    parts = [M.run_task(paths, t) for t in reversed(pl.tasks)]
+    total = parts[0]
+    for p in parts[1:]:
+        total = total + p
+    r = M.finish(pl, total, metric="l2", by="component")
+    assert np.allclose(r.matrix("denoiser"), M.matrix(paths).matrix("denoiser"), rtol=1e-12)
+
+
+def test_resume_refuses_state_of_another_run(mzoo, tmp_path):
+    state = tmp_path / "s.npz"
+    M.matrix(list(mzoo.values())[:2], state=state)
+    with pytest.raises(M.SdlensError, match="another run"):
+        M.matrix(list(mzoo.values())[1:3], state=state, resume=True)
