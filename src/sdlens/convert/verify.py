@@ -1,0 +1,160 @@
+"""Verification after every write: the output is re-opened (``open_checkpoint``) and every tensor compared
+with the input, streamed, bit for bit: unchanged and renamed tensors must be bit-identical, cast tensors must
+equal the input cast to the target dtype (the exact rounding check), restored tensors must be 0..N-1.
+The key set, dtypes, shapes and metadata are checked against the plan.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sdlens.convert.layouts import Item
+from sdlens.convert.plan import PROVENANCE_META, ConversionPlan, _op, nbytes
+from sdlens.convert.writer import CHUNK_BYTES, assemble, pieces_of, source_streams
+
+
+@dataclass
+class VerifyReport:
+    files: int = 0
+    tensors: int = 0
+    bit_identical: int = 0  # same dtype, same bytes (kept, renamed, replaced, EMA)
+    cast_exact: int = 0  # equal to the input rounded to the target dtype
+    restored: int = 0
+    renamed: int = 0
+    bytes_compared: int = 0
+    metadata_kept: int = 0
+    provenance: bool = False
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "files": self.files, "tensors": self.tensors, "bit_identical": self.bit_identical,
+                "cast_exact": self.cast_exact, "restored": self.restored, "renamed": self.renamed,
+                "bytes_compared": self.bytes_compared, "metadata_kept": self.metadata_kept,
+                "provenance": self.provenance, "problems": self.problems}
+
+
+def _aligned(xs: Iterator[Any], ys: Iterator[Any]) -> Iterator[tuple[Any, Any]]:
+    """Pairs of equally long flat views walking two chunkings of the same elements."""
+    xs = (x for x in xs if x.numel())
+    ys = (y for y in ys if y.numel())
+    x, y = next(xs, None), next(ys, None)
+    i = j = 0
+    while x is not None and y is not None:
+        n = min(x.numel() - i, y.numel() - j)
+        yield x[i : i + n], y[j : j + n]
+        i += n
+        j += n
+        if i == x.numel():
+            x, i = next(xs, None), 0
+        if j == y.numel():
+            y, j = next(ys, None), 0
+    if x is not None or y is not None:
+        raise ValueError("element counts differ")
+
+
+class _Compare:
+    def __init__(self) -> None:
+        self.buf: dict[Any, Any] = {}
+
+    def same(self, src, out) -> bool:
+        """``out`` equals ``src`` cast to ``out``'s dtype, bit for bit (flat views)."""
+        import torch
+
+        if src.dtype != out.dtype:
+            b = self.buf.get(out.dtype)
+            if b is None or b.numel() < src.numel():
+                b = self.buf[out.dtype] = torch.empty(max(src.numel(), 1 << 20), dtype=out.dtype)
+            b = b[: src.numel()]
+            b.copy_(src)
+            src = b
+        ints = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[out.element_size()]
+        return bool(torch.equal(src.view(ints), out.view(ints)))
+
+
+def verify_output(plan: ConversionPlan, root: Path, ckpts: list[Any],
+                  progress: Callable[[int], None] | None = None) -> VerifyReport:
+    from sdlens.errors import SdlensError
+    from sdlens.io.open import open_checkpoint
+    from sdlens.io.stream import stream
+
+    rep = VerifyReport()
+    cmp = _Compare()
+    for rel, entries in plan.files.items():
+        path = root / rel if plan.layout == "diffusers" else root
+        rep.files += 1
+        try:
+            out = open_checkpoint(path)
+        except SdlensError as e:
+            rep.problems.append(f"{rel or path.name}: cannot re-open ({e.problem})")
+            continue
+        with out:
+            want = {e.key: e for e in entries}
+            extra, missing = set(out.tensors) - set(want), set(want) - set(out.tensors)
+            if extra or missing:
+                rep.problems.append(f"{rel or path.name}: keys differ from the plan "
+                                    f"({len(missing)} missing, {len(extra)} unexpected)")
+                continue
+            for k, v in plan.metadata.items():
+                if k == PROVENANCE_META:  # extended by this conversion, checked below
+                    continue
+                if out.metadata.get(k) != v:
+                    rep.problems.append(f"metadata {k!r} not preserved")
+                else:
+                    rep.metadata_kept += 1
+            rep.provenance = PROVENANCE_META in out.metadata
+            if not rep.provenance:
+                rep.problems.append("provenance entry missing")
+            for e in entries:
+                info = out.tensors[e.key]
+                if info.dtype != e.out_dtype or tuple(info.shape) != tuple(e.shape):
+                    rep.problems.append(f"{e.key}: {info.dtype}{list(info.shape)} written, "
+                                        f"planned {e.out_dtype}{list(e.shape)}")
+            if rep.problems:
+                continue
+            srcs = source_streams(entries, ckpts)
+            outs = stream(out, [e.key for e in entries if e.simple], CHUNK_BYTES)
+            for e in entries:
+                ok = _check(e, srcs, outs, out, ckpts, cmp)
+                rep.tensors += 1
+                rep.bytes_compared += nbytes(e)
+                if not ok:
+                    rep.problems.append(f"{e.key}: data differs from the input")
+                elif e.restore:
+                    rep.restored += 1
+                elif e.out_dtype != e.dtype:
+                    rep.cast_exact += 1
+                else:
+                    rep.bit_identical += 1
+                if _op(e) == "rename":
+                    rep.renamed += 1
+                if progress:
+                    progress(nbytes(e))
+    for rel in plan.json_files:
+        try:
+            json.loads((root / rel).read_text())
+        except (OSError, ValueError):
+            rep.problems.append(f"{rel}: not written or not valid JSON")
+    return rep
+
+
+def _check(e: Item, srcs: dict[int, Iterator[Any]], outs: Iterator[Any], out: Any, ckpts: list[Any], cmp: _Compare) -> bool:
+    if e.simple:
+        pairs = _aligned(pieces_of(srcs[e.pieces[0].source], e.pieces[0].key), pieces_of(outs, e.key))
+        try:
+            ok = True
+            for a, b in pairs:
+                ok = ok and cmp.same(a, b)  # keep both streams in step even after a mismatch
+            return ok
+        except ValueError:
+            return False
+    expected = assemble(e, ckpts).reshape(-1)
+    got = out.read(e.key).reshape(-1)
+    return expected.numel() == got.numel() and cmp.same(expected, got)

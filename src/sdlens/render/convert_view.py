@@ -1,0 +1,124 @@
+"""Rich views of ``sdlens convert``: the plan (``--dry-run``) and the one-screen verification summary."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from sdlens.arch import registry as R
+
+
+def _hb(n: int) -> str:
+    from sdlens.analysis.inspect import human_bytes
+
+    return human_bytes(n)
+
+
+def _label(cid: str) -> str:
+    return {"denoiser": "denoiser", "other": "unknown keys"}.get(cid, R.COMPONENT_LABELS.get(cid, cid))
+
+
+def render_plan(plan: Any, console: Console, *, dry_run: bool = True) -> None:
+    from sdlens.convert.plan import _op, nbytes
+
+    head = "[bold]dry run[/] — nothing written" if dry_run else "[bold]plan[/]"
+    console.print(f"{head}: {plan.input} ({plan.input_format}, {plan.family}) -> {plan.output} ({plan.layout})",
+                  soft_wrap=True, highlight=False)
+    for op in plan.operations:
+        console.print(f"  • {op}", highlight=False)
+    comps: dict[str, dict[str, int]] = {}
+    for e in plan.entries:
+        c = comps.setdefault(e.component, {"kept": 0, "cast": 0, "renamed": 0, "restored": 0, "dropped": 0,
+                                           "bytes_in": 0, "bytes_out": 0})
+        c["kept"] += 1
+        c["cast"] += e.out_dtype != e.dtype
+        c["renamed"] += _op(e) in ("rename", "ema")
+        c["restored"] += e.restore is not None
+        c["bytes_out"] += nbytes(e)
+        if e.pieces:
+            c["bytes_in"] += _in_bytes(e)
+    for e in plan.dropped:
+        c = comps.setdefault(e.component, {"kept": 0, "cast": 0, "renamed": 0, "restored": 0, "dropped": 0,
+                                           "bytes_in": 0, "bytes_out": 0})
+        c["dropped"] += 1
+        c["bytes_in"] += _in_bytes(e)
+    t = Table(title_justify="left", show_edge=False, pad_edge=False)
+    for col in ("component", "written", "cast", "renamed", "restored", "dropped", "in", "out"):
+        t.add_column(col, justify="left" if col == "component" else "right")
+    for cid, c in sorted(comps.items(), key=lambda kv: -kv[1]["bytes_in"]):
+        t.add_row(_label(cid), str(c["kept"]), str(c["cast"] or ""), str(c["renamed"] or ""), str(c["restored"] or ""),
+                  str(c["dropped"] or ""), _hb(c["bytes_in"]), _hb(c["bytes_out"]))
+    console.print(t)
+    reasons: dict[str, list[str]] = {}
+    for e in plan.dropped:
+        reasons.setdefault(e.note or "dropped", []).append(e.key)
+    for why, keys in reasons.items():
+        console.print(f"  [yellow]drop[/] {len(keys)} tensor{'s' if len(keys) != 1 else ''}: {why} (e.g. {keys[0]})",
+                      soft_wrap=True, highlight=False)
+    renames = [e for e in plan.entries if _op(e) == "rename"]
+    for e in renames[:3]:
+        src = e.pieces[0].key if e.pieces else "?"
+        more = f" (+{len(e.pieces) - 1} joined)" if len(e.pieces) > 1 else ""
+        console.print(f"  [cyan]rename[/] {src}{more} -> {e.key}", soft_wrap=True, highlight=False)
+    if len(renames) > 3:
+        console.print(f"  … {len(renames) - 3} more renamed", highlight=False)
+    rc = plan.range_check
+    if rc:
+        _range_lines(rc, console)
+    for n in plan.notes:
+        console.print(f"  [dim]note:[/] {n}", soft_wrap=True, highlight=False)
+    files = len(plan.files) + len(plan.json_files)
+    console.print(f"  size: {_hb(plan.input_file_bytes)} -> {_hb(plan.output_size())} "
+                  f"({files} file{'s' if files != 1 else ''})", highlight=False)
+
+
+def _in_bytes(e: Any) -> int:
+    from sdlens.io.dtypes import DTYPES
+
+    n = DTYPES[e.dtype].itemsize
+    for s in e.shape:
+        n *= s
+    return n
+
+
+def _range_lines(rc: dict[str, Any], console: Console) -> None:
+    if rc.get("overflow"):
+        worst = ", ".join(f"{k} ({v})" for k, v in list(rc["tensors_overflow"].items())[:3])
+        console.print(f"  [bold red]fp16 overflow:[/] {rc['overflow']} values beyond ±65504 (max |x| "
+                      f"{rc['max_abs']:.4g}) in {rc['tensors_with_overflow']} tensors: {worst}", soft_wrap=True, highlight=False)
+    else:
+        console.print("  fp16 range: no value overflows (max |x| " + f"{rc.get('max_abs', 0):.4g})", highlight=False)
+    if rc.get("underflow"):
+        console.print(f"  fp16 underflow: {rc['underflow']} tiny non-zero values become 0 "
+                      f"(in {rc['tensors_with_underflow']} tensors)", highlight=False)
+
+
+def render_result(result: Any, console: Console, seconds: float | None = None) -> None:
+    """The one-screen summary of what changed and how it was verified."""
+    plan = result.plan
+    counts = plan.counts()
+    changed = ", ".join(f"{v} {k}" for k, v in counts.items() if v and k != "keep")
+    console.print(f"[bold green]written[/] {result.output} ({_hb(result.bytes_written)}, "
+                  f"{len(result.written_files)} file{'s' if len(result.written_files) != 1 else ''})"
+                  + (f" in {seconds:.1f} s" if seconds is not None else ""), soft_wrap=True, highlight=False)
+    console.print(f"  tensors: {counts.get('keep', 0)} kept as they were" + (f"; {changed}" if changed else ""),
+                  highlight=False)
+    if any(e.out_dtype == "F16" and e.dtype != "F16" for e in plan.entries):
+        _range_lines(result.range_check.to_dict(), console)
+    v = result.verification
+    if v is None:
+        console.print("  [yellow]not verified[/] (--no-verify)")
+        return
+    status = "[bold green]verified[/]" if v.ok else "[bold red]verification failed[/]"
+    console.print(f"  {status}: re-opened and compared with the input, {v.tensors} tensors "
+                  f"({_hb(v.bytes_compared)}): {v.bit_identical} bit-identical, {v.cast_exact} equal to the input "
+                  f"rounded to the target dtype, {v.restored} restored; {v.renamed} under new names", highlight=False)
+    console.print(f"  metadata: {v.metadata_kept} entries kept" + (", provenance added" if v.provenance else ""),
+                  highlight=False)
+    if result.source_sha256:
+        for f, h in result.source_sha256.items():
+            console.print(f"  source sha256 {h[:16]}… ({f.rsplit('/', 1)[-1]})", highlight=False)
+    for p in v.problems[:5]:
+        console.print(f"  [red]problem:[/] {p}", soft_wrap=True, highlight=False)
