@@ -161,3 +161,32 @@ def test_resume_refuses_state_of_another_run(mzoo, tmp_path):
     M.matrix(list(mzoo.values())[:2], state=state)
     with pytest.raises(M.SdlensError, match="another run"):
         M.matrix(list(mzoo.values())[1:3], state=state, resume=True)
+
+
+def test_cli_writes_csv_json_and_plots(mzoo, l2, tmp_path, cli):
+    import csv
+    import json
+
+    out = tmp_path / "out"
+    r = cli("matrix", *map(str, mzoo.values()), "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    assert "sdxl.safetensors" in r.stdout  # the note on who was left out
+    rows = list(csv.reader((out / "matrix-denoiser.csv").open()))
+    assert rows[0] == ["model", *l2.names]
+    got = np.array([[float(v) for v in row[1:]] for row in rows[1:]])
+    assert np.allclose(got, l2.matrix("denoiser"), rtol=1e-12, equal_nan=True)
+    doc = json.loads((out / "matrix.json").read_text())
+    x = l2.names.index("sdxl.safetensors")
+    assert doc["matrices"]["denoiser"][0][x] is None  # missing cells: null in JSON, NaN in CSV
+    assert doc["identity"]["denoiser"] == [list(g) for g in l2.identity["denoiser"]]
+    for name in ("heatmap-denoiser.png", "graph-denoiser.png", "mds-denoiser.png", "from-ref.png", "identity.png"):
+        assert (out / name).stat().st_size > 10_000
+    assert not (out / ".matrix-partial.npz").exists()
+
+
+def test_cli_bad_input_is_one_line(tmp_path, mzoo, cli):
+    bad = tmp_path / "broken.safetensors"
+    bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    r = cli("matrix", str(mzoo["base"]), str(bad), "--out", str(tmp_path / "o"))
+    assert r.returncode == 2
+    assert r.stderr.count("\n") == 1 and "broken.safetensors" in r.stderr and "Traceback" not in r.stderr
