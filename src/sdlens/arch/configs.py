@@ -225,3 +225,50 @@ VAES: dict[str, dict[str, Any]] = {
 }
 
 VAE_PARAMS: dict[str, int] = {"vae4": 83_653_863, "vae16": 83_819_683}
+
+# Text encoders of the AuraFlow and HunyuanDiT pipelines, from their released diffusers folders. Their
+# parameter counts are not in architectures.md §2, so sdlens reports them as built, without a reference check.
+OTHER_TEXT_ENCODERS: dict[str, tuple[str, dict[str, Any]]] = {
+    "pile_t5_xl": (
+        "UMT5EncoderModel",
+        {
+            "vocab_size": 32128,
+            "d_model": 2048,
+            "d_ff": 5120,
+            "d_kv": 64,
+            "num_layers": 24,
+            "num_heads": 32,
+            "relative_attention_num_buckets": 32,
+            "feed_forward_proj": "gated-silu",
+            "is_encoder_decoder": False,
+            "use_cache": False,
+        },
+    ),
+    "mt5_xl": (
+        "T5EncoderModel",
+        {
+            "vocab_size": 250112,
+            "d_model": 2048,
+            "d_ff": 5120,
+            "d_kv": 64,
+            "num_layers": 24,
+            "num_heads": 32,
+            "relative_attention_num_buckets": 32,
+            "feed_forward_proj": "gated-gelu",
+            "is_encoder_decoder": False,
+            "use_cache": False,
+        },
+    ),
+    "hunyuan_bert": (
+        "BertModel",
+        {
+            "vocab_size": 47020,
+            "hidden_size": 1024,
+            "num_hidden_layers": 24,
+            "num_attention_heads": 16,
+            "intermediate_size": 4096,
+            "max_position_embeddings": 512,
+            "type_vocab_size": 2,
+        },
+    ),
+}

@@ -443,3 +443,64 @@ BLOCK_LAYOUT: dict[str, tuple[tuple[str, int | None], ...]] = {
     "pixart_alpha": _PIXART_LAYOUT,
     "pixart_sigma": _PIXART_LAYOUT,
 }
+
+# --------------------------------------------------------------------------- pipelines (sdlens arch)
+
+# The eight released pipelines ``sdlens arch`` measures (architectures.md §1): the registry family of the
+# denoiser, the text encoders with their tokens per prompt, the VAE, the length of the text sequence the
+# denoiser attends to, whether the pipeline runs classifier-free guidance by default, its default number of steps, the native
+# resolution.
+PIPELINES: dict[str, dict[str, Any]] = {
+    "sd1": {"family": "sd1", "name": "SD 1.5", "aliases": ("sd15", "sd1.5", "sd-1.5", "sd-v1-5", "sd1x"),
+            "text_encoders": (("clip_l", 77),), "vae": "vae4", "text_tokens": 77, "cfg": True, "steps": 50, "res": (512, 512)},
+    "sd2": {"family": "sd2", "name": "SD 2.1", "aliases": ("sd21", "sd2.1", "sd-2.1", "sd2x"),
+            "text_encoders": (("openclip_h", 77),), "vae": "vae4", "text_tokens": 77, "cfg": True, "steps": 50, "res": (768, 768)},
+    "sdxl": {"family": "sdxl", "name": "SDXL base 1.0", "aliases": ("sdxl-base", "sdxl1.0", "sdxl-1.0", "xl"),
+             "text_encoders": (("clip_l", 77), ("clip_g", 77)), "vae": "vae4", "text_tokens": 77, "cfg": True,
+             "steps": 50, "res": (1024, 1024)},
+    "sd3": {"family": "sd3", "name": "SD3 medium", "aliases": ("sd3m", "sd3-medium", "sd-3"),
+            "text_encoders": (("clip_l", 77), ("clip_g", 77), ("t5", 256)), "vae": "vae16", "text_tokens": 333,
+            "cfg": True, "steps": 28, "res": (1024, 1024)},
+    "sd35": {"family": "sd35", "name": "SD3.5 large", "aliases": ("sd3.5", "sd35l", "sd3.5-large", "sd35-large"),
+             "text_encoders": (("clip_l", 77), ("clip_g", 77), ("t5", 256)), "vae": "vae16", "text_tokens": 333,
+             "cfg": True, "steps": 28, "res": (1024, 1024)},
+    "hunyuandit": {"family": "hunyuandit", "name": "HunyuanDiT", "aliases": ("hunyuan", "hunyuan-dit", "hydit"),
+                   "text_encoders": (("hunyuan_bert", 77), ("mt5_xl", 256)), "vae": "vae4", "text_tokens": 256,
+                   "cfg": True, "steps": 50, "res": (1024, 1024)},
+    "auraflow": {"family": "auraflow", "name": "AuraFlow v0.2", "aliases": ("aura", "aura-flow"),
+                 "text_encoders": (("pile_t5_xl", 256),), "vae": "vae4", "text_tokens": 256, "cfg": True,
+                 "steps": 50, "res": (1024, 1024)},
+    "flux": {"family": "flux_dev", "name": "FLUX.1-dev", "aliases": ("flux-dev", "flux1", "flux.1", "flux1-dev"),
+             "text_encoders": (("clip_l", 77), ("t5", 512)), "vae": "vae16", "text_tokens": 512, "cfg": False,
+             "steps": 28, "res": (1024, 1024)},
+}
+# "MBW layers" counted by the original notebook (architectures.md §1): numbered merge blocks per family
+MBW_LAYERS: dict[str, int] = {"sd1": 25, "sd2": 25, "sdxl": 19, "sd3": 24, "sd35": 38, "hunyuandit": 40,
+                              "auraflow": 36, "flux_dev": 57, "flux_schnell": 57}
+# Where each merge block lives in the original (non-diffusers) checkpoints, per block-name head.
+ORIGINAL_BLOCK_KEYS: dict[str, dict[str, str]] = {
+    "flux": {"D": "double_blocks.{n}.", "S": "single_blocks.{n}.",
+             "IN": "img_in, txt_in, time_in, vector_in, guidance_in", "OUT": "final_layer"},
+    "mmdit": {"J": "joint_blocks.{n}.", "IN": "x_embedder, t_embedder, y_embedder, context_embedder, pos_embed",
+              "OUT": "final_layer"},
+    "aura": {"D": "double_layers.{n}.", "S": "single_layers.{n}.",
+             "IN": "init_x_linear, positional_encoding, cond_seq_linear, t_embedder, register_tokens",
+             "OUT": "modF, final_linear"},
+    "hunyuan": {"B": "blocks.{n}.", "IN": "x_embedder, t_embedder, text_embedding_padding, mlp_t5, pooler, extra_embedder",
+                "OUT": "final_layer"},
+}
+ORIGINAL_BLOCK_STYLE: dict[str, str] = {"flux_dev": "flux", "flux_schnell": "flux", "sd3": "mmdit", "sd35m": "mmdit",
+                                        "sd35": "mmdit", "auraflow": "aura", "hunyuandit": "hunyuan"}
+
+# The original notebook's numbers (architectures.md §7), to set beside sdlens's: MBW layers, parameters by
+# torchinfo and by diffusers (billions), torchinfo's "forward/backward pass size" (MB, fp16), est. total (GB, fp16).
+NOTEBOOK_NUMBERS: dict[str, tuple[int, float, float, int, float]] = {
+    "sd1": (25, 2.0, 0.860, 1265, 2.91),
+    "sd2": (25, 2.1, 0.865, 2837, 4.46),
+    "sdxl": (19, 5.3, 2.6, 8993, 13.80),
+    "sd3": (24, 2.0, 2.0, 11127, 18.79),
+    "sd35": (38, 8.0, 8.0, 17010, 32.35),
+    "hunyuandit": (40, 1.5, 1.5, 17595, 20.12),
+    "auraflow": (36, 6.8, 6.8, 39974, 52.38),
+    "flux": (57, 11.91, 11.91, 31557, 54.06),
+}

@@ -1,0 +1,294 @@
+"""Models with no weights: diffusers / transformers classes built on the meta device, and the inputs the
+pipelines hand them (architectures.md §1), so a meta-device forward can be traced op by op.
+
+Nothing here allocates real memory for weights or activations: every tensor lives on ``torch.device("meta")``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+import torch
+
+from sdlens.arch import configs as C
+from sdlens.arch import registry as R
+from sdlens.errors import SdlensError
+
+META = torch.device("meta")
+DTYPES: dict[str, torch.dtype] = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """One denoiser to measure: its class and config, and what the pipeline around it uses."""
+
+    key: str  # a PIPELINES key, or "custom"
+    name: str
+    family: str  # registry family id (merge-block rules, layout)
+    cls_name: str
+    config: dict[str, Any] = field(hash=False)
+    text_encoders: tuple[tuple[str, int], ...] = ()  # (TEXT_ENCODERS kind, tokens per prompt)
+    vae: str = "vae4"
+    text_tokens: int = 77  # tokens of the text sequence the denoiser attends to
+    cfg: bool = True  # whether the pipeline runs classifier-free guidance by default
+    source: str = "released config"
+    steps: int = 30  # the pipeline's default number of steps
+    res: tuple[int, int] = (1024, 1024)  # native (width, height)
+    notes: tuple[str, ...] = ()
+    reference_params: int | None = None  # the parameter count the build must match (a checkpoint's own)
+
+    @property
+    def is_unet(self) -> bool:
+        return self.cls_name == "UNet2DConditionModel"
+
+
+def _aliases() -> dict[str, str]:
+    out: dict[str, str] = {}
+    for key, p in R.PIPELINES.items():
+        out[key] = key
+        for a in p["aliases"]:
+            out[a] = key
+    return out
+
+
+def resolve_alias(name: str) -> str | None:
+    return _aliases().get(name.lower().replace("_", "-").replace(" ", ""))
+
+
+def released_spec(key: str, *, tokens: int | None = None) -> ArchSpec:
+    """The spec of a released model (``sd1`` … ``flux``, aliases accepted)."""
+    k = resolve_alias(key)
+    if k is None:
+        raise SdlensError(None, f"unknown model {key!r}: use one of {', '.join(R.PIPELINES)}, a config.json or a checkpoint")
+    p = R.PIPELINES[k]
+    fam = R.FAMILY_BY_ID[p["family"]]
+    cls_name, cfg = C.DENOISERS[fam.config or k]
+    spec = ArchSpec(k, p["name"], fam.id, cls_name, dict(cfg), tuple(p["text_encoders"]), p["vae"], p["text_tokens"],
+                    p["cfg"], steps=p["steps"], res=tuple(p["res"]))
+    return with_tokens(spec, tokens)
+
+
+def with_tokens(spec: ArchSpec, tokens: int | None) -> ArchSpec:
+    """Override the length of the (longest) text sequence: the T5 one, or CLIP's for CLIP-only pipelines."""
+    if tokens is None:
+        return spec
+    if tokens < 1:
+        raise SdlensError(None, "--tokens must be at least 1")
+    tes = list(spec.text_encoders)
+    if not tes or spec.cls_name == "HunyuanDiT2DModel":
+        raise SdlensError(None, f"--tokens: {spec.name}'s text lengths are fixed by its config")
+    i = max(range(len(tes)), key=lambda j: tes[j][1])
+    extra = spec.text_tokens - tes[i][1]  # e.g. SD3's 77 CLIP tokens in front of the T5 ones
+    tes[i] = (tes[i][0], tokens)
+    return dataclasses.replace(spec, text_encoders=tuple(tes), text_tokens=tokens + extra)
+
+
+# --------------------------------------------------------------------------- building on the meta device
+
+
+@contextlib.contextmanager
+def _quiet():
+    """diffusers / transformers log warnings for configs they think odd; nothing for users here."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import diffusers  # noqa: F401  (imported first: importing it resets its loggers' levels)
+    import transformers  # noqa: F401
+
+    names = ("diffusers", "transformers")
+    old = [logging.getLogger(n).level for n in names]
+    for n in names:
+        logging.getLogger(n).setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for n, lvl in zip(names, old, strict=True):
+            logging.getLogger(n).setLevel(lvl)
+
+
+def diffusers_class(name: str) -> Any:
+    import diffusers
+
+    cls = getattr(diffusers, name, None)
+    if cls is None:
+        raise SdlensError(None, f"diffusers has no class {name!r}")
+    return cls
+
+
+def build_denoiser(cls_name: str, config: dict[str, Any], dtype: torch.dtype = torch.float16) -> torch.nn.Module:
+    with _quiet():
+        cls = diffusers_class(cls_name)
+        cfg = {k: v for k, v in config.items() if not k.startswith("_")}
+        with torch.device(META):
+            try:
+                model = cls(**cfg)
+            except (TypeError, ValueError, KeyError, AttributeError) as e:
+                raise SdlensError(None, f"cannot build {cls_name} from this config: {e}") from None
+        _attention_sdpa(model)
+        return model.to(dtype).eval()
+
+
+def _attention_sdpa(model: torch.nn.Module) -> None:
+    """Every diffusers attention through ``F.scaled_dot_product_attention`` (the default processors already are)."""
+    with contextlib.suppress(Exception):
+        from diffusers.models.attention_processor import AttnProcessor2_0
+
+        for m in model.modules():
+            proc = getattr(m, "processor", None)
+            if proc is not None and type(proc).__name__ == "AttnProcessor":
+                m.set_processor(AttnProcessor2_0())
+
+
+def build_text_encoder(kind: str, dtype: torch.dtype = torch.float16) -> torch.nn.Module:
+    import transformers
+
+    cls_name, cfg = {**C.TEXT_ENCODERS, **C.OTHER_TEXT_ENCODERS}[kind]
+    with _quiet():
+        cls = getattr(transformers, cls_name)
+        config = cls.config_class(**cfg)
+        with contextlib.suppress(Exception):
+            config._attn_implementation = "sdpa"
+        with torch.device(META):
+            model = cls(config)
+        return model.to(dtype).eval()
+
+
+def build_vae(kind: str, dtype: torch.dtype = torch.float16) -> torch.nn.Module:
+    with _quiet():
+        cls = diffusers_class("AutoencoderKL")
+        with torch.device(META):
+            model = cls(**C.VAES[kind])
+        _attention_sdpa(model)
+        return model.to(dtype).eval()
+
+
+def count_params(model: torch.nn.Module) -> int:
+    """Unique parameters (a tied weight counted once), as diffusers' ``num_parameters()``."""
+    seen: set[int] = set()
+    n = 0
+    for p in model.parameters():
+        if id(p) not in seen:
+            seen.add(id(p))
+            n += p.numel()
+    return n
+
+
+@lru_cache(maxsize=16)
+def text_encoder_params(kind: str) -> int:
+    return count_params(build_text_encoder(kind, torch.float32))
+
+
+@lru_cache(maxsize=4)
+def vae_params(kind: str) -> tuple[int, int, int]:
+    """(total, encoder side, decoder side) parameters of a VAE; quant_conv counts to the encoder side."""
+    vae = build_vae(kind, torch.float32)
+    total = count_params(vae)
+    dec = sum(p.numel() for n, p in vae.named_parameters() if n.startswith(("decoder.", "post_quant_conv.")))
+    return total, total - dec, dec
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def latent_size(spec: ArchSpec, width: int, height: int) -> tuple[int, int]:
+    """Latent height and width; checks the image size against what the denoiser can take."""
+    if width <= 0 or height <= 0:
+        raise SdlensError(None, "--res must be positive, e.g. 1024x1024")
+    multiple = 8 * unet_downsampling(spec.config) if spec.is_unet else 8 * int(spec.config.get("patch_size", 2) or 1)
+    if spec.cls_name == "FluxTransformer2DModel":
+        multiple = 16  # 2×2 packing of the latents
+    if width % multiple or height % multiple:
+        raise SdlensError(None, f"--res {width}x{height}: {spec.name} needs both sides to be multiples of {multiple}")
+    limit = spec.config.get("pos_embed_max_size") if spec.cls_name == "SD3Transformer2DModel" else None
+    if limit and max(width, height) > limit * 8 * spec.config.get("patch_size", 2):
+        raise SdlensError(None, f"--res {width}x{height}: {spec.name}'s positional embedding covers at most "
+                                f"{limit * 8 * spec.config.get('patch_size', 2)} pixels a side")
+    return height // 8, width // 8
+
+
+def unet_downsampling(config: dict[str, Any]) -> int:
+    levels = len(config.get("block_out_channels", [320, 640, 1280, 1280]))
+    return 2 ** (levels - 1)
+
+
+def denoiser_inputs(spec: ArchSpec, model: torch.nn.Module, batch: int, width: int, height: int,
+                    dtype: torch.dtype) -> dict[str, Any]:
+    """Keyword arguments of one denoiser forward, as the pipeline passes them (shapes only, on meta)."""
+    h, w = latent_size(spec, width, height)
+    cfg = model.config
+    B, L = batch, spec.text_tokens
+
+    def t(*shape: int, dt: torch.dtype = dtype) -> torch.Tensor:
+        return torch.empty(*shape, device=META, dtype=dt)
+
+    if spec.is_unet:
+        kw: dict[str, Any] = {
+            "sample": t(B, cfg.in_channels, h, w),
+            "timestep": t(B, dt=torch.float32),
+            "encoder_hidden_states": t(B, L, cfg.cross_attention_dim),
+        }
+        if cfg.addition_embed_type == "text_time":
+            n_time = 5 if spec.family == "sdxl_refiner" else 6  # refiner: aesthetic score instead of target size
+            pooled = cfg.projection_class_embeddings_input_dim - n_time * cfg.addition_time_embed_dim
+            kw["added_cond_kwargs"] = {"text_embeds": t(B, pooled), "time_ids": t(B, n_time)}
+        return kw
+    if spec.cls_name == "SD3Transformer2DModel":
+        return {
+            "hidden_states": t(B, cfg.in_channels, h, w),
+            "encoder_hidden_states": t(B, L, cfg.joint_attention_dim),
+            "pooled_projections": t(B, cfg.pooled_projection_dim),
+            "timestep": t(B, dt=torch.float32),
+        }
+    if spec.cls_name == "FluxTransformer2DModel":
+        n = (h // 2) * (w // 2)
+        kw = {
+            "hidden_states": t(B, n, cfg.in_channels),
+            "encoder_hidden_states": t(B, L, cfg.joint_attention_dim),
+            "pooled_projections": t(B, cfg.pooled_projection_dim),
+            "timestep": t(B, dt=torch.float32),
+            "img_ids": t(n, 3, dt=torch.float32),
+            "txt_ids": t(L, 3, dt=torch.float32),
+        }
+        if cfg.guidance_embeds:
+            kw["guidance"] = t(B, dt=torch.float32)
+        return kw
+    if spec.cls_name == "AuraFlowTransformer2DModel":
+        return {
+            "hidden_states": t(B, cfg.in_channels, h, w),
+            "encoder_hidden_states": t(B, L, cfg.joint_attention_dim),
+            "timestep": t(B, dt=torch.float32),
+        }
+    if spec.cls_name == "HunyuanDiT2DModel":
+        p = cfg.patch_size
+        head_dim = cfg.attention_head_dim
+        n = (h // p) * (w // p)
+        return {
+            "hidden_states": t(B, cfg.in_channels, h, w),
+            "timestep": t(B, dt=torch.float32),
+            "encoder_hidden_states": t(B, cfg.text_len, cfg.cross_attention_dim),
+            "text_embedding_mask": t(B, cfg.text_len, dt=torch.long),
+            "encoder_hidden_states_t5": t(B, cfg.text_len_t5, cfg.cross_attention_dim_t5),
+            "text_embedding_mask_t5": t(B, cfg.text_len_t5, dt=torch.long),
+            "image_meta_size": t(B, 6),
+            "style": t(B, dt=torch.long),
+            "image_rotary_emb": (t(n, head_dim), t(n, head_dim)),
+        }
+    raise SdlensError(None, f"no input recipe for {spec.cls_name}")
+
+
+def text_encoder_inputs(kind: str, batch: int, tokens: int) -> dict[str, Any]:
+    return {"input_ids": torch.empty(batch, tokens, device=META, dtype=torch.long)}
+
+
+def clip_chunks(kind: str, tokens: int) -> tuple[int, int]:
+    """(chunks, tokens per chunk): CLIP encoders take 77 positions; longer prompts run in chunks of 77."""
+    cls_name, cfg = {**C.TEXT_ENCODERS, **C.OTHER_TEXT_ENCODERS}[kind]
+    limit = cfg.get("max_position_embeddings")
+    if cls_name.startswith("CLIP") and limit and tokens > limit:
+        return math.ceil(tokens / limit), limit
+    return 1, tokens

@@ -1,0 +1,103 @@
+"""``sdlens arch``: the anatomy of a diffusion architecture with no weights. Imports stay cheap here: torch,
+diffusers and transformers are imported inside the command."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from sdlens.errors import SdlensError
+
+MODELS_HELP = "sd1, sd2, sdxl, sd3, sd35, hunyuandit, auraflow, flux (aliases welcome), a diffusers config.json or a checkpoint"
+
+
+def register(app: typer.Typer) -> None:
+    app.command(name="arch")(arch)
+
+
+def arch(
+    model: Annotated[str | None, typer.Argument(help=MODELS_HELP)] = None,
+    res: Annotated[str | None, typer.Option(help="Image size WIDTHxHEIGHT (default: the model's own).")] = None,
+    batch: Annotated[int, typer.Option(help="Images per batch.")] = 1,
+    cfg: Annotated[bool | None, typer.Option("--cfg/--no-cfg", help="Classifier-free guidance (default: the pipeline's).")] = None,
+    steps: Annotated[int | None, typer.Option(help="Denoising steps (default: the pipeline's).")] = None,
+    dtype: Annotated[str, typer.Option(help="fp16, bf16 or fp32.")] = "fp16",
+    tokens: Annotated[int | None, typer.Option(help="Length of the (longest) text sequence.")] = None,
+    img2img: Annotated[bool, typer.Option("--img2img", help="Count the VAE encode too.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
+    gemm: Annotated[Path | None, typer.Option(help="Write every GEMM / convolution of one denoiser forward to FILE.csv.")] = None,
+    diagram: Annotated[Path | None, typer.Option(help="Write FILE.svg (sdlens's block diagram) and FILE-torchview-depthN.svg (torchview, needs graphviz dot).")] = None,
+    depth: Annotated[int, typer.Option(help="torchview depth for --diagram: 1 or 2.")] = 1,
+    compare: Annotated[str | None, typer.Option(help="'all' or a comma list of models: the comparison table.")] = None,
+    time_embed: Annotated[str, typer.Option(help="Merge block of time_embed / label_emb: IN00 or BASE.")] = "IN00",
+) -> None:
+    """Parameters, merge blocks, every GEMM, FLOPs, memory and diagrams of an architecture — no weights needed."""
+    import sys
+
+    from sdlens.analysis.cost import ALL_MODELS, analyse, parse_res, write_gemm_csv
+    from sdlens.render.jsonout import dumps
+
+    console = Console() if sys.stdout.isatty() else Console(width=200)
+    if depth not in (1, 2):
+        raise SdlensError(None, "--depth must be 1 or 2")
+    if time_embed not in ("IN00", "BASE"):
+        raise SdlensError(None, "--time-embed must be IN00 or BASE")
+    kw = {"res": parse_res(res), "batch": batch, "cfg": cfg, "steps": steps, "dtype": dtype, "tokens": tokens,
+          "img2img": img2img, "time_embed": time_embed}
+    if compare is not None:
+        names = list(ALL_MODELS) if compare.strip().lower() == "all" else [m.strip() for m in compare.split(",") if m.strip()]
+        reports = []
+        for name in names:
+            with console.status(f"measuring {name}…"):
+                reports.append(analyse(name, **kw))
+        if json_out:
+            print(dumps(reports))
+        else:
+            from sdlens.render.arch_view import render_compare
+
+            render_compare(reports, console)
+        return
+    if model is None:
+        raise SdlensError(None, f"name a model ({MODELS_HELP}) or use --compare all")
+    report = analyse(model, **kw)
+    if json_out:
+        print(dumps(report))
+    else:
+        from sdlens.render.arch_view import render_arch
+
+        render_arch(report, console)
+    out = Console(stderr=True) if json_out else console
+    if gemm is not None:
+        write_gemm_csv(report, gemm)
+        out.print(f"GEMM table written to {gemm} ({len(report.ops)} rows)", soft_wrap=True)
+    if diagram is not None:
+        from sdlens.render.arch_diagram import write_block_diagram, write_torchview
+
+        out.print(f"block diagram written to {write_block_diagram(report, diagram)}", soft_wrap=True)
+        tv = diagram.with_name(f"{diagram.stem}-torchview-depth{depth}")
+        out.print(f"torchview graph written to {write_torchview(model, report, tv, depth=depth)}", soft_wrap=True)
+
+
+def demo_section(zoo_dir: Path, out_dir: Path, console: Console) -> None:
+    """The comparison of the eight architectures at 512×512 (quick; ``sdlens arch --compare all`` for the native
+    sizes), and two block diagrams."""
+    import time
+
+    from sdlens.analysis.cost import ALL_MODELS, analyse
+    from sdlens.render.arch_diagram import write_block_diagram
+    from sdlens.render.arch_view import render_compare
+    from sdlens.render.jsonout import dumps
+
+    console.rule("sdlens arch")
+    t0 = time.perf_counter()
+    reports = [analyse(m, res=(512, 512)) for m in ALL_MODELS]
+    render_compare(reports, console)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "arch-compare.json").write_text(dumps(reports))
+    svg = write_block_diagram(reports[2], out_dir / "arch-sdxl.svg")
+    flux = write_block_diagram(reports[-1], out_dir / "arch-flux.svg")
+    console.print(f"\n[bold]written:[/] {out_dir / 'arch-compare.json'}, {svg}, {flux} "
+                  f"({time.perf_counter() - t0:.1f} s, no weights)")
