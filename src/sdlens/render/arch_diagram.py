@@ -155,10 +155,17 @@ def write_torchview(model: str, r: ArchReport, stem: Path, *, depth: int = 1) ->
     inputs = B.denoiser_inputs(spec, den, 1, w, h, B.DTYPES[r.settings["dtype"]])
     inputs["return_dict"] = False
     graph = draw_graph(den, input_data=inputs, device="meta", depth=depth, graph_name=r.name, expand_nested=False)
+    import subprocess
+
+    from sdlens.io.atomic import atomic_path, write_text_atomic
+
     stem = Path(stem)
-    gv = stem.with_suffix(".gv")
-    gv.write_text(graph.visual_graph.source)
+    gv = write_text_atomic(stem.with_suffix(".gv"), graph.visual_graph.source)
     if shutil.which("dot") is None:
         raise SdlensError(None, f"{DOT_MISSING}; the DOT source is in {gv}")
-    graph.visual_graph.render(filename=stem.name, directory=str(stem.parent), format="svg", cleanup=True)
-    return stem.with_suffix(".svg")
+    svg = stem.with_suffix(".svg")
+    with atomic_path(svg) as tmp:
+        done = subprocess.run(["dot", "-Tsvg", str(gv), "-o", str(tmp)], capture_output=True, text=True)
+        if done.returncode != 0:
+            raise SdlensError(gv, f"graphviz dot failed: {done.stderr.strip().splitlines()[-1:]}")
+    return svg

@@ -148,20 +148,12 @@ def _bar_row(ax: Any, comp: str, groups: Mapping[str, Mapping[str, Any]], metric
 
 def _save(fig: Any, plt: Any, path: str | Path) -> Path:
     """Save atomically (a temporary file beside the target, then rename) and close the figure."""
-    import os
-    import tempfile
+    from sdlens.io.atomic import atomic_path
 
     out = Path(path)
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{out.stem}.", suffix=out.suffix, dir=out.parent)
-        os.close(fd)
-        try:
-            fig.savefig(tmp, dpi=120)
-            os.replace(tmp, out)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_path(out) as tmp:
+            fig.savefig(tmp, dpi=120, format=out.suffix.lstrip(".") or "png")
     finally:
         plt.close(fig)
     return out
