@@ -1,0 +1,79 @@
+"""``sdlens embed`` output: the console tables and the files (CSV matrices and drift tables, JSON, figures)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from sdlens.analysis.embed import METRICS, Drift, EmbedResult, drift_csv, matrix_csv
+from sdlens.io.atomic import write_text_atomic
+
+
+def safe_name(name: str) -> str:
+    """A file-name-safe version of a model or encoder name."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "model"
+
+
+def write_embed_outputs(result: EmbedResult, out_dir: str | Path, method: str = "pca") -> list[Path]:
+    """Per model and encoder ``<metric>-<encoder>-<model>.csv``; per encoder ``pca-<encoder>.png`` (and
+    ``tsne-<encoder>.png``), ``drift-<encoder>-<model>.csv`` and ``drift-<encoder>.png``; ``embed.json``."""
+    from sdlens.render.embed_plots import plot_drift, plot_maps
+    from sdlens.render.jsonout import dumps
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    labels = result.labels
+    for e in result.embeddings:
+        for metric in METRICS:
+            p = out / f"{metric}-{safe_name(e.encoder)}-{safe_name(e.model)}.csv"
+            written.append(write_text_atomic(p, matrix_csv(labels, e.matrices[metric])))
+    for d in result.drift:
+        p = out / f"drift-{safe_name(d.encoder)}-{safe_name(d.model)}.csv"
+        written.append(write_text_atomic(p, drift_csv(d)))
+    for enc in result.encoders():
+        written.append(plot_maps(result, enc, out / f"pca-{safe_name(enc)}.png", "pca"))
+        if method == "tsne":
+            written.append(plot_maps(result, enc, out / f"tsne-{safe_name(enc)}.png", "tsne"))
+        p = plot_drift(result, enc, out / f"drift-{safe_name(enc)}.png")
+        if p is not None:
+            written.append(p)
+    written.append(write_text_atomic(out / "embed.json", dumps(result)))
+    return written
+
+
+def render_drift(d: Drift, console: Console, top: int = 10) -> None:
+    t = Table(title=f"{d.model} vs {d.ref} · {d.encoder}: mean cosine {d.mean_cosine:.6f}", title_justify="left")
+    t.add_column("prompt", overflow="fold")
+    t.add_column("text", overflow="fold", max_width=60)
+    t.add_column("cosine", justify="right")
+    t.add_column("drift", justify="right")
+    for r in d.rows[:top]:
+        t.add_row(r.label, r.text, f"{r.cosine:.6f}", f"{r.drift:.2e}")
+    if len(d.rows) > top:
+        t.caption = f"{len(d.rows) - top} more prompts drifted less (all in the CSV)"
+    console.print(t)
+
+
+def render_embed(result: EmbedResult, console: Console, top: int = 10) -> None:
+    t = Table(title=f"sdlens embed: {len(result.prompts)} prompts", title_justify="left")
+    for col in ("model", "family", "encoder", "layer", "pool", "dim"):
+        t.add_column(col, overflow="fold")
+    notes: list[str] = []
+    for m in result.models:
+        name = m.name + (" (ref)" if m.name == result.ref else "")
+        for e in (e for e in result.embeddings if e.model == m.name):
+            t.add_row(name, m.family, f"{e.label} ({e.encoder})", e.layer, e.pool, str(e.dim))
+            notes += [f"{m.name} · {e.label}: {n}" for n in e.notes]
+        notes += [f"{m.name}: skipped {s}" for s in m.skipped]
+    console.print(t)
+    for n in dict.fromkeys(notes):
+        console.print(f"  [dim]note:[/] {n}", soft_wrap=True, highlight=False)
+    truncated = {lab for e in result.embeddings for lab in e.truncated}
+    if truncated:
+        console.print(f"[yellow]cut at the encoder's length:[/] {', '.join(sorted(truncated))}", soft_wrap=True)
+    for d in result.drift:
+        render_drift(d, console, top)
