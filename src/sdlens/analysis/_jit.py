@@ -87,3 +87,89 @@ def bits_equal(a, b):
         if x:
             return False
     return True
+
+
+@njit(fastmath={"reassoc", "nsz", "contract", "arcp"}, nogil=True, cache=True)
+def _dot(a, b, m):
+    acc = 0.0
+    for i in range(m):
+        acc += a[i] * b[i]
+    return acc
+
+
+@njit(fastmath={"reassoc", "nsz", "contract", "arcp"}, nogil=True, cache=True)
+def _dot4(a, b0, b1, b2, b3, m):
+    """Four dot products sharing ``a``: four independent accumulator chains, ``a`` loaded once."""
+    s0 = s1 = s2 = s3 = 0.0
+    for i in range(m):
+        t = a[i]
+        s0 += t * b0[i]
+        s1 += t * b1[i]
+        s2 += t * b2[i]
+        s3 += t * b3[i]
+    return s0, s1, s2, s3
+
+
+@njit(fastmath={"reassoc", "nsz", "contract", "arcp"}, nogil=True, cache=True)
+def _l1(a, b, m):
+    acc = 0.0
+    for i in range(m):
+        acc += abs(a[i] - b[i])
+    return acc
+
+
+@njit(fastmath={"reassoc", "nsz", "contract", "arcp"}, nogil=True, cache=True)
+def gram_rows(x, bf16, with_l1):
+    """Sums for the N×N distances between the rows of ``x`` (u × n, C-contiguous; fp16 / bf16 bits as
+    uint16, or float32).
+
+    Per block of columns the rows are centred on their column mean m, in float64 (so near-identical rows
+    keep their precision next to very different ones), then G[r, s] = Σ yr·ys, v[r] = Σ yr·m, mm = Σ m²
+    and, with ``with_l1``, L1[r, s] = Σ |yr − ys|. Then ‖xr − xs‖² = G[r,r] + G[s,s] − 2 G[r,s] and
+    ⟨xr, xs⟩ = G[r,s] + v[r] + v[s] + mm."""
+    u, n = x.shape
+    g = np.zeros((u, u))
+    l1 = np.zeros((u, u))
+    v = np.zeros(u)
+    mm = 0.0
+    width = 1024
+    y = np.zeros((u + 3, width))  # three zero rows pad the last group of four
+    mean = np.zeros(width)
+    inv = 1.0 / u
+    for s in range(0, n, width):
+        m = min(width, n - s)
+        mean[:] = 0.0
+        for r in range(u):  # widen once into y, summing the column means on the way
+            xr = x[r, s : s + m]
+            yr = y[r]
+            for i in range(m):
+                w = np.float64(_widen(xr[i], bf16))
+                yr[i] = w
+                mean[i] += w
+        for i in range(m):
+            mean[i] *= inv
+        for r in range(u):
+            yr = y[r]
+            for i in range(m):
+                yr[i] -= mean[i]
+        mm += _dot(mean, mean, m)
+        for r in range(u):
+            yr = y[r]
+            v[r] += _dot(yr, mean, m)
+            for q in range(r, u, 4):
+                a0, a1, a2, a3 = _dot4(yr, y[q], y[q + 1], y[q + 2], y[q + 3], m)
+                g[r, q] += a0
+                if q + 1 < u:
+                    g[r, q + 1] += a1
+                if q + 2 < u:
+                    g[r, q + 2] += a2
+                if q + 3 < u:
+                    g[r, q + 3] += a3
+            if with_l1:
+                for q in range(r + 1, u):
+                    l1[r, q] += _l1(yr, y[q], m)
+    for r in range(u):
+        for q in range(r + 1, u):
+            g[q, r] = g[r, q]
+            l1[q, r] = l1[r, q]
+    return g, v, mm, l1

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 from itertools import pairwise
@@ -79,3 +80,27 @@ def bits_equal(a: np.ndarray, b: np.ndarray) -> bool:
     width = a.itemsize if a.itemsize == b.itemsize and a.itemsize in (1, 2, 4, 8) else 1
     view = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}[width]
     return bool(_jit.bits_equal(a.view(view), b.view(view)))
+
+
+def gram_rows(rows: Sequence[np.ndarray], dtype: str, start: int, stop: int, with_l1: bool = False):
+    """(G, v, mm, L1) over elements ``start:stop`` of equally long flat arrays ``rows`` (the stored bytes of
+    ``dtype`` in ``KERNEL_DTYPES``), see ``_jit.gram_rows``. The range is cut into one part per thread; each
+    part's rows are copied into a contiguous block (a memcpy of the stored bytes) and summed by the kernel."""
+    from sdlens.analysis import _jit
+
+    view = np.uint16 if dtype in ("F16", "BF16") else np.float32
+    flat = [np.ascontiguousarray(r).reshape(-1).view(view) for r in rows]
+    bf16 = dtype == "BF16"
+
+    def part(p: tuple[int, int]):
+        block = np.empty((len(flat), p[1] - p[0]), dtype=view)
+        for i, f in enumerate(flat):
+            block[i] = f[start + p[0] : start + p[1]]
+        return _jit.gram_rows(block, bf16, with_l1)
+
+    parts = _parts(stop - start, 1024)
+    results = [part(parts[0])] if len(parts) == 1 else list(_pool().map(part, parts))
+    g, v, mm, l1 = results[0]
+    for g2, v2, mm2, l12 in results[1:]:
+        g, v, mm, l1 = g + g2, v + v2, mm + mm2, l1 + l12
+    return g, v, mm, l1

@@ -34,7 +34,6 @@ from sdlens.io.open import open_checkpoint
 METRICS = ("l2", "cos", "l1")
 _VAE = ("vae_encoder", "vae_decoder")
 _TASK_BYTES = 256 << 20  # bytes per model per task (the resume granularity)
-_SMALL = 1 << 17  # keys with at most this many elements × unique models take the one-thread numpy path
 
 
 @dataclass
@@ -299,11 +298,7 @@ def run_task(
             rep = _identity_rows([raws[i] if i in present else None for i in range(n)])
             uniq = sorted({rep[i] for i in present})
             row_of = {m: r for r, m in enumerate(uniq)}
-            u = len(uniq)
-            if kp.numel * u <= _SMALL:
-                d2, dot, l1 = _small_key(cks, kp, uniq, with_l1)
-            else:
-                d2, dot, l1 = _large_key(cks, kp, uniq, with_l1, chunk_bytes, dev)
+            d2, dot, l1 = _key_sums(cks, kp, uniq, with_l1, chunk_bytes, dev)
             np.fill_diagonal(d2, 0.0)
             idx = np.array([row_of[rep[i]] for i in present])
             sel = np.ix_(present, present)
@@ -327,65 +322,58 @@ def run_task(
     return part
 
 
-def _gram_sums(y):
-    """(‖yi−yj‖², ⟨xi,xj⟩) of the rows x of ``y`` (numpy or torch, float64), centring ``y`` in place."""
-    mean = y.mean(0)
-    y -= mean
-    g = y @ y.T
-    v = y @ mean
-    d = g.diagonal()
-    return (d[:, None] + d[None, :] - 2 * g).clip(min=0), g + v[:, None] + v[None, :] + mean @ mean
+def _key_sums(cks: Sequence[Checkpoint], kp: KeyPlan, uniq: list[int], with_l1: bool, chunk_bytes: int, dev):
+    """(‖xi−xj‖², ⟨xi,xj⟩, Σ|xi−xj|) between the unique rows of one key, u × u float64.
 
-
-def _small_key(cks: Sequence[Checkpoint], kp: KeyPlan, uniq: list[int], with_l1: bool):
-    """numpy, one thread: for the many small tensors, thread start-up would cost more than the arithmetic."""
-    from sdlens.arch.canonical import read_canonical
-
-    rows = []
-    for m in uniq:
-        raw = _raw_numpy(cks[m], kp.refs[m])
-        rows.append(raw if raw is not None else read_canonical(cks[m], kp.refs[m]).double().reshape(-1).numpy())
-    y = np.stack(rows).astype(np.float64, copy=False).reshape(len(uniq), -1)
-    l1 = np.abs(y[:, None, :] - y[None, :, :]).sum(-1) if with_l1 else np.zeros((len(uniq),) * 2)
-    d2, dot = _gram_sums(y)
-    return d2, dot, l1
-
-
-def _raw_numpy(ck: Checkpoint, ref: CanonRef) -> np.ndarray | None:
+    Rows stored as fp16 / bf16 / fp32 (all alike) go straight from the mapped bytes to the fused kernel
+    (``kernels.gram_rows``, CPU threads); other rows (mixed dtypes, such as an fp16 copy beside fp32 models,
+    float64, transposed open_clip slices) are widened to float32 / float64 by torch first, or go to the GPU
+    when there is one."""
     from sdlens.analysis.diff import _raw_view
-
-    raw = _raw_view(ck, ref)
-    dtype = ck.tensors[ref.key].dtype
-    if raw is None or dtype not in ("F16", "F32", "F64", "BF16"):
-        return None
-    if dtype == "BF16":
-        return (raw.view(np.uint16).astype(np.uint32) << 16).view(np.float32)
-    return raw.view({"F16": np.float16, "F32": np.float32, "F64": np.float64}[dtype])
-
-
-def _large_key(cks: Sequence[Checkpoint], kp: KeyPlan, uniq: list[int], with_l1: bool, chunk_bytes: int, dev):
-    """torch, all threads (or the GPU): the unique rows in float64 chunks of at most ``chunk_bytes``."""
-    import torch
+    from sdlens.analysis.kernels import KERNEL_DTYPES, gram_rows
 
     u = len(uniq)
-    flats = [_flat(cks[m], kp.refs[m]) for m in uniq]
-    step = max(1, chunk_bytes // (8 * u))
-    buf = torch.empty(u, min(step, kp.numel), dtype=torch.float64)
-    d2 = np.zeros((u, u))
-    dot = np.zeros((u, u))
-    l1 = np.zeros((u, u))
-    for s in range(0, kp.numel, step):
-        c = min(step, kp.numel - s)
-        x = buf[:, :c] if c < buf.shape[1] else buf
-        for r, f in enumerate(flats):
-            x[r].copy_(f[s : s + c])
-        y = x.to(dev) if dev.type != "cpu" else x
-        if with_l1:
-            l1 += torch.cdist(y[None], y[None], p=1)[0].cpu().numpy()
-        a, b = _gram_sums(y)
-        d2 += a.cpu().numpy()
-        dot += b.cpu().numpy()
-    return d2, dot, l1
+    dtypes = {cks[m].tensors[kp.refs[m].key].dtype for m in uniq}
+    raws = [_raw_view(cks[m], kp.refs[m]) for m in uniq]
+    g, v, mm, l1 = np.zeros((u, u)), np.zeros(u), 0.0, np.zeros((u, u))
+    if len(dtypes) == 1 and next(iter(dtypes)) in KERNEL_DTYPES and all(r is not None for r in raws) and \
+            dev.type == "cpu":
+        dtype = next(iter(dtypes))
+        step = max(1 << 16, chunk_bytes // (u * 2 * DTYPES[dtype].itemsize))
+        for s in range(0, kp.numel, step):
+            g2, v2, mm2, l12 = gram_rows(raws, dtype, s, min(kp.numel, s + step), with_l1)
+            g, v, mm, l1 = g + g2, v + v2, mm + mm2, l1 + l12
+    else:
+        import torch
+
+        wide = torch.float64 if "F64" in dtypes or dev.type != "cpu" else torch.float32
+        flats = [_flat(cks[m], kp.refs[m]) for m in uniq]
+        step = max(1 << 16, chunk_bytes // (u * 8))
+        for s in range(0, kp.numel, step):
+            c = min(step, kp.numel - s)
+            x = torch.empty(u, c, dtype=wide)
+            for r, f in enumerate(flats):
+                x[r].copy_(f[s : s + c])
+            if dev.type != "cpu":
+                g2, v2, mm2, l12 = _gram_torch(x.to(dev), with_l1)
+            else:
+                g2, v2, mm2, l12 = gram_rows([row.numpy() for row in x.to(torch.float32)], "F32", 0, c, with_l1) \
+                    if wide == torch.float32 else _gram_torch(x, with_l1)
+            g, v, mm, l1 = g + g2, v + v2, mm + mm2, l1 + l12
+    d = np.diag(g)
+    d2 = np.clip(d[:, None] + d[None, :] - 2 * g, 0.0, None)
+    return d2, g + (v[:, None] + v[None, :]) + mm, l1  # grouped so that the result is exactly symmetric
+
+
+def _gram_torch(x, with_l1: bool):
+    """The kernel's sums with torch (float64 rows, CPU or GPU): G, v, mm, L1 as numpy."""
+    import torch
+
+    x = x.double()
+    mean = x.mean(0)
+    y = x - mean
+    l1 = torch.cdist(y[None], y[None], p=1)[0] if with_l1 else torch.zeros(len(y), len(y), dtype=y.dtype)
+    return ((y @ y.T).cpu().numpy(), (y @ mean).cpu().numpy(), float(mean @ mean), l1.cpu().numpy())
 
 
 # ----------------------------------------------------------------------------------------------- driver
