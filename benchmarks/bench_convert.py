@@ -7,7 +7,9 @@ verification (the output re-opened and every tensor compared with the input). Pr
 peak memory of each run: VmHWM (peak RSS of the process) and the peak private memory (RssAnon).
 Targets: <= 1.5x the baseline without verification, <= 2.5x with; peak RSS <= 1 GB.
 
-Use --scale-ema 0 to leave the EMA out when the disk is small (the result says so).
+Use --scale-ema 0 to leave the EMA out when the disk is small (the result says so); --verify-full also times
+`--verify-full` (the input re-read and compared too). The load average is printed before each run: on a shared
+machine, timings taken under a load above the core count are not comparable.
 """
 
 from __future__ import annotations
@@ -90,6 +92,7 @@ def main() -> None:
     ap.add_argument("--dir", default=None)
     ap.add_argument("--scale-ema", type=int, default=1, help="1: full UNet EMA copy; 0: no EMA (small disks)")
     ap.add_argument("--keep", action="store_true", help="keep the generated input")
+    ap.add_argument("--verify-full", action="store_true", help="also time --verify-full")
     args = ap.parse_args()
     workdir = Path(args.dir or tempfile.mkdtemp(prefix="sdlens-bench-convert-"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -100,25 +103,40 @@ def main() -> None:
     out = workdir / "sdxl_fp16.safetensors"
     try:
         cmd = [sys.executable, "-m", "sdlens.cli", "convert", str(src), str(out), "--dtype", "fp16", "--ema", "drop"]
+        load = {}
         drop_caches()
+        load["nv"] = os.getloadavg()[0]
         nv = measure([*cmd, "--no-verify"])
         out_size = out.stat().st_size
         out.unlink()
         drop_caches()
+        load["base"] = os.getloadavg()[0]
         t_read = read_once_seconds(str(src))
         t_write = write_once_seconds(workdir / "write-test.bin", out_size)
         base = t_read + t_write
         drop_caches()
+        load["v"] = os.getloadavg()[0]
         v = measure(cmd)
         print(v.stdout.strip())
         out.unlink()
+        vf = None
+        if args.verify_full:
+            drop_caches()
+            load["vf"] = os.getloadavg()[0]
+            vf = measure([*cmd, "--verify-full"])
+            out.unlink()
         print(f"output: {gb(out_size)}")
+        print(f"{os.cpu_count()} cores; 1-min load average before each run: "
+              + ", ".join(f"{k} {v:.2f}" for k, v in load.items()))
         print(f"baseline read input once   : {t_read:7.1f} s ({src.stat().st_size / t_read / 1e9:.2f} GB/s)")
         print(f"baseline write output once : {t_write:7.1f} s ({out_size / t_write / 1e9:.2f} GB/s)")
         print(f"convert, no verification   : {nv.seconds:7.1f} s = {nv.seconds / base:.2f}x baseline (target <= 1.5x); "
               f"peak RSS {mb(nv.peak_rss)}, private {mb(nv.peak_anon)}")
         print(f"convert + verification     : {v.seconds:7.1f} s = {v.seconds / base:.2f}x baseline (target <= 2.5x); "
               f"peak RSS {mb(v.peak_rss)}, private {mb(v.peak_anon)}")
+        if vf is not None:
+            print(f"convert + --verify-full    : {vf.seconds:7.1f} s = {vf.seconds / base:.2f}x baseline; "
+                  f"peak RSS {mb(vf.peak_rss)}, private {mb(vf.peak_anon)}")
     finally:
         out.unlink(missing_ok=True)
         if not args.keep:

@@ -72,7 +72,8 @@ def test_ckpt_to_safetensors_round_trip_identical_and_metadata(zoo, tmp_path):
 def test_safetensors_metadata_preserved_and_cast_exact(zoo, tmp_path):
     src = zoo["sdxl_fp16"].path
     out = tmp_path / "sdxl_fp32.safetensors"
-    res = _run(src, out, dtype="fp32")
+    res = convert(make_plan(src, out, ConvertOptions(dtype="fp32")), verify="full")  # input re-read and compared
+    assert res.verification.mode == "full"
     with open_checkpoint(src) as a, open_checkpoint(out) as b:
         for k, v in a.metadata.items():
             assert b.metadata[k] == v
@@ -164,7 +165,7 @@ def test_unknown_keys_survive_by_default(zoo, tmp_path):
     _assert_identical(_tensors(src), _tensors(back))
 
 
-def test_fp16_overflow_is_refused_unless_forced(zoo, tmp_path, cli):
+def test_fp16_overflow_is_refused_unless_forced(zoo, tmp_path):
     from rich.console import Console
 
     from sdlens.convert.writer import scan_range
@@ -180,8 +181,6 @@ def test_fp16_overflow_is_refused_unless_forced(zoo, tmp_path, cli):
         _run(src, out, dtype="fp16")
     assert not out.exists()
     _no_leftovers(tmp_path)
-    r = cli("convert", str(src), str(out), "--dtype", "fp16")
-    assert r.returncode == 2 and "overflow" in r.stderr and not out.exists()
     plan = make_plan(src, out, ConvertOptions(dtype="fp16"))
     assert scan_range(plan).overflow == 1
     console = Console(record=True, width=200)
@@ -257,12 +256,12 @@ def test_failing_write_leaves_target_absent_and_old_target_intact(zoo, tmp_path,
     _no_leftovers(tmp_path)
 
 
-def test_out_equals_in_is_refused(zoo, tmp_path, cli):
+def test_out_equals_in_is_refused(zoo, tmp_path):
     src = tmp_path / "model.safetensors"
     shutil.copy(zoo["sd1_fp16"].path, src)
     before = src.read_bytes()
-    r = cli("convert", str(src), str(src), "--dtype", "fp32")
-    assert r.returncode == 2 and "OUT is the input" in r.stderr
+    with pytest.raises(SdlensError, match="OUT is the input"):
+        _run(src, src, dtype="fp32", overwrite=True)
     with pytest.raises(SdlensError, match="OUT is the input"):
         _run(src, tmp_path / "." / "model.safetensors", overwrite=True)
     assert src.read_bytes() == before
@@ -346,6 +345,10 @@ def test_extract_components_in_their_own_layouts(zoo, tmp_path):
 
 
 def test_dry_run_writes_nothing_and_json_plan(zoo, tmp_path, cli):
+    from rich.console import Console
+
+    from sdlens.render.convert_view import render_result
+
     out = tmp_path / "x.safetensors"
     r = cli("convert", str(zoo["sd1_ema_ckpt"].path), str(out), "--dtype", "fp16", "--ema", "drop", "--dry-run")
     assert r.returncode == 0, r.stderr
@@ -355,8 +358,94 @@ def test_dry_run_writes_nothing_and_json_plan(zoo, tmp_path, cli):
 
     plan = json.loads(dumps(make_plan(zoo["sd1_ema_ckpt"].path, out, ConvertOptions(drop=["schedule", "unknown"]))))
     assert plan["counts"]["drop"] == 13 and plan["output_size"] > 0 and plan["entries"][0]["sources"]
-    r = cli("convert", str(zoo["sd1_ema_ckpt"].path), str(out), "--dtype", "fp16", "--ema", "drop")
-    assert r.returncode == 0, r.stderr
-    assert "verified" in r.stdout and out.exists()
+    res = _run(zoo["sd1_ema_ckpt"].path, out, dtype="fp16", ema="drop")
+    console = Console(record=True, width=200)
+    render_result(res, console, 1.0)
+    assert "verified" in console.export_text() and out.exists()
     with pytest.raises(SdlensError, match="--drop 'bogus'"):
         make_plan(zoo["sd1_ema_ckpt"].path, tmp_path / "y.safetensors", ConvertOptions(drop=["bogus"]))
+
+
+def test_cli_convert_and_refusal(zoo, tmp_path, cli):
+    sd = {k: v.float() for k, v in _tensors(zoo["sd1_fp16"].path).items()}
+    sd["model.diffusion_model.out.2.bias"][0] = 1e6
+    src = save_safetensors(sd, tmp_path / "hot_fp32.safetensors")
+    out = tmp_path / "hot_fp16.safetensors"
+    r = cli("convert", str(src), str(out), "--dtype", "fp16")
+    assert r.returncode == 2 and "overflow" in r.stderr and not out.exists()
+    from sdlens.render.jsonout import dumps
+
+    res = json.loads(dumps(_run(src, out, dtype="bf16")))  # what --json prints
+    assert res["verification"]["ok"] and res["verification"]["mode"] == "digest" and out.exists()
+    assert res["source_sha256"] and res["timings"]["pass_wall"] > 0
+    _no_leftovers(tmp_path)
+
+
+# --------------------------------------------------------------------------- the I/O engine, verification
+
+
+def test_source_pass_small_blocks_odd_offsets_and_hash(tmp_path):
+    import hashlib
+
+    from sdlens.convert.passes import SourcePass
+
+    sd = {
+        "a_f16_odd": torch.randn(7).half(),  # odd byte count: every later tensor is misaligned
+        "b_f32": torch.randn(33, 5),
+        "c_empty": torch.empty(0, 4),
+        "d_bf16": torch.randn(101).bfloat16(),
+        "e_i64": torch.arange(13),
+        "f_u8": torch.arange(9, dtype=torch.uint8),
+        "g_f32": torch.randn(257),
+    }
+    path = save_safetensors(sd, tmp_path / "odd.safetensors")
+    with open_checkpoint(path) as ck:
+        keys = [k for k in ck.in_file_order() if k != "d_bf16"]  # one dropped tensor
+        for block in (8, 24, 64, 4096):
+            sp = SourcePass(ck, keys, {str(path)}, block_bytes=block, blocks=3)
+            try:
+                for k in keys:
+                    got = torch.cat([c.data.clone() for c in sp.tensor(k)])
+                    assert _same(got, ck.read(k).reshape(-1)), (block, k)
+                digests = sp.finish()
+            finally:
+                sp.close()
+            assert digests == {str(path): hashlib.sha256(path.read_bytes()).hexdigest()}
+
+
+def test_small_blocks_end_to_end_and_corruption_detected(zoo, tmp_path, monkeypatch):
+    from sdlens.convert import passes
+    from sdlens.io import safetensors_writer
+
+    monkeypatch.setattr(passes, "BLOCK_BYTES", 1 << 12)
+    src = zoo["sd1_ema_ckpt"].path
+    out = tmp_path / "small_blocks.safetensors"
+    res = convert(make_plan(src, out, ConvertOptions(dtype="fp16", ema="drop")), verify="full")
+    assert res.verification.ok and res.verification.cast_exact > 0
+    monkeypatch.undo()
+    # tensors that are not one contiguous run (strided .ckpt views): the stream reader, the file hashed apart
+    from sdlens.io.hashing import hash_file
+    from sdlens.io.open import open_checkpoint as _open
+
+    with _open(src) as ck:
+        monkeypatch.setattr(type(ck), "is_plain", lambda self, key: False)
+    strided = tmp_path / "strided.safetensors"
+    res = _run(src, strided, dtype="fp16", ema="drop")
+    assert res.verification.ok and res.source_sha256 == {str(src): hash_file(src).sha256}
+    monkeypatch.undo()
+    real = safetensors_writer.SafetensorsStreamWriter.finish
+
+    def corrupting(self, drop_cache=False):
+        with open(self.path, "r+b") as f:  # one flipped byte near the end of the data
+            f.seek(-3, 2)
+            b = f.read(1)
+            f.seek(-3, 2)
+            f.write(bytes([b[0] ^ 0x10]))
+        return real(self, drop_cache)
+
+    monkeypatch.setattr(safetensors_writer.SafetensorsStreamWriter, "finish", corrupting)
+    bad = tmp_path / "corrupt.safetensors"
+    with pytest.raises(SdlensError, match="verification failed"):
+        _run(src, bad, dtype="fp16", ema="drop")
+    assert not bad.exists()
+    _no_leftovers(tmp_path)

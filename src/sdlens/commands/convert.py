@@ -34,6 +34,9 @@ def register(app: typer.Typer) -> None:
         force: Annotated[bool, typer.Option("--force", help="Write even if fp16 would overflow (values become inf).")] = False,
         overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing OUT (after verification).")] = False,
         no_verify: Annotated[bool, typer.Option("--no-verify", help="Skip re-reading the output (benchmarks only).")] = False,
+        verify_full: Annotated[bool, typer.Option("--verify-full", help="Also re-read the input and compare every tensor "
+                                                  "with it (slower; by default the output is checked against digests "
+                                                  "taken from the input while converting).")] = False,
         json_out: Annotated[bool, typer.Option("--json", help="Print the plan / result as JSON.")] = False,
     ) -> None:
         """Checkpoint surgery that never loses data: .ckpt -> .safetensors, fp16/bf16, EMA, VAE, extract, layouts."""
@@ -64,7 +67,8 @@ def register(app: typer.Typer) -> None:
         t0 = time.perf_counter()
         bar, progress = _progress_bar(plan.output_tensor_bytes * (1 if no_verify else 2), f"convert {inp.name}")
         with bar:
-            result = run_convert(plan, force=force, overwrite=overwrite, verify=not no_verify, progress=progress)
+            verify: bool | str = False if no_verify else ("full" if verify_full else True)
+            result = run_convert(plan, force=force, overwrite=overwrite, verify=verify, progress=progress)
         if json_out:
             print(dumps(result))
         else:

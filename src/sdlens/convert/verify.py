@@ -1,7 +1,12 @@
-"""Verification after every write: the output is re-opened (``open_checkpoint``) and every tensor compared
-with the input, streamed, bit for bit: unchanged and renamed tensors must be bit-identical, cast tensors must
-equal the input cast to the target dtype (the exact rounding check), restored tensors must be 0..N-1.
-The key set, dtypes, shapes and metadata are checked against the plan.
+"""Verification after every write: the output is re-opened (``open_checkpoint``) and checked against the plan
+(key set, dtypes, shapes, metadata, provenance) and tensor by tensor:
+
+* :func:`verify_written` (the default): every tensor's bytes on disk (the output's pages are dropped from the page
+  cache after the fsync, so this reads the disk) have the sha256 of the bytes the conversion computed from the
+  input (copied, or cast to the target dtype). One sequential read of the output; the input is not re-read.
+* :func:`verify_output` (``verify="full"``, ``--verify-full``): the input is re-read too and every tensor compared
+  with it, streamed, bit for bit: unchanged and renamed tensors bit-identical, cast tensors equal to the input
+  cast again to the target dtype (the rounding check), restored tensors 0..N-1.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ class VerifyReport:
     bytes_compared: int = 0
     metadata_kept: int = 0
     provenance: bool = False
+    mode: str = "digest"  # "digest": output bytes vs digests taken from the input; "full": vs the re-read input
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -38,7 +44,7 @@ class VerifyReport:
         return {"ok": self.ok, "files": self.files, "tensors": self.tensors, "bit_identical": self.bit_identical,
                 "cast_exact": self.cast_exact, "restored": self.restored, "renamed": self.renamed,
                 "bytes_compared": self.bytes_compared, "metadata_kept": self.metadata_kept,
-                "provenance": self.provenance, "problems": self.problems}
+                "provenance": self.provenance, "mode": self.mode, "problems": self.problems}
 
 
 def _aligned(xs: Iterator[Any], ys: Iterator[Any]) -> Iterator[tuple[Any, Any]]:
@@ -79,69 +85,129 @@ class _Compare:
         return bool(torch.equal(src.view(ints), out.view(ints)))
 
 
-def verify_output(plan: ConversionPlan, root: Path, ckpts: list[Any],
-                  progress: Callable[[int], None] | None = None) -> VerifyReport:
+def _reopen(plan: ConversionPlan, rel: str, path: Path, entries: list[Item], rep: VerifyReport) -> Any:
+    """The re-opened output file if its keys, dtypes, shapes and metadata are as planned; else ``None`` (the
+    problems are in ``rep``)."""
     from sdlens.errors import SdlensError
     from sdlens.io.open import open_checkpoint
-    from sdlens.io.stream import stream
 
-    rep = VerifyReport()
-    cmp = _Compare()
-    for rel, entries in plan.files.items():
-        path = root / rel if plan.layout == "diffusers" else root
-        rep.files += 1
-        try:
-            out = open_checkpoint(path)
-        except SdlensError as e:
-            rep.problems.append(f"{rel or path.name}: cannot re-open ({e.problem})")
+    rep.files += 1
+    try:
+        out = open_checkpoint(path)
+    except SdlensError as e:
+        rep.problems.append(f"{rel or path.name}: cannot re-open ({e.problem})")
+        return None
+    before = len(rep.problems)
+    want = {e.key: e for e in entries}
+    extra, missing = set(out.tensors) - set(want), set(want) - set(out.tensors)
+    if extra or missing:
+        rep.problems.append(f"{rel or path.name}: keys differ from the plan "
+                            f"({len(missing)} missing, {len(extra)} unexpected)")
+        out.close()
+        return None
+    for k, v in plan.metadata.items():
+        if k == PROVENANCE_META:  # extended by this conversion, checked below
             continue
-        with out:
-            want = {e.key: e for e in entries}
-            extra, missing = set(out.tensors) - set(want), set(want) - set(out.tensors)
-            if extra or missing:
-                rep.problems.append(f"{rel or path.name}: keys differ from the plan "
-                                    f"({len(missing)} missing, {len(extra)} unexpected)")
-                continue
-            for k, v in plan.metadata.items():
-                if k == PROVENANCE_META:  # extended by this conversion, checked below
-                    continue
-                if out.metadata.get(k) != v:
-                    rep.problems.append(f"metadata {k!r} not preserved")
-                else:
-                    rep.metadata_kept += 1
-            rep.provenance = PROVENANCE_META in out.metadata
-            if not rep.provenance:
-                rep.problems.append("provenance entry missing")
-            for e in entries:
-                info = out.tensors[e.key]
-                if info.dtype != e.out_dtype or tuple(info.shape) != tuple(e.shape):
-                    rep.problems.append(f"{e.key}: {info.dtype}{list(info.shape)} written, "
-                                        f"planned {e.out_dtype}{list(e.shape)}")
-            if rep.problems:
-                continue
-            srcs = source_streams(entries, ckpts)
-            outs = stream(out, [e.key for e in entries if e.simple], CHUNK_BYTES)
-            for e in entries:
-                ok = _check(e, srcs, outs, out, ckpts, cmp)
-                rep.tensors += 1
-                rep.bytes_compared += nbytes(e)
-                if not ok:
-                    rep.problems.append(f"{e.key}: data differs from the input")
-                elif e.restore:
-                    rep.restored += 1
-                elif e.out_dtype != e.dtype:
-                    rep.cast_exact += 1
-                else:
-                    rep.bit_identical += 1
-                if _op(e) == "rename":
-                    rep.renamed += 1
-                if progress:
-                    progress(nbytes(e))
+        if out.metadata.get(k) != v:
+            rep.problems.append(f"metadata {k!r} not preserved")
+        else:
+            rep.metadata_kept += 1
+    rep.provenance = PROVENANCE_META in out.metadata
+    if not rep.provenance:
+        rep.problems.append("provenance entry missing")
+    for e in entries:
+        info = out.tensors[e.key]
+        if info.dtype != e.out_dtype or tuple(info.shape) != tuple(e.shape):
+            rep.problems.append(f"{e.key}: {info.dtype}{list(info.shape)} written, "
+                                f"planned {e.out_dtype}{list(e.shape)}")
+    if len(rep.problems) > before:
+        out.close()
+        return None
+    return out
+
+
+def _count(rep: VerifyReport, e: Item, ok: bool) -> None:
+    rep.tensors += 1
+    rep.bytes_compared += nbytes(e)
+    if not ok:
+        rep.problems.append(f"{e.key}: data differs from the input")
+    elif e.restore:
+        rep.restored += 1
+    elif e.out_dtype != e.dtype:
+        rep.cast_exact += 1
+    else:
+        rep.bit_identical += 1
+    if _op(e) == "rename":
+        rep.renamed += 1
+
+
+def _json_files(plan: ConversionPlan, root: Path, rep: VerifyReport) -> None:
     for rel in plan.json_files:
         try:
             json.loads((root / rel).read_text())
         except (OSError, ValueError):
             rep.problems.append(f"{rel}: not written or not valid JSON")
+
+
+def verify_written(plan: ConversionPlan, root: Path, expected: dict[str, dict[str, str]],
+                   progress: Callable[[int], None] | None = None) -> VerifyReport:
+    """Re-open every output file and check it against the plan and against what the conversion computed from
+    the input: keys, dtypes, shapes and metadata as planned, and each tensor's bytes on disk (one sequential
+    read of the output) with the same digest (sha256) as the bytes computed from the input while converting
+    (copied, or cast to the target dtype). Restored ``position_ids`` are also checked to be 0..N-1."""
+    import torch
+
+    from sdlens.convert.passes import digest
+    from sdlens.io.stream import stream
+
+    rep = VerifyReport()
+    for rel, entries in plan.files.items():
+        path = root / rel if plan.layout == "diffusers" else root
+        out = _reopen(plan, rel, path, entries, rep)
+        if out is None:
+            continue
+        with out:
+            want = expected.get(rel, {})
+            by_key = {e.key: e for e in entries}
+            h = digest()
+            for p in stream(out, None, CHUNK_BYTES):
+                h.update(memoryview(p.array).cast("B"))
+                if not p.last:
+                    continue
+                e = by_key[p.key]
+                ok = want.get(e.key) == h.hexdigest()
+                h = digest()
+                if ok and e.restore == "arange":
+                    t = out.read(e.key).reshape(-1)
+                    ok = torch.equal(t, torch.arange(t.numel(), dtype=t.dtype))
+                _count(rep, e, ok)
+                if progress:
+                    progress(nbytes(e))
+    _json_files(plan, root, rep)
+    return rep
+
+
+def verify_output(plan: ConversionPlan, root: Path, ckpts: list[Any],
+                  progress: Callable[[int], None] | None = None) -> VerifyReport:
+    """The full check: re-open every output file and compare every tensor with the input, re-read from its
+    files: bit-identical, or equal to the input cast to the target dtype (cast again here), restored 0..N-1."""
+    from sdlens.io.stream import stream
+
+    rep = VerifyReport(mode="full")
+    cmp = _Compare()
+    for rel, entries in plan.files.items():
+        path = root / rel if plan.layout == "diffusers" else root
+        out = _reopen(plan, rel, path, entries, rep)
+        if out is None:
+            continue
+        with out:
+            srcs = source_streams(entries, ckpts)
+            outs = stream(out, [e.key for e in entries if e.simple], CHUNK_BYTES)
+            for e in entries:
+                _count(rep, e, _check(e, srcs, outs, out, ckpts, cmp))
+                if progress:
+                    progress(nbytes(e))
+    _json_files(plan, root, rep)
     return rep
 
 

@@ -1,7 +1,9 @@
 """Execute a :class:`~sdlens.convert.plan.ConversionPlan`: stream every tensor once, cast on the way, write to a
 temporary file (or folder) beside the target, verify, and only then rename it into place.
 
-Memory: the reader's three 64 MB buffers and one cast buffer, whatever the model size. Safety: the input is
+One sequential pass per source file (:mod:`sdlens.convert.passes`): the bytes read are hashed (sha256 for the
+provenance), cast and handed to a writer thread, which records a digest of each tensor's bytes for the
+verification. Memory: six 32 MB read blocks and four cast buffers, whatever the model size. Safety: the input is
 opened read-only; any exception (KeyboardInterrupt included) removes the temporary output; a target that
 already exists is only replaced after the new one has been verified.
 """
@@ -12,9 +14,11 @@ import datetime as _dt
 import hashlib
 import json
 import os
+import queue
 import secrets
 import shutil
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +31,7 @@ from sdlens.io.dtypes import torch_dtype
 
 CHUNK_BYTES = 64 << 20
 CAST_ELEMS = 8 << 20
-F16_MAX_ROUND = 65520.0  # the smallest magnitude that rounds to inf in fp16
+F16_INF_BITS = 0x7C00  # fp16 magnitude bits of inf (NaN above)
 _PLACEHOLDER = "~" * 56
 
 
@@ -49,40 +53,77 @@ class RangeStats:
 
 
 class _Caster:
-    """Casts flat tensors into a reused buffer, counting fp16 overflow / underflow."""
+    """Casts flat tensors into pooled buffers, counting fp16 overflow / underflow.
 
-    def __init__(self, stats: RangeStats):
+    :meth:`cast` returns the cast chunk and a ``release`` callback: the buffer goes back to the pool when the
+    writer thread is done with it (``depth`` buffers per dtype bound the memory and pace the reader)."""
+
+    def __init__(self, stats: RangeStats, depth: int = 4):
+        import torch
+
         self.stats = stats
-        self.bufs: dict[Any, Any] = {}
+        self.depth = depth
+        self.pools: dict[Any, queue.Queue] = {}
+        self.wait = 0.0  # seconds waiting for a buffer the writer has not given back yet
+        self._mag = torch.empty(CAST_ELEMS, dtype=torch.int16)
 
-    def buffer(self, dtype, n: int):
+    def _buffer(self, dtype, n: int):
         import torch
 
-        b = self.bufs.get(dtype)
-        if b is None or b.numel() < n:
-            b = self.bufs[dtype] = torch.empty(max(n, CAST_ELEMS), dtype=dtype)
-        return b[:n]
+        q = self.pools.get(dtype)
+        if q is None:
+            q = self.pools[dtype] = queue.Queue()
+            for _ in range(self.depth):
+                q.put(torch.empty(CAST_ELEMS, dtype=dtype))
+        t0 = time.perf_counter()
+        b = q.get()
+        self.wait += time.perf_counter() - t0
+        if b.numel() < n:  # a chunk larger than CAST_ELEMS (callers split; kept for safety)
+            b = torch.empty(n, dtype=dtype)
+        return b, (lambda: q.put(b))
 
-    def cast(self, key: str, x, dtype) -> Any:
-        """``x`` (flat) as ``dtype``; yields chunk views valid until the next call."""
+    def cast(self, key: str, x, dtype) -> tuple[Any, Callable[[], None]]:
+        """``x`` (flat) as ``dtype`` in a pooled buffer, and the callback that gives the buffer back."""
         import torch
 
-        y = self.buffer(dtype, x.numel())
+        buf, release = self._buffer(dtype, x.numel())
+        y = buf[: x.numel()]
         y.copy_(x)
+        if x.numel() > self._mag.numel():
+            self._mag = torch.empty(x.numel(), dtype=torch.int16)
         if dtype == torch.float16 and x.dtype != torch.float16 and x.numel():
-            mn, mx = torch.aminmax(x)
-            mn, mx = float(mn), float(mx)
-            self.stats.max_abs = max(self.stats.max_abs, abs(mn), abs(mx))
-            if not (mn > -F16_MAX_ROUND and mx < F16_MAX_ROUND):  # also true for NaN
-                ovf = int((torch.isinf(y) & ~torch.isinf(x)).sum())
-                if ovf:
-                    self.stats.overflow += ovf
-                    self.stats.tensors_overflow[key] = self.stats.tensors_overflow.get(key, 0) + ovf
-            und = int(torch.count_nonzero(x)) - int(torch.count_nonzero(y))
+            self.check_f16(key, x, y)
+        return y, release
+
+    def check_f16(self, key: str, x, y) -> None:
+        """Count finite values of ``x`` that became inf in ``y`` and non-zero values that became 0.
+
+        Cheap in the common case: one pass over ``y``'s magnitude bits (fp16 bit patterns order like their
+        magnitudes) gives max |y| (>= inf: something overflowed or is NaN) and min |y| (0: a zero, maybe an
+        underflow); the exact counts are only taken for the chunks where one of those is hit."""
+        import torch
+
+        st = self.stats
+        mag = self._mag[: y.numel()]
+        torch.bitwise_and(y.view(torch.int16), 0x7FFF, out=mag)
+        lo, hi = (int(v) for v in torch.aminmax(mag))
+        if hi >= F16_INF_BITS:  # inf or NaN in y: the exact count, and max |x| from x itself
+            mn, mx = (float(v) for v in torch.aminmax(x))
+            st.max_abs = max(st.max_abs, abs(mn), abs(mx))
+            ovf = int((torch.isinf(y) & ~torch.isinf(x)).sum())
+            if ovf:
+                st.overflow += ovf
+                st.tensors_overflow[key] = st.tensors_overflow.get(key, 0) + ovf
+        else:  # max |x| to fp16 precision
+            st.max_abs = max(st.max_abs, float(torch.tensor(hi, dtype=torch.int16).view(torch.float16)))
+        if lo == 0:  # some y is (+-)0 (usually a handful): count the non-zero x among them
+            import numpy as np
+
+            at = torch.from_numpy(np.flatnonzero(mag.numpy() == 0))
+            und = int(torch.count_nonzero(x[at]))
             if und > 0:
-                self.stats.underflow += und
-                self.stats.tensors_underflow[key] = self.stats.tensors_underflow.get(key, 0) + und
-        return y
+                st.underflow += und
+                st.tensors_underflow[key] = st.tensors_underflow.get(key, 0) + und
 
 
 def _raw(t) -> memoryview:
@@ -137,7 +178,7 @@ def source_streams(entries: list[Item], ckpts: list[Any]) -> dict[int, Iterator[
 
 
 class _Hasher(threading.Thread):
-    """sha256 of the source files, computed beside the conversion (the same bytes, mostly from page cache)."""
+    """sha256 of source files that no conversion pass read in full (run inline: one sequential read each)."""
 
     def __init__(self, files: list[str]):
         super().__init__(daemon=True, name="sdlens-hash")
@@ -205,12 +246,13 @@ class ConvertResult:
     range_check: RangeStats
     verification: Any = None  # VerifyReport
     source_sha256: dict[str, str] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)  # seconds, per stage (see passes.py); for profiling
 
     def to_dict(self) -> dict[str, Any]:
         return {"output": self.output, "files": self.written_files, "bytes_written": self.bytes_written,
                 "range_check": self.range_check.to_dict(), "source_sha256": self.source_sha256,
                 "verification": self.verification.to_dict() if self.verification is not None else None,
-                "plan": self.plan.to_dict()}
+                "timings": {k: round(v, 3) for k, v in self.timings.items()}, "plan": self.plan.to_dict()}
 
 
 def check_paths(plan: ConversionPlan, overwrite: bool) -> None:
@@ -238,27 +280,38 @@ def convert(
     *,
     force: bool = False,
     overwrite: bool = False,
-    verify: bool = True,
+    verify: bool | str = True,
     hashes: bool = True,
     progress: Callable[[int], None] | None = None,
     _after_tensor: Callable[[Item], None] | None = None,  # test hook (e.g. simulate an interruption)
 ) -> ConvertResult:
-    """Write the plan's output. Raises :class:`SdlensError` (nothing left behind) on any refusal or failure."""
+    """Write the plan's output. Raises :class:`SdlensError` (nothing left behind) on any refusal or failure.
+
+    ``verify``: ``True`` (re-open the output, check its structure and every tensor's bytes on disk against the
+    digests taken from the input while converting), ``"full"`` (also re-read the input and compare every tensor
+    with it), ``False``."""
     from sdlens.io.open import open_checkpoint
+
+    if verify not in (True, False, "full"):
+        raise ValueError(f"verify must be True, False or 'full' (got {verify!r})")
+    import torch
 
     check_paths(plan, overwrite)
     out = Path(plan.output)
     tmp = out.parent / f".{out.name}.tmp-{secrets.token_hex(4)}"
     ckpts: list[Any] = []
-    hasher: _Hasher | None = None
+    passes: dict[int, Any] = {}
+    threads = torch.get_num_threads()
+    # one thread for the casts: the other core hashes (sha256 of the input), reads and writes; two torch threads
+    # would fight those (and, on a loaded machine, wait for each other)
+    torch.set_num_threads(1)
     try:
         for s in plan.sources:
             ckpts.append(open_checkpoint(s))
         files = _source_files(ckpts)
         prov, holders = _provenance(plan, files, hashes)
-        if hashes:
-            hasher = _Hasher(files)
-            hasher.start()
+        to_hash = set(files) if hashes else set()
+        digests: dict[str, str] = {}
         stats = RangeStats()
         written: list[str] = []
         total = 0
@@ -266,13 +319,25 @@ def convert(
         if plan.layout == "diffusers":
             tmp.mkdir()
         writers = []
+        tensor_digests: dict[str, dict[str, str]] = {}
+        timings: dict[str, float] = {}
         refused = False
         for rel, entries in plan.files.items():
             path = tmp / rel if plan.layout == "diffusers" else tmp
             path.parent.mkdir(parents=True, exist_ok=True)
-            w, n, refused_here = _write_file(path, entries, ckpts, metadata, stats, force, progress, _after_tensor)
+            passes = open_passes(entries, ckpts, to_hash - set(digests))
+            t0 = time.perf_counter()
+            w, aw, n, refused_here = _write_file(path, entries, ckpts, passes, metadata, stats, force, progress,
+                                                 _after_tensor, timings)
+            for sp in passes.values():
+                digests.update(sp.finish())
+                _add(timings, getattr(sp, "timings", {}))
+            _add(timings, aw.timings)
+            timings["pass_wall"] = timings.get("pass_wall", 0.0) + time.perf_counter() - t0
+            passes = {}
             refused = refused or refused_here
             writers.append(w)
+            tensor_digests[rel] = aw.digests
             written.append(rel or out.name)
             total += n
         if refused:
@@ -286,37 +351,48 @@ def convert(
             p.parent.mkdir(parents=True, exist_ok=True)
             p.write_text(json.dumps(cfg, indent=2, sort_keys=False) + "\n")
             written.append(rel)
-        digests: dict[str, str] = {}
-        if hasher is not None:
-            hasher.join()
-            if hasher.error is not None:
-                raise SdlensError(plan.input, f"cannot hash the source: {hasher.error}")
-            digests = hasher.digests
+        t0 = time.perf_counter()
+        if hashes:
+            left = [f for f in files if f not in digests]  # source files no pass read in full
+            if left:
+                hasher = _Hasher(left)
+                hasher.run()
+                if hasher.error is not None:
+                    raise SdlensError(plan.input, f"cannot hash the source: {hasher.error}")
+                digests.update(hasher.digests)
+            digests = {f: digests[f] for f in files}
             for w in writers:
                 header = w.header
                 for holder, f in holders.items():
                     header = header.replace(holder.encode(), digests[f].encode())
                 w.rewrite_header(header)
         for w in writers:
-            w.finish()
-        result = ConvertResult(plan, str(out), written, total, stats, source_sha256=digests)
+            w.finish(drop_cache=bool(verify))  # the verification then reads what is on disk, not the page cache
+        timings["finish"] = time.perf_counter() - t0
+        result = ConvertResult(plan, str(out), written, total, stats, source_sha256=digests, timings=timings)
+        t0 = time.perf_counter()
         if verify:
-            from sdlens.convert.verify import verify_output
+            from sdlens.convert.verify import verify_output, verify_written
 
-            result.verification = verify_output(plan, tmp, ckpts, progress)
+            if verify == "full":
+                result.verification = verify_output(plan, tmp, ckpts, progress)
+            else:
+                result.verification = verify_written(plan, tmp, tensor_digests, progress)
             if not result.verification.ok:
                 raise SdlensError(plan.output, "verification failed: " + "; ".join(result.verification.problems[:3]))
+            timings["verify"] = time.perf_counter() - t0
         _commit(tmp, out, overwrite)
         return result
     except BaseException:
-        if hasher is not None:
-            hasher.stop.set()
+        for sp in passes.values():
+            sp.close()
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)
         else:
             tmp.unlink(missing_ok=True)
         raise
     finally:
+        torch.set_num_threads(threads)
         for ck in ckpts:
             ck.close()
 
@@ -338,41 +414,107 @@ def _commit(tmp: Path, out: Path, overwrite: bool) -> None:
         os.close(fd)
 
 
-def _write_file(path: Path, entries: list[Item], ckpts: list[Any], metadata: dict[str, str], stats: RangeStats,
-                force: bool, progress, after_tensor) -> tuple[Any, int, bool]:
+class _LegacyPass:
+    """:func:`sdlens.io.stream.stream` behind the :class:`~sdlens.convert.passes.SourcePass` interface, for
+    sources with tensors that are not one contiguous run (strided views in some .ckpt files); hashes nothing."""
+
+    def __init__(self, it: Iterator[Any]):
+        self.it = it
+
+    def tensor(self, key: str) -> Iterator[Any]:
+        from sdlens.convert.passes import Chunk
+
+        for data in pieces_of(self.it, key):
+            yield Chunk(key, data, False, None)
+
+    def finish(self) -> dict[str, str]:
+        for _ in self.it:
+            pass
+        return {}
+
+    def close(self) -> None:
+        close = getattr(self.it, "close", None)
+        if close is not None:
+            close()
+
+
+def open_passes(entries: list[Item], ckpts: list[Any], to_hash: set[str]) -> dict[int, Any]:
+    """One pass per source over the simple entries' tensors (in write order); the source files in ``to_hash``
+    are read in full and hashed by it."""
+    from sdlens.convert.passes import SourcePass
+    from sdlens.io.stream import stream
+
+    keys: dict[int, list[str]] = {}
+    for e in entries:
+        if e.simple:
+            keys.setdefault(e.pieces[0].source, []).append(e.pieces[0].key)
+    out: dict[int, Any] = {}
+    for s, ks in keys.items():
+        ck = ckpts[s]
+        if all(ck.is_plain(k) for k in ks):
+            out[s] = SourcePass(ck, ks, to_hash)
+        else:
+            out[s] = _LegacyPass(stream(ck, ks, CHUNK_BYTES))
+    return out
+
+
+def _add(into: dict[str, float], more: dict[str, float]) -> None:
+    for k, v in more.items():
+        into[k] = into.get(k, 0.0) + v
+
+
+def _write_file(path: Path, entries: list[Item], ckpts: list[Any], passes: dict[int, Any], metadata: dict[str, str],
+                stats: RangeStats, force: bool, progress, after_tensor,
+                timings: dict[str, float]) -> tuple[Any, Any, int, bool]:
+    from sdlens.convert.passes import AsyncWriter, Chunk
     from sdlens.io.safetensors_writer import SafetensorsStreamWriter, build_header
 
     header, sizes = build_header([(e.key, e.out_dtype, e.shape) for e in entries], metadata)
     w = SafetensorsStreamWriter(path, header, sizes)
+    aw = AsyncWriter(w)
     caster = _Caster(stats)
     refused = False
     try:
-        streams = source_streams(entries, ckpts)
         for e in entries:
             out_dt = torch_dtype(e.out_dtype)
             if e.simple:
-                chunks = pieces_of(streams[e.pieces[0].source], e.pieces[0].key)
+                chunks = passes[e.pieces[0].source].tensor(e.pieces[0].key)
             else:
-                chunks = iter([assemble(e, ckpts).reshape(-1)])
-            for x in chunks:
+                chunks = iter([Chunk(e.key, assemble(e, ckpts).reshape(-1), True, None)])
+            for c in chunks:
+                x = c.data
                 for i in range(0, max(x.numel(), 1), CAST_ELEMS):
                     part = x[i : i + CAST_ELEMS]
-                    y = part if part.dtype == out_dt else caster.cast(e.key, part, out_dt)
+                    if part.dtype == out_dt:
+                        y, release = part, None
+                        if c.block is not None:  # written straight from the read block: keep it until then
+                            c.block.retain()
+                            release = c.block.release
+                    else:
+                        t0 = time.perf_counter()
+                        y, release = caster.cast(e.key, part, out_dt)
+                        timings["cast_and_check"] = timings.get("cast_and_check", 0.0) + time.perf_counter() - t0
                     if stats.overflow and not force:
                         refused = True
-                    if not refused:
-                        w.write(_raw(y))
+                    if refused:
+                        if release is not None:
+                            release()
+                        continue
+                    aw.write(_raw(y), release)
             if not refused:
-                w.end_tensor()
+                aw.end_tensor(e.key)
             if progress:
                 progress(nbytes(e))
             if after_tensor is not None:
                 after_tensor(e)
+        aw.join()
+        timings["cast_buffer_wait"] = timings.get("cast_buffer_wait", 0.0) + caster.wait
         if refused:
             w.close()
-            return w, 0, True
-        return w, len(header) + sum(sizes), False
+            return w, aw, 0, True
+        return w, aw, len(header) + sum(sizes), False
     except BaseException:
+        aw.abort()
         w.close()
         raise
 
@@ -393,7 +535,8 @@ def scan_range(plan: ConversionPlan, progress: Callable[[int], None] | None = No
             chunks = pieces_of(streams[e.pieces[0].source], e.pieces[0].key) if e.simple else iter([assemble(e, ckpts).reshape(-1)])
             for x in chunks:
                 for i in range(0, x.numel(), CAST_ELEMS):
-                    caster.cast(e.key, x[i : i + CAST_ELEMS], torch.float16)
+                    _, release = caster.cast(e.key, x[i : i + CAST_ELEMS], torch.float16)
+                    release()
             if progress:
                 progress(nbytes(e))
     finally:

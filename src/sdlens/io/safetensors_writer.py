@@ -7,6 +7,7 @@ checking that each tensor receives exactly the bytes its header entry promises.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -78,11 +79,17 @@ class SafetensorsStreamWriter:
         os.pwrite(self.f.fileno(), header, 0)
         self.header = header
 
-    def finish(self) -> None:
+    def finish(self, drop_cache: bool = False) -> None:
+        """Check completeness, fsync, close. ``drop_cache``: then drop the file's (clean) pages from the page
+        cache, so that a re-read (verification) reads the disk."""
         if self.index != len(self.sizes):
             raise SdlensError(self.path, f"internal error: {len(self.sizes) - self.index} tensors not written")
         self.f.flush()
-        os.fsync(self.f.fileno())
+        fd = self.f.fileno()
+        os.fsync(fd)
+        if drop_cache and hasattr(os, "posix_fadvise"):
+            with contextlib.suppress(OSError):
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         self.f.close()
 
     def close(self) -> None:

@@ -112,7 +112,9 @@ def render_result(result: Any, console: Console, seconds: float | None = None) -
         console.print("  [yellow]not verified[/] (--no-verify)")
         return
     status = "[bold green]verified[/]" if v.ok else "[bold red]verification failed[/]"
-    console.print(f"  {status}: re-opened and compared with the input, {v.tensors} tensors "
+    how = ("re-opened and compared with the re-read input" if v.mode == "full"
+           else "re-opened, every tensor's bytes on disk checked against the input's")
+    console.print(f"  {status}: {how}, {v.tensors} tensors "
                   f"({_hb(v.bytes_compared)}): {v.bit_identical} bit-identical, {v.cast_exact} equal to the input "
                   f"rounded to the target dtype, {v.restored} restored; {v.renamed} under new names", highlight=False)
     console.print(f"  metadata: {v.metadata_kept} entries kept" + (", provenance added" if v.provenance else ""),
