@@ -11,6 +11,7 @@ from numba import njit, types
 from numba.core.extending import intrinsic
 
 BLOCK = 512  # float32 partial sums over this many elements, float64 across blocks
+_BIG, _ONE = np.float32(2.0**100), np.float32(1.0)
 _F32 = ir.FloatType()
 
 
@@ -42,7 +43,7 @@ def _fmax(typingctx, x, y):
     return types.float32(types.float32, types.float32), codegen
 
 
-@njit(fastmath={"reassoc", "nsz", "contract", "arcp"}, nogil=True, cache=True)
+@njit(fastmath=True, nogil=True, cache=True)
 def pair_sums(a, b, bf16):
     """(‖a‖², ‖b‖², ⟨a,b⟩, ‖a−b‖², Σ|a−b|, #(a≠b), max|a−b|) of two equally long 1-D arrays in one pass."""
     saa = sbb = sab = sdd = sl1 = l0 = 0.0
@@ -51,8 +52,7 @@ def pair_sums(a, b, bf16):
     for s in range(0, n, BLOCK):
         e = min(n, s + BLOCK)
         paa = pbb = pab = pdd = pl1 = np.float32(0.0)
-        pm = np.float32(0.0)
-        pc = 0.0
+        pm = pc = np.float32(0.0)
         for i in range(s, e):
             fa = _widen(a[i], bf16)
             fb = _widen(b[i], bf16)
@@ -63,7 +63,8 @@ def pair_sums(a, b, bf16):
             pab += fa * fb
             pdd += d * d
             pl1 += ad
-            pc += min(np.float64(ad) * 1.0e200, 1.0)  # 1 for any non-zero float32 difference, 0 for zero
+            # 1 for any non-zero difference (even 2^-149, float32's smallest), 0 for zero: branch-free
+            pc += min(min(ad * _BIG, _ONE) * _BIG, _ONE)
             pm = _fmax(pm, ad)
         saa += paa
         sbb += pbb

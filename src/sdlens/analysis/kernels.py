@@ -21,7 +21,7 @@ from typing import NamedTuple
 import numpy as np
 
 KERNEL_DTYPES = ("F16", "BF16", "F32")
-_SPLIT = 1 << 22
+_SPLIT = 1 << 20  # tensors of more elements are split across threads (~1 ms of work per part)
 _SMALL_BYTES = 1 << 18
 
 
