@@ -45,7 +45,10 @@ def _fmax(typingctx, x, y):
 
 @njit(fastmath=True, nogil=True, cache=True)
 def pair_sums(a, b, bf16):
-    """(‖a‖², ‖b‖², ⟨a,b⟩, ‖a−b‖², Σ|a−b|, #(a≠b), max|a−b|) of two equally long 1-D arrays in one pass."""
+    """(‖a‖², ‖b‖², ⟨a,b⟩, ‖a−b‖², Σ|a−b|, #(a≠b), max|a−b|) of two equally long 1-D arrays in one pass.
+
+    Full fast-math (needed for the min / max to vectorise): a NaN or Inf input still makes the plain sums
+    non-finite, which the caller treats as "take the exact path" (tested)."""
     saa = sbb = sab = sdd = sl1 = l0 = 0.0
     mx = np.float32(0.0)
     n = a.size
