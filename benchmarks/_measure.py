@@ -88,11 +88,13 @@ def mb(n: int) -> str:
     return f"{n / 1e6:.0f} MB"
 
 
-def fill_with_normals(path: str | Path, ranges: list[tuple[int, int]], seed: int = 0) -> None:
-    """Overwrite byte ranges of a (sparse) file with fp16 normal values (std 0.05): real data for benchmarks."""
+def fill_with_normals(path: str | Path, ranges: list[tuple[int, int]], seed: int = 0, dtype: str = "fp16") -> None:
+    """Overwrite byte ranges of a (sparse) file with normal values (std 0.05) stored as ``dtype`` (fp16 or
+    fp32), then fsync: real data for benchmarks."""
     import torch
 
-    block = (torch.randn(16 << 20, generator=torch.Generator().manual_seed(seed)) * 0.05).half().numpy().tobytes()
+    values = torch.randn(16 << 20, generator=torch.Generator().manual_seed(seed)) * 0.05
+    block = (values.half() if dtype == "fp16" else values).numpy().tobytes()
     with open(path, "r+b") as f:
         for begin, end in ranges:
             f.seek(begin)
@@ -101,3 +103,5 @@ def fill_with_normals(path: str | Path, ranges: list[tuple[int, int]], seed: int
                 n = min(len(block), end - pos)
                 f.write(block[:n])
                 pos += n
+        f.flush()
+        os.fsync(f.fileno())

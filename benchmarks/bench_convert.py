@@ -25,26 +25,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _measure import gb, mb, measure, read_once_seconds  # noqa: E402
+from _measure import fill_with_normals, gb, mb, measure, read_once_seconds  # noqa: E402
 from sdlens.io.open import open_checkpoint  # noqa: E402
 from sdlens.testing.writers import save_safetensors  # noqa: E402
 from sdlens.testing.zoo import realise_small_buffers  # noqa: E402
 from sdlens.testing.zoo_unet import build_single_file  # noqa: E402
-
-
-def fill_f32(path: Path, ranges: list[tuple[int, int]], seed: int = 0) -> None:
-    """Overwrite byte ranges with float32 normals (std 0.05): real data, inside the fp16 range."""
-    block = (torch.randn(16 << 20, generator=torch.Generator().manual_seed(seed)) * 0.05).numpy().tobytes()
-    with open(path, "r+b") as f:
-        for begin, end in ranges:
-            f.seek(begin)
-            pos = begin
-            while pos < end:
-                n = min(len(block), end - pos)
-                f.write(block[:n])
-                pos += n
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def make_input(workdir: Path, ema: bool) -> Path:
@@ -61,7 +46,7 @@ def make_input(workdir: Path, ema: bool) -> Path:
             merged[-1][1] = max(merged[-1][1], e)
         else:
             merged.append([b, e])
-    fill_f32(path, [(b, e) for b, e in merged])
+    fill_with_normals(path, [(b, e) for b, e in merged], dtype="fp32")
     return path
 
 
