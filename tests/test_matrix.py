@@ -190,3 +190,18 @@ def test_cli_bad_input_is_one_line(tmp_path, mzoo, cli):
     r = cli("matrix", str(mzoo["base"]), str(bad), "--out", str(tmp_path / "o"))
     assert r.returncode == 2
     assert r.stderr.count("\n") == 1 and "broken.safetensors" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_open_clip_text_encoder_identity(tmp_path):
+    # SD2's open_clip layout has fused q/k/v rows and a transposed text_projection: identity must still hold
+    from sdlens.testing.writers import save_safetensors
+    from sdlens.testing.zoo_matrix import UNET, _perturb
+    from sdlens.testing.zoo_unet import build_single_file
+
+    base = build_single_file("sd2", seed=0)
+    paths = [save_safetensors(base, tmp_path / "a.safetensors"),
+             save_safetensors(_perturb(base, UNET, 0.02, seed=1), tmp_path / "b.safetensors")]
+    r = M.matrix(paths)
+    assert r.identity["openclip_h"] == [["a.safetensors", "b.safetensors"]]
+    assert r.matrix("openclip_h")[0, 1] == 0.0
+    assert r.matrix("denoiser")[0, 1] > 0

@@ -260,14 +260,31 @@ def _flat(ck: Checkpoint, ref: CanonRef):
     return torch.frombuffer(raw, dtype=torch_dtype(ck.tensors[ref.key].dtype)) if raw.size else torch.empty(0)
 
 
-def _identity_rows(raws: list[Any]) -> list[int]:
-    """For each model, the index of the first model whose bytes are identical (itself if none)."""
+def _identity_bytes(ck: Checkpoint, ref: CanonRef):
+    from sdlens.analysis.diff import _raw_view
+
+    raw = _raw_view(ck, ref)
+    return raw if raw is not None else ck.raw_bytes(ref.key)
+
+
+def _identity_rows(raws: list[Any], dtypes: list[str | None]) -> list[int]:
+    """For each model, the index of the first model whose stored tensor (dtype and bytes) is identical (itself
+    if none). Candidates are first bucketed by dtype, size and a few sampled bytes, so N different models cost
+    N cheap look-ups, not N² comparisons; within a bucket, bytes are compared (exact, no hash collisions)."""
     from sdlens.analysis.kernels import bits_equal
 
+    buckets: dict[tuple, list[int]] = {}
     rep: list[int] = []
     for i, r in enumerate(raws):
-        rep.append(next((j for j in sorted(set(rep)) if raws[j] is not None and r is not None
-                         and raws[j].dtype == r.dtype and bits_equal(raws[j], r)), i))
+        if r is None:
+            rep.append(i)
+            continue
+        mid = r.size // 2
+        key = (dtypes[i], r.size, r[:64].tobytes(), r[mid : mid + 64].tobytes(), r[-64:].tobytes())
+        same = buckets.setdefault(key, [])
+        rep.append(next((j for j in same if bits_equal(raws[j], r)), i))
+        if rep[-1] == i:
+            same.append(i)
     return rep
 
 
@@ -284,7 +301,6 @@ def run_task(
     """The sums of one task. Pure: depends only on the files and the task (safe to run anywhere)."""
     import torch
 
-    from sdlens.analysis.diff import _raw_view
 
     n = len(paths)
     owned = checkpoints is None
@@ -294,8 +310,11 @@ def run_task(
     try:
         for kp in task.keys:
             present = [i for i, r in enumerate(kp.refs) if r is not None]
-            raws = [_raw_view(cks[i], kp.refs[i]) if kp.refs[i] is not None else None for i in range(n)]
-            rep = _identity_rows([raws[i] if i in present else None for i in range(n)])
+            # the bytes that decide identity: the canonical slice, or the whole stored tensor when the slice
+            # is transposed (same stored tensor => same canonical tensor)
+            raws = [_identity_bytes(cks[i], kp.refs[i]) if kp.refs[i] is not None else None for i in range(n)]
+            dtypes = [cks[i].tensors[kp.refs[i].key].dtype if i in present else None for i in range(n)]
+            rep = _identity_rows([raws[i] if i in present else None for i in range(n)], dtypes)
             uniq = sorted({rep[i] for i in present})
             row_of = {m: r for r, m in enumerate(uniq)}
             d2, dot, l1 = _key_sums(cks, kp, uniq, with_l1, chunk_bytes, dev)
