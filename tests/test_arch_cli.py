@@ -13,7 +13,8 @@ from sdlens.analysis.cost import analyse
 from sdlens.arch import build as B
 from sdlens.arch.from_checkpoint import spec_from_config_json, spec_from_path
 
-ZOO = ["sd1_fp16", "sdxl_fp16", "sdxl_refiner", "sd3_medium", "sd35_medium", "flux_schnell", "sdxl_diffusers", "vae_sd"]
+ZOO = ["sd1_fp16", "sdxl_fp16", "sdxl_refiner", "sd3_medium", "sd35_medium", "flux_schnell", "auraflow", "hunyuandit",
+       "sdxl_diffusers", "vae_sd"]
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +24,8 @@ def small_zoo(tmp_path_factory):
     return build_zoo(tmp_path_factory.mktemp("archzoo"), ZOO)
 
 
-@pytest.mark.parametrize("name", ["sd1_fp16", "sdxl_fp16", "sdxl_refiner", "sd3_medium", "sd35_medium", "flux_schnell"])
+@pytest.mark.parametrize("name", ["sd1_fp16", "sdxl_fp16", "sdxl_refiner", "sd3_medium", "sd35_medium", "flux_schnell",
+                                  "auraflow", "hunyuandit"])
 def test_config_from_checkpoint_shapes_is_exact(small_zoo, name):
     """Non-standard widths (the tiny zoo) are measured as they are: the derived config rebuilds the file's
     denoiser parameter for parameter."""
@@ -35,7 +37,7 @@ def test_config_from_checkpoint_shapes_is_exact(small_zoo, name):
     assert r.components[0].matches
     assert sum(b.params for b in r.blocks) == r.params
     assert r.mbw_blocks == {"sd1_fp16": 25, "sdxl_fp16": 19, "sdxl_refiner": 25, "sd3_medium": 24,
-                            "sd35_medium": 24, "flux_schnell": 57}[name]
+                            "sd35_medium": 24, "flux_schnell": 57, "auraflow": 36, "hunyuandit": 40}[name]
 
 
 def test_full_size_checkpoint_is_the_released_model(tmp_path):

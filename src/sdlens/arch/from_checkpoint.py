@@ -104,8 +104,10 @@ def spec_from_path(path: Path) -> B.ArchSpec:
         cls_name, config = "FluxTransformer2DModel", flux_config_from_keys(keys)
     elif fam in ("sd3", "sd35", "sd35m"):
         cls_name, config = "SD3Transformer2DModel", sd3_config_from_keys(keys)
-    elif fam in ("auraflow", "hunyuandit"):
-        cls_name, config = C.DENOISERS[fam][0], dict(C.DENOISERS[fam][1])
+    elif fam == "auraflow":
+        cls_name, config = "AuraFlowTransformer2DModel", auraflow_config_from_keys(keys)
+    elif fam == "hunyuandit":
+        cls_name, config = "HunyuanDiT2DModel", hunyuandit_config_from_keys(keys)
     else:
         raise SdlensError(path, f"sdlens arch cannot derive a config for a {match.name} denoiser")
     model = B.build_denoiser(cls_name, config)
@@ -294,3 +296,54 @@ def sd3_config_from_keys(keys: Mapping[str, TensorInfo]) -> dict[str, Any]:
     if dual:
         cfg["dual_attention_layers"] = tuple(dual)
     return cfg
+
+
+def auraflow_config_from_keys(keys: Mapping[str, TensorInfo]) -> dict[str, Any]:
+    """AuraFlowTransformer2DModel kwargs from fal's single-file keys or diffusers' names."""
+    rel = C.DENOISERS["auraflow"][1]
+    p = rel["patch_size"]
+    x = _first(keys, "init_x_linear.weight", "pos_embed.proj.weight")
+    cond = _first(keys, "cond_seq_linear.weight", "context_embedder.weight")
+    pos = _first(keys, "positional_encoding", "pos_embed.pos_embed")
+    hidden = x.shape[0]
+    head = _head_dim(hidden, rel["attention_head_dim"])
+    return {
+        **rel,
+        "in_channels": x.shape[1] // (p * p),
+        "out_channels": _first(keys, "final_linear.weight", "proj_out.weight").shape[0] // (p * p),
+        "num_mmdit_layers": _count(keys, r"^(?:double_layers|joint_transformer_blocks)\.(\d+)\."),
+        "num_single_dit_layers": _count(keys, r"^(?:single_layers|single_transformer_blocks)\.(\d+)\."),
+        "num_attention_heads": hidden // head,
+        "attention_head_dim": head,
+        "joint_attention_dim": cond.shape[1],
+        "caption_projection_dim": cond.shape[0],
+        "pos_embed_max_size": pos.shape[1],
+        "sample_size": min(rel["sample_size"], math.isqrt(pos.shape[1]) * p),
+    }
+
+
+def hunyuandit_config_from_keys(keys: Mapping[str, TensorInfo]) -> dict[str, Any]:
+    """HunyuanDiT2DModel kwargs from the original repository's keys (``blocks.N.attn1.Wqkv`` ...)."""
+    rel = C.DENOISERS["hunyuandit"][1]
+    x = _first(keys, "x_embedder.proj.weight")
+    hidden, p = x.shape[0], x.shape[2]
+    head = _first(keys, "blocks.0.attn1.q_norm.weight").shape[0]
+    pool = _first(keys, "pooler.positional_embedding")
+    t5_len = pool.shape[0] - 1
+    return {
+        **rel,
+        "hidden_size": hidden,
+        "in_channels": x.shape[1],
+        "patch_size": p,
+        "num_layers": _count(keys, r"^blocks\.(\d+)\."),
+        "num_attention_heads": hidden // head,
+        "attention_head_dim": head,
+        "mlp_ratio": _first(keys, "blocks.0.mlp.fc1.weight").shape[0] / hidden,
+        "learn_sigma": _first(keys, "final_layer.linear.weight").shape[0] == 2 * x.shape[1] * p * p,
+        "cross_attention_dim": _first(keys, "blocks.0.attn2.kv_proj.weight").shape[1],
+        "cross_attention_dim_t5": pool.shape[1],
+        "pooled_projection_dim": _first(keys, "pooler.c_proj.weight").shape[0],
+        "text_len_t5": t5_len,
+        "text_len": _first(keys, "text_embedding_padding").shape[0] - t5_len,
+        "use_style_cond_and_image_meta_size": "style_embedder.weight" in keys,
+    }
