@@ -26,6 +26,7 @@ from typing import Any
 
 from sdlens.errors import CheckpointError
 from sdlens.io.dtypes import torch_dtype
+from sdlens.io.stream import read_exact
 
 BLOCK_BYTES = 32 << 20
 BLOCKS = 6
@@ -217,15 +218,7 @@ class SourcePass:
                     t0 = time.perf_counter()
                     data = self._get_free()
                     t1 = time.perf_counter()
-                    view = memoryview(data.numpy())[: end - begin]
-                    if fh.tell() != begin:
-                        fh.seek(begin)
-                    got = 0
-                    while got < end - begin:
-                        n = fh.readinto(view[got:])
-                        if not n:
-                            raise CheckpointError(f, f"file ended at byte {begin + got}, expected {end} (truncated?)")
-                        got += n
+                    got = read_exact(fh, begin, memoryview(data.numpy())[: end - begin], f)
                     t2 = time.perf_counter()
                     self.bytes_read += got
                     blk = _Block(self.pool, data, f, fd, begin, got, 2 if full else 1)

@@ -91,6 +91,22 @@ def _plan(ckpt: Checkpoint, keys: Iterable[str] | None, chunk: int) -> list[tupl
     return [tuple(s) for s in spans]  # type: ignore[misc]
 
 
+def read_exact(f: Any, begin: int, view: memoryview, source: str) -> int:
+    """Fill ``view`` with the file's bytes from ``begin`` (seeking only when not already there); a short file
+    is a ``CheckpointError`` naming it."""
+    from sdlens.errors import CheckpointError
+
+    if f.tell() != begin:
+        f.seek(begin)
+    got = 0
+    while got < len(view):
+        n = f.readinto(view[got:])
+        if not n:
+            raise CheckpointError(source, f"file ended at byte {begin + got}, expected {begin + len(view)} (truncated?)")
+        got += n
+    return got
+
+
 def stream(
     ckpt: Checkpoint, keys: Iterable[str] | None = None, chunk_bytes: int = DEFAULT_CHUNK, threaded: bool = True
 ) -> Iterator[Piece]:
@@ -108,16 +124,7 @@ def stream(
         if f is None:
             f = files[source] = open(source, "rb", buffering=0)  # noqa: SIM115
         buf = buffers[i % len(buffers)]
-        view = memoryview(buf)[: end - begin]
-        f.seek(begin)
-        got = 0
-        while got < end - begin:
-            n = f.readinto(view[got:])
-            if not n:
-                from sdlens.errors import CheckpointError
-
-                raise CheckpointError(source, f"file ended at byte {begin + got}, expected {end} (truncated?)")
-            got += n
+        read_exact(f, begin, memoryview(buf)[: end - begin], source)
         return span, buf
 
     def pieces(span, buf) -> Iterator[Piece]:
