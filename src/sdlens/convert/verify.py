@@ -149,6 +149,15 @@ def _json_files(plan: ConversionPlan, root: Path, rep: VerifyReport) -> None:
             rep.problems.append(f"{rel}: not written or not valid JSON")
 
 
+def _reopened(plan: ConversionPlan, root: Path, rep: VerifyReport):
+    """(relative name, planned entries, re-opened checkpoint) of every output file that opened as planned
+    (``_reopen`` records those that did not in ``rep``)."""
+    for rel, entries in plan.files.items():
+        out = _reopen(plan, rel, root / rel if plan.layout == "diffusers" else root, entries, rep)
+        if out is not None:
+            yield rel, entries, out
+
+
 def verify_written(plan: ConversionPlan, root: Path, expected: dict[str, dict[str, str]],
                    progress: Callable[[int], None] | None = None) -> VerifyReport:
     """Re-open every output file and check it against the plan and against what the conversion computed from
@@ -161,11 +170,7 @@ def verify_written(plan: ConversionPlan, root: Path, expected: dict[str, dict[st
     from sdlens.io.stream import stream
 
     rep = VerifyReport()
-    for rel, entries in plan.files.items():
-        path = root / rel if plan.layout == "diffusers" else root
-        out = _reopen(plan, rel, path, entries, rep)
-        if out is None:
-            continue
+    for rel, entries, out in _reopened(plan, root, rep):
         with out:
             want = expected.get(rel, {})
             by_key = {e.key: e for e in entries}
@@ -195,11 +200,7 @@ def verify_output(plan: ConversionPlan, root: Path, ckpts: list[Any],
 
     rep = VerifyReport(mode="full")
     cmp = _Compare()
-    for rel, entries in plan.files.items():
-        path = root / rel if plan.layout == "diffusers" else root
-        out = _reopen(plan, rel, path, entries, rep)
-        if out is None:
-            continue
+    for _rel, entries, out in _reopened(plan, root, rep):
         with out:
             srcs = source_streams(entries, ckpts)
             outs = stream(out, [e.key for e in entries if e.simple], CHUNK_BYTES)
