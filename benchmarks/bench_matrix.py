@@ -96,7 +96,9 @@ def main() -> None:
     t_read = min(sum(read_once_seconds(str(p)) for p in paths) for _ in range(2))
 
     out_dir = workdir / "out"
-    sd = measure([sys.executable, "-m", "sdlens.cli", "matrix", *map(str, paths), "--out", str(out_dir)])
+    cmd = [sys.executable, "-m", "sdlens.cli", "matrix", *map(str, paths), "--out", str(out_dir)]
+    sd = measure(cmd)
+    sd_np = measure([*cmd, "--no-plots"])
     plan_bytes = _plan_bytes(paths)
 
     # the notebook keeps every model in RAM: run it on as many models as fit, and scale by pairs if fewer
@@ -114,9 +116,12 @@ def main() -> None:
 
     print(f"read all files once  : {t_read:7.2f} s")
     print(f"notebook method      : {nb_seconds:7.2f} s  private {mb(nb.peak_anon)} ({n_nb} models loaded)")
-    print(f"sdlens matrix        : {sd.seconds:7.2f} s  private {mb(sd.peak_anon)} (incl. CSV, JSON and plots)")
-    print(f"speed-up vs notebook : {nb_seconds / sd.seconds:.1f}x (target >= 10x)")
-    print(f"sdlens / read time   : {sd.seconds / t_read:.2f}x (target <= 3x)")
+    print(f"sdlens matrix        : {sd.seconds:7.2f} s  private {mb(sd.peak_anon)} (CLI, incl. CSV, JSON and plots)")
+    print(f"  --no-plots         : {sd_np.seconds:7.2f} s  private {mb(sd_np.peak_anon)} (CLI, CSV and JSON)")
+    print(f"speed-up vs notebook : {nb_seconds / sd.seconds:.1f}x with plots, {nb_seconds / sd_np.seconds:.1f}x "
+          "without (target >= 10x)")
+    print(f"sdlens / read time   : {sd.seconds / t_read:.2f}x with plots, {sd_np.seconds / t_read:.2f}x without "
+          "(target <= 3x)")
     print(f"bytes read           : sdlens {gb(plan_bytes)} (each tensor once, from its mapped file: "
           f"{plan_bytes / size:.3f} of the files); notebook {gb(size)} (whole files, then kept in RAM)")
     n220 = 220

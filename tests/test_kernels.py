@@ -95,3 +95,69 @@ def test_bits_equal_small_arrays():
     b = a.copy()
     b[0] = -0.0
     assert not bits_equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", ["F16", "BF16"])
+def test_every_16_bit_pattern_widens_exactly(dtype):
+    # the kernels widen fp16 / bf16 with integer operations: check all 65536 bit patterns (Inf, NaN, subnormals)
+    raw = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16)
+    want = raw.view(np.float16).astype(np.float32) if dtype == "F16" else \
+        (raw.astype(np.uint32) << 16).view(np.float32)
+    rows = [raw.view(np.float16) if dtype == "F16" else raw, np.zeros_like(raw)]
+    got_sq = kernels.pair_rows(rows, dtype, 0, raw.size, 8)[3][0]
+    assert not np.isfinite(got_sq)  # Inf and NaN patterns reach the sums
+    finite = np.abs(want) < 2.0**60  # (bf16 goes up to 3e38, whose square is beyond float32)
+    fin = raw[finite]
+    got = kernels.pair_rows([fin.view(np.float16) if dtype == "F16" else fin], dtype, 0, fin.size, 8)[3][0]
+    assert got == pytest.approx((want[finite].astype(np.float64) ** 2).sum(), rel=1e-6)
+    # and value by value, through the widening the pair sums use
+    for v, w in zip(fin[::997], want[finite][::997], strict=True):
+        one = np.array([v], np.uint16)
+        s = kernels.pair_rows([one.view(np.float16) if dtype == "F16" else one, np.zeros(1, np.uint16)],
+                              dtype, 0, 1, 4)[2][0, 1]
+        assert s == abs(float(w))
+
+
+def _rows(u: int, n: int, dtype: str, seed: int = 0):
+    """u rows: a base, near copies (1e-3 relative) and far ones, stored as ``dtype``; with float64 values."""
+    rng = np.random.default_rng(seed)
+    base = rng.standard_normal(n, dtype=np.float32)
+    rows = [base + rng.standard_normal(n, dtype=np.float32) * np.float32(1e-3 if i % 2 else 1.0)
+            for i in range(u)]
+    stored = [r.astype(np.float16) if dtype == "F16" else _bf16(r) if dtype == "BF16" else r for r in rows]
+    return stored, np.stack([_values(r, dtype) for r in stored])
+
+
+@pytest.mark.parametrize("dtype", ["F16", "BF16", "F32"])
+@pytest.mark.parametrize(("u", "n"), [(1, 1000), (2, 7), (3, 1025), (5, 4099), (8, 20_000), (11, 3000)])
+def test_pair_rows_equal_float64(dtype, u, n):
+    stored, x = _rows(u, n, dtype)
+    d2, dp, l1, sq = kernels.pair_rows(stored, dtype, 0, n, 15)
+    diff = x[:, None, :] - x[None, :, :]
+    iu = np.triu_indices(u, 1)
+    np.testing.assert_allclose(d2[iu], (diff**2).sum(-1)[iu], rtol=1e-6)
+    np.testing.assert_allclose(l1[iu], np.abs(diff).sum(-1)[iu], rtol=1e-6)
+    nsq = (x * x).sum(1)
+    np.testing.assert_allclose(sq, nsq, rtol=1e-6)
+    # ‖a‖²−‖b‖², summed term by term: accurate relative to the (small) distance, not to the norms
+    scale = (diff**2).sum(-1)[iu].max(initial=0.0)
+    np.testing.assert_allclose(dp[iu], (nsq[:, None] - nsq[None, :])[iu], rtol=0, atol=1e-6 * scale)
+    assert not np.tril(d2).any() and not np.tril(l1).any()  # upper triangles only
+
+
+def test_pair_rows_range_and_threads_add_up(monkeypatch):
+    stored, _ = _rows(6, 50_001, "F16", seed=3)
+    whole = kernels.pair_rows(stored, "F16", 0, 50_001, 15)
+    halves = [kernels.pair_rows(stored, "F16", a, b, 15) for a, b in ((0, 20_480), (20_480, 50_001))]  # block-aligned
+    monkeypatch.setattr(kernels, "_SPLIT", 1000)
+    monkeypatch.setattr(kernels.os, "cpu_count", lambda: 4)
+    threaded = kernels.pair_rows(stored, "F16", 0, 50_001, 15)
+    for k in range(4):
+        np.testing.assert_allclose(halves[0][k] + halves[1][k], whole[k], rtol=1e-9)
+        np.testing.assert_allclose(threaded[k], whole[k], rtol=1e-9)
+
+
+def test_pair_rows_only_sums_what_is_wanted():
+    stored, _ = _rows(4, 3000, "F32")
+    d2, dp, l1, sq = kernels.pair_rows(stored, "F32", 0, 3000, 1)
+    assert d2.any() and not dp.any() and not l1.any() and not sq.any()

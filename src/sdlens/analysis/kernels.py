@@ -40,8 +40,10 @@ def _pool() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="sdlens-kernel")
 
 
-def _parts(n: int, align: int) -> list[tuple[int, int]]:
-    k = min(os.cpu_count() or 1, max(1, n // _SPLIT))
+def _parts(n: int, align: int, work: int = 1) -> list[tuple[int, int]]:
+    """``0:n`` cut into one part per thread (each a multiple of ``align`` long, but the last), when the work
+    (``n × work`` element operations) is worth the threads."""
+    k = min(os.cpu_count() or 1, max(1, n * work // _SPLIT), max(1, n // align))
     edges = [n * i // k // align * align for i in range(k)] + [n]
     return list(pairwise(edges))
 
@@ -82,25 +84,24 @@ def bits_equal(a: np.ndarray, b: np.ndarray) -> bool:
     return bool(_jit.bits_equal(a.view(view), b.view(view)))
 
 
-def gram_rows(rows: Sequence[np.ndarray], dtype: str, start: int, stop: int, with_l1: bool = False):
-    """(G, v, mm, L1) over elements ``start:stop`` of equally long flat arrays ``rows`` (the stored bytes of
-    ``dtype`` in ``KERNEL_DTYPES``), see ``_jit.gram_rows``. The range is cut into one part per thread; each
-    part's rows are copied into a contiguous block (a memcpy of the stored bytes) and summed by the kernel."""
+def pair_rows(rows: Sequence[np.ndarray], dtype: str, start: int, stop: int, want: int):
+    """(d2, dp, l1, sq) over elements ``start:stop`` of equally long flat arrays ``rows`` (the stored values of
+    ``dtype`` in ``KERNEL_DTYPES``, typically views on mapped files), see ``_jit.pair_rows``; ``want`` is a
+    combination of ``_jit.D2 | DP | L1 | SQ``. The kernel reads the rows where they lie (no copy); the range is
+    cut into one part per thread and the parts' sums are added."""
     from sdlens.analysis import _jit
 
     view = np.uint16 if dtype in ("F16", "BF16") else np.float32
-    flat = [np.ascontiguousarray(r).reshape(-1).view(view) for r in rows]
-    bf16 = dtype == "BF16"
-
-    def part(p: tuple[int, int]):
-        block = np.empty((len(flat), p[1] - p[0]), dtype=view)
-        for i, f in enumerate(flat):
-            block[i] = f[start + p[0] : start + p[1]]
-        return _jit.gram_rows(block, bf16, with_l1)
-
-    parts = _parts(stop - start, 1024)
-    results = [part(parts[0])] if len(parts) == 1 else list(_pool().map(part, parts))
-    g, v, mm, l1 = results[0]
-    for g2, v2, mm2, l12 in results[1:]:
-        g, v, mm, l1 = g + g2, v + v2, mm + mm2, l1 + l12
-    return g, v, mm, l1
+    flat = [np.ascontiguousarray(r).reshape(-1).view(view) for r in rows]  # kept alive during the calls
+    addrs = np.array([f.ctypes.data for f in flat], dtype=np.uint64)
+    kind = {"F16": _jit.F16, "BF16": _jit.BF16, "F32": _jit.F32}[dtype]
+    work = max(1, len(flat) * (len(flat) - 1) // 2) * bin(want & (_jit.D2 | _jit.DP | _jit.L1)).count("1")
+    parts = [(start + a, start + b) for a, b in _parts(stop - start, _jit.ROWS_BLOCK, work)]
+    if len(parts) == 1:
+        results = [_jit.pair_rows(addrs, kind, start, stop, want)]
+    else:
+        results = list(_pool().map(lambda p: _jit.pair_rows(addrs, kind, p[0], p[1], want), parts))
+    d2, dp, l1, sq = results[0]
+    for r in results[1:]:
+        d2, dp, l1, sq = d2 + r[0], dp + r[1], l1 + r[2], sq + r[3]
+    return d2, dp, l1, sq

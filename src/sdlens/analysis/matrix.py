@@ -73,7 +73,7 @@ class Plan:
     tasks: list[Task]
     groups: list[str]
     signatures: dict[str, list[str | None]]  # group -> per-model digest of its (key, shape) set, None = absent
-    with_l1: bool
+    metric: str
 
     @property
     def nbytes(self) -> int:
@@ -82,14 +82,15 @@ class Plan:
 
 @dataclass
 class Partial:
-    """Additive sums per group, each an N×N float64 array: ``d2`` Σ‖xi−xj‖², ``dot`` Σ⟨xi,xj⟩, ``sq``
-    Σ‖xi‖² over the keys both have, ``l1`` Σ|xi−xj|, ``same`` keys bit-identical, ``both`` keys both have."""
+    """Additive sums per group, each an N×N float64 array, over the keys both models have: ``d2`` Σ‖xi−xj‖²,
+    ``dp`` Σ(‖xi‖²−‖xj‖²) (summed term by term, without cancellation), ``sq`` Σ‖xi‖², ``l1`` Σ|xi−xj|,
+    ``same`` keys bit-identical, ``both`` keys both have. Only the sums the metric needs are filled."""
 
     n: int
     sums: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     done: set[int] = field(default_factory=set)
 
-    FIELDS = ("d2", "dot", "sq", "l1", "same", "both")
+    FIELDS = ("d2", "dp", "sq", "l1", "same", "both")
 
     def group(self, g: str) -> dict[str, np.ndarray]:
         if g not in self.sums:
@@ -166,7 +167,7 @@ def _component_groups(name: str) -> tuple[str, ...]:
     return (comp, "vae") if comp in _VAE else (comp,)
 
 
-def plan(paths: Sequence[str | Path], *, with_l1: bool = False, time_embed: str = "IN00") -> Plan:
+def plan(paths: Sequence[str | Path], *, metric: str = "l2", time_embed: str = "IN00") -> Plan:
     """Headers only: align every model's tensors by canonical name and cut the work into tasks."""
     if len(paths) < 2:
         raise SdlensError(None, "matrix needs at least two models")
@@ -229,7 +230,7 @@ def plan(paths: Sequence[str | Path], *, with_l1: bool = False, time_embed: str 
         for g, per in members.items()
     }
     groups = sorted(members, key=_group_order)
-    return Plan(models, tasks, groups, signatures, with_l1)
+    return Plan(models, tasks, groups, signatures, metric)
 
 
 def _group_order(g: str) -> tuple[int, str]:
@@ -288,24 +289,26 @@ def _identity_rows(raws: list[Any], dtypes: list[str | None]) -> list[int]:
     return rep
 
 
+def _wanted(metric: str) -> int:
+    """The kernel sums a metric needs (``_jit`` bits: D2 = 1, DP = 2, L1 = 4, SQ = 8)."""
+    return {"l2": 1, "cos": 1 | 2 | 8, "l1": 4}[metric]
+
+
 def run_task(
     paths: Sequence[str | Path],
     task: Task,
     *,
-    with_l1: bool = False,
+    metric: str = "l2",
     chunk_bytes: int = 512 << 20,
     device: str | None = None,
     progress: Callable[[int], None] | None = None,
     checkpoints: Sequence[Checkpoint] | None = None,
 ) -> Partial:
     """The sums of one task. Pure: depends only on the files and the task (safe to run anywhere)."""
-    import torch
-
-
     n = len(paths)
     owned = checkpoints is None
     cks = list(checkpoints) if checkpoints is not None else [open_checkpoint(p) for p in paths]
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    want = _wanted(metric)
     part = Partial(n, done={task.id})
     try:
         for kp in task.keys:
@@ -317,17 +320,16 @@ def run_task(
             rep = _identity_rows([raws[i] if i in present else None for i in range(n)], dtypes)
             uniq = sorted({rep[i] for i in present})
             row_of = {m: r for r, m in enumerate(uniq)}
-            d2, dot, l1 = _key_sums(cks, kp, uniq, with_l1, chunk_bytes, dev)
-            np.fill_diagonal(d2, 0.0)
+            sums = _key_sums(cks, kp, uniq, want, chunk_bytes, device)
             idx = np.array([row_of[rep[i]] for i in present])
             sel = np.ix_(present, present)
-            d2n, dotn, l1n = (t[np.ix_(idx, idx)] for t in (d2, dot, l1))
-            sq = np.repeat(np.diag(dotn)[:, None], len(present), axis=1)
+            d2n, dpn, l1n = (t[np.ix_(idx, idx)] for t in sums[:3])
+            sq = np.repeat(sums[3][idx][:, None], len(present), axis=1)
             same = (idx[:, None] == idx[None, :]).astype(np.float64)
             for g_name in kp.groups:
                 acc = part.group(g_name)
                 acc["d2"][sel] += d2n
-                acc["dot"][sel] += dotn
+                acc["dp"][sel] += dpn
                 acc["sq"][sel] += sq
                 acc["l1"][sel] += l1n
                 acc["same"][sel] += same
@@ -341,65 +343,102 @@ def run_task(
     return part
 
 
-def _key_sums(cks: Sequence[Checkpoint], kp: KeyPlan, uniq: list[int], with_l1: bool, chunk_bytes: int, dev):
-    """(‖xi−xj‖², ⟨xi,xj⟩, Σ|xi−xj|) between the unique rows of one key, u × u float64.
+def _key_sums(cks: Sequence[Checkpoint], kp: KeyPlan, uniq: list[int], want: int, chunk_bytes: int,
+              device: str | None):
+    """(d2, dp, l1, sq) between the unique rows of one key: u × u float64 (``dp`` antisymmetric, the others
+    symmetric) and the u row sums Σx².
 
-    Rows stored as fp16 / bf16 / fp32 (all alike) go straight from the mapped bytes to the fused kernel
-    (``kernels.gram_rows``, CPU threads); other rows (mixed dtypes, such as an fp16 copy beside fp32 models,
-    float64, transposed open_clip slices) are widened to float32 / float64 by torch first, or go to the GPU
-    when there is one."""
+    On the CPU the fused kernel (``kernels.pair_rows``) does the arithmetic: rows stored alike as fp16 / bf16 /
+    fp32 (nearly every key) straight from the mapped bytes, other rows (mixed dtypes, such as an fp16 copy
+    beside fp32 models; transposed open_clip slices) after torch has widened them to float32. On a GPU, for
+    float64 rows, and for tensors holding NaN / Inf (whose float32 sums are not finite), torch computes the
+    direct pairwise distances in float64."""
+    device = device or _default_device()
+    sums = _kernel_sums(cks, kp, uniq, want, chunk_bytes) if device == "cpu" else None
+    if sums is None or not all(np.isfinite(x).all() for x in sums):
+        sums = _chunked_sums(cks, kp, uniq, want, chunk_bytes, device, exact=True)
+    d2, dp, l1, sq = sums
+    return d2 + d2.T, dp - dp.T, l1 + l1.T, sq  # the kernels fill the upper triangles
+
+
+def _zero_sums(u: int) -> list[np.ndarray]:
+    return [np.zeros((u, u)), np.zeros((u, u)), np.zeros((u, u)), np.zeros(u)]
+
+
+def _add(sums: list[np.ndarray], part) -> None:
+    for acc, x in zip(sums, part, strict=True):
+        acc += x
+
+
+def _kernel_sums(cks: Sequence[Checkpoint], kp: KeyPlan, uniq: list[int], want: int, chunk_bytes: int):
     from sdlens.analysis.diff import _raw_view
-    from sdlens.analysis.kernels import KERNEL_DTYPES, gram_rows
+    from sdlens.analysis.kernels import KERNEL_DTYPES, pair_rows
+
+    dtypes = {cks[m].tensors[kp.refs[m].key].dtype for m in uniq}
+    if "F64" in dtypes:
+        return None
+    raws = [_raw_view(cks[m], kp.refs[m]) for m in uniq]
+    if len(dtypes) > 1 or next(iter(dtypes)) not in KERNEL_DTYPES or any(r is None for r in raws):
+        return _chunked_sums(cks, kp, uniq, want, chunk_bytes, "cpu", exact=False)
+    dtype = next(iter(dtypes))
+    sums = _zero_sums(len(uniq))
+    step = max(1 << 16, chunk_bytes // (len(uniq) * DTYPES[dtype].itemsize))
+    for s in range(0, kp.numel, step):
+        _add(sums, pair_rows(raws, dtype, s, min(kp.numel, s + step), want))
+    return sums
+
+
+def _chunked_sums(cks: Sequence[Checkpoint], kp: KeyPlan, uniq: list[int], want: int, chunk_bytes: int,
+                  device: str, *, exact: bool):
+    """Rows widened by torch chunk by chunk: to float32 for the CPU kernel, or (``exact``) to float64 for
+    torch's direct pairwise distances on ``device``."""
+    import torch
+
+    from sdlens.analysis.kernels import pair_rows
 
     u = len(uniq)
-    dtypes = {cks[m].tensors[kp.refs[m].key].dtype for m in uniq}
-    raws = [_raw_view(cks[m], kp.refs[m]) for m in uniq]
-    g, v, mm, l1 = np.zeros((u, u)), np.zeros(u), 0.0, np.zeros((u, u))
-    if len(dtypes) == 1 and next(iter(dtypes)) in KERNEL_DTYPES and all(r is not None for r in raws) and \
-            dev.type == "cpu":
-        dtype = next(iter(dtypes))
-        step = max(1 << 16, chunk_bytes // (u * 2 * DTYPES[dtype].itemsize))
-        for s in range(0, kp.numel, step):
-            g2, v2, mm2, l12 = gram_rows(raws, dtype, s, min(kp.numel, s + step), with_l1)
-            g, v, mm, l1 = g + g2, v + v2, mm + mm2, l1 + l12
-    else:
-        import torch
-
-        wide = torch.float64 if "F64" in dtypes or dev.type != "cpu" else torch.float32
-        flats = [_flat(cks[m], kp.refs[m]) for m in uniq]
-        step = max(1 << 16, chunk_bytes // (u * 8))
-        for s in range(0, kp.numel, step):
-            c = min(step, kp.numel - s)
-            x = torch.empty(u, c, dtype=wide)
-            for r, f in enumerate(flats):
-                x[r].copy_(f[s : s + c])
-            if dev.type != "cpu":
-                g2, v2, mm2, l12 = _gram_torch(x.to(dev), with_l1)
-            else:
-                g2, v2, mm2, l12 = gram_rows([row.numpy() for row in x.to(torch.float32)], "F32", 0, c, with_l1) \
-                    if wide == torch.float32 else _gram_torch(x, with_l1)
-            g, v, mm, l1 = g + g2, v + v2, mm + mm2, l1 + l12
-    d = np.diag(g)
-    d2 = np.clip(d[:, None] + d[None, :] - 2 * g, 0.0, None)
-    return d2, g + (v[:, None] + v[None, :]) + mm, l1  # grouped so that the result is exactly symmetric
+    wide = torch.float64 if exact else torch.float32
+    flats = [_flat(cks[m], kp.refs[m]) for m in uniq]
+    sums = _zero_sums(u)
+    step = max(1 << 16, chunk_bytes // (u * 8))
+    for s in range(0, kp.numel, step):
+        c = min(step, kp.numel - s)
+        x = torch.empty(u, c, dtype=wide)
+        for r, f in enumerate(flats):
+            x[r].copy_(f[s : s + c])
+        _add(sums, _pairs_torch(x.to(device), want) if exact else pair_rows(list(x.numpy()), "F32", 0, c, want))
+    return sums
 
 
-def _gram_torch(x, with_l1: bool):
-    """The kernel's sums with torch (float64 rows, CPU or GPU): G, v, mm, L1 as numpy."""
+def _default_device() -> str:
+    """"cuda" when torch sees a GPU, else "cpu" (without importing torch on machines with no NVIDIA driver)."""
+    if not Path("/proc/driver/nvidia").exists():
+        return "cpu"
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _pairs_torch(x, want: int):
+    """The kernel's sums with torch in float64 (CPU or GPU), each pair differenced directly; upper triangles
+    like the kernel's."""
     import torch
 
     x = x.double()
-    mean = x.mean(0)
-    y = x - mean
-    l1 = torch.cdist(y[None], y[None], p=1)[0] if with_l1 else torch.zeros(len(y), len(y), dtype=y.dtype)
-    return ((y @ y.T).cpu().numpy(), (y @ mean).cpu().numpy(), float(mean @ mean), l1.cpu().numpy())
+    zero = torch.zeros(len(x), len(x), dtype=x.dtype, device=x.device)
+    direct = "donot_use_mm_for_euclid_dist"
+    d2 = torch.cdist(x[None], x[None], compute_mode=direct)[0] ** 2 if want & 1 else zero
+    l1 = torch.cdist(x[None], x[None], p=1)[0] if want & 4 else zero
+    sq = (x * x).sum(1)
+    dp = sq[:, None] - sq[None, :] if want & 2 else zero
+    return tuple(np.triu(t.cpu().numpy(), 1) for t in (d2, dp, l1)) + (sq.cpu().numpy(),)
 
 
 # ----------------------------------------------------------------------------------------------- driver
 
 
 def _fingerprint(p: Plan, metric: str) -> str:
-    doc = {"models": [(m.path, m.size, m.header_sha256) for m in p.models], "l1": p.with_l1,
+    doc = {"models": [(m.path, m.size, m.header_sha256) for m in p.models],
            "tasks": [[k.name for k in t.keys] for t in p.tasks], "metric": metric}
     return hashlib.sha256(json.dumps(doc).encode()).hexdigest()
 
@@ -431,7 +470,7 @@ def matrix(
         import torch
 
         torch.set_num_threads(workers)
-    pl = plan(paths, with_l1=metric == "l1", time_embed=time_embed)
+    pl = plan(paths, metric=metric, time_embed=time_embed)
     if on_plan:
         on_plan(pl)
     n = len(pl.models)
@@ -447,7 +486,7 @@ def matrix(
         for task in pl.tasks:
             if task.id in total.done:
                 continue
-            total = total + run_task(paths, task, with_l1=pl.with_l1, chunk_bytes=chunk_bytes, device=device,
+            total = total + run_task(paths, task, metric=metric, chunk_bytes=chunk_bytes, device=device,
                                      progress=progress, checkpoints=cks)
             if state_path is not None:
                 total.save(state_path, fp)
@@ -455,6 +494,17 @@ def matrix(
         for ck in cks:
             ck.close()
     return finish(pl, total, metric=metric, by=by, ref=_ref_index(pl, ref))
+
+
+def _cosine_distance(acc: dict[str, np.ndarray]) -> np.ndarray:
+    """1 − cos from sums that keep their precision for nearly identical models:
+    1 − cos = (‖a−b‖² − (‖a‖−‖b‖)²) / (2‖a‖‖b‖), with ‖a‖−‖b‖ = (Σ‖a‖²−‖b‖² term by term) / (‖a‖+‖b‖)."""
+    na, nb = np.sqrt(acc["sq"]), np.sqrt(acc["sq"].T)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        gap = acc["dp"] / (na + nb)
+        m = np.clip((acc["d2"] - gap * gap) / (2 * na * nb), 0.0, 2.0)
+    m[np.diag_indices(len(m))] = 0.0
+    return m
 
 
 def _ref_index(pl: Plan, ref: str | Path | None) -> int:
@@ -486,15 +536,15 @@ def finish(pl: Plan, total: Partial, *, metric: str, by: str, ref: int = 0) -> M
         elif metric == "l1":
             m = acc["l1"].copy()
         else:
-            den = np.sqrt(acc["sq"] * acc["sq"].T)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                m = 1.0 - np.clip(acc["dot"] / den, -1.0, 1.0)
-            m[np.diag_indices(n)] = 0.0
-        m[~valid] = np.nan
+            m = _cosine_distance(acc)
+        broken = [names[i] for i in range(n) if valid[i, i] and not np.isfinite(m[i][valid[i]]).all()]
+        m[~valid | ~np.isfinite(m)] = np.nan
         matrices[g] = [[None if math.isnan(v) else float(v) for v in row] for row in m]
         absent = [names[i] for i in range(n) if sig[i] is None]
         other = [names[i] for i in present if sig[i] != common]
         parts = []
+        if broken:
+            parts.append(f"NaN or Inf weights in {', '.join(broken)} (their distances are left empty)")
         if absent:
             parts.append(f"no {g.removeprefix('block:')} in {', '.join(absent)}")
         if other:

@@ -130,22 +130,12 @@ def plot_from_ref(matrices: dict[str, np.ndarray], names: list[str], ref: int, p
 
 
 def plot_mds(m: np.ndarray, names: list[str], title: str, path: Path) -> Path:
-    """A 2-D map of the models whose pairwise distances best match the matrix (metric MDS, sklearn)."""
-    from sklearn.manifold import MDS
-
+    """A 2-D map of the models whose pairwise distances best match the matrix: classical (Torgerson) MDS,
+    the optimal 2-D projection for L2 distances, deterministic and with no iterations."""
     plt = _plt()
     keep = _comparable(m)
     sub = m[np.ix_(keep, keep)]
-    if len(keep) > 2:
-        import inspect
-
-        if "metric_mds" in inspect.signature(MDS).parameters:  # scikit-learn >= 1.8 names
-            mds = MDS(n_components=2, metric="precomputed", init="classical_mds", random_state=0)
-        else:
-            mds = MDS(n_components=2, dissimilarity="precomputed", random_state=0, n_init=4)
-        xy = mds.fit_transform(sub)
-    else:
-        xy = np.array([[0.0, 0.0], [float(sub[0, -1]), 0.0]])[: len(keep)]
+    xy = _classical_mds(sub)
     fig, ax = plt.subplots(figsize=(7, 6))
     ax.scatter(xy[:, 0], xy[:, 1], s=40)
     for (px, py), i in zip(xy, keep, strict=True):

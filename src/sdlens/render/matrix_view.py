@@ -14,7 +14,7 @@ from sdlens.analysis.matrix import MatrixResult
 from sdlens.io.atomic import write_text_atomic
 from sdlens.render.jsonout import dumps
 
-_DETAIL = ("vae_encoder", "vae_decoder", "schedule", "other")  # heatmaps only
+_DETAIL = ("vae_encoder", "vae_decoder", "schedule", "other")  # CSV and JSON only
 _METRIC = {"l2": "L2 distance ‖a−b‖₂", "l1": "L1 distance Σ|a−b|", "cos": "cosine distance 1 − cos(a, b)"}
 
 
@@ -42,10 +42,16 @@ def identity_csv(result: MatrixResult) -> str:
     return buf.getvalue()
 
 
+def _worth_plotting(group: str, m: np.ndarray) -> bool:
+    """Figures for the main groups that have something to show: the parts (VAE encoder / decoder), buffers and
+    groups whose models are all identical are in the CSVs, the JSON and the identity table only."""
+    if group in _DETAIL or np.isnan(m).all() or (~np.isnan(m)).sum(axis=1).max() < 2:
+        return False
+    return bool(np.nanmax(m) > 0)
+
+
 def write_outputs(result: MatrixResult, out_dir: Path, *, plots: bool = True) -> list[Path]:
     """CSV per group, matrix.json, identity.csv and (with ``plots``) the figures; each written atomically."""
-    from sdlens.render import matrix_plots as P
-
     out_dir = Path(out_dir)
     written = [write_text_atomic(out_dir / f"matrix-{_fname(g)}.csv", matrix_csv(result, g)) for g in result.matrices]
     written.append(write_text_atomic(out_dir / "matrix.json", dumps(result)))
@@ -54,18 +60,45 @@ def write_outputs(result: MatrixResult, out_dir: Path, *, plots: bool = True) ->
         return written
     label = _METRIC[result.metric]
     mats = {g: result.matrix(g) for g in result.matrices}
+    jobs: list[tuple[str, tuple]] = []
     for g, m in mats.items():
-        if np.isnan(m).all() or (~np.isnan(m)).sum(axis=1).max() < 2:
+        if not _worth_plotting(g, m):
             continue
-        written.append(P.plot_heatmap(m, result.names, f"{g}: {label}", out_dir / f"heatmap-{_fname(g)}.png"))
-        if not g.startswith("block:") and g not in _DETAIL:
-            written.append(P.plot_graph(m, result.names, f"{g}: {label}", out_dir / f"graph-{_fname(g)}.png"))
-            written.append(P.plot_mds(m, result.names, f"{g}: 2-D map (MDS) of {label}",
-                                      out_dir / f"mds-{_fname(g)}.png"))
+        jobs.append(("plot_heatmap", (m, result.names, f"{g}: {label}", out_dir / f"heatmap-{_fname(g)}.png")))
+        if not g.startswith("block:"):
+            jobs.append(("plot_graph", (m, result.names, f"{g}: {label}", out_dir / f"graph-{_fname(g)}.png")))
+            jobs.append(("plot_mds", (m, result.names, f"{g}: 2-D map (MDS) of {label}",
+                                      out_dir / f"mds-{_fname(g)}.png")))
     main = {g: m for g, m in mats.items() if not g.startswith("block:") and g not in _DETAIL}
-    written.append(P.plot_from_ref(main or mats, result.names, result.ref, out_dir / "from-ref.png"))
-    written.append(P.plot_identity(result.identity, result.names, out_dir / "identity.png"))
-    return written
+    jobs.append(("plot_from_ref", (main or mats, result.names, result.ref, out_dir / "from-ref.png")))
+    jobs.append(("plot_identity", (result.identity, result.names, out_dir / "identity.png")))
+    return written + _render_all(jobs)
+
+
+def _render(job: tuple[str, tuple]) -> Path:
+    from sdlens.render import matrix_plots
+
+    name, args = job
+    return getattr(matrix_plots, name)(*args)
+
+
+def _render_all(jobs: list[tuple[str, tuple]]) -> list[Path]:
+    """Draw the figures, in worker processes when there are several cores and figures: matplotlib is
+    single-threaded and its text layout is most of a figure's time. Workers are forked after matplotlib is
+    imported, so they start at once; where fork is unavailable the figures are drawn here, one by one."""
+    import multiprocessing as mp
+    import os
+
+    from sdlens.render import matrix_plots
+
+    matrix_plots._plt()  # imported once, inherited by the workers
+    workers = min(os.cpu_count() or 1, len(jobs) // 2)
+    if workers < 2 or "fork" not in mp.get_all_start_methods():
+        return [_render(j) for j in jobs]
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("fork")) as pool:
+        return list(pool.map(_render, jobs))
 
 
 def render_matrix(result: MatrixResult, console: Console, *, max_cols: int = 12) -> None:
