@@ -205,3 +205,60 @@ def test_open_clip_text_encoder_identity(tmp_path):
     assert r.identity["openclip_h"] == [["a.safetensors", "b.safetensors"]]
     assert r.matrix("openclip_h")[0, 1] == 0.0
     assert r.matrix("denoiser")[0, 1] > 0
+
+
+def test_nan_weights_leave_their_cells_empty_with_a_note(tmp_path):
+    from sdlens.testing.writers import save_safetensors
+    from sdlens.testing.zoo_matrix import UNET, _perturb
+    from sdlens.testing.zoo_unet import build_single_file
+
+    base = build_single_file("sd1", seed=0)
+    broken = _perturb(base, UNET, 0.02, seed=1)
+    key = next(k for k in broken if k.startswith(UNET) and k.endswith("weight") and broken[k].numel() > 100)
+    broken[key] = broken[key].clone()
+    broken[key].view(-1)[7] = float("nan")
+    paths = [save_safetensors(base, tmp_path / "a.safetensors"),
+             save_safetensors(_perturb(base, UNET, 0.02, seed=2), tmp_path / "b.safetensors"),
+             save_safetensors(broken, tmp_path / "nan.safetensors")]
+    r = M.matrix(paths)
+    m = r.matrix("denoiser")
+    assert np.isnan(m[2, :2]).all() and np.isnan(m[:2, 2]).all()
+    assert m[0, 1] > 0 and math.isfinite(m[0, 1])  # the other pair is unaffected
+    assert r.notes["denoiser"].startswith("NaN or Inf weights in nan.safetensors (1 tensors)")
+    assert not np.isnan(r.matrix("clip_l")).any()  # its other components are fine
+
+
+@pytest.mark.parametrize("metric", ["l2", "cos", "l1"])
+def test_exact_torch_path_matches_the_kernel(mzoo, metric):
+    # the float64 torch path (GPU, float64 rows, NaN fallback) and the CPU kernel give the same sums
+    paths = list(mzoo.values())[:4]
+    pl = M.plan(paths, metric=metric)
+    cks = [open_checkpoint(p) for p in paths]
+    try:
+        for kp in pl.tasks[0].keys[:40]:
+            uniq = [i for i, r in enumerate(kp.refs) if r is not None]
+            want = M._wanted(metric)
+            fast = M._kernel_sums(cks, kp, uniq, want, 1 << 20)
+            exact = M._chunked_sums(cks, kp, uniq, want, 1 << 20, "cpu", exact=True)
+            for k in [0, 1, 2] + [3] * bool(want & 8):  # Σx² is summed for cos only
+                e = exact[k]
+                # ‖a‖²−‖b‖² (k = 1) may itself be a cancelling sum; it only corrects 1 − cos, so it needs to be
+                # good to 1e-6 of itself or of ‖a−b‖²
+                scale = float(np.abs(exact[0] if k == 1 else e).max())
+                np.testing.assert_allclose(fast[k], e, rtol=1e-6, atol=1e-6 * scale + 1e-12)
+    finally:
+        for ck in cks:
+            ck.close()
+
+
+def test_cosine_keeps_precision_for_near_identical_models(mzoo, tensors):
+    r = M.matrix([mzoo["base"], mzoo["near"], mzoo["unet_ft"]], metric="cos")
+    x, y = tensors["base"], tensors["near"]
+    keys = [k for k in x if k.startswith("denoiser/")]
+    a = torch.cat([x[k] for k in keys])
+    b = torch.cat([y[k] for k in keys])
+    # 1 − cos by the stable formula, in float64: ‖a−b‖² − (‖a‖−‖b‖)² over 2‖a‖‖b‖
+    na, nb = a.norm(), b.norm()
+    want = float(((a - b).norm() ** 2 - (na - nb) ** 2) / (2 * na * nb))
+    assert want < 1e-8  # truly near: 1 − a·b/(‖a‖‖b‖) from float32 sums would have no digit left
+    assert r.matrix("denoiser")[0, 1] == pytest.approx(want, rel=1e-5)

@@ -84,13 +84,14 @@ class Plan:
 class Partial:
     """Additive sums per group, each an N×N float64 array, over the keys both models have: ``d2`` Σ‖xi−xj‖²,
     ``dp`` Σ(‖xi‖²−‖xj‖²) (summed term by term, without cancellation), ``sq`` Σ‖xi‖², ``l1`` Σ|xi−xj|,
-    ``same`` keys bit-identical, ``both`` keys both have. Only the sums the metric needs are filled."""
+    ``same`` keys bit-identical, ``both`` keys both have; on the diagonal, ``bad`` counts a model's tensors
+    holding NaN or Inf. Only the sums the metric needs are filled."""
 
     n: int
     sums: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     done: set[int] = field(default_factory=set)
 
-    FIELDS = ("d2", "dp", "sq", "l1", "same", "both")
+    FIELDS = ("d2", "dp", "sq", "l1", "same", "both", "bad")
 
     def group(self, g: str) -> dict[str, np.ndarray]:
         if g not in self.sums:
@@ -326,6 +327,7 @@ def run_task(
             d2n, dpn, l1n = (t[np.ix_(idx, idx)] for t in sums[:3])
             sq = np.repeat(sums[3][idx][:, None], len(present), axis=1)
             same = (idx[:, None] == idx[None, :]).astype(np.float64)
+            bad = np.diag((~np.isfinite(sums[3][idx])).astype(np.float64))  # the exact path's Σx² of each row
             for g_name in kp.groups:
                 acc = part.group(g_name)
                 acc["d2"][sel] += d2n
@@ -334,6 +336,7 @@ def run_task(
                 acc["l1"][sel] += l1n
                 acc["same"][sel] += same
                 acc["both"][sel] += 1.0
+                acc["bad"][sel] += bad
             if progress:
                 progress(kp.nbytes)
     finally:
@@ -537,14 +540,14 @@ def finish(pl: Plan, total: Partial, *, metric: str, by: str, ref: int = 0) -> M
             m = acc["l1"].copy()
         else:
             m = _cosine_distance(acc)
-        broken = [names[i] for i in range(n) if valid[i, i] and not np.isfinite(m[i][valid[i]]).all()]
+        broken = [f"{names[i]} ({int(acc['bad'][i, i])} tensors)" for i in range(n) if acc["bad"][i, i] > 0]
         m[~valid | ~np.isfinite(m)] = np.nan
         matrices[g] = [[None if math.isnan(v) else float(v) for v in row] for row in m]
         absent = [names[i] for i in range(n) if sig[i] is None]
         other = [names[i] for i in present if sig[i] != common]
         parts = []
         if broken:
-            parts.append(f"NaN or Inf weights in {', '.join(broken)} (their distances are left empty)")
+            parts.append(f"NaN or Inf weights in {', '.join(broken)}: their distances are left empty")
         if absent:
             parts.append(f"no {g.removeprefix('block:')} in {', '.join(absent)}")
         if other:

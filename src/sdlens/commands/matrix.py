@@ -21,12 +21,25 @@ def matrix(
     plots: Annotated[bool, typer.Option(help="Write the figures.")] = True,
 ) -> None:
     """How do these models relate? Distance matrices per component or merge block, identity groups, plots."""
-    from sdlens.analysis.matrix import matrix as run_matrix
-    from sdlens.cli import _progress_bar, err, out
     from sdlens.io.open import expand_paths
-    from sdlens.render.matrix_view import render_matrix, write_outputs
+    from sdlens.render.matrix_view import FigureWorkers
 
     files = expand_paths(paths)
+    figures = FigureWorkers() if plots else None  # forked now, before any thread: they import while we read
+    try:
+        _run(files, out_dir, figures, metric=metric, by=by, ref=ref, workers=workers, chunk_mb=chunk_mb,
+             resume=resume, plots=plots)
+    finally:
+        if figures is not None:
+            figures.close()
+
+
+def _run(files, out_dir: Path, figures, *, metric: str, by: str, ref: str | None, workers: int | None,
+         chunk_mb: int, resume: bool, plots: bool) -> None:
+    from sdlens.analysis.matrix import matrix as run_matrix
+    from sdlens.cli import _progress_bar, err, out
+    from sdlens.render.matrix_view import render_matrix, write_outputs
+
     state = out_dir / ".matrix-partial.npz"
     bar = {}
 
@@ -49,7 +62,7 @@ def matrix(
         if bar:
             bar["p"].stop()
     render_matrix(result, out)
-    written = write_outputs(result, out_dir, plots=plots)
+    written = write_outputs(result, out_dir, plots=plots, figures=figures)
     state.unlink(missing_ok=True)
     out.print(f"written to {out_dir}: " + ", ".join(p.name for p in written), soft_wrap=True)
 

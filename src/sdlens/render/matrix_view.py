@@ -50,8 +50,10 @@ def _worth_plotting(group: str, m: np.ndarray) -> bool:
     return bool(np.nanmax(m) > 0)
 
 
-def write_outputs(result: MatrixResult, out_dir: Path, *, plots: bool = True) -> list[Path]:
-    """CSV per group, matrix.json, identity.csv and (with ``plots``) the figures; each written atomically."""
+def write_outputs(result: MatrixResult, out_dir: Path, *, plots: bool = True,
+                  figures: FigureWorkers | None = None) -> list[Path]:
+    """CSV per group, matrix.json, identity.csv and (with ``plots``) the figures, drawn by ``figures`` (started
+    early by the caller) or by workers started here; each file written atomically."""
     out_dir = Path(out_dir)
     written = [write_text_atomic(out_dir / f"matrix-{_fname(g)}.csv", matrix_csv(result, g)) for g in result.matrices]
     written.append(write_text_atomic(out_dir / "matrix.json", dumps(result)))
@@ -72,7 +74,10 @@ def write_outputs(result: MatrixResult, out_dir: Path, *, plots: bool = True) ->
     main = {g: m for g, m in mats.items() if not g.startswith("block:") and g not in _DETAIL}
     jobs.append(("plot_from_ref", (main or mats, result.names, result.ref, out_dir / "from-ref.png")))
     jobs.append(("plot_identity", (result.identity, result.names, out_dir / "identity.png")))
-    return written + _render_all(jobs)
+    if figures is not None:
+        return written + figures.draw(jobs)
+    with FigureWorkers(min(len(jobs) // 2, 4) or 1) as own:
+        return written + own.draw(jobs)
 
 
 def _render(job: tuple[str, tuple]) -> Path:
@@ -82,23 +87,56 @@ def _render(job: tuple[str, tuple]) -> Path:
     return getattr(matrix_plots, name)(*args)
 
 
-def _render_all(jobs: list[tuple[str, tuple]]) -> list[Path]:
-    """Draw the figures, in worker processes when there are several cores and figures: matplotlib is
-    single-threaded and its text layout is most of a figure's time. Workers are forked after matplotlib is
-    imported, so they start at once; where fork is unavailable the figures are drawn here, one by one."""
-    import multiprocessing as mp
-    import os
+def _ignore_interrupts() -> None:
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+
+
+def _warm() -> None:
+    """Import what the figures need (in a worker, while the parent computes)."""
+    import networkx  # noqa: F401
+    import scipy.cluster.hierarchy  # noqa: F401
 
     from sdlens.render import matrix_plots
 
-    matrix_plots._plt()  # imported once, inherited by the workers
-    workers = min(os.cpu_count() or 1, len(jobs) // 2)
-    if workers < 2 or "fork" not in mp.get_all_start_methods():
-        return [_render(j) for j in jobs]
-    from concurrent.futures import ProcessPoolExecutor
+    matrix_plots._plt()
 
-    with ProcessPoolExecutor(workers, mp_context=mp.get_context("fork")) as pool:
-        return list(pool.map(_render, jobs))
+
+class FigureWorkers:
+    """Worker processes for the figures, started early: matplotlib is single-threaded and slow to import, so
+    ``sdlens matrix`` forks the workers before its own threads start and lets them import while the parent
+    reads headers, then hands them the figures. Where fork is unavailable (or on one core) the figures are
+    drawn in this process."""
+
+    def __init__(self, workers: int | None = None):
+        import multiprocessing as mp
+        import os
+
+        self.pool = None
+        workers = workers or min(os.cpu_count() or 1, 4)
+        if workers >= 2 and "fork" in mp.get_all_start_methods():
+            from concurrent.futures import ProcessPoolExecutor
+
+            self.pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("fork"),
+                                            initializer=_ignore_interrupts)
+            for _ in range(workers):
+                self.pool.submit(_warm)
+
+    def draw(self, jobs: list[tuple[str, tuple]]) -> list[Path]:
+        if self.pool is None:
+            return [_render(j) for j in jobs]
+        return list(self.pool.map(_render, jobs))
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(cancel_futures=True)
+
+    def __enter__(self) -> FigureWorkers:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def render_matrix(result: MatrixResult, console: Console, *, max_cols: int = 12) -> None:
