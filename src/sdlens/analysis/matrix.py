@@ -1,11 +1,12 @@
 """N×N distance matrices over many checkpoints, each file read once, memory bounded.
 
-For L2 and cosine everything follows from Gram matrices: ‖a−b‖² = ‖a‖² + ‖b‖² − 2⟨a,b⟩. One pass over the
-aligned tensors (diff's canonical names) holds, per key (or chunk of a large key), the N models' slices in a
-float64 block X (N × chunk), centres it on the per-key mean (so that near-identical models do not lose
-precision to cancellation) and accumulates Y·Yᵀ into every group's matrices (component, merge block). Models
-whose tensor is bit-identical share one row (found by comparing bytes, stopping at the first difference), so
-"same VAE as model 7" is exactly 0. L1 (optional) comes from the same rows with ``torch.cdist(p=1)``.
+One pass over the aligned tensors (diff's canonical names): per key (or chunk of a large key), the fused
+kernel (``kernels.pair_rows``) reads the N models' stored values from their memory maps and sums every pair's
+(a−b)², |a−b| or (a−b)(a+b) directly (exact to float32 rounding for every pair, float64 across blocks), and the
+sums are added into every group the key belongs to (component, merge block). Models whose tensor is
+bit-identical share one row (found by comparing bytes, stopping at the first difference), so "same VAE as
+model 7" is exactly 0. GPUs, float64 tensors and tensors with NaN / Inf take torch's float64 pairwise
+distances instead.
 
 The work is a list of independent :class:`Task` s whose :class:`Partial` results add: ``run_task`` is a pure
 function of (model paths, task), so the same tasks can be mapped over a Dask cluster and summed. The driver
