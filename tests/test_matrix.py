@@ -262,3 +262,13 @@ def test_cosine_keeps_precision_for_near_identical_models(mzoo, tensors):
     want = float(((a - b).norm() ** 2 - (na - nb) ** 2) / (2 * na * nb))
     assert want < 1e-8  # truly near: 1 − a·b/(‖a‖‖b‖) from float32 sums would have no digit left
     assert r.matrix("denoiser")[0, 1] == pytest.approx(want, rel=1e-5)
+
+
+def test_workers_setting_gives_the_same_matrices_and_is_restored(mzoo, l2):
+    from sdlens.analysis import kernels
+
+    before = kernels.threads()
+    r = M.matrix(list(mzoo.values()), workers=1)
+    assert kernels.threads() == before
+    for g in ("denoiser", "clip_l", "vae"):
+        np.testing.assert_allclose(r.matrix(g), l2.matrix(g), rtol=1e-12, equal_nan=True)

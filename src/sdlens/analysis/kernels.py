@@ -35,15 +35,33 @@ class PairSums(NamedTuple):
     max_abs: float  # max |a−b|
 
 
+_threads: int | None = None  # None: every core
+
+
+def set_threads(n: int | None) -> int | None:
+    """How many threads the kernels use (``None``: one per core); returns the previous setting."""
+    global _threads
+    previous, _threads = _threads, (n if n and n > 0 else None)
+    return previous
+
+
+def threads() -> int:
+    return _threads or os.cpu_count() or 1
+
+
 @cache
+def _executor(n: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=n, thread_name_prefix="sdlens-kernel")
+
+
 def _pool() -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="sdlens-kernel")
+    return _executor(threads())
 
 
 def _parts(n: int, align: int, work: int = 1) -> list[tuple[int, int]]:
     """``0:n`` cut into one part per thread (each a multiple of ``align`` long, but the last), when the work
     (``n × work`` element operations) is worth the threads."""
-    k = min(os.cpu_count() or 1, max(1, n * work // _SPLIT), max(1, n // align))
+    k = min(threads(), max(1, n * work // _SPLIT), max(1, n // align))
     edges = [n * i // k // align * align for i in range(k)] + [n]
     return list(pairwise(edges))
 

@@ -464,16 +464,17 @@ def matrix(
 ) -> MatrixResult:
     """Distance matrices between ``paths`` (any formats / layouts), per component or merge block.
 
+    ``workers``: threads for the arithmetic (default: one per core); ``device``: "cpu", "cuda", … (default:
+    the GPU when torch sees one).
+
     ``state``: file for the running sums (saved atomically after each task); with ``resume`` an
     interrupted run continues from it and gives the same matrices."""
     if metric not in METRICS:
         raise SdlensError(None, f"unknown metric {metric!r}: use one of {', '.join(METRICS)}")
     if by not in ("component", "block"):
         raise SdlensError(None, f"unknown --by {by!r}: use component or block")
-    if workers:
-        import torch
+    from sdlens.analysis import kernels
 
-        torch.set_num_threads(workers)
     pl = plan(paths, metric=metric, time_embed=time_embed)
     if on_plan:
         on_plan(pl)
@@ -486,6 +487,7 @@ def matrix(
         if progress:
             progress(sum(t.nbytes for t in pl.tasks if t.id in total.done))
     cks = [open_checkpoint(p) for p in paths]
+    previous = kernels.set_threads(workers) if workers else None
     try:
         for task in pl.tasks:
             if task.id in total.done:
@@ -495,6 +497,8 @@ def matrix(
             if state_path is not None:
                 total.save(state_path, fp)
     finally:
+        if workers:
+            kernels.set_threads(previous)
         for ck in cks:
             ck.close()
     return finish(pl, total, metric=metric, by=by, ref=_ref_index(pl, ref))

@@ -15,7 +15,7 @@ def matrix(
     by: Annotated[str, typer.Option(help="component or block (merge blocks of the denoiser).")] = "component",
     ref: Annotated[str | None, typer.Option(help="Reference model (file name or path) for the distance line chart.")] = None,
     out_dir: Annotated[Path, typer.Option("--out", help="Where to write CSV, JSON and plots.")] = Path("matrix-out"),
-    workers: Annotated[int | None, typer.Option(help="CPU threads for the matrix products (default: all).")] = None,
+    workers: Annotated[int | None, typer.Option(help="Threads for the arithmetic (default: one per core).")] = None,
     chunk_mb: Annotated[int, typer.Option(help="Memory for one key's rows of all models, in MB.")] = 512,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run from its saved partial results.")] = False,
     plots: Annotated[bool, typer.Option(help="Write the figures.")] = True,

@@ -105,17 +105,18 @@ def _warm() -> None:
 
 class FigureWorkers:
     """Worker processes for the figures, started early: matplotlib is single-threaded and slow to import, so
-    ``sdlens matrix`` forks the workers before its own threads start and lets them import while the parent
-    reads headers, then hands them the figures. Where fork is unavailable (or on one core) the figures are
-    drawn in this process."""
+    ``sdlens matrix`` forks the workers before any thread of its own starts and lets them import while it
+    reads headers and computes, then hands them the figures. Where fork is unavailable or unsafe (one core, or
+    threads already running in this process) the figures are drawn here, one by one."""
 
     def __init__(self, workers: int | None = None):
         import multiprocessing as mp
         import os
+        import threading
 
         self.pool = None
         workers = workers or min(os.cpu_count() or 1, 4)
-        if workers >= 2 and "fork" in mp.get_all_start_methods():
+        if workers >= 2 and "fork" in mp.get_all_start_methods() and threading.active_count() == 1:
             from concurrent.futures import ProcessPoolExecutor
 
             self.pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("fork"),
