@@ -14,6 +14,7 @@ saves the running sum atomically after every task, and ``resume=True`` continues
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -291,6 +292,13 @@ def _identity_rows(raws: list[Any], dtypes: list[str | None]) -> list[int]:
     return rep
 
 
+@functools.cache
+def _key_pool():
+    from concurrent.futures import ThreadPoolExecutor
+
+    return ThreadPoolExecutor(2, thread_name_prefix="sdlens-matrix-key")
+
+
 def _wanted(metric: str) -> int:
     """The kernel sums a metric needs (``_jit`` bits: D2 = 1, DP = 2, L1 = 4, SQ = 8)."""
     return {"l2": 1, "cos": 1 | 2 | 8, "l1": 4}[metric]
@@ -312,18 +320,29 @@ def run_task(
     cks = list(checkpoints) if checkpoints is not None else [open_checkpoint(p) for p in paths]
     want = _wanted(metric)
     part = Partial(n, done={task.id})
+    from sdlens.analysis.kernels import threads
+
+    concurrent = threads() > 1
+    per_key = chunk_bytes // 2 if concurrent else chunk_bytes  # two keys in flight share the chunk budget
+
+    def key_sums(kp: KeyPlan):
+        present = [i for i, r in enumerate(kp.refs) if r is not None]
+        # the bytes that decide identity: the canonical slice, or the whole stored tensor when the slice is
+        # transposed (same stored tensor => same canonical tensor)
+        raws = [_identity_bytes(cks[i], kp.refs[i]) if i in present else None for i in range(n)]
+        dtypes = [cks[i].tensors[kp.refs[i].key].dtype if i in present else None for i in range(n)]
+        rep = _identity_rows(raws, dtypes)
+        uniq = sorted({rep[i] for i in present})
+        row_of = {m: r for r, m in enumerate(uniq)}
+        return present, np.array([row_of[rep[i]] for i in present]), \
+            _key_sums(cks, kp, uniq, want, per_key, device)
+
+    # two keys at a time: while one key's bytes are compared or its small kernel runs on one core, the next
+    # one's use the other (the kernels release the GIL); the sums are added here, in key order
+    pending = [_key_pool().submit(key_sums, kp) for kp in task.keys] if concurrent else None
     try:
-        for kp in task.keys:
-            present = [i for i, r in enumerate(kp.refs) if r is not None]
-            # the bytes that decide identity: the canonical slice, or the whole stored tensor when the slice
-            # is transposed (same stored tensor => same canonical tensor)
-            raws = [_identity_bytes(cks[i], kp.refs[i]) if kp.refs[i] is not None else None for i in range(n)]
-            dtypes = [cks[i].tensors[kp.refs[i].key].dtype if i in present else None for i in range(n)]
-            rep = _identity_rows([raws[i] if i in present else None for i in range(n)], dtypes)
-            uniq = sorted({rep[i] for i in present})
-            row_of = {m: r for r, m in enumerate(uniq)}
-            sums = _key_sums(cks, kp, uniq, want, chunk_bytes, device)
-            idx = np.array([row_of[rep[i]] for i in present])
+        for k, kp in enumerate(task.keys):
+            present, idx, sums = pending[k].result() if pending else key_sums(kp)
             sel = np.ix_(present, present)
             d2n, dpn, l1n = (t[np.ix_(idx, idx)] for t in sums[:3])
             sq = np.repeat(sums[3][idx][:, None], len(present), axis=1)
@@ -341,6 +360,8 @@ def run_task(
             if progress:
                 progress(kp.nbytes)
     finally:
+        for f in pending or []:
+            f.cancel()
         if owned:
             for ck in cks:
                 ck.close()
