@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 from pathlib import Path
@@ -87,51 +88,76 @@ def _render(job: tuple[str, tuple]) -> Path:
     return getattr(matrix_plots, name)(*args)
 
 
-def _ignore_interrupts() -> None:
+def _figure_server(conn, workers: int) -> None:
+    """Runs in a process forked at start-up: imports what the figures need once (while the parent reads and
+    computes), waits for the figure list, then draws it with ``workers`` processes forked from here, so none
+    of them imports anything again."""
     import signal
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
-
-
-def _warm() -> None:
-    """Import what the figures need (in a worker, while the parent computes)."""
     import networkx  # noqa: F401
     import scipy.cluster.hierarchy  # noqa: F401
 
     from sdlens.render import matrix_plots
 
     matrix_plots._plt()
+    try:
+        jobs = conn.recv()
+    except EOFError:  # the parent has gone
+        return
+    if not jobs:
+        return
+    try:
+        with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=get_context("fork")) as pool:
+            conn.send(("ok", list(pool.map(_render, jobs))))
+    except Exception as e:  # noqa: BLE001 - handed to the parent, which raises it
+        conn.send(("error", e))
 
 
 class FigureWorkers:
-    """Worker processes for the figures, started early: matplotlib is single-threaded and slow to import, so
-    ``sdlens matrix`` forks the workers before any thread of its own starts and lets them import while it
-    reads headers and computes, then hands them the figures. Where fork is unavailable or unsafe (one core, or
-    threads already running in this process) the figures are drawn here, one by one."""
+    """Figure drawing off the main process, prepared early: matplotlib is single-threaded and slow to import.
+    ``sdlens matrix`` forks one server before any thread of its own starts; it imports matplotlib, scipy and
+    networkx while the parent reads headers and computes, then draws the figures with workers forked from it.
+    Where fork is unavailable or unsafe (one core, or threads already running here) the figures are drawn in
+    this process, one by one."""
 
     def __init__(self, workers: int | None = None):
         import multiprocessing as mp
         import os
         import threading
 
-        self.pool = None
+        self.server = self.conn = None
         workers = workers or min(os.cpu_count() or 1, 4)
         if workers >= 2 and "fork" in mp.get_all_start_methods() and threading.active_count() == 1:
-            from concurrent.futures import ProcessPoolExecutor
-
-            self.pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("fork"),
-                                            initializer=_ignore_interrupts)
-            for _ in range(workers):
-                self.pool.submit(_warm)
+            ctx = mp.get_context("fork")
+            self.conn, theirs = ctx.Pipe()
+            self.server = ctx.Process(target=_figure_server, args=(theirs, workers))  # not daemonic: it forks
+            self.server.start()
+            theirs.close()
 
     def draw(self, jobs: list[tuple[str, tuple]]) -> list[Path]:
-        if self.pool is None:
+        if self.server is None or not jobs:
             return [_render(j) for j in jobs]
-        return list(self.pool.map(_render, jobs))
+        self.conn.send(jobs)
+        status, value = self.conn.recv()
+        self.close()
+        if status == "error":
+            raise value
+        return value
 
     def close(self) -> None:
-        if self.pool is not None:
-            self.pool.shutdown(cancel_futures=True)
+        if self.server is None:
+            return
+        if self.server.is_alive():
+            with contextlib.suppress(OSError):
+                self.conn.send([])  # nothing (more) to draw
+            self.server.join(5)
+            if self.server.is_alive():
+                self.server.terminate()
+        self.conn.close()
+        self.server = None
 
     def __enter__(self) -> FigureWorkers:
         return self
