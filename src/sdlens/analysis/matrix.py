@@ -178,10 +178,16 @@ def plan(paths: Sequence[str | Path], *, metric: str = "l2", time_embed: str = "
     indexes: list[dict[str, CanonRef]] = []
     infos: list[dict[str, Any]] = []
     orders: list[dict[str, int]] = []
+    layouts: dict[str, tuple[dict[str, CanonRef], str]] = {}  # a folder of fine-tunes shares one key layout
     for p in paths:
         with open_checkpoint(p) as ck:
-            idx, fam = canonical_index(ck.tensors, getattr(ck, "configs", None))
-            table = json.dumps(sorted((k, t.dtype, list(t.shape), t.offset) for k, t in ck.tensors.items()))
+            entries = sorted((k, t.dtype, list(t.shape), t.offset) for k, t in ck.tensors.items())
+            configs = getattr(ck, "configs", None)
+            layout = None if configs else json.dumps([e[:3] for e in entries])
+            if layout not in layouts:
+                layouts[layout] = canonical_index(ck.tensors, configs)
+            idx, fam = layouts[layout] if layout is not None else layouts.pop(None)
+            table = json.dumps(entries)
             size = sum(Path(s).stat().st_size for s in {t.source for t in ck.tensors.values()})
             models.append(ModelInfo(str(p), Path(p).name, fam, size, hashlib.sha256(table.encode()).hexdigest()))
             indexes.append(idx)
