@@ -61,8 +61,8 @@ def _run(files, out_dir: Path, figures, *, metric: str, by: str, ref: str | None
     finally:
         if bar:
             bar["p"].stop()
-    render_matrix(result, out)
-    written = write_outputs(result, out_dir, plots=plots, figures=figures)
+    written = write_outputs(result, out_dir, plots=plots, figures=figures,
+                            while_drawing=lambda: render_matrix(result, out))
     state.unlink(missing_ok=True)
     out.print(f"written to {out_dir}: " + ", ".join(p.name for p in written), soft_wrap=True)
 

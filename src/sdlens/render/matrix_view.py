@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -51,16 +52,8 @@ def _worth_plotting(group: str, m: np.ndarray) -> bool:
     return bool(np.nanmax(m) > 0)
 
 
-def write_outputs(result: MatrixResult, out_dir: Path, *, plots: bool = True,
-                  figures: FigureWorkers | None = None) -> list[Path]:
-    """CSV per group, matrix.json, identity.csv and (with ``plots``) the figures, drawn by ``figures`` (started
-    early by the caller) or by workers started here; each file written atomically."""
-    out_dir = Path(out_dir)
-    written = [write_text_atomic(out_dir / f"matrix-{_fname(g)}.csv", matrix_csv(result, g)) for g in result.matrices]
-    written.append(write_text_atomic(out_dir / "matrix.json", dumps(result)))
-    written.append(write_text_atomic(out_dir / "identity.csv", identity_csv(result)))
-    if not plots:
-        return written
+def figure_jobs(result: MatrixResult, out_dir: Path) -> list[tuple[str, tuple]]:
+    """The figures to draw, as (``matrix_plots`` function name, arguments)."""
     label = _METRIC[result.metric]
     mats = {g: result.matrix(g) for g in result.matrices}
     jobs: list[tuple[str, tuple]] = []
@@ -75,10 +68,31 @@ def write_outputs(result: MatrixResult, out_dir: Path, *, plots: bool = True,
     main = {g: m for g, m in mats.items() if not g.startswith("block:") and g not in _DETAIL}
     jobs.append(("plot_from_ref", (main or mats, result.names, result.ref, out_dir / "from-ref.png")))
     jobs.append(("plot_identity", (result.identity, result.names, out_dir / "identity.png")))
-    if figures is not None:
-        return written + figures.draw(jobs)
-    with FigureWorkers(min(len(jobs) // 2, 4) or 1) as own:
-        return written + own.draw(jobs)
+    return jobs
+
+
+def write_outputs(result: MatrixResult, out_dir: Path, *, plots: bool = True, figures: FigureWorkers | None = None,
+                  while_drawing: Callable[[], None] | None = None) -> list[Path]:
+    """CSV per group, matrix.json, identity.csv and (with ``plots``) the figures, drawn by ``figures`` (started
+    early by the caller) or by workers started here; each file written atomically. The figures are handed out
+    first; the data files are written (and ``while_drawing`` runs) while they are drawn."""
+    out_dir = Path(out_dir)
+    own = None
+    if plots and figures is None:
+        figures = own = FigureWorkers()
+    try:
+        if plots:
+            figures.submit(figure_jobs(result, out_dir))
+        written = [write_text_atomic(out_dir / f"matrix-{_fname(g)}.csv", matrix_csv(result, g))
+                   for g in result.matrices]
+        written.append(write_text_atomic(out_dir / "matrix.json", dumps(result)))
+        written.append(write_text_atomic(out_dir / "identity.csv", identity_csv(result)))
+        if while_drawing:
+            while_drawing()
+        return written + (figures.results() if plots else [])
+    finally:
+        if own is not None:
+            own.close()
 
 
 def _render(job: tuple[str, tuple]) -> Path:
@@ -129,6 +143,7 @@ class FigureWorkers:
         import threading
 
         self.server = self.conn = None
+        self._jobs: list[tuple[str, tuple]] = []
         workers = workers or min(os.cpu_count() or 1, 4)
         if workers >= 2 and "fork" in mp.get_all_start_methods() and threading.active_count() == 1:
             ctx = mp.get_context("fork")
@@ -137,10 +152,17 @@ class FigureWorkers:
             self.server.start()
             theirs.close()
 
-    def draw(self, jobs: list[tuple[str, tuple]]) -> list[Path]:
+    def submit(self, jobs: list[tuple[str, tuple]]) -> None:
+        """Hand the figures to the workers (drawn here, now, when there are none)."""
+        self._jobs = jobs
+        if self.server is not None and jobs:
+            self.conn.send(jobs)
+
+    def results(self) -> list[Path]:
+        """The files of the submitted figures, once drawn."""
+        jobs, self._jobs = self._jobs, []
         if self.server is None or not jobs:
             return [_render(j) for j in jobs]
-        self.conn.send(jobs)
         status, value = self.conn.recv()
         self.close()
         if status == "error":
