@@ -117,17 +117,24 @@ def _figure_server(conn, workers: int) -> None:
     from sdlens.render import matrix_plots
 
     matrix_plots._plt()
-    try:
-        jobs = conn.recv()
-    except EOFError:  # the parent has gone
-        return
-    if not jobs:
-        return
-    try:
-        with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=get_context("fork")) as pool:
-            conn.send(("ok", list(pool.map(_render, jobs))))
-    except Exception as e:  # noqa: BLE001 - handed to the parent, which raises it
-        conn.send(("error", e))
+    with ProcessPoolExecutor(workers, mp_context=get_context("fork")) as pool:
+        pool.submit(int)  # the workers are forked now, ready before the figures arrive
+        try:
+            jobs = conn.recv()
+        except EOFError:  # the parent has gone
+            return
+        if not jobs:
+            return
+        # the slowest figures first, so that the workers finish together
+        order = sorted(range(len(jobs)), key=lambda k: _COST.get(jobs[k][0], 1))
+        try:
+            drawn = dict(zip(order, pool.map(_render, [jobs[k] for k in order]), strict=True))
+            conn.send(("ok", [drawn[k] for k in range(len(jobs))]))
+        except Exception as e:  # noqa: BLE001 - handed to the parent, which raises it
+            conn.send(("error", e))
+
+
+_COST = {"plot_heatmap": 0, "plot_graph": 1, "plot_identity": 2, "plot_from_ref": 2, "plot_mds": 3}
 
 
 class FigureWorkers:
