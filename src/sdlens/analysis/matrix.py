@@ -326,6 +326,7 @@ def run_task(
     cks = list(checkpoints) if checkpoints is not None else [open_checkpoint(p) for p in paths]
     want = _wanted(metric)
     part = Partial(n, done={task.id})
+    device = device or _default_device()  # once per task, not per key
     from sdlens.analysis.kernels import threads
 
     concurrent = threads() > 1
@@ -375,7 +376,7 @@ def run_task(
 
 
 def _key_sums(cks: Sequence[Checkpoint], kp: KeyPlan, uniq: list[int], want: int, chunk_bytes: int,
-              device: str | None):
+              device: str):
     """(d2, dp, l1, sq) between the unique rows of one key: u × u float64 (``dp`` antisymmetric, the others
     symmetric) and the u row sums Σx².
 
@@ -384,7 +385,6 @@ def _key_sums(cks: Sequence[Checkpoint], kp: KeyPlan, uniq: list[int], want: int
     beside fp32 models; transposed open_clip slices) after torch has widened them to float32. On a GPU, for
     float64 rows, and for tensors holding NaN / Inf (whose float32 sums are not finite), torch computes the
     direct pairwise distances in float64."""
-    device = device or _default_device()
     sums = _kernel_sums(cks, kp, uniq, want, chunk_bytes) if device == "cpu" else None
     if sums is None or not all(np.isfinite(x).all() for x in sums):
         sums = _chunked_sums(cks, kp, uniq, want, chunk_bytes, device, exact=True)
