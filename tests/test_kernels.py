@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -33,9 +39,16 @@ def _pair(n: int, dtype: str, seed: int = 0):
     return a, b
 
 
+@pytest.fixture(params=["kernel", "numpy"])
+def path(request, monkeypatch):
+    """Run a test through the numba kernel (every size) and through the small-tensor numpy path."""
+    monkeypatch.setattr(kernels, "_SMALL_ELEMENTS", -1 if request.param == "kernel" else 1 << 30)
+    return request.param
+
+
 @pytest.mark.parametrize("dtype", ["F16", "BF16", "F32"])
 @pytest.mark.parametrize("n", [0, 1, 511, 513, 100_003])
-def test_pair_stats_equal_float64(dtype, n):
+def test_pair_stats_equal_float64(dtype, n, path):
     a, b = _pair(n, dtype)
     s = pair_stats(a, b, dtype)
     x, y = _values(a, dtype), _values(b, dtype)
@@ -50,6 +63,7 @@ def test_pair_stats_equal_float64(dtype, n):
 
 
 def test_threaded_split_gives_the_same_sums(monkeypatch):
+    monkeypatch.setattr(kernels, "_SMALL_ELEMENTS", -1)
     a, b = _pair(300_001, "F16", seed=4)
     whole = pair_stats(a, b, "F16")
     monkeypatch.setattr(kernels, "_SPLIT", 1000)
@@ -60,18 +74,35 @@ def test_threaded_split_gives_the_same_sums(monkeypatch):
     assert split.sab == pytest.approx(whole.sab, rel=1e-9)
 
 
-def test_tiny_differences_are_counted():
-    # the smallest differences each dtype can hold: fp16 subnormal steps, float32 denormals
+def test_tiny_differences_are_counted(path):
+    # the smallest differences each dtype can hold: fp16 subnormal steps, float32 denormals; ±0 are equal
     a = np.zeros(4, np.float16)
-    b = np.array([0, 2.0**-24, 0, -(2.0**-24)], np.float16)
+    b = np.array([0, 2.0**-24, -0.0, -(2.0**-24)], np.float16)
     assert pair_stats(a, b, "F16").l0 == 2
+    assert pair_stats(a, b, "F16").max_abs == 2.0**-24
     a32 = np.zeros(3, np.float32)
-    b32 = np.array([1e-45, 0, 0], np.float32)
+    b32 = np.array([1e-45, -0.0, 0], np.float32)
     assert pair_stats(a32, b32, "F32").l0 == 1
+    bf = np.array([0, 1, 0x8000, 0x0080], np.uint16)  # 0, the smallest bf16 denormal, −0, the smallest normal
+    assert pair_stats(np.zeros(4, np.uint16), bf, "BF16").l0 == 2
+
+
+@pytest.mark.parametrize("dtype", ["F16", "BF16", "F32"])
+def test_every_count_is_exact_at_every_length_and_offset(dtype, path):
+    # a changed value at each position of blocks and vector lanes (the AVX-512 bug counted every value)
+    n = 2 * 512 + 37
+    base = _pair(n, dtype)[0]
+    for k in (0, 1, 7, 8, 15, 16, 31, 63, 511, 512, 513, n - 1):
+        b = base.copy()
+        b.view(np.uint8)[k * b.itemsize] ^= 1  # the lowest mantissa bit of value k
+        s = pair_stats(base, b, dtype)
+        assert s.l0 == 1, k
+        assert pair_stats(base[: k + 1], b[: k + 1], dtype).l0 == 1
+        assert pair_stats(base[:k], b[:k], dtype).l0 == 0
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf])
-def test_non_finite_values_are_left_to_the_exact_path(bad):
+def test_non_finite_values_are_left_to_the_exact_path(bad, path):
     a = np.ones(1000, np.float16)
     b = a.copy()
     b[10] = bad
@@ -161,3 +192,27 @@ def test_pair_rows_only_sums_what_is_wanted():
     stored, _ = _rows(4, 3000, "F32")
     d2, dp, l1, sq = kernels.pair_rows(stored, "F32", 0, 3000, 1)
     assert d2.any() and not dp.any() and not l1.any() and not sq.any()
+
+
+def test_kernels_on_numba_generic_target():
+    """The same kernel tests compiled for numba's ``generic`` CPU (no AVX, no F16C: the integer fp16 path), so
+    a developer on any machine checks the code users on other CPUs get."""
+    env = dict(os.environ, NUMBA_CPU_NAME="generic")
+    env.pop("NUMBA_CPU_FEATURES", None)
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k", "not generic_target"],
+        env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert " passed" in run.stdout and "failed" not in run.stdout
+
+
+def test_the_compile_target_decides_the_fp16_path():
+    from sdlens.analysis import _jit
+
+    if os.environ.get("NUMBA_CPU_NAME") == "generic":
+        assert not _jit.NATIVE_HALF  # the generic target has no half-to-float instruction
+    elif platform.machine() == "x86_64" and Path("/proc/cpuinfo").exists():
+        flags = Path("/proc/cpuinfo").read_text().split()
+        has_f16c = "f16c" in flags
+        assert has_f16c is _jit.NATIVE_HALF  # what the kernel uses is what this CPU has

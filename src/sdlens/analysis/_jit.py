@@ -1,64 +1,199 @@
 """numba kernels (imported lazily by ``sdlens.analysis.kernels``; compiled once, cached on disk).
 
-The loops are written so LLVM vectorises them: the element type is widened inside the loop (fp16 with the
-CPU's half-to-float instruction, bf16 by a 16-bit shift), max and "is non-zero" use branch-free forms."""
+Exact on every CPU numba targets (x86-64 with or without AVX2 / AVX-512 / F16C, aarch64, numba's ``generic``
+model), by construction rather than by testing on one machine:
+
+* Only the fast-math flags that reorder and fuse arithmetic are used (``_FM``: reassoc, contract, nsz, arcp),
+  never ``nnan`` / ``ninf`` / ``afn``: with those, LLVM may fold a chain of constant multiplies into one that
+  overflows and then assume the NaN it makes cannot exist (that is how a branch-free float "is non-zero" count
+  once counted every value as changed on AVX-512 machines).
+* Counts are integers computed on the stored bits (``a ≠ b`` and not both ±0), independent of the float
+  environment (flush-to-zero / denormals-are-zero cannot hide a 2^-149 difference).
+* fp16 is widened by exact integer operations, or by the CPU's half-to-float instruction where the target
+  has one (x86 F16C, aarch64); the target is the one numba compiles for, so ``NUMBA_CPU_NAME=generic`` takes
+  the integer path. Both are exact for all 65 536 bit patterns (tested on the host and the generic target).
+  bf16 is a 16-bit shift. Loops are written over float32 blocks so LLVM vectorises them."""
 
 from __future__ import annotations
 
+import platform
+
 import numpy as np
+from llvmlite import binding as ll
 from llvmlite import ir
 from numba import carray, literally, njit, types
+from numba.core import config
 from numba.core.extending import intrinsic
 
 BLOCK = 512  # float32 partial sums over this many elements, float64 across blocks
-_BIG, _ONE = np.float32(2.0**100), np.float32(1.0)
-_F32 = ir.FloatType()
+_F32, _I32 = ir.FloatType(), ir.IntType(32)
+
+
+def native_half() -> bool:
+    """Does the compile target convert half to float in hardware (so LLVM needs no library call)?"""
+    machine = platform.machine().lower()
+    if machine in ("aarch64", "arm64"):
+        return True
+    if machine not in ("x86_64", "amd64"):
+        return False
+    features = config.CPU_FEATURES if config.CPU_FEATURES is not None else ll.get_host_cpu_features().flatten()
+    return "+f16c" in features.split(",")
+
+
+NATIVE_HALF = native_half()
+
+
+def _c(v: int) -> ir.Constant:
+    return ir.Constant(_I32, v)
+
+
+def _half_bits_to_f32(builder: ir.IRBuilder, bits: ir.Value) -> ir.Value:
+    """fp16 bits (i16) to float32 with integer operations only: exact for every pattern, no denormal arithmetic
+    (so flush-to-zero modes cannot change it), no library call."""
+    x = builder.zext(bits, _I32)
+    em = builder.and_(x, _c(0x7FFF))
+    sign = builder.shl(builder.and_(x, _c(0x8000)), _c(16))
+    shifted = builder.shl(em, _c(13))
+    normal = builder.add(shifted, _c((127 - 15) << 23))  # rebias the exponent
+    sub = builder.fmul(builder.uitofp(em, _F32), ir.Constant(_F32, 2.0**-24))  # em·2^-24, a normal float32
+    r = builder.select(builder.icmp_unsigned("<", em, _c(0x400)), builder.bitcast(sub, _I32), normal)
+    r = builder.select(builder.icmp_unsigned(">=", em, _c(0x7C00)), builder.or_(shifted, _c(0x7F800000)), r)
+    return builder.bitcast(builder.or_(r, sign), _F32)
 
 
 @intrinsic
-def _widen(typingctx, x, bf16):
-    """The float32 value of one stored element: uint16 holds fp16 bits (``bf16`` false) or bf16 bits;
-    float32 passes through."""
-    if x == types.float32:
-        return types.float32(x, bf16), lambda context, builder, sig, args: args[0]
+def _h2f(typingctx, x):
+    """float32 value of fp16 bits (uint16), by integer operations."""
 
     def codegen(context, builder, sig, args):
-        bits, flag = args
-        half = builder.fpext(builder.bitcast(bits, ir.HalfType()), _F32)
-        shifted = builder.shl(builder.zext(bits, ir.IntType(32)), ir.Constant(ir.IntType(32), 16))
-        flag = builder.icmp_unsigned("!=", flag, ir.Constant(flag.type, 0))
-        return builder.select(flag, builder.bitcast(shifted, _F32), half)
+        return _half_bits_to_f32(builder, args[0])
 
-    return types.float32(types.uint16, types.boolean), codegen
+    return types.float32(types.uint16), codegen
 
 
 @intrinsic
-def _fmax(typingctx, x, y):
-    """llvm.maxnum: a max LLVM can vectorise (numba's ``max`` branches on NaN)."""
+def _b2f(typingctx, x):
+    """float32 value of bf16 bits (uint16)."""
 
     def codegen(context, builder, sig, args):
-        decl = builder.module.declare_intrinsic("llvm.maxnum", [_F32], ir.FunctionType(_F32, [_F32, _F32]))
-        return builder.call(decl, args)
+        return builder.bitcast(builder.shl(builder.zext(args[0], _I32), _c(16)), _F32)
 
-    return types.float32(types.float32, types.float32), codegen
+    return types.float32(types.uint16), codegen
 
 
-@njit(fastmath=True, nogil=True, cache=True)
-def pair_sums(a, b, bf16):
-    """(‖a‖², ‖b‖², ⟨a,b⟩, ‖a−b‖², Σ|a−b|, #(a≠b), max|a−b|) of two equally long 1-D arrays in one pass.
+@intrinsic
+def _u2f(typingctx, x):
+    """float32 value of float32 bits (uint32)."""
 
-    Full fast-math (needed for the min / max to vectorise): a NaN or Inf input still makes the plain sums
-    non-finite, which the caller treats as "take the exact path" (tested)."""
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], _F32)
+
+    return types.float32(types.uint32), codegen
+
+
+@intrinsic
+def _f2u(typingctx, x):
+    """The bits of a float32 as uint32: for values ≥ 0 their order is the values' order, so a max over them is
+    an integer max, which LLVM vectorises (a float max reduction needs ``nnan``, which is not used)."""
+
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], _I32)
+
+    return types.uint32(types.float32), codegen
+
+
+@intrinsic
+def _differs(typingctx, x, y):
+    """1.0 when two stored values (the same unsigned bit width) differ as numbers, else 0.0: bits not equal and
+    not both ±0. Integer work at the stored width (no widening to int64 lanes), so it vectorises; exact whatever
+    the float environment (denormals-are-zero cannot hide a difference)."""
+    width = x.bitwidth
+
+    def codegen(context, builder, sig, args):
+        a, b = args
+        magnitude = ir.Constant(ir.IntType(width), (1 << (width - 1)) - 1)
+        zero = ir.Constant(ir.IntType(width), 0)
+        ne = builder.icmp_unsigned("!=", a, b)
+        nonzero = builder.icmp_unsigned("!=", builder.and_(builder.or_(a, b), magnitude), zero)
+        return builder.uitofp(builder.and_(ne, nonzero), _F32)
+
+    return types.float32(x, y), codegen
+
+
+@intrinsic
+def _as_ptr(typingctx, addr):
+    """An integer address as a ``void*`` (for ``numba.carray``)."""
+
+    def codegen(context, builder, sig, args):
+        return builder.inttoptr(args[0], ir.IntType(8).as_pointer())
+
+    return types.voidptr(types.uint64), codegen
+
+
+@intrinsic
+def _f16x8(typingctx, src, dst):
+    """Eight fp16 values at address ``src`` widened to float32 at ``dst``: one vector ``fpext``, which LLVM
+    lowers to the CPU's half-to-float instruction (only used where ``NATIVE_HALF``; elsewhere LLVM would need a
+    library call that numba does not link)."""
+
+    def codegen(context, builder, sig, args):
+        vh, vf = ir.VectorType(ir.HalfType(), 8), ir.VectorType(_F32, 8)
+        h = builder.load(builder.inttoptr(args[0], vh.as_pointer()), align=2)
+        builder.store(builder.fpext(h, vf), builder.inttoptr(args[1], vf.as_pointer()), align=4)
+        return context.get_dummy_value()
+
+    return types.void(types.uint64, types.uint64), codegen
+
+
+_FM = {"reassoc", "nsz", "contract", "arcp"}  # reorder sums (vectorise), fused multiply-add; no NaN/Inf tricks
+F16, BF16, F32 = 0, 1, 2  # element kinds of the stored inputs
+
+
+@njit(fastmath=_FM, nogil=True, cache=True)
+def _widen(src, m, dst, kind):
+    """``m`` stored values of ``kind`` at address ``src`` as float32 into ``dst[:m]``."""
+    if kind == F32:
+        xf = carray(_as_ptr(src), m, np.uint32)
+        for i in range(m):
+            dst[i] = _u2f(xf[i])
+        return
+    xh = carray(_as_ptr(src), m, np.uint16)
+    if kind == BF16:
+        for i in range(m):
+            dst[i] = _b2f(xh[i])
+        return
+    head = 0
+    if NATIVE_HALF:
+        head = m - m % 8
+        out = np.uint64(dst.ctypes.data)
+        for i in range(0, head, 8):
+            _f16x8(src + np.uint64(2 * i), out + np.uint64(4 * i))
+    for i in range(head, m):
+        dst[i] = _h2f(xh[i])
+
+
+@njit(fastmath=_FM, nogil=True, cache=True)
+def pair_sums(a, b, kind):
+    """(‖a‖², ‖b‖², ⟨a,b⟩, ‖a−b‖², Σ|a−b|, #(a≠b), max|a−b|) of two equally long 1-D arrays of stored bits
+    (uint16 for fp16 / bf16, uint32 for float32) in one pass.
+
+    A NaN or Inf input makes the plain sums non-finite, which the caller treats as "take the exact path"
+    (tested). The count is exact: values that differ, by their bits (+0 and −0 are equal)."""
     saa = sbb = sab = sdd = sl1 = l0 = 0.0
-    mx = np.float32(0.0)
+    mx = np.uint32(0)  # bits of max|a−b|
     n = a.size
+    ya = np.empty(BLOCK, np.float32)
+    yb = np.empty(BLOCK, np.float32)
+    pa, pb, width = np.uint64(a.ctypes.data), np.uint64(b.ctypes.data), np.uint64(a.itemsize)
     for s in range(0, n, BLOCK):
-        e = min(n, s + BLOCK)
-        paa = pbb = pab = pdd = pl1 = np.float32(0.0)
-        pm = pc = np.float32(0.0)
-        for i in range(s, e):
-            fa = _widen(a[i], bf16)
-            fb = _widen(b[i], bf16)
+        m = min(n, s + BLOCK) - s
+        _widen(pa + width * np.uint64(s), m, ya, kind)
+        _widen(pb + width * np.uint64(s), m, yb, kind)
+        paa = pbb = pab = pdd = pl1 = pc = np.float32(0.0)  # pc: a count < 2^24, exact in float32
+        pm = np.uint32(0)
+        xa, xb = a[s : s + m], b[s : s + m]
+        for i in range(m):
+            fa, fb = ya[i], yb[i]
             d = fa - fb
             ad = abs(d)
             paa += fa * fa
@@ -66,9 +201,8 @@ def pair_sums(a, b, bf16):
             pab += fa * fb
             pdd += d * d
             pl1 += ad
-            # 1 for any non-zero difference (even 2^-149, float32's smallest), 0 for zero: branch-free
-            pc += min(min(ad * _BIG, _ONE) * _BIG, _ONE)
-            pm = _fmax(pm, ad)
+            pm = max(pm, _f2u(ad))
+            pc += _differs(xa[i], xb[i])
         saa += paa
         sbb += pbb
         sab += pab
@@ -76,7 +210,7 @@ def pair_sums(a, b, bf16):
         sl1 += pl1
         l0 += pc
         mx = max(mx, pm)
-    return saa, sbb, sab, sdd, sl1, l0, mx
+    return saa, sbb, sab, sdd, sl1, int(l0), _u2f(mx)
 
 
 @njit(nogil=True, cache=True)
@@ -93,57 +227,18 @@ def bits_equal(a, b):
     return True
 
 
-_FM = {"reassoc", "nsz", "contract", "arcp"}  # reorder sums (vectorise), fused multiply-add; no NaN/Inf tricks
 ROWS_BLOCK = 1024  # positions per block of pair_rows: float32 sums inside a block, float64 across blocks
-F16, BF16, F32 = 0, 1, 2  # element kinds of pair_rows' inputs
 D2, DP, L1, SQ = 1, 2, 4, 8  # what pair_rows sums (bits of ``want``)
-
-
-@intrinsic
-def _as_ptr(typingctx, addr):
-    """An integer address as a ``void*`` (for ``numba.carray``)."""
-
-    def codegen(context, builder, sig, args):
-        return builder.inttoptr(args[0], ir.IntType(8).as_pointer())
-
-    return types.voidptr(types.uint64), codegen
-
-
-@intrinsic
-def _f16x8(typingctx, src, dst):
-    """Eight fp16 values at address ``src`` widened to float32 at ``dst``: one vector ``fpext``, which LLVM
-    lowers to the CPU's half-to-float instruction (the loop vectoriser instead loads halves one by one)."""
-
-    def codegen(context, builder, sig, args):
-        vh, vf = ir.VectorType(ir.HalfType(), 8), ir.VectorType(_F32, 8)
-        h = builder.load(builder.inttoptr(args[0], vh.as_pointer()), align=2)
-        builder.store(builder.fpext(h, vf), builder.inttoptr(args[1], vf.as_pointer()), align=4)
-        return context.get_dummy_value()
-
-    return types.void(types.uint64, types.uint64), codegen
 
 
 @njit(fastmath=_FM, nogil=True, cache=True)
 def _stage(y, sq, addrs, kind, start, m, want):
     """Positions ``start:start+m`` of every input row, widened to float32 into ``y``; Σx² of each row into
     ``sq`` when ``want`` asks for it."""
+    width = np.uint64(4 if kind == F32 else 2)
     for r in range(addrs.size):
         yr = y[r]
-        if kind == F32:
-            xf = carray(_as_ptr(addrs[r] + np.uint64(4 * start)), m, np.float32)
-            for i in range(m):
-                yr[i] = xf[i]
-        else:
-            src = addrs[r] + np.uint64(2 * start)
-            xh = carray(_as_ptr(src), m, np.uint16)
-            head = 0
-            if kind == F16:
-                head = m - m % 8
-                dst = np.uint64(yr.ctypes.data)
-                for i in range(0, head, 8):
-                    _f16x8(src + np.uint64(2 * i), dst + np.uint64(4 * i))
-            for i in range(head, m):
-                yr[i] = _widen(xh[i], kind == BF16)
+        _widen(addrs[r] + width * np.uint64(start), m, yr, kind)
         if want & SQ:
             acc = np.float32(0.0)
             for i in range(m):

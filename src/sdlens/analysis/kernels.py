@@ -21,8 +21,11 @@ from typing import NamedTuple
 import numpy as np
 
 KERNEL_DTYPES = ("F16", "BF16", "F32")
+_KIND = {"F16": 0, "BF16": 1, "F32": 2}  # = _jit.F16, _jit.BF16, _jit.F32 (without importing numba)
 _SPLIT = 1 << 20  # tensors of more elements are split across threads (~1 ms of work per part)
 _SMALL_BYTES = 1 << 18
+_SMALL_ELEMENTS = 1 << 16  # pair_stats of smaller tensors in numpy: no numba start-up (~1 s) for tiny files
+_MAGNITUDE = {2: np.uint16(0x7FFF), 4: np.uint32(0x7FFFFFFF)}
 
 
 class PairSums(NamedTuple):
@@ -68,24 +71,45 @@ def _parts(n: int, align: int, work: int = 1) -> list[tuple[int, int]]:
 
 def _raw(x: np.ndarray, dtype: str) -> np.ndarray:
     x = np.ascontiguousarray(x).reshape(-1)
-    return x.view(np.uint16) if dtype in ("F16", "BF16") else x.view(np.float32)
+    return x.view(np.uint16) if dtype in ("F16", "BF16") else x.view(np.uint32)
+
+
+def _values(raw: np.ndarray, dtype: str) -> np.ndarray:
+    """float64 values of stored bits (exact for fp16, bf16 and float32)."""
+    if dtype == "BF16":
+        return (raw.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+    return raw.view(np.float16 if dtype == "F16" else np.float32).astype(np.float64)
+
+
+def _small_pair_stats(ra: np.ndarray, rb: np.ndarray, dtype: str) -> PairSums | None:
+    """``pair_stats`` in float64 numpy, for small tensors; the count is the kernel's, on the stored bits."""
+    x, y = _values(ra, dtype), _values(rb, dtype)
+    d = x - y
+    ad = np.abs(d)
+    sums = [float(np.dot(x, x)), float(np.dot(y, y)), float(np.dot(x, y)), float(np.dot(d, d)), float(ad.sum())]
+    if not all(math.isfinite(v) for v in sums):
+        return None
+    differs = (ra != rb) & (((ra | rb) & _MAGNITUDE[ra.itemsize]) != 0)
+    return PairSums(*sums, l0=int(np.count_nonzero(differs)), max_abs=float(ad.max(initial=0.0)))
 
 
 def pair_stats(a: np.ndarray, b: np.ndarray, dtype: str) -> PairSums | None:
     """All sums for two equally long tensors stored as ``dtype`` (one of ``KERNEL_DTYPES``); ``None`` when
     the tensors hold NaN or Inf (the caller then takes an exact slow path that reports them faithfully)."""
+    ra, rb, kind = _raw(a, dtype), _raw(b, dtype), _KIND[dtype]
+    if ra.size <= _SMALL_ELEMENTS:
+        return _small_pair_stats(ra, rb, dtype)
     from sdlens.analysis import _jit
 
-    ra, rb, bf16 = _raw(a, dtype), _raw(b, dtype), dtype == "BF16"
     parts = _parts(ra.size, _jit.BLOCK)
     if len(parts) == 1:
-        results = [_jit.pair_sums(ra, rb, bf16)]
+        results = [_jit.pair_sums(ra, rb, kind)]
     else:
-        results = list(_pool().map(lambda p: _jit.pair_sums(ra[p[0] : p[1]], rb[p[0] : p[1]], bf16), parts))
-    sums = [float(sum(r[i] for r in results)) for i in range(6)]
+        results = list(_pool().map(lambda p: _jit.pair_sums(ra[p[0] : p[1]], rb[p[0] : p[1]], kind), parts))
+    sums = [float(sum(r[i] for r in results)) for i in range(5)]
     if not all(math.isfinite(x) for x in sums):
         return None
-    return PairSums(*sums[:5], l0=int(round(sums[5])), max_abs=float(max(r[6] for r in results)))
+    return PairSums(*sums, l0=int(sum(r[5] for r in results)), max_abs=float(max(r[6] for r in results)))
 
 
 def bits_equal(a: np.ndarray, b: np.ndarray) -> bool:
@@ -112,7 +136,7 @@ def pair_rows(rows: Sequence[np.ndarray], dtype: str, start: int, stop: int, wan
     view = np.uint16 if dtype in ("F16", "BF16") else np.float32
     flat = [np.ascontiguousarray(r).reshape(-1).view(view) for r in rows]  # kept alive during the calls
     addrs = np.array([f.ctypes.data for f in flat], dtype=np.uint64)
-    kind = {"F16": _jit.F16, "BF16": _jit.BF16, "F32": _jit.F32}[dtype]
+    kind = _KIND[dtype]
     work = max(1, len(flat) * (len(flat) - 1) // 2) * bin(want & (_jit.D2 | _jit.DP | _jit.L1)).count("1")
     parts = [(start + a, start + b) for a, b in _parts(stop - start, _jit.ROWS_BLOCK, work)]
     if len(parts) == 1:
