@@ -66,6 +66,24 @@ def measure(cmd: list[str], env: dict[str, str] | None = None, poll: float = 0.0
     return Run(seconds, hwm, peak, out.decode())
 
 
+def cpu_line() -> str:
+    """The machine a figure was measured on: CPU model, cores and the vector features the kernels can use."""
+    model, flags = "unknown CPU", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and model == "unknown CPU":
+                model = value.strip()
+            elif key.strip() in ("flags", "Features") and not flags:
+                flags = set(value.split())
+    except OSError:
+        pass
+    import platform
+
+    wanted = [f for f in ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_fp16", "asimd", "fphp") if f in flags]
+    return f"CPU: {model} ({platform.machine()}, {os.cpu_count()} cores; {' '.join(wanted) or 'no AVX2/F16C'})"
+
+
 def python_cmd(code: str) -> list[str]:
     return [sys.executable, "-c", code]
 

@@ -13,10 +13,11 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _measure import gb, measure  # noqa: E402
+from _measure import cpu_line, gb, measure  # noqa: E402
 
 
 def main() -> None:
+    print(cpu_line())
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--res", default="1024x1024")
     args = ap.parse_args()

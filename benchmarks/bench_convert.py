@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _measure import fill_with_normals, gb, mb, measure, read_once_seconds  # noqa: E402
+from _measure import cpu_line, fill_with_normals, gb, mb, measure, read_once_seconds  # noqa: E402
 from sdlens.io.open import open_checkpoint  # noqa: E402
 from sdlens.testing.writers import save_safetensors  # noqa: E402
 from sdlens.testing.zoo import realise_small_buffers  # noqa: E402
@@ -73,6 +73,7 @@ def drop_caches() -> None:
 
 
 def main() -> None:
+    print(cpu_line())
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--dir", default=None)
     ap.add_argument("--scale-ema", type=int, default=1, help="1: full UNet EMA copy; 0: no EMA (small disks)")

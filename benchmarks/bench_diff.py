@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _measure import fill_with_normals, gb, mb, measure, python_cmd, read_once_seconds  # noqa: E402
+from _measure import cpu_line, fill_with_normals, gb, mb, measure, python_cmd, read_once_seconds  # noqa: E402
 from sdlens.io.open import open_checkpoint  # noqa: E402
 from sdlens.testing.writers import save_safetensors  # noqa: E402
 from sdlens.testing.zoo import realise_small_buffers  # noqa: E402
@@ -64,7 +64,7 @@ import numpy as np
 from sdlens.analysis.diff import diff
 from sdlens.analysis.kernels import pair_stats
 t0 = time.perf_counter()
-pair_stats(np.zeros(8, np.float16), np.zeros(8, np.float16), "F16")  # numba load, once per process
+pair_stats(np.zeros(1 << 17, np.float16), np.zeros(1 << 17, np.float16), "F16")  # numba load, once per process
 warm = time.perf_counter() - t0
 best = min(_time(diff, sys.argv[1], sys.argv[2]) for _ in range(2))
 print(f"{warm:.3f} {best:.3f}")
@@ -79,6 +79,7 @@ def _time(f, *args):
 
 
 def main() -> None:
+    print(cpu_line())
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--dir", default=None)
     args = ap.parse_args()

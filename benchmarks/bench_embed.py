@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _measure import fill_with_normals, gb, measure  # noqa: E402
+from _measure import cpu_line, fill_with_normals, gb, measure  # noqa: E402
 from sdlens.io.open import open_checkpoint  # noqa: E402
 from sdlens.testing.tokenizer import write_clip_tokenizer  # noqa: E402
 from sdlens.testing.writers import save_safetensors  # noqa: E402
@@ -71,6 +71,7 @@ def gflops(threads: int) -> float:
 
 
 def main() -> None:
+    print(cpu_line())
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "sdlens-bench-embed")
     ap.add_argument("--threads", type=int, default=2, help="CPU threads for torch (the target is for 2)")

@@ -24,7 +24,7 @@ import psutil
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _measure import fill_with_normals, gb, mb, measure, python_cmd, read_once_seconds  # noqa: E402
+from _measure import cpu_line, fill_with_normals, gb, mb, measure, python_cmd, read_once_seconds  # noqa: E402
 from sdlens.io.open import open_checkpoint  # noqa: E402
 from sdlens.testing.writers import save_safetensors  # noqa: E402
 from sdlens.testing.zoo import realise_small_buffers  # noqa: E402
@@ -83,6 +83,7 @@ print(len(out))
 
 
 def main() -> None:
+    print(cpu_line())
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--dir", default=None)
     ap.add_argument("-n", type=int, default=8)

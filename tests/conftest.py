@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -24,9 +25,43 @@ def cli():
     return run_cli
 
 
-@pytest.fixture(scope="session")
-def zoo(tmp_path_factory):
-    """The whole synthetic zoo, built once per test session."""
-    from sdlens.testing.zoo import build_zoo
+class LazyZoo(Mapping):
+    """The synthetic zoo, each entry written the first time a test asks for it (once per test session and
+    worker), so a test run builds only the entries its tests use."""
 
-    return build_zoo(tmp_path_factory.mktemp("zoo"))
+    def __init__(self, root: Path):
+        from sdlens.testing.zoo import zoo_table
+
+        self.root = root
+        self._names = [row[0] for row in zoo_table()]
+        self._built: dict = {}
+
+    def __getitem__(self, name: str):
+        if name not in self._built:
+            from sdlens.testing.zoo import build_zoo
+
+            if name not in self._names:
+                raise KeyError(name)
+            self._built.update(build_zoo(self.root, [name]))
+        return self._built[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def build_all(self) -> LazyZoo:
+        """Every entry on disk (for tests that read the zoo folder as a whole)."""
+        missing = [n for n in self._names if n not in self._built]
+        if missing:
+            from sdlens.testing.zoo import build_zoo
+
+            self._built.update(build_zoo(self.root, missing))
+        return self
+
+
+@pytest.fixture(scope="session")
+def zoo(tmp_path_factory) -> LazyZoo:
+    """The synthetic zoo, its entries built on first use."""
+    return LazyZoo(tmp_path_factory.mktemp("zoo"))

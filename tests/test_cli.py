@@ -60,7 +60,7 @@ def test_many_files_report_the_bad_one_and_go_on(tmp_path, zoo):
 
 
 def test_folder_of_models_expands(zoo):
-    folder = zoo["sd1_fp16"].path.parent
+    folder = zoo.build_all()["sd1_fp16"].path.parent
     p = run_cli("inspect", "--json", str(folder))
     data = json.loads(p.stdout)
     assert len(data) == len(zoo)
