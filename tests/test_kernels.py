@@ -43,6 +43,7 @@ def _pair(n: int, dtype: str, seed: int = 0):
 def path(request, monkeypatch):
     """Run a test through the numba kernel (every size) and through the small-tensor numpy path."""
     monkeypatch.setattr(kernels, "_SMALL_ELEMENTS", -1 if request.param == "kernel" else 1 << 30)
+    monkeypatch.setattr(kernels, "_NUMPY_BUDGET", 0)
     return request.param
 
 
@@ -64,6 +65,7 @@ def test_pair_stats_equal_float64(dtype, n, path):
 
 def test_threaded_split_gives_the_same_sums(monkeypatch):
     monkeypatch.setattr(kernels, "_SMALL_ELEMENTS", -1)
+    monkeypatch.setattr(kernels, "_NUMPY_BUDGET", 0)
     a, b = _pair(300_001, "F16", seed=4)
     whole = pair_stats(a, b, "F16")
     monkeypatch.setattr(kernels, "_SPLIT", 1000)
@@ -194,13 +196,27 @@ def test_pair_rows_only_sums_what_is_wanted():
     assert d2.any() and not dp.any() and not l1.any() and not sq.any()
 
 
+def test_small_comparisons_do_not_load_numba():
+    # a fresh process comparing a few small tensors never imports numba (its start-up is most of a small diff)
+    code = (
+        "import sys, numpy as np\n"
+        "from sdlens.analysis.kernels import pair_stats\n"
+        "a = np.linspace(-1, 1, 200_000).astype(np.float16); b = a.copy(); b[7] = 3\n"
+        "s = pair_stats(a, b, 'F16'); t = pair_stats(a[:100], b[:100], 'F16')\n"
+        "assert s.l0 == 1 and t.l0 == 1, (s, t)\n"
+        "assert 'numba' not in sys.modules\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+
+
 def test_kernels_on_numba_generic_target():
     """The same kernel tests compiled for numba's ``generic`` CPU (no AVX, no F16C: the integer fp16 path), so
     a developer on any machine checks the code users on other CPUs get."""
     env = dict(os.environ, NUMBA_CPU_NAME="generic")
     env.pop("NUMBA_CPU_FEATURES", None)
     run = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k", "not generic_target"],
+        [sys.executable, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider", __file__, "-k", "not generic_target"],
         env=env, capture_output=True, text=True, timeout=600,
     )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
