@@ -111,8 +111,13 @@ def test_non_finite_values_are_left_to_the_exact_path(bad, path):
     assert pair_stats(a, b, "F16") is None
 
 
-def test_bits_equal():
-    a = np.arange(100_000, dtype=np.float32)  # above the memcmp threshold: the kernel path
+@pytest.mark.parametrize("loaded", [True, False])
+def test_bits_equal(loaded, monkeypatch):
+    from sdlens.analysis import _jit  # noqa: F401  (loaded: the kernel path)
+
+    if not loaded:  # the numpy block path, taken before numba is loaded
+        monkeypatch.delitem(sys.modules, "sdlens.analysis._jit")
+    a = np.arange(100_000, dtype=np.float32)  # above the memcmp threshold
     b = a.copy()
     assert bits_equal(a, b)
     b[99_999] = -b[99_999]
@@ -200,9 +205,10 @@ def test_small_comparisons_do_not_load_numba():
     # a fresh process comparing a few small tensors never imports numba (its start-up is most of a small diff)
     code = (
         "import sys, numpy as np\n"
-        "from sdlens.analysis.kernels import pair_stats\n"
+        "from sdlens.analysis.kernels import bits_equal, pair_stats\n"
         "a = np.linspace(-1, 1, 200_000).astype(np.float16); b = a.copy(); b[7] = 3\n"
         "s = pair_stats(a, b, 'F16'); t = pair_stats(a[:100], b[:100], 'F16')\n"
+        "assert bits_equal(a, a.copy()) and not bits_equal(a, b)\n"
         "assert s.l0 == 1 and t.l0 == 1, (s, t)\n"
         "assert 'numba' not in sys.modules\n"
     )

@@ -124,9 +124,8 @@ def pair_stats(a: np.ndarray, b: np.ndarray, dtype: str) -> PairSums | None:
 
 
 def bits_equal(a: np.ndarray, b: np.ndarray) -> bool:
-    """True when two arrays hold the same bytes (stops at the first differing block)."""
-    from sdlens.analysis import _jit
-
+    """True when two arrays hold the same bytes (stops at the first differing block). Uses the numba kernel
+    once it is loaded, numpy block compares before (no numba start-up for small files)."""
     if a.nbytes != b.nbytes:
         return False
     if a.nbytes <= _SMALL_BYTES:  # a memcmp beats the kernel's dispatch cost
@@ -134,7 +133,13 @@ def bits_equal(a: np.ndarray, b: np.ndarray) -> bool:
     a, b = np.ascontiguousarray(a).reshape(-1), np.ascontiguousarray(b).reshape(-1)
     width = a.itemsize if a.itemsize == b.itemsize and a.itemsize in (1, 2, 4, 8) else 1
     view = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}[width]
-    return bool(_jit.bits_equal(a.view(view), b.view(view)))
+    a, b = a.view(view), b.view(view)
+    if "sdlens.analysis._jit" in sys.modules:
+        from sdlens.analysis import _jit
+
+        return bool(_jit.bits_equal(a, b))
+    step = _SMALL_BYTES // width
+    return all(np.array_equal(a[s : s + step], b[s : s + step]) for s in range(0, a.size, step))
 
 
 def pair_rows(rows: Sequence[np.ndarray], dtype: str, start: int, stop: int, want: int):
