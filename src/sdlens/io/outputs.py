@@ -124,7 +124,9 @@ class _Inputs:
         owner = None if st is None else self.files.get(_ident(st))
         if owner is None:
             return None
-        return f"is the input {owner}" if _ident(st) in self.named else f"is a file of the input {owner}"
+        if _ident(st) not in self.named:
+            return f"is a file of the input {owner}"
+        return f"is the input {'folder ' if p.is_dir() else ''}{owner}"
 
 
 def _refuse(o: Output, why: str) -> OutputConflictError:
