@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 
 from sdlens.errors import SdlensError
+from sdlens.render.safe_text import safe, safe_error
 
 app = typer.Typer(
     name="sdlens",
@@ -18,12 +19,12 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-out = Console()
-err = Console(stderr=True)
+out = Console(emoji=False)  # emoji=False: ":name:" in a key or a path is shown as written
+err = Console(stderr=True, emoji=False)
 
 
 def _fail(e: SdlensError) -> None:
-    err.print(f"[bold red]sdlens: error:[/] {e}", highlight=False, soft_wrap=True)
+    err.print(f"[bold red]sdlens: error:[/] {safe_error(e)}", highlight=False, soft_wrap=True)
 
 
 def _progress_bar(total: int, description: str):
@@ -39,7 +40,7 @@ def _progress_bar(total: int, description: str):
         transient=True,
         disable=not err.is_terminal,
     )
-    task = p.add_task(description, total=total)
+    task = p.add_task(safe(description, 80), total=total)
     return p, lambda n: p.advance(task, n)
 
 
@@ -103,29 +104,34 @@ def diff(
     """What changed between two checkpoints: verdict in plain words, then per component / block / type / tensor."""
     from sdlens.analysis.diff import diff as run_diff
     from sdlens.io.open import open_checkpoint
+    from sdlens.io.outputs import OutFile, check_outputs, remove_created_on_failure
+    from sdlens.render.diff_figures import diff_plot_paths
     from sdlens.render.diff_view import render_diff
 
     if metric not in ("l2", "l1", "l0", "cos", "all") or by not in ("component", "block", "type", "key"):
         raise SdlensError(None, f"unknown --metric {metric!r} or --by {by!r}")
     if time_embed not in ("IN00", "BASE"):
         raise SdlensError(None, "--time-embed must be IN00 or BASE")
+    outputs = ([OutFile("--json", json_file)] if json_file else []) + [OutFile("--plot", p) for p in diff_plot_paths(plot)]
+    check_outputs([a, b], outputs)
     with open_checkpoint(a) as ck:
         total = ck.tensor_bytes
     bar, progress = _progress_bar(total, f"diff {a.name}")
     with bar:
         result = run_diff(a, b, time_embed=time_embed, progress=progress)
     render_diff(result, out, by=by, metric=metric)
-    if json_file is not None:
-        from sdlens.io.atomic import write_text_atomic
-        from sdlens.render.jsonout import dumps
+    with remove_created_on_failure(files=[o.path for o in outputs]):
+        if json_file is not None:
+            from sdlens.io.atomic import write_text_atomic
+            from sdlens.render.jsonout import dumps
 
-        write_text_atomic(json_file, dumps(result))
-        out.print(f"JSON written to {json_file}", soft_wrap=True)
-    if plot is not None:
-        from sdlens.render.diff_figures import write_diff_plots
+            write_text_atomic(json_file, dumps(result))
+            out.print(f"JSON written to {safe(json_file)}", soft_wrap=True)
+        if plot is not None:
+            from sdlens.render.diff_figures import write_diff_plots
 
-        for p in write_diff_plots(result, plot):
-            out.print(f"plot written to {p}", soft_wrap=True)
+            for p in write_diff_plots(result, plot):
+                out.print(f"plot written to {safe(p)}", soft_wrap=True)
 
 
 @app.command()

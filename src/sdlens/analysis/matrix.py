@@ -235,7 +235,7 @@ def plan(paths: Sequence[str | Path], *, metric: str = "l2", time_embed: str = "
     if cur:
         tasks.append(Task(len(tasks), cur))
     signatures = {
-        g: [hashlib.sha256("\n".join(sorted(ks)).encode()).hexdigest() if ks else None for ks in per]
+        g: [hashlib.sha256("\n".join(sorted(ks)).encode("utf-8", "surrogatepass")).hexdigest() if ks else None for ks in per]
         for g, per in members.items()
     }
     groups = sorted(members, key=_group_order)

@@ -38,13 +38,18 @@ def arch(
     import sys
 
     from sdlens.analysis.cost import ALL_MODELS, analyse, parse_res, write_gemm_csv
+    from sdlens.io.outputs import OutFile, check_outputs, remove_created_on_failure
+    from sdlens.render.arch_diagram import diagram_paths
     from sdlens.render.jsonout import dumps
+    from sdlens.render.safe_text import safe
 
-    console = Console() if sys.stdout.isatty() else Console(width=200)
+    console = Console(emoji=False) if sys.stdout.isatty() else Console(width=200, emoji=False)
     if depth not in (1, 2):
         raise SdlensError(None, "--depth must be 1 or 2")
     if time_embed not in ("IN00", "BASE"):
         raise SdlensError(None, "--time-embed must be IN00 or BASE")
+    outputs = ([OutFile("--gemm", gemm)] if gemm else []) + [OutFile("--diagram", p) for p in diagram_paths(diagram, depth)]
+    check_outputs([model] if model is not None and Path(model).exists() else [], outputs)
     kw = {"res": parse_res(res), "batch": batch, "cfg": cfg, "steps": steps, "dtype": dtype, "tokens": tokens,
           "img2img": img2img, "time_embed": time_embed}
     if compare is not None:
@@ -69,16 +74,18 @@ def arch(
         from sdlens.render.arch_view import render_arch
 
         render_arch(report, console)
-    out = Console(stderr=True) if json_out else console
-    if gemm is not None:
-        write_gemm_csv(report, gemm)
-        out.print(f"GEMM table written to {gemm} ({len(report.ops)} rows)", soft_wrap=True)
-    if diagram is not None:
-        from sdlens.render.arch_diagram import write_block_diagram, write_torchview
+    out = Console(stderr=True, emoji=False) if json_out else console
+    with remove_created_on_failure(files=[o.path for o in outputs]):
+        if gemm is not None:
+            write_gemm_csv(report, gemm)
+            out.print(f"GEMM table written to {safe(gemm)} ({len(report.ops)} rows)", soft_wrap=True)
+        if diagram is not None:
+            from sdlens.render.arch_diagram import write_block_diagram, write_torchview
 
-        out.print(f"block diagram written to {write_block_diagram(report, diagram)}", soft_wrap=True)
-        tv = diagram.with_name(f"{diagram.stem}-torchview-depth{depth}")
-        out.print(f"torchview graph written to {write_torchview(model, report, tv, depth=depth)}", soft_wrap=True)
+            out.print(f"block diagram written to {safe(write_block_diagram(report, diagram))}", soft_wrap=True)
+            tv = diagram.with_name(f"{diagram.stem}-torchview-depth{depth}")
+            out.print(f"torchview graph written to {safe(write_torchview(model, report, tv, depth=depth))}",
+                      soft_wrap=True)
 
 
 def demo_section(zoo_dir: Path, out_dir: Path, console: Console) -> None:

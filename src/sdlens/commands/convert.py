@@ -46,9 +46,13 @@ def register(app: typer.Typer) -> None:
         from sdlens.cli import out as console
         from sdlens.convert import ConvertOptions, make_plan
         from sdlens.convert import convert as run_convert
+        from sdlens.io.outputs import OutFile, OutFolder, check_outputs, remove_created_on_failure
         from sdlens.render.convert_view import render_plan, render_result
         from sdlens.render.jsonout import dumps
 
+        target = OutFolder("OUT", out, ("**/*",), whole=True) if layout == "diffusers" else OutFile("OUT", out)
+        if not dry_run:
+            check_outputs([inp, vae], [target])
         opts = ConvertOptions(dtype=dtype, ema=ema, drop=_split(drop), fix_position_ids=fix_position_ids, vae=vae,
                               extract=_split(extract), layout=layout)
         plan = make_plan(inp, out, opts)
@@ -68,7 +72,8 @@ def register(app: typer.Typer) -> None:
         bar, progress = _progress_bar(plan.output_tensor_bytes * (1 if no_verify else 2), f"convert {inp.name}")
         with bar:
             verify: bool | str = False if no_verify else ("full" if verify_full else True)
-            result = run_convert(plan, force=force, overwrite=overwrite, verify=verify, progress=progress)
+            with remove_created_on_failure(folders=[out] if layout == "diffusers" else [], files=[out]):
+                result = run_convert(plan, force=force, overwrite=overwrite, verify=verify, progress=progress)
         if json_out:
             print(dumps(result))
         else:

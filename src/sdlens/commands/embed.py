@@ -31,27 +31,31 @@ def register(app: typer.Typer) -> None:
         """How each model's text encoder places your prompts: distance matrices, PCA / t-SNE maps, drift vs --ref."""
         from sdlens.analysis.embed import embed as run_embed
         from sdlens.io.open import expand_paths
+        from sdlens.io.outputs import OutFolder, check_outputs, remove_created_on_failure
         from sdlens.io.prompts import read_prompts
-        from sdlens.render.embed_view import render_embed, write_embed_outputs
+        from sdlens.render.embed_view import WRITES, render_embed, write_embed_outputs
+        from sdlens.render.safe_text import safe
 
-        out = Console()
-        err = Console(stderr=True)
+        out = Console(emoji=False)
+        err = Console(stderr=True, emoji=False)
         if method not in ("pca", "tsne"):
             raise SdlensError(None, f"--method must be pca or tsne, not {method!r}")
         if batch_size < 1:
             raise SdlensError(None, "--batch-size must be at least 1")
-        plist = read_prompts(prompts)
         paths = expand_paths(models)
+        check_outputs([*models, *paths, prompts, *(tokenizer or ())], [OutFolder("--out", out_dir, WRITES)])
+        plist = read_prompts(prompts)
         with err.status("embedding…") as status:
             result = run_embed(
                 paths, plist, encoder=encoder, layer=layer, pool=pool, tokenizer_dirs=tokenizer or (), ref=ref,
-                normalize=normalize, batch_size=batch_size, log=lambda msg: status.update(msg),
+                normalize=normalize, batch_size=batch_size, log=lambda msg: status.update(safe(msg)),
             )
             status.update("writing tables and figures…")
-            written = write_embed_outputs(result, out_dir, method)
+            with remove_created_on_failure([out_dir]):
+                written = write_embed_outputs(result, out_dir, method)
         render_embed(result, out, top=top)
         figures = [p for p in written if p.suffix == ".png"]
-        out.print(f"{len(written)} files written to {out_dir} (figures: {', '.join(p.name for p in figures)})",
+        out.print(f"{len(written)} files written to {safe(out_dir)} (figures: {', '.join(safe(p.name) for p in figures)})",
                   soft_wrap=True, highlight=False)
 
 

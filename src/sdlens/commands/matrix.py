@@ -22,16 +22,20 @@ def matrix(
 ) -> None:
     """How do these models relate? Distance matrices per component or merge block, identity groups, plots."""
     from sdlens.io.open import expand_paths
-    from sdlens.render.matrix_view import FigureWorkers
+    from sdlens.io.outputs import OutFolder, check_outputs, remove_created_on_failure
+    from sdlens.render.matrix_view import WRITES, FigureWorkers
 
     files = expand_paths(paths)
+    check_outputs([*paths, *files], [OutFolder("--out", out_dir, WRITES)])
     figures = FigureWorkers() if plots else None  # forked now, before any thread: they import while we read
-    try:
-        _run(files, out_dir, figures, metric=metric, by=by, ref=ref, workers=workers, chunk_mb=chunk_mb,
-             resume=resume, plots=plots)
-    finally:
-        if figures is not None:
-            figures.close()
+    # a failed run removes the folder it created, unless it holds partial results to --resume from
+    with remove_created_on_failure([out_dir], keep=(out_dir / ".matrix-partial.npz").exists):
+        try:
+            _run(files, out_dir, figures, metric=metric, by=by, ref=ref, workers=workers, chunk_mb=chunk_mb,
+                 resume=resume, plots=plots)
+        finally:
+            if figures is not None:
+                figures.close()
 
 
 def _run(files, out_dir: Path, figures, *, metric: str, by: str, ref: str | None, workers: int | None,
@@ -39,6 +43,7 @@ def _run(files, out_dir: Path, figures, *, metric: str, by: str, ref: str | None
     from sdlens.analysis.matrix import matrix as run_matrix
     from sdlens.cli import _progress_bar, err, out
     from sdlens.render.matrix_view import render_matrix, write_outputs
+    from sdlens.render.safe_text import safe
 
     state = out_dir / ".matrix-partial.npz"
     bar = {}
@@ -56,7 +61,7 @@ def _run(files, out_dir: Path, figures, *, metric: str, by: str, ref: str | None
     except KeyboardInterrupt:
         if bar:
             bar["p"].stop()
-        err.print(f"interrupted: partial results saved in {state}; run again with --resume to continue")
+        err.print(f"interrupted: partial results saved in {safe(state)}; run again with --resume to continue")
         raise typer.Exit(130) from None
     finally:
         if bar:
@@ -64,7 +69,7 @@ def _run(files, out_dir: Path, figures, *, metric: str, by: str, ref: str | None
     written = write_outputs(result, out_dir, plots=plots, figures=figures,
                             while_drawing=lambda: render_matrix(result, out))
     state.unlink(missing_ok=True)
-    out.print(f"written to {out_dir}: " + ", ".join(p.name for p in written), soft_wrap=True)
+    out.print(f"written to {safe(out_dir)}: " + ", ".join(safe(p.name) for p in written), soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:

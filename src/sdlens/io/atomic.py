@@ -34,6 +34,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:
+    """UTF-8; characters that cannot be encoded (lone surrogates from names that are not UTF-8) as ``\\udcff``."""
     with atomic_path(path) as tmp:
-        tmp.write_text(text)
+        tmp.write_text(text, encoding="utf-8", errors="backslashreplace")
     return Path(path)

@@ -129,6 +129,16 @@ def block_diagram_svg(r: ArchReport) -> str:
     return unet_svg(r) if any(b.resolution for b in r.blocks) else dit_svg(r)
 
 
+def diagram_paths(path: Path | None, depth: int = 1) -> list[Path]:
+    """The files ``--diagram PATH`` may write: PATH as named, the block diagram, the torchview DOT and SVG."""
+    if path is None:
+        return []
+    path = Path(path)
+    tv = path.with_name(f"{path.stem}-torchview-depth{depth}")
+    svg = path if path.suffix.lower() == ".svg" else path.with_suffix(".svg")
+    return list(dict.fromkeys([path, svg, tv.with_suffix(".gv"), tv.with_suffix(".svg")]))
+
+
 def write_block_diagram(r: ArchReport, path: Path) -> Path:
     from sdlens.io.atomic import write_text_atomic
 

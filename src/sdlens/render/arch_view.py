@@ -6,6 +6,7 @@ from rich.console import Console
 from rich.table import Table
 
 from sdlens.analysis.cost import TORCHINFO_NOTE, ArchReport
+from sdlens.render.safe_text import safe
 
 
 def gb(n: float) -> str:
@@ -32,11 +33,11 @@ def _settings(r: ArchReport) -> str:
 
 
 def render_arch(r: ArchReport, console: Console) -> None:
-    console.rule(f"sdlens arch · {r.name}")
-    console.print(f"[bold]{r.name}[/] · {r.cls_name} · {r.source} · [bold]{num(r.params)}[/] denoiser parameters")
+    console.rule(f"sdlens arch · {safe(r.name)}")
+    console.print(f"[bold]{safe(r.name)}[/] · {safe(r.cls_name)} · {safe(r.source)} · [bold]{num(r.params)}[/] denoiser parameters")
     console.print(_settings(r), highlight=False)
     for n in r.notes:
-        console.print(f"[yellow]note:[/] {n}", highlight=False)
+        console.print(f"[yellow]note:[/] {safe(n)}", highlight=False)
 
     t = Table(title="parameters (built on the meta device)", title_justify="left")
     for col in ("component", "parameters", "reference (architectures.md)", "", "fp16/bf16", "fp32"):
@@ -131,7 +132,7 @@ def render_compare(reports: list[ArchReport], console: Console) -> None:
         weights = sum(c.weight_bytes(m["dtype"]) for c in r.components)
         act = m["activations"]["denoiser"]
         t.add_row(
-            f"{r.name}" + ("" if len(res) == 1 else f" ({r.settings['res'][0]}²)"),
+            safe(r.name) + ("" if len(res) == 1 else f" ({r.settings['res'][0]}²)"),
             f"{r.mbw_blocks}" + ("" if r.mbw_expected in (None, r.mbw_blocks) else f" [red]≠ {r.mbw_expected}[/]"),
             f"{r.params / 1e9:.3f} B" + (" ✓" if r.components[0].matches else ""),
             f"{nb['params_torchinfo_b']} B" if nb else "—",

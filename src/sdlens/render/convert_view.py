@@ -8,6 +8,7 @@ from rich.console import Console
 from rich.table import Table
 
 from sdlens.arch import registry as R
+from sdlens.render.safe_text import ERROR_LIMIT, safe
 
 
 def _hb(n: int) -> str:
@@ -24,10 +25,11 @@ def render_plan(plan: Any, console: Console, *, dry_run: bool = True) -> None:
     from sdlens.convert.plan import _op, nbytes
 
     head = "[bold]dry run[/] — nothing written" if dry_run else "[bold]plan[/]"
-    console.print(f"{head}: {plan.input} ({plan.input_format}, {plan.family}) -> {plan.output} ({plan.layout})",
+    console.print(f"{head}: {safe(plan.input)} ({safe(plan.input_format)}, {safe(plan.family)}) -> {safe(plan.output)} "
+                  f"({plan.layout})",
                   soft_wrap=True, highlight=False)
     for op in plan.operations:
-        console.print(f"  • {op}", highlight=False)
+        console.print(f"  • {safe(op)}", highlight=False)
     comps: dict[str, dict[str, int]] = {}
     for e in plan.entries:
         c = comps.setdefault(e.component, {"kept": 0, "cast": 0, "renamed": 0, "restored": 0, "dropped": 0,
@@ -48,27 +50,27 @@ def render_plan(plan: Any, console: Console, *, dry_run: bool = True) -> None:
     for col in ("component", "written", "cast", "renamed", "restored", "dropped", "in", "out"):
         t.add_column(col, justify="left" if col == "component" else "right")
     for cid, c in sorted(comps.items(), key=lambda kv: -kv[1]["bytes_in"]):
-        t.add_row(_label(cid), str(c["kept"]), str(c["cast"] or ""), str(c["renamed"] or ""), str(c["restored"] or ""),
+        t.add_row(safe(_label(cid)), str(c["kept"]), str(c["cast"] or ""), str(c["renamed"] or ""), str(c["restored"] or ""),
                   str(c["dropped"] or ""), _hb(c["bytes_in"]), _hb(c["bytes_out"]))
     console.print(t)
     reasons: dict[str, list[str]] = {}
     for e in plan.dropped:
         reasons.setdefault(e.note or "dropped", []).append(e.key)
     for why, keys in reasons.items():
-        console.print(f"  [yellow]drop[/] {len(keys)} tensor{'s' if len(keys) != 1 else ''}: {why} (e.g. {keys[0]})",
+        console.print(f"  [yellow]drop[/] {len(keys)} tensor{'s' if len(keys) != 1 else ''}: {safe(why)} (e.g. {safe(keys[0])})",
                       soft_wrap=True, highlight=False)
     renames = [e for e in plan.entries if _op(e) == "rename"]
     for e in renames[:3]:
         src = e.pieces[0].key if e.pieces else "?"
         more = f" (+{len(e.pieces) - 1} joined)" if len(e.pieces) > 1 else ""
-        console.print(f"  [cyan]rename[/] {src}{more} -> {e.key}", soft_wrap=True, highlight=False)
+        console.print(f"  [cyan]rename[/] {safe(src)}{more} -> {safe(e.key)}", soft_wrap=True, highlight=False)
     if len(renames) > 3:
         console.print(f"  … {len(renames) - 3} more renamed", highlight=False)
     rc = plan.range_check
     if rc:
         _range_lines(rc, console)
     for n in plan.notes:
-        console.print(f"  [dim]note:[/] {n}", soft_wrap=True, highlight=False)
+        console.print(f"  [dim]note:[/] {safe(n)}", soft_wrap=True, highlight=False)
     files = len(plan.files) + len(plan.json_files)
     console.print(f"  size: {_hb(plan.input_file_bytes)} -> {_hb(plan.output_size())} "
                   f"({files} file{'s' if files != 1 else ''})", highlight=False)
@@ -85,7 +87,7 @@ def _in_bytes(e: Any) -> int:
 
 def _range_lines(rc: dict[str, Any], console: Console) -> None:
     if rc.get("overflow"):
-        worst = ", ".join(f"{k} ({v})" for k, v in list(rc["tensors_overflow"].items())[:3])
+        worst = ", ".join(safe(f"{k} ({v})") for k, v in list(rc["tensors_overflow"].items())[:3])
         console.print(f"  [bold red]fp16 overflow:[/] {rc['overflow']} values beyond ±65504 (max |x| "
                       f"{rc['max_abs']:.4g}) in {rc['tensors_with_overflow']} tensors: {worst}", soft_wrap=True, highlight=False)
     else:
@@ -100,7 +102,7 @@ def render_result(result: Any, console: Console, seconds: float | None = None) -
     plan = result.plan
     counts = plan.counts()
     changed = ", ".join(f"{v} {k}" for k, v in counts.items() if v and k != "keep")
-    console.print(f"[bold green]written[/] {result.output} ({_hb(result.bytes_written)}, "
+    console.print(f"[bold green]written[/] {safe(result.output)} ({_hb(result.bytes_written)}, "
                   f"{len(result.written_files)} file{'s' if len(result.written_files) != 1 else ''})"
                   + (f" in {seconds:.1f} s" if seconds is not None else ""), soft_wrap=True, highlight=False)
     console.print(f"  tensors: {counts.get('keep', 0)} kept as they were" + (f"; {changed}" if changed else ""),
@@ -121,6 +123,6 @@ def render_result(result: Any, console: Console, seconds: float | None = None) -
                   highlight=False)
     if result.source_sha256:
         for f, h in result.source_sha256.items():
-            console.print(f"  source sha256 {h[:16]}… ({f.rsplit('/', 1)[-1]})", highlight=False)
+            console.print(f"  source sha256 {h[:16]}… ({safe(f.rsplit('/', 1)[-1])})", highlight=False)
     for p in v.problems[:5]:
-        console.print(f"  [red]problem:[/] {p}", soft_wrap=True, highlight=False)
+        console.print(f"  [red]problem:[/] {safe(p, ERROR_LIMIT)}", soft_wrap=True, highlight=False)

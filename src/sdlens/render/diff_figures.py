@@ -5,6 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from sdlens.analysis.diff import DiffResult, _label
+from sdlens.render.safe_text import plot_label
+
+
+def diff_plot_paths(path: str | Path | None) -> list[Path]:
+    """The files ``write_diff_plots(r, path)`` writes: the histograms, then the per-block bars (none for None)."""
+    if path is None:
+        return []
+    path = Path(path)
+    return [path, path.with_name(f"{path.stem}-blocks{path.suffix}")]
 
 
 def write_diff_plots(r: DiffResult, path: str | Path) -> list[Path]:
@@ -18,7 +27,7 @@ def write_diff_plots(r: DiffResult, path: str | Path) -> list[Path]:
          "identical": not t.changed, "numel": t.numel}
         for t in r.tensors
     ]
-    title = f"{Path(r.a).name} vs {Path(r.b).name}"
+    title = plot_label(f"{Path(r.a).name} vs {Path(r.b).name}")
     hist = plot_layer_histograms(per_tensor, path, title=title)
     blocks: dict[str, dict[str, dict]] = {}
     whole: dict[str, dict] = {}  # components that are one block (text encoders, VAE): one bar each, one row
@@ -31,5 +40,5 @@ def write_diff_plots(r: DiffResult, path: str | Path) -> list[Path]:
             whole[_label(c, fam)] = r.by_component[c].to_dict()
     if whole:
         blocks["other components (whole)"] = whole
-    bars = plot_block_bars(blocks, path.with_name(f"{path.stem}-blocks{path.suffix}"), metric="rms", title=title)
+    bars = plot_block_bars(blocks, diff_plot_paths(path)[1], metric="rms", title=title)
     return [hist, bars]

@@ -6,6 +6,7 @@ from rich.console import Console
 from rich.table import Table
 
 from sdlens.analysis.diff import DiffResult, GroupDiff, _label
+from sdlens.render.safe_text import safe
 
 _METRICS = ("l2", "l1", "l0", "cos")
 
@@ -15,9 +16,9 @@ def _fmt(x: float) -> str:
 
 
 def render_diff(r: DiffResult, console: Console, by: str = "component", metric: str = "all") -> None:
-    console.print(f"[bold]A[/] {r.a}\n[bold]B[/] {r.b}")
+    console.print(f"[bold]A[/] {safe(r.a)}\n[bold]B[/] {safe(r.b)}")
     for line in r.verdict:
-        console.print(f"  • {line}", highlight=False, soft_wrap=True)
+        console.print(f"  • {safe(line)}", highlight=False, soft_wrap=True)
     fam = r.family_a if r.family_a != "unknown" else r.family_b
     if by == "key":
         t = Table(title="Per tensor (changed only)", title_justify="left")
@@ -28,7 +29,7 @@ def render_diff(r: DiffResult, console: Console, by: str = "component", metric: 
             if not d.changed:
                 continue
             vals = {"l2": _fmt(d.l2), "l1": _fmt(d.l1), "l0": str(d.l0), "cos": f"{d.cos:.6f}"}
-            row = [d.key, d.block, d.layer_type] + [vals[m] for m in (_METRICS if metric == "all" else [metric])]
+            row = [safe(d.key), safe(d.block), safe(d.layer_type)] + [vals[m] for m in (_METRICS if metric == "all" else [metric])]
             t.add_row(*row, _fmt(d.rel), _fmt(d.max_abs))
         console.print(t)
         return
@@ -44,7 +45,7 @@ def render_diff(r: DiffResult, console: Console, by: str = "component", metric: 
         t.add_column(c, justify="left" if c == "group" else "right")
     for name, g in groups:
         style = None if g.changed else "dim"
-        t.add_row(name, str(g.tensors), str(g.changed), str(g.identical), _fmt(g.l2), _fmt(g.rms), _fmt(g.max_abs),
+        t.add_row(safe(name), str(g.tensors), str(g.changed), str(g.identical), _fmt(g.l2), _fmt(g.rms), _fmt(g.max_abs),
                   style=style)
     console.print(t)
     if r.only_a or r.only_b:

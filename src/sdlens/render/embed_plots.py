@@ -12,6 +12,7 @@ import numpy as np
 
 from sdlens.analysis.embed import EmbedResult, EncoderEmbedding
 from sdlens.io.prompts import Prompt
+from sdlens.render.safe_text import plot_label
 
 _AUTO_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h", "p")
 
@@ -135,7 +136,8 @@ def _grid(n: int, cols: int = 3):
 def _legend(fig, legend: dict[str, tuple], title: str) -> None:
     from matplotlib.lines import Line2D
 
-    handles = [Line2D([], [], linestyle="", marker=m, color=c, markersize=7, label=name) for name, (c, m) in legend.items()]
+    handles = [Line2D([], [], linestyle="", marker=m, color=c, markersize=7, label=plot_label(name))
+               for name, (c, m) in legend.items()]
     ncol = 1 if len(handles) <= 25 else 2
     fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7, title=title, ncol=ncol,
                frameon=False)
@@ -146,11 +148,11 @@ def _scatter(ax, xy: np.ndarray, prompts: Sequence[Prompt], colours, markers, an
         ax.scatter([x], [y], color=[c], marker=m, s=34, linewidths=1.2)
     if annotate:
         for (x, y), p in zip(xy, prompts, strict=True):
-            ax.annotate(p.label, (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points", alpha=0.8)
+            ax.annotate(plot_label(p.label), (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points", alpha=0.8)
 
 
 def _title(e: EncoderEmbedding) -> str:
-    return f"{e.model}\n{e.label} · {e.layer.split(' (')[0]} · {e.pool}"
+    return f"{plot_label(e.model)}\n{plot_label(e.label)} · {plot_label(e.layer.split(' (')[0])} · {e.pool}"
 
 
 # --------------------------------------------------------------------------- figures
@@ -214,11 +216,11 @@ def plot_drift(result: EmbedResult, encoder: str, path: str | Path) -> Path | No
             _scatter(ax, xy, prompts, colours, markers, annotate=groups or len(prompts) <= 60)
             d = drift.get(e.model)
             extra = f"mean cos {d.mean_cosine:.4f} · max drift {d.max_drift:.2g}" if d else ""
-            ax.set_title(f"{e.model} vs {ref.model}\n{extra} · Procrustes disparity {disparity:.2g}", fontsize=9)
+            ax.set_title(f"{plot_label(e.model)} vs {plot_label(ref.model)}\n{extra} · Procrustes disparity {disparity:.2g}", fontsize=9)
             ax.set_xlabel(f"reference PC1 ({100 * ratios[0]:.1f}%)")
             ax.set_ylabel(f"reference PC2 ({100 * ratios[1]:.1f}%)")
             ax.grid(alpha=0.25)
-        fig.suptitle(f"how each prompt moved relative to {ref.model} · {ref.label} ({encoder}); "
+        fig.suptitle(f"how each prompt moved relative to {plot_label(ref.model)} · {plot_label(ref.label)} ({encoder}); "
                      "arrows under 0.2% of the map not drawn", fontsize=11, y=1.03)
         _legend(fig, legend, "group" if groups else "prompt")
         return _save(fig, Path(path))

@@ -10,11 +10,15 @@ from rich.table import Table
 
 from sdlens.analysis.embed import METRICS, Drift, EmbedResult, drift_csv, matrix_csv
 from sdlens.io.atomic import write_text_atomic
+from sdlens.render.safe_text import safe
 
 
 def safe_name(name: str) -> str:
     """A file-name-safe version of a model or encoder name."""
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "model"
+
+
+WRITES = ("*.csv", "*.png", "embed.json")  # what write_embed_outputs writes in its folder
 
 
 def write_embed_outputs(result: EmbedResult, out_dir: str | Path, method: str = "pca") -> list[Path]:
@@ -46,13 +50,13 @@ def write_embed_outputs(result: EmbedResult, out_dir: str | Path, method: str = 
 
 
 def render_drift(d: Drift, console: Console, top: int = 10) -> None:
-    t = Table(title=f"{d.model} vs {d.ref} · {d.encoder}: mean cosine {d.mean_cosine:.6f}", title_justify="left")
+    t = Table(title=f"{safe(d.model)} vs {safe(d.ref)} · {safe(d.encoder)}: mean cosine {d.mean_cosine:.6f}", title_justify="left")
     t.add_column("prompt", overflow="fold")
     t.add_column("text", overflow="fold", max_width=60)
     t.add_column("cosine", justify="right")
     t.add_column("drift", justify="right")
     for r in d.rows[:top]:
-        t.add_row(r.label, r.text, f"{r.cosine:.6f}", f"{r.drift:.2e}")
+        t.add_row(safe(r.label), safe(r.text), f"{r.cosine:.6f}", f"{r.drift:.2e}")
     if len(d.rows) > top:
         t.caption = f"{len(d.rows) - top} more prompts drifted less (all in the CSV)"
     console.print(t)
@@ -66,14 +70,15 @@ def render_embed(result: EmbedResult, console: Console, top: int = 10) -> None:
     for m in result.models:
         name = m.name + (" (ref)" if m.name == result.ref else "")
         for e in (e for e in result.embeddings if e.model == m.name):
-            t.add_row(name, m.family, f"{e.label} ({e.encoder})", e.layer, e.pool, str(e.dim))
+            t.add_row(safe(name), safe(m.family), safe(f"{e.label} ({e.encoder})"), safe(e.layer), safe(e.pool), str(e.dim))
             notes += [f"{m.name} · {e.label}: {n}" for n in e.notes]
         notes += [f"{m.name}: skipped {s}" for s in m.skipped]
     console.print(t)
     for n in dict.fromkeys(notes):
-        console.print(f"  [dim]note:[/] {n}", soft_wrap=True, highlight=False)
+        console.print(f"  [dim]note:[/] {safe(n)}", soft_wrap=True, highlight=False)
     truncated = {lab for e in result.embeddings for lab in e.truncated}
     if truncated:
-        console.print(f"[yellow]cut at the encoder's length:[/] {', '.join(sorted(truncated))}", soft_wrap=True)
+        console.print(f"[yellow]cut at the encoder's length:[/] {', '.join(safe(t) for t in sorted(truncated))}",
+                      soft_wrap=True)
     for d in result.drift:
         render_drift(d, console, top)

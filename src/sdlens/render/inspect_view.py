@@ -8,6 +8,11 @@ from rich.table import Table
 from rich.text import Text
 
 from sdlens.analysis.inspect import InspectReport, _human_count, human_bytes
+from sdlens.render.safe_text import ERROR_LIMIT, printable, safe
+
+
+def _join(items, sep: str = ", ") -> str:
+    return sep.join(safe(i) for i in items)
 
 
 def _kv_table(title: str) -> Table:
@@ -19,28 +24,28 @@ def _kv_table(title: str) -> Table:
 
 def render_report(r: InspectReport, console: Console, brief: bool = False) -> None:
     colour = {"high": "green", "medium": "yellow", "low": "red"}[r.confidence]
-    head = Text.assemble((r.summary, "bold"), "\n", (r.path, "dim"))
+    head = Text.assemble((printable(r.summary), "bold"), "\n", (printable(r.path), "dim"))
     console.print(Panel(head, border_style=colour, expand=False))
     if brief:
         for p in r.problems:
-            console.print(f"[red]problem:[/] {p}")
+            console.print(f"[red]problem:[/] {safe(p, ERROR_LIMIT)}")
         return
     ident = _kv_table("Identity")
-    ident.add_row("family", f"{r.family_name} [{colour}]({r.confidence} confidence)[/]")
+    ident.add_row("family", f"{safe(r.family_name)} [{colour}]({r.confidence} confidence)[/]")
     if r.variants:
-        ident.add_row("variant", ", ".join(r.variants))
-    ident.add_row("kind", r.kind)
-    ident.add_row("format", f"{r.format}, {len(r.conventions) and ' / '.join(r.conventions)} key convention")
+        ident.add_row("variant", _join(r.variants))
+    ident.add_row("kind", safe(r.kind))
+    ident.add_row("format", f"{safe(r.format)}, {len(r.conventions) and _join(r.conventions, ' / ')} key convention")
     for reason in r.reasons:
-        ident.add_row("because", reason)
+        ident.add_row("because", safe(reason))
     for n in r.nonstandard:
-        ident.add_row("non-standard", n)
+        ident.add_row("non-standard", safe(n))
     if r.prediction:
-        ident.add_row("prediction", r.prediction)
+        ident.add_row("prediction", safe(r.prediction))
     for m in r.markers:
-        ident.add_row("marker", m)
+        ident.add_row("marker", safe(m))
     for k, v in r.extras.items():
-        ident.add_row(k, str(v))
+        ident.add_row(safe(k), safe(v))
     console.print(ident)
 
     if r.components:
@@ -48,23 +53,23 @@ def render_report(r: InspectReport, console: Console, brief: bool = False) -> No
         for col in ("component", "prefix", "layout", "tensors", "params", "size", "dtypes"):
             t.add_column(col, justify="right" if col in ("tensors", "params", "size") else "left")
         for c in r.components:
-            t.add_row(c.label, c.prefix or "(bare)", c.convention, str(c.tensors), _human_count(c.params),
-                      human_bytes(c.bytes), ", ".join(f"{d}×{n}" for d, n in c.dtypes.items()))
+            t.add_row(safe(c.label), safe(c.prefix) or "(bare)", safe(c.convention), str(c.tensors),
+                      _human_count(c.params), human_bytes(c.bytes), _join(f"{d}×{n}" for d, n in c.dtypes.items()))
         console.print(t)
     if r.missing:
-        console.print("[yellow]missing:[/] " + "; ".join(r.missing))
+        console.print("[yellow]missing:[/] " + _join(r.missing, "; "))
     if r.ema is not None:
         state = "complete" if r.ema.complete else f"incomplete ({r.ema.tensors} of {r.ema.expected} tensors)"
         console.print(f"[bold cyan]EMA:[/] {state}")
     if r.schedule is not None:
         s = r.schedule
-        console.print(f"[bold cyan]schedule:[/] {s.timesteps} steps, {s.kind}; zero terminal SNR: {'yes' if s.zero_terminal_snr else 'no'}")
+        console.print(f"[bold cyan]schedule:[/] {s.timesteps} steps, {safe(s.kind)}; zero terminal SNR: {'yes' if s.zero_terminal_snr else 'no'}")
 
     dt = Table(title="Precision", title_justify="left")
     for col in ("dtype", "tensors", "bytes"):
         dt.add_column(col, justify="right" if col != "dtype" else "left")
     for d, v in r.dtypes.items():
-        dt.add_row(d, str(v["tensors"]), human_bytes(v["bytes"]))
+        dt.add_row(safe(d), str(v["tensors"]), human_bytes(v["bytes"]))
     console.print(dt)
     if r.bytes_beyond_fp16:
         console.print(f"{human_bytes(r.bytes_beyond_fp16)} spent on precision beyond fp16")
@@ -72,43 +77,43 @@ def render_report(r: InspectReport, console: Console, brief: bool = False) -> No
     if r.lora is not None:
         lt = _kv_table("LoRA")
         lo = r.lora
-        lt.add_row("network", f"{lo.network} ({lo.convention} keys)")
+        lt.add_row("network", f"{safe(lo.network)} ({safe(lo.convention)} keys)")
         lt.add_row("modules", str(lo.modules) + (f" ({lo.conv_modules} conv)" if lo.conv_modules else ""))
-        lt.add_row("ranks", ", ".join(f"{k} ×{v}" for k, v in lo.ranks.items()) or "n/a")
-        lt.add_row("alpha", ", ".join(f"{k} ×{v}" for k, v in lo.alphas.items()) or "n/a")
-        lt.add_row("targets", ", ".join(f"{k} {v}" for k, v in lo.components.items()))
-        lt.add_row("layer types", ", ".join(f"{k} {v}" for k, v in lo.layer_types.items()))
+        lt.add_row("ranks", _join(f"{k} ×{v}" for k, v in lo.ranks.items()) or "n/a")
+        lt.add_row("alpha", _join(f"{k} ×{v}" for k, v in lo.alphas.items()) or "n/a")
+        lt.add_row("targets", _join(f"{k} {v}" for k, v in lo.components.items()))
+        lt.add_row("layer types", _join(f"{k} {v}" for k, v in lo.layer_types.items()))
         console.print(lt)
 
     for p in r.problems:
-        console.print(f"[bold red]problem:[/] {p}")
+        console.print(f"[bold red]problem:[/] {safe(p, ERROR_LIMIT)}")
     if r.unknown_keys:
         ut = Table(title=f"Keys sdlens does not recognise ({len(r.unknown_keys)}; kept as information, not junk)",
                    title_justify="left")
         for col in ("key", "shape", "dtype", "size", "why"):
             ut.add_column(col)
         for u in r.unknown_keys[:20]:
-            ut.add_row(u["key"], str(u["shape"]), u["dtype"], human_bytes(u["bytes"]), u["why"])
+            ut.add_row(safe(u["key"]), safe(u["shape"]), safe(u["dtype"]), human_bytes(u["bytes"]), safe(u["why"]))
         console.print(ut)
 
     md = r.metadata
     if md.count:
         mt = _kv_table(f"Metadata ({md.count} fields)")
         for k, v in md.modelspec.items():
-            mt.add_row(f"modelspec.{k}", v)
+            mt.add_row(f"modelspec.{safe(k)}", safe(v))
         for k, v in md.training.items():
-            mt.add_row(k, v)
+            mt.add_row(safe(k), safe(v))
         if md.top_tags:
-            mt.add_row("top tags", ", ".join(f"{t} ({n})" for t, n in md.top_tags))
+            mt.add_row("top tags", _join(f"{t} ({n})" for t, n in md.top_tags))
         for k, v in list(md.other.items())[:15]:
-            mt.add_row(k, v)
+            mt.add_row(safe(k), safe(v))
         console.print(mt)
     if r.hashes:
         ht = Table(title="Hashes", title_justify="left")
         for col in ("file", "sha256", "AutoV2", "old A1111"):
             ht.add_column(col)
         for h in r.hashes:
-            ht.add_row(h.path.rsplit("/", 1)[-1], h.sha256, h.autov2, h.a1111_old)
+            ht.add_row(safe(h.path.rsplit("/", 1)[-1]), h.sha256, h.autov2, h.a1111_old)
         console.print(ht)
     if r.scan is not None:
         s = r.scan

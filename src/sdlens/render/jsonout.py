@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
+
+# what json.dumps(ensure_ascii=False) leaves raw that a terminal may act on or that cannot be encoded (it already
+# escapes C0); these only occur inside strings, where \uXXXX is the same character
+_RAW = re.compile("[\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069\ufeff\ud800-\udfff]")
 
 
 def plain(obj: Any) -> Any:
@@ -22,4 +27,11 @@ def plain(obj: Any) -> Any:
 
 
 def dumps(obj: Any) -> str:
-    return json.dumps(plain(obj), indent=2, ensure_ascii=False)
+    """Readable UTF-8 JSON; the characters a terminal could act on (C1, DEL, bidi overrides, line separators)
+    and lone surrogates (names that are not UTF-8) are written as ``\\uXXXX`` escapes, so the text prints and
+    encodes without error and still loads back to the same strings (json already escapes C0)."""
+    return _RAW.sub(_u_escape, json.dumps(plain(obj), indent=2, ensure_ascii=False))
+
+
+def _u_escape(m: re.Match[str]) -> str:
+    return f"\\u{ord(m.group()):04x}"

@@ -15,8 +15,10 @@ from rich.table import Table
 from sdlens.analysis.matrix import MatrixResult
 from sdlens.io.atomic import write_text_atomic
 from sdlens.render.jsonout import dumps
+from sdlens.render.safe_text import plot_label, printable, safe
 
 _DETAIL = ("vae_encoder", "vae_decoder", "schedule", "other")  # CSV and JSON only
+WRITES = ("matrix-*.csv", "matrix.json", "identity.csv", "*.png", ".matrix-partial.npz")  # in the --out folder
 _METRIC = {"l2": "L2 distance ‖a−b‖₂", "l1": "L1 distance Σ|a−b|", "cos": "cosine distance 1 − cos(a, b)"}
 
 
@@ -56,18 +58,21 @@ def figure_jobs(result: MatrixResult, out_dir: Path) -> list[tuple[str, tuple]]:
     """The figures to draw, as (``matrix_plots`` function name, arguments)."""
     label = _METRIC[result.metric]
     mats = {g: result.matrix(g) for g in result.matrices}
+    names = [plot_label(n) for n in result.names]  # file names may hold control characters or "$"
+    identity = {plot_label(c): [[plot_label(n) for n in grp] for grp in groups] for c, groups in result.identity.items()}
     jobs: list[tuple[str, tuple]] = []
     for g, m in mats.items():
         if not _worth_plotting(g, m):
             continue
-        jobs.append(("plot_heatmap", (m, result.names, f"{g}: {label}", out_dir / f"heatmap-{_fname(g)}.png")))
+        title = plot_label(f"{g}: {label}")
+        jobs.append(("plot_heatmap", (m, names, title, out_dir / f"heatmap-{_fname(g)}.png")))
         if not g.startswith("block:"):
-            jobs.append(("plot_graph", (m, result.names, f"{g}: {label}", out_dir / f"graph-{_fname(g)}.png")))
-            jobs.append(("plot_mds", (m, result.names, f"{g}: 2-D map (MDS) of {label}",
+            jobs.append(("plot_graph", (m, names, title, out_dir / f"graph-{_fname(g)}.png")))
+            jobs.append(("plot_mds", (m, names, plot_label(f"{g}: 2-D map (MDS) of {label}"),
                                       out_dir / f"mds-{_fname(g)}.png")))
     main = {g: m for g, m in mats.items() if not g.startswith("block:") and g not in _DETAIL}
-    jobs.append(("plot_from_ref", (main or mats, result.names, result.ref, out_dir / "from-ref.png")))
-    jobs.append(("plot_identity", (result.identity, result.names, out_dir / "identity.png")))
+    jobs.append(("plot_from_ref", (main or mats, names, result.ref, out_dir / "from-ref.png")))
+    jobs.append(("plot_identity", (identity, names, out_dir / "identity.png")))
     return jobs
 
 
@@ -199,19 +204,19 @@ def render_matrix(result: MatrixResult, console: Console, *, max_cols: int = 12)
     """Notes, the identity groups, then each group's matrix (models as rows; at most ``max_cols`` columns)."""
     console.print(f"[bold]{len(result.models)} models[/] · {_METRIC[result.metric]} · by {result.by}")
     for g, note in result.notes.items():
-        console.print(f"[yellow]note[/] {g}: {note}", soft_wrap=True)
+        console.print(f"[yellow]note[/] {safe(g)}: {safe(note)}", soft_wrap=True)
     t = Table(title="bit-identical components", title_justify="left")
     t.add_column("component")
     t.add_column("models sharing the same bytes")
     for comp, groups in result.identity.items():
         for grp in groups:
-            t.add_row(comp, ", ".join(grp))
+            t.add_row(safe(comp), ", ".join(safe(n) for n in grp))
     if t.row_count:
         console.print(t)
-    short = [Path(n).stem[:18] for n in result.names]
+    short = [safe(printable(Path(n).stem, None)[:18]) for n in result.names]
     for g in result.matrices:
         m = result.matrix(g)
-        t = Table(title=f"{g} ({result.keys.get(g, 0)} tensors)", title_justify="left")
+        t = Table(title=f"{safe(g)} ({result.keys.get(g, 0)} tensors)", title_justify="left")
         t.add_column("model")
         for name in short[:max_cols]:
             t.add_column(name, justify="right")
