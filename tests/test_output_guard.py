@@ -103,7 +103,11 @@ def test_matrix_out_folder_conflicts(monkeypatch, capsys, pair, tmp_path):
     os.replace(a, models / "a.safetensors")
     os.replace(b, models / "b.safetensors")
     assert "is the input folder" in refused(monkeypatch, capsys, "matrix", models, "--out", models)
-    assert "contains the input folder" in refused(monkeypatch, capsys, "matrix", models, "--out", tmp_path)
+    # a folder above the models is fine: matrix writes only its own file names, none of them an input
+    code, _, err = run(monkeypatch, capsys, "matrix", models, "--out", tmp_path, "--no-plots")
+    assert code == 0, err
+    assert sorted(p.name for p in models.iterdir()) == ["a.safetensors", "b.safetensors"]
+    assert any(p.suffix == ".csv" for p in tmp_path.iterdir())
 
 
 def test_embed_out_holding_the_prompts_is_refused(monkeypatch, capsys, pair, tmp_path):

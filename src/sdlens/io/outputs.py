@@ -5,8 +5,9 @@ doing any work; it raises :class:`OutputConflictError` (one line, exit status 2)
 
 - an output file that is an input file, or a file inside an input folder — the same file by device and inode,
   so through symlinks and hard links as well;
-- an output folder that is, or contains, an input folder; one holding an input file at a name the command
-  writes (``OutFolder.writes``); one whose whole content is replaced (``whole``) holding any input;
+- an output folder that is an input folder; one holding an input file at a name the command writes
+  (``OutFolder.writes``; so ``matrix models/ --out .`` is fine); one whose whole content is replaced
+  (``whole``) holding any input;
 - an output file that is an existing folder, or an output folder that is an existing file.
 
 :func:`remove_created_on_failure` wraps the work: folders that did not exist before (the output folders and the
@@ -161,7 +162,7 @@ def check_outputs(inputs: Iterable[str | Path | None], outputs: Iterable[Output 
         for folder_real, folder in ins.folders.items():
             if real == folder_real:
                 raise _refuse(o, f"is the input folder {folder}")
-            if real in folder_real.parents:
+            if o.whole and real in folder_real.parents:
                 raise _refuse(o, f"contains the input folder {folder}")
         if o.whole:
             for in_real, named in ins.real.items():
