@@ -97,3 +97,188 @@ def test_scan_and_hash_of_a_pickle_with_a_strided_view(tmp_path):
     assert hashes == [hash_file(path)]
     assert sum(seen) == path.stat().st_size + base.numel() * 4  # the file once, plus the view read on its own
 
+
+
+# ----------------------------------------------------------------------------------------- matrix inputs
+
+UNET_KEYS = {  # a few SD1-layout denoiser keys (tiny shapes): enough for matrix's alignment
+    "model.diffusion_model.input_blocks.0.0.weight": (8, 4, 3, 3),
+    "model.diffusion_model.input_blocks.1.0.in_layers.2.weight": (8, 8, 3, 3),
+    "model.diffusion_model.middle_block.0.in_layers.2.weight": (8, 8, 3, 3),
+    "model.diffusion_model.output_blocks.0.0.in_layers.2.weight": (8, 8, 3, 3),
+    "model.diffusion_model.out.2.weight": (4, 8, 3, 3),
+}
+CLIP_KEY = "cond_stage_model.transformer.text_model.encoder.layers.0.mlp.fc1.weight"
+
+
+def _tiny(path, seed: int, *, clip: bool = False):
+    g = torch.Generator().manual_seed(seed)
+    t = {k: torch.randn(s, generator=g).half() for k, s in UNET_KEYS.items()}
+    if clip:
+        t[CLIP_KEY] = torch.randn(16, 8, generator=g).half()
+    return save_safetensors(t, path)
+
+
+def _brute_l2(paths) -> np.ndarray:
+    """The denoiser's L2 distances in float64 from the whole tensors (tiny models: fine to hold)."""
+    flat = []
+    for p in paths:
+        with open_checkpoint(p) as ck:
+            flat.append(np.concatenate([ck.read_numpy(k).astype(np.float64).ravel() for k in sorted(UNET_KEYS)]))
+    return np.array([[np.linalg.norm(a - b) for b in flat] for a in flat])
+
+
+def _invoke(*args: str):
+    from typer.testing import CliRunner
+
+    from sdlens.cli import app
+
+    return CliRunner().invoke(app, list(args))
+
+
+def test_matrix_folder_with_bad_files_skips_them(tmp_path):
+    folder = tmp_path / "models"
+    good = [_tiny(folder / f"m{i}.safetensors", seed=i) for i in range(4)]
+    (folder / "trunc.safetensors").write_bytes(good[0].read_bytes()[:-100])
+    (folder / "garbage.safetensors").write_bytes(np.random.default_rng(0).bytes(3000))
+    out = tmp_path / "out"
+    r = _invoke("matrix", str(folder), "--out", str(out), "--no-plots")
+    assert r.exit_code == 2, r.output  # results produced, some inputs could not be read
+    errors = [ln for ln in r.output.splitlines() if "error:" in ln]
+    assert len(errors) == 2 and "Traceback" not in r.output
+    assert any("trunc.safetensors" in e and "truncated" in e for e in errors)
+    assert any("garbage.safetensors" in e for e in errors)
+    assert "not read (see the errors): 2 inputs (" in r.output
+    import csv
+
+    rows = list(csv.reader((out / "matrix-denoiser.csv").open()))
+    assert rows[0] == ["model", *(p.name for p in good)]
+    got = np.array([[float(v) for v in row[1:]] for row in rows[1:]])
+    assert np.allclose(got, _brute_l2(good), rtol=1e-6)
+    res = M.matrix([*good, folder / "trunc.safetensors"])  # the API: the same, with the skipped input listed
+    assert [s["path"] for s in res.skipped] == [str(folder / "trunc.safetensors")] and len(res.models) == 4
+
+
+def test_matrix_needs_two_readable_models(tmp_path):
+    a = _tiny(tmp_path / "a.safetensors", seed=0)
+    (tmp_path / "bad.safetensors").write_bytes(b"\x00" * 20)
+    with pytest.raises(M.SdlensError, match="two readable models, 1 of 2 could be read .*bad.safetensors"):
+        M.matrix([a, tmp_path / "bad.safetensors"])
+
+
+def test_notes_are_one_line_per_reason_with_a_few_names(tmp_path):
+    # 2 models have a CLIP-L, 45 do not: one note naming 3 of the 45
+    paths = [_tiny(tmp_path / f"m{i:02d}.safetensors", seed=i, clip=i < 2) for i in range(47)]
+    r = M.matrix(paths)
+    assert r.notes["clip_l"] == "missing: 45 models (m02.safetensors, m03.safetensors, m04.safetensors, +42 more)"
+    assert r.note_lines() == ["clip_l: " + r.notes["clip_l"]]
+    assert "denoiser" not in r.notes and np.isnan(r.matrix("clip_l")[0, 2])
+
+
+def test_block_notes_are_not_repeated_per_block(tmp_path):
+    from sdlens.testing.zoo_unet import build_single_file
+
+    # the seeds of the matrix zoo (test_matrix.py): cached by zoo_unet when both run in one session
+    sd1, sdxl = build_single_file("sd1", seed=0), build_single_file("sdxl", seed=5)
+    paths = [save_safetensors(sd1, tmp_path / "a.safetensors"), save_safetensors(sd1, tmp_path / "b.safetensors"),
+             save_safetensors(sdxl, tmp_path / "x.safetensors")]
+    r = M.matrix(paths, by="block")
+    lines = r.note_lines()
+    assert len(r.notes) > 10 and len(lines) == len(set(r.notes.values())) <= 2
+    assert all("x.safetensors" in ln and ln.count(".safetensors") == 1 for ln in lines)
+    assert lines[0].startswith(f"{sum(v == r.notes['block:IN00'] for v in r.notes.values())} blocks (IN00, ")
+
+
+def test_note_helper():
+    from sdlens.analysis.notes import listing, note
+
+    assert listing(["a"]) == "1 model (a)"
+    assert listing(list("abcd"), "block") == "4 blocks (a, b, c, +1 more)"
+    assert note("why", list("abc"), "file") == "why: 3 files (a, b, c)"
+
+
+# ----------------------------------------------------------------------------------------- matrix --resume
+
+
+def _family(tmp_path, n: int = 4):
+    return [_tiny(tmp_path / f"r{i}.safetensors", seed=10 + i, clip=True) for i in range(n)]
+
+
+def _saved_done_bytes(state, pl) -> int:
+    import json
+
+    with np.load(state) as z:
+        done = set(json.loads(str(z["__meta__"]))["done"])
+    return sum(t.nbytes for t in pl.tasks if t.id in done)
+
+
+def test_resume_after_an_interrupted_run_reuses_the_saved_work(tmp_path):
+    paths = _family(tmp_path)
+    pl = M.plan(paths, task_bytes=1)  # one key per task: 6 tasks
+    assert len(pl.tasks) == 6
+    full = M.matrix(paths, task_bytes=1)
+    state = tmp_path / "state.npz"
+    seen: list[int] = []
+
+    def killed_half_way(n: int) -> None:
+        seen.append(n)
+        if sum(seen) > pl.nbytes / 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        M.matrix(paths, state=state, task_bytes=1, progress=killed_half_way)
+    saved = _saved_done_bytes(state, pl)
+    assert 0 < saved < pl.nbytes
+    told: list[tuple[int, int]] = []
+    work: list[int] = []
+    resumed = M.matrix(paths, state=state, resume=True, task_bytes=1, progress=work.append,
+                       on_resume=lambda done, total: told.append((done, total)))
+    assert told == [(saved, pl.nbytes)] and resumed.resumed_bytes == saved
+    assert work[0] == saved and sum(work[1:]) == pl.nbytes - saved  # only the rest was read again
+    for g in full.matrices:
+        assert np.array_equal(resumed.matrix(g), full.matrix(g), equal_nan=True), g
+    assert resumed.identity == full.identity and resumed.notes == full.notes
+
+
+def test_cli_resume_says_what_it_reused(tmp_path, monkeypatch):
+    import csv
+
+    paths = _family(tmp_path)
+    monkeypatch.setattr(M, "_TASK_BYTES", 1)
+    real = M.run_task
+    calls: list[int] = []
+
+    def run_task(*a, **k):
+        task = a[1]
+        calls.append(task.id)
+        if task.id == 3 and len(calls) == 4:  # the first run is killed during its fourth task
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(M, "run_task", run_task)
+    out = tmp_path / "out"
+    args = ["matrix", *map(str, paths), "--out", str(out), "--no-plots"]
+    r = _invoke(*args)
+    assert r.exit_code == 130 and "run again with --resume" in r.output
+    pl = M.plan(paths)
+    saved = _saved_done_bytes(out / ".matrix-partial.npz", pl)
+    assert saved == sum(t.nbytes for t in pl.tasks[:3])
+    r = _invoke(*args, "--resume")
+    assert r.exit_code == 0, r.output
+    from sdlens.commands.matrix import resumed_line
+
+    assert resumed_line(saved, pl.nbytes, out) in r.output
+    assert calls[4:] == [3, 4, 5]  # the resumed run did only the rest
+    got = [row for row in csv.reader((out / "matrix-denoiser.csv").open())]
+    ref = tmp_path / "ref"
+    assert _invoke(*args[:-3], "--out", str(ref), "--no-plots").exit_code == 0
+    assert got == [row for row in csv.reader((ref / "matrix-denoiser.csv").open())]
+
+
+def test_resumed_line():
+    from pathlib import Path
+
+    from sdlens.commands.matrix import resumed_line
+
+    assert resumed_line(9_300_000_000, 23_000_000_000, Path("s")) == "resumed: 9.3 of 23.0 GB already done"
+    assert resumed_line(0, 10, Path("s")).startswith("nothing to resume")

@@ -13,9 +13,11 @@ from rich.console import Console
 from rich.table import Table
 
 from sdlens.analysis.matrix import MatrixResult
+from sdlens.analysis.notes import listing
 from sdlens.io.atomic import write_text_atomic
 from sdlens.render.jsonout import dumps
 
+_IDENTITY_NAMES = 8  # names per identity group in the console table (all are in identity.csv)
 _DETAIL = ("vae_encoder", "vae_decoder", "schedule", "other")  # CSV and JSON only
 _METRIC = {"l2": "L2 distance ‖a−b‖₂", "l1": "L1 distance Σ|a−b|", "cos": "cosine distance 1 − cos(a, b)"}
 
@@ -198,14 +200,14 @@ class FigureWorkers:
 def render_matrix(result: MatrixResult, console: Console, *, max_cols: int = 12) -> None:
     """Notes, the identity groups, then each group's matrix (models as rows; at most ``max_cols`` columns)."""
     console.print(f"[bold]{len(result.models)} models[/] · {_METRIC[result.metric]} · by {result.by}")
-    for g, note in result.notes.items():
-        console.print(f"[yellow]note[/] {g}: {note}", soft_wrap=True)
+    for line in result.note_lines():
+        console.print(f"[yellow]note[/] {line}", soft_wrap=True, highlight=False)
     t = Table(title="bit-identical components", title_justify="left")
     t.add_column("component")
     t.add_column("models sharing the same bytes")
     for comp, groups in result.identity.items():
         for grp in groups:
-            t.add_row(comp, ", ".join(grp))
+            t.add_row(comp, listing(grp, limit=_IDENTITY_NAMES))
     if t.row_count:
         console.print(t)
     short = [Path(n).stem[:18] for n in result.names]
