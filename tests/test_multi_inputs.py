@@ -282,3 +282,36 @@ def test_resumed_line():
 
     assert resumed_line(9_300_000_000, 23_000_000_000, Path("s")) == "resumed: 9.3 of 23.0 GB already done"
     assert resumed_line(0, 10, Path("s")).startswith("nothing to resume")
+
+
+def test_embed_leaves_out_an_unreadable_model(tmp_path):
+    from sdlens.analysis.embed import embed
+    from sdlens.io.prompts import Prompt
+    from sdlens.testing.tokenizer import DEMO_PROMPTS, write_clip_tokenizer
+    from sdlens.testing.zoo_unet import build_single_file
+
+    good = save_safetensors(build_single_file("sd1", seed=0), tmp_path / "sd1.safetensors")
+    bad = tmp_path / "empty.safetensors"
+    bad.write_bytes(b"")
+    prompts = [Prompt(*p) for p in DEMO_PROMPTS[:3]]
+    r = embed([good, bad], prompts, tokenizer_dirs=[write_clip_tokenizer(tmp_path / "tok")])
+    assert [m.path for m in r.models] == [str(good)] and len(r.embeddings) == 1
+    assert r.skipped == [{"path": str(bad), "error": "empty file (0 bytes)"}]
+    with pytest.raises(M.SdlensError, match="empty file"):  # the reference itself must be readable
+        embed([bad, good], prompts, tokenizer_dirs=[tmp_path / "tok"])
+
+
+def test_diff_names_a_few_of_the_keys_found_on_one_side(tmp_path):
+    import re
+
+    from sdlens.analysis.diff import diff
+
+    b = _tiny(tmp_path / "b.safetensors", seed=0)
+    with open_checkpoint(b) as ck:
+        t = {k: ck.read(k) for k in ck.tensors}
+    for i in range(2, 6):  # four more resnet convs in A only
+        t[f"model.diffusion_model.input_blocks.{i}.0.in_layers.2.weight"] = torch.ones(8, 8, 3, 3).half()
+    a = save_safetensors(t, tmp_path / "a.safetensors")
+    r = diff(a, b)
+    line = next(v for v in r.verdict if "only in A" in v)
+    assert re.fullmatch(r".+: only in A: 4 tensors \([^,]+, [^,]+, [^,]+, \+1 more\)", line), line

@@ -87,8 +87,8 @@ def inspect(
             render_report(report, out, brief=brief)
     if json_out:
         print(dumps(results[0] if len(results) == 1 else results))
-    if failed:
-        raise typer.Exit(1)
+    if failed:  # an input error, as for matrix: the other files were reported above
+        raise typer.Exit(2)
 
 
 @app.command()
