@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from sdlens.analysis.matrix import MatrixResult
-from sdlens.analysis.notes import listing
+from sdlens.analysis.notes import listing, plural
 from sdlens.io.atomic import write_text_atomic
 from sdlens.render.jsonout import dumps
 
@@ -213,7 +213,7 @@ def render_matrix(result: MatrixResult, console: Console, *, max_cols: int = 12)
     short = [Path(n).stem[:18] for n in result.names]
     for g in result.matrices:
         m = result.matrix(g)
-        t = Table(title=f"{g} ({result.keys.get(g, 0)} tensors)", title_justify="left")
+        t = Table(title=f"{g} ({plural(result.keys.get(g, 0), 'tensor')})", title_justify="left")
         t.add_column("model")
         for name in short[:max_cols]:
             t.add_column(name, justify="right")
