@@ -224,7 +224,7 @@ def test_nan_weights_leave_their_cells_empty_with_a_note(tmp_path):
     m = r.matrix("denoiser")
     assert np.isnan(m[2, :2]).all() and np.isnan(m[:2, 2]).all()
     assert m[0, 1] > 0 and math.isfinite(m[0, 1])  # the other pair is unaffected
-    assert r.notes["denoiser"].startswith("NaN or Inf weights in nan.safetensors (1 tensors)")
+    assert r.notes["denoiser"] == "NaN or Inf weights, distances left empty: 1 model (nan.safetensors: 1 tensor)"
     assert not np.isnan(r.matrix("clip_l")).any()  # its other components are fine
 
 

@@ -54,6 +54,7 @@ def inspect(
 ) -> None:
     """What is this file? Family, layout, components, precision, EMA, metadata, problems: from the header."""
     from sdlens.analysis.inspect import inspect as run_inspect
+    from sdlens.analysis.inspect import read_bytes
     from sdlens.io.open import expand_paths, open_checkpoint
     from sdlens.render.jsonout import dumps
 
@@ -65,7 +66,7 @@ def inspect(
             bar = None
             if hashes or scan:
                 with open_checkpoint(path) as ck:
-                    total = (ck.file_size if hashes else 0) + (ck.tensor_bytes if scan else 0)
+                    total = read_bytes(ck, hashes=hashes, scan=scan)
                 bar, progress = _progress_bar(total, path.name)
                 bar.start()
             try:
@@ -87,8 +88,8 @@ def inspect(
             render_report(report, out, brief=brief)
     if json_out:
         print(dumps(results[0] if len(results) == 1 else results))
-    if failed:
-        raise typer.Exit(1)
+    if failed:  # an input error, as for matrix: the other files were reported above
+        raise typer.Exit(2)
 
 
 @app.command()

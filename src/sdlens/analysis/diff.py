@@ -421,6 +421,8 @@ def verdict(r: DiffResult) -> list[str]:
 
 def _presence(keys: list[str], side: str, fam: str, shared: set[str]) -> list[str]:
     """Sentences for keys found on one side only, per component."""
+    from sdlens.analysis.notes import note
+
     other = "B" if side == "A" else "A"
     by: dict[str, list[str]] = {}
     for k in keys:
@@ -437,6 +439,5 @@ def _presence(keys: list[str], side: str, fam: str, shared: set[str]) -> list[st
         elif c not in shared:
             out.append(f"no {label} in {other} ({tensors} only in {side})")
         else:
-            examples = ", ".join(rests[:3]) + (" …" if n > 3 else "")
-            out.append(f"{label}: {tensors} only in {side} ({examples})")
+            out.append(note(f"{label}: only in {side}", rests, "tensor"))
     return out

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from sdlens.arch.text_encoders import ENCODER_KINDS, EncoderSpec
-from sdlens.errors import SdlensError
+from sdlens.errors import CheckpointError, SdlensError
 from sdlens.io.prompts import Prompt
 
 POOLS = ("eos", "mean", "flatten")
@@ -124,6 +124,7 @@ class EmbedResult:
     drift: list[Drift]
     ref: str | None
     tokenizers: dict[str, str] = field(default_factory=dict)
+    skipped: list[dict[str, str]] = field(default_factory=list)  # inputs that could not be read: path, error
 
     @property
     def labels(self) -> list[str]:
@@ -151,6 +152,7 @@ class EmbedResult:
             "tokenizers": dict(self.tokenizers),
             "embeddings": [e.to_dict() for e in self.embeddings],
             "drift": [d.to_dict() for d in self.drift],
+            "skipped": list(self.skipped),
         }
 
 
@@ -399,8 +401,16 @@ def embed(
 
     # what each model holds (headers only), so the tokenizers needed are known before any heavy work
     plans: list[tuple[Path, str, list[EncoderSpec], str, list[str]]] = []
+    unreadable: list[dict[str, str]] = []
     for path, name in zip(paths, names, strict=True):
-        with open_checkpoint(path) as ck:
+        try:
+            ck = open_checkpoint(path)
+        except CheckpointError as e:  # left out, listed in the result; the reference must be readable
+            if name == ref_name or len(paths) == 1:
+                raise
+            unreadable.append({"path": str(path), "error": e.problem})
+            continue
+        with ck:
             specs, family = find_text_encoders(ck)
         skipped: list[str] = []
         chosen = []
@@ -474,4 +484,4 @@ def embed(
                                     f"{base.layer}, {base.dim} dims; pass the same --layer)")
                 continue
             drift.append(compute_drift(e, base, prompts))
-    return EmbedResult(prompts, models, embeddings, drift, ref_name, dict(toks.sources))
+    return EmbedResult(prompts, models, embeddings, drift, ref_name, dict(toks.sources), unreadable)

@@ -9,7 +9,7 @@ from typing import Any
 
 from sdlens.analysis.lora import LoraInfo, analyse_lora, is_lora
 from sdlens.analysis.metadata import MetadataSummary, summarise_metadata
-from sdlens.analysis.scan import ScanResult, scan_tensors
+from sdlens.analysis.scan import ScanResult, scan_and_hash, scan_and_hash_bytes, scan_tensors
 from sdlens.analysis.schedule import ScheduleInfo, analyse_schedule
 from sdlens.arch import registry as R
 from sdlens.arch.detect import (
@@ -108,13 +108,23 @@ def inspect(
     """Describe a checkpoint. ``hashes`` and ``scan`` read the whole file (streaming); ``progress`` gets byte counts."""
     with open_checkpoint(path) as ckpt:
         report = describe(ckpt)
-        if scan:
+        if scan and hashes:  # one read of each file for both
+            report.scan, report.hashes = scan_and_hash(ckpt, progress)
+        elif scan:
             report.scan = scan_tensors(ckpt, progress)
-            report.problems += report.scan.problems
-        if hashes:
+        elif hashes:
             report.hashes = [hash_file(f, progress) for f in ckpt.files]
+        if report.scan is not None:
+            report.problems += report.scan.problems
         report.summary = summary_line(report)
         return report
+
+
+def read_bytes(ckpt: Checkpoint, *, hashes: bool, scan: bool) -> int:
+    """The bytes :func:`inspect` reads with these options (the progress bar's total)."""
+    if hashes and scan:
+        return scan_and_hash_bytes(ckpt)
+    return ckpt.file_size if hashes else (ckpt.tensor_bytes if scan else 0)
 
 
 def describe(ckpt: Checkpoint) -> InspectReport:

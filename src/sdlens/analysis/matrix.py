@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from sdlens.analysis.notes import listing, note, plural
 from sdlens.arch.blocks import block_of
 from sdlens.arch.canonical import CanonRef, canonical_index
 from sdlens.errors import SdlensError
@@ -76,6 +77,7 @@ class Plan:
     groups: list[str]
     signatures: dict[str, list[str | None]]  # group -> per-model digest of its (key, shape) set, None = absent
     metric: str
+    skipped: list[dict[str, str]] = field(default_factory=list)  # inputs that could not be read: path, error
 
     @property
     def nbytes(self) -> int:
@@ -141,6 +143,22 @@ class MatrixResult:
     notes: dict[str, str]  # group -> who was left out and why
     identity: dict[str, list[list[str]]]  # component -> groups (≥ 2 models) with bit-identical tensors
     keys: dict[str, int]  # group -> number of tensors compared
+    skipped: list[dict[str, str]] = field(default_factory=list)  # inputs that could not be read: path, error
+    resumed_bytes: int = 0  # of the work, bytes already done by an interrupted run (``resume``)
+    total_bytes: int = 0
+
+    def note_lines(self) -> list[str]:
+        """The notes, one line per distinct note: groups with the same note (blocks, usually) share one."""
+        by_text: dict[str, list[str]] = {}
+        for g, text in self.notes.items():
+            by_text.setdefault(text, []).append(g.removeprefix("block:"))
+        lines = []
+        for text, groups in by_text.items():
+            where = groups[0] if len(groups) == 1 else listing(groups, "block" if self.by == "block" else "group")
+            lines.append(f"{where}: {text}")
+        if self.skipped:
+            lines.append(note("not read (see the errors)", [Path(s["path"]).name for s in self.skipped], "input"))
+        return lines
 
     def matrix(self, group: str) -> np.ndarray:
         return np.array([[np.nan if v is None else v for v in row] for row in self.matrices[group]])
@@ -159,6 +177,9 @@ class MatrixResult:
             "notes": self.notes,
             "identity": self.identity,
             "keys": self.keys,
+            "skipped": self.skipped,
+            "resumed_bytes": self.resumed_bytes,
+            "total_bytes": self.total_bytes,
         }
 
 
@@ -170,17 +191,26 @@ def _component_groups(name: str) -> tuple[str, ...]:
     return (comp, "vae") if comp in _VAE else (comp,)
 
 
-def plan(paths: Sequence[str | Path], *, metric: str = "l2", time_embed: str = "IN00") -> Plan:
-    """Headers only: align every model's tensors by canonical name and cut the work into tasks."""
+def plan(paths: Sequence[str | Path], *, metric: str = "l2", time_embed: str = "IN00",
+         task_bytes: int | None = None) -> Plan:
+    """Headers only: align every model's tensors by canonical name and cut the work into tasks of about
+    ``task_bytes`` per model. An input that cannot be read is left out and listed in ``Plan.skipped``."""
     if len(paths) < 2:
         raise SdlensError(None, "matrix needs at least two models")
+    skipped: list[dict[str, str]] = []
+    task_bytes = task_bytes or _TASK_BYTES
     models: list[ModelInfo] = []
     indexes: list[dict[str, CanonRef]] = []
     infos: list[dict[str, Any]] = []
     orders: list[dict[str, int]] = []
     layouts: dict[str, tuple[dict[str, CanonRef], str]] = {}  # a folder of fine-tunes shares one key layout
     for p in paths:
-        with open_checkpoint(p) as ck:
+        try:
+            ck = open_checkpoint(p)
+        except SdlensError as e:
+            skipped.append({"path": str(p), "error": e.problem})
+            continue
+        with ck:
             entries = sorted((k, t.dtype, list(t.shape), t.offset) for k, t in ck.tensors.items())
             configs = getattr(ck, "configs", None)
             layout = None if configs else json.dumps([e[:3] for e in entries])
@@ -193,6 +223,11 @@ def plan(paths: Sequence[str | Path], *, metric: str = "l2", time_embed: str = "
             indexes.append(idx)
             infos.append(dict(ck.tensors))
             orders.append({k: i for i, k in enumerate(ck.in_file_order())})
+    if len(models) < 2:
+        why = "; ".join(f"{s['path']}: {s['error']}" for s in skipped[:2])
+        more = f"; +{len(skipped) - 2} more" if len(skipped) > 2 else ""
+        raise SdlensError(None, f"matrix needs at least two readable models, {len(models)} of {len(paths)} could "
+                                f"be read ({why}{more})")
     names = {n for idx in indexes for n in idx}
     # the family that names the merge blocks: the most common one among the models
     fams = [m.family for m in models if m.family != "unknown"]
@@ -229,7 +264,7 @@ def plan(paths: Sequence[str | Path], *, metric: str = "l2", time_embed: str = "
     for _, kp in plans:
         cur.append(kp)
         cur_bytes += kp.nbytes
-        if cur_bytes >= _TASK_BYTES * len(models):
+        if cur_bytes >= task_bytes * len(models):
             tasks.append(Task(len(tasks), cur))
             cur, cur_bytes = [], 0
     if cur:
@@ -239,7 +274,7 @@ def plan(paths: Sequence[str | Path], *, metric: str = "l2", time_embed: str = "
         for g, per in members.items()
     }
     groups = sorted(members, key=_group_order)
-    return Plan(models, tasks, groups, signatures, metric)
+    return Plan(models, tasks, groups, signatures, metric, skipped)
 
 
 def _group_order(g: str) -> tuple[int, str]:
@@ -488,6 +523,8 @@ def matrix(
     time_embed: str = "IN00",
     progress: Callable[[int], None] | None = None,
     on_plan: Callable[[Plan], None] | None = None,
+    on_resume: Callable[[int, int], None] | None = None,
+    task_bytes: int | None = None,
 ) -> MatrixResult:
     """Distance matrices between ``paths`` (any formats / layouts), per component or merge block.
 
@@ -495,24 +532,33 @@ def matrix(
     the GPU when torch sees one).
 
     ``state``: file for the running sums (saved atomically after each task); with ``resume`` an
-    interrupted run continues from it and gives the same matrices."""
+    interrupted run continues from it and gives the same matrices, and ``on_resume(done, total)`` is told
+    how many of the bytes to read it did already (``MatrixResult.resumed_bytes``).
+
+    Inputs that cannot be read are left out (``MatrixResult.skipped``); the others are compared."""
     if metric not in METRICS:
         raise SdlensError(None, f"unknown metric {metric!r}: use one of {', '.join(METRICS)}")
     if by not in ("component", "block"):
         raise SdlensError(None, f"unknown --by {by!r}: use component or block")
     from sdlens.analysis import kernels
 
-    pl = plan(paths, metric=metric, time_embed=time_embed)
+    pl = plan(paths, metric=metric, time_embed=time_embed, task_bytes=task_bytes)
     if on_plan:
         on_plan(pl)
+    paths = [m.path for m in pl.models]
     n = len(pl.models)
     fp = _fingerprint(pl, metric)
     state_path = Path(state) if state else None
     total = Partial(n)
-    if resume and state_path is not None and state_path.exists():
-        total = Partial.load(state_path, n, fp)
-        if progress:
-            progress(sum(t.nbytes for t in pl.tasks if t.id in total.done))
+    reused = 0
+    if resume:
+        if state_path is not None and state_path.exists():
+            total = Partial.load(state_path, n, fp)
+            reused = sum(t.nbytes for t in pl.tasks if t.id in total.done)
+        if on_resume:
+            on_resume(reused, pl.nbytes)
+        if progress and reused:
+            progress(reused)
     cks = [open_checkpoint(p) for p in paths]
     previous = kernels.set_threads(workers) if workers else None
     try:
@@ -528,7 +574,9 @@ def matrix(
             kernels.set_threads(previous)
         for ck in cks:
             ck.close()
-    return finish(pl, total, metric=metric, by=by, ref=_ref_index(pl, ref))
+    result = finish(pl, total, metric=metric, by=by, ref=_ref_index(pl, ref))
+    result.resumed_bytes = reused
+    return result
 
 
 def _cosine_distance(acc: dict[str, np.ndarray]) -> np.ndarray:
@@ -572,18 +620,18 @@ def finish(pl: Plan, total: Partial, *, metric: str, by: str, ref: int = 0) -> M
             m = acc["l1"].copy()
         else:
             m = _cosine_distance(acc)
-        broken = [f"{names[i]} ({int(acc['bad'][i, i])} tensors)" for i in range(n) if acc["bad"][i, i] > 0]
+        broken = [f"{names[i]}: {plural(int(acc['bad'][i, i]), 'tensor')}" for i in range(n) if acc["bad"][i, i] > 0]
         m[~valid | ~np.isfinite(m)] = np.nan
         matrices[g] = [[None if math.isnan(v) else float(v) for v in row] for row in m]
         absent = [names[i] for i in range(n) if sig[i] is None]
         other = [names[i] for i in present if sig[i] != common]
         parts = []
         if broken:
-            parts.append(f"NaN or Inf weights in {', '.join(broken)}: their distances are left empty")
+            parts.append(note("NaN or Inf weights, distances left empty", broken))
         if absent:
-            parts.append(f"no {g.removeprefix('block:')} in {', '.join(absent)}")
+            parts.append(note("missing", absent))
         if other:
-            parts.append(f"other architecture or key set in {', '.join(other)} (compared only with each other)")
+            parts.append(note("other architecture or key set, compared only with each other", other))
         if parts:
             notes[g] = "; ".join(parts)
         keys[g] = int(acc["both"].max()) if acc["both"].size else 0
@@ -603,4 +651,5 @@ def finish(pl: Plan, total: Partial, *, metric: str, by: str, ref: int = 0) -> M
             if len(members) > 1:
                 groups.append([names[j] for j in members])
         identity[g] = groups
-    return MatrixResult(pl.models, metric, by, ref, matrices, notes, identity, keys)
+    return MatrixResult(pl.models, metric, by, ref, matrices, notes, identity, keys, list(pl.skipped),
+                        total_bytes=pl.nbytes)

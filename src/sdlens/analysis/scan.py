@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from sdlens.io.base import Checkpoint
+from sdlens.io.hashing import FileHashes
 from sdlens.io.stream import stream
 
 # dtype -> (signed view, unsigned view, first non-finite positive pattern, first non-finite negative, sign bit)
@@ -89,23 +90,58 @@ def _count_nonfinite(dtype: str, arr: np.ndarray) -> tuple[int, int]:
     return int(np.count_nonzero(nonfinite)) - inf, inf
 
 
+class _Scan:
+    """Adds up the pieces of a pass (any order, any split on element boundaries) into a :class:`ScanResult`."""
+
+    def __init__(self, ckpt: Checkpoint):
+        self.ckpt = ckpt
+        self.res = ScanResult(len(ckpt.tensors), 0)
+        self.nonzero: dict[str, bool] = {}
+
+    def add(self, key: str, dtype: str, array: np.ndarray) -> None:
+        bad, nz = _piece_stats(dtype, array)
+        if bad:
+            n_nan, n_inf = _count_nonfinite(dtype, array)
+            if n_nan:
+                self.res.nan[key] = self.res.nan.get(key, 0) + n_nan
+            if n_inf:
+                self.res.inf[key] = self.res.inf.get(key, 0) + n_inf
+        self.nonzero[key] = self.nonzero.get(key, False) or nz
+        self.res.bytes += array.size * self.ckpt.tensors[key].itemsize
+
+    def result(self) -> ScanResult:
+        t = self.ckpt.tensors
+        self.res.all_zero = [k for k in self.ckpt.in_file_order() if t[k].numel and not self.nonzero.get(k, False)]
+        return self.res
+
+
 def scan_tensors(ckpt: Checkpoint, progress: Callable[[int], None] | None = None) -> ScanResult:
     """Stream the whole checkpoint once in file order (no torch needed for fp16/bf16/fp32/fp64)."""
-    res = ScanResult(len(ckpt.tensors), 0)
-    nonzero: dict[str, bool] = {}
+    acc = _Scan(ckpt)
     for piece in stream(ckpt):
-        dtype = piece.info.dtype
-        bad, nz = _piece_stats(dtype, piece.array)
-        if bad:
-            n_nan, n_inf = _count_nonfinite(dtype, piece.array)
-            if n_nan:
-                res.nan[piece.key] = res.nan.get(piece.key, 0) + n_nan
-            if n_inf:
-                res.inf[piece.key] = res.inf.get(piece.key, 0) + n_inf
-        nonzero[piece.key] = nonzero.get(piece.key, False) or nz
-        nb = piece.count * piece.info.itemsize
-        res.bytes += nb
+        acc.add(piece.key, piece.info.dtype, piece.array)
         if progress:
-            progress(nb)
-    res.all_zero = [k for k, nz in nonzero.items() if not nz and ckpt.tensors[k].numel]
-    return res
+            progress(piece.count * piece.info.itemsize)
+    return acc.result()
+
+
+def scan_and_hash(ckpt: Checkpoint, progress: Callable[[int], None] | None = None, *, block: int = 16 << 20
+                  ) -> tuple[ScanResult, list[FileHashes]]:
+    """``--scan`` and ``--hash`` in one sequential read of each file: every byte is hashed, and every
+    tensor's bytes are scanned as they pass (strided torch views, which have no run of bytes of their own,
+    are read after). ``progress`` totals :func:`scan_and_hash_bytes`."""
+    from sdlens.io.onepass import read_once
+
+    acc = _Scan(ckpt)
+    hashes, strided = read_once(ckpt, lambda info, _first, arr: acc.add(info.key, info.dtype, arr),
+                                progress=progress, block=block)
+    for piece in stream(ckpt, strided):
+        acc.add(piece.key, piece.info.dtype, piece.array)
+        if progress:
+            progress(piece.count * piece.info.itemsize)
+    return acc.result(), hashes
+
+
+def scan_and_hash_bytes(ckpt: Checkpoint) -> int:
+    """The bytes :func:`scan_and_hash` reads: the files once, plus any strided views."""
+    return ckpt.file_size + sum(ckpt.tensors[k].nbytes for k in ckpt.tensors if not ckpt.is_plain(k))

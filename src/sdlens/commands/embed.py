@@ -57,6 +57,12 @@ def register(app: typer.Typer) -> None:
         figures = [p for p in written if p.suffix == ".png"]
         out.print(f"{len(written)} files written to {safe(out_dir)} (figures: {', '.join(safe(p.name) for p in figures)})",
                   soft_wrap=True, highlight=False)
+        if result.skipped:  # reported after the results too, so that they are not lost above the tables
+            from sdlens.cli import _fail
+
+            for s in result.skipped:
+                _fail(SdlensError(s["path"], f"{s['error']} (left out)"))
+            raise typer.Exit(2)
 
 
 def _tuned_copy(src: Path, dst: Path, layer_key: str, scale: float = 0.05) -> Path:

@@ -8,6 +8,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from sdlens.render.safe_text import safe
+
 
 def matrix(
     paths: Annotated[list[Path], typer.Argument(help="Checkpoint files, diffusers folders, or folders of models.")],
@@ -20,7 +22,10 @@ def matrix(
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run from its saved partial results.")] = False,
     plots: Annotated[bool, typer.Option(help="Write the figures.")] = True,
 ) -> None:
-    """How do these models relate? Distance matrices per component or merge block, identity groups, plots."""
+    """How do these models relate? Distance matrices per component or merge block, identity groups, plots.
+
+    An input that cannot be read is reported in one line and left out; the others are compared, and the exit
+    status is then 2 (after the results)."""
     from sdlens.io.open import expand_paths
     from sdlens.io.outputs import OutFolder, check_outputs, remove_created_on_failure
     from sdlens.render.matrix_view import WRITES, FigureWorkers
@@ -31,37 +36,47 @@ def matrix(
     # a failed run removes the folder it created, unless it holds partial results to --resume from
     with remove_created_on_failure([out_dir], keep=(out_dir / ".matrix-partial.npz").exists):
         try:
-            _run(files, out_dir, figures, metric=metric, by=by, ref=ref, workers=workers, chunk_mb=chunk_mb,
-                 resume=resume, plots=plots)
+            some_left_out = _run(files, out_dir, figures, metric=metric, by=by, ref=ref, workers=workers,
+                                 chunk_mb=chunk_mb, resume=resume, plots=plots)
         finally:
             if figures is not None:
                 figures.close()
+    if some_left_out:  # the results are written (and kept); the status says some inputs were not read
+        raise typer.Exit(2)
 
 
 def _run(files, out_dir: Path, figures, *, metric: str, by: str, ref: str | None, workers: int | None,
-         chunk_mb: int, resume: bool, plots: bool) -> None:
+         chunk_mb: int, resume: bool, plots: bool) -> bool:
+    """Compute and write; True when some inputs could not be read (and were left out)."""
     from sdlens.analysis.matrix import matrix as run_matrix
-    from sdlens.cli import _progress_bar, err, out
+    from sdlens.cli import _fail, _progress_bar, err, out
+    from sdlens.errors import SdlensError
     from sdlens.render.matrix_view import render_matrix, write_outputs
-    from sdlens.render.safe_text import safe
-
     state = out_dir / ".matrix-partial.npz"
     bar = {}
 
     def on_plan(pl) -> None:
+        for s in pl.skipped:
+            _fail(SdlensError(s["path"], f"{s['error']} (left out)"))
         err.print(f"{len(pl.models)} models, {len(pl.tasks)} tasks, {pl.nbytes / 1e9:.2f} GB to read", highlight=False)
         bar["p"], bar["advance"] = _progress_bar(pl.nbytes, "matrix")
         bar["p"].start()
 
+    def on_resume(done: int, total: int) -> None:
+        err.print(resumed_line(done, total, state), highlight=False, soft_wrap=True)
+
     out_dir.mkdir(parents=True, exist_ok=True)
     try:
         result = run_matrix(files, metric=metric, by=by, ref=ref, state=state, resume=resume, workers=workers,
-                            chunk_bytes=chunk_mb << 20, on_plan=on_plan,
+                            chunk_bytes=chunk_mb << 20, on_plan=on_plan, on_resume=on_resume,
                             progress=lambda n: bar["advance"](n) if bar else None)
     except KeyboardInterrupt:
         if bar:
             bar["p"].stop()
-        err.print(f"interrupted: partial results saved in {safe(state)}; run again with --resume to continue")
+        if state.exists():
+            err.print(f"interrupted: partial results saved in {safe(state)}; run again with --resume to continue")
+        else:
+            err.print("interrupted before the first task was done: nothing saved")
         raise typer.Exit(130) from None
     finally:
         if bar:
@@ -70,6 +85,15 @@ def _run(files, out_dir: Path, figures, *, metric: str, by: str, ref: str | None
                             while_drawing=lambda: render_matrix(result, out))
     state.unlink(missing_ok=True)
     out.print(f"written to {safe(out_dir)}: " + ", ".join(safe(p.name) for p in written), soft_wrap=True)
+    return bool(result.skipped)
+
+
+def resumed_line(done: int, total: int, state: Path) -> str:
+    """E.g. ``resumed: 9.3 of 23.0 GB already done``."""
+    if not done:
+        return f"nothing to resume (no saved partial results in {safe(state)}): starting from the beginning"
+    div, unit = next((d, u) for d, u in ((1e9, "GB"), (1e6, "MB"), (1e3, "kB"), (1, "bytes")) if total >= d)
+    return f"resumed: {done / div:.1f} of {total / div:.1f} {unit} already done"
 
 
 def register(app: typer.Typer) -> None:

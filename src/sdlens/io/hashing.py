@@ -22,11 +22,34 @@ class FileHashes:
         return asdict(self)
 
 
+class Hasher:
+    """Both hashes of one file, fed its bytes front to back (by whoever is reading them anyway)."""
+
+    def __init__(self, path: str | Path):
+        self.path = str(path)
+        self.pos = 0
+        self._sha = hashlib.sha256()
+        self._old = bytearray()
+
+    def update(self, data) -> None:
+        """The next bytes of the file (any buffer)."""
+        view = memoryview(data).cast("B")
+        self._sha.update(view)
+        lo, hi = max(OLD_HASH_OFFSET, self.pos), min(OLD_HASH_OFFSET + OLD_HASH_LENGTH, self.pos + len(view))
+        if lo < hi:
+            self._old += view[lo - self.pos : hi - self.pos]
+        self.pos += len(view)
+
+    def result(self) -> FileHashes:
+        digest = self._sha.hexdigest()
+        return FileHashes(self.path, digest, digest[:10], hashlib.sha256(self._old).hexdigest()[:8])
+
+
 def hash_file(
     path: str | Path, progress: Callable[[int], None] | None = None, block: int = 8 << 20
 ) -> FileHashes:
     """Stream the file once; ``progress`` is called with each block's byte count."""
-    h = hashlib.sha256()
+    h = Hasher(path)
     buf = bytearray(block)
     view = memoryview(buf)
     with open(path, "rb") as f:
@@ -34,7 +57,4 @@ def hash_file(
             h.update(view[:n])
             if progress:
                 progress(n)
-        f.seek(OLD_HASH_OFFSET)
-        old = hashlib.sha256(f.read(OLD_HASH_LENGTH)).hexdigest()[:8]
-    digest = h.hexdigest()
-    return FileHashes(str(path), digest, digest[:10], old)
+    return h.result()

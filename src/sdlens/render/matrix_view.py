@@ -13,10 +13,12 @@ from rich.console import Console
 from rich.table import Table
 
 from sdlens.analysis.matrix import MatrixResult
+from sdlens.analysis.notes import listing, plural
 from sdlens.io.atomic import write_text_atomic
 from sdlens.render.jsonout import dumps
 from sdlens.render.safe_text import plot_label, printable, safe
 
+_IDENTITY_NAMES = 8  # names per identity group in the console table (all are in identity.csv)
 _DETAIL = ("vae_encoder", "vae_decoder", "schedule", "other")  # CSV and JSON only
 WRITES = ("matrix-*.csv", "matrix.json", "identity.csv", "*.png", ".matrix-partial.npz")  # in the --out folder
 _METRIC = {"l2": "L2 distance ‖a−b‖₂", "l1": "L1 distance Σ|a−b|", "cos": "cosine distance 1 − cos(a, b)"}
@@ -203,20 +205,20 @@ class FigureWorkers:
 def render_matrix(result: MatrixResult, console: Console, *, max_cols: int = 12) -> None:
     """Notes, the identity groups, then each group's matrix (models as rows; at most ``max_cols`` columns)."""
     console.print(f"[bold]{len(result.models)} models[/] · {_METRIC[result.metric]} · by {result.by}")
-    for g, note in result.notes.items():
-        console.print(f"[yellow]note[/] {safe(g)}: {safe(note)}", soft_wrap=True)
+    for line in result.note_lines():
+        console.print(f"[yellow]note[/] {safe(line)}", soft_wrap=True, highlight=False)
     t = Table(title="bit-identical components", title_justify="left")
     t.add_column("component")
     t.add_column("models sharing the same bytes")
     for comp, groups in result.identity.items():
         for grp in groups:
-            t.add_row(safe(comp), ", ".join(safe(n) for n in grp))
+            t.add_row(safe(comp), safe(listing(grp, limit=_IDENTITY_NAMES)))
     if t.row_count:
         console.print(t)
     short = [safe(printable(Path(n).stem, None)[:18]) for n in result.names]
     for g in result.matrices:
         m = result.matrix(g)
-        t = Table(title=f"{safe(g)} ({result.keys.get(g, 0)} tensors)", title_justify="left")
+        t = Table(title=f"{safe(g)} ({plural(result.keys.get(g, 0), 'tensor')})", title_justify="left")
         t.add_column("model")
         for name in short[:max_cols]:
             t.add_column(name, justify="right")
