@@ -170,7 +170,8 @@ def _component_groups(name: str) -> tuple[str, ...]:
     return (comp, "vae") if comp in _VAE else (comp,)
 
 
-def plan(paths: Sequence[str | Path], *, metric: str = "l2", time_embed: str = "IN00") -> Plan:
+def plan(paths: Sequence[str | Path], *, metric: str = "l2", time_embed: str = "IN00",
+         variant: str | None = None) -> Plan:
     """Headers only: align every model's tensors by canonical name and cut the work into tasks."""
     if len(paths) < 2:
         raise SdlensError(None, "matrix needs at least two models")
@@ -180,7 +181,7 @@ def plan(paths: Sequence[str | Path], *, metric: str = "l2", time_embed: str = "
     orders: list[dict[str, int]] = []
     layouts: dict[str, tuple[dict[str, CanonRef], str]] = {}  # a folder of fine-tunes shares one key layout
     for p in paths:
-        with open_checkpoint(p) as ck:
+        with open_checkpoint(p, variant) as ck:
             entries = sorted((k, t.dtype, list(t.shape), t.offset) for k, t in ck.tensors.items())
             configs = getattr(ck, "configs", None)
             layout = None if configs else json.dumps([e[:3] for e in entries])
@@ -319,11 +320,12 @@ def run_task(
     device: str | None = None,
     progress: Callable[[int], None] | None = None,
     checkpoints: Sequence[Checkpoint] | None = None,
+    variant: str | None = None,
 ) -> Partial:
     """The sums of one task. Pure: depends only on the files and the task (safe to run anywhere)."""
     n = len(paths)
     owned = checkpoints is None
-    cks = list(checkpoints) if checkpoints is not None else [open_checkpoint(p) for p in paths]
+    cks = list(checkpoints) if checkpoints is not None else [open_checkpoint(p, variant) for p in paths]
     want = _wanted(metric)
     part = Partial(n, done={task.id})
     device = device or _default_device()  # once per task, not per key
@@ -488,6 +490,7 @@ def matrix(
     time_embed: str = "IN00",
     progress: Callable[[int], None] | None = None,
     on_plan: Callable[[Plan], None] | None = None,
+    variant: str | None = None,
 ) -> MatrixResult:
     """Distance matrices between ``paths`` (any formats / layouts), per component or merge block.
 
@@ -495,14 +498,15 @@ def matrix(
     the GPU when torch sees one).
 
     ``state``: file for the running sums (saved atomically after each task); with ``resume`` an
-    interrupted run continues from it and gives the same matrices."""
+    interrupted run continues from it and gives the same matrices. ``variant``: diffusers folders' variant
+    files (``fp16`` ...)."""
     if metric not in METRICS:
         raise SdlensError(None, f"unknown metric {metric!r}: use one of {', '.join(METRICS)}")
     if by not in ("component", "block"):
         raise SdlensError(None, f"unknown --by {by!r}: use component or block")
     from sdlens.analysis import kernels
 
-    pl = plan(paths, metric=metric, time_embed=time_embed)
+    pl = plan(paths, metric=metric, time_embed=time_embed, variant=variant)
     if on_plan:
         on_plan(pl)
     n = len(pl.models)
@@ -513,7 +517,7 @@ def matrix(
         total = Partial.load(state_path, n, fp)
         if progress:
             progress(sum(t.nbytes for t in pl.tasks if t.id in total.done))
-    cks = [open_checkpoint(p) for p in paths]
+    cks = [open_checkpoint(p, variant) for p in paths]
     previous = kernels.set_threads(workers) if workers else None
     try:
         for task in pl.tasks:

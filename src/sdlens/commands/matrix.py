@@ -19,6 +19,7 @@ def matrix(
     chunk_mb: Annotated[int, typer.Option(help="Memory for one key's rows of all models, in MB.")] = 512,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run from its saved partial results.")] = False,
     plots: Annotated[bool, typer.Option(help="Write the figures.")] = True,
+    variant: Annotated[str | None, typer.Option(help="Diffusers folders: read this variant's files (fp16 -> *.fp16.safetensors); default: the full-precision ones.")] = None,
 ) -> None:
     """How do these models relate? Distance matrices per component or merge block, identity groups, plots."""
     from sdlens.io.open import expand_paths
@@ -28,14 +29,14 @@ def matrix(
     figures = FigureWorkers() if plots else None  # forked now, before any thread: they import while we read
     try:
         _run(files, out_dir, figures, metric=metric, by=by, ref=ref, workers=workers, chunk_mb=chunk_mb,
-             resume=resume, plots=plots)
+             resume=resume, plots=plots, variant=variant)
     finally:
         if figures is not None:
             figures.close()
 
 
 def _run(files, out_dir: Path, figures, *, metric: str, by: str, ref: str | None, workers: int | None,
-         chunk_mb: int, resume: bool, plots: bool) -> None:
+         chunk_mb: int, resume: bool, plots: bool, variant: str | None = None) -> None:
     from sdlens.analysis.matrix import matrix as run_matrix
     from sdlens.cli import _progress_bar, err, out
     from sdlens.render.matrix_view import render_matrix, write_outputs
@@ -51,7 +52,7 @@ def _run(files, out_dir: Path, figures, *, metric: str, by: str, ref: str | None
     out_dir.mkdir(parents=True, exist_ok=True)
     try:
         result = run_matrix(files, metric=metric, by=by, ref=ref, state=state, resume=resume, workers=workers,
-                            chunk_bytes=chunk_mb << 20, on_plan=on_plan,
+                            chunk_bytes=chunk_mb << 20, on_plan=on_plan, variant=variant,
                             progress=lambda n: bar["advance"](n) if bar else None)
     except KeyboardInterrupt:
         if bar:
