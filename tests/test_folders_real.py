@@ -159,7 +159,7 @@ def test_sd_pipeline_full_precision_by_default_and_fp16_only_when_asked(real):
         _same(ck, truth["clip_fp16"], "text_encoder.")
         _same(ck, truth["vae"], "vae.")  # no fp16 file: its full-precision weights, and it says so
         assert ck.variant == "fp16"
-        assert ck.notes == ["no fp16 variant in vae/: read its full-precision weights"]
+        assert ck.notes == ["no fp16 variant in vae/: read the full-precision weights"]
         assert "no fp16 variant in vae/" in ck.extras["folder notes"]
     with pytest.raises(CheckpointError, match="no bf16 variant in this folder"):
         open_checkpoint(sd, variant="bf16")
@@ -207,7 +207,7 @@ def test_only_a_variant_present_is_read_and_noted(tmp_path):
     _component(tmp_path / "vae", {"diffusion_pytorch_model.fp16.safetensors": torch.float16})
     with open_checkpoint(tmp_path / "vae") as ck:
         assert ck.tensors["w"].dtype == "F16" and ck.variant == "fp16"
-        assert ck.notes == ["only the fp16 variant is in this folder: read it (pass --variant fp16 to choose it)"]
+        assert ck.notes == ["only the fp16 variant in this folder: read it (pass --variant fp16 to choose it)"]
     _component(tmp_path / "two", {"model.fp16.safetensors": torch.float16, "model.bf16.safetensors": torch.bfloat16})
     with pytest.raises(CheckpointError, match=r"several variants \(bf16, fp16\) and no full-precision weights"):
         open_checkpoint(tmp_path / "two")
@@ -457,6 +457,25 @@ def test_bad_config_or_model_index_is_one_line_naming_it(tmp_path, file, text, w
     assert "\n" not in str(e.value) and len(str(e.value)) < 300
 
 
+@pytest.mark.parametrize("cfg, why", [
+    ({"block_out_channels": "abc"}, "field 'block_out_channels' is 'abc'; expected a list of integers"),
+    ({"block_out_channels": [1e400, -5]}, "field 'block_out_channels' is [inf, -5]; expected a list of integers"),
+    ({"layers_per_block": True}, "field 'layers_per_block' is True; expected an integer or a list of integers"),
+    ({"layers_per_block": 10**8}, "field 'layers_per_block' is 100000000"),
+    ({"down_block_types": 5}, "field 'down_block_types' is 5; expected a list of strings"),
+    ({"attention_head_dim": {"a": 1}}, "field 'attention_head_dim' is {'a': 1}"),
+    ({"transformer_layers_per_block": [[1, "x"]]}, "field 'transformer_layers_per_block'"),
+    ({"down_block_types": ["A", "B"], "layers_per_block": [1]},
+     "field 'layers_per_block' has 1 entries but 'down_block_types' has 2"),
+    ({"use_quant_conv": "yes"}, "field 'use_quant_conv' is 'yes'; expected true/false"),
+])
+def test_mistyped_config_fields_are_one_line_naming_file_and_field(tmp_path, cfg, why):
+    _component(tmp_path / "unet", {"diffusion_pytorch_model.safetensors": torch.float32}, cfg)
+    with pytest.raises(CheckpointError) as e:
+        open_checkpoint(tmp_path)
+    assert why in e.value.problem and e.value.path == str(tmp_path / "unet" / "config.json")
+
+
 def test_cli_prints_one_line_for_a_bad_folder(tmp_path):
     from typer.testing import CliRunner
 
@@ -468,6 +487,9 @@ def test_cli_prints_one_line_for_a_bad_folder(tmp_path):
     assert res.exit_code == 1 and "Traceback" not in res.output
     lines = [ln for ln in res.output.splitlines() if ln.strip()]
     assert len(lines) == 1 and "model_index.json" in lines[0] and "nested too deeply" in lines[0]
+    (tmp_path / "model_index.json").write_text('{"unet": [1, 2]}')
+    res = CliRunner().invoke(app, ["inspect", str(tmp_path)])
+    assert res.exit_code == 1 and "entry 'unet' is [1, 2], not [library, class]" in res.output  # brackets kept
 
 
 def test_copy_of_a_pipeline_elsewhere_is_read_the_same(real, tmp_path):

@@ -23,7 +23,9 @@ err = Console(stderr=True)
 
 
 def _fail(e: SdlensError) -> None:
-    err.print(f"[bold red]sdlens: error:[/] {e}", highlight=False, soft_wrap=True)
+    from rich.markup import escape
+
+    err.print(f"[bold red]sdlens: error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
 
 
 def _progress_bar(total: int, description: str):

@@ -22,6 +22,7 @@ from typing import Any
 
 from sdlens.errors import CheckpointError, SdlensError
 from sdlens.io.base import Checkpoint, TensorInfo
+from sdlens.io.config_check import check_config
 
 WEIGHT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 # weight file stems written by diffusers / transformers, best first
@@ -280,9 +281,10 @@ def _candidates(folder: Path) -> tuple[list[_Candidate], list[str], list[str]]:
     return found, other, shards
 
 
-def _choose(folder: Path, variant: str | None, label: str) -> tuple[str | None, str | None, str | None]:
-    """(file name, variant read, note) for one component folder; the note says where the choice departs from
-    ``variant``. Several variants and no full-precision files, without ``variant``: refused."""
+def _choose(folder: Path, variant: str | None) -> tuple[str | None, str | None, str | None]:
+    """(file name, variant read, how the choice departs from ``variant``: "fallback" (no such variant here: the
+    full-precision files), "only" (no full-precision files: the one variant there is) or None) for one component
+    folder. Several variants and no full-precision files, without ``variant``: refused."""
     found, other, shards = _candidates(folder)
     by_var: dict[str | None, list[_Candidate]] = {}
     for c in found:
@@ -291,10 +293,10 @@ def _choose(folder: Path, variant: str | None, label: str) -> tuple[str | None, 
     if variant in best:
         return best[variant], variant, None
     if variant is not None and None in best:
-        return best[None], None, f"no {variant} variant in {label}: read its full-precision weights"
+        return best[None], None, "fallback"
     if variant is None and len(best) == 1:
         (only,) = best
-        return best[only], only, f"only the {only} variant is in {label}: read it (pass --variant {only} to choose it)"
+        return best[only], only, "only"
     if best:
         names = ", ".join(sorted(v for v in best if v))
         if variant is not None:
@@ -374,18 +376,20 @@ def open_folder(path: Path, variant: str | None = None) -> CompositeCheckpoint:
         parts = present
     folders = [(p, path / p) for p in parts] if parts or listed else [("", path)]
     used: set[str | None] = set()
+    departs: dict[tuple[str, str | None], list[str]] = {}  # (how, variant read) -> component labels
     for prefix, folder in folders:
-        name, var, note = _choose(folder, variant, f"{prefix}/" if prefix else "this folder")
+        name, var, how = _choose(folder, variant)
         if name is None:
             continue
         weights = confined(root, folder, name, path, "weights file")
         used.add(var)
-        if note:
-            comp.notes.append(note)
+        if how:
+            departs.setdefault((how, var), []).append(f"{prefix}/" if prefix else "this folder")
         if (folder / "config.json").exists():
             cfg = read_json(confined(root, folder, "config.json", path), "config.json")
             if not isinstance(cfg, dict):
                 raise CheckpointError(folder / "config.json", "not a model config (expected a JSON object)")
+            check_config(cfg, folder / "config.json")
             comp.configs[prefix or "model"] = cfg
         else:
             comp.configs[prefix or "model"] = {}
@@ -398,6 +402,10 @@ def open_folder(path: Path, variant: str | None = None) -> CompositeCheckpoint:
         raise CheckpointError(path, "folder holds no model weights (no .safetensors/.bin/.ckpt in a known layout)" + extra)
     if variant is not None and variant not in used:
         raise CheckpointError(path, f"no {variant} variant in this folder")
+    for (how, var), labels in departs.items():
+        where = ", ".join(labels)
+        comp.notes.append(f"no {variant} variant in {where}: read the full-precision weights" if how == "fallback"
+                          else f"only the {var} variant in {where}: read it (pass --variant {var} to choose it)")
     variants = sorted(v for v in used if v)
     comp.variant = ", ".join(variants) or None
     if comp.pipeline:
