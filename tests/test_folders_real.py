@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import threading
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -170,7 +171,9 @@ def test_sd_pipeline_full_precision_by_default_and_fp16_only_when_asked(real):
 def test_variant_reaches_inspect_convert_and_the_cli(real, tmp_path):
     from typer.testing import CliRunner
 
+    from sdlens.analysis.diff import diff
     from sdlens.analysis.inspect import inspect
+    from sdlens.analysis.matrix import plan as matrix_plan
     from sdlens.cli import app
     from sdlens.convert import ConvertOptions, make_plan
 
@@ -183,6 +186,13 @@ def test_variant_reaches_inspect_convert_and_the_cli(real, tmp_path):
     plan = make_plan(sd, tmp_path / "out.safetensors", ConvertOptions(variant="fp16"))
     unet_entries = [e for e in plan.entries if e.key.startswith(("model.diffusion_model.", "unet."))]
     assert len(unet_entries) == len(truth["unet"]) and {e.dtype for e in unet_entries} == {"F16"}
+    pl = matrix_plan([sd, sd], variant="fp16")
+    assert pl.models[0].size == sum(f.stat().st_size for f in open_checkpoint(sd, "fp16").files)
+    assert pl.models[0].size != sum(f.stat().st_size for f in open_checkpoint(sd).files)
+    d = diff(sd, sd, variant="fp16")
+    names = {torch.float16: "F16", torch.float32: "F32", torch.int64: "I64"}
+    read = [t for n in ("unet_fp16", "clip_fp16", "vae") for t in truth[n].values()]
+    assert Counter(t.dtype_a for t in d.tensors) == Counter(names[t.dtype] for t in read)
     res = CliRunner().invoke(app, ["inspect", str(sd), "--variant", "fp16", "--json"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["dtypes"]["F16"]["bytes"] == rep.dtypes["F16"]["bytes"]
@@ -232,6 +242,20 @@ def test_model_index_says_which_folders_are_the_pipeline(tmp_path):
             "not read: text_encoder/ (not in model_index.json)",
             "not read: safety_checker (StableDiffusionSafetyChecker)",
         ]
+
+
+def test_a_plain_folder_of_shards_is_one_model(tmp_path):
+    from huggingface_hub import save_torch_state_dict
+
+    from sdlens.io.open import expand_paths
+
+    sd = {f"layer{i}.weight": torch.full((64,), float(i)) for i in range(6)}
+    (tmp_path / "llm").mkdir()
+    save_torch_state_dict(sd, tmp_path / "llm", max_shard_size=600)  # no config.json
+    assert len(list((tmp_path / "llm").glob("model-0000*-of-0000*.safetensors"))) > 1
+    assert expand_paths([tmp_path]) == [tmp_path / "llm"]
+    with open_checkpoint(tmp_path / "llm") as ck:
+        assert set(ck.tensors) == set(sd) and torch.equal(ck.read("layer5.weight"), sd["layer5.weight"])
 
 
 def test_shards_without_their_index_are_named(tmp_path):

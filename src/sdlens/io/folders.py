@@ -316,14 +316,17 @@ def _choose(folder: Path, variant: str | None) -> tuple[str | None, str | None, 
 
 def _has_weights(folder: Path) -> bool:
     found, other, shards = _candidates(folder)
-    return bool(found or shards) or any(n.endswith(WEIGHT_SUFFIXES) for n in other)
+    return bool(found or shards or any(n.endswith(WEIGHT_SUFFIXES) for n in other))
 
 
 def is_model_folder(path: Path) -> bool:
-    """A diffusers pipeline folder, or one component folder (weights + config.json)."""
+    """A diffusers pipeline folder, one component folder (weights + config.json), or shards with their index."""
     if (path / "model_index.json").is_file() or any((path / p).is_dir() for p in PIPELINE_PARTS):
         return True
-    return (path / "config.json").is_file() and _has_weights(path)
+    found, other, shards = _candidates(path)
+    if any(c.rank[1] for c in found):  # a standard shard index: the shards are one model
+        return True
+    return (path / "config.json").is_file() and bool(found or shards or any(n.endswith(WEIGHT_SUFFIXES) for n in other))
 
 
 def _listed(model_index: Any, path: Path) -> tuple[str | None, dict[str, str | None]]:
@@ -381,12 +384,12 @@ def open_folder(path: Path, variant: str | None = None) -> CompositeCheckpoint:
         name, var, how = _choose(folder, variant)
         if name is None:
             continue
-        weights = confined(root, folder, name, path, "weights file")
+        weights = confined(root, folder, name, folder, "weights file")
         used.add(var)
         if how:
             departs.setdefault((how, var), []).append(f"{prefix}/" if prefix else "this folder")
         if (folder / "config.json").exists():
-            cfg = read_json(confined(root, folder, "config.json", path), "config.json")
+            cfg = read_json(confined(root, folder, "config.json", folder), "config.json")
             if not isinstance(cfg, dict):
                 raise CheckpointError(folder / "config.json", "not a model config (expected a JSON object)")
             check_config(cfg, folder / "config.json")
