@@ -51,6 +51,7 @@ def inspect(
     hashes: Annotated[bool, typer.Option("--hash", help="sha256, AutoV2 and the old A1111 hash (reads the whole file).")] = False,
     scan: Annotated[bool, typer.Option("--scan", help="Read all data: NaN/Inf and all-zero tensors.")] = False,
     brief: Annotated[bool, typer.Option("--brief", help="Only the one-line summary per file.")] = False,
+    variant: Annotated[str | None, typer.Option(help="Diffusers folders: read this variant's files (fp16 -> *.fp16.safetensors); default: the full-precision ones.")] = None,
 ) -> None:
     """What is this file? Family, layout, components, precision, EMA, metadata, problems: from the header."""
     from sdlens.analysis.inspect import inspect as run_inspect
@@ -65,12 +66,12 @@ def inspect(
             progress = None
             bar = None
             if hashes or scan:
-                with open_checkpoint(path) as ck:
+                with open_checkpoint(path, variant) as ck:
                     total = read_bytes(ck, hashes=hashes, scan=scan)
                 bar, progress = _progress_bar(total, path.name)
                 bar.start()
             try:
-                report = run_inspect(path, hashes=hashes, scan=scan, progress=progress)
+                report = run_inspect(path, hashes=hashes, scan=scan, progress=progress, variant=variant)
             finally:
                 if bar is not None:
                     bar.stop()
@@ -101,6 +102,7 @@ def diff(
     json_file: Annotated[Path | None, typer.Option("--json", help="Write every number to this JSON file.")] = None,
     plot: Annotated[Path | None, typer.Option(help="Write plots: FILE.png/.svg (histograms) and FILE-blocks.png/.svg.")] = None,
     time_embed: Annotated[str, typer.Option(help="Merge block of time_embed / label_emb: IN00 (A1111 mergers) or BASE (sd-mecha).")] = "IN00",
+    variant: Annotated[str | None, typer.Option(help="Diffusers folders: read this variant's files (fp16 -> *.fp16.safetensors); default: the full-precision ones.")] = None,
 ) -> None:
     """What changed between two checkpoints: verdict in plain words, then per component / block / type / tensor."""
     from sdlens.analysis.diff import diff as run_diff
@@ -115,11 +117,11 @@ def diff(
         raise SdlensError(None, "--time-embed must be IN00 or BASE")
     outputs = ([OutFile("--json", json_file)] if json_file else []) + [OutFile("--plot", p) for p in diff_plot_paths(plot)]
     check_outputs([a, b], outputs)
-    with open_checkpoint(a) as ck:
+    with open_checkpoint(a, variant) as ck:
         total = ck.tensor_bytes
     bar, progress = _progress_bar(total, f"diff {a.name}")
     with bar:
-        result = run_diff(a, b, time_embed=time_embed, progress=progress)
+        result = run_diff(a, b, time_embed=time_embed, progress=progress, variant=variant)
     render_diff(result, out, by=by, metric=metric)
     with remove_created_on_failure(files=[o.path for o in outputs]):
         if json_file is not None:

@@ -218,9 +218,11 @@ def diff(
     *,
     time_embed: str = "IN00",
     progress: Callable[[int], None] | None = None,
+    variant: str | None = None,
 ) -> DiffResult:
-    """Compare two checkpoints (any formats / layouts). ``progress`` receives bytes of A processed."""
-    with open_checkpoint(path_a) as ca, open_checkpoint(path_b) as cb:
+    """Compare two checkpoints (any formats / layouts). ``progress`` receives bytes of A processed; ``variant``
+    picks diffusers folders' variant files (``fp16`` ...)."""
+    with open_checkpoint(path_a, variant) as ca, open_checkpoint(path_b, variant) as cb:
         idx_a, fam_a = canonical_index(ca.tensors, getattr(ca, "configs", None))
         idx_b, fam_b = canonical_index(cb.tensors, getattr(cb, "configs", None))
         common = [k for k in idx_a if k in idx_b]

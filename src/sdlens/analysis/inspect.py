@@ -104,9 +104,11 @@ def inspect(
     hashes: bool = False,
     scan: bool = False,
     progress: Callable[[int], None] | None = None,
+    variant: str | None = None,
 ) -> InspectReport:
-    """Describe a checkpoint. ``hashes`` and ``scan`` read the whole file (streaming); ``progress`` gets byte counts."""
-    with open_checkpoint(path) as ckpt:
+    """Describe a checkpoint. ``hashes`` and ``scan`` read the whole file (streaming); ``progress`` gets byte counts;
+    ``variant`` picks a diffusers folder's variant files (``fp16`` ...)."""
+    with open_checkpoint(path, variant) as ckpt:
         report = describe(ckpt)
         if scan and hashes:  # one read of each file for both
             report.scan, report.hashes = scan_and_hash(ckpt, progress)

@@ -192,9 +192,10 @@ def _component_groups(name: str) -> tuple[str, ...]:
 
 
 def plan(paths: Sequence[str | Path], *, metric: str = "l2", time_embed: str = "IN00",
-         task_bytes: int | None = None) -> Plan:
+         task_bytes: int | None = None, variant: str | None = None) -> Plan:
     """Headers only: align every model's tensors by canonical name and cut the work into tasks of about
-    ``task_bytes`` per model. An input that cannot be read is left out and listed in ``Plan.skipped``."""
+    ``task_bytes`` per model. An input that cannot be read is left out and listed in ``Plan.skipped``.
+    ``variant``: diffusers folders' variant files (``fp16`` ...)."""
     if len(paths) < 2:
         raise SdlensError(None, "matrix needs at least two models")
     skipped: list[dict[str, str]] = []
@@ -206,7 +207,7 @@ def plan(paths: Sequence[str | Path], *, metric: str = "l2", time_embed: str = "
     layouts: dict[str, tuple[dict[str, CanonRef], str]] = {}  # a folder of fine-tunes shares one key layout
     for p in paths:
         try:
-            ck = open_checkpoint(p)
+            ck = open_checkpoint(p, variant)
         except SdlensError as e:
             skipped.append({"path": str(p), "error": e.problem})
             continue
@@ -354,11 +355,12 @@ def run_task(
     device: str | None = None,
     progress: Callable[[int], None] | None = None,
     checkpoints: Sequence[Checkpoint] | None = None,
+    variant: str | None = None,
 ) -> Partial:
     """The sums of one task. Pure: depends only on the files and the task (safe to run anywhere)."""
     n = len(paths)
     owned = checkpoints is None
-    cks = list(checkpoints) if checkpoints is not None else [open_checkpoint(p) for p in paths]
+    cks = list(checkpoints) if checkpoints is not None else [open_checkpoint(p, variant) for p in paths]
     want = _wanted(metric)
     part = Partial(n, done={task.id})
     device = device or _default_device()  # once per task, not per key
@@ -525,6 +527,7 @@ def matrix(
     on_plan: Callable[[Plan], None] | None = None,
     on_resume: Callable[[int, int], None] | None = None,
     task_bytes: int | None = None,
+    variant: str | None = None,
 ) -> MatrixResult:
     """Distance matrices between ``paths`` (any formats / layouts), per component or merge block.
 
@@ -533,7 +536,8 @@ def matrix(
 
     ``state``: file for the running sums (saved atomically after each task); with ``resume`` an
     interrupted run continues from it and gives the same matrices, and ``on_resume(done, total)`` is told
-    how many of the bytes to read it did already (``MatrixResult.resumed_bytes``).
+    how many of the bytes to read it did already (``MatrixResult.resumed_bytes``). ``variant``: diffusers
+    folders' variant files (``fp16`` ...).
 
     Inputs that cannot be read are left out (``MatrixResult.skipped``); the others are compared."""
     if metric not in METRICS:
@@ -542,7 +546,7 @@ def matrix(
         raise SdlensError(None, f"unknown --by {by!r}: use component or block")
     from sdlens.analysis import kernels
 
-    pl = plan(paths, metric=metric, time_embed=time_embed, task_bytes=task_bytes)
+    pl = plan(paths, metric=metric, time_embed=time_embed, task_bytes=task_bytes, variant=variant)
     if on_plan:
         on_plan(pl)
     paths = [m.path for m in pl.models]
@@ -559,7 +563,7 @@ def matrix(
             on_resume(reused, pl.nbytes)
         if progress and reused:
             progress(reused)
-    cks = [open_checkpoint(p) for p in paths]
+    cks = [open_checkpoint(p, variant) for p in paths]
     previous = kernels.set_threads(workers) if workers else None
     try:
         for task in pl.tasks:

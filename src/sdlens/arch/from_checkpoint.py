@@ -10,7 +10,6 @@ file's; a difference is reported, never hidden.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import re
 from collections.abc import Mapping
@@ -37,6 +36,7 @@ _FAMILY_PIPELINE = {"sd1": "sd1", "sd2": "sd2", "sdxl": "sdxl", "sdxl_refiner": 
 def _pipeline_for(cls_name: str, cfg: Mapping[str, Any]) -> str:
     if cls_name == "UNet2DConditionModel":
         ctx = cfg.get("cross_attention_dim", 1280)
+        ctx = ctx[0] if isinstance(ctx, list) and ctx else ctx
         if cfg.get("addition_embed_type") == "text_time":
             return "sdxl"
         return {768: "sd1", 1024: "sd2"}.get(ctx, "sd2" if cfg.get("use_linear_projection") else "sd1")
@@ -62,12 +62,13 @@ def _spec(pipeline: str, cls_name: str, config: dict[str, Any], source: str, fam
 
 
 def spec_from_config_json(path: Path) -> B.ArchSpec:
-    try:
-        cfg = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise SdlensError(path, f"not a readable JSON config: {e}") from None
+    from sdlens.io.config_check import check_config
+    from sdlens.io.folders import read_json
+
+    cfg = read_json(path, "config")  # bounded, type-checked: one line for any bad file
     if not isinstance(cfg, dict):
         raise SdlensError(path, "not a diffusers config (a JSON object with _class_name)")
+    check_config(cfg, path)
     cls_name = cfg.get("_class_name")
     if cls_name is None:
         cls_name = "UNet2DConditionModel" if "block_out_channels" in cfg and "cross_attention_dim" in cfg else None
@@ -81,11 +82,11 @@ def spec_from_config_json(path: Path) -> B.ArchSpec:
 def spec_from_path(path: Path) -> B.ArchSpec:
     """A checkpoint file or diffusers folder -> spec; a folder's own ``unet``/``transformer`` config wins."""
     if path.is_dir():
-        for sub in ("unet", "transformer"):
-            if (path / sub / "config.json").is_file():
-                return spec_from_config_json(path / sub / "config.json")
-        if (path / "config.json").is_file():
-            return spec_from_config_json(path / "config.json")
+        from sdlens.io.folders import confined, root_of
+
+        for name in ("unet/config.json", "transformer/config.json", "config.json"):
+            if (path / name).exists():  # confined to the folder, like its weights
+                return spec_from_config_json(confined(root_of(path), path, name, path))
     from sdlens.arch.detect import match_family, read_features, split_components
     from sdlens.io.open import open_checkpoint
 

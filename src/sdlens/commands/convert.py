@@ -38,6 +38,7 @@ def register(app: typer.Typer) -> None:
                                                   "with it (slower; by default the output is checked against digests "
                                                   "taken from the input while converting).")] = False,
         json_out: Annotated[bool, typer.Option("--json", help="Print the plan / result as JSON.")] = False,
+        variant: Annotated[str | None, typer.Option(help="Diffusers folders: read this variant's files (fp16 -> *.fp16.safetensors); default: the full-precision ones.")] = None,
     ) -> None:
         """Checkpoint surgery that never loses data: .ckpt -> .safetensors, fp16/bf16, EMA, VAE, extract, layouts."""
         import time
@@ -54,7 +55,7 @@ def register(app: typer.Typer) -> None:
         if not dry_run:
             check_outputs([inp, vae], [target])
         opts = ConvertOptions(dtype=dtype, ema=ema, drop=_split(drop), fix_position_ids=fix_position_ids, vae=vae,
-                              extract=_split(extract), layout=layout)
+                              extract=_split(extract), layout=layout, variant=variant)
         plan = make_plan(inp, out, opts)
         if dry_run:
             if opts.dtype == "fp16" and any(e.out_dtype == "F16" and e.dtype != "F16" for e in plan.entries):

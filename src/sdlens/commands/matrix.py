@@ -21,6 +21,7 @@ def matrix(
     chunk_mb: Annotated[int, typer.Option(help="Memory for one key's rows of all models, in MB.")] = 512,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run from its saved partial results.")] = False,
     plots: Annotated[bool, typer.Option(help="Write the figures.")] = True,
+    variant: Annotated[str | None, typer.Option(help="Diffusers folders: read this variant's files (fp16 -> *.fp16.safetensors); default: the full-precision ones.")] = None,
 ) -> None:
     """How do these models relate? Distance matrices per component or merge block, identity groups, plots.
 
@@ -37,7 +38,7 @@ def matrix(
     with remove_created_on_failure([out_dir], keep=(out_dir / ".matrix-partial.npz").exists):
         try:
             some_left_out = _run(files, out_dir, figures, metric=metric, by=by, ref=ref, workers=workers,
-                                 chunk_mb=chunk_mb, resume=resume, plots=plots)
+                                 chunk_mb=chunk_mb, resume=resume, plots=plots, variant=variant)
         finally:
             if figures is not None:
                 figures.close()
@@ -46,7 +47,7 @@ def matrix(
 
 
 def _run(files, out_dir: Path, figures, *, metric: str, by: str, ref: str | None, workers: int | None,
-         chunk_mb: int, resume: bool, plots: bool) -> bool:
+         chunk_mb: int, resume: bool, plots: bool, variant: str | None = None) -> bool:
     """Compute and write; True when some inputs could not be read (and were left out)."""
     from sdlens.analysis.matrix import matrix as run_matrix
     from sdlens.cli import _fail, _progress_bar, err, out
@@ -68,7 +69,7 @@ def _run(files, out_dir: Path, figures, *, metric: str, by: str, ref: str | None
     out_dir.mkdir(parents=True, exist_ok=True)
     try:
         result = run_matrix(files, metric=metric, by=by, ref=ref, state=state, resume=resume, workers=workers,
-                            chunk_bytes=chunk_mb << 20, on_plan=on_plan, on_resume=on_resume,
+                            chunk_bytes=chunk_mb << 20, on_plan=on_plan, on_resume=on_resume, variant=variant,
                             progress=lambda n: bar["advance"](n) if bar else None)
     except KeyboardInterrupt:
         if bar:

@@ -55,8 +55,12 @@ class ConvertOptions:
     vae: Path | None = None
     extract: list[str] = field(default_factory=list)
     layout: str = "single"
+    variant: str | None = None  # diffusers folders: read this variant's files (fp16 ...)
 
     def validate(self) -> None:
+        from sdlens.io.folders import check_variant
+
+        check_variant(self.variant)
         if self.dtype not in DTYPE_CHOICES:
             raise SdlensError(None, f"--dtype must be one of {', '.join(DTYPE_CHOICES)} (got {self.dtype!r})")
         if self.ema not in EMA_CHOICES:
@@ -73,7 +77,8 @@ class ConvertOptions:
 
     def to_dict(self) -> dict[str, Any]:
         return {"dtype": self.dtype, "ema": self.ema, "drop": list(self.drop), "fix_position_ids": self.fix_position_ids,
-                "vae": str(self.vae) if self.vae else None, "extract": list(self.extract), "layout": self.layout}
+                "vae": str(self.vae) if self.vae else None, "extract": list(self.extract), "layout": self.layout,
+                "variant": self.variant}
 
 
 def _op(it: Item) -> str:
@@ -228,10 +233,11 @@ def _from_diffusers(ck: Any, folder: Path, sources: list[str]) -> tuple[dict[str
     """A diffusers pipeline folder as logical LDM items; the folder's configs; notes."""
     notes: list[str] = []
     configs: dict[str, Any] = {k: v for k, v in getattr(ck, "configs", {}).items() if isinstance(v, dict)}
-    sched = folder / "scheduler" / "scheduler_config.json"
-    if sched.is_file():
-        with contextlib.suppress(OSError, ValueError):
-            configs["scheduler"] = json.loads(sched.read_text())
+    if (folder / "scheduler" / "scheduler_config.json").is_file():
+        from sdlens.io.folders import confined, read_json, root_of
+
+        with contextlib.suppress(SdlensError):  # confined to the folder, like its weights
+            configs["scheduler"] = read_json(confined(root_of(folder), folder, "scheduler/scheduler_config.json", folder))
     parts: dict[str, dict[str, Item]] = {}
     for key, info in ck.tensors.items():
         part, _, rel = key.partition(".")
@@ -298,8 +304,10 @@ def _from_diffusers(ck: Any, folder: Path, sources: list[str]) -> tuple[dict[str
         keep_as_is(part, rels)
     extras = folder / EXTRAS_FILE
     if extras.is_file():
+        from sdlens.io.folders import confined, root_of
         from sdlens.io.open import open_checkpoint
 
+        extras = confined(root_of(folder), folder, EXTRAS_FILE, folder)
         with open_checkpoint(extras) as ex:
             sources.append(str(extras))
             si = len(sources) - 1
@@ -325,7 +333,7 @@ def make_plan(input_path: str | Path, output_path: str | Path, opts: ConvertOpti
     notes: list[str] = []
     operations: list[str] = []
     dropped: list[Item] = []
-    with open_checkpoint(inp) as ck:
+    with open_checkpoint(inp, opts.variant) as ck:
         fmt = ck.format
         folder_configs: dict[str, Any] = {}
         if fmt == "diffusers-folder":
@@ -347,12 +355,12 @@ def make_plan(input_path: str | Path, output_path: str | Path, opts: ConvertOpti
                       and (it.restore == "arange" or (it.pieces and it.pieces[0].source == 0 and _is_arange(ck, it.pieces[0].key)))}
         offsets = {k: (i.source, i.offset) for k, i in ck.tensors.items()}
     for extra_source in sources[1:]:
-        with open_checkpoint(extra_source) as ex:
+        with open_checkpoint(extra_source, opts.variant) as ex:
             offsets.update({f"\0{extra_source}\0{k}": (i.source, i.offset) for k, i in ex.tensors.items()})
 
     # ---- --vae: replace (or bake in) the VAE
     if opts.vae is not None:
-        dropped_vae, new_vae = _vae_items(opts.vae, items, family, sources, offsets)
+        dropped_vae, new_vae = _vae_items(opts.vae, items, family, sources, offsets, opts.variant)
         for k in dropped_vae:
             dropped.append(_drop(items.pop(k), f"replaced by the VAE of {Path(opts.vae).name}"))
         items.update(new_vae)
@@ -483,11 +491,11 @@ def _use_ema(items: dict[str, Item], ema_keys: list[str], dropped: list[Item], n
 
 
 def _vae_items(path: Path, items: dict[str, Item], family: str, sources: list[str],
-               offsets: dict[str, tuple[str, int]]) -> tuple[list[str], dict[str, Item]]:
+               offsets: dict[str, tuple[str, int]], variant: str | None = None) -> tuple[list[str], dict[str, Item]]:
     from sdlens.io.open import open_checkpoint
 
     path = Path(path)
-    with open_checkpoint(path) as vck:
+    with open_checkpoint(path, variant) as vck:
         split = split_components(vck.tensors)
         parts = [split.components[c] for c in ("vae_encoder", "vae_decoder") if c in split.components]
         if not parts:

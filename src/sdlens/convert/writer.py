@@ -307,7 +307,7 @@ def convert(
     torch.set_num_threads(1)
     try:
         for s in plan.sources:
-            ckpts.append(open_checkpoint(s))
+            ckpts.append(open_checkpoint(s, plan.options.variant))
         files = _source_files(ckpts)
         prov, holders = _provenance(plan, files, hashes)
         to_hash = set(files) if hashes else set()
@@ -528,7 +528,7 @@ def scan_range(plan: ConversionPlan, progress: Callable[[int], None] | None = No
     stats = RangeStats()
     caster = _Caster(stats)
     todo = [e for e in plan.entries if e.out_dtype == "F16" and e.dtype != "F16" and e.restore is None]
-    ckpts = [open_checkpoint(s) for s in plan.sources]
+    ckpts = [open_checkpoint(s, plan.options.variant) for s in plan.sources]
     try:
         streams = source_streams(todo, ckpts)
         for e in todo:

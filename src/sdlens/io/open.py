@@ -3,37 +3,56 @@
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 from sdlens.errors import CheckpointError
 from sdlens.io.base import Checkpoint
-from sdlens.io.folders import WEIGHT_SUFFIXES, is_model_folder, open_folder, open_sharded
+from sdlens.io.folders import (
+    INDEX_NAME,
+    WEIGHT_SUFFIXES,
+    check_variant,
+    file_kind,
+    is_model_folder,
+    open_folder,
+    open_sharded,
+)
 from sdlens.io.safetensors_file import SafetensorsCheckpoint, is_safetensors
 
 
-def open_checkpoint(path: str | Path) -> Checkpoint:
+def open_checkpoint(path: str | Path, variant: str | None = None) -> Checkpoint:
     """Open a checkpoint lazily: a .safetensors / .ckpt / .pt / .pth / .bin file, a ``*.index.json`` shard
     index, or a diffusers folder. Only headers are read; tensors are read on demand.
 
+    ``variant`` (``"fp16"``, ``"bf16"``, ``"non_ema"`` ...) picks a diffusers folder's variant files
+    (``*.fp16.safetensors``, sharded ``*.fp16-00001-of-00002.safetensors``); by default the full-precision files
+    are read, and a component that only has a variant is read from it with a note (``folder notes``). Single
+    files and indexes are read as named.
+
     Raises :class:`~sdlens.errors.CheckpointError` with a one-line explanation for anything unreadable.
     """
+    check_variant(variant)
     p = Path(path)
     if not p.exists():
         raise CheckpointError(p, "no such file or directory")
     if p.is_dir():
         if not is_model_folder(p):
             raise CheckpointError(p, "folder holds no model weights (not a diffusers folder; pass the files inside)")
-        return open_folder(p)
-    if p.name.endswith(".index.json"):
+        return open_folder(p, variant)
+    if INDEX_NAME.fullmatch(p.name) and p.is_file():
         return open_sharded(p)
     return open_file(p)
 
 
 def open_file(p: Path) -> Checkpoint:
-    """Open one weights file, recognising its format from its first bytes."""
+    """Open one weights file, recognising its format from its first bytes. Only regular files are opened."""
     try:
-        size = os.stat(p).st_size
-        with open(p, "rb") as f:
+        fd = os.open(p, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a named pipe must not block the open
+        with os.fdopen(fd, "rb") as f:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise CheckpointError(p, f"not a regular file ({file_kind(st.st_mode)}); refused")
+            size = st.st_size
             head = f.read(16)
     except OSError as e:
         raise CheckpointError(p, f"cannot read: {e.strerror}") from None
