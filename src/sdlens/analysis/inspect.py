@@ -109,7 +109,7 @@ def inspect(
     with open_checkpoint(path) as ckpt:
         report = describe(ckpt)
         if scan:
-            report.scan = scan_tensors(ckpt, progress)
+            report.scan = scan_tensors(ckpt, progress, family=report.family)
             report.problems += report.scan.problems
         if hashes:
             report.hashes = [hash_file(f, progress) for f in ckpt.files]

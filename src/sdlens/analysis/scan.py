@@ -1,5 +1,8 @@
 """``--scan``: read every tensor once and find NaN / Inf values and all-zero tensors.
 
+All-zero tensors that the reference architectures make zero (``registry.ZERO_BY_DESIGN``: LDM's ``logvar``,
+ControlNet zero convolutions, ...) are listed apart as information, never as problems.
+
 Float tensors are checked on their bit patterns (numpy max over integer views of the data): a NaN or Inf is
 any value whose exponent bits are all ones, so two max-reductions per chunk find both signs, and the same
 two maxima say whether a tensor holds only ±0. This runs at several GB/s and overlaps with reading.
@@ -7,12 +10,14 @@ two maxima say whether a tensor holds only ±0. This runs at several GB/s and ov
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
+from sdlens.arch import registry as R
 from sdlens.io.base import Checkpoint
 from sdlens.io.stream import stream
 
@@ -31,7 +36,8 @@ class ScanResult:
     bytes: int
     nan: dict[str, int] = field(default_factory=dict)  # key -> NaN count
     inf: dict[str, int] = field(default_factory=dict)
-    all_zero: list[str] = field(default_factory=list)
+    all_zero: list[str] = field(default_factory=list)  # unexpected: problems
+    zero_by_design: dict[str, str] = field(default_factory=dict)  # key -> why it is zero (information)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -89,8 +95,19 @@ def _count_nonfinite(dtype: str, arr: np.ndarray) -> tuple[int, int]:
     return int(np.count_nonzero(nonfinite)) - inf, inf
 
 
-def scan_tensors(ckpt: Checkpoint, progress: Callable[[int], None] | None = None) -> ScanResult:
-    """Stream the whole checkpoint once in file order (no torch needed for fp16/bf16/fp32/fp64)."""
+def zero_by_design(key: str, family: str | None) -> str | None:
+    """Why ``key`` is all-zero by design in a ``family`` model (``registry.ZERO_BY_DESIGN``), or None."""
+    for z in R.ZERO_BY_DESIGN:
+        if (z.families is None or family in z.families) and re.search(z.pattern, key):
+            return z.why
+    return None
+
+
+def scan_tensors(
+    ckpt: Checkpoint, progress: Callable[[int], None] | None = None, family: str | None = None
+) -> ScanResult:
+    """Stream the whole checkpoint once in file order (no torch needed for fp16/bf16/fp32/fp64); ``family``
+    (a registry id) says which all-zero tensors are expected."""
     res = ScanResult(len(ckpt.tensors), 0)
     nonzero: dict[str, bool] = {}
     for piece in stream(ckpt):
@@ -107,5 +124,12 @@ def scan_tensors(ckpt: Checkpoint, progress: Callable[[int], None] | None = None
         res.bytes += nb
         if progress:
             progress(nb)
-    res.all_zero = [k for k, nz in nonzero.items() if not nz and ckpt.tensors[k].numel]
+    for k, nz in nonzero.items():
+        if nz or not ckpt.tensors[k].numel:
+            continue
+        why = zero_by_design(k, family)
+        if why is None:
+            res.all_zero.append(k)
+        else:
+            res.zero_by_design[k] = why
     return res
