@@ -40,13 +40,15 @@ def render_diff(r: DiffResult, console: Console, by: str = "component", metric: 
     else:
         groups = [(_label(c, fam), g) for c, g in r.by_component.items()]
     t = Table(title=f"By {by}", title_justify="left")
-    # tensors = changed + identical + same within precision (different dtypes, consistent values)
-    for c in ("group", "tensors", "changed", "identical", "within precision", "√Σ‖Δ‖²", "RMS Δ", "max |Δ|"):
+    # tensors = changed + identical + within precision (different dtypes, consistent values; shown when any)
+    within = any(g.within_precision for _, g in groups)
+    counts = ("tensors", "changed", "identical") + (("within precision",) if within else ())
+    for c in ("group", *counts, "√Σ‖Δ‖²", "RMS Δ", "max |Δ|"):
         t.add_column(c, justify="left" if c == "group" else "right")
     for name, g in groups:
         style = None if g.changed else "dim"
-        t.add_row(name, str(g.tensors), str(g.changed), str(g.identical), str(g.within_precision), _fmt(g.l2),
-                  _fmt(g.rms), _fmt(g.max_abs), style=style)
+        n = [g.tensors, g.changed, g.identical] + ([g.within_precision] if within else [])
+        t.add_row(name, *map(str, n), _fmt(g.l2), _fmt(g.rms), _fmt(g.max_abs), style=style)
     console.print(t)
     if r.only_a or r.only_b:
         console.print(f"only in A: {len(r.only_a)} tensors · only in B: {len(r.only_b)} tensors (listed in --json)")
