@@ -472,8 +472,10 @@ def verdict(r: DiffResult) -> list[str]:
         if lines and skipped:
             lines[-1] += f" ({other}'s other components not compared: {', '.join(skipped)})"
         out += lines
-        out += _presence([k for k in r.only_a if k.split("/", 1)[0] in shared], "A", fam, shared)
-        out += _presence([k for k in r.only_b if k.split("/", 1)[0] in shared], "B", fam, shared)
+        # the part file's own extra keys all count; of the other side's, only those of the compared part
+        mine, theirs = (r.only_a, r.only_b) if part == "A" else (r.only_b, r.only_a)
+        theirs = [k for k in theirs if k.split("/", 1)[0] in shared]
+        out += _presence(mine, part, fam, shared) + _presence(theirs, other, fam, shared)
     else:
         out += lines
         present = {t.component for t in r.tensors}
