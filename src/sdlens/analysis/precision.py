@@ -17,6 +17,7 @@ coarser format equals it, in torch), then the interval test (numpy, vectorised) 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 import numpy as np
@@ -49,6 +50,13 @@ _UINT = {8: np.uint8, 16: np.uint16, 32: np.uint32, 64: np.uint64}
 _CHUNK = 1 << 22  # elements per chunk of the torch pre-check
 
 
+@cache
+def _ulps(dtype: str) -> np.ndarray:
+    f = FORMATS[dtype]
+    e = np.maximum(np.arange(1 << f.exp_bits), 1)
+    return np.ldexp(1.0, e - f.bias - f.man_bits)
+
+
 def intervals(bits: np.ndarray, dtype: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(lo, hi, closed, nan) of each stored value, from its bit pattern (any unsigned integer array).
 
@@ -58,16 +66,16 @@ def intervals(bits: np.ndarray, dtype: str) -> tuple[np.ndarray, np.ndarray, np.
         v = np.ascontiguousarray(bits).astype(np.uint64).view(np.float64)
         return v, v, np.ones(v.shape, bool), np.isnan(v)
     f = FORMATS[dtype]
-    u = bits.astype(np.int64)
+    u = bits.astype(np.int32 if f.bits <= 16 else np.int64)
     m_mask, e_all = (1 << f.man_bits) - 1, (1 << f.exp_bits) - 1
-    neg = ((u >> (f.exp_bits + f.man_bits)) & 1).astype(bool)
+    neg = (u >> (f.exp_bits + f.man_bits)) & 1 == 1
     e = (u >> f.man_bits) & e_all
     m = u & m_mask
-    normal = e > 0
-    ulp = np.ldexp(1.0, (np.maximum(e, 1) - f.bias - f.man_bits).astype(np.int32))
-    val = (m + np.where(normal, 1 << f.man_bits, 0)) * ulp
-    below = np.where(normal & (m == 0) & (e > 1), ulp / 2, ulp)
-    lo_mag, hi_mag = val - below / 2, val + ulp / 2
+    ulp = _ulps(dtype)[e]  # spacing at each exponent (subnormals: that of the smallest)
+    val = (m + (e > 0) * (1 << f.man_bits)) * ulp
+    # a power of two above the smallest normal has half the spacing below it
+    lo_mag = val - ulp * np.where((m == 0) & (e > 1), 0.25, 0.5)
+    hi_mag = val + ulp * 0.5
     if f.has_inf:
         top = e == e_all
         nan = top & (m != 0)
@@ -95,13 +103,17 @@ def consistent(bits_a: np.ndarray, dtype_a: str, bits_b: np.ndarray, dtype_b: st
     return np.where(n1 | n2, n1 & n2, ok)
 
 
-def _bits(t: Any) -> np.ndarray:
-    """A flat torch tensor's stored bits as an unsigned numpy array."""
+def _ints(t: Any) -> Any:
+    """A flat torch tensor's bits as a same-width integer tensor (a view when contiguous)."""
     import torch
 
-    size = t.element_size()
-    signed = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[size]
-    return t.contiguous().view(signed).numpy().view(_UINT[size * 8])
+    ints = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()]
+    return t.contiguous().view(ints)
+
+
+def _bits(t: Any) -> np.ndarray:
+    """A flat torch tensor's stored bits as an unsigned numpy array."""
+    return _ints(t).numpy().view(_UINT[t.element_size() * 8])
 
 
 def _mantissa(dtype: str) -> int:
@@ -119,12 +131,13 @@ def same_within_precision(a: Any, dtype_a: str, b: Any, dtype_b: str) -> bool:
     n = a.numel()
     for i in range(0, n, _CHUNK):
         fa, co = fine[i : i + _CHUNK], coarse[i : i + _CHUNK]
-        # sufficient: the finer value rounds (RNE) to the coarser one (NaNs fall through to the exact test)
+        # sufficient: the finer value rounds (RNE) to the coarser one's very bits (NaNs and zeros of the
+        # other sign fall through to the exact test)
         # (not from float64: torch rounds it to float32 first, a double rounding)
         if fine.dtype == torch.float64:
             ra, rb = a[i : i + _CHUNK], b[i : i + _CHUNK]
         else:
-            left = torch.ne(fa.to(co.dtype).float(), co.float()).nonzero().reshape(-1)
+            left = torch.ne(_ints(fa.to(co.dtype)), _ints(co)).nonzero().reshape(-1)
             if not left.numel():
                 continue
             ra, rb = a[i : i + _CHUNK][left], b[i : i + _CHUNK][left]
