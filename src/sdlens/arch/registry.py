@@ -97,7 +97,7 @@ ZERO_BY_DESIGN: tuple[ZeroByDesign, ...] = (
     ZeroByDesign(r"^logvar$", "LDM per-timestep log-variance buffer (logvar_init = 0, not learned)",
                  ("sd1", "sd2")),
     # ldm LitEma: num_updates starts at 0 and is only counted when use_num_upates; converted files keep 0
-    ZeroByDesign(r"^model_ema\.num_updates$", "EMA update counter (0 when updates were not counted)"),
+    ZeroByDesign(r"(^|\.)num_updates$", "EMA update counter (0 when updates were not counted)"),
     # ControlNet (Zhang et al. 2023): zero_module() convolutions, all zero until the ControlNet is trained
     ZeroByDesign(r"(^|\.)(zero_convs\.\d+\.0|middle_block_out\.0|input_hint_block\.14)\.(weight|bias)$",
                  "ControlNet zero convolution (zero-initialised; zero in an untrained ControlNet)"),
