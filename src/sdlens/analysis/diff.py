@@ -4,8 +4,9 @@ Keys are first mapped to one canonical naming (``sdlens.arch.canonical``), so LD
 layouts of the same model compare tensor to tensor; two LoRA files are aligned by their target modules
 (``sdlens.analysis.lora.lora_index``), and a LoRA against a checkpoint is refused with what to do instead.
 A file holding one part of a model (a VAE, text encoders, a bare denoiser) is compared with that part of the
-other file. Copies at different float precisions are told apart from real changes by ``precision``. Tensor pairs are streamed in A's file order, one pair at a
-time, with reused float32 buffers: memory is a small multiple of the largest tensor, whatever the model size.
+other file. Copies at different float precisions are told apart from real changes by ``precision``. Tensor
+pairs are streamed in A's file order, one pair at a time, with reused float32 buffers: memory is a small
+multiple of the largest tensor, whatever the model size.
 """
 
 from __future__ import annotations
