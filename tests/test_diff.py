@@ -93,8 +93,8 @@ def test_no_vae_in_b(tmp_path, sd1):
 def test_fp16_copy_is_same_weights(tmp_path, sd1):
     half = {k: (v.half() if v.is_floating_point() else v) for k, v in sd1.items()}
     r = diff(_save(tmp_path, "a", sd1), _save(tmp_path, "b", half))
-    assert r.verdict[0].startswith("same weights at another precision (F32->F16")
-    assert all(t.same_at_lower_precision or t.identical for t in r.tensors)
+    assert r.verdict[0].startswith("same weights at different precisions (F32 vs F16")
+    assert all(t.same_within_precision or t.identical for t in r.tensors)
     assert r.dtype_pairs["F32->F16"] == sum(1 for v in sd1.values() if v.is_floating_point())
 
 

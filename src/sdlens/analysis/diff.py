@@ -1,8 +1,12 @@
 """``diff(a, b)``: what changed between two checkpoints, per tensor, component, merge block and layer type.
 
 Keys are first mapped to one canonical naming (``sdlens.arch.canonical``), so LDM / sgm / diffusers / NAI
-layouts of the same model compare tensor to tensor. Tensor pairs are streamed in A's file order, one pair at a
-time, with reused float32 buffers: memory is a small multiple of the largest tensor, whatever the model size.
+layouts of the same model compare tensor to tensor; two LoRA files are aligned by their target modules
+(``sdlens.analysis.lora.lora_index``), and a LoRA against a checkpoint is refused with what to do instead.
+A file holding one part of a model (a VAE, text encoders, a bare denoiser) is compared with that part of the
+other file. Copies at different float precisions are told apart from real changes by ``precision``. Tensor
+pairs are streamed in A's file order, one pair at a time, with reused float32 buffers: memory is a small
+multiple of the largest tensor, whatever the model size.
 """
 
 from __future__ import annotations
@@ -17,12 +21,10 @@ from sdlens.arch import registry as R
 from sdlens.arch.blocks import block_of
 from sdlens.arch.canonical import CanonRef, canonical_index
 from sdlens.arch.layers import layer_type
+from sdlens.errors import SdlensError
 from sdlens.io.base import Checkpoint
 from sdlens.io.dtypes import DTYPES
 from sdlens.io.open import open_checkpoint
-
-# mantissa bits: the lower-precision side of a pair is the one with fewer
-_MANTISSA = {"F64": 52, "F32": 23, "BF16": 7, "F16": 10, "F8_E4M3": 3, "F8_E5M2": 2}
 
 
 @dataclass
@@ -36,7 +38,8 @@ class TensorDiff:
     dtype_b: str
     numel: int
     identical: bool  # bit-identical (same dtype, same bytes)
-    same_at_lower_precision: bool  # the higher-precision side rounds exactly to the lower one
+    # different dtypes, every pair of values consistent with one common source (``precision``)
+    same_within_precision: bool
     l2: float = 0.0
     l1: float = 0.0
     l0: int = 0
@@ -50,7 +53,11 @@ class TensorDiff:
 
     @property
     def changed(self) -> bool:
-        return not (self.identical or self.same_at_lower_precision)
+        return not (self.identical or self.same_within_precision)
+
+    @property
+    def same_at_lower_precision(self) -> bool:  # the name before issue 14
+        return self.same_within_precision
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -62,9 +69,10 @@ class TensorDiff:
 class GroupDiff:
     """Aggregate of tensors: l2 = sqrt(sum ||Δ||²) (the notebook's v2), rms = l2 / sqrt(elements)."""
 
-    tensors: int = 0
+    tensors: int = 0  # = changed + identical + within_precision
     changed: int = 0
     identical: int = 0
+    within_precision: int = 0
     numel: int = 0
     sumsq: float = 0.0
     max_abs: float = 0.0
@@ -73,6 +81,7 @@ class GroupDiff:
         self.tensors += 1
         self.changed += t.changed
         self.identical += t.identical
+        self.within_precision += t.same_within_precision
         self.numel += t.numel
         self.sumsq += t.l2 * t.l2
         self.max_abs = max(self.max_abs, t.max_abs)
@@ -86,7 +95,8 @@ class GroupDiff:
         return math.sqrt(self.sumsq / self.numel) if self.numel else 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"tensors": self.tensors, "changed": self.changed, "identical": self.identical, "numel": self.numel,
+        return {"tensors": self.tensors, "changed": self.changed, "identical": self.identical,
+                "same_within_precision": self.within_precision, "numel": self.numel,
                 "l2": self.l2, "rms": self.rms, "max_abs": self.max_abs}
 
 
@@ -107,6 +117,8 @@ class DiffResult:
     by_type: dict[str, GroupDiff]
     time_embed: str = "IN00"
     options: dict[str, Any] = field(default_factory=dict)
+    kind: str = "checkpoint"  # or "lora": two LoRA files aligned by target module
+    alpha_diff: list[dict[str, Any]] = field(default_factory=list)  # LoRA modules whose alpha differs
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -118,6 +130,8 @@ class DiffResult:
             "by_type": {k: v.to_dict() for k, v in self.by_type.items()},
             "tensors": [t.to_dict() for t in self.tensors],
             "time_embed": self.time_embed,
+            "kind": self.kind,
+            "alpha_diff": self.alpha_diff,
         }
 
 
@@ -144,10 +158,6 @@ def _view(ckpt: Checkpoint, ref: CanonRef):
     if ref.transpose:
         t = t.t()
     return t.reshape(-1)
-
-
-def _lower(da: str, db: str) -> str:
-    return da if _MANTISSA.get(da, 99) <= _MANTISSA.get(db, 99) else db
 
 
 _ROW = 1 << 14  # float32 partial sums over rows of this length, then float64 across rows: exact to ~1e-8
@@ -223,8 +233,7 @@ def diff(
     """Compare two checkpoints (any formats / layouts). ``progress`` receives bytes of A processed; ``variant``
     picks diffusers folders' variant files (``fp16`` ...)."""
     with open_checkpoint(path_a, variant) as ca, open_checkpoint(path_b, variant) as cb:
-        idx_a, fam_a = canonical_index(ca.tensors, getattr(ca, "configs", None))
-        idx_b, fam_b = canonical_index(cb.tensors, getattr(cb, "configs", None))
+        kind, (idx_a, fam_a, alpha_a), (idx_b, fam_b, alpha_b) = _indexes(ca, cb)
         common = [k for k in idx_a if k in idx_b]
         # A's file order: each file is walked once, pair by pair
         order = {k: i for i, k in enumerate(ca.in_file_order())}
@@ -255,7 +264,7 @@ def diff(
                 dtype_b=ib.dtype,
                 numel=math.prod(ra.shape),
                 identical=identical,
-                same_at_lower_precision=lower_same,
+                same_within_precision=lower_same,
                 **metrics,
             )
             tensors.append(td)
@@ -276,10 +285,45 @@ def diff(
             by_block={},
             by_type={},
             time_embed=time_embed,
+            kind=kind,
+            alpha_diff=_alpha_diff(alpha_a, alpha_b),
         )
     _aggregate(result)
     result.verdict = verdict(result)
     return result
+
+
+_Index = tuple[dict[str, CanonRef], str, dict[str, float]]
+
+
+def _indexes(ca: Checkpoint, cb: Checkpoint) -> tuple[str, _Index, _Index]:
+    """("checkpoint" | "lora", A's and B's (canonical index, family, LoRA alphas)); a LoRA against a
+    checkpoint is refused in one line that says what A / B is and what to do instead."""
+    from sdlens.analysis.lora import analyse_lora, is_lora, lora_family, lora_index
+
+    lora = [is_lora(c.tensors) for c in (ca, cb)]
+    if all(lora):  # a file that does not tell its family is read as the other's
+        fa, fb = lora_family(ca), lora_family(cb)
+        fa, fb = (fa if fa != "unknown" else fb), (fb if fb != "unknown" else fa)
+        return "lora", lora_index(ca, fa), lora_index(cb, fb)
+    if any(lora):
+        side, ck = ("A", ca) if lora[0] else ("B", cb)
+        info = analyse_lora(ck.tensors, ck.metadata, lambda k: float(ck.read_numpy(k).reshape(-1)[0]))
+        fam = R.FAMILY_BY_ID.get(info.arch)
+        ranks = "/".join(str(r) for r in info.ranks) or "?"
+        what = f"{info.network if info.network != 'LoRA' else ''} {info.convention}".strip()
+        raise SdlensError(None, f"{side} ({Path(ck.path).name}) is a LoRA ({what}, "
+                          f"{fam.name if fam else info.arch}, rank {ranks}) — compare it with another LoRA, "
+                          "or apply it first")
+    out = []
+    for c in (ca, cb):
+        idx, fam = canonical_index(c.tensors, getattr(c, "configs", None))
+        out.append((idx, fam, {}))
+    return "checkpoint", out[0], out[1]
+
+
+def _alpha_diff(a: dict[str, float], b: dict[str, float]) -> list[dict[str, Any]]:
+    return [{"module": m, "a": a[m], "b": b[m]} for m in a if m in b and a[m] != b[m]]
 
 
 def _raw_view(ckpt: Checkpoint, ref: CanonRef):
@@ -312,16 +356,17 @@ def _compare_pair(ca: Checkpoint, cb: Checkpoint, ra: CanonRef, rb: CanonRef, bu
                 s = pair_stats(xa, xb, da)
                 if s is not None:
                     return False, False, _metrics(s.saa, s.sbb, s.sdd, s.l1, s.l0, s.max_abs, s.sab)
-    import torch
+    from sdlens.analysis.precision import same_within_precision
 
     a, b = _view(ca, ra), _view(cb, rb)
     if da == db and _bits_equal(a, b):
         return True, False, {}
-    lower_same = False
-    if da != db and DTYPES[da].is_float and DTYPES[db].is_float:
-        hi, lo = (b, a) if _lower(da, db) == da else (a, b)
-        lower_same = bool(torch.equal(hi.to(lo.dtype), lo))
-    return False, lower_same, compare_tensors(a, b, buf)
+    metrics = compare_tensors(a, b, buf)
+    within = False
+    if da != db:  # equal values are the same weights; else every pair's rounding intervals must meet
+        within = metrics["l0"] == 0 and metrics["l2"] == 0.0 or (
+            DTYPES[da].is_float and DTYPES[db].is_float and same_within_precision(a, da, b, db))
+    return False, within, metrics
 
 
 def _bits_equal(a, b) -> bool:
@@ -372,53 +417,129 @@ def _span(names: list[str]) -> str:
     return ", ".join(names) if len(names) <= 10 else f"{names[0]} … {names[-1]} ({len(names)} blocks)"
 
 
+def _parts(r: DiffResult, side: str) -> set[str]:
+    """The model parts (``registry.COMPONENT_PARTS``) one side holds."""
+    keys = [t.key for t in r.tensors] + (r.only_a if side == "A" else r.only_b)
+    return {R.COMPONENT_PARTS[c] for c in {k.split("/", 1)[0].split("@")[0] for k in keys} if c in R.COMPONENT_PARTS}
+
+
+def part_file(r: DiffResult) -> str | None:
+    """"A" or "B" when that side is one part of a model (a VAE, text encoders, a bare denoiser) and the other
+    side holds that part and more: only that part is compared."""
+    if r.kind != "checkpoint":
+        return None
+    pa, pb = _parts(r, "A"), _parts(r, "B")
+    if len(pa) == 1 and pa < pb:
+        return "A"
+    if len(pb) == 1 and pb < pa:
+        return "B"
+    return None
+
+
+def _precisions(r: DiffResult) -> str:
+    pairs = sorted({f"{t.dtype_a} vs {t.dtype_b}" for t in r.tensors if t.same_within_precision})
+    return ", ".join(pairs[:3]) + (" …" if len(pairs) > 3 else "")
+
+
 def verdict(r: DiffResult) -> list[str]:
     """Plain sentences, most important first."""
     out: list[str] = []
     fam = r.family_a if r.family_a != "unknown" else r.family_b
     name = lambda f: R.FAMILY_BY_ID[f].name if f in R.FAMILY_BY_ID else f  # noqa: E731
-    if r.family_a != r.family_b:
+    if "unknown" not in (r.family_a, r.family_b) and r.family_a != r.family_b:
         out.append(f"different architectures: A is {name(r.family_a)}, B is {name(r.family_b)} — "
                    f"comparing the {len(r.tensors)} tensors they share")
+    if r.kind == "lora":
+        out.append(f"two LoRA files, compared target module by target module ({len(r.tensors)} tensors shared)")
     changed = [t for t in r.tensors if t.changed]
-    lower = [t for t in r.tensors if t.same_at_lower_precision]
-    if not changed and not r.only_a and not r.only_b and not r.shape_mismatch:
-        if lower:
-            pairs = ", ".join(sorted(r.dtype_pairs))
-            out.append(f"same weights at another precision ({pairs}: every value rounds exactly)")
+    within = [t for t in r.tensors if t.same_within_precision]
+    alpha = _alpha_lines(r)
+    if not changed and not r.only_a and not r.only_b and not r.shape_mismatch and not alpha:
+        if within:
+            out.append(f"same weights at different precisions ({_precisions(r)}: every pair of values is "
+                       "consistent with one common source)")
         else:
             out.append("identical: every tensor bit-identical")
         return out
-    if r.tensors and not changed:
-        out.append("every shared tensor is the same" + (" (some at another precision)" if lower else ""))
-    comps = sorted(r.by_component, key=lambda c: _COMP_ORDER.index(c) if c in _COMP_ORDER else 99)
-    for c in comps:
-        g = r.by_component[c]
-        label = _label(c, fam)
-        cts = [t for t in changed if t.component == c]
-        if not cts:
-            how = "bit-identical" if g.identical == g.tensors else "same weights (other precision)"
-            out.append(f"{label}: {how}")
-            continue
-        types = sorted({t.layer_type for t in cts})
-        all_types = {t.layer_type for t in r.tensors if t.component == c}
-        text = f"{label}: changed — {len(cts)} of {g.tensors} tensors (RMS of Δ {g.rms:.3g})"
-        if len(types) < len(all_types):
-            text += "; only " + ", ".join(_TYPE_WORDS.get(t, t) for t in types)
-        blocks = r.by_block.get(c, {})
-        if len(blocks) > 1:
-            ch = [b for b, bg in blocks.items() if bg.changed]
-            same = [b for b, bg in blocks.items() if not bg.changed]
-            text += f"; blocks changed: {_span(ch)}"
-            if same:
-                text += f"; unchanged: {_span(same)}"
-        out.append(text)
-    present = {t.component for t in r.tensors}
-    out += _presence(r.only_a, "A", fam, present) + _presence(r.only_b, "B", fam, present)
+    part = part_file(r)
+    if r.tensors and not changed and part is None:
+        out.append("every shared tensor is the same" + (" (some at different precisions)" if within else ""))
+    lines = [_group_line(r, label, comps, fam, part) for label, comps in _groups(r, fam, part)]
+    if part is not None:
+        other = "B" if part == "A" else "A"
+        shared = {t.component for t in r.tensors}
+        rest = r.only_b if part == "A" else r.only_a
+        rank = lambda c: _COMP_ORDER.index(c) if c in _COMP_ORDER else 99  # noqa: E731
+        others = sorted({k.split("/", 1)[0] for k in rest} - shared, key=rank)
+        skipped = list(dict.fromkeys(_part_label(c, fam) for c in others))
+        if lines and skipped:
+            lines[-1] += f" ({other}'s other components not compared: {', '.join(skipped)})"
+        out += lines
+        # the part file's own extra keys all count; of the other side's, only those of the compared part
+        mine, theirs = (r.only_a, r.only_b) if part == "A" else (r.only_b, r.only_a)
+        theirs = [k for k in theirs if k.split("/", 1)[0] in shared]
+        out += _presence(mine, part, fam, shared) + _presence(theirs, other, fam, shared)
+    else:
+        out += lines
+        present = {t.component for t in r.tensors}
+        out += _presence(r.only_a, "A", fam, present) + _presence(r.only_b, "B", fam, present)
+    out += alpha
     if r.shape_mismatch:
         out.append(f"{len(r.shape_mismatch)} tensors differ in shape (e.g. {r.shape_mismatch[0]['key']}: "
                    f"{r.shape_mismatch[0]['a']} vs {r.shape_mismatch[0]['b']})")
     return out
+
+
+def _part_label(component: str, fam: str) -> str:
+    return "VAE" if component in ("vae_encoder", "vae_decoder") else _label(component, fam)
+
+
+def _groups(r: DiffResult, fam: str, part: str | None) -> list[tuple[str, list[str]]]:
+    """(label, components) of each verdict line; a part file's VAE encoder + decoder make one line."""
+    comps = sorted(r.by_component, key=lambda c: _COMP_ORDER.index(c) if c in _COMP_ORDER else 99)
+    if part is not None and {"vae_encoder", "vae_decoder"} <= set(comps):
+        out = [(_label(c, fam), [c]) for c in comps if c not in ("vae_encoder", "vae_decoder")]
+        at = min(comps.index("vae_encoder"), comps.index("vae_decoder"))
+        return out[:at] + [("VAE", ["vae_encoder", "vae_decoder"])] + out[at:]
+    return [(_label(c, fam), [c]) for c in comps]
+
+
+def _group_line(r: DiffResult, label: str, comps: list[str], fam: str, part: str | None) -> str:
+    g = GroupDiff()
+    for t in r.tensors:
+        if t.component in comps:
+            g.add(t)
+    to = f" to {'B' if part == 'A' else 'A'}'s {label}" if part else ""
+    vs = f" vs {'B' if part == 'A' else 'A'}'s {label}" if part else ""
+    cts = [t for t in r.tensors if t.changed and t.component in comps]
+    if not cts:
+        if g.identical == g.tensors:
+            return f"{label}: bit-identical{to}"
+        return f"{label}: same weights{' as ' + to[4:] if part else ''} at different precisions"
+    types = sorted({t.layer_type for t in cts})
+    all_types = {t.layer_type for t in r.tensors if t.component in comps}
+    text = f"{label}: changed{vs} — {len(cts)} of {g.tensors} tensors (RMS of Δ {g.rms:.3g})"
+    if g.within_precision:
+        text += f"; {g.within_precision} more the same at different precisions"
+    if len(types) < len(all_types):
+        text += "; only " + ", ".join(_TYPE_WORDS.get(t, t) for t in types)
+    blocks = r.by_block.get(comps[0], {}) if len(comps) == 1 else {}
+    if len(blocks) > 1:
+        ch = [b for b, bg in blocks.items() if bg.changed]
+        same = [b for b, bg in blocks.items() if not bg.changed]
+        text += f"; blocks changed: {_span(ch)}"
+        if same:
+            text += f"; unchanged: {_span(same)}"
+    return text
+
+
+def _alpha_lines(r: DiffResult) -> list[str]:
+    if not r.alpha_diff:
+        return []
+    d = r.alpha_diff[0]
+    n = len(r.alpha_diff)
+    return [f"alpha differs in {n} module{'s' if n != 1 else ''} (e.g. {d['module']}: A {d['a']:g}, B {d['b']:g})"
+            " — the same factors at a different strength"]
 
 
 def _presence(keys: list[str], side: str, fam: str, shared: set[str]) -> list[str]:

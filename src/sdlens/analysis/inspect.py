@@ -111,9 +111,9 @@ def inspect(
     with open_checkpoint(path, variant) as ckpt:
         report = describe(ckpt)
         if scan and hashes:  # one read of each file for both
-            report.scan, report.hashes = scan_and_hash(ckpt, progress)
+            report.scan, report.hashes = scan_and_hash(ckpt, progress, family=report.family)
         elif scan:
-            report.scan = scan_tensors(ckpt, progress)
+            report.scan = scan_tensors(ckpt, progress, family=report.family)
         elif hashes:
             report.hashes = [hash_file(f, progress) for f in ckpt.files]
         if report.scan is not None:

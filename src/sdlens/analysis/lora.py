@@ -6,6 +6,7 @@ import re
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
+from functools import cache
 from typing import Any
 
 from sdlens.arch.layers import layer_type
@@ -162,3 +163,107 @@ def _arch(modules: dict[tuple[str, str], dict[str, TensorInfo]], context_widths:
                 reasons.append(f"(metadata disagrees with the shapes: {fam})")
             break
     return arch, reasons
+
+
+# --------------------------------------------------------------------------- alignment of two LoRA files
+
+# the tensor roles of each convention, as one canonical suffix (alpha is a scalar per module, compared apart)
+_ROLE = {"lora_down.weight": "lora_down.weight", "lora_A.weight": "lora_down.weight",
+         "lora.down.weight": "lora_down.weight", "lora_up.weight": "lora_up.weight",
+         "lora_B.weight": "lora_up.weight", "lora.up.weight": "lora_up.weight",
+         "lora_magnitude_vector": "dora_scale"}
+# a scope's text-encoder slot (0: the first text encoder of the family)
+_TE_SLOT = {"te": 0, "te1": 0, "text_encoder": 0, "te2": 1, "text_encoder_2": 1, "te3": 2, "text_encoder_3": 2}
+
+
+@cache
+def _unet_modules(family: str) -> dict[str, str]:
+    """kohya-style (``_``-joined) name of each UNet module, diffusers and LDM spellings -> the dotted LDM
+    module, for the released UNet of ``family`` (empty when the family has no UNet config)."""
+    from sdlens.arch import configs as C
+    from sdlens.arch import registry as R
+    from sdlens.arch.keymap import unet_key_map
+
+    fam = R.FAMILY_BY_ID.get(family)
+    if fam is None or fam.config not in C.DENOISERS or C.DENOISERS[fam.config][0] != "UNet2DConditionModel":
+        return {}
+    out: dict[str, str] = {}
+    for diff_key, ldm_key in unet_key_map(C.DENOISERS[fam.config][1]).items():
+        d, ldm = diff_key.rsplit(".", 1)[0], ldm_key.rsplit(".", 1)[0]
+        out[d.replace(".", "_")] = out[ldm.replace(".", "_")] = ldm
+    return out
+
+
+def _component(scope: str, family: str) -> str:
+    """The canonical component a LoRA scope targets: ``denoiser`` or the family's text-encoder kind."""
+    from sdlens.arch import registry as R
+
+    if scope not in _TE_SLOT:
+        return "denoiser"
+    fam = R.FAMILY_BY_ID.get(family)
+    slot = _TE_SLOT[scope]
+    return fam.text_encoders[slot] if fam and slot < len(fam.text_encoders) else f"text_encoder_{slot + 1}"
+
+
+def lora_family(ckpt: Any) -> str:
+    """The registry family a LoRA file targets, from its shapes and metadata (``unknown`` if not told)."""
+    from sdlens.arch import registry as R
+
+    arch = analyse_lora(ckpt.tensors, ckpt.metadata).arch
+    arch = "flux_dev" if arch == "flux" else arch
+    return arch if arch in R.FAMILY_BY_ID else "unknown"
+
+
+def lora_index(ckpt: Any, family: str | None = None) -> tuple[dict[str, Any], str, dict[str, float]]:
+    """(canonical name -> CanonRef, family id, module -> alpha) of a LoRA file, so two LoRAs in different
+    conventions (kohya ``lora_unet_…_lora_down.weight`` vs PEFT ``unet.….lora_A.weight``) compare target
+    module by target module. UNet targets are named by their LDM module (kohya's diffusers or LDM spelling
+    and PEFT's diffusers path all resolve to it), text-encoder targets by their ``_``-joined module path;
+    roles down / up / DoRA magnitude share one suffix. Alphas come from the ``alpha`` tensors, else from
+    PEFT's ``lora_adapter_metadata`` (``<prefix>.lora_alpha``), else equal the rank (kohya's and diffusers'
+    default). ``family`` overrides the family read from the file (when that one is not told)."""
+    from sdlens.arch.canonical import CanonRef
+
+    tensors: Mapping[str, TensorInfo] = ckpt.tensors
+    family = family or lora_family(ckpt)
+    unet = _unet_modules(family)
+    meta_alpha = _peft_alphas(ckpt.metadata)
+    out: dict[str, Any] = {}
+    ranks: dict[str, int] = {}
+    alpha_keys: dict[str, str] = {}
+    scopes: dict[str, str] = {}
+    for key, t in tensors.items():
+        m = _KOHYA.match(key) or _PEFT.match(key)
+        if not m:
+            continue
+        scope, name, role = m.group(1) or "", m.group(2), m.group(3)
+        comp = _component(scope, family)
+        flat = name.replace(".", "_")
+        module = f"{comp}/{unet.get(flat, flat) if comp == 'denoiser' else flat}"
+        scopes[module] = scope
+        if role == "alpha":
+            alpha_keys[module] = key
+            continue
+        role = _ROLE.get(role, role)
+        if role == "lora_down.weight":
+            ranks[module] = t.shape[0]
+        out[f"{module}.{role}"] = CanonRef(key, t.shape)
+    alphas: dict[str, float] = {}
+    for module, rank in ranks.items():
+        if module in alpha_keys:
+            alphas[module] = float(ckpt.read_numpy(alpha_keys[module]).reshape(-1)[0])
+        else:
+            alphas[module] = meta_alpha.get(scopes[module] or "unet", float(rank))
+    return out, family, alphas
+
+
+def _peft_alphas(metadata: Mapping[str, str]) -> dict[str, float]:
+    """PEFT / diffusers adapter metadata: scope prefix -> lora_alpha."""
+    import json
+
+    try:
+        meta = json.loads(metadata.get("lora_adapter_metadata") or "{}")
+    except ValueError:
+        return {}
+    return {k[: -len(".lora_alpha")]: float(v) for k, v in meta.items()
+            if k.endswith(".lora_alpha") and isinstance(v, int | float)} if isinstance(meta, dict) else {}

@@ -1,5 +1,8 @@
 """``--scan``: read every tensor once and find NaN / Inf values and all-zero tensors.
 
+All-zero tensors that the reference architectures make zero (``registry.ZERO_BY_DESIGN``: LDM's ``logvar``,
+ControlNet zero convolutions, ...) are listed apart as information, never as problems.
+
 Float tensors are checked on their bit patterns (numpy max over integer views of the data): a NaN or Inf is
 any value whose exponent bits are all ones, so two max-reductions per chunk find both signs, and the same
 two maxima say whether a tensor holds only ±0. This runs at several GB/s and overlaps with reading.
@@ -7,12 +10,14 @@ two maxima say whether a tensor holds only ±0. This runs at several GB/s and ov
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
+from sdlens.arch import registry as R
 from sdlens.io.base import Checkpoint
 from sdlens.io.hashing import FileHashes
 from sdlens.io.stream import stream
@@ -32,7 +37,8 @@ class ScanResult:
     bytes: int
     nan: dict[str, int] = field(default_factory=dict)  # key -> NaN count
     inf: dict[str, int] = field(default_factory=dict)
-    all_zero: list[str] = field(default_factory=list)
+    all_zero: list[str] = field(default_factory=list)  # unexpected: problems
+    zero_by_design: dict[str, str] = field(default_factory=dict)  # key -> why it is zero (information)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -90,11 +96,21 @@ def _count_nonfinite(dtype: str, arr: np.ndarray) -> tuple[int, int]:
     return int(np.count_nonzero(nonfinite)) - inf, inf
 
 
-class _Scan:
-    """Adds up the pieces of a pass (any order, any split on element boundaries) into a :class:`ScanResult`."""
+def zero_by_design(key: str, family: str | None) -> str | None:
+    """Why ``key`` is all-zero by design in a ``family`` model (``registry.ZERO_BY_DESIGN``), or None."""
+    for z in R.ZERO_BY_DESIGN:
+        if (z.families is None or family in z.families) and re.search(z.pattern, key):
+            return z.why
+    return None
 
-    def __init__(self, ckpt: Checkpoint):
+
+class _Scan:
+    """Adds up the pieces of a pass (any order, any split on element boundaries) into a :class:`ScanResult`;
+    ``family`` (a registry id) says which all-zero tensors are expected."""
+
+    def __init__(self, ckpt: Checkpoint, family: str | None = None):
         self.ckpt = ckpt
+        self.family = family
         self.res = ScanResult(len(ckpt.tensors), 0)
         self.nonzero: dict[str, bool] = {}
 
@@ -111,13 +127,23 @@ class _Scan:
 
     def result(self) -> ScanResult:
         t = self.ckpt.tensors
-        self.res.all_zero = [k for k in self.ckpt.in_file_order() if t[k].numel and not self.nonzero.get(k, False)]
+        for k in self.ckpt.in_file_order():
+            if not t[k].numel or self.nonzero.get(k, False):
+                continue
+            why = zero_by_design(k, self.family)
+            if why is None:
+                self.res.all_zero.append(k)
+            else:
+                self.res.zero_by_design[k] = why
         return self.res
 
 
-def scan_tensors(ckpt: Checkpoint, progress: Callable[[int], None] | None = None) -> ScanResult:
-    """Stream the whole checkpoint once in file order (no torch needed for fp16/bf16/fp32/fp64)."""
-    acc = _Scan(ckpt)
+def scan_tensors(
+    ckpt: Checkpoint, progress: Callable[[int], None] | None = None, family: str | None = None
+) -> ScanResult:
+    """Stream the whole checkpoint once in file order (no torch needed for fp16/bf16/fp32/fp64); ``family``
+    (a registry id) says which all-zero tensors are expected."""
+    acc = _Scan(ckpt, family)
     for piece in stream(ckpt):
         acc.add(piece.key, piece.info.dtype, piece.array)
         if progress:
@@ -125,14 +151,14 @@ def scan_tensors(ckpt: Checkpoint, progress: Callable[[int], None] | None = None
     return acc.result()
 
 
-def scan_and_hash(ckpt: Checkpoint, progress: Callable[[int], None] | None = None, *, block: int = 16 << 20
-                  ) -> tuple[ScanResult, list[FileHashes]]:
+def scan_and_hash(ckpt: Checkpoint, progress: Callable[[int], None] | None = None, *, block: int = 16 << 20,
+                  family: str | None = None) -> tuple[ScanResult, list[FileHashes]]:
     """``--scan`` and ``--hash`` in one sequential read of each file: every byte is hashed, and every
     tensor's bytes are scanned as they pass (strided torch views, which have no run of bytes of their own,
     are read after). ``progress`` totals :func:`scan_and_hash_bytes`."""
     from sdlens.io.onepass import read_once
 
-    acc = _Scan(ckpt)
+    acc = _Scan(ckpt, family)
     hashes, strided = read_once(ckpt, lambda info, _first, arr: acc.add(info.key, info.dtype, arr),
                                 progress=progress, block=block)
     for piece in stream(ckpt, strided):

@@ -80,6 +80,43 @@ SCHEDULE_KEYS: frozenset[str] = frozenset(
         "logvar",
     }
 )
+
+@dataclass(frozen=True)
+class ZeroByDesign:
+    """Tensors (raw keys matching ``pattern``) that the reference code makes all-zero in a released or freshly
+    built model of ``families`` (``None``: any family), so ``--scan`` reports them as information, not problems."""
+
+    pattern: str
+    why: str
+    families: tuple[str, ...] | None = None
+
+
+ZERO_BY_DESIGN: tuple[ZeroByDesign, ...] = (
+    # CompVis/Stability ldm DDPM: self.logvar = torch.full((num_timesteps,), logvar_init), logvar_init 0,
+    # learn_logvar False in the released v1 / v2 inference configs
+    ZeroByDesign(r"^logvar$", "LDM per-timestep log-variance buffer (logvar_init = 0, not learned)",
+                 ("sd1", "sd2")),
+    # ldm LitEma: num_updates starts at 0 and is only counted when use_num_upates; converted files keep 0
+    ZeroByDesign(r"(^|\.)num_updates$", "EMA update counter (0 when updates were not counted)"),
+    # ControlNet (Zhang et al. 2023): zero_module() convolutions, all zero until the ControlNet is trained
+    ZeroByDesign(r"(^|\.)(zero_convs\.\d+\.0|middle_block_out\.0|input_hint_block\.14)\.(weight|bias)$",
+                 "ControlNet zero convolution (zero-initialised; zero in an untrained ControlNet)"),
+    ZeroByDesign(r"(^|\.)(controlnet_down_blocks\.\d+|controlnet_mid_block|controlnet_cond_embedding\.conv_out)"
+                 r"\.(weight|bias)$",
+                 "ControlNet zero convolution (zero-initialised; zero in an untrained ControlNet)"),
+)
+
+# Which part of a model each component is: a file holding a single part (a VAE, the text encoders, a bare
+# denoiser) is compared with that part of a full checkpoint. Components not listed are not parts.
+COMPONENT_PARTS: dict[str, str] = {
+    "denoiser": "denoiser",
+    "controlnet": "ControlNet",
+    "ema": "EMA",
+    "vae_encoder": "VAE",
+    "vae_decoder": "VAE",
+    **{kind: "text encoders" for kind in (*TEXT_ENCODER_KINDS, "text_encoder")},
+}
+
 # SDXL-era marker keys (architectures.md §4)
 MARKER_KEYS: dict[str, str] = {
     "v_pred": "v-prediction marker",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from sdlens.analysis.diff import DiffResult, GroupDiff, _label
+from sdlens.analysis.diff import DiffResult, GroupDiff, _label, part_file
 from sdlens.render.safe_text import safe
 
 _METRICS = ("l2", "l1", "l0", "cos")
@@ -41,12 +41,21 @@ def render_diff(r: DiffResult, console: Console, by: str = "component", metric: 
     else:
         groups = [(_label(c, fam), g) for c, g in r.by_component.items()]
     t = Table(title=f"By {by}", title_justify="left")
-    for c in ("group", "tensors", "changed", "identical", "√Σ‖Δ‖²", "RMS Δ", "max |Δ|"):
+    # tensors = changed + identical + within precision (different dtypes, consistent values; shown when any)
+    within = any(g.within_precision for _, g in groups)
+    counts = ("tensors", "changed", "identical") + (("within precision",) if within else ())
+    for c in ("group", *counts, "√Σ‖Δ‖²", "RMS Δ", "max |Δ|"):
         t.add_column(c, justify="left" if c == "group" else "right")
     for name, g in groups:
         style = None if g.changed else "dim"
-        t.add_row(safe(name), str(g.tensors), str(g.changed), str(g.identical), _fmt(g.l2), _fmt(g.rms), _fmt(g.max_abs),
-                  style=style)
+        n = [g.tensors, g.changed, g.identical] + ([g.within_precision] if within else [])
+        t.add_row(safe(name), *map(str, n), _fmt(g.l2), _fmt(g.rms), _fmt(g.max_abs), style=style)
     console.print(t)
-    if r.only_a or r.only_b:
+    part = part_file(r)
+    if part is not None:
+        other, rest = ("B", r.only_b) if part == "A" else ("A", r.only_a)
+        shared = {t.component for t in r.tensors}
+        n = sum(1 for k in rest if k.split("/", 1)[0] not in shared)
+        console.print(f"{other}'s other components: {n} tensors, not compared (listed in --json)")
+    elif r.only_a or r.only_b:
         console.print(f"only in A: {len(r.only_a)} tensors · only in B: {len(r.only_b)} tensors (listed in --json)")

@@ -121,3 +121,11 @@ def render_report(r: InspectReport, console: Console, brief: bool = False) -> No
         console.print(Group(Text(f"scan: {s.tensors} tensors, {human_bytes(s.bytes)} read: "
                                  + ("no NaN/Inf, no all-zero tensors" if ok else "see problems above"),
                                  style="green" if ok else "red")))
+        if s.zero_by_design:
+            reasons: dict[str, list[str]] = {}
+            for k, why in s.zero_by_design.items():
+                reasons.setdefault(why, []).append(k)
+            for why, keys in reasons.items():
+                more = f" +{len(keys) - 3} more" if len(keys) > 3 else ""
+                console.print(f"  zero by design (not a problem): {len(keys)} tensor{'s' if len(keys) != 1 else ''}"
+                              f" — {why}: {', '.join(keys[:3])}{more}", highlight=False, soft_wrap=True)
