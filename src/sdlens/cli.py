@@ -1,18 +1,80 @@
-"""The ``sdlens`` command line: a thin layer over the Python API (``sdlens.analysis``)."""
+"""The ``sdlens`` command line: a thin layer over the Python API (``sdlens.analysis``).
+
+Exit codes (the same for every command, documented in the README): 0 done; 1 the command ran and found problems
+in what it was asked to check (a file that cannot be read or that has NaN/Inf with ``inspect``, a failed
+verification with ``convert``); 2 usage or input error (a wrong option, a missing or unusable input, an output
+that may not be written); 130 interrupted.
+"""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from typer.core import TyperCommand, TyperGroup
 
 from sdlens.errors import SdlensError
 
+EXIT_PROBLEMS = 1  # the file has problems (asked to check)
+EXIT_USAGE = 2  # usage or input error
+
+
+def _plain_help(params: list[Any]) -> list[Any]:
+    """Help text with words, not Python types: no ``<bool>`` after flags, ``PATH...`` rather than
+    ``{paths}... <list[Path]>``. Arguments and options get an upper-case metavar (their own where set)."""
+    for p in params:
+        if getattr(p, "_sdlens_plain", False):
+            continue
+        p._sdlens_plain = True
+        if getattr(p, "param_type_name", "") == "argument":
+            name = (p.metavar or p.name.upper()) + ("..." if p.nargs != 1 and not (p.metavar or "").endswith("...") else "")
+            p.metavar = name
+            usage = name if p.required else f"[{name}]"
+            p.display_type_rich = lambda ctx=None: None
+            p._usage_display_name = lambda usage=usage: usage
+            p.get_usage_pieces = lambda ctx=None, usage=usage: [usage]
+        elif getattr(p, "is_flag", False) or getattr(p, "count", False):
+            p.metavar = ""
+        elif p.metavar is None:
+            p.metavar = "N" if _is_int(p) else p.name.upper()
+    return params
+
+
+def _is_int(p: Any) -> bool:
+    annotation = getattr(getattr(p, "type_descriptor", None), "annotation", None)
+    if annotation is not None:
+        return annotation in (int, int | None)
+    return getattr(getattr(p, "type", None), "name", "") == "integer"
+
+
+class _Command(TyperCommand):
+    def get_params(self, ctx):  # noqa: ANN001, ANN201 - click's signature
+        return _plain_help(super().get_params(ctx))
+
+
+class _Group(TyperGroup):
+    """Every command's :class:`SdlensError` becomes one line on stderr and exit 2; Ctrl-C exit 130."""
+
+    def get_params(self, ctx):  # noqa: ANN001, ANN201
+        return _plain_help(super().get_params(ctx))
+
+    def invoke(self, ctx):  # noqa: ANN001, ANN201
+        try:
+            return super().invoke(ctx)
+        except SdlensError as e:
+            _fail(e)
+            raise typer.Exit(EXIT_USAGE) from None
+        except KeyboardInterrupt:
+            err.print("interrupted")
+            raise typer.Exit(130) from None
+
+
 app = typer.Typer(
     name="sdlens",
+    cls=_Group,
     help="See inside Stable Diffusion family checkpoints: what a file is, what changed, how models relate.",
     no_args_is_help=True,
     add_completion=False,
@@ -20,6 +82,21 @@ app = typer.Typer(
 )
 out = Console()
 err = Console(stderr=True)
+
+
+def choice(value: str, option: str, allowed: tuple[str, ...] | list[str]) -> str:
+    """``value`` if it is one of ``allowed``, else a usage error that names only ``option``."""
+    if value not in allowed:
+        raise SdlensError(None, f"{option} must be {', '.join(allowed[:-1])} or {allowed[-1]} (got {value!r})")
+    return value
+
+
+def output_path(path: Path, option: str) -> Path:
+    """An output file or folder: its parent folder must exist (sdlens never creates folder trees by surprise)."""
+    parent = path.parent
+    if not parent.is_dir():
+        raise SdlensError(path, f"{option}: folder {str(parent)!r} does not exist")
+    return path
 
 
 def _fail(e: SdlensError) -> None:
@@ -45,7 +122,7 @@ def _progress_bar(total: int, description: str):
 
 @app.command()
 def inspect(
-    paths: Annotated[list[Path], typer.Argument(help="Checkpoint files (.safetensors .ckpt .pt .bin), diffusers folders, *.index.json, or folders of models.")],
+    paths: Annotated[list[Path], typer.Argument(metavar="PATH...", help="Checkpoint files (.safetensors .ckpt .pt .bin), diffusers folders, *.index.json, or folders of models.")],
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON (schema in docs/inspect-json.md).")] = False,
     hashes: Annotated[bool, typer.Option("--hash", help="sha256, AutoV2 and the old A1111 hash (reads the whole file).")] = False,
     scan: Annotated[bool, typer.Option("--scan", help="Read all data: NaN/Inf and all-zero tensors.")] = False,
@@ -92,23 +169,25 @@ def inspect(
 
 @app.command()
 def diff(
-    a: Annotated[Path, typer.Argument(help="First checkpoint (any format or layout).")],
-    b: Annotated[Path, typer.Argument(help="Second checkpoint.")],
-    metric: Annotated[str, typer.Option(help="Metric shown per tensor with --by key: l2, l1, l0, cos or all.")] = "all",
-    by: Annotated[str, typer.Option(help="Table granularity: component, block, type or key.")] = "component",
-    json_file: Annotated[Path | None, typer.Option("--json", help="Write every number to this JSON file.")] = None,
-    plot: Annotated[Path | None, typer.Option(help="Write plots: FILE.png/.svg (histograms) and FILE-blocks.png/.svg.")] = None,
-    time_embed: Annotated[str, typer.Option(help="Merge block of time_embed / label_emb: IN00 (A1111 mergers) or BASE (sd-mecha).")] = "IN00",
+    a: Annotated[Path, typer.Argument(metavar="A", help="First checkpoint (any format or layout).")],
+    b: Annotated[Path, typer.Argument(metavar="B", help="Second checkpoint.")],
+    metric: Annotated[str, typer.Option(metavar="l2|l1|l0|cos|all", help="Metric shown per tensor with --by key.")] = "all",
+    by: Annotated[str, typer.Option(metavar="component|block|type|key", help="Table granularity.")] = "component",
+    json_file: Annotated[Path | None, typer.Option("--json", metavar="FILE", help="Write every number to this JSON file.")] = None,
+    plot: Annotated[Path | None, typer.Option(metavar="FILE", help="Write plots: FILE.png/.svg (histograms) and FILE-blocks.png/.svg.")] = None,
+    time_embed: Annotated[str, typer.Option(metavar="IN00|BASE", help="Merge block of time_embed / label_emb: IN00 (A1111 mergers) or BASE (sd-mecha).")] = "IN00",
 ) -> None:
     """What changed between two checkpoints: verdict in plain words, then per component / block / type / tensor."""
     from sdlens.analysis.diff import diff as run_diff
     from sdlens.io.open import open_checkpoint
     from sdlens.render.diff_view import render_diff
 
-    if metric not in ("l2", "l1", "l0", "cos", "all") or by not in ("component", "block", "type", "key"):
-        raise SdlensError(None, f"unknown --metric {metric!r} or --by {by!r}")
-    if time_embed not in ("IN00", "BASE"):
-        raise SdlensError(None, "--time-embed must be IN00 or BASE")
+    choice(metric, "--metric", ("l2", "l1", "l0", "cos", "all"))
+    choice(by, "--by", ("component", "block", "type", "key"))
+    choice(time_embed, "--time-embed", ("IN00", "BASE"))
+    for path, option in ((json_file, "--json"), (plot, "--plot")):
+        if path is not None:
+            output_path(path, option)
     with open_checkpoint(a) as ck:
         total = ck.tensor_bytes
     bar, progress = _progress_bar(total, f"diff {a.name}")
@@ -130,12 +209,29 @@ def diff(
 
 @app.command()
 def demo(
-    out_dir: Annotated[Path, typer.Option("--out", help="Where to write the zoo, tables and plots.")] = Path("demo-out"),
+    out_dir: Annotated[Path, typer.Option("--out", metavar="DIR", help="Where to write the zoo, tables and plots.")] = Path("demo-out"),
 ) -> None:
     """Build a small synthetic model zoo and run every landed capability on it."""
     from sdlens.demo import run_demo
 
+    output_path(out_dir, "--out")
     run_demo(out_dir, out)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from sdlens import __version__
+
+        print(__version__)
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", help="Print the sdlens version and exit.", is_eager=True,
+                                          callback=_print_version)] = False,
+) -> None:
+    """See inside Stable Diffusion family checkpoints: what a file is, what changed, how models relate."""
 
 
 @app.command()
@@ -160,14 +256,17 @@ def _register_commands() -> None:
 
 
 _register_commands()
+for _info in app.registered_commands:
+    if _info.cls in (None, TyperCommand):
+        _info.cls = _Command
 
 
 def main() -> None:
     try:
         app()
-    except SdlensError as e:  # anything the commands did not catch themselves
+    except SdlensError as e:  # raised outside a command (the group catches the commands' own)
         _fail(e)
-        sys.exit(2)
+        sys.exit(EXIT_USAGE)
     except KeyboardInterrupt:
         err.print("interrupted")
         sys.exit(130)

@@ -19,20 +19,20 @@ def register(app: typer.Typer) -> None:
 
 
 def arch(
-    model: Annotated[str | None, typer.Argument(help=MODELS_HELP)] = None,
-    res: Annotated[str | None, typer.Option(help="Image size WIDTHxHEIGHT (default: the model's own).")] = None,
+    model: Annotated[str | None, typer.Argument(metavar="MODEL", help=MODELS_HELP)] = None,
+    res: Annotated[str | None, typer.Option(metavar="WxH", help="Image size WIDTHxHEIGHT (default: the model's own).")] = None,
     batch: Annotated[int, typer.Option(help="Images per batch.")] = 1,
     cfg: Annotated[bool | None, typer.Option("--cfg/--no-cfg", help="Classifier-free guidance (default: the pipeline's).")] = None,
     steps: Annotated[int | None, typer.Option(help="Denoising steps (default: the pipeline's).")] = None,
-    dtype: Annotated[str, typer.Option(help="fp16, bf16 or fp32.")] = "fp16",
+    dtype: Annotated[str, typer.Option(metavar="fp16|bf16|fp32", help="Precision of weights and activations.")] = "fp16",
     tokens: Annotated[int | None, typer.Option(help="Length of the (longest) text sequence.")] = None,
     img2img: Annotated[bool, typer.Option("--img2img", help="Count the VAE encode too.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
-    gemm: Annotated[Path | None, typer.Option(help="Write every GEMM / convolution of one denoiser forward to FILE.csv.")] = None,
-    diagram: Annotated[Path | None, typer.Option(help="Write FILE.svg (sdlens's block diagram) and FILE-torchview-depthN.svg (torchview, needs graphviz dot).")] = None,
-    depth: Annotated[int, typer.Option(help="torchview depth for --diagram: 1 or 2.")] = 1,
-    compare: Annotated[str | None, typer.Option(help="'all' or a comma list of models: the comparison table.")] = None,
-    time_embed: Annotated[str, typer.Option(help="Merge block of time_embed / label_emb: IN00 or BASE.")] = "IN00",
+    gemm: Annotated[Path | None, typer.Option(metavar="FILE", help="Write every GEMM / convolution of one denoiser forward to FILE.csv.")] = None,
+    diagram: Annotated[Path | None, typer.Option(metavar="FILE", help="Write FILE.svg (sdlens's block diagram) and FILE-torchview-depthN.svg (torchview, needs graphviz dot).")] = None,
+    depth: Annotated[int, typer.Option(metavar="1|2", help="torchview depth for --diagram.")] = 1,
+    compare: Annotated[str | None, typer.Option(metavar="all|MODEL,MODEL,...", help="'all' or a comma list of models: the comparison table.")] = None,
+    time_embed: Annotated[str, typer.Option(metavar="IN00|BASE", help="Merge block of time_embed / label_emb.")] = "IN00",
 ) -> None:
     """Parameters, merge blocks, every GEMM, FLOPs, memory and diagrams of an architecture — no weights needed."""
     import sys
@@ -41,10 +41,13 @@ def arch(
     from sdlens.render.jsonout import dumps
 
     console = Console() if sys.stdout.isatty() else Console(width=200)
-    if depth not in (1, 2):
-        raise SdlensError(None, "--depth must be 1 or 2")
-    if time_embed not in ("IN00", "BASE"):
-        raise SdlensError(None, "--time-embed must be IN00 or BASE")
+    from sdlens.cli import choice, output_path
+
+    choice(str(depth), "--depth", ("1", "2"))
+    choice(time_embed, "--time-embed", ("IN00", "BASE"))
+    for path, option in ((gemm, "--gemm"), (diagram, "--diagram")):
+        if path is not None:
+            output_path(path, option)
     kw = {"res": parse_res(res), "batch": batch, "cfg": cfg, "steps": steps, "dtype": dtype, "tokens": tokens,
           "img2img": img2img, "time_embed": time_embed}
     if compare is not None:

@@ -10,20 +10,24 @@ from rich.console import Console
 
 
 def matrix(
-    paths: Annotated[list[Path], typer.Argument(help="Checkpoint files, diffusers folders, or folders of models.")],
-    metric: Annotated[str, typer.Option(help="l2, cos (1 − cosine) or l1.")] = "l2",
-    by: Annotated[str, typer.Option(help="component or block (merge blocks of the denoiser).")] = "component",
-    ref: Annotated[str | None, typer.Option(help="Reference model (file name or path) for the distance line chart.")] = None,
-    out_dir: Annotated[Path, typer.Option("--out", help="Where to write CSV, JSON and plots.")] = Path("matrix-out"),
+    paths: Annotated[list[Path], typer.Argument(metavar="PATH...", help="Checkpoint files, diffusers folders, or folders of models.")],
+    metric: Annotated[str, typer.Option(metavar="l2|cos|l1", help="L2, cosine (1 − cos) or L1 distance.")] = "l2",
+    by: Annotated[str, typer.Option(metavar="component|block", help="Per component, or per merge block of the denoiser.")] = "component",
+    ref: Annotated[str | None, typer.Option(metavar="MODEL", help="Reference model (file name or path) for the distance line chart.")] = None,
+    out_dir: Annotated[Path, typer.Option("--out", metavar="DIR", help="Where to write CSV, JSON and plots.")] = Path("matrix-out"),
     workers: Annotated[int | None, typer.Option(help="Threads for the arithmetic (default: one per core).")] = None,
     chunk_mb: Annotated[int, typer.Option(help="Memory for one key's rows of all models, in MB.")] = 512,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run from its saved partial results.")] = False,
     plots: Annotated[bool, typer.Option(help="Write the figures.")] = True,
 ) -> None:
     """How do these models relate? Distance matrices per component or merge block, identity groups, plots."""
+    from sdlens.cli import choice, output_path
     from sdlens.io.open import expand_paths
     from sdlens.render.matrix_view import FigureWorkers
 
+    choice(metric, "--metric", ("l2", "cos", "l1"))
+    choice(by, "--by", ("component", "block"))
+    output_path(out_dir, "--out")
     files = expand_paths(paths)
     figures = FigureWorkers() if plots else None  # forked now, before any thread: they import while we read
     try:

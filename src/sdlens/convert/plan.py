@@ -315,12 +315,28 @@ def _from_diffusers(ck: Any, folder: Path, sources: list[str]) -> tuple[dict[str
 # --------------------------------------------------------------------------- the plan
 
 
+def check_output_name(out: Path, layout: str) -> None:
+    """OUT names what is written: a ``.safetensors`` file (never safetensors bytes under ``.ckpt``; sdlens writes
+    no pickles), or with ``--layout diffusers`` a folder; its parent folder must exist."""
+    from sdlens.io.folders import WEIGHT_SUFFIXES
+
+    suffix = out.suffix.lower()
+    if layout == "single" and suffix != ".safetensors":
+        raise SdlensError(out, "OUT must end in .safetensors: sdlens writes safetensors files only"
+                          + (f" (not {out.suffix} pickles)" if suffix in WEIGHT_SUFFIXES else ""))
+    if layout == "diffusers" and suffix in WEIGHT_SUFFIXES:
+        raise SdlensError(out, f"--layout diffusers writes a folder: name OUT without {out.suffix}")
+    if not out.parent.is_dir():
+        raise SdlensError(out, f"OUT: folder {str(out.parent)!r} does not exist")
+
+
 def make_plan(input_path: str | Path, output_path: str | Path, opts: ConvertOptions) -> ConversionPlan:
     """Everything the conversion will do, from headers (and a few tiny tensors), without writing anything."""
     from sdlens.io.open import open_checkpoint
 
     opts.validate()
     inp, out = Path(input_path), Path(output_path)
+    check_output_name(out, opts.layout)
     sources = [str(inp)]
     notes: list[str] = []
     operations: list[str] = []
