@@ -66,7 +66,7 @@ class _Group(TyperGroup):
             return super().invoke(ctx)
         except SdlensError as e:
             _fail(e)
-            raise typer.Exit(EXIT_USAGE) from None
+            raise typer.Exit(getattr(e, "exit_code", EXIT_USAGE)) from None
         except KeyboardInterrupt:
             err.print("interrupted")
             raise typer.Exit(130) from None
@@ -134,8 +134,14 @@ def inspect(
     from sdlens.render.jsonout import dumps
 
     results: list[dict | object] = []
-    failed = 0
+    failed = missing = 0
     for path in expand_paths(paths):
+        if not path.exists():
+            missing += 1
+            _fail(SdlensError(path, "no such file or folder"))
+            if json_out:
+                results.append({"path": str(path), "error": "no such file or folder"})
+            continue
         try:
             progress = None
             bar = None
@@ -155,6 +161,7 @@ def inspect(
             if json_out:
                 results.append({"path": str(path), "error": e.problem})
             continue
+        failed += bool(report.problems)
         if json_out:
             results.append(report)
         else:
@@ -163,8 +170,8 @@ def inspect(
             render_report(report, out, brief=brief)
     if json_out:
         print(dumps(results[0] if len(results) == 1 else results))
-    if failed:
-        raise typer.Exit(1)
+    if missing or failed:  # grep's convention: a missing input outranks a finding
+        raise typer.Exit(EXIT_USAGE if missing else EXIT_PROBLEMS)
 
 
 @app.command()

@@ -43,12 +43,14 @@ def _run(files, out_dir: Path, figures, *, metric: str, by: str, ref: str | None
     from sdlens.analysis.matrix import matrix as run_matrix
     from sdlens.cli import _progress_bar, err, out
     from sdlens.render.matrix_view import render_matrix, write_outputs
+    from sdlens.render.text import plural, wrap_items
 
     state = out_dir / ".matrix-partial.npz"
     bar = {}
 
     def on_plan(pl) -> None:
-        err.print(f"{len(pl.models)} models, {len(pl.tasks)} tasks, {pl.nbytes / 1e9:.2f} GB to read", highlight=False)
+        err.print(f"{plural(len(pl.models), 'model')}, {plural(len(pl.tasks), 'task')}, {pl.nbytes / 1e9:.2f} GB to read",
+                  highlight=False)
         bar["p"], bar["advance"] = _progress_bar(pl.nbytes, "matrix")
         bar["p"].start()
 
@@ -68,7 +70,7 @@ def _run(files, out_dir: Path, figures, *, metric: str, by: str, ref: str | None
     written = write_outputs(result, out_dir, plots=plots, figures=figures,
                             while_drawing=lambda: render_matrix(result, out))
     state.unlink(missing_ok=True)
-    out.print(f"written to {out_dir}: " + ", ".join(p.name for p in written), soft_wrap=True)
+    wrap_items(out, [f"written to {out_dir}:", *(f"{p.name}," for p in written[:-1]), written[-1].name], 0, " ")
 
 
 def register(app: typer.Typer) -> None:

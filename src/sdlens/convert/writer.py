@@ -26,7 +26,7 @@ from typing import Any
 
 from sdlens.convert.layouts import Item
 from sdlens.convert.plan import PROVENANCE_META, ConversionPlan, nbytes
-from sdlens.errors import SdlensError
+from sdlens.errors import ProblemsFound, SdlensError
 from sdlens.io.dtypes import torch_dtype
 
 CHUNK_BYTES = 64 << 20
@@ -379,7 +379,7 @@ def convert(
             else:
                 result.verification = verify_written(plan, tmp, tensor_digests, progress)
             if not result.verification.ok:
-                raise SdlensError(plan.output, "verification failed: " + "; ".join(result.verification.problems[:3]))
+                raise ProblemsFound(plan.output, "verification failed: " + "; ".join(result.verification.problems[:3]))
             timings["verify"] = time.perf_counter() - t0
         _commit(tmp, out, overwrite)
         return result

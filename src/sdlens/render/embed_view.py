@@ -10,6 +10,7 @@ from rich.table import Table
 
 from sdlens.analysis.embed import METRICS, Drift, EmbedResult, drift_csv, matrix_csv
 from sdlens.io.atomic import write_text_atomic
+from sdlens.render.text import path_line, plural, wrap_items
 
 
 def safe_name(name: str) -> str:
@@ -59,17 +60,15 @@ def render_drift(d: Drift, console: Console, top: int = 10) -> None:
 
 
 def render_embed(result: EmbedResult, console: Console, top: int = 10) -> None:
-    t = Table(title=f"sdlens embed: {len(result.prompts)} prompts", title_justify="left")
-    for col in ("model", "family", "encoder", "layer", "pool", "dim"):
-        t.add_column(col, overflow="fold")
+    console.print(f"sdlens embed: {plural(len(result.prompts), 'prompt')}", style="bold")
     notes: list[str] = []
-    for m in result.models:
-        name = m.name + (" (ref)" if m.name == result.ref else "")
+    for m in result.models:  # one model a line (its name whole), its encoders under it
+        path_line(console, "", m.name + (" (ref)" if m.name == result.ref else ""))
         for e in (e for e in result.embeddings if e.model == m.name):
-            t.add_row(name, m.family, f"{e.label} ({e.encoder})", e.layer, e.pool, str(e.dim))
+            wrap_items(console, [f"{m.family}: {e.label} ({e.encoder})", f"layer {e.layer}", f"pool {e.pool}",
+                                 f"dim {e.dim}"], indent=2)
             notes += [f"{m.name} · {e.label}: {n}" for n in e.notes]
         notes += [f"{m.name}: skipped {s}" for s in m.skipped]
-    console.print(t)
     for n in dict.fromkeys(notes):
         console.print(f"  [dim]note:[/] {n}", soft_wrap=True, highlight=False)
     truncated = {lab for e in result.embeddings for lab in e.truncated}

@@ -8,6 +8,7 @@ from rich.table import Table
 from rich.text import Text
 
 from sdlens.analysis.inspect import InspectReport, _human_count, human_bytes
+from sdlens.render.text import fits, path_line, plural
 
 
 def _kv_table(title: str) -> Table:
@@ -17,10 +18,36 @@ def _kv_table(title: str) -> Table:
     return t
 
 
+def _components(r: InspectReport, console: Console) -> None:
+    """The component table; when the key prefixes do not fit beside the numbers they are listed under it."""
+
+    def table(with_prefix: bool) -> Table:
+        t = Table(title="Components", title_justify="left")
+        cols = ("component", "prefix", "layout", "tensors", "params", "size", "dtypes")
+        for col in cols if with_prefix else [c for c in cols if c != "prefix"]:
+            t.add_column(col, justify="right" if col in ("tensors", "params", "size") else "left",
+                         no_wrap=col != "dtypes")
+        for c in r.components:
+            row = [c.label, c.prefix or "(bare)", c.convention, str(c.tensors), _human_count(c.params),
+                   human_bytes(c.bytes), ", ".join(f"{d}×{n}" for d, n in c.dtypes.items())]
+            t.add_row(*(row if with_prefix else row[:1] + row[2:]))
+        return t
+
+    wide = table(True)
+    if fits(console, wide):
+        console.print(wide)
+        return
+    console.print(table(False))
+    grid = _kv_table("Key prefixes")
+    for c in r.components:
+        grid.add_row(c.label, Text(c.prefix or "(bare)", overflow="fold"))
+    console.print(grid)
+
+
 def render_report(r: InspectReport, console: Console, brief: bool = False) -> None:
     colour = {"high": "green", "medium": "yellow", "low": "red"}[r.confidence]
-    head = Text.assemble((r.summary, "bold"), "\n", (r.path, "dim"))
-    console.print(Panel(head, border_style=colour, expand=False))
+    console.print(Panel(Text(r.summary, style="bold"), border_style=colour, expand=False))
+    path_line(console, "", r.path)
     if brief:
         for p in r.problems:
             console.print(f"[red]problem:[/] {p}")
@@ -44,13 +71,7 @@ def render_report(r: InspectReport, console: Console, brief: bool = False) -> No
     console.print(ident)
 
     if r.components:
-        t = Table(title="Components", title_justify="left")
-        for col in ("component", "prefix", "layout", "tensors", "params", "size", "dtypes"):
-            t.add_column(col, justify="right" if col in ("tensors", "params", "size") else "left")
-        for c in r.components:
-            t.add_row(c.label, c.prefix or "(bare)", c.convention, str(c.tensors), _human_count(c.params),
-                      human_bytes(c.bytes), ", ".join(f"{d}×{n}" for d, n in c.dtypes.items()))
-        console.print(t)
+        _components(r, console)
     if r.missing:
         console.print("[yellow]missing:[/] " + "; ".join(r.missing))
     if r.ema is not None:
@@ -83,13 +104,21 @@ def render_report(r: InspectReport, console: Console, brief: bool = False) -> No
     for p in r.problems:
         console.print(f"[bold red]problem:[/] {p}")
     if r.unknown_keys:
-        ut = Table(title=f"Keys sdlens does not recognise ({len(r.unknown_keys)}; kept as information, not junk)",
-                   title_justify="left")
+        title = f"Keys sdlens does not recognise ({len(r.unknown_keys)}; kept as information, not junk)"
+        ut = Table(title=title, title_justify="left")
         for col in ("key", "shape", "dtype", "size", "why"):
-            ut.add_column(col)
+            ut.add_column(col, no_wrap=col != "why")
         for u in r.unknown_keys[:20]:
             ut.add_row(u["key"], str(u["shape"]), u["dtype"], human_bytes(u["bytes"]), u["why"])
-        console.print(ut)
+        if fits(console, ut):
+            console.print(ut)
+        else:  # narrow: one key a line, its details under it
+            console.print(title, style="italic", highlight=False)
+            for u in r.unknown_keys[:20]:
+                path_line(console, "", u["key"])
+                console.print(f"    {u['shape']} {u['dtype']} {human_bytes(u['bytes'])}: {u['why']}", highlight=False)
+        if len(r.unknown_keys) > 20:
+            console.print(f"  … {len(r.unknown_keys) - 20} more in --json", highlight=False)
 
     md = r.metadata
     if md.count:
@@ -103,16 +132,13 @@ def render_report(r: InspectReport, console: Console, brief: bool = False) -> No
         for k, v in list(md.other.items())[:15]:
             mt.add_row(k, v)
         console.print(mt)
-    if r.hashes:
-        ht = Table(title="Hashes", title_justify="left")
-        for col in ("file", "sha256", "AutoV2", "old A1111"):
-            ht.add_column(col)
-        for h in r.hashes:
-            ht.add_row(h.path.rsplit("/", 1)[-1], h.sha256, h.autov2, h.a1111_old)
-        console.print(ht)
+    for h in r.hashes or ():  # whole, outside any table: hashes are copied and searched for
+        path_line(console, "Hashes of", h.path.rsplit("/", 1)[-1])
+        for label, value in (("sha256", h.sha256), ("AutoV2", h.autov2), ("old A1111", h.a1111_old)):
+            console.print(Text.assemble("  ", (f"{label:<10}", "bold cyan"), " ", value), soft_wrap=True)
     if r.scan is not None:
         s = r.scan
         ok = not (s.nan or s.inf or s.all_zero)
-        console.print(Group(Text(f"scan: {s.tensors} tensors, {human_bytes(s.bytes)} read: "
+        console.print(Group(Text(f"scan: {plural(s.tensors, 'tensor')}, {human_bytes(s.bytes)} read: "
                                  + ("no NaN/Inf, no all-zero tensors" if ok else "see problems above"),
                                  style="green" if ok else "red")))

@@ -8,10 +8,48 @@ from rich.measure import Measurement
 
 def plural(n: int, word: str, many: str | None = None) -> str:
     """``"1 tensor"``, ``"2 tensors"``, ``"0 tensors"`` (``many`` for irregular plurals)."""
-    return f"{n:,} {word if n == 1 else (many or word + 's')}"
+    return f"{n} {word if n == 1 else (many or word + 's')}"
 
 
 def fits(console: Console, renderable: RenderableType) -> bool:
     """Whether ``renderable`` can be drawn at its natural width (no cell wrapped) on ``console``."""
     wide = console.options.update_width(1 << 20)
     return Measurement.get(console, wide, renderable).maximum <= console.width
+
+
+def bullets(console: Console, lines: list[str], mark: str = "•", indent: int = 2) -> None:
+    """Each line as a bullet whose continuation lines are indented under its text (wrapped at spaces)."""
+    from rich.table import Table
+
+    if not lines:
+        return
+    grid = Table.grid(padding=(0, 1))
+    grid.add_column(no_wrap=True, width=indent + len(mark) - 1, justify="right")
+    grid.add_column()
+    for line in lines:
+        grid.add_row(mark, line)
+    console.print(grid, highlight=False)
+
+
+def path_line(console: Console, label: str, path: str) -> None:
+    """``label path`` on one line, the path never broken (a terminal narrower than the path wraps it itself)."""
+    from rich.text import Text
+
+    console.print(Text.assemble((label, "bold"), " ", path) if label else Text(path), soft_wrap=True,
+                  highlight=False)
+
+
+def wrap_items(console: Console, items: list[str], indent: int = 4, sep: str = " · ") -> None:
+    """Short items (``"l2 0.5"``) joined by ``sep`` and wrapped between items, never inside one."""
+    from rich.cells import cell_len
+
+    pad = " " * indent
+    line = ""
+    for it in items:
+        candidate = f"{line}{sep}{it}" if line else pad + it
+        if line and cell_len(candidate) > console.width:
+            console.print(line, soft_wrap=True, highlight=False)
+            candidate = pad + it
+        line = candidate
+    if line:
+        console.print(line, soft_wrap=True, highlight=False)
