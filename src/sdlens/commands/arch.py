@@ -35,12 +35,10 @@ def arch(
     time_embed: Annotated[str, typer.Option(metavar="IN00|BASE", help="Merge block of time_embed / label_emb.")] = "IN00",
 ) -> None:
     """Parameters, merge blocks, every GEMM, FLOPs, memory and diagrams of an architecture — no weights needed."""
-    import sys
-
     from sdlens.analysis.cost import ALL_MODELS, analyse, parse_res, write_gemm_csv
     from sdlens.render.jsonout import dumps
 
-    console = Console() if sys.stdout.isatty() else Console(width=200)
+    console = Console()  # the terminal's width; 80 columns (or $COLUMNS) when piped: the tables adapt
     from sdlens.cli import choice, output_path
 
     choice(str(depth), "--depth", ("1", "2"))
