@@ -44,7 +44,7 @@ class ComponentParams:
     id: str  # denoiser | clip_l | … | vae
     label: str
     params: int
-    reference: int | None  # architectures.md §1/§2 count, where listed
+    reference: int | None  # parameter count of the released weights, where known
     detail: dict[str, int] = field(default_factory=dict)  # VAE: encoder / decoder / quant convs
 
     @property

@@ -24,7 +24,7 @@ def register(app: typer.Typer) -> None:
         ref: Annotated[str | None, typer.Option(metavar="MODEL", help="Reference model for drift (a model's name or path; default the first).")] = None,
         out_dir: Annotated[Path, typer.Option("--out", metavar="DIR", help="Folder for the CSV matrices, drift tables, figures and embed.json.")] = Path("embed-out"),
         tokenizer: Annotated[list[Path] | None, typer.Option(metavar="DIR", help="Tokenizer folder (CLIP vocab.json + merges.txt, a T5 tokenizer, or a diffusers repo with tokenizer/ …); repeatable. Default: the local Hugging Face cache; never a download.")] = None,
-        normalize: Annotated[bool, typer.Option(help="L2-normalise each embedding before the matrices (as the original notebook).")] = True,
+        normalize: Annotated[bool, typer.Option(help="L2-normalise each embedding before the distance matrices.")] = True,
         batch_size: Annotated[int, typer.Option(help="Prompts per forward pass.")] = 16,
         top: Annotated[int, typer.Option(help="Rows of each drift table printed (all are in the CSV).")] = 10,
     ) -> None:
