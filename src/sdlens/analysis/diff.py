@@ -20,6 +20,7 @@ from sdlens.arch.layers import layer_type
 from sdlens.io.base import Checkpoint
 from sdlens.io.dtypes import DTYPES
 from sdlens.io.open import open_checkpoint
+from sdlens.words import plural
 
 # mantissa bits: the lower-precision side of a pair is the one with fewer
 _MANTISSA = {"F64": 52, "F32": 23, "BF16": 7, "F16": 10, "F8_E4M3": 3, "F8_E5M2": 2}
@@ -414,7 +415,7 @@ def verdict(r: DiffResult) -> list[str]:
     present = {t.component for t in r.tensors}
     out += _presence(r.only_a, "A", fam, present) + _presence(r.only_b, "B", fam, present)
     if r.shape_mismatch:
-        out.append(f"{len(r.shape_mismatch)} tensors differ in shape (e.g. {r.shape_mismatch[0]['key']}: "
+        out.append(f"{plural(len(r.shape_mismatch), 'tensor')} differ{'s' if len(r.shape_mismatch) == 1 else ''} in shape (e.g. {r.shape_mismatch[0]['key']}: "
                    f"{r.shape_mismatch[0]['a']} vs {r.shape_mismatch[0]['b']})")
     return out
 

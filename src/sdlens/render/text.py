@@ -5,10 +5,9 @@ from __future__ import annotations
 from rich.console import Console, RenderableType
 from rich.measure import Measurement
 
+from sdlens.words import plural
 
-def plural(n: int, word: str, many: str | None = None) -> str:
-    """``"1 tensor"``, ``"2 tensors"``, ``"0 tensors"`` (``many`` for irregular plurals)."""
-    return f"{n} {word if n == 1 else (many or word + 's')}"
+__all__ = ["bullets", "fits", "path_line", "plural", "wrap_items"]
 
 
 def fits(console: Console, renderable: RenderableType) -> bool:
