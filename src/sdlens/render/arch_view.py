@@ -7,6 +7,7 @@ from __future__ import annotations
 from rich.cells import cell_len
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from sdlens.analysis.cost import TORCHINFO_NOTE, ArchReport
 from sdlens.render.text import fits, path_line, wrap_items
@@ -200,19 +201,21 @@ def render_compare(reports: list[ArchReport], console: Console) -> None:
     if fits(console, wide):
         console.print(wide)
     else:
+        def col_width(row: dict[str, str]) -> int:  # the model's name may wrap at its spaces, the figures never
+            return max(max(cell_len(w) for w in row["model"].split()),
+                       *(cell_len(Text.from_markup(v).plain) for k, v in row.items() if k != "model"))
+
         def tall(chunk: list[dict[str, str]], part: str) -> Table:
             t = Table(title=part, title_justify="left")
             t.add_column("", no_wrap=True)
-            for row in chunk:  # the model's name may wrap at its spaces, the figures never
-                t.add_column(row["model"], justify="right", min_width=max(len(v) for k, v in row.items() if k != "model"))
+            for row in chunk:
+                t.add_column(row["model"], justify="right", width=col_width(row))
             for label in labels[1:]:
                 t.add_row(label, *(row[label] for row in chunk))
             return t
 
         def width(chunk: list[dict[str, str]]) -> int:  # a boxed table: 2 of padding + 1 of rule per column, + 1
-            cols = [max(map(cell_len, labels[1:]))]
-            cols += [max(max(cell_len(w) for w in row["model"].split()),
-                         *(cell_len(v) for k, v in row.items() if k != "model")) for row in chunk]
+            cols = [max(map(cell_len, labels[1:]))] + [col_width(row) for row in chunk]
             return sum(c + 3 for c in cols) + 1
 
         per = len(rows)
