@@ -75,7 +75,8 @@ class _Group(TyperGroup):
 app = typer.Typer(
     name="sdlens",
     cls=_Group,
-    help="See inside Stable Diffusion family checkpoints: what a file is, what changed, how models relate.",
+    help="See inside Stable Diffusion family checkpoints: what a file is, what changed, how models relate.\n\n"
+    "Exit codes: 0 done; 1 problems found in what was checked; 2 usage or input error; 130 interrupted.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -206,12 +207,12 @@ def diff(
         from sdlens.render.jsonout import dumps
 
         write_text_atomic(json_file, dumps(result))
-        out.print(f"JSON written to {json_file}", soft_wrap=True)
+        out.print(f"JSON written to {json_file}", highlight=False)
     if plot is not None:
         from sdlens.render.diff_figures import write_diff_plots
 
         for p in write_diff_plots(result, plot):
-            out.print(f"plot written to {p}", soft_wrap=True)
+            out.print(f"plot written to {p}", highlight=False)
 
 
 @app.command()
@@ -238,7 +239,9 @@ def _root(
     version: Annotated[bool, typer.Option("--version", help="Print the sdlens version and exit.", is_eager=True,
                                           callback=_print_version)] = False,
 ) -> None:
-    """See inside Stable Diffusion family checkpoints: what a file is, what changed, how models relate."""
+    """See inside Stable Diffusion family checkpoints: what a file is, what changed, how models relate.
+
+    Exit codes: 0 done; 1 problems found in what was checked; 2 usage or input error; 130 interrupted."""
 
 
 @app.command()

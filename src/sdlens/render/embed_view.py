@@ -70,9 +70,9 @@ def render_embed(result: EmbedResult, console: Console, top: int = 10) -> None:
             notes += [f"{m.name} · {e.label}: {n}" for n in e.notes]
         notes += [f"{m.name}: skipped {s}" for s in m.skipped]
     for n in dict.fromkeys(notes):
-        console.print(f"  [dim]note:[/] {n}", soft_wrap=True, highlight=False)
+        console.print(f"  [dim]note:[/] {n}", highlight=False)
     truncated = {lab for e in result.embeddings for lab in e.truncated}
     if truncated:
-        console.print(f"[yellow]cut at the encoder's length:[/] {', '.join(sorted(truncated))}", soft_wrap=True)
+        console.print(f"[yellow]cut at the encoder's length:[/] {', '.join(sorted(truncated))}", highlight=False)
     for d in result.drift:
         render_drift(d, console, top)
