@@ -304,3 +304,18 @@ def test_json_stays_json_when_narrow(tmp_path, monkeypatch):
     a, _ = _write_pair(tmp_path)
     r = run("inspect", "--json", str(a))
     assert r.code == 0 and json.loads(r.out)["path"] == str(a)
+
+
+def test_verdict_bullets_wrap_on_a_terminal_and_stay_whole_in_a_pipe():
+    from sdlens.render.text import bullets
+
+    verdict = ["UNet: changed — 80 of 686 tensors (RMS of Δ 0.00509); only cross-attention (attn2)", "VAE: bit-identical"]
+    tty = Console(width=40, record=True, force_terminal=True, no_color=True)
+    bullets(tty, verdict)
+    lines = tty.export_text().splitlines()
+    assert all(len(ln) <= 40 for ln in lines) and len(lines) > 2
+    assert lines[0].startswith(" • UNet:") and lines[1].startswith("   ")  # hanging indent under the text
+    assert " ".join(lines).split() == f"• {verdict[0]} • {verdict[1]}".split()  # no word broken or lost
+    pipe = Console(width=40, record=True, force_terminal=False, no_color=True)
+    bullets(pipe, verdict)
+    assert pipe.export_text().splitlines() == [f" • {v}" for v in verdict]

@@ -207,12 +207,12 @@ def diff(
         from sdlens.render.jsonout import dumps
 
         write_text_atomic(json_file, dumps(result))
-        out.print(f"JSON written to {json_file}", highlight=False)
+        out.print(f"JSON written to {json_file}", soft_wrap=True, highlight=False)
     if plot is not None:
         from sdlens.render.diff_figures import write_diff_plots
 
         for p in write_diff_plots(result, plot):
-            out.print(f"plot written to {p}", highlight=False)
+            out.print(f"plot written to {p}", soft_wrap=True, highlight=False)
 
 
 @app.command()

@@ -73,13 +73,13 @@ def arch(
     out = Console(stderr=True) if json_out else console
     if gemm is not None:
         write_gemm_csv(report, gemm)
-        out.print(f"GEMM table written to {gemm} ({len(report.ops)} rows)", highlight=False)
+        out.print(f"GEMM table written to {gemm} ({len(report.ops)} rows)", soft_wrap=True, highlight=False)
     if diagram is not None:
         from sdlens.render.arch_diagram import write_block_diagram, write_torchview
 
-        out.print(f"block diagram written to {write_block_diagram(report, diagram)}", highlight=False)
+        out.print(f"block diagram written to {write_block_diagram(report, diagram)}", soft_wrap=True, highlight=False)
         tv = diagram.with_name(f"{diagram.stem}-torchview-depth{depth}")
-        out.print(f"torchview graph written to {write_torchview(model, report, tv, depth=depth)}", highlight=False)
+        out.print(f"torchview graph written to {write_torchview(model, report, tv, depth=depth)}", soft_wrap=True, highlight=False)
 
 
 def demo_section(zoo_dir: Path, out_dir: Path, console: Console) -> None:

@@ -53,7 +53,7 @@ def register(app: typer.Typer) -> None:
         render_embed(result, out, top=top)
         figures = [p for p in written if p.suffix == ".png"]
         out.print(f"{len(written)} files written to {out_dir} (figures: {', '.join(p.name for p in figures)})",
-                  highlight=False)
+                  soft_wrap=True, highlight=False)
 
 
 def _tuned_copy(src: Path, dst: Path, layer_key: str, scale: float = 0.05) -> Path:

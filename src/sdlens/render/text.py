@@ -17,10 +17,15 @@ def fits(console: Console, renderable: RenderableType) -> bool:
 
 
 def bullets(console: Console, lines: list[str], mark: str = "•", indent: int = 2) -> None:
-    """Each line as a bullet whose continuation lines are indented under its text (wrapped at spaces)."""
+    """Each line as a bullet: on a terminal wrapped at spaces with its continuation lines indented under its
+    text; piped (a script reading), one line per bullet, unbroken, so that it can be matched whole."""
     from rich.table import Table
 
     if not lines:
+        return
+    if not console.is_terminal:
+        for line in lines:
+            console.print(" " * (indent - 1) + f"{mark} {line}", soft_wrap=True, highlight=False)
         return
     grid = Table.grid(padding=(0, 1))
     grid.add_column(no_wrap=True, width=indent + len(mark) - 1, justify="right")
