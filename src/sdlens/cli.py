@@ -129,7 +129,9 @@ def inspect(
     scan: Annotated[bool, typer.Option("--scan", help="Read all data: NaN/Inf and all-zero tensors.")] = False,
     brief: Annotated[bool, typer.Option("--brief", help="Only the one-line summary per file.")] = False,
 ) -> None:
-    """What is this file? Family, layout, components, precision, EMA, metadata, problems: from the header."""
+    """What is this file? Family, layout, components, precision, EMA, metadata, problems: from the header.
+
+    Exit 1 when a file cannot be read or has problems (with --scan: NaN / Inf, all-zero tensors), 2 when a path does not exist."""
     from sdlens.analysis.inspect import inspect as run_inspect
     from sdlens.io.open import expand_paths, open_checkpoint
     from sdlens.render.jsonout import dumps
