@@ -319,3 +319,13 @@ def test_verdict_bullets_wrap_on_a_terminal_and_stay_whole_in_a_pipe():
     pipe = Console(width=40, record=True, force_terminal=False, no_color=True)
     bullets(pipe, verdict)
     assert pipe.export_text().splitlines() == [f" • {v}" for v in verdict]
+
+
+def test_inspect_metadata_hash_is_never_cut(tmp_path, monkeypatch):
+    digest = hashlib.sha256(b"model").hexdigest()
+    save_file({k: np.zeros((2, 2), np.float16) for k in LONG_KEYS}, str(tmp_path / NAME_A),
+              metadata={"sshs_model_hash_of_the_training_run": digest, "ss_training_comment": "fine"})
+    monkeypatch.chdir(tmp_path)
+    r = run("inspect", NAME_A)
+    _fits_80(r.out)
+    assert "  " + digest in r.out.splitlines() and "…" not in r.out

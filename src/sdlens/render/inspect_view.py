@@ -18,6 +18,24 @@ def _kv_table(title: str) -> Table:
     return t
 
 
+def _kv_whole(console: Console, title: str, rows: list[tuple[str, str]]) -> None:
+    """Key / value rows; a value holding a word too long for the value column (a hash, a path) is printed
+    under the table, on its own line, whole."""
+    keyw = max((len(k) for k, _ in rows), default=0)
+    room = console.width - keyw - 2
+    t = _kv_table(title)
+    long: list[tuple[str, str]] = []
+    for k, v in rows:
+        if max((len(w) for w in str(v).split()), default=0) > room:
+            long.append((k, v))
+        else:
+            t.add_row(k, v)
+    console.print(t)
+    for k, v in long:
+        console.print(Text(k, style="bold cyan"))
+        console.print(Text("  " + str(v)), soft_wrap=True)
+
+
 def _components(r: InspectReport, console: Console) -> None:
     """The component table; when the key prefixes do not fit beside the numbers they are listed under it."""
 
@@ -122,16 +140,11 @@ def render_report(r: InspectReport, console: Console, brief: bool = False) -> No
 
     md = r.metadata
     if md.count:
-        mt = _kv_table(f"Metadata ({md.count} fields)")
-        for k, v in md.modelspec.items():
-            mt.add_row(f"modelspec.{k}", v)
-        for k, v in md.training.items():
-            mt.add_row(k, v)
+        rows = [(f"modelspec.{k}", v) for k, v in md.modelspec.items()] + list(md.training.items())
         if md.top_tags:
-            mt.add_row("top tags", ", ".join(f"{t} ({n})" for t, n in md.top_tags))
-        for k, v in list(md.other.items())[:15]:
-            mt.add_row(k, v)
-        console.print(mt)
+            rows.append(("top tags", ", ".join(f"{t} ({n})" for t, n in md.top_tags)))
+        rows += list(md.other.items())[:15]
+        _kv_whole(console, f"Metadata ({md.count} fields)", rows)
     for h in r.hashes or ():  # whole, outside any table: hashes are copied and searched for
         path_line(console, "Hashes of", h.path.rsplit("/", 1)[-1])
         for label, value in (("sha256", h.sha256), ("AutoV2", h.autov2), ("old A1111", h.a1111_old)):
