@@ -123,13 +123,17 @@ def render_report(r: InspectReport, console: Console, brief: bool = False) -> No
         console.print(f"[bold red]problem:[/] {p}")
     if r.unknown_keys:
         title = f"Keys sdlens does not recognise ({len(r.unknown_keys)}; kept as information, not junk)"
-        ut = Table(title=title, title_justify="left")
-        for col in ("key", "shape", "dtype", "size", "why"):
-            ut.add_column(col, no_wrap=col != "why")
-        for u in r.unknown_keys[:20]:
-            ut.add_row(u["key"], str(u["shape"]), u["dtype"], human_bytes(u["bytes"]), u["why"])
-        if fits(console, ut):
-            console.print(ut)
+
+        def table(why: bool) -> Table:
+            ut = Table(title=title, title_justify="left")
+            for col in ("key", "shape", "dtype", "size", *(["why"] if why else [])):
+                ut.add_column(col, no_wrap=col != "why")
+            for u in r.unknown_keys[:20]:
+                ut.add_row(u["key"], str(u["shape"]), u["dtype"], human_bytes(u["bytes"]), *([u["why"]] if why else []))
+            return ut
+
+        if fits(console, table(False), spare=24):  # room left for "why", wrapped at its spaces
+            console.print(table(True))
         else:  # narrow: one key a line, its details under it
             console.print(title, style="italic", highlight=False)
             for u in r.unknown_keys[:20]:

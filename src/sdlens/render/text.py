@@ -10,10 +10,11 @@ from sdlens.words import plural
 __all__ = ["bullets", "fits", "path_line", "plural", "wrap_items"]
 
 
-def fits(console: Console, renderable: RenderableType) -> bool:
-    """Whether ``renderable`` can be drawn at its natural width (no cell wrapped) on ``console``."""
+def fits(console: Console, renderable: RenderableType, spare: int = 0) -> bool:
+    """Whether ``renderable`` can be drawn at its natural width (no cell wrapped) on ``console``, with ``spare``
+    columns left over."""
     wide = console.options.update_width(1 << 20)
-    return Measurement.get(console, wide, renderable).maximum <= console.width
+    return Measurement.get(console, wide, renderable).maximum + spare <= console.width
 
 
 def bullets(console: Console, lines: list[str], mark: str = "•", indent: int = 2) -> None:
