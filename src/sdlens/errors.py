@@ -6,12 +6,21 @@ from pathlib import Path
 
 
 class SdlensError(Exception):
-    """A problem with the user's input (a file, a folder, an option), described in one line."""
+    """A problem with the user's input (a file, a folder, an option), described in one line. The CLI exits
+    with ``exit_code``: 2, a usage or input error."""
+
+    exit_code = 2
 
     def __init__(self, path: str | Path | None, problem: str):
         self.path = str(path) if path is not None else None
         self.problem = problem
         super().__init__(f"{self.path}: {problem}" if self.path else problem)
+
+
+class ProblemsFound(SdlensError):
+    """The work was done and a check failed (e.g. ``convert``'s verification of what it wrote): exit code 1."""
+
+    exit_code = 1
 
 
 class CheckpointError(SdlensError):

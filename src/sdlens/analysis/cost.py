@@ -27,7 +27,7 @@ FLOP_PARTS = ("conv", "linear", "attn_qk", "attn_pv")
 ALL_MODELS = tuple(R.PIPELINES)
 
 TORCHINFO_NOTE = (
-    "torchinfo's figure (the notebook's 2.0 B for SD1, 5.3 B for SDXL) is not the parameter count: diffusers "
+    "torchinfo's figure (2.0 B for SD1, 5.3 B for SDXL) is not the parameter count: diffusers "
     "0.22–0.32 reused one nn.SiLU instance across all ResNet blocks, and torchinfo ≤ 1.8.0 records one parent "
     "per module, so its tree broke and parameters were counted twice or more (SD1's 2,041,004,804 reproduces "
     "exactly with a shared SiLU). Its mult-adds multiply Linear parameters by the batch only (ignoring the "
@@ -44,7 +44,7 @@ class ComponentParams:
     id: str  # denoiser | clip_l | … | vae
     label: str
     params: int
-    reference: int | None  # architectures.md §1/§2 count, where listed
+    reference: int | None  # parameter count of the released weights, where known
     detail: dict[str, int] = field(default_factory=dict)  # VAE: encoder / decoder / quant convs
 
     @property

@@ -25,6 +25,7 @@ from sdlens.errors import SdlensError
 from sdlens.io.base import Checkpoint
 from sdlens.io.dtypes import DTYPES
 from sdlens.io.open import open_checkpoint
+from sdlens.words import plural
 
 
 @dataclass
@@ -485,7 +486,7 @@ def verdict(r: DiffResult) -> list[str]:
         out += _presence(r.only_a, "A", fam, present) + _presence(r.only_b, "B", fam, present)
     out += alpha
     if r.shape_mismatch:
-        out.append(f"{len(r.shape_mismatch)} tensors differ in shape (e.g. {r.shape_mismatch[0]['key']}: "
+        out.append(f"{plural(len(r.shape_mismatch), 'tensor')} differ{'s' if len(r.shape_mismatch) == 1 else ''} in shape (e.g. {r.shape_mismatch[0]['key']}: "
                    f"{r.shape_mismatch[0]['a']} vs {r.shape_mismatch[0]['b']})")
     return out
 

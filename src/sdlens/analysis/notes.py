@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from sdlens.words import plural
+
+__all__ = ["listing", "note", "plural"]
+
 LIMIT = 3  # names shown before "+K more"
-
-
-def plural(n: int, unit: str) -> str:
-    """``1 model``, ``2 models``."""
-    return f"{n} {unit}{'' if n == 1 else 's'}"
 
 
 def listing(names: Sequence[str], unit: str = "model", *, limit: int = LIMIT) -> str:

@@ -21,6 +21,7 @@ from sdlens.arch import registry as R
 from sdlens.io.base import Checkpoint
 from sdlens.io.hashing import FileHashes
 from sdlens.io.stream import stream
+from sdlens.words import plural
 
 # dtype -> (signed view, unsigned view, first non-finite positive pattern, first non-finite negative, sign bit)
 _BITS: dict[str, tuple[Any, Any, int, int, int]] = {
@@ -47,11 +48,11 @@ class ScanResult:
     def problems(self) -> list[str]:
         out = []
         if self.nan:
-            out.append(f"NaN values in {len(self.nan)} tensors (e.g. {next(iter(self.nan))}: {next(iter(self.nan.values()))})")
+            out.append(f"NaN values in {plural(len(self.nan), 'tensor')} (e.g. {next(iter(self.nan))}: {next(iter(self.nan.values()))})")
         if self.inf:
-            out.append(f"Inf values in {len(self.inf)} tensors (e.g. {next(iter(self.inf))}: {next(iter(self.inf.values()))})")
+            out.append(f"Inf values in {plural(len(self.inf), 'tensor')} (e.g. {next(iter(self.inf))}: {next(iter(self.inf.values()))})")
         if self.all_zero:
-            out.append(f"{len(self.all_zero)} tensors are all zeros (e.g. {self.all_zero[0]})")
+            out.append(f"{plural(len(self.all_zero), 'tensor')} {'is' if len(self.all_zero) == 1 else 'are'} all zeros (e.g. {self.all_zero[0]})")
         return out
 
 

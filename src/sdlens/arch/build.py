@@ -1,5 +1,5 @@
 """Models with no weights: diffusers / transformers classes built on the meta device, and the inputs the
-pipelines hand them (architectures.md §1), so a meta-device forward can be traced op by op.
+pipelines hand them (as the diffusers pipelines build them), so a meta-device forward can be traced op by op.
 
 Nothing here allocates real memory for weights or activations: every tensor lives on ``torch.device("meta")``.
 """

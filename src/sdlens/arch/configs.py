@@ -1,4 +1,4 @@
-"""Published configs of the denoisers, text encoders and VAEs (architectures.md §1-§2), as plain dicts.
+"""Published configs of the denoisers, text encoders and VAEs (the released models' config.json files), as plain dicts.
 
 Only values that differ from the diffusers / transformers class defaults are listed. Building a class from one
 of these on the meta device gives exactly the parameter count of the released weights.
@@ -131,7 +131,7 @@ DENOISERS: dict[str, tuple[str, dict[str, Any]]] = {
     ),
 }
 
-# released parameter counts (architectures.md §1, §2)
+# released parameter counts (diffusers' num_parameters() of the released weights)
 DENOISER_PARAMS: dict[str, int] = {
     "sd1": 859_520_964,
     "sd2": 865_910_724,
@@ -227,7 +227,7 @@ VAES: dict[str, dict[str, Any]] = {
 VAE_PARAMS: dict[str, int] = {"vae4": 83_653_863, "vae16": 83_819_683}
 
 # Text encoders of the AuraFlow and HunyuanDiT pipelines, from their released diffusers folders. Their
-# parameter counts are not in architectures.md §2, so sdlens reports them as built, without a reference check.
+# parameter counts are not checked against the released weights, so sdlens reports them as built, without a reference check.
 OTHER_TEXT_ENCODERS: dict[str, tuple[str, dict[str, Any]]] = {
     "pile_t5_xl": (
         "UMT5EncoderModel",

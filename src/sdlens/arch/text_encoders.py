@@ -15,6 +15,7 @@ from sdlens.arch import configs as C
 from sdlens.arch import registry as R
 from sdlens.arch.canonical import CanonRef, canonical_index, read_canonical
 from sdlens.errors import SdlensError
+from sdlens.words import plural
 
 ENCODER_KINDS = ("clip_l", "clip_g", "openclip_h", "t5")
 _CLIP_LAYER = re.compile(r"^text_model\.encoder\.layers\.(\d+)\.")
@@ -263,7 +264,7 @@ def load_text_encoder(ck: Any, spec: EncoderSpec, dtype=None):
             ck.path, f"text encoder {spec.label} ({spec.cid}) is incomplete: missing {', '.join(missing[:3])}{more}"
         )
     if unexpected:
-        spec.notes.append(f"{len(unexpected)} tensors not used by {spec.cls_name}: {', '.join(unexpected[:3])}")
+        spec.notes.append(f"{plural(len(unexpected), 'tensor')} not used by {spec.cls_name}: {', '.join(unexpected[:3])}")
     model.load_state_dict(state, strict=True, assign=True)
     del state
     for name, buf in list(model.named_buffers()):

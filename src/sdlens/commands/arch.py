@@ -19,35 +19,36 @@ def register(app: typer.Typer) -> None:
 
 
 def arch(
-    model: Annotated[str | None, typer.Argument(help=MODELS_HELP)] = None,
-    res: Annotated[str | None, typer.Option(help="Image size WIDTHxHEIGHT (default: the model's own).")] = None,
+    model: Annotated[str | None, typer.Argument(metavar="MODEL", help=MODELS_HELP)] = None,
+    res: Annotated[str | None, typer.Option(metavar="WxH", help="Image size WIDTHxHEIGHT (default: the model's own).")] = None,
     batch: Annotated[int, typer.Option(help="Images per batch.")] = 1,
     cfg: Annotated[bool | None, typer.Option("--cfg/--no-cfg", help="Classifier-free guidance (default: the pipeline's).")] = None,
     steps: Annotated[int | None, typer.Option(help="Denoising steps (default: the pipeline's).")] = None,
-    dtype: Annotated[str, typer.Option(help="fp16, bf16 or fp32.")] = "fp16",
+    dtype: Annotated[str, typer.Option(metavar="fp16|bf16|fp32", help="Precision of weights and activations.")] = "fp16",
     tokens: Annotated[int | None, typer.Option(help="Length of the (longest) text sequence.")] = None,
     img2img: Annotated[bool, typer.Option("--img2img", help="Count the VAE encode too.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
-    gemm: Annotated[Path | None, typer.Option(help="Write every GEMM / convolution of one denoiser forward to FILE.csv.")] = None,
-    diagram: Annotated[Path | None, typer.Option(help="Write FILE.svg (sdlens's block diagram) and FILE-torchview-depthN.svg (torchview, needs graphviz dot).")] = None,
-    depth: Annotated[int, typer.Option(help="torchview depth for --diagram: 1 or 2.")] = 1,
-    compare: Annotated[str | None, typer.Option(help="'all' or a comma list of models: the comparison table.")] = None,
-    time_embed: Annotated[str, typer.Option(help="Merge block of time_embed / label_emb: IN00 or BASE.")] = "IN00",
+    gemm: Annotated[Path | None, typer.Option(metavar="FILE", help="Write every GEMM / convolution of one denoiser forward to FILE.csv.")] = None,
+    diagram: Annotated[Path | None, typer.Option(metavar="FILE", help="Write FILE.svg (sdlens's block diagram) and FILE-torchview-depthN.svg (torchview, needs graphviz dot).")] = None,
+    depth: Annotated[int, typer.Option(metavar="1|2", help="torchview depth for --diagram.")] = 1,
+    compare: Annotated[str | None, typer.Option(metavar="all|MODEL,MODEL,...", help="'all' or a comma list of models: the comparison table.")] = None,
+    time_embed: Annotated[str, typer.Option(metavar="IN00|BASE", help="Merge block of time_embed / label_emb.")] = "IN00",
 ) -> None:
     """Parameters, merge blocks, every GEMM, FLOPs, memory and diagrams of an architecture — no weights needed."""
-    import sys
-
     from sdlens.analysis.cost import ALL_MODELS, analyse, parse_res, write_gemm_csv
     from sdlens.io.outputs import OutFile, check_outputs, remove_created_on_failure
     from sdlens.render.arch_diagram import diagram_paths
     from sdlens.render.jsonout import dumps
     from sdlens.render.safe_text import safe
 
-    console = Console(emoji=False) if sys.stdout.isatty() else Console(width=200, emoji=False)
-    if depth not in (1, 2):
-        raise SdlensError(None, "--depth must be 1 or 2")
-    if time_embed not in ("IN00", "BASE"):
-        raise SdlensError(None, "--time-embed must be IN00 or BASE")
+    console = Console(emoji=False)  # the terminal's width; 80 columns (or $COLUMNS) when piped: the tables adapt
+    from sdlens.cli import choice, output_path
+
+    choice(str(depth), "--depth", ("1", "2"))
+    choice(time_embed, "--time-embed", ("IN00", "BASE"))
+    for path, option in ((gemm, "--gemm"), (diagram, "--diagram")):
+        if path is not None:
+            output_path(path, option)
     outputs = ([OutFile("--gemm", gemm)] if gemm else []) + [OutFile("--diagram", p) for p in diagram_paths(diagram, depth)]
     check_outputs([model] if model is not None and Path(model).exists() else [], outputs)
     kw = {"res": parse_res(res), "batch": batch, "cfg": cfg, "steps": steps, "dtype": dtype, "tokens": tokens,
@@ -78,14 +79,15 @@ def arch(
     with remove_created_on_failure(files=[o.path for o in outputs]):
         if gemm is not None:
             write_gemm_csv(report, gemm)
-            out.print(f"GEMM table written to {safe(gemm)} ({len(report.ops)} rows)", soft_wrap=True)
+            out.print(f"GEMM table written to {safe(gemm)} ({len(report.ops)} rows)", soft_wrap=True, highlight=False)
         if diagram is not None:
             from sdlens.render.arch_diagram import write_block_diagram, write_torchview
 
-            out.print(f"block diagram written to {safe(write_block_diagram(report, diagram))}", soft_wrap=True)
+            out.print(f"block diagram written to {safe(write_block_diagram(report, diagram))}", soft_wrap=True,
+                      highlight=False)
             tv = diagram.with_name(f"{diagram.stem}-torchview-depth{depth}")
             out.print(f"torchview graph written to {safe(write_torchview(model, report, tv, depth=depth))}",
-                      soft_wrap=True)
+                      soft_wrap=True, highlight=False)
 
 
 def demo_section(zoo_dir: Path, out_dir: Path, console: Console) -> None:

@@ -21,15 +21,15 @@ def register(app: typer.Typer) -> None:
     def convert(
         inp: Annotated[Path, typer.Argument(metavar="IN", help="Checkpoint: .safetensors/.ckpt/.pt/.bin file or diffusers folder.")],
         out: Annotated[Path, typer.Argument(metavar="OUT", help="Output .safetensors file (or folder with --layout diffusers).")],
-        dtype: Annotated[str, typer.Option(help="fp16, bf16, fp32 or keep (float tensors only).")] = "keep",
-        ema: Annotated[str, typer.Option(help="keep, drop, or use (EMA weights become the model's: EMA-only file).")] = "keep",
-        drop: Annotated[list[str] | None, typer.Option(help="Drop: unknown, ema, schedule, markers, vae, te, clip_l, clip_g, "
+        dtype: Annotated[str, typer.Option(metavar="fp16|bf16|fp32|keep", help="fp16, bf16, fp32 or keep (float tensors only).")] = "keep",
+        ema: Annotated[str, typer.Option(metavar="keep|drop|use", help="keep, drop, or use (EMA weights become the model's: EMA-only file).")] = "keep",
+        drop: Annotated[list[str] | None, typer.Option(metavar="WHAT", help="Drop: unknown, ema, schedule, markers, vae, te, clip_l, clip_g, "
                                                          "openclip_h, t5, unet, controlnet, position_ids, or a key glob. Repeatable / comma list.")] = None,
         fix_position_ids: Annotated[bool, typer.Option("--fix-position-ids", help="Restore CLIP position_ids as int64 0..N-1.")] = False,
-        vae: Annotated[Path | None, typer.Option(help="Bake in / replace the VAE with the one in this file (VAE file or checkpoint).")] = None,
-        extract: Annotated[list[str] | None, typer.Option(help="Keep only: unet, vae, te, clip_l, clip_g, openclip_h, t5, ... "
+        vae: Annotated[Path | None, typer.Option(metavar="FILE", help="Bake in / replace the VAE with the one in this file (VAE file or checkpoint).")] = None,
+        extract: Annotated[list[str] | None, typer.Option(metavar="COMPONENT", help="Keep only: unet, vae, te, clip_l, clip_g, openclip_h, t5, ... "
                                                             "(one component: the layout its own files use).")] = None,
-        layout: Annotated[str, typer.Option(help="single (one .safetensors) or diffusers (folder with config.json files).")] = "single",
+        layout: Annotated[str, typer.Option(metavar="single|diffusers", help="single (one .safetensors) or diffusers (folder with config.json files).")] = "single",
         dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would be kept, cast, renamed and dropped; write nothing.")] = False,
         force: Annotated[bool, typer.Option("--force", help="Write even if fp16 would overflow (values become inf).")] = False,
         overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing OUT (after verification).")] = False,

@@ -15,21 +15,22 @@ from sdlens.errors import SdlensError
 def register(app: typer.Typer) -> None:
     @app.command()
     def embed(
-        models: Annotated[list[Path], typer.Argument(help="Checkpoints or diffusers folders whose text encoders to compare.")],
-        prompts: Annotated[Path, typer.Option("--prompts", help="Prompts: .txt (one a line), .csv or .json (label, text, optional group / marker).")],
-        encoder: Annotated[str, typer.Option(help="Text encoder(s): clip_l, clip_g, openclip_h, t5 (comma-separated) or all.")] = "all",
-        layer: Annotated[str | None, typer.Option(help="last, penultimate or a hidden-state number N; default: what each family's pipeline uses (SD1/SD2 last, SDXL/SD3 CLIPs penultimate).")] = None,
-        pool: Annotated[str, typer.Option(help="eos (end-of-text token), mean (over the prompt's tokens) or flatten (the whole 77-token sequence).")] = "eos",
-        method: Annotated[str, typer.Option(help="Maps: pca, or tsne (t-SNE figure as well as PCA).")] = "pca",
-        ref: Annotated[str | None, typer.Option(help="Reference model for drift (a model's name or path; default the first).")] = None,
-        out_dir: Annotated[Path, typer.Option("--out", help="Folder for the CSV matrices, drift tables, figures and embed.json.")] = Path("embed-out"),
-        tokenizer: Annotated[list[Path] | None, typer.Option(help="Tokenizer folder (CLIP vocab.json + merges.txt, a T5 tokenizer, or a diffusers repo with tokenizer/ …); repeatable. Default: the local Hugging Face cache; never a download.")] = None,
-        normalize: Annotated[bool, typer.Option(help="L2-normalise each embedding before the matrices (as the original notebook).")] = True,
+        models: Annotated[list[Path], typer.Argument(metavar="MODEL...", help="Checkpoints or diffusers folders whose text encoders to compare.")],
+        prompts: Annotated[Path, typer.Option("--prompts", metavar="FILE", help="Prompts: .txt (one a line), .csv or .json (label, text, optional group / marker).")],
+        encoder: Annotated[str, typer.Option(metavar="ENCODER", help="Text encoder(s): clip_l, clip_g, openclip_h, t5 (comma-separated) or all.")] = "all",
+        layer: Annotated[str | None, typer.Option(metavar="LAYER", help="last, penultimate or a hidden-state number N; default: what each family's pipeline uses (SD1/SD2 last, SDXL/SD3 CLIPs penultimate).")] = None,
+        pool: Annotated[str, typer.Option(metavar="eos|mean|flatten", help="eos (end-of-text token), mean (over the prompt's tokens) or flatten (the whole 77-token sequence).")] = "eos",
+        method: Annotated[str, typer.Option(metavar="pca|tsne", help="Maps: pca, or tsne (t-SNE figure as well as PCA).")] = "pca",
+        ref: Annotated[str | None, typer.Option(metavar="MODEL", help="Reference model for drift (a model's name or path; default the first).")] = None,
+        out_dir: Annotated[Path, typer.Option("--out", metavar="DIR", help="Folder for the CSV matrices, drift tables, figures and embed.json.")] = Path("embed-out"),
+        tokenizer: Annotated[list[Path] | None, typer.Option(metavar="DIR", help="Tokenizer folder (CLIP vocab.json + merges.txt, a T5 tokenizer, or a diffusers repo with tokenizer/ …); repeatable. Default: the local Hugging Face cache; never a download.")] = None,
+        normalize: Annotated[bool, typer.Option(help="L2-normalise each embedding before the distance matrices.")] = True,
         batch_size: Annotated[int, typer.Option(help="Prompts per forward pass.")] = 16,
         top: Annotated[int, typer.Option(help="Rows of each drift table printed (all are in the CSV).")] = 10,
     ) -> None:
         """How each model's text encoder places your prompts: distance matrices, PCA / t-SNE maps, drift vs --ref."""
         from sdlens.analysis.embed import embed as run_embed
+        from sdlens.cli import choice, output_path
         from sdlens.io.open import expand_paths
         from sdlens.io.outputs import OutFolder, check_outputs, remove_created_on_failure
         from sdlens.io.prompts import read_prompts
@@ -38,8 +39,8 @@ def register(app: typer.Typer) -> None:
 
         out = Console(emoji=False)
         err = Console(stderr=True, emoji=False)
-        if method not in ("pca", "tsne"):
-            raise SdlensError(None, f"--method must be pca or tsne, not {method!r}")
+        choice(method, "--method", ("pca", "tsne"))
+        output_path(out_dir, "--out")
         if batch_size < 1:
             raise SdlensError(None, "--batch-size must be at least 1")
         paths = expand_paths(models)

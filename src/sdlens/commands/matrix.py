@@ -12,11 +12,11 @@ from sdlens.render.safe_text import safe
 
 
 def matrix(
-    paths: Annotated[list[Path], typer.Argument(help="Checkpoint files, diffusers folders, or folders of models.")],
-    metric: Annotated[str, typer.Option(help="l2, cos (1 − cosine) or l1.")] = "l2",
-    by: Annotated[str, typer.Option(help="component or block (merge blocks of the denoiser).")] = "component",
-    ref: Annotated[str | None, typer.Option(help="Reference model (file name or path) for the distance line chart.")] = None,
-    out_dir: Annotated[Path, typer.Option("--out", help="Where to write CSV, JSON and plots.")] = Path("matrix-out"),
+    paths: Annotated[list[Path], typer.Argument(metavar="PATH...", help="Checkpoint files, diffusers folders, or folders of models.")],
+    metric: Annotated[str, typer.Option(metavar="l2|cos|l1", help="L2, cosine (1 − cos) or L1 distance.")] = "l2",
+    by: Annotated[str, typer.Option(metavar="component|block", help="Per component, or per merge block of the denoiser.")] = "component",
+    ref: Annotated[str | None, typer.Option(metavar="MODEL", help="Reference model (file name or path) for the distance line chart.")] = None,
+    out_dir: Annotated[Path, typer.Option("--out", metavar="DIR", help="Where to write CSV, JSON and plots.")] = Path("matrix-out"),
     workers: Annotated[int | None, typer.Option(help="Threads for the arithmetic (default: one per core).")] = None,
     chunk_mb: Annotated[int, typer.Option(help="Memory for one key's rows of all models, in MB.")] = 512,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run from its saved partial results.")] = False,
@@ -27,10 +27,14 @@ def matrix(
 
     An input that cannot be read is reported in one line and left out; the others are compared, and the exit
     status is then 2 (after the results)."""
+    from sdlens.cli import choice, output_path
     from sdlens.io.open import expand_paths
     from sdlens.io.outputs import OutFolder, check_outputs, remove_created_on_failure
     from sdlens.render.matrix_view import WRITES, FigureWorkers
 
+    choice(metric, "--metric", ("l2", "cos", "l1"))
+    choice(by, "--by", ("component", "block"))
+    output_path(out_dir, "--out")
     files = expand_paths(paths)
     check_outputs([*paths, *files], [OutFolder("--out", out_dir, WRITES)])
     figures = FigureWorkers() if plots else None  # forked now, before any thread: they import while we read
@@ -53,13 +57,16 @@ def _run(files, out_dir: Path, figures, *, metric: str, by: str, ref: str | None
     from sdlens.cli import _fail, _progress_bar, err, out
     from sdlens.errors import SdlensError
     from sdlens.render.matrix_view import render_matrix, write_outputs
+    from sdlens.render.text import plural, wrap_items
+
     state = out_dir / ".matrix-partial.npz"
     bar = {}
 
     def on_plan(pl) -> None:
         for s in pl.skipped:
             _fail(SdlensError(s["path"], f"{s['error']} (left out)"))
-        err.print(f"{len(pl.models)} models, {len(pl.tasks)} tasks, {pl.nbytes / 1e9:.2f} GB to read", highlight=False)
+        err.print(f"{plural(len(pl.models), 'model')}, {plural(len(pl.tasks), 'task')}, {pl.nbytes / 1e9:.2f} GB to read",
+                  highlight=False)
         bar["p"], bar["advance"] = _progress_bar(pl.nbytes, "matrix")
         bar["p"].start()
 
@@ -85,7 +92,8 @@ def _run(files, out_dir: Path, figures, *, metric: str, by: str, ref: str | None
     written = write_outputs(result, out_dir, plots=plots, figures=figures,
                             while_drawing=lambda: render_matrix(result, out))
     state.unlink(missing_ok=True)
-    out.print(f"written to {safe(out_dir)}: " + ", ".join(safe(p.name) for p in written), soft_wrap=True)
+    wrap_items(out, [f"written to {safe(out_dir)}:", *(f"{safe(p.name)}," for p in written[:-1]), safe(written[-1].name)],
+               0, " ")
     return bool(result.skipped)
 
 

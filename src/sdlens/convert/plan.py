@@ -20,6 +20,7 @@ from sdlens.convert.layouts import Item, Piece, renamed
 from sdlens.errors import SdlensError
 from sdlens.io.base import Checkpoint, TensorInfo
 from sdlens.io.dtypes import DTYPES
+from sdlens.words import plural
 
 DTYPE_CHOICES = {"fp16": "F16", "bf16": "BF16", "fp32": "F32", "keep": None}
 EMA_CHOICES = ("keep", "drop", "use")
@@ -323,12 +324,28 @@ def _from_diffusers(ck: Any, folder: Path, sources: list[str]) -> tuple[dict[str
 # --------------------------------------------------------------------------- the plan
 
 
+def check_output_name(out: Path, layout: str) -> None:
+    """OUT names what is written: a ``.safetensors`` file (never safetensors bytes under ``.ckpt``; sdlens writes
+    no pickles), or with ``--layout diffusers`` a folder; its parent folder must exist."""
+    from sdlens.io.folders import WEIGHT_SUFFIXES
+
+    suffix = out.suffix.lower()
+    if layout == "single" and suffix != ".safetensors":
+        raise SdlensError(out, "OUT must end in .safetensors: sdlens writes safetensors files only"
+                          + (f" (not {out.suffix} pickles)" if suffix in WEIGHT_SUFFIXES else ""))
+    if layout == "diffusers" and suffix in WEIGHT_SUFFIXES:
+        raise SdlensError(out, f"--layout diffusers writes a folder: name OUT without {out.suffix}")
+    if not out.parent.is_dir():
+        raise SdlensError(out, f"OUT: folder {str(out.parent)!r} does not exist")
+
+
 def make_plan(input_path: str | Path, output_path: str | Path, opts: ConvertOptions) -> ConversionPlan:
     """Everything the conversion will do, from headers (and a few tiny tensors), without writing anything."""
     from sdlens.io.open import open_checkpoint
 
     opts.validate()
     inp, out = Path(input_path), Path(output_path)
+    check_output_name(out, opts.layout)
     sources = [str(inp)]
     notes: list[str] = []
     operations: list[str] = []
@@ -364,7 +381,7 @@ def make_plan(input_path: str | Path, output_path: str | Path, opts: ConvertOpti
         for k in dropped_vae:
             dropped.append(_drop(items.pop(k), f"replaced by the VAE of {Path(opts.vae).name}"))
         items.update(new_vae)
-        operations.append(f"vae: {'replaced' if dropped_vae else 'baked in'} from {Path(opts.vae).name} ({len(new_vae)} tensors)")
+        operations.append(f"vae: {'replaced' if dropped_vae else 'baked in'} from {Path(opts.vae).name} ({plural(len(new_vae), 'tensor')})")
 
     # ---- EMA
     ema_keys = [k for k, it in items.items() if it.component == "ema"]
@@ -372,7 +389,7 @@ def make_plan(input_path: str | Path, output_path: str | Path, opts: ConvertOpti
         for k in ema_keys:
             dropped.append(_drop(items.pop(k), "EMA dropped"))
         if ema_keys:
-            operations.append(f"ema: dropped ({len(ema_keys)} tensors)")
+            operations.append(f"ema: dropped ({plural(len(ema_keys), 'tensor')})")
     elif opts.ema == "use":
         if not ema_keys:
             raise SdlensError(inp, "--ema use: the file has no EMA weights (no model_ema.* keys)")
@@ -386,7 +403,7 @@ def make_plan(input_path: str | Path, output_path: str | Path, opts: ConvertOpti
         hit = [k for k, it in items.items() if _selected(sel, k, it)]
         for k in hit:
             dropped.append(_drop(items.pop(k), f"--drop {sel}"))
-        operations.append(f"drop {sel}: {len(hit)} tensors")
+        operations.append(f"drop {sel}: {plural(len(hit), 'tensor')}")
         if not hit:
             notes.append(f"--drop {sel}: nothing matched")
 
@@ -422,7 +439,7 @@ def make_plan(input_path: str | Path, output_path: str | Path, opts: ConvertOpti
             it.out_dtype = target
             n_cast += 1
     if target:
-        operations.append(f"dtype: {opts.dtype} ({n_cast} tensors cast)")
+        operations.append(f"dtype: {opts.dtype} ({plural(n_cast, 'tensor')} cast)")
     if target == "F16":
         notes.append("fp16: values beyond ±65504 would become inf (refused unless --force); values below 6e-8 "
                      "become 0 (reported)")

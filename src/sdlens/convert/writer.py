@@ -26,8 +26,9 @@ from typing import Any
 
 from sdlens.convert.layouts import Item
 from sdlens.convert.plan import PROVENANCE_META, ConversionPlan, nbytes
-from sdlens.errors import SdlensError
+from sdlens.errors import ProblemsFound, SdlensError
 from sdlens.io.dtypes import torch_dtype
+from sdlens.words import plural
 
 CHUNK_BYTES = 64 << 20
 CAST_ELEMS = 8 << 20
@@ -344,7 +345,7 @@ def convert(
             r = stats.to_dict()
             worst = ", ".join(f"{k} ({v})" for k, v in list(r["tensors_overflow"].items())[:3])
             raise SdlensError(plan.input, f"casting to fp16 would overflow {stats.overflow} values (|x| > 65504, "
-                              f"max |x| = {stats.max_abs:.4g}) in {len(stats.tensors_overflow)} tensors, e.g. {worst}; "
+                              f"max |x| = {stats.max_abs:.4g}) in {plural(len(stats.tensors_overflow), 'tensor')}, e.g. {worst}; "
                               "refused (use --dtype bf16, or --force to write inf)")
         for rel, cfg in plan.json_files.items():
             p = tmp / rel
@@ -379,7 +380,7 @@ def convert(
             else:
                 result.verification = verify_written(plan, tmp, tensor_digests, progress)
             if not result.verification.ok:
-                raise SdlensError(plan.output, "verification failed: " + "; ".join(result.verification.problems[:3]))
+                raise ProblemsFound(plan.output, "verification failed: " + "; ".join(result.verification.problems[:3]))
             timings["verify"] = time.perf_counter() - t0
         _commit(tmp, out, overwrite)
         return result

@@ -99,9 +99,19 @@ def _from_csv(path: Path, text: str) -> list[Prompt]:
     return prompts
 
 
+def _no_duplicate_keys(path: Path, pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object, refusing a key given twice (``json`` would keep the last silently): labels are keys."""
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise SdlensError(path, f"{k!r} is given twice: labels must be unique")
+        out[k] = v
+    return out
+
+
 def _from_json(path: Path, text: str) -> list[Prompt]:
     try:
-        data = json.loads(text)
+        data = json.loads(text, object_pairs_hook=lambda pairs: _no_duplicate_keys(path, pairs))
     except ValueError as e:
         raise SdlensError(path, f"not valid JSON: {e}") from None
     prompts: list[Prompt] = []
@@ -150,5 +160,5 @@ def read_prompts(path: str | Path) -> list[Prompt]:
     else:
         raise SdlensError(path, f"unknown prompts format {suffix!r}: use .txt (one per line), .csv or .json")
     if len(prompts) < 2:
-        raise SdlensError(path, f"{len(prompts)} prompt(s): at least 2 are needed to compare embeddings")
+        raise SdlensError(path, f"{len(prompts)} prompt{'' if len(prompts) == 1 else 's'}: at least 2 are needed to compare embeddings")
     return prompts

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from sdlens.analysis.diff import DiffResult, GroupDiff, _label, part_file
-from sdlens.render.safe_text import safe
+from sdlens.render.safe_text import printable, safe
+from sdlens.render.text import bullets, fits, path_line, plural, wrap_items
 
 _METRICS = ("l2", "l1", "l0", "cos")
 
@@ -15,23 +18,39 @@ def _fmt(x: float) -> str:
     return "0" if x == 0 else f"{x:.4g}"
 
 
+def _per_key(r: DiffResult, console: Console, metric: str) -> None:
+    """Changed tensors: a table when the key names fit whole beside the numbers, else one key a line with its
+    numbers under it."""
+    metrics = list(_METRICS) if metric == "all" else [metric]
+    cols = ["key", "block", "type", *metrics, "rel", "max |Δ|"]
+    rows = []
+    for d in r.tensors:
+        if d.changed:
+            vals = {"l2": _fmt(d.l2), "l1": _fmt(d.l1), "l0": str(d.l0), "cos": f"{d.cos:.6f}"}
+            rows.append([printable(d.key, None), printable(d.block), printable(d.layer_type),
+                         *(vals[m] for m in metrics), _fmt(d.rel), _fmt(d.max_abs)])
+    t = Table(title="Per tensor (changed only)", title_justify="left")
+    for c in cols:
+        t.add_column(c, no_wrap=True, justify="left" if c in ("key", "block", "type") else "right")
+    for row in rows:
+        t.add_row(*(Text(v) for v in row))  # Text: keys are never read as markup
+    if fits(console, t):
+        console.print(t)
+        return
+    console.print(f"[italic]Per tensor (changed only): {plural(len(rows), 'tensor')}[/]")
+    for row in rows:
+        path_line(console, "", row[0])
+        wrap_items(console, [escape(f"{c} {v}" if c not in ("block", "type") else v)
+                             for c, v in zip(cols[1:], row[1:], strict=True) if v])
+
+
 def render_diff(r: DiffResult, console: Console, by: str = "component", metric: str = "all") -> None:
-    console.print(f"[bold]A[/] {safe(r.a)}\n[bold]B[/] {safe(r.b)}")
-    for line in r.verdict:
-        console.print(f"  • {safe(line)}", highlight=False, soft_wrap=True)
+    path_line(console, "A", printable(r.a, None))
+    path_line(console, "B", printable(r.b, None))
+    bullets(console, [safe(line) for line in r.verdict])
     fam = r.family_a if r.family_a != "unknown" else r.family_b
     if by == "key":
-        t = Table(title="Per tensor (changed only)", title_justify="left")
-        cols = ["key", "block", "type"] + (list(_METRICS) if metric == "all" else [metric]) + ["rel", "max |Δ|"]
-        for c in cols:
-            t.add_column(c, overflow="fold")
-        for d in r.tensors:
-            if not d.changed:
-                continue
-            vals = {"l2": _fmt(d.l2), "l1": _fmt(d.l1), "l0": str(d.l0), "cos": f"{d.cos:.6f}"}
-            row = [safe(d.key), safe(d.block), safe(d.layer_type)] + [vals[m] for m in (_METRICS if metric == "all" else [metric])]
-            t.add_row(*row, _fmt(d.rel), _fmt(d.max_abs))
-        console.print(t)
+        _per_key(r, console, metric)
         return
     groups: list[tuple[str, GroupDiff]]
     if by == "block":
@@ -56,6 +75,8 @@ def render_diff(r: DiffResult, console: Console, by: str = "component", metric: 
         other, rest = ("B", r.only_b) if part == "A" else ("A", r.only_a)
         shared = {t.component for t in r.tensors}
         n = sum(1 for k in rest if k.split("/", 1)[0] not in shared)
-        console.print(f"{other}'s other components: {n} tensors, not compared (listed in --json)")
+        console.print(f"{other}'s other components: {plural(n, 'tensor')}, not compared (listed in --json)",
+                      highlight=False)
     elif r.only_a or r.only_b:
-        console.print(f"only in A: {len(r.only_a)} tensors · only in B: {len(r.only_b)} tensors (listed in --json)")
+        console.print(f"only in A: {plural(len(r.only_a), 'tensor')} · only in B: {plural(len(r.only_b), 'tensor')} "
+                      "(listed in --json)", highlight=False)

@@ -10,7 +10,8 @@ from rich.table import Table
 
 from sdlens.analysis.embed import METRICS, Drift, EmbedResult, drift_csv, matrix_csv
 from sdlens.io.atomic import write_text_atomic
-from sdlens.render.safe_text import safe
+from sdlens.render.safe_text import printable, safe
+from sdlens.render.text import path_line, plural, wrap_items
 
 
 def safe_name(name: str) -> str:
@@ -63,22 +64,20 @@ def render_drift(d: Drift, console: Console, top: int = 10) -> None:
 
 
 def render_embed(result: EmbedResult, console: Console, top: int = 10) -> None:
-    t = Table(title=f"sdlens embed: {len(result.prompts)} prompts", title_justify="left")
-    for col in ("model", "family", "encoder", "layer", "pool", "dim"):
-        t.add_column(col, overflow="fold")
+    console.print(f"sdlens embed: {plural(len(result.prompts), 'prompt')}", style="bold")
     notes: list[str] = []
-    for m in result.models:
-        name = m.name + (" (ref)" if m.name == result.ref else "")
+    for m in result.models:  # one model a line (its name whole), its encoders under it
+        path_line(console, "", printable(m.name, None) + (" (ref)" if m.name == result.ref else ""))
         for e in (e for e in result.embeddings if e.model == m.name):
-            t.add_row(safe(name), safe(m.family), safe(f"{e.label} ({e.encoder})"), safe(e.layer), safe(e.pool), str(e.dim))
+            wrap_items(console, [safe(f"{m.family}: {e.label} ({e.encoder})"), safe(f"layer {e.layer}"),
+                                 safe(f"pool {e.pool}"), f"dim {e.dim}"], indent=2)
             notes += [f"{m.name} · {e.label}: {n}" for n in e.notes]
         notes += [f"{m.name}: skipped {s}" for s in m.skipped]
-    console.print(t)
     for n in dict.fromkeys(notes):
-        console.print(f"  [dim]note:[/] {safe(n)}", soft_wrap=True, highlight=False)
+        console.print(f"  [dim]note:[/] {safe(n)}", highlight=False)
     truncated = {lab for e in result.embeddings for lab in e.truncated}
     if truncated:
         console.print(f"[yellow]cut at the encoder's length:[/] {', '.join(safe(t) for t in sorted(truncated))}",
-                      soft_wrap=True)
+                      highlight=False)
     for d in result.drift:
         render_drift(d, console, top)

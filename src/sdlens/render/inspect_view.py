@@ -9,6 +9,7 @@ from rich.text import Text
 
 from sdlens.analysis.inspect import InspectReport, _human_count, human_bytes
 from sdlens.render.safe_text import ERROR_LIMIT, printable, safe
+from sdlens.render.text import fits, path_line, plural
 
 
 def _join(items, sep: str = ", ") -> str:
@@ -22,10 +23,55 @@ def _kv_table(title: str) -> Table:
     return t
 
 
+def _kv_whole(console: Console, title: str, rows: list[tuple[str, str]]) -> None:
+    """Key / value rows; a value holding a word too long for the value column (a hash, a path) is printed
+    under the table, on its own line, whole."""
+    keyw = max((len(k) for k, _ in rows), default=0)
+    room = console.width - keyw - 2
+    t = _kv_table(title)
+    long: list[tuple[str, str]] = []
+    for k, v in rows:
+        k, v = printable(k), printable(v)
+        if max((len(w) for w in v.split()), default=0) > room:
+            long.append((k, v))
+        else:
+            t.add_row(Text(k), Text(v))  # Text: untrusted metadata is never read as markup
+    console.print(t)
+    for k, v in long:
+        console.print(Text(k, style="bold cyan"))
+        console.print(Text("  " + v), soft_wrap=True)
+
+
+def _components(r: InspectReport, console: Console) -> None:
+    """The component table; when the key prefixes do not fit beside the numbers they are listed under it."""
+
+    def table(with_prefix: bool) -> Table:
+        t = Table(title="Components", title_justify="left")
+        cols = ("component", "prefix", "layout", "tensors", "params", "size", "dtypes")
+        for col in cols if with_prefix else [c for c in cols if c != "prefix"]:
+            t.add_column(col, justify="right" if col in ("tensors", "params", "size") else "left",
+                         no_wrap=col != "dtypes")
+        for c in r.components:
+            row = [safe(c.label), safe(c.prefix) or "(bare)", safe(c.convention), str(c.tensors), _human_count(c.params),
+                   human_bytes(c.bytes), _join(f"{d}×{n}" for d, n in c.dtypes.items())]
+            t.add_row(*(row if with_prefix else row[:1] + row[2:]))
+        return t
+
+    wide = table(True)
+    if fits(console, wide):
+        console.print(wide)
+        return
+    console.print(table(False))
+    grid = _kv_table("Key prefixes")
+    for c in r.components:
+        grid.add_row(safe(c.label), Text(printable(c.prefix) or "(bare)", overflow="fold"))
+    console.print(grid)
+
+
 def render_report(r: InspectReport, console: Console, brief: bool = False) -> None:
     colour = {"high": "green", "medium": "yellow", "low": "red"}[r.confidence]
-    head = Text.assemble((printable(r.summary), "bold"), "\n", (printable(r.path), "dim"))
-    console.print(Panel(head, border_style=colour, expand=False))
+    console.print(Panel(Text(printable(r.summary), style="bold"), border_style=colour, expand=False))
+    path_line(console, "", printable(r.path, None))
     if brief:
         for p in r.problems:
             console.print(f"[red]problem:[/] {safe(p, ERROR_LIMIT)}")
@@ -49,13 +95,7 @@ def render_report(r: InspectReport, console: Console, brief: bool = False) -> No
     console.print(ident)
 
     if r.components:
-        t = Table(title="Components", title_justify="left")
-        for col in ("component", "prefix", "layout", "tensors", "params", "size", "dtypes"):
-            t.add_column(col, justify="right" if col in ("tensors", "params", "size") else "left")
-        for c in r.components:
-            t.add_row(safe(c.label), safe(c.prefix) or "(bare)", safe(c.convention), str(c.tensors),
-                      _human_count(c.params), human_bytes(c.bytes), _join(f"{d}×{n}" for d, n in c.dtypes.items()))
-        console.print(t)
+        _components(r, console)
     if r.missing:
         console.print("[yellow]missing:[/] " + _join(r.missing, "; "))
     if r.ema is not None:
@@ -88,37 +128,43 @@ def render_report(r: InspectReport, console: Console, brief: bool = False) -> No
     for p in r.problems:
         console.print(f"[bold red]problem:[/] {safe(p, ERROR_LIMIT)}")
     if r.unknown_keys:
-        ut = Table(title=f"Keys sdlens does not recognise ({len(r.unknown_keys)}; kept as information, not junk)",
-                   title_justify="left")
-        for col in ("key", "shape", "dtype", "size", "why"):
-            ut.add_column(col)
-        for u in r.unknown_keys[:20]:
-            ut.add_row(safe(u["key"]), safe(u["shape"]), safe(u["dtype"]), human_bytes(u["bytes"]), safe(u["why"]))
-        console.print(ut)
+        title = f"Keys sdlens does not recognise ({len(r.unknown_keys)}; kept as information, not junk)"
+
+        def table(why: bool) -> Table:
+            ut = Table(title=title, title_justify="left")
+            for col in ("key", "shape", "dtype", "size", *(["why"] if why else [])):
+                ut.add_column(col, no_wrap=col != "why")
+            for u in r.unknown_keys[:20]:
+                ut.add_row(safe(u["key"]), safe(u["shape"]), safe(u["dtype"]), human_bytes(u["bytes"]),
+                           *([safe(u["why"])] if why else []))
+            return ut
+
+        if fits(console, table(False), spare=24):  # room left for "why", wrapped at its spaces
+            console.print(table(True))
+        else:  # narrow: one key a line, its details under it
+            console.print(title, style="italic", highlight=False)
+            for u in r.unknown_keys[:20]:
+                path_line(console, "", printable(u["key"], None))
+                console.print(f"    {safe(u['shape'])} {safe(u['dtype'])} {human_bytes(u['bytes'])}: {safe(u['why'])}",
+                              highlight=False)
+        if len(r.unknown_keys) > 20:
+            console.print(f"  … {len(r.unknown_keys) - 20} more in --json", highlight=False)
 
     md = r.metadata
     if md.count:
-        mt = _kv_table(f"Metadata ({md.count} fields)")
-        for k, v in md.modelspec.items():
-            mt.add_row(f"modelspec.{safe(k)}", safe(v))
-        for k, v in md.training.items():
-            mt.add_row(safe(k), safe(v))
+        rows = [(f"modelspec.{k}", v) for k, v in md.modelspec.items()] + list(md.training.items())
         if md.top_tags:
-            mt.add_row("top tags", _join(f"{t} ({n})" for t, n in md.top_tags))
-        for k, v in list(md.other.items())[:15]:
-            mt.add_row(safe(k), safe(v))
-        console.print(mt)
-    if r.hashes:
-        ht = Table(title="Hashes", title_justify="left")
-        for col in ("file", "sha256", "AutoV2", "old A1111"):
-            ht.add_column(col)
-        for h in r.hashes:
-            ht.add_row(safe(h.path.rsplit("/", 1)[-1]), h.sha256, h.autov2, h.a1111_old)
-        console.print(ht)
+            rows.append(("top tags", ", ".join(f"{t} ({n})" for t, n in md.top_tags)))
+        rows += list(md.other.items())[:15]
+        _kv_whole(console, f"Metadata ({md.count} fields)", rows)
+    for h in r.hashes or ():  # whole, outside any table: hashes are copied and searched for
+        path_line(console, "Hashes of", printable(h.path.rsplit("/", 1)[-1], None))
+        for label, value in (("sha256", h.sha256), ("AutoV2", h.autov2), ("old A1111", h.a1111_old)):
+            console.print(Text.assemble("  ", (f"{label:<10}", "bold cyan"), " ", value), soft_wrap=True)
     if r.scan is not None:
         s = r.scan
         ok = not (s.nan or s.inf or s.all_zero)
-        console.print(Group(Text(f"scan: {s.tensors} tensors, {human_bytes(s.bytes)} read: "
+        console.print(Group(Text(f"scan: {plural(s.tensors, 'tensor')}, {human_bytes(s.bytes)} read: "
                                  + ("no NaN/Inf, no all-zero tensors" if ok else "see problems above"),
                                  style="green" if ok else "red")))
         if s.zero_by_design:
@@ -127,5 +173,5 @@ def render_report(r: InspectReport, console: Console, brief: bool = False) -> No
                 reasons.setdefault(why, []).append(k)
             for why, keys in reasons.items():
                 more = f" +{len(keys) - 3} more" if len(keys) > 3 else ""
-                console.print(f"  zero by design (not a problem): {len(keys)} tensor{'s' if len(keys) != 1 else ''}"
-                              f" — {why}: {', '.join(keys[:3])}{more}", highlight=False, soft_wrap=True)
+                console.print(f"  zero by design (not a problem): {plural(len(keys), 'tensor')}"
+                              f" — {safe(why)}: {_join(keys[:3])}{more}", highlight=False, soft_wrap=True)

@@ -13,12 +13,11 @@ from rich.console import Console
 from rich.table import Table
 
 from sdlens.analysis.matrix import MatrixResult
-from sdlens.analysis.notes import listing, plural
 from sdlens.io.atomic import write_text_atomic
 from sdlens.render.jsonout import dumps
 from sdlens.render.safe_text import plot_label, printable, safe
+from sdlens.render.text import fits, path_line, plural, wrap_items
 
-_IDENTITY_NAMES = 8  # names per identity group in the console table (all are in identity.csv)
 _DETAIL = ("vae_encoder", "vae_decoder", "schedule", "other")  # CSV and JSON only
 WRITES = ("matrix-*.csv", "matrix.json", "identity.csv", "*.png", ".matrix-partial.npz")  # in the --out folder
 _METRIC = {"l2": "L2 distance ‖a−b‖₂", "l1": "L1 distance Σ|a−b|", "cos": "cosine distance 1 − cos(a, b)"}
@@ -203,25 +202,54 @@ class FigureWorkers:
 
 
 def render_matrix(result: MatrixResult, console: Console, *, max_cols: int = 12) -> None:
-    """Notes, the identity groups, then each group's matrix (models as rows; at most ``max_cols`` columns)."""
-    console.print(f"[bold]{len(result.models)} models[/] · {_METRIC[result.metric]} · by {result.by}")
+    """Notes, the identity groups, the numbered models, then each group's matrix (models as numbered rows; at most
+    ``max_cols`` columns a table, fewer when the console is narrow)."""
+    console.print(f"[bold]{plural(len(result.models), 'model')}[/] · {_METRIC[result.metric]} · by {result.by}")
     for line in result.note_lines():
         console.print(f"[yellow]note[/] {safe(line)}", soft_wrap=True, highlight=False)
-    t = Table(title="bit-identical components", title_justify="left")
-    t.add_column("component")
-    t.add_column("models sharing the same bytes")
-    for comp, groups in result.identity.items():
-        for grp in groups:
-            t.add_row(safe(comp), safe(listing(grp, limit=_IDENTITY_NAMES)))
-    if t.row_count:
-        console.print(t)
-    short = [safe(printable(Path(n).stem, None)[:18]) for n in result.names]
+    console.print("models:", style="bold")
+    width = len(str(len(result.names)))
+    for i, name in enumerate(result.names, 1):
+        path_line(console, f"  {i:>{width}}", printable(Path(name).name, None))
+    _identity(result, console)
     for g in result.matrices:
-        m = result.matrix(g)
-        t = Table(title=f"{safe(g)} ({plural(result.keys.get(g, 0), 'tensor')})", title_justify="left")
-        t.add_column("model")
-        for name in short[:max_cols]:
-            t.add_column(name, justify="right")
-        for i, name in enumerate(short):
-            t.add_row(name, *("—" if np.isnan(v) else ("0" if v == 0 else f"{v:.4g}") for v in m[i, :max_cols]))
-        console.print(t)
+        _matrix_tables(console, result.matrix(g), f"{safe(g)} ({plural(result.keys.get(g, 0), 'tensor')})", max_cols)
+
+
+def _identity(result: MatrixResult, console: Console) -> None:
+    """Bit-identical groups, one a line, by model number: ``vae: 1 2 5``."""
+    rows = [(comp, grp) for comp, groups in result.identity.items() for grp in groups]
+    if not rows:
+        return
+    number = {name: i for i, name in enumerate(result.names, 1)}
+    console.print("bit-identical components (models sharing the same bytes):", style="bold")
+    for comp, grp in rows:
+        wrap_items(console, [f"{safe(comp)}:", *(safe(number.get(n, n)) for n in grp)], indent=2, sep=" ")
+
+
+def _cell(v: float) -> str:
+    return "—" if np.isnan(v) else ("0" if v == 0 else f"{v:.4g}")
+
+
+def _matrix_tables(console: Console, m: np.ndarray, title: str, max_cols: int) -> None:
+    """One group's matrix with models as numbered rows (names in the ``models:`` list above); the columns are
+    split over several tables when they do not all fit the console's width."""
+    n = len(m)
+    cols = list(range(n))
+    per = min(max_cols, n)
+    while per > 1 and not fits(console, _table(m, title, cols[:per])):
+        per -= 1
+    for start in range(0, n, per):
+        chunk = cols[start:start + per]
+        part = title if per >= n else f"{title}: models {chunk[0] + 1}–{chunk[-1] + 1}"
+        console.print(_table(m, part, chunk))
+
+
+def _table(m: np.ndarray, title: str, chunk: list[int]) -> Table:
+    t = Table(title=title, title_justify="left")
+    t.add_column("#", justify="right", no_wrap=True)
+    for j in chunk:
+        t.add_column(str(j + 1), justify="right", no_wrap=True)
+    for i in range(len(m)):
+        t.add_row(str(i + 1), *(_cell(m[i, j]) for j in chunk))
+    return t

@@ -124,7 +124,7 @@ def tiny_config(family: str) -> dict[str, dict[str, Any]]:
 
 
 def full_config(family: str) -> dict[str, dict[str, Any]]:
-    """Class kwargs per part of the released model (published configs, architectures.md §1-§2)."""
+    """Class kwargs per part of the released model (their published configs)."""
     return _config(family, "full")
 
 
