@@ -12,9 +12,12 @@ import re
 import shutil
 from html import escape
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from sdlens.analysis.cost import ArchReport
 from sdlens.errors import SdlensError
+
+if TYPE_CHECKING:  # the diagram needs only the report's fields, not torch (which cost imports)
+    from sdlens.analysis.cost import ArchReport
 
 DOT_MISSING = "graphviz's `dot` is not installed: install it with `apt-get install graphviz` (macOS: `brew install graphviz`)"
 

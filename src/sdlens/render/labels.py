@@ -96,8 +96,10 @@ def place_labels(ax, xy: np.ndarray, texts: Sequence[str], *, fontsize: float = 
 
 
 def text_boxes(artists: Sequence) -> list[Box]:
-    """Display-pixel boxes of drawn text artists (for tests and further placement)."""
+    """Display-pixel boxes of drawn texts, without an annotation's leader line (for tests and placement)."""
+    from matplotlib.text import Text
+
     if not artists:
         return []
     renderer = artists[0].figure.canvas.get_renderer()
-    return [Box(*a.get_window_extent(renderer).extents) for a in artists]
+    return [Box(*Text.get_window_extent(a, renderer).extents) for a in artists]
