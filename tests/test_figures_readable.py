@@ -234,7 +234,7 @@ def test_arch_svg_hex_colours_text_inside_and_apart(report):
     texts = _svg_texts(svg)
     assert len(texts) > 20
     for x0, y0, x1, y1, t in texts:
-        assert 0 <= x0 and x1 <= w and 0 <= y0 and y1 <= h, t  # nothing clipped: title and legend included
+        assert x0 >= 0 and x1 <= w and y0 >= 0 and y1 <= h, t  # nothing clipped: title and legend included
     for a, b in combinations(texts, 2):
         apart = a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1]
         assert apart, (a[4], b[4])
