@@ -238,3 +238,27 @@ def test_arch_svg_hex_colours_text_inside_and_apart(report):
     for a, b in combinations(texts, 2):
         apart = a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1]
         assert apart, (a[4], b[4])
+
+
+def test_drift_figure_draws_only_models_that_moved(tmp_path):
+    from sdlens.analysis.embed import Drift, DriftRow, EmbedResult, EncoderEmbedding
+    from sdlens.io.prompts import Prompt
+    from sdlens.render.embed_plots import plot_drift
+
+    rng = np.random.default_rng(0)
+    prompts = [Prompt(f"p{i}", f"prompt {i}", None, None) for i in range(6)]
+    ref = rng.normal(size=(6, 16)).astype(np.float32)
+    vectors = {"ref": ref, "copy": ref.copy(), "tuned": ref + 0.3 * rng.normal(size=(6, 16)).astype(np.float32)}
+
+    def cos(a, b):
+        return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+
+    embs = [EncoderEmbedding(m, m, "clip_g", "CLIP-G", "penultimate", "eos", False, 16, [], [], v)
+            for m, v in vectors.items()]
+    drift = [Drift(m, "ref", "clip_g", [DriftRow(p.label, p.text, cos(v[i], ref[i])) for i, p in enumerate(prompts)])
+             for m, v in vectors.items() if m != "ref"]
+    result = EmbedResult(prompts, [], embs, drift, "ref")
+    with matplotlib.rc_context({"svg.fonttype": "none"}):
+        svg = plot_drift(result, "clip_g", tmp_path / "d.svg").read_text()
+    assert "tuned vs ref" in svg and "copy vs ref" not in svg  # one panel: the model that moved
+    assert "no drift (rounding level): copy (largest " in svg  # float32 rounding of cos = 1
