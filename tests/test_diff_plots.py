@@ -96,7 +96,7 @@ def test_all_identical(tmp_path: Path, suffix: str) -> None:
         assert p.stat().st_size > 1000
     if suffix == ".svg":
         assert "all identical" in hist.read_text()
-        assert "0 of 26 blocks changed" in bars.read_text()
+        assert "nothing changed: UNet (26 blocks), CLIP-L" in bars.read_text()  # folded into one line
 
 
 def test_empty_inputs(tmp_path: Path) -> None:

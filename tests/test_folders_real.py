@@ -508,12 +508,12 @@ def test_cli_prints_one_line_for_a_bad_folder(tmp_path):
     _component(tmp_path / "unet", {"diffusion_pytorch_model.safetensors": torch.float32})
     (tmp_path / "model_index.json").write_text(DEEP)
     res = CliRunner().invoke(app, ["inspect", str(tmp_path)])
-    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert res.exit_code == 1 and "Traceback" not in res.output
     lines = [ln for ln in res.output.splitlines() if ln.strip()]
     assert len(lines) == 1 and "model_index.json" in lines[0] and "nested too deeply" in lines[0]
     (tmp_path / "model_index.json").write_text('{"unet": [1, 2]}')
     res = CliRunner().invoke(app, ["inspect", str(tmp_path)])
-    assert res.exit_code == 2 and "entry 'unet' is [1, 2], not [library, class]" in res.output  # brackets kept
+    assert res.exit_code == 1 and "entry 'unet' is [1, 2], not [library, class]" in res.output  # brackets kept
 
 
 def test_copy_of_a_pipeline_elsewhere_is_read_the_same(real, tmp_path):

@@ -154,7 +154,7 @@ def test_matrix_figure_labels_are_plain_text(hostile, tmp_path):
 def test_error_printer_escapes_markup_in_paths(monkeypatch, capsys, tmp_path):
     missing = tmp_path / "x[" / "]y [bold]z.safetensors"  # the path holds "[/]"
     code, out, err = run(monkeypatch, capsys, "inspect", missing)
-    assert code == 2  # an unreadable input
+    assert code == 2  # a missing input
     assert_clean(out, err)
     assert f"sdlens: error: {missing}: no such file or directory" in err
 
@@ -164,7 +164,7 @@ def test_long_error_line_is_capped(monkeypatch, capsys, tmp_path):
     bad = write_st(tmp_path / "bad.safetensors", {}, header_extra={key: {"dtype": "NOPE", "shape": [1],
                                                                          "data_offsets": [0, 4]}})
     code, out, err = run(monkeypatch, capsys, "inspect", bad)
-    assert code == 2  # an unreadable input
+    assert code == 1  # a file that cannot be read: a finding (README, exit codes)
     assert_clean(out, err)
     (line,) = err.strip().splitlines()
     assert line.startswith(f"sdlens: error: {bad}: tensor '[/]\\x1b[31m")

@@ -66,8 +66,8 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(2)
 
 
-def _tuned_copy(src: Path, dst: Path, layer_key: str, scale: float = 0.05) -> Path:
-    """A copy of ``src`` with the tensors of one encoder layer perturbed (a stand-in for a fine-tune)."""
+def _tuned_copy(src: Path, dst: Path, layer_keys: tuple[str, ...], scale: float = 0.05) -> Path:
+    """A copy of ``src`` with the weight matrices of some encoder layers perturbed (a stand-in for a fine-tune)."""
     import torch
 
     from sdlens.io.open import open_checkpoint
@@ -78,15 +78,16 @@ def _tuned_copy(src: Path, dst: Path, layer_key: str, scale: float = 0.05) -> Pa
         sd = {}
         for k in list(ck.tensors):
             t = ck.read(k)
-            if layer_key in k and t.is_floating_point() and t.ndim == 2:
+            if any(lk in k for lk in layer_keys) and t.is_floating_point() and t.ndim == 2:
                 t = (t.float() + scale * t.float().std() * torch.randn(t.shape, generator=g)).to(t.dtype)
             sd[k] = t
     return save_safetensors(sd, dst)
 
 
 def demo_section(zoo_dir: Path, out_dir: Path, console: Console) -> None:
-    """embed: three SDXL text-encoder sets (one file, the same model as a diffusers folder, a copy with one
-    bigG layer changed), a tokenizer made on the spot, the built-in prompts; drift table and one PCA figure."""
+    """embed: three SDXL text-encoder sets (one file, the same model as a diffusers folder, a copy whose bigG
+    was "fine-tuned": its last layers perturbed by 30 % of their spread, a drift the figure shows), a tokenizer
+    made on the spot, the built-in prompts; drift tables, PCA and drift figures."""
     from sdlens.analysis.embed import embed
     from sdlens.io.prompts import Prompt
     from sdlens.render.embed_view import render_drift, write_embed_outputs
@@ -96,9 +97,10 @@ def demo_section(zoo_dir: Path, out_dir: Path, console: Console) -> None:
     console.rule("sdlens embed")
     zoo = build_zoo(zoo_dir, ["sdxl_fp16", "sdxl_diffusers"])
     base, folder = zoo["sdxl_fp16"].path, zoo["sdxl_diffusers"].path
-    tuned = zoo_dir / "embed_sdxl_bigG_layer20_tuned.safetensors"
+    tuned = zoo_dir / "embed_sdxl_bigG_tuned.safetensors"
     if not tuned.exists():
-        _tuned_copy(base, tuned, "conditioner.embedders.1.model.transformer.resblocks.20.")
+        blocks = "conditioner.embedders.1.model.transformer.resblocks"
+        _tuned_copy(base, tuned, tuple(f"{blocks}.{i}." for i in range(20, 31)), scale=0.3)
     tok = write_clip_tokenizer(out_dir / "embed" / "tokenizer")
     prompts = [Prompt(*p) for p in DEMO_PROMPTS]
     result = embed([base, folder, tuned], prompts, tokenizer_dirs=[tok], ref=str(base))
@@ -114,5 +116,5 @@ def demo_section(zoo_dir: Path, out_dir: Path, console: Console) -> None:
         console.print(f"{d.model} vs {d.ref} · {d.encoder}: unchanged (largest drift "
                       f"{d.max_drift:.1e}, rounding level)", highlight=False)
     written = write_embed_outputs(result, out_dir / "embed", "pca")
-    pca = out_dir / "embed" / "pca-clip_g.png"
-    console.print(f"[bold]written:[/] {len(written)} files in {out_dir / 'embed'}; PCA figure: {pca}")
+    figs = ", ".join(str(out_dir / "embed" / f) for f in ("pca-clip_g.png", "drift-clip_g.png"))
+    console.print(f"[bold]written:[/] {len(written)} files in {out_dir / 'embed'}; figures: {figs}")

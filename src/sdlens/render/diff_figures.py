@@ -17,7 +17,8 @@ def diff_plot_paths(path: str | Path | None) -> list[Path]:
 
 
 def write_diff_plots(r: DiffResult, path: str | Path) -> list[Path]:
-    """``path`` (.png or .svg) gets the histograms; ``<stem>-blocks<suffix>`` the per-block bar chart."""
+    """``path`` (.png or .svg) gets the histograms; ``<stem>-blocks<suffix>`` the per-block bar chart. Parts with
+    nothing changed get no panel or row, only a mention in one line of text."""
     from sdlens.render.diff_plots import plot_block_bars, plot_layer_histograms
 
     path = Path(path)
@@ -38,7 +39,9 @@ def write_diff_plots(r: DiffResult, path: str | Path) -> list[Path]:
             blocks[_label(c, fam)] = {b: g.to_dict() for b, g in groups.items()}
         else:
             whole[_label(c, fam)] = r.by_component[c].to_dict()
-    if whole:
-        blocks["other components (whole)"] = whole
-    bars = plot_block_bars(blocks, diff_plot_paths(path)[1], metric="rms", title=title)
+    changed = {c: g for c, g in whole.items() if g.get("changed")}
+    if changed:
+        blocks["other components (whole)"] = changed
+    bars = plot_block_bars(blocks, diff_plot_paths(path)[1], metric="rms", title=title,
+                           identical=[c for c in whole if c not in changed])
     return [hist, bars]

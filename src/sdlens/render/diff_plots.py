@@ -50,32 +50,44 @@ def _is_identical(t: Mapping[str, Any]) -> bool:
     return bool(t.get("identical")) or not float(t.get("l2", 0.0))
 
 
-def plot_layer_histograms(per_tensor: Sequence[Mapping[str, Any]], path: str | Path, *, title: str = "") -> Path:
-    """One histogram of per-tensor L2 distances per layer type (linear x, log-scale counts).
+def _folded_line(head: str, items: Sequence[str], per_line: int = 5) -> str:
+    """``head`` then the items, a few per line: the groups that get no panel of their own."""
+    lines = [", ".join(items[i : i + per_line]) for i in range(0, len(items), per_line)]
+    return head + "\n".join(lines)
 
-    Only denoiser tensors when there are any, else all. Identical tensors (l2 == 0) are counted in
-    the panel titles but not plotted; a group with nothing changed says "all identical".
-    """
+
+def plot_layer_histograms(per_tensor: Sequence[Mapping[str, Any]], path: str | Path, *, title: str = "") -> Path:
+    """One histogram of per-tensor L2 distances per layer type that changed (linear x, log-scale counts).
+
+    Only denoiser tensors when there are any, else all. Identical tensors (l2 == 0) are counted in the panel
+    titles but not plotted; layer types with nothing changed get no panel: they are listed on one line of text
+    under the title ("identical: attn1 (80 tensors), ff (64 tensors)")."""
     plt = _plt()
     rows = [t for t in per_tensor if t.get("component") == "denoiser"] or list(per_tensor)
     types = sorted({str(t.get("layer_type", "other")) for t in rows}, key=_type_rank)
+    by_type = {lt: [t for t in rows if str(t.get("layer_type", "other")) == lt] for lt in types}
+    changed = [lt for lt in types if not all(_is_identical(t) for t in by_type[lt])]
+    same = [f"{_TYPE_NAMES.get(lt, lt)} ({len(by_type[lt])} tensors)" for lt in types if lt not in changed]
     with plt.rc_context(_RC):
-        if not types:
-            fig, ax = plt.subplots(figsize=(8, 3.4))
-            ax.text(0.5, 0.5, "no tensors to compare", ha="center", va="center", transform=ax.transAxes, fontsize=12)
+        if not changed:
+            fig, ax = plt.subplots(figsize=(8, 1.3), layout="constrained")
+            text = _folded_line("all identical: ", same) if same else "no tensors to compare"
+            ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, fontsize=11)
             ax.axis("off")
         else:
-            cols = min(3, len(types))
-            nrows = math.ceil(len(types) / cols)
-            fig, axes = plt.subplots(nrows, cols, figsize=(max(8.0, 5.0 * cols), 3.4 * nrows), squeeze=False)
-            for ax, lt in zip(axes.flat, types, strict=False):
-                group = [t for t in rows if str(t.get("layer_type", "other")) == lt]
-                _histogram_panel(ax, lt, group)
-            for ax in list(axes.flat)[len(types) :]:
+            cols = min(3, len(changed))
+            nrows = math.ceil(len(changed) / cols)
+            fig, axes = plt.subplots(nrows, cols, figsize=(max(8.0, 5.0 * cols), 3.4 * nrows), squeeze=False,
+                                     layout="constrained")
+            for ax, lt in zip(axes.flat, changed, strict=False):
+                _histogram_panel(ax, lt, by_type[lt])
+            for ax in list(axes.flat)[len(changed) :]:
                 ax.axis("off")
-        if title:
-            fig.suptitle(title, fontsize=11)
-        fig.tight_layout()
+        heading = [title] if title else []
+        if changed and same:
+            heading.append(_folded_line("identical, no panel: ", same, per_line=4))
+        if heading:
+            fig.suptitle("\n".join(heading), fontsize=11)
         return _save(fig, plt, path)
 
 
@@ -100,31 +112,45 @@ def _histogram_panel(ax: Any, layer_type: str, group: Sequence[Mapping[str, Any]
 
 
 def plot_block_bars(
-    blocks: Mapping[str, Mapping[str, Mapping[str, Any]]], path: str | Path, *, metric: str = "rms", title: str = ""
+    blocks: Mapping[str, Mapping[str, Mapping[str, Any]]], path: str | Path, *, metric: str = "rms", title: str = "",
+    identical: Sequence[str] = (),
 ) -> Path:
-    """One bar chart row per component of the distance of each block, in the given order.
+    """One bar chart row per component that changed: the distance of each block, in the given order.
 
-    ``metric`` is ``"rms"`` (size-normalised RMS of Δ) or ``"l2"`` (√Σ‖Δ‖²). Blocks with
-    ``changed == 0`` are grey with an "=" above; components with no blocks are skipped.
-    """
+    ``metric`` is ``"rms"`` (size-normalised RMS of Δ) or ``"l2"`` (√Σ‖Δ‖²). Unchanged blocks of a changed
+    component are grey with an "=" above; components with no block changed get no row but one line of text
+    under the title, with ``identical`` (names of other unchanged parts); components with no blocks are
+    skipped."""
     if metric not in _METRIC_LABELS:
         raise ValueError(f"metric must be one of {sorted(_METRIC_LABELS)}, not {metric!r}")
     plt = _plt()
     comps = [(c, b) for c, b in blocks.items() if b]
-    most = max((len(b) for _, b in comps), default=1)
+    rows = [(c, b) for c, b in comps if any(_block_changed(g) for g in b.values())]
+    same = [f"{c} ({len(b)} blocks)" if len(b) > 1 else c for c, b in comps if (c, b) not in rows] + list(identical)
+    most = max((len(b) for _, b in rows), default=1)
     width = max(8.0, 0.24 * most + 2.5)
     with plt.rc_context(_RC):
-        fig, axes = plt.subplots(max(1, len(comps)), 1, figsize=(width, 2.9 * max(1, len(comps))), squeeze=False)
-        if not comps:
-            ax = axes[0, 0]
-            ax.text(0.5, 0.5, "no blocks to compare", ha="center", va="center", transform=ax.transAxes, fontsize=12)
+        if not rows:
+            fig, ax = plt.subplots(figsize=(8, 1.3), layout="constrained")
+            text = _folded_line("nothing changed: ", same) if same else "no blocks to compare"
+            ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, fontsize=11)
             ax.axis("off")
-        for i, (ax, (comp, groups)) in enumerate(zip(axes[:, 0], comps, strict=False)):
-            _bar_row(ax, comp, groups, metric, _BAR_COLOURS[i % len(_BAR_COLOURS)])
-        heading = f"{title}  " if title else ""
-        fig.suptitle(f"{heading}(grey '=' : block unchanged)", fontsize=11)
-        fig.tight_layout()
+        else:
+            fig, axes = plt.subplots(len(rows), 1, figsize=(width, 2.9 * len(rows)), squeeze=False,
+                                     layout="constrained")
+            for i, (ax, (comp, groups)) in enumerate(zip(axes[:, 0], rows, strict=True)):
+                _bar_row(ax, comp, groups, metric, _BAR_COLOURS[i % len(_BAR_COLOURS)])
+        heading = [f"{title}  (grey '=' : block unchanged)" if rows else title]
+        if rows and same:
+            heading.append(_folded_line("identical, no row: ", same, per_line=4))
+        if any(heading):
+            fig.suptitle("\n".join(h for h in heading if h), fontsize=11)
         return _save(fig, plt, path)
+
+
+def _block_changed(g: Mapping[str, Any]) -> bool:
+    v = float(g.get("l2", 0.0) or g.get("rms", 0.0) or 0.0)
+    return bool(g.get("changed", 1 if v else 0))
 
 
 def _bar_row(ax: Any, comp: str, groups: Mapping[str, Mapping[str, Any]], metric: str, colour: str) -> None:
@@ -153,7 +179,7 @@ def _save(fig: Any, plt: Any, path: str | Path) -> Path:
     out = Path(path)
     try:
         with atomic_path(out) as tmp:
-            fig.savefig(tmp, dpi=120, format=out.suffix.lstrip(".") or "png")
+            fig.savefig(tmp, dpi=120, bbox_inches="tight", pad_inches=0.15, format=out.suffix.lstrip(".") or "png")
     finally:
         plt.close(fig)
     return out

@@ -188,22 +188,45 @@ def plot_maps(result: EmbedResult, encoder: str, path: str | Path, method: str =
         plt.close(fig)
 
 
+QUIET_DRIFT = 1e-5  # a largest drift (1 − cos) at or below this is rounding: the model gets no panel
+
+
 def plot_drift(result: EmbedResult, encoder: str, path: str | Path) -> Path | None:
     """Per model other than the reference: the reference's PCA map with an arrow from each prompt's reference
-    position to its position in the model (the model's embeddings Procrustes-aligned onto the reference's)."""
+    position to its position in the model (the model's embeddings Procrustes-aligned onto the reference's).
+    Models whose largest drift is at rounding level (≤ ``QUIET_DRIFT``) get no panel, only a mention in the
+    title; when no model moved the figure is that one line."""
     ref = result.get(result.ref, encoder) if result.ref else None
     others = [e for e in result.by_encoder(encoder) if ref is not None and e.model != ref.model and e.dim == ref.dim]
     if ref is None or not others:
         return None
+    drift = {d.model: d for d in result.drift if d.encoder == encoder}
+    quiet = [e for e in others if e.model in drift and drift[e.model].max_drift <= QUIET_DRIFT]
+    moved = [e for e in others if e not in quiet]
+    quiet_line = ("no drift (rounding level): " + ", ".join(
+        f"{plot_label(e.model)} (largest {drift[e.model].max_drift:.1e})" for e in quiet)) if quiet else ""
+    if not moved:
+        import matplotlib
+
+        matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(8, 1.2))
+        ax.axis("off")
+        ax.text(0.5, 0.5, f"relative to {ref.model} · {ref.label} ({encoder}), no prompt moved:\n{quiet_line}",
+                ha="center", va="center", fontsize=10, transform=ax.transAxes)
+        try:
+            return _save(fig, Path(path))
+        finally:
+            plt.close(fig)
     prompts = result.prompts
     colours, markers, legend = styles(prompts)
     groups = any(p.group for p in prompts)
     ref_xy, ratios, basis = pca_2d(ref.vectors)
     mean = ref.vectors.astype(np.float64).mean(axis=0)
-    drift = {d.model: d for d in result.drift if d.encoder == encoder}
-    fig, axes, plt = _grid(len(others))
+    fig, axes, plt = _grid(len(moved))
     try:
-        for ax, e in zip(axes, others, strict=True):
+        for ax, e in zip(axes, moved, strict=True):
             aligned, disparity = procrustes_align(e.vectors, ref.vectors)
             xy = (aligned - mean) @ basis.T
             span = float(np.ptp(ref_xy, axis=0).max()) or 1.0
@@ -220,8 +243,11 @@ def plot_drift(result: EmbedResult, encoder: str, path: str | Path) -> Path | No
             ax.set_xlabel(f"reference PC1 ({100 * ratios[0]:.1f}%)")
             ax.set_ylabel(f"reference PC2 ({100 * ratios[1]:.1f}%)")
             ax.grid(alpha=0.25)
-        fig.suptitle(f"how each prompt moved relative to {plot_label(ref.model)} · {plot_label(ref.label)} ({encoder}); "
-                     "arrows under 0.2% of the map not drawn", fontsize=11, y=1.03)
+        heading = (f"how each prompt moved relative to {plot_label(ref.model)} · {plot_label(ref.label)} ({encoder})\n"
+                   "faint marker: reference position; arrows under 0.2% of the map not drawn")
+        heading += f"\n{quiet_line}" if quiet_line else ""
+        rows = math.ceil(len(moved) / 3)
+        fig.suptitle(heading, fontsize=11, y=1.0 + (0.045 * (heading.count("\n") + 1)) / rows)
         _legend(fig, legend, "group" if groups else "prompt")
         return _save(fig, Path(path))
     finally:

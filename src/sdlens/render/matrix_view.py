@@ -117,8 +117,8 @@ def _figure_server(conn, workers: int) -> None:
     from multiprocessing import get_context
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
-    import networkx  # noqa: F401
     import scipy.cluster.hierarchy  # noqa: F401
+    import scipy.sparse.csgraph  # noqa: F401
 
     from sdlens.render import matrix_plots
 
@@ -145,8 +145,8 @@ _COST = {"plot_heatmap": 0, "plot_graph": 1, "plot_identity": 2, "plot_from_ref"
 
 class FigureWorkers:
     """Figure drawing off the main process, prepared early: matplotlib is single-threaded and slow to import.
-    ``sdlens matrix`` forks one server before any thread of its own starts; it imports matplotlib, scipy and
-    networkx while the parent reads headers and computes, then draws the figures with workers forked from it.
+    ``sdlens matrix`` forks one server before any thread of its own starts; it imports matplotlib and scipy
+    while the parent reads headers and computes, then draws the figures with workers forked from it.
     Where fork is unavailable or unsafe (one core, or threads already running here) the figures are drawn in
     this process, one by one."""
 

@@ -46,3 +46,30 @@ def build_matrix_zoo(out_dir: str | Path) -> dict[str, Path]:
         "sdxl": build_single_file("sdxl", seed=5),
     }
     return {name: save_safetensors(sd, out / f"{name}.safetensors") for name, sd in models.items()}
+
+
+def build_large_family(out_dir: str | Path, n: int = 45) -> dict[str, Path]:
+    """name -> path of ``n`` SD1-layout tiny models (n ≥ 6) with known relations, for figures at scale: the base
+    and two byte-identical copies of it (one node "base (+2 identical)"), three near-identical copies (UNet
+    moved by 1e-5), then fine-tunes of the UNet at growing strengths, each followed (when there is room) by
+    a merge of it with the base at ``MERGE_ALPHA``; every fifth fine-tune tunes the text encoder instead."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    base = build_single_file("sd1", seed=0)
+    models: dict[str, dict] = {"base": base, "base_copy_a": base, "base_copy_b": base}
+    for k in range(3):
+        models[f"near_identical_{k}"] = _perturb(base, UNET, 1e-5, seed=100 + k)
+    k = 0
+    while len(models) < n:
+        k += 1
+        if k % 5 == 0:
+            models[f"te_finetune_{k:02d}"] = _perturb(base, TE, 0.01 * (1 + k % 3), seed=200 + k)
+            continue
+        scale = 0.004 * (1 + k % 7)
+        ft = _perturb(base, UNET, scale, seed=300 + k)
+        models[f"unet_finetune_{k:02d}_s{scale:.3f}"] = ft
+        if len(models) < n:
+            models[f"merge_{k:02d}_with_base"] = {
+                key: MERGE_ALPHA * v + (1 - MERGE_ALPHA) * ft[key] if key.startswith(UNET) and v.is_floating_point()
+                else v for key, v in base.items()}
+    return {name: save_safetensors(sd, out / f"{name}.safetensors") for name, sd in list(models.items())[:n]}
