@@ -156,7 +156,7 @@ def test_error_printer_escapes_markup_in_paths(monkeypatch, capsys, tmp_path):
     code, out, err = run(monkeypatch, capsys, "inspect", missing)
     assert code == 2  # a missing input
     assert_clean(out, err)
-    assert f"sdlens: error: {missing}: no such file or directory" in err
+    assert f"sdlens: error: {missing}: no such file or folder" in err
 
 
 def test_long_error_line_is_capped(monkeypatch, capsys, tmp_path):
