@@ -8,6 +8,7 @@ from pathlib import Path
 from sdlens.errors import CheckpointError
 from sdlens.io.base import Checkpoint
 from sdlens.io.folders import WEIGHT_SUFFIXES, is_model_folder, open_folder, open_sharded
+from sdlens.io.pickle_scan import looks_like_pickle
 from sdlens.io.safetensors_file import SafetensorsCheckpoint, is_safetensors
 
 
@@ -45,12 +46,21 @@ def open_file(p: Path) -> Checkpoint:
         from sdlens.io.torch_file import open_torch_checkpoint
 
         return open_torch_checkpoint(p)
+    if looks_like_pickle(_head(p, 512)):  # a protocol 0/1 pickle has no magic number: scan it, don't guess
+        from sdlens.io.torch_file import open_torch_checkpoint
+
+        return open_torch_checkpoint(p)
     if head.startswith(b"GGUF"):
         raise CheckpointError(p, "GGUF files are not supported yet")
     if p.suffix == ".safetensors" and len(head) >= 8:
         # it claims to be safetensors: let the header parser say precisely what is wrong
         return SafetensorsCheckpoint(p)
     raise CheckpointError(p, f"not a checkpoint: unrecognised format (first bytes {head[:8].hex()})")
+
+
+def _head(p: Path, n: int) -> bytes:
+    with open(p, "rb") as f:
+        return f.read(n)
 
 
 def expand_paths(paths: list[str | Path]) -> list[Path]:

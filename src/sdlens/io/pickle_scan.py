@@ -363,3 +363,15 @@ def _update(stack: list, values: list) -> None:
         target[1] = min(_SIZE_CAP, target[1] + grown[1])
     else:
         stack[-1] = _new(_combine([target, *values]))
+
+
+_FIRST_OPCODES = frozenset(b"\x80(c}])NIJKLMSTUVXFG\x8c\x88\x89\x8a\x8b")
+
+
+def looks_like_pickle(head: bytes) -> bool:
+    """Whether the first bytes of a file read as the start of a pickle of any protocol (0-5): a plausible
+    first opcode and no malformed opcode before the bytes run out (protocol 0/1 pickles have no magic)."""
+    if not head or head[0] not in _FIRST_OPCODES:
+        return False
+    result = scan_pickle(head, max_bytes=len(head))
+    return result.error is None or result.limit or result.error.startswith("truncated") or bool(result.globals)

@@ -23,11 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from sdlens.errors import CheckpointError, UnsafePickleError
+from sdlens.errors import CheckpointError, UnsafeArchiveError, UnsafePickleError
 from sdlens.io.base import Checkpoint, TensorInfo
 from sdlens.io.dtypes import DTYPES, TORCH_STORAGE_DTYPES, torch_dtype
 from sdlens.io.pickle_scan import MAX_PICKLE_BYTES, PickleScan, scan_pickle
-from sdlens.io.torch_zip import read_member, torch_zip_members
+from sdlens.io.torch_zip import crc_ok, read_member, torch_zip_members
 
 __all__ = [
     "TorchCheckpoint",
@@ -697,21 +697,31 @@ class TorchCheckpoint(Checkpoint):
         """Index a torch zip read exactly as torch reads it (see :mod:`sdlens.io.torch_zip`): every pickle
         member is scanned, not only the ``data.pkl`` that torch (and sdlens) unpickles."""
         src = str(self.path)
-        prefix, members = torch_zip_members(f, size, src)
-        pkl = prefix + "data.pkl"
-        if prefix + "constants.pkl" in members or any(n.startswith(prefix + "code/") for n in members):
+        prefix, listed, problems = torch_zip_members(f, size, src)
+        if not problems and any(m.name in (prefix + "constants.pkl",) or m.name.startswith(prefix + "code/")
+                                for m in listed):  # fmt: skip
+            # torch.load hands these to torch.jit.load, whose unpickler resolves only TorchScript types
             raise CheckpointError(src, "TorchScript archive (torch.jit.save) is not supported; save a state dict")
-        if pkl not in members:
-            raise CheckpointError(src, "zip archive has no data.pkl (not a torch.save checkpoint)")
-        # every *.pkl member is a pickle some loader may run: scan them all, report every unsafe global
+        # every *.pkl member (every copy of a duplicate, by either of its names) is a pickle some loader may
+        # run: all are scanned and every unsafe global named before an ambiguous archive is refused
         unsafe: list[str] = []
-        pickles = [n for n in members if n.endswith(".pkl")]
-        blobs = {n: read_member(f, members[n], src) for n in pickles}
-        for name in pickles:
-            result = scan_pickle(blobs[name])
-            unsafe += [g for g in result.globals if g not in _ALLOWED]
+        blobs: dict[str, bytes] = {}
+        for m in listed:
+            if not (m.name.endswith(".pkl") or m.local_name.endswith(".pkl")):
+                continue
+            blob = read_member(f, m, src, check_crc=False)
+            unsafe += [g for g in scan_pickle(blob).globals if g not in _ALLOWED]
+            if not crc_ok(blob, m):
+                problems.append(f"CRC-32 mismatch in {m.name!r} (altered after writing; torch may read other bytes)")
+            blobs.setdefault(m.name, blob)
         if unsafe:
             raise UnsafePickleError(src, unsafe)
+        if problems:
+            raise UnsafeArchiveError(src, problems[0])
+        members = {m.name: m for m in listed}
+        pkl = prefix + "data.pkl"
+        if pkl not in members:
+            raise CheckpointError(src, "zip archive has no data.pkl (not a torch.save checkpoint)")
         order = read_member(f, members[prefix + "byteorder"], src, 64) if prefix + "byteorder" in members else b"little"
         if order.strip() != b"little":
             raise CheckpointError(src, f"byte order {_brief(order.decode('latin1'))} is not supported (only little-endian)")

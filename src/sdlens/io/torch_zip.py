@@ -23,7 +23,7 @@ from typing import BinaryIO
 from sdlens.errors import CheckpointError, UnsafeArchiveError
 from sdlens.io.pickle_scan import MAX_PICKLE_BYTES
 
-__all__ = ["MAX_MEMBERS", "ZipMember", "read_member", "torch_zip_members"]
+__all__ = ["MAX_MEMBERS", "ZipMember", "crc_ok", "read_member", "torch_zip_members"]
 
 MAX_MEMBERS = 1_000_000
 _ALLOWED_FLAGS = 0x0002 | 0x0004 | 0x0008 | 0x0800  # deflate options, data descriptor, UTF-8 names
@@ -33,6 +33,7 @@ _EOCD, _EOCD64, _LOC64 = b"PK\x05\x06", b"PK\x06\x06", b"PK\x06\x07"
 @dataclass(frozen=True)
 class ZipMember:
     name: str
+    local_name: str  # as the member's local header spells it (differs only in an ambiguous archive)
     data_start: int  # absolute offset of the (possibly compressed) data
     compress_size: int
     file_size: int
@@ -91,8 +92,10 @@ def _descriptor_len(f: BinaryIO, end: int, crc: int, zip64: bool) -> int | None:
     return off + 4 + (16 if zip64 else 8)
 
 
-def torch_zip_members(f: BinaryIO, size: int, src: str) -> tuple[str, dict[str, ZipMember]]:
-    """(the archive's top-level folder, its members by name), or an error if torch could read it differently."""
+def torch_zip_members(f: BinaryIO, size: int, src: str) -> tuple[str, list[ZipMember], list[str]]:
+    """(the archive's top-level folder, every member in central-directory order -- duplicates included --,
+    the ways torch could read it differently than sdlens). Raises only when the archive cannot be parsed;
+    the caller scans every candidate pickle, then refuses an ambiguous archive."""
     n_total, cd_offset, _eocd = _end_record(f, size, src)
     if n_total > MAX_MEMBERS:
         raise CheckpointError(src, f"zip archive has {n_total:,} members (limit {MAX_MEMBERS:,})")
@@ -109,27 +112,26 @@ def torch_zip_members(f: BinaryIO, size: int, src: str) -> tuple[str, dict[str, 
         raise UnsafeArchiveError(src, f"central directory lists {len(infos)} members, the end record {n_total}")
     if not infos:
         raise CheckpointError(src, "zip archive has no members (not a torch.save checkpoint)")
+    problems: list[str] = []
     dupes = [n for n, c in Counter(i.filename for i in infos).items() if c > 1]
     if dupes:
-        raise UnsafeArchiveError(
-            src, f"duplicate member name {dupes[0]!r} (torch reads one copy, Python's zipfile another)"
-        )
+        problems.append(f"duplicate member name {dupes[0]!r} (torch reads one copy, Python's zipfile another)")
     first = infos[0].filename
     prefix = first.split("/", 1)[0] + "/" if "/" in first else ""
     stray = next((i.filename for i in infos if not prefix or not i.filename.startswith(prefix)), None)
     if stray is not None:
-        raise UnsafeArchiveError(src, f"member {stray!r} is not under the archive's top-level folder {prefix!r}")
+        problems.append(f"member {stray!r} is not under the archive's top-level folder {prefix!r}")
 
-    members: dict[str, ZipMember] = {}
+    members: list[ZipMember] = []
     spans: list[tuple[int, int, str]] = []
     for info in infos:
         name = info.filename
         if info.flag_bits & 0x1 or info.flag_bits & 0x40:
-            raise UnsafeArchiveError(src, f"member {name!r} is encrypted")
-        if info.flag_bits & ~_ALLOWED_FLAGS:
-            raise UnsafeArchiveError(src, f"member {name!r} has unusual zip flag bits {info.flag_bits:#06x}")
+            problems.append(f"member {name!r} is encrypted")
+        elif info.flag_bits & ~_ALLOWED_FLAGS:
+            problems.append(f"member {name!r} has unusual zip flag bits {info.flag_bits:#06x}")
         if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
-            raise UnsafeArchiveError(src, f"member {name!r} uses unusual compression method {info.compress_type}")
+            problems.append(f"member {name!r} uses unusual compression method {info.compress_type}")
         f.seek(info.header_offset)
         head = f.read(30)
         if len(head) < 30 or head[:4] != b"PK\x03\x04":
@@ -138,41 +140,41 @@ def torch_zip_members(f: BinaryIO, size: int, src: str) -> tuple[str, dict[str, 
         raw_name = f.read(nlen)
         local_name = raw_name.decode("utf-8" if flags & 0x800 else "cp437", "replace")
         if local_name != name:
-            raise UnsafeArchiveError(
-                src, f"local header names {local_name[:80]!r} but the central directory {name[:80]!r}"
-            )
-        if method != info.compress_type or (flags ^ info.flag_bits) & 0x0809:
-            raise UnsafeArchiveError(src, f"local header of {name!r} disagrees with the central directory")
-        if not flags & 0x8 and (
+            problems.append(f"local header names {local_name[:80]!r} but the central directory {name[:80]!r}")
+        elif method != info.compress_type or (flags ^ info.flag_bits) & 0x0809 or not flags & 0x8 and (
             crc != info.CRC
             or (csize != 0xFFFFFFFF and csize != info.compress_size)
             or (usize != 0xFFFFFFFF and usize != info.file_size)
         ):
-            raise UnsafeArchiveError(src, f"local header of {name!r} disagrees with the central directory")
+            problems.append(f"local header of {name!r} disagrees with the central directory")
         start = info.header_offset + 30 + nlen + xlen
         end = start + info.compress_size
         if info.flag_bits & 0x8:
             zip64 = info.file_size >= 0xFFFFFFFF or info.compress_size >= 0xFFFFFFFF or usize == 0xFFFFFFFF
             dlen = _descriptor_len(f, end, info.CRC, zip64)
             if dlen is None:
-                raise UnsafeArchiveError(src, f"data descriptor of {name!r} disagrees with the central directory")
+                problems.append(f"data descriptor of {name!r} disagrees with the central directory")
+                dlen = 0
             end += dlen
         spans.append((info.header_offset, end, name))
-        members[name] = ZipMember(name, start, info.compress_size, info.file_size, info.CRC, info.compress_type)
+        members.append(
+            ZipMember(name, local_name, start, info.compress_size, info.file_size, info.CRC, info.compress_type)
+        )
     spans.sort()
     pos = 0
     for begin, end, name in spans:
         if begin != pos:
             what = "overlaps the member before it" if begin < pos else f"follows {begin - pos} bytes outside any member"
-            raise UnsafeArchiveError(src, f"member {name!r} {what}")
-        pos = end
+            problems.append(f"member {name!r} {what}")
+        pos = max(pos, end)
     if pos != cd_offset:
-        raise UnsafeArchiveError(src, f"{cd_offset - pos} bytes between the last member and the central directory")
-    return prefix, members
+        problems.append(f"{cd_offset - pos} bytes between the last member and the central directory")
+    return prefix, members, problems
 
 
-def read_member(f: BinaryIO, m: ZipMember, src: str, max_bytes: int = MAX_PICKLE_BYTES) -> bytes:
-    """A member's bytes (inflated if deflated), size-capped and CRC-checked."""
+def read_member(f: BinaryIO, m: ZipMember, src: str, max_bytes: int = MAX_PICKLE_BYTES, *, check_crc: bool = True
+                ) -> bytes:  # fmt: skip
+    """A member's bytes (inflated if deflated; any other method is read as stored), size-capped, CRC-checked."""
     if m.file_size > max_bytes or m.compress_size > max_bytes:
         raise CheckpointError(src, f"zip member {m.name!r} is {m.file_size:,} bytes (limit {max_bytes >> 20} MiB)")
     f.seek(m.data_start)
@@ -187,6 +189,10 @@ def read_member(f: BinaryIO, m: ZipMember, src: str, max_bytes: int = MAX_PICKLE
             raise CheckpointError(src, f"zip member {m.name!r} does not inflate ({e})") from None
         if len(raw) > max_bytes:
             raise CheckpointError(src, f"zip member {m.name!r} inflates past the {max_bytes >> 20} MiB limit")
-    if len(raw) != m.file_size or zlib.crc32(raw) != m.crc:
+    if check_crc and not crc_ok(raw, m):
         raise UnsafeArchiveError(src, f"CRC-32 mismatch in {m.name!r} (altered after writing; torch may read other bytes)")
     return raw
+
+
+def crc_ok(raw: bytes, m: ZipMember) -> bool:
+    return len(raw) == m.file_size and zlib.crc32(raw) == m.crc
