@@ -131,7 +131,7 @@ def _combine(items: list) -> list[int]:
 def _check_hashed(items: list, margin: int, what: str) -> None:
     for x in items:
         if type(x) is list and (x[0] > MAX_KEY_DEPTH + margin or x[1] > MAX_KEY_SIZE):
-            raise _Stop(f"has a {what} nested {x[0]} deep / {min(x[1], 10**9)}+ objects (too large to hash safely)",
+            raise _Stop(f"too costly to unpickle: a {what} nested {x[0]} deep with {min(x[1], 10**9):,}+ objects to hash",
                         limit=True)  # fmt: skip
 
 
@@ -171,7 +171,7 @@ def scan_pickle(data: bytes, start: int = 0, *, max_bytes: int = MAX_PICKLE_BYTE
             pos += 1
             ops += 1
             if ops > max_opcodes:
-                raise _Stop(f"has more than {max_opcodes:,} opcodes", limit=True)
+                raise _Stop(f"too long: more than {max_opcodes:,} opcodes", limit=True)
             name, kind, size, to_mark, n_pop, n_push, special = op
             raw = b""
             if kind == _NONE:
@@ -349,7 +349,7 @@ def _pop_mark(stack: list, marks: list[int]) -> list:
 
 def _new(node: list[int]) -> list[int]:
     if node[0] > MAX_DEPTH:
-        raise _Stop(f"is nested more than {MAX_DEPTH} levels deep", limit=True)
+        raise _Stop(f"nested more than {MAX_DEPTH} levels deep", limit=True)
     return node
 
 
