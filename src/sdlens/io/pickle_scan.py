@@ -112,20 +112,24 @@ def _table() -> list[tuple | None]:
 
 
 _OPS = _table()
+_F_BINPUT, _F_MEMOIZE, _F_BINGET, _F_SHORT_UNICODE, _F_MARK = -1, -2, -3, -4, -5
+_F_LONG_BINPUT, _F_LONG_BINGET, _F_BINUNICODE = -6, -7, -8
+_FAST = [0] * 256  # > 0: a scalar opcode with a (total) length; < 0: one of the _F_ codes
+for _code, _len in ((b"K", 2), (b"M", 3), (b"J", 5), (b"G", 9), (b"N", 1), (b"\x88", 1), (b"\x89", 1), (b")", 1)):
+    _FAST[_code[0]] = _len
+for _code, _f in ((b"q", _F_BINPUT), (b"\x94", _F_MEMOIZE), (b"h", _F_BINGET), (b"\x8c", _F_SHORT_UNICODE),
+                  (b"(", _F_MARK), (b"r", _F_LONG_BINPUT), (b"j", _F_LONG_BINGET), (b"X", _F_BINUNICODE)):  # fmt: skip
+    _FAST[_code[0]] = _f
 _LEAF_NODE = (0, 1)
 
 
 def _combine(items: list) -> list[int]:
     """The node of an object built from ``items``: one deeper than the deepest, their sizes summed."""
-    d, s = 0, 1
-    for x in items:
-        if type(x) is list:
-            if x[0] > d:
-                d = x[0]
-            s += x[1]
-        else:
-            s += 1
-    return [d + 1, s if s < _SIZE_CAP else _SIZE_CAP]
+    nodes = [x for x in items if type(x) is list]
+    if not nodes:
+        return [1, 1 + len(items)]
+    s = 1 + len(items) - len(nodes) + sum(x[1] for x in nodes)
+    return [1 + max(x[0] for x in nodes), s if s < _SIZE_CAP else _SIZE_CAP]
 
 
 def _check_hashed(items: list, margin: int, what: str) -> None:
@@ -160,11 +164,65 @@ def scan_pickle(data: bytes, start: int = 0, *, max_bytes: int = MAX_PICKLE_BYTE
     pos = start
     ops = 0
     ops_table = _OPS
+    fast_table = _FAST
     try:
         while True:
             if pos >= cap:
                 raise _Stop("", cap < n)
             code = data[pos]
+            fast = fast_table[code]
+            if fast and pos + 10 <= cap:  # hot opcodes, same semantics as the general path below
+                ops += 1
+                if ops > max_opcodes:
+                    raise _Stop(f"too long: more than {max_opcodes:,} opcodes", limit=True)
+                if fast > 0:  # a scalar with a fixed-size argument
+                    stack.append(_LEAF_NODE)
+                    pos += fast
+                    continue
+                if fast == _F_BINPUT:
+                    if len(stack) > (marks[-1] if marks else 0):
+                        memo[data[pos + 1]] = stack[-1]
+                        pos += 2
+                        continue
+                elif fast == _F_MEMOIZE:
+                    if len(stack) > (marks[-1] if marks else 0):
+                        memo[len(memo)] = stack[-1]
+                        pos += 1
+                        continue
+                elif fast == _F_BINGET:
+                    idx = data[pos + 1]
+                    if idx in memo:
+                        stack.append(memo[idx])
+                        pos += 2
+                        continue
+                elif fast == _F_SHORT_UNICODE:
+                    length = data[pos + 1]
+                    if pos + 2 + length <= cap:
+                        stack.append(data[pos + 2 : pos + 2 + length].decode("utf-8", "surrogatepass"))
+                        pos += 2 + length
+                        continue
+                elif fast == _F_LONG_BINPUT:
+                    if len(stack) > (marks[-1] if marks else 0):
+                        memo[int.from_bytes(data[pos + 1 : pos + 5], "little")] = stack[-1]
+                        pos += 5
+                        continue
+                elif fast == _F_LONG_BINGET:
+                    idx = int.from_bytes(data[pos + 1 : pos + 5], "little")
+                    if idx in memo:
+                        stack.append(memo[idx])
+                        pos += 5
+                        continue
+                elif fast == _F_BINUNICODE:
+                    length = int.from_bytes(data[pos + 1 : pos + 5], "little")
+                    if pos + 5 + length <= cap:
+                        stack.append(data[pos + 5 : pos + 5 + length].decode("utf-8", "surrogatepass"))
+                        pos += 5 + length
+                        continue
+                elif fast == _F_MARK:
+                    marks.append(len(stack))
+                    pos += 1
+                    continue
+                ops -= 1  # not taken: the general path counts it
             op = ops_table[code]
             if op is None:
                 raise _Stop(f"corrupt (unknown opcode {code:#04x} at byte {pos - start})")
