@@ -224,26 +224,27 @@ def _legacy_evil(folder: Path) -> bytes:
     return _torch_save({"w": torch.ones(2), "x": _Reduce(os.system, _cmd(folder))}, legacy=True)
 
 
-def _dup(first_evil: bool) -> Callable[[Path], bytes]:
-    def build(folder: Path) -> bytes:
-        import torch
+def _dup_zip(first: bytes, second: bytes) -> bytes:
+    """The benign zip with two ``archive/data.pkl``: ``first`` in its place, ``second`` appended last -- an
+    arrangement where torch's reader (miniz: a binary search over its sorted central directory, so which
+    copy wins depends on the other names) takes the first copy and Python's zipfile the last (the tests check
+    this with torch itself)."""
+    entries = _replace(_benign_zip(), "archive/data.pkl", first)
+    return _zip([*entries, ("archive/data.pkl", second)])
 
-        base = _entries(_benign_zip())
-        other = dict(_entries(_torch_save({"w": torch.zeros(2, 3), "b": torch.zeros(3, dtype=torch.float16)})))
-        first = _system(folder) if first_evil else other["archive/data.pkl"]
-        return _zip([("archive/data.pkl", first), *base])
 
-    return build
+def _dup(folder: Path) -> bytes:
+    return _dup_zip(_system(folder), dict(_entries(_benign_zip()))["archive/data.pkl"])
 
 
 def _dup_benign_pair(folder: Path) -> bytes:
     """Two benign data.pkl copies that differ: the first names the tensors "first.*", the second "second.*"."""
     import torch
 
-    sd = {"w": torch.arange(4.0)}
-    one = dict(_entries(_torch_save({"first.w": sd["w"]})))
-    two = _entries(_torch_save({"second.w": sd["w"]}))
-    return _zip([("archive/data.pkl", one["archive/data.pkl"]), *two])
+    sd = {"w": torch.arange(6, dtype=torch.float32).reshape(2, 3), "b": torch.ones(3, dtype=torch.float16)}
+    one, two = ({f"{tag}.{k}": v for k, v in sd.items()} for tag in ("first", "second"))
+    return _dup_zip(dict(_entries(_torch_save(one)))["archive/data.pkl"],
+                    dict(_entries(_torch_save(two)))["archive/data.pkl"])  # fmt: skip
 
 
 def _crc(evil: bool) -> Callable[[Path], bytes]:
@@ -418,7 +419,7 @@ CASES: list[HostileCase] = [
     _C("zip_nonstandard_member", "unsafe", "container", "pickle payload in a member named archive/model.bin",
        _extra_member("archive/model.bin"), names=(_SYS,)),  # fmt: skip
     _C("zip_duplicate_first_evil", "unsafe", "container",
-       "two archive/data.pkl: torch reads the first (evil), zipfile the last (benign)", _dup(True), names=(_SYS,)),
+       "two archive/data.pkl: torch reads the first (evil), zipfile the last (benign)", _dup, names=(_SYS,)),
     _C("zip_duplicate_benign_pair", "unsafe", "container", "two different benign archive/data.pkl (ambiguous)",
        _dup_benign_pair),  # fmt: skip
     _C("zip_crc_evil", "unsafe", "container", "malicious data.pkl whose CRC-32 is wrong (zipfile refuses it)",
