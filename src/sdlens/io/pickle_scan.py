@@ -247,6 +247,10 @@ def scan_pickle(data: bytes, start: int = 0, *, max_bytes: int = MAX_PICKLE_BYTE
                     raise _Stop("", cap < n)
                 raw = data[pos:nl]
                 pos = nl + 1
+                if name in ("INT", "LONG"):
+                    int(raw[:-1] if raw.endswith(b"L") else raw)  # ValueError: not a pickle
+                elif name == "FLOAT":
+                    float(raw)
             else:
                 width = 1 if kind == _LEN1 else 4 if kind in (_LEN4S, _LEN4U) else 8
                 if pos + width > cap:

@@ -689,6 +689,8 @@ class TorchCheckpoint(Checkpoint):
             raise
         except RecursionError:
             raise CheckpointError(src, f"cannot unpickle {what}: nested too deeply") from None
+        except _BadPickle as e:
+            raise CheckpointError(src, f"cannot unpickle {what}: {str(e)[:200]}") from None
         except Exception as e:  # any malformation of the pickle's content
             raise CheckpointError(src, f"cannot unpickle {what}: {type(e).__name__}: {str(e)[:200]}") from None
 
