@@ -242,3 +242,12 @@ def test_zip64_records_written_by_torch_are_accepted():
     torch.save({"w": torch.ones(2)}, buf)
     raw = buf.getvalue()
     assert b"PK\x06\x06" in raw[-200:]  # torch always writes the zip64 end records
+
+
+def test_fifo_is_refused_by_open_checkpoint_without_blocking(tmp_path):
+    import os
+
+    fifo = tmp_path / "pipe.safetensors"
+    os.mkfifo(fifo)
+    with pytest.raises(CheckpointError, match="not a regular file"):
+        open_checkpoint(fifo)

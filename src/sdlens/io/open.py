@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 from sdlens.errors import CheckpointError
@@ -33,7 +34,10 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
 def open_file(p: Path) -> Checkpoint:
     """Open one weights file, recognising its format from its first bytes."""
     try:
-        size = os.stat(p).st_size
+        st = os.stat(p)
+        if not stat.S_ISREG(st.st_mode):  # a FIFO or device would block or never end
+            raise CheckpointError(p, "not a regular file (a pipe, device or socket)")
+        size = st.st_size
         with open(p, "rb") as f:
             head = f.read(16)
     except OSError as e:
