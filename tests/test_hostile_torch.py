@@ -251,3 +251,14 @@ def test_fifo_is_refused_by_open_checkpoint_without_blocking(tmp_path):
     os.mkfifo(fifo)
     with pytest.raises(CheckpointError, match="not a regular file"):
         open_checkpoint(fifo)
+
+
+def test_legacy_pickle_limits_are_reported_as_such_not_as_truncation(tmp_path):
+    deep = tmp_path / "deep.pt"
+    deep.write_bytes(b"\x80\x02" + b"]" * 300 + b"a" * 299 + b"." + b"\x00" * (3 << 20))
+    with pytest.raises(CheckpointError, match="nested more than 200 levels deep"):
+        open_checkpoint(deep)
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(pickle.dumps(list(range(400_000)), protocol=2)[:-5])  # > 1 MiB, read in steps
+    with pytest.raises(CheckpointError, match="truncated"):
+        open_checkpoint(cut)

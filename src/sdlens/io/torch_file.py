@@ -761,9 +761,20 @@ class TorchCheckpoint(Checkpoint):
     # ------------------------------------------------------------------ legacy
     def _next_pickle(self, f: BinaryIO, size: int, what: str, storages: _StorageIndex, *, first: bool = False) -> Any:
         start = f.tell()
-        data = f.read(min(MAX_PICKLE_BYTES, size - start))  # bounded: never what a length field claims
-        result = scan_pickle(data)
-        if result.error is not None and result.error.startswith("larger than") and size - start <= MAX_PICKLE_BYTES:
+        want = 1 << 20
+        available = min(MAX_PICKLE_BYTES, size - start)
+        while True:  # read 1 MiB, then more while the pickle runs past what was read, up to the limit
+            data = f.read(min(want, available))  # bounded: never what a length field claims
+            result = scan_pickle(data, max_bytes=len(data))
+            ran_out = result.error is not None and result.error.startswith(("larger than", "truncated"))
+            if not ran_out or len(data) >= available:
+                break
+            want *= 8
+            f.seek(start)
+        if ran_out and size - start > MAX_PICKLE_BYTES:
+            result = PickleScan(result.globals, f"larger than the {MAX_PICKLE_BYTES >> 20} MiB limit for one pickle",
+                                result.end, True)  # fmt: skip
+        elif ran_out:
             result = PickleScan(result.globals, "truncated (the pickle ends before its STOP opcode)", result.end)
         self._check_scan(result, what, first=first)
         f.seek(start + result.end)
