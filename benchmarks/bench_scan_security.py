@@ -198,7 +198,10 @@ def main() -> int:
     missed_by_all = [r["case"] for r in payloads if others and all(r[s] != "FLAG" for s in others)]
     print(f"payloads no other scanner flags ({len(missed_by_all)}): {', '.join(missed_by_all) or 'none'}")
     sdlens_misses = [r["case"] for r in payloads if r["sdlens"] != "FLAG"]
-    behind = [r["case"] for r in rows if r["sdlens"] == "-" and any(r[s] == "FLAG" for s in others)]
+    # hostile files another scanner flags but sdlens opens as clean (benign controls excluded: a scanner's
+    # false positive there is not a payload; fickling's default analysis flags every torch import)
+    behind = [r["case"] for r in rows if r["expected"] != "ok" and r["sdlens"] == "-"
+              and any(r[s] == "FLAG" for s in others)]  # fmt: skip
     wrong = [r["case"] for r in rows if {"unsafe": "FLAG", "error": "refused", "ok": "-"}[r["expected"]] != r["sdlens"]]
     print(f"sdlens misses: {sdlens_misses or 'none'}; flagged elsewhere but called clean by sdlens: {behind or 'none'}; "
           f"verdicts differing from the corpus: {wrong or 'none'}")  # fmt: skip
