@@ -77,7 +77,7 @@ class _Global:
 _NONE, _FIXED, _LINE, _TWO_LINES, _LEN1, _LEN4S, _LEN4U, _LEN8U = range(8)
 # special handling
 (_GENERIC, _STR, _STACK_GLOBAL, _GLOBAL, _INST, _PUT, _GET, _MEMOIZE, _DUP, _MUTATE, _MUTATE_MARK, _HASH_MARK,
- _CALL, _PROTO, _STOP_OP, _EXT, _MARK, _EMPTY, _POP, _FRAME, _LEAF, _OBJ) = range(22)  # fmt: skip
+ _CALL, _PROTO, _STOP_OP, _EXT, _MARK, _EMPTY, _POP, _FRAME, _LEAF, _OBJ, _UNARY) = range(23)  # fmt: skip
 
 _ARG_KIND = {1: _FIXED, 2: _FIXED, 4: _FIXED, 8: _FIXED, pickletools.UP_TO_NEWLINE: _LINE,
              pickletools.TAKEN_FROM_ARGUMENT1: _LEN1, pickletools.TAKEN_FROM_ARGUMENT4: _LEN4S,
@@ -107,6 +107,8 @@ def _table() -> list[tuple | None]:
         special = _SPECIAL.get(op.name, _GENERIC)
         if special == _GENERIC and not before and op.stack_after:
             special = _LEAF
+        elif special == _GENERIC and not to_mark and n_pop == 1 and len(op.stack_after) == 1:
+            special = _UNARY
         table[ord(op.code.encode("latin1"))] = (op.name, kind, size, to_mark, n_pop, len(op.stack_after), special)
     return table
 
@@ -267,7 +269,17 @@ def scan_pickle(data: bytes, start: int = 0, *, max_bytes: int = MAX_PICKLE_BYTE
 
             # ---- stack
             fence = marks[-1] if marks else 0
-            if special == _LEAF:
+            if special == _UNARY:  # TUPLE1, BINPERSID, ...: one object in, one out
+                if len(stack) <= fence:
+                    raise _Stop("corrupt (stack underflow)")
+                x = stack[-1]
+                if type(x) is list:
+                    if x[0] >= MAX_DEPTH:
+                        raise _Stop(f"nested more than {MAX_DEPTH} levels deep", limit=True)
+                    stack[-1] = [x[0] + 1, min(x[1] + 1, _SIZE_CAP)]
+                else:
+                    stack[-1] = [1, 2]
+            elif special == _LEAF:
                 stack.append(_LEAF_NODE)
             elif special == _STR:
                 stack.append(_decode_str(name, raw))
