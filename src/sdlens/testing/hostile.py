@@ -290,6 +290,19 @@ def _gap(folder: Path) -> bytes:
     return _zip(_entries(_benign_zip()), gaps={"archive/byteorder": _system(folder)})
 
 
+def _overlap(folder: Path) -> bytes:
+    """A second central-directory entry, archive/dat2.pkl, pointing at data.pkl's bytes (members overlap)."""
+    raw = _zip(_entries(_benign_zip()))  # zipfile's output: a plain end record, no zip64 records
+    eocd = raw.rindex(b"PK\x05\x06")
+    n, cd_size, cd_offset = struct.unpack("<HII", raw[eocd + 10 : eocd + 20])
+    cd, _ = _central(raw, "archive/data.pkl")
+    nlen, xlen, clen = struct.unpack("<HHH", raw[cd + 28 : cd + 34])
+    entry = bytearray(raw[cd : cd + 46 + nlen + xlen + clen])
+    entry[46 : 46 + nlen] = b"archive/dat2.pkl"
+    end = raw[eocd:eocd + 8] + struct.pack("<HHII", n + 1, n + 1, cd_size + len(entry), cd_offset) + raw[eocd + 20:]
+    return raw[:eocd] + bytes(entry) + end
+
+
 def _deep_key(folder: Path) -> bytes:
     return _in_zip(lambda f: b"\x80\x02}" + b")" + b"\x85" * 300_000 + b"K\x01s.")(folder)
 
@@ -438,6 +451,7 @@ CASES: list[HostileCase] = [
        _mixed_prefix, names=(_SYS,)),  # fmt: skip
     _C("zip_concatenated", "unsafe", "container", "benign zip followed by a malicious zip", _concat),
     _C("zip_gap_between_members", "unsafe", "container", "a pickle hidden between two members", _gap),
+    _C("zip_overlapping_members", "unsafe", "container", "two central entries share data.pkl's bytes", _overlap),
     _C("polyglot_pickle_then_zip", "unsafe", "container",
        "malicious pickle then a benign zip: torch.load unpickles it, zipfile sees the zip", _polyglot,
        names=(_SYS,)),  # fmt: skip
