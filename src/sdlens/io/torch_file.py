@@ -472,7 +472,7 @@ class _StorageIndex:
 
     def use(self, key: str, stype: StorageType, numel: int) -> None:
         known = self.records.setdefault(key, (stype, numel))
-        if known[0] is not stype or known[1] != numel:
+        if known[0].name != stype.name or known[1] != numel:
             raise _BadPickle(f"storage {key[:40]!r} is referenced as two different types or sizes")
 
     def __contains__(self, key: str) -> bool:
@@ -855,7 +855,7 @@ class TorchCheckpoint(Checkpoint):
         if type(ref) is not TensorRef or type(storage) is not StorageRef or storage.key not in starts:
             raise CheckpointError(src, f"tensor {label} refers to a storage that is not in the archive")
         stype, numel = storages.records[storage.key]
-        if stype is not storage.stype or numel != storage.numel:
+        if stype.name != storage.stype.name or numel != storage.numel:
             raise CheckpointError(src, f"tensor {label} disagrees with its storage's type or size")
         dtype = ref.dtype_name
         if dtype is None:
