@@ -27,7 +27,18 @@ class CheckpointError(SdlensError):
     """A file that cannot be read as a checkpoint (missing, truncated, malformed)."""
 
 
-class UnsafePickleError(CheckpointError):
+class UnsafeFileError(CheckpointError):
+    """A file refused as unsafe: loading it could run code, or torch could read it differently than sdlens."""
+
+
+class UnsafeArchiveError(UnsafeFileError):
+    """A torch zip that torch's reader (miniz) and sdlens could read differently; refused as ambiguous."""
+
+    def __init__(self, path: str | Path | None, problem: str):
+        super().__init__(path, f"unsafe (ambiguous) archive: {problem} (refused; nothing from the file was executed)")
+
+
+class UnsafePickleError(UnsafeFileError):
     """A pickle that references globals outside the allowed set; nothing from it was executed."""
 
     def __init__(self, path: str | Path | None, globals_found: list[str]):

@@ -17,6 +17,7 @@ from sdlens.io.folders import (
     open_folder,
     open_sharded,
 )
+from sdlens.io.pickle_scan import looks_like_pickle
 from sdlens.io.safetensors_file import SafetensorsCheckpoint, is_safetensors
 
 
@@ -53,7 +54,7 @@ def open_file(p: Path) -> Checkpoint:
             if not stat.S_ISREG(st.st_mode):
                 raise CheckpointError(p, f"not a regular file ({file_kind(st.st_mode)}); refused")
             size = st.st_size
-            head = f.read(16)
+            head = f.read(512)  # enough to recognise any format (a protocol 0/1 pickle by its first opcodes)
     except OSError as e:
         raise CheckpointError(p, f"cannot read: {e.strerror}") from None
     if size == 0:
@@ -61,6 +62,10 @@ def open_file(p: Path) -> Checkpoint:
     if is_safetensors(head, size):
         return SafetensorsCheckpoint(p)
     if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80" or head.startswith(b"PK\x05\x06"):
+        from sdlens.io.torch_file import open_torch_checkpoint
+
+        return open_torch_checkpoint(p)
+    if looks_like_pickle(head):  # a protocol 0/1 pickle has no magic number: scan it, don't guess
         from sdlens.io.torch_file import open_torch_checkpoint
 
         return open_torch_checkpoint(p)

@@ -15,7 +15,7 @@ import io
 import math
 import os
 import pickle
-import pickletools
+import stat
 import struct
 import zipfile
 from collections.abc import Callable
@@ -23,9 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from sdlens.errors import CheckpointError, UnsafePickleError
+from sdlens.errors import CheckpointError, UnsafeArchiveError, UnsafePickleError
 from sdlens.io.base import Checkpoint, TensorInfo
 from sdlens.io.dtypes import DTYPES, TORCH_STORAGE_DTYPES, torch_dtype
+from sdlens.io.pickle_scan import MAX_PICKLE_BYTES, PickleScan, scan_pickle
+from sdlens.io.torch_zip import crc_ok, read_member, torch_zip_members
 
 __all__ = [
     "TorchCheckpoint",
@@ -40,51 +42,103 @@ LEGACY_PROTOCOL = 1001
 WRAPPER_KEYS = ("state_dict", "model", "module", "params", "model_state_dict")
 
 # ---------------------------------------------------------------------------------------------- records
+#
+# Every object handed to the unpickler is inert and frozen: slotted, refusing attribute assignment and BUILD
+# (``__setstate__``), so that no pickle can change a stand-in shared with the next file. Objects a pickle
+# builds (tensor and storage references, dicts, stubs) are fresh per use.
 
 
-@dataclass(eq=False)
-class StorageType:
+class _BadPickle(ValueError):
+    """A pickle whose allowed calls got arguments no torch checkpoint would contain."""
+
+
+class _Frozen:
+    """Base of the slotted, immutable stand-ins."""
+
+    __slots__ = ()
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise _BadPickle(f"the pickle sets attribute {_brief(name)} on {type(self).__name__}")
+
+    def __delattr__(self, name: str) -> None:
+        raise _BadPickle(f"the pickle deletes attribute {_brief(name)} of {type(self).__name__}")
+
+    def __setstate__(self, state: Any) -> None:
+        raise _BadPickle(f"the pickle BUILDs state onto {self!r} (refused: stand-ins are immutable)")
+
+    def _init(self, **fields: Any) -> None:
+        for k, v in fields.items():
+            object.__setattr__(self, k, v)
+
+
+class StorageType(_Frozen):
     """Stand-in for a ``torch.*Storage`` class named by a pickle."""
 
+    __slots__ = ("name", "dtype", "itemsize")
     name: str
     dtype: str | None  # safetensors dtype name; None when sdlens has no equivalent
     itemsize: int
 
+    def __init__(self, name: str, dtype: str | None, itemsize: int):
+        self._init(name=name, dtype=dtype, itemsize=itemsize)
 
-@dataclass(eq=False)
-class TorchDType:
+    def __repr__(self) -> str:
+        return f"torch.{self.name}"
+
+
+class TorchDType(_Frozen):
     """Stand-in for a ``torch.<dtype>`` global (used by ``_rebuild_tensor_v3``)."""
 
+    __slots__ = ("name", "dtype")
     name: str  # torch spelling
     dtype: str | None
 
+    def __init__(self, name: str, dtype: str | None):
+        self._init(name=name, dtype=dtype)
 
-@dataclass(eq=False)
-class StorageRef:
-    """One storage of the file, identified by its key; ``view_bytes`` offsets legacy storage views."""
+    def __repr__(self) -> str:
+        return f"torch.{self.name}"
 
+
+class StorageRef(_Frozen):
+    """One use of a storage of the file, identified by its key; ``view_bytes`` offsets legacy storage views."""
+
+    __slots__ = ("key", "stype", "numel", "view_bytes")
     key: str
     stype: StorageType
     numel: int
-    view_bytes: int = 0
+    view_bytes: int
+
+    def __init__(self, key: str, stype: StorageType, numel: int, view_bytes: int = 0):
+        self._init(key=key, stype=stype, numel=numel, view_bytes=view_bytes)
 
     @property
     def nbytes(self) -> int:
         return self.numel * self.stype.itemsize
 
+    def __repr__(self) -> str:
+        return f"<storage {self.key[:40]!r}>"
 
-@dataclass(eq=False)
-class TensorRef:
+
+class TensorRef(_Frozen):
     """A tensor as the pickle describes it: a strided view of a storage, no data."""
 
+    __slots__ = ("storage", "storage_offset", "shape", "stride", "dtype")
     storage: StorageRef
     storage_offset: int
     shape: tuple[int, ...]
     stride: tuple[int, ...]
-    dtype: TorchDType | None = None  # only set by _rebuild_tensor_v3
+    dtype: TorchDType | None  # only set by _rebuild_tensor_v3
 
-    def __setstate__(self, state: Any) -> None:  # BUILD on a tensor: ignore, never setattr
+    def __init__(self, storage: StorageRef, storage_offset: int, shape: tuple[int, ...], stride: tuple[int, ...],
+                 dtype: TorchDType | None = None):  # fmt: skip
+        self._init(storage=storage, storage_offset=storage_offset, shape=shape, stride=stride, dtype=dtype)
+
+    def __setstate__(self, state: Any) -> None:  # BUILD on a (fresh) tensor: ignored, nothing is set
         pass
+
+    def __repr__(self) -> str:
+        return f"<tensor {self.torch_name} ndim={len(self.shape)}>"
 
     @property
     def dtype_name(self) -> str | None:
@@ -107,14 +161,53 @@ class TorchTensorLocation:
     contiguous: bool
 
 
-class _Dict(dict):
+class _Callable(_Frozen):
+    """An allowed global that the pickle may call (REDUCE): a frozen wrapper around sdlens's own handler."""
+
+    __slots__ = ("qualname", "fn")
+    qualname: str
+    fn: Callable[..., Any]
+
+    def __init__(self, qualname: str, fn: Callable[..., Any]):
+        self._init(qualname=qualname, fn=fn)
+
+    def __call__(self, *args: Any) -> Any:
+        return self.fn(*args)
+
+    def __repr__(self) -> str:
+        return self.qualname
+
+
+class _FrozenType(type):
+    """Metaclass of the stub classes: a pickle cannot set attributes on a class shared between files."""
+
+    def __setattr__(cls, name: str, value: Any) -> None:
+        raise _BadPickle(f"the pickle sets attribute {_brief(name)} on class {cls.__name__}")
+
+    def __delattr__(cls, name: str) -> None:
+        raise _BadPickle(f"the pickle deletes attribute {_brief(name)} of class {cls.__name__}")
+
+
+class _Dict(dict, metaclass=_FrozenType):
     """``collections.OrderedDict`` stand-in: a dict that keeps BUILD state aside instead of setting attributes."""
 
     def __setstate__(self, state: Any) -> None:
-        self.pickle_state = state
+        self.pickle_state = state  # e.g. the _metadata of a state dict; kept on this (fresh) dict only
 
 
-class _Stub:
+def _ordered_dict(*args: Any) -> _Dict:
+    d = _Dict()
+    if args:  # Python 2 era: OrderedDict([[key, value], ...]); keys were size-checked by the scan
+        if len(args) != 1 or not isinstance(args[0], list):
+            raise _BadPickle("OrderedDict rebuilt from unexpected arguments")
+        for pair in args[0]:
+            if not isinstance(pair, (list, tuple)) or len(pair) != 2 or not isinstance(pair[0], (str, int)):
+                raise _BadPickle("OrderedDict rebuilt from unexpected items")
+            d[pair[0]] = pair[1]
+    return d
+
+
+class _Stub(metaclass=_FrozenType):
     """An inert stand-in for an allowed class: records what the pickle gives it and runs nothing."""
 
     qualname = "?"
@@ -146,13 +239,9 @@ _STUB_CLASSES: dict[str, type[_Stub]] = {}
 def _stub_class(qualname: str) -> type[_Stub]:
     cls = _STUB_CLASSES.get(qualname)
     if cls is None:
-        cls = type(qualname.rsplit(".", 1)[-1], (_Stub,), {"qualname": qualname})
+        cls = _FrozenType(qualname.rsplit(".", 1)[-1], (_Stub,), {"qualname": qualname})
         _STUB_CLASSES[qualname] = cls
     return cls
-
-
-class _BadPickle(ValueError):
-    """A pickle whose allowed calls got arguments no torch checkpoint would contain."""
 
 
 class _Refused(pickle.UnpicklingError):
@@ -161,25 +250,49 @@ class _Refused(pickle.UnpicklingError):
         self.qualname = qualname
 
 
+def _brief(value: Any, limit: int = 60) -> str:
+    """Bounded text of an untrusted value: never ``str()``/``repr()`` of a container (memo DAGs expand)."""
+    if isinstance(value, str):
+        return repr(value[:limit]) + ("..." if len(value) > limit else "")
+    if isinstance(value, bool) or value is None or isinstance(value, float):
+        return repr(value)
+    if isinstance(value, int):
+        return str(value) if value.bit_length() <= 64 else f"<int of {value.bit_length()} bits>"
+    if isinstance(value, (bytes, bytearray)):
+        return f"<bytes: {len(value)}>"
+    if isinstance(value, (tuple, list, dict, set, frozenset)):
+        return f"<{type(value).__name__}: {len(value)} items>"
+    if isinstance(value, (_Frozen, _Stub)):
+        return object.__repr__(value) if isinstance(value, _Stub) else type(value).__repr__(value)
+    return f"<{type(value).__name__}>"
+
+
 # ---------------------------------------------------------------------------------------------- handlers
+
+MAX_DIMS = 64  # tensor rank
+MAX_BROADCAST_BYTES = 1 << 30  # a stride-0 view may claim more bytes than its storage holds, up to this
 
 
 def _ints(value: Any, what: str) -> tuple[int, ...]:
-    if not isinstance(value, (tuple, list)) or not all(isinstance(v, int) and v >= 0 for v in value):
-        raise _BadPickle(f"tensor {what} {value!r} is not a tuple of non-negative ints")
-    return tuple(int(v) for v in value)
+    if (
+        not isinstance(value, (tuple, list))
+        or len(value) > MAX_DIMS
+        or not all(type(v) is int and 0 <= v < 1 << 62 for v in value)
+    ):
+        raise _BadPickle(f"tensor {what} {_brief(value)} is not a tuple of at most {MAX_DIMS} non-negative ints")
+    return tuple(value)
 
 
 def _tensor(storage: Any, offset: Any, size: Any, stride: Any, dtype: Any = None) -> TensorRef:
     if not isinstance(storage, StorageRef):
-        raise _BadPickle(f"tensor rebuilt from {type(storage).__name__}, not a storage")
-    if not isinstance(offset, int) or offset < 0:
-        raise _BadPickle(f"tensor storage offset {offset!r} is not a non-negative int")
+        raise _BadPickle(f"tensor rebuilt from {_brief(storage)}, not a storage")
+    if type(offset) is not int or not 0 <= offset < 1 << 62:
+        raise _BadPickle(f"tensor storage offset {_brief(offset)} is not a non-negative int")
     shape, strides = _ints(size, "size"), _ints(stride, "stride")
     if len(shape) != len(strides):
-        raise _BadPickle(f"tensor size {shape} and stride {strides} differ in length")
+        raise _BadPickle(f"tensor size and stride differ in length ({len(shape)} and {len(strides)})")
     if dtype is not None and not isinstance(dtype, TorchDType):
-        raise _BadPickle(f"tensor dtype {dtype!r} is not a torch dtype")
+        raise _BadPickle(f"tensor dtype {_brief(dtype)} is not a torch dtype")
     return TensorRef(storage, offset, shape, strides, dtype)
 
 
@@ -202,14 +315,12 @@ def _rebuild_parameter(data: Any, *_rest: Any) -> Any:
 
 
 def _rebuild_from_type_v2(func: Any, new_type: Any, args: Any, state: Any) -> Any:
-    if func not in _TENSOR_BUILDERS or not isinstance(args, tuple):
+    if not any(func is b for b in _TENSOR_BUILDERS) or not isinstance(args, tuple):  # identity: never hash
         raise _BadPickle("_rebuild_from_type_v2 with an unexpected rebuild function")
     return func(*args)
 
 
-_TENSOR_BUILDERS: frozenset[Callable[..., Any]] = frozenset(
-    {_rebuild_tensor, _rebuild_tensor_v2, _rebuild_tensor_v3, _rebuild_parameter}
-)
+_TENSOR_BUILDERS: list[_Callable] = []  # filled by _build_allowed
 
 
 def _torch_size(dims: Any = ()) -> tuple[int, ...]:
@@ -218,18 +329,18 @@ def _torch_size(dims: Any = ()) -> tuple[int, ...]:
 
 def _codecs_encode(text: Any, encoding: Any = "utf-8") -> bytes:
     if not isinstance(text, str) or encoding not in ("latin1", "latin-1", "utf-8", "utf8", "ascii"):
-        raise _BadPickle(f"_codecs.encode({type(text).__name__}, {encoding!r}) is not a bytes literal")
+        raise _BadPickle(f"_codecs.encode({type(text).__name__}, {_brief(encoding)}) is not a bytes literal")
     return text.encode(encoding)
 
 
 class _NpDType:
-    """``numpy.dtype`` stand-in: remembers the type code and byte order."""
+    """``numpy.dtype`` stand-in: remembers the type code and byte order (one per use)."""
 
     def __init__(self, spec: Any = "", align: Any = False, copy: Any = False):
-        self.spec, self.order = str(spec), "<"
+        self.spec, self.order = (spec[:8] if isinstance(spec, str) else "?"), "<"
 
     def __setstate__(self, state: Any) -> None:
-        if isinstance(state, tuple) and len(state) > 1 and state[1] in ("<", ">", "|", "="):
+        if isinstance(state, tuple) and len(state) > 1 and isinstance(state[1], str) and state[1] in "<>|=":
             self.order = state[1]
 
 
@@ -243,7 +354,7 @@ def _np_scalar(dtype: Any, data: Any = b"") -> Any:
     """A numpy scalar decoded to a Python number with ``struct``; anything else becomes a stub."""
     fmt = _NP_STRUCT.get(dtype.spec) if isinstance(dtype, _NpDType) else None
     if fmt is None or not isinstance(data, bytes) or len(data) != struct.calcsize("<" + fmt):
-        return _stub_class("numpy.scalar")(dtype, data)
+        return _stub_class("numpy.scalar")()
     values = struct.unpack((">" if dtype.order == ">" else "<") + fmt, data)
     return complex(*values) if len(values) == 2 else values[0]
 
@@ -254,7 +365,7 @@ class _NdArray(_Stub):
     def summary(self) -> str:
         state = self.state if isinstance(self.state, tuple) and len(self.state) >= 3 else (None, (), None)
         spec = state[2].spec if isinstance(state[2], _NpDType) else "?"
-        shape = list(state[1]) if isinstance(state[1], tuple) else "?"
+        shape = [d for d in state[1] if type(d) is int][:8] if isinstance(state[1], tuple) else "?"
         return f"<ndarray {spec} {shape}>"
 
 
@@ -287,7 +398,7 @@ _STUBS = (
 
 
 def _build_allowed() -> dict[str, Any]:
-    allowed: dict[str, Any] = {
+    calls: dict[str, Callable[..., Any]] = {
         "torch._utils._rebuild_tensor": _rebuild_tensor,
         "torch._utils._rebuild_tensor_v2": _rebuild_tensor_v2,
         "torch._utils._rebuild_tensor_v3": _rebuild_tensor_v3,
@@ -295,7 +406,7 @@ def _build_allowed() -> dict[str, Any]:
         "torch._utils._rebuild_parameter_with_state": _rebuild_parameter,
         "torch._tensor._rebuild_from_type_v2": _rebuild_from_type_v2,
         "torch.Size": _torch_size,
-        "collections.OrderedDict": _Dict,
+        "collections.OrderedDict": _ordered_dict,
         "builtins.set": set,
         "builtins.frozenset": frozenset,
         "_codecs.encode": _codecs_encode,
@@ -303,8 +414,11 @@ def _build_allowed() -> dict[str, Any]:
         "numpy.ndarray": _NdArray,
     }
     for np_core in ("numpy.core.multiarray", "numpy._core.multiarray"):
-        allowed[f"{np_core}.scalar"] = _np_scalar
-        allowed[f"{np_core}._reconstruct"] = _np_reconstruct
+        calls[f"{np_core}.scalar"] = _np_scalar
+        calls[f"{np_core}._reconstruct"] = _np_reconstruct
+    allowed: dict[str, Any] = {q: _Callable(q, fn) for q, fn in calls.items()}
+    _TENSOR_BUILDERS.extend(allowed[f"torch._utils.{n}"] for n in
+                            ("_rebuild_tensor", "_rebuild_tensor_v2", "_rebuild_tensor_v3", "_rebuild_parameter"))  # fmt: skip
     storages = {n: (d, DTYPES[d].itemsize) for n, d in TORCH_STORAGE_DTYPES.items()}
     storages.update({n: (None, size) for n, size in _EXTRA_STORAGES.items()})
     for name, (dtype, size) in storages.items():
@@ -338,87 +452,46 @@ def is_allowed_global(qualname: str) -> bool:
 
 # ---------------------------------------------------------------------------------------------- scanning
 
-_STRING_OPS = frozenset(
-    {"STRING", "BINSTRING", "SHORT_BINSTRING", "UNICODE", "BINUNICODE", "SHORT_BINUNICODE", "BINUNICODE8"}
-)
-_MARK = object()
-_UNKNOWN = object()
-
-
-def _stack_effect(op: pickletools.OpcodeInfo) -> tuple[bool, int, tuple[Any, ...]]:
-    """(pops to a MARK first?, items popped besides, items pushed) for one opcode."""
-    before, mark = op.stack_before, pickletools.markobject
-    pushed = tuple(_MARK if a is mark else _UNKNOWN for a in op.stack_after)
-    return mark in before, before.index(mark) if mark in before else len(before), pushed
-
-
-_EFFECTS = {op.name: _stack_effect(op) for op in pickletools.opcodes}
-
-
-def _scan(stream: BinaryIO) -> tuple[list[str], str | None]:
-    """Every global a pickle references, and an error message if its opcodes are malformed (else None).
-
-    Reads opcodes with :func:`pickletools.genops` (which executes nothing) up to STOP, simulating the
-    stack and memo just enough to know which strings a STACK_GLOBAL consumes.
-    """
-    found: dict[str, None] = {}
-    stack: list[Any] = []
-    memo: dict[int, Any] = {}
-    try:
-        for op, arg, _pos in pickletools.genops(stream):
-            name = op.name
-            if name in ("BINPUT", "LONG_BINPUT", "PUT"):
-                memo[arg] = stack[-1] if stack else _UNKNOWN
-            elif name == "MEMOIZE":
-                memo[len(memo)] = stack[-1] if stack else _UNKNOWN
-            elif name in ("BINGET", "LONG_BINGET", "GET"):
-                stack.append(memo.get(arg, _UNKNOWN))
-            elif name == "DUP":
-                stack.append(stack[-1] if stack else _UNKNOWN)
-            elif name in _STRING_OPS:
-                stack.append(arg)
-            elif name == "STACK_GLOBAL":
-                attr = stack.pop() if stack else _UNKNOWN
-                module = stack.pop() if stack else _UNKNOWN
-                ok = isinstance(module, str) and isinstance(attr, str)
-                found[_qualname(module, attr) if ok else "<unresolved STACK_GLOBAL>"] = None
-                stack.append(_UNKNOWN)
-            else:
-                if name in ("GLOBAL", "INST"):
-                    module, _, attr = str(arg).partition(" ")
-                    found[_qualname(module, attr)] = None
-                elif name.startswith("EXT"):
-                    found[f"<extension registry code {arg}>"] = None
-                to_mark, n_pop, pushed = _EFFECTS[name]
-                if to_mark:
-                    while stack and stack.pop() is not _MARK:
-                        pass
-                if n_pop:
-                    del stack[-n_pop:]
-                stack.extend(pushed)
-    except ValueError as e:
-        msg = str(e)
-        if "exhausted" in msg or "remain" in msg:
-            return list(found), f"truncated (the pickle ends before its STOP opcode: {msg})"
-        return list(found), f"corrupt ({msg})"
-    return list(found), None
-
 
 def scan_pickle_globals(data: bytes) -> list[str]:
     """Every ``module.name`` global that a pickle references (GLOBAL, INST, STACK_GLOBAL), in first-use
-    order, without executing anything. Raises ``ValueError`` if the pickle is truncated or malformed."""
-    found, error = _scan(io.BytesIO(data))
-    if error is not None:
-        raise ValueError(f"pickle is {error}")
-    return found
+    order, without executing anything. Raises ``ValueError`` if the pickle is truncated, malformed or over
+    a work limit (see :mod:`sdlens.io.pickle_scan`)."""
+    result = scan_pickle(bytes(data))
+    if result.error is not None:
+        raise ValueError(f"pickle is {result.error}")
+    return result.globals
+
+
+class _StorageIndex:
+    """The storages a file's pickles reference: key -> (storage type, element count), first use wins; a key
+    referenced again with another type or size is refused (torch would silently use the first)."""
+
+    def __init__(self) -> None:
+        self.records: dict[str, tuple[StorageType, int]] = {}
+
+    def use(self, key: str, stype: StorageType, numel: int) -> None:
+        known = self.records.setdefault(key, (stype, numel))
+        if known[0].name != stype.name or known[1] != numel:
+            raise _BadPickle(f"storage {key[:40]!r} is referenced as two different types or sizes")
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.records
+
+    def __iter__(self):
+        return iter(self.records)
+
+    def nbytes(self, key: str) -> int:
+        stype, numel = self.records[key]
+        return numel * stype.itemsize
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
-    """Unpickles only the allow-list, mapping storages to :class:`StorageRef` records."""
+    """Unpickles only the allow-list, mapping each storage use to a fresh :class:`StorageRef`."""
 
-    def __init__(self, data: bytes, storages: dict[str, StorageRef]):
+    def __init__(self, data: bytes, storages: _StorageIndex | dict | None = None):
         super().__init__(io.BytesIO(data), encoding="latin1")
-        self._storages = storages
+        self._storages = storages if isinstance(storages, _StorageIndex) else _StorageIndex()
 
     def find_class(self, module: str, name: str) -> Any:
         qual = _qualname(module, name)
@@ -427,43 +500,65 @@ class _RestrictedUnpickler(pickle.Unpickler):
         return _ALLOWED[qual]
 
     def persistent_load(self, pid: Any) -> StorageRef:
-        if not (isinstance(pid, tuple) and len(pid) in (5, 6) and pid[0] == "storage"):
-            raise _BadPickle(f"unexpected persistent id {pid!r:.80}")
+        if not (type(pid) is tuple and len(pid) in (5, 6) and type(pid[0]) is str and pid[0] == "storage"):
+            raise _BadPickle(f"unexpected persistent id {_brief(pid)}")
         stype, key, _location, numel = pid[1:5]
-        if not isinstance(stype, StorageType) or not isinstance(numel, int) or numel < 0:
-            raise _BadPickle(f"malformed storage reference {pid!r:.80}")
-        key = str(key)
-        root = self._storages.setdefault(key, StorageRef(key, stype, numel))
+        if not isinstance(stype, StorageType) or type(numel) is not int or not 0 <= numel < 1 << 62:
+            raise _BadPickle("malformed storage reference (type or element count)")
+        if type(key) is int and 0 <= key < 1 << 64:
+            key = str(key)
+        if type(key) is not str or len(key) > 256:
+            raise _BadPickle(f"malformed storage key {_brief(key)}")
+        self._storages.use(key, stype, numel)
         view = pid[5] if len(pid) == 6 else None
         if view is None:
-            return root
-        if not (isinstance(view, tuple) and len(view) == 3 and isinstance(view[1], int) and view[1] >= 0):
-            raise _BadPickle(f"malformed storage view {view!r:.80}")
+            return StorageRef(key, stype, numel)
+        if not (type(view) is tuple and len(view) == 3 and type(view[1]) is int and 0 <= view[1] <= numel):
+            raise _BadPickle("malformed storage view")
         return StorageRef(key, stype, numel, view[1] * stype.itemsize)
 
 
 # ---------------------------------------------------------------------------------------------- unwrapping
 
 
-def _has_tensor(obj: Any, seen: set[int] | None = None) -> bool:
-    if isinstance(obj, TensorRef):
-        return True
-    if not isinstance(obj, (dict, list, tuple)):
-        return False
-    seen = set() if seen is None else seen
-    if id(obj) in seen:
-        return False
-    seen.add(id(obj))
-    values = obj.values() if isinstance(obj, dict) else obj
-    return any(_has_tensor(v, seen) for v in values)
+class _Walk:
+    """One traversal of the unpickled object: whether each container holds a tensor, computed once per
+    object (by identity, so memo DAGs and cycles cost their number of distinct objects, not their expansion)."""
+
+    def __init__(self) -> None:
+        self.has: dict[int, bool] = {}
+
+    def has_tensor(self, obj: Any) -> bool:
+        if isinstance(obj, TensorRef):
+            return True
+        if not isinstance(obj, (dict, list, tuple)):
+            return False
+        known = self.has.get(id(obj))
+        if known is not None:
+            return known
+        self.has[id(obj)] = False  # in progress: a cycle adds nothing
+        values = obj.values() if isinstance(obj, dict) else obj
+        found = any(self.has_tensor(v) for v in values)
+        self.has[id(obj)] = found
+        return found
+
+
+def _key_text(k: Any) -> str:
+    if isinstance(k, str):
+        return k
+    if type(k) is int and k.bit_length() <= 64:
+        return str(k)
+    return _brief(k)
 
 
 def _summary(value: Any) -> Any:
     """A JSON-friendly stand-in for a non-tensor value: scalars and strings as-is, the rest described."""
-    if value is None or isinstance(value, (bool, int, float, str)):
+    if value is None or isinstance(value, (bool, float, str)):
         return value
+    if isinstance(value, int):
+        return value if value.bit_length() <= 64 else _brief(value)
     if isinstance(value, TensorRef):
-        return f"<tensor {value.dtype_name or value.torch_name} {list(value.shape)}>"
+        return f"<tensor {value.dtype_name or value.torch_name} {list(value.shape)[:MAX_DIMS]}>"
     if isinstance(value, dict):
         return f"<dict: {len(value)} keys>"
     if isinstance(value, (list, tuple, set, frozenset)):
@@ -475,33 +570,34 @@ def _summary(value: Any) -> Any:
     return f"<{type(value).__name__}>"
 
 
-def _unwrap(root: Any) -> tuple[Any, dict[str, Any]]:
+def _unwrap(root: Any, walk: _Walk) -> tuple[Any, dict[str, Any]]:
     """The object holding the tensors (below ``state_dict``/``model``/... wrappers) and the extras found on
     the way down, keyed by their dotted path."""
     extras: dict[str, Any] = {}
     prefix, obj, seen = "", root, set()
     while isinstance(obj, dict) and id(obj) not in seen:
         seen.add(id(obj))
-        inner = next((k for k in WRAPPER_KEYS if isinstance(obj.get(k), dict) and _has_tensor(obj[k])), None)
+        inner = next((k for k in WRAPPER_KEYS if isinstance(obj.get(k), dict) and walk.has_tensor(obj[k])), None)
         if inner is None:
             break
-        extras.update({prefix + str(k): _summary(v) for k, v in obj.items() if k != inner})
+        extras.update({prefix + _key_text(k): _summary(v) for k, v in obj.items() if k != inner})
         obj, prefix = obj[inner], f"{prefix}{inner}."
     return obj, extras
 
 
-def _flatten(obj: Any, prefix: str, tensors: dict[str, TensorRef], extras: dict[str, Any], seen: set[int]) -> None:
+def _flatten(obj: Any, prefix: str, tensors: dict[str, TensorRef], extras: dict[str, Any], seen: set[int],
+             walk: _Walk) -> None:  # fmt: skip
     """Tensors of a (possibly nested) dict/list under dotted keys; every other value to ``extras``."""
     if id(obj) in seen:
         return
     seen.add(id(obj))
     items = obj.items() if isinstance(obj, dict) else enumerate(obj)
     for k, v in items:
-        name = f"{prefix}{k}"
+        name = f"{prefix}{_key_text(k)}"
         if isinstance(v, TensorRef):
             tensors[name] = v
-        elif isinstance(v, (dict, list, tuple)) and _has_tensor(v):
-            _flatten(v, name + ".", tensors, extras, seen)
+        elif isinstance(v, (dict, list, tuple)) and walk.has_tensor(v):
+            _flatten(v, name + ".", tensors, extras, seen, walk)
         else:
             extras[name] = _summary(v)
 
@@ -529,51 +625,62 @@ class TorchCheckpoint(Checkpoint):
         super().__init__(path)
         src = str(self.path)
         try:
-            size = os.stat(src).st_size
+            st = os.stat(src)
+            if stat.S_ISDIR(st.st_mode):
+                raise CheckpointError(src, "is a directory, not a torch checkpoint file")
+            if not stat.S_ISREG(st.st_mode):
+                raise CheckpointError(src, "not a regular file (a pipe, device or socket)")
+            size = st.st_size
             with open(src, "rb") as f:
                 if size == 0:
                     raise CheckpointError(src, "empty file (0 bytes)")
                 head = f.read(512)
-                if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
-                    root, starts = self._index_zip(f)
+                if head.startswith(b"PK\x03\x04"):
+                    root, starts, storages = self._index_zip(f, size)
+                elif head.startswith(b"PK\x05\x06"):
+                    raise CheckpointError(src, "empty zip archive (not a torch.save checkpoint)")
                 elif head[257:262] == b"ustar":
                     raise CheckpointError(src, "tar-format torch checkpoint (torch < 0.4) is not supported")
                 else:
                     self.format = "torch-legacy"
-                    root, starts = self._index_legacy(f, size)
+                    root, starts, storages = self._index_legacy(f, size)
+            self._build_index(root, starts, storages, size)
         except FileNotFoundError:
             raise CheckpointError(src, "no such file") from None
         except IsADirectoryError:
             raise CheckpointError(src, "is a directory, not a torch checkpoint file") from None
         except OSError as e:
             raise CheckpointError(src, f"cannot read: {e.strerror or e}") from None
-        self._build_index(root, starts, size)
+        except CheckpointError:
+            raise
+        except RecursionError:
+            raise CheckpointError(src, "the pickled object is nested too deeply to index") from None
+        except (_BadPickle, ValueError, TypeError, KeyError, AttributeError, IndexError, MemoryError,
+                OverflowError, UnicodeError, struct.error) as e:  # fmt: skip
+            raise CheckpointError(src, f"malformed torch checkpoint ({type(e).__name__}: {str(e)[:200]})") from None
 
     # ------------------------------------------------------------------ pickles
-    def _unpickle(self, data: bytes, what: str, storages: dict[str, StorageRef]) -> Any:
-        """Scan then restricted-unpickle one pickle; UnsafePickleError if it names a disallowed global."""
-        found, error = _scan(io.BytesIO(data))
-        return self._load_scanned(data, found, error, what, storages)
+    def _load(self, data: bytes, what: str, storages: _StorageIndex, *, first: bool = False) -> Any:
+        """Scan ``data`` (one complete pickle), refuse disallowed globals (all named), report malformed or
+        oversized pickles, else unpickle it restrictedly."""
+        result = scan_pickle(data)
+        self._check_scan(result, what, first=first)
+        return self._unpickle(data[: result.end], what, storages)
 
-    def _load_scanned(
-        self,
-        data: bytes,
-        found: list[str],
-        error: str | None,
-        what: str,
-        storages: dict[str, StorageRef],
-        *,
-        first: bool = False,
-    ) -> Any:
-        """Refuse disallowed globals (all named), report malformed opcodes, else unpickle restrictedly."""
+    def _check_scan(self, result: PickleScan, what: str, *, first: bool = False) -> None:
         src = str(self.path)
-        unsafe = [g for g in found if g not in _ALLOWED]
+        unsafe = [g for g in result.globals if g not in _ALLOWED]
         if unsafe:
             raise UnsafePickleError(src, unsafe)
-        if error is not None:
-            if first:
-                raise CheckpointError(src, f"not a torch checkpoint (neither a zip archive nor a pickle: {error})")
-            raise CheckpointError(src, f"{what} is {error}")
+        if result.error is not None:
+            if first and not result.limit:
+                raise CheckpointError(
+                    src, f"not a torch checkpoint (neither a zip archive nor a pickle: {result.error})"
+                )
+            raise CheckpointError(src, f"{what} is {result.error}")
+
+    def _unpickle(self, data: bytes, what: str, storages: _StorageIndex) -> Any:
+        src = str(self.path)
         try:
             return _RestrictedUnpickler(data, storages).load()
         except _Refused as e:  # unreachable after the scan; kept as a second line of defence
@@ -582,118 +689,151 @@ class TorchCheckpoint(Checkpoint):
             raise
         except RecursionError:
             raise CheckpointError(src, f"cannot unpickle {what}: nested too deeply") from None
+        except _BadPickle as e:
+            raise CheckpointError(src, f"cannot unpickle {what}: {str(e)[:200]}") from None
         except Exception as e:  # any malformation of the pickle's content
-            raise CheckpointError(src, f"cannot unpickle {what}: {type(e).__name__}: {e}") from None
+            raise CheckpointError(src, f"cannot unpickle {what}: {type(e).__name__}: {str(e)[:200]}") from None
 
     # ------------------------------------------------------------------ zip
-    def _index_zip(self, f: BinaryIO) -> tuple[Any, dict[str, tuple[int, int]]]:
+    def _index_zip(self, f: BinaryIO, size: int) -> tuple[Any, dict[str, tuple[int, int]], _StorageIndex]:
+        """Index a torch zip read exactly as torch reads it (see :mod:`sdlens.io.torch_zip`): every pickle
+        member is scanned, not only the ``data.pkl`` that torch (and sdlens) unpickles."""
         src = str(self.path)
-        try:
-            zf = zipfile.ZipFile(f)
-        except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError) as e:
-            raise CheckpointError(src, f"truncated or corrupt zip archive ({e})") from None
-        with zf:
-            return self._index_zip_entries(f, zf)
-
-    def _index_zip_entries(self, f: BinaryIO, zf: zipfile.ZipFile) -> tuple[Any, dict[str, tuple[int, int]]]:
-        src = str(self.path)
-        names = zf.namelist()
-        candidates = sorted((n for n in names if n == "data.pkl" or n.endswith("/data.pkl")), key=len)
-        if not candidates:
-            raise CheckpointError(src, "zip archive has no data.pkl (not a torch.save checkpoint)")
-        pkl = candidates[0]
-        prefix = pkl[: -len("data.pkl")]
-        if prefix + "constants.pkl" in names or any(n.startswith(prefix + "code/") for n in names):
+        prefix, listed, problems = torch_zip_members(f, size, src)
+        if not problems and any(m.name in (prefix + "constants.pkl",) or m.name.startswith(prefix + "code/")
+                                for m in listed):  # fmt: skip
+            # torch.load hands these to torch.jit.load, whose unpickler resolves only TorchScript types
             raise CheckpointError(src, "TorchScript archive (torch.jit.save) is not supported; save a state dict")
-        try:
-            data = zf.read(pkl)
-            order = zf.read(prefix + "byteorder") if prefix + "byteorder" in names else b"little"
-        except Exception as e:  # BadZipFile (CRC), zlib.error, EOFError, NotImplementedError...
-            raise CheckpointError(src, f"cannot read {pkl} from the zip archive ({e})") from None
+        # every *.pkl member (every copy of a duplicate, by either of its names) is a pickle some loader may
+        # run: all are scanned and every unsafe global named before an ambiguous archive is refused
+        unsafe: list[str] = []
+        blobs: dict[str, bytes] = {}
+        for m in listed:
+            if not (m.name.endswith(".pkl") or m.local_name.endswith(".pkl")):
+                continue
+            blob = read_member(f, m, src, check_crc=False)
+            unsafe += [g for g in scan_pickle(blob).globals if g not in _ALLOWED]
+            if not crc_ok(blob, m):
+                problems.append(f"CRC-32 mismatch in {m.name!r} (altered after writing; torch may read other bytes)")
+            blobs.setdefault(m.name, blob)
+        if unsafe:
+            raise UnsafePickleError(src, unsafe)
+        if problems:
+            raise UnsafeArchiveError(src, problems[0])
+        members = {m.name: m for m in listed}
+        pkl = prefix + "data.pkl"
+        if pkl not in members:
+            raise CheckpointError(src, "zip archive has no data.pkl (not a torch.save checkpoint)")
+        order = read_member(f, members[prefix + "byteorder"], src, 64) if prefix + "byteorder" in members else b"little"
         if order.strip() != b"little":
-            raise CheckpointError(src, f"byte order {order.decode('latin1')!r} is not supported (only little-endian)")
-        storages: dict[str, StorageRef] = {}
-        root = self._unpickle(data, pkl, storages)
+            raise CheckpointError(src, f"byte order {_brief(order.decode('latin1'))} is not supported (only little-endian)")
+        storages = _StorageIndex()
+        root = self._load(blobs[pkl], pkl, storages)
         starts: dict[str, tuple[int, int]] = {}
         for key in storages:
             name = f"{prefix}data/{key}"
-            try:
-                info = zf.getinfo(name)
-            except KeyError:
-                raise CheckpointError(src, f"storage {key!r} is missing from the archive (no entry {name})") from None
-            if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 0x1:
+            m = members.get(name)
+            if m is None:
+                raise CheckpointError(src, f"storage {key!r} is missing from the archive (no entry {name})")
+            if m.method != zipfile.ZIP_STORED:
                 raise CheckpointError(
                     src, f"zip entry {name} is compressed or encrypted; torch checkpoints store tensors uncompressed"
                 )
-            f.seek(info.header_offset)
-            header = f.read(30)
-            if len(header) < 30 or header[:4] != b"PK\x03\x04":
-                raise CheckpointError(src, f"zip entry {name} has no valid local header (corrupt archive)")
-            name_len, extra_len = struct.unpack("<HH", header[26:30])
-            starts[key] = (info.header_offset + 30 + name_len + extra_len, info.file_size)
-        return root, starts
+            starts[key] = (m.data_start, m.file_size)
+        # members sdlens does not read as tensors but that hold a pickle: scanned too
+        for name, m in members.items():
+            rest = name[len(prefix) :]
+            if name in blobs or rest.startswith("data/") and rest[5:] in storages or m.file_size < 2:
+                continue
+            f.seek(m.data_start)
+            if m.method == zipfile.ZIP_STORED and f.read(1) != b"\x80":
+                continue
+            try:
+                blob = read_member(f, m, src)
+            except CheckpointError:
+                continue  # not readable as a pickle by anyone either
+            if blob[:1] == b"\x80":
+                unsafe += [g for g in scan_pickle(blob).globals if g not in _ALLOWED]
+        if unsafe:
+            raise UnsafePickleError(src, unsafe)
+        return root, starts, storages
 
     # ------------------------------------------------------------------ legacy
-    def _next_pickle(self, f: BinaryIO, what: str, storages: dict[str, StorageRef], *, first: bool = False) -> Any:
+    def _next_pickle(self, f: BinaryIO, size: int, what: str, storages: _StorageIndex, *, first: bool = False) -> Any:
         start = f.tell()
-        found, error = _scan(f)
-        end = f.tell()
-        f.seek(start)
-        return self._load_scanned(f.read(end - start), found, error, what, storages, first=first)
+        want = 1 << 20
+        available = min(MAX_PICKLE_BYTES, size - start)
+        while True:  # read 1 MiB, then more while the pickle runs past what was read, up to the limit
+            data = f.read(min(want, available))  # bounded: never what a length field claims
+            result = scan_pickle(data, max_bytes=len(data))
+            ran_out = result.error is not None and result.error.startswith(("larger than", "truncated"))
+            if not ran_out or len(data) >= available:
+                break
+            want *= 8
+            f.seek(start)
+        if ran_out and size - start > MAX_PICKLE_BYTES:
+            result = PickleScan(result.globals, f"larger than the {MAX_PICKLE_BYTES >> 20} MiB limit for one pickle",
+                                result.end, True)  # fmt: skip
+        elif ran_out:
+            result = PickleScan(result.globals, "truncated (the pickle ends before its STOP opcode)", result.end)
+        self._check_scan(result, what, first=first)
+        f.seek(start + result.end)
+        return self._unpickle(data[: result.end], what, storages)
 
-    def _index_legacy(self, f: BinaryIO, size: int) -> tuple[Any, dict[str, tuple[int, int]]]:
+    def _index_legacy(self, f: BinaryIO, size: int) -> tuple[Any, dict[str, tuple[int, int]], _StorageIndex]:
         src = str(self.path)
         f.seek(0)
-        storages: dict[str, StorageRef] = {}
-        magic = self._next_pickle(f, "the magic number", storages, first=True)
+        storages = _StorageIndex()
+        magic = self._next_pickle(f, size, "the magic number", storages, first=True)
         if type(magic) is not int or magic != LEGACY_MAGIC:
             raise CheckpointError(src, "not a torch checkpoint (a pickle without torch's magic number)")
-        version = self._next_pickle(f, "the protocol version", storages)
-        if version != LEGACY_PROTOCOL:
-            raise CheckpointError(src, f"unsupported legacy torch protocol version {version!r}")
-        sys_info = self._next_pickle(f, "the system info", storages)
+        version = self._next_pickle(f, size, "the protocol version", storages)
+        if type(version) is not int or version != LEGACY_PROTOCOL:
+            raise CheckpointError(src, f"unsupported legacy torch protocol version {_brief(version)}")
+        sys_info = self._next_pickle(f, size, "the system info", storages)
         if isinstance(sys_info, dict) and sys_info.get("little_endian") is False:
             raise CheckpointError(src, "big-endian legacy checkpoints are not supported")
-        root = self._next_pickle(f, "the main pickle", storages)
-        keys = self._next_pickle(f, "the storage key list", storages)
+        root = self._next_pickle(f, size, "the main pickle", storages)
+        keys = self._next_pickle(f, size, "the storage key list", storages)
         if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
             raise CheckpointError(src, "legacy storage key list is not a list of strings")
         starts: dict[str, tuple[int, int]] = {}
         pos = f.tell()
         for key in keys:
-            ref = storages.get(key)
-            if ref is None:
-                raise CheckpointError(src, f"storage {key!r} in the data section is not referenced by the pickle")
+            if key not in storages:
+                raise CheckpointError(src, f"storage {key[:40]!r} in the data section is not referenced by the pickle")
+            if key in starts:
+                raise CheckpointError(src, f"storage {key[:40]!r} is listed twice in the data section")
             f.seek(pos)
             raw = f.read(8)
             if len(raw) < 8:
                 raise CheckpointError(src, f"file ends at byte {size} before storage {key!r} (truncated?)")
             count = int.from_bytes(raw, "little")
-            nbytes = ref.nbytes
+            nbytes = storages.nbytes(key)
             if (count == 0) != (nbytes == 0) or (count and (nbytes % count or nbytes // count > 16)):
                 raise CheckpointError(src, f"storage {key!r} header says {count} elements, pickle says {nbytes} bytes")
             starts[key] = (pos + 8, nbytes)
             pos += 8 + nbytes
+            if pos > size:
+                raise CheckpointError(src, f"storage {key!r} needs bytes up to {pos} but the file has {size} (truncated?)")
         missing = sorted(set(storages) - set(starts))
         if missing:
             raise CheckpointError(src, f"storage {missing[0]!r} is missing from the data section")
-        return root, starts
+        return root, starts, storages
 
     # ------------------------------------------------------------------ index
-    def _build_index(self, root: Any, starts: dict[str, tuple[int, int]], size: int) -> None:
+    def _build_index(self, root: Any, starts: dict[str, tuple[int, int]], storages: _StorageIndex, size: int) -> None:
         src = str(self.path)
         refs: dict[str, TensorRef] = {}
         inner_extras: dict[str, Any] = {}
-        try:
-            obj, extras = _unwrap(root)
-            if isinstance(obj, TensorRef):
-                refs["tensor"] = obj
-            elif isinstance(obj, (dict, list, tuple)):
-                _flatten(obj, "", refs, inner_extras, set())
-            else:
-                extras["object"] = _summary(obj)
-        except RecursionError:
-            raise CheckpointError(src, "the pickled object is nested too deeply to index") from None
+        walk = _Walk()
+        obj, extras = _unwrap(root, walk)
+        if isinstance(obj, TensorRef):
+            refs["tensor"] = obj
+        elif isinstance(obj, (dict, list, tuple)):
+            _flatten(obj, "", refs, inner_extras, set(), walk)
+        else:
+            extras["object"] = _summary(obj)
         extras.update(inner_extras)
         self.extras = extras
         for key, (start, length) in starts.items():
@@ -702,14 +842,24 @@ class TorchCheckpoint(Checkpoint):
                     src, f"storage {key!r} needs bytes {start}..{start + length} but the file has {size} (truncated?)"
                 )
         for key, ref in refs.items():
-            self.tensors[key] = self._tensor_info(key, ref, starts)
+            self.tensors[key] = self._tensor_info(key, ref, starts, storages)
 
-    def _tensor_info(self, key: str, ref: TensorRef, starts: dict[str, tuple[int, int]]) -> TensorInfo:
+    def _tensor_info(
+        self, key: str, ref: TensorRef, starts: dict[str, tuple[int, int]], storages: _StorageIndex
+    ) -> TensorInfo:
+        """Re-validate one tensor against the storage index, then place it: its shape and strides must stay
+        inside its storage before anything is read or allocated."""
         src = str(self.path)
+        label = _brief(key)
+        storage = ref.storage
+        if type(ref) is not TensorRef or type(storage) is not StorageRef or storage.key not in starts:
+            raise CheckpointError(src, f"tensor {label} refers to a storage that is not in the archive")
+        stype, numel = storages.records[storage.key]
+        if stype.name != storage.stype.name or numel != storage.numel:
+            raise CheckpointError(src, f"tensor {label} disagrees with its storage's type or size")
         dtype = ref.dtype_name
         if dtype is None:
-            raise CheckpointError(src, f"tensor {key!r} has dtype {ref.torch_name}, which sdlens does not support")
-        storage = ref.storage
+            raise CheckpointError(src, f"tensor {label} has dtype {ref.torch_name}, which sdlens does not support")
         start, available = starts[storage.key]
         if storage.nbytes > available:
             raise CheckpointError(
@@ -717,11 +867,20 @@ class TorchCheckpoint(Checkpoint):
             )
         itemsize = DTYPES[dtype].itemsize
         storage_nbytes = storage.nbytes - storage.view_bytes
-        if math.prod(ref.shape):
+        if storage_nbytes < 0:
+            raise CheckpointError(src, f"tensor {label} views past the end of its storage {storage.key!r}")
+        numel_t = math.prod(ref.shape)
+        if numel_t:
             last = ref.storage_offset + sum((d - 1) * s for d, s in zip(ref.shape, ref.stride, strict=True))
             if (last + 1) * itemsize > storage_nbytes:
                 raise CheckpointError(
-                    src, f"tensor {key!r} extends past the end of its storage {storage.key!r} ({storage_nbytes} bytes)"
+                    src, f"tensor {label} extends past the end of its storage {storage.key!r} ({storage_nbytes} bytes)"
+                )
+            if numel_t * itemsize > max(storage_nbytes, MAX_BROADCAST_BYTES):
+                raise CheckpointError(
+                    src,
+                    f"tensor {label} claims {numel_t * itemsize:,} bytes from a {storage_nbytes:,}-byte storage "
+                    f"(a broadcast view larger than the {MAX_BROADCAST_BYTES >> 30} GiB limit)",
                 )
         storage_start = start + storage.view_bytes
         loc = TorchTensorLocation(
