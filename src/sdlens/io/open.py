@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 from sdlens.errors import CheckpointError
-from sdlens.io.base import Checkpoint
+from sdlens.io.base import Checkpoint, check_regular, open_regular, os_problem, reading
 from sdlens.io.folders import WEIGHT_SUFFIXES, is_model_folder, open_folder, open_sharded
 from sdlens.io.safetensors_file import SafetensorsCheckpoint, is_safetensors
 
@@ -15,28 +16,40 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
     """Open a checkpoint lazily: a .safetensors / .ckpt / .pt / .pth / .bin file, a ``*.index.json`` shard
     index, or a diffusers folder. Only headers are read; tensors are read on demand.
 
-    Raises :class:`~sdlens.errors.CheckpointError` with a one-line explanation for anything unreadable.
+    Raises :class:`~sdlens.errors.CheckpointError` with a one-line explanation for anything unreadable:
+    whatever a reader meets (malformed content, a FIFO, a symlink loop) ends as that one line, naming the file.
     """
     p = Path(path)
-    if not p.exists():
-        raise CheckpointError(p, "no such file or directory")
-    if p.is_dir():
-        if not is_model_folder(p):
-            raise CheckpointError(p, "folder holds no model weights (not a diffusers folder; pass the files inside)")
-        return open_folder(p)
-    if p.name.endswith(".index.json"):
-        return open_sharded(p)
-    return open_file(p)
+    with reading(p):
+        try:
+            st = os.stat(p)
+        except FileNotFoundError:
+            raise CheckpointError(p, "no such file or directory") from None
+        except OSError as e:
+            raise CheckpointError(p, f"cannot open: {os_problem(e)}") from None
+        if stat.S_ISDIR(st.st_mode):
+            if not is_model_folder(p):
+                raise CheckpointError(p, "folder holds no model weights (not a diffusers folder; pass the files inside)")
+            return open_folder(p)
+        check_regular(p, st.st_mode)
+        if p.name.endswith(".index.json"):
+            return open_sharded(p)
+        return open_file(p)
 
 
 def open_file(p: Path) -> Checkpoint:
-    """Open one weights file, recognising its format from its first bytes."""
-    try:
-        size = os.stat(p).st_size
-        with open(p, "rb") as f:
+    """Open one weights file (regular files only), recognising its format from its first bytes."""
+    with reading(p):
+        return _open_file(Path(p))
+
+
+def _open_file(p: Path) -> Checkpoint:
+    with open_regular(p) as f:
+        try:
+            size = os.fstat(f.fileno()).st_size
             head = f.read(16)
-    except OSError as e:
-        raise CheckpointError(p, f"cannot read: {e.strerror}") from None
+        except OSError as e:
+            raise CheckpointError(p, f"cannot read: {os_problem(e)}") from None
     if size == 0:
         raise CheckpointError(p, "empty file (0 bytes)")
     if is_safetensors(head, size):
@@ -47,7 +60,7 @@ def open_file(p: Path) -> Checkpoint:
         return open_torch_checkpoint(p)
     if head.startswith(b"GGUF"):
         raise CheckpointError(p, "GGUF files are not supported yet")
-    if p.suffix == ".safetensors" and len(head) >= 8:
+    if p.suffix == ".safetensors":
         # it claims to be safetensors: let the header parser say precisely what is wrong
         return SafetensorsCheckpoint(p)
     raise CheckpointError(p, f"not a checkpoint: unrecognised format (first bytes {head[:8].hex()})")
