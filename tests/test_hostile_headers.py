@@ -376,3 +376,18 @@ def test_the_good_file_passes_every_command(good, tmp_path):
     code, out, err, _ = run_main(["diff", str(good), str(good)])
     assert code == 0, err
 
+
+
+def test_the_hostile_corpus_of_sdlens_testing_hostile_if_present(good, tmp_path):
+    """``sdlens.testing.hostile`` (malicious pickles and zips, built by another part of the project) walked
+    the same way when it is there: any exit but a traceback, a hang or an internal error."""
+    hostile = pytest.importorskip("sdlens.testing.hostile")
+    build = getattr(hostile, "build_corpus", None)
+    if build is None:
+        pytest.skip("sdlens.testing.hostile has no build_corpus(folder)")
+    cases = build(tmp_path / "hostile")
+    paths = [Path(getattr(c, "path", c)) for c in (cases.values() if isinstance(cases, dict) else cases)]
+    for p in paths:
+        for argv, allowed in ((["inspect", str(p)], {0, 1}), (["diff", str(good), str(p)], {0, 2})):
+            code, out, err, seconds = run_main(argv)
+            assert code in allowed and "Traceback" not in out + err, f"{argv}: exit {code}\n{err[-2000:]}"
