@@ -136,20 +136,22 @@ def open_regular(path: str | Path, buffering: int = -1) -> IO[bytes]:
 
 
 def as_checkpoint_error(path: str | Path, e: Exception, what: str = "cannot read") -> CheckpointError:
-    """The one-line :class:`CheckpointError` for an unexpected exception met while reading ``path``."""
+    """The one-line :class:`CheckpointError` for an unexpected exception met while reading ``path``; its
+    ``unexpected`` attribute names what the safety net caught (tests check that readers' own checks fire)."""
     if isinstance(e, OSError):
-        return CheckpointError(path, f"{what}: {os_problem(e)}")
-    if isinstance(e, RecursionError):
-        return CheckpointError(path, f"{what}: structure nested too deeply")
-    if isinstance(e, MemoryError):
-        return CheckpointError(path, f"{what}: it asks for more memory than is available (malformed sizes?)")
-    # anything else is a reader meeting something it did not expect: still one line, and marked
-    try:
-        detail = clip(str(e))
-    except Exception:
-        detail = ""
-    out = CheckpointError(path, f"{what}: {type(e).__name__}: {detail}" if detail else f"{what}: {type(e).__name__}")
-    out.unexpected = type(e).__name__  # type: ignore[attr-defined]  # what the safety net caught (tests look)
+        problem = os_problem(e)
+    elif isinstance(e, RecursionError):
+        problem = "structure nested too deeply"
+    elif isinstance(e, MemoryError):
+        problem = "it asks for more memory than is available (malformed sizes?)"
+    else:
+        try:
+            detail = clip(str(e))
+        except Exception:
+            detail = ""
+        problem = f"{type(e).__name__}: {detail}" if detail else type(e).__name__
+    out = CheckpointError(path, f"{what}: {problem}")
+    out.unexpected = type(e).__name__  # type: ignore[attr-defined]
     return out
 
 

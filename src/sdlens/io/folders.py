@@ -9,6 +9,7 @@ from typing import Any
 
 from sdlens.errors import CheckpointError
 from sdlens.io.base import Checkpoint, TensorInfo
+from sdlens.io.limits import short
 
 WEIGHT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 # preferred weight file names inside a diffusers component folder, best first
@@ -48,7 +49,7 @@ class CompositeCheckpoint(Checkpoint):
         for key, info in ckpt.tensors.items():
             full = f"{prefix}.{key}" if prefix else key
             if full in self._where:
-                raise CheckpointError(self.path, f"key {full!r} appears in two shards")
+                raise CheckpointError(self.path, f"key {short(full)} appears in two shards")
             self.tensors[full] = TensorInfo(full, info.shape, info.dtype, info.source, info.offset, info.extra)
             self._where[full] = (ckpt, key)
         for k, v in ckpt.metadata.items():
@@ -90,11 +91,11 @@ def open_sharded(index_path: Path, prefix: str = "", into: CompositeCheckpoint |
     for shard in sorted(set(weight_map.values())):
         shard_path = index_path.parent / shard
         if not shard_path.exists():
-            raise CheckpointError(index_path, f"shard {shard!r} listed in the index is missing")
+            raise CheckpointError(index_path, f"shard {short(shard)} listed in the index is missing")
         comp.add(prefix, open_file(shard_path))
     missing = set(weight_map) - {k.removeprefix(f"{prefix}.") if prefix else k for k in comp._where}
     if missing:
-        raise CheckpointError(index_path, f"{len(missing)} keys of the index are in no shard (e.g. {sorted(missing)[0]!r})")
+        raise CheckpointError(index_path, f"{len(missing)} keys of the index are in no shard (e.g. {short(sorted(missing)[0])})")
     return comp
 
 
