@@ -26,6 +26,7 @@ from typing import Any, BinaryIO
 from sdlens.errors import CheckpointError, UnsafePickleError
 from sdlens.io.base import Checkpoint, TensorInfo
 from sdlens.io.dtypes import DTYPES, TORCH_STORAGE_DTYPES, torch_dtype
+from sdlens.io.limits import clip
 
 __all__ = [
     "TorchCheckpoint",
@@ -583,7 +584,7 @@ class TorchCheckpoint(Checkpoint):
         except RecursionError:
             raise CheckpointError(src, f"cannot unpickle {what}: nested too deeply") from None
         except Exception as e:  # any malformation of the pickle's content
-            raise CheckpointError(src, f"cannot unpickle {what}: {type(e).__name__}: {e}") from None
+            raise CheckpointError(src, f"cannot unpickle {what}: {type(e).__name__}: {clip(str(e))}") from None
 
     # ------------------------------------------------------------------ zip
     def _index_zip(self, f: BinaryIO) -> tuple[Any, dict[str, tuple[int, int]]]:
@@ -591,7 +592,7 @@ class TorchCheckpoint(Checkpoint):
         try:
             zf = zipfile.ZipFile(f)
         except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError) as e:
-            raise CheckpointError(src, f"truncated or corrupt zip archive ({e})") from None
+            raise CheckpointError(src, f"truncated or corrupt zip archive ({clip(str(e))})") from None
         with zf:
             return self._index_zip_entries(f, zf)
 
@@ -609,7 +610,7 @@ class TorchCheckpoint(Checkpoint):
             data = zf.read(pkl)
             order = zf.read(prefix + "byteorder") if prefix + "byteorder" in names else b"little"
         except Exception as e:  # BadZipFile (CRC), zlib.error, EOFError, NotImplementedError...
-            raise CheckpointError(src, f"cannot read {pkl} from the zip archive ({e})") from None
+            raise CheckpointError(src, f"cannot read {clip(pkl)} from the zip archive ({clip(str(e))})") from None
         if order.strip() != b"little":
             raise CheckpointError(src, f"byte order {order.decode('latin1')!r} is not supported (only little-endian)")
         storages: dict[str, StorageRef] = {}
