@@ -13,6 +13,17 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
+def pytest_addoption(parser):
+    parser.addoption("--fuzz", action="store_true", default=False,
+                     help="long fuzz run: 50x the examples of tests/test_fuzz.py, from random seeds")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "fuzz: property-based fuzzing (seeded and short unless --fuzz)")
+    if config.getoption("--fuzz"):
+        os.environ["SDLENS_FUZZ"] = "1"
+
+
 def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """Run the real console entry point in a subprocess (as users do)."""
     return subprocess.run(

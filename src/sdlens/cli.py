@@ -105,6 +105,16 @@ def _fail(e: SdlensError) -> None:
     err.print(f"[bold red]sdlens: error:[/] {safe_error(e)}", highlight=False, soft_wrap=True)
 
 
+def _as_error(path: Path, e: Exception) -> SdlensError:
+    """The safety net of a per-file loop: an unexpected exception while handling ``path`` becomes one line
+    naming it (``SDLENS_DEBUG=1`` re-raises instead, traceback and all)."""
+    from sdlens.io.base import as_checkpoint_error, debug
+
+    if debug():
+        raise e
+    return as_checkpoint_error(path, e, "cannot handle this file")
+
+
 def _progress_bar(total: int, description: str):
     from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
 
@@ -161,8 +171,10 @@ def inspect(
             finally:
                 if bar is not None:
                     bar.stop()
-        except SdlensError as e:
+        except Exception as e:  # sdlens's own errors, and the safety net for anything else
             failed += 1
+            if not isinstance(e, SdlensError):
+                e = _as_error(path, e)
             _fail(e)
             if json_out:
                 results.append({"path": str(path), "error": e.problem})
@@ -282,15 +294,34 @@ for _info in app.registered_commands:
         _info.cls = _Command
 
 
-def main() -> None:
+EXIT_CODES = {0: "success", 1: "problems found in what was checked (inspect: a file unreadable or with problems; "
+                                "convert: verification failed)",
+              2: "bad input: a file, folder or option (one line naming it and the problem)",
+              3: "internal error: a bug in sdlens (one line; SDLENS_DEBUG=1 shows the traceback)",
+              130: "interrupted"}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The console entry point; exit codes in ``EXIT_CODES``. Whatever happens, one line, no traceback
+    (unless ``SDLENS_DEBUG=1``)."""
+    from sdlens.io.base import debug
+
     try:
-        app()
+        app(args=argv, prog_name="sdlens")
     except SdlensError as e:  # raised outside a command (the group catches the commands' own)
         _fail(e)
         sys.exit(EXIT_USAGE)
     except KeyboardInterrupt:
         err.print("interrupted")
         sys.exit(130)
+    except Exception as e:  # the last safety net: a bug, reported in one line
+        if debug():
+            raise
+        from sdlens.io.limits import clip
+
+        _fail(SdlensError(None, f"internal error: {type(e).__name__}: {clip(str(e))} "
+                                "(a bug in sdlens; SDLENS_DEBUG=1 shows the traceback)"))
+        sys.exit(3)
 
 
 if __name__ == "__main__":

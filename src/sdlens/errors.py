@@ -42,6 +42,10 @@ class UnsafePickleError(UnsafeFileError):
     """A pickle that references globals outside the allowed set; nothing from it was executed."""
 
     def __init__(self, path: str | Path | None, globals_found: list[str]):
+        from sdlens.io.limits import MAX_MESSAGE_VALUE, clip
+
         self.globals_found = sorted(set(globals_found))
-        names = ", ".join(self.globals_found)
+        shown = [clip(g, MAX_MESSAGE_VALUE) for g in self.globals_found[:8]]
+        more = len(self.globals_found) - len(shown)
+        names = ", ".join(shown) + (f" and {more} more" if more > 0 else "")
         super().__init__(path, f"unsafe pickle: references {names} (refused; nothing from the file was executed)")

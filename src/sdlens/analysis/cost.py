@@ -339,7 +339,7 @@ def resolve(model: str | Path) -> B.ArchSpec:
     if B.resolve_alias(text) is not None:
         return B.released_spec(text)
     p = Path(text)
-    if not p.exists():
+    if not p.exists() and not p.is_symlink():  # a broken link or a link loop: the reader names the problem
         raise SdlensError(None, f"unknown model {text!r}: use one of {', '.join(ALL_MODELS)}, a config.json or a checkpoint")
     from sdlens.arch.from_checkpoint import spec_from_config_json, spec_from_path
 

@@ -8,15 +8,19 @@ tensor (or one chunk of a tensor) at a time, in file-offset order when iterating
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import mmap
-from collections.abc import Iterable, Iterator
+import os
+import stat
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
-from sdlens.errors import CheckpointError
+from sdlens.errors import CheckpointError, SdlensError
 from sdlens.io.dtypes import DTYPES, torch_dtype
+from sdlens.io.limits import clip, short
 
 _NUMPY = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": "<u2", "I64": "<i8", "I32": "<i4", "I16": "<i2",
           "I8": "i1", "U8": "u1", "BOOL": "?"}
@@ -34,7 +38,7 @@ class TensorInfo:
     # reader-specific location details (e.g. strides of a torch view); not part of the tensor's identity
     extra: Any = field(default=None, compare=False, repr=False)
 
-    @property
+    @functools.cached_property
     def numel(self) -> int:
         return math.prod(self.shape)
 
@@ -42,7 +46,7 @@ class TensorInfo:
     def itemsize(self) -> int:
         return DTYPES[self.dtype].itemsize
 
-    @property
+    @functools.cached_property
     def nbytes(self) -> int:
         return self.numel * self.itemsize
 
@@ -50,10 +54,163 @@ class TensorInfo:
         return {"shape": list(self.shape), "dtype": self.dtype, "nbytes": self.nbytes}
 
 
+_new = object.__new__
+_set = object.__setattr__
+
+
+def _info(key: str, shape: tuple[int, ...], dtype: str, source: str, offset: int, numel: int, nbytes: int) -> TensorInfo:
+    t = _new(TensorInfo)
+    _set(t, "__dict__", {"key": key, "shape": shape, "dtype": dtype, "source": source, "offset": offset,
+                         "extra": None, "numel": numel, "nbytes": nbytes})
+    return t
+
+
+def tensor_infos(
+    keys: Iterable[str], shapes: Iterable[tuple[int, ...]], dtypes: Iterable[str], source: str,
+    offsets: Iterable[int], numels: Iterable[int], nbytes: Iterable[int],
+) -> dict[str, TensorInfo]:
+    """Many :class:`TensorInfo` at once from validated columns (a 200,000-tensor header costs a fraction of
+    the dataclass constructor's time; ``numel`` and ``nbytes`` come precomputed)."""
+    keys = list(keys)
+    return dict(zip(keys, map(_info, keys, shapes, dtypes, [source] * len(keys), offsets, numels, nbytes), strict=True))
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while a big header is parsed and indexed: the millions of
+    containers built would otherwise trigger full collections over and over (half the time of a 200,000-tensor
+    header). Nothing built there is cyclic, so nothing is left for the collector."""
+    import gc
+
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+# ---------------------------------------------------------------------------------------------- guards
+
+_NOT_REGULAR = {stat.S_IFIFO: "a named pipe (FIFO)", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",
+                stat.S_IFSOCK: "a socket", stat.S_IFDIR: "a directory"}
+
+
+def debug() -> bool:
+    """``SDLENS_DEBUG=1``: let unexpected exceptions through with their traceback (for developers)."""
+    return os.environ.get("SDLENS_DEBUG", "") not in ("", "0")
+
+
+def check_regular(path: str | Path, mode: int) -> None:
+    """Refuse anything but a regular file (a FIFO would block ``open`` or ``read`` forever, a device never end)."""
+    if not stat.S_ISREG(mode):
+        kind = _NOT_REGULAR.get(stat.S_IFMT(mode), "not a regular file")
+        raise CheckpointError(path, f"is {kind}, not a regular file; refused")
+
+
+def os_problem(e: OSError) -> str:
+    """One line for an OSError (symlink loops named as such)."""
+    import errno
+
+    if e.errno == errno.ELOOP:
+        return "symbolic link loop (too many levels of symbolic links)"
+    return e.strerror or str(e)
+
+
+def open_regular(path: str | Path, buffering: int = -1) -> IO[bytes]:
+    """Open a file for reading only if it is a regular file: opened non-blocking (so a FIFO cannot hang the
+    open), checked with ``fstat`` on the open descriptor (no race with a swapped path), then made blocking."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    except OSError as e:
+        raise CheckpointError(path, f"cannot open: {os_problem(e)}") from None
+    try:
+        check_regular(path, os.fstat(fd).st_mode)
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb", buffering=buffering)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def as_checkpoint_error(path: str | Path, e: Exception, what: str = "cannot read") -> CheckpointError:
+    """The one-line :class:`CheckpointError` for an unexpected exception met while reading ``path``; its
+    ``unexpected`` attribute names what the safety net caught (tests check that readers' own checks fire)."""
+    if isinstance(e, OSError):
+        problem = os_problem(e)
+    elif isinstance(e, RecursionError):
+        problem = "structure nested too deeply"
+    elif isinstance(e, MemoryError):
+        problem = "it asks for more memory than is available (malformed sizes?)"
+    else:
+        try:
+            detail = clip(str(e))
+        except Exception:
+            detail = ""
+        problem = f"{type(e).__name__}: {detail}" if detail else type(e).__name__
+    out = CheckpointError(path, f"{what}: {problem}")
+    out.unexpected = type(e).__name__  # type: ignore[attr-defined]
+    return out
+
+
+@contextlib.contextmanager
+def reading(path: str | Path, what: str = "cannot read") -> Iterator[None]:
+    """Turn any unexpected exception raised inside into a one-line :class:`CheckpointError` naming ``path``
+    (unless ``SDLENS_DEBUG=1``); sdlens's own errors pass through unchanged."""
+    try:
+        yield
+    except SdlensError:
+        raise
+    except Exception as e:
+        if debug():
+            raise
+        raise as_checkpoint_error(path, e, what) from None
+
+
+def _guard_read(method: Callable) -> Callable:
+    """Wrap a tensor-reading method: views are checked before anything is allocated, and unexpected
+    exceptions become one-line errors naming the file."""
+
+    @functools.wraps(method)
+    def guarded(self: Checkpoint, key: str, *args: Any, **kwargs: Any) -> Any:
+        info = self.tensors[key]  # KeyError for a key not in the index, as any mapping
+        try:
+            self.check_view(key)
+            return method(self, key, *args, **kwargs)
+        except SdlensError:
+            raise
+        except Exception as e:
+            if debug():
+                raise
+            raise as_checkpoint_error(info.source, e, f"cannot read tensor {short(key)}") from None
+
+    guarded.__sdlens_guarded__ = True  # type: ignore[attr-defined]
+    return guarded
+
+
+_GUARDED = ("read", "read_numpy", "raw_bytes")
+# a view may be materialised bigger than its storage (a broadcast) only up to this many bytes
+MAX_VIEW_EXPANSION = 64 << 20
+
+
 class Checkpoint:
-    """A lazily opened checkpoint. Use as a context manager, or call :meth:`close`."""
+    """A lazily opened checkpoint. Use as a context manager, or call :meth:`close`.
+
+    ``read``, ``read_numpy`` and ``raw_bytes`` of every reader (subclasses included) are guarded: a strided
+    view is checked against its storage before any allocation, and unexpected exceptions become one-line
+    :class:`CheckpointError` naming the file.
+    """
 
     format: str = "unknown"
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for name in _GUARDED:
+            method = cls.__dict__.get(name)
+            if method is not None and not getattr(method, "__sdlens_guarded__", False):
+                setattr(cls, name, _guard_read(method))
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -95,16 +252,31 @@ class Checkpoint:
     def _map(self, source: str) -> mmap.mmap:
         m = self._maps.get(source)
         if m is None:
+            f = open_regular(source)
             try:
-                f = open(source, "rb")  # noqa: SIM115 - kept open for the map's lifetime
-            except OSError as e:
-                raise CheckpointError(source, f"cannot open: {e.strerror}") from None
+                # ACCESS_COPY: pages are shared with the page cache and copy-on-write, so tensors built on the
+                # map are writable without ever being able to modify the input file.
+                m = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+            except (OSError, ValueError) as e:  # an empty file cannot be mapped
+                f.close()
+                raise CheckpointError(source, f"cannot map the file: {e}") from None
             self._files[source] = f
-            # ACCESS_COPY: pages are shared with the page cache and copy-on-write, so tensors built on the map
-            # are writable without ever being able to modify the input file.
-            m = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
             self._maps[source] = m
         return m
+
+    def check_view(self, key: str) -> None:
+        """Refuse, before anything is read or allocated, a tensor whose shape would materialise far more
+        bytes than the storage backing it (stride-0 or overlapping views: 4 bytes seen as 4 TB)."""
+        if self.is_plain(key):
+            return
+        info = self.tensors[key]
+        backing = getattr(info.extra, "storage_nbytes", None)
+        if isinstance(backing, int) and info.nbytes > max(backing, MAX_VIEW_EXPANSION):
+            raise CheckpointError(
+                info.source,
+                f"tensor {short(key)} is a view of {info.nbytes} bytes over a {backing}-byte storage "
+                "(stride-0 or overlapping strides); refused",
+            )
 
     def _check_bounds(self, info: TensorInfo, m: mmap.mmap) -> None:
         if info.offset < 0 or info.offset + info.nbytes > len(m):
@@ -118,6 +290,7 @@ class Checkpoint:
         """Whether the tensor's bytes are one contiguous run at ``offset`` (false for strided torch views)."""
         return True
 
+    @_guard_read
     def read(self, key: str, *, copy: bool = True):
         """One tensor, in its stored dtype. ``copy=False`` returns a view on the file's memory map."""
         import torch
@@ -131,6 +304,7 @@ class Checkpoint:
         t = t.view(info.shape)
         return t.clone() if copy else t
 
+    @_guard_read
     def read_numpy(self, key: str):
         """A small tensor as a numpy array, without importing torch (bf16 widened to float32)."""
         import numpy as np
@@ -146,6 +320,7 @@ class Checkpoint:
             return (raw.astype(np.uint32) << 16).view(np.float32)
         return raw.copy()
 
+    @_guard_read
     def raw_bytes(self, key: str):
         """The tensor's stored bytes as a flat uint8 numpy view on the memory map (no copy, no torch), or
         ``None`` when they are not one contiguous run (strided views in some .ckpt files)."""

@@ -52,7 +52,9 @@ def hash_file(
     h = Hasher(path)
     buf = bytearray(block)
     view = memoryview(buf)
-    with open(path, "rb") as f:
+    from sdlens.io.base import open_regular, reading
+
+    with reading(path), open_regular(path) as f:
         while n := f.readinto(buf):
             h.update(view[:n])
             if progress:

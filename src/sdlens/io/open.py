@@ -7,12 +7,11 @@ import stat
 from pathlib import Path
 
 from sdlens.errors import CheckpointError
-from sdlens.io.base import Checkpoint
+from sdlens.io.base import Checkpoint, check_regular, open_regular, os_problem, reading
 from sdlens.io.folders import (
     INDEX_NAME,
     WEIGHT_SUFFIXES,
     check_variant,
-    file_kind,
     is_model_folder,
     open_folder,
     open_sharded,
@@ -30,33 +29,41 @@ def open_checkpoint(path: str | Path, variant: str | None = None) -> Checkpoint:
     are read, and a component that only has a variant is read from it with a note (``folder notes``). Single
     files and indexes are read as named.
 
-    Raises :class:`~sdlens.errors.CheckpointError` with a one-line explanation for anything unreadable.
+    Raises :class:`~sdlens.errors.CheckpointError` with a one-line explanation for anything unreadable:
+    whatever a reader meets (malformed content, a FIFO, a symlink loop) ends as that one line, naming the file.
     """
     check_variant(variant)
     p = Path(path)
-    if not p.exists():
-        raise CheckpointError(p, "no such file or directory")
-    if p.is_dir():
-        if not is_model_folder(p):
-            raise CheckpointError(p, "folder holds no model weights (not a diffusers folder; pass the files inside)")
-        return open_folder(p, variant)
-    if INDEX_NAME.fullmatch(p.name) and p.is_file():
-        return open_sharded(p)
-    return open_file(p)
+    with reading(p):
+        try:
+            st = os.stat(p)
+        except FileNotFoundError:
+            raise CheckpointError(p, "no such file or folder") from None
+        except OSError as e:
+            raise CheckpointError(p, f"cannot open: {os_problem(e)}") from None
+        if stat.S_ISDIR(st.st_mode):
+            if not is_model_folder(p):
+                raise CheckpointError(p, "folder holds no model weights (not a diffusers folder; pass the files inside)")
+            return open_folder(p, variant)
+        check_regular(p, st.st_mode)
+        if INDEX_NAME.fullmatch(p.name):
+            return open_sharded(p)
+        return open_file(p)
 
 
 def open_file(p: Path) -> Checkpoint:
-    """Open one weights file, recognising its format from its first bytes. Only regular files are opened."""
-    try:
-        fd = os.open(p, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a named pipe must not block the open
-        with os.fdopen(fd, "rb") as f:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                raise CheckpointError(p, f"not a regular file ({file_kind(st.st_mode)}); refused")
-            size = st.st_size
+    """Open one weights file (regular files only), recognising its format from its first bytes."""
+    with reading(p):
+        return _open_file(Path(p))
+
+
+def _open_file(p: Path) -> Checkpoint:
+    with open_regular(p) as f:
+        try:
+            size = os.fstat(f.fileno()).st_size
             head = f.read(512)  # enough to recognise any format (a protocol 0/1 pickle by its first opcodes)
-    except OSError as e:
-        raise CheckpointError(p, f"cannot read: {e.strerror}") from None
+        except OSError as e:
+            raise CheckpointError(p, f"cannot read: {os_problem(e)}") from None
     if size == 0:
         raise CheckpointError(p, "empty file (0 bytes)")
     if is_safetensors(head, size):
@@ -71,7 +78,7 @@ def open_file(p: Path) -> Checkpoint:
         return open_torch_checkpoint(p)
     if head.startswith(b"GGUF"):
         raise CheckpointError(p, "GGUF files are not supported yet")
-    if p.suffix == ".safetensors" and len(head) >= 8:
+    if p.suffix == ".safetensors":
         # it claims to be safetensors: let the header parser say precisely what is wrong
         return SafetensorsCheckpoint(p)
     raise CheckpointError(p, f"not a checkpoint: unrecognised format (first bytes {head[:8].hex()})")

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from sdlens.io.base import _NUMPY, Checkpoint, TensorInfo
+from sdlens.io.base import _NUMPY, Checkpoint, TensorInfo, open_regular, reading
 from sdlens.io.dtypes import torch_dtype
 
 DEFAULT_CHUNK = 64 << 20
@@ -74,6 +74,7 @@ def _plan(ckpt: Checkpoint, keys: Iterable[str] | None, chunk: int) -> list[tupl
     for key in ckpt.in_file_order(keys):
         info = ckpt.tensors[key]
         if not ckpt.is_plain(key):
+            ckpt.check_view(key)  # a broadcast view refused now, before any buffer is sized or byte read
             spans.append((info.source, -1, -1, [(key, -1, 0, info.numel)]))
             cur = None
             continue
@@ -120,11 +121,12 @@ def stream(
         source, begin, end, parts = span
         if begin < 0:
             return span, None
-        f = files.get(source)
-        if f is None:
-            f = files[source] = open(source, "rb", buffering=0)  # noqa: SIM115
         buf = buffers[i % len(buffers)]
-        read_exact(f, begin, memoryview(buf)[: end - begin], source)
+        with reading(source):
+            f = files.get(source)
+            if f is None:
+                f = files[source] = open_regular(source, buffering=0)
+            read_exact(f, begin, memoryview(buf)[: end - begin], source)
         return span, buf
 
     def pieces(span, buf) -> Iterator[Piece]:

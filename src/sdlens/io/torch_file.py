@@ -26,6 +26,7 @@ from typing import Any, BinaryIO
 from sdlens.errors import CheckpointError, UnsafeArchiveError, UnsafePickleError
 from sdlens.io.base import Checkpoint, TensorInfo
 from sdlens.io.dtypes import DTYPES, TORCH_STORAGE_DTYPES, torch_dtype
+from sdlens.io.limits import clip
 from sdlens.io.pickle_scan import MAX_PICKLE_BYTES, PickleScan, scan_pickle
 from sdlens.io.torch_zip import crc_ok, read_member, torch_zip_members
 
@@ -692,7 +693,7 @@ class TorchCheckpoint(Checkpoint):
         except _BadPickle as e:
             raise CheckpointError(src, f"cannot unpickle {what}: {str(e)[:200]}") from None
         except Exception as e:  # any malformation of the pickle's content
-            raise CheckpointError(src, f"cannot unpickle {what}: {type(e).__name__}: {str(e)[:200]}") from None
+            raise CheckpointError(src, f"cannot unpickle {what}: {type(e).__name__}: {clip(str(e))}") from None
 
     # ------------------------------------------------------------------ zip
     def _index_zip(self, f: BinaryIO, size: int) -> tuple[Any, dict[str, tuple[int, int]], _StorageIndex]:
