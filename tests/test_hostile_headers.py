@@ -191,24 +191,36 @@ def test_tensor_infos_built_in_bulk_equal_the_dataclass():
 
 @pytest.fixture(scope="module")
 def stride0(tmp_path_factory) -> Path:
-    """4 bytes of storage seen as a 4 TB tensor (stride 0), and two honest views of small storages."""
+    """4 bytes of storage seen as a 100 MB tensor (stride 0), and two honest views of small storages."""
     import torch
 
     p = tmp_path_factory.mktemp("views") / "stride0.ckpt"
-    torch.save({"big": torch.zeros(1).expand(10**12), "small": torch.arange(3.0).expand(4, 3),
+    torch.save({"big": torch.zeros(1).expand(25 * 10**6), "small": torch.arange(3.0).expand(4, 3),
                 "pos": torch.arange(77).expand((1, -1))}, p)
     return p
 
 
-def test_broadcast_view_is_refused_before_any_allocation(stride0):
+@pytest.fixture(scope="module")
+def stride0_4tb(tmp_path_factory) -> Path:
+    """4 bytes of storage seen as a 4 TB tensor: refused when the file is indexed."""
+    import torch
+
+    p = tmp_path_factory.mktemp("views4tb") / "stride0_4tb.ckpt"
+    torch.save({"big": torch.zeros(1).expand(10**12)}, p)
+    return p
+
+
+def test_broadcast_view_is_refused_before_any_allocation(stride0, stride0_4tb):
     from sdlens.analysis.scan import scan_tensors
     from sdlens.io.stream import stream
 
-    with open_checkpoint(stride0) as ck:
-        assert ck.tensors["big"].nbytes == 4 * 10**12 and not ck.is_plain("big")
+    with pytest.raises(CheckpointError, match="claims 4,000,000,000,000 bytes from a 4-byte storage"):
+        within(10, lambda: open_checkpoint(stride0_4tb))  # at index time: over the 1 GiB view limit
+    with open_checkpoint(stride0) as ck:  # under it: indexed, but never materialised
+        assert ck.tensors["big"].nbytes == 10**8 and not ck.is_plain("big")
         for fn in (lambda: ck.read("big"), lambda: ck.read_numpy("big"), lambda: list(stream(ck)),
                    lambda: scan_tensors(ck)):
-            with pytest.raises(CheckpointError, match="'big' is a view of 4000000000000 bytes over a 4-byte storage"):
+            with pytest.raises(CheckpointError, match="'big' is a view of 100000000 bytes over a 4-byte storage"):
                 within(10, fn)
         # honest views read exactly; a small broadcast is allowed
         assert ck.read("small").tolist() == [[0.0, 1.0, 2.0]] * 4
@@ -217,11 +229,13 @@ def test_broadcast_view_is_refused_before_any_allocation(stride0):
         assert got == {"small": [0.0, 1.0, 2.0] * 4, "pos": list(range(77))}
 
 
-def test_broadcast_view_fails_commands_in_one_line(stride0, tmp_path):
+def test_broadcast_view_fails_commands_in_one_line(stride0, stride0_4tb, tmp_path):
     for argv, code, message in (
-        (["inspect", "--scan", str(stride0)], 1, "'big' is a view of 4000000000000 bytes"),
-        (["diff", str(stride0), str(stride0)], 2, "'big' is a view of 4000000000000 bytes"),
-        (["convert", str(stride0), str(tmp_path / "o.safetensors")], 2, "the output needs 4000.00 GB"),
+        (["inspect", "--scan", str(stride0)], 1, "'big' is a view of 100000000 bytes"),
+        (["diff", str(stride0), str(stride0)], 2, "'big' is a view of 100000000 bytes"),
+        (["inspect", str(stride0_4tb)], 1, "claims 4,000,000,000,000 bytes"),
+        (["diff", str(stride0_4tb), str(stride0_4tb)], 2, "claims 4,000,000,000,000 bytes"),
+        (["convert", str(stride0_4tb), str(tmp_path / "o.safetensors")], 2, "claims 4,000,000,000,000 bytes"),
     ):
         got, _out, err, _dt = run_main(argv)
         assert got == code, (argv, err)
@@ -378,8 +392,7 @@ def test_the_hostile_corpus_of_sdlens_testing_hostile_if_present(good, tmp_path)
     build = getattr(hostile, "build_corpus", None)
     if build is None:
         pytest.skip("sdlens.testing.hostile has no build_corpus(folder)")
-    cases = build(tmp_path / "hostile")
-    paths = [Path(getattr(c, "path", c)) for c in (cases.values() if isinstance(cases, dict) else cases)]
+    paths = [path for _case, path in build(tmp_path / "hostile")]
     for p in paths:
         for argv, allowed in ((["inspect", str(p)], {0, 1}), (["diff", str(good), str(p)], {0, 2})):
             code, out, err, seconds = run_main(argv)

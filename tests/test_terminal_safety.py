@@ -15,6 +15,9 @@ import pytest
 from sdlens.render.safe_text import ERROR_LIMIT, plot_label, printable, safe
 
 EVIL = "\x1b[2J[bold red]x[/] [/] \udcff \u202e \x9b :thumbs_up:"  # ESC, markup, a lone closing tag, surrogate, RLO, CSI
+# a safetensors header cannot hold a lone surrogate (the reference library refuses it, and so does sdlens):
+# the files carry the rest; file names keep theirs (undecodable bytes on disk)
+EVIL_IN_FILE = EVIL.replace(" \udcff", "")
 LONG = "\x1b[31m" * 20_000  # 100,000 characters of colour codes
 CAP = ERROR_LIMIT + 60  # an error line: the cap, "… (N more characters)", the "sdlens: error:" prefix
 
@@ -67,9 +70,10 @@ def hostile(tmp_path) -> tuple[Path, Path]:
     d = tmp_path / "d\x1b[2J [bold red]x["
     d.mkdir()
     x = np.arange(8).reshape(2, 4)
-    keys = {f"model.diffusion_model.{EVIL}.weight": x, "k\x1b]0;title\x07": x}
-    a = write_st(d / "]A \x1b[2J \udcff.safetensors", keys, {EVIL: EVIL, "long": LONG, "ss_output_name": EVIL})
-    b = write_st(d / "]B \x1b[2J \udcff.safetensors", {k: v + 1 for k, v in keys.items()}, {EVIL: EVIL})
+    keys = {f"model.diffusion_model.{EVIL_IN_FILE}.weight": x, "k\x1b]0;title\x07": x}
+    meta = {EVIL_IN_FILE: EVIL_IN_FILE, "long": LONG, "ss_output_name": EVIL_IN_FILE}
+    a = write_st(d / "]A \x1b[2J \udcff.safetensors", keys, meta)
+    b = write_st(d / "]B \x1b[2J \udcff.safetensors", {k: v + 1 for k, v in keys.items()}, {EVIL_IN_FILE: EVIL_IN_FILE})
     return a, b
 
 
@@ -105,10 +109,19 @@ def test_inspect_shows_escapes(monkeypatch, capsys, hostile):
     code, out, err = run(monkeypatch, capsys, "inspect", *hostile)
     assert code == 0
     assert_clean(out, err)
-    assert "\\x1b[2J[bold red]x[/] [/] \\udcff \\u202e \\x9b" in out  # metadata key and value, as written
+    assert "\\x1b[2J[bold red]x[/] [/] \\u202e \\x9b" in out  # metadata key and value, as written
     assert ":thumbs_up:" in out  # not turned into an emoji
     assert "k\\x1b]0;title\\x07" in out  # the unknown key
     assert "]A \\x1b[2J \\udcff.safetensors" in out  # the path
+
+
+def test_lone_surrogate_in_a_header_is_one_clean_line(monkeypatch, capsys, tmp_path):
+    bad = write_st(tmp_path / "s.safetensors", {"model.diffusion_model.x\udcff.weight": np.ones(2)})
+    code, out, err = run(monkeypatch, capsys, "inspect", bad)
+    assert code == 1  # a file that cannot be read
+    assert_clean(out, err)
+    (line,) = err.strip().splitlines()
+    assert "lone surrogate" in line and "\\udcff" in line and str(bad) in line
 
 
 def test_inspect_json_is_faithful(monkeypatch, capsys, hostile):
@@ -117,7 +130,7 @@ def test_inspect_json_is_faithful(monkeypatch, capsys, hostile):
     assert_clean(out, err)
     report = json.loads(out)
     assert report["path"] == str(hostile[0])
-    assert report["metadata"]["other"][EVIL] == EVIL
+    assert report["metadata"]["other"][EVIL_IN_FILE] == EVIL_IN_FILE
     assert "k\x1b]0;title\x07" in {u["key"] for u in report["unknown_keys"]}
 
 
@@ -126,7 +139,7 @@ def test_diff_by_key_shows_escapes(monkeypatch, capsys, hostile):
     assert code == 0
     assert_clean(out, err)
     assert "d\\x1b[2J [bold red]x[/]A \\x1b[2J \\udcff.safetensors" in out
-    assert "denoiser/\\x1b[2J[bold red]x[/] [/] \\udcff \\u202e \\x9b :thumbs_up:.weight" in out  # canonical key
+    assert "denoiser/\\x1b[2J[bold red]x[/] [/] \\u202e \\x9b :thumbs_up:.weight" in out  # canonical key
 
 
 def test_matrix_shows_escapes(monkeypatch, capsys, hostile, tmp_path):
@@ -168,4 +181,4 @@ def test_long_error_line_is_capped(monkeypatch, capsys, tmp_path):
     assert_clean(out, err)
     (line,) = err.strip().splitlines()
     assert line.startswith(f"sdlens: error: {bad}: tensor '[/]\\x1b[31m")
-    assert line.endswith("more characters)")
+    assert len(line) <= CAP and "has unknown dtype 'NOPE'" in line  # the key is cut inside, the problem kept

@@ -28,7 +28,8 @@ def _kv_whole(console: Console, title: str, rows: list[tuple[str, str]]) -> None
     under the table, on its own line, whole."""
     keyw = max((len(k) for k, _ in rows), default=0)
     room = console.width - keyw - 2
-    t = _kv_table(title)
+    console.print(Text(title, style="italic"))  # above, not as the table's title: a narrow table would fold it
+    t = _kv_table("")
     long: list[tuple[str, str]] = []
     for k, v in rows:
         k, v = printable(k), printable(v)
@@ -156,7 +157,7 @@ def render_report(r: InspectReport, console: Console, brief: bool = False) -> No
         if md.top_tags:
             rows.append(("top tags", ", ".join(f"{t} ({n})" for t, n in md.top_tags)))
         rows += list(md.other.items())[:15]
-        _kv_whole(console, f"Metadata ({md.count} fields)", rows)
+        _kv_whole(console, f"Metadata ({plural(md.count, 'field')})", rows)
     for h in r.hashes or ():  # whole, outside any table: hashes are copied and searched for
         path_line(console, "Hashes of", printable(h.path.rsplit("/", 1)[-1], None))
         for label, value in (("sha256", h.sha256), ("AutoV2", h.autov2), ("old A1111", h.a1111_old)):
