@@ -127,6 +127,20 @@ def test_bits_equal(loaded, monkeypatch):
     assert not bits_equal(a, a[:10])
 
 
+def test_bits_equal_in_words_and_threads(monkeypatch):
+    from sdlens.analysis import _jit  # noqa: F401  (the kernel path)
+
+    monkeypatch.setattr(kernels, "_SPLIT", 1000)
+    monkeypatch.setattr(kernels.os, "cpu_count", lambda: 4)
+    for n in (300_001, 300_002, 300_004):  # odd, even and multiple-of-8 byte counts: 1-, 2- and 8-byte words
+        a = np.frombuffer(np.random.default_rng(n).bytes(n), np.uint8)
+        assert bits_equal(a, a.copy())
+        for k in (0, n // 2, n - 1):  # a change in the first, a middle and the last part
+            b = a.copy()
+            b[k] ^= 0x80
+            assert not bits_equal(a, b), (n, k)
+
+
 def test_bits_equal_small_arrays():
     a = np.arange(100, dtype=np.float16)
     assert bits_equal(a, a.copy())
