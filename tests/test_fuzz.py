@@ -18,7 +18,6 @@ import io
 import itertools
 import json
 import os
-import threading
 import zipfile
 from pathlib import Path
 
@@ -32,6 +31,7 @@ from sdlens.errors import SdlensError  # noqa: E402
 from sdlens.io.dtypes import DTYPES  # noqa: E402
 from sdlens.io.open import open_checkpoint  # noqa: E402
 from sdlens.testing.badfiles import good_tensors, safetensors_bytes, write_safetensors  # noqa: E402
+from tests.helpers import within  # noqa: E402
 
 pytestmark = pytest.mark.fuzz
 
@@ -55,22 +55,7 @@ def work(tmp_path_factory) -> Path:
 
 
 def _within(fn, *args):
-    box: dict = {}
-
-    def target() -> None:
-        try:
-            box["value"] = fn(*args)
-        except BaseException as e:
-            box["error"] = e
-
-    th = threading.Thread(target=target, daemon=True)
-    th.start()
-    th.join(HANG_S)
-    if th.is_alive():
-        raise AssertionError(f"still running after {HANG_S} s (a hang)")
-    if "error" in box:
-        raise box["error"]
-    return box.get("value")
+    return within(HANG_S, fn, *args)
 
 
 _found: dict[str, bytes] = {}

@@ -8,7 +8,6 @@ import io
 import json
 import os
 import struct
-import threading
 import time
 from pathlib import Path
 
@@ -25,28 +24,10 @@ from sdlens.testing.badfiles import (
     safetensors_bytes,
     write_safetensors,
 )
+from tests.helpers import within
 
 # cases read by another helper's code (zip container, pickles, shard indexes): their message is theirs
 OTHER_READERS = {"zip_truncated", "zip_garbage_tail", "pickle_garbage", "index_not_map", "index_deep"}
-
-
-def within(seconds: float, fn, *args):
-    """``fn(*args)`` in a daemon thread: its result or exception, or a failure if it takes longer."""
-    box: dict = {}
-
-    def target() -> None:
-        try:
-            box["value"] = fn(*args)
-        except BaseException as e:
-            box["error"] = e
-
-    th = threading.Thread(target=target, daemon=True)
-    th.start()
-    th.join(seconds)
-    assert not th.is_alive(), f"{getattr(fn, '__name__', fn)} still running after {seconds} s (a hang)"
-    if "error" in box:
-        raise box["error"]
-    return box.get("value")
 
 
 @pytest.fixture(scope="module")

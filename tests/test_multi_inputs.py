@@ -61,7 +61,7 @@ def test_scan_and_hash_read_each_byte_once(tmp_path, monkeypatch):
 
     monkeypatch.setattr(I, "scan_tensors", refuse)
     monkeypatch.setattr(I, "hash_file", refuse)
-    monkeypatch.setattr(P, "open", lambda p, mode, buffering: _Counting(p, mode), raising=False)
+    monkeypatch.setattr(P, "open_regular", lambda p, buffering=-1: _Counting(p, "rb"))
     _Counting.read_total = 0
     seen: list[int] = []
     r = inspect(path, hashes=True, scan=True, progress=seen.append)

@@ -7,17 +7,15 @@ An element that straddles two blocks is handed over on its own once both halves 
 
 from __future__ import annotations
 
-import queue
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 
 from sdlens.errors import CheckpointError
-from sdlens.io.base import _NUMPY, Checkpoint, TensorInfo
+from sdlens.io.base import _NUMPY, Checkpoint, TensorInfo, open_regular
 from sdlens.io.hashing import FileHashes, Hasher
-from sdlens.io.stream import read_exact
+from sdlens.io.stream import read_ahead, read_exact
 
 BLOCK = 16 << 20
 OnPiece = Callable[[TensorInfo, int, np.ndarray], None]  # (tensor, first element, flat raw elements)
@@ -26,40 +24,18 @@ OnPiece = Callable[[TensorInfo, int, np.ndarray], None]  # (tensor, first elemen
 def _blocks(path: Path, size: int, hasher: Hasher | None, block: int) -> Iterator[tuple[int, np.ndarray]]:
     """(file offset, bytes) of consecutive blocks, read ahead and hashed by a thread; each array is valid
     until the next one is requested."""
-    bufs = [np.empty(block, dtype=np.uint8) for _ in range(3)]
-    q: queue.Queue = queue.Queue(maxsize=1)
-    stop = threading.Event()
+    bufs = [np.empty(block, dtype=np.uint8) for _ in range(3)]  # one read, one queued, one in use
 
-    def reader() -> None:
-        try:
-            with open(path, "rb", buffering=0) as f:
-                for i, pos in enumerate(range(0, size, block)):
-                    view = memoryview(bufs[i % 3])[: min(block, size - pos)]
-                    read_exact(f, pos, view, str(path))
-                    if hasher is not None:
-                        hasher.update(view)
-                    while not stop.is_set():
-                        try:
-                            q.put((pos, bufs[i % 3][: len(view)]), timeout=0.1)
-                            break
-                        except queue.Full:
-                            continue
-                    if stop.is_set():
-                        return
-            q.put(None)
-        except BaseException as e:  # handed to the consumer
-            q.put(e)
+    def blocks() -> Iterator[tuple[int, np.ndarray]]:
+        with open_regular(path, buffering=0) as f:
+            for i, pos in enumerate(range(0, size, block)):
+                view = memoryview(bufs[i % 3])[: min(block, size - pos)]
+                read_exact(f, pos, view, str(path))
+                if hasher is not None:
+                    hasher.update(view)
+                yield pos, bufs[i % 3][: len(view)]
 
-    th = threading.Thread(target=reader, daemon=True, name="sdlens-onepass")
-    th.start()
-    try:
-        while (item := q.get()) is not None:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        th.join()
+    return read_ahead(blocks(), "sdlens-onepass")
 
 
 def _raw(info: TensorInfo, data: np.ndarray) -> np.ndarray:

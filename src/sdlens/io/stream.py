@@ -92,6 +92,44 @@ def _plan(ckpt: Checkpoint, keys: Iterable[str] | None, chunk: int) -> list[tupl
     return [tuple(s) for s in spans]  # type: ignore[misc]
 
 
+def read_ahead(items: Iterator[Any], name: str = "sdlens-reader") -> Iterator[Any]:
+    """``items`` produced by a thread one step ahead of the consumer (the next block is read while the
+    previous one is worked on); an exception in the producer is raised in the consumer, and stopping early
+    stops the producer."""
+    q: queue.Queue = queue.Queue(maxsize=1)
+    stop = threading.Event()
+    done = object()
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put(item):
+                    return
+            put(done)
+        except BaseException as e:  # handed to the consumer
+            put(e)
+
+    th = threading.Thread(target=produce, daemon=True, name=name)
+    th.start()
+    try:
+        while (item := q.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        th.join()
+
+
 def read_exact(f: Any, begin: int, view: memoryview, source: str) -> int:
     """Fill ``view`` with the file's bytes from ``begin`` (seeking only when not already there); a short file
     is a ``CheckpointError`` naming it."""
@@ -149,38 +187,8 @@ def stream(
             for i, span in enumerate(spans):
                 yield from pieces(*fill(i, span))
             return
-        q: queue.Queue = queue.Queue(maxsize=1)
-        stop = threading.Event()
-
-        def reader() -> None:
-            try:
-                for i, span in enumerate(spans):
-                    item = fill(i, span)
-                    while not stop.is_set():
-                        try:
-                            q.put(item, timeout=0.1)
-                            break
-                        except queue.Full:
-                            continue
-                    if stop.is_set():
-                        return
-                q.put(None)
-            except BaseException as e:  # hand errors to the consumer
-                q.put(e)
-
-        th = threading.Thread(target=reader, daemon=True, name="sdlens-reader")
-        th.start()
-        try:
-            while True:
-                item = q.get()
-                if item is None:
-                    break
-                if isinstance(item, BaseException):
-                    raise item
-                yield from pieces(*item)
-        finally:
-            stop.set()
-            th.join()
+        for item in read_ahead(fill(i, span) for i, span in enumerate(spans)):
+            yield from pieces(*item)
     finally:
         for f in files.values():
             f.close()

@@ -11,7 +11,7 @@ from rich.text import Text
 
 from sdlens.analysis.cost import TORCHINFO_NOTE, ArchReport
 from sdlens.render.safe_text import safe
-from sdlens.render.text import fits, path_line, wrap_items
+from sdlens.render.text import fits, path_line, print_wide_or_narrow, wrap_items
 
 RELEASED_NOTE = ("released: the parameter count of the released weights (the model's published diffusers config, "
                  "counted with diffusers' num_parameters()).")
@@ -131,11 +131,8 @@ def _blocks(r: ArchReport, console: Console) -> None:
                    *([""] * ((2 if unet else 0) + with_keys)))
         return bt
 
-    wide = table(True)
-    if fits(console, wide):
-        console.print(wide)
+    if print_wide_or_narrow(console, table):
         return
-    console.print(table(False))
     console.print(f"[italic]{keys_head}[/]:")
     for b in r.blocks:
         wrap_items(console, [f"{b.name}:", *keys[b.name].split(" ")], indent=2, sep=" ")
@@ -153,11 +150,8 @@ def _memory(m: dict, console: Console) -> None:
             mt.add_row(k, gb(v["fused"]), gb(v["materialised"]), *([v["at"]] if with_at else []))
         return mt
 
-    wide = table(True)
-    if fits(console, wide):
-        console.print(wide)
+    if print_wide_or_narrow(console, table):
         return
-    console.print(table(False))
     for k, v in m["activations"].items():
         path_line(console, f"  {k} peaks at", v["at"])
 

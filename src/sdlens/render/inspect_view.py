@@ -9,7 +9,7 @@ from rich.text import Text
 
 from sdlens.analysis.inspect import InspectReport, _human_count, human_bytes
 from sdlens.render.safe_text import ERROR_LIMIT, printable, safe
-from sdlens.render.text import fits, path_line, plural
+from sdlens.render.text import fits, path_line, plural, print_wide_or_narrow
 
 
 def _join(items, sep: str = ", ") -> str:
@@ -58,11 +58,8 @@ def _components(r: InspectReport, console: Console) -> None:
             t.add_row(*(row if with_prefix else row[:1] + row[2:]))
         return t
 
-    wide = table(True)
-    if fits(console, wide):
-        console.print(wide)
+    if print_wide_or_narrow(console, table):
         return
-    console.print(table(False))
     grid = _kv_table("Key prefixes")
     for c in r.components:
         grid.add_row(safe(c.label), Text(printable(c.prefix) or "(bare)", overflow="fold"))

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from rich.console import Console, RenderableType
 from rich.measure import Measurement
 
 from sdlens.words import plural
 
-__all__ = ["bullets", "fits", "path_line", "plural", "wrap_items"]
+__all__ = ["bullets", "fits", "path_line", "plural", "print_wide_or_narrow", "wrap_items"]
 
 
 def fits(console: Console, renderable: RenderableType, spare: int = 0) -> bool:
@@ -15,6 +17,17 @@ def fits(console: Console, renderable: RenderableType, spare: int = 0) -> bool:
     columns left over."""
     wide = console.options.update_width(1 << 20)
     return Measurement.get(console, wide, renderable).maximum + spare <= console.width
+
+
+def print_wide_or_narrow(console: Console, table: Callable[[bool], RenderableType]) -> bool:
+    """Print ``table(True)`` (the wide form) when it fits the console, else ``table(False)``; True when wide
+    (a caller then lists what the narrow form leaves out under it)."""
+    wide = table(True)
+    if fits(console, wide):
+        console.print(wide)
+        return True
+    console.print(table(False))
+    return False
 
 
 def bullets(console: Console, lines: list[str], mark: str = "•", indent: int = 2) -> None:
