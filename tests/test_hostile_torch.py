@@ -221,13 +221,14 @@ def test_pickle_size_limit_applies_to_inflated_members(tmp_path):
         open_checkpoint(case("zip_bomb_pickle").write(tmp_path))
 
 
-def test_fifo_is_refused_without_blocking(tmp_path):
+@pytest.mark.parametrize(("name", "opener"), [("pipe.ckpt", open_torch_checkpoint), ("pipe.safetensors", open_checkpoint)])
+def test_fifo_is_refused_without_blocking(tmp_path, name, opener):
     import os
 
-    fifo = tmp_path / "pipe.ckpt"
+    fifo = tmp_path / name
     os.mkfifo(fifo)
     with pytest.raises(CheckpointError, match="not a regular file"):
-        open_torch_checkpoint(fifo)
+        opener(fifo)
 
 
 def test_stride_zero_broadcast_within_limit_still_reads(tmp_path):
@@ -242,15 +243,6 @@ def test_zip64_records_written_by_torch_are_accepted():
     torch.save({"w": torch.ones(2)}, buf)
     raw = buf.getvalue()
     assert b"PK\x06\x06" in raw[-200:]  # torch always writes the zip64 end records
-
-
-def test_fifo_is_refused_by_open_checkpoint_without_blocking(tmp_path):
-    import os
-
-    fifo = tmp_path / "pipe.safetensors"
-    os.mkfifo(fifo)
-    with pytest.raises(CheckpointError, match="not a regular file"):
-        open_checkpoint(fifo)
 
 
 def test_legacy_pickle_limits_are_reported_as_such_not_as_truncation(tmp_path):
