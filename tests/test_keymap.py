@@ -198,3 +198,35 @@ def test_full_size_vae_map() -> None:
     assert ldm["decoder.up.0.block.0.nin_shortcut.weight"].shape == (128, 256, 1, 1)
     assert ldm["decoder.up.3.upsample.conv.weight"].shape == (512, 512, 3, 3)
     assert "decoder.up.0.upsample.conv.weight" not in ldm
+
+
+@pytest.mark.parametrize("name", ["sd1_fp16", "sdxl_fp16", "flux_dev", "sd3_medium", "pixart_alpha", "auraflow"])
+def test_feature_search_by_first_segment_finds_what_a_full_search_finds(zoo, name):
+    """Anchored feature patterns are tried only on the keys of their first segment (a 200,000-key header
+    stays fast); that must find exactly the keys a search of every key finds."""
+    import re
+
+    from sdlens.arch import registry as R
+    from sdlens.arch.detect import _first_segments, _Keys
+    from sdlens.io.open import open_checkpoint
+
+    with open_checkpoint(zoo[name].path) as ck:
+        full = list(ck.tensors)
+    keys = full + [k.split(".", 1)[1] for k in full if "." in k]  # the components' relative keys as well
+    searched = _Keys(keys)
+    patterns = [f.pattern for f in R.DENOISER_FEATURES] + [p for p, _, _ in R.BARE_SIGNATURES]
+    assert sum(_first_segments(p) is not None for p in patterns) > len(patterns) // 2
+    for p in patterns:
+        assert sorted(searched.hits(p)) == sorted(k for k in keys if re.search(p, k)), p
+
+
+@pytest.mark.parametrize(("pattern", "segments"), [
+    (r"^blocks\.(\d+)\.", {"blocks"}), (r"^(img_in|x_embedder)\.weight$", {"img_in", "x_embedder"}),
+    (r"^register_tokens$", {"register_tokens"}), (r"^pos_embed(\.pos_embed)?$", None), (r"^a\.?b", None),
+    (r"^ab?\.", None), (r"^a\.b|c", None), (r"(^|\.)attn2\.to_k\.weight$", None),
+])
+def test_first_segments_of_a_pattern(pattern, segments):
+    from sdlens.arch.detect import _first_segments
+
+    got = _first_segments(pattern)
+    assert (got is None) if segments is None else (got == segments)

@@ -244,6 +244,7 @@ def diff(
         tensors: list[TensorDiff] = []
         mismatch: list[dict[str, Any]] = []
         dtype_pairs: dict[str, int] = {}
+        pending = 0
         for name in common:
             ra, rb = idx_a[name], idx_b[name]
             ia, ib = ca.tensors[ra.key], cb.tensors[rb.key]
@@ -270,7 +271,12 @@ def diff(
             )
             tensors.append(td)
             if progress:
-                progress(ia.nbytes)
+                pending += ia.nbytes
+                if pending >= 1 << 24:  # a few hundred updates for a big model, not one per tensor
+                    progress(pending)
+                    pending = 0
+        if progress and pending:
+            progress(pending)
         result = DiffResult(
             a=str(path_a),
             b=str(path_b),

@@ -7,7 +7,7 @@ Works from names and shapes only (no tensor data). Never falls back silently: wh
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from functools import cache
 from typing import Any
@@ -47,10 +47,72 @@ def _rx(pattern: str) -> re.Pattern[str]:
     return re.compile(pattern)
 
 
+_LIT = r"(?:[A-Za-z0-9_]|\\\.)+"  # a literal run of a key pattern: word characters and "\."
+_ANCHORED = re.compile(rf"\^(?:(?P<lit>{_LIT})|\((?:\?:)?(?P<alts>{_LIT}(?:\|{_LIT})*)\))")
+
+
+def _top_level_bar(pattern: str) -> bool:
+    """Whether ``pattern`` has an alternation outside any group (``^a|b``: the anchor binds one side only)."""
+    depth, i = 0, 0
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "\\":
+            i += 1
+        elif c == "(":
+            depth += 1
+        elif c == ")":
+            depth -= 1
+        elif c == "|" and depth == 0:
+            return True
+        i += 1
+    return False
+
+
+@cache
+def _first_segments(pattern: str) -> frozenset[str] | None:
+    r"""The first dotted segments that every key matching ``pattern`` starts with, when the pattern says so
+    (``^input_blocks\.`` → {input_blocks}; ``^(img_in|x_embedder)\.weight$`` → {img_in, x_embedder}); None
+    when it does not (then every key is tried)."""
+    m = _ANCHORED.match(pattern)
+    if m is None or _top_level_bar(pattern):
+        return None
+    after = pattern[m.end() : m.end() + 2]
+    if after[:1] in ("?", "*", "+", "{"):
+        return None  # a quantifier on the literal's last character
+    ends = after == "\\." or after[:1] == "$" or not after  # the literal is followed by "." or the key's end
+    segs = set()
+    for lit in (m.group("lit"),) if m.group("lit") else m.group("alts").split("|"):
+        lit = lit.replace("\\.", ".")
+        if "." not in lit and not ends:
+            return None  # "^pos" could go on as "^pos_embed": no segment known
+        segs.add(lit.split(".", 1)[0])
+    return frozenset(segs)
+
+
+class _Keys:
+    r"""Keys searched by many patterns: an anchored pattern (``^input_blocks\.``) is only tried on the keys of
+    its first segment, so a header of 200,000 keys costs a few full scans, not one per pattern."""
+
+    def __init__(self, keys: Iterable[str]):
+        self.keys = list(keys)
+        self.by_segment: dict[str, list[str]] = {}
+        for k in self.keys:
+            self.by_segment.setdefault(k.split(".", 1)[0], []).append(k)
+
+    def hits(self, pattern: str) -> list[str]:
+        rx, segs = _rx(pattern), _first_segments(pattern)
+        if segs is None:
+            return [k for k in self.keys if rx.search(k)]
+        return [k for seg in sorted(segs) for k in self.by_segment.get(seg, ()) if rx.search(k)]
+
+
 _PREFIXES_LONGEST_FIRST = sorted(R.PREFIXES, key=lambda p: -len(p.prefix))
+_ANY_PREFIX = tuple(p.prefix for p in _PREFIXES_LONGEST_FIRST)  # one C-level test rejects most bare keys
 
 
 def _match_prefix(key: str) -> tuple[R.Prefix, str] | None:
+    if not key.startswith(_ANY_PREFIX):
+        return None
     for p in _PREFIXES_LONGEST_FIRST:
         if key.startswith(p.prefix):
             rel = key[len(p.prefix) :]
@@ -133,9 +195,9 @@ def split_components(tensors: Mapping[str, TensorInfo]) -> Split:
 
 
 def _bare_component(keys: list[str]) -> tuple[str, str] | None:
+    searched = _Keys(keys)
     for pattern, cid, conv in R.BARE_SIGNATURES:
-        rx = _rx(pattern)
-        if any(rx.search(k) for k in keys):
+        if searched.hits(pattern):
             return cid, conv
     return None
 
@@ -161,19 +223,20 @@ def _conventions(comps: dict[str, Component]) -> list[str]:
 
 
 def read_features(keys: Mapping[str, TensorInfo], features: tuple[R.Feature, ...] = R.DENOISER_FEATURES) -> dict[str, Any]:
-    """Evaluate the registry's feature table on a component's relative keys (sorted for determinism)."""
-    ordered = sorted(keys, key=_natural)
+    """Evaluate the registry's feature table on a component's relative keys (where several keys match a shape
+    feature, the first in natural order decides, for determinism)."""
     out: dict[str, Any] = {}
+    searched = _Keys(keys)
     for f in features:
         rx = _rx(f.pattern)
-        hits = [k for k in ordered if rx.search(k)]
+        hits = searched.hits(f.pattern)
         if f.op == "present":
             out[f.name] = bool(hits)
         elif f.op == "dim":
-            shape = keys[hits[0]].shape if hits else ()
+            shape = keys[min(hits, key=_natural)].shape if hits else ()
             out[f.name] = shape[f.arg] if len(shape) > f.arg else None
         elif f.op == "ndim":
-            out[f.name] = len(keys[hits[0]].shape) if hits else None
+            out[f.name] = len(keys[min(hits, key=_natural)].shape) if hits else None
         elif f.op == "count":
             out[f.name] = len({rx.search(k).group(1) for k in hits}) or None
         elif f.op == "keys":
