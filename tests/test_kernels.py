@@ -252,3 +252,36 @@ def test_the_compile_target_decides_the_fp16_path():
         flags = Path("/proc/cpuinfo").read_text().split()
         has_f16c = "f16c" in flags
         assert has_f16c is _jit.NATIVE_HALF  # what the kernel uses is what this CPU has
+
+
+def test_mixed_dtype_pairs_in_numpy_equal_float64(monkeypatch):
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal(5000, dtype=np.float32)
+    a16, b_bf = x.astype(np.float16), _bf16(x)
+    s = kernels.mixed_pair_stats(a16, "F16", b_bf, "BF16")
+    va, vb = _values(a16, "F16"), _values(b_bf, "BF16")
+    d = va - vb
+    assert s.sdd == pytest.approx((d * d).sum(), rel=1e-12) and s.sab == pytest.approx((va * vb).sum(), rel=1e-12)
+    assert s.l0 == int(np.count_nonzero(d)) and s.max_abs == pytest.approx(np.abs(d).max())
+    monkeypatch.setattr(kernels, "_NUMPY_BUDGET", 0)
+    big = np.zeros(kernels._SMALL_ELEMENTS + 1, np.float16)
+    assert kernels.mixed_pair_stats(big, "F16", big.astype(np.float32), "F32") is None  # over budget: torch path
+
+
+def test_small_mixed_dtype_diff_does_not_load_torch(tmp_path):
+    # an fp16 copy beside a bf16 one, both small: the verdict without torch's start-up (~1.5 s)
+    import torch
+    from safetensors.torch import save_file
+
+    w = torch.randn(64, 32)
+    save_file({"model.diffusion_model.x.weight": w.half()}, tmp_path / "a.safetensors")
+    save_file({"model.diffusion_model.x.weight": w.bfloat16()}, tmp_path / "b.safetensors")
+    code = (
+        "import sys\n"
+        "from sdlens.analysis.diff import diff\n"
+        f"r = diff({str(tmp_path / 'a.safetensors')!r}, {str(tmp_path / 'b.safetensors')!r})\n"
+        "assert 'same weights at different precisions' in ' '.join(r.verdict), r.verdict\n"
+        "assert 'torch' not in sys.modules and 'numba' not in sys.modules\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]

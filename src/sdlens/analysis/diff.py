@@ -351,18 +351,24 @@ def _compare_pair(ca: Checkpoint, cb: Checkpoint, ra: CanonRef, rb: CanonRef, bu
 
     Same-dtype pairs of fp16 / bf16 / fp32 (nearly every pair) take one fused pass over the mapped bytes
     (``kernels``); other pairs, and tensors with NaN / Inf, take the float32 torch path."""
-    from sdlens.analysis.kernels import KERNEL_DTYPES, bits_equal, pair_stats
+    from sdlens.analysis.kernels import KERNEL_DTYPES, bits_equal, mixed_pair_stats, pair_stats
 
     da, db = ca.tensors[ra.key].dtype, cb.tensors[rb.key].dtype
-    if da == db:
+    if da == db or da in KERNEL_DTYPES and db in KERNEL_DTYPES:
         xa, xb = _raw_view(ca, ra), _raw_view(cb, rb)
         if xa is not None and xb is not None:
-            if bits_equal(xa, xb):
+            if da == db and bits_equal(xa, xb):
                 return True, False, {}
-            if da in KERNEL_DTYPES:
+            if da == db and da in KERNEL_DTYPES:
                 s = pair_stats(xa, xb, da)
                 if s is not None:
                     return False, False, _metrics(s.saa, s.sbb, s.sdd, s.l1, s.l0, s.max_abs, s.sab)
+            elif da != db and (s := mixed_pair_stats(xa, da, xb, db)) is not None:  # small: no torch start-up
+                from sdlens.analysis.kernels import stored_bits
+                from sdlens.analysis.precision import consistent
+
+                within = s.l0 == 0 or bool(consistent(stored_bits(xa, da), da, stored_bits(xb, db), db).all())
+                return False, within, _metrics(s.saa, s.sbb, s.sdd, s.l1, s.l0, s.max_abs, s.sab)
     from sdlens.analysis.precision import same_within_precision
 
     a, b = _view(ca, ra), _view(cb, rb)

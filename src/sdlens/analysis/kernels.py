@@ -76,6 +76,11 @@ def _parts(n: int, align: int, work: int = 1) -> list[tuple[int, int]]:
     return list(pairwise(edges))
 
 
+def stored_bits(x: np.ndarray, dtype: str) -> np.ndarray:
+    """The stored bits of a flat fp16 / bf16 / float32 array (uint16 / uint32), as ``precision`` reads them."""
+    return _raw(x, dtype)
+
+
 def _raw(x: np.ndarray, dtype: str) -> np.ndarray:
     x = np.ascontiguousarray(x).reshape(-1)
     return x.view(np.uint16) if dtype in ("F16", "BF16") else x.view(np.uint32)
@@ -98,6 +103,29 @@ def _small_pair_stats(ra: np.ndarray, rb: np.ndarray, dtype: str) -> PairSums | 
         return None
     differs = (ra != rb) & (((ra | rb) & _MAGNITUDE[ra.itemsize]) != 0)
     return PairSums(*sums, l0=int(np.count_nonzero(differs)), max_abs=float(ad.max(initial=0.0)))
+
+
+_mixed_used = 0
+
+
+def mixed_pair_stats(a: np.ndarray, dtype_a: str, b: np.ndarray, dtype_b: str) -> PairSums | None:
+    """``pair_stats`` of two tensors stored as different ``KERNEL_DTYPES`` (an fp16 copy beside a bf16 one),
+    in float64 numpy, for small comparisons only: ``None`` once torch is loaded or after the first 8 M elements
+    of a process (the caller's torch path is then as cheap and faster), or when a value is NaN / Inf. The count
+    is of values that differ as numbers (both widenings are exact)."""
+    global _mixed_used
+    ra, rb = _raw(a, dtype_a), _raw(b, dtype_b)
+    if ra.size != rb.size or ra.size > _SMALL_ELEMENTS and (
+            "torch" in sys.modules or _mixed_used + ra.size > _NUMPY_BUDGET):
+        return None
+    _mixed_used += ra.size if ra.size > _SMALL_ELEMENTS else 0
+    x, y = _values(ra, dtype_a), _values(rb, dtype_b)
+    d = x - y
+    ad = np.abs(d)
+    sums = [float(np.dot(x, x)), float(np.dot(y, y)), float(np.dot(x, y)), float(np.dot(d, d)), float(ad.sum())]
+    if not all(math.isfinite(v) for v in sums):
+        return None
+    return PairSums(*sums, l0=int(np.count_nonzero(d)), max_abs=float(ad.max(initial=0.0)))
 
 
 def pair_stats(a: np.ndarray, b: np.ndarray, dtype: str) -> PairSums | None:

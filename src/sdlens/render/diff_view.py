@@ -59,17 +59,24 @@ def render_diff(r: DiffResult, console: Console, by: str = "component", metric: 
         groups = list(r.by_type.items())
     else:
         groups = [(_label(c, fam), g) for c, g in r.by_component.items()]
-    t = Table(title=f"By {by}", title_justify="left")
     # tensors = changed + identical + within precision (different dtypes, consistent values; shown when any)
     within = any(g.within_precision for _, g in groups)
-    counts = ("tensors", "changed", "identical") + (("within precision",) if within else ())
-    for c in ("group", *counts, "√Σ‖Δ‖²", "RMS Δ", "max |Δ|"):
-        t.add_column(c, justify="left" if c == "group" else "right")
-    for name, g in groups:
-        style = None if g.changed else "dim"
-        n = [g.tensors, g.changed, g.identical] + ([g.within_precision] if within else [])
-        t.add_row(safe(name), *map(str, n), _fmt(g.l2), _fmt(g.rms), _fmt(g.max_abs), style=style)
-    console.print(t)
+    cols = ("group", "tensors", "changed", "identical", *(("within precision",) if within else ()),
+            "√Σ‖Δ‖²", "RMS Δ", "max |Δ|")
+    rows = [[safe(name), *map(str, [g.tensors, g.changed, g.identical] + ([g.within_precision] if within else [])),
+             _fmt(g.l2), _fmt(g.rms), _fmt(g.max_abs)] for name, g in groups]
+    t = Table(title=f"By {by}", title_justify="left")
+    for c in cols:
+        t.add_column(c, justify="left" if c == "group" else "right", no_wrap=True)
+    for row, (_, g) in zip(rows, groups, strict=True):
+        t.add_row(*row, style=None if g.changed else "dim")
+    if fits(console, t):
+        console.print(t)
+    else:  # narrow: a group a line, its figures wrapped between items (never a number cut)
+        console.print(f"[italic]By {by}[/]")
+        for row in rows:
+            items = [f"{v} {c}" for c, v in zip(cols[1:], row[1:], strict=True)]
+            wrap_items(console, [f"{row[0]}: {items[0]}", *items[1:]], indent=2)
     part = part_file(r)
     if part is not None:
         other, rest = ("B", r.only_b) if part == "A" else ("A", r.only_a)
