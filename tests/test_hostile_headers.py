@@ -294,8 +294,8 @@ def test_cli_safety_net(good, monkeypatch):
         raise ValueError("x" * 10_000)
 
     monkeypatch.setattr(inspect_mod, "inspect", boom)
-    code, out, err, _ = run_main(["inspect", str(good)])
-    assert code == 1 and _error_lines(err) == 1 and "Traceback" not in out + err
+    code, out, err, _ = run_main(["inspect", str(good)])  # a bug met on a file: one line naming it, exit 3 (README)
+    assert code == 3 and _error_lines(err) == 1 and "Traceback" not in out + err
     assert f"{good}: cannot handle this file: ValueError: xxx" in err and len(err) < 600
     monkeypatch.setattr(diff_mod, "diff", boom)
     code, out, err, _ = run_main(["diff", str(good), str(good)])

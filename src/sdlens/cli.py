@@ -3,7 +3,7 @@
 Exit codes (the same for every command, documented in the README): 0 done; 1 the command ran and found problems
 in what it was asked to check (a file that cannot be read or that has NaN/Inf with ``inspect``, a failed
 verification with ``convert``); 2 usage or input error (a wrong option, a missing or unusable input, an output
-that may not be written); 130 interrupted.
+that may not be written); 3 internal error (a bug, in one line); 130 interrupted.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from sdlens.render.safe_text import safe, safe_error
 
 EXIT_PROBLEMS = 1  # the file has problems (asked to check)
 EXIT_USAGE = 2  # usage or input error
+EXIT_INTERNAL = 3  # a bug in sdlens (reported in one line)
 
 
 def _plain_help(params: list[Any]) -> list[Any]:
@@ -78,7 +79,7 @@ app = typer.Typer(
     name="sdlens",
     cls=_Group,
     help="See inside Stable Diffusion family checkpoints: what a file is, what changed, how models relate.\n\n"
-    "Exit codes: 0 done; 1 problems found in what was checked; 2 usage or input error; 130 interrupted.",
+    "Exit codes: 0 done; 1 problems found in what was checked; 2 usage or input error; 3 internal error (a bug); 130 interrupted.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -147,11 +148,13 @@ def inspect(
     Exit 1 when a file cannot be read or has problems (with --scan: NaN / Inf, all-zero tensors), 2 when a path does not exist."""
     from sdlens.analysis.inspect import inspect as run_inspect
     from sdlens.analysis.inspect import read_bytes
+    from sdlens.io.folders import check_variant
     from sdlens.io.open import expand_paths, open_checkpoint
     from sdlens.render.jsonout import dumps
 
+    check_variant(variant)  # a wrong option value is a usage error (2), not a finding about a file
     results: list[dict | object] = []
-    failed = missing = 0
+    failed = missing = internal = 0
     for path in expand_paths(paths):
         if not os.path.lexists(path):  # (a symlink loop exists: the reader names it)
             missing += 1
@@ -175,6 +178,7 @@ def inspect(
         except Exception as e:  # sdlens's own errors, and the safety net for anything else
             failed += 1
             if not isinstance(e, SdlensError):
+                internal += 1  # a bug met on this file: still one line, and the other files go on
                 e = _as_error(path, e)
             _fail(e)
             if json_out:
@@ -189,8 +193,8 @@ def inspect(
             render_report(report, out, brief=brief)
     if json_out:
         print(dumps(results[0] if len(results) == 1 else results))
-    if missing or failed:  # grep's convention: a missing input outranks a finding
-        raise typer.Exit(EXIT_USAGE if missing else EXIT_PROBLEMS)
+    if internal or missing or failed:  # a bug outranks a missing input, which outranks a finding
+        raise typer.Exit(EXIT_INTERNAL if internal else EXIT_USAGE if missing else EXIT_PROBLEMS)
 
 
 @app.command()
@@ -265,7 +269,7 @@ def _root(
 ) -> None:
     """See inside Stable Diffusion family checkpoints: what a file is, what changed, how models relate.
 
-    Exit codes: 0 done; 1 problems found in what was checked; 2 usage or input error; 130 interrupted."""
+    Exit codes: 0 done; 1 problems found in what was checked; 2 usage or input error; 3 internal error (a bug); 130 interrupted."""
 
 
 @app.command()
@@ -295,15 +299,8 @@ for _info in app.registered_commands:
         _info.cls = _Command
 
 
-EXIT_CODES = {0: "success", 1: "problems found in what was checked (inspect: a file unreadable or with problems; "
-                                "convert: verification failed)",
-              2: "bad input: a file, folder or option (one line naming it and the problem)",
-              3: "internal error: a bug in sdlens (one line; SDLENS_DEBUG=1 shows the traceback)",
-              130: "interrupted"}
-
-
 def main(argv: list[str] | None = None) -> None:
-    """The console entry point; exit codes in ``EXIT_CODES``. Whatever happens, one line, no traceback
+    """The console entry point; exit codes in the README (0 done, 1 problems found, 2 usage, 3 internal). Whatever happens, one line, no traceback
     (unless ``SDLENS_DEBUG=1``)."""
     from sdlens.io.base import debug
 
@@ -322,7 +319,7 @@ def main(argv: list[str] | None = None) -> None:
 
         _fail(SdlensError(None, f"internal error: {type(e).__name__}: {clip(str(e))} "
                                 "(a bug in sdlens; SDLENS_DEBUG=1 shows the traceback)"))
-        sys.exit(3)
+        sys.exit(EXIT_INTERNAL)
 
 
 if __name__ == "__main__":

@@ -365,9 +365,9 @@ def _compare_pair(ca: Checkpoint, cb: Checkpoint, ra: CanonRef, rb: CanonRef, bu
                     return False, False, _metrics(s.saa, s.sbb, s.sdd, s.l1, s.l0, s.max_abs, s.sab)
             elif da != db and (s := mixed_pair_stats(xa, da, xb, db)) is not None:  # small: no torch start-up
                 from sdlens.analysis.kernels import stored_bits
-                from sdlens.analysis.precision import consistent
+                from sdlens.analysis.precision import all_consistent
 
-                within = s.l0 == 0 or bool(consistent(stored_bits(xa, da), da, stored_bits(xb, db), db).all())
+                within = s.l0 == 0 or all_consistent(stored_bits(xa, da), da, stored_bits(xb, db), db)
                 return False, within, _metrics(s.saa, s.sbb, s.sdd, s.l1, s.l0, s.max_abs, s.sab)
     from sdlens.analysis.precision import same_within_precision
 

@@ -552,6 +552,7 @@ def matrix(
     paths = [m.path for m in pl.models]
     n = len(pl.models)
     fp = _fingerprint(pl, metric)
+    ref_i = _ref_index(pl, ref)  # a wrong --ref is said before any file is read, not after
     state_path = Path(state) if state else None
     total = Partial(n)
     reused = 0
@@ -578,7 +579,7 @@ def matrix(
             kernels.set_threads(previous)
         for ck in cks:
             ck.close()
-    result = finish(pl, total, metric=metric, by=by, ref=_ref_index(pl, ref))
+    result = finish(pl, total, metric=metric, by=by, ref=ref_i)
     result.resumed_bytes = reused
     return result
 

@@ -15,6 +15,7 @@ import numpy as np
 from sdlens.errors import CheckpointError
 from sdlens.io.base import _NUMPY, Checkpoint, TensorInfo, open_regular
 from sdlens.io.hashing import FileHashes, Hasher
+from sdlens.io.limits import short
 from sdlens.io.stream import read_ahead, read_exact
 
 BLOCK = 16 << 20
@@ -70,7 +71,7 @@ def read_once(
         size = path.stat().st_size
         bad = next((i for i in infos if i.offset + i.nbytes > size), None)
         if bad is not None:
-            raise CheckpointError(path, f"tensor {bad.key!r} needs bytes {bad.offset}..{bad.offset + bad.nbytes} "
+            raise CheckpointError(path, f"tensor {short(bad.key)} needs bytes {bad.offset}..{bad.offset + bad.nbytes} "
                                         f"but the file has {size} (truncated?)")
         _dispatch(_blocks(path, size, hasher, block), infos, on_piece, progress)
         if hasher is not None:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from sdlens.errors import SdlensError
+from sdlens.io.limits import short
 
 # matplotlib marker codes accepted in a prompts file
 MARKERS = ("o", "s", "^", "v", "<", ">", "D", "d", "x", "X", "P", "p", "*", "h", "H", "+", ".", "8")
@@ -104,7 +105,7 @@ def _no_duplicate_keys(path: Path, pairs: list[tuple[str, Any]]) -> dict[str, An
     out: dict[str, Any] = {}
     for k, v in pairs:
         if k in out:
-            raise SdlensError(path, f"{k!r} is given twice: labels must be unique")
+            raise SdlensError(path, f"{short(k)} is given twice: labels must be unique")
         out[k] = v
     return out
 

@@ -15,7 +15,6 @@ import io
 import math
 import os
 import pickle
-import stat
 import struct
 import zipfile
 from collections.abc import Callable
@@ -24,9 +23,9 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from sdlens.errors import CheckpointError, UnsafeArchiveError, UnsafePickleError
-from sdlens.io.base import Checkpoint, TensorInfo
+from sdlens.io.base import Checkpoint, TensorInfo, open_regular
 from sdlens.io.dtypes import DTYPES, TORCH_STORAGE_DTYPES, torch_dtype
-from sdlens.io.limits import clip
+from sdlens.io.limits import clip, short
 from sdlens.io.pickle_scan import MAX_PICKLE_BYTES, PickleScan, scan_pickle
 from sdlens.io.torch_zip import crc_ok, read_member, torch_zip_members
 
@@ -271,6 +270,8 @@ def _brief(value: Any, limit: int = 60) -> str:
 # ---------------------------------------------------------------------------------------------- handlers
 
 MAX_DIMS = 64  # tensor rank
+MAX_KEY_CHARS = 4096  # one dotted key path (real ones are under 200)
+MAX_ENTRIES = 1_000_000  # tensors and other values in one checkpoint
 MAX_BROADCAST_BYTES = 1 << 30  # a stride-0 view may claim more bytes than its storage holds, up to this
 
 
@@ -595,6 +596,11 @@ def _flatten(obj: Any, prefix: str, tensors: dict[str, TensorRef], extras: dict[
     items = obj.items() if isinstance(obj, dict) else enumerate(obj)
     for k, v in items:
         name = f"{prefix}{_key_text(k)}"
+        if len(name) > MAX_KEY_CHARS:  # a long memo'd key copied into every sibling's name would cost k × n
+            raise CheckpointError(None, f"a key path is longer than {MAX_KEY_CHARS} characters "
+                                        f"({short(name)}); refused")
+        if len(tensors) + len(extras) >= MAX_ENTRIES:
+            raise CheckpointError(None, f"more than {MAX_ENTRIES:,} tensors and values; refused")
         if isinstance(v, TensorRef):
             tensors[name] = v
         elif isinstance(v, (dict, list, tuple)) and walk.has_tensor(v):
@@ -626,13 +632,12 @@ class TorchCheckpoint(Checkpoint):
         super().__init__(path)
         src = str(self.path)
         try:
-            st = os.stat(src)
-            if stat.S_ISDIR(st.st_mode):
+            if not os.path.lexists(src):
+                raise CheckpointError(src, "no such file")
+            if os.path.isdir(src):
                 raise CheckpointError(src, "is a directory, not a torch checkpoint file")
-            if not stat.S_ISREG(st.st_mode):
-                raise CheckpointError(src, "not a regular file (a pipe, device or socket)")
-            size = st.st_size
-            with open(src, "rb") as f:
+            with open_regular(src) as f:  # regular files only, checked on the open descriptor (no race)
+                size = os.fstat(f.fileno()).st_size
                 if size == 0:
                     raise CheckpointError(src, "empty file (0 bytes)")
                 head = f.read(512)
@@ -735,7 +740,7 @@ class TorchCheckpoint(Checkpoint):
             name = f"{prefix}data/{key}"
             m = members.get(name)
             if m is None:
-                raise CheckpointError(src, f"storage {key!r} is missing from the archive (no entry {name})")
+                raise CheckpointError(src, f"storage {short(key)} is missing from the archive (no entry {name})")
             if m.method != zipfile.ZIP_STORED:
                 raise CheckpointError(
                     src, f"zip entry {name} is compressed or encrypted; torch checkpoints store tensors uncompressed"
@@ -808,15 +813,16 @@ class TorchCheckpoint(Checkpoint):
             f.seek(pos)
             raw = f.read(8)
             if len(raw) < 8:
-                raise CheckpointError(src, f"file ends at byte {size} before storage {key!r} (truncated?)")
+                raise CheckpointError(src, f"file ends at byte {size} before storage {short(key)} (truncated?)")
             count = int.from_bytes(raw, "little")
-            nbytes = storages.nbytes(key)
-            if (count == 0) != (nbytes == 0) or (count and (nbytes % count or nbytes // count > 16)):
-                raise CheckpointError(src, f"storage {key!r} header says {count} elements, pickle says {nbytes} bytes")
+            nbytes, numel = storages.nbytes(key), storages.records[key][1]
+            if count != numel:  # torch reads `count` elements: any other count and it reads other bytes
+                raise CheckpointError(src, f"storage {short(key)} header says {count} elements, the pickle says "
+                                           f"{numel} ({nbytes} bytes)")
             starts[key] = (pos + 8, nbytes)
             pos += 8 + nbytes
             if pos > size:
-                raise CheckpointError(src, f"storage {key!r} needs bytes up to {pos} but the file has {size} (truncated?)")
+                raise CheckpointError(src, f"storage {short(key)} needs bytes up to {pos} but the file has {size} (truncated?)")
         missing = sorted(set(storages) - set(starts))
         if missing:
             raise CheckpointError(src, f"storage {missing[0]!r} is missing from the data section")
@@ -832,7 +838,10 @@ class TorchCheckpoint(Checkpoint):
         if isinstance(obj, TensorRef):
             refs["tensor"] = obj
         elif isinstance(obj, (dict, list, tuple)):
-            _flatten(obj, "", refs, inner_extras, set(), walk)
+            try:
+                _flatten(obj, "", refs, inner_extras, set(), walk)
+            except CheckpointError as e:
+                raise CheckpointError(src, e.problem) from None
         else:
             extras["object"] = _summary(obj)
         extras.update(inner_extras)
@@ -840,7 +849,7 @@ class TorchCheckpoint(Checkpoint):
         for key, (start, length) in starts.items():
             if start + length > size:
                 raise CheckpointError(
-                    src, f"storage {key!r} needs bytes {start}..{start + length} but the file has {size} (truncated?)"
+                    src, f"storage {short(key)} needs bytes {start}..{start + length} but the file has {size} (truncated?)"
                 )
         for key, ref in refs.items():
             self.tensors[key] = self._tensor_info(key, ref, starts, storages)
@@ -864,18 +873,18 @@ class TorchCheckpoint(Checkpoint):
         start, available = starts[storage.key]
         if storage.nbytes > available:
             raise CheckpointError(
-                src, f"storage {storage.key!r} holds {available} bytes but the pickle says {storage.nbytes}"
+                src, f"storage {short(storage.key)} holds {available} bytes but the pickle says {storage.nbytes}"
             )
         itemsize = DTYPES[dtype].itemsize
         storage_nbytes = storage.nbytes - storage.view_bytes
         if storage_nbytes < 0:
-            raise CheckpointError(src, f"tensor {label} views past the end of its storage {storage.key!r}")
+            raise CheckpointError(src, f"tensor {label} views past the end of its storage {short(storage.key)}")
         numel_t = math.prod(ref.shape)
         if numel_t:
             last = ref.storage_offset + sum((d - 1) * s for d, s in zip(ref.shape, ref.stride, strict=True))
             if (last + 1) * itemsize > storage_nbytes:
                 raise CheckpointError(
-                    src, f"tensor {label} extends past the end of its storage {storage.key!r} ({storage_nbytes} bytes)"
+                    src, f"tensor {label} extends past the end of its storage {short(storage.key)} ({storage_nbytes} bytes)"
                 )
             if numel_t * itemsize > max(storage_nbytes, MAX_BROADCAST_BYTES):
                 raise CheckpointError(

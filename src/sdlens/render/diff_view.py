@@ -8,7 +8,7 @@ from rich.table import Table
 from rich.text import Text
 
 from sdlens.analysis.diff import DiffResult, GroupDiff, _label, part_file
-from sdlens.render.safe_text import printable, safe
+from sdlens.render.safe_text import NAME_LIMIT, printable, safe
 from sdlens.render.text import bullets, fits, path_line, plural, wrap_items
 
 _METRICS = ("l2", "l1", "l0", "cos")
@@ -27,7 +27,7 @@ def _per_key(r: DiffResult, console: Console, metric: str) -> None:
     for d in r.tensors:
         if d.changed:
             vals = {"l2": _fmt(d.l2), "l1": _fmt(d.l1), "l0": str(d.l0), "cos": f"{d.cos:.6f}"}
-            rows.append([printable(d.key, None), printable(d.block), printable(d.layer_type),
+            rows.append([printable(d.key, NAME_LIMIT), printable(d.block), printable(d.layer_type),
                          *(vals[m] for m in metrics), _fmt(d.rel), _fmt(d.max_abs)])
     t = Table(title="Per tensor (changed only)", title_justify="left")
     for c in cols:
@@ -45,8 +45,8 @@ def _per_key(r: DiffResult, console: Console, metric: str) -> None:
 
 
 def render_diff(r: DiffResult, console: Console, by: str = "component", metric: str = "all") -> None:
-    path_line(console, "A", printable(r.a, None))
-    path_line(console, "B", printable(r.b, None))
+    path_line(console, "A", printable(r.a, NAME_LIMIT))
+    path_line(console, "B", printable(r.b, NAME_LIMIT))
     bullets(console, [safe(line) for line in r.verdict])
     fam = r.family_a if r.family_a != "unknown" else r.family_b
     if by == "key":

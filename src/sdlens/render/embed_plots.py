@@ -213,7 +213,7 @@ def plot_drift(result: EmbedResult, encoder: str, path: str | Path) -> Path | No
 
         fig, ax = plt.subplots(figsize=(8, 1.2))
         ax.axis("off")
-        ax.text(0.5, 0.5, f"relative to {ref.model} · {ref.label} ({encoder}), no prompt moved:\n{quiet_line}",
+        ax.text(0.5, 0.5, f"relative to {plot_label(ref.model)} · {plot_label(ref.label)} ({encoder}), no prompt moved:\n{quiet_line}",
                 ha="center", va="center", fontsize=10, transform=ax.transAxes)
         try:
             return _save(fig, Path(path))

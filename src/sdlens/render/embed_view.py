@@ -10,7 +10,7 @@ from rich.table import Table
 
 from sdlens.analysis.embed import METRICS, Drift, EmbedResult, drift_csv, matrix_csv
 from sdlens.io.atomic import write_text_atomic
-from sdlens.render.safe_text import printable, safe
+from sdlens.render.safe_text import NAME_LIMIT, printable, safe
 from sdlens.render.text import path_line, plural, wrap_items
 
 
@@ -67,7 +67,7 @@ def render_embed(result: EmbedResult, console: Console, top: int = 10) -> None:
     console.print(f"sdlens embed: {plural(len(result.prompts), 'prompt')}", style="bold")
     notes: list[str] = []
     for m in result.models:  # one model a line (its name whole), its encoders under it
-        path_line(console, "", printable(m.name, None) + (" (ref)" if m.name == result.ref else ""))
+        path_line(console, "", printable(m.name, NAME_LIMIT) + (" (ref)" if m.name == result.ref else ""))
         for e in (e for e in result.embeddings if e.model == m.name):
             wrap_items(console, [safe(f"{m.family}: {e.label} ({e.encoder})"), safe(f"layer {e.layer}"),
                                  safe(f"pool {e.pool}"), f"dim {e.dim}"], indent=2)

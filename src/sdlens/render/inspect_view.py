@@ -8,7 +8,7 @@ from rich.table import Table
 from rich.text import Text
 
 from sdlens.analysis.inspect import InspectReport, _human_count, human_bytes
-from sdlens.render.safe_text import ERROR_LIMIT, printable, safe
+from sdlens.render.safe_text import ERROR_LIMIT, NAME_LIMIT, printable, safe
 from sdlens.render.text import fits, path_line, plural, print_wide_or_narrow
 
 
@@ -69,7 +69,7 @@ def _components(r: InspectReport, console: Console) -> None:
 def render_report(r: InspectReport, console: Console, brief: bool = False) -> None:
     colour = {"high": "green", "medium": "yellow", "low": "red"}[r.confidence]
     console.print(Panel(Text(printable(r.summary), style="bold"), border_style=colour, expand=False))
-    path_line(console, "", printable(r.path, None))
+    path_line(console, "", printable(r.path, NAME_LIMIT))
     if brief:
         for p in r.problems:
             console.print(f"[red]problem:[/] {safe(p, ERROR_LIMIT)}")
@@ -142,7 +142,7 @@ def render_report(r: InspectReport, console: Console, brief: bool = False) -> No
         else:  # narrow: one key a line, its details under it
             console.print(title, style="italic", highlight=False)
             for u in r.unknown_keys[:20]:
-                path_line(console, "", printable(u["key"], None))
+                path_line(console, "", printable(u["key"], NAME_LIMIT))
                 console.print(f"    {safe(u['shape'])} {safe(u['dtype'])} {human_bytes(u['bytes'])}: {safe(u['why'])}",
                               highlight=False)
         if len(r.unknown_keys) > 20:
@@ -156,7 +156,7 @@ def render_report(r: InspectReport, console: Console, brief: bool = False) -> No
         rows += list(md.other.items())[:15]
         _kv_whole(console, f"Metadata ({plural(md.count, 'field')})", rows)
     for h in r.hashes or ():  # whole, outside any table: hashes are copied and searched for
-        path_line(console, "Hashes of", printable(h.path.rsplit("/", 1)[-1], None))
+        path_line(console, "Hashes of", printable(h.path.rsplit("/", 1)[-1], NAME_LIMIT))
         for label, value in (("sha256", h.sha256), ("AutoV2", h.autov2), ("old A1111", h.a1111_old)):
             console.print(Text.assemble("  ", (f"{label:<10}", "bold cyan"), " ", value), soft_wrap=True)
     if r.scan is not None:

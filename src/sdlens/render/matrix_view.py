@@ -15,7 +15,7 @@ from rich.table import Table
 from sdlens.analysis.matrix import MatrixResult
 from sdlens.io.atomic import write_text_atomic
 from sdlens.render.jsonout import dumps
-from sdlens.render.safe_text import plot_label, printable, safe
+from sdlens.render.safe_text import NAME_LIMIT, plot_label, printable, safe
 from sdlens.render.text import fits, path_line, plural, wrap_items
 
 _DETAIL = ("vae_encoder", "vae_decoder", "schedule", "other")  # CSV and JSON only
@@ -210,7 +210,7 @@ def render_matrix(result: MatrixResult, console: Console, *, max_cols: int = 12)
     console.print("models:", style="bold")
     width = len(str(len(result.names)))
     for i, name in enumerate(result.names, 1):
-        path_line(console, f"  {i:>{width}}", printable(Path(name).name, None))
+        path_line(console, f"  {i:>{width}}", printable(Path(name).name, NAME_LIMIT))
     _identity(result, console)
     for g in result.matrices:
         _matrix_tables(console, result.matrix(g), f"{safe(g)} ({plural(result.keys.get(g, 0), 'tensor')})", max_cols)

@@ -20,6 +20,7 @@ from rich.markup import escape
 from rich.text import Text
 
 TEXT_LIMIT = 500  # keys, metadata values, paths in tables and lines
+NAME_LIMIT = 4096  # a path or key printed whole (PATH_MAX): whole for real names, bounded for hostile ones
 ERROR_LIMIT = 300  # one error line
 
 # C0, DEL, C1; Arabic letter mark, LRM/RLM; line/paragraph separators, bidi embeddings/overrides (U+202A-E) and
