@@ -329,3 +329,10 @@ def test_inspect_metadata_hash_is_never_cut(tmp_path, monkeypatch):
     r = run("inspect", NAME_A)
     _fits_80(r.out)
     assert "  " + digest in r.out.splitlines() and "…" not in r.out
+
+
+def test_a_wrong_variant_is_a_usage_error_not_a_finding(tmp_path):
+    f = tmp_path / "x.safetensors"
+    f.write_bytes(b"\x00" * 16)
+    r = run("inspect", str(f), "--variant", "a/b")
+    assert r.code == 2 and "--variant" in _error_line(r)

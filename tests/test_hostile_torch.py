@@ -254,3 +254,17 @@ def test_legacy_pickle_limits_are_reported_as_such_not_as_truncation(tmp_path):
     cut.write_bytes(pickle.dumps(list(range(400_000)), protocol=2)[:-5])  # > 1 MiB, read in steps
     with pytest.raises(CheckpointError, match="truncated"):
         open_checkpoint(cut)
+
+
+def test_long_key_copied_into_many_names_is_refused_early(tmp_path):
+    # one 5,000-character key over 2,000 siblings would be 10 M characters of names (k × n): refused
+    p = tmp_path / "names.pt"
+    torch.save({"A" * 5000: {"t": torch.ones(1), **{i: None for i in range(2000)}}}, p)
+    t0 = time.perf_counter()
+    with pytest.raises(CheckpointError, match="key path is longer than 4096 characters") as e:
+        open_checkpoint(p)
+    assert time.perf_counter() - t0 < 5 and len(str(e.value)) < 400 and e.value.path == str(p)
+    ok = tmp_path / "ok.pt"
+    torch.save({"A" * 200: {"t": torch.ones(1), **{i: None for i in range(2000)}}}, ok)  # a long real key is fine
+    with open_checkpoint(ok) as ck:
+        assert list(ck.tensors) == ["A" * 200 + ".t"]
