@@ -95,14 +95,19 @@ def _values(raw: np.ndarray, dtype: str) -> np.ndarray:
 
 def _small_pair_stats(ra: np.ndarray, rb: np.ndarray, dtype: str) -> PairSums | None:
     """``pair_stats`` in float64 numpy, for small tensors; the count is the kernel's, on the stored bits."""
-    x, y = _values(ra, dtype), _values(rb, dtype)
+    differs = (ra != rb) & (((ra | rb) & _MAGNITUDE[ra.itemsize]) != 0)
+    return _float64_sums(_values(ra, dtype), _values(rb, dtype), int(np.count_nonzero(differs)))
+
+
+def _float64_sums(x: np.ndarray, y: np.ndarray, l0: int | None = None) -> PairSums | None:
+    """The sums of ``pair_stats`` over two float64 arrays (``l0``: the count, if known, else values that
+    differ as numbers); ``None`` when a value is NaN / Inf."""
     d = x - y
     ad = np.abs(d)
     sums = [float(np.dot(x, x)), float(np.dot(y, y)), float(np.dot(x, y)), float(np.dot(d, d)), float(ad.sum())]
     if not all(math.isfinite(v) for v in sums):
         return None
-    differs = (ra != rb) & (((ra | rb) & _MAGNITUDE[ra.itemsize]) != 0)
-    return PairSums(*sums, l0=int(np.count_nonzero(differs)), max_abs=float(ad.max(initial=0.0)))
+    return PairSums(*sums, l0=int(np.count_nonzero(d)) if l0 is None else l0, max_abs=float(ad.max(initial=0.0)))
 
 
 _mixed_used = 0
@@ -119,13 +124,7 @@ def mixed_pair_stats(a: np.ndarray, dtype_a: str, b: np.ndarray, dtype_b: str) -
             "torch" in sys.modules or _mixed_used + ra.size > _NUMPY_BUDGET):
         return None
     _mixed_used += ra.size if ra.size > _SMALL_ELEMENTS else 0
-    x, y = _values(ra, dtype_a), _values(rb, dtype_b)
-    d = x - y
-    ad = np.abs(d)
-    sums = [float(np.dot(x, x)), float(np.dot(y, y)), float(np.dot(x, y)), float(np.dot(d, d)), float(ad.sum())]
-    if not all(math.isfinite(v) for v in sums):
-        return None
-    return PairSums(*sums, l0=int(np.count_nonzero(d)), max_abs=float(ad.max(initial=0.0)))
+    return _float64_sums(_values(ra, dtype_a), _values(rb, dtype_b))
 
 
 def pair_stats(a: np.ndarray, b: np.ndarray, dtype: str) -> PairSums | None:

@@ -118,10 +118,8 @@ class SafetensorsCheckpoint(Checkpoint):
         header, data_start, size = read_safetensors_header(self.path)
         src = str(self.path)
         meta = header.pop("__metadata__", None)
-        if meta is not None and not isinstance(meta, dict):
-            raise CheckpointError(src, "safetensors __metadata__ is not a JSON object")
+        self.metadata = _metadata(src, meta)  # (refuses a non-object first)
         _check_text(src, header, meta or {})
-        self.metadata = _metadata(src, meta)
         if len(header) > MAX_TENSORS:
             raise CheckpointError(src, f"safetensors header lists {len(header)} tensors (limit {MAX_TENSORS})")
         self.tensors = _index(src, header, data_start, size - data_start)
