@@ -11,12 +11,13 @@ import pytest
 from sdlens.analysis.cost import analyse, gemm_rows, write_gemm_csv
 from sdlens.arch import build as B
 from sdlens.arch import configs as C
+from sdlens.arch import families
 from sdlens.arch import registry as R
 
-ALL = ("sd1", "sd2", "sdxl", "sd3", "sd35", "hunyuandit", "auraflow", "flux")
+ALL = ("sd1", "sd2", "sdxl", "sd3", "sd35", "hunyuandit", "auraflow", "flux_dev")
 # the smallest resolution each model takes (keeps the meta forwards quick; the laws hold at any size)
 SMALL = {"sd1": (256, 256), "sd2": (256, 256), "sdxl": (256, 256), "sd3": (256, 256), "sd35": (256, 256),
-         "hunyuandit": (256, 256), "auraflow": (256, 256), "flux": (256, 256)}
+         "hunyuandit": (256, 256), "auraflow": (256, 256), "flux_dev": (256, 256)}
 
 
 @cache
@@ -34,7 +35,7 @@ def test_denoiser_params_exact_and_blocks_add_up(model):
     assert sum(b.flops for b in r.blocks) == r.denoiser.total_flops
     assert math.isclose(sum(b.share for b in r.blocks), 1.0)
     fam = R.PIPELINES[model]["family"]
-    assert r.mbw_blocks == R.MBW_LAYERS[fam] == r.mbw_expected
+    assert r.mbw_blocks == families.get(fam).blocks.mbw == r.mbw_expected
     # the GEMM table adds up to the reported total, row by row
     rows = gemm_rows(r)
     assert len(rows) == r.denoiser.gemms
@@ -69,11 +70,11 @@ def test_unet_blocks_resolution_channels_and_keys():
     assert "model.diffusion_model.input_blocks.4." in blocks["IN04"].keys
     assert "model.diffusion_model.time_embed." in blocks["IN00"].keys
     assert round(blocks["IN03"].params / 1e6, 2) == 0.92 and round(blocks["OUT03"].params / 1e6, 1) == 83.9  # §5
-    flux = {b.name: b for b in report("flux").blocks}
+    flux = {b.name: b for b in report("flux_dev").blocks}
     assert flux["D07"].keys == ["double_blocks.7."] and flux["S37"].keys == ["single_blocks.37."]
 
 
-@pytest.mark.parametrize("model", ["sd1", "sd3", "flux"])
+@pytest.mark.parametrize("model", ["sd1", "sd3", "flux_dev"])
 def test_flops_double_with_batch_and_cfg(model):
     one = report(model, cfg=False)
     two = report(model, batch=2, cfg=False)
@@ -128,10 +129,10 @@ def test_resolution_scaling_dit_self_attention():
 
 
 def test_memory_and_vram():
-    r = report("flux")
+    r = report("flux_dev")
     m = r.memory
     w = sum(c.weight_bytes("fp16") for c in r.components)
-    assert m["weights"]["denoiser"]["fp32"] == 4 * C.DENOISER_PARAMS["flux"]
+    assert m["weights"]["denoiser"]["fp32"] == 4 * C.DENOISER_PARAMS["flux_dev"]
     assert m["vram_fused"]["all_on_gpu"] == w + max(v["fused"] for v in m["activations"].values())
     assert m["vram_fused"]["text_encoders_offloaded"] < m["vram_fused"]["all_on_gpu"]
     # materialised attention holds B·heads·L² scores: far more than the fused peak at native size for SD1

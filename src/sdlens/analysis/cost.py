@@ -18,6 +18,7 @@ import torch
 from sdlens.analysis.trace import Op, Trace, trace_forward
 from sdlens.arch import build as B
 from sdlens.arch import configs as C
+from sdlens.arch import families
 from sdlens.arch import registry as R
 from sdlens.arch.blocks import block_names, block_of
 from sdlens.errors import SdlensError
@@ -284,7 +285,8 @@ def _original_prefixes(spec: B.ArchSpec, block: str, keys: list[str]) -> list[st
             if p not in prefixes:
                 prefixes.append(p)
         return prefixes
-    style = R.ORIGINAL_BLOCK_KEYS.get(R.ORIGINAL_BLOCK_STYLE.get(spec.family, ""), {})
+    fam = families.get(spec.family)
+    style = fam.blocks.original_keys if fam else {}
     m = re.fullmatch(r"([A-Z]+)(\d*)", block)
     if m and m.group(1) in style:
         tpl = style[m.group(1)]
@@ -409,7 +411,7 @@ def analyse(
     per_image["total"] = sum(per_image.values())
 
     blocks = _blocks(spec, den, tr.ops, time_embed)
-    fam = R.PIPELINES.get(spec.key, {}).get("family", spec.family)
+    fam = families.get(spec.family)
     settings = {
         "res": [width, height], "latent": [h, w], "batch": batch, "cfg": cfg, "denoiser_batch": eff, "steps": steps,
         "dtype": dtype, "text_tokens": spec.text_tokens, "img2img": img2img, "time_embed": time_embed,
@@ -417,7 +419,7 @@ def analyse(
     }
     report = ArchReport(
         spec.key, spec.name, spec.cls_name, spec.family, spec.source, spec.config, settings, comps, blocks,
-        _mbw_count(spec, blocks), R.MBW_LAYERS.get(fam), fwd, tes, dec, enc, per_image, {},
+        _mbw_count(spec, blocks), fam.blocks.mbw if fam else None, fwd, tes, dec, enc, per_image, {},
         _notebook(spec.key) if spec.source == "released config" else None, list(spec.notes), tr.ops,
     )
     report.memory = _memory(report, dtype)
@@ -434,7 +436,8 @@ def _post_quant(kind: str) -> int:
 
 
 def _notebook(key: str) -> dict[str, Any] | None:
-    row = R.NOTEBOOK_NUMBERS.get(key)
+    fam = families.get(key)
+    row = fam.notebook if fam else None
     if row is None:
         return None
     mbw, ti, dp, passmb, total = row

@@ -315,9 +315,9 @@ def _missing(comps: dict, fam: R.Family | None, kind: str) -> list[str]:
     if fam is None or kind in ("LoRA", "ControlNet"):
         return []
     out = []
-    for te in fam.text_encoders:
+    for te in fam.text_encoder_kinds:
         if te not in comps:
-            out.append(f"{R.COMPONENT_LABELS[te]} text encoder (load it separately)")
+            out.append(f"{R.COMPONENT_LABELS.get(te, te)} text encoder (load it separately)")
     enc, dec = "vae_encoder" in comps, "vae_decoder" in comps
     if not enc and not dec:
         out.append("VAE (load one separately)")

@@ -180,15 +180,14 @@ _TE_SLOT = {"te": 0, "te1": 0, "text_encoder": 0, "te2": 1, "text_encoder_2": 1,
 def _unet_modules(family: str) -> dict[str, str]:
     """kohya-style (``_``-joined) name of each UNet module, diffusers and LDM spellings -> the dotted LDM
     module, for the released UNet of ``family`` (empty when the family has no UNet config)."""
-    from sdlens.arch import configs as C
     from sdlens.arch import registry as R
     from sdlens.arch.keymap import unet_key_map
 
     fam = R.FAMILY_BY_ID.get(family)
-    if fam is None or fam.config not in C.DENOISERS or C.DENOISERS[fam.config][0] != "UNet2DConditionModel":
+    if fam is None or fam.denoiser is None or fam.denoiser.keymap != "unet":
         return {}
     out: dict[str, str] = {}
-    for diff_key, ldm_key in unet_key_map(C.DENOISERS[fam.config][1]).items():
+    for diff_key, ldm_key in unet_key_map(dict(fam.denoiser.config)).items():
         d, ldm = diff_key.rsplit(".", 1)[0], ldm_key.rsplit(".", 1)[0]
         out[d.replace(".", "_")] = out[ldm.replace(".", "_")] = ldm
     return out
@@ -202,7 +201,8 @@ def _component(scope: str, family: str) -> str:
         return "denoiser"
     fam = R.FAMILY_BY_ID.get(family)
     slot = _TE_SLOT[scope]
-    return fam.text_encoders[slot] if fam and slot < len(fam.text_encoders) else f"text_encoder_{slot + 1}"
+    kinds = fam.text_encoder_kinds if fam else ()
+    return kinds[slot] if slot < len(kinds) else f"text_encoder_{slot + 1}"
 
 
 def lora_family(ckpt: Any) -> str:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import re
 from functools import cache
 
-from sdlens.arch.registry import BLOCK_LAYOUT, BLOCK_RULES, LAST_OUT_BLOCK
+from sdlens.arch import families
 
 
 @cache
 def _compiled(family: str) -> tuple[tuple[re.Pattern[str], str], ...]:
-    return tuple((re.compile(rx), tpl) for rx, tpl in BLOCK_RULES.get(family, ()))
+    fam = families.get(family)
+    return tuple((re.compile(rx), tpl) for rx, tpl in (fam.blocks.rules if fam else ()))
 
 
 def block_of(canonical_name: str, family: str, *, time_embed: str = "IN00") -> str:
@@ -30,14 +31,16 @@ def block_of(canonical_name: str, family: str, *, time_embed: str = "IN00") -> s
         if tpl == "TIME":
             return time_embed
         if "{last}" in tpl:
-            return tpl.format(last=f"{LAST_OUT_BLOCK.get(family, 11):02d}")
+            fam = families.get(family)
+            return tpl.format(last=f"{fam.blocks.last_out if fam else 11:02d}")
         return tpl.format(int(m.group(1))) if "{0" in tpl else tpl
     return "BASE"
 
 
 def block_names(family: str) -> list[str]:
     """A family's merge-block names in display order (BASE first); ``["BASE", "ALL"]`` for an unknown family."""
-    layout = BLOCK_LAYOUT.get(family)
-    if layout is None:
+    fam = families.get(family)
+    layout = fam.blocks.layout if fam else None
+    if not layout:
         return ["BASE", "ALL"]
     return [head if n is None else f"{head}{i:02d}" for head, n in layout for i in range(n or 1)]

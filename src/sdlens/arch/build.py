@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from sdlens.arch import configs as C
+from sdlens.arch import families
 from sdlens.arch import registry as R
 from sdlens.errors import SdlensError
 
@@ -49,29 +50,21 @@ class ArchSpec:
         return self.cls_name == "UNet2DConditionModel"
 
 
-def _aliases() -> dict[str, str]:
-    out: dict[str, str] = {}
-    for key, p in R.PIPELINES.items():
-        out[key] = key
-        for a in p["aliases"]:
-            out[a] = key
-    return out
-
-
 def resolve_alias(name: str) -> str | None:
-    return _aliases().get(name.lower().replace("_", "-").replace(" ", ""))
+    """The family id of a released pipeline from any name users type (``flux``, ``sd15``, ``SDXL base``)."""
+    fam = families.get(families.resolve(name))
+    return fam.id if fam is not None and fam.pipeline is not None else None
 
 
 def released_spec(key: str, *, tokens: int | None = None) -> ArchSpec:
-    """The spec of a released model (``sd1`` … ``flux``, aliases accepted)."""
-    k = resolve_alias(key)
-    if k is None:
+    """The spec of a released model (``sd1`` … ``flux_dev``, aliases accepted)."""
+    fam = families.get(resolve_alias(key))
+    if fam is None or fam.pipeline is None or fam.denoiser is None:
         raise SdlensError(None, f"unknown model {key!r}: use one of {', '.join(R.PIPELINES)}, a config.json or a checkpoint")
-    p = R.PIPELINES[k]
-    fam = R.FAMILY_BY_ID[p["family"]]
-    cls_name, cfg = C.DENOISERS[fam.config or k]
-    spec = ArchSpec(k, p["name"], fam.id, cls_name, dict(cfg), tuple(p["text_encoders"]), p["vae"], p["text_tokens"],
-                    p["cfg"], steps=p["steps"], res=tuple(p["res"]))
+    p = fam.pipeline
+    spec = ArchSpec(fam.id, p.name, fam.id, fam.denoiser.cls_name, dict(fam.denoiser.config),
+                    tuple((t.kind, t.tokens) for t in fam.text_encoders), fam.vae, p.text_tokens, p.cfg,
+                    steps=p.steps, res=tuple(p.res))
     return with_tokens(spec, tokens)
 
 

@@ -119,7 +119,7 @@ def _unet_config(family: str, configs: Mapping[str, dict] | None) -> dict | None
     if configs and isinstance(configs.get("unet"), dict) and configs["unet"].get("block_out_channels"):
         return {k: v for k, v in configs["unet"].items() if not k.startswith("_")}
     fam = R.FAMILY_BY_ID.get(family)
-    return C.DENOISERS[fam.config][1] if fam and fam.config in C.DENOISERS else None
+    return dict(fam.denoiser.config) if fam and fam.denoiser and fam.denoiser.keymap == "unet" else None
 
 
 def _denoiser(comp: Component, family: str, configs: Mapping[str, dict] | None) -> dict[str, CanonRef]:

@@ -8,139 +8,15 @@ from __future__ import annotations
 
 from typing import Any
 
-_SDXL_UNET: dict[str, Any] = {
-    "sample_size": 128,
-    "block_out_channels": [320, 640, 1280],
-    "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
-    "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
-    "transformer_layers_per_block": [1, 2, 10],
-    "attention_head_dim": [5, 10, 20],
-    "cross_attention_dim": 2048,
-    "use_linear_projection": True,
-    "addition_embed_type": "text_time",
-    "addition_time_embed_dim": 256,
-    "projection_class_embeddings_input_dim": 2816,
-}
+from sdlens.arch import families as _families
 
-_SD3_MEDIUM: dict[str, Any] = {
-    "sample_size": 128,
-    "patch_size": 2,
-    "in_channels": 16,
-    "num_layers": 24,
-    "attention_head_dim": 64,
-    "num_attention_heads": 24,
-    "joint_attention_dim": 4096,
-    "caption_projection_dim": 1536,
-    "pooled_projection_dim": 2048,
-    "out_channels": 16,
-    "pos_embed_max_size": 192,
-}
-
-# family id -> (diffusers class name, config)
+# family id -> (diffusers class name, config): views of the records in sdlens.arch.families
 DENOISERS: dict[str, tuple[str, dict[str, Any]]] = {
-    "sd1": ("UNet2DConditionModel", {"sample_size": 64, "cross_attention_dim": 768}),
-    "sd2": (
-        "UNet2DConditionModel",
-        {
-            "sample_size": 96,
-            "cross_attention_dim": 1024,
-            "attention_head_dim": [5, 10, 20, 20],
-            "use_linear_projection": True,
-            "upcast_attention": True,
-        },
-    ),
-    "sdxl": ("UNet2DConditionModel", _SDXL_UNET),
-    "sdxl_refiner": (
-        "UNet2DConditionModel",
-        {
-            "sample_size": 128,
-            "block_out_channels": [384, 768, 1536, 1536],
-            "down_block_types": [
-                "DownBlock2D",
-                "CrossAttnDownBlock2D",
-                "CrossAttnDownBlock2D",
-                "DownBlock2D",
-            ],
-            "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
-            "transformer_layers_per_block": 4,
-            "attention_head_dim": [6, 12, 24, 24],
-            "cross_attention_dim": 1280,
-            "use_linear_projection": True,
-            "addition_embed_type": "text_time",
-            "addition_time_embed_dim": 256,
-            "projection_class_embeddings_input_dim": 2560,
-        },
-    ),
-    "sd3": ("SD3Transformer2DModel", _SD3_MEDIUM),
-    "sd35": (
-        "SD3Transformer2DModel",
-        {**_SD3_MEDIUM, "num_layers": 38, "num_attention_heads": 38, "caption_projection_dim": 2432, "qk_norm": "rms_norm"},
-    ),
-    "hunyuandit": (
-        "HunyuanDiT2DModel",
-        {
-            "num_attention_heads": 16,
-            "attention_head_dim": 88,
-            "in_channels": 4,
-            "patch_size": 2,
-            "activation_fn": "gelu-approximate",
-            "sample_size": 128,
-            "hidden_size": 1408,
-            "num_layers": 40,
-            "mlp_ratio": 4.3637,
-            "learn_sigma": True,
-            "cross_attention_dim": 1024,
-            "norm_type": "layer_norm",
-            "cross_attention_dim_t5": 2048,
-            "pooled_projection_dim": 1024,
-            "text_len": 77,
-            "text_len_t5": 256,
-            "use_style_cond_and_image_meta_size": True,
-        },
-    ),
-    "auraflow": (
-        "AuraFlowTransformer2DModel",
-        {
-            "sample_size": 64,
-            "patch_size": 2,
-            "in_channels": 4,
-            "num_mmdit_layers": 4,
-            "num_single_dit_layers": 32,
-            "attention_head_dim": 256,
-            "num_attention_heads": 12,
-            "joint_attention_dim": 2048,
-            "caption_projection_dim": 3072,
-            "out_channels": 4,
-            "pos_embed_max_size": 4096,
-        },
-    ),
-    "flux": (
-        "FluxTransformer2DModel",
-        {
-            "patch_size": 1,
-            "in_channels": 64,
-            "num_layers": 19,
-            "num_single_layers": 38,
-            "attention_head_dim": 128,
-            "num_attention_heads": 24,
-            "joint_attention_dim": 4096,
-            "pooled_projection_dim": 768,
-            "guidance_embeds": True,
-            "axes_dims_rope": [16, 56, 56],
-        },
-    ),
+    f.id: (f.denoiser.cls_name, dict(f.denoiser.config)) for f in _families.FAMILIES if f.denoiser is not None
 }
-
 # released parameter counts (diffusers' num_parameters() of the released weights)
 DENOISER_PARAMS: dict[str, int] = {
-    "sd1": 859_520_964,
-    "sd2": 865_910_724,
-    "sdxl": 2_567_463_684,
-    "sd3": 2_028_328_000,
-    "sd35": 8_056_627_520,
-    "hunyuandit": 1_516_534_048,
-    "auraflow": 6_842_876_928,
-    "flux": 11_901_408_320,
+    f.id: f.denoiser.params for f in _families.FAMILIES if f.denoiser is not None and f.denoiser.params is not None
 }
 
 # text encoders: kind -> (transformers class name, config kwargs)

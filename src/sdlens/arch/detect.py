@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from functools import cache
 from typing import Any
 
+from sdlens.arch import families
 from sdlens.arch import registry as R
 from sdlens.io.base import TensorInfo
 
@@ -266,34 +267,8 @@ def _holds(value: Any, want: Any) -> bool:
     return value == want
 
 
-_FEATURE_TEXT: dict[str, str] = {
-    "unet": "UNet layout",
-    "proj_in_ndim": "transformer proj_in rank (4 = 1×1 conv, 2 = linear)",
-    "adm_in": "label_emb input width (size/pooled conditioning)",
-    "levels": "UNet resolution levels",
-    "context_dim": "cross-attention context width",
-    "model_channels": "model channels",
-    "transformer_depth": "deepest transformer stack",
-    "mmdit_blocks": "MMDiT joint blocks",
-    "dual_attention": "dual (MMDiT-X) attention",
-    "pos_embed_len": "positional-embedding length",
-    "hidden": "hidden width",
-    "flux_blocks": "double/single stream blocks",
-    "guidance_in": "guidance embedding",
-    "img_in": "img_in input width",
-    "aura": "AuraFlow layers (w1q / register tokens)",
-    "aura_double": "MMDiT layers",
-    "aura_single": "single DiT layers",
-    "hunyuan": "HunyuanDiT T5 MLP (mlp_t5)",
-    "hunyuan_blocks": "DiT blocks",
-    "pixart": "PixArt timestep block",
-    "pixart_ar": "aspect-ratio embedder",
-    "pixart_blocks": "DiT blocks",
-}
-
-
 def _say(name: str, value: Any) -> str:
-    text = _FEATURE_TEXT.get(name, name)
+    text = families.feature_text().get(name, name)
     if value is True:
         return f"{text}: present"
     if value is False or value is None:
@@ -329,12 +304,12 @@ def match_family(features: dict[str, Any], allowed: tuple[str, ...] | None = Non
     fam = candidates[0][2]
     reasons = [_say(k, features.get(k)) for k in fam.requires]
     nonstandard = [
-        f"{_FEATURE_TEXT.get(k, k)} {features.get(k)} (released model: {v})"
+        f"{families.feature_text().get(k, k)} {features.get(k)} (released model: {v})"
         for k, v in fam.standard.items()
         if features.get(k) != v
     ]
     reasons += [_say(k, features.get(k)) for k, v in fam.standard.items() if features.get(k) == v and k not in fam.requires]
-    variants = [v.name for v in R.VARIANTS if fam.id in v.families and features.get(v.feature) == v.value]
+    variants = [v.name for v in fam.variants if features.get(v.feature) == v.value]
     confidence = "high" if not nonstandard else "medium"
     if len(candidates) > 1 and candidates[1][:2] == candidates[0][:2]:
         confidence = "low"
@@ -345,4 +320,4 @@ def match_family(features: dict[str, Any], allowed: tuple[str, ...] | None = Non
 def family_from_text_encoders(kinds: list[str]) -> tuple[str, ...]:
     """Families whose text-encoder set equals ``kinds`` (for files holding text encoders only)."""
     ks = set(kinds)
-    return tuple(f.id for f in R.FAMILIES if f.text_encoders and set(f.text_encoders) == ks)
+    return tuple(f.id for f in R.FAMILIES if f.text_encoders and set(f.text_encoder_kinds) == ks)

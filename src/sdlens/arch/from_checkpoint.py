@@ -252,10 +252,10 @@ def flux_config_from_keys(keys: Mapping[str, TensorInfo]) -> dict[str, Any]:
     vec = _first(keys, "vector_in.in_layer.weight", "time_text_embed.text_embedder.linear_1.weight")
     hidden = img_in.shape[0]
     norm = keys.get("double_blocks.0.img_attn.norm.query_norm.scale") or keys.get("transformer_blocks.0.attn.norm_q.weight")
-    head = norm.shape[0] if norm is not None else _head_dim(hidden, C.DENOISERS["flux"][1]["attention_head_dim"])
+    head = norm.shape[0] if norm is not None else _head_dim(hidden, C.DENOISERS["flux_dev"][1]["attention_head_dim"])
     a = head * 7 // 16 // 2 * 2
     return {
-        **C.DENOISERS["flux"][1],
+        **C.DENOISERS["flux_dev"][1],
         "in_channels": img_in.shape[1],
         "out_channels": _first(keys, "final_layer.linear.weight", "proj_out.weight").shape[0],
         "num_layers": _count(keys, r"^(?:double_blocks|transformer_blocks)\.(\d+)\."),

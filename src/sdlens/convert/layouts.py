@@ -138,7 +138,7 @@ def unet_config(family: str, shapes: dict[str, tuple[int, ...]], pooled_dim: int
     """A diffusers UNet2DConditionModel config for an LDM UNet (no prefix): the family's released config with
     every width that can be read off the weights replaced (channels, context width, inputs, outputs)."""
     fam = R.FAMILY_BY_ID[family]
-    cfg: dict[str, Any] = {"_class_name": "UNet2DConditionModel", **C.DENOISERS[fam.config][1]}
+    cfg: dict[str, Any] = {"_class_name": "UNet2DConditionModel", **fam.denoiser.config}
     from sdlens.arch.keymap.unet import _DEFAULTS
 
     full = {**_DEFAULTS, **cfg}

@@ -188,8 +188,8 @@ def denoiser_config(
     """(diffusers class name, config kwargs) for ``family`` at ``size``; ``variant`` only for FLUX."""
     if family in _EXTRA:
         cls, cfg = _EXTRA[family]
-    elif family in DENOISERS and family in FAMILIES:
-        cls, cfg = DENOISERS[family]
+    elif family in FAMILIES and (family if family != "flux" else "flux_dev") in DENOISERS:
+        cls, cfg = DENOISERS[family if family != "flux" else "flux_dev"]
     else:
         raise ValueError(f"unknown DiT family {family!r}; expected one of {FAMILIES}")
     cfg = dict(cfg)

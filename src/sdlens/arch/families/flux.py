@@ -1,0 +1,87 @@
+"""FLUX.1 dev / schnell (BFL ``double_blocks`` / ``single_blocks`` originals, diffusers ``transformer``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sdlens.arch.families._common import COMMON_FEATURES, IN_OUT
+from sdlens.arch.record import Blocks, Denoiser, Family, Feature, Pipeline, TextEncoderSlot, Variant
+
+FEATURES: tuple[Feature, ...] = (
+    *COMMON_FEATURES,
+    Feature("flux_double", "count", r"^double_blocks\.(\d+)\."),
+    Feature("flux_single", "count", r"^single_blocks\.(\d+)\."),
+    Feature("flux_diffusers_single", "count", r"^single_transformer_blocks\.(\d+)\.proj_mlp\."),
+    Feature("guidance_in", "present", r"^(guidance_in\.|time_text_embed\.guidance_embedder\.)", 0,
+            "guidance embedding"),
+)
+DERIVED = {
+    "flux_blocks": lambda f: (
+        (f.get("flux_double"), f.get("flux_single"))
+        if f.get("flux_double")
+        else ((f.get("dit_blocks"), f.get("flux_diffusers_single")) if f.get("flux_diffusers_single") else None)
+    ),
+}
+_TEXT = {"flux_blocks": "double/single stream blocks"}
+
+RULES: tuple[tuple[str, str], ...] = (
+    (r"^(?:double_blocks|transformer_blocks)\.(\d+)\.", "D{0:02d}"),
+    (r"^(?:single_blocks|single_transformer_blocks)\.(\d+)\.", "S{0:02d}"),
+    (r"^(img_in|txt_in|time_in|vector_in|guidance_in|x_embedder|context_embedder|time_text_embed)", "IN"),
+    (r"^(final_layer|norm_out|proj_out)", "OUT"),
+)
+ORIGINAL = {"D": "double_blocks.{n}.", "S": "single_blocks.{n}.",
+            "IN": "img_in, txt_in, time_in, vector_in, guidance_in", "OUT": "final_layer"}
+BLOCKS = Blocks(RULES, (*IN_OUT, ("D", 19), ("S", 38), ("OUT", None)), mbw=57, original_keys=ORIGINAL)
+DEV: dict[str, Any] = {
+    "patch_size": 1,
+    "in_channels": 64,
+    "num_layers": 19,
+    "num_single_layers": 38,
+    "attention_head_dim": 128,
+    "num_attention_heads": 24,
+    "joint_attention_dim": 4096,
+    "pooled_projection_dim": 768,
+    "guidance_embeds": True,
+    "axes_dims_rope": [16, 56, 56],
+}
+VARIANTS = (Variant("img_in", 384, "Fill (inpainting)"), Variant("img_in", 128, "Depth/Canny control"))
+SINGLE = {"denoiser": "model.diffusion_model.", "clip_l": "text_encoders.clip_l.", "t5": "text_encoders.t5xxl.",
+          "vae": "vae."}
+SLOTS = {"denoiser": "transformer", "clip_l": "text_encoder", "t5": "text_encoder_2", "vae": "vae"}
+_SRC = "diffusers num_parameters() of the released transformer"
+
+
+def derive(keys):
+    from sdlens.arch.from_checkpoint import flux_config_from_keys
+
+    return flux_config_from_keys(keys)
+
+
+FAMILIES: tuple[Family, ...] = (
+    Family(
+        "flux_dev", "FLUX.1-dev",
+        {"flux_blocks": (19, 38), "guidance_in": True},
+        {"hidden": 3072, "img_in": 64},
+        features=FEATURES, derived=DERIVED, feature_text=_TEXT, variants=VARIANTS,
+        denoiser=Denoiser("FluxTransformer2DModel", DEV, 11_901_408_320, _SRC, "DiT", derive, "flux"),
+        text_encoders=(TextEncoderSlot("clip_l", 77, "last"), TextEncoderSlot("t5", 512, "last")),
+        vae="vae16", latent_channels=16, blocks=BLOCKS,
+        pipeline=Pipeline("FLUX.1-dev", ("flux", "flux-dev", "flux1", "flux.1", "flux1-dev"), 512, False, 28,
+                          (1024, 1024), "FlowMatchEulerDiscreteScheduler", "flow", "FluxPipeline"),
+        single_file=SINGLE, diffusers_slots=SLOTS, lora_hints=("flux",),
+        notebook=(57, 11.91, 11.91, 31557, 54.06),
+    ),
+    Family(
+        "flux_schnell", "FLUX.1-schnell",
+        {"flux_blocks": (19, 38), "guidance_in": False},
+        {"hidden": 3072, "img_in": 64},
+        variants=VARIANTS,
+        denoiser=Denoiser("FluxTransformer2DModel", {**DEV, "guidance_embeds": False}, None, "", "DiT", derive, "flux"),
+        text_encoders=(TextEncoderSlot("clip_l", 77, "last"), TextEncoderSlot("t5", 256, "last")),
+        vae="vae16", latent_channels=16, blocks=BLOCKS,
+        pipeline=Pipeline("FLUX.1-schnell", ("schnell", "flux-schnell", "flux1-schnell"), 256, False, 4,
+                          (1024, 1024), "FlowMatchEulerDiscreteScheduler", "flow", "FluxPipeline", measured=False),
+        single_file=SINGLE, diffusers_slots=SLOTS,
+    ),
+)

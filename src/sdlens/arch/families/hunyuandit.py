@@ -1,0 +1,50 @@
+"""HunyuanDiT (Tencent ``blocks`` original, diffusers ``transformer``)."""
+
+from __future__ import annotations
+
+from sdlens.arch.families._common import IN_OUT
+from sdlens.arch.record import Blocks, Denoiser, Family, Feature, Pipeline, TextEncoderSlot
+
+FEATURES: tuple[Feature, ...] = (
+    Feature("hunyuan", "present", r"^(mlp_t5\.0\.weight|text_embedder\.linear_1\.weight)$", 0,
+            "HunyuanDiT T5 MLP (mlp_t5)"),
+    Feature("hunyuan_blocks", "count", r"^blocks\.(\d+)\.", 0, "DiT blocks"),
+)
+DIT_RULES: tuple[tuple[str, str], ...] = (
+    (r"^(?:blocks|transformer_blocks)\.(\d+)\.", "B{0:02d}"),
+    (r"^(final_layer|norm_out|proj_out)", "OUT"),
+    (r".", "IN"),
+)
+_ORIGINAL = {"B": "blocks.{n}.", "IN": "x_embedder, t_embedder, text_embedding_padding, mlp_t5, pooler, extra_embedder",
+             "OUT": "final_layer"}
+
+
+def _derive(keys):
+    from sdlens.arch.from_checkpoint import hunyuandit_config_from_keys
+
+    return hunyuandit_config_from_keys(keys)
+
+
+FAMILIES: tuple[Family, ...] = (
+    Family(
+        "hunyuandit", "HunyuanDiT",
+        {"hunyuan": True},
+        {"hunyuan_blocks": 40},
+        features=FEATURES,
+        denoiser=Denoiser(
+            "HunyuanDiT2DModel",
+            {"num_attention_heads": 16, "attention_head_dim": 88, "in_channels": 4, "patch_size": 2,
+             "activation_fn": "gelu-approximate", "sample_size": 128, "hidden_size": 1408, "num_layers": 40,
+             "mlp_ratio": 4.3637, "learn_sigma": True, "cross_attention_dim": 1024, "norm_type": "layer_norm",
+             "cross_attention_dim_t5": 2048, "pooled_projection_dim": 1024, "text_len": 77, "text_len_t5": 256,
+             "use_style_cond_and_image_meta_size": True},
+            1_516_534_048, "diffusers num_parameters() of the released transformer", "DiT", _derive, "hunyuandit"),
+        text_encoders=(TextEncoderSlot("hunyuan_bert", 77, "last"), TextEncoderSlot("mt5_xl", 256, "last")),
+        blocks=Blocks(DIT_RULES, (*IN_OUT, ("B", 40), ("OUT", None)), mbw=40, original_keys=_ORIGINAL),
+        pipeline=Pipeline("HunyuanDiT", ("hunyuan", "hunyuan-dit", "hydit"), 256, True, 50, (1024, 1024),
+                          "DDPMScheduler", "v_prediction", "HunyuanDiTPipeline"),
+        diffusers_slots={"denoiser": "transformer", "hunyuan_bert": "text_encoder", "mt5_xl": "text_encoder_2",
+                         "vae": "vae"},
+        notebook=(40, 1.5, 1.5, 17595, 20.12),
+    ),
+)

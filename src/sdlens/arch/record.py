@@ -1,0 +1,131 @@
+"""The shape of one architecture record: everything sdlens knows about a model family, in one place.
+
+A record (``Family``) is pure data plus, at most, one function that derives a denoiser config from a file's
+shapes. The records themselves live in ``sdlens.arch.families`` (one module per architecture); every command
+looks facts up there through ``sdlens.arch.families.get`` / ``all_families``. See docs/adding-a-family.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Feature:
+    """A fact read off a component's (relative) keys and shapes.
+
+    ``op``: ``present`` (some key matches), ``dim`` (shape[arg] of the first match), ``ndim``,
+    ``count`` (distinct values of the regex's first group), ``keys`` (number of matching keys).
+    ``text`` is how a reason names it ("hidden width = 3072").
+    """
+
+    name: str
+    op: str
+    pattern: str
+    arg: int = 0
+    text: str = ""
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A variant told by one feature's value (e.g. 9 input channels -> inpainting)."""
+
+    feature: str
+    value: Any
+    name: str
+
+
+@dataclass(frozen=True)
+class TextEncoderSlot:
+    """One text encoder of the pipeline: its kind (``sdlens.arch.configs`` TEXT_ENCODERS / OTHER_TEXT_ENCODERS
+    key), the tokens per prompt the pipeline feeds it, and the hidden state it conditions on."""
+
+    kind: str
+    tokens: int = 77
+    layer: str = "last"  # last | penultimate
+
+
+@dataclass(frozen=True)
+class Denoiser:
+    """The denoiser as diffusers builds it: class, released config (values that differ from the class
+    defaults), the released parameter count and where that count comes from."""
+
+    cls_name: str
+    config: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    params: int | None = None  # num_parameters() of the released weights
+    params_source: str = ""
+    label: str = "UNet"  # how reports name it: UNet, MMDiT, DiT, ...
+    # relative keys -> diffusers config, for files whose widths or depths differ from the release
+    config_from_shapes: Callable[[Mapping[str, Any]], dict[str, Any]] | None = field(default=None, hash=False,
+                                                                                      compare=False)
+    keymap: str | None = None  # the key map (sdlens.arch.keymap) between its original and diffusers layouts
+
+
+@dataclass(frozen=True)
+class Blocks:
+    """Merge blocks: rules on the denoiser's canonical (original-layout) key, first match wins; a template gets
+    the regex's first group as an int, ``TIME`` is the switchable time-embedding placement, ``OUT{last}`` the
+    last output block. ``layout`` is the display order: (name prefix, count), count None -> the bare name."""
+
+    rules: tuple[tuple[str, str], ...] = ()
+    layout: tuple[tuple[str, int | None], ...] = ()
+    last_out: int = 11
+    mbw: int | None = None  # "MBW layers" as the community (and the original notebook) counts them
+    original_keys: Mapping[str, str] = field(default_factory=dict, hash=False)  # block head -> original keys
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """The released pipeline around the denoiser (what ``sdlens arch`` measures and ``schedule`` expects)."""
+
+    name: str
+    aliases: tuple[str, ...] = ()
+    text_tokens: int = 77  # tokens of the text sequence the denoiser attends to
+    cfg: bool = True  # classifier-free guidance by default
+    steps: int = 50
+    res: tuple[int, int] = (1024, 1024)
+    scheduler: str = ""  # diffusers scheduler class of the released folder
+    prediction: str = "epsilon"  # epsilon | v_prediction | flow | edm
+    diffusers_class: str = ""  # the diffusers pipeline class
+    measured: bool = True  # one of the pipelines ``sdlens arch`` lists by default
+
+
+@dataclass(frozen=True)
+class Family:
+    """One architecture (or a variant of one that users name apart, e.g. FLUX.1-dev / -schnell).
+
+    Detection: ``features`` this record introduces (evaluated with everyone's), ``derived`` features computed
+    from them, ``requires`` (feature -> value or (op, value), op in ne/ge/le/in) that must all hold, and
+    ``standard`` values of the released model (others -> "non-standard widths").
+    """
+
+    id: str
+    name: str
+    requires: Mapping[str, Any] = field(hash=False)
+    standard: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    features: tuple[Feature, ...] = ()
+    derived: Mapping[str, Callable[[dict[str, Any]], Any]] = field(default_factory=dict, hash=False, compare=False)
+    feature_text: Mapping[str, str] = field(default_factory=dict, hash=False)  # how reasons name derived features
+    variants: tuple[Variant, ...] = ()
+    denoiser: Denoiser | None = None
+    text_encoders: tuple[TextEncoderSlot, ...] = ()
+    vae: str = "vae4"  # sdlens.arch.configs VAES key
+    latent_channels: int = 4
+    blocks: Blocks = Blocks()
+    pipeline: Pipeline | None = None
+    # where each component sits in the single-file (original) layout and in a diffusers folder
+    single_file: Mapping[str, str] = field(default_factory=dict, hash=False)  # component -> key prefix
+    diffusers_slots: Mapping[str, str] = field(default_factory=dict, hash=False)  # component -> folder slot
+    lora_hints: tuple[str, ...] = ()  # substrings of a LoRA's ss_base_model_version naming this family
+    notebook: tuple[int, float, float, int, float] | None = None  # the original notebook's numbers (§7)
+    notes: str = ""
+
+    @property
+    def text_encoder_kinds(self) -> tuple[str, ...]:
+        return tuple(t.kind for t in self.text_encoders)
+
+    @property
+    def denoiser_label(self) -> str:
+        return self.denoiser.label if self.denoiser else "denoiser"
