@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from sdlens.convert.layouts import Item
-from sdlens.convert.plan import PROVENANCE_META, ConversionPlan, _op, nbytes
+from sdlens.convert.plan import PROVENANCE_META, ConversionPlan, nbytes, op_of
 from sdlens.convert.writer import CHUNK_BYTES, assemble, pieces_of, source_streams
 
 
@@ -137,7 +137,7 @@ def _count(rep: VerifyReport, e: Item, ok: bool) -> None:
         rep.cast_exact += 1
     else:
         rep.bit_identical += 1
-    if _op(e) == "rename":
+    if op_of(e) == "rename":
         rep.renamed += 1
 
 

@@ -23,7 +23,7 @@ def _label(cid: str) -> str:
 
 
 def render_plan(plan: Any, console: Console, *, dry_run: bool = True) -> None:
-    from sdlens.convert.plan import _op, nbytes
+    from sdlens.convert.plan import nbytes, op_of
 
     head = "[bold]dry run[/] — nothing written" if dry_run else "[bold]plan[/]"
     console.print(f"{head}: {safe(plan.input)} ({safe(plan.input_format)}, {safe(plan.family)}) -> {safe(plan.output)} "
@@ -36,7 +36,7 @@ def render_plan(plan: Any, console: Console, *, dry_run: bool = True) -> None:
                                            "bytes_in": 0, "bytes_out": 0})
         c["kept"] += 1
         c["cast"] += e.out_dtype != e.dtype
-        c["renamed"] += _op(e) in ("rename", "ema")
+        c["renamed"] += op_of(e) in ("rename", "ema")
         c["restored"] += e.restore is not None
         c["bytes_out"] += nbytes(e)
         if e.pieces:
@@ -61,7 +61,7 @@ def render_plan(plan: Any, console: Console, *, dry_run: bool = True) -> None:
     for why, keys in reasons.items():
         console.print(f"  [yellow]drop[/] {plural(len(keys), 'tensor')}: {safe(why)} (e.g. {safe(keys[0])})",
                       highlight=False)
-    renames = [e for e in plan.entries if _op(e) == "rename"]
+    renames = [e for e in plan.entries if op_of(e) == "rename"]
     for e in renames[:3]:
         src = e.pieces[0].key if e.pieces else "?"
         more = f" (+{len(e.pieces) - 1} joined)" if len(e.pieces) > 1 else ""
