@@ -18,6 +18,7 @@ import _compat_pickle
 import codecs
 import pickletools
 from dataclasses import dataclass
+from typing import BinaryIO
 
 __all__ = [
     "MAX_DEPTH",
@@ -28,6 +29,8 @@ __all__ = [
     "PickleScan",
     "qualname",
     "scan_pickle",
+    "scan_next_pickle",
+    "scan_pickle_globals",
 ]
 
 MAX_PICKLE_BYTES = 64 << 20  # one pickle (a zip member decompressed, or one legacy pickle)
@@ -449,3 +452,38 @@ def looks_like_pickle(head: bytes) -> bool:
         return False
     result = scan_pickle(head, max_bytes=len(head))
     return result.error is None or result.limit or result.error.startswith("truncated") or bool(result.globals)
+
+
+def scan_pickle_globals(data: bytes) -> list[str]:
+    """Every ``module.name`` global that a pickle references (GLOBAL, INST, STACK_GLOBAL), in first-use
+    order, without executing anything. Raises ``ValueError`` if the pickle is truncated, malformed or over
+    a work limit."""
+    result = scan_pickle(bytes(data))
+    if result.error is not None:
+        raise ValueError(f"pickle is {result.error}")
+    return result.globals
+
+
+def scan_next_pickle(f: BinaryIO, size: int) -> tuple[bytes, PickleScan]:
+    """Scan the pickle that starts at ``f``'s position in a file of ``size`` bytes (legacy torch files are
+    pickles back to back): 1 MiB is read, then more while the pickle runs past what was read, up to
+    :data:`MAX_PICKLE_BYTES` -- never what a length field claims. Returns the bytes read and the scan; ``f`` is
+    left just past the pickle's STOP."""
+    start = f.tell()
+    want = 1 << 20
+    available = min(MAX_PICKLE_BYTES, size - start)
+    while True:
+        data = f.read(min(want, available))
+        result = scan_pickle(data, max_bytes=len(data))
+        ran_out = result.error is not None and result.error.startswith(("larger than", "truncated"))
+        if not ran_out or len(data) >= available:
+            break
+        want *= 8
+        f.seek(start)
+    if ran_out and size - start > MAX_PICKLE_BYTES:
+        result = PickleScan(result.globals, f"larger than the {MAX_PICKLE_BYTES >> 20} MiB limit for one pickle",
+                            result.end, True)  # fmt: skip
+    elif ran_out:
+        result = PickleScan(result.globals, "truncated (the pickle ends before its STOP opcode)", result.end)
+    f.seek(start + result.end)
+    return data, result
