@@ -426,6 +426,9 @@ def _label(component: str, family: str) -> str:
     return R.COMPONENT_LABELS.get(component, component)
 
 
+component_label = _label  # the public name (render's tables and figures)
+
+
 def _span(names: list[str]) -> str:
     return ", ".join(names) if len(names) <= 10 else f"{names[0]} … {names[-1]} ({len(names)} blocks)"
 

@@ -413,6 +413,9 @@ def _human_count(n: int) -> str:
     return str(n)
 
 
+human_count = _human_count  # the public name (render's tables)
+
+
 def human_bytes(n: int) -> str:
     for div, suffix in ((1e9, "GB"), (1e6, "MB"), (1e3, "kB")):
         if n >= div:

@@ -10,7 +10,7 @@ from functools import cache
 from typing import Any
 
 from sdlens.arch.layers import layer_type
-from sdlens.io.base import TensorInfo
+from sdlens.io.base import Checkpoint, TensorInfo
 
 # module-name suffix -> role of the tensor
 _KOHYA = re.compile(r"^lora_(unet|te\d?)_(.+?)\.(lora_down\.weight|lora_up\.weight|lora_mid\.weight|alpha|dora_scale|"
@@ -205,7 +205,7 @@ def _component(scope: str, family: str) -> str:
     return kinds[slot] if slot < len(kinds) else f"text_encoder_{slot + 1}"
 
 
-def lora_family(ckpt: Any) -> str:
+def lora_family(ckpt: Checkpoint) -> str:
     """The registry family a LoRA file targets, from its shapes and metadata (``unknown`` if not told)."""
     from sdlens.arch import registry as R
 
@@ -214,7 +214,7 @@ def lora_family(ckpt: Any) -> str:
     return arch if arch in R.FAMILY_BY_ID else "unknown"
 
 
-def lora_index(ckpt: Any, family: str | None = None) -> tuple[dict[str, Any], str, dict[str, float]]:
+def lora_index(ckpt: Checkpoint, family: str | None = None) -> tuple[dict[str, Any], str, dict[str, float]]:
     """(canonical name -> CanonRef, family id, module -> alpha) of a LoRA file, so two LoRAs in different
     conventions (kohya ``lora_unet_…_lora_down.weight`` vs PEFT ``unet.….lora_A.weight``) compare target
     module by target module. UNet targets are named by their LDM module (kohya's diffusers or LDM spelling

@@ -24,12 +24,12 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import cache
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from sdlens.arch import configs as C
 from sdlens.arch import registry as R
 from sdlens.arch.detect import Component, match_family, read_features, split_components
-from sdlens.io.base import TensorInfo
+from sdlens.io.base import Checkpoint, TensorInfo
 
 if TYPE_CHECKING:
     import torch
@@ -46,7 +46,7 @@ class CanonRef:
     transpose: bool = False
 
 
-def read_canonical(ckpt: Any, ref: CanonRef, *, copy: bool = True) -> torch.Tensor:
+def read_canonical(ckpt: Checkpoint, ref: CanonRef, *, copy: bool = True) -> torch.Tensor:
     """Read ``ref.key`` from ``ckpt`` and apply the row slice, transpose and reshape to the canonical shape."""
     t = ckpt.read(ref.key, copy=copy)
     if ref.rows is not None:

@@ -9,13 +9,16 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sdlens.arch import configs as C
 from sdlens.arch import registry as R
 from sdlens.arch.canonical import CanonRef, canonical_index, read_canonical
 from sdlens.errors import SdlensError
 from sdlens.words import plural
+
+if TYPE_CHECKING:
+    from sdlens.io.base import Checkpoint
 
 ENCODER_KINDS = ("clip_l", "clip_g", "openclip_h", "t5")
 _CLIP_LAYER = re.compile(r"^text_model\.encoder\.layers\.(\d+)\.")
@@ -79,7 +82,7 @@ def _strip(key: str) -> str:
     return key
 
 
-def find_text_encoders(ck: Any) -> tuple[list[EncoderSpec], str]:
+def find_text_encoders(ck: Checkpoint) -> tuple[list[EncoderSpec], str]:
     """The text encoders of an open checkpoint (headers only), and the detected family id."""
     from sdlens.arch.detect import split_components
 
@@ -117,7 +120,7 @@ def _count(rx: re.Pattern[str], keys: Mapping[str, Any]) -> int:
     return len({m.group(1) for k in keys if (m := rx.match(k))})
 
 
-def _shape(refs: Mapping[str, CanonRef], key: str, ck: Any, cid: str) -> tuple[int, ...]:
+def _shape(refs: Mapping[str, CanonRef], key: str, ck: Checkpoint, cid: str) -> tuple[int, ...]:
     if key not in refs:
         raise SdlensError(ck.path, f"text encoder {cid} is incomplete: no {key}")
     return refs[key].shape
@@ -136,7 +139,7 @@ def _clip_heads(hidden: int, kind: str, folder: dict | None, notes: list[str]) -
     return heads
 
 
-def _spec(ck: Any, cid: str, refs: dict[str, CanonRef], folder: dict | None) -> EncoderSpec:
+def _spec(ck: Checkpoint, cid: str, refs: dict[str, CanonRef], folder: dict | None) -> EncoderSpec:
     base = cid.split("@")[0]
     is_t5 = base == "t5" or "shared.weight" in refs or any(_T5_LAYER.match(k) for k in refs)
     notes: list[str] = []
@@ -184,7 +187,7 @@ def _spec(ck: Any, cid: str, refs: dict[str, CanonRef], folder: dict | None) -> 
     return EncoderSpec(cid, kind, "clip", cls_name, cfg, keep, skipped, notes)
 
 
-def _t5_spec(ck: Any, cid: str, refs: dict[str, CanonRef], folder: dict | None) -> EncoderSpec:
+def _t5_spec(ck: Checkpoint, cid: str, refs: dict[str, CanonRef], folder: dict | None) -> EncoderSpec:
     skipped = [k for k in refs if _IGNORED.search(k)]
     refs = {k: v for k, v in refs.items() if k not in skipped}
     emb_key = "shared.weight" if "shared.weight" in refs else "encoder.embed_tokens.weight"
@@ -235,7 +238,7 @@ def _target(key: str, model_keys: set[str]) -> str | None:
     return None
 
 
-def load_text_encoder(ck: Any, spec: EncoderSpec, dtype=None):
+def load_text_encoder(ck: Checkpoint, spec: EncoderSpec, dtype=None):
     """Build ``spec``'s model and fill it from ``ck``, one tensor read at a time (float32 by default).
 
     Raises :class:`SdlensError` naming what is missing when the file's encoder is incomplete."""

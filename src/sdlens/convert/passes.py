@@ -22,11 +22,14 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sdlens.errors import CheckpointError
 from sdlens.io.dtypes import torch_dtype
 from sdlens.io.stream import read_exact
+
+if TYPE_CHECKING:
+    from sdlens.io.base import Checkpoint
 
 BLOCK_BYTES = 32 << 20
 BLOCKS = 6
@@ -150,7 +153,7 @@ class SourcePass:
     :meth:`close`.
     """
 
-    def __init__(self, ckpt: Any, keys: list[str], full_files: set[str], block_bytes: int | None = None,
+    def __init__(self, ckpt: Checkpoint, keys: list[str], full_files: set[str], block_bytes: int | None = None,
                  blocks: int | None = None):
         block_bytes = block_bytes or BLOCK_BYTES
         blocks = blocks or BLOCKS

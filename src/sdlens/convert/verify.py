@@ -15,11 +15,14 @@ import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sdlens.convert.layouts import Item
 from sdlens.convert.plan import PROVENANCE_META, ConversionPlan, nbytes, op_of
-from sdlens.convert.writer import CHUNK_BYTES, assemble, pieces_of, source_streams
+from sdlens.convert.sources import CHUNK_BYTES, assemble, pieces_of, source_streams
+
+if TYPE_CHECKING:
+    from sdlens.io.base import Checkpoint
 
 
 @dataclass
@@ -192,7 +195,7 @@ def verify_written(plan: ConversionPlan, root: Path, expected: dict[str, dict[st
     return rep
 
 
-def verify_output(plan: ConversionPlan, root: Path, ckpts: list[Any],
+def verify_output(plan: ConversionPlan, root: Path, ckpts: list[Checkpoint],
                   progress: Callable[[int], None] | None = None) -> VerifyReport:
     """The full check: re-open every output file and compare every tensor with the input, re-read from its
     files: bit-identical, or equal to the input cast to the target dtype (cast again here), restored 0..N-1."""
@@ -212,7 +215,7 @@ def verify_output(plan: ConversionPlan, root: Path, ckpts: list[Any],
     return rep
 
 
-def _check(e: Item, srcs: dict[int, Iterator[Any]], outs: Iterator[Any], out: Any, ckpts: list[Any], cmp: _Compare) -> bool:
+def _check(e: Item, srcs: dict[int, Iterator[Any]], outs: Iterator[Any], out: Any, ckpts: list[Checkpoint], cmp: _Compare) -> bool:
     if e.simple:
         pairs = _aligned(pieces_of(srcs[e.pieces[0].source], e.pieces[0].key), pieces_of(outs, e.key))
         try:

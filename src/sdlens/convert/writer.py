@@ -19,18 +19,22 @@ import secrets
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from sdlens.convert import verify as verification
 from sdlens.convert.layouts import Item
 from sdlens.convert.plan import PROVENANCE_META, ConversionPlan, nbytes
+from sdlens.convert.sources import assemble, open_passes, pieces_of, source_streams
 from sdlens.errors import ProblemsFound, SdlensError
 from sdlens.io.dtypes import torch_dtype
 from sdlens.words import plural
 
-CHUNK_BYTES = 64 << 20
+if TYPE_CHECKING:
+    from sdlens.io.base import Checkpoint
+
 CAST_ELEMS = 8 << 20
 F16_INF_BITS = 0x7C00  # fp16 magnitude bits of inf (NaN above)
 _PLACEHOLDER = "~" * 56
@@ -134,47 +138,6 @@ def _raw(t) -> memoryview:
     return memoryview(t.contiguous().view(-1).view(torch.uint8).numpy())
 
 
-def assemble(item: Item, ckpts: list[Any]):
-    """The whole source tensor of an item that is not a plain copy (restored, sliced, transposed, joined)."""
-    import torch
-
-    if item.restore == "arange":
-        n = item.shape[-1] if item.shape else 0
-        return torch.arange(n, dtype=torch.int64).reshape(item.shape)
-    parts = []
-    for p in item.pieces:
-        t = ckpts[p.source].read(p.key)
-        if p.rows:
-            t = t[p.rows[0] : p.rows[1]]
-        if p.transpose:
-            t = t.t()
-        parts.append(t.contiguous())
-    t = parts[0] if len(parts) == 1 else torch.cat(parts, 0)
-    return t.reshape(item.shape)
-
-
-def pieces_of(it: Iterator[Any], key: str) -> Iterator[Any]:
-    """The stream pieces of one tensor (flat torch views), up to and including its last one."""
-    while True:
-        p = next(it)
-        if p.key != key:
-            raise SdlensError(p.info.source, f"internal error: stream gave {p.key!r}, expected {key!r}")
-        yield p.data
-        if p.last:
-            return
-
-
-def source_streams(entries: list[Item], ckpts: list[Any]) -> dict[int, Iterator[Any]]:
-    """One stream per source over the simple entries' tensors, in write order."""
-    from sdlens.io.stream import stream
-
-    keys: dict[int, list[str]] = {}
-    for e in entries:
-        if e.simple:
-            keys.setdefault(e.pieces[0].source, []).append(e.pieces[0].key)
-    return {s: stream(ckpts[s], ks, CHUNK_BYTES) for s, ks in keys.items()}
-
-
 # --------------------------------------------------------------------------- hashing the sources
 
 
@@ -202,7 +165,7 @@ class _Hasher(threading.Thread):
             self.error = e
 
 
-def _source_files(ckpts: list[Any]) -> list[str]:
+def _source_files(ckpts: list[Checkpoint]) -> list[str]:
     files: list[str] = []
     for ck in ckpts:
         files += [str(f) for f in ck.files]
@@ -300,8 +263,7 @@ def convert(
     check_paths(plan, overwrite)
     out = Path(plan.output)
     tmp = out.parent / f".{out.name}.tmp-{secrets.token_hex(4)}"
-    ckpts: list[Any] = []
-    passes: dict[int, Any] = {}
+    ckpts: list[Checkpoint] = []
     threads = torch.get_num_threads()
     # one thread for the casts: the other core hashes (sha256 of the input), reads and writes; two torch threads
     # would fight those (and, on a loaded machine, wait for each other)
@@ -314,79 +276,34 @@ def convert(
         to_hash = set(files) if hashes else set()
         digests: dict[str, str] = {}
         stats = RangeStats()
-        written: list[str] = []
-        total = 0
         metadata = {**plan.metadata, PROVENANCE_META: prov}
         if plan.layout == "diffusers":
             tmp.mkdir()
-        writers = []
-        tensor_digests: dict[str, dict[str, str]] = {}
         timings: dict[str, float] = {}
-        refused = False
-        for rel, entries in plan.files.items():
-            path = tmp / rel if plan.layout == "diffusers" else tmp
-            path.parent.mkdir(parents=True, exist_ok=True)
-            passes = open_passes(entries, ckpts, to_hash - set(digests))
-            t0 = time.perf_counter()
-            w, aw, n, refused_here = _write_file(path, entries, ckpts, passes, metadata, stats, force, progress,
-                                                 _after_tensor, timings)
-            for sp in passes.values():
-                digests.update(sp.finish())
-                _add(timings, getattr(sp, "timings", {}))
-            _add(timings, aw.timings)
-            timings["pass_wall"] = timings.get("pass_wall", 0.0) + time.perf_counter() - t0
-            passes = {}
-            refused = refused or refused_here
-            writers.append(w)
-            tensor_digests[rel] = aw.digests
-            written.append(rel or out.name)
-            total += n
+        writers, tensor_digests, written, total, refused = _write_tensor_files(
+            plan, tmp, ckpts, metadata, stats, force, progress, _after_tensor, to_hash, digests, timings)
         if refused:
-            r = stats.to_dict()
-            worst = ", ".join(f"{k} ({v})" for k, v in list(r["tensors_overflow"].items())[:3])
-            raise SdlensError(plan.input, f"casting to fp16 would overflow {stats.overflow} values (|x| > 65504, "
-                              f"max |x| = {stats.max_abs:.4g}) in {plural(len(stats.tensors_overflow), 'tensor')}, e.g. {worst}; "
-                              "refused (use --dtype bf16, or --force to write inf)")
-        for rel, cfg in plan.json_files.items():
-            p = tmp / rel
-            p.parent.mkdir(parents=True, exist_ok=True)
-            p.write_text(json.dumps(cfg, indent=2, sort_keys=False) + "\n")
-            written.append(rel)
+            _refuse_overflow(plan, stats)
+        _write_json_files(plan, tmp, written)
         t0 = time.perf_counter()
         if hashes:
-            left = [f for f in files if f not in digests]  # source files no pass read in full
-            if left:
-                hasher = _Hasher(left)
-                hasher.run()
-                if hasher.error is not None:
-                    raise SdlensError(plan.input, f"cannot hash the source: {hasher.error}")
-                digests.update(hasher.digests)
-            digests = {f: digests[f] for f in files}
-            for w in writers:
-                header = w.header
-                for holder, f in holders.items():
-                    header = header.replace(holder.encode(), digests[f].encode())
-                w.rewrite_header(header)
+            digests = _fill_hashes(plan, files, digests, holders, writers)
         for w in writers:
             w.finish(drop_cache=bool(verify))  # the verification then reads what is on disk, not the page cache
         timings["finish"] = time.perf_counter() - t0
         result = ConvertResult(plan, str(out), written, total, stats, source_sha256=digests, timings=timings)
         t0 = time.perf_counter()
         if verify:
-            from sdlens.convert.verify import verify_output, verify_written
-
             if verify == "full":
-                result.verification = verify_output(plan, tmp, ckpts, progress)
+                result.verification = verification.verify_output(plan, tmp, ckpts, progress)
             else:
-                result.verification = verify_written(plan, tmp, tensor_digests, progress)
+                result.verification = verification.verify_written(plan, tmp, tensor_digests, progress)
             if not result.verification.ok:
                 raise ProblemsFound(plan.output, "verification failed: " + "; ".join(result.verification.problems[:3]))
             timings["verify"] = time.perf_counter() - t0
         _commit(tmp, out, overwrite)
         return result
     except BaseException:
-        for sp in passes.values():
-            sp.close()
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)
         else:
@@ -396,6 +313,79 @@ def convert(
         torch.set_num_threads(threads)
         for ck in ckpts:
             ck.close()
+
+
+def _write_tensor_files(plan: ConversionPlan, tmp: Path, ckpts: list[Checkpoint], metadata: dict[str, str], stats: RangeStats,
+                        force: bool, progress, after_tensor, to_hash: set[str], digests: dict[str, str],
+                        timings: dict[str, float]) -> tuple[list[Any], dict[str, dict[str, str]], list[str], int, bool]:
+    """Every weights file of the plan, one source pass each (the sources' sha256 added to ``digests``).
+    Returns the writers (headers still to fill), each file's tensor digests, the files written, the bytes
+    written and whether a cast was refused."""
+    out = Path(plan.output)
+    writers: list[Any] = []
+    tensor_digests: dict[str, dict[str, str]] = {}
+    written: list[str] = []
+    total = 0
+    refused = False
+    for rel, entries in plan.files.items():
+        path = tmp / rel if plan.layout == "diffusers" else tmp
+        path.parent.mkdir(parents=True, exist_ok=True)
+        passes = open_passes(entries, ckpts, to_hash - set(digests))
+        try:
+            t0 = time.perf_counter()
+            w, aw, n, refused_here = _write_file(path, entries, ckpts, passes, metadata, stats, force, progress,
+                                                 after_tensor, timings)
+            for sp in passes.values():
+                digests.update(sp.finish())
+                _add(timings, getattr(sp, "timings", {}))
+        except BaseException:
+            for sp in passes.values():
+                sp.close()
+            raise
+        _add(timings, aw.timings)
+        timings["pass_wall"] = timings.get("pass_wall", 0.0) + time.perf_counter() - t0
+        refused = refused or refused_here
+        writers.append(w)
+        tensor_digests[rel] = aw.digests
+        written.append(rel or out.name)
+        total += n
+    return writers, tensor_digests, written, total, refused
+
+
+def _refuse_overflow(plan: ConversionPlan, stats: RangeStats) -> None:
+    r = stats.to_dict()
+    worst = ", ".join(f"{k} ({v})" for k, v in list(r["tensors_overflow"].items())[:3])
+    raise SdlensError(plan.input, f"casting to fp16 would overflow {stats.overflow} values (|x| > 65504, "
+                      f"max |x| = {stats.max_abs:.4g}) in {plural(len(stats.tensors_overflow), 'tensor')}, e.g. {worst}; "
+                      "refused (use --dtype bf16, or --force to write inf)")
+
+
+def _write_json_files(plan: ConversionPlan, tmp: Path, written: list[str]) -> None:
+    for rel, cfg in plan.json_files.items():
+        p = tmp / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(json.dumps(cfg, indent=2, sort_keys=False) + "\n")
+        written.append(rel)
+
+
+def _fill_hashes(plan: ConversionPlan, files: list[str], digests: dict[str, str], holders: dict[str, str],
+                 writers: list[Any]) -> dict[str, str]:
+    """Hash the source files no pass read in full, and write every file's sha256 into the headers'
+    placeholders; the digests, in file order."""
+    left = [f for f in files if f not in digests]  # source files no pass read in full
+    if left:
+        hasher = _Hasher(left)
+        hasher.run()
+        if hasher.error is not None:
+            raise SdlensError(plan.input, f"cannot hash the source: {hasher.error}")
+        digests.update(hasher.digests)
+    digests = {f: digests[f] for f in files}
+    for w in writers:
+        header = w.header
+        for holder, f in holders.items():
+            header = header.replace(holder.encode(), digests[f].encode())
+        w.rewrite_header(header)
+    return digests
 
 
 def _commit(tmp: Path, out: Path, overwrite: bool) -> None:
@@ -415,56 +405,12 @@ def _commit(tmp: Path, out: Path, overwrite: bool) -> None:
         os.close(fd)
 
 
-class _LegacyPass:
-    """:func:`sdlens.io.stream.stream` behind the :class:`~sdlens.convert.passes.SourcePass` interface, for
-    sources with tensors that are not one contiguous run (strided views in some .ckpt files); hashes nothing."""
-
-    def __init__(self, it: Iterator[Any]):
-        self.it = it
-
-    def tensor(self, key: str) -> Iterator[Any]:
-        from sdlens.convert.passes import Chunk
-
-        for data in pieces_of(self.it, key):
-            yield Chunk(key, data, False, None)
-
-    def finish(self) -> dict[str, str]:
-        for _ in self.it:
-            pass
-        return {}
-
-    def close(self) -> None:
-        close = getattr(self.it, "close", None)
-        if close is not None:
-            close()
-
-
-def open_passes(entries: list[Item], ckpts: list[Any], to_hash: set[str]) -> dict[int, Any]:
-    """One pass per source over the simple entries' tensors (in write order); the source files in ``to_hash``
-    are read in full and hashed by it."""
-    from sdlens.convert.passes import SourcePass
-    from sdlens.io.stream import stream
-
-    keys: dict[int, list[str]] = {}
-    for e in entries:
-        if e.simple:
-            keys.setdefault(e.pieces[0].source, []).append(e.pieces[0].key)
-    out: dict[int, Any] = {}
-    for s, ks in keys.items():
-        ck = ckpts[s]
-        if all(ck.is_plain(k) for k in ks):
-            out[s] = SourcePass(ck, ks, to_hash)
-        else:
-            out[s] = _LegacyPass(stream(ck, ks, CHUNK_BYTES))
-    return out
-
-
 def _add(into: dict[str, float], more: dict[str, float]) -> None:
     for k, v in more.items():
         into[k] = into.get(k, 0.0) + v
 
 
-def _write_file(path: Path, entries: list[Item], ckpts: list[Any], passes: dict[int, Any], metadata: dict[str, str],
+def _write_file(path: Path, entries: list[Item], ckpts: list[Checkpoint], passes: dict[int, Any], metadata: dict[str, str],
                 stats: RangeStats, force: bool, progress, after_tensor,
                 timings: dict[str, float]) -> tuple[Any, Any, int, bool]:
     from sdlens.convert.passes import AsyncWriter, Chunk

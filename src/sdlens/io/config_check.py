@@ -91,7 +91,7 @@ def _fits(v: Any, kind: str, top: int) -> bool:
 
 def check_config(cfg: dict[str, Any], path: Path) -> None:
     """Raise :class:`CheckpointError` about ``path`` when a field sdlens reads has the wrong type or length."""
-    from sdlens.io.folders import show
+    from sdlens.io.limits import show
 
     for name, kinds in FIELDS.items():
         if name in cfg:

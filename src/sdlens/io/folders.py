@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import reprlib
 import stat
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
@@ -23,6 +22,8 @@ from typing import Any
 from sdlens.errors import CheckpointError, SdlensError
 from sdlens.io.base import Checkpoint, TensorInfo
 from sdlens.io.config_check import check_config
+from sdlens.io.files import open_file
+from sdlens.io.limits import show
 
 WEIGHT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 # weight file stems written by diffusers / transformers, best first
@@ -48,16 +49,6 @@ PIPELINE_PARTS = (
 )
 MAX_JSON_BYTES = 64 << 20  # config.json, model_index.json, shard indexes (a 100k-key index is ~10 MB)
 MAX_JSON_DEPTH = 64  # real configs nest 3-4 levels
-_show = reprlib.Repr()
-_show.maxstring = 80
-_show.maxother = 80
-
-
-def show(value: Any) -> str:
-    """A bounded, escaped ``repr`` of an untrusted value for a message."""
-    return _show.repr(value)
-
-
 class CompositeCheckpoint(Checkpoint):
     """Several checkpoints shown as one; keys may be prefixed with the part they came from."""
 
@@ -218,8 +209,6 @@ def open_sharded(
 ) -> CompositeCheckpoint:
     """A model split into shards listed by ``*.index.json`` (``{"metadata": {...}, "weight_map": {key: file}}``).
     Shards must lie inside ``root`` (default: the index's own folder)."""
-    from sdlens.io.open import open_file
-
     root = root or root_of(index_path.parent)
     index = read_json(index_path, "shard index")
     weight_map = index.get("weight_map") if isinstance(index, dict) else None
@@ -351,8 +340,6 @@ def open_folder(path: Path, variant: str | None = None) -> CompositeCheckpoint:
     """A diffusers pipeline folder (parts prefixed ``unet.``, ``vae.``, ``text_encoder.`` ...) or a single
     component folder (bare keys). ``model_index.json``, when present, names the pipeline and says which
     component folders are read; ``variant`` (``fp16`` ...) picks variant files."""
-    from sdlens.io.open import open_file
-
     check_variant(variant)
     root = root_of(path)
     comp = CompositeCheckpoint(path, "diffusers-folder")
@@ -361,22 +348,7 @@ def open_folder(path: Path, variant: str | None = None) -> CompositeCheckpoint:
         model_index = read_json(confined(root, path, "model_index.json", path), "model_index.json")
         comp.configs["model_index"] = model_index
         comp.pipeline, listed = _listed(model_index, path)
-    present = [p for p in PIPELINE_PARTS if _inside(root, path / p, path)]
-    if listed:
-        parts = [p for p in PIPELINE_PARTS if listed.get(p)]
-        gone = [p for p in parts if p not in present]
-        if gone:
-            comp.notes.append(f"model_index.json lists {', '.join(gone)} but the folder has no {', '.join(gone)}/")
-        unlisted = [p for p in present if p not in parts]
-        if unlisted:
-            comp.notes.append(f"not read: {', '.join(p + '/' for p in unlisted)} (not in model_index.json)")
-        skipped = [k for k, c in listed.items() if c and k not in PIPELINE_PARTS and _inside(root, path / k, path)
-                   and _has_weights(path / k)]
-        if skipped:
-            comp.notes.append("not read: " + ", ".join(f"{k} ({show(listed[k])[1:-1]})" for k in skipped))
-        parts = [p for p in parts if p in present]
-    else:
-        parts = present
+    parts = _parts_to_read(path, root, listed, comp.notes)
     folders = [(p, path / p) for p in parts] if parts or listed else [("", path)]
     used: set[str | None] = set()
     departs: dict[tuple[str, str | None], list[str]] = {}  # (how, variant read) -> component labels
@@ -388,14 +360,7 @@ def open_folder(path: Path, variant: str | None = None) -> CompositeCheckpoint:
         used.add(var)
         if how:
             departs.setdefault((how, var), []).append(f"{prefix}/" if prefix else "this folder")
-        if (folder / "config.json").exists():
-            cfg = read_json(confined(root, folder, "config.json", folder), "config.json")
-            if not isinstance(cfg, dict):
-                raise CheckpointError(folder / "config.json", "not a model config (expected a JSON object)")
-            check_config(cfg, folder / "config.json")
-            comp.configs[prefix or "model"] = cfg
-        else:
-            comp.configs[prefix or "model"] = {}
+        comp.configs[prefix or "model"] = _folder_config(root, folder)
         if INDEX_NAME.fullmatch(name):
             open_sharded(weights, prefix, into=comp, root=root)
         else:
@@ -409,12 +374,47 @@ def open_folder(path: Path, variant: str | None = None) -> CompositeCheckpoint:
         where = ", ".join(labels)
         comp.notes.append(f"no {variant} variant in {where}: read the full-precision weights" if how == "fallback"
                           else f"only the {var} variant in {where}: read it (pass --variant {var} to choose it)")
-    variants = sorted(v for v in used if v)
-    comp.variant = ", ".join(variants) or None
+    comp.variant = ", ".join(sorted(v for v in used if v)) or None
+    _describe(comp)
+    return comp
+
+
+def _describe(comp: CompositeCheckpoint) -> None:
+    """The folder's pipeline, variant files and notes as extras (shown by inspect)."""
     if comp.pipeline:
         comp.extras["pipeline"] = comp.pipeline
     if comp.variant:
         comp.extras["variant files"] = comp.variant
     if comp.notes:
         comp.extras["folder notes"] = "; ".join(comp.notes)
-    return comp
+
+
+def _parts_to_read(path: Path, root: Path, listed: dict[str, str | None], notes: list[str]) -> list[str]:
+    """The component folders to read: those present, or with a ``model_index.json`` those it lists (what it
+    lists but the folder lacks, and what it does not list, said in ``notes``)."""
+    present = [p for p in PIPELINE_PARTS if _inside(root, path / p, path)]
+    if not listed:
+        return present
+    parts = [p for p in PIPELINE_PARTS if listed.get(p)]
+    gone = [p for p in parts if p not in present]
+    if gone:
+        notes.append(f"model_index.json lists {', '.join(gone)} but the folder has no {', '.join(gone)}/")
+    unlisted = [p for p in present if p not in parts]
+    if unlisted:
+        notes.append(f"not read: {', '.join(p + '/' for p in unlisted)} (not in model_index.json)")
+    skipped = [k for k, c in listed.items() if c and k not in PIPELINE_PARTS and _inside(root, path / k, path)
+               and _has_weights(path / k)]
+    if skipped:
+        notes.append("not read: " + ", ".join(f"{k} ({show(listed[k])[1:-1]})" for k in skipped))
+    return [p for p in parts if p in present]
+
+
+def _folder_config(root: Path, folder: Path) -> dict[str, Any]:
+    """A component folder's ``config.json`` (checked), or ``{}`` without one."""
+    if not (folder / "config.json").exists():
+        return {}
+    cfg = read_json(confined(root, folder, "config.json", folder), "config.json")
+    if not isinstance(cfg, dict):
+        raise CheckpointError(folder / "config.json", "not a model config (expected a JSON object)")
+    check_config(cfg, folder / "config.json")
+    return cfg

@@ -39,3 +39,13 @@ def clip(text: str, limit: int = MAX_MESSAGE_TEXT) -> str:
     if len(text) > limit:
         text = text[: limit // 2] + "..." + text[-(limit // 2) :]
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+_show = reprlib.Repr()
+_show.maxstring = 80
+_show.maxother = 80
+
+
+def show(value: object) -> str:
+    """A bounded, escaped ``repr`` of an untrusted value for a message."""
+    return _show.repr(value)

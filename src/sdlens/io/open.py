@@ -7,7 +7,8 @@ import stat
 from pathlib import Path
 
 from sdlens.errors import CheckpointError
-from sdlens.io.base import Checkpoint, check_regular, open_regular, os_problem, reading
+from sdlens.io.base import Checkpoint, check_regular, os_problem, reading
+from sdlens.io.files import open_file
 from sdlens.io.folders import (
     INDEX_NAME,
     WEIGHT_SUFFIXES,
@@ -16,8 +17,8 @@ from sdlens.io.folders import (
     open_folder,
     open_sharded,
 )
-from sdlens.io.pickle_scan import looks_like_pickle
-from sdlens.io.safetensors_file import SafetensorsCheckpoint, is_safetensors
+
+__all__ = ["expand_paths", "open_checkpoint", "open_file"]
 
 
 def open_checkpoint(path: str | Path, variant: str | None = None) -> Checkpoint:
@@ -49,39 +50,6 @@ def open_checkpoint(path: str | Path, variant: str | None = None) -> Checkpoint:
         if INDEX_NAME.fullmatch(p.name):
             return open_sharded(p)
         return open_file(p)
-
-
-def open_file(p: Path) -> Checkpoint:
-    """Open one weights file (regular files only), recognising its format from its first bytes."""
-    with reading(p):
-        return _open_file(Path(p))
-
-
-def _open_file(p: Path) -> Checkpoint:
-    with open_regular(p) as f:
-        try:
-            size = os.fstat(f.fileno()).st_size
-            head = f.read(512)  # enough to recognise any format (a protocol 0/1 pickle by its first opcodes)
-        except OSError as e:
-            raise CheckpointError(p, f"cannot read: {os_problem(e)}") from None
-    if size == 0:
-        raise CheckpointError(p, "empty file (0 bytes)")
-    if is_safetensors(head, size):
-        return SafetensorsCheckpoint(p)
-    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80" or head.startswith(b"PK\x05\x06"):
-        from sdlens.io.torch_file import open_torch_checkpoint
-
-        return open_torch_checkpoint(p)
-    if looks_like_pickle(head):  # a protocol 0/1 pickle has no magic number: scan it, don't guess
-        from sdlens.io.torch_file import open_torch_checkpoint
-
-        return open_torch_checkpoint(p)
-    if head.startswith(b"GGUF"):
-        raise CheckpointError(p, "GGUF files are not supported yet")
-    if p.suffix == ".safetensors":
-        # it claims to be safetensors: let the header parser say precisely what is wrong
-        return SafetensorsCheckpoint(p)
-    raise CheckpointError(p, f"not a checkpoint: unrecognised format (first bytes {head[:8].hex()})")
 
 
 def expand_paths(paths: list[str | Path]) -> list[Path]:

@@ -206,25 +206,14 @@ def write_block_diagram(r: ArchReport, path: Path) -> Path:
 def write_torchview(model: str, r: ArchReport, stem: Path, *, depth: int = 1) -> Path:
     """A torchview graph of the denoiser at ``depth`` (1 or 2): ``stem``.svg rendered with graphviz ``dot``;
     without ``dot`` the DOT source is written to ``stem``.gv and a one-line error says how to install it."""
-    try:
-        from torchview import draw_graph
-    except ImportError:
-        raise SdlensError(None, "torchview is not installed: pip install torchview") from None
-    from sdlens.analysis.cost import _denoiser_for, resolve
-    from sdlens.arch import build as B
-
-    spec = B.with_tokens(resolve(model), None)
-    den = _denoiser_for(spec, r.settings["dtype"])
-    w, h = r.settings["res"]
-    inputs = B.denoiser_inputs(spec, den, 1, w, h, B.DTYPES[r.settings["dtype"]])
-    inputs["return_dict"] = False
-    graph = draw_graph(den, input_data=inputs, device="meta", depth=depth, graph_name=r.name, expand_nested=False)
     import subprocess
 
+    from sdlens.analysis.arch_graph import denoiser_graph_source
     from sdlens.io.atomic import atomic_path, write_text_atomic
 
+    source = denoiser_graph_source(model, r, depth=depth)
     stem = Path(stem)
-    gv = write_text_atomic(stem.with_suffix(".gv"), graph.visual_graph.source)
+    gv = write_text_atomic(stem.with_suffix(".gv"), source)
     if shutil.which("dot") is None:
         raise SdlensError(None, f"{DOT_MISSING}; the DOT source is in {gv}")
     svg = stem.with_suffix(".svg")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sdlens.analysis.diff import DiffResult, _label
+from sdlens.analysis.diff import DiffResult, component_label
 from sdlens.render.safe_text import plot_label
 
 
@@ -36,9 +36,9 @@ def write_diff_plots(r: DiffResult, path: str | Path) -> list[Path]:
         if c in ("schedule", "markers"):
             continue
         if len(groups) > 1:
-            blocks[_label(c, fam)] = {b: g.to_dict() for b, g in groups.items()}
+            blocks[component_label(c, fam)] = {b: g.to_dict() for b, g in groups.items()}
         else:
-            whole[_label(c, fam)] = r.by_component[c].to_dict()
+            whole[component_label(c, fam)] = r.by_component[c].to_dict()
     changed = {c: g for c, g in whole.items() if g.get("changed")}
     if changed:
         blocks["other components (whole)"] = changed

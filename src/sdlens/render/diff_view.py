@@ -7,7 +7,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from sdlens.analysis.diff import DiffResult, GroupDiff, _label, part_file
+from sdlens.analysis.diff import DiffResult, GroupDiff, component_label, part_file
 from sdlens.render.safe_text import NAME_LIMIT, printable, safe
 from sdlens.render.text import bullets, fits, path_line, plural, wrap_items
 
@@ -54,11 +54,11 @@ def render_diff(r: DiffResult, console: Console, by: str = "component", metric: 
         return
     groups: list[tuple[str, GroupDiff]]
     if by == "block":
-        groups = [(f"{_label(c, fam)} {b}", g) for c, blocks in r.by_block.items() for b, g in blocks.items()]
+        groups = [(f"{component_label(c, fam)} {b}", g) for c, blocks in r.by_block.items() for b, g in blocks.items()]
     elif by == "type":
         groups = list(r.by_type.items())
     else:
-        groups = [(_label(c, fam), g) for c, g in r.by_component.items()]
+        groups = [(component_label(c, fam), g) for c, g in r.by_component.items()]
     # tensors = changed + identical + within precision (different dtypes, consistent values; shown when any)
     within = any(g.within_precision for _, g in groups)
     cols = ("group", "tensors", "changed", "identical", *(("within precision",) if within else ()),

@@ -7,7 +7,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from sdlens.analysis.inspect import InspectReport, _human_count, human_bytes
+from sdlens.analysis.inspect import InspectReport, human_bytes, human_count
 from sdlens.render.safe_text import ERROR_LIMIT, NAME_LIMIT, printable, safe
 from sdlens.render.text import fits, path_line, plural, print_wide_or_narrow
 
@@ -53,7 +53,7 @@ def _components(r: InspectReport, console: Console) -> None:
             t.add_column(col, justify="right" if col in ("tensors", "params", "size") else "left",
                          no_wrap=col != "dtypes")
         for c in r.components:
-            row = [safe(c.label), safe(c.prefix) or "(bare)", safe(c.convention), str(c.tensors), _human_count(c.params),
+            row = [safe(c.label), safe(c.prefix) or "(bare)", safe(c.convention), str(c.tensors), human_count(c.params),
                    human_bytes(c.bytes), _join(f"{d}×{n}" for d, n in c.dtypes.items())]
             t.add_row(*(row if with_prefix else row[:1] + row[2:]))
         return t
