@@ -172,7 +172,6 @@ class SourcePass:
         big = max(sizes.values(), default=0) > _ram_bytes() // 2
         self.pool = _Pool(blocks, block_bytes, drop_cache=big)
         self.digests: dict[str, str] = {}
-        self.bytes_read = 0
         # seconds: reading (read syscalls), reader waiting for a free block / for the consumer, hashing (thread CPU),
         # consumer waiting for a block
         self.timings = {"read": 0.0, "read_wait_free": 0.0, "read_wait_consumer": 0.0, "hash_cpu": 0.0,
@@ -223,7 +222,6 @@ class SourcePass:
                     t1 = time.perf_counter()
                     got = read_exact(fh, begin, memoryview(data.numpy())[: end - begin], f)
                     t2 = time.perf_counter()
-                    self.bytes_read += got
                     blk = _Block(self.pool, data, f, fd, begin, got, 2 if full else 1)
                     if full:
                         self._hq.put(blk)

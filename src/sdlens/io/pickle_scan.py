@@ -156,7 +156,10 @@ def _decode_str(name: str, raw: bytes) -> str:
     return raw.decode("utf-8", "surrogatepass")
 
 
-def scan_pickle(data: bytes, start: int = 0, *, max_bytes: int = MAX_PICKLE_BYTES,
+# One flat opcode loop on purpose (C901 waived): the hot path keeps its state in locals and dispatches inline;
+# a function per opcode would cost a call per opcode on 25,000-opcode pickles and spread the stack discipline
+# that the scan must keep exactly like CPython's over many places.
+def scan_pickle(data: bytes, start: int = 0, *, max_bytes: int = MAX_PICKLE_BYTES,  # noqa: C901
                 max_opcodes: int = MAX_OPCODES) -> PickleScan:  # fmt: skip
     """Scan the pickle starting at ``data[start]`` up to its STOP (see the module docstring)."""
     n = len(data)

@@ -74,6 +74,22 @@ def render_report(r: InspectReport, console: Console, brief: bool = False) -> No
         for p in r.problems:
             console.print(f"[red]problem:[/] {safe(p, ERROR_LIMIT)}")
         return
+    _identity(r, console, colour)
+    _state(r, console)
+    _precision(r, console)
+    if r.lora is not None:
+        _lora(r, console)
+    for p in r.problems:
+        console.print(f"[bold red]problem:[/] {safe(p, ERROR_LIMIT)}")
+    if r.unknown_keys:
+        _unknown_keys(r, console)
+    _metadata_and_hashes(r, console)
+    if r.scan is not None:
+        _scan(r, console)
+
+
+def _identity(r: InspectReport, console: Console, colour: str) -> None:
+    """Family, variant, kind, format and why."""
     ident = _kv_table("Identity")
     ident.add_row("family", f"{safe(r.family_name)} [{colour}]({r.confidence} confidence)[/]")
     if r.variants:
@@ -92,6 +108,9 @@ def render_report(r: InspectReport, console: Console, brief: bool = False) -> No
         ident.add_row(safe(k), safe(v))
     console.print(ident)
 
+
+def _state(r: InspectReport, console: Console) -> None:
+    """Components, what is missing, EMA and schedule."""
     if r.components:
         _components(r, console)
     if r.missing:
@@ -103,6 +122,9 @@ def render_report(r: InspectReport, console: Console, brief: bool = False) -> No
         s = r.schedule
         console.print(f"[bold cyan]schedule:[/] {s.timesteps} steps, {safe(s.kind)}; zero terminal SNR: {'yes' if s.zero_terminal_snr else 'no'}")
 
+
+def _precision(r: InspectReport, console: Console) -> None:
+    """Tensors and bytes per dtype."""
     dt = Table(title="Precision", title_justify="left")
     for col in ("dtype", "tensors", "bytes"):
         dt.add_column(col, justify="right" if col != "dtype" else "left")
@@ -112,42 +134,47 @@ def render_report(r: InspectReport, console: Console, brief: bool = False) -> No
     if r.bytes_beyond_fp16:
         console.print(f"{human_bytes(r.bytes_beyond_fp16)} spent on precision beyond fp16")
 
-    if r.lora is not None:
-        lt = _kv_table("LoRA")
-        lo = r.lora
-        lt.add_row("network", f"{safe(lo.network)} ({safe(lo.convention)} keys)")
-        lt.add_row("modules", str(lo.modules) + (f" ({lo.conv_modules} conv)" if lo.conv_modules else ""))
-        lt.add_row("ranks", _join(f"{k} ×{v}" for k, v in lo.ranks.items()) or "n/a")
-        lt.add_row("alpha", _join(f"{k} ×{v}" for k, v in lo.alphas.items()) or "n/a")
-        lt.add_row("targets", _join(f"{k} {v}" for k, v in lo.components.items()))
-        lt.add_row("layer types", _join(f"{k} {v}" for k, v in lo.layer_types.items()))
-        console.print(lt)
 
-    for p in r.problems:
-        console.print(f"[bold red]problem:[/] {safe(p, ERROR_LIMIT)}")
-    if r.unknown_keys:
-        title = f"Keys sdlens does not recognise ({len(r.unknown_keys)}; kept as information, not junk)"
+def _lora(r: InspectReport, console: Console) -> None:
+    """A LoRA file: network, modules, ranks and targets."""
+    lt = _kv_table("LoRA")
+    lo = r.lora
+    lt.add_row("network", f"{safe(lo.network)} ({safe(lo.convention)} keys)")
+    lt.add_row("modules", str(lo.modules) + (f" ({lo.conv_modules} conv)" if lo.conv_modules else ""))
+    lt.add_row("ranks", _join(f"{k} ×{v}" for k, v in lo.ranks.items()) or "n/a")
+    lt.add_row("alpha", _join(f"{k} ×{v}" for k, v in lo.alphas.items()) or "n/a")
+    lt.add_row("targets", _join(f"{k} {v}" for k, v in lo.components.items()))
+    lt.add_row("layer types", _join(f"{k} {v}" for k, v in lo.layer_types.items()))
+    console.print(lt)
 
-        def table(why: bool) -> Table:
-            ut = Table(title=title, title_justify="left")
-            for col in ("key", "shape", "dtype", "size", *(["why"] if why else [])):
-                ut.add_column(col, no_wrap=col != "why")
-            for u in r.unknown_keys[:20]:
-                ut.add_row(safe(u["key"]), safe(u["shape"]), safe(u["dtype"]), human_bytes(u["bytes"]),
-                           *([safe(u["why"])] if why else []))
-            return ut
 
-        if fits(console, table(False), spare=24):  # room left for "why", wrapped at its spaces
-            console.print(table(True))
-        else:  # narrow: one key a line, its details under it
-            console.print(title, style="italic", highlight=False)
-            for u in r.unknown_keys[:20]:
-                path_line(console, "", printable(u["key"], NAME_LIMIT))
-                console.print(f"    {safe(u['shape'])} {safe(u['dtype'])} {human_bytes(u['bytes'])}: {safe(u['why'])}",
-                              highlight=False)
-        if len(r.unknown_keys) > 20:
-            console.print(f"  … {len(r.unknown_keys) - 20} more in --json", highlight=False)
+def _unknown_keys(r: InspectReport, console: Console) -> None:
+    """The keys sdlens does not recognise (the first 20)."""
+    title = f"Keys sdlens does not recognise ({len(r.unknown_keys)}; kept as information, not junk)"
 
+    def table(why: bool) -> Table:
+        ut = Table(title=title, title_justify="left")
+        for col in ("key", "shape", "dtype", "size", *(["why"] if why else [])):
+            ut.add_column(col, no_wrap=col != "why")
+        for u in r.unknown_keys[:20]:
+            ut.add_row(safe(u["key"]), safe(u["shape"]), safe(u["dtype"]), human_bytes(u["bytes"]),
+                       *([safe(u["why"])] if why else []))
+        return ut
+
+    if fits(console, table(False), spare=24):  # room left for "why", wrapped at its spaces
+        console.print(table(True))
+    else:  # narrow: one key a line, its details under it
+        console.print(title, style="italic", highlight=False)
+        for u in r.unknown_keys[:20]:
+            path_line(console, "", printable(u["key"], NAME_LIMIT))
+            console.print(f"    {safe(u['shape'])} {safe(u['dtype'])} {human_bytes(u['bytes'])}: {safe(u['why'])}",
+                          highlight=False)
+    if len(r.unknown_keys) > 20:
+        console.print(f"  … {len(r.unknown_keys) - 20} more in --json", highlight=False)
+
+
+def _metadata_and_hashes(r: InspectReport, console: Console) -> None:
+    """Metadata fields, then the hashes whole."""
     md = r.metadata
     if md.count:
         rows = [(f"modelspec.{k}", v) for k, v in md.modelspec.items()] + list(md.training.items())
@@ -159,17 +186,20 @@ def render_report(r: InspectReport, console: Console, brief: bool = False) -> No
         path_line(console, "Hashes of", printable(h.path.rsplit("/", 1)[-1], NAME_LIMIT))
         for label, value in (("sha256", h.sha256), ("AutoV2", h.autov2), ("old A1111", h.a1111_old)):
             console.print(Text.assemble("  ", (f"{label:<10}", "bold cyan"), " ", value), soft_wrap=True)
-    if r.scan is not None:
-        s = r.scan
-        ok = not (s.nan or s.inf or s.all_zero)
-        console.print(Group(Text(f"scan: {plural(s.tensors, 'tensor')}, {human_bytes(s.bytes)} read: "
-                                 + ("no NaN/Inf, no all-zero tensors" if ok else "see problems above"),
-                                 style="green" if ok else "red")))
-        if s.zero_by_design:
-            reasons: dict[str, list[str]] = {}
-            for k, why in s.zero_by_design.items():
-                reasons.setdefault(why, []).append(k)
-            for why, keys in reasons.items():
-                more = f" +{len(keys) - 3} more" if len(keys) > 3 else ""
-                console.print(f"  zero by design (not a problem): {plural(len(keys), 'tensor')}"
-                              f" — {safe(why)}: {_join(keys[:3])}{more}", highlight=False, soft_wrap=True)
+
+
+def _scan(r: InspectReport, console: Console) -> None:
+    """The scan's verdict and the tensors that are zero by design."""
+    s = r.scan
+    ok = not (s.nan or s.inf or s.all_zero)
+    console.print(Group(Text(f"scan: {plural(s.tensors, 'tensor')}, {human_bytes(s.bytes)} read: "
+                             + ("no NaN/Inf, no all-zero tensors" if ok else "see problems above"),
+                             style="green" if ok else "red")))
+    if s.zero_by_design:
+        reasons: dict[str, list[str]] = {}
+        for k, why in s.zero_by_design.items():
+            reasons.setdefault(why, []).append(k)
+        for why, keys in reasons.items():
+            more = f" +{len(keys) - 3} more" if len(keys) > 3 else ""
+            console.print(f"  zero by design (not a problem): {plural(len(keys), 'tensor')}"
+                          f" — {safe(why)}: {_join(keys[:3])}{more}", highlight=False, soft_wrap=True)

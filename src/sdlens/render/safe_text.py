@@ -17,7 +17,6 @@ from __future__ import annotations
 import re
 
 from rich.markup import escape
-from rich.text import Text
 
 TEXT_LIMIT = 500  # keys, metadata values, paths in tables and lines
 NAME_LIMIT = 4096  # a path or key printed whole (PATH_MAX): whole for real names, bounded for hostile ones
@@ -63,11 +62,6 @@ def printable(s: object, limit: int | None = TEXT_LIMIT) -> str:
 def safe(s: object, limit: int | None = TEXT_LIMIT) -> str:
     """:func:`printable`, with rich markup escaped: for f-strings passed to ``console.print`` or table cells."""
     return escape(printable(s, limit))
-
-
-def safe_text(s: object, style: str = "", limit: int | None = TEXT_LIMIT) -> Text:
-    """:func:`printable` as a rich ``Text`` (never parsed as markup)."""
-    return Text(printable(s, limit), style=style)
 
 
 def plot_label(s: object, limit: int = 120) -> str:
