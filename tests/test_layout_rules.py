@@ -160,3 +160,10 @@ def test_render_keeps_to_presentation():
             if any(mod == x or mod.startswith(x + ".") for x in NOT_IN_RENDER):
                 offenders.append(f"{p.name}:{line}: {mod}")
     assert offenders == []
+
+
+def test_make_plan_applies_the_passes_of_the_issue_in_order():
+    from sdlens.convert.plan import PASSES
+
+    names = [p.__name__.removesuffix("_pass") for p in PASSES]
+    assert names == ["vae", "ema", "drop", "position_ids", "extract", "dtype", "layout"]
