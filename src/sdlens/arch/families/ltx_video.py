@@ -5,12 +5,12 @@
 from __future__ import annotations
 
 from sdlens.arch.families._common import IN_OUT
+from sdlens.arch.families.pixart import LTX_QK_NORM
 from sdlens.arch.record import Blocks, Denoiser, Family, Feature, Pipeline, TextEncoderSlot
 
 FEATURES: tuple[Feature, ...] = (
     Feature("ltx", "present", r"^(patchify_proj|proj_in)\.weight$", 0, "LTX patchify projection"),
-    Feature("ltx_qk_norm", "present", r"^transformer_blocks\.0\.attn1\.(q_norm|norm_q)\.weight$", 0,
-            "query/key RMS norms"),
+    LTX_QK_NORM,
     Feature("ltx_caption", "present", r"^caption_projection\.linear_1\.weight$", 0, "caption projection"),
     Feature("ltx_blocks", "count", r"^transformer_blocks\.(\d+)\.", 0, "DiT blocks"),
     Feature("ltx_hidden", "dim", r"^(patchify_proj|proj_in)\.weight$", 0, "hidden width"),
