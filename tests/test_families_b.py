@@ -17,8 +17,8 @@ from sdlens.arch.keymap.ltx_video import ltx_diffusers_to_original, ltx_original
 from sdlens.arch.keymap.wan import wan_diffusers_to_original, wan_original_to_diffusers
 from sdlens.testing import zoo_dit
 from sdlens.testing.writers import save_safetensors
-from sdlens.testing.zoo_new_b import FAMILY_IDS, build_denoiser, write_denoiser
 from sdlens.testing.zoo_dit import meta_state_dict
+from sdlens.testing.zoo_new_b import FAMILY_IDS, build_denoiser, write_denoiser
 
 COMFY = "model.diffusion_model."
 # (family, layout, key prefix): every layout each family is released in

@@ -10,7 +10,18 @@ from collections.abc import Callable
 from functools import cache
 from typing import Any
 
-from sdlens.arch.families import auraflow, chroma, flux, hidream, hunyuandit, ltx_video, pixart, sd3, sd_unet, wan
+from sdlens.arch.families import (
+    auraflow,
+    chroma,
+    flux,
+    hidream,
+    hunyuandit,
+    ltx_video,
+    pixart,
+    sd3,
+    sd_unet,
+    wan,
+)
 from sdlens.arch.record import Family, Feature
 
 _MODULES = (sd_unet, sd3, flux, auraflow, hunyuandit, pixart,
