@@ -24,15 +24,19 @@ Size = Literal["tiny", "full"]
 Layout = Literal["diffusers", "original"]
 
 FAMILY_IDS = ("hidream_i1", "chroma", "wan21_t2v_1_3b", "wan21_t2v_14b", "wan21_i2v_14b", "ltx_video")
+# the record's key map name -> diffusers-to-original function
 _TO_ORIGINAL = {"chroma": chroma_diffusers_to_original, "ltx_video": ltx_diffusers_to_original,
-                **{f: wan_diffusers_to_original for f in FAMILY_IDS if f.startswith("wan")}}
+                "wan": wan_diffusers_to_original}
+_WAN_TINY = {"attention_head_dim": 16, "num_attention_heads": 2, "ffn_dim": 64, "text_dim": 24, "freq_dim": 16}
 # tiny widths; depths as released
 _TINY: dict[str, dict[str, Any]] = {
     "hidream_i1": {"attention_head_dim": 16, "num_attention_heads": 2, "caption_channels": [24, 24],
                    "text_emb_dim": 20, "axes_dims_rope": [8, 4, 4]},
     "chroma": {"attention_head_dim": 16, "num_attention_heads": 2, "joint_attention_dim": 24,
                "axes_dims_rope": [4, 6, 6], "approximator_hidden_dim": 32},
-    "wan": {"attention_head_dim": 16, "num_attention_heads": 2, "ffn_dim": 64, "text_dim": 24, "freq_dim": 16},
+    "wan21_t2v_1_3b": _WAN_TINY,
+    "wan21_t2v_14b": _WAN_TINY,
+    "wan21_i2v_14b": {**_WAN_TINY, "added_kv_proj_dim": 32, "image_dim": 24},
     "ltx_video": {"attention_head_dim": 16, "num_attention_heads": 2, "cross_attention_dim": 32,
                   "caption_channels": 24},
 }
@@ -45,9 +49,7 @@ def denoiser_config(family: str, size: Size = "tiny") -> tuple[str, dict[str, An
         raise ValueError(f"unknown family {family!r}; expected one of {FAMILY_IDS}")
     cfg = dict(fam.denoiser.config)
     if size == "tiny":
-        cfg.update(_TINY["wan" if family.startswith("wan") else family])
-        if cfg.get("added_kv_proj_dim"):
-            cfg.update(added_kv_proj_dim=32, image_dim=24)
+        cfg.update(_TINY[family])
     elif size != "full":
         raise ValueError(f"size must be 'tiny' or 'full', not {size!r}")
     return fam.denoiser.cls_name, cfg
@@ -64,9 +66,10 @@ def build_denoiser(family: str, *, size: Size = "tiny", layout: Layout = "diffus
         return sd
     if layout != "original":
         raise ValueError(f"layout must be 'original' or 'diffusers', not {layout!r}")
-    if family not in _TO_ORIGINAL:
+    keymap = families.get(family).denoiser.keymap
+    if keymap not in _TO_ORIGINAL:
         raise ValueError(f"{family} has no original layout apart from the diffusers one")
-    return _TO_ORIGINAL[family](sd)
+    return _TO_ORIGINAL[keymap](sd)
 
 
 def write_denoiser(path: str | Path, family: str, *, size: Size = "tiny", layout: Layout = "diffusers",
