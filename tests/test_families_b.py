@@ -199,3 +199,26 @@ def test_cli_inspect_names_family(cli, tmp_path):
     out = cli("inspect", str(path))
     assert out.returncode == 0, out.stderr
     assert "Wan 2.1 T2V 1.3B" in out.stdout
+
+
+@pytest.mark.parametrize("family", FAMILY_IDS)
+def test_config_from_shapes_rebuilds_the_file(tmp_path, family):
+    """A tiny file's shapes give back the config it was built with: the class built from it has the file's
+    parameters exactly, in both layouts."""
+    from sdlens.arch.detect import split_components
+    from sdlens.io.open import open_checkpoint
+    from sdlens.testing.zoo_new_b import denoiser_config
+
+    fam = families.get(family)
+    _, built_cfg = denoiser_config(family, "tiny")
+    for layout in ("diffusers",) if fam.denoiser.keymap is None else ("diffusers", "original"):
+        with open_checkpoint(write_denoiser(tmp_path / f"{layout}.safetensors", family, layout=layout)) as ck:
+            keys = split_components(dict(ck.tensors)).components["denoiser"].keys
+        cfg = fam.denoiser.config_from_shapes(keys)
+        model = B.build_denoiser(fam.denoiser.cls_name, cfg)
+        assert sum(p.numel() for p in model.parameters()) == sum(t.numel for t in keys.values())
+        for k in ("num_layers", "num_attention_heads", "attention_head_dim", "in_channels"):
+            assert cfg[k] == built_cfg.get(k, cfg[k]), k
+    # on the released shapes it gives the released config
+    full = build_denoiser(family, size="full")
+    assert B.count_params(B.build_denoiser(fam.denoiser.cls_name, fam.denoiser.config_from_shapes(full))) == fam.denoiser.params

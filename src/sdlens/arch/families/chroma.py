@@ -4,7 +4,11 @@ diffusers ``transformer`` (key map: sdlens.arch.keymap.chroma)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from sdlens.arch.families._common import IN_OUT
+from sdlens.arch.families._shapes import count, first
 from sdlens.arch.families.flux import CHROMA_APPROXIMATOR, RULES
 from sdlens.arch.record import Blocks, Denoiser, Family, Feature, Pipeline, TextEncoderSlot
 
@@ -15,6 +19,27 @@ FEATURES: tuple[Feature, ...] = (
     Feature("chroma_block_mod", "present", r"^(double_blocks\.\d+\.img_mod\.|transformer_blocks\.\d+\.norm1\.linear\.)",
             0, "per-block modulation layers"),
 )
+def config_from_shapes(keys: Mapping[str, Any]) -> dict[str, Any]:
+    """ChromaTransformer2DModel config from a file's (original or diffusers) keys."""
+    img_in = first(keys, "img_in.weight", "x_embedder.weight").shape
+    head = first(keys, "double_blocks.0.img_attn.norm.query_norm.scale", "transformer_blocks.0.attn.norm_q.weight").shape[0]
+    rope = head * 7 // 16 // 2 * 2
+    approx = first(keys, "distilled_guidance_layer.in_proj.weight").shape
+    return {
+        "in_channels": img_in[1],
+        "out_channels": first(keys, "final_layer.linear.weight", "proj_out.weight").shape[0],
+        "num_layers": count(keys, r"^(?:double_blocks|transformer_blocks)\.(\d+)\."),
+        "num_single_layers": count(keys, r"^(?:single_blocks|single_transformer_blocks)\.(\d+)\."),
+        "attention_head_dim": head,
+        "num_attention_heads": img_in[0] // head,
+        "joint_attention_dim": first(keys, "txt_in.weight", "context_embedder.weight").shape[1],
+        "axes_dims_rope": [head - 2 * rope, rope, rope],
+        "approximator_num_channels": approx[1],
+        "approximator_hidden_dim": approx[0],
+        "approximator_layers": count(keys, r"^distilled_guidance_layer\.layers\.(\d+)\."),
+    }
+
+
 _RULES = ((r"^distilled_guidance_layer\.", "IN"), *RULES)
 _ORIGINAL = {"D": "double_blocks.{n}.", "S": "single_blocks.{n}.", "IN": "img_in, txt_in, distilled_guidance_layer",
              "OUT": "final_layer"}
@@ -29,7 +54,7 @@ FAMILIES: tuple[Family, ...] = (
          "chroma_approx_width": 5120},
         features=FEATURES,
         # lodestones/Chroma1-HD transformer/config.json: every value is the class default
-        denoiser=Denoiser("ChromaTransformer2DModel", {}, 8_899_983_424, _SRC, "DiT", keymap="chroma"),
+        denoiser=Denoiser("ChromaTransformer2DModel", {}, 8_899_983_424, _SRC, "DiT", config_from_shapes, "chroma"),
         text_encoders=(TextEncoderSlot("t5", 512, "last"),),
         vae="vae16", latent_channels=16,
         blocks=Blocks(_RULES, (*IN_OUT, ("D", 19), ("S", 38), ("OUT", None)), original_keys=_ORIGINAL),

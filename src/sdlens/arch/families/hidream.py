@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from sdlens.arch.families._common import IN_OUT
+from sdlens.arch.families._shapes import count, first, head_dim
 from sdlens.arch.record import Blocks, Denoiser, Family, Feature, Pipeline, TextEncoderSlot
 
 FEATURES: tuple[Feature, ...] = (
@@ -17,6 +19,33 @@ FEATURES: tuple[Feature, ...] = (
     Feature("hidream_experts", "count", r"^double_stream_blocks\.0\.block\.ff_i\.experts\.(\d+)\.", 0,
             "routed MoE experts"),
 )
+def config_from_shapes(keys: Mapping[str, Any]) -> dict[str, Any]:
+    """HiDreamImageTransformer2DModel config from a file's keys (patch size 2, 2 active experts: as released)."""
+    x = first(keys, "x_embedder.proj.weight").shape
+    hidden, patch = x[0], 2
+    head = head_dim(hidden, 128)
+    depth = count(keys, r"^double_stream_blocks\.(\d+)\."), count(keys, r"^single_stream_blocks\.(\d+)\.")
+    n_caps = count(keys, r"^caption_projection\.(\d+)\.")
+    return {
+        "patch_size": patch,
+        "in_channels": x[1] // patch**2,
+        "out_channels": first(keys, "final_layer.linear.weight").shape[0] // patch**2,
+        "num_layers": depth[0],
+        "num_single_layers": depth[1],
+        "attention_head_dim": head,
+        "num_attention_heads": hidden // head,
+        # the last projection takes the T5 states (caption_channels[0]), the others the Llama layers' ([1])
+        "caption_channels": [first(keys, f"caption_projection.{n_caps - 1}.linear.weight").shape[1],
+                             first(keys, "caption_projection.0.linear.weight").shape[1]],
+        "text_emb_dim": first(keys, "p_embedder.pooled_embedder.linear_1.weight").shape[1],
+        "num_routed_experts": count(keys, r"^double_stream_blocks\.0\.block\.ff_i\.experts\.(\d+)\."),
+        "num_activated_experts": 2,
+        "axes_dims_rope": [head // 2, head // 4, head // 4],
+        "max_resolution": [128, 128],
+        "llama_layers": [min(i, 31) for i in range(sum(depth))],
+    }
+
+
 _RULES: tuple[tuple[str, str], ...] = (
     (r"^double_stream_blocks\.(\d+)\.", "D{0:02d}"),
     (r"^single_stream_blocks\.(\d+)\.", "S{0:02d}"),
@@ -51,7 +80,7 @@ FAMILIES: tuple[Family, ...] = (
         {"hidream": True},
         {"hidream_double": 16, "hidream_single": 32, "hidream_hidden": 2560, "hidream_experts": 4},
         features=FEATURES,
-        denoiser=Denoiser("HiDreamImageTransformer2DModel", CONFIG, 17_105_733_184, _SRC, "MoE DiT"),
+        denoiser=Denoiser("HiDreamImageTransformer2DModel", CONFIG, 17_105_733_184, _SRC, "MoE DiT", config_from_shapes),
         text_encoders=(TextEncoderSlot("clip_l", 77, "last"), TextEncoderSlot("clip_g", 77, "last"),
                        TextEncoderSlot("t5", 128, "last"), TextEncoderSlot("llama31_8b", 128, "last")),
         vae="vae16", latent_channels=16,

@@ -4,7 +4,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from sdlens.arch.families._common import IN_OUT
+from sdlens.arch.families._shapes import count, first, head_dim
 from sdlens.arch.families.pixart import LTX_QK_NORM
 from sdlens.arch.record import Blocks, Denoiser, Family, Feature, Pipeline, TextEncoderSlot
 
@@ -16,6 +20,21 @@ FEATURES: tuple[Feature, ...] = (
     Feature("ltx_hidden", "dim", r"^(patchify_proj|proj_in)\.weight$", 0, "hidden width"),
     Feature("ltx_in", "dim", r"^(patchify_proj|proj_in)\.weight$", 1, "latent channels in"),
 )
+def config_from_shapes(keys: Mapping[str, Any]) -> dict[str, Any]:
+    """LTXVideoTransformer3DModel config from a file's (original or diffusers) keys."""
+    proj = first(keys, "patchify_proj.weight", "proj_in.weight").shape
+    head = head_dim(proj[0], 64)
+    return {
+        "in_channels": proj[1],
+        "out_channels": first(keys, "proj_out.weight").shape[0],
+        "num_attention_heads": proj[0] // head,
+        "attention_head_dim": head,
+        "cross_attention_dim": first(keys, "transformer_blocks.0.attn2.to_k.weight").shape[1],
+        "caption_channels": first(keys, "caption_projection.linear_1.weight").shape[1],
+        "num_layers": count(keys, r"^transformer_blocks\.(\d+)\."),
+    }
+
+
 _RULES: tuple[tuple[str, str], ...] = (
     (r"^transformer_blocks\.(\d+)\.", "B{0:02d}"),
     (r"^(norm_out|proj_out|scale_shift_table)(\.|$)", "OUT"),
@@ -32,7 +51,7 @@ FAMILIES: tuple[Family, ...] = (
         {"ltx": True, "ltx_qk_norm": True, "ltx_caption": True, "ltx_in": 128},
         {"ltx_blocks": 28, "ltx_hidden": 2048},
         features=FEATURES,
-        denoiser=Denoiser("LTXVideoTransformer3DModel", {}, 1_923_385_472, _SRC, "DiT", keymap="ltx_video"),
+        denoiser=Denoiser("LTXVideoTransformer3DModel", {}, 1_923_385_472, _SRC, "DiT", config_from_shapes, "ltx_video"),
         text_encoders=(TextEncoderSlot("t5", 128, "last"),),
         vae="ltx_vae", latent_channels=128,
         blocks=Blocks(_RULES, (*IN_OUT, ("B", 28), ("OUT", None)), original_keys=_ORIGINAL),

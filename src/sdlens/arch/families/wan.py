@@ -5,9 +5,12 @@ image-conditioning layers (``img_emb``, ``k_img`` / ``v_img``) plus 36 input cha
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from typing import Any
 
 from sdlens.arch.families._common import IN_OUT
+from sdlens.arch.families._shapes import count, first, head_dim, optional
 from sdlens.arch.record import Blocks, Denoiser, Family, Feature, Pipeline, TextEncoderSlot
 
 FEATURES: tuple[Feature, ...] = (
@@ -20,6 +23,33 @@ FEATURES: tuple[Feature, ...] = (
     Feature("wan_image", "present", r"^(img_emb\.|condition_embedder\.image_embedder\.)", 0,
             "CLIP image embedding (img_emb)"),
 )
+def config_from_shapes(keys: Mapping[str, Any]) -> dict[str, Any]:
+    """WanTransformer3DModel config from a file's (original or diffusers) keys."""
+    patch = first(keys, "patch_embedding.weight").shape
+    hidden = patch[0]
+    img = optional(keys, "img_emb.proj.0.weight", "condition_embedder.image_embedder.norm1.weight")
+    kv = optional(keys, "blocks.0.cross_attn.k_img.weight", "blocks.0.attn2.add_k_proj.weight")
+    pos = optional(keys, "img_emb.emb_pos", "condition_embedder.image_embedder.pos_embed")
+    head = head_dim(hidden, 128)
+    return {
+        "patch_size": list(patch[2:]),
+        "num_attention_heads": hidden // head,
+        "attention_head_dim": head,
+        "in_channels": patch[1],
+        "out_channels": first(keys, "head.head.weight", "proj_out.weight").shape[0] // math.prod(patch[2:]),
+        "text_dim": first(keys, "text_embedding.0.weight", "condition_embedder.text_embedder.linear_1.weight").shape[1],
+        "freq_dim": first(keys, "time_embedding.0.weight", "condition_embedder.time_embedder.linear_1.weight").shape[1],
+        "ffn_dim": first(keys, "blocks.0.ffn.0.weight", "blocks.0.ffn.net.0.proj.weight").shape[0],
+        "num_layers": count(keys, r"^blocks\.(\d+)\."),
+        "cross_attn_norm": "blocks.0.norm3.weight" in keys or "blocks.0.norm2.weight" in keys,
+        "qk_norm": "rms_norm_across_heads"
+        if "blocks.0.self_attn.norm_q.weight" in keys or "blocks.0.attn1.norm_q.weight" in keys else None,
+        "image_dim": img.shape[0] if img is not None else None,
+        "added_kv_proj_dim": kv.shape[1] if kv is not None else None,
+        "pos_embed_seq_len": pos.shape[1] if pos is not None else None,
+    }
+
+
 _RULES: tuple[tuple[str, str], ...] = (
     (r"^blocks\.(\d+)\.", "B{0:02d}"),
     (r"^(head|norm_out|proj_out|scale_shift_table)(\.|$)", "OUT"),
@@ -58,7 +88,7 @@ FAMILIES: tuple[Family, ...] = (
         {"wan_hidden": 1536, "wan_blocks": 30, "wan_ffn": 8960},
         denoiser=Denoiser("WanTransformer3DModel", _T2V_1_3B, 1_418_996_800,
                           f"{_BUILT}; the model card's '1.3B' (1,418,996,800, the count training code built on it "
-                          "checks)", "DiT", keymap="wan"),
+                          "checks)", "DiT", config_from_shapes, "wan"),
         text_encoders=_TES, blocks=_blocks(30), diffusers_slots=_SLOTS,
         pipeline=_pipeline("Wan 2.1 T2V 1.3B", ("wan", "wan2.1", "wan21", "wan-1.3b", "wan2.1-t2v-1.3b"), "WanPipeline"),
         **{**_COMMON, "features": FEATURES},
@@ -69,7 +99,7 @@ FAMILIES: tuple[Family, ...] = (
         {"wan_hidden": 5120, "wan_blocks": 40, "wan_ffn": 13824},
         denoiser=Denoiser("WanTransformer3DModel", _T2V_14B, 14_288_491_584,
                           f"{_BUILT}; the model card's '14B' (14,288,491,584 total in published inventories of the "
-                          "same 14B transformer)", "DiT", keymap="wan"),
+                          "same 14B transformer)", "DiT", config_from_shapes, "wan"),
         text_encoders=_TES, blocks=_blocks(40), diffusers_slots=_SLOTS,
         pipeline=_pipeline("Wan 2.1 T2V 14B", ("wan-14b", "wan2.1-t2v-14b", "wan21-t2v-14b"), "WanPipeline"),
         **_COMMON,
@@ -81,7 +111,7 @@ FAMILIES: tuple[Family, ...] = (
         denoiser=Denoiser("WanTransformer3DModel", _I2V_14B, 16_394_878_784,
                           f"{_BUILT}; the model card names it '14B' after the T2V backbone (14,288,491,584): the "
                           "image cross-attention (k_img / v_img / norm_k_img in 40 blocks), img_emb and the 20 "
-                          "extra input channels add 2,106,387,200", "DiT", keymap="wan"),
+                          "extra input channels add 2,106,387,200", "DiT", config_from_shapes, "wan"),
         text_encoders=_TES, blocks=_blocks(40),
         diffusers_slots={**_SLOTS, "clip_vision_h": "image_encoder"},
         pipeline=_pipeline("Wan 2.1 I2V 14B", ("wan-i2v", "wan2.1-i2v-14b", "wan21-i2v-14b", "wan-i2v-14b-480p"),
