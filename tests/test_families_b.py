@@ -222,3 +222,20 @@ def test_config_from_shapes_rebuilds_the_file(tmp_path, family):
     # on the released shapes it gives the released config
     full = build_denoiser(family, size="full")
     assert B.count_params(B.build_denoiser(fam.denoiser.cls_name, fam.denoiser.config_from_shapes(full))) == fam.denoiser.params
+
+
+def test_diffusers_folder_names_its_missing_parts(tmp_path):
+    import json
+
+    from sdlens.testing.zoo_new_b import denoiser_config
+
+    root = tmp_path / "Wan2.1-T2V-1.3B-Diffusers"
+    (root / "transformer").mkdir(parents=True)
+    cls_name, cfg = denoiser_config("wan21_t2v_1_3b", "full")
+    write_denoiser(root / "transformer" / "diffusion_pytorch_model.safetensors", "wan21_t2v_1_3b", size="full")
+    (root / "transformer" / "config.json").write_text(json.dumps({"_class_name": cls_name, **cfg}))
+    (root / "model_index.json").write_text(json.dumps({"_class_name": "WanPipeline",
+                                                       "transformer": ["diffusers", cls_name]}))
+    r = inspect(root)
+    assert (r.family, r.confidence, r.kind) == ("wan21_t2v_1_3b", "high", "denoiser only")
+    assert r.missing == ["umT5-XXL text encoder (load it separately)", "VAE (load one separately)"]
