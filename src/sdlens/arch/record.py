@@ -118,6 +118,9 @@ class Family:
     # where each component sits in the single-file (original) layout and in a diffusers folder
     single_file: Mapping[str, str] = field(default_factory=dict, hash=False)  # component -> key prefix
     diffusers_slots: Mapping[str, str] = field(default_factory=dict, hash=False)  # component -> folder slot
+    # a bare file (no component prefix) is this family's denoiser when one of its keys matches a regex here:
+    # (regex, key convention). Checked before the generic signatures of sdlens.arch.registry.BARE_SIGNATURES.
+    bare_keys: tuple[tuple[str, str], ...] = ()
     lora_hints: tuple[str, ...] = ()  # substrings of a LoRA's ss_base_model_version naming this family
     notebook: tuple[int, float, float, int, float] | None = None  # the original notebook's numbers (§7)
     notes: str = ""

@@ -23,6 +23,9 @@ COMPONENT_LABELS: dict[str, str] = {
     "pile_t5_xl": "Pile-T5-XL",
     "mt5_xl": "mT5-XL",
     "hunyuan_bert": "CLIP-zh (BERT)",
+    "umt5_xxl": "umT5-XXL",
+    "llama31_8b": "Llama-3.1-8B",
+    "clip_vision_h": "CLIP ViT-H (image encoder)",
     "text_encoder": "text encoder",
     "vae_encoder": "VAE encoder",
     "vae_decoder": "VAE decoder",
@@ -137,6 +140,7 @@ MARKER_KEYS: dict[str, str] = {
 BARE_SIGNATURES: tuple[tuple[str, str, str], ...] = (
     # (regex that some key must match, component, convention)
     (r"^controlnet_cond_embedding\.", "controlnet", "diffusers"),
+    *((rx, "denoiser", conv) for f in _families.FAMILIES for rx, conv in f.bare_keys),
     (r"^(double_blocks|single_blocks)\.\d+\.", "denoiser", "bare"),
     (r"^joint_blocks\.\d+\.", "denoiser", "bare"),
     (r"^(double_layers|single_layers)\.\d+\.", "denoiser", "bare"),

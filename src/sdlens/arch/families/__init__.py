@@ -10,10 +10,22 @@ from collections.abc import Callable
 from functools import cache
 from typing import Any
 
-from sdlens.arch.families import auraflow, flux, hunyuandit, pixart, sd3, sd_unet
+from sdlens.arch.families import (
+    auraflow,
+    chroma,
+    flux,
+    hidream,
+    hunyuandit,
+    ltx_video,
+    pixart,
+    sd3,
+    sd_unet,
+    wan,
+)
 from sdlens.arch.record import Family, Feature
 
-_MODULES = (sd_unet, sd3, flux, auraflow, hunyuandit, pixart)
+_MODULES = (sd_unet, sd3, flux, auraflow, hunyuandit, pixart,
+            hidream, chroma, wan, ltx_video)
 
 FAMILIES: tuple[Family, ...] = tuple(f for m in _MODULES for f in m.FAMILIES)
 BY_ID: dict[str, Family] = {f.id: f for f in FAMILIES}

@@ -15,6 +15,10 @@ FEATURES: tuple[Feature, ...] = (
     Feature("guidance_in", "present", r"^(guidance_in\.|time_text_embed\.guidance_embedder\.)", 0,
             "guidance embedding"),
 )
+# Chroma (sdlens.arch.families.chroma) keeps FLUX's block layout but swaps the modulation for this approximator
+CHROMA_APPROXIMATOR = Feature("chroma_approximator", "present", r"^distilled_guidance_layer\.in_proj\.weight$", 0,
+                              "Chroma approximator (distilled_guidance_layer)")
+FEATURES = (*FEATURES, CHROMA_APPROXIMATOR)
 DERIVED = {
     "flux_blocks": lambda f: (
         (f.get("flux_double"), f.get("flux_single"))
@@ -61,7 +65,7 @@ def derive(keys):
 FAMILIES: tuple[Family, ...] = (
     Family(
         "flux_dev", "FLUX.1-dev",
-        {"flux_blocks": (19, 38), "guidance_in": True},
+        {"flux_blocks": (19, 38), "guidance_in": True, "chroma_approximator": False},
         {"hidden": 3072, "img_in": 64},
         features=FEATURES, derived=DERIVED, feature_text=_TEXT, variants=VARIANTS,
         denoiser=Denoiser("FluxTransformer2DModel", DEV, 11_901_408_320, _SRC, "DiT", derive, "flux"),
@@ -74,7 +78,7 @@ FAMILIES: tuple[Family, ...] = (
     ),
     Family(
         "flux_schnell", "FLUX.1-schnell",
-        {"flux_blocks": (19, 38), "guidance_in": False},
+        {"flux_blocks": (19, 38), "guidance_in": False, "chroma_approximator": False},
         {"hidden": 3072, "img_in": 64},
         variants=VARIANTS,
         denoiser=Denoiser("FluxTransformer2DModel", {**DEV, "guidance_embeds": False}, None, "", "DiT", derive, "flux"),

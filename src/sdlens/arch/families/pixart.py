@@ -8,11 +8,15 @@ from sdlens.arch.families._common import IN_OUT
 from sdlens.arch.families.hunyuandit import DIT_RULES
 from sdlens.arch.record import Blocks, Denoiser, Family, Feature, TextEncoderSlot
 
+# LTX-Video (sdlens.arch.families.ltx_video) has PixArt's adaln_single and 28 blocks, but q/k RMS norms
+LTX_QK_NORM = Feature("ltx_qk_norm", "present", r"^transformer_blocks\.0\.attn1\.(q_norm|norm_q)\.weight$", 0,
+                      "query/key RMS norms")
 FEATURES: tuple[Feature, ...] = (
     Feature("pixart", "present", r"^(t_block\.1\.weight|adaln_single\.linear\.weight)$", 0, "PixArt timestep block"),
     Feature("pixart_ar", "present", r"^(ar_embedder\.|adaln_single\.emb\.aspect_ratio_embedder\.)", 0,
             "aspect-ratio embedder"),
     Feature("pixart_blocks", "count", r"^(?:blocks|transformer_blocks)\.(\d+)\.", 0, "DiT blocks"),
+    LTX_QK_NORM,
 )
 _BASE: dict[str, Any] = {
     "num_attention_heads": 16,
@@ -38,7 +42,7 @@ _SLOTS = {"denoiser": "transformer", "t5": "text_encoder", "vae": "vae"}
 FAMILIES: tuple[Family, ...] = (
     Family(
         "pixart_alpha", "PixArt-α",
-        {"pixart": True, "pixart_ar": True},
+        {"pixart": True, "pixart_ar": True, "ltx_qk_norm": False},
         {"pixart_blocks": 28},
         features=FEATURES,
         denoiser=Denoiser("PixArtTransformer2DModel", {**_BASE, "use_additional_conditions": True}, label="DiT",
@@ -47,7 +51,7 @@ FAMILIES: tuple[Family, ...] = (
     ),
     Family(
         "pixart_sigma", "PixArt-Σ",
-        {"pixart": True, "pixart_ar": False},
+        {"pixart": True, "pixart_ar": False, "ltx_qk_norm": False},
         {"pixart_blocks": 28},
         denoiser=Denoiser("PixArtTransformer2DModel",
                           {**_BASE, "use_additional_conditions": False, "interpolation_scale": 2}, label="DiT",
