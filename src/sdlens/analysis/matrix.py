@@ -29,12 +29,13 @@ import numpy as np
 from sdlens.analysis.notes import listing, note, plural
 from sdlens.arch.blocks import block_of
 from sdlens.arch.canonical import CanonRef, canonical_index
+from sdlens.choices import MatrixBy, MatrixMetric, TimeEmbed, check_choice, choices
 from sdlens.errors import SdlensError
 from sdlens.io.base import Checkpoint
 from sdlens.io.dtypes import DTYPES
 from sdlens.io.open import open_checkpoint
 
-METRICS = ("l2", "cos", "l1")
+METRICS = choices(MatrixMetric)
 _VAE = ("vae_encoder", "vae_decoder")
 _TASK_BYTES = 256 << 20  # bytes per model per task (the resume granularity)
 
@@ -514,15 +515,15 @@ def _fingerprint(p: Plan, metric: str) -> str:
 def matrix(
     paths: Sequence[str | Path],
     *,
-    metric: str = "l2",
-    by: str = "component",
+    metric: MatrixMetric = "l2",
+    by: MatrixBy = "component",
     ref: str | Path | None = None,
     state: str | Path | None = None,
     resume: bool = False,
     chunk_bytes: int = 512 << 20,
     workers: int | None = None,
     device: str | None = None,
-    time_embed: str = "IN00",
+    time_embed: TimeEmbed = "IN00",
     progress: Callable[[int], None] | None = None,
     on_plan: Callable[[Plan], None] | None = None,
     on_resume: Callable[[int, int], None] | None = None,
@@ -540,10 +541,9 @@ def matrix(
     folders' variant files (``fp16`` ...).
 
     Inputs that cannot be read are left out (``MatrixResult.skipped``); the others are compared."""
-    if metric not in METRICS:
-        raise SdlensError(None, f"unknown metric {metric!r}: use one of {', '.join(METRICS)}")
-    if by not in ("component", "block"):
-        raise SdlensError(None, f"unknown --by {by!r}: use component or block")
+    check_choice(metric, "metric", MatrixMetric)
+    check_choice(by, "by", MatrixBy)
+    check_choice(time_embed, "time_embed", TimeEmbed)
     from sdlens.analysis import kernels
 
     pl = plan(paths, metric=metric, time_embed=time_embed, task_bytes=task_bytes, variant=variant)
