@@ -114,6 +114,7 @@ CASES = [  # (command line before the option, option, wrong value, its choices)
     (["matrix", "A", "B"], "--by", "type", ("component", "block")),
     (["arch", "sd1"], "--depth", "3", ("1", "2")),
     (["arch", "sd1"], "--time-embed", "in00", ("IN00", "BASE")),
+    (["arch", "sd1"], "--dtype", "fp8", ("fp16", "bf16", "fp32")),
     (["embed", "A", "--prompts", "P"], "--method", "umap", ("pca", "tsne")),
 ]
 
@@ -159,6 +160,8 @@ def test_the_api_checks_its_own_choices_before_any_work(pair, tmp_path):
         matrix([missing, missing], by="key")
     with pytest.raises(ChoiceError, match=r"--time-embed must be IN00 or BASE \(got 'x'\)"):
         analyse("sd1", time_embed="x")
+    with pytest.raises(ChoiceError, match=r"--dtype must be fp16, bf16 or fp32 \(got 'int8'\)"):
+        analyse("sd1", dtype="int8")
     with pytest.raises(ChoiceError, match=r"--method must be pca or tsne \(got 'umap'\)"):
         write_embed_outputs(None, tmp_path / "e", "umap")
     assert not (tmp_path / "e").exists()

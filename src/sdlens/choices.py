@@ -18,6 +18,7 @@ MatrixMetric = Literal["l2", "cos", "l1"]
 MatrixBy = Literal["component", "block"]
 EmbedMethod = Literal["pca", "tsne"]  # the embedding maps drawn
 DiagramDepth = Literal[1, 2]  # torchview depth of ``arch --diagram``
+Precision = Literal["fp16", "bf16", "fp32"]  # weights and activations of ``arch``
 
 
 class ChoiceError(SdlensError):

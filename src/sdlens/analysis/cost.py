@@ -22,7 +22,7 @@ from sdlens.arch import configs as C
 from sdlens.arch import families
 from sdlens.arch import registry as R
 from sdlens.arch.blocks import block_names, block_of
-from sdlens.choices import TimeEmbed, check_choice
+from sdlens.choices import Precision, TimeEmbed, check_choice
 from sdlens.errors import SdlensError
 
 DTYPE_BYTES = {"fp16": 2, "bf16": 2, "fp32": 4}
@@ -161,9 +161,7 @@ def parse_res(text: str | None) -> tuple[int, int] | None:
 
 
 def _dtype(name: str) -> torch.dtype:
-    if name not in B.DTYPES:
-        raise SdlensError(None, f"--dtype {name!r}: use fp16, bf16 or fp32")
-    return B.DTYPES[name]
+    return B.DTYPES[check_choice(name, "dtype", Precision)]
 
 
 def _shapes(inputs: dict[str, Any]) -> dict[str, list[int]]:
@@ -359,7 +357,7 @@ def analyse(
     batch: int = 1,
     cfg: bool | None = None,
     steps: int | None = None,
-    dtype: str = "fp16",
+    dtype: Precision = "fp16",
     tokens: int | None = None,
     img2img: bool = False,
     time_embed: TimeEmbed = "IN00",

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from sdlens.choices import DiagramDepth, TimeEmbed, metavar
+from sdlens.choices import DiagramDepth, Precision, TimeEmbed, metavar
 from sdlens.console import checked
 from sdlens.errors import SdlensError
 
@@ -21,7 +21,7 @@ def run(
     batch: Annotated[int, typer.Option(help="Images per batch.")] = 1,
     cfg: Annotated[bool | None, typer.Option("--cfg/--no-cfg", help="Classifier-free guidance (default: the pipeline's).")] = None,
     steps: Annotated[int | None, typer.Option(help="Denoising steps (default: the pipeline's).")] = None,
-    dtype: Annotated[str, typer.Option(metavar="fp16|bf16|fp32", help="Precision of weights and activations.")] = "fp16",
+    dtype: Annotated[str, typer.Option(metavar=metavar(Precision), callback=checked("dtype", Precision), help="Precision of weights and activations.")] = "fp16",
     tokens: Annotated[int | None, typer.Option(help="Length of the (longest) text sequence.")] = None,
     img2img: Annotated[bool, typer.Option("--img2img", help="Count the VAE encode too.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
