@@ -8,6 +8,7 @@ Everything is measured on models built on the meta device (``sdlens.arch.build``
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -21,6 +22,7 @@ from sdlens.arch import configs as C
 from sdlens.arch import families
 from sdlens.arch import registry as R
 from sdlens.arch.blocks import block_names, block_of
+from sdlens.choices import Precision, TimeEmbed, check_choice
 from sdlens.errors import SdlensError
 
 DTYPE_BYTES = {"fp16": 2, "bf16": 2, "fp32": 4}
@@ -159,9 +161,7 @@ def parse_res(text: str | None) -> tuple[int, int] | None:
 
 
 def _dtype(name: str) -> torch.dtype:
-    if name not in B.DTYPES:
-        raise SdlensError(None, f"--dtype {name!r}: use fp16, bf16 or fp32")
-    return B.DTYPES[name]
+    return B.DTYPES[check_choice(name, "dtype", Precision)]
 
 
 def _shapes(inputs: dict[str, Any]) -> dict[str, list[int]]:
@@ -357,15 +357,16 @@ def analyse(
     batch: int = 1,
     cfg: bool | None = None,
     steps: int | None = None,
-    dtype: str = "fp16",
+    dtype: Precision = "fp16",
     tokens: int | None = None,
     img2img: bool = False,
-    time_embed: str = "IN00",
+    time_embed: TimeEmbed = "IN00",
 ) -> ArchReport:
     """Measure one architecture at the given inputs (``res`` = (width, height); defaults: the model's own)."""
     import time
 
     t0 = time.perf_counter()
+    check_choice(time_embed, "time_embed", TimeEmbed)
     spec = model if isinstance(model, B.ArchSpec) else resolve(model)
     spec = B.with_tokens(spec, tokens)
     _dtype(dtype)
@@ -473,8 +474,17 @@ def _memory(r: ArchReport, dtype: str) -> dict[str, Any]:
     return out
 
 
-def compare(models: tuple[str, ...] | list[str] = ALL_MODELS, **kw: Any) -> list[ArchReport]:
-    return [analyse(m, **kw) for m in models]
+def compare(models: str | Sequence[str | Path] = "all", *, on_model: Callable[[str], None] | None = None,
+            **kw: Any) -> list[ArchReport]:
+    """:func:`analyse` of each of ``models`` ("all": every released architecture) at the same settings;
+    ``on_model(name)`` is told before each is measured."""
+    names = (list(ALL_MODELS) if models == "all" else [models]) if isinstance(models, str) else list(models)
+    reports = []
+    for name in names:
+        if on_model is not None:
+            on_model(str(name))
+        reports.append(analyse(name, **kw))
+    return reports
 
 
 def gemm_rows(report: ArchReport) -> list[dict[str, Any]]:

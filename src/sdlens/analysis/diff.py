@@ -21,6 +21,7 @@ from sdlens.arch import registry as R
 from sdlens.arch.blocks import block_of
 from sdlens.arch.canonical import CanonRef, canonical_index
 from sdlens.arch.layers import layer_type
+from sdlens.choices import TimeEmbed, check_choice
 from sdlens.errors import SdlensError
 from sdlens.io.base import Checkpoint
 from sdlens.io.dtypes import DTYPES
@@ -227,12 +228,13 @@ def diff(
     path_a: str | Path,
     path_b: str | Path,
     *,
-    time_embed: str = "IN00",
+    time_embed: TimeEmbed = "IN00",
     progress: Callable[[int], None] | None = None,
     variant: str | None = None,
 ) -> DiffResult:
     """Compare two checkpoints (any formats / layouts). ``progress`` receives bytes of A processed; ``variant``
     picks diffusers folders' variant files (``fp16`` ...)."""
+    check_choice(time_embed, "time_embed", TimeEmbed)
     with open_checkpoint(path_a, variant) as ca, open_checkpoint(path_b, variant) as cb:
         kind, (idx_a, fam_a, alpha_a), (idx_b, fam_b, alpha_b) = _indexes(ca, cb)
         common = [k for k in idx_a if k in idx_b]

@@ -377,6 +377,8 @@ def embed(
         raise SdlensError(None, f"--pool must be one of {', '.join(POOLS)}, not {pool!r}")
     if layer is not None and layer not in ("last", "penultimate"):
         resolve_layer(layer, 10**6)  # validates the number
+    if batch_size < 1:
+        raise SdlensError(None, "--batch-size must be at least 1")
     wanted = _parse_encoders(encoder)
     prompts = list(prompts)
     paths = [Path(p) for p in paths]

@@ -21,6 +21,7 @@ from sdlens.analysis import matrix_plan
 from sdlens.analysis.matrix_plan import KeyPlan, Plan, Task, _fingerprint, _ref_index, done_bytes, resumed
 from sdlens.analysis.matrix_result import MatrixResult, ModelInfo, Partial, finish
 from sdlens.analysis.matrix_run import _chunked_sums, _kernel_sums, _wanted, run_task
+from sdlens.choices import MatrixBy, MatrixMetric, TimeEmbed, check_choice, choices
 from sdlens.errors import SdlensError
 from sdlens.io.open import open_checkpoint
 
@@ -29,7 +30,7 @@ __all__ = [
     "plan", "run_task", "_chunked_sums", "_fingerprint", "_kernel_sums", "_wanted",
 ]  # fmt: skip
 
-METRICS = ("l2", "cos", "l1")
+METRICS = choices(MatrixMetric)
 _TASK_BYTES = matrix_plan._TASK_BYTES  # bytes per model per task (the resume granularity)
 
 
@@ -43,15 +44,15 @@ def plan(paths: Sequence[str | Path], *, metric: str = "l2", time_embed: str = "
 def matrix(
     paths: Sequence[str | Path],
     *,
-    metric: str = "l2",
-    by: str = "component",
+    metric: MatrixMetric = "l2",
+    by: MatrixBy = "component",
     ref: str | Path | None = None,
     state: str | Path | None = None,
     resume: bool = False,
     chunk_bytes: int = 512 << 20,
     workers: int | None = None,
     device: str | None = None,
-    time_embed: str = "IN00",
+    time_embed: TimeEmbed = "IN00",
     progress: Callable[[int], None] | None = None,
     on_plan: Callable[[Plan], None] | None = None,
     on_resume: Callable[[int, int], None] | None = None,
@@ -69,10 +70,9 @@ def matrix(
     folders' variant files (``fp16`` ...).
 
     Inputs that cannot be read are left out (``MatrixResult.skipped``); the others are compared."""
-    if metric not in METRICS:
-        raise SdlensError(None, f"unknown metric {metric!r}: use one of {', '.join(METRICS)}")
-    if by not in ("component", "block"):
-        raise SdlensError(None, f"unknown --by {by!r}: use component or block")
+    check_choice(metric, "metric", MatrixMetric)
+    check_choice(by, "by", MatrixBy)
+    check_choice(time_embed, "time_embed", TimeEmbed)
     from sdlens.analysis import kernels
 
     pl = plan(paths, metric=metric, time_embed=time_embed, task_bytes=task_bytes, variant=variant)

@@ -7,45 +7,39 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
+from sdlens.choices import DiagramDepth, Precision, TimeEmbed, metavar
+from sdlens.console import checked
 from sdlens.errors import SdlensError
 
 MODELS_HELP = "sd1, sd2, sdxl, sd3, sd35, hunyuandit, auraflow, flux (aliases welcome), a diffusers config.json or a checkpoint"
 
 
-def register(app: typer.Typer) -> None:
-    app.command(name="arch")(arch)
-
-
-def arch(
+def run(
     model: Annotated[str | None, typer.Argument(metavar="MODEL", help=MODELS_HELP)] = None,
     res: Annotated[str | None, typer.Option(metavar="WxH", help="Image size WIDTHxHEIGHT (default: the model's own).")] = None,
     batch: Annotated[int, typer.Option(help="Images per batch.")] = 1,
     cfg: Annotated[bool | None, typer.Option("--cfg/--no-cfg", help="Classifier-free guidance (default: the pipeline's).")] = None,
     steps: Annotated[int | None, typer.Option(help="Denoising steps (default: the pipeline's).")] = None,
-    dtype: Annotated[str, typer.Option(metavar="fp16|bf16|fp32", help="Precision of weights and activations.")] = "fp16",
+    dtype: Annotated[str, typer.Option(metavar=metavar(Precision), callback=checked("dtype", Precision), help="Precision of weights and activations.")] = "fp16",
     tokens: Annotated[int | None, typer.Option(help="Length of the (longest) text sequence.")] = None,
     img2img: Annotated[bool, typer.Option("--img2img", help="Count the VAE encode too.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
     gemm: Annotated[Path | None, typer.Option(metavar="FILE", help="Write every GEMM / convolution of one denoiser forward to FILE.csv.")] = None,
     diagram: Annotated[Path | None, typer.Option(metavar="FILE", help="Write FILE.svg (sdlens's block diagram) and FILE-torchview-depthN.svg (torchview, needs graphviz dot).")] = None,
-    depth: Annotated[int, typer.Option(metavar="1|2", help="torchview depth for --diagram.")] = 1,
+    depth: Annotated[int, typer.Option(metavar=metavar(DiagramDepth), callback=checked("depth", DiagramDepth), help="torchview depth for --diagram.")] = 1,
     compare: Annotated[str | None, typer.Option(metavar="all|MODEL,MODEL,...", help="'all' or a comma list of models: the comparison table.")] = None,
-    time_embed: Annotated[str, typer.Option(metavar="IN00|BASE", help="Merge block of time_embed / label_emb.")] = "IN00",
+    time_embed: Annotated[str, typer.Option(metavar=metavar(TimeEmbed), callback=checked("time_embed", TimeEmbed), help="Merge block of time_embed / label_emb.")] = "IN00",
 ) -> None:
     """Parameters, merge blocks, every GEMM, FLOPs, memory and diagrams of an architecture — no weights needed."""
-    from sdlens.analysis.cost import ALL_MODELS, analyse, parse_res, write_gemm_csv
+    from sdlens.analysis.cost import analyse, parse_res, write_gemm_csv
+    from sdlens.analysis.cost import compare as compare_models
+    from sdlens.console import err, out, output_path
     from sdlens.io.outputs import OutFile, check_outputs, remove_created_on_failure
     from sdlens.render.arch_diagram import diagram_paths
     from sdlens.render.jsonout import dumps
     from sdlens.render.safe_text import safe
 
-    console = Console(emoji=False)  # the terminal's width; 80 columns (or $COLUMNS) when piped: the tables adapt
-    from sdlens.cli import choice, output_path
-
-    choice(str(depth), "--depth", ("1", "2"))
-    choice(time_embed, "--time-embed", ("IN00", "BASE"))
     for path, option in ((gemm, "--gemm"), (diagram, "--diagram")):
         if path is not None:
             output_path(path, option)
@@ -54,17 +48,15 @@ def arch(
     kw = {"res": parse_res(res), "batch": batch, "cfg": cfg, "steps": steps, "dtype": dtype, "tokens": tokens,
           "img2img": img2img, "time_embed": time_embed}
     if compare is not None:
-        names = list(ALL_MODELS) if compare.strip().lower() == "all" else [m.strip() for m in compare.split(",") if m.strip()]
-        reports = []
-        for name in names:
-            with console.status(f"measuring {name}…"):
-                reports.append(analyse(name, **kw))
+        names = "all" if compare.strip().lower() == "all" else [m.strip() for m in compare.split(",") if m.strip()]
+        with out.status("measuring…") as status:
+            reports = compare_models(names, on_model=lambda name: status.update(f"measuring {name}…"), **kw)
         if json_out:
             print(dumps(reports))
         else:
             from sdlens.render.arch_view import render_compare
 
-            render_compare(reports, console)
+            render_compare(reports, out)
         return
     if model is None:
         raise SdlensError(None, f"name a model ({MODELS_HELP}) or use --compare all")
@@ -74,39 +66,17 @@ def arch(
     else:
         from sdlens.render.arch_view import render_arch
 
-        render_arch(report, console)
-    out = Console(stderr=True, emoji=False) if json_out else console
+        render_arch(report, out)
+    notes = err if json_out else out
     with remove_created_on_failure(files=[o.path for o in outputs]):
         if gemm is not None:
             write_gemm_csv(report, gemm)
-            out.print(f"GEMM table written to {safe(gemm)} ({len(report.ops)} rows)", soft_wrap=True, highlight=False)
+            notes.print(f"GEMM table written to {safe(gemm)} ({len(report.ops)} rows)", soft_wrap=True, highlight=False)
         if diagram is not None:
             from sdlens.render.arch_diagram import write_block_diagram, write_torchview
 
-            out.print(f"block diagram written to {safe(write_block_diagram(report, diagram))}", soft_wrap=True,
-                      highlight=False)
+            notes.print(f"block diagram written to {safe(write_block_diagram(report, diagram))}", soft_wrap=True,
+                        highlight=False)
             tv = diagram.with_name(f"{diagram.stem}-torchview-depth{depth}")
-            out.print(f"torchview graph written to {safe(write_torchview(model, report, tv, depth=depth))}",
-                      soft_wrap=True, highlight=False)
-
-
-def demo_section(zoo_dir: Path, out_dir: Path, console: Console) -> None:
-    """The comparison of the eight architectures at 512×512 (quick; ``sdlens arch --compare all`` for the native
-    sizes), and two block diagrams."""
-    import time
-
-    from sdlens.analysis.cost import ALL_MODELS, analyse
-    from sdlens.render.arch_diagram import write_block_diagram
-    from sdlens.render.arch_view import render_compare
-    from sdlens.render.jsonout import dumps
-
-    console.rule("sdlens arch")
-    t0 = time.perf_counter()
-    reports = [analyse(m, res=(512, 512)) for m in ALL_MODELS]
-    render_compare(reports, console)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "arch-compare.json").write_text(dumps(reports))
-    svg = write_block_diagram(reports[2], out_dir / "arch-sdxl.svg")
-    flux = write_block_diagram(reports[-1], out_dir / "arch-flux.svg")
-    console.print(f"\n[bold]written:[/] {out_dir / 'arch-compare.json'}, {svg}, {flux} "
-                  f"({time.perf_counter() - t0:.1f} s, no weights)")
+            notes.print(f"torchview graph written to {safe(write_torchview(model, report, tv, depth=depth))}",
+                        soft_wrap=True, highlight=False)

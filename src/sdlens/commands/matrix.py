@@ -6,15 +6,16 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
+from sdlens.choices import MatrixBy, MatrixMetric, metavar
+from sdlens.console import checked
 from sdlens.render.safe_text import safe
 
 
-def matrix(
+def run(
     paths: Annotated[list[Path], typer.Argument(metavar="PATH...", help="Checkpoint files, diffusers folders, or folders of models.")],
-    metric: Annotated[str, typer.Option(metavar="l2|cos|l1", help="L2, cosine (1 − cos) or L1 distance.")] = "l2",
-    by: Annotated[str, typer.Option(metavar="component|block", help="Per component, or per merge block of the denoiser.")] = "component",
+    metric: Annotated[str, typer.Option(metavar=metavar(MatrixMetric), callback=checked("metric", MatrixMetric), help="L2, cosine (1 − cos) or L1 distance.")] = "l2",
+    by: Annotated[str, typer.Option(metavar=metavar(MatrixBy), callback=checked("by", MatrixBy), help="Per component, or per merge block of the denoiser.")] = "component",
     ref: Annotated[str | None, typer.Option(metavar="MODEL", help="Reference model (file name or path) for the distance line chart.")] = None,
     out_dir: Annotated[Path, typer.Option("--out", metavar="DIR", help="Where to write CSV, JSON and plots.")] = Path("matrix-out"),
     workers: Annotated[int | None, typer.Option(help="Threads for the arithmetic (default: one per core).")] = None,
@@ -27,13 +28,11 @@ def matrix(
 
     An input that cannot be read is reported in one line and left out; the others are compared, and the exit
     status is then 2 (after the results)."""
-    from sdlens.cli import choice, output_path
+    from sdlens.console import output_path
     from sdlens.io.open import expand_paths
     from sdlens.io.outputs import OutFolder, check_outputs, remove_created_on_failure
     from sdlens.render.matrix_view import WRITES, FigureWorkers
 
-    choice(metric, "--metric", ("l2", "cos", "l1"))
-    choice(by, "--by", ("component", "block"))
     output_path(out_dir, "--out")
     files = expand_paths(paths)
     check_outputs([*paths, *files], [OutFolder("--out", out_dir, WRITES)])
@@ -54,7 +53,7 @@ def _run(files, out_dir: Path, figures, *, metric: str, by: str, ref: str | None
          chunk_mb: int, resume: bool, plots: bool, variant: str | None = None) -> bool:
     """Compute and write; True when some inputs could not be read (and were left out)."""
     from sdlens.analysis.matrix import matrix as run_matrix
-    from sdlens.cli import _fail, _progress_bar, err, out
+    from sdlens.console import err, fail, out, progress_bar
     from sdlens.errors import SdlensError
     from sdlens.render.matrix_view import render_matrix, write_outputs
     from sdlens.render.text import plural, wrap_items
@@ -64,10 +63,10 @@ def _run(files, out_dir: Path, figures, *, metric: str, by: str, ref: str | None
 
     def on_plan(pl) -> None:
         for s in pl.skipped:
-            _fail(SdlensError(s["path"], f"{s['error']} (left out)"))
+            fail(SdlensError(s["path"], f"{s['error']} (left out)"))
         err.print(f"{plural(len(pl.models), 'model')}, {plural(len(pl.tasks), 'task')}, {pl.nbytes / 1e9:.2f} GB to read",
                   highlight=False)
-        bar["p"], bar["advance"] = _progress_bar(pl.nbytes, "matrix")
+        bar["p"], bar["advance"] = progress_bar(pl.nbytes, "matrix")
         bar["p"].start()
 
     def on_resume(done: int, total: int) -> None:
@@ -103,30 +102,3 @@ def resumed_line(done: int, total: int, state: Path) -> str:
         return f"nothing to resume (no saved partial results in {safe(state)}): starting from the beginning"
     div, unit = next((d, u) for d, u in ((1e9, "GB"), (1e6, "MB"), (1e3, "kB"), (1, "bytes")) if total >= d)
     return f"resumed: {done / div:.1f} of {total / div:.1f} {unit} already done"
-
-
-def register(app: typer.Typer) -> None:
-    app.command()(matrix)
-
-
-def demo_section(zoo_dir: Path, out_dir: Path, console: Console) -> None:
-    """matrix over a family with known relations (fine-tunes, a merge at 0.3, a VAE swap, fp16, SDXL)."""
-    import time
-
-    from sdlens.analysis.matrix import matrix as run_matrix
-    from sdlens.render.matrix_view import render_matrix, write_outputs
-    from sdlens.testing.zoo_matrix import MERGE_ALPHA, build_matrix_zoo
-
-    console.rule("[bold]sdlens matrix")
-    models = build_matrix_zoo(zoo_dir / "matrix-family")
-    t0 = time.perf_counter()
-    result = run_matrix(list(models.values()))
-    dt = time.perf_counter() - t0
-    render_matrix(result, console)
-    written = write_outputs(result, out_dir / "matrix")
-    m = result.matrix("denoiser")
-    i = {Path(n).stem: k for k, n in enumerate(result.names)}
-    ratio = m[i["base"], i["merge"]] / m[i["base"], i["unet_ft"]]
-    console.print(f"merge at α={MERGE_ALPHA}: d(base, merge) / d(base, unet_ft) = {ratio:.6f} "
-                  f"(expected {1 - MERGE_ALPHA:.6f}); {len(models)} models in {dt:.1f} s; "
-                  f"{len(written)} files in {out_dir / 'matrix'}", soft_wrap=True)

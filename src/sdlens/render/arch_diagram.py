@@ -14,6 +14,7 @@ from html import escape
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from sdlens.choices import DiagramDepth, check_choice
 from sdlens.errors import SdlensError
 
 if TYPE_CHECKING:  # the diagram needs only the report's fields, not torch (which cost imports)
@@ -203,9 +204,10 @@ def write_block_diagram(r: ArchReport, path: Path) -> Path:
     return path
 
 
-def write_torchview(model: str, r: ArchReport, stem: Path, *, depth: int = 1) -> Path:
+def write_torchview(model: str, r: ArchReport, stem: Path, *, depth: DiagramDepth = 1) -> Path:
     """A torchview graph of the denoiser at ``depth`` (1 or 2): ``stem``.svg rendered with graphviz ``dot``;
     without ``dot`` the DOT source is written to ``stem``.gv and a one-line error says how to install it."""
+    check_choice(depth, "depth", DiagramDepth)
     import subprocess
 
     from sdlens.analysis.arch_graph import denoiser_graph_source

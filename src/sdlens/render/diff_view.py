@@ -8,6 +8,7 @@ from rich.table import Table
 from rich.text import Text
 
 from sdlens.analysis.diff import DiffResult, GroupDiff, component_label, part_file
+from sdlens.choices import DiffBy, DiffMetric, check_choice
 from sdlens.render.safe_text import NAME_LIMIT, printable, safe
 from sdlens.render.text import bullets, fits, path_line, plural, wrap_items
 
@@ -44,7 +45,9 @@ def _per_key(r: DiffResult, console: Console, metric: str) -> None:
                              for c, v in zip(cols[1:], row[1:], strict=True) if v])
 
 
-def render_diff(r: DiffResult, console: Console, by: str = "component", metric: str = "all") -> None:
+def render_diff(r: DiffResult, console: Console, by: DiffBy = "component", metric: DiffMetric = "all") -> None:
+    check_choice(metric, "metric", DiffMetric)
+    check_choice(by, "by", DiffBy)
     path_line(console, "A", printable(r.a, NAME_LIMIT))
     path_line(console, "B", printable(r.b, NAME_LIMIT))
     bullets(console, [safe(line) for line in r.verdict])

@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from sdlens.analysis.embed import METRICS, Drift, EmbedResult, drift_csv, matrix_csv
+from sdlens.choices import EmbedMethod, check_choice
 from sdlens.io.atomic import write_text_atomic
 from sdlens.render.safe_text import NAME_LIMIT, printable, safe
 from sdlens.render.text import path_line, plural, wrap_items
@@ -22,9 +23,10 @@ def safe_name(name: str) -> str:
 WRITES = ("*.csv", "*.png", "embed.json")  # what write_embed_outputs writes in its folder
 
 
-def write_embed_outputs(result: EmbedResult, out_dir: str | Path, method: str = "pca") -> list[Path]:
+def write_embed_outputs(result: EmbedResult, out_dir: str | Path, method: EmbedMethod = "pca") -> list[Path]:
     """Per model and encoder ``<metric>-<encoder>-<model>.csv``; per encoder ``pca-<encoder>.png`` (and
     ``tsne-<encoder>.png``), ``drift-<encoder>-<model>.csv`` and ``drift-<encoder>.png``; ``embed.json``."""
+    check_choice(method, "method", EmbedMethod)
     from sdlens.render.embed_plots import plot_drift, plot_maps
     from sdlens.render.jsonout import dumps
 
