@@ -6,7 +6,6 @@ DiT denoisers (SD3 ``mmdit``, ``flux``, ``auraflow``, ``hunyuandit``, ``pixart``
 
 from sdlens.arch.keymap import auraflow, flux, hunyuandit, mmdit, pixart
 from sdlens.arch.keymap._dit import DitMap, Plan, Rel, Slice, Target, assemble
-
 from sdlens.arch.keymap.clip import (
     clip_hf_to_ldm,
     clip_hf_to_openclip,
