@@ -11,8 +11,10 @@ the family's key map (:mod:`sdlens.arch.keymap`, checked against diffusers' sing
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Collection
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -463,3 +465,28 @@ def build_controlnet(
     if layout == "diffusers":
         return sd
     return controlnet_to_original(sd, layers_per_block=cfg.get("layers_per_block", 2))
+
+
+def write_diffusers_folder(
+    family: str, path: str | Path, *, size: Size = "tiny", seed: int = 0, variant: str | None = None,
+    sd: TensorDict | None = None,
+) -> Path:
+    """A denoiser-only diffusers folder: ``model_index.json`` (the record's pipeline class) and the denoiser's
+    slot (``transformer/``) with ``config.json`` and ``diffusion_pytorch_model.safetensors`` (``sd``, or the
+    seeded tiny / meta model)."""
+    from sdlens.testing.writers import save_safetensors
+
+    fam = _record(family)
+    cls_name, cfg = denoiser_config(family, size=size, variant=variant)
+    if sd is None:
+        sd = build_denoiser(family, size=size, layout="diffusers", seed=seed, variant=variant)
+    slot = fam.diffusers_slots["denoiser"]
+    path = Path(path)
+    (path / slot).mkdir(parents=True, exist_ok=True)
+    index = {"_class_name": fam.pipeline.diffusers_class if fam.pipeline else "", "_diffusers_version": "0.32.0",
+             slot: ["diffusers", cls_name]}
+    (path / "model_index.json").write_text(json.dumps(index, indent=2))
+    config = {"_class_name": cls_name, **{k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()}}
+    (path / slot / "config.json").write_text(json.dumps(config, indent=2))
+    save_safetensors(sd, path / slot / "diffusion_pytorch_model.safetensors")
+    return path
