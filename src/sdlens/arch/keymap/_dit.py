@@ -91,10 +91,21 @@ class DitMap:
     def _diff_rx(self) -> tuple[tuple[re.Pattern[str], ...], ...]:
         return tuple(tuple(_compile(d) for d in r.diffusers) for r in self.rels)
 
+    @cached_property
+    def _by_head(self) -> dict[tuple[Side, str], tuple[int, ...]]:
+        """Relation indices by the first key segment of their templates (table order kept), per side."""
+        out: dict[tuple[Side, str], list[int]] = {}
+        for n, rel in enumerate(self.rels):
+            for side, templates in (("original", (rel.original,)), ("diffusers", rel.diffusers)):
+                for head in {t.split(".", 1)[0] for t in templates}:
+                    out.setdefault((side, head), []).append(n)
+        return {k: tuple(v) for k, v in out.items()}
+
     # ------------------------------------------------------------------ matching
     def _find(self, key: str, side: Side, keys: Mapping[str, Shape]) -> tuple[Rel, int, str | None, str] | None:
         """(relation, part index, block index, rest) for ``key`` on ``side``, first applicable relation wins."""
-        for n, rel in enumerate(self.rels):
+        for n in self._by_head.get((side, key.split(".", 1)[0]), ()):
+            rel = self.rels[n]
             pats = (self._orig_rx[n],) if side == "original" else self._diff_rx[n]
             for j, rx in enumerate(pats):
                 m = rx.match(key)
