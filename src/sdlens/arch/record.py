@@ -113,6 +113,7 @@ class Family:
     text_encoders: tuple[TextEncoderSlot, ...] = ()
     vae: str = "vae4"  # sdlens.arch.configs VAES key
     latent_channels: int = 4
+    vae_scaling_factor: float | None = None  # the released VAE's scaling_factor where it is not the class default
     blocks: Blocks = Blocks()
     pipeline: Pipeline | None = None
     # where each component sits in the single-file (original) layout and in a diffusers folder

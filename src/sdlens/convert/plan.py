@@ -267,6 +267,7 @@ def _from_diffusers(ck: Any, folder: Path, sources: list[str]) -> tuple[dict[str
     elif unet:
         keep_as_is("unet", unet)
         notes.append("unet/ has no config.json: its keys are kept as they are")
+    L.dit_from_diffusers(parts, configs, items)  # a DiT's transformer/ (and its VAE) in the record's layout
     vae = parts.pop("vae", {})
     if vae:
         vcfg = configs.get("vae") or L.vae_config({r: it.shape for r, it in vae.items()}, family)
@@ -563,8 +564,8 @@ def _single(items: dict[str, Item], opts: ConvertOptions, comps: dict[str, Any])
 def _to_diffusers(items: dict[str, Item], family: str, metadata: dict[str, str], arange_pos: set[str],
                   inp: Path) -> tuple[list[Item], dict[str, dict[str, Any]], list[Item]]:
     comps_present = {it.component for it in items.values()}
-    if "denoiser" in comps_present and family not in L.UNET_FAMILIES:
-        raise SdlensError(inp, f"--layout diffusers: only SD1/SD2/SDXL UNet checkpoints are supported (this is {family})")
+    if "denoiser" in comps_present and (dit := L.diffusers_layout(items, family, metadata, inp, EXTRAS_FILE)):
+        return dit
     known: dict[str, Any] = {}
     if CONFIGS_META in metadata:
         try:
