@@ -95,3 +95,11 @@ def test_a_dit_without_config_from_shapes_is_refused_clearly(tmp_path):
     src = save_safetensors(z.build_denoiser("pixart_alpha"), tmp_path / "pixart.safetensors")
     with pytest.raises(SdlensError, match="pixart_alpha record has no config-from-shapes"):
         make_plan(src, tmp_path / "dif", ConvertOptions(layout="diffusers"))
+
+
+def test_cli_refusal_is_one_line_exit_2(tmp_path, cli):
+    src = save_safetensors(z.build_denoiser("pixart_sigma"), tmp_path / "pixart.safetensors")
+    r = cli("convert", str(src), str(tmp_path / "dif"), "--layout", "diffusers")
+    assert r.returncode == 2
+    assert r.stderr.count("\n") == 1 and "pixart.safetensors" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "dif").exists()
