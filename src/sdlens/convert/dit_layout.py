@@ -42,13 +42,6 @@ def denoiser_config(fam: Family, shapes: Mapping[str, tuple[int, ...]], path: An
     return {"_class_name": den.cls_name, **{k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()}}
 
 
-def scheduler_for(fam: Family) -> dict[str, Any]:
-    """The released scheduler's class (record ``pipeline.scheduler``) with its prediction type."""
-    from sdlens.convert.layouts import scheduler_config
-
-    return scheduler_config(fam.id)
-
-
 def single_prefix(fam: Family, component: str) -> str:
     """Where ``component`` sits in the family's single file ('' where the release stores it bare)."""
     return fam.single_file.get(component, "")
@@ -120,7 +113,7 @@ def to_diffusers(items: Mapping[str, Any], fam: Family, km: DitMap, known: Mappi
         new.file = extras_file
         new.note = (new.note + "; " if new.note else "") + "no diffusers counterpart: kept in " + extras_file
         final.append(new)
-    sched = known.get("scheduler") or scheduler_for(fam)
+    sched = known.get("scheduler") or L.scheduler_config(fam.id)
     index: dict[str, Any] = dict(known.get("model_index") or {
         "_class_name": fam.pipeline.diffusers_class if fam.pipeline else "DiffusionPipeline"})
     index.setdefault(slot, ["diffusers", cfg["_class_name"]])
