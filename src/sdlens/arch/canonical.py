@@ -129,10 +129,13 @@ def _unet_config(family: str, configs: Mapping[str, dict] | None) -> dict | None
 def _dit(comp: Component, family: str) -> dict[str, CanonRef] | None:
     """DiT denoisers: diffusers names, whatever the layout (the family's key map; q/k/v apart, swapped
     modulation halves as ``key[a:b]`` row ranges). None where the family has no DiT map."""
+    fam = families.get(family)
+    name = fam.denoiser.keymap if fam and fam.denoiser else None
+    if not name or name == "unet":  # UNet files never import the key maps (nor torch) here
+        return None
     from sdlens.arch.keymap import dit_map
 
-    fam = families.get(family)
-    km = dit_map(fam.denoiser.keymap if fam and fam.denoiser else None)
+    km = dit_map(name)
     if km is None:
         return None
     index, left = km.canonical({rel: info.shape for rel, info in comp.keys.items()})

@@ -14,9 +14,10 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Literal, NamedTuple
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 Shape = tuple[int, ...]
 Side = Literal["original", "diffusers"]
@@ -240,6 +241,8 @@ class DitMap:
 
 def assemble(target: Target, sd: Mapping[str, torch.Tensor]) -> torch.Tensor:
     """The tensor ``target`` describes, from the input tensors ``sd``."""
+    import torch
+
     parts = [sd[p.key] if p.rows is None else sd[p.key][p.rows[0] : p.rows[1]] for p in target.pieces]
     return parts[0] if len(parts) == 1 else torch.cat(parts)
 
