@@ -156,8 +156,9 @@ def to_original(family: str, sd: TensorDict, *, seed: int = 0) -> TensorDict:
     """diffusers state dict of ``family`` -> its original single-file keys (no prefix), with the family's key
     map. PixArt files also hold the learned null caption (``y_embedder.y_embedding``, [tokens, caption width]),
     which diffusers does not keep: it is added here, seeded."""
-    out = dit_map(keymap_name(family)).convert(sd, "original")
-    if keymap_name(family) == "pixart":
+    km = dit_map(keymap_name(family))
+    out = km.convert(sd, "original")
+    if NULL_CAPTION in km.original_only:
         w = sd["caption_projection.linear_1.weight"]
         shape = (_record(family).text_encoders[0].tokens, w.shape[1])
         if w.device.type == "meta":

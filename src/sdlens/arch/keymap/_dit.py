@@ -80,9 +80,10 @@ def _rows(shape: Shape, n: int) -> Shape:
 class DitMap:
     """Both directions of one family's relation table."""
 
-    def __init__(self, name: str, rels: Iterable[Rel]) -> None:
+    def __init__(self, name: str, rels: Iterable[Rel], original_only: tuple[str, ...] = ()) -> None:
         self.name = name
         self.rels: tuple[Rel, ...] = tuple(rels)
+        self.original_only = original_only  # original keys diffusers has no place for (left out of every plan)
 
     @cached_property
     def _orig_rx(self) -> tuple[re.Pattern[str], ...]:

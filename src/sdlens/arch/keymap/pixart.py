@@ -36,4 +36,4 @@ RELS: tuple[Rel, ...] = (
     wb(f"{_B}mlp.fc1.", f"{_D}ff.net.0.proj."),
     wb(f"{_B}mlp.fc2.", f"{_D}ff.net.2."),
 )
-MAP = DitMap("pixart", RELS)
+MAP = DitMap("pixart", RELS, original_only=(NULL_CAPTION,))
