@@ -15,18 +15,9 @@ CONVERTERS = {
     "sd3": sfu.convert_sd3_transformer_checkpoint_to_diffusers,
     "sd35m": sfu.convert_sd3_transformer_checkpoint_to_diffusers,
     "sd35": sfu.convert_sd3_transformer_checkpoint_to_diffusers,
-    "flux": sfu.convert_flux_transformer_checkpoint_to_diffusers,
+    "flux_dev": sfu.convert_flux_transformer_checkpoint_to_diffusers,
+    "flux_schnell": sfu.convert_flux_transformer_checkpoint_to_diffusers,
     "auraflow": sfu.convert_auraflow_transformer_checkpoint_to_diffusers,
-}
-TO_ORIGINAL = {
-    "sd3": z.sd3_to_original,
-    "sd35m": z.sd3_to_original,
-    "sd35": z.sd3_to_original,
-    "flux": z.flux_to_original,
-    "auraflow": z.auraflow_to_original,
-    "hunyuandit": z.hunyuandit_to_original,
-    "pixart_alpha": z.pixart_to_original,
-    "pixart_sigma": lambda sd: z.pixart_to_original(sd, y_tokens=300),
 }
 
 
@@ -37,7 +28,7 @@ def diffusers_sd(family: str, size: str, variant: str | None = None) -> dict[str
 
 @cache
 def original_sd(family: str, size: str, variant: str | None = None) -> dict[str, torch.Tensor]:
-    return TO_ORIGINAL[family](diffusers_sd(family, size, variant))
+    return z.to_original(family, diffusers_sd(family, size, variant))
 
 
 class _TinyFluxTorch:
@@ -57,12 +48,13 @@ class _TinyFluxTorch:
 
 @pytest.mark.parametrize(
     ("family", "variant"),
-    [("sd3", None), ("sd35m", None), ("sd35", None), ("flux", None), ("flux", "schnell"), ("auraflow", None)],
+    [("sd3", None), ("sd35m", None), ("sd35", None), ("flux_dev", None), ("flux_schnell", None), ("flux_dev", "fill"),
+     ("auraflow", None)],
 )
 def test_tiny_round_trip_through_diffusers_converter(family, variant, monkeypatch):
     ref = diffusers_sd(family, "tiny", variant)
     orig = dict(original_sd(family, "tiny", variant))
-    if family == "flux":
+    if family.startswith("flux"):
         inner = ref["x_embedder.weight"].shape[0]
         monkeypatch.setattr(sfu, "torch", _TinyFluxTorch(inner))
     back = CONVERTERS[family](orig)
@@ -72,7 +64,7 @@ def test_tiny_round_trip_through_diffusers_converter(family, variant, monkeypatc
         assert torch.equal(back[k], v), k
 
 
-@pytest.mark.parametrize("family", ["sd3", "sd35m", "sd35", "flux", "auraflow"])
+@pytest.mark.parametrize("family", ["sd3", "sd35m", "sd35", "flux_dev", "auraflow"])
 def test_full_round_trip_shapes(family):
     ref = diffusers_sd(family, "full")
     prefix = "model.diffusion_model." if family.startswith("sd3") else ""
@@ -91,14 +83,14 @@ def test_build_denoiser_original_matches_helper():
     assert not torch.equal(other["proj_out.weight"], diffusers_sd("sd35m", "tiny")["proj_out.weight"])
 
 
-@pytest.mark.parametrize("family", ["sd3", "sd35", "flux", "auraflow", "hunyuandit"])
+@pytest.mark.parametrize("family", ["sd3", "sd35", "flux_dev", "auraflow", "hunyuandit"])
 def test_full_param_counts(family):
     sd = original_sd(family, "full")
     assert all(v.device.type == "meta" for v in sd.values())
     total = sum(v.numel() for v in sd.values())
     if family.startswith("sd3"):
         total -= sd["pos_embed"].numel()  # a buffer in diffusers, not a parameter
-    assert total == DENOISER_PARAMS[{"flux": "flux_dev"}.get(family, family)]
+    assert total == DENOISER_PARAMS[family]
 
 
 @pytest.mark.parametrize("family", z.FAMILIES)
@@ -110,13 +102,13 @@ def test_tiny_and_full_share_key_names(family):
 
 
 def test_flux_variants():
-    dev, schnell = original_sd("flux", "full"), original_sd("flux", "full", "schnell")
+    dev, schnell = original_sd("flux_dev", "full"), original_sd("flux_schnell", "full")
     assert "guidance_in.in_layer.weight" in dev and not any(k.startswith("guidance_in") for k in schnell)
     assert dev["img_in.weight"].shape == (3072, 64)
     assert tuple(dev["double_blocks.0.img_attn.norm.key_norm.scale"].shape) == (128,)
     assert len({k.split(".")[1] for k in dev if k.startswith("double_blocks.")}) == 19
     assert len({k.split(".")[1] for k in dev if k.startswith("single_blocks.")}) == 38
-    fill = z.build_denoiser("flux", size="full", variant="fill")
+    fill = z.build_denoiser("flux_dev", size="full", variant="fill")
     assert fill["img_in.weight"].shape[1] == 384
     assert sfu.infer_diffusers_model_type(dev) == "flux-dev"
     assert sfu.infer_diffusers_model_type(schnell) == "flux-schnell"
@@ -190,7 +182,7 @@ def test_single_files_and_vae():
     )
     ref = z.build_vae("vae16", layout="diffusers")
     assert set(back) == set(ref) and all(torch.equal(back[k], ref[k]) for k in ref)
-    flux = z.build_single_file("flux", with_encoders=True, with_vae=True, variant="schnell")
+    flux = z.build_single_file("flux_schnell", with_encoders=True, with_vae=True)
     assert "double_blocks.0.img_attn.qkv.weight" in flux and "vae.decoder.conv_in.weight" in flux
     assert not any(".clip_g." in k for k in flux)
     full = z.build_single_file("sd3", size="full", with_encoders=True, with_vae=True)

@@ -2,7 +2,10 @@
 
 Canonical names are ``<component>/<key>`` with the key in one layout per component:
 
-* denoiser — LDM names for UNets (diffusers-layout UNets renamed with the keymap); DiTs keep their keys;
+* denoiser — LDM names for UNets (diffusers-layout UNets renamed with the keymap); diffusers names for DiTs
+  (original-layout files renamed with the family's key map, their fused q/k/v as row slices; the modulations
+  whose (shift, scale) halves the two layouts order differently as ``key[a:b]`` row ranges), so an original
+  file, its ComfyUI form (``model.diffusion_model.`` prefix) and its diffusers folder index alike;
 * VAE — LDM names (``encoder.down.0.block.0.conv1.weight``); diffusers VAEs renamed;
 * text encoders — transformers' CLIPTextModel layout (``text_model.encoder.layers.0.self_attn.q_proj.weight``):
   NAI-renamed keys are put back under ``text_model.``, open_clip's fused ``in_proj_weight`` becomes three row
@@ -27,6 +30,7 @@ from functools import cache
 from typing import TYPE_CHECKING
 
 from sdlens.arch import configs as C
+from sdlens.arch import families
 from sdlens.arch import registry as R
 from sdlens.arch.detect import Component, match_family, read_features, split_components
 from sdlens.io.base import Checkpoint, TensorInfo
@@ -122,7 +126,32 @@ def _unet_config(family: str, configs: Mapping[str, dict] | None) -> dict | None
     return dict(fam.denoiser.config) if fam and fam.denoiser and fam.denoiser.keymap == "unet" else None
 
 
+def _dit(comp: Component, family: str) -> dict[str, CanonRef] | None:
+    """DiT denoisers: diffusers names, whatever the layout (the family's key map; q/k/v apart, swapped
+    modulation halves as ``key[a:b]`` row ranges). None where the family has no DiT map."""
+    fam = families.get(family)
+    name = fam.denoiser.keymap if fam and fam.denoiser else None
+    if not name or name == "unet":  # UNet files never import the key maps (nor torch) here
+        return None
+    from sdlens.arch.keymap import dit_map
+
+    km = dit_map(name)
+    if km is None:
+        return None
+    index, left = km.canonical({rel: info.shape for rel, info in comp.keys.items()})
+    out: dict[str, CanonRef] = {}
+    for name, target in index.items():
+        piece = target.pieces[0]
+        out[name] = CanonRef(comp.keys[piece.key].key, target.shape, piece.rows)
+    for rel in left:  # outside the map (PixArt's null caption...): its own name
+        out.setdefault(rel, _plain(comp.keys[rel]))
+    return out
+
+
 def _denoiser(comp: Component, family: str, configs: Mapping[str, dict] | None) -> dict[str, CanonRef]:
+    dit = _dit(comp, family)
+    if dit is not None:
+        return dit
     is_diffusers_unet = "conv_in.weight" in comp.keys and any(k.startswith("down_blocks.") for k in comp.keys)
     config = _unet_config(family, configs) if is_diffusers_unet else None
     if config is None:
@@ -147,7 +176,8 @@ def _vae(comps: list[Component], configs: Mapping[str, dict] | None) -> dict[str
     cfg = (configs or {}).get("vae")
     if not (isinstance(cfg, dict) and cfg.get("block_out_channels")):
         conv_in = keys.get("decoder.conv_in.weight")
-        cfg = C.VAES["vae16" if conv_in is not None and conv_in.shape[1] == 16 else "vae4"]
+        latent = conv_in.shape[1] if conv_in is not None and len(conv_in.shape) > 1 else None
+        cfg = next((v for v in C.VAES.values() if v.get("latent_channels") == latent), C.VAES["vae4"])
     cfg = {k: v for k, v in cfg.items() if not k.startswith("_")}
     try:
         mapping = vae_key_map(cfg, list(keys))

@@ -65,7 +65,8 @@ class Denoiser:
 
 @dataclass(frozen=True)
 class Blocks:
-    """Merge blocks: rules on the denoiser's canonical (original-layout) key, first match wins; a template gets
+    """Merge blocks: rules on the denoiser's canonical key (LDM names for UNets, diffusers names for DiTs: see
+    ``sdlens.arch.canonical``; rules may match both layouts), first match wins; a template gets
     the regex's first group as an int, ``TIME`` is the switchable time-embedding placement, ``OUT{last}`` the
     last output block. ``layout`` is the display order: (name prefix, count), count None -> the bare name."""
 
@@ -113,6 +114,7 @@ class Family:
     text_encoders: tuple[TextEncoderSlot, ...] = ()
     vae: str = "vae4"  # sdlens.arch.configs VAES key
     latent_channels: int = 4
+    vae_scaling_factor: float | None = None  # the released VAE's scaling_factor where it is not the class default
     blocks: Blocks = Blocks()
     pipeline: Pipeline | None = None
     # where each component sits in the single-file (original) layout and in a diffusers folder

@@ -8,12 +8,15 @@ concatenation of input tensors (:class:`Piece`), so converting one way and back 
 
 from __future__ import annotations
 
+import contextlib
+import json
 import re
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sdlens.arch import configs as C
-from sdlens.arch import registry as R
+from sdlens.arch import families
+from sdlens.errors import SdlensError
 
 
 @dataclass(frozen=True)
@@ -86,7 +89,7 @@ def vae_config(shapes: dict[str, tuple[int, ...]], family: str = "") -> dict[str
         k = f"encoder.down_blocks.{lvl}.resnets.0.conv1.weight" if diffusers else f"encoder.down.{lvl}.block.0.conv1.weight"
         chans.append(shapes[k][0] if k in shapes else 0)
     latent = shapes.get("decoder.conv_in.weight", (0, 4))[1]
-    cfg = dict(C.VAES["vae16" if latent == 16 else "vae4"])
+    cfg = dict(next((v for v in C.VAES.values() if v.get("latent_channels") == latent), C.VAES["vae4"]))
     cfg.update(
         _class_name="AutoencoderKL",
         down_block_types=["DownEncoderBlock2D"] * levels,
@@ -103,8 +106,9 @@ def vae_config(shapes: dict[str, tuple[int, ...]], family: str = "") -> dict[str
         cfg["in_channels"] = shapes["encoder.conv_in.weight"][1]
     if "decoder.conv_out.weight" in shapes:
         cfg["out_channels"] = shapes["decoder.conv_out.weight"][0]
-    if family.startswith("sdxl"):
-        cfg["scaling_factor"] = 0.13025
+    fam = families.get(family)
+    if fam is not None and fam.vae_scaling_factor is not None:
+        cfg["scaling_factor"] = fam.vae_scaling_factor
     return cfg
 
 
@@ -131,13 +135,13 @@ def vae_diffusers_to_ldm(rel: str, shape: tuple[int, ...], cfg: dict[str, Any]) 
 
 # --------------------------------------------------------------------------- UNet
 
-UNET_FAMILIES = ("sd1", "sd2", "sdxl", "sdxl_refiner")
+_POOLED = C.TEXT_ENCODERS["clip_g"][1].get("projection_dim", 1280)  # the pooled text width of SDXL's label_emb
 
 
 def unet_config(family: str, shapes: dict[str, tuple[int, ...]], pooled_dim: int | None = None) -> dict[str, Any]:
     """A diffusers UNet2DConditionModel config for an LDM UNet (no prefix): the family's released config with
     every width that can be read off the weights replaced (channels, context width, inputs, outputs)."""
-    fam = R.FAMILY_BY_ID[family]
+    fam = families.get(family)
     cfg: dict[str, Any] = {"_class_name": "UNet2DConditionModel", **fam.denoiser.config}
     from sdlens.arch.keymap.unet import _DEFAULTS
 
@@ -165,7 +169,10 @@ def unet_config(family: str, shapes: dict[str, tuple[int, ...]], pooled_dim: int
     adm = shapes.get("label_emb.0.0.weight")
     if adm is not None:
         cfg["projection_class_embeddings_input_dim"] = adm[1]
-        n_ids = 6 if family == "sdxl" else 5
+        # size / crop / target (or aesthetic score) ids of the released model: (its width - pooled) / id width
+        released = full.get("projection_class_embeddings_input_dim") or 0
+        id_dim = full.get("addition_time_embed_dim") or 0
+        n_ids = (released - _POOLED) // id_dim if released > _POOLED and id_dim else 5
         if pooled_dim and (adm[1] - pooled_dim) % n_ids == 0 and adm[1] != full.get("projection_class_embeddings_input_dim"):
             cfg["addition_time_embed_dim"] = (adm[1] - pooled_dim) // n_ids
     return cfg
@@ -304,31 +311,67 @@ def text_config(kind: str, shapes: dict[str, tuple[int, ...]], layers: int, proj
     return cfg
 
 
-# where each family's components go in a diffusers pipeline, and the single-file prefixes
-SINGLE_PREFIX: dict[str, dict[str, str]] = {
-    "sd1": {"clip_l": "cond_stage_model.transformer."},
-    "sd2": {"openclip_h": "cond_stage_model.model."},
-    "sdxl": {"clip_l": "conditioner.embedders.0.transformer.", "clip_g": "conditioner.embedders.1.model."},
-    "sdxl_refiner": {"clip_g": "conditioner.embedders.0.model."},
-}
-PIPELINE_SLOT: dict[str, dict[str, str]] = {
-    "sd1": {"clip_l": "text_encoder"},
-    "sd2": {"openclip_h": "text_encoder"},
-    "sdxl": {"clip_l": "text_encoder", "clip_g": "text_encoder_2"},
-    "sdxl_refiner": {"clip_g": "text_encoder_2"},
-}
-PIPELINE_CLASS = {"sd1": "StableDiffusionPipeline", "sd2": "StableDiffusionPipeline",
-                  "sdxl": "StableDiffusionXLPipeline", "sdxl_refiner": "StableDiffusionXLImg2ImgPipeline"}
+# Views of the records (sdlens.arch.families) the folder <-> single-file code reads: per family, where each
+# text encoder sits in the single file and which diffusers slot it fills, and the pipeline class.
+def _te_map(field: str) -> dict[str, dict[str, str]]:
+    return {f.id: {k: v for k, v in getattr(f, field).items() if k in f.text_encoder_kinds}
+            for f in families.all_families()}
+
+
+SINGLE_PREFIX: dict[str, dict[str, str]] = _te_map("single_file")
+PIPELINE_SLOT: dict[str, dict[str, str]] = _te_map("diffusers_slots")
+PIPELINE_CLASS: dict[str, str] = {f.id: f.pipeline.diffusers_class for f in families.all_families()
+                                  if f.pipeline and f.pipeline.diffusers_class}
 OPENCLIP_KINDS = ("openclip_h", "clip_g")
 # layers the HF model runs (SD2 files store one more open_clip resblock than are used)
 HF_LAYERS = {"openclip_h": 23}
 
+# scheduler classes: the settings a released folder gives them beyond the class defaults
+_SCALED_LINEAR: dict[str, Any] = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
+                                  "num_train_timesteps": 1000, "steps_offset": 1, "timestep_spacing": "leading"}
+SCHEDULERS: dict[str, dict[str, Any]] = {
+    "PNDMScheduler": {**_SCALED_LINEAR, "skip_prk_steps": True},
+    "DDIMScheduler": {**_SCALED_LINEAR, "clip_sample": False},
+    "EulerDiscreteScheduler": _SCALED_LINEAR,
+    "DDPMScheduler": {**_SCALED_LINEAR, "clip_sample": False},
+    "FlowMatchEulerDiscreteScheduler": {"num_train_timesteps": 1000, "shift": 3.0},
+}
+
 
 def scheduler_config(family: str) -> dict[str, Any]:
-    base: dict[str, Any] = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
-                            "num_train_timesteps": 1000, "steps_offset": 1, "timestep_spacing": "leading"}
-    if family == "sd1":
-        return {"_class_name": "PNDMScheduler", **base, "skip_prk_steps": True, "prediction_type": "epsilon"}
-    if family == "sd2":
-        return {"_class_name": "DDIMScheduler", **base, "clip_sample": False, "prediction_type": "epsilon"}
-    return {"_class_name": "EulerDiscreteScheduler", **base, "prediction_type": "epsilon"}
+    """The scheduler config of the family's released folder: the record's scheduler class and prediction type
+    (flow-matching schedulers take none)."""
+    fam = families.get(family)
+    pipe = fam.pipeline if fam else None
+    cls = pipe.scheduler if pipe and pipe.scheduler in SCHEDULERS else "EulerDiscreteScheduler"
+    cfg: dict[str, Any] = {"_class_name": cls, **SCHEDULERS[cls]}
+    if not cls.startswith("FlowMatch"):
+        cfg["prediction_type"] = pipe.prediction if pipe and pipe.prediction in ("epsilon", "v_prediction") else "epsilon"
+    return cfg
+
+
+def diffusers_layout(items: dict[str, Item], family: str, metadata: dict[str, str], path: Any,
+                     extras_file: str) -> tuple[list[Item], dict[str, dict[str, Any]], list[Item]] | None:
+    """The gate of ``--layout diffusers`` for a file with a denoiser: None for the UNet families (their
+    conversion follows), the whole folder (items, JSON files, dropped) for a DiT family with a key map, and a
+    clear refusal for anything else."""
+    fam = families.get(family)
+    km = fam.denoiser.keymap if fam and fam.denoiser else None
+    if km == "unet":
+        return None
+    from sdlens.convert import dit_layout
+
+    hit = dit_layout.dit_record(family)
+    if hit is None:
+        raise SdlensError(path, f"--layout diffusers: no key map for this denoiser (family {family})")
+    known: dict[str, Any] = {}
+    with contextlib.suppress(ValueError, KeyError):
+        known = json.loads(metadata["sdlens.diffusers_configs"])
+    return dit_layout.to_diffusers(items, hit[0], hit[1], known if isinstance(known, dict) else {}, extras_file, path)
+
+
+def dit_from_diffusers(parts: dict[str, dict[str, Item]], configs: dict[str, Any], items: dict[str, Item]) -> None:
+    """A DiT folder's denoiser (and VAE) slots -> single-file items (see :func:`dit_layout.from_diffusers`)."""
+    from sdlens.convert import dit_layout
+
+    dit_layout.from_diffusers(parts, configs, items)

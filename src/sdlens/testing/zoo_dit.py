@@ -4,64 +4,31 @@ Every builder instantiates the real diffusers / transformers class. ``size="full
 (shapes only: hand the result to :func:`sdlens.testing.writers.save_safetensors` for a sparse file);
 ``size="tiny"`` keeps every key name (same block counts) but uses small widths and seeded random values.
 
-``layout="original"`` renames to the key names of the original single-file releases. For SD3, FLUX and
-AuraFlow the renaming is the exact inverse of diffusers' single-file converters (the tests check it); for
-HunyuanDiT and PixArt it follows the naming of the original repositories (tables ``HUNYUAN_RENAMES`` /
-``PIXART_RENAMES`` below).
+Families are record ids (``sdlens.arch.families``: sd3, sd35m, sd35, flux_dev, flux_schnell, auraflow,
+hunyuandit, pixart_alpha, pixart_sigma; aliases such as ``flux`` resolve). ``layout="original"`` renames with
+the family's key map (:mod:`sdlens.arch.keymap`, checked against diffusers' single-file converters).
 """
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Collection
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
 
+from sdlens.arch import families
 from sdlens.arch.configs import DENOISERS, TEXT_ENCODERS, VAES
+from sdlens.arch.keymap import dit_map
+from sdlens.arch.keymap.pixart import NULL_CAPTION
 
 Size = Literal["tiny", "full"]
 Layout = Literal["original", "diffusers"]
 TensorDict = dict[str, torch.Tensor]
 
-SD3_FAMILIES = ("sd3", "sd35m", "sd35")
-FAMILIES = (*SD3_FAMILIES, "flux", "auraflow", "hunyuandit", "pixart_alpha", "pixart_sigma")
-
-_PIXART_BASE: dict[str, Any] = {
-    "num_attention_heads": 16,
-    "attention_head_dim": 72,
-    "in_channels": 4,
-    "out_channels": 8,
-    "num_layers": 28,
-    "cross_attention_dim": 1152,
-    "attention_bias": True,
-    "sample_size": 128,
-    "patch_size": 2,
-    "activation_fn": "gelu-approximate",
-    "num_embeds_ada_norm": 1000,
-    "norm_type": "ada_norm_single",
-    "norm_elementwise_affine": False,
-    "norm_eps": 1e-6,
-    "caption_channels": 4096,
-}
-
-# families not in configs.DENOISERS (published diffusers configs of the 1024px releases)
-_EXTRA: dict[str, tuple[str, dict[str, Any]]] = {
-    "sd35m": (
-        "SD3Transformer2DModel",
-        {
-            **DENOISERS["sd3"][1],
-            "pos_embed_max_size": 384,
-            "qk_norm": "rms_norm",
-            "dual_attention_layers": tuple(range(13)),
-        },
-    ),
-    "pixart_alpha": ("PixArtTransformer2DModel", {**_PIXART_BASE, "use_additional_conditions": True}),
-    "pixart_sigma": (
-        "PixArtTransformer2DModel",
-        {**_PIXART_BASE, "use_additional_conditions": False, "interpolation_scale": 2},
-    ),
-}
+FAMILIES = tuple(f.id for f in families.all_families() if f.denoiser and dit_map(f.denoiser.keymap))
 
 _SD3_TINY = {
     "attention_head_dim": 16,
@@ -72,18 +39,10 @@ _SD3_TINY = {
     "sample_size": 16,
     "pos_embed_max_size": 8,
 }
-_PIXART_TINY = {
-    "num_attention_heads": 2,
-    "attention_head_dim": 12,
-    "cross_attention_dim": 24,
-    "caption_channels": 32,
-}
-
-# width overrides for size="tiny" (block counts untouched)
+# width overrides for size="tiny" (block counts untouched), by record id, else by key map
 _TINY: dict[str, dict[str, Any]] = {
-    "sd3": _SD3_TINY,
+    "mmdit": _SD3_TINY,
     "sd35m": {**_SD3_TINY, "pos_embed_max_size": 16},
-    "sd35": _SD3_TINY,
     "flux": {
         "attention_head_dim": 16,
         "num_attention_heads": 2,
@@ -108,17 +67,14 @@ _TINY: dict[str, dict[str, Any]] = {
         "pooled_projection_dim": 24,
         "sample_size": 16,
     },
-    "pixart_alpha": _PIXART_TINY,
-    "pixart_sigma": _PIXART_TINY,
+    "pixart": {"num_attention_heads": 2, "attention_head_dim": 12, "cross_attention_dim": 24, "caption_channels": 32},
 }
-
-# FLUX variants: config changes on top of dev
-_FLUX_VARIANTS: dict[str, dict[str, Any]] = {
-    "dev": {},
-    "schnell": {"guidance_embeds": False},
-    "fill": {"in_channels": 384, "out_channels": 64},
-    "depth": {"in_channels": 128, "out_channels": 64},
+# config changes for the variants the records tell apart by shapes (FLUX Fill / Depth)
+_VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
+    "flux": {"fill": {"in_channels": 384, "out_channels": 64}, "depth": {"in_channels": 128, "out_channels": 64}},
 }
+# where the released single files put the denoiser (BFL, fal, Tencent and PixArt files are bare)
+_RELEASE_PREFIX = {"mmdit": "model.diffusion_model."}
 
 
 # ----------------------------------------------------------------------------------------------- helpers
@@ -164,352 +120,53 @@ def meta_state_dict(cls_name: str, cfg: dict[str, Any]) -> dict[str, torch.Tenso
     return _meta_state_dict(lambda: cls(**cfg), f"diffusers:{cls_name}:{sorted(cfg.items())!r}")
 
 
-def _swap_halves(t: torch.Tensor) -> torch.Tensor:
-    """(shift, scale) <-> (scale, shift) along dim 0; its own inverse."""
-    a, b = t.chunk(2, dim=0)
-    return torch.cat([b, a], dim=0)
+def _record(family: str) -> families.Family:
+    fam = families.get(families.resolve(family) or family)
+    if fam is None or fam.id not in FAMILIES:
+        raise ValueError(f"unknown DiT family {family!r}; expected one of {FAMILIES}")
+    return fam
 
 
-def _block_ids(sd: dict[str, Any], prefix: str) -> list[int]:
-    pat = re.compile(re.escape(prefix) + r"(\d+)\.")
-    return sorted({int(m.group(1)) for k in sd if (m := pat.match(k))})
-
-
-def _check_consumed(src: dict[str, Any], used: set[str], family: str) -> None:
-    left = sorted(set(src) - used)
-    if left:
-        raise AssertionError(f"{family}: diffusers keys not mapped to the original layout: {left[:8]}")
+def keymap_name(family: str) -> str:
+    """The key map (``sdlens.arch.keymap.dit_map``) of a DiT family id."""
+    return str(_record(family).denoiser.keymap)
 
 
 # ----------------------------------------------------------------------------------------------- configs
 def denoiser_config(
     family: str, *, size: Size = "tiny", variant: str | None = None
 ) -> tuple[str, dict[str, Any]]:
-    """(diffusers class name, config kwargs) for ``family`` at ``size``; ``variant`` only for FLUX."""
-    if family in _EXTRA:
-        cls, cfg = _EXTRA[family]
-    elif family in FAMILIES and (family if family != "flux" else "flux_dev") in DENOISERS:
-        cls, cfg = DENOISERS[family if family != "flux" else "flux_dev"]
-    else:
-        raise ValueError(f"unknown DiT family {family!r}; expected one of {FAMILIES}")
-    cfg = dict(cfg)
-    if family == "flux":
-        if (variant or "dev") not in _FLUX_VARIANTS:
-            raise ValueError(f"unknown FLUX variant {variant!r}; expected one of {tuple(_FLUX_VARIANTS)}")
-        cfg.update(_FLUX_VARIANTS[variant or "dev"])
-    elif variant is not None:
-        raise ValueError(f"family {family!r} has no variants")
+    """(diffusers class name, config kwargs) for record ``family`` at ``size``; ``variant``: FLUX fill / depth."""
+    fam = _record(family)
+    km = keymap_name(family)
+    cfg = dict(fam.denoiser.config)
+    if variant is not None:
+        choices = _VARIANTS.get(km, {})
+        if variant not in choices:
+            raise ValueError(f"family {fam.id!r} has no variant {variant!r}; expected one of {tuple(choices)}")
+        cfg.update(choices[variant])
     if size == "tiny":
-        cfg.update(_TINY[family])
+        cfg.update(_TINY.get(fam.id, _TINY[km]))
     elif size != "full":
         raise ValueError(f"size must be 'tiny' or 'full', not {size!r}")
-    return cls, cfg
+    return fam.denoiser.cls_name, cfg
 
 
-class _Renamer:
-    """Builds a renamed state dict while recording which source keys were used (to catch leftovers)."""
-
-    def __init__(self, sd: TensorDict):
-        self.sd = sd
-        self.out: TensorDict = {}
-        self.used: set[str] = set()
-
-    def take(self, key: str) -> torch.Tensor:
-        self.used.add(key)
-        return self.sd[key]
-
-    def put(self, dst: str, src: str) -> None:
-        self.out[dst] = self.take(src)
-
-
-# ----------------------------------------------------------------------------------------------- SD3
-def sd3_to_original(sd: TensorDict) -> TensorDict:
-    """diffusers SD3Transformer2DModel state dict -> SD3 single-file keys (no ``model.diffusion_model.``)."""
-    r = _Renamer(sd)
-    out, used, take, put = r.out, r.used, r.take, r.put
-
-    out["pos_embed"] = take("pos_embed.pos_embed")
-    for p in ("weight", "bias"):
-        put(f"x_embedder.proj.{p}", f"pos_embed.proj.{p}")
-        put(f"t_embedder.mlp.0.{p}", f"time_text_embed.timestep_embedder.linear_1.{p}")
-        put(f"t_embedder.mlp.2.{p}", f"time_text_embed.timestep_embedder.linear_2.{p}")
-        put(f"y_embedder.mlp.0.{p}", f"time_text_embed.text_embedder.linear_1.{p}")
-        put(f"y_embedder.mlp.2.{p}", f"time_text_embed.text_embedder.linear_2.{p}")
-        put(f"context_embedder.{p}", f"context_embedder.{p}")
-        put(f"final_layer.linear.{p}", f"proj_out.{p}")
-        out[f"final_layer.adaLN_modulation.1.{p}"] = _swap_halves(take(f"norm_out.linear.{p}"))
-
-    blocks = _block_ids(sd, "transformer_blocks.")
-    last = blocks[-1]
-    for i in blocks:
-        d, x, c = f"transformer_blocks.{i}.", f"joint_blocks.{i}.x_block.", f"joint_blocks.{i}.context_block."
-        for p in ("weight", "bias"):
-            out[f"{x}attn.qkv.{p}"] = torch.cat([take(f"{d}attn.to_{n}.{p}") for n in "qkv"])
-            out[f"{c}attn.qkv.{p}"] = torch.cat([take(f"{d}attn.add_{n}_proj.{p}") for n in "qkv"])
-            put(f"{x}attn.proj.{p}", f"{d}attn.to_out.0.{p}")
-            put(f"{x}adaLN_modulation.1.{p}", f"{d}norm1.linear.{p}")
-            put(f"{x}mlp.fc1.{p}", f"{d}ff.net.0.proj.{p}")
-            put(f"{x}mlp.fc2.{p}", f"{d}ff.net.2.{p}")
-            if i == last:  # context_pre_only: AdaLayerNormContinuous, (scale, shift) order in diffusers
-                out[f"{c}adaLN_modulation.1.{p}"] = _swap_halves(take(f"{d}norm1_context.linear.{p}"))
-            else:
-                put(f"{c}attn.proj.{p}", f"{d}attn.to_add_out.{p}")
-                put(f"{c}adaLN_modulation.1.{p}", f"{d}norm1_context.linear.{p}")
-                put(f"{c}mlp.fc1.{p}", f"{d}ff_context.net.0.proj.{p}")
-                put(f"{c}mlp.fc2.{p}", f"{d}ff_context.net.2.{p}")
-            if f"{d}attn2.to_q.weight" in sd:  # MMDiT-X dual attention (SD3.5 medium)
-                out[f"{x}attn2.qkv.{p}"] = torch.cat([take(f"{d}attn2.to_{n}.{p}") for n in "qkv"])
-                put(f"{x}attn2.proj.{p}", f"{d}attn2.to_out.0.{p}")
-        if f"{d}attn.norm_q.weight" in sd:  # qk_norm="rms_norm" (SD3.5)
-            put(f"{x}attn.ln_q.weight", f"{d}attn.norm_q.weight")
-            put(f"{x}attn.ln_k.weight", f"{d}attn.norm_k.weight")
-            put(f"{c}attn.ln_q.weight", f"{d}attn.norm_added_q.weight")
-            put(f"{c}attn.ln_k.weight", f"{d}attn.norm_added_k.weight")
-            if f"{d}attn2.norm_q.weight" in sd:
-                put(f"{x}attn2.ln_q.weight", f"{d}attn2.norm_q.weight")
-                put(f"{x}attn2.ln_k.weight", f"{d}attn2.norm_k.weight")
-    _check_consumed(sd, used, "sd3")
+def to_original(family: str, sd: TensorDict, *, seed: int = 0) -> TensorDict:
+    """diffusers state dict of ``family`` -> its original single-file keys (no prefix), with the family's key
+    map. PixArt files also hold the learned null caption (``y_embedder.y_embedding``, [tokens, caption width]),
+    which diffusers does not keep: it is added here, seeded."""
+    km = dit_map(keymap_name(family))
+    out = km.convert(sd, "original")
+    if NULL_CAPTION in km.original_only:
+        w = sd["caption_projection.linear_1.weight"]
+        shape = (_record(family).text_encoders[0].tokens, w.shape[1])
+        if w.device.type == "meta":
+            out[NULL_CAPTION] = torch.empty(shape, dtype=w.dtype, device="meta")
+        else:
+            gen = torch.Generator().manual_seed(seed + 1)
+            out[NULL_CAPTION] = (torch.randn(shape, generator=gen) * 0.02).to(w.dtype)
     return out
-
-
-# ----------------------------------------------------------------------------------------------- FLUX
-def flux_to_original(sd: TensorDict) -> TensorDict:
-    """diffusers FluxTransformer2DModel state dict -> BFL single-file keys (bare ``double_blocks.N`` ...)."""
-    r = _Renamer(sd)
-    out, used, take, put = r.out, r.used, r.take, r.put
-
-    emb = {"time_in": "timestep_embedder", "vector_in": "text_embedder", "guidance_in": "guidance_embedder"}
-    for p in ("weight", "bias"):
-        for orig, dif in emb.items():
-            if f"time_text_embed.{dif}.linear_1.{p}" in sd:
-                put(f"{orig}.in_layer.{p}", f"time_text_embed.{dif}.linear_1.{p}")
-                put(f"{orig}.out_layer.{p}", f"time_text_embed.{dif}.linear_2.{p}")
-        put(f"txt_in.{p}", f"context_embedder.{p}")
-        put(f"img_in.{p}", f"x_embedder.{p}")
-    for i in _block_ids(sd, "transformer_blocks."):
-        d, o = f"transformer_blocks.{i}.", f"double_blocks.{i}."
-        for p in ("weight", "bias"):
-            put(f"{o}img_mod.lin.{p}", f"{d}norm1.linear.{p}")
-            put(f"{o}txt_mod.lin.{p}", f"{d}norm1_context.linear.{p}")
-            out[f"{o}img_attn.qkv.{p}"] = torch.cat([take(f"{d}attn.to_{n}.{p}") for n in "qkv"])
-            out[f"{o}txt_attn.qkv.{p}"] = torch.cat([take(f"{d}attn.add_{n}_proj.{p}") for n in "qkv"])
-            put(f"{o}img_attn.proj.{p}", f"{d}attn.to_out.0.{p}")
-            put(f"{o}txt_attn.proj.{p}", f"{d}attn.to_add_out.{p}")
-            put(f"{o}img_mlp.0.{p}", f"{d}ff.net.0.proj.{p}")
-            put(f"{o}img_mlp.2.{p}", f"{d}ff.net.2.{p}")
-            put(f"{o}txt_mlp.0.{p}", f"{d}ff_context.net.0.proj.{p}")
-            put(f"{o}txt_mlp.2.{p}", f"{d}ff_context.net.2.{p}")
-        put(f"{o}img_attn.norm.query_norm.scale", f"{d}attn.norm_q.weight")
-        put(f"{o}img_attn.norm.key_norm.scale", f"{d}attn.norm_k.weight")
-        put(f"{o}txt_attn.norm.query_norm.scale", f"{d}attn.norm_added_q.weight")
-        put(f"{o}txt_attn.norm.key_norm.scale", f"{d}attn.norm_added_k.weight")
-    for i in _block_ids(sd, "single_transformer_blocks."):
-        d, o = f"single_transformer_blocks.{i}.", f"single_blocks.{i}."
-        for p in ("weight", "bias"):
-            put(f"{o}modulation.lin.{p}", f"{d}norm.linear.{p}")
-            parts = [take(f"{d}attn.to_{n}.{p}") for n in "qkv"] + [take(f"{d}proj_mlp.{p}")]
-            out[f"{o}linear1.{p}"] = torch.cat(parts)
-            put(f"{o}linear2.{p}", f"{d}proj_out.{p}")
-        put(f"{o}norm.query_norm.scale", f"{d}attn.norm_q.weight")
-        put(f"{o}norm.key_norm.scale", f"{d}attn.norm_k.weight")
-    for p in ("weight", "bias"):
-        put(f"final_layer.linear.{p}", f"proj_out.{p}")
-        out[f"final_layer.adaLN_modulation.1.{p}"] = _swap_halves(take(f"norm_out.linear.{p}"))
-    _check_consumed(sd, used, "flux")
-    return out
-
-
-# ----------------------------------------------------------------------------------------------- AuraFlow
-def auraflow_to_original(sd: TensorDict) -> TensorDict:
-    """diffusers AuraFlowTransformer2DModel state dict -> fal AuraFlow single-file keys."""
-    out: TensorDict = {}
-    used: set[str] = set()
-
-    def put(dst: str, src: str) -> None:
-        used.add(src)
-        out[dst] = sd[src]
-
-    put("register_tokens", "register_tokens")
-    put("positional_encoding", "pos_embed.pos_embed")
-    put("init_x_linear.weight", "pos_embed.proj.weight")
-    put("init_x_linear.bias", "pos_embed.proj.bias")
-    put("cond_seq_linear.weight", "context_embedder.weight")
-    for p in ("weight", "bias"):
-        put(f"t_embedder.mlp.0.{p}", f"time_step_proj.linear_1.{p}")
-        put(f"t_embedder.mlp.2.{p}", f"time_step_proj.linear_2.{p}")
-    mlp = {"c_fc1": "linear_1", "c_fc2": "linear_2", "c_proj": "out_projection"}
-    for i in _block_ids(sd, "joint_transformer_blocks."):
-        d, o = f"joint_transformer_blocks.{i}.", f"double_layers.{i}."
-        for orig, dif in (("mlpX", "ff"), ("mlpC", "ff_context")):
-            for k, v in mlp.items():
-                put(f"{o}{orig}.{k}.weight", f"{d}{dif}.{v}.weight")
-        put(f"{o}modX.1.weight", f"{d}norm1.linear.weight")
-        put(f"{o}modC.1.weight", f"{d}norm1_context.linear.weight")
-        attn = {"w2q": "to_q", "w2k": "to_k", "w2v": "to_v", "w2o": "to_out.0"}
-        attn |= {"w1q": "add_q_proj", "w1k": "add_k_proj", "w1v": "add_v_proj", "w1o": "to_add_out"}
-        for k, v in attn.items():
-            put(f"{o}attn.{k}.weight", f"{d}attn.{v}.weight")
-    for i in _block_ids(sd, "single_transformer_blocks."):
-        d, o = f"single_transformer_blocks.{i}.", f"single_layers.{i}."
-        for k, v in mlp.items():
-            put(f"{o}mlp.{k}.weight", f"{d}ff.{v}.weight")
-        put(f"{o}modCX.1.weight", f"{d}norm1.linear.weight")
-        for k, v in {"w1q": "to_q", "w1k": "to_k", "w1v": "to_v", "w1o": "to_out.0"}.items():
-            put(f"{o}attn.{k}.weight", f"{d}attn.{v}.weight")
-    put("final_linear.weight", "proj_out.weight")
-    used.add("norm_out.linear.weight")
-    out["modF.1.weight"] = _swap_halves(sd["norm_out.linear.weight"])
-    _check_consumed(sd, used, "auraflow")
-    return out
-
-
-# ----------------------------------------------------------------------------------------------- HunyuanDiT / PixArt
-# Original-repo names (Tencent HunyuanDiT ``hydit/modules/models.py``), diffusers prefix -> original prefix.
-# Applied per key, first match wins; ``{i}`` is the block index. Fused projections are listed separately.
-HUNYUAN_RENAMES: tuple[tuple[str, str], ...] = (
-    ("text_embedder.linear_1.", "mlp_t5.0."),
-    ("text_embedder.linear_2.", "mlp_t5.2."),
-    ("pos_embed.proj.", "x_embedder.proj."),
-    ("time_extra_emb.timestep_embedder.linear_1.", "t_embedder.mlp.0."),
-    ("time_extra_emb.timestep_embedder.linear_2.", "t_embedder.mlp.2."),
-    ("time_extra_emb.pooler.", "pooler."),
-    ("time_extra_emb.style_embedder.", "style_embedder."),
-    ("time_extra_emb.extra_embedder.linear_1.", "extra_embedder.0."),
-    ("time_extra_emb.extra_embedder.linear_2.", "extra_embedder.2."),
-    ("proj_out.", "final_layer.linear."),
-    ("blocks.{i}.norm1.linear.", "blocks.{i}.default_modulation.1."),
-    ("blocks.{i}.norm1.norm.", "blocks.{i}.norm1."),
-    ("blocks.{i}.attn1.norm_q.", "blocks.{i}.attn1.q_norm."),
-    ("blocks.{i}.attn1.norm_k.", "blocks.{i}.attn1.k_norm."),
-    ("blocks.{i}.attn1.to_out.0.", "blocks.{i}.attn1.out_proj."),
-    ("blocks.{i}.attn2.to_q.", "blocks.{i}.attn2.q_proj."),
-    ("blocks.{i}.attn2.norm_q.", "blocks.{i}.attn2.q_norm."),
-    ("blocks.{i}.attn2.norm_k.", "blocks.{i}.attn2.k_norm."),
-    ("blocks.{i}.attn2.to_out.0.", "blocks.{i}.attn2.out_proj."),
-    (
-        "blocks.{i}.norm2.",
-        "blocks.{i}.norm3.",
-    ),  # original: norm3 before cross-attention, norm2 before the MLP
-    ("blocks.{i}.norm3.", "blocks.{i}.norm2."),
-    ("blocks.{i}.ff.net.0.proj.", "blocks.{i}.mlp.fc1."),
-    ("blocks.{i}.ff.net.2.", "blocks.{i}.mlp.fc2."),
-    ("blocks.{i}.skip_norm.", "blocks.{i}.skip_norm."),
-    ("blocks.{i}.skip_linear.", "blocks.{i}.skip_linear."),
-    ("text_embedding_padding", "text_embedding_padding"),
-)
-# fused: original key <- concatenation of diffusers keys (dim 0)
-HUNYUAN_FUSED: tuple[tuple[str, tuple[str, ...]], ...] = (
-    (
-        "blocks.{i}.attn1.Wqkv.",
-        ("blocks.{i}.attn1.to_q.", "blocks.{i}.attn1.to_k.", "blocks.{i}.attn1.to_v."),
-    ),
-    ("blocks.{i}.attn2.kv_proj.", ("blocks.{i}.attn2.to_k.", "blocks.{i}.attn2.to_v.")),
-)
-
-# Original-repo names (PixArt-alpha / PixArt-sigma ``PixArt`` / ``PixArtMS``).
-PIXART_RENAMES: tuple[tuple[str, str], ...] = (
-    ("pos_embed.proj.", "x_embedder.proj."),
-    ("caption_projection.linear_1.", "y_embedder.y_proj.fc1."),
-    ("caption_projection.linear_2.", "y_embedder.y_proj.fc2."),
-    ("adaln_single.emb.timestep_embedder.linear_1.", "t_embedder.mlp.0."),
-    ("adaln_single.emb.timestep_embedder.linear_2.", "t_embedder.mlp.2."),
-    ("adaln_single.emb.resolution_embedder.linear_1.", "csize_embedder.mlp.0."),
-    ("adaln_single.emb.resolution_embedder.linear_2.", "csize_embedder.mlp.2."),
-    ("adaln_single.emb.aspect_ratio_embedder.linear_1.", "ar_embedder.mlp.0."),
-    ("adaln_single.emb.aspect_ratio_embedder.linear_2.", "ar_embedder.mlp.2."),
-    ("adaln_single.linear.", "t_block.1."),
-    ("proj_out.", "final_layer.linear."),
-    ("scale_shift_table", "final_layer.scale_shift_table"),
-    ("transformer_blocks.{i}.scale_shift_table", "blocks.{i}.scale_shift_table"),
-    ("transformer_blocks.{i}.attn1.to_out.0.", "blocks.{i}.attn.proj."),
-    ("transformer_blocks.{i}.attn2.to_q.", "blocks.{i}.cross_attn.q_linear."),
-    ("transformer_blocks.{i}.attn2.to_out.0.", "blocks.{i}.cross_attn.proj."),
-    ("transformer_blocks.{i}.ff.net.0.proj.", "blocks.{i}.mlp.fc1."),
-    ("transformer_blocks.{i}.ff.net.2.", "blocks.{i}.mlp.fc2."),
-)
-PIXART_FUSED: tuple[tuple[str, tuple[str, ...]], ...] = (
-    (
-        "blocks.{i}.attn.qkv.",
-        (
-            "transformer_blocks.{i}.attn1.to_q.",
-            "transformer_blocks.{i}.attn1.to_k.",
-            "transformer_blocks.{i}.attn1.to_v.",
-        ),
-    ),
-    (
-        "blocks.{i}.cross_attn.kv_linear.",
-        ("transformer_blocks.{i}.attn2.to_k.", "transformer_blocks.{i}.attn2.to_v."),
-    ),
-)
-
-
-def _table_convert(
-    sd: TensorDict,
-    renames: tuple[tuple[str, str], ...],
-    fused: tuple[tuple[str, tuple[str, ...]], ...],
-    block_prefix: str,
-    family: str,
-    handled: Collection[str] = (),
-) -> TensorDict:
-    out: TensorDict = {}
-    used: set[str] = set(handled)
-    for i in _block_ids(sd, block_prefix):
-        for dst, srcs in fused:
-            for p in ("weight", "bias"):
-                keys = [s.format(i=i) + p for s in srcs]
-                if all(k in sd for k in keys):
-                    out[dst.format(i=i) + p] = torch.cat([sd[k] for k in keys])
-                    used.update(keys)
-    for key, t in sd.items():
-        if key in used:
-            continue
-        m = re.match(re.escape(block_prefix) + r"(\d+)\.", key)
-        for src, dst in renames:
-            if "{i}" in src:
-                if m is None:
-                    continue
-                src, dst = src.format(i=m.group(1)), dst.format(i=m.group(1))
-            if key.startswith(src):
-                out[dst + key[len(src) :]] = t
-                used.add(key)
-                break
-    _check_consumed(sd, used, family)
-    return out
-
-
-def hunyuandit_to_original(sd: TensorDict) -> TensorDict:
-    """diffusers HunyuanDiT2DModel state dict -> original HunyuanDiT keys (``HUNYUAN_RENAMES``)."""
-    final = ("norm_out.linear.weight", "norm_out.linear.bias")
-    out = _table_convert(sd, HUNYUAN_RENAMES, HUNYUAN_FUSED, "blocks.", "hunyuandit", handled=final)
-    for key in final:  # FinalLayer: (shift, scale) in the original, (scale, shift) in diffusers
-        out[key.replace("norm_out.linear", "final_layer.adaLN_modulation.1")] = _swap_halves(sd[key])
-    return out
-
-
-def pixart_to_original(sd: TensorDict, *, y_tokens: int = 120, generator_seed: int = 0) -> TensorDict:
-    """diffusers PixArtTransformer2DModel state dict -> original PixArt keys (``PIXART_RENAMES``).
-
-    Adds ``y_embedder.y_embedding`` (the learned null caption, ``[y_tokens, caption_channels]``; α 120, Σ 300),
-    which diffusers does not keep."""
-    out = _table_convert(sd, PIXART_RENAMES, PIXART_FUSED, "transformer_blocks.", "pixart")
-    w = sd["caption_projection.linear_1.weight"]
-    shape = (y_tokens, w.shape[1])
-    if w.device.type == "meta":
-        out["y_embedder.y_embedding"] = torch.empty(shape, dtype=w.dtype, device="meta")
-    else:
-        gen = torch.Generator().manual_seed(generator_seed + 1)
-        out["y_embedder.y_embedding"] = (torch.randn(shape, generator=gen) * 0.02).to(w.dtype)
-    return out
-
-
-_TO_ORIGINAL: dict[str, Callable[[TensorDict], TensorDict]] = {
-    "sd3": sd3_to_original,
-    "sd35m": sd3_to_original,
-    "sd35": sd3_to_original,
-    "flux": flux_to_original,
-    "auraflow": auraflow_to_original,
-    "hunyuandit": hunyuandit_to_original,
-}
 
 
 # ----------------------------------------------------------------------------------------------- public builders
@@ -532,9 +189,7 @@ def build_denoiser(
         return sd
     if layout != "original":
         raise ValueError(f"layout must be 'original' or 'diffusers', not {layout!r}")
-    if family.startswith("pixart"):
-        return pixart_to_original(sd, y_tokens=120 if family == "pixart_alpha" else 300, generator_seed=seed)
-    return _TO_ORIGINAL[family](sd)
+    return to_original(family, sd, seed=seed)
 
 
 def text_encoder_meta_state_dict(name: str, size: Size) -> dict[str, torch.Tensor]:
@@ -660,24 +315,24 @@ def build_single_file(
 ) -> TensorDict:
     """A single-file checkpoint as released: denoiser in original layout, optionally encoders / VAE.
 
-    SD3 family: ``model.diffusion_model.*`` + ``text_encoders.{clip_l,clip_g,t5xxl}.*`` + ``first_stage_model.*``.
-    FLUX: bare denoiser keys (``denoiser_prefix`` to override) + ``text_encoders.{clip_l,t5xxl}.*`` + ``vae.*``.
-    Other families: bare denoiser keys only (encoders / VAE are not bundled in their releases)."""
-    is_sd3 = family in SD3_FAMILIES
-    if (with_encoders or with_vae) and not (is_sd3 or family == "flux"):
+    Prefixes come from the record's ``single_file``: SD3 family ``model.diffusion_model.*`` +
+    ``text_encoders.{clip_l,clip_g,t5xxl}.*`` + ``first_stage_model.*``; FLUX bare denoiser keys as BFL ships
+    them (``denoiser_prefix="model.diffusion_model."`` for the ComfyUI form) + ``text_encoders.{clip_l,t5xxl}.*``
+    + ``vae.*``. Families without bundled encoders / VAE in the record refuse them."""
+    fam = _record(family)
+    te_prefixes = [fam.single_file[k] for k in fam.text_encoder_kinds if k in fam.single_file]
+    if (with_encoders and not te_prefixes) or (with_vae and "vae" not in fam.single_file):
         raise ValueError(f"{family!r} single files carry no text encoders / VAE")
-    prefix = denoiser_prefix if denoiser_prefix is not None else ("model.diffusion_model." if is_sd3 else "")
+    if denoiser_prefix is None:
+        denoiser_prefix = _RELEASE_PREFIX.get(keymap_name(family), "")
     den = build_denoiser(family, size=size, layout="original", seed=seed, variant=variant, dtype=dtype)
-    out = {prefix + k: v for k, v in den.items()}
+    out = {denoiser_prefix + k: v for k, v in den.items()}
     if with_encoders:
-        names = ("clip_l", "clip_g", "t5xxl") if is_sd3 else ("clip_l", "t5xxl")
+        names = [p.removeprefix("text_encoders.").rstrip(".") for p in te_prefixes]
         out.update(build_text_encoders(names, size=size, seed=seed, dtype=dtype))
     if with_vae:
-        out.update(
-            build_vae(
-                "vae16", size=size, seed=seed, prefix="first_stage_model." if is_sd3 else "vae.", dtype=dtype
-            )
-        )
+        vae = next(k for k, v in VAES.items() if v.get("latent_channels") == fam.latent_channels)
+        out.update(build_vae(vae, size=size, seed=seed, prefix=fam.single_file["vae"], dtype=dtype))
     return out
 
 
@@ -769,6 +424,11 @@ def controlnet_config(kind: str = "sd1", size: Size = "tiny") -> dict[str, Any]:
     return cfg
 
 
+def _block_ids(sd: dict[str, Any], prefix: str) -> list[int]:
+    pat = re.compile(re.escape(prefix) + r"(\d+)\.")
+    return sorted({int(m.group(1)) for k in sd if (m := pat.match(k))})
+
+
 def controlnet_to_original(sd: TensorDict, *, layers_per_block: int = 2) -> TensorDict:
     """diffusers ControlNetModel state dict -> LDM ``control_model.*`` keys."""
     out: TensorDict = {}
@@ -806,3 +466,28 @@ def build_controlnet(
     if layout == "diffusers":
         return sd
     return controlnet_to_original(sd, layers_per_block=cfg.get("layers_per_block", 2))
+
+
+def write_diffusers_folder(
+    family: str, path: str | Path, *, size: Size = "tiny", seed: int = 0, variant: str | None = None,
+    sd: TensorDict | None = None,
+) -> Path:
+    """A denoiser-only diffusers folder: ``model_index.json`` (the record's pipeline class) and the denoiser's
+    slot (``transformer/``) with ``config.json`` and ``diffusion_pytorch_model.safetensors`` (``sd``, or the
+    seeded tiny / meta model)."""
+    from sdlens.testing.writers import save_safetensors
+
+    fam = _record(family)
+    cls_name, cfg = denoiser_config(family, size=size, variant=variant)
+    if sd is None:
+        sd = build_denoiser(family, size=size, layout="diffusers", seed=seed, variant=variant)
+    slot = fam.diffusers_slots["denoiser"]
+    path = Path(path)
+    (path / slot).mkdir(parents=True, exist_ok=True)
+    index = {"_class_name": fam.pipeline.diffusers_class if fam.pipeline else "", "_diffusers_version": "0.32.0",
+             slot: ["diffusers", cls_name]}
+    (path / "model_index.json").write_text(json.dumps(index, indent=2))
+    config = {"_class_name": cls_name, **{k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()}}
+    (path / slot / "config.json").write_text(json.dumps(config, indent=2))
+    save_safetensors(sd, path / slot / "diffusion_pytorch_model.safetensors")
+    return path

@@ -112,7 +112,7 @@ def _unet_modules(arch: Arch, *, attn_only: bool, conv: bool, kohya: bool) -> di
 
 @cache
 def _flux_modules(*, attn_only: bool, kohya: bool) -> dict[str, tuple[int, ...]]:
-    sd = zoo_dit.build_denoiser("flux", size="full", layout="original" if kohya else "diffusers")
+    sd = zoo_dit.build_denoiser("flux_dev", size="full", layout="original" if kohya else "diffusers")
     pattern, attn = (_FLUX_BFL, _FLUX_BFL_ATTN) if kohya else (_FLUX_DIFF, _FLUX_DIFF_ATTN)
     return {k: v for k, v in _weights(sd).items() if pattern.match(k) and (not attn_only or attn.search(k))}
 

@@ -1,5 +1,11 @@
-"""Key maps between diffusers / transformers state dicts and LDM / sgm / open_clip single-file layouts."""
+"""Key maps between diffusers / transformers state dicts and LDM / sgm / open_clip single-file layouts.
 
+DiT denoisers (SD3 ``mmdit``, ``flux``, ``auraflow``, ``hunyuandit``, ``pixart``: the names records give in
+``Denoiser.keymap``) have one :class:`~sdlens.arch.keymap._dit.DitMap` each, looked up with :func:`dit_map`.
+"""
+
+from sdlens.arch.keymap import auraflow, flux, hunyuandit, mmdit, pixart
+from sdlens.arch.keymap._dit import DitMap, Plan, Rel, Slice, Target, assemble
 from sdlens.arch.keymap.clip import (
     clip_hf_to_ldm,
     clip_hf_to_openclip,
@@ -19,7 +25,23 @@ from sdlens.arch.keymap.unet import (
 )
 from sdlens.arch.keymap.vae import vae_diffusers_to_ldm, vae_key_map, vae_ldm_to_diffusers
 
+DIT_MAPS: dict[str, DitMap] = {m.MAP.name: m.MAP for m in (mmdit, flux, auraflow, hunyuandit, pixart)}
+
+
+def dit_map(name: str | None) -> DitMap | None:
+    """The DiT key map a record names (``Denoiser.keymap``); None for UNets, unknown names and None."""
+    return DIT_MAPS.get(name) if name else None
+
+
 __all__ = [
+    "DIT_MAPS",
+    "DitMap",
+    "Plan",
+    "Rel",
+    "Slice",
+    "Target",
+    "assemble",
+    "dit_map",
     "clip_hf_to_ldm",
     "clip_hf_to_openclip",
     "clip_ldm_to_hf",
