@@ -110,10 +110,10 @@ def test_tiny_files_keep_family_and_say_widths_differ(tmp_path, family):
 
 
 def test_chroma_and_flux_not_confused(full_files, tmp_path):
-    for variant, fam in (("dev", "flux_dev"), ("schnell", "flux_schnell")):
+    for fam in ("flux_dev", "flux_schnell"):
         for layout in ("original", "diffusers"):
-            sd = zoo_dit.build_denoiser("flux", size="full", layout=layout, variant=variant)
-            r = inspect(save_safetensors(sd, tmp_path / f"flux-{variant}-{layout}.safetensors"))
+            sd = zoo_dit.build_denoiser(fam, size="full", layout=layout)
+            r = inspect(save_safetensors(sd, tmp_path / f"{fam}-{layout}.safetensors"))
             assert (r.family, r.confidence) == (fam, "high")
             assert "Chroma approximator (distilled_guidance_layer): absent" in r.reasons
     for layout in ("original", "diffusers"):
@@ -152,7 +152,7 @@ def test_unknown_variant_stays_unknown(tmp_path):
     assert (r.family, r.confidence) == ("unknown", "low")
     assert r.reasons == ["denoiser structure matches no known family"]
     # a FLUX-style file that has both the approximator and per-block modulation is neither FLUX nor Chroma
-    flux = zoo_dit.build_denoiser("flux", layout="original", variant="schnell")
+    flux = zoo_dit.build_denoiser("flux_schnell", layout="original")
     chroma = build_denoiser("chroma", layout="original")
     hybrid = {**flux, **{k: v for k, v in chroma.items() if k.startswith("distilled_guidance_layer.")}}
     r = inspect(save_safetensors(hybrid, tmp_path / "hybrid.safetensors"))

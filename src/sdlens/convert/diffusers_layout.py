@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sdlens.arch.detect import text_encoder_kind
+from sdlens.convert import dit_layout
 from sdlens.convert import layouts as L
 from sdlens.convert.items import assign_components, drop_item
 from sdlens.convert.layouts import Item, Piece, renamed
@@ -33,7 +34,7 @@ def from_diffusers(ck: Checkpoint, folder: Path, sources: list[str]) -> tuple[di
     items: dict[str, Item] = {}
     # UNet first: it tells the family
     family = _unet_from_diffusers(parts.pop("unet", {}), configs.get("unet"), items, notes)
-    L.dit_from_diffusers(parts, configs, items)  # a DiT's transformer/ (and its VAE) in the record's layout
+    dit_layout.from_diffusers(parts, configs, items)  # a DiT's transformer/ (and its VAE) in the record's layout
     _vae_from_diffusers(parts.pop("vae", {}), configs.get("vae"), family, items)
     for slot in ("text_encoder", "text_encoder_2", "text_encoder_3"):
         _text_encoder_from_diffusers(slot, parts.pop(slot, {}), family, items, notes)
@@ -167,7 +168,7 @@ class _Folder:
 def to_diffusers(items: dict[str, Item], family: str, metadata: dict[str, str], arange_pos: set[str],
                  inp: Path) -> tuple[list[Item], dict[str, dict[str, Any]], list[Item]]:
     comps_present = {it.component for it in items.values()}
-    if "denoiser" in comps_present and (dit := L.diffusers_layout(items, family, metadata, inp, EXTRAS_FILE)):
+    if "denoiser" in comps_present and (dit := dit_layout.diffusers_layout(items, family, metadata, inp, EXTRAS_FILE)):
         return dit
     known: dict[str, Any] = {}
     if CONFIGS_META in metadata:

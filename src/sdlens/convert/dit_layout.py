@@ -10,6 +10,8 @@ caller's extras file.
 
 from __future__ import annotations
 
+import contextlib
+import json
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
@@ -17,6 +19,7 @@ from typing import Any
 from sdlens.arch import families
 from sdlens.arch.keymap import DitMap, dit_map
 from sdlens.arch.record import Family
+from sdlens.convert import layouts as L
 from sdlens.errors import SdlensError
 from sdlens.io.base import TensorInfo
 
@@ -62,8 +65,6 @@ def to_diffusers(items: Mapping[str, Any], fam: Family, km: DitMap, known: Mappi
                  path: Any = None) -> tuple[list[Any], dict[str, dict[str, Any]], list[Any]]:
     """Items of a DiT single file (logical single-file keys) -> (items placed in the folder's files, the JSON
     files, dropped items). ``known``: configs a diffusers folder left in the file's metadata (used as they are)."""
-    from sdlens.convert import layouts as L
-
     final: list[Any] = []
     extras: list[Any] = []
     json_files: dict[str, dict[str, Any]] = {}
@@ -138,8 +139,6 @@ def _family_of(rels: Mapping[str, Any]) -> tuple[Family, DitMap] | None:
 def from_diffusers(parts: dict[str, dict[str, Any]], configs: Mapping[str, Any], items: dict[str, Any]) -> None:
     """A DiT folder's denoiser slot (and its VAE) -> single-file items, in the record's single-file layout;
     ``parts`` (slot -> relative key -> item) loses the slots it handles. Nothing happens for other folders."""
-    from sdlens.convert import layouts as L
-
     slots = {f.diffusers_slots.get("denoiser") for f in families.all_families() if dit_record(f.id)}
     slot = next((s for s in slots if s and s in parts), None)
     if slot is None:
@@ -169,3 +168,20 @@ def from_diffusers(parts: dict[str, dict[str, Any]], configs: Mapping[str, Any],
                 items[it.key] = it
                 continue
             items[vprefix + k] = L.renamed(it, vprefix + k, shape)
+
+def diffusers_layout(items: dict[str, Any], family: str, metadata: dict[str, str], path: Any,
+                     extras_file: str) -> tuple[list[Any], dict[str, dict[str, Any]], list[Any]] | None:
+    """The gate of ``--layout diffusers`` for a file with a denoiser: None for the UNet families (their
+    conversion follows), the whole folder (items, JSON files, dropped) for a DiT family with a key map, and a
+    clear refusal for anything else."""
+    fam = families.get(family)
+    km = fam.denoiser.keymap if fam and fam.denoiser else None
+    if km == "unet":
+        return None
+    hit = dit_record(family)
+    if hit is None:
+        raise SdlensError(path, f"--layout diffusers: no key map for this denoiser (family {family})")
+    known: dict[str, Any] = {}
+    with contextlib.suppress(ValueError, KeyError):
+        known = json.loads(metadata["sdlens.diffusers_configs"])
+    return to_diffusers(items, hit[0], hit[1], known if isinstance(known, dict) else {}, extras_file, path)

@@ -8,15 +8,12 @@ concatenation of input tensors (:class:`Piece`), so converting one way and back 
 
 from __future__ import annotations
 
-import contextlib
-import json
 import re
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sdlens.arch import configs as C
 from sdlens.arch import families
-from sdlens.errors import SdlensError
 
 
 @dataclass(frozen=True)
@@ -348,30 +345,3 @@ def scheduler_config(family: str) -> dict[str, Any]:
     if not cls.startswith("FlowMatch"):
         cfg["prediction_type"] = pipe.prediction if pipe and pipe.prediction in ("epsilon", "v_prediction") else "epsilon"
     return cfg
-
-
-def diffusers_layout(items: dict[str, Item], family: str, metadata: dict[str, str], path: Any,
-                     extras_file: str) -> tuple[list[Item], dict[str, dict[str, Any]], list[Item]] | None:
-    """The gate of ``--layout diffusers`` for a file with a denoiser: None for the UNet families (their
-    conversion follows), the whole folder (items, JSON files, dropped) for a DiT family with a key map, and a
-    clear refusal for anything else."""
-    fam = families.get(family)
-    km = fam.denoiser.keymap if fam and fam.denoiser else None
-    if km == "unet":
-        return None
-    from sdlens.convert import dit_layout
-
-    hit = dit_layout.dit_record(family)
-    if hit is None:
-        raise SdlensError(path, f"--layout diffusers: no key map for this denoiser (family {family})")
-    known: dict[str, Any] = {}
-    with contextlib.suppress(ValueError, KeyError):
-        known = json.loads(metadata["sdlens.diffusers_configs"])
-    return dit_layout.to_diffusers(items, hit[0], hit[1], known if isinstance(known, dict) else {}, extras_file, path)
-
-
-def dit_from_diffusers(parts: dict[str, dict[str, Item]], configs: dict[str, Any], items: dict[str, Item]) -> None:
-    """A DiT folder's denoiser (and VAE) slots -> single-file items (see :func:`dit_layout.from_diffusers`)."""
-    from sdlens.convert import dit_layout
-
-    dit_layout.from_diffusers(parts, configs, items)
