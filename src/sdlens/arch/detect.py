@@ -223,13 +223,22 @@ def _conventions(comps: dict[str, Component]) -> list[str]:
 # --------------------------------------------------------------------------- features and families
 
 
-def read_features(keys: Mapping[str, TensorInfo], features: tuple[R.Feature, ...] = R.DENOISER_FEATURES) -> dict[str, Any]:
+def read_features(
+    keys: Mapping[str, TensorInfo],
+    features: tuple[R.Feature, ...] = R.DENOISER_FEATURES,
+    markers: Iterable[str] = (),
+) -> dict[str, Any]:
     """Evaluate the registry's feature table on a component's relative keys (where several keys match a shape
-    feature, the first in natural order decides, for determinism)."""
+    feature, the first in natural order decides, for determinism). ``marker`` features are read off the
+    file's top-level marker keys (``markers``: the split's ``markers`` component), not the component's."""
     out: dict[str, Any] = {}
     searched = _Keys(keys)
+    marker_keys = list(markers)
     for f in features:
         rx = _rx(f.pattern)
+        if f.op == "marker":
+            out[f.name] = any(rx.search(k) for k in marker_keys)
+            continue
         hits = searched.hits(f.pattern)
         if f.op == "present":
             out[f.name] = bool(hits)
@@ -245,6 +254,13 @@ def read_features(keys: Mapping[str, TensorInfo], features: tuple[R.Feature, ...
     for name, fn in R.DERIVED_FEATURES.items():
         out[name] = fn(out)
     return out
+
+
+def denoiser_features(split: Split) -> dict[str, Any]:
+    """The features of ``split``'s denoiser, marker features included (what ``match_family`` is given)."""
+    comps = split.components
+    markers = comps["markers"].keys if "markers" in comps else {}
+    return read_features(comps["denoiser"].keys, markers=markers)
 
 
 def _natural(key: str) -> tuple:

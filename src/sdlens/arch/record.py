@@ -17,7 +17,9 @@ class Feature:
     """A fact read off a component's (relative) keys and shapes.
 
     ``op``: ``present`` (some key matches), ``dim`` (shape[arg] of the first match), ``ndim``,
-    ``count`` (distinct values of the regex's first group), ``keys`` (number of matching keys).
+    ``count`` (distinct values of the regex's first group), ``keys`` (number of matching keys), ``marker``
+    (some top-level marker key of the file matches, e.g. ``edm_mean``: read off the whole file, not the
+    component).
     ``text`` is how a reason names it ("hidden width = 3072").
     """
 
@@ -118,6 +120,8 @@ class Family:
     # where each component sits in the single-file (original) layout and in a diffusers folder
     single_file: Mapping[str, str] = field(default_factory=dict, hash=False)  # component -> key prefix
     diffusers_slots: Mapping[str, str] = field(default_factory=dict, hash=False)  # component -> folder slot
+    # regexes on a bare file's keys (no known prefix) that mark them as this family's denoiser (its own names)
+    bare_keys: tuple[str, ...] = ()
     lora_hints: tuple[str, ...] = ()  # substrings of a LoRA's ss_base_model_version naming this family
     notebook: tuple[int, float, float, int, float] | None = None  # the original notebook's numbers (§7)
     notes: str = ""

@@ -23,6 +23,8 @@ COMPONENT_LABELS: dict[str, str] = {
     "pile_t5_xl": "Pile-T5-XL",
     "mt5_xl": "mT5-XL",
     "hunyuan_bert": "CLIP-zh (BERT)",
+    "gemma2_2b": "Gemma-2 2B",
+    "clip_l_vision": "CLIP-L vision",
     "text_encoder": "text encoder",
     "vae_encoder": "VAE encoder",
     "vae_decoder": "VAE decoder",
@@ -60,6 +62,7 @@ PREFIXES: tuple[Prefix, ...] = (
     Prefix("text_encoders.t5xxl.", "t5", "comfy"),
     Prefix("control_model.", "controlnet", "ldm"),
     Prefix("unet.", "denoiser", "diffusers"),
+    Prefix("prior.", "denoiser", "diffusers"),  # Stable Cascade prior pipelines (StableCascadeUNet stage C)
     Prefix("transformer.", "denoiser", "diffusers", exclude=r"^resblocks\."),
     Prefix("controlnet.", "controlnet", "diffusers"),
     Prefix("vae.", "vae", "diffusers"),
@@ -149,6 +152,8 @@ BARE_SIGNATURES: tuple[tuple[str, str, str], ...] = (
     (r"^text_model\.encoder\.layers\.\d+\.", "te?", "bare"),
     (r"^transformer\.resblocks\.\d+\.", "te?", "bare"),
     (r"^(encoder\.block\.\d+\.layer|shared\.weight$)", "t5", "bare"),
+    # the records' own bare denoiser signatures (Stable Cascade, Lumina 2, ...)
+    *((p, "denoiser", "bare") for f in _families.FAMILIES for p in f.bare_keys),
 )
 
 # How a text encoder's kind is read from its own (relative) keys when its slot does not say it.

@@ -14,7 +14,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from sdlens.arch.detect import match_family, read_features, split_components, text_encoder_kind
+from sdlens.arch.detect import (
+    denoiser_features,
+    match_family,
+    split_components,
+    text_encoder_kind,
+)
 from sdlens.convert import layouts as L
 from sdlens.convert.layouts import Item, Piece, renamed
 from sdlens.errors import SdlensError
@@ -209,7 +214,7 @@ def _assign_components(items: dict[str, Item]) -> tuple[str, dict[str, Any]]:
         items[k].component = "other"
     family = "unknown"
     if "denoiser" in split.components:
-        family = match_family(read_features(split.components["denoiser"].keys)).family
+        family = match_family(denoiser_features(split)).family
     return family, split.components
 
 

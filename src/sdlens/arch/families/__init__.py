@@ -10,10 +10,22 @@ from collections.abc import Callable
 from functools import cache
 from typing import Any
 
-from sdlens.arch.families import auraflow, flux, hunyuandit, pixart, sd3, sd_unet
+from sdlens.arch.families import (
+    auraflow,
+    flux,
+    hunyuandit,
+    lumina2,
+    pixart,
+    playground,
+    sana,
+    sd3,
+    sd_unet,
+    stable_cascade,
+)
 from sdlens.arch.record import Family, Feature
 
-_MODULES = (sd_unet, sd3, flux, auraflow, hunyuandit, pixart)
+_MODULES = (sd_unet, sd3, flux, auraflow, hunyuandit, pixart,
+            playground, stable_cascade, sana, lumina2)
 
 FAMILIES: tuple[Family, ...] = tuple(f for m in _MODULES for f in m.FAMILIES)
 BY_ID: dict[str, Family] = {f.id: f for f in FAMILIES}

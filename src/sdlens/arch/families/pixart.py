@@ -38,7 +38,7 @@ _SLOTS = {"denoiser": "transformer", "t5": "text_encoder", "vae": "vae"}
 FAMILIES: tuple[Family, ...] = (
     Family(
         "pixart_alpha", "PixArt-α",
-        {"pixart": True, "pixart_ar": True},
+        {"pixart": True, "pixart_ar": True, "sana_ff": False},
         {"pixart_blocks": 28},
         features=FEATURES,
         denoiser=Denoiser("PixArtTransformer2DModel", {**_BASE, "use_additional_conditions": True}, label="DiT",
@@ -47,7 +47,7 @@ FAMILIES: tuple[Family, ...] = (
     ),
     Family(
         "pixart_sigma", "PixArt-Σ",
-        {"pixart": True, "pixart_ar": False},
+        {"pixart": True, "pixart_ar": False, "sana_ff": False},
         {"pixart_blocks": 28},
         denoiser=Denoiser("PixArtTransformer2DModel",
                           {**_BASE, "use_additional_conditions": False, "interpolation_scale": 2}, label="DiT",
