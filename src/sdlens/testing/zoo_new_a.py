@@ -1,0 +1,143 @@
+"""Tiny zoo files for Playground v2.5, Stable Cascade (stage C / B), SANA (1600M / 600M) and Lumina-Image 2.0.
+
+Each is built from the real diffusers class with random weights at tiny widths and the released block
+structure (depths, levels, input channels, caption widths), then written in the diffusers layout (a model
+folder: ``config.json`` + ``diffusion_pytorch_model.safetensors``) or the original one (the released single
+file's names, through ``sdlens.arch.keymap``). ``full_config`` is the released class config (for meta builds).
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from sdlens.arch import families
+from sdlens.arch.keymap.lumina2 import lumina2_diffusers_to_original
+from sdlens.arch.keymap.sana import sana_diffusers_to_original
+from sdlens.arch.keymap.stable_cascade import cascade_diffusers_to_original
+from sdlens.arch.keymap.unet import unet_diffusers_to_ldm
+from sdlens.testing.writers import save_safetensors
+
+Layout = Literal["original", "diffusers"]
+TensorDict = dict[str, torch.Tensor]
+FAMILY_IDS = ("playground_v25", "sdxl", "stable_cascade_c", "stable_cascade_b", "sana", "sana_600m", "lumina2")
+
+_RES, _TIME, _ATTN = "SDCascadeResBlock", "SDCascadeTimestepBlock", "SDCascadeAttnBlock"
+_SANA_TINY = {"num_attention_heads": 2, "attention_head_dim": 8, "num_cross_attention_heads": 2,
+              "cross_attention_head_dim": 8, "cross_attention_dim": 16, "sample_size": 8}
+# tiny widths, released structure: the values below replace the released config's
+TINY: dict[str, dict[str, Any]] = {
+    "stable_cascade_c": {"block_out_channels": [32, 32], "num_attention_heads": [2, 2], "conditioning_dim": 32,
+                         "clip_text_in_channels": 24, "clip_text_pooled_in_channels": 24, "clip_image_in_channels": 16,
+                         "timestep_ratio_embedding_dim": 16},
+    "stable_cascade_b": {"block_out_channels": [16, 32, 32, 32], "num_attention_heads": [0, 0, 2, 2],
+                         "conditioning_dim": 32, "clip_text_pooled_in_channels": 24, "timestep_ratio_embedding_dim": 16},
+    "sana": _SANA_TINY,
+    "sana_600m": _SANA_TINY,
+    "lumina2": {"hidden_size": 64, "num_attention_heads": 4, "num_kv_heads": 2, "multiple_of": 16,
+                "axes_dim_rope": [4, 6, 6], "sample_size": 16},
+}
+EDM_MEAN = (-1.6574, 1.886, -1.383, 2.5155)  # playground-v2.5 vae/config.json latents_mean
+EDM_STD = (8.4927, 5.9022, 6.5498, 5.2299)  # and latents_std
+
+
+def _cls(fid: str):
+    import diffusers
+
+    rec = families.get(fid)
+    assert rec is not None and rec.denoiser is not None
+    return getattr(diffusers, rec.denoiser.cls_name)
+
+
+def full_config(fid: str) -> dict[str, Any]:
+    """The released denoiser config (the record's values over the class defaults)."""
+    rec = families.get(fid)
+    assert rec is not None and rec.denoiser is not None
+    return json.loads(json.dumps(dict(rec.denoiser.config)))
+
+
+def tiny_config(fid: str) -> dict[str, Any]:
+    if fid in ("playground_v25", "sdxl"):
+        from sdlens.testing.zoo_unet import tiny_config as unet_tiny
+
+        return unet_tiny("sdxl")["unet"]
+    return {**full_config(fid), **TINY[fid]}
+
+
+def meta_params(fid: str) -> int:
+    """num_parameters() of the released config, built on the meta device (no memory)."""
+    with torch.device("meta"):
+        model = _cls(fid)(**full_config(fid))
+    return sum(p.numel() for p in model.parameters())
+
+
+@lru_cache(maxsize=16)
+def _diffusers_sd(fid: str, seed: int) -> tuple[tuple[str, torch.Tensor], ...]:
+    torch.manual_seed(seed)
+    model = _cls(fid)(**tiny_config(fid))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.02)  # random (diffusers zero-inits some outputs)
+    return tuple((k, v.detach().clone()) for k, v in model.state_dict().items())
+
+
+def diffusers_state_dict(fid: str, seed: int = 0) -> TensorDict:
+    return dict(_diffusers_sd(fid, seed))
+
+
+def original_state_dict(fid: str, seed: int = 0) -> TensorDict:
+    """The released single file's keys (Playground / SDXL: sgm single file with ``model.diffusion_model.``)."""
+    sd = diffusers_state_dict(fid, seed)
+    if fid in ("playground_v25", "sdxl"):
+        out = {f"model.diffusion_model.{k}": v for k, v in unet_diffusers_to_ldm(sd, tiny_config(fid)).items()}
+        if fid == "playground_v25":
+            out["edm_mean"] = torch.tensor(EDM_MEAN).reshape(1, 4, 1, 1)
+            out["edm_std"] = torch.tensor(EDM_STD).reshape(1, 4, 1, 1)
+        return out
+    if fid.startswith("stable_cascade"):
+        return cascade_diffusers_to_original(sd)
+    if fid.startswith("sana"):
+        out = sana_diffusers_to_original(sd)
+        cfg = tiny_config(fid)
+        hidden = cfg["num_attention_heads"] * cfg["attention_head_dim"]
+        tokens = cfg["sample_size"] ** 2
+        out["pos_embed"] = torch.zeros(1, tokens, hidden)
+        out["y_embedder.y_embedding"] = torch.randn(300, cfg["caption_channels"]) * 0.02
+        return out
+    out = lumina2_diffusers_to_original(sd)
+    out["norm_final.weight"] = torch.ones(tiny_config(fid)["hidden_size"])
+    return out
+
+
+def write_full_unet_sparse(fid: str, root: str | Path) -> Path:
+    """Playground v2.5 / SDXL base at full size as a sparse single file (real header, data a hole): the UNet
+    built on the meta device from the released config, in the sgm layout; Playground adds its EDM markers."""
+    from diffusers import UNet2DConditionModel
+
+    from sdlens.testing.zoo_unet import full_config as unet_full
+
+    cfg = unet_full("sdxl")["unet"]
+    with torch.device("meta"):
+        sd = UNet2DConditionModel(**cfg).state_dict()
+    out: TensorDict = {f"model.diffusion_model.{k}": v for k, v in unet_diffusers_to_ldm(sd, cfg).items()}
+    if fid == "playground_v25":
+        out["edm_mean"] = torch.tensor(EDM_MEAN).reshape(1, 4, 1, 1)
+        out["edm_std"] = torch.tensor(EDM_STD).reshape(1, 4, 1, 1)
+    return save_safetensors(out, Path(root) / f"{fid}_full.safetensors")
+
+
+def write(fid: str, layout: Layout, root: str | Path, seed: int = 0) -> Path:
+    """Write the tiny model of ``fid`` under ``root``; returns the file (original) or model folder (diffusers)."""
+    root = Path(root)
+    if layout == "original":
+        return save_safetensors(original_state_dict(fid, seed), root / f"{fid}.safetensors")
+    folder = root / f"{fid}_diffusers"
+    folder.mkdir(parents=True, exist_ok=True)
+    cfg = {"_class_name": _cls(fid).__name__, **tiny_config(fid)}
+    (folder / "config.json").write_text(json.dumps(cfg, indent=1))
+    save_safetensors(diffusers_state_dict(fid, seed), folder / "diffusion_pytorch_model.safetensors")
+    return folder
