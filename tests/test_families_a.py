@@ -143,3 +143,27 @@ def test_inspect_cli_prints_family_name(cli, zoo):
     res = cli("inspect", str(zoo("lumina2", "original")))
     assert res.returncode == 0, res.stderr
     assert "Lumina-Image 2.0" in res.stdout
+
+
+@pytest.mark.parametrize(("fid", "lite", "variant"), [
+    ("stable_cascade_c", {"block_out_channels": [1536, 1536], "num_attention_heads": [24, 24],
+                          "down_num_layers_per_block": [4, 12], "up_num_layers_per_block": [12, 4]}, "lite (1B)"),
+    ("stable_cascade_b", {"block_out_channels": [320, 576, 1152, 1152], "num_attention_heads": [0, 0, 18, 18],
+                          "down_num_layers_per_block": [2, 4, 14, 4], "up_num_layers_per_block": [4, 14, 4, 2]},
+     "lite (700M)"),
+])
+def test_cascade_lite_variants(tmp_path, fid, lite, variant):
+    from diffusers import StableCascadeUNet
+
+    with torch.device("meta"):
+        sd = StableCascadeUNet(**{**Z.full_config(fid), **lite}).state_dict()
+    rep = inspect(save_safetensors(cascade_diffusers_to_original(sd), tmp_path / f"{fid}_lite.safetensors"))
+    assert rep.family == fid and rep.variants == [variant]
+
+
+def test_text_encoders_only_stay_sdxl():
+    # Playground v2.5 uses SDXL's CLIP-L + CLIP-G: a text-encoder file names its base, SDXL, alone
+    from sdlens.arch.detect import family_from_text_encoders
+
+    assert family_from_text_encoders(["clip_l", "clip_g"]) == ("sdxl",)
+    assert families.get("playground_v25").base == "sdxl"

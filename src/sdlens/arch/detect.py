@@ -336,4 +336,4 @@ def match_family(features: dict[str, Any], allowed: tuple[str, ...] | None = Non
 def family_from_text_encoders(kinds: list[str]) -> tuple[str, ...]:
     """Families whose text-encoder set equals ``kinds`` (for files holding text encoders only)."""
     ks = set(kinds)
-    return tuple(f.id for f in R.FAMILIES if f.text_encoders and set(f.text_encoder_kinds) == ks)
+    return tuple(f.id for f in R.FAMILIES if f.text_encoders and not f.base and set(f.text_encoder_kinds) == ks)

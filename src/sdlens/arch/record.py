@@ -120,6 +120,9 @@ class Family:
     # where each component sits in the single-file (original) layout and in a diffusers folder
     single_file: Mapping[str, str] = field(default_factory=dict, hash=False)  # component -> key prefix
     diffusers_slots: Mapping[str, str] = field(default_factory=dict, hash=False)  # component -> folder slot
+    # the family this one refines with the same denoiser and text encoders (Playground v2.5 -> sdxl): where a
+    # file cannot tell them apart (text encoders only, a bare diffusers unet), it is reported as the base
+    base: str | None = None
     # regexes on a bare file's keys (no known prefix) that mark them as this family's denoiser (its own names)
     bare_keys: tuple[str, ...] = ()
     lora_hints: tuple[str, ...] = ()  # substrings of a LoRA's ss_base_model_version naming this family

@@ -35,6 +35,7 @@ FAMILIES: tuple[Family, ...] = (
         single_file=dict(_SDXL.single_file),
         diffusers_slots=dict(_SDXL.diffusers_slots),
         lora_hints=("playground",),
+        base="sdxl",
         notes="EDM formulation (sigma_data 0.5, sigma 0.002..80, epsilon parametrisation under EDM "
               "preconditioning); guidance ~3. A diffusers unet folder alone is weight-identical to SDXL base: "
               "only the markers (single file) or the EDM scheduler config tell it apart.",
