@@ -59,7 +59,7 @@ def test_playground_vs_sdxl_full_size(tmp_path):
     pg = inspect(Z.write_full_unet_sparse("playground_v25", tmp_path))
     xl = inspect(Z.write_full_unet_sparse("sdxl", tmp_path))
     assert (pg.family, pg.confidence) == ("playground_v25", "high")
-    assert any("EDM latent mean/std markers" in r for r in pg.reasons)
+    assert any("EDM markers" in r for r in pg.reasons)
     assert (xl.family, xl.confidence) == ("sdxl", "high")
 
 
@@ -69,6 +69,13 @@ def test_playground_tiny_markers_decide(zoo):
     assert inspect(zoo("playground_v25", "original")).family == "playground_v25"
     assert inspect(zoo("sdxl", "original")).family == "sdxl"
     assert inspect(zoo("playground_v25", "diffusers")).family == "sdxl"
+
+
+def test_playground_pipeline_folder_by_its_scheduler(tmp_path):
+    # a pipeline folder tells them apart by model_index.json's scheduler (EDM DPM-Solver for Playground v2.5)
+    pg = inspect(Z.write_unet_pipeline("playground_v25", tmp_path))
+    xl = inspect(Z.write_unet_pipeline("sdxl", tmp_path))
+    assert (pg.family, xl.family) == ("playground_v25", "sdxl")
 
 
 @pytest.mark.parametrize("fid", NEW)

@@ -204,7 +204,7 @@ def canonical_index(
     comps = split.components
     family = "unknown"
     if "denoiser" in comps:
-        family = match_family(denoiser_features(split)).family
+        family = match_family(denoiser_features(split, configs)).family
     out: dict[str, CanonRef] = {}
     denoiser_keys: list[str] = []
     if "denoiser" in comps:

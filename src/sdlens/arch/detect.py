@@ -256,10 +256,20 @@ def read_features(
     return out
 
 
-def denoiser_features(split: Split) -> dict[str, Any]:
-    """The features of ``split``'s denoiser, marker features included (what ``match_family`` is given)."""
+def config_markers(configs: Mapping[str, Any] | None) -> list[str]:
+    """A diffusers folder's ``model_index.json`` as marker names, one per listed part: ``scheduler=<class>``."""
+    index = (configs or {}).get("model_index") or {}
+    if not isinstance(index, Mapping):
+        return []
+    return [f"{slot}={v[1]}" for slot, v in index.items()
+            if isinstance(v, list) and len(v) == 2 and isinstance(v[1], str)]
+
+
+def denoiser_features(split: Split, configs: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The features of ``split``'s denoiser, marker features included (what ``match_family`` is given): the
+    file's top-level marker keys and, for a diffusers folder (``configs``), its model_index entries."""
     comps = split.components
-    markers = comps["markers"].keys if "markers" in comps else {}
+    markers = [*(comps["markers"].keys if "markers" in comps else ()), *config_markers(configs)]
     return read_features(comps["denoiser"].keys, markers=markers)
 
 

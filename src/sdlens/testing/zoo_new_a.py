@@ -141,3 +141,18 @@ def write(fid: str, layout: Layout, root: str | Path, seed: int = 0) -> Path:
     (folder / "config.json").write_text(json.dumps(cfg, indent=1))
     save_safetensors(diffusers_state_dict(fid, seed), folder / "diffusion_pytorch_model.safetensors")
     return folder
+
+
+def write_unet_pipeline(fid: str, root: str | Path, seed: int = 0) -> Path:
+    """A diffusers pipeline folder holding the tiny UNet (``model_index.json`` + ``unet/``): Playground v2.5's
+    lists the EDM DPM-Solver scheduler, SDXL's the Euler one (weights identical)."""
+    scheduler = "EDMDPMSolverMultistepScheduler" if fid == "playground_v25" else "EulerDiscreteScheduler"
+    folder = Path(root) / f"{fid}_pipeline"
+    (folder / "unet").mkdir(parents=True, exist_ok=True)
+    index = {"_class_name": "StableDiffusionXLPipeline", "unet": ["diffusers", "UNet2DConditionModel"],
+             "scheduler": ["diffusers", scheduler]}
+    (folder / "model_index.json").write_text(json.dumps(index, indent=1))
+    cfg = {"_class_name": "UNet2DConditionModel", **tiny_config(fid)}
+    (folder / "unet" / "config.json").write_text(json.dumps(cfg, indent=1))
+    save_safetensors(diffusers_state_dict(fid, seed), folder / "unet" / "diffusion_pytorch_model.safetensors")
+    return folder

@@ -8,7 +8,9 @@ from sdlens.arch.record import Denoiser, Family, Feature, Pipeline, TextEncoderS
 # The UNet is SDXL base's to the shape; what tells a Playground v2.5 single file apart is the EDM latent
 # statistics stored at its top level (diffusers' single_file_utils keys on "edm_mean" the same way).
 FEATURES: tuple[Feature, ...] = (
-    Feature("pg_edm", "marker", r"^edm_(mean|std)$", 0, "EDM latent mean/std markers (edm_mean, edm_std)"),
+    # single file: edm_mean / edm_std; diffusers pipeline folder: model_index.json's EDM DPM-Solver scheduler
+    Feature("pg_edm", "marker", r"^(edm_(mean|std)|scheduler=EDMDPMSolverMultistepScheduler)$", 0,
+            "EDM markers (edm_mean / edm_std, or the EDM DPM-Solver scheduler)"),
 )
 _SDXL = next(f for f in sd_unet.FAMILIES if f.id == "sdxl")
 
@@ -38,6 +40,6 @@ FAMILIES: tuple[Family, ...] = (
         base="sdxl",
         notes="EDM formulation (sigma_data 0.5, sigma 0.002..80, epsilon parametrisation under EDM "
               "preconditioning); guidance ~3. A diffusers unet folder alone is weight-identical to SDXL base: "
-              "only the markers (single file) or the EDM scheduler config tell it apart.",
+              "only the markers (single file) or the folder's EDM scheduler (model_index.json) tell it apart.",
     ),
 )
