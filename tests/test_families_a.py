@@ -61,6 +61,10 @@ def test_playground_vs_sdxl_full_size(tmp_path):
     assert (pg.family, pg.confidence) == ("playground_v25", "high")
     assert any("EDM markers" in r for r in pg.reasons)
     assert (xl.family, xl.confidence) == ("sdxl", "high")
+    # sdlens arch measures it as the SDXL UNet it is (its record's base)
+    from sdlens.arch.from_checkpoint import spec_from_path
+
+    assert spec_from_path(tmp_path / "playground_v25_full.safetensors").family == "sdxl"
 
 
 def test_playground_tiny_markers_decide(zoo):

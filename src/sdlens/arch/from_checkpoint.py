@@ -18,6 +18,7 @@ from typing import Any
 
 from sdlens.arch import build as B
 from sdlens.arch import configs as C
+from sdlens.arch import families
 from sdlens.errors import SdlensError
 from sdlens.io.base import TensorInfo
 
@@ -99,6 +100,8 @@ def spec_from_path(path: Path) -> B.ArchSpec:
     keys = comps["denoiser"].keys
     match = match_family(denoiser_features(split))
     fam = match.family
+    base = families.get(fam)
+    fam = base.base if base and base.base else fam  # a refinement of another family's denoiser is built as it
     file_params = sum(t.numel for t in keys.values())
     if fam in ("sd1", "sd2", "sdxl", "sdxl_refiner"):
         cls_name, config = "UNet2DConditionModel", unet_config_from_keys(keys, fam)
