@@ -61,7 +61,7 @@ def full_config(fid: str) -> dict[str, Any]:
 
 
 def tiny_config(fid: str) -> dict[str, Any]:
-    if fid in ("playground_v25", "sdxl"):
+    if _keymap(fid) == "unet":
         from sdlens.testing.zoo_unet import tiny_config as unet_tiny
 
         return unet_tiny("sdxl")["unet"]
@@ -89,28 +89,44 @@ def diffusers_state_dict(fid: str, seed: int = 0) -> TensorDict:
     return dict(_diffusers_sd(fid, seed))
 
 
+def _keymap(fid: str) -> str:
+    rec = families.get(fid)
+    assert rec is not None and rec.denoiser is not None and rec.denoiser.keymap
+    return rec.denoiser.keymap
+
+
+def _sana_extras(cfg: dict[str, Any]) -> TensorDict:
+    """The original's keys diffusers drops: the sin-cos table (zeros here) and the learned null caption."""
+    hidden = cfg["num_attention_heads"] * cfg["attention_head_dim"]
+    return {"pos_embed": torch.zeros(1, cfg["sample_size"] ** 2, hidden),
+            "y_embedder.y_embedding": torch.randn(300, cfg["caption_channels"]) * 0.02}
+
+
+def _lumina2_extras(cfg: dict[str, Any]) -> TensorDict:
+    return {"norm_final.weight": torch.ones(cfg["hidden_size"])}  # unused by the original, dropped by diffusers
+
+
+# per key map: diffusers -> original, and the original-only tensors
+_TO_ORIGINAL = {"stable_cascade": cascade_diffusers_to_original, "sana": sana_diffusers_to_original,
+                "lumina2": lumina2_diffusers_to_original}
+_EXTRAS = {"sana": _sana_extras, "lumina2": _lumina2_extras}
+# top-level markers a family's single file carries
+_MARKERS: dict[str, dict[str, tuple[float, ...]]] = {"playground_v25": {"edm_mean": EDM_MEAN, "edm_std": EDM_STD}}
+
+
+def _markers(fid: str) -> TensorDict:
+    return {k: torch.tensor(v).reshape(1, 4, 1, 1) for k, v in _MARKERS.get(fid, {}).items()}
+
+
 def original_state_dict(fid: str, seed: int = 0) -> TensorDict:
     """The released single file's keys (Playground / SDXL: sgm single file with ``model.diffusion_model.``)."""
     sd = diffusers_state_dict(fid, seed)
-    if fid in ("playground_v25", "sdxl"):
-        out = {f"model.diffusion_model.{k}": v for k, v in unet_diffusers_to_ldm(sd, tiny_config(fid)).items()}
-        if fid == "playground_v25":
-            out["edm_mean"] = torch.tensor(EDM_MEAN).reshape(1, 4, 1, 1)
-            out["edm_std"] = torch.tensor(EDM_STD).reshape(1, 4, 1, 1)
-        return out
-    if fid.startswith("stable_cascade"):
-        return cascade_diffusers_to_original(sd)
-    if fid.startswith("sana"):
-        out = sana_diffusers_to_original(sd)
-        cfg = tiny_config(fid)
-        hidden = cfg["num_attention_heads"] * cfg["attention_head_dim"]
-        tokens = cfg["sample_size"] ** 2
-        out["pos_embed"] = torch.zeros(1, tokens, hidden)
-        out["y_embedder.y_embedding"] = torch.randn(300, cfg["caption_channels"]) * 0.02
-        return out
-    out = lumina2_diffusers_to_original(sd)
-    out["norm_final.weight"] = torch.ones(tiny_config(fid)["hidden_size"])
-    return out
+    keymap, cfg = _keymap(fid), tiny_config(fid)
+    if keymap == "unet":
+        return {**{f"model.diffusion_model.{k}": v for k, v in unet_diffusers_to_ldm(sd, cfg).items()}, **_markers(fid)}
+    out = _TO_ORIGINAL[keymap](sd)
+    extras = _EXTRAS.get(keymap)
+    return {**out, **(extras(cfg) if extras else {})}
 
 
 def write_full_unet_sparse(fid: str, root: str | Path) -> Path:
@@ -124,9 +140,7 @@ def write_full_unet_sparse(fid: str, root: str | Path) -> Path:
     with torch.device("meta"):
         sd = UNet2DConditionModel(**cfg).state_dict()
     out: TensorDict = {f"model.diffusion_model.{k}": v for k, v in unet_diffusers_to_ldm(sd, cfg).items()}
-    if fid == "playground_v25":
-        out["edm_mean"] = torch.tensor(EDM_MEAN).reshape(1, 4, 1, 1)
-        out["edm_std"] = torch.tensor(EDM_STD).reshape(1, 4, 1, 1)
+    out.update(_markers(fid))
     return save_safetensors(out, Path(root) / f"{fid}_full.safetensors")
 
 
@@ -146,7 +160,9 @@ def write(fid: str, layout: Layout, root: str | Path, seed: int = 0) -> Path:
 def write_unet_pipeline(fid: str, root: str | Path, seed: int = 0) -> Path:
     """A diffusers pipeline folder holding the tiny UNet (``model_index.json`` + ``unet/``): Playground v2.5's
     lists the EDM DPM-Solver scheduler, SDXL's the Euler one (weights identical)."""
-    scheduler = "EDMDPMSolverMultistepScheduler" if fid == "playground_v25" else "EulerDiscreteScheduler"
+    rec = families.get(fid)
+    assert rec is not None and rec.pipeline is not None
+    scheduler = rec.pipeline.scheduler
     folder = Path(root) / f"{fid}_pipeline"
     (folder / "unet").mkdir(parents=True, exist_ok=True)
     index = {"_class_name": "StableDiffusionXLPipeline", "unet": ["diffusers", "UNet2DConditionModel"],
