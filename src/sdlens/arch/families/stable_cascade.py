@@ -58,7 +58,7 @@ FAMILIES: tuple[Family, ...] = (
         denoiser=Denoiser("StableCascadeUNet", STAGE_C, 3_589_103_632,
                           _SRC.format(n="3,589,103,632", card="3.6B for stage C (lite: 1B)"), "UNet",
                           keymap="stable_cascade"),
-        text_encoders=(_TE, TextEncoderSlot("clip_l_vision", 1, "last")),  # + CLIP-L/14 vision for image prompts
+        text_encoders=(_TE,),  # (+ the optional CLIP-L/14 vision encoder for image prompts: slot image_encoder)
         vae="stable_cascade_stage_b", latent_channels=16,  # its output: the 16-channel EfficientNet latent (24x24)
         blocks=Blocks(RULES, (("BASE", None), ("IN", None), ("D", 2), ("U", 2), ("OUT", None)),
                       original_keys=_ORIGINAL),
@@ -69,7 +69,8 @@ FAMILIES: tuple[Family, ...] = (
         diffusers_slots={"denoiser": "prior", "clip_g": "text_encoder", "clip_l_vision": "image_encoder"},
         bare_keys=_BARE,
         lora_hints=("cascade",),
-        notes="Text-conditional prior in the 42x-compressed EfficientNet latent; stage B and stage A decode it.",
+        notes="Text-conditional prior in the 42x-compressed EfficientNet latent; stage B and stage A decode it. "
+              "Image prompts go through CLIP ViT-L/14 vision (image_encoder), optional.",
     ),
     Family(
         "stable_cascade_b", "Stable Cascade stage B",
