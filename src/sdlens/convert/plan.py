@@ -14,12 +14,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from sdlens.arch.detect import (
-    denoiser_features,
-    match_family,
-    split_components,
-    text_encoder_kind,
-)
+from sdlens.arch.detect import denoiser_features, match_family, split_components, text_encoder_kind
 from sdlens.convert import layouts as L
 from sdlens.convert.layouts import Item, Piece, renamed
 from sdlens.errors import SdlensError
