@@ -14,6 +14,7 @@ from sdlens.analysis.schedule import ScheduleInfo, analyse_schedule
 from sdlens.arch import registry as R
 from sdlens.arch.detect import (
     FamilyMatch,
+    denoiser_features,
     family_from_text_encoders,
     match_family,
     read_features,
@@ -261,7 +262,7 @@ def _identify(split, ckpt: Checkpoint) -> tuple[FamilyMatch, str]:
     te_kinds = [c for c in comps if c.split("@")[0] in R.TEXT_ENCODER_KINDS]
     has_vae = "vae_encoder" in comps or "vae_decoder" in comps
     if "denoiser" in comps:
-        feats = read_features(comps["denoiser"].keys)
+        feats = denoiser_features(split, getattr(ckpt, "configs", None))
         match = match_family(feats)
         kind = "full model" if te_kinds and has_vae else "denoiser" + _with(te_kinds, has_vae)
         return match, kind

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 from sdlens.arch import configs as C
 from sdlens.arch import families
 from sdlens.arch import registry as R
-from sdlens.arch.detect import Component, match_family, read_features, split_components
+from sdlens.arch.detect import Component, denoiser_features, match_family, split_components
 from sdlens.io.base import Checkpoint, TensorInfo
 
 if TYPE_CHECKING:
@@ -234,7 +234,7 @@ def canonical_index(
     comps = split.components
     family = "unknown"
     if "denoiser" in comps:
-        family = match_family(read_features(comps["denoiser"].keys)).family
+        family = match_family(denoiser_features(split, configs)).family
     out: dict[str, CanonRef] = {}
     denoiser_keys: list[str] = []
     if "denoiser" in comps:

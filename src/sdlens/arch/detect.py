@@ -223,13 +223,22 @@ def _conventions(comps: dict[str, Component]) -> list[str]:
 # --------------------------------------------------------------------------- features and families
 
 
-def read_features(keys: Mapping[str, TensorInfo], features: tuple[R.Feature, ...] = R.DENOISER_FEATURES) -> dict[str, Any]:
+def read_features(
+    keys: Mapping[str, TensorInfo],
+    features: tuple[R.Feature, ...] = R.DENOISER_FEATURES,
+    markers: Iterable[str] = (),
+) -> dict[str, Any]:
     """Evaluate the registry's feature table on a component's relative keys (where several keys match a shape
-    feature, the first in natural order decides, for determinism)."""
+    feature, the first in natural order decides, for determinism). ``marker`` features are read off the
+    file's top-level marker keys (``markers``: the split's ``markers`` component), not the component's."""
     out: dict[str, Any] = {}
     searched = _Keys(keys)
+    marker_keys = list(markers)
     for f in features:
         rx = _rx(f.pattern)
+        if f.op == "marker":
+            out[f.name] = any(rx.search(k) for k in marker_keys)
+            continue
         hits = searched.hits(f.pattern)
         if f.op == "present":
             out[f.name] = bool(hits)
@@ -245,6 +254,23 @@ def read_features(keys: Mapping[str, TensorInfo], features: tuple[R.Feature, ...
     for name, fn in R.DERIVED_FEATURES.items():
         out[name] = fn(out)
     return out
+
+
+def config_markers(configs: Mapping[str, Any] | None) -> list[str]:
+    """A diffusers folder's ``model_index.json`` as marker names, one per listed part: ``scheduler=<class>``."""
+    index = (configs or {}).get("model_index") or {}
+    if not isinstance(index, Mapping):
+        return []
+    return [f"{slot}={v[1]}" for slot, v in index.items()
+            if isinstance(v, list) and len(v) == 2 and isinstance(v[1], str)]
+
+
+def denoiser_features(split: Split, configs: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The features of ``split``'s denoiser, marker features included (what ``match_family`` is given): the
+    file's top-level marker keys and, for a diffusers folder (``configs``), its model_index entries."""
+    comps = split.components
+    markers = [*(comps["markers"].keys if "markers" in comps else ()), *config_markers(configs)]
+    return read_features(comps["denoiser"].keys, markers=markers)
 
 
 def _natural(key: str) -> tuple:
@@ -320,4 +346,4 @@ def match_family(features: dict[str, Any], allowed: tuple[str, ...] | None = Non
 def family_from_text_encoders(kinds: list[str]) -> tuple[str, ...]:
     """Families whose text-encoder set equals ``kinds`` (for files holding text encoders only)."""
     ks = set(kinds)
-    return tuple(f.id for f in R.FAMILIES if f.text_encoders and set(f.text_encoder_kinds) == ks)
+    return tuple(f.id for f in R.FAMILIES if f.text_encoders and not f.base and set(f.text_encoder_kinds) == ks)

@@ -18,6 +18,7 @@ from typing import Any
 
 from sdlens.arch import build as B
 from sdlens.arch import configs as C
+from sdlens.arch import families
 from sdlens.errors import SdlensError
 from sdlens.io.base import TensorInfo
 
@@ -87,17 +88,20 @@ def spec_from_path(path: Path) -> B.ArchSpec:
         for name in ("unet/config.json", "transformer/config.json", "config.json"):
             if (path / name).exists():  # confined to the folder, like its weights
                 return spec_from_config_json(confined(root_of(path), path, name, path))
-    from sdlens.arch.detect import match_family, read_features, split_components
+    from sdlens.arch.detect import denoiser_features, match_family, split_components
     from sdlens.io.open import open_checkpoint
 
     with open_checkpoint(path) as ck:
         tensors = dict(ck.tensors)
-    comps = split_components(tensors).components
+    split = split_components(tensors)
+    comps = split.components
     if "denoiser" not in comps:
         raise SdlensError(path, "no denoiser in this file (text encoder, VAE or LoRA only): nothing to measure")
     keys = comps["denoiser"].keys
-    match = match_family(read_features(keys))
+    match = match_family(denoiser_features(split))
     fam = match.family
+    base = families.get(fam)
+    fam = base.base if base and base.base else fam  # a refinement of another family's denoiser is built as it
     file_params = sum(t.numel for t in keys.values())
     if fam in ("sd1", "sd2", "sdxl", "sdxl_refiner"):
         cls_name, config = "UNet2DConditionModel", unet_config_from_keys(keys, fam)

@@ -17,7 +17,9 @@ class Feature:
     """A fact read off a component's (relative) keys and shapes.
 
     ``op``: ``present`` (some key matches), ``dim`` (shape[arg] of the first match), ``ndim``,
-    ``count`` (distinct values of the regex's first group), ``keys`` (number of matching keys).
+    ``count`` (distinct values of the regex's first group), ``keys`` (number of matching keys), ``marker``
+    (some top-level marker key of the file matches, e.g. ``edm_mean``: read off the whole file, not the
+    component).
     ``text`` is how a reason names it ("hidden width = 3072").
     """
 
@@ -120,6 +122,9 @@ class Family:
     # where each component sits in the single-file (original) layout and in a diffusers folder
     single_file: Mapping[str, str] = field(default_factory=dict, hash=False)  # component -> key prefix
     diffusers_slots: Mapping[str, str] = field(default_factory=dict, hash=False)  # component -> folder slot
+    # the family this one refines with the same denoiser and text encoders (Playground v2.5 -> sdxl): where a
+    # file cannot tell them apart (text encoders only, a bare diffusers unet), it is reported as the base
+    base: str | None = None
     # a bare file (no component prefix) is this family's denoiser when one of its keys matches a regex here:
     # (regex, key convention). Checked before the generic signatures of sdlens.arch.registry.BARE_SIGNATURES.
     bare_keys: tuple[tuple[str, str], ...] = ()

@@ -26,6 +26,8 @@ COMPONENT_LABELS: dict[str, str] = {
     "umt5_xxl": "umT5-XXL",
     "llama31_8b": "Llama-3.1-8B",
     "clip_vision_h": "CLIP ViT-H (image encoder)",
+    "gemma2_2b": "Gemma-2 2B",
+    "clip_l_vision": "CLIP-L vision",
     "text_encoder": "text encoder",
     "vae_encoder": "VAE encoder",
     "vae_decoder": "VAE decoder",
@@ -63,6 +65,7 @@ PREFIXES: tuple[Prefix, ...] = (
     Prefix("text_encoders.t5xxl.", "t5", "comfy"),
     Prefix("control_model.", "controlnet", "ldm"),
     Prefix("unet.", "denoiser", "diffusers"),
+    Prefix("prior.", "denoiser", "diffusers"),  # Stable Cascade prior pipelines (StableCascadeUNet stage C)
     Prefix("transformer.", "denoiser", "diffusers", exclude=r"^resblocks\."),
     Prefix("controlnet.", "controlnet", "diffusers"),
     Prefix("vae.", "vae", "diffusers"),

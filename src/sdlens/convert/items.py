@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from sdlens.arch.detect import match_family, read_features, split_components
+from sdlens.arch.detect import denoiser_features, match_family, split_components
 from sdlens.convert.layouts import Item
 from sdlens.io.base import Checkpoint, TensorInfo
 
@@ -25,7 +25,7 @@ def assign_components(items: dict[str, Item]) -> tuple[str, dict[str, Any]]:
         items[k].component = "other"
     family = "unknown"
     if "denoiser" in split.components:
-        family = match_family(read_features(split.components["denoiser"].keys)).family
+        family = match_family(denoiser_features(split)).family
     return family, split.components
 
 

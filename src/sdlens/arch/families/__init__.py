@@ -17,15 +17,19 @@ from sdlens.arch.families import (
     hidream,
     hunyuandit,
     ltx_video,
+    lumina2,
     pixart,
+    playground,
+    sana,
     sd3,
     sd_unet,
+    stable_cascade,
     wan,
 )
 from sdlens.arch.record import Family, Feature
 
-_MODULES = (sd_unet, sd3, flux, auraflow, hunyuandit, pixart,
-            hidream, chroma, wan, ltx_video)
+_MODULES = (sd_unet, sd3, flux, auraflow, hunyuandit, pixart, hidream, chroma, wan, ltx_video, playground,
+            stable_cascade, sana, lumina2)
 
 FAMILIES: tuple[Family, ...] = tuple(f for m in _MODULES for f in m.FAMILIES)
 BY_ID: dict[str, Family] = {f.id: f for f in FAMILIES}

@@ -42,7 +42,7 @@ _SLOTS = {"denoiser": "transformer", "t5": "text_encoder", "vae": "vae"}
 FAMILIES: tuple[Family, ...] = (
     Family(
         "pixart_alpha", "PixArt-α",
-        {"pixart": True, "pixart_ar": True, "ltx_qk_norm": False},
+        {"pixart": True, "pixart_ar": True, "ltx_qk_norm": False, "sana_ff": False},
         {"pixart_blocks": 28},
         features=FEATURES,
         denoiser=Denoiser("PixArtTransformer2DModel", {**_BASE, "use_additional_conditions": True}, label="DiT",
@@ -51,7 +51,7 @@ FAMILIES: tuple[Family, ...] = (
     ),
     Family(
         "pixart_sigma", "PixArt-Σ",
-        {"pixart": True, "pixart_ar": False, "ltx_qk_norm": False},
+        {"pixart": True, "pixart_ar": False, "ltx_qk_norm": False, "sana_ff": False},
         {"pixart_blocks": 28},
         denoiser=Denoiser("PixArtTransformer2DModel",
                           {**_BASE, "use_additional_conditions": False, "interpolation_scale": 2}, label="DiT",
