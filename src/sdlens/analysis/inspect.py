@@ -163,7 +163,7 @@ def describe(ckpt: Checkpoint) -> InspectReport:
             confidence=match.confidence,
             reasons=match.reasons,
             nonstandard=[],
-            conventions=ident.split.conventions,
+            conventions=[lora.convention],
             components=[],
             missing=[],
             ema=None,

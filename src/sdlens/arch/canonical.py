@@ -28,7 +28,8 @@ from typing import TYPE_CHECKING, Any
 
 from sdlens.arch import configs as C
 from sdlens.arch import registry as R
-from sdlens.arch.detect import Component, match_family, read_features, split_components
+from sdlens.arch.detect import Component
+from sdlens.arch.identify import identify
 from sdlens.io.base import TensorInfo
 
 if TYPE_CHECKING:
@@ -200,11 +201,8 @@ def canonical_index(
     tensors: Mapping[str, TensorInfo], configs: Mapping[str, dict] | None = None
 ) -> tuple[dict[str, CanonRef], str]:
     """Canonical name -> where its data is, for every tensor; and the detected family id."""
-    split = split_components(tensors)
-    comps = split.components
-    family = "unknown"
-    if "denoiser" in comps:
-        family = match_family(read_features(comps["denoiser"].keys)).family
+    ident = identify(tensors, configs)
+    split, comps, family = ident.split, ident.split.components, ident.denoiser_family
     out: dict[str, CanonRef] = {}
     denoiser_keys: list[str] = []
     if "denoiser" in comps:

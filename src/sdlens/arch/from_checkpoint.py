@@ -87,16 +87,17 @@ def spec_from_path(path: Path) -> B.ArchSpec:
         for name in ("unet/config.json", "transformer/config.json", "config.json"):
             if (path / name).exists():  # confined to the folder, like its weights
                 return spec_from_config_json(confined(root_of(path), path, name, path))
-    from sdlens.arch.detect import match_family, read_features, split_components
+    from sdlens.arch.identify import identify
     from sdlens.io.open import open_checkpoint
 
     with open_checkpoint(path) as ck:
         tensors = dict(ck.tensors)
-    comps = split_components(tensors).components
-    if "denoiser" not in comps:
+    ident = identify(tensors)
+    comps = ident.split.components
+    if ident.kind not in ("full", "denoiser"):
         raise SdlensError(path, "no denoiser in this file (text encoder, VAE or LoRA only): nothing to measure")
     keys = comps["denoiser"].keys
-    match = match_family(read_features(keys))
+    match = ident.match
     fam = match.family
     file_params = sum(t.numel for t in keys.values())
     if fam in ("sd1", "sd2", "sdxl", "sdxl_refiner"):

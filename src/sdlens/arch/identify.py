@@ -207,11 +207,10 @@ def identify(
     ``config.json`` files by part) and ``metadata`` (safetensors header) add what they tell."""
     index = (configs or {}).get("model_index")
     pipeline = index.get("_class_name") if isinstance(index, dict) and isinstance(index.get("_class_name"), str) else None
+    split = split_components(tensors)
     if is_lora(tensors):
         modules, convention = lora_modules(tensors)
-        return Identity("lora", lora_match(modules, metadata), Split({}, {}, [convention]),
-                        lora_convention=convention, pipeline=pipeline)
-    split = split_components(tensors)
+        return Identity("lora", lora_match(modules, metadata), split, lora_convention=convention, pipeline=pipeline)
     comps = split.components
     te = [c for c in comps if c.split("@")[0] in R.TEXT_ENCODER_KINDS]
     has_vae = "vae_encoder" in comps or "vae_decoder" in comps

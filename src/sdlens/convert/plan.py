@@ -14,7 +14,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from sdlens.arch.detect import match_family, read_features, split_components, text_encoder_kind
+from sdlens.arch.detect import split_components, text_encoder_kind
+from sdlens.arch.identify import identify
 from sdlens.convert import layouts as L
 from sdlens.convert.layouts import Item, Piece, renamed
 from sdlens.errors import SdlensError
@@ -201,16 +202,14 @@ def _infos(items: dict[str, Item]) -> dict[str, TensorInfo]:
 
 def _assign_components(items: dict[str, Item]) -> tuple[str, dict[str, Any]]:
     """Set each item's component; return the family and the split's components (for prefixes)."""
-    split = split_components(_infos(items))
+    ident = identify(_infos(items))
+    split = ident.split
     for cid, comp in split.components.items():
         for k in comp.full_keys:
             items[k].component = cid.split("@")[0]
     for k in split.unknown:
         items[k].component = "other"
-    family = "unknown"
-    if "denoiser" in split.components:
-        family = match_family(read_features(split.components["denoiser"].keys)).family
-    return family, split.components
+    return ident.denoiser_family, split.components
 
 
 def _drop(it: Item, note: str) -> Item:
@@ -233,7 +232,7 @@ def _is_arange(ck: Checkpoint, key: str) -> bool:
 def _from_diffusers(ck: Any, folder: Path, sources: list[str]) -> tuple[dict[str, Item], dict[str, Any], list[str]]:
     """A diffusers pipeline folder as logical LDM items; the folder's configs; notes."""
     notes: list[str] = []
-    configs: dict[str, Any] = {k: v for k, v in getattr(ck, "configs", {}).items() if isinstance(v, dict)}
+    configs: dict[str, Any] = {k: v for k, v in ck.configs.items() if isinstance(v, dict)}
     if (folder / "scheduler" / "scheduler_config.json").is_file():
         from sdlens.io.folders import confined, read_json, root_of
 
