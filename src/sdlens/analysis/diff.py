@@ -326,7 +326,7 @@ def _indexes(ca: Checkpoint, cb: Checkpoint) -> tuple[str, _Index, _Index]:
                           "or apply it first")
     out = []
     for c in (ca, cb):
-        idx, fam = canonical_index(c.tensors, getattr(c, "configs", None))
+        idx, fam = canonical_index(c.tensors, c.configs)
         out.append((idx, fam, {}))
     return "checkpoint", out[0], out[1]
 

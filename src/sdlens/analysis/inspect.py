@@ -7,19 +7,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sdlens.analysis.lora import LoraInfo, analyse_lora, is_lora
+from sdlens.analysis.lora import LoraInfo, analyse_lora
 from sdlens.analysis.metadata import MetadataSummary, summarise_metadata
 from sdlens.analysis.scan import ScanResult, scan_and_hash, scan_and_hash_bytes, scan_tensors
 from sdlens.analysis.schedule import ScheduleInfo, analyse_schedule
 from sdlens.arch import registry as R
-from sdlens.arch.detect import (
-    FamilyMatch,
-    denoiser_features,
-    family_from_text_encoders,
-    match_family,
-    read_features,
-    split_components,
-)
+from sdlens.arch.identify import Identity, identify
+from sdlens.arch.record import Family
 from sdlens.io.base import Checkpoint
 from sdlens.io.dtypes import DTYPES
 from sdlens.io.hashing import FileHashes, hash_file
@@ -68,7 +62,7 @@ class InspectReport:
     tensor_count: int
     tensor_bytes: int
     kind: str  # full model | denoiser only | VAE | text encoder(s) | LoRA | ControlNet | ... | unknown
-    family: str  # registry id or "unknown"
+    family: str  # record id or "unknown"
     family_name: str
     variants: list[str]
     confidence: str
@@ -90,6 +84,8 @@ class InspectReport:
     lora: LoraInfo | None
     metadata: MetadataSummary
     extras: dict[str, Any]
+    latent_channels: int | None = None  # a VAE's latent channels
+    fits: list[str] = field(default_factory=list)  # families a part file (VAE, text encoders) fits
     hashes: list[FileHashes] = field(default_factory=list)
     scan: ScanResult | None = None
     summary: str = ""
@@ -154,16 +150,18 @@ def describe(ckpt: Checkpoint) -> InspectReport:
         metadata=meta,
         extras=dict(ckpt.extras),
     )
-    if is_lora(tensors):
-        lora = analyse_lora(tensors, ckpt.metadata, lambda k: float(ckpt.read_numpy(k).reshape(-1)[0]))
+    ident = identify(tensors, ckpt.configs, ckpt.metadata)
+    match = ident.match
+    if ident.kind == "lora":
+        lora = analyse_lora(tensors, ckpt.metadata, lambda k: float(ckpt.read_numpy(k).reshape(-1)[0]), match)
         return InspectReport(
             **base,
-            kind="LoRA",
-            family=lora.arch,
-            family_name=R.FAMILY_BY_ID[lora.arch].name if lora.arch in R.FAMILY_BY_ID else _LORA_ARCH_NAMES.get(lora.arch, lora.arch),
+            kind=ident.label,
+            family=match.family,
+            family_name=match.name,
             variants=[lora.network],
-            confidence="high" if lora.arch != "unknown" else "low",
-            reasons=lora.arch_reasons,
+            confidence=match.confidence,
+            reasons=match.reasons,
             nonstandard=[],
             conventions=[lora.convention],
             components=[],
@@ -178,10 +176,10 @@ def describe(ckpt: Checkpoint) -> InspectReport:
             lora=lora,
         )
 
-    split = split_components(tensors)
+    split = ident.split
     comps = split.components
-    match, kind = _identify(split, ckpt)
-    fam = R.FAMILY_BY_ID.get(match.family)
+    kind = ident.label
+    fam = ident.record
     components = [
         ComponentSummary(
             c.id,
@@ -213,11 +211,11 @@ def describe(ckpt: Checkpoint) -> InspectReport:
         nonstandard=match.nonstandard,
         conventions=split.conventions,
         components=components,
-        missing=_missing(comps, fam, kind),
+        missing=_missing(comps, fam, ident),
         ema=_ema(comps),
         schedule=_schedule(ckpt, comps),
         markers=[f"{k}: {R.MARKER_KEYS[k]}" for k in tensors if k in R.MARKER_KEYS],
-        prediction=_prediction(ckpt, match, tensors),
+        prediction=_prediction(ckpt, fam, tensors),
         unknown_keys=[
             {
                 "key": k,
@@ -231,10 +229,11 @@ def describe(ckpt: Checkpoint) -> InspectReport:
         position_ids=pos,
         problems=problems,
         lora=None,
+        latent_channels=ident.latent_channels,
+        fits=list(ident.fits),
     )
 
 
-_LORA_ARCH_NAMES = {"flux": "FLUX.1", "sd3": "SD3", "unknown": "unknown"}
 _ORDER = {k: i for i, k in enumerate(
     ["denoiser", "controlnet", "clip_l", "openclip_h", "clip_g", "t5", "text_encoder", "vae_encoder", "vae_decoder",
      "ema", "schedule", "markers"]
@@ -248,7 +247,7 @@ def _count(items) -> dict[str, int]:
     return out
 
 
-def _label(cid: str, fam: R.Family | None) -> str:
+def _label(cid: str, fam: Family | None) -> str:
     base = cid.split("@")[0]
     if base == "denoiser":
         return fam.denoiser_label if fam else "denoiser"
@@ -257,63 +256,8 @@ def _label(cid: str, fam: R.Family | None) -> str:
     return R.COMPONENT_LABELS.get(base, base)
 
 
-def _identify(split, ckpt: Checkpoint) -> tuple[FamilyMatch, str]:
-    comps = split.components
-    te_kinds = [c for c in comps if c.split("@")[0] in R.TEXT_ENCODER_KINDS]
-    has_vae = "vae_encoder" in comps or "vae_decoder" in comps
-    if "denoiser" in comps:
-        feats = denoiser_features(split, getattr(ckpt, "configs", None))
-        match = match_family(feats)
-        kind = "full model" if te_kinds and has_vae else "denoiser" + _with(te_kinds, has_vae)
-        return match, kind
-    if "controlnet" in comps:
-        feats = read_features(comps["controlnet"].keys)
-        # a ControlNet is half a UNet: only its encoder side and middle block exist
-        feats["levels"] = (feats["input_blocks"] + 1) // 3 if feats.get("input_blocks") else feats.get("down_levels")
-        match = match_family(feats, allowed=("sd1", "sd2", "sdxl"))
-        match.reasons.insert(0, "ControlNet keys (control_model.* / controlnet_cond_embedding.*)")
-        return match, "ControlNet"
-    if has_vae:
-        rel = {k: t for part in ("vae_decoder", "vae_encoder") if part in comps for k, t in comps[part].keys.items()}
-        latent = _latent_channels(rel)
-        parts = [p for p in ("vae_encoder", "vae_decoder") if p in comps]
-        fams = "SD1/SD2/SDXL (identical shapes: only values tell them apart)" if latent == 4 else (
-            "SD3/FLUX" if latent == 16 else "unknown family")
-        reasons = [f"VAE {' + '.join(R.COMPONENT_LABELS[p] for p in parts)}", f"{latent}-channel latent: {fams}"]
-        kind = "VAE" if not te_kinds else "VAE" + _with(te_kinds, False)
-        fam_id = "vae16" if latent == 16 else ("vae4" if latent == 4 else "unknown")
-        name = f"VAE ({latent}-channel latent)" if latent else "VAE"
-        return FamilyMatch(fam_id, name, "high" if latent in (4, 16) else "low", reasons, [], []), kind
-    if te_kinds:
-        kinds = [c.split("@")[0] for c in te_kinds]
-        fams = family_from_text_encoders(kinds)
-        names = " + ".join(R.COMPONENT_LABELS[k] for k in kinds)
-        reasons = [f"text encoder(s) only: {names}"]
-        if fams:
-            reasons.append("the text encoders of " + ", ".join(R.FAMILY_BY_ID[f].name for f in fams))
-        fam = fams[0] if len(fams) == 1 else "unknown"
-        return FamilyMatch(fam, R.FAMILY_BY_ID[fam].name if fam in R.FAMILY_BY_ID else names, "medium", reasons, [], []), (
-            "text encoder" if len(kinds) == 1 else "text encoders")
-    if not ckpt.tensors:
-        return FamilyMatch("unknown", "unknown", "low", ["no tensors in the file"], [], []), "empty"
-    return FamilyMatch("unknown", "unknown", "low", ["no key matches a known layout"], [], []), "unknown"
-
-
-def _with(te_kinds: list[str], has_vae: bool) -> str:
-    extra = (["text encoders"] if te_kinds else []) + (["VAE"] if has_vae else [])
-    return (" + " + " + ".join(extra)) if extra else " only"
-
-
-def _latent_channels(rel: dict) -> int | None:
-    t = rel.get("decoder.conv_in.weight")
-    if t is not None:
-        return t.shape[1]
-    t = rel.get("encoder.conv_out.weight")
-    return t.shape[0] // 2 if t is not None else None
-
-
-def _missing(comps: dict, fam: R.Family | None, kind: str) -> list[str]:
-    if fam is None or kind in ("LoRA", "ControlNet"):
+def _missing(comps: dict, fam: Family | None, ident: Identity) -> list[str]:
+    if fam is None or ident.kind in ("lora", "controlnet"):
         return []
     out = []
     for te in fam.text_encoder_kinds:
@@ -351,21 +295,22 @@ def _schedule(ckpt: Checkpoint, comps: dict) -> ScheduleInfo | None:
     return analyse_schedule(betas, ac, list(sched.keys))
 
 
-def _prediction(ckpt: Checkpoint, match: FamilyMatch, tensors: dict) -> str | None:
+def _prediction(ckpt: Checkpoint, fam: Family | None, tensors: dict) -> str | None:
     if "v_pred" in tensors:
         return "v-prediction (v_pred marker key)"
     if "edm_vpred.sigma_max" in tensors:
         return "v-prediction, EDM (edm_vpred marker)"
-    if match.family != "sd2":
+    probe = fam.prediction_probe if fam is not None else None
+    if probe is None:  # the family has one prediction type, or its releases cannot be told apart
         return None
     step = ckpt.extras.get("global_step")
-    if step == 875000:
-        return "epsilon (global_step 875000 = SD2 base)"
-    key = "model.diffusion_model.output_blocks.11.1.transformer_blocks.0.norm1.bias"
+    if step in probe.epsilon_steps:
+        return f"epsilon (global_step {step} = {probe.epsilon_steps[step]})"
+    key = probe.key
     if key in tensors and tensors[key].nbytes <= _SMALL:
         std = float(ckpt.read_numpy(key).astype("float64").std(ddof=1))
-        guess = "v-prediction" if std > 0.09 else "epsilon"
-        return f"{guess} (heuristic: std of {key.split('.', 2)[2]} = {std:.3f}, > 0.09 means v)"
+        guess = "v-prediction" if std > probe.v_std else "epsilon"
+        return f"{guess} (heuristic: std of {key.split('.', 2)[2]} = {std:.3f}, > {probe.v_std:g} means v)"
     return "unknown (cannot be read from the keys)"
 
 

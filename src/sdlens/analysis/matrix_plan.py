@@ -80,7 +80,7 @@ def _read_headers(paths: Sequence[str | Path], variant: str | None):
             continue
         with ck:
             entries = sorted((k, t.dtype, list(t.shape), t.offset) for k, t in ck.tensors.items())
-            configs = getattr(ck, "configs", None)
+            configs = ck.configs
             layout = None if configs else json.dumps([e[:3] for e in entries])
             if layout not in layouts:
                 layouts[layout] = canonical_index(ck.tensors, configs)

@@ -32,7 +32,8 @@ from typing import TYPE_CHECKING
 from sdlens.arch import configs as C
 from sdlens.arch import families
 from sdlens.arch import registry as R
-from sdlens.arch.detect import Component, denoiser_features, match_family, split_components
+from sdlens.arch.detect import Component
+from sdlens.arch.identify import identify
 from sdlens.io.base import Checkpoint, TensorInfo
 
 if TYPE_CHECKING:
@@ -230,11 +231,8 @@ def canonical_index(
     tensors: Mapping[str, TensorInfo], configs: Mapping[str, dict] | None = None
 ) -> tuple[dict[str, CanonRef], str]:
     """Canonical name -> where its data is, for every tensor; and the detected family id."""
-    split = split_components(tensors)
-    comps = split.components
-    family = "unknown"
-    if "denoiser" in comps:
-        family = match_family(denoiser_features(split, configs)).family
+    ident = identify(tensors, configs)
+    split, comps, family = ident.split, ident.split.components, ident.denoiser_family
     out: dict[str, CanonRef] = {}
     denoiser_keys: list[str] = []
     if "denoiser" in comps:

@@ -1,4 +1,5 @@
-"""What is this file? Split keys into components, read structural features, match the family table.
+"""The steps of identification: split keys into components, read structural features, match the records.
+``sdlens.arch.identify.identify`` runs them in order; commands call that, not these.
 
 Works from names and shapes only (no tensor data). Never falls back silently: what matches nothing is
 ``unknown``, with the reasons.
@@ -14,6 +15,7 @@ from typing import Any
 
 from sdlens.arch import families
 from sdlens.arch import registry as R
+from sdlens.arch.record import Feature
 from sdlens.io.base import TensorInfo
 
 
@@ -225,16 +227,17 @@ def _conventions(comps: dict[str, Component]) -> list[str]:
 
 def read_features(
     keys: Mapping[str, TensorInfo],
-    features: tuple[R.Feature, ...] = R.DENOISER_FEATURES,
+    features: tuple[Feature, ...] | None = None,
     markers: Iterable[str] = (),
 ) -> dict[str, Any]:
-    """Evaluate the registry's feature table on a component's relative keys (where several keys match a shape
-    feature, the first in natural order decides, for determinism). ``marker`` features are read off the
-    file's top-level marker keys (``markers``: the split's ``markers`` component), not the component's."""
+    """Evaluate the records' features (``sdlens.arch.families.features``, or ``features``) on a component's
+    relative keys (where several keys match a shape feature, the first in natural order decides, for
+    determinism), then the records' derived features. ``marker`` features are read off the file's top-level
+    marker keys (``markers``: the split's ``markers`` component), not the component's."""
     out: dict[str, Any] = {}
     searched = _Keys(keys)
     marker_keys = list(markers)
-    for f in features:
+    for f in families.features() if features is None else features:
         rx = _rx(f.pattern)
         if f.op == "marker":
             out[f.name] = any(rx.search(k) for k in marker_keys)
@@ -251,7 +254,7 @@ def read_features(
             out[f.name] = len({rx.search(k).group(1) for k in hits}) or None
         elif f.op == "keys":
             out[f.name] = len(hits)
-    for name, fn in R.DERIVED_FEATURES.items():
+    for name, fn in families.derived().items():
         out[name] = fn(out)
     return out
 
@@ -304,7 +307,7 @@ def _say(name: str, value: Any) -> str:
 
 @dataclass
 class FamilyMatch:
-    family: str  # registry id, or "unknown"
+    family: str  # record id (sdlens.arch.families), or "unknown"
     name: str
     confidence: str  # high | medium | low
     reasons: list[str]
@@ -318,7 +321,7 @@ class FamilyMatch:
 def match_family(features: dict[str, Any], allowed: tuple[str, ...] | None = None) -> FamilyMatch:
     """The family whose required features all hold; among several, the one with most standard values."""
     candidates = []
-    for fam in R.FAMILIES:
+    for fam in families.FAMILIES:
         if allowed is not None and fam.id not in allowed:
             continue
         if all(_holds(features.get(k), v) for k, v in fam.requires.items()):
@@ -346,4 +349,4 @@ def match_family(features: dict[str, Any], allowed: tuple[str, ...] | None = Non
 def family_from_text_encoders(kinds: list[str]) -> tuple[str, ...]:
     """Families whose text-encoder set equals ``kinds`` (for files holding text encoders only)."""
     ks = set(kinds)
-    return tuple(f.id for f in R.FAMILIES if f.text_encoders and not f.base and set(f.text_encoder_kinds) == ks)
+    return tuple(f.id for f in families.FAMILIES if f.text_encoders and not f.base and set(f.text_encoder_kinds) == ks)

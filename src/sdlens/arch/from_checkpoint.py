@@ -88,17 +88,17 @@ def spec_from_path(path: Path) -> B.ArchSpec:
         for name in ("unet/config.json", "transformer/config.json", "config.json"):
             if (path / name).exists():  # confined to the folder, like its weights
                 return spec_from_config_json(confined(root_of(path), path, name, path))
-    from sdlens.arch.detect import denoiser_features, match_family, split_components
+    from sdlens.arch.identify import identify
     from sdlens.io.open import open_checkpoint
 
     with open_checkpoint(path) as ck:
         tensors = dict(ck.tensors)
-    split = split_components(tensors)
-    comps = split.components
-    if "denoiser" not in comps:
+    ident = identify(tensors)
+    comps = ident.split.components
+    if ident.kind not in ("full", "denoiser"):
         raise SdlensError(path, "no denoiser in this file (text encoder, VAE or LoRA only): nothing to measure")
     keys = comps["denoiser"].keys
-    match = match_family(denoiser_features(split))
+    match = ident.match
     fam = match.family
     base = families.get(fam)
     fam = base.base if base and base.base else fam  # a refinement of another family's denoiser is built as it

@@ -96,6 +96,17 @@ class Pipeline:
 
 
 @dataclass(frozen=True)
+class PredictionProbe:
+    """How a file tells a family's epsilon release from its v-prediction one (one structure, two targets):
+    ``epsilon_steps`` (a pickle's ``global_step`` -> the epsilon release it marks), else the spread of one
+    small tensor (``key``, a full key of the single-file layout): std above ``v_std`` means v-prediction."""
+
+    epsilon_steps: Mapping[int, str] = field(default_factory=dict, hash=False)
+    key: str = ""
+    v_std: float = 0.09
+
+
+@dataclass(frozen=True)
 class Family:
     """One architecture (or a variant of one that users name apart, e.g. FLUX.1-dev / -schnell).
 
@@ -129,6 +140,8 @@ class Family:
     # (regex, key convention). Checked before the generic signatures of sdlens.arch.registry.BARE_SIGNATURES.
     bare_keys: tuple[tuple[str, str], ...] = ()
     lora_hints: tuple[str, ...] = ()  # substrings of a LoRA's ss_base_model_version naming this family
+    lora_targets: str = ""  # regex on a LoRA's module names (any convention) that only this denoiser has
+    prediction_probe: PredictionProbe | None = None  # epsilon vs v-prediction, where the structure cannot tell
     notebook: tuple[int, float, float, int, float] | None = None  # the original notebook's numbers (§7)
     notes: str = ""
 

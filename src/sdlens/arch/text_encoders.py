@@ -12,9 +12,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from sdlens.arch import configs as C
+from sdlens.arch import families
 from sdlens.arch import registry as R
 from sdlens.arch.canonical import CanonRef, canonical_index, read_canonical
+from sdlens.arch.detect import family_from_text_encoders
+from sdlens.arch.identify import identify
 from sdlens.errors import SdlensError
+from sdlens.io.base import Checkpoint
 from sdlens.words import plural
 
 if TYPE_CHECKING:
@@ -25,14 +29,6 @@ _CLIP_LAYER = re.compile(r"^text_model\.encoder\.layers\.(\d+)\.")
 _T5_LAYER = re.compile(r"^encoder\.block\.(\d+)\.")
 # entries a file may carry that the transformers model does not have (or keeps as a non-persistent buffer)
 _IGNORED = re.compile(r"(position_ids|logit_scale|attn_mask)$")
-# the layer whose hidden state each pipeline conditions on, per family and encoder kind
-PIPELINE_LAYER: dict[str, dict[str, str]] = {
-    "sd1": {"clip_l": "last"},
-    "sd2": {"openclip_h": "last"},  # the 23-layer model's output after the final norm (open_clip "penultimate")
-    "sdxl": {"clip_l": "penultimate", "clip_g": "penultimate"},
-    "sdxl_refiner": {"clip_g": "penultimate"},
-    "sd3": {"clip_l": "penultimate", "clip_g": "penultimate", "t5": "last"},
-}
 
 
 @dataclass
@@ -65,10 +61,11 @@ class EncoderSpec:
         return int(self.config.get("max_position_embeddings", 77)) if self.arch == "clip" else 77
 
     def default_layer(self, family: str) -> str:
-        fam = family.split("_")[0] if family.startswith("flux") else family
-        if fam in PIPELINE_LAYER and self.kind in PIPELINE_LAYER[fam]:
-            return PIPELINE_LAYER[fam][self.kind]
-        return "last"
+        """The hidden state ``family``'s pipeline conditions on with this encoder (its record's text-encoder
+        slot); ``last`` for unknown families and encoders the pipeline does not have."""
+        fam = families.get(family)
+        slot = next((t for t in fam.text_encoders if t.kind == self.kind), None) if fam else None
+        return slot.layer if slot else "last"
 
     def to_dict(self) -> dict[str, Any]:
         return {"component": self.cid, "kind": self.kind, "class": self.cls_name, "layers": self.num_layers,
@@ -83,10 +80,9 @@ def _strip(key: str) -> str:
 
 
 def find_text_encoders(ck: Checkpoint) -> tuple[list[EncoderSpec], str]:
-    """The text encoders of an open checkpoint (headers only), and the detected family id."""
-    from sdlens.arch.detect import split_components
-
-    index, family = canonical_index(ck.tensors, getattr(ck, "configs", None))
+    """The text encoders of an open checkpoint (headers only), and the detected family id: the denoiser's,
+    else the first family (in record order) whose text encoders are exactly the file's."""
+    index, family = canonical_index(ck.tensors, ck.configs)
     groups: dict[str, dict[str, CanonRef]] = {}
     for name, ref in index.items():
         cid, _, key = name.partition("/")
@@ -94,17 +90,12 @@ def find_text_encoders(ck: Checkpoint) -> tuple[list[EncoderSpec], str]:
         if base in R.TEXT_ENCODER_KINDS or base == "text_encoder":
             groups.setdefault(cid, {})[_strip(key)] = ref
     if family == "unknown" and groups:
-        kinds = {c.split("@")[0] for c in groups}
-        if "clip_g" in kinds and "clip_l" in kinds:
-            family = "sd3" if "t5" in kinds else "sdxl"
-        elif kinds == {"clip_l"}:
-            family = "sd1"
-        elif kinds == {"openclip_h"}:
-            family = "sd2"
+        fits = family_from_text_encoders(sorted({c.split("@")[0] for c in groups}))
+        family = fits[0] if fits else "unknown"
     folder_cfg: dict[str, dict] = {}
-    configs = getattr(ck, "configs", None) or {}
+    configs = ck.configs
     if configs:
-        comps = split_components(ck.tensors).components
+        comps = identify(ck.tensors, configs, ck.metadata).split.components
         for cid in groups:
             comp = comps.get(cid)
             part = comp.prefix.rstrip(".") if comp is not None else ""

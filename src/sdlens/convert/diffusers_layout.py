@@ -45,7 +45,7 @@ def from_diffusers(ck: Checkpoint, folder: Path, sources: list[str]) -> tuple[di
 
 
 def _folder_configs(ck: Checkpoint, folder: Path) -> dict[str, Any]:
-    configs: dict[str, Any] = {k: v for k, v in getattr(ck, "configs", {}).items() if isinstance(v, dict)}
+    configs: dict[str, Any] = {k: v for k, v in ck.configs.items() if isinstance(v, dict)}
     if (folder / "scheduler" / "scheduler_config.json").is_file():
         from sdlens.io.folders import confined, read_json, root_of
 

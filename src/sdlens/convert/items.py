@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from sdlens.arch.detect import denoiser_features, match_family, split_components
+from sdlens.arch.identify import identify
 from sdlens.convert.layouts import Item
 from sdlens.io.base import Checkpoint, TensorInfo
 
@@ -17,16 +17,14 @@ def _infos(items: dict[str, Item]) -> dict[str, TensorInfo]:
 
 def assign_components(items: dict[str, Item]) -> tuple[str, dict[str, Any]]:
     """Set each item's component; return the family and the split's components (for prefixes)."""
-    split = split_components(_infos(items))
+    ident = identify(_infos(items))
+    split = ident.split
     for cid, comp in split.components.items():
         for k in comp.full_keys:
             items[k].component = cid.split("@")[0]
     for k in split.unknown:
         items[k].component = "other"
-    family = "unknown"
-    if "denoiser" in split.components:
-        family = match_family(denoiser_features(split)).family
-    return family, split.components
+    return ident.denoiser_family, split.components
 
 
 def drop_item(it: Item, note: str) -> Item:

@@ -198,6 +198,10 @@ MAX_VIEW_EXPANSION = 64 << 20
 class Checkpoint:
     """A lazily opened checkpoint. Use as a context manager, or call :meth:`close`.
 
+    Every reader fills ``tensors``, ``metadata`` (safetensors header strings), ``extras`` (a pickle's non-tensor
+    entries) and ``configs`` (a diffusers folder's ``config.json`` files by part); each is empty when the
+    format has none, so callers never need ``getattr``.
+
     ``read``, ``read_numpy`` and ``raw_bytes`` of every reader (subclasses included) are guarded: a strided
     view is checked against its storage before any allocation, and unexpected exceptions become one-line
     :class:`CheckpointError` naming the file.
@@ -217,6 +221,7 @@ class Checkpoint:
         self.tensors: dict[str, TensorInfo] = {}
         self.metadata: dict[str, str] = {}
         self.extras: dict[str, Any] = {}  # top-level non-tensor entries of a pickle (epoch, global_step, ...)
+        self.configs: dict[str, dict[str, Any]] = {}  # a diffusers folder's config.json files, by part (empty: none)
         self._maps: dict[str, mmap.mmap] = {}
         self._files: dict[str, Any] = {}
 

@@ -131,7 +131,7 @@ def _lora(kind: str, arch: str) -> tuple[Callable[[Path], None], Truth]:
     t = lora_truth(kind, arch=arch)
     networks = {"lora": "LoRA", "locon": "LoCon", "loha": "LoHa", "lokr": "LoKr", "dora": "DoRA"}
     truth = Truth(
-        {"flux": "flux"}.get(arch, arch),
+        {"flux": "flux_dev"}.get(arch, arch),
         "LoRA",
         (networks[t["network_type"]],),
         conventions=(t["key_format"],),
@@ -193,7 +193,7 @@ def zoo_table() -> list[tuple[str, str, Callable[[Path], None], Truth]]:
          Truth("sd1", full, precision="fp32", ema=True)),
         ("sdxl_unet_only", "sdxl_unet.safetensors", _st(lambda: _strip(_unet("sdxl", dtype=F16), "model.diffusion_model.")),
          Truth("sdxl", "denoiser only")),
-        ("vae_sd", "sd_vae.safetensors", _st(lambda: _strip(_unet("sd1", dtype=F16), "first_stage_model.")), Truth("vae4", "VAE")),
+        ("vae_sd", "sd_vae.safetensors", _st(lambda: _strip(_unet("sd1", dtype=F16), "first_stage_model.")), Truth("unknown", "VAE")),
         ("sdxl_text_encoders", "sdxl_text_encoders.safetensors",
          _st(lambda: {k: v for k, v in _unet("sdxl", dtype=F16).items() if k.startswith("conditioner.")}),
          Truth("sdxl", "text encoders")),
@@ -212,7 +212,7 @@ def zoo_table() -> list[tuple[str, str, Callable[[Path], None], Truth]]:
         ("hunyuandit", "hunyuan_dit.safetensors", _st(lambda: _dit("hunyuandit", dtype=F16)), Truth("hunyuandit", "denoiser only")),
         ("pixart_alpha", "pixart_alpha.safetensors", _st(lambda: _dit("pixart_alpha", dtype=F16)), Truth("pixart_alpha", "denoiser only")),
         ("pixart_sigma", "pixart_sigma.safetensors", _st(lambda: _dit("pixart_sigma", dtype=F16)), Truth("pixart_sigma", "denoiser only")),
-        ("vae16", "flux_ae.safetensors", _st(lambda: _strip(_dit_vae(), "first_stage_model.")), Truth("vae16", "VAE")),
+        ("vae16", "flux_ae.safetensors", _st(lambda: _strip(_dit_vae(), "first_stage_model.")), Truth("unknown", "VAE")),
         ("controlnet_sd1", "control_sd15_canny.safetensors", _st(lambda: _control("sd1", "original")), Truth("sd1", "ControlNet")),
         ("controlnet_sdxl", "controlnet_sdxl.safetensors", _st(lambda: _control("sdxl", "original")), Truth("sdxl", "ControlNet")),
         ("controlnet_sd1_diffusers", "controlnet_sd15_diffusers.safetensors", _st(lambda: _control("sd1", "diffusers")),

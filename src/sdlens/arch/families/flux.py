@@ -62,6 +62,9 @@ def derive(keys):
     return flux_config_from_keys(keys)
 
 
+# double/single-stream blocks, in original (kohya) and diffusers (PEFT) module names
+LORA_TARGETS = r"double_blocks|single_blocks|single_transformer_blocks"
+
 FAMILIES: tuple[Family, ...] = (
     Family(
         "flux_dev", "FLUX.1-dev",
@@ -73,7 +76,7 @@ FAMILIES: tuple[Family, ...] = (
         vae="vae16", latent_channels=16, blocks=BLOCKS,
         pipeline=Pipeline("FLUX.1-dev", ("flux", "flux-dev", "flux1", "flux.1", "flux1-dev"), 512, False, 28,
                           (1024, 1024), "FlowMatchEulerDiscreteScheduler", "flow", "FluxPipeline"),
-        single_file=SINGLE, diffusers_slots=SLOTS, lora_hints=("flux",),
+        single_file=SINGLE, diffusers_slots=SLOTS, lora_hints=("flux",), lora_targets=LORA_TARGETS,
         notebook=(57, 11.91, 11.91, 31557, 54.06),
     ),
     Family(
@@ -86,6 +89,6 @@ FAMILIES: tuple[Family, ...] = (
         vae="vae16", latent_channels=16, blocks=BLOCKS,
         pipeline=Pipeline("FLUX.1-schnell", ("schnell", "flux-schnell", "flux1-schnell"), 256, False, 4,
                           (1024, 1024), "FlowMatchEulerDiscreteScheduler", "flow", "FluxPipeline", measured=False),
-        single_file=SINGLE, diffusers_slots=SLOTS,
+        single_file=SINGLE, diffusers_slots=SLOTS, lora_targets=LORA_TARGETS,
     ),
 )

@@ -62,6 +62,9 @@ def _pipeline(name: str, aliases: tuple[str, ...], measured: bool = True) -> Pip
                     "StableDiffusion3Pipeline", measured)
 
 
+# MMDiT joint blocks: original (kohya) names, and diffusers' context-stream projections (PEFT)
+_LORA_TARGETS = r"joint_blocks|transformer_blocks[._]\d+[._]attn[._]add_q_proj"
+
 FAMILIES: tuple[Family, ...] = (
     Family(
         "sd3", "SD3 medium",
@@ -72,7 +75,7 @@ FAMILIES: tuple[Family, ...] = (
         text_encoders=_TES, vae="vae16", latent_channels=16,
         blocks=Blocks(_RULES, (*IN_OUT, ("J", 24), ("OUT", None)), mbw=24, original_keys=_ORIGINAL),
         pipeline=_pipeline("SD3 medium", ("sd3m", "sd3-medium", "sd-3")),
-        single_file=_SINGLE, diffusers_slots=_SLOTS, lora_hints=("sd3",),
+        single_file=_SINGLE, diffusers_slots=_SLOTS, lora_hints=("sd3",), lora_targets=_LORA_TARGETS,
         notebook=(24, 2.0, 2.0, 11127, 18.79),
     ),
     Family(
@@ -86,7 +89,7 @@ FAMILIES: tuple[Family, ...] = (
         text_encoders=_TES, vae="vae16", latent_channels=16,
         blocks=Blocks(_RULES, (*IN_OUT, ("J", 24), ("OUT", None)), original_keys=_ORIGINAL),
         pipeline=_pipeline("SD3.5 medium", ("sd3.5m", "sd3.5-medium", "sd35-medium"), measured=False),
-        single_file=_SINGLE, diffusers_slots=_SLOTS,
+        single_file=_SINGLE, diffusers_slots=_SLOTS, lora_targets=_LORA_TARGETS,
     ),
     Family(
         "sd35", "SD3.5 large",
@@ -99,7 +102,7 @@ FAMILIES: tuple[Family, ...] = (
         text_encoders=_TES, vae="vae16", latent_channels=16,
         blocks=Blocks(_RULES, (*IN_OUT, ("J", 38), ("OUT", None)), mbw=38, original_keys=_ORIGINAL),
         pipeline=_pipeline("SD3.5 large", ("sd3.5", "sd35l", "sd3.5-large", "sd35-large")),
-        single_file=_SINGLE, diffusers_slots=_SLOTS,
+        single_file=_SINGLE, diffusers_slots=_SLOTS, lora_targets=_LORA_TARGETS,
         notebook=(38, 8.0, 8.0, 17010, 32.35),
     ),
 )

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from sdlens.arch.record import Blocks, Denoiser, Family, Feature, Pipeline, TextEncoderSlot, Variant
+from sdlens.arch.record import (
+    Blocks,
+    Denoiser,
+    Family,
+    Feature,
+    Pipeline,
+    PredictionProbe,
+    TextEncoderSlot,
+    Variant,
+)
 
 FEATURES: tuple[Feature, ...] = (
     Feature("unet_ldm", "present", r"^input_blocks\.0\.0\.weight$"),
@@ -102,6 +111,8 @@ FAMILIES: tuple[Family, ...] = (
                      "vae": "first_stage_model."},
         diffusers_slots={"denoiser": "unet", "openclip_h": "text_encoder", "vae": "vae"},
         lora_hints=("sd_v2",),
+        prediction_probe=PredictionProbe(
+            {875000: "SD2 base"}, "model.diffusion_model.output_blocks.11.1.transformer_blocks.0.norm1.bias", 0.09),
         notebook=(25, 2.1, 0.865, 2837, 4.46),
     ),
     Family(
