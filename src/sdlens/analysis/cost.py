@@ -25,7 +25,7 @@ from sdlens.errors import SdlensError
 
 DTYPE_BYTES = {"fp16": 2, "bf16": 2, "fp32": 4}
 FLOP_PARTS = ("conv", "linear", "attn_qk", "attn_pv")
-ALL_MODELS = tuple(R.PIPELINES)
+ALL_MODELS = B.measured_models()
 
 TORCHINFO_NOTE = (
     "torchinfo's figure (2.0 B for SD1, 5.3 B for SDXL) is not the parameter count: diffusers "
@@ -385,7 +385,7 @@ def analyse(
 
     # components and parameters
     comps = [ComponentParams("denoiser", spec.name + " denoiser", B.count_params(den),
-                             C.DENOISER_PARAMS.get(spec.key) if spec.source == "released config" else spec.reference_params)]
+                             _released_params(spec) if spec.source == "released config" else spec.reference_params)]
     tes: list[ForwardCost] = []
     te_flops = 0
     for kind, n_tok in spec.text_encoders:
@@ -425,6 +425,11 @@ def analyse(
     report.memory = _memory(report, dtype)
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def _released_params(spec: B.ArchSpec) -> int | None:
+    fam = families.get(spec.key)
+    return fam.denoiser.params if fam is not None and fam.denoiser is not None else None
 
 
 def _post_quant(kind: str) -> int:

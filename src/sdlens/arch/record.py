@@ -61,6 +61,10 @@ class Denoiser:
     config_from_shapes: Callable[[Mapping[str, Any]], dict[str, Any]] | None = field(default=None, hash=False,
                                                                                       compare=False)
     keymap: str | None = None  # the key map (sdlens.arch.keymap) between its original and diffusers layouts
+    # which records a diffusers config.json of ``cls_name`` belongs to: the first record (in detection order)
+    # with a pipeline whose predicate holds (None: any config of the class) is the one measured
+    matches_config: Callable[[Mapping[str, Any]], bool] | None = field(default=None, hash=False, compare=False)
+    time_ids: int = 6  # text_time UNets: micro-conditioning values (SDXL: sizes and crop; refiner: 5 with aesthetics)
 
 
 @dataclass(frozen=True)
