@@ -276,16 +276,17 @@ def _module_blocks(spec: B.ArchSpec, model: torch.nn.Module, canon: dict[str, st
 
 
 def _original_prefixes(spec: B.ArchSpec, block: str, keys: list[str]) -> list[str]:
-    if spec.is_unet:
+    fam = families.get(spec.family)
+    if spec.is_unet:  # LDM keys under the single file's denoiser prefix
+        top = fam.single_file.get("denoiser", "") if fam else ""
         prefixes: list[str] = []
         for k in keys:
             parts = k.split(".")
             p = ".".join(parts[:2]) if parts[0] in ("input_blocks", "output_blocks") else parts[0]
-            p = f"model.diffusion_model.{p}."
+            p = f"{top}{p}."
             if p not in prefixes:
                 prefixes.append(p)
         return prefixes
-    fam = families.get(spec.family)
     style = fam.blocks.original_keys if fam else {}
     m = re.fullmatch(r"([A-Z]+)(\d*)", block)
     if m and m.group(1) in style:

@@ -1,7 +1,8 @@
 """The shape of one architecture record: everything sdlens knows about a model family, in one place.
 
-A record (``Family``) is pure data plus, at most, one function that derives a denoiser config from a file's
-shapes. The records themselves live in ``sdlens.arch.families`` (one module per architecture); every command
+A record (``Family``) is pure data plus small functions of its own: the denoiser config derived from a file's
+shapes (``Denoiser.config_from_shapes``), the test telling its diffusers config from its neighbours'
+(``Denoiser.matches_config``) and derived detection features. The records themselves live in ``sdlens.arch.families`` (one module per architecture); every command
 looks facts up there through ``sdlens.arch.families.get`` / ``all_families``. See docs/adding-a-family.md.
 """
 
