@@ -82,7 +82,12 @@ def test_released_config_json_finds_its_record(tmp_path, family):
     cfg = tmp_path / "config.json"
     cfg.write_text(json.dumps({"_class_name": fam.denoiser.cls_name, **fam.denoiser.config}))
     spec = spec_from_config_json(cfg)
-    assert spec.family == family
+    # a record whose released denoiser config equals an earlier one's (same class, same values) can't be told by
+    # its config.json alone: the earlier record takes it
+    twins = [f.id for f in PIPELINES if f.denoiser.cls_name == fam.denoiser.cls_name
+             and dict(f.denoiser.config) == dict(fam.denoiser.config)]
+    assert spec.family == twins[0]
+    fam = families.get(twins[0])
     assert spec.text_encoders == tuple((t.kind, t.tokens) for t in fam.text_encoders)
     assert (spec.steps, spec.text_tokens) == (fam.pipeline.steps, fam.pipeline.text_tokens)
 
