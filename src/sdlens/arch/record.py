@@ -79,8 +79,6 @@ class Blocks:
     last_out: int = 11
     mbw: int | None = None  # "MBW layers" as the community (and the original notebook) counts them
     original_keys: Mapping[str, str] = field(default_factory=dict, hash=False)  # block head -> original keys
-    labels: Mapping[str, str] = field(default_factory=dict, hash=False)  # block head -> what the blocks are (diagrams)
-    two_stream: tuple[str, ...] = ()  # block heads whose blocks carry an image and a text stream (MMDiT, FLUX double)
 
 
 @dataclass(frozen=True)

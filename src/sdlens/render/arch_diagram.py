@@ -14,7 +14,6 @@ from html import escape
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sdlens.arch import families
 from sdlens.errors import SdlensError
 
 if TYPE_CHECKING:  # the diagram needs only the report's fields, not torch (which cost imports)
@@ -145,8 +144,8 @@ def dit_svg(r: ArchReport) -> str:
     for b in r.blocks:
         m = re.fullmatch(r"([A-Z]+)(\d+)", b.name)
         groups.setdefault(m.group(1) if m else b.name, []).append(b)
-    fam = families.get(r.family)
-    labels = fam.blocks.labels if fam else {}
+    labels = {"D": "double-stream blocks (image | text, joint attention)", "J": "joint blocks (image | text, joint attention)",
+              "S": "single-stream blocks (image + text concatenated)", "B": "DiT blocks (self-attn, cross-attn to text)"}
     per_row, cw, ch, gap = 10, 62, 40, 6
     width = _MARGIN + per_row * (cw + gap) - gap + _MARGIN
     inner = width - 2 * _MARGIN
@@ -162,7 +161,7 @@ def dit_svg(r: ArchReport) -> str:
         body.append(_text(_MARGIN, y + 12, _fit(f"{labels.get(head, head)}: {len(items)} × {_m(items[0].params)}", inner,
                                                 12, True), 12, bold=True))
         y += 20
-        two = head in (fam.blocks.two_stream if fam else ())
+        two = head in ("D", "J")
         pitch = ch + gap + (12 if two else 0)  # two-stream blocks carry their name above the box
         y += 12 if two else 0
         for i, b in enumerate(items):

@@ -11,7 +11,3 @@ COMMON_FEATURES: tuple[Feature, ...] = (
     Feature("img_in", "dim", r"^(img_in|x_embedder)\.weight$", 1, "img_in input width"),
 )
 IN_OUT = (("BASE", None), ("IN", None))
-# how diagrams name the numbered blocks of a transformer, per block head
-DOUBLE_SINGLE = {"D": "double-stream blocks (image | text, joint attention)",
-                 "S": "single-stream blocks (image + text concatenated)"}
-DIT_BLOCKS = {"B": "DiT blocks (self-attn, cross-attn to text)"}

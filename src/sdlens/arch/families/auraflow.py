@@ -6,7 +6,7 @@ import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from sdlens.arch.families._common import COMMON_FEATURES, DOUBLE_SINGLE, IN_OUT
+from sdlens.arch.families._common import COMMON_FEATURES, IN_OUT
 from sdlens.arch.record import Blocks, Denoiser, Family, Feature, Pipeline, TextEncoderSlot
 from sdlens.arch.shapes import count, first, head_dim
 
@@ -70,8 +70,7 @@ FAMILIES: tuple[Family, ...] = (
         denoiser=Denoiser("AuraFlowTransformer2DModel", RELEASED, 6_842_876_928,
                           "diffusers num_parameters() of the released transformer", "DiT", _derive, "auraflow"),
         text_encoders=(TextEncoderSlot("pile_t5_xl", 256, "last"),),
-        blocks=Blocks(_RULES, (*IN_OUT, ("D", 4), ("S", 32), ("OUT", None)), mbw=36, original_keys=_ORIGINAL,
-                      labels=DOUBLE_SINGLE, two_stream=("D",)),
+        blocks=Blocks(_RULES, (*IN_OUT, ("D", 4), ("S", 32), ("OUT", None)), mbw=36, original_keys=_ORIGINAL),
         pipeline=Pipeline("AuraFlow v0.2", ("aura", "aura-flow"), 256, True, 50, (1024, 1024),
                           "FlowMatchEulerDiscreteScheduler", "flow", "AuraFlowPipeline"),
         diffusers_slots={"denoiser": "transformer", "pile_t5_xl": "text_encoder", "vae": "vae"},

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from sdlens.arch.families._common import COMMON_FEATURES, DOUBLE_SINGLE, IN_OUT
+from sdlens.arch.families._common import COMMON_FEATURES, IN_OUT
 from sdlens.arch.record import Blocks, Denoiser, Family, Feature, Pipeline, TextEncoderSlot, Variant
 from sdlens.arch.shapes import count, first, head_dim
 
@@ -37,8 +37,7 @@ RULES: tuple[tuple[str, str], ...] = (
 )
 ORIGINAL = {"D": "double_blocks.{n}.", "S": "single_blocks.{n}.",
             "IN": "img_in, txt_in, time_in, vector_in, guidance_in", "OUT": "final_layer"}
-BLOCKS = Blocks(RULES, (*IN_OUT, ("D", 19), ("S", 38), ("OUT", None)), mbw=57, original_keys=ORIGINAL,
-                labels=DOUBLE_SINGLE, two_stream=("D",))
+BLOCKS = Blocks(RULES, (*IN_OUT, ("D", 19), ("S", 38), ("OUT", None)), mbw=57, original_keys=ORIGINAL)
 DEV: dict[str, Any] = {
     "patch_size": 1,
     "in_channels": 64,

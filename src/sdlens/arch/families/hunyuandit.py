@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from sdlens.arch.families._common import DIT_BLOCKS, IN_OUT
+from sdlens.arch.families._common import IN_OUT
 from sdlens.arch.record import Blocks, Denoiser, Family, Feature, Pipeline, TextEncoderSlot
 from sdlens.arch.shapes import count, first
 
@@ -71,8 +71,7 @@ FAMILIES: tuple[Family, ...] = (
         denoiser=Denoiser("HunyuanDiT2DModel", RELEASED, 1_516_534_048,
                           "diffusers num_parameters() of the released transformer", "DiT", _derive, "hunyuandit"),
         text_encoders=(TextEncoderSlot("hunyuan_bert", 77, "last"), TextEncoderSlot("mt5_xl", 256, "last")),
-        blocks=Blocks(DIT_RULES, (*IN_OUT, ("B", 40), ("OUT", None)), mbw=40, original_keys=_ORIGINAL,
-                      labels=DIT_BLOCKS),
+        blocks=Blocks(DIT_RULES, (*IN_OUT, ("B", 40), ("OUT", None)), mbw=40, original_keys=_ORIGINAL),
         pipeline=Pipeline("HunyuanDiT", ("hunyuan", "hunyuan-dit", "hydit"), 256, True, 50, (1024, 1024),
                           "DDPMScheduler", "v_prediction", "HunyuanDiTPipeline"),
         diffusers_slots={"denoiser": "transformer", "hunyuan_bert": "text_encoder", "mt5_xl": "text_encoder_2",

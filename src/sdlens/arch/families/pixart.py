@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sdlens.arch.families._common import DIT_BLOCKS, IN_OUT
+from sdlens.arch.families._common import IN_OUT
 from sdlens.arch.families.hunyuandit import DIT_RULES
 from sdlens.arch.record import Blocks, Denoiser, Family, Feature, TextEncoderSlot
 
@@ -31,7 +31,7 @@ _BASE: dict[str, Any] = {
     "norm_eps": 1e-6,
     "caption_channels": 4096,
 }
-_BLOCKS = Blocks(DIT_RULES, (*IN_OUT, ("B", 28), ("OUT", None)), labels=DIT_BLOCKS)
+_BLOCKS = Blocks(DIT_RULES, (*IN_OUT, ("B", 28), ("OUT", None)))
 _TES = (TextEncoderSlot("t5", 120, "last"),)
 _SLOTS = {"denoiser": "transformer", "t5": "text_encoder", "vae": "vae"}
 

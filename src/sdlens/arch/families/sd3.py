@@ -36,7 +36,6 @@ _RULES: tuple[tuple[str, str], ...] = (
 )
 _ORIGINAL = {"J": "joint_blocks.{n}.", "IN": "x_embedder, t_embedder, y_embedder, context_embedder, pos_embed",
              "OUT": "final_layer"}
-_LABELS = {"J": "joint blocks (image | text, joint attention)"}
 _MEDIUM: dict[str, Any] = {
     "sample_size": 128,
     "patch_size": 2,
@@ -95,11 +94,6 @@ def _large(cfg: Mapping[str, Any]) -> bool:
     return cfg.get("num_layers", 18) >= 38  # SD3Transformer2DModel's default depth is 18
 
 
-def _blocks(joint: int, mbw: int | None = None) -> Blocks:
-    return Blocks(_RULES, (*IN_OUT, ("J", joint), ("OUT", None)), mbw=mbw, original_keys=_ORIGINAL, labels=_LABELS,
-                  two_stream=("J",))
-
-
 def _pipeline(name: str, aliases: tuple[str, ...], measured: bool = True) -> Pipeline:
     return Pipeline(name, aliases, 333, True, 28, (1024, 1024), "FlowMatchEulerDiscreteScheduler", "flow",
                     "StableDiffusion3Pipeline", measured)
@@ -114,7 +108,7 @@ FAMILIES: tuple[Family, ...] = (
         denoiser=Denoiser("SD3Transformer2DModel", _MEDIUM, 2_028_328_000, _SRC, "MMDiT", _derive, "mmdit",
                           lambda c: not _large(c) and not c.get("dual_attention_layers")),
         text_encoders=_TES, vae="vae16", latent_channels=16,
-        blocks=_blocks(24, mbw=24),
+        blocks=Blocks(_RULES, (*IN_OUT, ("J", 24), ("OUT", None)), mbw=24, original_keys=_ORIGINAL),
         pipeline=_pipeline("SD3 medium", ("sd3m", "sd3-medium", "sd-3")),
         single_file=_SINGLE, diffusers_slots=_SLOTS, lora_hints=("sd3",),
         notebook=(24, 2.0, 2.0, 11127, 18.79),
@@ -128,7 +122,7 @@ FAMILIES: tuple[Family, ...] = (
                            "dual_attention_layers": tuple(range(13))},
                           None, "", "MMDiT-X", _derive, "mmdit", lambda c: not _large(c)),
         text_encoders=_TES, vae="vae16", latent_channels=16,
-        blocks=_blocks(24),
+        blocks=Blocks(_RULES, (*IN_OUT, ("J", 24), ("OUT", None)), original_keys=_ORIGINAL),
         pipeline=_pipeline("SD3.5 medium", ("sd3.5m", "sd3.5-medium", "sd35-medium"), measured=False),
         single_file=_SINGLE, diffusers_slots=_SLOTS,
     ),
@@ -141,7 +135,7 @@ FAMILIES: tuple[Family, ...] = (
                            "qk_norm": "rms_norm"},
                           8_056_627_520, _SRC, "MMDiT", _derive, "mmdit"),
         text_encoders=_TES, vae="vae16", latent_channels=16,
-        blocks=_blocks(38, mbw=38),
+        blocks=Blocks(_RULES, (*IN_OUT, ("J", 38), ("OUT", None)), mbw=38, original_keys=_ORIGINAL),
         pipeline=_pipeline("SD3.5 large", ("sd3.5", "sd35l", "sd3.5-large", "sd35-large")),
         single_file=_SINGLE, diffusers_slots=_SLOTS,
         notebook=(38, 8.0, 8.0, 17010, 32.35),
