@@ -27,7 +27,7 @@ from sdlens.errors import SdlensError
 
 DTYPE_BYTES = {"fp16": 2, "bf16": 2, "fp32": 4}
 FLOP_PARTS = ("conv", "linear", "attn_qk", "attn_pv")
-ALL_MODELS = tuple(R.PIPELINES)
+ALL_MODELS = B.measured_models()
 
 TORCHINFO_NOTE = (
     "torchinfo's figure (2.0 B for SD1, 5.3 B for SDXL) is not the parameter count: diffusers "
@@ -276,16 +276,17 @@ def _module_blocks(spec: B.ArchSpec, model: torch.nn.Module, canon: dict[str, st
 
 
 def _original_prefixes(spec: B.ArchSpec, block: str, keys: list[str]) -> list[str]:
-    if spec.is_unet:
+    fam = families.get(spec.family)
+    if spec.is_unet:  # LDM keys under the single file's denoiser prefix
+        top = fam.single_file.get("denoiser", "") if fam else ""
         prefixes: list[str] = []
         for k in keys:
             parts = k.split(".")
             p = ".".join(parts[:2]) if parts[0] in ("input_blocks", "output_blocks") else parts[0]
-            p = f"model.diffusion_model.{p}."
+            p = f"{top}{p}."
             if p not in prefixes:
                 prefixes.append(p)
         return prefixes
-    fam = families.get(spec.family)
     style = fam.blocks.original_keys if fam else {}
     m = re.fullmatch(r"([A-Z]+)(\d*)", block)
     if m and m.group(1) in style:
@@ -386,7 +387,7 @@ def analyse(
 
     # components and parameters
     comps = [ComponentParams("denoiser", spec.name + " denoiser", B.count_params(den),
-                             C.DENOISER_PARAMS.get(spec.key) if spec.source == "released config" else spec.reference_params)]
+                             _released_params(spec) if spec.source == "released config" else spec.reference_params)]
     tes: list[ForwardCost] = []
     te_flops = 0
     for kind, n_tok in spec.text_encoders:
@@ -426,6 +427,11 @@ def analyse(
     report.memory = _memory(report, dtype)
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def _released_params(spec: B.ArchSpec) -> int | None:
+    fam = families.get(spec.key)
+    return fam.denoiser.params if fam is not None and fam.denoiser is not None else None
 
 
 def _post_quant(kind: str) -> int:

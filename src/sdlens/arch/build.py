@@ -19,7 +19,6 @@ import torch
 
 from sdlens.arch import configs as C
 from sdlens.arch import families
-from sdlens.arch import registry as R
 from sdlens.errors import SdlensError
 
 META = torch.device("meta")
@@ -30,9 +29,9 @@ DTYPES: dict[str, torch.dtype] = {"fp16": torch.float16, "bf16": torch.bfloat16,
 class ArchSpec:
     """One denoiser to measure: its class and config, and what the pipeline around it uses."""
 
-    key: str  # a PIPELINES key, or "custom"
+    key: str  # the record id (sdlens.arch.families) whose pipeline goes with the denoiser
     name: str
-    family: str  # registry family id (merge-block rules, layout)
+    family: str  # record id (merge-block rules, layout)
     cls_name: str
     config: dict[str, Any] = field(hash=False)
     text_encoders: tuple[tuple[str, int], ...] = ()  # (TEXT_ENCODERS kind, tokens per prompt)
@@ -56,11 +55,17 @@ def resolve_alias(name: str) -> str | None:
     return fam.id if fam is not None and fam.pipeline is not None else None
 
 
+def measured_models() -> tuple[str, ...]:
+    """The ids of the released pipelines ``sdlens arch`` lists by default (``pipeline.measured``), in record order."""
+    return tuple(f.id for f in families.all_families() if f.pipeline is not None and f.pipeline.measured)
+
+
 def released_spec(key: str, *, tokens: int | None = None) -> ArchSpec:
     """The spec of a released model (``sd1`` … ``flux_dev``, aliases accepted)."""
     fam = families.get(resolve_alias(key))
     if fam is None or fam.pipeline is None or fam.denoiser is None:
-        raise SdlensError(None, f"unknown model {key!r}: use one of {', '.join(R.PIPELINES)}, a config.json or a checkpoint")
+        raise SdlensError(None, f"unknown model {key!r}: use one of {', '.join(measured_models())}, a config.json or "
+                                "a checkpoint")
     p = fam.pipeline
     spec = ArchSpec(fam.id, p.name, fam.id, fam.denoiser.cls_name, dict(fam.denoiser.config),
                     tuple((t.kind, t.tokens) for t in fam.text_encoders), fam.vae, p.text_tokens, p.cfg,
@@ -226,7 +231,8 @@ def denoiser_inputs(spec: ArchSpec, model: torch.nn.Module, batch: int, width: i
             "encoder_hidden_states": t(B, L, cfg.cross_attention_dim),
         }
         if cfg.addition_embed_type == "text_time":
-            n_time = 5 if spec.family == "sdxl_refiner" else 6  # refiner: aesthetic score instead of target size
+            fam = families.get(spec.family)  # SDXL: sizes and crop (6 values); the refiner: 5, with aesthetics
+            n_time = fam.denoiser.time_ids if fam is not None and fam.denoiser is not None else 6
             pooled = cfg.projection_class_embeddings_input_dim - n_time * cfg.addition_time_embed_dim
             kw["added_cond_kwargs"] = {"text_embeds": t(B, pooled), "time_ids": t(B, n_time)}
         return kw

@@ -1,7 +1,8 @@
 """The shape of one architecture record: everything sdlens knows about a model family, in one place.
 
-A record (``Family``) is pure data plus, at most, one function that derives a denoiser config from a file's
-shapes. The records themselves live in ``sdlens.arch.families`` (one module per architecture); every command
+A record (``Family``) is pure data plus small functions of its own: the denoiser config derived from a file's
+shapes (``Denoiser.config_from_shapes``), the test telling its diffusers config from its neighbours'
+(``Denoiser.matches_config``) and derived detection features. The records themselves live in ``sdlens.arch.families`` (one module per architecture); every command
 looks facts up there through ``sdlens.arch.families.get`` / ``all_families``. See docs/adding-a-family.md.
 """
 
@@ -63,6 +64,10 @@ class Denoiser:
     config_from_shapes: Callable[[Mapping[str, Any]], dict[str, Any]] | None = field(default=None, hash=False,
                                                                                       compare=False)
     keymap: str | None = None  # the key map (sdlens.arch.keymap) between its original and diffusers layouts
+    # which records a diffusers config.json of ``cls_name`` belongs to: the first record (in detection order)
+    # with a pipeline whose predicate holds (None: any config of the class) is the one measured
+    matches_config: Callable[[Mapping[str, Any]], bool] | None = field(default=None, hash=False, compare=False)
+    time_ids: int = 6  # text_time UNets: micro-conditioning values (SDXL: sizes and crop; refiner: 5 with aesthetics)
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,8 @@ def section(zoo_dir: Path, out_dir: Path, console: Console) -> None:
     render_compare(reports, console)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "arch-compare.json").write_text(dumps(reports))
-    svg = write_block_diagram(reports[2], out_dir / "arch-sdxl.svg")
-    flux = write_block_diagram(reports[-1], out_dir / "arch-flux.svg")
+    by_id = {r.model: r for r in reports}
+    svg = write_block_diagram(by_id["sdxl"], out_dir / "arch-sdxl.svg")
+    flux = write_block_diagram(by_id["flux_dev"], out_dir / "arch-flux.svg")
     console.print(f"\n[bold]written:[/] {out_dir / 'arch-compare.json'}, {svg}, {flux} "
                   f"({time.perf_counter() - t0:.1f} s, no weights)")

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from sdlens.arch.families._common import COMMON_FEATURES, IN_OUT
 from sdlens.arch.record import Blocks, Denoiser, Family, Feature, Pipeline, TextEncoderSlot, Variant
+from sdlens.arch.shapes import count, first, head_dim
+
+if TYPE_CHECKING:
+    from sdlens.io.base import TensorInfo
 
 FEATURES: tuple[Feature, ...] = (
     *COMMON_FEATURES,
@@ -56,10 +61,28 @@ SLOTS = {"denoiser": "transformer", "clip_l": "text_encoder", "t5": "text_encode
 _SRC = "diffusers num_parameters() of the released transformer"
 
 
-def derive(keys):
-    from sdlens.arch.from_checkpoint import flux_config_from_keys
-
-    return flux_config_from_keys(keys)
+def derive(keys: Mapping[str, TensorInfo]) -> dict[str, Any]:
+    """FluxTransformer2DModel kwargs from BFL's (``double_blocks``) or diffusers' keys."""
+    img_in = first(keys, "img_in.weight", "x_embedder.weight")
+    txt_in = first(keys, "txt_in.weight", "context_embedder.weight")
+    vec = first(keys, "vector_in.in_layer.weight", "time_text_embed.text_embedder.linear_1.weight")
+    hidden = img_in.shape[0]
+    norm = keys.get("double_blocks.0.img_attn.norm.query_norm.scale") or keys.get("transformer_blocks.0.attn.norm_q.weight")
+    head = norm.shape[0] if norm is not None else head_dim(hidden, DEV["attention_head_dim"])
+    a = head * 7 // 16 // 2 * 2
+    return {
+        **DEV,
+        "in_channels": img_in.shape[1],
+        "out_channels": first(keys, "final_layer.linear.weight", "proj_out.weight").shape[0],
+        "num_layers": count(keys, r"^(?:double_blocks|transformer_blocks)\.(\d+)\."),
+        "num_single_layers": count(keys, r"^(?:single_blocks|single_transformer_blocks)\.(\d+)\."),
+        "num_attention_heads": hidden // head,
+        "attention_head_dim": head,
+        "axes_dims_rope": [head - 2 * a, a, a],
+        "joint_attention_dim": txt_in.shape[1],
+        "pooled_projection_dim": vec.shape[1],
+        "guidance_embeds": any(k.startswith(("guidance_in.", "time_text_embed.guidance_embedder.")) for k in keys),
+    }
 
 
 # double/single-stream blocks, in original (kohya) and diffusers (PEFT) module names
@@ -71,7 +94,8 @@ FAMILIES: tuple[Family, ...] = (
         {"flux_blocks": (19, 38), "guidance_in": True, "chroma_approximator": False},
         {"hidden": 3072, "img_in": 64},
         features=FEATURES, derived=DERIVED, feature_text=_TEXT, variants=VARIANTS,
-        denoiser=Denoiser("FluxTransformer2DModel", DEV, 11_901_408_320, _SRC, "DiT", derive, "flux"),
+        denoiser=Denoiser("FluxTransformer2DModel", DEV, 11_901_408_320, _SRC, "DiT", derive, "flux",
+                          lambda c: bool(c.get("guidance_embeds", False))),
         text_encoders=(TextEncoderSlot("clip_l", 77, "last"), TextEncoderSlot("t5", 512, "last")),
         vae="vae16", latent_channels=16, blocks=BLOCKS,
         pipeline=Pipeline("FLUX.1-dev", ("flux", "flux-dev", "flux1", "flux.1", "flux1-dev"), 512, False, 28,

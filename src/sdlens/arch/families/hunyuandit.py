@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
 from sdlens.arch.families._common import IN_OUT
 from sdlens.arch.record import Blocks, Denoiser, Family, Feature, Pipeline, TextEncoderSlot
+from sdlens.arch.shapes import count, first
+
+if TYPE_CHECKING:
+    from sdlens.io.base import TensorInfo
 
 FEATURES: tuple[Feature, ...] = (
     Feature("hunyuan", "present", r"^(mlp_t5\.0\.weight|text_embedder\.linear_1\.weight)$", 0,
@@ -19,10 +26,40 @@ _ORIGINAL = {"B": "blocks.{n}.", "IN": "x_embedder, t_embedder, text_embedding_p
              "OUT": "final_layer"}
 
 
-def _derive(keys):
-    from sdlens.arch.from_checkpoint import hunyuandit_config_from_keys
+RELEASED: dict[str, Any] = {
+    "num_attention_heads": 16, "attention_head_dim": 88, "in_channels": 4, "patch_size": 2,
+    "activation_fn": "gelu-approximate", "sample_size": 128, "hidden_size": 1408, "num_layers": 40,
+    "mlp_ratio": 4.3637, "learn_sigma": True, "cross_attention_dim": 1024, "norm_type": "layer_norm",
+    "cross_attention_dim_t5": 2048, "pooled_projection_dim": 1024, "text_len": 77, "text_len_t5": 256,
+    "use_style_cond_and_image_meta_size": True,
+}
 
-    return hunyuandit_config_from_keys(keys)
+
+def _derive(keys: Mapping[str, TensorInfo]) -> dict[str, Any]:
+    """HunyuanDiT2DModel kwargs from the original repository's keys (``blocks.N.attn1.Wqkv`` ...) or diffusers'."""
+    x = first(keys, "x_embedder.proj.weight", "pos_embed.proj.weight")
+    hidden, p = x.shape[0], x.shape[2]
+    head = first(keys, "blocks.0.attn1.q_norm.weight", "blocks.0.attn1.norm_q.weight").shape[0]
+    pool = first(keys, "pooler.positional_embedding", "time_extra_emb.pooler.positional_embedding")
+    t5_len = pool.shape[0] - 1
+    return {
+        **RELEASED,
+        "hidden_size": hidden,
+        "in_channels": x.shape[1],
+        "patch_size": p,
+        "num_layers": count(keys, r"^blocks\.(\d+)\."),
+        "num_attention_heads": hidden // head,
+        "attention_head_dim": head,
+        "mlp_ratio": first(keys, "blocks.0.mlp.fc1.weight", "blocks.0.ff.net.0.proj.weight").shape[0] / hidden,
+        "learn_sigma": first(keys, "final_layer.linear.weight", "proj_out.weight").shape[0] == 2 * x.shape[1] * p * p,
+        "cross_attention_dim": first(keys, "blocks.0.attn2.kv_proj.weight", "blocks.0.attn2.to_k.weight").shape[1],
+        "cross_attention_dim_t5": pool.shape[1],
+        "pooled_projection_dim": first(keys, "pooler.c_proj.weight", "time_extra_emb.pooler.c_proj.weight").shape[0],
+        "text_len_t5": t5_len,
+        "text_len": first(keys, "text_embedding_padding").shape[0] - t5_len,
+        "use_style_cond_and_image_meta_size": "style_embedder.weight" in keys
+        or "time_extra_emb.style_embedder.weight" in keys,
+    }
 
 
 FAMILIES: tuple[Family, ...] = (
@@ -31,14 +68,8 @@ FAMILIES: tuple[Family, ...] = (
         {"hunyuan": True},
         {"hunyuan_blocks": 40},
         features=FEATURES,
-        denoiser=Denoiser(
-            "HunyuanDiT2DModel",
-            {"num_attention_heads": 16, "attention_head_dim": 88, "in_channels": 4, "patch_size": 2,
-             "activation_fn": "gelu-approximate", "sample_size": 128, "hidden_size": 1408, "num_layers": 40,
-             "mlp_ratio": 4.3637, "learn_sigma": True, "cross_attention_dim": 1024, "norm_type": "layer_norm",
-             "cross_attention_dim_t5": 2048, "pooled_projection_dim": 1024, "text_len": 77, "text_len_t5": 256,
-             "use_style_cond_and_image_meta_size": True},
-            1_516_534_048, "diffusers num_parameters() of the released transformer", "DiT", _derive, "hunyuandit"),
+        denoiser=Denoiser("HunyuanDiT2DModel", RELEASED, 1_516_534_048,
+                          "diffusers num_parameters() of the released transformer", "DiT", _derive, "hunyuandit"),
         text_encoders=(TextEncoderSlot("hunyuan_bert", 77, "last"), TextEncoderSlot("mt5_xl", 256, "last")),
         blocks=Blocks(DIT_RULES, (*IN_OUT, ("B", 40), ("OUT", None)), mbw=40, original_keys=_ORIGINAL),
         pipeline=Pipeline("HunyuanDiT", ("hunyuan", "hunyuan-dit", "hydit"), 256, True, 50, (1024, 1024),

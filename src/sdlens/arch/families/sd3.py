@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
+import math
+import re
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from sdlens.arch.families._common import COMMON_FEATURES, IN_OUT
 from sdlens.arch.record import Blocks, Denoiser, Family, Feature, Pipeline, TextEncoderSlot
+from sdlens.arch.shapes import count, first, head_dim, indices
+
+if TYPE_CHECKING:
+    from sdlens.io.base import TensorInfo
 
 FEATURES: tuple[Feature, ...] = (
     *COMMON_FEATURES,
@@ -51,10 +58,40 @@ _SLOTS = {"denoiser": "transformer", "clip_l": "text_encoder", "clip_g": "text_e
 _SRC = "diffusers num_parameters() of the released transformer"
 
 
-def _derive(keys):
-    from sdlens.arch.from_checkpoint import sd3_config_from_keys
+def _derive(keys: Mapping[str, TensorInfo]) -> dict[str, Any]:
+    """SD3Transformer2DModel kwargs from the original (``joint_blocks``) or diffusers keys."""
+    x = first(keys, "x_embedder.proj.weight", "pos_embed.proj.weight")
+    ctx = first(keys, "context_embedder.weight")
+    pooled = first(keys, "y_embedder.mlp.0.weight", "time_text_embed.text_embedder.linear_1.weight")
+    pos = keys.get("pos_embed") or keys.get("pos_embed.pos_embed")
+    hidden = x.shape[0]
+    norm = next((keys[k] for k in sorted(keys) if re.search(r"\.(ln_q|norm_q)\.weight$", k)), None)
+    head = norm.shape[0] if norm is not None else head_dim(hidden, 64)
+    cfg = {
+        **_MEDIUM,
+        "in_channels": x.shape[1],
+        "out_channels": x.shape[1],
+        "patch_size": x.shape[2],
+        "num_layers": count(keys, r"^(?:joint_blocks|transformer_blocks)\.(\d+)\."),
+        "num_attention_heads": hidden // head,
+        "attention_head_dim": head,
+        "caption_projection_dim": hidden,
+        "joint_attention_dim": ctx.shape[1],
+        "pooled_projection_dim": pooled.shape[1],
+    }
+    if pos is not None:
+        cfg["pos_embed_max_size"] = math.isqrt(pos.shape[1])
+    if any(re.search(r"\.(ln_q|norm_q)\.", k) for k in keys):
+        cfg["qk_norm"] = "rms_norm"
+    dual = indices(keys, r"^joint_blocks\.(\d+)\.x_block\.attn2\.") or indices(
+        keys, r"^transformer_blocks\.(\d+)\.attn2\.")
+    if dual:
+        cfg["dual_attention_layers"] = tuple(dual)
+    return cfg
 
-    return sd3_config_from_keys(keys)
+
+def _large(cfg: Mapping[str, Any]) -> bool:
+    return cfg.get("num_layers", 18) >= 38  # SD3Transformer2DModel's default depth is 18
 
 
 def _pipeline(name: str, aliases: tuple[str, ...], measured: bool = True) -> Pipeline:
@@ -71,7 +108,8 @@ FAMILIES: tuple[Family, ...] = (
         {"mmdit_blocks": 24, "dual_attention": False},
         {"pos_embed_len": 36864, "hidden": 1536},
         features=FEATURES, derived=DERIVED, feature_text=_TEXT,
-        denoiser=Denoiser("SD3Transformer2DModel", _MEDIUM, 2_028_328_000, _SRC, "MMDiT", _derive, "mmdit"),
+        denoiser=Denoiser("SD3Transformer2DModel", _MEDIUM, 2_028_328_000, _SRC, "MMDiT", _derive, "mmdit",
+                          lambda c: not _large(c) and not c.get("dual_attention_layers")),
         text_encoders=_TES, vae="vae16", latent_channels=16,
         blocks=Blocks(_RULES, (*IN_OUT, ("J", 24), ("OUT", None)), mbw=24, original_keys=_ORIGINAL),
         pipeline=_pipeline("SD3 medium", ("sd3m", "sd3-medium", "sd-3")),
@@ -85,7 +123,7 @@ FAMILIES: tuple[Family, ...] = (
         denoiser=Denoiser("SD3Transformer2DModel",
                           {**_MEDIUM, "pos_embed_max_size": 384, "qk_norm": "rms_norm",
                            "dual_attention_layers": tuple(range(13))},
-                          None, "", "MMDiT-X", _derive, "mmdit"),
+                          None, "", "MMDiT-X", _derive, "mmdit", lambda c: not _large(c)),
         text_encoders=_TES, vae="vae16", latent_channels=16,
         blocks=Blocks(_RULES, (*IN_OUT, ("J", 24), ("OUT", None)), original_keys=_ORIGINAL),
         pipeline=_pipeline("SD3.5 medium", ("sd3.5m", "sd3.5-medium", "sd35-medium"), measured=False),

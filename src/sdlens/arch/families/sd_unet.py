@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+import math
+import re
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from sdlens.arch.record import (
     Blocks,
@@ -14,6 +17,10 @@ from sdlens.arch.record import (
     TextEncoderSlot,
     Variant,
 )
+from sdlens.arch.shapes import count, indices
+
+if TYPE_CHECKING:
+    from sdlens.io.base import TensorInfo
 
 FEATURES: tuple[Feature, ...] = (
     Feature("unet_ldm", "present", r"^input_blocks\.0\.0\.weight$"),
@@ -65,13 +72,132 @@ def _unet(**kw: Any) -> dict[str, Any]:
     return {"unet": True, **kw}
 
 
-def _config_from_shapes(family: str):
-    def derive(keys):
-        from sdlens.arch.from_checkpoint import unet_config_from_keys
+# --------------------------------------------------------------------------- config from shapes
 
-        return unet_config_from_keys(keys, family)
+
+def _shapes(*, sample_size: int, heads: int | None = None, head_width: int | None = None, upcast: bool = False) -> Callable[[Mapping[str, TensorInfo]], dict[str, Any]]:
+    """The record's ``config_from_shapes``: what shapes cannot tell comes from here — the latent sample size,
+    attention heads (a fixed count, SD1's 8, or a fixed width, SD2 / SDXL's 64) and SD2's upcast attention."""
+
+    def derive(keys: Mapping[str, TensorInfo]) -> dict[str, Any]:
+        return unet_config_from_keys(keys, sample_size=sample_size, heads=heads, head_width=head_width, upcast=upcast)
 
     return derive
+
+
+def unet_config_from_keys(keys: Mapping[str, TensorInfo], *, sample_size: int, heads: int | None = None,
+                          head_width: int | None = None, upcast: bool = False) -> dict[str, Any]:
+    """UNet2DConditionModel kwargs from LDM (``input_blocks``) or diffusers (``down_blocks``) keys."""
+    if "input_blocks.0.0.weight" in keys:
+        conv_in, out_w = keys["input_blocks.0.0.weight"], keys["out.2.weight"]
+        down, up = _ldm_levels(keys)
+        mid = count(keys, r"^middle_block\.1\.transformer_blocks\.(\d+)\.") if any(
+            k.startswith("middle_block.") for k in keys) else None
+        label = keys.get("label_emb.0.0.weight")
+    else:
+        conv_in, out_w = keys["conv_in.weight"], keys["conv_out.weight"]
+        down, up = _diffusers_levels(keys)
+        mid = count(keys, r"^mid_block\.attentions\.0\.transformer_blocks\.(\d+)\.") if any(
+            k.startswith("mid_block.") for k in keys) else None
+        label = keys.get("add_embedding.linear_1.weight")
+    proj = next((keys[k] for k in sorted(keys) if k.endswith(".proj_in.weight")), None)
+    ctx = next((keys[k].shape[1] for k in sorted(keys) if k.endswith("attn2.to_k.weight")), 768)
+    channels = [c for c, _ in down]
+    cfg: dict[str, Any] = {
+        "sample_size": sample_size,
+        "in_channels": conv_in.shape[1],
+        "out_channels": out_w.shape[0],
+        "block_out_channels": channels,
+        "cross_attention_dim": ctx,
+        "down_block_types": ["CrossAttnDownBlock2D" if any(d) else "DownBlock2D" for _, d in down],
+        "up_block_types": ["CrossAttnUpBlock2D" if any(d) else "UpBlock2D" for d in up],
+        "layers_per_block": [len(d) for _, d in down],
+        "use_linear_projection": bool(proj is not None and len(proj.shape) == 2),
+        "norm_num_groups": math.gcd(32, *channels),
+        # diffusers' attention_head_dim is these UNets' head count: a fixed one, or the width over a fixed head width
+        "attention_head_dim": heads if heads is not None else [max(1, c // (head_width or 64)) for c in channels],
+    }
+    if upcast:
+        cfg["upcast_attention"] = True
+    down_depths = [[x or 1 for x in d] for _, d in down]
+    up_depths = [[x or 1 for x in d] for d in up]
+    if all(len(set(d)) <= 1 for d in down_depths) and up_depths == [
+            [d[0]] * (len(d) + 1) for d in reversed(down_depths)]:
+        cfg["transformer_layers_per_block"] = [d[0] for d in down_depths]
+    else:
+        cfg["transformer_layers_per_block"] = down_depths
+        cfg["reverse_transformer_layers_per_block"] = up_depths
+    if len(set(cfg["layers_per_block"])) == 1:
+        cfg["layers_per_block"] = cfg["layers_per_block"][0]
+    if mid is None:
+        cfg["mid_block_type"] = None
+    elif mid and mid != down_depths[-1][0]:
+        if isinstance(cfg["transformer_layers_per_block"][-1], int):
+            cfg["transformer_layers_per_block"] = [[x] * len(down[i][1]) for i, x in
+                                                   enumerate(cfg["transformer_layers_per_block"])]
+            cfg["reverse_transformer_layers_per_block"] = up_depths
+        cfg["transformer_layers_per_block"][-1] = [mid] + down_depths[-1][1:]
+    if label is not None:
+        adm = label.shape[1]  # pooled text embedding + 5 or 6 sinusoidal size embeddings (no parameters)
+        cfg.update(addition_embed_type="text_time", addition_time_embed_dim=256 if adm > 6 * 256 else max(1, adm // 12),
+                   projection_class_embeddings_input_dim=adm)
+    return cfg
+
+
+def _ldm_levels(keys: Mapping[str, TensorInfo]) -> tuple[list[tuple[int, list[int]]], list[list[int]]]:
+    down: list[tuple[int, list[int]]] = []
+    depths: list[int] = []
+    ch = 0
+    for i in indices(keys, r"^input_blocks\.(\d+)\.")[1:]:
+        if f"input_blocks.{i}.0.op.weight" in keys:
+            down.append((ch, depths))
+            depths = []
+            continue
+        ch = keys[f"input_blocks.{i}.0.out_layers.3.weight"].shape[0]
+        depths.append(count(keys, rf"^input_blocks\.{i}\.1\.transformer_blocks\.(\d+)\."))
+    down.append((ch, depths))
+    up: list[list[int]] = [[]]
+    for i in indices(keys, r"^output_blocks\.(\d+)\."):
+        up[-1].append(count(keys, rf"^output_blocks\.{i}\.1\.transformer_blocks\.(\d+)\."))
+        if any(re.match(rf"^output_blocks\.{i}\.\d\.conv\.weight$", k) for k in keys):
+            up.append([])
+    return down, [u for u in up if u]
+
+
+def _diffusers_levels(keys: Mapping[str, TensorInfo]) -> tuple[list[tuple[int, list[int]]], list[list[int]]]:
+    down = []
+    for lv in indices(keys, r"^down_blocks\.(\d+)\."):
+        res = indices(keys, rf"^down_blocks\.{lv}\.resnets\.(\d+)\.")
+        ch = keys[f"down_blocks.{lv}.resnets.{res[-1]}.conv2.weight"].shape[0]
+        down.append((ch, [count(keys, rf"^down_blocks\.{lv}\.attentions\.{j}\.transformer_blocks\.(\d+)\.")
+                          for j in res]))
+    up = []
+    for lv in indices(keys, r"^up_blocks\.(\d+)\."):
+        res = indices(keys, rf"^up_blocks\.{lv}\.resnets\.(\d+)\.")
+        up.append([count(keys, rf"^up_blocks\.{lv}\.attentions\.{j}\.transformer_blocks\.(\d+)\.") for j in res])
+    return down, up
+
+
+# --------------------------------------------------------------------------- which record a config.json is
+
+
+def _ctx(cfg: Mapping[str, Any]) -> Any:
+    ctx = cfg.get("cross_attention_dim", 1280)
+    return ctx[0] if isinstance(ctx, list) and ctx else ctx
+
+
+def _text_time(cfg: Mapping[str, Any]) -> bool:
+    return cfg.get("addition_embed_type") == "text_time"
+
+
+def _pooled_is_context(cfg: Mapping[str, Any], time_ids: int) -> bool:
+    """The refiner conditions on CLIP-G alone: its pooled width (the size embeddings aside) is its context width."""
+    adm = cfg.get("projection_class_embeddings_input_dim")
+    return isinstance(adm, int) and adm - time_ids * (cfg.get("addition_time_embed_dim") or 256) == _ctx(cfg)
+
+
+def _sd1_config(cfg: Mapping[str, Any]) -> bool:
+    return not _text_time(cfg) and (_ctx(cfg) == 768 or (_ctx(cfg) != 1024 and not cfg.get("use_linear_projection")))
 
 
 FAMILIES: tuple[Family, ...] = (
@@ -81,7 +207,7 @@ FAMILIES: tuple[Family, ...] = (
         {"context_dim": 768, "model_channels": 320},
         features=FEATURES, derived=DERIVED, feature_text=_TEXT, variants=_INPAINT,
         denoiser=Denoiser("UNet2DConditionModel", {"sample_size": 64, "cross_attention_dim": 768}, 859_520_964,
-                          _PARAMS_SOURCE, "UNet", _config_from_shapes("sd1"), "unet"),
+                          _PARAMS_SOURCE, "UNet", _shapes(sample_size=64, heads=8), "unet", _sd1_config),
         text_encoders=(TextEncoderSlot("clip_l", 77, "last"),),
         blocks=_SD_BLOCKS,
         pipeline=Pipeline("SD 1.5", ("sd15", "sd1.5", "sd-1.5", "sd-v1-5", "sd1x"), 77, True, 50, (512, 512),
@@ -101,7 +227,8 @@ FAMILIES: tuple[Family, ...] = (
             "UNet2DConditionModel",
             {"sample_size": 96, "cross_attention_dim": 1024, "attention_head_dim": [5, 10, 20, 20],
              "use_linear_projection": True, "upcast_attention": True},
-            865_910_724, _PARAMS_SOURCE, "UNet", _config_from_shapes("sd2"), "unet"),
+            865_910_724, _PARAMS_SOURCE, "UNet", _shapes(sample_size=96, head_width=64, upcast=True), "unet",
+            lambda c: not _text_time(c)),
         # the 23-layer model's output after the final norm (open_clip "penultimate")
         text_encoders=(TextEncoderSlot("openclip_h", 77, "last"),),
         blocks=_SD_BLOCKS,
@@ -121,7 +248,8 @@ FAMILIES: tuple[Family, ...] = (
         {"context_dim": 2048, "model_channels": 320, "adm_in": 2816, "transformer_depth": 10},
         variants=_INPAINT,
         denoiser=Denoiser("UNet2DConditionModel", _SDXL_UNET, 2_567_463_684, _PARAMS_SOURCE, "UNet",
-                          _config_from_shapes("sdxl"), "unet"),
+                          _shapes(sample_size=128, head_width=64), "unet",
+                          lambda c: _text_time(c) and not _pooled_is_context(c, 5)),
         text_encoders=(TextEncoderSlot("clip_l", 77, "penultimate"), TextEncoderSlot("clip_g", 77, "penultimate")),
         vae_scaling_factor=0.13025,
         blocks=Blocks(_RULES, (("BASE", None), ("IN", 9), ("M", 1), ("OUT", 9)), last_out=8, mbw=19),
@@ -145,7 +273,7 @@ FAMILIES: tuple[Family, ...] = (
              "transformer_layers_per_block": 4, "attention_head_dim": [6, 12, 24, 24], "cross_attention_dim": 1280,
              "use_linear_projection": True, "addition_embed_type": "text_time", "addition_time_embed_dim": 256,
              "projection_class_embeddings_input_dim": 2560},
-            None, "", "UNet", _config_from_shapes("sdxl_refiner"), "unet"),
+            None, "", "UNet", _shapes(sample_size=128, head_width=64), "unet", _text_time, time_ids=5),
         text_encoders=(TextEncoderSlot("clip_g", 77, "penultimate"),),
         vae_scaling_factor=0.13025,
         blocks=Blocks(_RULES, (("BASE", None), ("IN", 12), ("M", 1), ("OUT", 12)), last_out=11),
