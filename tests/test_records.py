@@ -16,8 +16,14 @@ from safetensors.torch import save_file
 
 from sdlens.arch import build as B
 from sdlens.arch import families
-from sdlens.arch.from_checkpoint import record_for_config, spec_from_config_json, spec_from_path
+from sdlens.arch.from_checkpoint import (
+    persistent_buffers,
+    record_for_config,
+    spec_from_config_json,
+    spec_from_path,
+)
 from sdlens.testing import zoo_dit as zd
+from sdlens.testing import zoo_new_b as zb
 from sdlens.testing import zoo_unet as zu
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "sdlens"
@@ -25,16 +31,23 @@ StateDict = dict[str, torch.Tensor]
 
 # record id -> layout -> a tiny denoiser file's state dict (real key names, random weights). A record with a
 # config_from_shapes needs one entry per layout it is read in, "diffusers" among them (docs/adding-a-family.md).
-_DIT = {"sd3": ("sd3", None), "sd35m": ("sd35m", None), "sd35": ("sd35", None), "flux_dev": ("flux", None),
-        "flux_schnell": ("flux", "schnell"), "auraflow": ("auraflow", None), "hunyuandit": ("hunyuandit", None)}
+_DIT = {"sd3": ("sd3", None), "sd35m": ("sd35m", None), "sd35": ("sd35", None), "flux_dev": ("flux_dev", None),
+        "flux_schnell": ("flux_schnell", None), "auraflow": ("auraflow", None), "hunyuandit": ("hunyuandit", None)}
+# the families of testing/zoo_new_b (HiDream ships only the diffusers layout)
+_NEW_B = {"hidream_i1": ("diffusers",), "chroma": ("original", "diffusers"), "wan21_t2v_1_3b": ("original", "diffusers"),
+          "wan21_t2v_14b": ("original", "diffusers"), "wan21_i2v_14b": ("original", "diffusers"),
+          "ltx_video": ("original", "diffusers")}
 TINY: dict[str, dict[str, Callable[[], StateDict]]] = {
     **{f: {"original": lambda f=f: zu.build_single_file(f),  # the whole single file: the split is tested too
            "diffusers": lambda f=f: zu.build_diffusers_parts(f)["unet"]} for f in zu.FAMILIES},
     **{f: {"original": lambda n=n, v=v: zd.build_single_file(n, variant=v),
            "diffusers": lambda n=n, v=v: zd.build_denoiser(n, layout="diffusers", variant=v)}
        for f, (n, v) in _DIT.items()},
+    **{f: {lay: lambda f=f, lay=lay: zb.build_denoiser(f, layout=lay) for lay in lays} for f, lays in _NEW_B.items()},
 }
-DERIVABLE = [f for f in families.all_families() if f.denoiser is not None and f.denoiser.config_from_shapes]
+# a refinement (Playground v2.5 of SDXL) is measured as its base, whose files are tested
+DERIVABLE = [f for f in families.all_families()
+             if f.denoiser is not None and f.denoiser.config_from_shapes and not f.base]
 PIPELINES = [f for f in families.all_families() if f.pipeline is not None and f.denoiser is not None]
 
 
@@ -53,7 +66,7 @@ def test_config_from_shapes_rebuilds_the_file(tmp_path, family, layout):
     assert (spec.family, spec.key) == (family, family)
     model = B.build_denoiser(spec.cls_name, spec.config)
     diffusers = TINY[family]["diffusers"]()  # the same denoiser as diffusers' state dict: parameters + buffers
-    expected = sum(v.numel() for v in diffusers.values()) - sum(b.numel() for b in model.buffers())
+    expected = sum(v.numel() for v in diffusers.values()) - persistent_buffers(model)
     assert B.count_params(model) == spec.reference_params == expected
     assert not any("figures are for the derived config" in n for n in spec.notes)
 

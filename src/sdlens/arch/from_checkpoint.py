@@ -94,7 +94,7 @@ def spec_from_path(path: Path) -> B.ArchSpec:
     config = den.config_from_shapes(keys)
     model = B.build_denoiser(den.cls_name, config)
     file_params = sum(t.numel for t in keys.values())
-    buffers = sum(b.numel() for b in model.buffers())  # e.g. SD3's pos_embed: stored in files, not a parameter
+    buffers = persistent_buffers(model)  # e.g. SD3's pos_embed: stored in files, not a parameter
     file_params -= buffers if file_params - buffers > 0 else 0
     notes = [f"config derived from the shapes in {path.name} ({match.name}, {match.confidence} confidence)"]
     notes += [f"differs from the released model: {n}" for n in match.nonstandard]
@@ -104,3 +104,10 @@ def spec_from_path(path: Path) -> B.ArchSpec:
                      "figures are for the derived config")
     return _spec(fam, den.cls_name, config, f"derived from {path.name}", notes=notes,
                  reference=file_params)
+
+
+def persistent_buffers(model) -> int:
+    """Elements of the buffers a state dict (and so a file) holds: not the non-persistent ones (Wan's RoPE
+    tables), which no file stores."""
+    params = {n for n, _ in model.named_parameters()}
+    return sum(t.numel() for n, t in model.state_dict().items() if n not in params)

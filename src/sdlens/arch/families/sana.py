@@ -61,7 +61,7 @@ def _family(fid: str, name: str, blocks: int, config: dict[str, Any], params: in
         {"sana_in": 32, "sana_caption": 2304},
         features=features, variants=_VARIANTS,
         denoiser=Denoiser("SanaTransformer2DModel", config, params, _SRC.format(n=f"{params:,}", card=card), "DiT",
-                          keymap="sana"),
+                          keymap="sana", matches_config=lambda c: c.get("num_layers", 20) == blocks),
         text_encoders=_TES, vae="dc_ae_f32c32", latent_channels=32,
         blocks=Blocks(RULES, (*IN_OUT, ("B", blocks), ("OUT", None)), original_keys=ORIGINAL),
         pipeline=_pipeline(name, aliases), single_file=_SINGLE, diffusers_slots=_SLOTS, bare_keys=_BARE,

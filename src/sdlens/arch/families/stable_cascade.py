@@ -57,7 +57,7 @@ FAMILIES: tuple[Family, ...] = (
         variants=(Variant("casc_width", 1536, "lite (1B)"),),
         denoiser=Denoiser("StableCascadeUNet", STAGE_C, 3_589_103_632,
                           _SRC.format(n="3,589,103,632", card="3.6B for stage C (lite: 1B)"), "UNet",
-                          keymap="stable_cascade"),
+                          keymap="stable_cascade", matches_config=lambda c: c.get("effnet_in_channels") is None),
         text_encoders=(_TE,),  # (+ the optional CLIP-L/14 vision encoder for image prompts: slot image_encoder)
         vae="stable_cascade_stage_b", latent_channels=16,  # its output: the 16-channel EfficientNet latent (24x24)
         blocks=Blocks(RULES, (("BASE", None), ("IN", None), ("D", 2), ("U", 2), ("OUT", None)),

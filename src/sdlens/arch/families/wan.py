@@ -88,7 +88,8 @@ FAMILIES: tuple[Family, ...] = (
         {"wan_hidden": 1536, "wan_blocks": 30, "wan_ffn": 8960},
         denoiser=Denoiser("WanTransformer3DModel", _T2V_1_3B, 1_418_996_800,
                           f"{_BUILT}; the model card's '1.3B' (1,418,996,800, the count training code built on it "
-                          "checks)", "DiT", config_from_shapes, "wan"),
+                          "checks)", "DiT", config_from_shapes, "wan",
+                          matches_config=lambda c: c.get("num_layers", 40) == 30),
         text_encoders=_TES, blocks=_blocks(30), diffusers_slots=_SLOTS,
         pipeline=_pipeline("Wan 2.1 T2V 1.3B", ("wan", "wan2.1", "wan21", "wan-1.3b", "wan2.1-t2v-1.3b"), "WanPipeline"),
         **{**_COMMON, "features": FEATURES},
@@ -99,7 +100,8 @@ FAMILIES: tuple[Family, ...] = (
         {"wan_hidden": 5120, "wan_blocks": 40, "wan_ffn": 13824},
         denoiser=Denoiser("WanTransformer3DModel", _T2V_14B, 14_288_491_584,
                           f"{_BUILT}; the model card's '14B' (14,288,491,584 total in published inventories of the "
-                          "same 14B transformer)", "DiT", config_from_shapes, "wan"),
+                          "same 14B transformer)", "DiT", config_from_shapes, "wan",
+                          matches_config=lambda c: c.get("num_layers", 40) == 40 and not c.get("image_dim")),
         text_encoders=_TES, blocks=_blocks(40), diffusers_slots=_SLOTS,
         pipeline=_pipeline("Wan 2.1 T2V 14B", ("wan-14b", "wan2.1-t2v-14b", "wan21-t2v-14b"), "WanPipeline"),
         **_COMMON,
