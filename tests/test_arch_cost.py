@@ -51,10 +51,10 @@ def test_text_encoder_params_exact(kind):
 
 
 def test_vae_params_exact():
-    total, _enc, dec = B.vae_params("vae4")
-    assert total == C.VAE_PARAMS["vae4"] == 83_653_863
+    total, _enc, dec = B.vae_params("kl_f8_c4")
+    assert total == C.VAE_PARAMS["kl_f8_c4"] == 83_653_863
     assert dec - 20 == 49_490_179  # architectures.md §2's decoder figure excludes post_quant_conv (4·4+4)
-    assert B.vae_params("vae16")[0] == C.VAE_PARAMS["vae16"]
+    assert B.vae_params("kl_f8_c16")[0] == C.VAE_PARAMS["kl_f8_c16"]
     r = report("sd1")
     vae = r.components[-1]
     assert vae.matches and vae.detail["decoder (decoder.*)"] == 49_490_179

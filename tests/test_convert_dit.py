@@ -42,7 +42,7 @@ def test_single_to_diffusers_loads_and_round_trips(tmp_path, family, with_vae):
     ref = z.build_denoiser(family, layout="diffusers", seed=4)
     sd = _prefixed(family, z.to_original(family, ref, seed=4))
     if with_vae:
-        sd.update(z.build_vae("vae16", seed=4, prefix=fam.single_file["vae"]))
+        sd.update(z.build_vae("kl_f8_c16", seed=4, prefix=fam.single_file["vae"]))
     src = save_safetensors(sd, tmp_path / "src.safetensors")
     folder = tmp_path / "dif"
     assert _run(src, folder, layout="diffusers").verification.ok

@@ -147,4 +147,4 @@ def test_inspect_renders_identity_for_a_vae(tmp_path):
     r = inspect(save_safetensors(sd, tmp_path / "ae.safetensors"))
     assert (r.kind, r.family, r.latent_channels, r.fits) == ("VAE", "unknown", 16, _fits(16))
     assert r.summary.startswith("VAE: VAE (16-channel latent)")
-    assert "vae16" not in json.dumps(r.to_dict())
+    assert "kl_f8_c16" not in json.dumps(r.to_dict())

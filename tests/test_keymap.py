@@ -74,7 +74,7 @@ def test_vae_to_ldm_matches_diffusers_converter(family: str) -> None:
 
 def test_vae16_has_no_quant_convs() -> None:
     with torch.device("meta"):
-        model = diffusers.AutoencoderKL(**VAES["vae16"])
+        model = diffusers.AutoencoderKL(**VAES["kl_f8_c16"])
     km = vae_key_map(model.config)
     assert set(km) == set(model.state_dict())
     assert not any("quant_conv" in v for v in km.values())
@@ -190,7 +190,7 @@ def test_full_size_unet_map_covers_every_parameter(family: str) -> None:
 
 def test_full_size_vae_map() -> None:
     with torch.device("meta"):
-        model = diffusers.AutoencoderKL(**VAES["vae4"])
+        model = diffusers.AutoencoderKL(**VAES["kl_f8_c4"])
     sd = model.state_dict()
     ldm = vae_diffusers_to_ldm(sd, model.config)
     assert len(ldm) == len(sd) == 248

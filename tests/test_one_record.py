@@ -13,8 +13,6 @@ import tokenize
 from functools import cache
 from pathlib import Path
 
-import pytest
-
 from sdlens.arch import families
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "sdlens"
@@ -22,7 +20,7 @@ EXCLUDED = ("arch/families/", "arch/record.py", "testing/")
 # the files whose if-chains this round's identify work removed: they must stay clean
 CLEAN = ("arch/detect.py", "arch/identify.py", "analysis/inspect.py", "arch/text_encoders.py", "analysis/lora.py",
          "io/base.py")
-# old id spaces: the FLUX alias, the VAE pseudo-families, the block-style ids
+# old id spaces: the FLUX alias, the VAE pseudo-families (now the VAE configs kl_f8_c4 / kl_f8_c16), the block-style ids
 EXTRA_IDS = ("flux", "vae4", "vae16", "mmdit")
 
 
@@ -90,7 +88,6 @@ def test_files_cleaned_of_family_if_chains_stay_clean():
     assert not bad, "family-name comparisons outside the records:\n" + "\n".join(bad)
 
 
-@pytest.mark.xfail(strict=False, reason="other helpers' files (issue 15) still compare family names")
 def test_no_family_name_comparisons_outside_the_records():
     bad = _scan()
     print("\n".join(bad))

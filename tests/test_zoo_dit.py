@@ -176,11 +176,11 @@ def test_single_files_and_vae():
     assert sf["first_stage_model.decoder.conv_in.weight"].shape[1] == 16
     assert sf["first_stage_model.encoder.mid.attn_1.q.weight"].dim() == 4
     # the LDM VAE layout is the inverse of diffusers' converter
-    vae_cfg = {**VAES["vae16"]}
+    vae_cfg = {**VAES["kl_f8_c16"]}
     back = sfu.convert_ldm_vae_checkpoint(
         {k: v for k, v in sf.items() if k.startswith("first_stage_model.")}, vae_cfg
     )
-    ref = z.build_vae("vae16", layout="diffusers")
+    ref = z.build_vae("kl_f8_c16", layout="diffusers")
     assert set(back) == set(ref) and all(torch.equal(back[k], ref[k]) for k in ref)
     flux = z.build_single_file("flux_schnell", with_encoders=True, with_vae=True)
     assert "double_blocks.0.img_attn.qkv.weight" in flux and "vae.decoder.conv_in.weight" in flux

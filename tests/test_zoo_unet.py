@@ -74,7 +74,7 @@ def test_full_parameter_counts(family: str) -> None:
     parts = build_diffusers_parts(family, "full")
     if family in DENOISER_PARAMS:
         assert num_params(parts["unet"]) == DENOISER_PARAMS[family]
-    assert num_params(parts["vae"]) == VAE_PARAMS["vae4"]
+    assert num_params(parts["vae"]) == VAE_PARAMS["kl_f8_c4"]
     kinds = {
         "sd1": ["clip_l"],
         "sd2": ["openclip_h"],

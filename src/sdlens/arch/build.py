@@ -35,7 +35,7 @@ class ArchSpec:
     cls_name: str
     config: dict[str, Any] = field(hash=False)
     text_encoders: tuple[tuple[str, int], ...] = ()  # (TEXT_ENCODERS kind, tokens per prompt)
-    vae: str = "vae4"
+    vae: str = "kl_f8_c4"
     text_tokens: int = 77  # tokens of the text sequence the denoiser attends to
     cfg: bool = True  # whether the pipeline runs classifier-free guidance by default
     source: str = "released config"

@@ -178,7 +178,7 @@ def _vae(comps: list[Component], configs: Mapping[str, dict] | None) -> dict[str
     if not (isinstance(cfg, dict) and cfg.get("block_out_channels")):
         conv_in = keys.get("decoder.conv_in.weight")
         latent = conv_in.shape[1] if conv_in is not None and len(conv_in.shape) > 1 else None
-        cfg = next((v for v in C.VAES.values() if v.get("latent_channels") == latent), C.VAES["vae4"])
+        cfg = next((v for v in C.VAES.values() if v.get("latent_channels") == latent), C.VAES["kl_f8_c4"])
     cfg = {k: v for k, v in cfg.items() if not k.startswith("_")}
     try:
         mapping = vae_key_map(cfg, list(keys))

@@ -96,11 +96,11 @@ _VAE_BASE: dict[str, Any] = {
 }
 
 VAES: dict[str, dict[str, Any]] = {
-    "vae4": _VAE_BASE,
-    "vae16": {**_VAE_BASE, "latent_channels": 16, "use_quant_conv": False, "use_post_quant_conv": False},
+    "kl_f8_c4": _VAE_BASE,
+    "kl_f8_c16": {**_VAE_BASE, "latent_channels": 16, "use_quant_conv": False, "use_post_quant_conv": False},
 }
 
-VAE_PARAMS: dict[str, int] = {"vae4": 83_653_863, "vae16": 83_819_683}
+VAE_PARAMS: dict[str, int] = {"kl_f8_c4": 83_653_863, "kl_f8_c16": 83_819_683}
 
 # Text encoders of the AuraFlow and HunyuanDiT pipelines, from their released diffusers folders. Their
 # parameter counts are not checked against the released weights, so sdlens reports them as built, without a reference check.

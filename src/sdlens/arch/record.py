@@ -130,7 +130,7 @@ class Family:
     variants: tuple[Variant, ...] = ()
     denoiser: Denoiser | None = None
     text_encoders: tuple[TextEncoderSlot, ...] = ()
-    vae: str = "vae4"  # sdlens.arch.configs VAES key
+    vae: str = "kl_f8_c4"  # sdlens.arch.configs VAES key
     latent_channels: int = 4
     vae_scaling_factor: float | None = None  # the released VAE's scaling_factor where it is not the class default
     blocks: Blocks = Blocks()

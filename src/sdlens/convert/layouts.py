@@ -86,7 +86,7 @@ def vae_config(shapes: dict[str, tuple[int, ...]], family: str = "") -> dict[str
         k = f"encoder.down_blocks.{lvl}.resnets.0.conv1.weight" if diffusers else f"encoder.down.{lvl}.block.0.conv1.weight"
         chans.append(shapes[k][0] if k in shapes else 0)
     latent = shapes.get("decoder.conv_in.weight", (0, 4))[1]
-    cfg = dict(next((v for v in C.VAES.values() if v.get("latent_channels") == latent), C.VAES["vae4"]))
+    cfg = dict(next((v for v in C.VAES.values() if v.get("latent_channels") == latent), C.VAES["kl_f8_c4"]))
     cfg.update(
         _class_name="AutoencoderKL",
         down_block_types=["DownEncoderBlock2D"] * levels,

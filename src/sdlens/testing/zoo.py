@@ -212,7 +212,7 @@ def zoo_table() -> list[tuple[str, str, Callable[[Path], None], Truth]]:
         ("hunyuandit", "hunyuan_dit.safetensors", _st(lambda: _dit("hunyuandit", dtype=F16)), Truth("hunyuandit", "denoiser only")),
         ("pixart_alpha", "pixart_alpha.safetensors", _st(lambda: _dit("pixart_alpha", dtype=F16)), Truth("pixart_alpha", "denoiser only")),
         ("pixart_sigma", "pixart_sigma.safetensors", _st(lambda: _dit("pixart_sigma", dtype=F16)), Truth("pixart_sigma", "denoiser only")),
-        ("vae16", "flux_ae.safetensors", _st(lambda: _strip(_dit_vae(), "first_stage_model.")), Truth("unknown", "VAE")),
+        ("kl_f8_c16", "flux_ae.safetensors", _st(lambda: _strip(_dit_vae(), "first_stage_model.")), Truth("unknown", "VAE")),
         ("controlnet_sd1", "control_sd15_canny.safetensors", _st(lambda: _control("sd1", "original")), Truth("sd1", "ControlNet")),
         ("controlnet_sdxl", "controlnet_sdxl.safetensors", _st(lambda: _control("sdxl", "original")), Truth("sdxl", "ControlNet")),
         ("controlnet_sd1_diffusers", "controlnet_sd15_diffusers.safetensors", _st(lambda: _control("sd1", "diffusers")),

@@ -277,7 +277,7 @@ def vae_to_ldm(sd: TensorDict, num_levels: int = 4) -> TensorDict:
 
 
 def build_vae(
-    kind: str = "vae16",
+    kind: str = "kl_f8_c16",
     *,
     size: Size = "tiny",
     seed: int = 0,
@@ -299,7 +299,7 @@ def build_vae(
 
 def build_vae16(size: Size = "tiny", seed: int = 0, dtype: torch.dtype | None = None) -> TensorDict:
     """16-channel SD3 / FLUX VAE in LDM layout under ``first_stage_model.``."""
-    return build_vae("vae16", size=size, seed=seed, dtype=dtype)
+    return build_vae("kl_f8_c16", size=size, seed=seed, dtype=dtype)
 
 
 def build_single_file(

@@ -103,7 +103,7 @@ def _config(family: str, size: Size) -> dict[str, dict[str, Any]]:
     _check(family)
     texts = {part: _text_config(kind, size) for part, (kind, _) in TEXT_PARTS[family].items()}
     unet = dict(DENOISERS[family][1])
-    vae = dict(VAES["vae4"])
+    vae = dict(VAES["kl_f8_c4"])
     if family.startswith("sdxl"):
         vae["scaling_factor"] = 0.13025
     if size == "tiny":

@@ -56,7 +56,7 @@ FAMILIES: tuple[Family, ...] = (
         # lodestones/Chroma1-HD transformer/config.json: every value is the class default
         denoiser=Denoiser("ChromaTransformer2DModel", {}, 8_899_983_424, _SRC, "DiT", config_from_shapes, "chroma"),
         text_encoders=(TextEncoderSlot("t5", 512, "last"),),
-        vae="vae16", latent_channels=16,
+        vae="kl_f8_c16", latent_channels=16,
         blocks=Blocks(_RULES, (*IN_OUT, ("D", 19), ("S", 38), ("OUT", None)), original_keys=_ORIGINAL),
         pipeline=Pipeline("Chroma1-HD", ("chroma", "chroma1", "chroma1-hd"), 512, True, 35, (1024, 1024),
                           "FlowMatchEulerDiscreteScheduler", "flow", "ChromaPipeline", measured=False),

@@ -83,7 +83,7 @@ FAMILIES: tuple[Family, ...] = (
         denoiser=Denoiser("HiDreamImageTransformer2DModel", CONFIG, 17_105_733_184, _SRC, "MoE DiT", config_from_shapes),
         text_encoders=(TextEncoderSlot("clip_l", 77, "last"), TextEncoderSlot("clip_g", 77, "last"),
                        TextEncoderSlot("t5", 128, "last"), TextEncoderSlot("llama31_8b", 128, "last")),
-        vae="vae16", latent_channels=16,
+        vae="kl_f8_c16", latent_channels=16,
         blocks=Blocks(_RULES, (*IN_OUT, ("D", 16), ("S", 32), ("OUT", None)), original_keys=_ORIGINAL),
         pipeline=Pipeline("HiDream-I1 Full", ("hidream", "hidream-i1", "hidream-i1-full", "hidream-full"), 256,
                           True, 50, (1024, 1024), "FlowMatchEulerDiscreteScheduler", "flow", "HiDreamImagePipeline",

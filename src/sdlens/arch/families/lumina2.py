@@ -41,7 +41,7 @@ FAMILIES: tuple[Family, ...] = (
             "the total the Hub reports for Alpha-VLLM/Lumina-Image-2.0's transformer (model card: '2 billion')",
             "DiT", keymap="lumina2"),
         text_encoders=(TextEncoderSlot("gemma2_2b", 256, "penultimate"),),
-        vae="vae16", latent_channels=16,  # the FLUX.1 VAE
+        vae="kl_f8_c16", latent_channels=16,  # the FLUX.1 VAE
         blocks=Blocks(RULES, (*IN_OUT, ("B", 26), ("OUT", None)), original_keys=ORIGINAL),
         pipeline=Pipeline("Lumina-Image 2.0", ("lumina-image-2.0", "lumina-2", "lumina2", "lumina-image-2",
                                                "lumina_2"),

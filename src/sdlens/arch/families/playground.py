@@ -28,7 +28,7 @@ FAMILIES: tuple[Family, ...] = (
             "with it, num_parameters() = 2,567,463,684 (SDXL base's published count)",
             "UNet", _SDXL.denoiser.config_from_shapes, "unet"),
         text_encoders=(TextEncoderSlot("clip_l", 77, "penultimate"), TextEncoderSlot("clip_g", 77, "penultimate")),
-        vae="vae4", latent_channels=4,  # the SDXL VAE; latents normalised by the EDM mean / std, scaling 0.5
+        vae="kl_f8_c4", latent_channels=4,  # the SDXL VAE; latents normalised by the EDM mean / std, scaling 0.5
         blocks=_SDXL.blocks,
         pipeline=Pipeline("Playground v2.5", ("playground", "playground-v2.5", "playground-v25", "pgv2.5",
                                               "playground-v2.5-1024px-aesthetic"),
