@@ -218,10 +218,25 @@ def zoo_table() -> list[tuple[str, str, Callable[[Path], None], Truth]]:
         ("controlnet_sd1_diffusers", "controlnet_sd15_diffusers.safetensors", _st(lambda: _control("sd1", "diffusers")),
          Truth("sd1", "ControlNet")),
     ]
+    rows += _new_family_rows()
     for kind, arch in (("kohya", "sd1"), ("locon", "sd1"), ("loha", "sdxl"), ("lokr", "sd1"), ("dora", "sdxl"),
                        ("peft", "sdxl"), ("kohya", "flux"), ("kohya", "sdxl")):
         write, truth = _lora(kind, arch)
         rows.append((f"lora_{kind}_{arch}", f"lora_{kind}_{arch}.safetensors", write, truth))
+    return rows
+
+
+def _new_family_rows() -> list[tuple[str, str, Callable[[Path], None], Truth]]:
+    """One tiny denoiser file per family added with the records of issue 15, in its original layout where it has
+    one (HiDream ships the diffusers names)."""
+    from sdlens.testing import zoo_new_a, zoo_new_b
+
+    rows = [(fid, f"{fid}.safetensors", _st(lambda fid=fid: zoo_new_a.original_state_dict(fid)),
+             Truth(fid, "denoiser only")) for fid in zoo_new_a.FAMILY_IDS if fid != "sdxl"]
+    for fid in zoo_new_b.FAMILY_IDS:
+        layout = "diffusers" if fid == "hidream_i1" else "original"
+        rows.append((fid, f"{fid}.safetensors", _st(lambda fid=fid, layout=layout: zoo_new_b.build_denoiser(fid, layout=layout)),
+                     Truth(fid, "denoiser only")))
     return rows
 
 
