@@ -10,6 +10,7 @@ import torch
 
 from sdlens.arch.keymap import Slice, assemble, dit_map
 from sdlens.testing import zoo_dit as z
+from tests.helpers import TinyFluxTorch
 
 sfu = pytest.importorskip("diffusers.loaders.single_file_utils")
 
@@ -31,19 +32,6 @@ def _shapes(sd: dict[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in sd.items()}
 
 
-class _TinyFluxTorch:
-    """``torch`` as the FLUX converter sees it: its single-block split hard-codes width 3072 / MLP 12288."""
-
-    def __init__(self, inner: int) -> None:
-        self.inner = inner
-
-    def __getattr__(self, name: str):
-        return getattr(torch, name)
-
-    def split(self, t, sizes, dim=0):
-        if tuple(sizes) == (3072, 3072, 3072, 12288):
-            sizes = (self.inner,) * 3 + (t.shape[0] - 3 * self.inner,)
-        return torch.split(t, sizes, dim=dim)
 
 
 @pytest.mark.parametrize(("family", "variant"), CASES)
@@ -55,7 +43,7 @@ def test_original_to_diffusers_equals_the_diffusers_converter(family, variant, m
     orig = z.to_original(family, _diffusers(family, variant, seed=3))
     ours = dit_map(km).convert(orig, "diffusers")
     if km == "flux":
-        monkeypatch.setattr(sfu, "torch", _TinyFluxTorch(orig["img_in.weight"].shape[0]))
+        monkeypatch.setattr(sfu, "torch", TinyFluxTorch(orig["img_in.weight"].shape[0]))
     prefix = "model.diffusion_model." if km == "mmdit" else ""
     theirs = CONVERTERS[km]({prefix + k: v for k, v in orig.items()})
     assert set(ours) == set(theirs)

@@ -10,6 +10,7 @@ from diffusers.loaders import single_file_utils as sfu
 
 from sdlens.arch.configs import DENOISER_PARAMS, VAES
 from sdlens.testing import zoo_dit as z
+from tests.helpers import TinyFluxTorch
 
 CONVERTERS = {
     "sd3": sfu.convert_sd3_transformer_checkpoint_to_diffusers,
@@ -31,19 +32,6 @@ def original_sd(family: str, size: str, variant: str | None = None) -> dict[str,
     return z.to_original(family, diffusers_sd(family, size, variant))
 
 
-class _TinyFluxTorch:
-    """``torch`` as seen by the FLUX converter, whose single-block split hard-codes width 3072 / mlp 4x."""
-
-    def __init__(self, inner: int) -> None:
-        self.inner = inner
-
-    def __getattr__(self, name: str):
-        return getattr(torch, name)
-
-    def split(self, t, sizes, dim=0):
-        if tuple(sizes) == (3072, 3072, 3072, 12288):
-            sizes = (self.inner,) * 3 + (4 * self.inner,)
-        return torch.split(t, sizes, dim=dim)
 
 
 @pytest.mark.parametrize(
@@ -56,7 +44,7 @@ def test_tiny_round_trip_through_diffusers_converter(family, variant, monkeypatc
     orig = dict(original_sd(family, "tiny", variant))
     if family.startswith("flux"):
         inner = ref["x_embedder.weight"].shape[0]
-        monkeypatch.setattr(sfu, "torch", _TinyFluxTorch(inner))
+        monkeypatch.setattr(sfu, "torch", TinyFluxTorch(inner))
     back = CONVERTERS[family](orig)
     assert not orig, f"converter left keys unused: {sorted(orig)[:5]}"
     assert set(back) == set(ref)
