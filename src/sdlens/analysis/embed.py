@@ -353,6 +353,131 @@ def _parse_encoders(encoder: str | Sequence[str]) -> set[str] | None:
     return wanted
 
 
+_Plan = tuple[Path, str, list[EncoderSpec], str, list[str]]  # path, name, chosen specs, family, skipped
+
+
+def _check_options(pool: str, layer: str | int | None, batch_size: int) -> None:
+    if pool not in POOLS:
+        raise SdlensError(None, f"--pool must be one of {', '.join(POOLS)}, not {pool!r}")
+    if layer is not None and layer not in ("last", "penultimate"):
+        resolve_layer(layer, 10**6)  # validates the number
+    if batch_size < 1:
+        raise SdlensError(None, "--batch-size must be at least 1")
+
+
+def _resolve_ref(ref: str | Path | None, paths: list[Path], names: list[str]) -> tuple[list[str], str]:
+    """The reference model's name; a ``ref`` path outside ``paths`` is appended to them (names returned anew)."""
+    if ref is None:
+        return names, names[0]
+    rp = Path(ref)
+    if str(ref) in names:
+        return names, str(ref)
+    if any(rp.exists() and p.exists() and rp.resolve() == p.resolve() for p in paths):
+        return names, names[next(i for i, p in enumerate(paths) if p.exists() and rp.resolve() == p.resolve())]
+    if rp.exists():
+        paths.append(rp)
+        names = model_names(paths)
+        return names, names[-1]
+    raise SdlensError(ref, "--ref is neither one of the models nor an existing file")
+
+
+def _plan_model(path: Path, name: str, wanted: set[str] | None, must_read: bool,
+                unreadable: list[dict[str, str]]) -> _Plan | None:
+    """The encoders of one model to run (headers only); None (listed in ``unreadable``) if it cannot be read."""
+    from sdlens.arch.text_encoders import find_text_encoders
+    from sdlens.io.open import open_checkpoint
+
+    try:
+        ck = open_checkpoint(path)
+    except CheckpointError as e:  # left out, listed in the result; the reference must be readable
+        if must_read:
+            raise
+        unreadable.append({"path": str(path), "error": e.problem})
+        return None
+    with ck:
+        specs, family = find_text_encoders(ck)
+    skipped: list[str] = []
+    chosen = []
+    for s in specs:
+        if wanted is not None and s.kind not in wanted:
+            skipped.append(f"{s.label}: not selected")
+        else:
+            chosen.append(s)
+    if not specs:
+        raise SdlensError(path, "no text encoder in this checkpoint (nothing to embed)")
+    if wanted is not None and not chosen:
+        have = ", ".join(s.kind for s in specs)
+        raise SdlensError(path, f"no {'/'.join(sorted(wanted))} text encoder here (it has {have})")
+    return path, name, chosen, family, skipped
+
+
+def _find_plan_tokenizers(plans: list[_Plan], tokenizer_dirs: Sequence[str | Path], wanted: set[str] | None):
+    """The tokenizers the plans need; T5 encoders are skipped (or, if asked for, an error) without one."""
+    from sdlens.io.tokenizers import find_tokenizers
+
+    need_t5 = any(s.arch == "t5" for _, _, specs, _, _ in plans for s in specs)
+    need_clip = any(s.arch == "clip" for _, _, specs, _, _ in plans for s in specs)
+    toks = find_tokenizers([Path(d) for d in tokenizer_dirs], need_clip=need_clip, need_t5=need_t5)
+    if need_t5 and toks.t5 is None:
+        if wanted is not None and "t5" in wanted:
+            raise SdlensError(None, "no T5 tokenizer found offline: pass --tokenizer DIR (a T5 tokenizer folder "
+                                    "with tokenizer.json, or a SD3/FLUX diffusers repo); sdlens never downloads")
+        for plan in plans:
+            plan[4].extend(f"{s.label}: no T5 tokenizer (pass --tokenizer DIR)" for s in plan[2] if s.arch == "t5")
+            plan[2][:] = [s for s in plan[2] if s.arch != "t5"]
+    return toks
+
+
+def _embed_one(ck: Any, spec: EncoderSpec, tok: Any, name: str, path: Path, family: str,
+               prompts: list[Prompt], *, layer: str | int | None, pool: str, normalize: bool, batch_size: int,
+               log: Callable[[str], None] | None) -> EncoderEmbedding:
+    """Build one encoder of ``ck``, embed the prompts, free it."""
+    from sdlens.arch.text_encoders import load_text_encoder
+
+    ids = tokenize(tok, spec, [p.text for p in prompts])
+    chosen_layer = layer if layer is not None else spec.default_layer(family)
+    if log:
+        log(f"{name}: {spec.label} ({spec.cls_name}, {spec.num_layers} layers, layer {chosen_layer})")
+    model = load_text_encoder(ck, spec)
+    vecs, desc = encode(model, spec, ids, layer=chosen_layer, pool=pool, pad_id=_pad_id(tok, spec),
+                        batch_size=batch_size)
+    del model
+    gc.collect()
+    if normalize:
+        norms = np.linalg.norm(vecs.astype(np.float64), axis=1, keepdims=True)
+        vecs = (vecs / np.where(norms == 0, 1.0, norms)).astype(np.float32)
+    emb = EncoderEmbedding(
+        model=name, path=str(path), encoder=spec.cid, label=spec.label,
+        layer=desc, pool=pool,
+        normalized=normalize, dim=int(vecs.shape[1]), tokens=[len(x) for x in ids],
+        truncated=[p.label for p, x in zip(prompts, ids, strict=True) if len(x) >= spec.max_length
+                   and len(tok(p.text, add_special_tokens=True)["input_ids"]) > spec.max_length],
+        vectors=vecs, notes=list(spec.notes),
+    )
+    emb.matrices = distance_matrices(vecs)
+    return emb
+
+
+def _drift_all(embeddings: list[EncoderEmbedding], models: list[ModelInfo], ref_name: str,
+               prompts: list[Prompt]) -> list[Drift]:
+    """Drift of every embedding against the reference model's of the same encoder; the incomparable skipped."""
+    drift: list[Drift] = []
+    for enc in dict.fromkeys(e.encoder for e in embeddings):
+        base = next((e for e in embeddings if e.model == ref_name and e.encoder == enc), None)
+        if base is None:
+            continue
+        for e in embeddings:
+            if e.encoder != enc or e.model == ref_name:
+                continue
+            if e.dim != base.dim or e.layer != base.layer:
+                info = next(m for m in models if m.name == e.model)
+                info.skipped.append(f"drift of {e.label} vs {ref_name}: not comparable ({e.layer}, {e.dim} dims vs "
+                                    f"{base.layer}, {base.dim} dims; pass the same --layer)")
+                continue
+            drift.append(compute_drift(e, base, prompts))
+    return drift
+
+
 def embed(
     paths: Sequence[str | Path],
     prompts: Sequence[Prompt],
@@ -369,74 +494,25 @@ def embed(
     """Embed ``prompts`` with the text encoder(s) of every model in ``paths``; matrices per model and encoder;
     drift of each model against ``ref`` (a model name or path among ``paths``, or another path; default: the
     first model). ``layer=None`` takes the layer each family's pipeline uses."""
-    from sdlens.arch.text_encoders import find_text_encoders, load_text_encoder
+    from sdlens.arch.text_encoders import find_text_encoders
     from sdlens.io.open import open_checkpoint
-    from sdlens.io.tokenizers import find_tokenizers
 
-    if pool not in POOLS:
-        raise SdlensError(None, f"--pool must be one of {', '.join(POOLS)}, not {pool!r}")
-    if layer is not None and layer not in ("last", "penultimate"):
-        resolve_layer(layer, 10**6)  # validates the number
-    if batch_size < 1:
-        raise SdlensError(None, "--batch-size must be at least 1")
+    _check_options(pool, layer, batch_size)
     wanted = _parse_encoders(encoder)
     prompts = list(prompts)
     paths = [Path(p) for p in paths]
     if not paths:
         raise SdlensError(None, "no models given")
-    names = model_names(paths)
-    ref_name: str | None = None
-    if ref is not None:
-        rp = Path(ref)
-        if str(ref) in names:
-            ref_name = str(ref)
-        elif any(rp.exists() and p.exists() and rp.resolve() == p.resolve() for p in paths):
-            ref_name = names[next(i for i, p in enumerate(paths) if p.exists() and rp.resolve() == p.resolve())]
-        elif rp.exists():
-            paths.append(rp)
-            names = model_names(paths)
-            ref_name = names[-1]
-        else:
-            raise SdlensError(ref, "--ref is neither one of the models nor an existing file")
-    else:
-        ref_name = names[0]
+    names, ref_name = _resolve_ref(ref, paths, model_names(paths))
 
     # what each model holds (headers only), so the tokenizers needed are known before any heavy work
-    plans: list[tuple[Path, str, list[EncoderSpec], str, list[str]]] = []
+    plans: list[_Plan] = []
     unreadable: list[dict[str, str]] = []
     for path, name in zip(paths, names, strict=True):
-        try:
-            ck = open_checkpoint(path)
-        except CheckpointError as e:  # left out, listed in the result; the reference must be readable
-            if name == ref_name or len(paths) == 1:
-                raise
-            unreadable.append({"path": str(path), "error": e.problem})
-            continue
-        with ck:
-            specs, family = find_text_encoders(ck)
-        skipped: list[str] = []
-        chosen = []
-        for s in specs:
-            if wanted is not None and s.kind not in wanted:
-                skipped.append(f"{s.label}: not selected")
-            else:
-                chosen.append(s)
-        if not specs:
-            raise SdlensError(path, "no text encoder in this checkpoint (nothing to embed)")
-        if wanted is not None and not chosen:
-            have = ", ".join(s.kind for s in specs)
-            raise SdlensError(path, f"no {'/'.join(sorted(wanted))} text encoder here (it has {have})")
-        plans.append((path, name, chosen, family, skipped))
-    need_t5 = any(s.arch == "t5" for _, _, specs, _, _ in plans for s in specs)
-    need_clip = any(s.arch == "clip" for _, _, specs, _, _ in plans for s in specs)
-    toks = find_tokenizers([Path(d) for d in tokenizer_dirs], need_clip=need_clip, need_t5=need_t5)
-    if need_t5 and toks.t5 is None:
-        if wanted is not None and "t5" in wanted:
-            raise SdlensError(None, "no T5 tokenizer found offline: pass --tokenizer DIR (a T5 tokenizer folder "
-                                    "with tokenizer.json, or a SD3/FLUX diffusers repo); sdlens never downloads")
-        for plan in plans:
-            plan[4].extend(f"{s.label}: no T5 tokenizer (pass --tokenizer DIR)" for s in plan[2] if s.arch == "t5")
-            plan[2][:] = [s for s in plan[2] if s.arch != "t5"]
+        plan = _plan_model(path, name, wanted, name == ref_name or len(paths) == 1, unreadable)
+        if plan is not None:
+            plans.append(plan)
+    toks = _find_plan_tokenizers(plans, tokenizer_dirs, wanted)
 
     models: list[ModelInfo] = []
     embeddings: list[EncoderEmbedding] = []
@@ -447,43 +523,10 @@ def embed(
             by_cid = {s.cid: s for s in specs_now}
             for planned in specs:
                 spec = by_cid[planned.cid]
-                tok = toks.for_arch(spec.arch)
-                ids = tokenize(tok, spec, [p.text for p in prompts])
-                chosen_layer = layer if layer is not None else spec.default_layer(family)
-                if log:
-                    log(f"{name}: {spec.label} ({spec.cls_name}, {spec.num_layers} layers, layer {chosen_layer})")
-                model = load_text_encoder(ck, spec)
-                vecs, desc = encode(model, spec, ids, layer=chosen_layer, pool=pool, pad_id=_pad_id(tok, spec),
-                                    batch_size=batch_size)
-                del model
-                gc.collect()
-                if normalize:
-                    norms = np.linalg.norm(vecs.astype(np.float64), axis=1, keepdims=True)
-                    vecs = (vecs / np.where(norms == 0, 1.0, norms)).astype(np.float32)
-                emb = EncoderEmbedding(
-                    model=name, path=str(path), encoder=spec.cid, label=spec.label,
-                    layer=desc, pool=pool,
-                    normalized=normalize, dim=int(vecs.shape[1]), tokens=[len(x) for x in ids],
-                    truncated=[p.label for p, x in zip(prompts, ids, strict=True) if len(x) >= spec.max_length
-                               and len(tok(p.text, add_special_tokens=True)["input_ids"]) > spec.max_length],
-                    vectors=vecs, notes=list(spec.notes),
-                )
-                emb.matrices = distance_matrices(vecs)
-                embeddings.append(emb)
+                embeddings.append(_embed_one(ck, spec, toks.for_arch(spec.arch), name, path, family, prompts,
+                                             layer=layer, pool=pool, normalize=normalize, batch_size=batch_size,
+                                             log=log))
             models[-1].encoders = [by_cid[s.cid].to_dict() for s in specs]
 
-    drift: list[Drift] = []
-    for enc in dict.fromkeys(e.encoder for e in embeddings):
-        base = next((e for e in embeddings if e.model == ref_name and e.encoder == enc), None)
-        if base is None:
-            continue
-        for e in embeddings:
-            if e.encoder != enc or e.model == ref_name:
-                continue
-            if e.dim != base.dim or e.layer != base.layer:
-                info = next(m for m in models if m.name == e.model)
-                info.skipped.append(f"drift of {e.label} vs {ref_name}: not comparable ({e.layer}, {e.dim} dims vs "
-                                    f"{base.layer}, {base.dim} dims; pass the same --layer)")
-                continue
-            drift.append(compute_drift(e, base, prompts))
+    drift = _drift_all(embeddings, models, ref_name, prompts)
     return EmbedResult(prompts, models, embeddings, drift, ref_name, dict(toks.sources), unreadable)

@@ -145,37 +145,47 @@ def check_outputs(inputs: Iterable[str | Path | None], outputs: Iterable[Output 
         real = Path(os.path.realpath(p))
         st = _stat(p)
         if isinstance(o, OutFile):
-            if st is None:
-                continue
-            why = ins.conflict(p)
-            if why is not None:
-                raise _refuse(o, why)
-            if p.is_dir():
-                raise _refuse(o, "is a folder, not a file")
-            continue
-        if st is not None:
-            why = ins.conflict(p)
-            if why is not None:
-                raise _refuse(o, why)
-            if not p.is_dir():
-                raise _refuse(o, "is a file, not a folder")
-        for folder_real, folder in ins.folders.items():
-            if real == folder_real:
-                raise _refuse(o, f"is the input folder {folder}")
-            if o.whole and real in folder_real.parents:
-                raise _refuse(o, f"contains the input folder {folder}")
-        if o.whole:
-            for in_real, named in ins.real.items():
-                if _inside(in_real, real):
-                    raise _refuse(o, f"contains the input {named}")
-        if st is None:
-            continue
-        for pattern in o.writes:
-            for q in p.glob(pattern):
-                why = ins.conflict(q)
-                if why is not None:
-                    raise _refuse(o, f"holds {q.name}, which {why}")
+            _check_out_file(o, p, st, ins)
+        else:
+            _check_out_folder(o, p, real, st, ins)
 
+
+def _check_out_file(o: OutFile, p: Path, st: os.stat_result | None, ins: _Inputs) -> None:
+    """An output file: refused if it exists and is an input (or inside an input folder), or is a folder."""
+    if st is None:
+        return
+    why = ins.conflict(p)
+    if why is not None:
+        raise _refuse(o, why)
+    if p.is_dir():
+        raise _refuse(o, "is a folder, not a file")
+
+
+def _check_out_folder(o: OutFolder, p: Path, real: Path, st: os.stat_result | None, ins: _Inputs) -> None:
+    """An output folder: refused if it is an input, an existing file, an input folder, (``whole``) holds any
+    input, or holds an input at a name it writes. The checks run in that order."""
+    if st is not None:
+        why = ins.conflict(p)
+        if why is not None:
+            raise _refuse(o, why)
+        if not p.is_dir():
+            raise _refuse(o, "is a file, not a folder")
+    for folder_real, folder in ins.folders.items():
+        if real == folder_real:
+            raise _refuse(o, f"is the input folder {folder}")
+        if o.whole and real in folder_real.parents:
+            raise _refuse(o, f"contains the input folder {folder}")
+    if o.whole:
+        for in_real, named in ins.real.items():
+            if _inside(in_real, real):
+                raise _refuse(o, f"contains the input {named}")
+    if st is None:
+        return
+    for pattern in o.writes:
+        for q in p.glob(pattern):
+            why = ins.conflict(q)
+            if why is not None:
+                raise _refuse(o, f"holds {q.name}, which {why}")
 
 def _first_missing(p: Path) -> Path | None:
     """The topmost folder of ``p`` (``p`` included) that does not exist yet."""

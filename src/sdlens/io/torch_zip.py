@@ -92,10 +92,8 @@ def _descriptor_len(f: BinaryIO, end: int, crc: int, zip64: bool) -> int | None:
     return off + 4 + (16 if zip64 else 8)
 
 
-def torch_zip_members(f: BinaryIO, size: int, src: str) -> tuple[str, list[ZipMember], list[str]]:
-    """(the archive's top-level folder, every member in central-directory order -- duplicates included --,
-    the ways torch could read it differently than sdlens). Raises only when the archive cannot be parsed;
-    the caller scans every candidate pickle, then refuses an ambiguous archive."""
+def _central_directory(f: BinaryIO, size: int, src: str) -> tuple[list[zipfile.ZipInfo], int]:
+    """(every central-directory entry, the central directory's offset), checked against the end record."""
     n_total, cd_offset, _eocd = _end_record(f, size, src)
     if n_total > MAX_MEMBERS:
         raise CheckpointError(src, f"zip archive has {n_total:,} members (limit {MAX_MEMBERS:,})")
@@ -112,7 +110,11 @@ def torch_zip_members(f: BinaryIO, size: int, src: str) -> tuple[str, list[ZipMe
         raise UnsafeArchiveError(src, f"central directory lists {len(infos)} members, the end record {n_total}")
     if not infos:
         raise CheckpointError(src, "zip archive has no members (not a torch.save checkpoint)")
-    problems: list[str] = []
+    return infos, cd_offset
+
+
+def _name_problems(infos: list[zipfile.ZipInfo], problems: list[str]) -> str:
+    """The archive's top-level folder; duplicate names and members outside it go to ``problems``."""
     dupes = [n for n, c in Counter(i.filename for i in infos).items() if c > 1]
     if dupes:
         problems.append(f"duplicate member name {dupes[0]!r} (torch reads one copy, Python's zipfile another)")
@@ -121,45 +123,55 @@ def torch_zip_members(f: BinaryIO, size: int, src: str) -> tuple[str, list[ZipMe
     stray = next((i.filename for i in infos if not prefix or not i.filename.startswith(prefix)), None)
     if stray is not None:
         problems.append(f"member {stray!r} is not under the archive's top-level folder {prefix!r}")
+    return prefix
 
-    members: list[ZipMember] = []
-    spans: list[tuple[int, int, str]] = []
-    for info in infos:
-        name = info.filename
-        if info.flag_bits & 0x1 or info.flag_bits & 0x40:
-            problems.append(f"member {name!r} is encrypted")
-        elif info.flag_bits & ~_ALLOWED_FLAGS:
-            problems.append(f"member {name!r} has unusual zip flag bits {info.flag_bits:#06x}")
-        if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
-            problems.append(f"member {name!r} uses unusual compression method {info.compress_type}")
-        f.seek(info.header_offset)
-        head = f.read(30)
-        if len(head) < 30 or head[:4] != b"PK\x03\x04":
-            raise CheckpointError(src, f"zip member {name!r} has no valid local header (corrupt archive)")
-        flags, method, crc, csize, usize, nlen, xlen = struct.unpack("<2xHH4xIIIHH", head[4:30])
-        raw_name = f.read(nlen)
-        local_name = raw_name.decode("utf-8" if flags & 0x800 else "cp437", "replace")
-        if local_name != name:
-            problems.append(f"local header names {local_name[:80]!r} but the central directory {name[:80]!r}")
-        elif method != info.compress_type or (flags ^ info.flag_bits) & 0x0809 or not flags & 0x8 and (
-            crc != info.CRC
-            or (csize != 0xFFFFFFFF and csize != info.compress_size)
-            or (usize != 0xFFFFFFFF and usize != info.file_size)
-        ):
-            problems.append(f"local header of {name!r} disagrees with the central directory")
-        start = info.header_offset + 30 + nlen + xlen
-        end = start + info.compress_size
-        if info.flag_bits & 0x8:
-            zip64 = info.file_size >= 0xFFFFFFFF or info.compress_size >= 0xFFFFFFFF or usize == 0xFFFFFFFF
-            dlen = _descriptor_len(f, end, info.CRC, zip64)
-            if dlen is None:
-                problems.append(f"data descriptor of {name!r} disagrees with the central directory")
-                dlen = 0
-            end += dlen
-        spans.append((info.header_offset, end, name))
-        members.append(
-            ZipMember(name, local_name, start, info.compress_size, info.file_size, info.CRC, info.compress_type)
-        )
+
+def _flag_problems(info: zipfile.ZipInfo, problems: list[str]) -> None:
+    name = info.filename
+    if info.flag_bits & 0x1 or info.flag_bits & 0x40:
+        problems.append(f"member {name!r} is encrypted")
+    elif info.flag_bits & ~_ALLOWED_FLAGS:
+        problems.append(f"member {name!r} has unusual zip flag bits {info.flag_bits:#06x}")
+    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        problems.append(f"member {name!r} uses unusual compression method {info.compress_type}")
+
+
+def _local_header(
+    f: BinaryIO, info: zipfile.ZipInfo, src: str, problems: list[str]
+) -> tuple[ZipMember, tuple[int, int, str]]:
+    """A member read off its local header (checked against the central directory), and its byte span (header
+    to end of data descriptor)."""
+    name = info.filename
+    f.seek(info.header_offset)
+    head = f.read(30)
+    if len(head) < 30 or head[:4] != b"PK\x03\x04":
+        raise CheckpointError(src, f"zip member {name!r} has no valid local header (corrupt archive)")
+    flags, method, crc, csize, usize, nlen, xlen = struct.unpack("<2xHH4xIIIHH", head[4:30])
+    raw_name = f.read(nlen)
+    local_name = raw_name.decode("utf-8" if flags & 0x800 else "cp437", "replace")
+    if local_name != name:
+        problems.append(f"local header names {local_name[:80]!r} but the central directory {name[:80]!r}")
+    elif method != info.compress_type or (flags ^ info.flag_bits) & 0x0809 or not flags & 0x8 and (
+        crc != info.CRC
+        or (csize != 0xFFFFFFFF and csize != info.compress_size)
+        or (usize != 0xFFFFFFFF and usize != info.file_size)
+    ):
+        problems.append(f"local header of {name!r} disagrees with the central directory")
+    start = info.header_offset + 30 + nlen + xlen
+    end = start + info.compress_size
+    if info.flag_bits & 0x8:
+        zip64 = info.file_size >= 0xFFFFFFFF or info.compress_size >= 0xFFFFFFFF or usize == 0xFFFFFFFF
+        dlen = _descriptor_len(f, end, info.CRC, zip64)
+        if dlen is None:
+            problems.append(f"data descriptor of {name!r} disagrees with the central directory")
+            dlen = 0
+        end += dlen
+    member = ZipMember(name, local_name, start, info.compress_size, info.file_size, info.CRC, info.compress_type)
+    return member, (info.header_offset, end, name)
+
+
+def _layout_problems(spans: list[tuple[int, int, str]], cd_offset: int, problems: list[str]) -> None:
+    """Members must lie back to back from byte 0 up to the central directory."""
     spans.sort()
     pos = 0
     for begin, end, name in spans:
@@ -169,6 +181,24 @@ def torch_zip_members(f: BinaryIO, size: int, src: str) -> tuple[str, list[ZipMe
         pos = max(pos, end)
     if pos != cd_offset:
         problems.append(f"{cd_offset - pos} bytes between the last member and the central directory")
+
+
+def torch_zip_members(f: BinaryIO, size: int, src: str) -> tuple[str, list[ZipMember], list[str]]:
+    """(the archive's top-level folder, every member in central-directory order -- duplicates included --,
+    the ways torch could read it differently than sdlens). Raises only when the archive cannot be parsed;
+    the caller scans every candidate pickle, then refuses an ambiguous archive."""
+    infos, cd_offset = _central_directory(f, size, src)
+    problems: list[str] = []
+    prefix = _name_problems(infos, problems)
+
+    members: list[ZipMember] = []
+    spans: list[tuple[int, int, str]] = []
+    for info in infos:
+        _flag_problems(info, problems)
+        member, span = _local_header(f, info, src, problems)
+        spans.append(span)
+        members.append(member)
+    _layout_problems(spans, cd_offset, problems)
     return prefix, members, problems
 
 

@@ -80,6 +80,32 @@ def chroma_diffusers_to_original(sd: Mapping[str, torch.Tensor]) -> dict[str, to
     return m.done()
 
 
+def _o2d_double_block(m: _Move, i: int) -> None:
+    d, o = f"transformer_blocks.{i}.", f"double_blocks.{i}."
+    for p in ("weight", "bias"):
+        for n, t in zip("qkv", m.take(f"{o}img_attn.qkv.{p}").chunk(3), strict=True):
+            m.out[f"{d}attn.to_{n}.{p}"] = t
+        for n, t in zip("qkv", m.take(f"{o}txt_attn.qkv.{p}").chunk(3), strict=True):
+            m.out[f"{d}attn.add_{n}_proj.{p}"] = t
+        for a, b in _DOUBLE:
+            m.put(f"{d}{a}.{p}", f"{o}{b}.{p}")
+    for a, b in _DOUBLE_NORMS:
+        m.put(f"{d}{a}.weight", f"{o}{b}.scale")
+
+
+def _o2d_single_block(m: _Move, sd: Mapping[str, torch.Tensor], i: int) -> None:
+    d, o = f"single_transformer_blocks.{i}.", f"single_blocks.{i}."
+    hidden = sd[f"{o}linear2.weight"].shape[0]
+    for p in ("weight", "bias"):
+        fused = m.take(f"{o}linear1.{p}")
+        parts = fused.split([hidden, hidden, hidden, fused.shape[0] - 3 * hidden])
+        for n, t in zip(("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp"), parts, strict=True):
+            m.out[f"{d}{n}.{p}"] = t
+        m.put(f"{d}proj_out.{p}", f"{o}linear2.{p}")
+    for a, b in _SINGLE_NORMS:
+        m.put(f"{d}{a}.weight", f"{o}{b}.scale")
+
+
 def chroma_original_to_diffusers(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     m = _Move(sd)
     for p in ("weight", "bias"):
@@ -91,25 +117,7 @@ def chroma_original_to_diffusers(sd: Mapping[str, torch.Tensor]) -> dict[str, to
                 m.put(f"distilled_guidance_layer.layers.{i}.{d}.{p}", f"distilled_guidance_layer.layers.{i}.{o}.{p}")
         m.put(f"distilled_guidance_layer.norms.{i}.weight", f"distilled_guidance_layer.norms.{i}.scale")
     for i in _ids(sd, "double_blocks"):
-        d, o = f"transformer_blocks.{i}.", f"double_blocks.{i}."
-        for p in ("weight", "bias"):
-            for n, t in zip("qkv", m.take(f"{o}img_attn.qkv.{p}").chunk(3), strict=True):
-                m.out[f"{d}attn.to_{n}.{p}"] = t
-            for n, t in zip("qkv", m.take(f"{o}txt_attn.qkv.{p}").chunk(3), strict=True):
-                m.out[f"{d}attn.add_{n}_proj.{p}"] = t
-            for a, b in _DOUBLE:
-                m.put(f"{d}{a}.{p}", f"{o}{b}.{p}")
-        for a, b in _DOUBLE_NORMS:
-            m.put(f"{d}{a}.weight", f"{o}{b}.scale")
+        _o2d_double_block(m, i)
     for i in _ids(sd, "single_blocks"):
-        d, o = f"single_transformer_blocks.{i}.", f"single_blocks.{i}."
-        hidden = sd[f"{o}linear2.weight"].shape[0]
-        for p in ("weight", "bias"):
-            fused = m.take(f"{o}linear1.{p}")
-            parts = fused.split([hidden, hidden, hidden, fused.shape[0] - 3 * hidden])
-            for n, t in zip(("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp"), parts, strict=True):
-                m.out[f"{d}{n}.{p}"] = t
-            m.put(f"{d}proj_out.{p}", f"{o}linear2.{p}")
-        for a, b in _SINGLE_NORMS:
-            m.put(f"{d}{a}.weight", f"{o}{b}.scale")
+        _o2d_single_block(m, sd, i)
     return m.done()

@@ -99,6 +99,51 @@ def hf_to_nai_clip_key(key: str) -> str:
     return NAI_PREFIX + key[len(full) :] if key.startswith(full) else key
 
 
+def _hf_layer_to_openclip(key: str, n: int, rest: str, t: torch.Tensor, out: dict[str, torch.Tensor],
+                          qkv: dict[tuple[int, str], dict[str, torch.Tensor]]) -> None:
+    """One ``text_model.encoder.layers.N.<rest>`` entry: q/k/v kept aside for fusing, the rest renamed."""
+    if qm := re.fullmatch(r"self_attn\.([qkv])_proj\.(weight|bias)", rest):
+        qkv.setdefault((n, qm.group(2)), {})[qm.group(1)] = t
+        return
+    for old, new in _LAYER_RENAMES.items():
+        if rest.startswith(old + "."):
+            out[f"transformer.resblocks.{n}.{new}{rest[len(old) :]}"] = t
+            return
+    raise KeyError(key)
+
+
+def _fuse_qkv(out: dict[str, torch.Tensor], qkv: dict[tuple[int, str], dict[str, torch.Tensor]]) -> None:
+    for (n, kind), parts in sorted(qkv.items()):
+        if set(parts) != {"q", "k", "v"}:
+            raise KeyError(f"layer {n}: incomplete q/k/v {kind}")
+        out[f"transformer.resblocks.{n}.attn.in_proj_{kind}"] = torch.cat(
+            [parts["q"], parts["k"], parts["v"]]
+        )
+
+
+def _append_layer_copies(out: dict[str, torch.Tensor], last: int, extra_layers: int) -> None:
+    """Append ``extra_layers`` clones of resblock ``last``."""
+    if last < 0:
+        raise ValueError("no layers to copy for extra_layers")
+    src = f"transformer.resblocks.{last}."
+    block = {k[len(src) :]: v for k, v in out.items() if k.startswith(src)}
+    for i in range(1, extra_layers + 1):
+        for rest, v in block.items():
+            out[f"transformer.resblocks.{last + i}.{rest}"] = v.clone()
+
+
+def _logit_scale_tensor(logit_scale: float | torch.Tensor, ref: torch.Tensor | None) -> torch.Tensor:
+    return (
+        logit_scale
+        if isinstance(logit_scale, torch.Tensor)
+        else torch.tensor(
+            float(logit_scale),
+            dtype=ref.dtype if ref is not None else torch.float32,
+            device=ref.device if ref is not None else None,
+        )
+    )
+
+
 def clip_hf_to_openclip(
     sd: Mapping[str, torch.Tensor],
     *,
@@ -122,44 +167,14 @@ def clip_hf_to_openclip(
         elif key == "text_projection.weight":
             out["text_projection"] = t.T.contiguous()
         elif m := _HF_LAYER.match(key):
-            n, rest = int(m.group(1)), m.group(2)
-            if qm := re.fullmatch(r"self_attn\.([qkv])_proj\.(weight|bias)", rest):
-                qkv.setdefault((n, qm.group(2)), {})[qm.group(1)] = t
-                continue
-            for old, new in _LAYER_RENAMES.items():
-                if rest.startswith(old + "."):
-                    out[f"transformer.resblocks.{n}.{new}{rest[len(old) :]}"] = t
-                    break
-            else:
-                raise KeyError(key)
+            _hf_layer_to_openclip(key, int(m.group(1)), m.group(2), t, out, qkv)
         else:
             raise KeyError(key)
-    for (n, kind), parts in sorted(qkv.items()):
-        if set(parts) != {"q", "k", "v"}:
-            raise KeyError(f"layer {n}: incomplete q/k/v {kind}")
-        out[f"transformer.resblocks.{n}.attn.in_proj_{kind}"] = torch.cat(
-            [parts["q"], parts["k"], parts["v"]]
-        )
+    _fuse_qkv(out, qkv)
     if extra_layers:
-        last = max((n for n, _ in qkv), default=-1)
-        if last < 0:
-            raise ValueError("no layers to copy for extra_layers")
-        src = f"transformer.resblocks.{last}."
-        block = {k[len(src) :]: v for k, v in out.items() if k.startswith(src)}
-        for i in range(1, extra_layers + 1):
-            for rest, v in block.items():
-                out[f"transformer.resblocks.{last + i}.{rest}"] = v.clone()
+        _append_layer_copies(out, max((n for n, _ in qkv), default=-1), extra_layers)
     if logit_scale is not None:
-        ref = out.get("ln_final.weight")
-        out["logit_scale"] = (
-            logit_scale
-            if isinstance(logit_scale, torch.Tensor)
-            else torch.tensor(
-                float(logit_scale),
-                dtype=ref.dtype if ref is not None else torch.float32,
-                device=ref.device if ref is not None else None,
-            )
-        )
+        out["logit_scale"] = _logit_scale_tensor(logit_scale, out.get("ln_final.weight"))
     return out
 
 
