@@ -82,3 +82,22 @@ def test_original_file_to_diffusers_loads_and_round_trips(tmp_path, family):
     back = tmp_path / "back.safetensors"
     _run(folder, back)
     assert _hashes(back) == _hashes(src)
+
+
+def test_diffusers_folder_to_single_and_back(tmp_path):
+    ref = z.build_denoiser("pixart_sigma", layout="diffusers", seed=7)
+    folder = z.write_diffusers_folder("pixart_sigma", tmp_path / "in", sd=ref)
+    single = tmp_path / "pixart.safetensors"
+    _run(folder, single)
+    with open_checkpoint(single) as ck:
+        got = {k: ck.read(k) for k in ck.tensors}
+    want = z.to_original("pixart_sigma", ref)
+    del want[NULL_CAPTION]  # a diffusers folder has none to give
+    assert set(got) == set(want) and all(torch.equal(got[k], want[k]) for k in want)  # bare original keys
+    again = tmp_path / "again"
+    _run(single, again, layout="diffusers")
+    name = "transformer/diffusion_pytorch_model.safetensors"
+    assert _hashes(again / name) == _hashes(folder / name)
+    assert not (again / EXTRAS_FILE).exists()
+    assert json.loads((again / "transformer" / "config.json").read_text()) == \
+        json.loads((folder / "transformer" / "config.json").read_text())
