@@ -15,6 +15,7 @@ from sdlens.convert import ConvertOptions, convert, make_plan
 from sdlens.errors import SdlensError
 from sdlens.io.open import open_checkpoint
 from sdlens.testing import zoo_dit as z
+from sdlens.testing import zoo_new_a as zn
 from sdlens.testing.writers import save_safetensors
 
 diffusers = pytest.importorskip("diffusers")
@@ -91,15 +92,15 @@ def test_bare_bfl_file_gains_the_records_prefix_only(tmp_path):
     assert _hashes(tmp_path / "back.safetensors") == {prefix + k: v for k, v in _hashes(src).items()}
 
 
-def test_a_dit_without_config_from_shapes_is_refused_clearly(tmp_path):
-    src = save_safetensors(z.build_denoiser("pixart_alpha"), tmp_path / "pixart.safetensors")
-    with pytest.raises(SdlensError, match="pixart_alpha record has no config-from-shapes"):
+def test_a_dit_without_a_key_map_is_refused_clearly(tmp_path):
+    src = zn.write("sana", "original", tmp_path)  # PixArt converts now (tests/test_pixart_convert.py); SANA has no map
+    with pytest.raises(SdlensError, match="no key map for this denoiser"):
         make_plan(src, tmp_path / "dif", ConvertOptions(layout="diffusers"))
 
 
 def test_cli_refusal_is_one_line_exit_2(tmp_path, cli):
-    src = save_safetensors(z.build_denoiser("pixart_sigma"), tmp_path / "pixart.safetensors")
+    src = zn.write("sana", "original", tmp_path)
     r = cli("convert", str(src), str(tmp_path / "dif"), "--layout", "diffusers")
     assert r.returncode == 2
-    assert r.stderr.count("\n") == 1 and "pixart.safetensors" in r.stderr and "Traceback" not in r.stderr
+    assert r.stderr.count("\n") == 1 and "sana.safetensors" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "dif").exists()

@@ -45,9 +45,10 @@ TINY: dict[str, dict[str, Callable[[], StateDict]]] = {
        for f, (n, v) in _DIT.items()},
     **{f: {lay: lambda f=f, lay=lay: zb.build_denoiser(f, layout=lay) for lay in lays} for f, lays in _NEW_B.items()},
 }
-# a refinement (Playground v2.5 of SDXL) is measured as its base, whose files are tested
+# a refinement (Playground v2.5 of SDXL) is measured as its base, whose files are tested; `sdlens arch` measures
+# records with a pipeline only (PixArt's config-from-shapes serves convert: tests/test_pixart_convert.py)
 DERIVABLE = [f for f in families.all_families()
-             if f.denoiser is not None and f.denoiser.config_from_shapes and not f.base]
+             if f.denoiser is not None and f.denoiser.config_from_shapes and not f.base and f.pipeline]
 PIPELINES = [f for f in families.all_families() if f.pipeline is not None and f.denoiser is not None]
 
 

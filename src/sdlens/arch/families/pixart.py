@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from sdlens.arch.families._common import IN_OUT
 from sdlens.arch.families.hunyuandit import DIT_RULES
 from sdlens.arch.record import Blocks, Denoiser, Family, Feature, TextEncoderSlot
+from sdlens.arch.shapes import count, first, head_dim
+
+if TYPE_CHECKING:
+    from sdlens.io.base import TensorInfo
 
 # LTX-Video (sdlens.arch.families.ltx_video) has PixArt's adaln_single and 28 blocks, but q/k RMS norms
 LTX_QK_NORM = Feature("ltx_qk_norm", "present", r"^transformer_blocks\.0\.attn1\.(q_norm|norm_q)\.weight$", 0,
@@ -35,6 +40,40 @@ _BASE: dict[str, Any] = {
     "norm_eps": 1e-6,
     "caption_channels": 4096,
 }
+ALPHA: dict[str, Any] = {**_BASE, "use_additional_conditions": True}
+SIGMA: dict[str, Any] = {**_BASE, "use_additional_conditions": False, "interpolation_scale": 2}
+
+
+def config_from_shapes(released: Mapping[str, Any]) -> Callable[[Mapping[str, TensorInfo]], dict[str, Any]]:
+    """The record's ``config_from_shapes``: PixArtTransformer2DModel kwargs from the original keys (``blocks.N.``,
+    ``t_block``) or diffusers' ones, on top of ``released``. Heads are not in the shapes: the released head
+    width where it divides the hidden width (:func:`sdlens.arch.shapes.head_dim`); the latent sample size and the
+    position-embedding interpolation scale (a buffer diffusers does not store) are the release's too."""
+
+    def derive(keys: Mapping[str, TensorInfo]) -> dict[str, Any]:
+        x = first(keys, "x_embedder.proj.weight", "pos_embed.proj.weight")
+        hidden, p = x.shape[0], x.shape[2]
+        head = head_dim(hidden, released["attention_head_dim"])
+        caption = keys.get("y_embedder.y_proj.fc1.weight") or keys.get("caption_projection.linear_1.weight")
+        return {
+            **released,
+            "in_channels": x.shape[1],
+            "patch_size": p,
+            "out_channels": first(keys, "final_layer.linear.weight", "proj_out.weight").shape[0] // (p * p),
+            "num_layers": count(keys, r"^(?:blocks|transformer_blocks)\.(\d+)\."),
+            "num_attention_heads": hidden // head,
+            "attention_head_dim": head,
+            "cross_attention_dim": first(keys, "blocks.0.cross_attn.kv_linear.weight",
+                                         "transformer_blocks.0.attn2.to_k.weight").shape[1],
+            "attention_bias": "blocks.0.attn.qkv.bias" in keys or "transformer_blocks.0.attn1.to_q.bias" in keys,
+            "caption_channels": caption.shape[1] if caption is not None else None,
+            "use_additional_conditions": "csize_embedder.mlp.0.weight" in keys
+            or "adaln_single.emb.resolution_embedder.linear_1.weight" in keys,
+        }
+
+    return derive
+
+
 _BLOCKS = Blocks(DIT_RULES, (*IN_OUT, ("B", 28), ("OUT", None)))
 _TES = (TextEncoderSlot("t5", 120, "last"),)
 _SLOTS = {"denoiser": "transformer", "t5": "text_encoder", "vae": "vae"}
@@ -45,7 +84,7 @@ FAMILIES: tuple[Family, ...] = (
         {"pixart": True, "pixart_ar": True, "ltx_qk_norm": False, "sana_ff": False},
         {"pixart_blocks": 28},
         features=FEATURES,
-        denoiser=Denoiser("PixArtTransformer2DModel", {**_BASE, "use_additional_conditions": True}, label="DiT",
+        denoiser=Denoiser("PixArtTransformer2DModel", ALPHA, label="DiT", config_from_shapes=config_from_shapes(ALPHA),
                           keymap="pixart"),
         text_encoders=_TES, blocks=_BLOCKS, diffusers_slots=_SLOTS,
     ),
@@ -53,8 +92,7 @@ FAMILIES: tuple[Family, ...] = (
         "pixart_sigma", "PixArt-Σ",
         {"pixart": True, "pixart_ar": False, "ltx_qk_norm": False, "sana_ff": False},
         {"pixart_blocks": 28},
-        denoiser=Denoiser("PixArtTransformer2DModel",
-                          {**_BASE, "use_additional_conditions": False, "interpolation_scale": 2}, label="DiT",
+        denoiser=Denoiser("PixArtTransformer2DModel", SIGMA, label="DiT", config_from_shapes=config_from_shapes(SIGMA),
                           keymap="pixart"),
         text_encoders=(TextEncoderSlot("t5", 300, "last"),), blocks=_BLOCKS, diffusers_slots=_SLOTS,
     ),
