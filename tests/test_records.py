@@ -33,6 +33,8 @@ StateDict = dict[str, torch.Tensor]
 # config_from_shapes needs one entry per layout it is read in, "diffusers" among them (docs/adding-a-family.md).
 _DIT = {"sd3": ("sd3", None), "sd35m": ("sd35m", None), "sd35": ("sd35", None), "flux_dev": ("flux_dev", None),
         "flux_schnell": ("flux_schnell", None), "auraflow": ("auraflow", None), "hunyuandit": ("hunyuandit", None)}
+# PixArt's original file also holds the null caption (no diffusers place): its count is checked in test_pixart_convert
+_DIFFUSERS_ONLY = {"pixart_alpha": ("pixart_alpha", None), "pixart_sigma": ("pixart_sigma", None)}
 # the families of testing/zoo_new_b (HiDream ships only the diffusers layout)
 _NEW_B = {"hidream_i1": ("diffusers",), "chroma": ("original", "diffusers"), "wan21_t2v_1_3b": ("original", "diffusers"),
           "wan21_t2v_14b": ("original", "diffusers"), "wan21_i2v_14b": ("original", "diffusers"),
@@ -43,6 +45,8 @@ TINY: dict[str, dict[str, Callable[[], StateDict]]] = {
     **{f: {"original": lambda n=n, v=v: zd.build_single_file(n, variant=v),
            "diffusers": lambda n=n, v=v: zd.build_denoiser(n, layout="diffusers", variant=v)}
        for f, (n, v) in _DIT.items()},
+    **{f: {"diffusers": lambda n=n, v=v: zd.build_denoiser(n, layout="diffusers", variant=v)}
+       for f, (n, v) in _DIFFUSERS_ONLY.items()},
     **{f: {lay: lambda f=f, lay=lay: zb.build_denoiser(f, layout=lay) for lay in lays} for f, lays in _NEW_B.items()},
 }
 # a refinement (Playground v2.5 of SDXL) is measured as its base, whose files are tested; `sdlens arch` measures
@@ -116,7 +120,9 @@ def test_config_neighbours_stay_apart():
     assert record_for_config(unet, {"cross_attention_dim": 512, "use_linear_projection": True}).id == "sd2"
     assert record_for_config(unet, {"cross_attention_dim": 512}).id == "sd1"
     assert record_for_config("FluxTransformer2DModel", {}).id == "flux_schnell"  # guidance_embeds defaults to False
-    assert record_for_config("PixArtTransformer2DModel", {}) is None  # no pipeline to measure
+    # diffusers' own rule: size conditioning (PixArt-α) unless told otherwise, at the default sample size 128
+    assert record_for_config("PixArtTransformer2DModel", {}).id == "pixart_alpha"
+    assert record_for_config("PixArtTransformer2DModel", {"use_additional_conditions": False}).id == "pixart_sigma"
 
 
 @pytest.mark.parametrize(("family", "time_ids"), [("sdxl", 6), ("sdxl_refiner", 5)])

@@ -340,8 +340,9 @@ def scheduler_config(family: str) -> dict[str, Any]:
     (flow-matching schedulers take none)."""
     fam = families.get(family)
     pipe = fam.pipeline if fam else None
-    cls = pipe.scheduler if pipe and pipe.scheduler in SCHEDULERS else "EulerDiscreteScheduler"
-    cfg: dict[str, Any] = {"_class_name": cls, **SCHEDULERS[cls]}
+    known = pipe is not None and (pipe.scheduler in SCHEDULERS or bool(pipe.scheduler_config))
+    cls = pipe.scheduler if known else "EulerDiscreteScheduler"
+    cfg: dict[str, Any] = {"_class_name": cls, **SCHEDULERS.get(cls, {}), **(pipe.scheduler_config if known else {})}
     if not cls.startswith("FlowMatch"):
         cfg["prediction_type"] = pipe.prediction if pipe and pipe.prediction in ("epsilon", "v_prediction") else "epsilon"
     return cfg

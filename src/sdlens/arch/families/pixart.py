@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from sdlens.arch.families._common import IN_OUT
 from sdlens.arch.families.hunyuandit import DIT_RULES
-from sdlens.arch.record import Blocks, Denoiser, Family, Feature, TextEncoderSlot
+from sdlens.arch.record import Blocks, Denoiser, Family, Feature, Pipeline, TextEncoderSlot
 from sdlens.arch.shapes import count, first, head_dim
 
 if TYPE_CHECKING:
@@ -75,6 +75,21 @@ def config_from_shapes(released: Mapping[str, Any]) -> Callable[[Mapping[str, Te
 
 
 _BLOCKS = Blocks(DIT_RULES, (*IN_OUT, ("B", 28), ("OUT", None)))
+# PixArt-alpha/PixArt-XL-2-1024-MS and PixArt-alpha/PixArt-Sigma-XL-2-1024-MS scheduler/scheduler_config.json
+_SCHEDULER = {"beta_schedule": "linear", "beta_start": 0.0001, "beta_end": 0.02, "num_train_timesteps": 1000,
+              "solver_order": 2, "algorithm_type": "dpmsolver++", "lower_order_final": True}
+
+
+def _size_conditioned(config) -> bool:
+    """PixArt-α's size / aspect-ratio micro-conditioning, as diffusers decides it (None: on at sample size 128)."""
+    on = config.get("use_additional_conditions")
+    return config.get("sample_size", 128) == 128 if on is None else bool(on)
+
+
+def _pipeline(name: str, aliases: tuple[str, ...], tokens: int, cls: str) -> Pipeline:
+    return Pipeline(name, aliases, tokens, True, 20, (1024, 1024), "DPMSolverMultistepScheduler", "epsilon", cls,
+                    measured=False, scheduler_config=_SCHEDULER)
+
 _TES = (TextEncoderSlot("t5", 120, "last"),)
 _SLOTS = {"denoiser": "transformer", "t5": "text_encoder", "vae": "vae"}
 
@@ -85,15 +100,19 @@ FAMILIES: tuple[Family, ...] = (
         {"pixart_blocks": 28},
         features=FEATURES,
         denoiser=Denoiser("PixArtTransformer2DModel", ALPHA, label="DiT", config_from_shapes=config_from_shapes(ALPHA),
-                          keymap="pixart"),
+                          keymap="pixart", matches_config=_size_conditioned),
         text_encoders=_TES, blocks=_BLOCKS, diffusers_slots=_SLOTS,
+        pipeline=_pipeline("PixArt-α 1024", ("pixart-alpha", "pixart-α", "pixart-xl-2-1024-ms"), 120,
+                           "PixArtAlphaPipeline"),
     ),
     Family(
         "pixart_sigma", "PixArt-Σ",
         {"pixart": True, "pixart_ar": False, "ltx_qk_norm": False, "sana_ff": False},
         {"pixart_blocks": 28},
         denoiser=Denoiser("PixArtTransformer2DModel", SIGMA, label="DiT", config_from_shapes=config_from_shapes(SIGMA),
-                          keymap="pixart"),
+                          keymap="pixart", matches_config=lambda c: not _size_conditioned(c)),
         text_encoders=(TextEncoderSlot("t5", 300, "last"),), blocks=_BLOCKS, diffusers_slots=_SLOTS,
+        pipeline=_pipeline("PixArt-Σ 1024", ("pixart-sigma", "pixart-σ", "pixart-sigma-xl-2-1024-ms"), 300,
+                           "PixArtSigmaPipeline"),
     ),
 )
