@@ -36,3 +36,8 @@ def head_dim(hidden: int, usual: int) -> int:
     """Head width when no tensor tells it: the family's usual one where it divides the width (parameters do not
     depend on it; attention FLOPs neither, only materialised-score memory does)."""
     return usual if hidden % usual == 0 else (16 if hidden % 16 == 0 else hidden)
+
+
+def optional(keys: Mapping[str, TensorInfo], *names: str) -> TensorInfo | None:
+    """The first of ``names`` in the keys, or None."""
+    return next((keys[n] for n in names if n in keys), None)

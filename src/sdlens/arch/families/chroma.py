@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from sdlens.arch.families._common import IN_OUT
-from sdlens.arch.families._shapes import count, first
+from sdlens.arch.shapes import count, first
 from sdlens.arch.families.flux import CHROMA_APPROXIMATOR, RULES
 from sdlens.arch.record import Blocks, Denoiser, Family, Feature, Pipeline, TextEncoderSlot
 

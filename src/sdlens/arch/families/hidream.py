@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from sdlens.arch.families._common import IN_OUT
-from sdlens.arch.families._shapes import count, first, head_dim
+from sdlens.arch.shapes import count, first, head_dim
 from sdlens.arch.record import Blocks, Denoiser, Family, Feature, Pipeline, TextEncoderSlot
 
 FEATURES: tuple[Feature, ...] = (
