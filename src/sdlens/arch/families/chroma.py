@@ -8,9 +8,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from sdlens.arch.families._common import IN_OUT
-from sdlens.arch.shapes import count, first
 from sdlens.arch.families.flux import CHROMA_APPROXIMATOR, RULES
 from sdlens.arch.record import Blocks, Denoiser, Family, Feature, Pipeline, TextEncoderSlot
+from sdlens.arch.shapes import count, first
 
 FEATURES: tuple[Feature, ...] = (
     CHROMA_APPROXIMATOR,

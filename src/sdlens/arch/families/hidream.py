@@ -7,8 +7,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from sdlens.arch.families._common import IN_OUT
-from sdlens.arch.shapes import count, first, head_dim
 from sdlens.arch.record import Blocks, Denoiser, Family, Feature, Pipeline, TextEncoderSlot
+from sdlens.arch.shapes import count, first, head_dim
 
 FEATURES: tuple[Feature, ...] = (
     Feature("hidream", "present", r"^double_stream_blocks\.\d+\.block\.adaLN_modulation\.1\.weight$", 0,

@@ -8,9 +8,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from sdlens.arch.families._common import IN_OUT
-from sdlens.arch.shapes import count, first, head_dim
 from sdlens.arch.families.pixart import LTX_QK_NORM
 from sdlens.arch.record import Blocks, Denoiser, Family, Feature, Pipeline, TextEncoderSlot
+from sdlens.arch.shapes import count, first, head_dim
 
 FEATURES: tuple[Feature, ...] = (
     Feature("ltx", "present", r"^(patchify_proj|proj_in)\.weight$", 0, "LTX patchify projection"),

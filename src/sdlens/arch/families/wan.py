@@ -10,8 +10,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from sdlens.arch.families._common import IN_OUT
-from sdlens.arch.shapes import count, first, head_dim, optional
 from sdlens.arch.record import Blocks, Denoiser, Family, Feature, Pipeline, TextEncoderSlot
+from sdlens.arch.shapes import count, first, head_dim, optional
 
 FEATURES: tuple[Feature, ...] = (
     Feature("wan", "present", r"^(head\.modulation|condition_embedder\.time_proj\.weight)$", 0,
