@@ -14,6 +14,8 @@ from sdlens.analysis import matrix as M
 from sdlens.analysis.diff import diff
 from sdlens.arch import families
 from sdlens.arch.keymap import dit_map
+from sdlens.convert import ConvertOptions, convert, make_plan
+from sdlens.io.open import open_checkpoint
 from sdlens.testing import zoo_new_a as A
 from sdlens.testing import zoo_new_b as B
 from sdlens.testing.writers import save_safetensors
@@ -115,3 +117,17 @@ def test_matrix_groups_the_three_cascade_forms(tmp_path):
     r = M.matrix(list(paths))
     assert r.identity["denoiser"] == [[p.name for p in paths]]
     assert float(r.matrix("denoiser").max()) == 0.0
+
+
+@pytest.mark.parametrize("fid", ["wan21_t2v_1_3b", "chroma", "ltx_video"])
+def test_convert_layout_round_trip(tmp_path, fid):
+    # the ComfyUI file -> a diffusers folder (identical to it by diff) -> a single file with the same bytes
+    _a, b, _c = _forms(tmp_path, fid)
+    folder, back = tmp_path / "dif", tmp_path / "back.safetensors"
+    assert convert(make_plan(b, folder, ConvertOptions(layout="diffusers"))).verification.ok
+    r = diff(b, folder)
+    assert not any(t.changed for t in r.tensors) and r.only_a == r.only_b == []
+    assert convert(make_plan(folder, back, ConvertOptions(layout="single"))).verification.ok
+    with open_checkpoint(back) as x, open_checkpoint(b) as y:
+        assert sorted(x.tensors) == sorted(y.tensors)
+        assert all(torch.equal(x.read(k), y.read(k)) for k in y.tensors)
