@@ -13,7 +13,8 @@ import torch
 from sdlens.analysis import matrix as M
 from sdlens.analysis.diff import diff
 from sdlens.arch import families
-from sdlens.arch.keymap import dit_map
+from sdlens.arch.keymap import DitMap, Rel, dit_map
+from sdlens.arch.keymap._dit import wb
 from sdlens.convert import ConvertOptions, convert, make_plan
 from sdlens.io.open import open_checkpoint
 from sdlens.testing import zoo_new_a as A
@@ -131,3 +132,23 @@ def test_convert_layout_round_trip(tmp_path, fid):
     with open_checkpoint(back) as x, open_checkpoint(b) as y:
         assert sorted(x.tensors) == sorted(y.tensors)
         assert all(torch.equal(x.read(k), y.read(k)) for k in y.tensors)
+
+
+def test_engine_path_field_condition_and_same_name_keys():
+    km = DitMap("t", (
+        wb("mapper.", "pooled_mapper.", present=("stage_b.weight",) * 2),
+        Rel("{p}.attn.in_proj_weight", ("{p}.to_q.weight", "{p}.to_k.weight")),
+        Rel("{p}", ("{p}",)),
+    ))
+    orig = {"a.0.b.attn.in_proj_weight": (4, 3), "pooled_mapper.weight": (2, 2), "x.weight": (1,)}
+    # same-name keys match both sides: only the fused one tells the layout
+    assert km.layout(orig) == "original"
+    plan = km.to_diffusers(orig)
+    assert plan.left == [] and plan.targets["a.0.b.to_k.weight"].pieces[0].rows == (2, 4)
+    assert "pooled_mapper.weight" in plan.targets  # no stage_b key: the rename does not apply
+    dif = {"a.0.b.to_q.weight": (2, 3), "a.0.b.to_k.weight": (2, 3), "pooled_mapper.weight": (2, 2),
+           "stage_b.weight": (1,)}
+    assert km.layout(dif) == "diffusers"
+    back = km.to_original(dif).targets
+    assert set(back) == {"a.0.b.attn.in_proj_weight", "mapper.weight", "stage_b.weight"}
+    assert back["a.0.b.attn.in_proj_weight"].shape == (4, 3)
