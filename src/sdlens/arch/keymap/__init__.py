@@ -1,10 +1,22 @@
 """Key maps between diffusers / transformers state dicts and LDM / sgm / open_clip single-file layouts.
 
-DiT denoisers (SD3 ``mmdit``, ``flux``, ``auraflow``, ``hunyuandit``, ``pixart``: the names records give in
-``Denoiser.keymap``) have one :class:`~sdlens.arch.keymap._dit.DitMap` each, looked up with :func:`dit_map`.
+DiT denoisers (SD3 ``mmdit``, ``flux``, ``auraflow``, ``hunyuandit``, ``pixart``, ``sana``, ``lumina2``,
+``stable_cascade``, ``wan``, ``chroma``, ``ltx_video``: the names records give in ``Denoiser.keymap``) have one :class:`~sdlens.arch.keymap._dit.DitMap` each, looked up with :func:`dit_map`.
 """
 
-from sdlens.arch.keymap import auraflow, flux, hunyuandit, mmdit, pixart
+from sdlens.arch.keymap import (
+    auraflow,
+    chroma,
+    flux,
+    hunyuandit,
+    ltx_video,
+    lumina2,
+    mmdit,
+    pixart,
+    sana,
+    stable_cascade,
+    wan,
+)
 from sdlens.arch.keymap._dit import DitMap, Plan, Rel, Slice, Target, assemble
 from sdlens.arch.keymap.clip import (
     clip_hf_to_ldm,
@@ -25,7 +37,10 @@ from sdlens.arch.keymap.unet import (
 )
 from sdlens.arch.keymap.vae import vae_diffusers_to_ldm, vae_key_map, vae_ldm_to_diffusers
 
-DIT_MAPS: dict[str, DitMap] = {m.MAP.name: m.MAP for m in (mmdit, flux, auraflow, hunyuandit, pixart)}
+DIT_MAPS: dict[str, DitMap] = {
+    m.MAP.name: m.MAP
+    for m in (mmdit, flux, auraflow, hunyuandit, pixart, sana, lumina2, stable_cascade, wan, chroma, ltx_video)
+}
 
 
 def dit_map(name: str | None) -> DitMap | None:

@@ -29,11 +29,13 @@ SplitFn = Callable[[str, Shape, Mapping[str, Shape]], list[int]]
 class Rel:
     """One original key (``original``) and the diffusers key(s) it is made of.
 
-    Templates: ``{i}`` stands for a block index; a template ending in ``.`` is a module prefix (the rest of the
-    key, ``weight`` / ``bias`` / ``scale``..., is carried over), otherwise a whole key. ``diffusers`` with
+    Templates: ``{i}`` stands for a block index, ``{p}`` for any run of key segments (a module path); a
+    template ending in ``.`` is a module prefix (the rest of the key, ``weight`` / ``bias`` / ``scale``..., is
+    carried over), otherwise a whole key. ``diffusers`` with
     several entries: the original is their concatenation along dim 0 (``split`` gives the part sizes from the
     original side; default equal parts). ``swap``: the two halves of dim 0 trade places. ``absent``: (original,
-    diffusers) key templates of the same block; the relation applies only where that key is missing.
+    diffusers) key templates of the same block; the relation applies only where that key is missing;
+    ``present``: likewise, only where that key is there.
     """
 
     original: str
@@ -41,6 +43,12 @@ class Rel:
     swap: bool = False
     split: SplitFn | None = None
     absent: tuple[str, str] | None = None
+    present: tuple[str, str] | None = None
+
+    @property
+    def identity(self) -> bool:
+        """Same name in both layouts (such keys say nothing about which layout a file is in)."""
+        return self.diffusers == (self.original,)
 
 
 class Slice(NamedTuple):
@@ -65,12 +73,20 @@ class Plan(NamedTuple):
 
 
 def _compile(template: str) -> re.Pattern[str]:
-    body = re.escape(template).replace(r"\{i\}", r"(?P<i>\d+)")
+    body = re.escape(template).replace(r"\{i\}", r"(?P<i>\d+)").replace(r"\{p\}", r"(?P<p>.+)")
     return re.compile(f"^{body}(?P<rest>.*)$" if template.endswith(".") else f"^{body}(?P<rest>)$")
 
 
-def _fmt(template: str, i: str | None, rest: str) -> str:
-    return template.replace("{i}", i or "") + rest
+Groups = dict[str, str]  # the template fields a key matched: i (block index), p (module path), rest
+
+
+def _fmt(template: str, g: Groups, rest: str | None = None) -> str:
+    return template.replace("{i}", g.get("i") or "").replace("{p}", g.get("p") or "") + (
+        g["rest"] if rest is None else rest)
+
+
+def _probe(template: str, g: Groups) -> str:
+    return _fmt(template, g, "")
 
 
 def _rows(shape: Shape, n: int) -> Shape:
@@ -95,41 +111,53 @@ class DitMap:
 
     @cached_property
     def _by_head(self) -> dict[tuple[Side, str], tuple[int, ...]]:
-        """Relation indices by the first key segment of their templates (table order kept), per side."""
+        """Relation indices by the first key segment of their templates (table order kept), per side; a
+        template whose first segment is a field (``{p}...``) is listed under the head ``*``."""
         out: dict[tuple[Side, str], list[int]] = {}
         for n, rel in enumerate(self.rels):
             for side, templates in (("original", (rel.original,)), ("diffusers", rel.diffusers)):
-                for head in {t.split(".", 1)[0] for t in templates}:
+                for head in {"*" if t.startswith("{") else t.split(".", 1)[0] for t in templates}:
                     out.setdefault((side, head), []).append(n)
         return {k: tuple(v) for k, v in out.items()}
 
+    def _candidates(self, side: Side, head: str) -> tuple[int, ...]:
+        wild = self._by_head.get((side, "*"), ())
+        named = self._by_head.get((side, head), ())
+        return tuple(sorted({*named, *wild})) if wild and named else named or wild
+
     # ------------------------------------------------------------------ matching
-    def _find(self, key: str, side: Side, keys: Mapping[str, Shape]) -> tuple[Rel, int, str | None, str] | None:
-        """(relation, part index, block index, rest) for ``key`` on ``side``, first applicable relation wins."""
-        for n in self._by_head.get((side, key.split(".", 1)[0]), ()):
+    def _find(self, key: str, side: Side, keys: Mapping[str, Shape]) -> tuple[Rel, Groups] | None:
+        """(relation, matched fields) for ``key`` on ``side``, first applicable relation wins."""
+        s = 0 if side == "original" else 1
+        for n in self._candidates(side, key.split(".", 1)[0]):
             rel = self.rels[n]
             pats = (self._orig_rx[n],) if side == "original" else self._diff_rx[n]
-            for j, rx in enumerate(pats):
+            for rx in pats:
                 m = rx.match(key)
                 if m is None:
                     continue
-                i = m.groupdict().get("i")
-                if rel.absent is not None:
-                    probe = rel.absent[0 if side == "original" else 1].replace("{i}", i or "")
-                    if probe in keys:
-                        continue
-                return rel, j, i, m["rest"]
+                g = {k: v for k, v in m.groupdict().items() if v is not None}
+                if rel.absent is not None and _probe(rel.absent[s], g) in keys:
+                    continue
+                if rel.present is not None and _probe(rel.present[s], g) not in keys:
+                    continue
+                return rel, g
         return None
 
     def layout(self, keys: Iterable[str]) -> Side | None:
-        """Which side ``keys`` (relative denoiser keys) are written in: the side more of them match; None if
-        neither matches any."""
+        """Which side ``keys`` (relative denoiser keys) are written in: the side more of them match (keys
+        matched by a same-name relation count only to break a tie); None if neither matches any."""
         ks = {k: () for k in keys}
-        n_orig = sum(self._find(k, "original", ks) is not None for k in ks)
-        n_diff = sum(self._find(k, "diffusers", ks) is not None for k in ks)
-        if not n_orig and not n_diff:
+        score = {"original": [0, 0], "diffusers": [0, 0]}
+        for side in score:
+            for k in ks:
+                hit = self._find(k, side, ks)
+                if hit is not None:
+                    score[side][hit[0].identity] += 1
+        (o_rel, o_same), (d_rel, d_same) = score["original"], score["diffusers"]
+        if not (o_rel + o_same) and not (d_rel + d_same):
             return None
-        return "original" if n_orig > n_diff else "diffusers"
+        return "original" if (o_rel, o_same) > (d_rel, d_same) else "diffusers"
 
     # ------------------------------------------------------------------ planning (names + shapes only)
     def to_diffusers(self, shapes: Mapping[str, Shape]) -> Plan:
@@ -142,8 +170,8 @@ class DitMap:
             if hit is None:
                 left.append(key)
                 continue
-            rel, _j, i, rest = hit
-            outs = [_fmt(d, i, rest) for d in rel.diffusers]
+            rel, g = hit
+            outs = [_fmt(d, g) for d in rel.diffusers]
             if rel.swap:
                 h = shape[0] // 2
                 targets[outs[0]] = Target(shape, (Slice(key, (h, 2 * h)), Slice(key, (0, h))))
@@ -173,9 +201,9 @@ class DitMap:
             if hit is None:
                 left.append(key)
                 continue
-            rel, _j, i, rest = hit
-            out = _fmt(rel.original, i, rest)
-            parts = [_fmt(d, i, rest) for d in rel.diffusers]
+            rel, g = hit
+            out = _fmt(rel.original, g)
+            parts = [_fmt(d, g) for d in rel.diffusers]
             if rel.swap:
                 h = shape[0] // 2
                 targets[out] = Target(shape, (Slice(key, (h, 2 * h)), Slice(key, (0, h))))
