@@ -43,7 +43,9 @@ def _mem(pid: int) -> tuple[int, int]:
 def measure(cmd: list[str], env: dict[str, str] | None = None, poll: float = 0.02) -> Run:
     """Run ``cmd``; wall seconds, peak RSS (rusage) and peak private memory (polled RssAnon)."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, **(env or {})})
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, **(env or {})}
+    )
     peak = hwm = 0
     stop = False
 
@@ -80,8 +82,14 @@ def cpu_line() -> str:
         pass
     import platform
 
-    wanted = [f for f in ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_fp16", "asimd", "fphp") if f in flags]
-    return f"CPU: {model} ({platform.machine()}, {os.cpu_count()} cores; {' '.join(wanted) or 'no AVX2/F16C'})"
+    wanted = [
+        f
+        for f in ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_fp16", "asimd", "fphp")
+        if f in flags
+    ]
+    return (
+        f"CPU: {model} ({platform.machine()}, {os.cpu_count()} cores; {' '.join(wanted) or 'no AVX2/F16C'})"
+    )
 
 
 def python_cmd(code: str) -> list[str]:
@@ -106,7 +114,9 @@ def mb(n: int) -> str:
     return f"{n / 1e6:.0f} MB"
 
 
-def fill_with_normals(path: str | Path, ranges: list[tuple[int, int]], seed: int = 0, dtype: str = "fp16") -> None:
+def fill_with_normals(
+    path: str | Path, ranges: list[tuple[int, int]], seed: int = 0, dtype: str = "fp16"
+) -> None:
     """Overwrite byte ranges of a (sparse) file with normal values (std 0.05) stored as ``dtype`` (fp16 or
     fp32), then fsync: real data for benchmarks."""
     import torch

@@ -27,8 +27,10 @@ def main() -> None:
     print(f"sdlens arch --compare all --res {args.res}  ({os.cpu_count()} CPU cores)")
     for r in reports:
         d = r["denoiser"]
-        print(f"  {r['name']:<16} {r['seconds']:6.2f} s   {d['gemms']:5d} GEMMs   "
-              f"{d['total_flops'] / d['batch'] / 1e12:7.2f} TFLOPs/forward   {r['params']:>15,} params")
+        print(
+            f"  {r['name']:<16} {r['seconds']:6.2f} s   {d['gemms']:5d} GEMMs   "
+            f"{d['total_flops'] / d['batch'] / 1e12:7.2f} TFLOPs/forward   {r['params']:>15,} params"
+        )
     measured = sum(r["seconds"] for r in reports)
     print(f"  models measured in {measured:.1f} s; whole command (imports, startup) {run.seconds:.1f} s")
     print(f"  peak RSS {gb(run.peak_rss)}, peak private memory {gb(run.peak_anon)}")

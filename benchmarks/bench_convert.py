@@ -39,7 +39,9 @@ def make_input(workdir: Path, ema: bool) -> Path:
     sd = realise_small_buffers(build_single_file("sdxl", size="full", dtype=torch.float32, ema=ema))
     save_safetensors(sd, path)
     with open_checkpoint(path) as ck:
-        spans = sorted((t.offset, t.offset + t.nbytes) for t in ck.tensors.values() if t.dtype == "F32" and t.nbytes > 64)
+        spans = sorted(
+            (t.offset, t.offset + t.nbytes) for t in ck.tensors.values() if t.dtype == "F32" and t.nbytes > 64
+        )
     merged: list[list[int]] = []
     for b, e in spans:
         if merged and b <= merged[-1][1]:
@@ -88,7 +90,18 @@ def main() -> None:
     print(f"input: {src.name} {gb(src.stat().st_size)} (generated in {time.perf_counter() - t:.0f} s)")
     out = workdir / "sdxl_fp16.safetensors"
     try:
-        cmd = [sys.executable, "-m", "sdlens.cli", "convert", str(src), str(out), "--dtype", "fp16", "--ema", "drop"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "sdlens.cli",
+            "convert",
+            str(src),
+            str(out),
+            "--dtype",
+            "fp16",
+            "--ema",
+            "drop",
+        ]
         load = {}
         drop_caches()
         load["nv"] = os.getloadavg()[0]
@@ -112,17 +125,25 @@ def main() -> None:
             vf = measure([*cmd, "--verify-full"])
             out.unlink()
         print(f"output: {gb(out_size)}")
-        print(f"{os.cpu_count()} cores; 1-min load average before each run: "
-              + ", ".join(f"{k} {v:.2f}" for k, v in load.items()))
+        print(
+            f"{os.cpu_count()} cores; 1-min load average before each run: "
+            + ", ".join(f"{k} {v:.2f}" for k, v in load.items())
+        )
         print(f"baseline read input once   : {t_read:7.1f} s ({src.stat().st_size / t_read / 1e9:.2f} GB/s)")
         print(f"baseline write output once : {t_write:7.1f} s ({out_size / t_write / 1e9:.2f} GB/s)")
-        print(f"convert, no verification   : {nv.seconds:7.1f} s = {nv.seconds / base:.2f}x baseline (target <= 1.5x); "
-              f"peak RSS {mb(nv.peak_rss)}, private {mb(nv.peak_anon)}")
-        print(f"convert + verification     : {v.seconds:7.1f} s = {v.seconds / base:.2f}x baseline (target <= 2.5x); "
-              f"peak RSS {mb(v.peak_rss)}, private {mb(v.peak_anon)}")
+        print(
+            f"convert, no verification   : {nv.seconds:7.1f} s = {nv.seconds / base:.2f}x baseline (target <= 1.5x); "
+            f"peak RSS {mb(nv.peak_rss)}, private {mb(nv.peak_anon)}"
+        )
+        print(
+            f"convert + verification     : {v.seconds:7.1f} s = {v.seconds / base:.2f}x baseline (target <= 2.5x); "
+            f"peak RSS {mb(v.peak_rss)}, private {mb(v.peak_anon)}"
+        )
         if vf is not None:
-            print(f"convert + --verify-full    : {vf.seconds:7.1f} s = {vf.seconds / base:.2f}x baseline; "
-                  f"peak RSS {mb(vf.peak_rss)}, private {mb(vf.peak_anon)}")
+            print(
+                f"convert + --verify-full    : {vf.seconds:7.1f} s = {vf.seconds / base:.2f}x baseline; "
+                f"peak RSS {mb(vf.peak_rss)}, private {mb(vf.peak_anon)}"
+            )
     finally:
         out.unlink(missing_ok=True)
         if not args.keep:

@@ -95,21 +95,36 @@ def main() -> None:
     code = NOTEBOOK.replace("sys.argv[1]", repr(str(a))).replace("sys.argv[2]", repr(str(b)))
     nb = measure(python_cmd(code))
     out_json = workdir / "diff.json"
-    sd = min((measure([sys.executable, "-m", "sdlens.cli", "diff", str(a), str(b), "--json", str(out_json)])
-              for _ in range(2)), key=lambda r: r.seconds)
-    api_code = API.replace("best =", TIMER + "best =").replace("sys.argv[1]", repr(str(a))).replace(
-        "sys.argv[2]", repr(str(b)))
+    sd = min(
+        (
+            measure([sys.executable, "-m", "sdlens.cli", "diff", str(a), str(b), "--json", str(out_json)])
+            for _ in range(2)
+        ),
+        key=lambda r: r.seconds,
+    )
+    api_code = (
+        API.replace("best =", TIMER + "best =")
+        .replace("sys.argv[1]", repr(str(a)))
+        .replace("sys.argv[2]", repr(str(b)))
+    )
     api = measure(python_cmd(api_code))
     warm, t_api = (float(x) for x in api.stdout.split()[-2:])
     print(f"read both files once : {t_read:6.2f} s")
     print(f"notebook method      : {nb.seconds:6.2f} s  private {mb(nb.peak_anon)}")
     print(f"sdlens diff          : {sd.seconds:6.2f} s  private {mb(sd.peak_anon)}")
-    print(f"sdlens diff() API    : {t_api:6.2f} s  in a running process (+{warm:.2f} s once per process to "
-          "load the compiled kernels)")
-    print(f"speed-up vs notebook : {nb.seconds / sd.seconds:.1f}x CLI, {nb.seconds / t_api:.1f}x API (target >= 3x)")
+    print(
+        f"sdlens diff() API    : {t_api:6.2f} s  in a running process (+{warm:.2f} s once per process to "
+        "load the compiled kernels)"
+    )
+    print(
+        f"speed-up vs notebook : {nb.seconds / sd.seconds:.1f}x CLI, {nb.seconds / t_api:.1f}x API (target >= 3x)"
+    )
     print(f"sdlens / read time   : {sd.seconds / t_read:.2f}x CLI, {t_api / t_read:.2f}x API (target <= 2x)")
     print(f"private memory ratio : {sd.peak_anon / nb.peak_anon:.2f} of the notebook's")
-    print("verdict: " + " | ".join(ln.strip(" •") for ln in sd.stdout.splitlines() if ln.lstrip().startswith("•")))
+    print(
+        "verdict: "
+        + " | ".join(ln.strip(" •") for ln in sd.stdout.splitlines() if ln.lstrip().startswith("•"))
+    )
 
 
 if __name__ == "__main__":

@@ -26,10 +26,25 @@ from sdlens.testing.writers import save_safetensors  # noqa: E402
 from sdlens.testing.zoo import realise_small_buffers  # noqa: E402
 from sdlens.testing.zoo_unet import build_single_file  # noqa: E402
 
-SUBJECTS = ["a cat", "a dog", "an old man", "a young woman", "a red car", "a castle", "a forest", "a city street",
-            "a bowl of fruit", "a mountain lake"]
-STYLES = ["oil painting", "photo, sharp focus, highly detailed", "anime style", "watercolor, soft light",
-          "pixel art"]
+SUBJECTS = [
+    "a cat",
+    "a dog",
+    "an old man",
+    "a young woman",
+    "a red car",
+    "a castle",
+    "a forest",
+    "a city street",
+    "a bowl of fruit",
+    "a mountain lake",
+]
+STYLES = [
+    "oil painting",
+    "photo, sharp focus, highly detailed",
+    "anime style",
+    "watercolor, soft light",
+    "pixel art",
+]
 
 
 def prompts() -> list[str]:
@@ -46,9 +61,12 @@ def make_files(workdir: Path) -> list[Path]:
     with open_checkpoint(a) as ck:
         infos = [t for t in ck.tensors.values() if t.dtype == "F16"]
         begin, end = min(t.offset for t in infos), max(t.offset + t.nbytes for t in infos)
-        late = [(t.offset, t.offset + t.nbytes) for t in infos
-                if t.key.startswith("conditioner.embedders.1.model.transformer.resblocks.")
-                and int(t.key.split(".")[6]) >= 16]
+        late = [
+            (t.offset, t.offset + t.nbytes)
+            for t in infos
+            if t.key.startswith("conditioner.embedders.1.model.transformer.resblocks.")
+            and int(t.key.split(".")[6]) >= 16
+        ]
     fill_with_normals(a, [(begin, end)], seed=0)
     os.system(f"cp --reflink=auto {a} {paths[1]}")
     fill_with_normals(paths[1], late, seed=1)
@@ -82,25 +100,44 @@ def main() -> None:
     tok = write_clip_tokenizer(args.workdir / "tokenizer")
     prompt_file = args.workdir / "prompts.txt"
     prompt_file.write_text("\n".join(prompts()) + "\n")
-    print(f"3 files of {gb(files[0].stat().st_size)} (CLIP-L + bigG fp16), {len(prompts())} prompts, "
-          f"{args.threads} threads")
+    print(
+        f"3 files of {gb(files[0].stat().st_size)} (CLIP-L + bigG fp16), {len(prompts())} prompts, "
+        f"{args.threads} threads"
+    )
     env = {"OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads), "HF_HUB_OFFLINE": "1"}
-    print(f"fp32 matmul now: {gflops(args.threads):.0f} GFLOPS on {args.threads} threads "
-          "(the run needs about 2.1 TFLOP with --pool eos: bigG's forward dominates)")
+    print(
+        f"fp32 matmul now: {gflops(args.threads):.0f} GFLOPS on {args.threads} threads "
+        "(the run needs about 2.1 TFLOP with --pool eos: bigG's forward dominates)"
+    )
     pools = ["eos", "flatten"] if args.flatten else ["eos"]
     for pool in pools:
-        cmd = [sys.executable, "-m", "sdlens.cli", "embed", *map(str, files), "--prompts", str(prompt_file),
-               "--tokenizer", str(tok), "--pool", pool, "--out", str(args.workdir / f"out-{pool}")]
+        cmd = [
+            sys.executable,
+            "-m",
+            "sdlens.cli",
+            "embed",
+            *map(str, files),
+            "--prompts",
+            str(prompt_file),
+            "--tokenizer",
+            str(tok),
+            "--pool",
+            pool,
+            "--out",
+            str(args.workdir / f"out-{pool}"),
+        ]
         load0 = os.getloadavg()[0]
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         run = measure(cmd, env=env)
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
         ok = "meets" if run.seconds <= 120 else "misses"
-        print(f"sdlens embed --pool {pool}: {run.seconds:.1f} s wall ({ok} the 120 s target), {cpu:.1f} s CPU, "
-              f"peak RSS {gb(run.peak_rss)}, peak private memory {gb(run.peak_anon)}; "
-              f"load average {load0:.1f} -> {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs "
-              "(other processes slow a shared machine down)")
+        print(
+            f"sdlens embed --pool {pool}: {run.seconds:.1f} s wall ({ok} the 120 s target), {cpu:.1f} s CPU, "
+            f"peak RSS {gb(run.peak_rss)}, peak private memory {gb(run.peak_anon)}; "
+            f"load average {load0:.1f} -> {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs "
+            "(other processes slow a shared machine down)"
+        )
 
 
 if __name__ == "__main__":

@@ -43,16 +43,24 @@ def main() -> None:
     sdlens = [sys.executable, "-m", "sdlens.cli", "inspect", "--brief", str(path)]
     runs = [measure(sdlens) for _ in range(args.repeat)]
     best = min(runs, key=lambda r: r.seconds)
-    print(f"sdlens inspect        : {best.seconds:6.2f} s  peak RSS {mb(best.peak_rss)}  private {mb(best.peak_anon)}"
-          f"   (targets <= 1.0 s, <= 250 MB)")
+    print(
+        f"sdlens inspect        : {best.seconds:6.2f} s  peak RSS {mb(best.peak_rss)}  private {mb(best.peak_anon)}"
+        f"   (targets <= 1.0 s, <= 250 MB)"
+    )
     print("  " + best.stdout.strip().splitlines()[1].strip("│ ") if best.stdout else "")
     # the common approach (A1111 Model Toolkit, the notebooks): the whole state dict in RAM, then look at it
-    base = measure(python_cmd(
-        "from pathlib import Path; from safetensors.torch import load; "
-        f"sd = load(Path({str(path)!r}).read_bytes()); print(sum(t.numel() for t in sd.values()))"
-    ))
-    print(f"baseline load to RAM  : {base.seconds:6.2f} s  peak RSS {mb(base.peak_rss)}  private {mb(base.peak_anon)}")
-    print(f"ratio baseline/sdlens : time {base.seconds / best.seconds:.1f}x, memory {base.peak_rss / max(best.peak_rss, 1):.1f}x")
+    base = measure(
+        python_cmd(
+            "from pathlib import Path; from safetensors.torch import load; "
+            f"sd = load(Path({str(path)!r}).read_bytes()); print(sum(t.numel() for t in sd.values()))"
+        )
+    )
+    print(
+        f"baseline load to RAM  : {base.seconds:6.2f} s  peak RSS {mb(base.peak_rss)}  private {mb(base.peak_anon)}"
+    )
+    print(
+        f"ratio baseline/sdlens : time {base.seconds / best.seconds:.1f}x, memory {base.peak_rss / max(best.peak_rss, 1):.1f}x"
+    )
 
     if args.no_scan:
         return
@@ -62,8 +70,10 @@ def main() -> None:
     t_read = min(read_once_seconds(str(path)) for _ in range(2))
     scan = min((measure(sdlens + ["--scan"]) for _ in range(2)), key=lambda r: r.seconds)
     print(f"read file once        : {t_read:6.2f} s  ({size / t_read / 1e9:.2f} GB/s, page cache warm)")
-    print(f"sdlens inspect --scan : {scan.seconds:6.2f} s  private {mb(scan.peak_anon)}  "
-          f"ratio to read once {scan.seconds / t_read:.2f}x (target <= 1.5x)")
+    print(
+        f"sdlens inspect --scan : {scan.seconds:6.2f} s  private {mb(scan.peak_anon)}  "
+        f"ratio to read once {scan.seconds / t_read:.2f}x (target <= 1.5x)"
+    )
 
 
 def _index(path: Path):

@@ -54,12 +54,20 @@ def measure(n: int, repeat: int) -> dict[str, float]:
     data = _arrays(n)
     for dt, (a, b) in data.items():
         kernels.pair_stats(a[: 1 << 17], b[: 1 << 17], dt)  # compile / load once
-        out[f"pair_stats {dt}"] = n / _best(lambda a=a, b=b, dt=dt: kernels.pair_stats(a, b, dt), repeat) / 1e9
+        out[f"pair_stats {dt}"] = (
+            n / _best(lambda a=a, b=b, dt=dt: kernels.pair_stats(a, b, dt), repeat) / 1e9
+        )
         m = n // 8
         rows = [np.roll(a, k)[:m] for k in range(8)]
         kernels.pair_rows([r[:2048] for r in rows], dt, 0, 2048, 15)
-        out[f"pair_rows {dt}"] = m / _best(lambda rows=rows, dt=dt, m=m: kernels.pair_rows(rows, dt, 0, m, 1 | 2 | 8),
-                                           max(1, repeat // 2)) / 1e6
+        out[f"pair_rows {dt}"] = (
+            m
+            / _best(
+                lambda rows=rows, dt=dt, m=m: kernels.pair_rows(rows, dt, 0, m, 1 | 2 | 8),
+                max(1, repeat // 2),
+            )
+            / 1e6
+        )
     return out
 
 
@@ -73,7 +81,9 @@ def torch_baseline(n: int, repeat: int) -> dict[str, float]:
             ta, tb = (torch.from_numpy(x.view(np.int16)).view(torch.bfloat16) for x in (a, b))
         else:
             ta, tb = torch.from_numpy(a), torch.from_numpy(b)
-        out[f"torch.dist {dt}"] = n / _best(lambda ta=ta, tb=tb: torch.dist(ta.float(), tb.float()), repeat) / 1e9
+        out[f"torch.dist {dt}"] = (
+            n / _best(lambda ta=ta, tb=tb: torch.dist(ta.float(), tb.float()), repeat) / 1e9
+        )
     return out
 
 
@@ -90,18 +100,27 @@ def main() -> None:
     host = measure(args.n, args.repeat)
     env = dict(os.environ, NUMBA_CPU_NAME="generic")
     env.pop("NUMBA_CPU_FEATURES", None)
-    run = subprocess.run([sys.executable, __file__, "--child", "-n", str(args.n), "--repeat", str(args.repeat)],
-                         env=env, capture_output=True, text=True, check=True)
+    run = subprocess.run(
+        [sys.executable, __file__, "--child", "-n", str(args.n), "--repeat", str(args.repeat)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     generic = json.loads(run.stdout.splitlines()[-1])
     base = torch_baseline(args.n, args.repeat)
     print(f"{'kernel (1 thread)':<18} {'host':>10} {'generic':>10}   {'torch.dist':>10}  host/torch")
     for dt in ("F16", "BF16", "F32"):
         k = f"pair_stats {dt}"
         t = base[f"torch.dist {dt}"]
-        print(f"{k:<18} {host[k]:>8.2f} G {generic[k]:>8.2f} G   {t:>8.2f} G  {host[k] / t:>6.2f}x   (elements/s)")
+        print(
+            f"{k:<18} {host[k]:>8.2f} G {generic[k]:>8.2f} G   {t:>8.2f} G  {host[k] / t:>6.2f}x   (elements/s)"
+        )
     for dt in ("F16", "BF16", "F32"):
         k = f"pair_rows {dt}"
-        print(f"{k:<18} {host[k]:>8.0f} M {generic[k]:>8.0f} M   (positions/s, 8 rows = 28 pairs, d2 + dp + sq)")
+        print(
+            f"{k:<18} {host[k]:>8.0f} M {generic[k]:>8.0f} M   (positions/s, 8 rows = 28 pairs, d2 + dp + sq)"
+        )
 
 
 if __name__ == "__main__":

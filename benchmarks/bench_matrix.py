@@ -35,8 +35,11 @@ SDXL_FP16_BYTES = 6_938_000_000  # a full SDXL checkpoint in fp16 (UNet + both t
 
 def _ranges(path: Path, prefix: str) -> list[tuple[int, int]]:
     with open_checkpoint(path) as ck:
-        return [(t.offset, t.offset + t.nbytes) for t in ck.tensors.values()
-                if t.key.startswith(prefix) and t.dtype == "F16"]
+        return [
+            (t.offset, t.offset + t.nbytes)
+            for t in ck.tensors.values()
+            if t.key.startswith(prefix) and t.dtype == "F16"
+        ]
 
 
 def make_models(workdir: Path, n: int) -> list[Path]:
@@ -45,10 +48,14 @@ def make_models(workdir: Path, n: int) -> list[Path]:
         return paths
     base = paths[0]
     if not base.exists():
-        save_safetensors(realise_small_buffers(build_single_file("sd1", size="full", dtype=torch.float16)), base)
+        save_safetensors(
+            realise_small_buffers(build_single_file("sd1", size="full", dtype=torch.float16)), base
+        )
         everything = _ranges(base, "")
         fill_with_normals(base, [(min(a for a, _ in everything), max(b for _, b in everything))], seed=0)
-    unet, te, vae = (_ranges(base, p) for p in ("model.diffusion_model.", "cond_stage_model.", "first_stage_model."))
+    unet, te, vae = (
+        _ranges(base, p) for p in ("model.diffusion_model.", "cond_stage_model.", "first_stage_model.")
+    )
     for i, p in enumerate(paths[1:], start=1):
         if p.exists():
             continue
@@ -89,7 +96,9 @@ def main() -> None:
     ap.add_argument("-n", type=int, default=8)
     ap.add_argument("--keep", action="store_true", help="keep the generated models")
     ap.add_argument("--repeat", type=int, default=2, help="sdlens runs per variant (the fastest is reported)")
-    ap.add_argument("--cold", action="store_true", help="also time a read and an sdlens run with a cold cache")
+    ap.add_argument(
+        "--cold", action="store_true", help="also time a read and an sdlens run with a cold cache"
+    )
     args = ap.parse_args()
     workdir = Path(args.dir or tempfile.mkdtemp(prefix="sdlens-bench-matrix-"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -124,24 +133,36 @@ def main() -> None:
 
     print(f"read all files once  : {t_read:7.2f} s")
     print(f"notebook method      : {nb_seconds:7.2f} s  private {mb(nb.peak_anon)} ({n_nb} models loaded)")
-    print(f"sdlens matrix        : {sd.seconds:7.2f} s  private {mb(sd.peak_anon)} (CLI, incl. CSV, JSON and plots)")
+    print(
+        f"sdlens matrix        : {sd.seconds:7.2f} s  private {mb(sd.peak_anon)} (CLI, incl. CSV, JSON and plots)"
+    )
     print(f"  --no-plots         : {sd_np.seconds:7.2f} s  private {mb(sd_np.peak_anon)} (CLI, CSV and JSON)")
-    print(f"speed-up vs notebook : {nb_seconds / sd.seconds:.1f}x with plots, {nb_seconds / sd_np.seconds:.1f}x "
-          "without (target >= 10x)")
-    print(f"sdlens / read time   : {sd.seconds / t_read:.2f}x with plots, {sd_np.seconds / t_read:.2f}x without "
-          "(target <= 3x)")
+    print(
+        f"speed-up vs notebook : {nb_seconds / sd.seconds:.1f}x with plots, {nb_seconds / sd_np.seconds:.1f}x "
+        "without (target >= 10x)"
+    )
+    print(
+        f"sdlens / read time   : {sd.seconds / t_read:.2f}x with plots, {sd_np.seconds / t_read:.2f}x without "
+        "(target <= 3x)"
+    )
     if args.cold:
-        print(f"cold cache           : read once {t_read_cold:.2f} s, sdlens {sd_cold.seconds:.2f} s "
-              f"({sd_cold.seconds / t_read_cold:.2f}x)")
-    print(f"bytes read           : sdlens {gb(plan_bytes)} (each tensor once, from its mapped file: "
-          f"{plan_bytes / size:.3f} of the files); notebook {gb(size)} (whole files, then kept in RAM)")
+        print(
+            f"cold cache           : read once {t_read_cold:.2f} s, sdlens {sd_cold.seconds:.2f} s "
+            f"({sd_cold.seconds / t_read_cold:.2f}x)"
+        )
+    print(
+        f"bytes read           : sdlens {gb(plan_bytes)} (each tensor once, from its mapped file: "
+        f"{plan_bytes / size:.3f} of the files); notebook {gb(size)} (whole files, then kept in RAM)"
+    )
     n220 = 220
     chunk = 512 << 20
     sums = n220 * n220 * 8 * 7 * 30  # 7 N×N float64 sums for ~30 groups
-    print(f"projection, 220 SDXL : sdlens reads {n220 * SDXL_FP16_BYTES / 1e12:.2f} TB once, private memory "
-          f"<= {(chunk + sums + n220 * 4_000_000) / 1e9:.2f} GB (chunk + sums + headers); notebook keeps "
-          f"{n220 * SDXL_FP16_BYTES / 1e12:.2f} TB in RAM, or, with 24 GB, re-reads files per pair: "
-          f"{n220 * (n220 - 1) * SDXL_FP16_BYTES / 1e12:.0f} TB read")
+    print(
+        f"projection, 220 SDXL : sdlens reads {n220 * SDXL_FP16_BYTES / 1e12:.2f} TB once, private memory "
+        f"<= {(chunk + sums + n220 * 4_000_000) / 1e9:.2f} GB (chunk + sums + headers); notebook keeps "
+        f"{n220 * SDXL_FP16_BYTES / 1e12:.2f} TB in RAM, or, with 24 GB, re-reads files per pair: "
+        f"{n220 * (n220 - 1) * SDXL_FP16_BYTES / 1e12:.0f} TB read"
+    )
     if not args.keep and args.dir is None:
         shutil.rmtree(workdir, ignore_errors=True)
 

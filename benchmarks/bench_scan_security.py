@@ -192,9 +192,15 @@ def main() -> int:
     others = [s for s in scanners if s != "sdlens"]
     flagged_by = {s: sum(r[s] == "FLAG" for r in payloads) for s in scanners}
     print()
-    print(f"{len(payloads)} payloads (expected unsafe): " + ", ".join(f"{s} flags {n}" for s, n in flagged_by.items()))
+    print(
+        f"{len(payloads)} payloads (expected unsafe): "
+        + ", ".join(f"{s} flags {n}" for s, n in flagged_by.items())
+    )
     benign = [r for r in rows if r["expected"] == "ok"]
-    print(f"{len(benign)} benign files: " + ", ".join(f"{s} flags {sum(r[s] == 'FLAG' for r in benign)}" for s in scanners))
+    print(
+        f"{len(benign)} benign files: "
+        + ", ".join(f"{s} flags {sum(r[s] == 'FLAG' for r in benign)}" for s in scanners)
+    )
     missed_by_all = [r["case"] for r in payloads if others and all(r[s] != "FLAG" for s in others)]
     print(f"payloads no other scanner flags ({len(missed_by_all)}): {', '.join(missed_by_all) or 'none'}")
     sdlens_misses = [r["case"] for r in payloads if r["sdlens"] != "FLAG"]
@@ -202,7 +208,11 @@ def main() -> int:
     # false positive there is not a payload; fickling's default analysis flags every torch import)
     behind = [r["case"] for r in rows if r["expected"] != "ok" and r["sdlens"] == "-"
               and any(r[s] == "FLAG" for s in others)]  # fmt: skip
-    wrong = [r["case"] for r in rows if {"unsafe": "FLAG", "error": "refused", "ok": "-"}[r["expected"]] != r["sdlens"]]
+    wrong = [
+        r["case"]
+        for r in rows
+        if {"unsafe": "FLAG", "error": "refused", "ok": "-"}[r["expected"]] != r["sdlens"]
+    ]
     print(f"sdlens misses: {sdlens_misses or 'none'}; flagged elsewhere but called clean by sdlens: {behind or 'none'}; "
           f"verdicts differing from the corpus: {wrong or 'none'}")  # fmt: skip
     if args.json:

@@ -14,8 +14,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def pytest_addoption(parser):
-    parser.addoption("--fuzz", action="store_true", default=False,
-                     help="long fuzz run: 50x the examples of tests/test_fuzz.py, from random seeds")
+    parser.addoption(
+        "--fuzz",
+        action="store_true",
+        default=False,
+        help="long fuzz run: 50x the examples of tests/test_fuzz.py, from random seeds",
+    )
 
 
 def pytest_configure(config):

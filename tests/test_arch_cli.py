@@ -13,8 +13,18 @@ from sdlens.analysis.cost import analyse
 from sdlens.arch import build as B
 from sdlens.arch.from_checkpoint import spec_from_config_json, spec_from_path
 
-ZOO = ["sd1_fp16", "sdxl_fp16", "sdxl_refiner", "sd3_medium", "sd35_medium", "flux_schnell", "auraflow", "hunyuandit",
-       "sdxl_diffusers", "vae_sd"]
+ZOO = [
+    "sd1_fp16",
+    "sdxl_fp16",
+    "sdxl_refiner",
+    "sd3_medium",
+    "sd35_medium",
+    "flux_schnell",
+    "auraflow",
+    "hunyuandit",
+    "sdxl_diffusers",
+    "vae_sd",
+]
 
 
 @pytest.fixture(scope="module")
@@ -24,8 +34,19 @@ def small_zoo(tmp_path_factory):
     return build_zoo(tmp_path_factory.mktemp("archzoo"), ZOO)
 
 
-@pytest.mark.parametrize("name", ["sd1_fp16", "sdxl_fp16", "sdxl_refiner", "sd3_medium", "sd35_medium", "flux_schnell",
-                                  "auraflow", "hunyuandit"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "sd1_fp16",
+        "sdxl_fp16",
+        "sdxl_refiner",
+        "sd3_medium",
+        "sd35_medium",
+        "flux_schnell",
+        "auraflow",
+        "hunyuandit",
+    ],
+)
 def test_config_from_checkpoint_shapes_is_exact(small_zoo, name):
     """Non-standard widths (the tiny zoo) are measured as they are: the derived config rebuilds the file's
     denoiser parameter for parameter."""
@@ -36,8 +57,19 @@ def test_config_from_checkpoint_shapes_is_exact(small_zoo, name):
     r = analyse(spec, res=(128, 128))
     assert r.components[0].matches
     assert sum(b.params for b in r.blocks) == r.params
-    assert r.mbw_blocks == {"sd1_fp16": 25, "sdxl_fp16": 19, "sdxl_refiner": 25, "sd3_medium": 24,
-                            "sd35_medium": 24, "flux_schnell": 57, "auraflow": 36, "hunyuandit": 40}[name]
+    assert (
+        r.mbw_blocks
+        == {
+            "sd1_fp16": 25,
+            "sdxl_fp16": 19,
+            "sdxl_refiner": 25,
+            "sd3_medium": 24,
+            "sd35_medium": 24,
+            "flux_schnell": 57,
+            "auraflow": 36,
+            "hunyuandit": 40,
+        }[name]
+    )
 
 
 def test_full_size_checkpoint_is_the_released_model(tmp_path):
@@ -54,13 +86,16 @@ def test_config_json_and_diffusers_folder(small_zoo, tmp_path):
     assert spec.cls_name == "UNet2DConditionModel" and spec.key == "sdxl"
     cfg = tmp_path / "config.json"
     cfg.write_text(json.dumps({"_class_name": "FluxTransformer2DModel", **B.released_spec("flux").config}))
-    assert B.count_params(B.build_denoiser(*(lambda s: (s.cls_name, s.config))(spec_from_config_json(cfg)))) \
+    assert (
+        B.count_params(B.build_denoiser(*(lambda s: (s.cls_name, s.config))(spec_from_config_json(cfg))))
         == 11_901_408_320
+    )
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "sdlens.cli", "arch", *args], capture_output=True, text=True,
-                          timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "sdlens.cli", "arch", *args], capture_output=True, text=True, timeout=600
+    )
 
 
 def test_cli_json_gemm_diagram(tmp_path):

@@ -16,13 +16,27 @@ from sdlens.arch import registry as R
 
 ALL = ("sd1", "sd2", "sdxl", "sd3", "sd35", "hunyuandit", "auraflow", "flux_dev")
 # the smallest resolution each model takes (keeps the meta forwards quick; the laws hold at any size)
-SMALL = {"sd1": (256, 256), "sd2": (256, 256), "sdxl": (256, 256), "sd3": (256, 256), "sd35": (256, 256),
-         "hunyuandit": (256, 256), "auraflow": (256, 256), "flux_dev": (256, 256)}
+SMALL = {
+    "sd1": (256, 256),
+    "sd2": (256, 256),
+    "sdxl": (256, 256),
+    "sd3": (256, 256),
+    "sd35": (256, 256),
+    "hunyuandit": (256, 256),
+    "auraflow": (256, 256),
+    "flux_dev": (256, 256),
+}
 
 
 @cache
-def report(model: str, res: tuple[int, int] | None = None, batch: int = 1, cfg: bool | None = None,
-           steps: int | None = None, img2img: bool = False):
+def report(
+    model: str,
+    res: tuple[int, int] | None = None,
+    batch: int = 1,
+    cfg: bool | None = None,
+    steps: int | None = None,
+    img2img: bool = False,
+):
     return analyse(model, res=res or SMALL[model], batch=batch, cfg=cfg, steps=steps, img2img=img2img)
 
 
@@ -40,7 +54,9 @@ def test_denoiser_params_exact_and_blocks_add_up(model):
     rows = gemm_rows(r)
     assert len(rows) == r.denoiser.gemms
     assert sum(row["flops"] for row in rows) == r.denoiser.total_flops
-    assert all(row["flops"] == 2 * row["macs"] == 2 * row["batch"] * row["M"] * row["N"] * row["K"] for row in rows)
+    assert all(
+        row["flops"] == 2 * row["macs"] == 2 * row["batch"] * row["M"] * row["N"] * row["K"] for row in rows
+    )
     assert r.denoiser.flops["attn_qk"] > 0 and r.denoiser.flops["linear"] > 0
     assert r.denoiser.peak_materialised >= r.denoiser.peak_fused > 0
 
@@ -69,7 +85,9 @@ def test_unet_blocks_resolution_channels_and_keys():
     assert blocks["OUT11"].channels == 4  # the final out conv goes to OUT11
     assert "model.diffusion_model.input_blocks.4." in blocks["IN04"].keys
     assert "model.diffusion_model.time_embed." in blocks["IN00"].keys
-    assert round(blocks["IN03"].params / 1e6, 2) == 0.92 and round(blocks["OUT03"].params / 1e6, 1) == 83.9  # §5
+    assert (
+        round(blocks["IN03"].params / 1e6, 2) == 0.92 and round(blocks["OUT03"].params / 1e6, 1) == 83.9
+    )  # §5
     flux = {b.name: b for b in report("flux_dev").blocks}
     assert flux["D07"].keys == ["double_blocks.7."] and flux["S37"].keys == ["single_blocks.37."]
 
@@ -123,7 +141,10 @@ def test_resolution_scaling_unet():
 
 def test_resolution_scaling_dit_self_attention():
     """HunyuanDiT: image-token self-attention ∝ tokens² (×16 when the side doubles), cross-attention ∝ tokens."""
-    s, b = _by_module(report("hunyuandit", (256, 256), cfg=False)), _by_module(report("hunyuandit", (512, 512), cfg=False))
+    s, b = (
+        _by_module(report("hunyuandit", (256, 256), cfg=False)),
+        _by_module(report("hunyuandit", (512, 512), cfg=False)),
+    )
     assert b[("blocks.0.attn1", "attn_qk")] == 16 * s[("blocks.0.attn1", "attn_qk")]
     assert b[("blocks.0.attn2", "attn_qk")] == 4 * s[("blocks.0.attn2", "attn_qk")]
 
@@ -147,7 +168,12 @@ def test_gemm_csv(tmp_path):
     rows = list(csv.DictReader(path.open()))
     assert sum(int(x["flops"]) for x in rows) == r.denoiser.total_flops
     conv = next(x for x in rows if x["op"] == "conv")
-    assert conv["module"] == "conv_in" and conv["conv_in"] == "4" and conv["conv_out"] == "320" and conv["kernel"] == "3x3"
+    assert (
+        conv["module"] == "conv_in"
+        and conv["conv_in"] == "4"
+        and conv["conv_out"] == "320"
+        and conv["kernel"] == "3x3"
+    )
 
 
 def test_bad_inputs():

@@ -26,9 +26,11 @@ def test_open_clip_slices_equal_the_transformers_tensors(tmp_path):
     hf = build_diffusers_parts("sdxl", seed=4)["text_encoder_2"]
     with open_checkpoint(path) as ck:
         idx, _ = canonical_index(ck.tensors)
-        for name in ("text_model.encoder.layers.3.self_attn.k_proj.weight",
-                     "text_model.encoder.layers.3.self_attn.v_proj.bias",
-                     "text_projection.weight"):
+        for name in (
+            "text_model.encoder.layers.3.self_attn.k_proj.weight",
+            "text_model.encoder.layers.3.self_attn.v_proj.bias",
+            "text_projection.weight",
+        ):
             ref = idx[f"clip_g/{name}"]
             assert torch.equal(read_canonical(ck, ref), hf[name]), name
         assert idx["clip_g/text_model.encoder.layers.3.self_attn.k_proj.weight"].rows is not None
@@ -85,7 +87,10 @@ def test_nai_clip_names_equal_the_standard_ones(tmp_path):
         ia, _ = canonical_index(ca.tensors)
         ib, _ = canonical_index(cb.tensors)
         assert set(ia) == set(ib)
-        assert ia["clip_l/text_model.final_layer_norm.weight"].key != ib["clip_l/text_model.final_layer_norm.weight"].key
+        assert (
+            ia["clip_l/text_model.final_layer_norm.weight"].key
+            != ib["clip_l/text_model.final_layer_norm.weight"].key
+        )
         for name in ia:
             assert torch.equal(read_canonical(ca, ia[name]), read_canonical(cb, ib[name])), name
 
@@ -94,7 +99,9 @@ def test_nai_clip_names_equal_the_standard_ones(tmp_path):
 def test_ema_without_a_denoiser_uses_the_released_layout(tmp_path, family):
     sd = build_single_file(family, seed=1, ema=True)
     full = save_safetensors(sd, tmp_path / "full.safetensors")
-    only = save_safetensors({k: v for k, v in sd.items() if k.startswith("model_ema.")}, tmp_path / "ema.safetensors")
+    only = save_safetensors(
+        {k: v for k, v in sd.items() if k.startswith("model_ema.")}, tmp_path / "ema.safetensors"
+    )
     with open_checkpoint(full) as cf, open_checkpoint(only) as co:
         i_full, _ = canonical_index(cf.tensors)
         i_only, _ = canonical_index(co.tensors)
@@ -110,5 +117,8 @@ def test_bare_diffusers_unet_file_maps_with_the_released_config(tmp_path):
         il, _ = canonical_index(cl.tensors)
         assert fam == "sdxl"
         assert set(iu) == {n for n in il if n.startswith("denoiser/")}
-        for name in ("denoiser/input_blocks.4.1.transformer_blocks.1.attn2.to_k.weight", "denoiser/label_emb.0.0.weight"):
+        for name in (
+            "denoiser/input_blocks.4.1.transformer_blocks.1.attn2.to_k.weight",
+            "denoiser/label_emb.0.0.weight",
+        ):
             assert torch.equal(read_canonical(cu, iu[name]), read_canonical(cl, il[name]))

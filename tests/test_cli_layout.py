@@ -47,11 +47,15 @@ def pair(tmp_path_factory) -> tuple[Path, Path]:
 
 
 def test_every_command_module_is_registered_once_from_the_list():
-    modules = sorted(m.name for m in pkgutil.iter_modules(commands_pkg.__path__) if not m.name.startswith("_"))
+    modules = sorted(
+        m.name for m in pkgutil.iter_modules(commands_pkg.__path__) if not m.name.startswith("_")
+    )
     listed = [cli_mod.command_name(m) for m in cli_mod.COMMANDS]
     assert sorted(listed) == modules and len(set(listed)) == len(listed)  # every module, each once
     infos = cli_mod.app.registered_commands
-    assert [(i.name, i.callback) for i in infos] == [(cli_mod.command_name(m), m.run) for m in cli_mod.COMMANDS]
+    assert [(i.name, i.callback) for i in infos] == [
+        (cli_mod.command_name(m), m.run) for m in cli_mod.COMMANDS
+    ]
     assert list(typer.main.get_command(cli_mod.app).commands) == listed  # help lists them in the list's order
 
 
@@ -61,7 +65,9 @@ def test_command_modules_register_nothing_themselves_and_cli_only_through_the_li
         names = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
         if path.stem != "__init__":
             assert "run" in names and "register" not in names and "demo_section" not in names, path.name
-        calls = [n for n in ast.walk(tree) if isinstance(n, ast.Attribute) and n.attr in ("command", "callback")]
+        calls = [
+            n for n in ast.walk(tree) if isinstance(n, ast.Attribute) and n.attr in ("command", "callback")
+        ]
         assert not calls, path.name  # no app.command(...) outside cli.py
     cli_tree = ast.parse((SRC / "cli.py").read_text())
     commands = [n for n in ast.walk(cli_tree) if isinstance(n, ast.Attribute) and n.attr == "command"]
@@ -70,21 +76,32 @@ def test_command_modules_register_nothing_themselves_and_cli_only_through_the_li
 
 def _imports_cli(tree: ast.AST) -> bool:
     for n in ast.walk(tree):
-        if isinstance(n, ast.Import) and any(a.name == "sdlens.cli" or a.name.startswith("sdlens.cli.") for a in n.names):
+        if isinstance(n, ast.Import) and any(
+            a.name == "sdlens.cli" or a.name.startswith("sdlens.cli.") for a in n.names
+        ):
             return True
         if isinstance(n, ast.ImportFrom):
             if n.module == "sdlens.cli" or (n.module == "sdlens" and any(a.name == "cli" for a in n.names)):
                 return True
-            if n.level and (n.module == "cli" or (n.module is None and any(a.name == "cli" for a in n.names))):
+            if n.level and (
+                n.module == "cli" or (n.module is None and any(a.name == "cli" for a in n.names))
+            ):
                 return True
     return False
 
 
 def test_no_module_but_cli_imports_sdlens_cli():
-    assert _imports_cli(ast.parse("from sdlens.cli import out")) and _imports_cli(ast.parse("from sdlens import cli"))
-    assert _imports_cli(ast.parse("import sdlens.cli as c")) and not _imports_cli(ast.parse("from sdlens import console"))
-    offenders = [str(p.relative_to(SRC)) for p in SRC.rglob("*.py")
-                 if p != SRC / "cli.py" and _imports_cli(ast.parse(p.read_text()))]
+    assert _imports_cli(ast.parse("from sdlens.cli import out")) and _imports_cli(
+        ast.parse("from sdlens import cli")
+    )
+    assert _imports_cli(ast.parse("import sdlens.cli as c")) and not _imports_cli(
+        ast.parse("from sdlens import console")
+    )
+    offenders = [
+        str(p.relative_to(SRC))
+        for p in SRC.rglob("*.py")
+        if p != SRC / "cli.py" and _imports_cli(ast.parse(p.read_text()))
+    ]
     assert offenders == []
 
 
@@ -120,7 +137,9 @@ CASES = [  # (command line before the option, option, wrong value, its choices)
 
 
 @pytest.mark.parametrize(("head", "option", "bad", "allowed"), CASES, ids=[f"{c[0][0]}{c[1]}" for c in CASES])
-def test_a_wrong_choice_is_one_line_naming_value_and_choices_exit_2(pair, tmp_path, head, option, bad, allowed):
+def test_a_wrong_choice_is_one_line_naming_value_and_choices_exit_2(
+    pair, tmp_path, head, option, bad, allowed
+):
     a, b = pair
     args = [{"A": str(a), "B": str(b), "P": str(tmp_path / "p.txt")}.get(x, x) for x in head]
     out = tmp_path / "out"
@@ -134,9 +153,14 @@ def test_a_wrong_choice_is_one_line_naming_value_and_choices_exit_2(pair, tmp_pa
 
 
 def test_the_help_shows_the_apis_choices():
-    for cmd, option, lit in (("diff", "--by", choices.DiffBy), ("diff", "--metric", choices.DiffMetric),
-                             ("matrix", "--metric", choices.MatrixMetric), ("arch", "--depth", choices.DiagramDepth),
-                             ("embed", "--method", choices.EmbedMethod), ("arch", "--time-embed", choices.TimeEmbed)):
+    for cmd, option, lit in (
+        ("diff", "--by", choices.DiffBy),
+        ("diff", "--metric", choices.DiffMetric),
+        ("matrix", "--metric", choices.MatrixMetric),
+        ("arch", "--depth", choices.DiagramDepth),
+        ("embed", "--method", choices.EmbedMethod),
+        ("arch", "--time-embed", choices.TimeEmbed),
+    ):
         text = invoke(cmd, "--help").stdout
         assert choices.metavar(lit) in text, (cmd, option)
     assert choices.metavar(choices.DiffMetric) == "l2|l1|l0|cos|all"
@@ -175,7 +199,11 @@ def test_the_api_checks_its_own_choices_before_any_work(pair, tmp_path):
         render_diff(result, console, by="nope")
     assert console.export_text() == ""  # nothing printed
     assert isinstance(e.value, SdlensError) and e.value.exit_code == 2
-    assert (e.value.option, e.value.value, e.value.allowed) == ("--by", "nope", ("component", "block", "type", "key"))
+    assert (e.value.option, e.value.value, e.value.allowed) == (
+        "--by",
+        "nope",
+        ("component", "block", "type", "key"),
+    )
     render_diff(result, console, by="key", metric="l0")  # the choices themselves pass
     assert "attn2.to_k.weight" in console.export_text()
 
@@ -189,7 +217,10 @@ def test_embed_batch_size_is_checked_by_the_api(tmp_path):
 
 
 def test_choice_helpers():
-    assert choices.choices(choices.TimeEmbed) == ("IN00", "BASE") and choices.choices(("x", "y")) == ("x", "y")
+    assert choices.choices(choices.TimeEmbed) == ("IN00", "BASE") and choices.choices(("x", "y")) == (
+        "x",
+        "y",
+    )
     assert choices.check_choice("BASE", "time_embed", choices.TimeEmbed) == "BASE"
     assert choices.option_name("time_embed") == "--time-embed" and choices.option_name("--by") == "--by"
     assert str(ChoiceError("pool", "max", ("eos",))) == "--pool must be eos (got 'max')"
@@ -211,7 +242,10 @@ def test_arch_compare_goes_through_cost_compare(monkeypatch):
     told: list[str] = []
     reports = cost.compare("all", on_model=told.append, res=(64, 64))
     assert told == list(cost.ALL_MODELS) and [r["name"] for r in reports] == list(cost.ALL_MODELS)
-    assert cost.compare(["sd1", "flux"], res=(8, 8)) == [{"name": "sd1", "res": [8, 8]}, {"name": "flux", "res": [8, 8]}]
+    assert cost.compare(["sd1", "flux"], res=(8, 8)) == [
+        {"name": "sd1", "res": [8, 8]},
+        {"name": "flux", "res": [8, 8]},
+    ]
 
     calls = []
     real_compare = cost.compare
@@ -224,8 +258,10 @@ def test_arch_compare_goes_through_cost_compare(monkeypatch):
     seen.clear()
     r = invoke("arch", "--compare", "sd1, sdxl", "--res", "256x128", "--json")
     assert r.exit_code == 0, r.stderr
-    assert calls == [["sd1", "sdxl"]] and json.loads(r.stdout) == [{"name": "sd1", "res": [256, 128]},
-                                                                    {"name": "sdxl", "res": [256, 128]}]
+    assert calls == [["sd1", "sdxl"]] and json.loads(r.stdout) == [
+        {"name": "sd1", "res": [256, 128]},
+        {"name": "sdxl", "res": [256, 128]},
+    ]
     assert seen[0][1]["time_embed"] == "IN00" and seen[0][1]["dtype"] == "fp16"
     r = invoke("arch", "--compare", "ALL", "--json")
     assert calls[-1] == "all" and [d["name"] for d in json.loads(r.stdout)] == list(cost.ALL_MODELS)

@@ -73,8 +73,14 @@ def _commands() -> list[str]:
 
 
 def test_help_has_words_not_python_types():
-    usage = {"inspect": "PATH...", "diff": "A B", "matrix": "PATH...", "embed": "MODEL...", "convert": "IN OUT",
-             "arch": "[MODEL]"}
+    usage = {
+        "inspect": "PATH...",
+        "diff": "A B",
+        "matrix": "PATH...",
+        "embed": "MODEL...",
+        "convert": "IN OUT",
+        "arch": "[MODEL]",
+    }
     for cmd in [None, *_commands()]:
         r = run(*([cmd] if cmd else []), "--help")
         assert r.code == 0, (cmd, r.err)
@@ -144,7 +150,9 @@ def test_inspect_exit_codes_missing_bad_problems_clean(tmp_path):
     r = run("inspect", "--scan", str(tmp_path / "nan.safetensors"))
     assert r.code == 1 and "NaN values in 1 tensor " in r.out  # asked to check, found a problem
     # a missing input outranks a finding, and the other files are still reported
-    r = run("inspect", "--scan", "--brief", str(tmp_path / "nan.safetensors"), str(tmp_path / "typo.safetensors"))
+    r = run(
+        "inspect", "--scan", "--brief", str(tmp_path / "nan.safetensors"), str(tmp_path / "typo.safetensors")
+    )
     assert r.code == 2 and "NaN" in r.out
 
 
@@ -215,9 +223,16 @@ def _matrix_result(names: list[str]):
 
     n = len(names)
     m = [[0.0 if i == j else 0.125 * (i + j + 1) for j in range(n)] for i in range(n)]  # exact at 4 digits
-    return MatrixResult(models=[SimpleNamespace(name=f"/models/{x}") for x in names], metric="l2",
-                        by="component", ref=0, matrices={"denoiser": m}, notes={},
-                        identity={"vae": [[f"/models/{names[0]}", f"/models/{names[3]}"]]}, keys={"denoiser": 1})
+    return MatrixResult(
+        models=[SimpleNamespace(name=f"/models/{x}") for x in names],
+        metric="l2",
+        by="component",
+        ref=0,
+        matrices={"denoiser": m},
+        notes={},
+        identity={"vae": [[f"/models/{names[0]}", f"/models/{names[3]}"]]},
+        keys={"denoiser": 1},
+    )
 
 
 def test_matrix_at_80_columns_numbers_models_and_splits_columns():
@@ -254,21 +269,36 @@ def test_matrix_at_80_columns_numbers_models_and_splits_columns():
 def _fake_report(name: str, steps: int, cfg: bool):
     comp = SimpleNamespace(matches=True, weight_bytes=lambda dt: 2_000_000_000)
     return SimpleNamespace(
-        name=name, settings={"res": [1024, 1024], "steps": steps, "cfg": cfg}, notebook={"params_torchinfo_b": 5.3,
-                                                                                        "est_total_gb_fp16": 13.8},
-        mbw_blocks=19, mbw_expected=19, params=2_567_463_684, components=[comp, comp],
+        name=name,
+        settings={"res": [1024, 1024], "steps": steps, "cfg": cfg},
+        notebook={"params_torchinfo_b": 5.3, "est_total_gb_fp16": 13.8},
+        mbw_blocks=19,
+        mbw_expected=19,
+        params=2_567_463_684,
+        components=[comp, comp],
         denoiser=SimpleNamespace(total_flops=13.5e12, batch=2, attention_flops=1.6e12),
         per_image={"total": 686.8e12},
-        memory={"dtype": "fp16", "activations": {"denoiser": {"fused": 0.33e9, "materialised": 1.52e9}},
-                "vram_fused": {"all_on_gpu": 8.5e9, "text_encoders_offloaded": 6.9e9}},
+        memory={
+            "dtype": "fp16",
+            "activations": {"denoiser": {"fused": 0.33e9, "materialised": 1.52e9}},
+            "vram_fused": {"all_on_gpu": 8.5e9, "text_encoders_offloaded": 6.9e9},
+        },
     )
 
 
 def test_arch_compare_goes_vertical_when_narrow():
     from sdlens.render.arch_view import render_compare
 
-    names = ["SD 1.5", "SDXL base 1.0", "SD3 medium", "SD3.5 large", "HunyuanDiT v1.2", "AuraFlow v0.2",
-             "FLUX.1-dev", "FLUX.1-schnell"]
+    names = [
+        "SD 1.5",
+        "SDXL base 1.0",
+        "SD3 medium",
+        "SD3.5 large",
+        "HunyuanDiT v1.2",
+        "AuraFlow v0.2",
+        "FLUX.1-dev",
+        "FLUX.1-schnell",
+    ]
     reports = [_fake_report(n, 28 + i, i % 2 == 0) for i, n in enumerate(names)]
     narrow = Console(width=80, record=True, no_color=True)
     render_compare(reports, narrow)
@@ -289,8 +319,12 @@ def test_arch_compare_goes_vertical_when_narrow():
 @pytest.mark.parametrize("text_file", ["README.md"])
 def test_user_facing_text_points_at_nothing_private(text_file):
     root = Path(__file__).resolve().parents[1]
-    texts = [root / text_file, *(root / "src" / "sdlens" / "render").glob("*_view.py"), root / "src/sdlens/cli.py",
-             *(root / "src" / "sdlens" / "commands").glob("*.py")]
+    texts = [
+        root / text_file,
+        *(root / "src" / "sdlens" / "render").glob("*_view.py"),
+        root / "src/sdlens/cli.py",
+        *(root / "src" / "sdlens" / "commands").glob("*.py"),
+    ]
     for p in texts:
         body = p.read_text()
         for bad in ("architectures.md", "issue notes", "see the issue"):
@@ -309,7 +343,10 @@ def test_json_stays_json_when_narrow(tmp_path, monkeypatch):
 def test_verdict_bullets_wrap_on_a_terminal_and_stay_whole_in_a_pipe():
     from sdlens.render.text import bullets
 
-    verdict = ["UNet: changed — 80 of 686 tensors (RMS of Δ 0.00509); only cross-attention (attn2)", "VAE: bit-identical"]
+    verdict = [
+        "UNet: changed — 80 of 686 tensors (RMS of Δ 0.00509); only cross-attention (attn2)",
+        "VAE: bit-identical",
+    ]
     tty = Console(width=40, record=True, force_terminal=True, no_color=True)
     bullets(tty, verdict)
     lines = tty.export_text().splitlines()
@@ -323,8 +360,11 @@ def test_verdict_bullets_wrap_on_a_terminal_and_stay_whole_in_a_pipe():
 
 def test_inspect_metadata_hash_is_never_cut(tmp_path, monkeypatch):
     digest = hashlib.sha256(b"model").hexdigest()
-    save_file({k: np.zeros((2, 2), np.float16) for k in LONG_KEYS}, str(tmp_path / NAME_A),
-              metadata={"sshs_model_hash_of_the_training_run": digest, "ss_training_comment": "fine"})
+    save_file(
+        {k: np.zeros((2, 2), np.float16) for k in LONG_KEYS},
+        str(tmp_path / NAME_A),
+        metadata={"sshs_model_hash_of_the_training_run": digest, "ss_training_comment": "fine"},
+    )
     monkeypatch.chdir(tmp_path)
     r = run("inspect", NAME_A)
     _fits_80(r.out)

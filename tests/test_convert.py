@@ -72,7 +72,9 @@ def test_ckpt_to_safetensors_round_trip_identical_and_metadata(zoo, tmp_path):
 def test_safetensors_metadata_preserved_and_cast_exact(zoo, tmp_path):
     src = zoo["sdxl_fp16"].path
     out = tmp_path / "sdxl_fp32.safetensors"
-    res = convert(make_plan(src, out, ConvertOptions(dtype="fp32")), verify="full")  # input re-read and compared
+    res = convert(
+        make_plan(src, out, ConvertOptions(dtype="fp32")), verify="full"
+    )  # input re-read and compared
     assert res.verification.mode == "full"
     with open_checkpoint(src) as a, open_checkpoint(out) as b:
         for k, v in a.metadata.items():
@@ -97,7 +99,7 @@ def test_ema_use_output_equals_ema_weights(zoo, tmp_path):
     den = [k for k in b if k.startswith("model.diffusion_model.")]
     assert len(den) == len([k for k in a if k.startswith("model.diffusion_model.")])
     for k in den:
-        ema = "model_ema.diffusion_model" + k[len("model.diffusion_model."):].replace(".", "")
+        ema = "model_ema.diffusion_model" + k[len("model.diffusion_model.") :].replace(".", "")
         assert _same(b[k], a[ema]), k
         assert not torch.equal(b[k], a[k])  # the zoo's EMA is a perturbed copy
     for k in b:
@@ -120,8 +122,11 @@ def test_bake_vae_then_diff_shows_only_the_vae_changed(zoo, tmp_path):
     from sdlens.analysis.diff import diff
     from sdlens.testing.zoo_unet import build_single_file
 
-    other = {k[len("first_stage_model."):]: v for k, v in build_single_file("sd1", seed=5, dtype=torch.float16).items()
-             if k.startswith("first_stage_model.")}
+    other = {
+        k[len("first_stage_model.") :]: v
+        for k, v in build_single_file("sd1", seed=5, dtype=torch.float16).items()
+        if k.startswith("first_stage_model.")
+    }
     vae = save_safetensors(other, tmp_path / "other.vae.safetensors")
     src = zoo["sd1_fp16"].path
     out = tmp_path / "baked.safetensors"
@@ -313,7 +318,9 @@ def test_diffusers_folder_round_trip_keeps_files_and_configs(zoo, tmp_path):
     for part in ("unet", "vae", "text_encoder", "text_encoder_2"):
         a = next((src / part).glob("*.safetensors"))
         _assert_identical(_tensors(a), _tensors(folder / part / a.name))
-        assert json.loads((folder / part / "config.json").read_text()) == json.loads((src / part / "config.json").read_text())
+        assert json.loads((folder / part / "config.json").read_text()) == json.loads(
+            (src / part / "config.json").read_text()
+        )
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
     UNet2DConditionModel.from_pretrained(folder / "unet")
@@ -330,7 +337,9 @@ def test_extract_components_in_their_own_layouts(zoo, tmp_path):
     vae = tmp_path / "sdxl.vae.safetensors"
     _run(src, vae, extract=["vae"])
     r = inspect(vae)
-    assert r.kind == "VAE" and all(k.startswith(("encoder.", "decoder.", "quant_conv", "post_quant_conv")) for k in _tensors(vae))
+    assert r.kind == "VAE" and all(
+        k.startswith(("encoder.", "decoder.", "quant_conv", "post_quant_conv")) for k in _tensors(vae)
+    )
     unet = tmp_path / "unet.safetensors"
     _run(src, unet, extract=["unet"])
     assert inspect(unet).kind == "denoiser only" and inspect(unet).family == "sdxl"
@@ -350,13 +359,17 @@ def test_dry_run_writes_nothing_and_json_plan(zoo, tmp_path, cli):
     from sdlens.render.convert_view import render_result
 
     out = tmp_path / "x.safetensors"
-    r = cli("convert", str(zoo["sd1_ema_ckpt"].path), str(out), "--dtype", "fp16", "--ema", "drop", "--dry-run")
+    r = cli(
+        "convert", str(zoo["sd1_ema_ckpt"].path), str(out), "--dtype", "fp16", "--ema", "drop", "--dry-run"
+    )
     assert r.returncode == 0, r.stderr
     assert "dry run" in r.stdout and "EMA dropped" in r.stdout and "fp16 range" in r.stdout
     assert not out.exists()
     from sdlens.render.jsonout import dumps
 
-    plan = json.loads(dumps(make_plan(zoo["sd1_ema_ckpt"].path, out, ConvertOptions(drop=["schedule", "unknown"]))))
+    plan = json.loads(
+        dumps(make_plan(zoo["sd1_ema_ckpt"].path, out, ConvertOptions(drop=["schedule", "unknown"])))
+    )
     assert plan["counts"]["drop"] == 13 and plan["output_size"] > 0 and plan["entries"][0]["sources"]
     res = _run(zoo["sd1_ema_ckpt"].path, out, dtype="fp16", ema="drop")
     console = Console(record=True, width=200)

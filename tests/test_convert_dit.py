@@ -27,8 +27,12 @@ def _run(src, dst, **kw):
 
 def _hashes(path) -> dict[str, str]:
     with open_checkpoint(path) as ck:
-        return {k: hashlib.sha256(ck.read(k).contiguous().view(torch.uint8).numpy().tobytes()).hexdigest()
-                + str(ck.tensors[k].dtype) + str(ck.tensors[k].shape) for k in ck.tensors}
+        return {
+            k: hashlib.sha256(ck.read(k).contiguous().view(torch.uint8).numpy().tobytes()).hexdigest()
+            + str(ck.tensors[k].dtype)
+            + str(ck.tensors[k].shape)
+            for k in ck.tensors
+        }
 
 
 def _prefixed(family: str, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -36,8 +40,10 @@ def _prefixed(family: str, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
     return {prefix + k: v for k, v in sd.items()}
 
 
-@pytest.mark.parametrize(("family", "with_vae"), [("flux_dev", True), ("sd3", True), ("sd35m", False),
-                                                  ("auraflow", False), ("hunyuandit", False)])
+@pytest.mark.parametrize(
+    ("family", "with_vae"),
+    [("flux_dev", True), ("sd3", True), ("sd35m", False), ("auraflow", False), ("hunyuandit", False)],
+)
 def test_single_to_diffusers_loads_and_round_trips(tmp_path, family, with_vae):
     fam = families.get(family)
     ref = z.build_denoiser(family, layout="diffusers", seed=4)
@@ -51,7 +57,10 @@ def test_single_to_diffusers_loads_and_round_trips(tmp_path, family, with_vae):
     index = json.loads((folder / "model_index.json").read_text())
     assert index["_class_name"] == fam.pipeline.diffusers_class
     assert index[slot] == ["diffusers", fam.denoiser.cls_name]
-    assert json.loads((folder / "scheduler" / "scheduler_config.json").read_text())["_class_name"] == fam.pipeline.scheduler
+    assert (
+        json.loads((folder / "scheduler" / "scheduler_config.json").read_text())["_class_name"]
+        == fam.pipeline.scheduler
+    )
     # the independent judge: diffusers builds the model from our config and loads our weights, and they are
     # the tensors the original file was made from
     model = getattr(diffusers, fam.denoiser.cls_name).from_pretrained(folder / slot)
@@ -79,8 +88,9 @@ def test_diffusers_folder_to_single_and_back(tmp_path):
     name = "transformer/diffusion_pytorch_model.safetensors"
     assert _hashes(again / name) == _hashes(folder / name)
     # the folder's own config travelled in the single file's metadata and comes back as it was
-    assert json.loads((again / "transformer" / "config.json").read_text()) == \
-        json.loads((folder / "transformer" / "config.json").read_text())
+    assert json.loads((again / "transformer" / "config.json").read_text()) == json.loads(
+        (folder / "transformer" / "config.json").read_text()
+    )
 
 
 def test_bare_bfl_file_gains_the_records_prefix_only(tmp_path):
@@ -93,8 +103,19 @@ def test_bare_bfl_file_gains_the_records_prefix_only(tmp_path):
 
 
 def test_a_dit_without_a_key_map_is_refused_clearly(tmp_path):
-    src = zn.write("sana", "original", tmp_path)  # PixArt converts now (tests/test_pixart_convert.py); SANA has no map
+    # HiDream ships the diffusers names only: no original layout, no key map to convert with
+    from sdlens.testing import zoo_new_b
+
+    src = zoo_new_b.write_denoiser(
+        tmp_path / "hidream.safetensors", "hidream_i1", prefix="model.diffusion_model."
+    )
     with pytest.raises(SdlensError, match="no key map for this denoiser"):
+        make_plan(src, tmp_path / "dif", ConvertOptions(layout="diffusers"))
+
+
+def test_a_dit_without_config_from_shapes_is_refused_clearly(tmp_path):
+    src = zn.write("sana", "original", tmp_path)  # a key map, but no config from shapes (head widths)
+    with pytest.raises(SdlensError, match="the sana record has no config-from-shapes function"):
         make_plan(src, tmp_path / "dif", ConvertOptions(layout="diffusers"))
 
 

@@ -65,7 +65,10 @@ def test_vae_decoder_only(tmp_path, sd1):
 
 def test_text_encoder_swapped(tmp_path, sd1):
     other = build_single_file("sd1", seed=11)
-    b = {k: (other[k] if k.startswith("cond_stage_model.") and "position_ids" not in k else v) for k, v in sd1.items()}
+    b = {
+        k: (other[k] if k.startswith("cond_stage_model.") and "position_ids" not in k else v)
+        for k, v in sd1.items()
+    }
     r = diff(_save(tmp_path, "a", sd1), _save(tmp_path, "b", b))
     clip = _line(r, "CLIP-L: changed")
     n = sum(1 for k in sd1 if k.startswith("cond_stage_model.") and "position_ids" not in k)
@@ -169,8 +172,17 @@ def test_time_embed_switch(tmp_path, sd1):
 def test_cli_diff_json_and_plots(tmp_path, sd1):
     b = _perturb(sd1, lambda k: ".attn2." in k)
     pa, pb = _save(tmp_path, "a", sd1), _save(tmp_path, "b", b)
-    p = run_cli("diff", str(pa), str(pb), "--by", "block", "--json", str(tmp_path / "d.json"),
-                "--plot", str(tmp_path / "d.png"))
+    p = run_cli(
+        "diff",
+        str(pa),
+        str(pb),
+        "--by",
+        "block",
+        "--json",
+        str(tmp_path / "d.json"),
+        "--plot",
+        str(tmp_path / "d.png"),
+    )
     assert p.returncode == 0, p.stderr
     assert "only cross-attention (attn2)" in p.stdout and "UNet IN01" in p.stdout
     data = json.loads((tmp_path / "d.json").read_text())

@@ -27,11 +27,29 @@ def _tensors(identical: bool = False) -> list[dict[str, Any]]:
     for i in range(50):
         same = identical or i % 7 == 0
         l2 = 0.0 if same else 0.01 * (1 + i % 11) * (1 + i % 3)
-        rows.append({"key": f"model.t{i}.weight", "component": "denoiser", "layer_type": types[i % 4],
-                     "l2": l2, "rms": l2 / 30, "identical": same, "numel": 900})
+        rows.append(
+            {
+                "key": f"model.t{i}.weight",
+                "component": "denoiser",
+                "layer_type": types[i % 4],
+                "l2": l2,
+                "rms": l2 / 30,
+                "identical": same,
+                "numel": 900,
+            }
+        )
     # a text-encoder tensor: must not appear since denoiser tensors exist
-    rows.append({"key": "te.emb", "component": "clip_l", "layer_type": "embedding", "l2": 3.0, "rms": 0.1,
-                 "identical": False, "numel": 100})
+    rows.append(
+        {
+            "key": "te.emb",
+            "component": "clip_l",
+            "layer_type": "embedding",
+            "l2": 3.0,
+            "rms": 0.1,
+            "identical": False,
+            "numel": 100,
+        }
+    )
     return rows
 
 
@@ -77,8 +95,12 @@ def test_block_bars_written(tmp_path: Path, suffix: str) -> None:
 
 
 def test_block_bars_width_scales_and_l2_label(tmp_path: Path) -> None:
-    flux = {"FLUX": {f"{'D' if i < 19 else 'S'}{i:02d}": {"l2": 1.0 + i, "rms": 0.01, "changed": 1, "tensors": 2}
-                     for i in range(60)}}
+    flux = {
+        "FLUX": {
+            f"{'D' if i < 19 else 'S'}{i:02d}": {"l2": 1.0 + i, "rms": 0.01, "changed": 1, "tensors": 2}
+            for i in range(60)
+        }
+    }
     wide = plot_block_bars(flux, tmp_path / "flux.png", metric="l2")
     narrow = plot_block_bars(_blocks(), tmp_path / "unet.png")
     assert _png_size(wide)[0] > _png_size(narrow)[0]
@@ -106,7 +128,17 @@ def test_empty_inputs(tmp_path: Path) -> None:
 
 
 def test_no_denoiser_uses_all(tmp_path: Path) -> None:
-    rows = [{"key": f"te.{i}", "component": "clip_l", "layer_type": "attn" if i % 2 else "embedding",
-             "l2": 0.1 * i, "rms": 0.01, "identical": i == 0, "numel": 10} for i in range(10)]
+    rows = [
+        {
+            "key": f"te.{i}",
+            "component": "clip_l",
+            "layer_type": "attn" if i % 2 else "embedding",
+            "l2": 0.1 * i,
+            "rms": 0.01,
+            "identical": i == 0,
+            "numel": 10,
+        }
+        for i in range(10)
+    ]
     svg = plot_layer_histograms(rows, tmp_path / "te.svg").read_text()
     assert "embedding" in svg and "attn" in svg

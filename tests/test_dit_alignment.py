@@ -57,16 +57,36 @@ def test_matrix_groups_the_three_forms(tmp_path, family):
 @pytest.mark.parametrize(
     ("family", "key", "rows", "canonical", "block"),
     [
-        ("flux_dev", "single_transformer_blocks.5.attn.to_k.weight", None,
-         "denoiser/single_transformer_blocks.5.attn.to_k.weight", "S05"),
-        ("flux_dev", "transformer_blocks.3.attn.add_v_proj.bias", None,
-         "denoiser/transformer_blocks.3.attn.add_v_proj.bias", "D03"),
+        (
+            "flux_dev",
+            "single_transformer_blocks.5.attn.to_k.weight",
+            None,
+            "denoiser/single_transformer_blocks.5.attn.to_k.weight",
+            "S05",
+        ),
+        (
+            "flux_dev",
+            "transformer_blocks.3.attn.add_v_proj.bias",
+            None,
+            "denoiser/transformer_blocks.3.attn.add_v_proj.bias",
+            "D03",
+        ),
         # diffusers keeps (scale, shift): a change to the scale half is found in that half only
         ("flux_dev", "norm_out.linear.weight", "first", "denoiser/norm_out.linear.weight[0:32]", "OUT"),
-        ("sd3", "transformer_blocks.7.attn.add_q_proj.weight", None,
-         "denoiser/transformer_blocks.7.attn.add_q_proj.weight", "J07"),
-        ("sd3", "transformer_blocks.23.norm1_context.linear.bias", "first",
-         "denoiser/transformer_blocks.23.norm1_context.linear.bias[0:32]", "J23"),
+        (
+            "sd3",
+            "transformer_blocks.7.attn.add_q_proj.weight",
+            None,
+            "denoiser/transformer_blocks.7.attn.add_q_proj.weight",
+            "J07",
+        ),
+        (
+            "sd3",
+            "transformer_blocks.23.norm1_context.linear.bias",
+            "first",
+            "denoiser/transformer_blocks.23.norm1_context.linear.bias[0:32]",
+            "J23",
+        ),
     ],
 )
 def test_one_change_in_the_diffusers_form_is_found(tmp_path, family, key, rows, canonical, block):

@@ -27,8 +27,16 @@ ORIGINAL_ONLY = {
     "sana": ["denoiser/pos_embed", "denoiser/y_embedder.y_embedding"],
     "lumina2": ["denoiser/norm_final.weight"],
 }
-FAMILIES = ["sana", "lumina2", "stable_cascade_c", "stable_cascade_b", "chroma", "wan21_t2v_1_3b", "wan21_i2v_14b",
-            "ltx_video"]
+FAMILIES = [
+    "sana",
+    "lumina2",
+    "stable_cascade_c",
+    "stable_cascade_b",
+    "chroma",
+    "wan21_t2v_1_3b",
+    "wan21_i2v_14b",
+    "ltx_video",
+]
 
 
 def _models(fid: str) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict]:
@@ -40,7 +48,9 @@ def _models(fid: str) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor],
 
 def _folder(folder: Path, fid: str, sd: dict[str, torch.Tensor], cfg: dict) -> Path:
     folder.mkdir(parents=True)
-    (folder / "config.json").write_text(json.dumps({"_class_name": families.get(fid).denoiser.cls_name, **cfg}))
+    (folder / "config.json").write_text(
+        json.dumps({"_class_name": families.get(fid).denoiser.cls_name, **cfg})
+    )
     save_safetensors(sd, folder / "diffusion_pytorch_model.safetensors")
     return folder
 
@@ -105,8 +115,9 @@ def test_pipeline_folder_under_the_records_slot(tmp_path, fid):
     ref, orig, cfg = _models(fid)
     pipe = tmp_path / f"{fid}_pipe"
     _folder(pipe / slot, fid, ref, cfg)
-    (pipe / "model_index.json").write_text(json.dumps({"_class_name": rec.pipeline.diffusers_class,
-                                                       slot: ["diffusers", rec.denoiser.cls_name]}))
+    (pipe / "model_index.json").write_text(
+        json.dumps({"_class_name": rec.pipeline.diffusers_class, slot: ["diffusers", rec.denoiser.cls_name]})
+    )
     r = diff(save_safetensors({COMFY + k: v for k, v in orig.items()}, tmp_path / "c.safetensors"), pipe)
     assert r.family_a == r.family_b == fid
     assert not any(t.changed for t in r.tensors) and r.only_b == []
@@ -135,19 +146,26 @@ def test_convert_layout_round_trip(tmp_path, fid):
 
 
 def test_engine_path_field_condition_and_same_name_keys():
-    km = DitMap("t", (
-        wb("mapper.", "pooled_mapper.", present=("stage_b.weight",) * 2),
-        Rel("{p}.attn.in_proj_weight", ("{p}.to_q.weight", "{p}.to_k.weight")),
-        Rel("{p}", ("{p}",)),
-    ))
+    km = DitMap(
+        "t",
+        (
+            wb("mapper.", "pooled_mapper.", present=("stage_b.weight",) * 2),
+            Rel("{p}.attn.in_proj_weight", ("{p}.to_q.weight", "{p}.to_k.weight")),
+            Rel("{p}", ("{p}",)),
+        ),
+    )
     orig = {"a.0.b.attn.in_proj_weight": (4, 3), "pooled_mapper.weight": (2, 2), "x.weight": (1,)}
     # same-name keys match both sides: only the fused one tells the layout
     assert km.layout(orig) == "original"
     plan = km.to_diffusers(orig)
     assert plan.left == [] and plan.targets["a.0.b.to_k.weight"].pieces[0].rows == (2, 4)
     assert "pooled_mapper.weight" in plan.targets  # no stage_b key: the rename does not apply
-    dif = {"a.0.b.to_q.weight": (2, 3), "a.0.b.to_k.weight": (2, 3), "pooled_mapper.weight": (2, 2),
-           "stage_b.weight": (1,)}
+    dif = {
+        "a.0.b.to_q.weight": (2, 3),
+        "a.0.b.to_k.weight": (2, 3),
+        "pooled_mapper.weight": (2, 2),
+        "stage_b.weight": (1,),
+    }
     assert km.layout(dif) == "diffusers"
     back = km.to_original(dif).targets
     assert set(back) == {"a.0.b.attn.in_proj_weight", "mapper.weight", "stage_b.weight"}

@@ -70,8 +70,11 @@ def test_nai_and_diffusers_layouts_load_the_same_weights(files):
 
 
 def test_layouts_give_identical_embeddings(files, tmp_path):
-    r = embed([files["sd1"], files["sd1_nai"], files["sd1_diffusers"], files["sd1_copy"]], PROMPTS,
-              tokenizer_dirs=[files["tok"]])
+    r = embed(
+        [files["sd1"], files["sd1_nai"], files["sd1_diffusers"], files["sd1_copy"]],
+        PROMPTS,
+        tokenizer_dirs=[files["tok"]],
+    )
     base = r.embeddings[0].vectors
     assert len(r.embeddings) == 4 and r.ref == "sd1"
     for e in r.embeddings[1:]:
@@ -115,7 +118,9 @@ def test_matrices_satisfy_their_definitions(files):
             assert m["euclidean"][i, j] == pytest.approx(np.sqrt(((a - b) ** 2).sum()), abs=1e-9)
             assert m["manhattan"][i, j] == pytest.approx(np.abs(a - b).sum(), abs=1e-9)
     # not normalised: the distances follow the raw vectors
-    raw = embed([files["sd1"]], PROMPTS, tokenizer_dirs=[files["tok"]], pool="mean", normalize=False).embeddings[0]
+    raw = embed(
+        [files["sd1"]], PROMPTS, tokenizer_dirs=[files["tok"]], pool="mean", normalize=False
+    ).embeddings[0]
     assert not np.allclose(np.linalg.norm(raw.vectors, axis=1), 1.0)
     assert np.allclose(distance_matrices(raw.vectors)["euclidean"], raw.matrices["euclidean"])
 
@@ -148,7 +153,9 @@ def test_figures_and_csv_are_written(files, tmp_path):
     from sdlens.render.embed_view import write_embed_outputs
 
     prompts = [Prompt(*p) for p in DEMO_PROMPTS]
-    r = embed([files["sdxl"], files["sdxl_diffusers"]], prompts, tokenizer_dirs=[files["tok"]], encoder="clip_g")
+    r = embed(
+        [files["sdxl"], files["sdxl_diffusers"]], prompts, tokenizer_dirs=[files["tok"]], encoder="clip_g"
+    )
     assert {e.encoder for e in r.embeddings} == {"clip_g"}
     written = write_embed_outputs(r, tmp_path / "out", method="tsne")
     names = {p.name for p in written}
@@ -193,8 +200,12 @@ def test_prompt_files(tmp_path):
     assert [p.label for p in read_prompts(tmp_path / "p.txt")] == ["a cat", "a dog", "a cat #2"]
     (tmp_path / "p.csv").write_text("label,text,group,marker\ncat,a cat,animals,o\ncity,a city,places,\n")
     ps = read_prompts(tmp_path / "p.csv")
-    assert ps[0] == Prompt("cat", "a cat", "animals", "o") and ps[1].marker is None and ps[1].group == "places"
-    (tmp_path / "p.json").write_text(json.dumps({"cat": "a cat", "city": {"text": "a city", "group": "places"}}))
+    assert (
+        ps[0] == Prompt("cat", "a cat", "animals", "o") and ps[1].marker is None and ps[1].group == "places"
+    )
+    (tmp_path / "p.json").write_text(
+        json.dumps({"cat": "a cat", "city": {"text": "a city", "group": "places"}})
+    )
     assert [p.group for p in read_prompts(tmp_path / "p.json")] == [None, "places"]
     (tmp_path / "dup.csv").write_text("label,text\ncat,a cat\ncat,another cat\n")
     with pytest.raises(SdlensError, match="twice"):
@@ -206,8 +217,17 @@ def test_prompt_files(tmp_path):
 
 def test_cli_embed(files, tmp_path, cli):
     (tmp_path / "prompts.txt").write_text("\n".join(p.text for p in PROMPTS[:5]))
-    r = cli("embed", str(files["sd1"]), str(files["sd1_tuned"]), "--prompts", str(tmp_path / "prompts.txt"),
-            "--tokenizer", str(files["tok"]), "--out", str(tmp_path / "out"))
+    r = cli(
+        "embed",
+        str(files["sd1"]),
+        str(files["sd1_tuned"]),
+        "--prompts",
+        str(tmp_path / "prompts.txt"),
+        "--tokenizer",
+        str(files["tok"]),
+        "--out",
+        str(tmp_path / "out"),
+    )
     assert r.returncode == 0, r.stderr
     assert "sd1_tuned vs sd1" in r.stdout
     assert (tmp_path / "out" / "pca-clip_l.png").is_file()

@@ -93,15 +93,20 @@ def test_records_pipelines():
     pg = families.get("playground_v25")
     assert pg.pipeline.scheduler == "EDMDPMSolverMultistepScheduler" and pg.pipeline.prediction == "edm"
     assert families.resolve("playground-v2.5") == "playground_v25"
-    assert families.get("sana").latent_channels == 32 and families.get("sana").text_encoder_kinds == ("gemma2_2b",)
+    assert families.get("sana").latent_channels == 32 and families.get("sana").text_encoder_kinds == (
+        "gemma2_2b",
+    )
     assert families.get("lumina2").latent_channels == 16
     assert families.get("stable_cascade_c").diffusers_slots["denoiser"] == "prior"
 
 
 def test_unknown_variant_stays_unknown(tmp_path):
     # a SANA-like file with 12 blocks (no released SANA has 12): unknown, with reasons
-    sd = {k: v for k, v in Z.original_state_dict("sana").items()
-          if not k.startswith("blocks.") or int(k.split(".")[1]) < 12}
+    sd = {
+        k: v
+        for k, v in Z.original_state_dict("sana").items()
+        if not k.startswith("blocks.") or int(k.split(".")[1]) < 12
+    }
     rep = inspect(save_safetensors(sd, tmp_path / "sana12.safetensors"))
     assert rep.family == "unknown" and rep.reasons
 
@@ -113,7 +118,10 @@ def test_sana_keymap_matches_diffusers_converter():
     orig = Z.original_state_dict("sana")
     _same(convert_sana_transformer_to_diffusers(dict(orig)), ref)
     _same(sana_original_to_diffusers(orig), ref)
-    _same(sana_diffusers_to_original(ref), {k: v for k, v in orig.items() if k not in ("pos_embed", "y_embedder.y_embedding")})
+    _same(
+        sana_diffusers_to_original(ref),
+        {k: v for k, v in orig.items() if k not in ("pos_embed", "y_embedder.y_embedding")},
+    )
 
 
 @pytest.mark.parametrize("fid", ["stable_cascade_c", "stable_cascade_b"])
@@ -137,7 +145,9 @@ def test_lumina2_keymap_matches_diffusers_converter():
     keys = Z.diffusers_state_dict("lumina2")
     g = torch.Generator().manual_seed(0)
     rows = {"to_q": 2304, "to_k": 768, "to_v": 768}
-    ref = {k: torch.randn(next((n for s, n in rows.items() if f".{s}." in k), 2), 1, generator=g) for k in keys}
+    ref = {
+        k: torch.randn(next((n for s, n in rows.items() if f".{s}." in k), 2), 1, generator=g) for k in keys
+    }
     orig = lumina2_diffusers_to_original(ref)
     assert "layers.0.attention.qkv.weight" in orig and "cap_embedder.1.weight" in orig
     _same(convert_lumina2_to_diffusers({**orig, "norm_final.weight": torch.ones(2)}), ref)
@@ -145,8 +155,12 @@ def test_lumina2_keymap_matches_diffusers_converter():
     # the tiny model's own grouped-query sizes round trip too
     tiny = Z.diffusers_state_dict("lumina2")
     cfg = Z.tiny_config("lumina2")
-    back = lumina2_original_to_diffusers(Z.original_state_dict("lumina2"), cfg["num_attention_heads"],
-                                         cfg["num_kv_heads"], cfg["hidden_size"] // cfg["num_attention_heads"])
+    back = lumina2_original_to_diffusers(
+        Z.original_state_dict("lumina2"),
+        cfg["num_attention_heads"],
+        cfg["num_kv_heads"],
+        cfg["hidden_size"] // cfg["num_attention_heads"],
+    )
     _same(back, tiny)
 
 
@@ -156,13 +170,31 @@ def test_inspect_cli_prints_family_name(cli, zoo):
     assert "Lumina-Image 2.0" in res.stdout
 
 
-@pytest.mark.parametrize(("fid", "lite", "variant"), [
-    ("stable_cascade_c", {"block_out_channels": [1536, 1536], "num_attention_heads": [24, 24],
-                          "down_num_layers_per_block": [4, 12], "up_num_layers_per_block": [12, 4]}, "lite (1B)"),
-    ("stable_cascade_b", {"block_out_channels": [320, 576, 1152, 1152], "num_attention_heads": [0, 0, 18, 18],
-                          "down_num_layers_per_block": [2, 4, 14, 4], "up_num_layers_per_block": [4, 14, 4, 2]},
-     "lite (700M)"),
-])
+@pytest.mark.parametrize(
+    ("fid", "lite", "variant"),
+    [
+        (
+            "stable_cascade_c",
+            {
+                "block_out_channels": [1536, 1536],
+                "num_attention_heads": [24, 24],
+                "down_num_layers_per_block": [4, 12],
+                "up_num_layers_per_block": [12, 4],
+            },
+            "lite (1B)",
+        ),
+        (
+            "stable_cascade_b",
+            {
+                "block_out_channels": [320, 576, 1152, 1152],
+                "num_attention_heads": [0, 0, 18, 18],
+                "down_num_layers_per_block": [2, 4, 14, 4],
+                "up_num_layers_per_block": [4, 14, 4, 2],
+            },
+            "lite (700M)",
+        ),
+    ],
+)
 def test_cascade_lite_variants(tmp_path, fid, lite, variant):
     from diffusers import StableCascadeUNet
 

@@ -23,19 +23,30 @@ from sdlens.testing.zoo_new_b import FAMILY_IDS, build_denoiser, write_denoiser
 COMFY = "model.diffusion_model."
 # (family, layout, key prefix): every layout each family is released in
 CASES = [
-    ("hidream_i1", "diffusers", ""), ("hidream_i1", "diffusers", COMFY),
-    ("chroma", "original", ""), ("chroma", "original", COMFY), ("chroma", "diffusers", ""),
-    *((w, lay, "") for w in ("wan21_t2v_1_3b", "wan21_t2v_14b", "wan21_i2v_14b") for lay in ("original", "diffusers")),
+    ("hidream_i1", "diffusers", ""),
+    ("hidream_i1", "diffusers", COMFY),
+    ("chroma", "original", ""),
+    ("chroma", "original", COMFY),
+    ("chroma", "diffusers", ""),
+    *(
+        (w, lay, "")
+        for w in ("wan21_t2v_1_3b", "wan21_t2v_14b", "wan21_i2v_14b")
+        for lay in ("original", "diffusers")
+    ),
     ("wan21_t2v_14b", "original", COMFY),
-    ("ltx_video", "original", ""), ("ltx_video", "original", COMFY), ("ltx_video", "diffusers", ""),
+    ("ltx_video", "original", ""),
+    ("ltx_video", "original", COMFY),
+    ("ltx_video", "diffusers", ""),
 ]
 
 
 def _random(sd: dict[str, torch.Tensor], *, rows_only: bool = False) -> dict[str, torch.Tensor]:
     """Seeded values for a meta state dict; ``rows_only`` keeps only dim 0 (enough for maps that slice rows)."""
     g = torch.Generator().manual_seed(0)
-    return {k: torch.randn((v.shape[0],) + (1,) * (v.ndim - 1) if rows_only else tuple(v.shape), generator=g)
-            for k, v in sd.items()}
+    return {
+        k: torch.randn((v.shape[0],) + (1,) * (v.ndim - 1) if rows_only else tuple(v.shape), generator=g)
+        for k, v in sd.items()
+    }
 
 
 def _check_map(sd, to_original, to_diffusers, converter):
@@ -51,27 +62,47 @@ def _check_map(sd, to_original, to_diffusers, converter):
 
 def test_wan_map_matches_diffusers_converter():
     sd = build_denoiser("wan21_i2v_14b", layout="diffusers")  # I2V: all of T2V's keys plus the image ones
-    original = _check_map(sd, wan_diffusers_to_original, wan_original_to_diffusers,
-                          sfu.convert_wan_transformer_to_diffusers)
-    assert {"head.modulation", "blocks.0.cross_attn.k_img.weight", "blocks.0.norm3.weight", "img_emb.proj.4.bias",
-            "time_projection.1.weight"} <= set(original)
+    original = _check_map(
+        sd, wan_diffusers_to_original, wan_original_to_diffusers, sfu.convert_wan_transformer_to_diffusers
+    )
+    assert {
+        "head.modulation",
+        "blocks.0.cross_attn.k_img.weight",
+        "blocks.0.norm3.weight",
+        "img_emb.proj.4.bias",
+        "time_projection.1.weight",
+    } <= set(original)
     assert sfu.infer_diffusers_model_type({COMFY + k: v for k, v in original.items()}) == "wan-i2v-14B"
 
 
 def test_ltx_map_matches_diffusers_converter():
     sd = build_denoiser("ltx_video", layout="diffusers")
-    original = _check_map(sd, ltx_diffusers_to_original, ltx_original_to_diffusers,
-                          sfu.convert_ltx_transformer_checkpoint_to_diffusers)
-    assert {"patchify_proj.weight", "adaln_single.linear.weight", "transformer_blocks.27.attn1.q_norm.weight"} <= set(original)
+    original = _check_map(
+        sd,
+        ltx_diffusers_to_original,
+        ltx_original_to_diffusers,
+        sfu.convert_ltx_transformer_checkpoint_to_diffusers,
+    )
+    assert {
+        "patchify_proj.weight",
+        "adaln_single.linear.weight",
+        "transformer_blocks.27.attn1.q_norm.weight",
+    } <= set(original)
 
 
 def test_chroma_map_matches_diffusers_converter():
     # diffusers' converter hard-codes the released width (3072): build at that width, few blocks, and keep only
     # each tensor's rows (the map and the converter only cut and join rows)
-    meta = meta_state_dict("ChromaTransformer2DModel", {"num_layers": 2, "num_single_layers": 2,
-                                                        "approximator_layers": 2, "approximator_hidden_dim": 32})
-    original = _check_map(_random(meta, rows_only=True), chroma_diffusers_to_original, chroma_original_to_diffusers,
-                          sfu.convert_chroma_transformer_checkpoint_to_diffusers)
+    meta = meta_state_dict(
+        "ChromaTransformer2DModel",
+        {"num_layers": 2, "num_single_layers": 2, "approximator_layers": 2, "approximator_hidden_dim": 32},
+    )
+    original = _check_map(
+        _random(meta, rows_only=True),
+        chroma_diffusers_to_original,
+        chroma_original_to_diffusers,
+        sfu.convert_chroma_transformer_checkpoint_to_diffusers,
+    )
     assert original["single_blocks.0.linear1.weight"].shape[0] == 3 * 3072 + 4 * 3072
     assert not any(".img_mod." in k or ".modulation." in k for k in original)
 
@@ -85,8 +116,13 @@ def full_files(tmp_path_factory):
     def get(family: str, layout: str, prefix: str = ""):
         key = (family, layout, prefix)
         if key not in cache:
-            cache[key] = write_denoiser(root / f"{family}-{layout}-{len(prefix)}.safetensors", family, size="full",
-                                        layout=layout, prefix=prefix)
+            cache[key] = write_denoiser(
+                root / f"{family}-{layout}-{len(prefix)}.safetensors",
+                family,
+                size="full",
+                layout=layout,
+                prefix=prefix,
+            )
         return cache[key]
 
     return get
@@ -123,7 +159,9 @@ def test_chroma_and_flux_not_confused(full_files, tmp_path):
 
 
 def test_wan_sizes_and_tasks_not_confused(full_files, tmp_path):
-    got = {f: inspect(full_files(f, "original")) for f in ("wan21_t2v_1_3b", "wan21_t2v_14b", "wan21_i2v_14b")}
+    got = {
+        f: inspect(full_files(f, "original")) for f in ("wan21_t2v_1_3b", "wan21_t2v_14b", "wan21_i2v_14b")
+    }
     assert {f: r.family for f, r in got.items()} == {f: f for f in got}
     assert "hidden width = 1536" in got["wan21_t2v_1_3b"].reasons
     assert "DiT blocks = 40" in got["wan21_t2v_14b"].reasons
@@ -147,8 +185,11 @@ def test_ltx_and_pixart_not_confused(full_files, tmp_path):
 
 def test_unknown_variant_stays_unknown(tmp_path):
     # a Wan 2.2 TI2V-5B-like transformer: 48 latent channels in and out, no image embedding
-    r = inspect(write_denoiser(tmp_path / "wan22.safetensors", "wan21_t2v_1_3b",
-                               config={"in_channels": 48, "out_channels": 48}))
+    r = inspect(
+        write_denoiser(
+            tmp_path / "wan22.safetensors", "wan21_t2v_1_3b", config={"in_channels": 48, "out_channels": 48}
+        )
+    )
     assert (r.family, r.confidence) == ("unknown", "low")
     assert r.reasons == ["denoiser structure matches no known family"]
     # a FLUX-style file that has both the approximator and per-block modulation is neither FLUX nor Chroma
@@ -177,7 +218,10 @@ def test_records_complete():
     assert families.get("hidream_i1").text_encoder_kinds == ("clip_l", "clip_g", "t5", "llama31_8b")
     assert families.get("chroma").text_encoder_kinds == ("t5",)
     assert families.get("wan21_i2v_14b").diffusers_slots["clip_vision_h"] == "image_encoder"
-    assert (families.get("ltx_video").latent_channels, families.get("wan21_t2v_14b").latent_channels) == (128, 16)
+    assert (families.get("ltx_video").latent_channels, families.get("wan21_t2v_14b").latent_channels) == (
+        128,
+        16,
+    )
     assert families.resolve("flux") == "flux_dev" and families.resolve("wan") == "wan21_t2v_1_3b"
 
 
@@ -221,7 +265,10 @@ def test_config_from_shapes_rebuilds_the_file(tmp_path, family):
             assert cfg[k] == built_cfg.get(k, cfg[k]), k
     # on the released shapes it gives the released config
     full = build_denoiser(family, size="full")
-    assert B.count_params(B.build_denoiser(fam.denoiser.cls_name, fam.denoiser.config_from_shapes(full))) == fam.denoiser.params
+    assert (
+        B.count_params(B.build_denoiser(fam.denoiser.cls_name, fam.denoiser.config_from_shapes(full)))
+        == fam.denoiser.params
+    )
 
 
 def test_diffusers_folder_names_its_missing_parts(tmp_path):
@@ -232,10 +279,13 @@ def test_diffusers_folder_names_its_missing_parts(tmp_path):
     root = tmp_path / "Wan2.1-T2V-1.3B-Diffusers"
     (root / "transformer").mkdir(parents=True)
     cls_name, cfg = denoiser_config("wan21_t2v_1_3b", "full")
-    write_denoiser(root / "transformer" / "diffusion_pytorch_model.safetensors", "wan21_t2v_1_3b", size="full")
+    write_denoiser(
+        root / "transformer" / "diffusion_pytorch_model.safetensors", "wan21_t2v_1_3b", size="full"
+    )
     (root / "transformer" / "config.json").write_text(json.dumps({"_class_name": cls_name, **cfg}))
-    (root / "model_index.json").write_text(json.dumps({"_class_name": "WanPipeline",
-                                                       "transformer": ["diffusers", cls_name]}))
+    (root / "model_index.json").write_text(
+        json.dumps({"_class_name": "WanPipeline", "transformer": ["diffusers", cls_name]})
+    )
     r = inspect(root)
     assert (r.family, r.confidence, r.kind) == ("wan21_t2v_1_3b", "high", "denoiser only")
     assert r.missing == ["umT5-XXL text encoder (load it separately)", "VAE (load one separately)"]

@@ -108,15 +108,20 @@ def test_crowded_labels_become_numbers_in_a_key():
     ax.set_ylim(-1, 1)
     texts, key, _ = place_labels(ax, xy, [f"model_with_a_long_name_{i}" for i in range(30)])
     _no_overlap(texts)
-    assert key and len(texts) + sum(1 for k, _ in key if k == 0) == 30  # each point: a label, a number or listed
+    assert (
+        key and len(texts) + sum(1 for k, _ in key if k == 0) == 30
+    )  # each point: a label, a number or listed
     assert {t.get_text() for t in texts} >= {str(k) for k, _ in key if k}
     plt.close(fig)
 
 
 def test_distance_from_reference_is_points_per_group_with_identical_groups_folded():
     pts = np.array([[0, 0], [1, 0], [2, 0]], dtype=float)
-    mats = {"denoiser": _dist(pts), "vae": np.zeros((3, 3)),
-            "clip_g": np.array([[0, np.nan, np.nan], [np.nan, 0, 1], [np.nan, 1, 0]])}
+    mats = {
+        "denoiser": _dist(pts),
+        "vae": np.zeros((3, 3)),
+        "clip_g": np.array([[0, np.nan, np.nan], [np.nan, 0, 1], [np.nan, 1, 0]]),
+    }
     fig = mp.from_ref_figure(mats, ["base", "ft", "ft2"], 0)
     fig.canvas.draw()
     axes = [a for a in fig.axes if a.get_title()]
@@ -143,21 +148,34 @@ def _report(name, kind, comps, tensor_bytes=None):
     from sdlens.analysis.inspect import ComponentSummary
 
     cs = [ComponentSummary(cid, label, "", "ldm", 1, 1, b, {}) for cid, label, b in comps]
-    return SimpleNamespace(path=f"/x/{name}", kind=kind, family_name="fam", components=cs,
-                           tensor_bytes=tensor_bytes if tensor_bytes is not None else sum(c.bytes for c in cs))
+    return SimpleNamespace(
+        path=f"/x/{name}",
+        kind=kind,
+        family_name="fam",
+        components=cs,
+        tensor_bytes=tensor_bytes if tensor_bytes is not None else sum(c.bytes for c in cs),
+    )
 
 
 def test_component_chart_is_linear_shares_with_a_complete_legend(tmp_path):
     from sdlens.render.plots import component_segments, plot_component_sizes
 
-    unet = _report("sd.safetensors", "full model", [("denoiser", "UNet", 600), ("clip_l", "CLIP-L", 200),
-                                                     ("vae_decoder", "VAE decoder", 100)], tensor_bytes=1000)
+    unet = _report(
+        "sd.safetensors",
+        "full model",
+        [("denoiser", "UNet", 600), ("clip_l", "CLIP-L", 200), ("vae_decoder", "VAE decoder", 100)],
+        tensor_bytes=1000,
+    )
     dit = _report("flux.safetensors", "denoiser only", [("denoiser", "DiT", 5000)])
     lora = _report("lora.safetensors", "LoRA", [], tensor_bytes=300)
     shades: dict[str, str] = {}
     segs = component_segments(unet, shades)
-    assert [(lab, round(s, 3)) for lab, _, s in segs] == [("UNet", 0.6), ("CLIP-L", 0.2), ("VAE decoder", 0.1),
-                                                          ("other tensors", 0.1)]
+    assert [(lab, round(s, 3)) for lab, _, s in segs] == [
+        ("UNet", 0.6),
+        ("CLIP-L", 0.2),
+        ("VAE decoder", 0.1),
+        ("other tensors", 0.1),
+    ]
     assert component_segments(dit, shades)[0][:1] == ("DiT",) and shades["DiT"] != shades["UNet"]
     assert component_segments(lora, shades)[0][0] == "LoRA (no model components)"
     with matplotlib.rc_context({"svg.fonttype": "none"}):
@@ -170,30 +188,55 @@ def test_component_chart_is_linear_shares_with_a_complete_legend(tmp_path):
 def test_diff_figures_fold_identical_groups(tmp_path):
     from sdlens.render.diff_plots import plot_block_bars, plot_layer_histograms
 
-    rows = [{"component": "denoiser", "layer_type": lt, "l2": (0.1 * (i + 1) if lt in ("attn2", "ff") else 0.0),
-             "identical": lt not in ("attn2", "ff")} for lt in ("attn1", "attn2", "ff", "norm") for i in range(5)]
+    rows = [
+        {
+            "component": "denoiser",
+            "layer_type": lt,
+            "l2": (0.1 * (i + 1) if lt in ("attn2", "ff") else 0.0),
+            "identical": lt not in ("attn2", "ff"),
+        }
+        for lt in ("attn1", "attn2", "ff", "norm")
+        for i in range(5)
+    ]
     with matplotlib.rc_context({"svg.fonttype": "none"}):
         svg = plot_layer_histograms(rows, tmp_path / "h.svg", title="a vs b").read_text()
         assert svg.count("L2 distance per tensor") == 2  # panels for attn2 and ff only
         assert "identical, no panel: attn1 (self-attention) (5 tensors), norm (5 tensors)" in svg
-        blocks = {"UNet": {"IN00": {"l2": 1.0, "rms": 0.1, "changed": 2}, "IN01": {"l2": 0.0, "changed": 0}},
-                  "CLIP-L": {"BASE": {"l2": 0.0, "changed": 0}}}
+        blocks = {
+            "UNet": {"IN00": {"l2": 1.0, "rms": 0.1, "changed": 2}, "IN01": {"l2": 0.0, "changed": 0}},
+            "CLIP-L": {"BASE": {"l2": 0.0, "changed": 0}},
+        }
         svg = plot_block_bars(blocks, tmp_path / "b.svg", identical=["VAE decoder"]).read_text()
     assert "UNet: 1 of 2 blocks changed" in svg and "CLIP-L:" not in svg
     assert "identical, no row: CLIP-L, VAE decoder" in svg
 
 
 def BlockRow(name, params, share, flops, resolution, channels, keys):  # noqa: N802 - cost.BlockRow's fields
-    return SimpleNamespace(name=name, params=params, share=share, flops=flops, resolution=resolution,
-                           channels=channels, keys=keys)
+    return SimpleNamespace(
+        name=name,
+        params=params,
+        share=share,
+        flops=flops,
+        resolution=resolution,
+        channels=channels,
+        keys=keys,
+    )
 
 
 def _unet_report():
-    blocks = [BlockRow(f"IN{i:02d}", 10**7 * (i + 1), 0.01 * i, 0, "64×64", 320 * (1 + i // 3), []) for i in range(12)]
+    blocks = [
+        BlockRow(f"IN{i:02d}", 10**7 * (i + 1), 0.01 * i, 0, "64×64", 320 * (1 + i // 3), [])
+        for i in range(12)
+    ]
     blocks += [BlockRow("M00", 9 * 10**7, 0.1, 0, "8×8", 1280, [])]
     blocks += [BlockRow(f"OUT{i:02d}", 10**7, 0.2 - 0.01 * i, 0, "64×64", 1280, []) for i in range(12)]
-    return SimpleNamespace(name="A very long model name to test the title width", cls_name="UNet2DConditionModel",
-                           params=2_567_000_000, settings={"latent": (128, 128), "text_tokens": 77}, blocks=blocks)
+    return SimpleNamespace(
+        name="A very long model name to test the title width",
+        cls_name="UNet2DConditionModel",
+        params=2_567_000_000,
+        settings={"latent": (128, 128), "text_tokens": 77},
+        blocks=blocks,
+    )
 
 
 def _dit_report():
@@ -201,8 +244,13 @@ def _dit_report():
     blocks += [BlockRow(f"D{i:02d}", 3 * 10**8, 0.03, 0, None, None, []) for i in range(19)]
     blocks += [BlockRow(f"S{i:02d}", 10**8, 0.01, 0, None, None, []) for i in range(38)]
     blocks += [BlockRow("OUT", 2 * 10**7, 0.001, 0, None, None, ["final_layer"])]
-    return SimpleNamespace(name="FLUX.1-dev", cls_name="FluxTransformer2DModel", params=11_900_000_000,
-                           settings={"latent": (64, 64), "text_tokens": 512}, blocks=blocks)
+    return SimpleNamespace(
+        name="FLUX.1-dev",
+        cls_name="FluxTransformer2DModel",
+        params=11_900_000_000,
+        settings={"latent": (64, 64), "text_tokens": 512},
+        blocks=blocks,
+    )
 
 
 def _svg_texts(svg: str):
@@ -229,7 +277,9 @@ def test_arch_svg_hex_colours_text_inside_and_apart(report):
 
     svg = block_diagram_svg(report())
     assert "hsl(" not in svg
-    assert all(re.fullmatch(r"#[0-9a-f]{6}", c) for c in re.findall(r"(?:fill|stroke)='([^']+)'", svg) if c != "none")
+    assert all(
+        re.fullmatch(r"#[0-9a-f]{6}", c) for c in re.findall(r"(?:fill|stroke)='([^']+)'", svg) if c != "none"
+    )
     w, h = map(float, re.search(r"viewBox='0 0 ([\d.]+) ([\d.]+)'", svg).groups())
     texts = _svg_texts(svg)
     assert len(texts) > 20
@@ -248,15 +298,26 @@ def test_drift_figure_draws_only_models_that_moved(tmp_path):
     rng = np.random.default_rng(0)
     prompts = [Prompt(f"p{i}", f"prompt {i}", None, None) for i in range(6)]
     ref = rng.normal(size=(6, 16)).astype(np.float32)
-    vectors = {"ref": ref, "copy": ref.copy(), "tuned": ref + 0.3 * rng.normal(size=(6, 16)).astype(np.float32)}
+    vectors = {
+        "ref": ref,
+        "copy": ref.copy(),
+        "tuned": ref + 0.3 * rng.normal(size=(6, 16)).astype(np.float32),
+    }
 
     def cos(a, b):
         return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
 
-    embs = [EncoderEmbedding(m, m, "clip_g", "CLIP-G", "penultimate", "eos", False, 16, [], [], v)
-            for m, v in vectors.items()]
-    drift = [Drift(m, "ref", "clip_g", [DriftRow(p.label, p.text, cos(v[i], ref[i])) for i, p in enumerate(prompts)])
-             for m, v in vectors.items() if m != "ref"]
+    embs = [
+        EncoderEmbedding(m, m, "clip_g", "CLIP-G", "penultimate", "eos", False, 16, [], [], v)
+        for m, v in vectors.items()
+    ]
+    drift = [
+        Drift(
+            m, "ref", "clip_g", [DriftRow(p.label, p.text, cos(v[i], ref[i])) for i, p in enumerate(prompts)]
+        )
+        for m, v in vectors.items()
+        if m != "ref"
+    ]
     result = EmbedResult(prompts, [], embs, drift, "ref")
     with matplotlib.rc_context({"svg.fonttype": "none"}):
         svg = plot_drift(result, "clip_g", tmp_path / "d.svg").read_text()

@@ -41,17 +41,42 @@ def real(tmp_path_factory):
     torch.manual_seed(0)
     root = tmp_path_factory.mktemp("real")
     unet = UNet2DConditionModel(
-        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(8, 16),
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=16, attention_head_dim=4, norm_num_groups=4,
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(8, 16),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=16,
+        attention_head_dim=4,
+        norm_num_groups=4,
     )
     vae = AutoencoderKL(block_out_channels=(8,), norm_num_groups=4, latent_channels=4, layers_per_block=1)
-    clip = CLIPTextModel(CLIPTextConfig(hidden_size=16, intermediate_size=24, num_hidden_layers=2, num_attention_heads=2,
-                                        vocab_size=64, max_position_embeddings=16, bos_token_id=0, eos_token_id=1))
+    clip = CLIPTextModel(
+        CLIPTextConfig(
+            hidden_size=16,
+            intermediate_size=24,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            vocab_size=64,
+            max_position_embeddings=16,
+            bos_token_id=0,
+            eos_token_id=1,
+        )
+    )
     t5 = T5EncoderModel(T5Config(vocab_size=32, d_model=16, d_kv=4, d_ff=32, num_layers=2, num_heads=2))
-    flux = FluxTransformer2DModel(patch_size=1, in_channels=4, num_layers=1, num_single_layers=1, attention_head_dim=8,
-                                  num_attention_heads=2, joint_attention_dim=16, pooled_projection_dim=16,
-                                  axes_dims_rope=(2, 2, 4))
+    flux = FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=4,
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=8,
+        num_attention_heads=2,
+        joint_attention_dim=16,
+        pooled_projection_dim=16,
+        axes_dims_rope=(2, 2, 4),
+    )
     models = {"unet": unet, "vae": vae, "clip": clip, "t5": t5, "flux": flux}
     truth = {}
     for name, m in models.items():
@@ -59,36 +84,60 @@ def real(tmp_path_factory):
         (f,) = (root / "single" / name).glob("*.safetensors")
         truth[name] = load_file(f)
 
-    sd = root / "sd"  # StableDiffusionPipeline: sharded UNet (+ sharded fp16 variant), CLIP (+ fp16), VAE (full only)
+    sd = (
+        root / "sd"
+    )  # StableDiffusionPipeline: sharded UNet (+ sharded fp16 variant), CLIP (+ fp16), VAE (full only)
     _save(unet, sd / "unet", max_shard_size="40KB")
     _save(clip, sd / "text_encoder")
     _save(vae, sd / "vae")
     (sd / "scheduler").mkdir()
     (sd / "scheduler" / "scheduler_config.json").write_text('{"_class_name": "PNDMScheduler"}')
-    (sd / "model_index.json").write_text(json.dumps({
-        "_class_name": "StableDiffusionPipeline", "_diffusers_version": "0.30.0",
-        "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"],
-        "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
-        "scheduler": ["diffusers", "PNDMScheduler"], "safety_checker": [None, None],
-        "feature_extractor": [None, None], "requires_safety_checker": False,
-    }))
+    (sd / "model_index.json").write_text(
+        json.dumps(
+            {
+                "_class_name": "StableDiffusionPipeline",
+                "_diffusers_version": "0.30.0",
+                "unet": ["diffusers", "UNet2DConditionModel"],
+                "vae": ["diffusers", "AutoencoderKL"],
+                "text_encoder": ["transformers", "CLIPTextModel"],
+                "tokenizer": ["transformers", "CLIPTokenizer"],
+                "scheduler": ["diffusers", "PNDMScheduler"],
+                "safety_checker": [None, None],
+                "feature_extractor": [None, None],
+                "requires_safety_checker": False,
+            }
+        )
+    )
 
-    fx = root / "flux"  # FluxPipeline: sharded transformer and T5 (text_encoder_2), as in the FLUX.1 repositories
+    fx = (
+        root / "flux"
+    )  # FluxPipeline: sharded transformer and T5 (text_encoder_2), as in the FLUX.1 repositories
     _save(flux, fx / "transformer", max_shard_size="20KB")
     _save(t5, fx / "text_encoder_2", max_shard_size="10KB")
     _save(clip, fx / "text_encoder")
     _save(vae, fx / "vae")
-    (fx / "model_index.json").write_text(json.dumps({
-        "_class_name": "FluxPipeline", "_diffusers_version": "0.30.0",
-        "transformer": ["diffusers", "FluxTransformer2DModel"], "text_encoder": ["transformers", "CLIPTextModel"],
-        "text_encoder_2": ["transformers", "T5EncoderModel"], "vae": ["diffusers", "AutoencoderKL"],
-        "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"], "tokenizer": ["transformers", "CLIPTokenizer"],
-        "tokenizer_2": ["transformers", "T5TokenizerFast"],
-    }))
+    (fx / "model_index.json").write_text(
+        json.dumps(
+            {
+                "_class_name": "FluxPipeline",
+                "_diffusers_version": "0.30.0",
+                "transformer": ["diffusers", "FluxTransformer2DModel"],
+                "text_encoder": ["transformers", "CLIPTextModel"],
+                "text_encoder_2": ["transformers", "T5EncoderModel"],
+                "vae": ["diffusers", "AutoencoderKL"],
+                "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
+                "tokenizer": ["transformers", "CLIPTokenizer"],
+                "tokenizer_2": ["transformers", "T5TokenizerFast"],
+            }
+        )
+    )
     _save(unet, root / "unet_bin", max_shard_size="40KB", safe_serialization=False)
     _save(unet.half(), sd / "unet", max_shard_size="40KB", variant="fp16")
     _save(clip.half(), sd / "text_encoder", variant="fp16")
-    truth["unet_fp16"], truth["clip_fp16"] = unet.state_dict(), load_file(sd / "text_encoder" / "model.fp16.safetensors")
+    truth["unet_fp16"], truth["clip_fp16"] = (
+        unet.state_dict(),
+        load_file(sd / "text_encoder" / "model.fp16.safetensors"),
+    )
     return root, truth
 
 
@@ -113,7 +162,8 @@ def test_sharded_component_folder_alone_equals_the_unsharded_model(real):
         assert {t.dtype for t in ck.tensors.values()} == {"F32"} and ck.notes == [] and ck.variant is None
     with open_checkpoint(folder, variant="fp16") as ck:
         assert {f.name for f in ck.files} == set(
-            _index(folder, "diffusion_pytorch_model.safetensors.index.fp16.json")["weight_map"].values())
+            _index(folder, "diffusion_pytorch_model.safetensors.index.fp16.json")["weight_map"].values()
+        )
         _same(ck, truth["unet_fp16"])
         assert {t.dtype for t in ck.tensors.values()} == {"F16"} and ck.variant == "fp16"
     with open_checkpoint(folder / "diffusion_pytorch_model.safetensors.index.fp16.json") as ck:
@@ -136,8 +186,12 @@ def test_flux_pipeline_with_sharded_transformer_and_t5_is_one_model(real):
     fx = root / "flux"
     assert len(set(_index(fx / "text_encoder_2", "model.safetensors.index.json")["weight_map"].values())) == 2
     with open_checkpoint(fx) as ck:
-        for prefix, name in (("transformer.", "flux"), ("text_encoder.", "clip"), ("text_encoder_2.", "t5"),
-                             ("vae.", "vae")):
+        for prefix, name in (
+            ("transformer.", "flux"),
+            ("text_encoder.", "clip"),
+            ("text_encoder_2.", "t5"),
+            ("vae.", "vae"),
+        ):
             _same(ck, truth[name], prefix)
         assert len(ck.tensors) == sum(len(truth[n]) for n in ("flux", "clip", "t5", "vae"))
         assert ck.pipeline == "FluxPipeline" and ck.extras["pipeline"] == "FluxPipeline"
@@ -203,7 +257,9 @@ def test_variant_reaches_inspect_convert_and_the_cli(real, tmp_path):
 # --------------------------------------------------------------------------- variants and model_index.json (fast)
 
 
-def _component(folder: Path, names: dict[str, torch.dtype], cfg: dict | None = None) -> dict[str, torch.Tensor]:
+def _component(
+    folder: Path, names: dict[str, torch.dtype], cfg: dict | None = None
+) -> dict[str, torch.Tensor]:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(json.dumps(cfg or {"_class_name": "AutoencoderKL"}))
     sd = {}
@@ -217,9 +273,15 @@ def test_only_a_variant_present_is_read_and_noted(tmp_path):
     _component(tmp_path / "vae", {"diffusion_pytorch_model.fp16.safetensors": torch.float16})
     with open_checkpoint(tmp_path / "vae") as ck:
         assert ck.tensors["w"].dtype == "F16" and ck.variant == "fp16"
-        assert ck.notes == ["only the fp16 variant in this folder: read it (pass --variant fp16 to choose it)"]
-    _component(tmp_path / "two", {"model.fp16.safetensors": torch.float16, "model.bf16.safetensors": torch.bfloat16})
-    with pytest.raises(CheckpointError, match=r"several variants \(bf16, fp16\) and no full-precision weights"):
+        assert ck.notes == [
+            "only the fp16 variant in this folder: read it (pass --variant fp16 to choose it)"
+        ]
+    _component(
+        tmp_path / "two", {"model.fp16.safetensors": torch.float16, "model.bf16.safetensors": torch.bfloat16}
+    )
+    with pytest.raises(
+        CheckpointError, match=r"several variants \(bf16, fp16\) and no full-precision weights"
+    ):
         open_checkpoint(tmp_path / "two")
     with open_checkpoint(tmp_path / "two", variant="bf16") as ck:
         assert ck.tensors["w"].dtype == "BF16" and ck.notes == []
@@ -229,11 +291,18 @@ def test_model_index_says_which_folders_are_the_pipeline(tmp_path):
     _component(tmp_path / "unet", {"diffusion_pytorch_model.safetensors": torch.float32})
     _component(tmp_path / "text_encoder", {"model.safetensors": torch.float32})  # listed as [null, null]
     _component(tmp_path / "safety_checker", {"model.safetensors": torch.float32})
-    (tmp_path / "model_index.json").write_text(json.dumps({
-        "_class_name": "StableDiffusionXLImg2ImgPipeline", "unet": ["diffusers", "UNet2DConditionModel"],
-        "vae": ["diffusers", "AutoencoderKL"], "text_encoder": [None, None],
-        "safety_checker": ["stable_diffusion", "StableDiffusionSafetyChecker"], "requires_aesthetics_score": True,
-    }))
+    (tmp_path / "model_index.json").write_text(
+        json.dumps(
+            {
+                "_class_name": "StableDiffusionXLImg2ImgPipeline",
+                "unet": ["diffusers", "UNet2DConditionModel"],
+                "vae": ["diffusers", "AutoencoderKL"],
+                "text_encoder": [None, None],
+                "safety_checker": ["stable_diffusion", "StableDiffusionSafetyChecker"],
+                "requires_aesthetics_score": True,
+            }
+        )
+    )
     with open_checkpoint(tmp_path) as ck:
         assert set(ck.tensors) == {"unet.w"}
         assert ck.pipeline == "StableDiffusionXLImg2ImgPipeline"
@@ -302,20 +371,25 @@ def _sharded(folder: Path, second: str) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text('{"_class_name": "CLIPTextModel"}')
     save_file({"x": torch.ones(2)}, folder / "model-00001-of-00002.safetensors")
-    index = {"metadata": {"total_size": 8 + 12},
-             "weight_map": {"x": "model-00001-of-00002.safetensors", "z": second}}
+    index = {
+        "metadata": {"total_size": 8 + 12},
+        "weight_map": {"x": "model-00001-of-00002.safetensors", "z": second},
+    }
     (folder / "model.safetensors.index.json").write_text(json.dumps(index))
     return folder / "model.safetensors.index.json"
 
 
-@pytest.mark.parametrize("name, why", [
-    ("../outside.safetensors", "points outside the folder"),
-    ("sub/../../outside.safetensors", "points outside the folder"),
-    ("/etc/passwd", "is an absolute path"),
-    ("ABS", "is an absolute path"),
-    ("link.safetensors", "is a link to outside the folder"),
-    ("sub/link.safetensors", "is a link to outside the folder"),
-])
+@pytest.mark.parametrize(
+    "name, why",
+    [
+        ("../outside.safetensors", "points outside the folder"),
+        ("sub/../../outside.safetensors", "points outside the folder"),
+        ("/etc/passwd", "is an absolute path"),
+        ("ABS", "is an absolute path"),
+        ("link.safetensors", "is a link to outside the folder"),
+        ("sub/link.safetensors", "is a link to outside the folder"),
+    ],
+)
 def test_index_cannot_name_a_file_outside_its_folder(tmp_path, outside, opened, name, why):
     folder = tmp_path / "model"
     (folder / "sub").mkdir(parents=True)
@@ -332,7 +406,9 @@ def test_index_cannot_name_a_file_outside_its_folder(tmp_path, outside, opened, 
         assert why in msg and "refused" in msg
         assert SECRET not in msg and "root:" not in msg and "\n" not in msg
         assert outside.resolve() not in opened and Path("/etc/passwd") not in opened
-        assert not any(p.name == "model-00001-of-00002.safetensors" for p in opened)  # checked before any read
+        assert not any(
+            p.name == "model-00001-of-00002.safetensors" for p in opened
+        )  # checked before any read
 
 
 def test_component_folder_weights_config_and_model_index_links_out_are_refused(tmp_path, outside, opened):
@@ -418,8 +494,15 @@ def test_named_pipes_are_refused_without_blocking(tmp_path):
     os.mkfifo(mi / "model_index.json")
     os.mkfifo(tmp_path / "direct.safetensors")
     os.mkfifo(tmp_path / "direct.safetensors.index.json")
-    for target in (index, folder, comp, cfg, mi, tmp_path / "direct.safetensors",
-                   tmp_path / "direct.safetensors.index.json"):
+    for target in (
+        index,
+        folder,
+        comp,
+        cfg,
+        mi,
+        tmp_path / "direct.safetensors",
+        tmp_path / "direct.safetensors.index.json",
+    ):
         e = _within(5, lambda t=target: open_checkpoint(t))
         assert isinstance(e, CheckpointError), (target, e)
         assert "named pipe" in str(e) and "refused" in str(e), str(e)
@@ -431,21 +514,30 @@ DEEP = "[" * 100_000 + "]" * 100_000
 HUGE = "9" * 5000
 
 
-@pytest.mark.parametrize("text, why", [
-    ('{"weight_map": ["x", "a.safetensors"]}', "not a valid shard index"),
-    ('["weight_map"]', "not a valid shard index"),
-    ('{"weight_map": {}}', "lists no tensors"),
-    ('{"weight_map": {"x": 7}}', "not a file name"),
-    ('{"weight_map": {"x": ["a.safetensors"]}}', "not a file name"),
-    ('{"weight_map": {"x": {"f": "a.safetensors"}}}', "not a file name"),
-    ('{"weight_map": {"x": ""}}', "not a file name"),
-    ('{"weight_map": {"x": "a\\u0000.safetensors"}}', "not a file name"),
-    ('{"weight_map": ' + DEEP + '}', "nested too deeply"),
-    ('{"metadata": {"total_size": ' + HUGE + '}, "weight_map": {"x": "a.safetensors"}}', "not valid JSON"),
-    ('{"weight_map": {"x": "a.safetensors"}', "not valid JSON"),
-    (b'{"weight_map": {"x": "\xff.safetensors"}}', "not valid JSON"),
-    ('{"weight_map": {"x": "a.safetensors"}, "metadata": ' + "[" * 80 + "]" * 80 + "}", "deeper than 64 levels"),
-])
+@pytest.mark.parametrize(
+    "text, why",
+    [
+        ('{"weight_map": ["x", "a.safetensors"]}', "not a valid shard index"),
+        ('["weight_map"]', "not a valid shard index"),
+        ('{"weight_map": {}}', "lists no tensors"),
+        ('{"weight_map": {"x": 7}}', "not a file name"),
+        ('{"weight_map": {"x": ["a.safetensors"]}}', "not a file name"),
+        ('{"weight_map": {"x": {"f": "a.safetensors"}}}', "not a file name"),
+        ('{"weight_map": {"x": ""}}', "not a file name"),
+        ('{"weight_map": {"x": "a\\u0000.safetensors"}}', "not a file name"),
+        ('{"weight_map": ' + DEEP + "}", "nested too deeply"),
+        (
+            '{"metadata": {"total_size": ' + HUGE + '}, "weight_map": {"x": "a.safetensors"}}',
+            "not valid JSON",
+        ),
+        ('{"weight_map": {"x": "a.safetensors"}', "not valid JSON"),
+        (b'{"weight_map": {"x": "\xff.safetensors"}}', "not valid JSON"),
+        (
+            '{"weight_map": {"x": "a.safetensors"}, "metadata": ' + "[" * 80 + "]" * 80 + "}",
+            "deeper than 64 levels",
+        ),
+    ],
+)
 def test_bad_shard_index_is_one_line_naming_it(tmp_path, text, why):
     folder = tmp_path / "unet"
     folder.mkdir()
@@ -460,17 +552,20 @@ def test_bad_shard_index_is_one_line_naming_it(tmp_path, text, why):
         assert "\n" not in str(e.value) and len(str(e.value)) < 300
 
 
-@pytest.mark.parametrize("file, text, why", [
-    ("config.json", DEEP, "nested too deeply"),
-    ("config.json", "[1, 2]", "not a model config"),
-    ("config.json", '{"sample_size": ' + HUGE + "}", "not valid JSON"),
-    ("config.json", "{", "not valid JSON"),
-    ("model_index.json", DEEP, "nested too deeply"),
-    ("model_index.json", '"StableDiffusionPipeline"', "not a diffusers model index"),
-    ("model_index.json", '{"_class_name": ["x"]}', "not a class name"),
-    ("model_index.json", '{"unet": [1, 2]}', "not [library, class]"),
-    ("model_index.json", '{"_class_name": ' + HUGE + "}", "not valid JSON"),
-])
+@pytest.mark.parametrize(
+    "file, text, why",
+    [
+        ("config.json", DEEP, "nested too deeply"),
+        ("config.json", "[1, 2]", "not a model config"),
+        ("config.json", '{"sample_size": ' + HUGE + "}", "not valid JSON"),
+        ("config.json", "{", "not valid JSON"),
+        ("model_index.json", DEEP, "nested too deeply"),
+        ("model_index.json", '"StableDiffusionPipeline"', "not a diffusers model index"),
+        ("model_index.json", '{"_class_name": ["x"]}', "not a class name"),
+        ("model_index.json", '{"unet": [1, 2]}', "not [library, class]"),
+        ("model_index.json", '{"_class_name": ' + HUGE + "}", "not valid JSON"),
+    ],
+)
 def test_bad_config_or_model_index_is_one_line_naming_it(tmp_path, file, text, why):
     _component(tmp_path / "unet", {"diffusion_pytorch_model.safetensors": torch.float32})
     bad = tmp_path / ("unet" if file == "config.json" else "") / file
@@ -481,18 +576,29 @@ def test_bad_config_or_model_index_is_one_line_naming_it(tmp_path, file, text, w
     assert "\n" not in str(e.value) and len(str(e.value)) < 300
 
 
-@pytest.mark.parametrize("cfg, why", [
-    ({"block_out_channels": "abc"}, "field 'block_out_channels' is 'abc'; expected a list of integers"),
-    ({"block_out_channels": [1e400, -5]}, "field 'block_out_channels' is [inf, -5]; expected a list of integers"),
-    ({"layers_per_block": True}, "field 'layers_per_block' is True; expected an integer or a list of integers"),
-    ({"layers_per_block": 10**8}, "field 'layers_per_block' is 100000000"),
-    ({"down_block_types": 5}, "field 'down_block_types' is 5; expected a list of strings"),
-    ({"attention_head_dim": {"a": 1}}, "field 'attention_head_dim' is {'a': 1}"),
-    ({"transformer_layers_per_block": [[1, "x"]]}, "field 'transformer_layers_per_block'"),
-    ({"down_block_types": ["A", "B"], "layers_per_block": [1]},
-     "field 'layers_per_block' has 1 entries but 'down_block_types' has 2"),
-    ({"use_quant_conv": "yes"}, "field 'use_quant_conv' is 'yes'; expected true/false"),
-])
+@pytest.mark.parametrize(
+    "cfg, why",
+    [
+        ({"block_out_channels": "abc"}, "field 'block_out_channels' is 'abc'; expected a list of integers"),
+        (
+            {"block_out_channels": [1e400, -5]},
+            "field 'block_out_channels' is [inf, -5]; expected a list of integers",
+        ),
+        (
+            {"layers_per_block": True},
+            "field 'layers_per_block' is True; expected an integer or a list of integers",
+        ),
+        ({"layers_per_block": 10**8}, "field 'layers_per_block' is 100000000"),
+        ({"down_block_types": 5}, "field 'down_block_types' is 5; expected a list of strings"),
+        ({"attention_head_dim": {"a": 1}}, "field 'attention_head_dim' is {'a': 1}"),
+        ({"transformer_layers_per_block": [[1, "x"]]}, "field 'transformer_layers_per_block'"),
+        (
+            {"down_block_types": ["A", "B"], "layers_per_block": [1]},
+            "field 'layers_per_block' has 1 entries but 'down_block_types' has 2",
+        ),
+        ({"use_quant_conv": "yes"}, "field 'use_quant_conv' is 'yes'; expected true/false"),
+    ],
+)
 def test_mistyped_config_fields_are_one_line_naming_file_and_field(tmp_path, cfg, why):
     _component(tmp_path / "unet", {"diffusion_pytorch_model.safetensors": torch.float32}, cfg)
     with pytest.raises(CheckpointError) as e:
@@ -513,7 +619,9 @@ def test_cli_prints_one_line_for_a_bad_folder(tmp_path):
     assert len(lines) == 1 and "model_index.json" in lines[0] and "nested too deeply" in lines[0]
     (tmp_path / "model_index.json").write_text('{"unet": [1, 2]}')
     res = CliRunner().invoke(app, ["inspect", str(tmp_path)])
-    assert res.exit_code == 1 and "entry 'unet' is [1, 2], not [library, class]" in res.output  # brackets kept
+    assert (
+        res.exit_code == 1 and "entry 'unet' is [1, 2], not [library, class]" in res.output
+    )  # brackets kept
 
 
 def test_copy_of_a_pipeline_elsewhere_is_read_the_same(real, tmp_path):

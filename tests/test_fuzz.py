@@ -42,8 +42,14 @@ HANG_S = 10
 
 def budget(n: int):
     """``n`` seeded examples, or 50 × n random ones with ``--fuzz``."""
-    return settings(max_examples=n * 50 if LONG else n, derandomize=not LONG, deadline=None, database=None,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large], print_blob=LONG)
+    return settings(
+        max_examples=n * 50 if LONG else n,
+        derandomize=not LONG,
+        deadline=None,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+        print_blob=LONG,
+    )
 
 
 _counter = itertools.count()
@@ -83,8 +89,15 @@ def check_file(path: Path, target: str, data: bytes, *, precise: bool = False) -
         return _within(_open_and_read, path)
     except SdlensError as e:
         text = str(e)
-        problem = ("the safety net caught " + e.unexpected if precise and hasattr(e, "unexpected")
-                   else "not one line" if "\n" in text else "over 1000 characters" if len(text) > 1000 else None)
+        problem = (
+            "the safety net caught " + e.unexpected
+            if precise and hasattr(e, "unexpected")
+            else "not one line"
+            if "\n" in text
+            else "over 1000 characters"
+            if len(text) > 1000
+            else None
+        )
         if problem:
             _keep(target, data)
             raise AssertionError(f"{problem}: {text[:2000]}") from None
@@ -98,10 +111,14 @@ def _open_and_read(path: Path) -> object:
     from sdlens.io.stream import stream
 
     with open_checkpoint(path) as ck:
-        spans = sorted((i.source, i.offset, i.offset + i.nbytes) for k, i in ck.tensors.items() if ck.is_plain(k))
+        spans = sorted(
+            (i.source, i.offset, i.offset + i.nbytes) for k, i in ck.tensors.items() if ck.is_plain(k)
+        )
         for (s0, _b0, e0), (s1, b1, _e1) in itertools.pairwise(spans):
             assert s0 != s1 or b1 >= e0, "overlapping tensors accepted"
-        assert all(e <= os.path.getsize(s) for s, _b, e in spans), "a tensor past the end of its file accepted"
+        assert all(e <= os.path.getsize(s) for s, _b, e in spans), (
+            "a tensor past the end of its file accepted"
+        )
         for key in ck.tensors:
             ck.read(key)
         for _piece in stream(ck, threaded=False):
@@ -111,23 +128,58 @@ def _open_and_read(path: Path) -> object:
 
 # ---------------------------------------------------------------------------------------------- strategies
 
-json_leaf = (st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False)
-             | st.text(max_size=6))
-json_value = st.recursive(json_leaf, lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=4), c, max_size=3),
-                          max_leaves=8)
+json_leaf = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=6)
+)
+json_value = st.recursive(
+    json_leaf,
+    lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=4), c, max_size=3),
+    max_leaves=8,
+)
 dtype_value = st.sampled_from(sorted(DTYPES)) | st.sampled_from(["U16", "F4", "f16", ""]) | json_value
-shape_value = st.lists(st.integers(0, 6), max_size=4) | st.lists(st.integers(-3, 2**64), max_size=3) | json_value
-offsets_value = (st.lists(st.integers(0, 160), min_size=2, max_size=2).map(sorted)
-                 | st.lists(st.integers(-(2**65), 2**65), max_size=3) | json_value)
-entry_value = st.fixed_dictionaries({"dtype": dtype_value, "shape": shape_value, "data_offsets": offsets_value}) | json_value
+shape_value = (
+    st.lists(st.integers(0, 6), max_size=4) | st.lists(st.integers(-3, 2**64), max_size=3) | json_value
+)
+offsets_value = (
+    st.lists(st.integers(0, 160), min_size=2, max_size=2).map(sorted)
+    | st.lists(st.integers(-(2**65), 2**65), max_size=3)
+    | json_value
+)
+entry_value = (
+    st.fixed_dictionaries({"dtype": dtype_value, "shape": shape_value, "data_offsets": offsets_value})
+    | json_value
+)
 headers = st.dictionaries(st.text(max_size=6), entry_value, max_size=5).flatmap(
     lambda h: st.one_of(st.just(h), json_value.map(lambda m: {"__metadata__": m, **h}))
 )
 
 # byte sequences worth planting in a JSON header or a pickle
-INTERESTING = [b"[" * 3000, b"{" * 3000, b"9" * 5000, b'"\\ud800"', b"-1", b"1e400", b"true", b"null", b"[]", b"{}",
-               b"\x00", b"\xff\xff\xff\xff\xff\xff\xff\x7f", b"\x8e\xff\xff\xff\xff\xff\xff\xff\x3f", b"\x80\x05",
-               b"q\x00", b"h\x00", b"\x94", b"PK\x03\x04", b"PK\x01\x02", b"PK\x05\x06"]
+INTERESTING = [
+    b"[" * 3000,
+    b"{" * 3000,
+    b"9" * 5000,
+    b'"\\ud800"',
+    b"-1",
+    b"1e400",
+    b"true",
+    b"null",
+    b"[]",
+    b"{}",
+    b"\x00",
+    b"\xff\xff\xff\xff\xff\xff\xff\x7f",
+    b"\x8e\xff\xff\xff\xff\xff\xff\xff\x3f",
+    b"\x80\x05",
+    b"q\x00",
+    b"h\x00",
+    b"\x94",
+    b"PK\x03\x04",
+    b"PK\x01\x02",
+    b"PK\x05\x06",
+]
 
 
 @st.composite
@@ -186,8 +238,11 @@ def test_typed_safetensors_headers(work, header, data_len):
     path = _file(work, raw, ".safetensors")
     got = check_file(path, "safetensors", raw, precise=True)
     ref = _reference_index(path)
-    known = all(isinstance(e, dict) and isinstance(e.get("dtype"), str) and e["dtype"] in DTYPES
-                for k, e in header.items() if k != "__metadata__")
+    known = all(
+        isinstance(e, dict) and isinstance(e.get("dtype"), str) and e["dtype"] in DTYPES
+        for k, e in header.items()
+        if k != "__metadata__"
+    )
     if ref is not None and known:  # whatever the reference library opens, sdlens opens the same way
         assert isinstance(got, dict), f"safetensors opens it, sdlens says: {got}"
         assert {k: (s, d) for k, (s, d) in got.items()} == ref
@@ -212,8 +267,15 @@ def test_mutated_safetensors_bytes(work, good_safetensors, data):
 def _torch_bytes(protocol: int, legacy: bool) -> bytes:
     import torch
 
-    sd = {"state_dict": {"w": torch.arange(6, dtype=torch.float16).view(2, 3), "t": torch.arange(4.0).view(2, 2).t(),
-                         "b": torch.ones(3, dtype=torch.bfloat16)}, "epoch": 3, "name": "fuzz"}
+    sd = {
+        "state_dict": {
+            "w": torch.arange(6, dtype=torch.float16).view(2, 3),
+            "t": torch.arange(4.0).view(2, 2).t(),
+            "b": torch.ones(3, dtype=torch.bfloat16),
+        },
+        "epoch": 3,
+        "name": "fuzz",
+    }
     buf = io.BytesIO()
     torch.save(sd, buf, pickle_protocol=protocol, _use_new_zipfile_serialization=not legacy)
     return buf.getvalue()
@@ -221,7 +283,11 @@ def _torch_bytes(protocol: int, legacy: bool) -> bytes:
 
 @pytest.fixture(scope="module")
 def torch_files() -> dict[str, bytes]:
-    return {f"{'legacy' if legacy else 'zip'}{p}": _torch_bytes(p, legacy) for p in (2, 3, 4, 5) for legacy in (False, True)}
+    return {
+        f"{'legacy' if legacy else 'zip'}{p}": _torch_bytes(p, legacy)
+        for p in (2, 3, 4, 5)
+        for legacy in (False, True)
+    }
 
 
 def _zip_members(raw: bytes) -> dict[str, bytes]:
@@ -238,7 +304,10 @@ def _zip_of(members: dict[str, bytes]) -> bytes:
 
 
 @budget(150)
-@given(data=st.data(), which=st.sampled_from(["zip2", "zip3", "zip4", "zip5", "legacy2", "legacy3", "legacy4", "legacy5"]))
+@given(
+    data=st.data(),
+    which=st.sampled_from(["zip2", "zip3", "zip4", "zip5", "legacy2", "legacy3", "legacy4", "legacy5"]),
+)
 def test_mutated_torch_files(work, torch_files, data, which):
     """Raw bytes of zips (the container checks) and of legacy files (pickles and storages)."""
     base = torch_files[which]
@@ -296,8 +365,11 @@ def shard_dir(work) -> Path:
 def _index_value(keys: list[str]):
     files = st.sampled_from(["a.safetensors", "b.safetensors", "c.safetensors", "", ".", "a.safetensors/x"])
     weight_map = st.dictionaries(st.sampled_from(keys) | st.text(max_size=5), files | json_value, max_size=5)
-    return (st.fixed_dictionaries({"weight_map": weight_map}, optional={"metadata": json_value})
-            | st.fixed_dictionaries({"weight_map": json_value}) | json_value)
+    return (
+        st.fixed_dictionaries({"weight_map": weight_map}, optional={"metadata": json_value})
+        | st.fixed_dictionaries({"weight_map": json_value})
+        | json_value
+    )
 
 
 @budget(150)
@@ -307,8 +379,10 @@ def test_shard_indexes(shard_dir, data):
     if data.draw(st.booleans()):
         text = json.dumps(data.draw(_index_value(keys))).encode()
     else:
-        valid = {"metadata": {"total_size": 1}, "weight_map": {k: "a.safetensors" if i < 2 else "b.safetensors"
-                                                                 for i, k in enumerate(keys)}}
+        valid = {
+            "metadata": {"total_size": 1},
+            "weight_map": {k: "a.safetensors" if i < 2 else "b.safetensors" for i, k in enumerate(keys)},
+        }
         text = data.draw(mutated(json.dumps(valid).encode()))
     path = shard_dir / f"m{next(_counter)}.safetensors.index.json"
     path.write_bytes(text)
@@ -325,14 +399,24 @@ def test_diffusers_folders(work, data):
     d = work / f"pipe{next(_counter)}"
     unet = d / "unet"
     unet.mkdir(parents=True)
-    write_safetensors(unet / "diffusion_pytorch_model.safetensors", {"conv_in.weight": good_tensors()[
-        "model.diffusion_model.input_blocks.0.0.weight"]})
-    config = {"_class_name": "UNet2DConditionModel", "in_channels": 4, "block_out_channels": [8, 16],
-              "cross_attention_dim": 32, "sample_size": 8}
+    write_safetensors(
+        unet / "diffusion_pytorch_model.safetensors",
+        {"conv_in.weight": good_tensors()["model.diffusion_model.input_blocks.0.0.weight"]},
+    )
+    config = {
+        "_class_name": "UNet2DConditionModel",
+        "in_channels": 4,
+        "block_out_channels": [8, 16],
+        "cross_attention_dim": 32,
+        "sample_size": 8,
+    }
     index = {"_class_name": "StableDiffusionPipeline", "unet": ["diffusers", "UNet2DConditionModel"]}
     for where, base in ((unet / "config.json", config), (d / "model_index.json", index)):
-        text = (json.dumps(data.draw(json_value)).encode() if data.draw(st.booleans())
-                else data.draw(mutated(json.dumps(base).encode())))
+        text = (
+            json.dumps(data.draw(json_value)).encode()
+            if data.draw(st.booleans())
+            else data.draw(mutated(json.dumps(base).encode()))
+        )
         where.write_bytes(text)
     try:
         _within(inspect, d)
@@ -362,4 +446,3 @@ def test_regressions(work, shard_dir, case):
     suffix = {"safetensors": ".safetensors", "torch": ".ckpt", "index": ".safetensors.index.json"}[target]
     where = shard_dir if target == "index" else work  # an index names the shards beside it
     check_file(_file(where, raw, suffix), target, raw, precise=target == "safetensors")
-

@@ -55,9 +55,23 @@ def test_bad_header_value_is_one_precise_line(corpus, name):
     assert not hasattr(e.value, "unexpected"), "caught by the safety net, not by the header checks"
 
 
-@pytest.mark.parametrize("name", ["zero_length", "zero_length_ckpt", "seven_bytes", "truncated_header",
-                                  "truncated_data", "length_too_big", "garbage", "garbage_safetensors", "fifo",
-                                  "symlink_loop", "device", *sorted(OTHER_READERS)])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "zero_length",
+        "zero_length_ckpt",
+        "seven_bytes",
+        "truncated_header",
+        "truncated_data",
+        "length_too_big",
+        "garbage",
+        "garbage_safetensors",
+        "fifo",
+        "symlink_loop",
+        "device",
+        *sorted(OTHER_READERS),
+    ],
+)
 def test_bad_file_is_one_line_naming_it(corpus, name):
     if name not in corpus:
         pytest.skip(f"{name}: not possible on this platform")
@@ -96,8 +110,10 @@ def test_a_file_swapped_for_a_fifo_after_opening_is_refused_at_read(tmp_path):
 
 def test_every_offset_is_checked_against_the_file(tmp_path):
     """The last tensor ends one byte past the data region: refused, naming it, at open."""
-    tensors = {"a": {"dtype": "F16", "shape": [2], "data_offsets": [0, 4]},
-               "b": {"dtype": "F16", "shape": [3], "data_offsets": [4, 10]}}
+    tensors = {
+        "a": {"dtype": "F16", "shape": [2], "data_offsets": [0, 4]},
+        "b": {"dtype": "F16", "shape": [3], "data_offsets": [4, 10]},
+    }
     p = tmp_path / "x.safetensors"
     p.write_bytes(safetensors_bytes(tensors, b"\0" * 9))
     with pytest.raises(CheckpointError, match="tensor 'b' ends at byte 10 of a 9-byte data region"):
@@ -109,9 +125,11 @@ def test_every_offset_is_checked_against_the_file(tmp_path):
 
 def test_zero_length_tensors_share_offsets_without_overlapping(tmp_path):
     """Empty tensors at a tensor's start or end touch it but do not overlap it (order: by begin, then end)."""
-    header = {"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
-              "e1": {"dtype": "F32", "shape": [0], "data_offsets": [0, 0]},
-              "e2": {"dtype": "F32", "shape": [0, 3], "data_offsets": [8, 8]}}
+    header = {
+        "w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+        "e1": {"dtype": "F32", "shape": [0], "data_offsets": [0, 0]},
+        "e2": {"dtype": "F32", "shape": [0, 3], "data_offsets": [8, 8]},
+    }
     p = tmp_path / "z.safetensors"
     p.write_bytes(safetensors_bytes(header, struct.pack("<2f", 1.5, -2.0)))
     with open_checkpoint(p) as ck:
@@ -152,7 +170,11 @@ def test_200k_tensor_header_opens_in_about_the_time_of_its_json_parse(tmp_path):
     assert took < 2.5 * parse + 0.1, f"open {took:.2f} s vs json.loads {parse:.2f} s"
     assert took < 8
     keys = list(ck.tensors)
-    assert len(keys) == 200_000 and keys[0] == "blocks.0.attn1.to_q.weight" and keys[-1] == "blocks.24999.norm1.weight"
+    assert (
+        len(keys) == 200_000
+        and keys[0] == "blocks.0.attn1.to_q.weight"
+        and keys[-1] == "blocks.24999.norm1.weight"
+    )
     assert ck.tensor_bytes == 800_000 and ck.tensors[keys[-1]].offset == 8 + n + 799_996
     assert ck.read(keys[-1]).tolist() == [0.0, 0.0]
 
@@ -176,8 +198,14 @@ def stride0(tmp_path_factory) -> Path:
     import torch
 
     p = tmp_path_factory.mktemp("views") / "stride0.ckpt"
-    torch.save({"big": torch.zeros(1).expand(25 * 10**6), "small": torch.arange(3.0).expand(4, 3),
-                "pos": torch.arange(77).expand((1, -1))}, p)
+    torch.save(
+        {
+            "big": torch.zeros(1).expand(25 * 10**6),
+            "small": torch.arange(3.0).expand(4, 3),
+            "pos": torch.arange(77).expand((1, -1)),
+        },
+        p,
+    )
     return p
 
 
@@ -199,9 +227,15 @@ def test_broadcast_view_is_refused_before_any_allocation(stride0, stride0_4tb):
         within(10, lambda: open_checkpoint(stride0_4tb))  # at index time: over the 1 GiB view limit
     with open_checkpoint(stride0) as ck:  # under it: indexed, but never materialised
         assert ck.tensors["big"].nbytes == 10**8 and not ck.is_plain("big")
-        for fn in (lambda: ck.read("big"), lambda: ck.read_numpy("big"), lambda: list(stream(ck)),
-                   lambda: scan_tensors(ck)):
-            with pytest.raises(CheckpointError, match="'big' is a view of 100000000 bytes over a 4-byte storage"):
+        for fn in (
+            lambda: ck.read("big"),
+            lambda: ck.read_numpy("big"),
+            lambda: list(stream(ck)),
+            lambda: scan_tensors(ck),
+        ):
+            with pytest.raises(
+                CheckpointError, match="'big' is a view of 100000000 bytes over a 4-byte storage"
+            ):
                 within(10, fn)
         # honest views read exactly; a small broadcast is allowed
         assert ck.read("small").tolist() == [[0.0, 1.0, 2.0]] * 4
@@ -294,12 +328,19 @@ def test_cli_safety_net(good, monkeypatch):
         raise ValueError("x" * 10_000)
 
     monkeypatch.setattr(inspect_mod, "inspect", boom)
-    code, out, err, _ = run_main(["inspect", str(good)])  # a bug met on a file: one line naming it, exit 3 (README)
+    code, out, err, _ = run_main(
+        ["inspect", str(good)]
+    )  # a bug met on a file: one line naming it, exit 3 (README)
     assert code == 3 and _error_lines(err) == 1 and "Traceback" not in out + err
     assert f"{good}: cannot handle this file: ValueError: xxx" in err and len(err) < 600
     monkeypatch.setattr(diff_mod, "diff", boom)
     code, out, err, _ = run_main(["diff", str(good), str(good)])
-    assert code == 3 and _error_lines(err) == 1 and "internal error: ValueError" in err and "SDLENS_DEBUG=1" in err
+    assert (
+        code == 3
+        and _error_lines(err) == 1
+        and "internal error: ValueError" in err
+        and "SDLENS_DEBUG=1" in err
+    )
     monkeypatch.setenv("SDLENS_DEBUG", "1")
     with pytest.raises(ValueError):
         run_main(["diff", str(good), str(good)])
@@ -325,9 +366,26 @@ def _commands(bad: str, good: Path, tmp: Path, prompts: Path) -> dict[str, tuple
     }
 
 
-WALKED = ["dtype_list", "dtype_object", "shape_true", "offsets_floats", "overlap", "deep_json", "huge_int",
-          "lone_surrogate_key", "long_key_dtype", "zero_length", "truncated_data", "garbage", "zip_truncated",
-          "pickle_garbage", "fifo", "symlink_loop", "device", "index_deep"]
+WALKED = [
+    "dtype_list",
+    "dtype_object",
+    "shape_true",
+    "offsets_floats",
+    "overlap",
+    "deep_json",
+    "huge_int",
+    "lone_surrogate_key",
+    "long_key_dtype",
+    "zero_length",
+    "truncated_data",
+    "garbage",
+    "zip_truncated",
+    "pickle_garbage",
+    "fifo",
+    "symlink_loop",
+    "device",
+    "index_deep",
+]
 
 
 @pytest.mark.parametrize("name", WALKED)
@@ -363,7 +421,6 @@ def test_the_good_file_passes_every_command(good, tmp_path):
     assert code == 0 and "sdlens: error" not in err
     code, out, err, _ = run_main(["diff", str(good), str(good)])
     assert code == 0, err
-
 
 
 def test_the_hostile_corpus_of_sdlens_testing_hostile_if_present(good, tmp_path):

@@ -221,7 +221,9 @@ def test_pickle_size_limit_applies_to_inflated_members(tmp_path):
         open_checkpoint(case("zip_bomb_pickle").write(tmp_path))
 
 
-@pytest.mark.parametrize(("name", "opener"), [("pipe.ckpt", open_torch_checkpoint), ("pipe.safetensors", open_checkpoint)])
+@pytest.mark.parametrize(
+    ("name", "opener"), [("pipe.ckpt", open_torch_checkpoint), ("pipe.safetensors", open_checkpoint)]
+)
 def test_fifo_is_refused_without_blocking(tmp_path, name, opener):
     import os
 
@@ -265,6 +267,8 @@ def test_long_key_copied_into_many_names_is_refused_early(tmp_path):
         open_checkpoint(p)
     assert time.perf_counter() - t0 < 5 and len(str(e.value)) < 400 and e.value.path == str(p)
     ok = tmp_path / "ok.pt"
-    torch.save({"A" * 200: {"t": torch.ones(1), **{i: None for i in range(2000)}}}, ok)  # a long real key is fine
+    torch.save(
+        {"A" * 200: {"t": torch.ones(1), **{i: None for i in range(2000)}}}, ok
+    )  # a long real key is fine
     with open_checkpoint(ok) as ck:
         assert list(ck.tensors) == ["A" * 200 + ".t"]

@@ -30,14 +30,16 @@ def _sdxl() -> dict[str, torch.Tensor]:
 
 
 def _part(sd: dict[str, torch.Tensor], prefix: str, strip: bool = True) -> dict[str, TensorInfo]:
-    return _infos({(k[len(prefix):] if strip else k): v for k, v in sd.items() if k.startswith(prefix)})
+    return _infos({(k[len(prefix) :] if strip else k): v for k, v in sd.items() if k.startswith(prefix)})
 
 
 def _lora(kind: str, arch: str, targets: str = "all") -> dict[str, TensorInfo]:
     """A LoRA's index from the zoo's module shapes (no tensors made)."""
-    return {f"{m.prefix}.{suffix}": TensorInfo(f"{m.prefix}.{suffix}", shape, "F16", "", 0)
-            for m in zoo_lora.lora_modules(kind, arch=arch, targets=targets)
-            for suffix, shape in zoo_lora.lora_tensor_shapes(kind, m, 4).items()}
+    return {
+        f"{m.prefix}.{suffix}": TensorInfo(f"{m.prefix}.{suffix}", shape, "F16", "", 0)
+        for m in zoo_lora.lora_modules(kind, arch=arch, targets=targets)
+        for suffix, shape in zoo_lora.lora_tensor_shapes(kind, m, 4).items()
+    }
 
 
 def _ident(tensors, metadata=None) -> Identity:
@@ -57,11 +59,14 @@ def test_full_sd1_file():
     assert ident.match.reasons and ident.match.confidence in ("high", "medium")
 
 
-@pytest.mark.parametrize(("make", "prefix", "family"), [
-    (_sdxl, "model.diffusion_model.", "sdxl"),
-    (lambda: zoo_dit.build_single_file("flux", dtype=torch.float16), "", "flux_dev"),
-    (lambda: zoo_dit.build_single_file("sd3", dtype=torch.float16), "", "sd3"),
-])
+@pytest.mark.parametrize(
+    ("make", "prefix", "family"),
+    [
+        (_sdxl, "model.diffusion_model.", "sdxl"),
+        (lambda: zoo_dit.build_single_file("flux", dtype=torch.float16), "", "flux_dev"),
+        (lambda: zoo_dit.build_single_file("sd3", dtype=torch.float16), "", "sd3"),
+    ],
+)
 def test_bare_denoiser(make, prefix, family):
     ident = _ident(_part(make(), prefix))
     assert (ident.kind, ident.family, ident.label) == ("denoiser", family, "denoiser only")
@@ -72,7 +77,9 @@ def test_vae_4_channels_is_a_vae_not_a_family():
     ident = _ident(_part(_sd1(), "first_stage_model."))
     assert (ident.kind, ident.label, ident.latent_channels) == ("vae", "VAE", 4)
     assert ident.family == "unknown" and ident.denoiser_family == "unknown"  # several families share that VAE
-    assert ident.fits == _fits(4) and {"sd1", "sd2", "sdxl"} <= set(ident.fits) and "flux_dev" not in ident.fits
+    assert (
+        ident.fits == _fits(4) and {"sd1", "sd2", "sdxl"} <= set(ident.fits) and "flux_dev" not in ident.fits
+    )
     assert ident.match.name == "VAE (4-channel latent)" and ident.match.confidence == "high"
     assert any("SDXL base" in r for r in ident.match.reasons)
 
@@ -91,7 +98,9 @@ def test_text_encoder_only_files():
     assert (pair.kind, pair.label) == ("text_encoder", "text encoders")
     assert sorted(pair.text_encoders) == ["clip_g", "clip_l"]
     # a refinement (Playground v2.5 of SDXL) has its base's text encoders: such a file is reported as the base
-    truth = [f.id for f in families.FAMILIES if sorted(f.text_encoder_kinds) == ["clip_g", "clip_l"] and not f.base]
+    truth = [
+        f.id for f in families.FAMILIES if sorted(f.text_encoder_kinds) == ["clip_g", "clip_l"] and not f.base
+    ]
     assert pair.fits == truth and "sdxl" in truth and "sd3" not in truth
     assert pair.family == (truth[0] if len(truth) == 1 else "unknown")
 
@@ -102,17 +111,26 @@ def test_denoiser_with_text_encoders_but_no_vae():
     assert (ident.kind, ident.family, ident.label) == ("denoiser", "sd1", "denoiser + text encoders")
 
 
-@pytest.mark.parametrize(("kind", "layout"), [("sd1", "original"), ("sdxl", "original"), ("sd1", "diffusers")])
+@pytest.mark.parametrize(
+    ("kind", "layout"), [("sd1", "original"), ("sdxl", "original"), ("sd1", "diffusers")]
+)
 def test_controlnet(kind, layout):
     ident = _ident(_infos(zoo_dit.build_controlnet(kind, layout=layout, dtype=torch.float16)))
     assert (ident.kind, ident.family, ident.label) == ("controlnet", kind, "ControlNet")
     assert ident.denoiser_family == "unknown" and ident.match.reasons[0].startswith("ControlNet keys")
 
 
-@pytest.mark.parametrize(("kind", "arch", "family"), [
-    ("kohya", "sd1", "sd1"), ("kohya", "sdxl", "sdxl"), ("kohya", "flux", "flux_dev"), ("peft", "flux", "flux_dev"),
-    ("peft", "sdxl", "sdxl"), ("locon", "sd1", "sd1"),
-])
+@pytest.mark.parametrize(
+    ("kind", "arch", "family"),
+    [
+        ("kohya", "sd1", "sd1"),
+        ("kohya", "sdxl", "sdxl"),
+        ("kohya", "flux", "flux_dev"),
+        ("peft", "flux", "flux_dev"),
+        ("peft", "sdxl", "sdxl"),
+        ("locon", "sd1", "sd1"),
+    ],
+)
 def test_lora_family_is_a_record_id(kind, arch, family):
     tensors = _lora(kind, arch)
     ident = _ident(tensors)  # from the shapes alone
@@ -143,7 +161,7 @@ def test_empty_and_unknown():
 def test_inspect_renders_identity_for_a_vae(tmp_path):
     from sdlens.analysis.inspect import inspect
 
-    sd = {k[len("first_stage_model."):]: v for k, v in zoo_dit.build_vae16(dtype=torch.float16).items()}
+    sd = {k[len("first_stage_model.") :]: v for k, v in zoo_dit.build_vae16(dtype=torch.float16).items()}
     r = inspect(save_safetensors(sd, tmp_path / "ae.safetensors"))
     assert (r.kind, r.family, r.latent_channels, r.fits) == ("VAE", "unknown", 16, _fits(16))
     assert r.summary.startswith("VAE: VAE (16-channel latent)")

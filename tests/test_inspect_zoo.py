@@ -45,7 +45,11 @@ def test_full_size_sd1_ema_complete_and_fp32_overhead(zoo):
     r = inspect(zoo["sd1_full_ema_fp32"].path)
     assert r.ema is not None and r.ema.complete and r.ema.tensors == r.ema.expected
     assert r.bytes_beyond_fp16 == sum(t["bytes"] for d, t in r.dtypes.items() if d == "F32") // 2
-    assert r.schedule is not None and r.schedule.kind.startswith("scaled-linear") and not r.schedule.zero_terminal_snr
+    assert (
+        r.schedule is not None
+        and r.schedule.kind.startswith("scaled-linear")
+        and not r.schedule.zero_terminal_snr
+    )
 
 
 def test_partial_ema_is_reported(tmp_path):
@@ -115,7 +119,10 @@ def test_zero_terminal_snr_schedule_and_markers(tmp_path):
 
 
 def test_unknown_family_is_never_a_silent_fallback(tmp_path):
-    save_safetensors({"encoder.layer.0.weight": torch.ones(4, 4), "head.bias": torch.ones(4)}, tmp_path / "bert.safetensors")
+    save_safetensors(
+        {"encoder.layer.0.weight": torch.ones(4, 4), "head.bias": torch.ones(4)},
+        tmp_path / "bert.safetensors",
+    )
     r = inspect(tmp_path / "bert.safetensors")
     assert r.family == "unknown" and r.kind == "unknown" and r.confidence == "low"
     assert {u["key"] for u in r.unknown_keys} == {"encoder.layer.0.weight", "head.bias"}
@@ -132,10 +139,19 @@ def test_lora_details(zoo):
 
 def test_metadata_summary(tmp_path):
     tags = {"10_dog": {"dog": 50, "grass": 12}, "5_cat": {"cat": 20, "grass": 8}}
-    meta = {"ss_tag_frequency": json.dumps(tags), "ss_resolution": "(512, 512)", "ss_num_epochs": "10",
-            "ss_max_train_steps": "1500", "modelspec.title": "Dogs", "custom": "x"}
-    save_safetensors({"lora_unet_a.lora_down.weight": torch.zeros(4, 8), "lora_unet_a.lora_up.weight": torch.zeros(8, 4)},
-                     tmp_path / "m.safetensors", meta)
+    meta = {
+        "ss_tag_frequency": json.dumps(tags),
+        "ss_resolution": "(512, 512)",
+        "ss_num_epochs": "10",
+        "ss_max_train_steps": "1500",
+        "modelspec.title": "Dogs",
+        "custom": "x",
+    }
+    save_safetensors(
+        {"lora_unet_a.lora_down.weight": torch.zeros(4, 8), "lora_unet_a.lora_up.weight": torch.zeros(8, 4)},
+        tmp_path / "m.safetensors",
+        meta,
+    )
     md = inspect(tmp_path / "m.safetensors").metadata
     assert md.top_tags[0] == ("dog", 50)
     assert dict(md.top_tags) == {"dog": 50, "grass": 20, "cat": 20}

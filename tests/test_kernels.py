@@ -153,8 +153,11 @@ def test_bits_equal_small_arrays():
 def test_every_16_bit_pattern_widens_exactly(dtype):
     # the kernels widen fp16 / bf16 with integer operations: check all 65536 bit patterns (Inf, NaN, subnormals)
     raw = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16)
-    want = raw.view(np.float16).astype(np.float32) if dtype == "F16" else \
-        (raw.astype(np.uint32) << 16).view(np.float32)
+    want = (
+        raw.view(np.float16).astype(np.float32)
+        if dtype == "F16"
+        else (raw.astype(np.uint32) << 16).view(np.float32)
+    )
     rows = [raw.view(np.float16) if dtype == "F16" else raw, np.zeros_like(raw)]
     got_sq = kernels.pair_rows(rows, dtype, 0, raw.size, 8)[3][0]
     assert not np.isfinite(got_sq)  # Inf and NaN patterns reach the sums
@@ -165,8 +168,9 @@ def test_every_16_bit_pattern_widens_exactly(dtype):
     # and value by value, through the widening the pair sums use
     for v, w in zip(fin[::997], want[finite][::997], strict=True):
         one = np.array([v], np.uint16)
-        s = kernels.pair_rows([one.view(np.float16) if dtype == "F16" else one, np.zeros(1, np.uint16)],
-                              dtype, 0, 1, 4)[2][0, 1]
+        s = kernels.pair_rows(
+            [one.view(np.float16) if dtype == "F16" else one, np.zeros(1, np.uint16)], dtype, 0, 1, 4
+        )[2][0, 1]
         assert s == abs(float(w))
 
 
@@ -174,8 +178,9 @@ def _rows(u: int, n: int, dtype: str, seed: int = 0):
     """u rows: a base, near copies (1e-3 relative) and far ones, stored as ``dtype``; with float64 values."""
     rng = np.random.default_rng(seed)
     base = rng.standard_normal(n, dtype=np.float32)
-    rows = [base + rng.standard_normal(n, dtype=np.float32) * np.float32(1e-3 if i % 2 else 1.0)
-            for i in range(u)]
+    rows = [
+        base + rng.standard_normal(n, dtype=np.float32) * np.float32(1e-3 if i % 2 else 1.0) for i in range(u)
+    ]
     stored = [r.astype(np.float16) if dtype == "F16" else _bf16(r) if dtype == "BF16" else r for r in rows]
     return stored, np.stack([_values(r, dtype) for r in stored])
 
@@ -200,7 +205,9 @@ def test_pair_rows_equal_float64(dtype, u, n):
 def test_pair_rows_range_and_threads_add_up(monkeypatch):
     stored, _ = _rows(6, 50_001, "F16", seed=3)
     whole = kernels.pair_rows(stored, "F16", 0, 50_001, 15)
-    halves = [kernels.pair_rows(stored, "F16", a, b, 15) for a, b in ((0, 20_480), (20_480, 50_001))]  # block-aligned
+    halves = [
+        kernels.pair_rows(stored, "F16", a, b, 15) for a, b in ((0, 20_480), (20_480, 50_001))
+    ]  # block-aligned
     monkeypatch.setattr(kernels, "_SPLIT", 1000)
     monkeypatch.setattr(kernels.os, "cpu_count", lambda: 4)
     threaded = kernels.pair_rows(stored, "F16", 0, 50_001, 15)
@@ -236,8 +243,23 @@ def test_kernels_on_numba_generic_target():
     env = dict(os.environ, NUMBA_CPU_NAME="generic")
     env.pop("NUMBA_CPU_FEATURES", None)
     run = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider", __file__, "-k", "not generic_target"],
-        env=env, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-n",
+            "0",
+            "-p",
+            "no:cacheprovider",
+            __file__,
+            "-k",
+            "not generic_target",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert " passed" in run.stdout and "failed" not in run.stdout
@@ -261,11 +283,15 @@ def test_mixed_dtype_pairs_in_numpy_equal_float64(monkeypatch):
     s = kernels.mixed_pair_stats(a16, "F16", b_bf, "BF16")
     va, vb = _values(a16, "F16"), _values(b_bf, "BF16")
     d = va - vb
-    assert s.sdd == pytest.approx((d * d).sum(), rel=1e-12) and s.sab == pytest.approx((va * vb).sum(), rel=1e-12)
+    assert s.sdd == pytest.approx((d * d).sum(), rel=1e-12) and s.sab == pytest.approx(
+        (va * vb).sum(), rel=1e-12
+    )
     assert s.l0 == int(np.count_nonzero(d)) and s.max_abs == pytest.approx(np.abs(d).max())
     monkeypatch.setattr(kernels, "_NUMPY_BUDGET", 0)
     big = np.zeros(kernels._SMALL_ELEMENTS + 1, np.float16)
-    assert kernels.mixed_pair_stats(big, "F16", big.astype(np.float32), "F32") is None  # over budget: torch path
+    assert (
+        kernels.mixed_pair_stats(big, "F16", big.astype(np.float32), "F32") is None
+    )  # over budget: torch path
 
 
 def test_small_mixed_dtype_diff_does_not_load_torch(tmp_path):

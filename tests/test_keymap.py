@@ -200,7 +200,9 @@ def test_full_size_vae_map() -> None:
     assert "decoder.up.0.upsample.conv.weight" not in ldm
 
 
-@pytest.mark.parametrize("name", ["sd1_fp16", "sdxl_fp16", "flux_dev", "sd3_medium", "pixart_alpha", "auraflow"])
+@pytest.mark.parametrize(
+    "name", ["sd1_fp16", "sdxl_fp16", "flux_dev", "sd3_medium", "pixart_alpha", "auraflow"]
+)
 def test_feature_search_by_first_segment_finds_what_a_full_search_finds(zoo, name):
     """Anchored feature patterns are tried only on the keys of their first segment (a 200,000-key header
     stays fast); that must find exactly the keys a search of every key finds."""
@@ -220,11 +222,19 @@ def test_feature_search_by_first_segment_finds_what_a_full_search_finds(zoo, nam
         assert sorted(searched.hits(p)) == sorted(k for k in keys if re.search(p, k)), p
 
 
-@pytest.mark.parametrize(("pattern", "segments"), [
-    (r"^blocks\.(\d+)\.", {"blocks"}), (r"^(img_in|x_embedder)\.weight$", {"img_in", "x_embedder"}),
-    (r"^register_tokens$", {"register_tokens"}), (r"^pos_embed(\.pos_embed)?$", None), (r"^a\.?b", None),
-    (r"^ab?\.", None), (r"^a\.b|c", None), (r"(^|\.)attn2\.to_k\.weight$", None),
-])
+@pytest.mark.parametrize(
+    ("pattern", "segments"),
+    [
+        (r"^blocks\.(\d+)\.", {"blocks"}),
+        (r"^(img_in|x_embedder)\.weight$", {"img_in", "x_embedder"}),
+        (r"^register_tokens$", {"register_tokens"}),
+        (r"^pos_embed(\.pos_embed)?$", None),
+        (r"^a\.?b", None),
+        (r"^ab?\.", None),
+        (r"^a\.b|c", None),
+        (r"(^|\.)attn2\.to_k\.weight$", None),
+    ],
+)
 def test_first_segments_of_a_pattern(pattern, segments):
     from sdlens.arch.detect import _first_segments
 

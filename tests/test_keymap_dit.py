@@ -19,8 +19,15 @@ CONVERTERS = {
     "flux": sfu.convert_flux_transformer_checkpoint_to_diffusers,
     "auraflow": sfu.convert_auraflow_transformer_checkpoint_to_diffusers,
 }
-CASES = [("sd3", None), ("sd35m", None), ("sd35", None), ("flux_dev", None), ("flux_schnell", None),
-         ("flux_dev", "depth"), ("auraflow", None)]
+CASES = [
+    ("sd3", None),
+    ("sd35m", None),
+    ("sd35", None),
+    ("flux_dev", None),
+    ("flux_schnell", None),
+    ("flux_dev", "depth"),
+    ("auraflow", None),
+]
 
 
 @cache
@@ -30,8 +37,6 @@ def _diffusers(family: str, variant: str | None = None, seed: int = 0) -> dict[s
 
 def _shapes(sd: dict[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in sd.items()}
-
-
 
 
 @pytest.mark.parametrize(("family", "variant"), CASES)
@@ -73,13 +78,23 @@ def test_flux_fused_rows_are_exact():
     qkv = [to_q; to_k; to_v]; the final modulation's halves trade places."""
     plan = dit_map("flux").to_diffusers(_shapes(z.build_denoiser("flux_dev", size="full")))
     t = plan.targets
-    assert t["single_transformer_blocks.7.attn.to_k.weight"].pieces == (Slice("single_blocks.7.linear1.weight", (3072, 6144)),)
-    assert t["single_transformer_blocks.7.proj_mlp.bias"].pieces == (Slice("single_blocks.7.linear1.bias", (9216, 21504)),)
+    assert t["single_transformer_blocks.7.attn.to_k.weight"].pieces == (
+        Slice("single_blocks.7.linear1.weight", (3072, 6144)),
+    )
+    assert t["single_transformer_blocks.7.proj_mlp.bias"].pieces == (
+        Slice("single_blocks.7.linear1.bias", (9216, 21504)),
+    )
     assert t["single_transformer_blocks.7.proj_mlp.weight"].shape == (12288, 3072)
-    assert t["transformer_blocks.3.attn.add_v_proj.weight"].pieces == (Slice("double_blocks.3.txt_attn.qkv.weight", (6144, 9216)),)
-    assert t["norm_out.linear.weight"].pieces == (Slice("final_layer.adaLN_modulation.1.weight", (3072, 6144)),
-                                                  Slice("final_layer.adaLN_modulation.1.weight", (0, 3072)))
-    assert t["transformer_blocks.0.attn.norm_added_k.weight"].pieces == (Slice("double_blocks.0.txt_attn.norm.key_norm.scale"),)
+    assert t["transformer_blocks.3.attn.add_v_proj.weight"].pieces == (
+        Slice("double_blocks.3.txt_attn.qkv.weight", (6144, 9216)),
+    )
+    assert t["norm_out.linear.weight"].pieces == (
+        Slice("final_layer.adaLN_modulation.1.weight", (3072, 6144)),
+        Slice("final_layer.adaLN_modulation.1.weight", (0, 3072)),
+    )
+    assert t["transformer_blocks.0.attn.norm_added_k.weight"].pieces == (
+        Slice("double_blocks.0.txt_attn.norm.key_norm.scale"),
+    )
 
 
 def test_sd3_context_pre_only_block_is_swapped_only_there():
@@ -88,32 +103,56 @@ def test_sd3_context_pre_only_block_is_swapped_only_there():
     h = d["transformer_blocks.23.norm1_context.linear.weight"].shape[0] // 2
     last = sd["joint_blocks.23.context_block.adaLN_modulation.1.weight"]
     assert torch.equal(last[:h], d["transformer_blocks.23.norm1_context.linear.weight"][h:])
-    assert torch.equal(sd["joint_blocks.22.context_block.adaLN_modulation.1.weight"],
-                       d["transformer_blocks.22.norm1_context.linear.weight"])
+    assert torch.equal(
+        sd["joint_blocks.22.context_block.adaLN_modulation.1.weight"],
+        d["transformer_blocks.22.norm1_context.linear.weight"],
+    )
 
 
 def test_hunyuandit_and_pixart_follow_the_original_repositories():
     """No converter ships in the diffusers package for these two; the original names (Tencent's hydit, PixArt's
     PixArtMS, as diffusers' conversion scripts read them) and their fusions are the truth here."""
-    hy = dit_map("hunyuandit").to_diffusers({
-        "blocks.3.attn1.Wqkv.weight": (48, 16), "blocks.3.attn2.kv_proj.bias": (32,), "blocks.3.norm2.weight": (16,),
-        "blocks.3.norm3.weight": (16,), "blocks.3.norm1.weight": (16,), "blocks.3.default_modulation.1.weight": (16, 8),
-        "final_layer.adaLN_modulation.1.bias": (32,), "pooler.positional_embedding": (78, 24),
-    }).targets
+    hy = (
+        dit_map("hunyuandit")
+        .to_diffusers(
+            {
+                "blocks.3.attn1.Wqkv.weight": (48, 16),
+                "blocks.3.attn2.kv_proj.bias": (32,),
+                "blocks.3.norm2.weight": (16,),
+                "blocks.3.norm3.weight": (16,),
+                "blocks.3.norm1.weight": (16,),
+                "blocks.3.default_modulation.1.weight": (16, 8),
+                "final_layer.adaLN_modulation.1.bias": (32,),
+                "pooler.positional_embedding": (78, 24),
+            }
+        )
+        .targets
+    )
     assert hy["blocks.3.attn1.to_v.weight"].pieces == (Slice("blocks.3.attn1.Wqkv.weight", (32, 48)),)
     assert hy["blocks.3.attn2.to_k.bias"].pieces == (Slice("blocks.3.attn2.kv_proj.bias", (0, 16)),)
     assert hy["blocks.3.norm3.weight"].pieces == (Slice("blocks.3.norm2.weight"),)  # before the MLP
     assert hy["blocks.3.norm2.weight"].pieces == (Slice("blocks.3.norm3.weight"),)  # before cross-attention
     assert hy["blocks.3.norm1.norm.weight"].pieces == (Slice("blocks.3.norm1.weight"),)
     assert "blocks.3.norm1.linear.weight" in hy and "time_extra_emb.pooler.positional_embedding" in hy
-    assert hy["norm_out.linear.bias"].pieces == (Slice("final_layer.adaLN_modulation.1.bias", (16, 32)),
-                                                  Slice("final_layer.adaLN_modulation.1.bias", (0, 16)))
-    px = dit_map("pixart").to_diffusers({
-        "blocks.0.attn.qkv.weight": (36, 12), "blocks.0.cross_attn.kv_linear.weight": (24, 12), "t_block.1.weight": (72, 12),
-        "final_layer.scale_shift_table": (2, 12), "y_embedder.y_embedding": (120, 32),
-    })
-    assert px.targets["transformer_blocks.0.attn1.to_k.weight"].pieces == (Slice("blocks.0.attn.qkv.weight", (12, 24)),)
-    assert px.targets["transformer_blocks.0.attn2.to_v.weight"].pieces == (Slice("blocks.0.cross_attn.kv_linear.weight", (12, 24)),)
+    assert hy["norm_out.linear.bias"].pieces == (
+        Slice("final_layer.adaLN_modulation.1.bias", (16, 32)),
+        Slice("final_layer.adaLN_modulation.1.bias", (0, 16)),
+    )
+    px = dit_map("pixart").to_diffusers(
+        {
+            "blocks.0.attn.qkv.weight": (36, 12),
+            "blocks.0.cross_attn.kv_linear.weight": (24, 12),
+            "t_block.1.weight": (72, 12),
+            "final_layer.scale_shift_table": (2, 12),
+            "y_embedder.y_embedding": (120, 32),
+        }
+    )
+    assert px.targets["transformer_blocks.0.attn1.to_k.weight"].pieces == (
+        Slice("blocks.0.attn.qkv.weight", (12, 24)),
+    )
+    assert px.targets["transformer_blocks.0.attn2.to_v.weight"].pieces == (
+        Slice("blocks.0.cross_attn.kv_linear.weight", (12, 24)),
+    )
     assert {"adaln_single.linear.weight", "scale_shift_table"} <= set(px.targets)
     assert px.left == ["y_embedder.y_embedding"]
 

@@ -136,8 +136,11 @@ def test_no_import_cycles_at_module_level():
 def test_io_and_convert_have_no_cycles_even_through_function_imports():
     # convert.verify <-> convert.writer and io.open <-> io.folders were broken by moving the shared code
     # (convert.sources, io.files) below both
-    tangled = [c for c in cycles(import_graph(SRC, in_functions=True))
-               if any(m.startswith(("sdlens.io.", "sdlens.convert.")) for m in c)]
+    tangled = [
+        c
+        for c in cycles(import_graph(SRC, in_functions=True))
+        if any(m.startswith(("sdlens.io.", "sdlens.convert.")) for m in c)
+    ]
     assert tangled == []
 
 
@@ -145,8 +148,13 @@ def test_no_private_names_imported_across_packages():
     found = set()
     for m, p in _modules(SRC).items():
         for mod, name, _ in _imports(p, in_functions=True):
-            if (mod.startswith("sdlens.") and name and name.startswith("_") and not name.startswith("__")
-                    and _package_of(mod) != _package_of(m)):
+            if (
+                mod.startswith("sdlens.")
+                and name
+                and name.startswith("_")
+                and not name.startswith("__")
+                and _package_of(mod) != _package_of(m)
+            ):
                 found.add((m, mod, name))
     assert found <= KNOWN_PRIVATE_IMPORTS, sorted(found - KNOWN_PRIVATE_IMPORTS)
 

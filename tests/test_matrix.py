@@ -14,8 +14,12 @@ from sdlens.arch.canonical import canonical_index, read_canonical
 from sdlens.io.open import open_checkpoint
 from sdlens.testing.zoo_matrix import MERGE_ALPHA, build_matrix_zoo
 
-GROUPS = {"denoiser": ("denoiser",), "clip_l": ("clip_l",), "vae": ("vae_encoder", "vae_decoder"),
-          "vae_decoder": ("vae_decoder",)}
+GROUPS = {
+    "denoiser": ("denoiser",),
+    "clip_l": ("clip_l",),
+    "vae": ("vae_encoder", "vae_decoder"),
+    "vae_decoder": ("vae_decoder",),
+}
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +39,11 @@ def tensors(mzoo):
     for name, p in mzoo.items():
         with open_checkpoint(p) as ck:
             idx, _ = canonical_index(ck.tensors)
-            out[name] = {k: read_canonical(ck, r).double().reshape(-1) for k, r in idx.items()
-                         if ck.tensors[r.key].dtype.startswith(("F", "BF"))}
+            out[name] = {
+                k: read_canonical(ck, r).double().reshape(-1)
+                for k, r in idx.items()
+                if ck.tensors[r.key].dtype.startswith(("F", "BF"))
+            }
     return out
 
 
@@ -179,7 +186,13 @@ def test_cli_writes_csv_json_and_plots(mzoo, l2, tmp_path, cli):
     x = l2.names.index("sdxl.safetensors")
     assert doc["matrices"]["denoiser"][0][x] is None  # missing cells: null in JSON, NaN in CSV
     assert doc["identity"]["denoiser"] == [list(g) for g in l2.identity["denoiser"]]
-    for name in ("heatmap-denoiser.png", "graph-denoiser.png", "mds-denoiser.png", "from-ref.png", "identity.png"):
+    for name in (
+        "heatmap-denoiser.png",
+        "graph-denoiser.png",
+        "mds-denoiser.png",
+        "from-ref.png",
+        "identity.png",
+    ):
         assert (out / name).stat().st_size > 10_000
     assert not (out / ".matrix-partial.npz").exists()
 
@@ -199,8 +212,10 @@ def test_open_clip_text_encoder_identity(tmp_path):
     from sdlens.testing.zoo_unet import build_single_file
 
     base = build_single_file("sd2", seed=0)
-    paths = [save_safetensors(base, tmp_path / "a.safetensors"),
-             save_safetensors(_perturb(base, UNET, 0.02, seed=1), tmp_path / "b.safetensors")]
+    paths = [
+        save_safetensors(base, tmp_path / "a.safetensors"),
+        save_safetensors(_perturb(base, UNET, 0.02, seed=1), tmp_path / "b.safetensors"),
+    ]
     r = M.matrix(paths)
     assert r.identity["openclip_h"] == [["a.safetensors", "b.safetensors"]]
     assert r.matrix("openclip_h")[0, 1] == 0.0
@@ -217,14 +232,18 @@ def test_nan_weights_leave_their_cells_empty_with_a_note(tmp_path):
     key = next(k for k in broken if k.startswith(UNET) and k.endswith("weight") and broken[k].numel() > 100)
     broken[key] = broken[key].clone()
     broken[key].view(-1)[7] = float("nan")
-    paths = [save_safetensors(base, tmp_path / "a.safetensors"),
-             save_safetensors(_perturb(base, UNET, 0.02, seed=2), tmp_path / "b.safetensors"),
-             save_safetensors(broken, tmp_path / "nan.safetensors")]
+    paths = [
+        save_safetensors(base, tmp_path / "a.safetensors"),
+        save_safetensors(_perturb(base, UNET, 0.02, seed=2), tmp_path / "b.safetensors"),
+        save_safetensors(broken, tmp_path / "nan.safetensors"),
+    ]
     r = M.matrix(paths)
     m = r.matrix("denoiser")
     assert np.isnan(m[2, :2]).all() and np.isnan(m[:2, 2]).all()
     assert m[0, 1] > 0 and math.isfinite(m[0, 1])  # the other pair is unaffected
-    assert r.notes["denoiser"] == "NaN or Inf weights, distances left empty: 1 model (nan.safetensors: 1 tensor)"
+    assert (
+        r.notes["denoiser"] == "NaN or Inf weights, distances left empty: 1 model (nan.safetensors: 1 tensor)"
+    )
     assert not np.isnan(r.matrix("clip_l")).any()  # its other components are fine
 
 

@@ -98,7 +98,6 @@ def test_scan_and_hash_of_a_pickle_with_a_strided_view(tmp_path):
     assert sum(seen) == path.stat().st_size + base.numel() * 4  # the file once, plus the view read on its own
 
 
-
 # ----------------------------------------------------------------------------------------- matrix inputs
 
 UNET_KEYS = {  # a few SD1-layout denoiser keys (tiny shapes): enough for matrix's alignment
@@ -124,7 +123,9 @@ def _brute_l2(paths) -> np.ndarray:
     flat = []
     for p in paths:
         with open_checkpoint(p) as ck:
-            flat.append(np.concatenate([ck.read_numpy(k).astype(np.float64).ravel() for k in sorted(UNET_KEYS)]))
+            flat.append(
+                np.concatenate([ck.read_numpy(k).astype(np.float64).ravel() for k in sorted(UNET_KEYS)])
+            )
     return np.array([[np.linalg.norm(a - b) for b in flat] for a in flat])
 
 
@@ -170,7 +171,10 @@ def test_notes_are_one_line_per_reason_with_a_few_names(tmp_path):
     # 2 models have a CLIP-L, 45 do not: one note naming 3 of the 45
     paths = [_tiny(tmp_path / f"m{i:02d}.safetensors", seed=i, clip=i < 2) for i in range(47)]
     r = M.matrix(paths)
-    assert r.notes["clip_l"] == "missing: 45 models (m02.safetensors, m03.safetensors, m04.safetensors, +42 more)"
+    assert (
+        r.notes["clip_l"]
+        == "missing: 45 models (m02.safetensors, m03.safetensors, m04.safetensors, +42 more)"
+    )
     assert r.note_lines() == ["clip_l: " + r.notes["clip_l"]]
     assert "denoiser" not in r.notes and np.isnan(r.matrix("clip_l")[0, 2])
 
@@ -179,8 +183,12 @@ def _sd1_like(path, seed: int, ch: int = 4):
     """Just enough SD1 UNet keys (tiny) for the family, and so the merge blocks, to be known."""
     g = torch.Generator().manual_seed(seed)
     p = "model.diffusion_model."
-    shapes = {p + "input_blocks.0.0.weight": (ch, 4, 3, 3), p + "input_blocks.1.1.proj_in.weight": (ch, ch, 1, 1),
-              p + "middle_block.0.in_layers.2.weight": (ch, ch, 3, 3), p + "out.2.weight": (4, ch, 3, 3)}
+    shapes = {
+        p + "input_blocks.0.0.weight": (ch, 4, 3, 3),
+        p + "input_blocks.1.1.proj_in.weight": (ch, ch, 1, 1),
+        p + "middle_block.0.in_layers.2.weight": (ch, ch, 3, 3),
+        p + "out.2.weight": (4, ch, 3, 3),
+    }
     for i in range(12):
         shapes[p + f"output_blocks.{i}.0.in_layers.2.weight"] = (ch, ch, 3, 3)
         if i:
@@ -189,8 +197,11 @@ def _sd1_like(path, seed: int, ch: int = 4):
 
 
 def test_block_notes_are_not_repeated_per_block(tmp_path):
-    paths = [_sd1_like(tmp_path / "a.safetensors", 0), _sd1_like(tmp_path / "b.safetensors", 1),
-             _sd1_like(tmp_path / "x.safetensors", 2, ch=6)]  # other shapes everywhere
+    paths = [
+        _sd1_like(tmp_path / "a.safetensors", 0),
+        _sd1_like(tmp_path / "b.safetensors", 1),
+        _sd1_like(tmp_path / "x.safetensors", 2, ch=6),
+    ]  # other shapes everywhere
     r = M.matrix(paths, by="block")
     assert [m.family for m in r.models] == ["sd1"] * 3 and len(r.notes) == 25
     assert r.note_lines() == ["25 blocks (IN00, IN01, IN02, +22 more): missing: 1 model (x.safetensors)"]
@@ -239,8 +250,14 @@ def test_resume_after_an_interrupted_run_reuses_the_saved_work(tmp_path):
     assert 0 < saved < pl.nbytes
     told: list[tuple[int, int]] = []
     work: list[int] = []
-    resumed = M.matrix(paths, state=state, resume=True, task_bytes=1, progress=work.append,
-                       on_resume=lambda done, total: told.append((done, total)))
+    resumed = M.matrix(
+        paths,
+        state=state,
+        resume=True,
+        task_bytes=1,
+        progress=work.append,
+        on_resume=lambda done, total: told.append((done, total)),
+    )
     assert told == [(saved, pl.nbytes)] and resumed.resumed_bytes == saved
     assert work[0] == saved and sum(work[1:]) == pl.nbytes - saved  # only the rest was read again
     for g in full.matrices:

@@ -18,8 +18,14 @@ from sdlens.arch import families
 SRC = Path(__file__).resolve().parents[1] / "src" / "sdlens"
 EXCLUDED = ("arch/families/", "arch/record.py", "testing/")
 # the files whose if-chains this round's identify work removed: they must stay clean
-CLEAN = ("arch/detect.py", "arch/identify.py", "analysis/inspect.py", "arch/text_encoders.py", "analysis/lora.py",
-         "io/base.py")
+CLEAN = (
+    "arch/detect.py",
+    "arch/identify.py",
+    "analysis/inspect.py",
+    "arch/text_encoders.py",
+    "analysis/lora.py",
+    "io/base.py",
+)
 # old id spaces: the FLUX alias, the VAE pseudo-families (now the VAE configs kl_f8_c4 / kl_f8_c16), the block-style ids
 EXTRA_IDS = ("flux", "vae4", "vae16", "mmdit")
 
@@ -29,7 +35,9 @@ def _rules() -> tuple[re.Pattern[str], ...]:
     ids = sorted({f.id for f in families.FAMILIES} | set(EXTRA_IDS), key=len, reverse=True)
     exact = "|".join(map(re.escape, ids))
     # prefixes (2+ characters) of the records' ids, for startswith / endswith (not of the VAE ids: "vae_encoder")
-    prefixes = sorted({i[:n] for i in ids if not i.startswith("vae") for n in range(2, len(i) + 1)}, key=len, reverse=True)
+    prefixes = sorted(
+        {i[:n] for i in ids if not i.startswith("vae") for n in range(2, len(i) + 1)}, key=len, reverse=True
+    )
     pre = "|".join(map(re.escape, prefixes))
     q = r"""["']"""
     return (
@@ -56,7 +64,9 @@ def _code_lines(text: str) -> dict[int, str]:
 
 
 def offenders_in(text: str) -> list[tuple[int, str]]:
-    return [(n, line.strip()) for n, line in _code_lines(text).items() if any(r.search(line) for r in _rules())]
+    return [
+        (n, line.strip()) for n, line in _code_lines(text).items() if any(r.search(line) for r in _rules())
+    ]
 
 
 def _scan() -> list[str]:
@@ -71,13 +81,25 @@ def _scan() -> list[str]:
 
 def test_the_detector_knows_a_comparison_when_it_sees_one():
     flagged = [
-        'if family == "sdxl":', 'if "sd2" != fam:', 'x = arch in ("sd1", "sd2", "sdxl")', 'if f not in ["sd3"]:',
-        'fam.startswith("flux")', 'k.startswith(("sd", "x"))', '_CONTEXT = {768: "sd1", "sdxl": 2048}',
-        '    "sd1": {"clip_l": "last"},', 'case "pixart_alpha":', 'cfg = "vae16" == kind',
+        'if family == "sdxl":',
+        'if "sd2" != fam:',
+        'x = arch in ("sd1", "sd2", "sdxl")',
+        'if f not in ["sd3"]:',
+        'fam.startswith("flux")',
+        'k.startswith(("sd", "x"))',
+        '_CONTEXT = {768: "sd1", "sdxl": 2048}',
+        '    "sd1": {"clip_l": "last"},',
+        'case "pixart_alpha":',
+        'cfg = "vae16" == kind',
     ]
     clean = [
-        'families.get("sd1")', 'c.id.startswith("vae")', 'rel.startswith(("decoder.", "post_quant_conv."))',
-        'x = 1  # if family == "sdxl"', 'print("SDXL base")', 'name == "single_blocks"', 'r"double_blocks|single"',
+        'families.get("sd1")',
+        'c.id.startswith("vae")',
+        'rel.startswith(("decoder.", "post_quant_conv."))',
+        'x = 1  # if family == "sdxl"',
+        'print("SDXL base")',
+        'name == "single_blocks"',
+        'r"double_blocks|single"',
     ]
     assert [n for n, _ in offenders_in("\n".join(flagged))] == list(range(1, len(flagged) + 1))
     assert offenders_in("\n".join(clean)) == []

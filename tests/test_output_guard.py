@@ -98,7 +98,8 @@ def test_failed_matrix_removes_the_folder_it_created(monkeypatch, capsys, pair, 
 def test_matrix_out_folder_conflicts(monkeypatch, capsys, pair, tmp_path):
     a, b = pair
     assert "is the input a.safetensors" in refused(monkeypatch, capsys, "matrix", a, b, "--out", a).replace(
-        str(tmp_path) + "/", "")
+        str(tmp_path) + "/", ""
+    )
     models = tmp_path / "models"
     models.mkdir()
     os.replace(a, models / "a.safetensors")

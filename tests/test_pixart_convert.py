@@ -44,11 +44,20 @@ def test_config_from_shapes_rebuilds_the_file(tmp_path, family, layout):
     cfg = fam.denoiser.config_from_shapes(keys)
     model = B.build_denoiser(fam.denoiser.cls_name, cfg)  # on meta
     null = keys[NULL_CAPTION].numel if layout == "original" else 0  # the null caption: no diffusers parameter
-    assert B.count_params(model) == sum(t.numel for t in keys.values()) - null == sum(v.numel() for v in ref.values())
+    assert (
+        B.count_params(model)
+        == sum(t.numel for t in keys.values()) - null
+        == sum(v.numel() for v in ref.values())
+    )
     # widths, depths and switches are read back; heads are not in the shapes, only their product is
     heads = ("num_attention_heads", "attention_head_dim")
-    assert {k: v for k, v in cfg.items() if k not in heads} == {k: v for k, v in built.items() if k not in heads}
-    assert cfg["num_attention_heads"] * cfg["attention_head_dim"] == built["num_attention_heads"] * built["attention_head_dim"]
+    assert {k: v for k, v in cfg.items() if k not in heads} == {
+        k: v for k, v in built.items() if k not in heads
+    }
+    assert (
+        cfg["num_attention_heads"] * cfg["attention_head_dim"]
+        == built["num_attention_heads"] * built["attention_head_dim"]
+    )
 
 
 @pytest.mark.parametrize("family", PIXART)
@@ -72,13 +81,21 @@ def test_original_file_to_diffusers_loads_and_round_trips(tmp_path, family):
     assert json.loads((folder / "model_index.json").read_text())[slot] == ["diffusers", fam.denoiser.cls_name]
     # the released folders' pipeline and scheduler (PixArt-α / -Σ XL-2-1024-MS: DPM-Solver++, linear betas)
     index = json.loads((folder / "model_index.json").read_text())
-    assert index["_class_name"] == {"pixart_alpha": "PixArtAlphaPipeline", "pixart_sigma": "PixArtSigmaPipeline"}[family]
+    assert (
+        index["_class_name"]
+        == {"pixart_alpha": "PixArtAlphaPipeline", "pixart_sigma": "PixArtSigmaPipeline"}[family]
+    )
     sched = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
     assert (sched["_class_name"], sched["beta_schedule"], sched["prediction_type"]) == (
-        "DPMSolverMultistepScheduler", "linear", "epsilon")
+        "DPMSolverMultistepScheduler",
+        "linear",
+        "epsilon",
+    )
     import diffusers
 
-    assert diffusers.DPMSolverMultistepScheduler.from_config(sched).config.beta_end == 0.02  # diffusers reads it
+    assert (
+        diffusers.DPMSolverMultistepScheduler.from_config(sched).config.beta_end == 0.02
+    )  # diffusers reads it
     # the independent judge: diffusers builds the model from our config.json and loads our weights, and they are
     # the tensors the original file was made from
     model = diffusers.PixArtTransformer2DModel.from_pretrained(folder / slot)
@@ -108,5 +125,6 @@ def test_diffusers_folder_to_single_and_back(tmp_path):
     name = "transformer/diffusion_pytorch_model.safetensors"
     assert _hashes(again / name) == _hashes(folder / name)
     assert not (again / EXTRAS_FILE).exists()
-    assert json.loads((again / "transformer" / "config.json").read_text()) == \
-        json.loads((folder / "transformer" / "config.json").read_text())
+    assert json.loads((again / "transformer" / "config.json").read_text()) == json.loads(
+        (folder / "transformer" / "config.json").read_text()
+    )

@@ -78,19 +78,46 @@ def _write_raw(path, header: dict | bytes, data: bytes = b"", length: int | None
 @pytest.mark.parametrize(
     ("name", "header", "data", "length", "message"),
     [
-        ("badlen", {"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 4, 10**12, "bad safetensors header length"),
+        (
+            "badlen",
+            {"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}},
+            b"\0" * 4,
+            10**12,
+            "bad safetensors header length",
+        ),
         ("badjson", b"{not json", b"", None, "not valid JSON"),
         ("oob", {"a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}, b"\0" * 8, None, "truncated"),
         (
             "overlap",
-            {"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}, "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}},
+            {
+                "a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+                "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]},
+            },
             b"\0" * 12,
             None,
             "overlap",
         ),
-        ("dtype", {"a": {"dtype": "F128", "shape": [1], "data_offsets": [0, 16]}}, b"\0" * 16, None, "unknown dtype 'F128'"),
-        ("span", {"a": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}}, b"\0" * 8, None, "needs 12 bytes"),
-        ("shape", {"a": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 4]}}, b"\0" * 4, None, "invalid shape"),
+        (
+            "dtype",
+            {"a": {"dtype": "F128", "shape": [1], "data_offsets": [0, 16]}},
+            b"\0" * 16,
+            None,
+            "unknown dtype 'F128'",
+        ),
+        (
+            "span",
+            {"a": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}},
+            b"\0" * 8,
+            None,
+            "needs 12 bytes",
+        ),
+        (
+            "shape",
+            {"a": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 4]}},
+            b"\0" * 4,
+            None,
+            "invalid shape",
+        ),
     ],
 )
 def test_malformed_headers_are_one_clear_error(tmp_path, name, header, data, length, message):
@@ -130,7 +157,12 @@ def test_sharded_index_and_diffusers_folder(tmp_path):
     b = {"y.weight": torch.randn(2)}
     save_file(a, tmp_path / "model-00001-of-00002.safetensors")
     save_file(b, tmp_path / "model-00002-of-00002.safetensors")
-    index = {"weight_map": {"x.weight": "model-00001-of-00002.safetensors", "y.weight": "model-00002-of-00002.safetensors"}}
+    index = {
+        "weight_map": {
+            "x.weight": "model-00001-of-00002.safetensors",
+            "y.weight": "model-00002-of-00002.safetensors",
+        }
+    }
     (tmp_path / "model.safetensors.index.json").write_text(json.dumps(index))
     with open_checkpoint(tmp_path / "model.safetensors.index.json") as ck:
         assert set(ck.tensors) == {"x.weight", "y.weight"}

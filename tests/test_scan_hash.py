@@ -36,7 +36,10 @@ def test_scan_of_clean_zoo_model(zoo):
     r = inspect(zoo["sd1_fp16"].path, scan=True)
     assert r.scan.nan == {} and r.scan.inf == {}
     # the only all-zero tensors of a freshly built model are the ones initialised to zero
-    assert all(k.endswith(("bias", "logvar")) or "zero" in k or "out" in k or "proj_out" in k for k in r.scan.all_zero)
+    assert all(
+        k.endswith(("bias", "logvar")) or "zero" in k or "out" in k or "proj_out" in k
+        for k in r.scan.all_zero
+    )
 
 
 def test_scan_of_large_tensor_in_chunks(tmp_path):
@@ -63,4 +66,4 @@ def test_hashes_match_hashlib(tmp_path):
     h = r.hashes[0]
     assert h.sha256 == hashlib.sha256(raw).hexdigest()
     assert h.autov2 == h.sha256[:10]
-    assert h.a1111_old == hashlib.sha256(raw[0x100000 : 0x110000]).hexdigest()[:8]
+    assert h.a1111_old == hashlib.sha256(raw[0x100000:0x110000]).hexdigest()[:8]

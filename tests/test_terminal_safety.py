@@ -22,8 +22,12 @@ LONG = "\x1b[31m" * 20_000  # 100,000 characters of colour codes
 CAP = ERROR_LIMIT + 60  # an error line: the cap, "… (N more characters)", the "sdlens: error:" prefix
 
 
-def write_st(path: Path, tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None,
-             header_extra: dict | None = None) -> Path:
+def write_st(
+    path: Path,
+    tensors: dict[str, np.ndarray],
+    metadata: dict[str, str] | None = None,
+    header_extra: dict | None = None,
+) -> Path:
     """A float32 safetensors file written byte by byte (keys and metadata exactly as given)."""
     header: dict = {}
     blobs, off = [], 0
@@ -73,12 +77,16 @@ def hostile(tmp_path) -> tuple[Path, Path]:
     keys = {f"model.diffusion_model.{EVIL_IN_FILE}.weight": x, "k\x1b]0;title\x07": x}
     meta = {EVIL_IN_FILE: EVIL_IN_FILE, "long": LONG, "ss_output_name": EVIL_IN_FILE}
     a = write_st(d / "]A \x1b[2J \udcff.safetensors", keys, meta)
-    b = write_st(d / "]B \x1b[2J \udcff.safetensors", {k: v + 1 for k, v in keys.items()}, {EVIL_IN_FILE: EVIL_IN_FILE})
+    b = write_st(
+        d / "]B \x1b[2J \udcff.safetensors", {k: v + 1 for k, v in keys.items()}, {EVIL_IN_FILE: EVIL_IN_FILE}
+    )
     return a, b
 
 
 def test_safe_escapes_controls_markup_and_caps():
-    assert printable("a\x1b[2Jb\tc\nd\x7f\x9b\u202e\udcff") == "a\\x1b[2Jb\\x09c\\x0ad\\x7f\\x9b\\u202e\\udcff"
+    assert (
+        printable("a\x1b[2Jb\tc\nd\x7f\x9b\u202e\udcff") == "a\\x1b[2Jb\\x09c\\x0ad\\x7f\\x9b\\u202e\\udcff"
+    )
     assert safe("[bold red]x[/]") == "\\[bold red]x\\[/]"
     assert safe("plain key.weight") == "plain key.weight"
     cut = printable("\x1b" * 1000, 10)
@@ -143,13 +151,17 @@ def test_diff_by_key_shows_escapes(monkeypatch, capsys, hostile):
 
 
 def test_matrix_shows_escapes(monkeypatch, capsys, hostile, tmp_path):
-    code, out, err = run(monkeypatch, capsys, "matrix", hostile[0].parent, "--out", tmp_path / "m", "--no-plots")
+    code, out, err = run(
+        monkeypatch, capsys, "matrix", hostile[0].parent, "--out", tmp_path / "m", "--no-plots"
+    )
     assert code == 0
     assert_clean(out, err)
     assert "]A \\x1b[2J \\udcff" in out
     names = [m["name"] for m in json.loads((tmp_path / "m" / "matrix.json").read_text())["models"]]
     assert sorted(names) == sorted(p.name for p in hostile)  # file names kept exactly in the JSON
-    assert "\\udcff" in (tmp_path / "m" / "matrix-denoiser.csv").read_text()  # CSV written (surrogate escaped)
+    assert (
+        "\\udcff" in (tmp_path / "m" / "matrix-denoiser.csv").read_text()
+    )  # CSV written (surrogate escaped)
 
 
 def test_matrix_figure_labels_are_plain_text(hostile, tmp_path):
@@ -174,8 +186,11 @@ def test_error_printer_escapes_markup_in_paths(monkeypatch, capsys, tmp_path):
 
 def test_long_error_line_is_capped(monkeypatch, capsys, tmp_path):
     key = "[/]" + "\x1b[31m" * 20_000
-    bad = write_st(tmp_path / "bad.safetensors", {}, header_extra={key: {"dtype": "NOPE", "shape": [1],
-                                                                         "data_offsets": [0, 4]}})
+    bad = write_st(
+        tmp_path / "bad.safetensors",
+        {},
+        header_extra={key: {"dtype": "NOPE", "shape": [1], "data_offsets": [0, 4]}},
+    )
     code, out, err = run(monkeypatch, capsys, "inspect", bad)
     assert code == 1  # a file that cannot be read: a finding (README, exit codes)
     assert_clean(out, err)

@@ -291,7 +291,9 @@ def test_views_slices_transposes_and_tied_weights_read_exactly(tmp_path, legacy)
 
 
 def test_index_is_built_without_importing_torch(tmp_path):
-    p = _save({"state_dict": {"w": torch.ones(2, 2), "b": torch.zeros(3).half()}, "epoch": 1}, tmp_path / "m.ckpt")
+    p = _save(
+        {"state_dict": {"w": torch.ones(2, 2), "b": torch.zeros(3).half()}, "epoch": 1}, tmp_path / "m.ckpt"
+    )
     legacy = _save({"w": torch.ones(2)}, tmp_path / "legacy.pt", legacy=True)
     code = (
         "import sys\n"
@@ -300,7 +302,9 @@ def test_index_is_built_without_importing_torch(tmp_path):
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
         "print(a.keys(), a.tensors['b'].dtype, a.extras, b.keys())\n"
     )
-    r = subprocess.run([sys.executable, "-c", code, str(p), str(legacy)], capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-c", code, str(p), str(legacy)], capture_output=True, text=True, timeout=120
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "['w', 'b'] F16 {'epoch': 1} ['w']"
 
@@ -330,7 +334,9 @@ def _touch(marker: Path) -> str:
 @pytest.mark.parametrize("legacy", LEGACY, ids=IDS)
 def test_torch_save_with_os_system_reduce_is_refused(tmp_path, legacy):
     marker = tmp_path / "MARKER"
-    p = _save({"w": torch.ones(2), "x": _RunsCommand(os.system, _touch(marker))}, tmp_path / "evil.pt", legacy)
+    p = _save(
+        {"w": torch.ones(2), "x": _RunsCommand(os.system, _touch(marker))}, tmp_path / "evil.pt", legacy
+    )
     with pytest.raises(UnsafePickleError) as e:
         open_torch_checkpoint(p)
     assert e.value.globals_found == [f"{os.system.__module__}.system"]
@@ -425,7 +431,9 @@ def test_all_offending_globals_are_named(tmp_path):
     _save(payload, p)
     with pytest.raises(UnsafePickleError) as e:
         open_torch_checkpoint(p)
-    assert e.value.globals_found == sorted(["builtins.exec", "builtins.__import__", f"{os.system.__module__}.system"])
+    assert e.value.globals_found == sorted(
+        ["builtins.exec", "builtins.__import__", f"{os.system.__module__}.system"]
+    )
 
 
 def test_find_class_refuses_even_without_the_scan():
@@ -515,7 +523,9 @@ def test_storage_shorter_than_the_pickle_says(tmp_path):
     entries = _zip_entries(_save({"w": torch.ones(64)}, tmp_path / "ok.pt"))
     prefix = _pkl_name(entries)[: -len("data.pkl")]
     entries[f"{prefix}data/0"] = entries[f"{prefix}data/0"][:100]
-    assert _err(_write_zip(tmp_path / "m.pt", entries)) == "storage '0' holds 100 bytes but the pickle says 256"
+    assert (
+        _err(_write_zip(tmp_path / "m.pt", entries)) == "storage '0' holds 100 bytes but the pickle says 256"
+    )
 
 
 def test_big_endian_zip_is_refused(tmp_path):
@@ -529,7 +539,7 @@ def test_truncated_legacy_file(tmp_path):
     raw = _save({"a": torch.randn(100), "b": torch.randn(100)}, tmp_path / "m.pt", legacy=True).read_bytes()
     (tmp_path / "data_cut.pt").write_bytes(raw[:-10])  # inside the last storage's bytes
     assert "(truncated?)" in _err(tmp_path / "data_cut.pt")
-    (tmp_path / "header_cut.pt").write_bytes(raw[:-(800 + 4)])  # inside the first storage's count
+    (tmp_path / "header_cut.pt").write_bytes(raw[: -(800 + 4)])  # inside the first storage's count
     assert "(truncated?)" in _err(tmp_path / "header_cut.pt")
     (tmp_path / "pickle_cut.pt").write_bytes(raw[:200])  # inside the main pickle
     assert _err(tmp_path / "pickle_cut.pt").startswith("the main pickle is truncated")

@@ -18,8 +18,13 @@ from sdlens.errors import SdlensError
 from sdlens.testing.writers import save_safetensors
 from sdlens.testing.zoo_unet import build_diffusers_parts, build_single_file
 
-_TORCH = {"F16": torch.float16, "BF16": torch.bfloat16, "F8_E4M3": torch.float8_e4m3fn,
-          "F8_E5M2": torch.float8_e5m2, "F32": torch.float32}
+_TORCH = {
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "F8_E4M3": torch.float8_e4m3fn,
+    "F8_E5M2": torch.float8_e5m2,
+    "F32": torch.float32,
+}
 _INT = {8: (np.uint8, np.int8, torch.uint8), 16: (np.uint16, np.int16, torch.int16)}
 
 
@@ -34,7 +39,11 @@ def full(sd1, tmp_path_factory):
 
 
 def _sums_hold(r: DiffResult) -> None:
-    groups = [*r.by_component.values(), *r.by_type.values(), *(g for b in r.by_block.values() for g in b.values())]
+    groups = [
+        *r.by_component.values(),
+        *r.by_type.values(),
+        *(g for b in r.by_block.values() for g in b.values()),
+    ]
     for g in groups:
         assert g.tensors == g.changed + g.identical + g.within_precision
     assert sum(g.tensors for g in r.by_component.values()) == len(r.tensors)
@@ -54,20 +63,26 @@ def test_scan_tells_zero_by_design_from_zeroed(tmp_path, sd1):
     assert "log-variance" in r.scan.zero_by_design["logvar"]
     zero_problems = [p for p in r.problems if "zeros" in p]
     assert zero_problems == [f"1 tensors are all zeros (e.g. {key})"] or zero_problems == [
-        f"1 tensor is all zeros (e.g. {key})"]
+        f"1 tensor is all zeros (e.g. {key})"
+    ]
     assert not any("logvar" in p for p in r.problems)
 
 
 def test_scan_controlnet_zero_convs_and_family_rule(tmp_path):
     g = torch.Generator().manual_seed(0)
-    sd = {"control_model.input_blocks.0.0.weight": torch.randn(8, 4, 3, 3, generator=g),
-          "control_model.zero_convs.0.0.weight": torch.zeros(8, 8, 1, 1),
-          "control_model.zero_convs.0.0.bias": torch.zeros(8),
-          "control_model.middle_block_out.0.bias": torch.zeros(8),
-          "control_model.input_blocks.0.0.bias": torch.zeros(8)}
+    sd = {
+        "control_model.input_blocks.0.0.weight": torch.randn(8, 4, 3, 3, generator=g),
+        "control_model.zero_convs.0.0.weight": torch.zeros(8, 8, 1, 1),
+        "control_model.zero_convs.0.0.bias": torch.zeros(8),
+        "control_model.middle_block_out.0.bias": torch.zeros(8),
+        "control_model.input_blocks.0.0.bias": torch.zeros(8),
+    }
     r = inspect(save_safetensors(sd, tmp_path / "cn.safetensors"), scan=True)
-    assert sorted(r.scan.zero_by_design) == ["control_model.middle_block_out.0.bias",
-                                            "control_model.zero_convs.0.0.bias", "control_model.zero_convs.0.0.weight"]
+    assert sorted(r.scan.zero_by_design) == [
+        "control_model.middle_block_out.0.bias",
+        "control_model.zero_convs.0.0.bias",
+        "control_model.zero_convs.0.0.weight",
+    ]
     assert r.scan.all_zero == ["control_model.input_blocks.0.0.bias"]
     # the registry says per family: logvar is expected in SD1/SD2 files only
     assert zero_by_design("logvar", "sd1") and zero_by_design("logvar", "sdxl") is None
@@ -82,7 +97,10 @@ def test_scan_view_shows_logvar_as_information(tmp_path, sd1):
     render_report(inspect(save_safetensors(sd1, tmp_path / "m.safetensors"), scan=True), console)
     text = console.export_text()
     assert "no NaN/Inf, no all-zero tensors" in text
-    assert "zero by design (not a problem): 1 tensor — LDM per-timestep log-variance" in text and "logvar" in text
+    assert (
+        "zero by design (not a problem): 1 tensor — LDM per-timestep log-variance" in text
+        and "logvar" in text
+    )
 
 
 # --------------------------------------------------------------------------- precision
@@ -137,8 +155,10 @@ def test_double_rounding_and_underflow_are_consistent():
 
 def _weights(seed: int = 0) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    sd = {f"model.diffusion_model.input_blocks.{i}.0.weight": torch.randn(32, 100, generator=g) * 0.05
-          for i in range(1, 7)}
+    sd = {
+        f"model.diffusion_model.input_blocks.{i}.0.weight": torch.randn(32, 100, generator=g) * 0.05
+        for i in range(1, 7)
+    }
     sd["model.diffusion_model.input_blocks.1.0.weight"].view(-1)[:4] = torch.tensor([1e-7, -2e-9, 3e-5, 0.0])
     return sd
 
@@ -150,8 +170,10 @@ def test_precision_copies_are_same_weights_until_perturbed(tmp_path, da, db):
     b = {k: v.to(_TORCH[db]) for k, v in src.items()}
     pa = save_safetensors(a, tmp_path / "a.safetensors")
     r = diff(pa, save_safetensors(b, tmp_path / "b.safetensors"))
-    assert r.verdict == [f"same weights at different precisions ({da} vs {db}: every pair of values is "
-                         "consistent with one common source)"]
+    assert r.verdict == [
+        f"same weights at different precisions ({da} vs {db}: every pair of values is "
+        "consistent with one common source)"
+    ]
     g = r.by_component["denoiser"]
     assert (g.tensors, g.changed, g.identical, g.within_precision) == (6, 0, 0, 6)
     _sums_hold(r)
@@ -160,8 +182,10 @@ def test_precision_copies_are_same_weights_until_perturbed(tmp_path, da, db):
     b[key].view(-1)[[5, 77]] = (-src[key].view(-1)[[5, 77]]).to(_TORCH[db])  # sign flips: beyond any rounding
     r = diff(pa, save_safetensors(b, tmp_path / "b2.safetensors"))
     assert [t.key for t in r.tensors if t.changed] == ["denoiser/input_blocks.4.0.weight"]
-    assert r.verdict == ["denoiser: changed — 1 of 6 tensors (RMS of Δ "
-                         f"{r.by_component['denoiser'].rms:.3g}); 5 more the same at different precisions"]
+    assert r.verdict == [
+        "denoiser: changed — 1 of 6 tensors (RMS of Δ "
+        f"{r.by_component['denoiser'].rms:.3g}); 5 more the same at different precisions"
+    ]
     _sums_hold(r)
 
 
@@ -170,22 +194,35 @@ def test_precision_copies_are_same_weights_until_perturbed(tmp_path, da, db):
 
 def _parts(sd1):
     diffusers = build_diffusers_parts("sd1", seed=3)  # the same weights in diffusers layout
-    vae_ldm = {k.removeprefix("first_stage_model."): v for k, v in sd1.items() if k.startswith("first_stage_model.")}
-    return {"vae_ldm": ("VAE", vae_ldm), "vae_diffusers": ("VAE", diffusers["vae"]),
-            "text_encoder": ("CLIP-L", diffusers["text_encoder"]), "unet": ("UNet", diffusers["unet"])}
+    vae_ldm = {
+        k.removeprefix("first_stage_model."): v for k, v in sd1.items() if k.startswith("first_stage_model.")
+    }
+    return {
+        "vae_ldm": ("VAE", vae_ldm),
+        "vae_diffusers": ("VAE", diffusers["vae"]),
+        "text_encoder": ("CLIP-L", diffusers["text_encoder"]),
+        "unet": ("UNet", diffusers["unet"]),
+    }
 
 
 @pytest.mark.parametrize("which", ["vae_ldm", "vae_diffusers", "text_encoder", "unet"])
 def test_part_file_is_compared_with_that_part(tmp_path, sd1, full, which):
     label, part = _parts(sd1)[which]
     path = save_safetensors(part, tmp_path / f"{which}.safetensors")
-    rest = {"VAE": "UNet, CLIP-L, schedule buffers", "CLIP-L": "UNet, VAE, schedule buffers",
-            "UNet": "CLIP-L, VAE, schedule buffers"}[label]
+    rest = {
+        "VAE": "UNet, CLIP-L, schedule buffers",
+        "CLIP-L": "UNet, VAE, schedule buffers",
+        "UNet": "CLIP-L, VAE, schedule buffers",
+    }[label]
     r = diff(path, full)
-    assert r.verdict[0] == f"{label}: bit-identical to B's {label} (B's other components not compared: {rest})"
+    assert (
+        r.verdict[0] == f"{label}: bit-identical to B's {label} (B's other components not compared: {rest})"
+    )
     assert all("no " not in line for line in r.verdict)  # no "no UNet in A" for what was never asked
     r = diff(full, path)
-    assert r.verdict[0] == f"{label}: bit-identical to A's {label} (A's other components not compared: {rest})"
+    assert (
+        r.verdict[0] == f"{label}: bit-identical to A's {label} (A's other components not compared: {rest})"
+    )
     _sums_hold(r)
 
 
@@ -233,7 +270,8 @@ def _peft_by_diffusers(kohya: dict[str, torch.Tensor], arch: str) -> dict[str, t
     sd = dict(kohya)
     if arch == "sdxl":  # sd-scripts' SDXL names are the sgm (LDM) ones
         sd = conv_utils._maybe_map_sgm_blocks_to_diffusers(
-            sd, SimpleNamespace(**{"layers_per_block": 2, **DENOISERS["sdxl"][1]}))
+            sd, SimpleNamespace(**{"layers_per_block": 2, **DENOISERS["sdxl"][1]})
+        )
     conv, _alphas = conv_utils._convert_non_diffusers_lora_to_diffusers(sd)
     out = convert_unet_state_dict_to_peft({k: v for k, v in conv.items() if k.startswith("unet.")})
     return out | convert_state_dict_to_peft({k: v for k, v in conv.items() if not k.startswith("unet.")})
@@ -244,7 +282,10 @@ def test_kohya_and_peft_copies_of_one_lora_are_identical(tmp_path, arch):
     k, meta = _kohya(arch)
     peft = _peft_by_diffusers(k, arch)
     assert next(iter(peft)).endswith((".lora_A.weight", ".lora_B.weight")) and not set(peft) & set(k)
-    r = diff(save_safetensors(k, tmp_path / "k.safetensors", meta), save_safetensors(peft, tmp_path / "p.safetensors"))
+    r = diff(
+        save_safetensors(k, tmp_path / "k.safetensors", meta),
+        save_safetensors(peft, tmp_path / "p.safetensors"),
+    )
     n = sum(1 for key in k if not key.endswith(".alpha"))
     assert r.kind == "lora" and len(r.tensors) == n and not r.only_a and not r.only_b
     assert r.verdict[-1] == "identical: every tensor bit-identical"
@@ -255,8 +296,13 @@ def test_one_lora_module_changed_is_named(tmp_path):
     peft = _peft_by_diffusers(k, "sd1")
     key = "unet.down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.lora_B.weight"
     peft[key] = peft[key] + 0.01
-    r = diff(save_safetensors(k, tmp_path / "k.safetensors", meta), save_safetensors(peft, tmp_path / "p.safetensors"))
-    assert [t.key for t in r.tensors if t.changed] == ["denoiser/input_blocks.4.1.transformer_blocks.0.attn2.to_k.lora_up.weight"]
+    r = diff(
+        save_safetensors(k, tmp_path / "k.safetensors", meta),
+        save_safetensors(peft, tmp_path / "p.safetensors"),
+    )
+    assert [t.key for t in r.tensors if t.changed] == [
+        "denoiser/input_blocks.4.1.transformer_blocks.0.attn2.to_k.lora_up.weight"
+    ]
     unet = next(line for line in r.verdict if line.startswith("UNet: changed"))
     assert "only cross-attention (attn2)" in unet and "blocks changed: IN04;" in unet
     assert "CLIP-L: bit-identical" in r.verdict
@@ -267,7 +313,10 @@ def test_lora_alpha_difference_is_reported(tmp_path):
     k2 = dict(k)
     alpha_key = next(key for key in k if key.endswith(".alpha") and key.startswith("lora_unet_"))
     k2[alpha_key] = torch.tensor(8.0, dtype=k[alpha_key].dtype)
-    r = diff(save_safetensors(k, tmp_path / "a.safetensors", meta), save_safetensors(k2, tmp_path / "b.safetensors", meta))
+    r = diff(
+        save_safetensors(k, tmp_path / "a.safetensors", meta),
+        save_safetensors(k2, tmp_path / "b.safetensors", meta),
+    )
     assert len(r.alpha_diff) == 1 and (r.alpha_diff[0]["a"], r.alpha_diff[0]["b"]) == (4.0, 8.0)
     assert r.verdict[-1].startswith("alpha differs in 1 module (e.g. denoiser/")
 
@@ -277,10 +326,13 @@ def test_lora_against_a_checkpoint_is_refused(tmp_path, full, cli):
     lora = save_safetensors(k, tmp_path / "style.safetensors", meta)
     with pytest.raises(SdlensError) as e:
         diff(lora, full)
-    assert str(e.value) == ("A (style.safetensors) is a LoRA (kohya, SD1.x, rank 4) — compare it with another "
-                            "LoRA, or apply it first")
+    assert str(e.value) == (
+        "A (style.safetensors) is a LoRA (kohya, SD1.x, rank 4) — compare it with another "
+        "LoRA, or apply it first"
+    )
     p = cli("diff", str(full), str(lora))
     assert p.returncode == 2 and "Traceback" not in p.stderr
     assert p.stderr.strip().splitlines() == [
         "sdlens: error: B (style.safetensors) is a LoRA (kohya, SD1.x, rank 4) — compare it with another LoRA, "
-        "or apply it first"]
+        "or apply it first"
+    ]

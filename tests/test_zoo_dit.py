@@ -32,12 +32,17 @@ def original_sd(family: str, size: str, variant: str | None = None) -> dict[str,
     return z.to_original(family, diffusers_sd(family, size, variant))
 
 
-
-
 @pytest.mark.parametrize(
     ("family", "variant"),
-    [("sd3", None), ("sd35m", None), ("sd35", None), ("flux_dev", None), ("flux_schnell", None), ("flux_dev", "fill"),
-     ("auraflow", None)],
+    [
+        ("sd3", None),
+        ("sd35m", None),
+        ("sd35", None),
+        ("flux_dev", None),
+        ("flux_schnell", None),
+        ("flux_dev", "fill"),
+        ("auraflow", None),
+    ],
 )
 def test_tiny_round_trip_through_diffusers_converter(family, variant, monkeypatch):
     ref = diffusers_sd(family, "tiny", variant)

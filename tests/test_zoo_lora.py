@@ -75,7 +75,9 @@ def test_kohya_sd1_and_flux_accepted_by_diffusers():
         len([p for p in paths if p.startswith("unet.")])
         == zl.lora_truth("locon")["modules_per_component"]["unet"]
     )
-    flux_real = {n.rsplit(".", 1)[0] for n in zoo_dit.build_denoiser("flux_dev", size="full", layout="diffusers")}
+    flux_real = {
+        n.rsplit(".", 1)[0] for n in zoo_dit.build_denoiser("flux_dev", size="full", layout="diffusers")
+    }
     conv = FluxPipeline.lora_state_dict(dict(lora("kohya", "flux")[0]))
     conv = conv[0] if isinstance(conv, tuple) else conv
     paths = {k.split(".lora_")[0].removeprefix("transformer.") for k in conv if k.startswith("transformer.")}

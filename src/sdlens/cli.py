@@ -30,7 +30,9 @@ def _plain_help(params: list[Any]) -> list[Any]:
             continue
         p._sdlens_plain = True
         if getattr(p, "param_type_name", "") == "argument":
-            name = (p.metavar or p.name.upper()) + ("..." if p.nargs != 1 and not (p.metavar or "").endswith("...") else "")
+            name = (p.metavar or p.name.upper()) + (
+                "..." if p.nargs != 1 and not (p.metavar or "").endswith("...") else ""
+            )
             p.metavar = name
             usage = name if p.required else f"[{name}]"
             p.display_type_rich = lambda ctx=None: None
@@ -106,8 +108,12 @@ def _print_version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: Annotated[bool, typer.Option("--version", help="Print the sdlens version and exit.", is_eager=True,
-                                          callback=_print_version)] = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", help="Print the sdlens version and exit.", is_eager=True, callback=_print_version
+        ),
+    ] = False,
 ) -> None:
     """See inside Stable Diffusion family checkpoints: what a file is, what changed, how models relate.
 
@@ -132,8 +138,13 @@ def main(argv: list[str] | None = None) -> None:
             raise
         from sdlens.io.limits import clip
 
-        fail(SdlensError(None, f"internal error: {type(e).__name__}: {clip(str(e))} "
-                               "(a bug in sdlens; SDLENS_DEBUG=1 shows the traceback)"))
+        fail(
+            SdlensError(
+                None,
+                f"internal error: {type(e).__name__}: {clip(str(e))} "
+                "(a bug in sdlens; SDLENS_DEBUG=1 shows the traceback)",
+            )
+        )
         sys.exit(EXIT_INTERNAL)
 
 

@@ -35,7 +35,9 @@ class UnsafeArchiveError(UnsafeFileError):
     """A torch zip that torch's reader (miniz) and sdlens could read differently; refused as ambiguous."""
 
     def __init__(self, path: str | Path | None, problem: str):
-        super().__init__(path, f"unsafe (ambiguous) archive: {problem} (refused; nothing from the file was executed)")
+        super().__init__(
+            path, f"unsafe (ambiguous) archive: {problem} (refused; nothing from the file was executed)"
+        )
 
 
 class UnsafePickleError(UnsafeFileError):
@@ -48,4 +50,6 @@ class UnsafePickleError(UnsafeFileError):
         shown = [clip(g, MAX_MESSAGE_VALUE) for g in self.globals_found[:8]]
         more = len(self.globals_found) - len(shown)
         names = ", ".join(shown) + (f" and {more} more" if more > 0 else "")
-        super().__init__(path, f"unsafe pickle: references {names} (refused; nothing from the file was executed)")
+        super().__init__(
+            path, f"unsafe pickle: references {names} (refused; nothing from the file was executed)"
+        )

@@ -36,7 +36,9 @@ def native_half() -> bool:
         return True
     if machine not in ("x86_64", "amd64"):
         return False
-    features = config.CPU_FEATURES if config.CPU_FEATURES is not None else ll.get_host_cpu_features().flatten()
+    features = (
+        config.CPU_FEATURES if config.CPU_FEATURES is not None else ll.get_host_cpu_features().flatten()
+    )
     return "+f16c" in features.split(",")
 
 
@@ -145,7 +147,12 @@ def _f16x8(typingctx, src, dst):
     return types.void(types.uint64, types.uint64), codegen
 
 
-_FM = {"reassoc", "nsz", "contract", "arcp"}  # reorder sums (vectorise), fused multiply-add; no NaN/Inf tricks
+_FM = {
+    "reassoc",
+    "nsz",
+    "contract",
+    "arcp",
+}  # reorder sums (vectorise), fused multiply-add; no NaN/Inf tricks
 F16, BF16, F32 = 0, 1, 2  # element kinds of the stored inputs
 
 

@@ -26,5 +26,7 @@ def denoiser_graph_source(model: str, r: ArchReport, *, depth: int = 1) -> str:
     w, h = r.settings["res"]
     inputs = B.denoiser_inputs(spec, den, 1, w, h, B.DTYPES[r.settings["dtype"]])
     inputs["return_dict"] = False
-    graph = draw_graph(den, input_data=inputs, device="meta", depth=depth, graph_name=r.name, expand_nested=False)
+    graph = draw_graph(
+        den, input_data=inputs, device="meta", depth=depth, graph_name=r.name, expand_nested=False
+    )
     return graph.visual_graph.source

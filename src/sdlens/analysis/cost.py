@@ -105,8 +105,12 @@ class ForwardCost:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d.update(total_flops=self.total_flops, macs=self.macs, attention_flops=self.attention_flops,
-                 flops_without_attention=self.total_flops - self.attention_flops)
+        d.update(
+            total_flops=self.total_flops,
+            macs=self.macs,
+            attention_flops=self.attention_flops,
+            flops_without_attention=self.total_flops - self.attention_flops,
+        )
         return d
 
 
@@ -172,7 +176,9 @@ def _shapes(inputs: dict[str, Any]) -> dict[str, list[int]]:
         elif isinstance(v, dict):
             out.update({f"{k}.{kk}": list(vv.shape) for kk, vv in v.items() if isinstance(vv, torch.Tensor)})
         elif isinstance(v, tuple):
-            out.update({f"{k}[{i}]": list(vv.shape) for i, vv in enumerate(v) if isinstance(vv, torch.Tensor)})
+            out.update(
+                {f"{k}[{i}]": list(vv.shape) for i, vv in enumerate(v) if isinstance(vv, torch.Tensor)}
+            )
     return out
 
 
@@ -180,8 +186,16 @@ def _summary(component: str, batch: int, inputs: dict[str, Any], tr: Trace) -> F
     flops = dict.fromkeys(FLOP_PARTS, 0)
     for o in tr.ops:
         flops[o.op if o.kind == "attention" else o.kind] += o.flops
-    return ForwardCost(component, batch, _shapes(inputs), flops, len(tr.ops), tr.peak_fused, tr.peak_materialised,
-                       tr.peak_module)
+    return ForwardCost(
+        component,
+        batch,
+        _shapes(inputs),
+        flops,
+        len(tr.ops),
+        tr.peak_fused,
+        tr.peak_materialised,
+        tr.peak_module,
+    )
 
 
 @lru_cache(maxsize=32)
@@ -198,7 +212,9 @@ def _denoiser_for(spec: B.ArchSpec, dtype: str) -> torch.nn.Module:
 
 
 @lru_cache(maxsize=64)
-def _denoiser_cost(spec: B.ArchSpec, batch: int, width: int, height: int, dtype: str) -> tuple[ForwardCost, Trace]:
+def _denoiser_cost(
+    spec: B.ArchSpec, batch: int, width: int, height: int, dtype: str
+) -> tuple[ForwardCost, Trace]:
     """One traced denoiser forward (cached: steps, CFG-vs-batch and the other settings reuse it)."""
     den = _denoiser_for(spec, dtype)
     inputs = B.denoiser_inputs(spec, den, batch, width, height, B.DTYPES[dtype])
@@ -258,7 +274,9 @@ def _canonical_keys(spec: B.ArchSpec, model: torch.nn.Module) -> dict[str, str]:
     return out
 
 
-def _module_blocks(spec: B.ArchSpec, model: torch.nn.Module, canon: dict[str, str], time_embed: str) -> dict[str, str]:
+def _module_blocks(
+    spec: B.ArchSpec, model: torch.nn.Module, canon: dict[str, str], time_embed: str
+) -> dict[str, str]:
     """Module path -> merge block, through the first parameter under each module (parents for the rest)."""
     first: dict[str, str] = {}
     for n in canon:
@@ -318,11 +336,17 @@ def _blocks(spec: B.ArchSpec, model: torch.nn.Module, ops: list[Op], time_embed:
     rows = []
     for b in dict.fromkeys(order):
         conv = last_conv.get(b) if spec.is_unet else None
-        rows.append(BlockRow(
-            b, count.get(b, 0), count.get(b, 0) / total if total else 0.0, flops.get(b, 0),
-            "×".join(str(x) for x in conv["output"]) if conv else None, conv["out"] if conv else None,
-            _original_prefixes(spec, b, by_block.get(b, [])),
-        ))
+        rows.append(
+            BlockRow(
+                b,
+                count.get(b, 0),
+                count.get(b, 0) / total if total else 0.0,
+                flops.get(b, 0),
+                "×".join(str(x) for x in conv["output"]) if conv else None,
+                conv["out"] if conv else None,
+                _original_prefixes(spec, b, by_block.get(b, [])),
+            )
+        )
     return rows
 
 
@@ -343,7 +367,9 @@ def resolve(model: str | Path) -> B.ArchSpec:
         return B.released_spec(text)
     p = Path(text)
     if not p.exists() and not p.is_symlink():  # a broken link or a link loop: the reader names the problem
-        raise SdlensError(None, f"unknown model {text!r}: use one of {', '.join(ALL_MODELS)}, a config.json or a checkpoint")
+        raise SdlensError(
+            None, f"unknown model {text!r}: use one of {', '.join(ALL_MODELS)}, a config.json or a checkpoint"
+        )
     from sdlens.arch.from_checkpoint import spec_from_config_json, spec_from_path
 
     if p.suffix == ".json" and not p.name.endswith(".index.json"):
@@ -386,21 +412,43 @@ def analyse(
     fwd, tr = _denoiser_cost(spec, eff, width, height, dtype)
 
     # components and parameters
-    comps = [ComponentParams("denoiser", spec.name + " denoiser", B.count_params(den),
-                             _released_params(spec) if spec.source == "released config" else spec.reference_params)]
+    comps = [
+        ComponentParams(
+            "denoiser",
+            spec.name + " denoiser",
+            B.count_params(den),
+            _released_params(spec) if spec.source == "released config" else spec.reference_params,
+        )
+    ]
     tes: list[ForwardCost] = []
     te_flops = 0
     for kind, n_tok in spec.text_encoders:
         chunks, per = B.clip_chunks(kind, n_tok)
-        comps.append(ComponentParams(kind, R.COMPONENT_LABELS.get(kind, kind), B.text_encoder_params(kind),
-                                     C.TEXT_ENCODER_PARAMS.get(kind)))
+        comps.append(
+            ComponentParams(
+                kind,
+                R.COMPONENT_LABELS.get(kind, kind),
+                B.text_encoder_params(kind),
+                C.TEXT_ENCODER_PARAMS.get(kind),
+            )
+        )
         cost = _text_encoder_cost(kind, guidance * batch * chunks, per, dtype)
         tes.append(cost)
         te_flops += cost.total_flops // batch
     vae_total, vae_enc, vae_dec = B.vae_params(spec.vae)
-    comps.append(ComponentParams(spec.vae, "VAE", vae_total, C.VAE_PARAMS.get(spec.vae),
-                                 {"encoder + quant_conv": vae_enc, "decoder (decoder.*)": vae_dec - _post_quant(spec.vae),
-                                  "post_quant_conv": _post_quant(spec.vae)}))
+    comps.append(
+        ComponentParams(
+            spec.vae,
+            "VAE",
+            vae_total,
+            C.VAE_PARAMS.get(spec.vae),
+            {
+                "encoder + quant_conv": vae_enc,
+                "decoder (decoder.*)": vae_dec - _post_quant(spec.vae),
+                "post_quant_conv": _post_quant(spec.vae),
+            },
+        )
+    )
     dec = _vae_cost(spec.vae, "decode", batch, h, w, dtype)
     enc = _vae_cost(spec.vae, "encode", batch, h, w, dtype) if img2img else None
 
@@ -415,14 +463,39 @@ def analyse(
     blocks = _blocks(spec, den, tr.ops, time_embed)
     fam = families.get(spec.family)
     settings = {
-        "res": [width, height], "latent": [h, w], "batch": batch, "cfg": cfg, "denoiser_batch": eff, "steps": steps,
-        "dtype": dtype, "text_tokens": spec.text_tokens, "img2img": img2img, "time_embed": time_embed,
+        "res": [width, height],
+        "latent": [h, w],
+        "batch": batch,
+        "cfg": cfg,
+        "denoiser_batch": eff,
+        "steps": steps,
+        "dtype": dtype,
+        "text_tokens": spec.text_tokens,
+        "img2img": img2img,
+        "time_embed": time_embed,
         "text_encoder_tokens": [list(t) for t in spec.text_encoders],
     }
     report = ArchReport(
-        spec.key, spec.name, spec.cls_name, spec.family, spec.source, spec.config, settings, comps, blocks,
-        _mbw_count(spec, blocks), fam.blocks.mbw if fam else None, fwd, tes, dec, enc, per_image, {},
-        _notebook(spec.key) if spec.source == "released config" else None, list(spec.notes), tr.ops,
+        spec.key,
+        spec.name,
+        spec.cls_name,
+        spec.family,
+        spec.source,
+        spec.config,
+        settings,
+        comps,
+        blocks,
+        _mbw_count(spec, blocks),
+        fam.blocks.mbw if fam else None,
+        fwd,
+        tes,
+        dec,
+        enc,
+        per_image,
+        {},
+        _notebook(spec.key) if spec.source == "released config" else None,
+        list(spec.notes),
+        tr.ops,
     )
     report.memory = _memory(report, dtype)
     report.seconds = time.perf_counter() - t0
@@ -448,8 +521,13 @@ def _notebook(key: str) -> dict[str, Any] | None:
     if row is None:
         return None
     mbw, ti, dp, passmb, total = row
-    return {"mbw_layers": mbw, "params_torchinfo_b": ti, "params_diffusers_b": dp, "fwd_bwd_pass_mb_fp16": passmb,
-            "est_total_gb_fp16": total}
+    return {
+        "mbw_layers": mbw,
+        "params_torchinfo_b": ti,
+        "params_diffusers_b": dp,
+        "fwd_bwd_pass_mb_fp16": passmb,
+        "est_total_gb_fp16": total,
+    }
 
 
 def _memory(r: ArchReport, dtype: str) -> dict[str, Any]:
@@ -459,9 +537,14 @@ def _memory(r: ArchReport, dtype: str) -> dict[str, Any]:
     acts = {"denoiser": r.denoiser, **{t.component: t for t in r.text_encoders}, "vae_decode": r.vae_decode}
     if r.vae_encode is not None:
         acts["vae_encode"] = r.vae_encode
-    out: dict[str, Any] = {"dtype": dtype, "weights": weights,
-                           "activations": {k: {"fused": v.peak_fused, "materialised": v.peak_materialised,
-                                               "at": v.peak_module} for k, v in acts.items()}}
+    out: dict[str, Any] = {
+        "dtype": dtype,
+        "weights": weights,
+        "activations": {
+            k: {"fused": v.peak_fused, "materialised": v.peak_materialised, "at": v.peak_module}
+            for k, v in acts.items()
+        },
+    }
     for mode in ("fused", "materialised"):
         peak = {k: getattr(v, f"peak_{mode}") for k, v in acts.items()}
         all_w = sum(w.values())
@@ -480,8 +563,9 @@ def _memory(r: ArchReport, dtype: str) -> dict[str, Any]:
     return out
 
 
-def compare(models: str | Sequence[str | Path] = "all", *, on_model: Callable[[str], None] | None = None,
-            **kw: Any) -> list[ArchReport]:
+def compare(
+    models: str | Sequence[str | Path] = "all", *, on_model: Callable[[str], None] | None = None, **kw: Any
+) -> list[ArchReport]:
     """:func:`analyse` of each of ``models`` ("all": every released architecture) at the same settings;
     ``on_model(name)`` is told before each is measured."""
     names = (list(ALL_MODELS) if models == "all" else [models]) if isinstance(models, str) else list(models)
@@ -498,13 +582,26 @@ def gemm_rows(report: ArchReport) -> list[dict[str, Any]]:
     rows = []
     for i, o in enumerate(report.ops):
         c = o.conv or {}
-        rows.append({
-            "index": i, "module": o.module, "op": o.op, "kind": o.kind, "batch": o.batch, "M": o.m, "N": o.n,
-            "K": o.k, "conv_in": c.get("in", ""), "conv_out": c.get("out", ""),
-            "kernel": "x".join(map(str, c.get("kernel", []))), "stride": "x".join(map(str, c.get("stride", []))),
-            "groups": c.get("groups", ""), "output": "x".join(map(str, c.get("output", []))),
-            "macs": o.macs, "flops": o.flops,
-        })
+        rows.append(
+            {
+                "index": i,
+                "module": o.module,
+                "op": o.op,
+                "kind": o.kind,
+                "batch": o.batch,
+                "M": o.m,
+                "N": o.n,
+                "K": o.k,
+                "conv_in": c.get("in", ""),
+                "conv_out": c.get("out", ""),
+                "kernel": "x".join(map(str, c.get("kernel", []))),
+                "stride": "x".join(map(str, c.get("stride", []))),
+                "groups": c.get("groups", ""),
+                "output": "x".join(map(str, c.get("output", []))),
+                "macs": o.macs,
+                "flops": o.flops,
+            }
+        )
     return rows
 
 

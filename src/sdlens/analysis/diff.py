@@ -97,9 +97,16 @@ class GroupDiff:
         return math.sqrt(self.sumsq / self.numel) if self.numel else 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"tensors": self.tensors, "changed": self.changed, "identical": self.identical,
-                "same_within_precision": self.within_precision, "numel": self.numel,
-                "l2": self.l2, "rms": self.rms, "max_abs": self.max_abs}
+        return {
+            "tensors": self.tensors,
+            "changed": self.changed,
+            "identical": self.identical,
+            "same_within_precision": self.within_precision,
+            "numel": self.numel,
+            "l2": self.l2,
+            "rms": self.rms,
+            "max_abs": self.max_abs,
+        }
 
 
 @dataclass
@@ -124,11 +131,19 @@ class DiffResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "a": self.a, "b": self.b, "family_a": self.family_a, "family_b": self.family_b,
-            "verdict": self.verdict, "only_a": self.only_a, "only_b": self.only_b,
-            "shape_mismatch": self.shape_mismatch, "dtype_pairs": self.dtype_pairs,
+            "a": self.a,
+            "b": self.b,
+            "family_a": self.family_a,
+            "family_b": self.family_b,
+            "verdict": self.verdict,
+            "only_a": self.only_a,
+            "only_b": self.only_b,
+            "shape_mismatch": self.shape_mismatch,
+            "dtype_pairs": self.dtype_pairs,
             "by_component": {k: v.to_dict() for k, v in self.by_component.items()},
-            "by_block": {c: {b: g.to_dict() for b, g in blocks.items()} for c, blocks in self.by_block.items()},
+            "by_block": {
+                c: {b: g.to_dict() for b, g in blocks.items()} for c, blocks in self.by_block.items()
+            },
             "by_type": {k: v.to_dict() for k, v in self.by_type.items()},
             "tensors": [t.to_dict() for t in self.tensors],
             "time_embed": self.time_embed,
@@ -250,7 +265,9 @@ def diff(
         for name in common:
             ra, rb = idx_a[name], idx_b[name]
             ia, ib = ca.tensors[ra.key], cb.tensors[rb.key]
-            if math.prod(ra.shape) != math.prod(rb.shape) or (ra.shape != rb.shape and len(ra.shape) == len(rb.shape)):
+            if math.prod(ra.shape) != math.prod(rb.shape) or (
+                ra.shape != rb.shape and len(ra.shape) == len(rb.shape)
+            ):
                 mismatch.append({"key": name, "a": list(ra.shape), "b": list(rb.shape)})
                 continue
             component = name.split("/", 1)[0]
@@ -321,9 +338,12 @@ def _indexes(ca: Checkpoint, cb: Checkpoint) -> tuple[str, _Index, _Index]:
         fam = R.FAMILY_BY_ID.get(info.arch)
         ranks = "/".join(str(r) for r in info.ranks) or "?"
         what = f"{info.network if info.network != 'LoRA' else ''} {info.convention}".strip()
-        raise SdlensError(None, f"{side} ({Path(ck.path).name}) is a LoRA ({what}, "
-                          f"{fam.name if fam else info.arch}, rank {ranks}) — compare it with another LoRA, "
-                          "or apply it first")
+        raise SdlensError(
+            None,
+            f"{side} ({Path(ck.path).name}) is a LoRA ({what}, "
+            f"{fam.name if fam else info.arch}, rank {ranks}) — compare it with another LoRA, "
+            "or apply it first",
+        )
     out = []
     for c in (ca, cb):
         idx, fam = canonical_index(c.tensors, c.configs)
@@ -379,8 +399,11 @@ def _compare_pair(ca: Checkpoint, cb: Checkpoint, ra: CanonRef, rb: CanonRef, bu
     metrics = compare_tensors(a, b, buf)
     within = False
     if da != db:  # equal values are the same weights; else every pair's rounding intervals must meet
-        within = metrics["l0"] == 0 and metrics["l2"] == 0.0 or (
-            DTYPES[da].is_float and DTYPES[db].is_float and same_within_precision(a, da, b, db))
+        within = (
+            metrics["l0"] == 0
+            and metrics["l2"] == 0.0
+            or (DTYPES[da].is_float and DTYPES[db].is_float and same_within_precision(a, da, b, db))
+        )
     return False, within, metrics
 
 
@@ -409,16 +432,38 @@ def _aggregate(r: DiffResult) -> None:
         r.by_component.setdefault(t.component, GroupDiff()).add(t)
         r.by_block.setdefault(t.component, {}).setdefault(t.block, GroupDiff()).add(t)
         r.by_type.setdefault(t.layer_type, GroupDiff()).add(t)
-    r.by_block = {c: dict(sorted(g.items(), key=lambda kv: _block_order(kv[0]))) for c, g in r.by_block.items()}
+    r.by_block = {
+        c: dict(sorted(g.items(), key=lambda kv: _block_order(kv[0]))) for c, g in r.by_block.items()
+    }
 
 
 # --------------------------------------------------------------------------- verdict in plain words
 
-_COMP_ORDER = ["denoiser", "controlnet", "clip_l", "openclip_h", "clip_g", "t5", "vae_encoder", "vae_decoder", "ema",
-               "schedule", "markers", "other"]
-_TYPE_WORDS = {"attn1": "self-attention (attn1)", "attn2": "cross-attention (attn2)", "ff": "feed-forward",
-               "norm": "norms", "proj": "projections", "resnet/conv": "resnet/conv", "embedding": "embeddings",
-               "attn": "attention", "other": "other"}
+_COMP_ORDER = [
+    "denoiser",
+    "controlnet",
+    "clip_l",
+    "openclip_h",
+    "clip_g",
+    "t5",
+    "vae_encoder",
+    "vae_decoder",
+    "ema",
+    "schedule",
+    "markers",
+    "other",
+]
+_TYPE_WORDS = {
+    "attn1": "self-attention (attn1)",
+    "attn2": "cross-attention (attn2)",
+    "ff": "feed-forward",
+    "norm": "norms",
+    "proj": "projections",
+    "resnet/conv": "resnet/conv",
+    "embedding": "embeddings",
+    "attn": "attention",
+    "other": "other",
+}
 
 
 def _label(component: str, family: str) -> str:
@@ -438,11 +483,15 @@ def _span(names: list[str]) -> str:
 def _parts(r: DiffResult, side: str) -> set[str]:
     """The model parts (``registry.COMPONENT_PARTS``) one side holds."""
     keys = [t.key for t in r.tensors] + (r.only_a if side == "A" else r.only_b)
-    return {R.COMPONENT_PARTS[c] for c in {k.split("/", 1)[0].split("@")[0] for k in keys} if c in R.COMPONENT_PARTS}
+    return {
+        R.COMPONENT_PARTS[c]
+        for c in {k.split("/", 1)[0].split("@")[0] for k in keys}
+        if c in R.COMPONENT_PARTS
+    }
 
 
 def part_file(r: DiffResult) -> str | None:
-    """"A" or "B" when that side is one part of a model (a VAE, text encoders, a bare denoiser) and the other
+    """ "A" or "B" when that side is one part of a model (a VAE, text encoders, a bare denoiser) and the other
     side holds that part and more: only that part is compared."""
     if r.kind != "checkpoint":
         return None
@@ -465,17 +514,23 @@ def verdict(r: DiffResult) -> list[str]:
     fam = r.family_a if r.family_a != "unknown" else r.family_b
     name = lambda f: R.FAMILY_BY_ID[f].name if f in R.FAMILY_BY_ID else f  # noqa: E731
     if "unknown" not in (r.family_a, r.family_b) and r.family_a != r.family_b:
-        out.append(f"different architectures: A is {name(r.family_a)}, B is {name(r.family_b)} — "
-                   f"comparing the {len(r.tensors)} tensors they share")
+        out.append(
+            f"different architectures: A is {name(r.family_a)}, B is {name(r.family_b)} — "
+            f"comparing the {len(r.tensors)} tensors they share"
+        )
     if r.kind == "lora":
-        out.append(f"two LoRA files, compared target module by target module ({len(r.tensors)} tensors shared)")
+        out.append(
+            f"two LoRA files, compared target module by target module ({len(r.tensors)} tensors shared)"
+        )
     changed = [t for t in r.tensors if t.changed]
     within = [t for t in r.tensors if t.same_within_precision]
     alpha = _alpha_lines(r)
     if not changed and not r.only_a and not r.only_b and not r.shape_mismatch and not alpha:
         if within:
-            out.append(f"same weights at different precisions ({_precisions(r)}: every pair of values is "
-                       "consistent with one common source)")
+            out.append(
+                f"same weights at different precisions ({_precisions(r)}: every pair of values is "
+                "consistent with one common source)"
+            )
         else:
             out.append("identical: every tensor bit-identical")
         return out
@@ -503,8 +558,10 @@ def verdict(r: DiffResult) -> list[str]:
         out += _presence(r.only_a, "A", fam, present) + _presence(r.only_b, "B", fam, present)
     out += alpha
     if r.shape_mismatch:
-        out.append(f"{plural(len(r.shape_mismatch), 'tensor')} differ{'s' if len(r.shape_mismatch) == 1 else ''} in shape (e.g. {r.shape_mismatch[0]['key']}: "
-                   f"{r.shape_mismatch[0]['a']} vs {r.shape_mismatch[0]['b']})")
+        out.append(
+            f"{plural(len(r.shape_mismatch), 'tensor')} differ{'s' if len(r.shape_mismatch) == 1 else ''} in shape (e.g. {r.shape_mismatch[0]['key']}: "
+            f"{r.shape_mismatch[0]['a']} vs {r.shape_mismatch[0]['b']})"
+        )
     return out
 
 
@@ -556,8 +613,10 @@ def _alpha_lines(r: DiffResult) -> list[str]:
         return []
     d = r.alpha_diff[0]
     n = len(r.alpha_diff)
-    return [f"alpha differs in {n} module{'s' if n != 1 else ''} (e.g. {d['module']}: A {d['a']:g}, B {d['b']:g})"
-            " — the same factors at a different strength"]
+    return [
+        f"alpha differs in {n} module{'s' if n != 1 else ''} (e.g. {d['module']}: A {d['a']:g}, B {d['b']:g})"
+        " — the same factors at a different strength"
+    ]
 
 
 def _presence(keys: list[str], side: str, fam: str, shared: set[str]) -> list[str]:

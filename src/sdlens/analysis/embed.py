@@ -60,9 +60,17 @@ class EncoderEmbedding:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "model": self.model, "path": self.path, "encoder": self.encoder, "label": self.label,
-            "layer": self.layer, "pool": self.pool, "normalized": self.normalized, "dim": self.dim,
-            "tokens": list(self.tokens), "truncated": list(self.truncated), "notes": list(self.notes),
+            "model": self.model,
+            "path": self.path,
+            "encoder": self.encoder,
+            "label": self.label,
+            "layer": self.layer,
+            "pool": self.pool,
+            "normalized": self.normalized,
+            "dim": self.dim,
+            "tokens": list(self.tokens),
+            "truncated": list(self.truncated),
+            "notes": list(self.notes),
             "matrices": {k: np.round(v, 6).tolist() for k, v in self.matrices.items()},
         }
 
@@ -99,8 +107,14 @@ class Drift:
         return max((r.drift for r in self.rows), default=0.0)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"model": self.model, "ref": self.ref, "encoder": self.encoder, "mean_cosine": self.mean_cosine,
-                "max_drift": self.max_drift, "rows": [r.to_dict() for r in self.rows]}
+        return {
+            "model": self.model,
+            "ref": self.ref,
+            "encoder": self.encoder,
+            "mean_cosine": self.mean_cosine,
+            "max_drift": self.max_drift,
+            "rows": [r.to_dict() for r in self.rows],
+        }
 
 
 @dataclass
@@ -112,8 +126,13 @@ class ModelInfo:
     skipped: list[str] = field(default_factory=list)  # encoders present but not embedded, with the reason
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "path": self.path, "family": self.family, "encoders": self.encoders,
-                "skipped": list(self.skipped)}
+        return {
+            "name": self.name,
+            "path": self.path,
+            "family": self.family,
+            "encoders": self.encoders,
+            "skipped": list(self.skipped),
+        }
 
 
 @dataclass
@@ -270,13 +289,24 @@ def tokenize(tok: Any, spec: EncoderSpec, texts: Sequence[str]) -> list[list[int
     ids = [list(map(int, x)) for x in enc["input_ids"]]
     top = max(max(x) for x in ids)
     if top >= spec.vocab_size:
-        raise SdlensError(None, f"the tokenizer gives token id {top} but {spec.label} has a vocabulary of "
-                                f"{spec.vocab_size}: pass the tokenizer made for this model (--tokenizer DIR)")
+        raise SdlensError(
+            None,
+            f"the tokenizer gives token id {top} but {spec.label} has a vocabulary of "
+            f"{spec.vocab_size}: pass the tokenizer made for this model (--tokenizer DIR)",
+        )
     return ids
 
 
-def encode(model: Any, spec: EncoderSpec, ids: list[list[int]], *, layer: str | int, pool: str, pad_id: int,
-           batch_size: int = 16) -> tuple[np.ndarray, str]:
+def encode(
+    model: Any,
+    spec: EncoderSpec,
+    ids: list[list[int]],
+    *,
+    layer: str | int,
+    pool: str,
+    pad_id: int,
+    batch_size: int = 16,
+) -> tuple[np.ndarray, str]:
     """(prompts × dim float32 embeddings, layer description) of token id lists, with ``model`` from
     :func:`sdlens.arch.text_encoders.load_text_encoder` (its layer list may be shortened in place)."""
     import torch
@@ -349,7 +379,9 @@ def _parse_encoders(encoder: str | Sequence[str]) -> set[str] | None:
         return None
     bad = wanted - set(ENCODER_KINDS)
     if bad:
-        raise SdlensError(None, f"unknown --encoder {', '.join(sorted(bad))}: use {', '.join(ENCODER_KINDS)} or all")
+        raise SdlensError(
+            None, f"unknown --encoder {', '.join(sorted(bad))}: use {', '.join(ENCODER_KINDS)} or all"
+        )
     return wanted
 
 
@@ -373,7 +405,9 @@ def _resolve_ref(ref: str | Path | None, paths: list[Path], names: list[str]) ->
     if str(ref) in names:
         return names, str(ref)
     if any(rp.exists() and p.exists() and rp.resolve() == p.resolve() for p in paths):
-        return names, names[next(i for i, p in enumerate(paths) if p.exists() and rp.resolve() == p.resolve())]
+        return names, names[
+            next(i for i, p in enumerate(paths) if p.exists() and rp.resolve() == p.resolve())
+        ]
     if rp.exists():
         paths.append(rp)
         names = model_names(paths)
@@ -381,8 +415,9 @@ def _resolve_ref(ref: str | Path | None, paths: list[Path], names: list[str]) ->
     raise SdlensError(ref, "--ref is neither one of the models nor an existing file")
 
 
-def _plan_model(path: Path, name: str, wanted: set[str] | None, must_read: bool,
-                unreadable: list[dict[str, str]]) -> _Plan | None:
+def _plan_model(
+    path: Path, name: str, wanted: set[str] | None, must_read: bool, unreadable: list[dict[str, str]]
+) -> _Plan | None:
     """The encoders of one model to run (headers only); None (listed in ``unreadable``) if it cannot be read."""
     from sdlens.arch.text_encoders import find_text_encoders
     from sdlens.io.open import open_checkpoint
@@ -420,17 +455,34 @@ def _find_plan_tokenizers(plans: list[_Plan], tokenizer_dirs: Sequence[str | Pat
     toks = find_tokenizers([Path(d) for d in tokenizer_dirs], need_clip=need_clip, need_t5=need_t5)
     if need_t5 and toks.t5 is None:
         if wanted is not None and "t5" in wanted:
-            raise SdlensError(None, "no T5 tokenizer found offline: pass --tokenizer DIR (a T5 tokenizer folder "
-                                    "with tokenizer.json, or a SD3/FLUX diffusers repo); sdlens never downloads")
+            raise SdlensError(
+                None,
+                "no T5 tokenizer found offline: pass --tokenizer DIR (a T5 tokenizer folder "
+                "with tokenizer.json, or a SD3/FLUX diffusers repo); sdlens never downloads",
+            )
         for plan in plans:
-            plan[4].extend(f"{s.label}: no T5 tokenizer (pass --tokenizer DIR)" for s in plan[2] if s.arch == "t5")
+            plan[4].extend(
+                f"{s.label}: no T5 tokenizer (pass --tokenizer DIR)" for s in plan[2] if s.arch == "t5"
+            )
             plan[2][:] = [s for s in plan[2] if s.arch != "t5"]
     return toks
 
 
-def _embed_one(ck: Any, spec: EncoderSpec, tok: Any, name: str, path: Path, family: str,
-               prompts: list[Prompt], *, layer: str | int | None, pool: str, normalize: bool, batch_size: int,
-               log: Callable[[str], None] | None) -> EncoderEmbedding:
+def _embed_one(
+    ck: Any,
+    spec: EncoderSpec,
+    tok: Any,
+    name: str,
+    path: Path,
+    family: str,
+    prompts: list[Prompt],
+    *,
+    layer: str | int | None,
+    pool: str,
+    normalize: bool,
+    batch_size: int,
+    log: Callable[[str], None] | None,
+) -> EncoderEmbedding:
     """Build one encoder of ``ck``, embed the prompts, free it."""
     from sdlens.arch.text_encoders import load_text_encoder
 
@@ -439,27 +491,40 @@ def _embed_one(ck: Any, spec: EncoderSpec, tok: Any, name: str, path: Path, fami
     if log:
         log(f"{name}: {spec.label} ({spec.cls_name}, {spec.num_layers} layers, layer {chosen_layer})")
     model = load_text_encoder(ck, spec)
-    vecs, desc = encode(model, spec, ids, layer=chosen_layer, pool=pool, pad_id=_pad_id(tok, spec),
-                        batch_size=batch_size)
+    vecs, desc = encode(
+        model, spec, ids, layer=chosen_layer, pool=pool, pad_id=_pad_id(tok, spec), batch_size=batch_size
+    )
     del model
     gc.collect()
     if normalize:
         norms = np.linalg.norm(vecs.astype(np.float64), axis=1, keepdims=True)
         vecs = (vecs / np.where(norms == 0, 1.0, norms)).astype(np.float32)
     emb = EncoderEmbedding(
-        model=name, path=str(path), encoder=spec.cid, label=spec.label,
-        layer=desc, pool=pool,
-        normalized=normalize, dim=int(vecs.shape[1]), tokens=[len(x) for x in ids],
-        truncated=[p.label for p, x in zip(prompts, ids, strict=True) if len(x) >= spec.max_length
-                   and len(tok(p.text, add_special_tokens=True)["input_ids"]) > spec.max_length],
-        vectors=vecs, notes=list(spec.notes),
+        model=name,
+        path=str(path),
+        encoder=spec.cid,
+        label=spec.label,
+        layer=desc,
+        pool=pool,
+        normalized=normalize,
+        dim=int(vecs.shape[1]),
+        tokens=[len(x) for x in ids],
+        truncated=[
+            p.label
+            for p, x in zip(prompts, ids, strict=True)
+            if len(x) >= spec.max_length
+            and len(tok(p.text, add_special_tokens=True)["input_ids"]) > spec.max_length
+        ],
+        vectors=vecs,
+        notes=list(spec.notes),
     )
     emb.matrices = distance_matrices(vecs)
     return emb
 
 
-def _drift_all(embeddings: list[EncoderEmbedding], models: list[ModelInfo], ref_name: str,
-               prompts: list[Prompt]) -> list[Drift]:
+def _drift_all(
+    embeddings: list[EncoderEmbedding], models: list[ModelInfo], ref_name: str, prompts: list[Prompt]
+) -> list[Drift]:
     """Drift of every embedding against the reference model's of the same encoder; the incomparable skipped."""
     drift: list[Drift] = []
     for enc in dict.fromkeys(e.encoder for e in embeddings):
@@ -471,8 +536,10 @@ def _drift_all(embeddings: list[EncoderEmbedding], models: list[ModelInfo], ref_
                 continue
             if e.dim != base.dim or e.layer != base.layer:
                 info = next(m for m in models if m.name == e.model)
-                info.skipped.append(f"drift of {e.label} vs {ref_name}: not comparable ({e.layer}, {e.dim} dims vs "
-                                    f"{base.layer}, {base.dim} dims; pass the same --layer)")
+                info.skipped.append(
+                    f"drift of {e.label} vs {ref_name}: not comparable ({e.layer}, {e.dim} dims vs "
+                    f"{base.layer}, {base.dim} dims; pass the same --layer)"
+                )
                 continue
             drift.append(compute_drift(e, base, prompts))
     return drift
@@ -523,9 +590,22 @@ def embed(
             by_cid = {s.cid: s for s in specs_now}
             for planned in specs:
                 spec = by_cid[planned.cid]
-                embeddings.append(_embed_one(ck, spec, toks.for_arch(spec.arch), name, path, family, prompts,
-                                             layer=layer, pool=pool, normalize=normalize, batch_size=batch_size,
-                                             log=log))
+                embeddings.append(
+                    _embed_one(
+                        ck,
+                        spec,
+                        toks.for_arch(spec.arch),
+                        name,
+                        path,
+                        family,
+                        prompts,
+                        layer=layer,
+                        pool=pool,
+                        normalize=normalize,
+                        batch_size=batch_size,
+                        log=log,
+                    )
+                )
             models[-1].encoders = [by_cid[s.cid].to_dict() for s in specs]
 
     drift = _drift_all(embeddings, models, ref_name, prompts)

@@ -234,10 +234,25 @@ def describe(ckpt: Checkpoint) -> InspectReport:
     )
 
 
-_ORDER = {k: i for i, k in enumerate(
-    ["denoiser", "controlnet", "clip_l", "openclip_h", "clip_g", "t5", "text_encoder", "vae_encoder", "vae_decoder",
-     "ema", "schedule", "markers"]
-)}
+_ORDER = {
+    k: i
+    for i, k in enumerate(
+        [
+            "denoiser",
+            "controlnet",
+            "clip_l",
+            "openclip_h",
+            "clip_g",
+            "t5",
+            "text_encoder",
+            "vae_encoder",
+            "vae_decoder",
+            "ema",
+            "schedule",
+            "markers",
+        ]
+    )
+}
 
 
 def _count(items) -> dict[str, int]:
@@ -327,7 +342,9 @@ def _check_position_ids(ckpt: Checkpoint, key: str) -> PositionIdsCheck:
     diff = np.abs(vals - np.arange(n))
     i = int(diff.argmax())
     return PositionIdsCheck(
-        key, info.dtype, False,
+        key,
+        info.dtype,
+        False,
         f"not exactly 0..{n - 1}: {int((diff > 0).sum())} of {n} values off, "
         f"worst at index {i} = {float(vals[i]):.6g} (stored as {info.dtype})",
     )
@@ -337,15 +354,25 @@ def _precision(dtypes: dict[str, dict[str, int]]) -> str:
     floats = {d: v["bytes"] for d, v in dtypes.items() if DTYPES[d].is_float}
     if not floats:
         return "none"
-    names = {"F16": "fp16", "BF16": "bf16", "F32": "fp32", "F64": "fp64", "F8_E4M3": "fp8-e4m3", "F8_E5M2": "fp8-e5m2"}
+    names = {
+        "F16": "fp16",
+        "BF16": "bf16",
+        "F32": "fp32",
+        "F64": "fp64",
+        "F8_E4M3": "fp8-e4m3",
+        "F8_E5M2": "fp8-e5m2",
+    }
     if len(floats) == 1:
         return names[next(iter(floats))]
     total = sum(floats.values())
+
     def share(b: int) -> str:
         pct = 100 * b / total
         return f"{pct:.0f}%" if pct >= 1 else "<1%"
 
-    return "mixed: " + ", ".join(f"{names[d]} {share(b)}" for d, b in sorted(floats.items(), key=lambda kv: -kv[1]))
+    return "mixed: " + ", ".join(
+        f"{names[d]} {share(b)}" for d, b in sorted(floats.items(), key=lambda kv: -kv[1])
+    )
 
 
 # --------------------------------------------------------------------------- one-line summary

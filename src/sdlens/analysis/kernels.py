@@ -104,10 +104,18 @@ def _float64_sums(x: np.ndarray, y: np.ndarray, l0: int | None = None) -> PairSu
     differ as numbers); ``None`` when a value is NaN / Inf."""
     d = x - y
     ad = np.abs(d)
-    sums = [float(np.dot(x, x)), float(np.dot(y, y)), float(np.dot(x, y)), float(np.dot(d, d)), float(ad.sum())]
+    sums = [
+        float(np.dot(x, x)),
+        float(np.dot(y, y)),
+        float(np.dot(x, y)),
+        float(np.dot(d, d)),
+        float(ad.sum()),
+    ]
     if not all(math.isfinite(v) for v in sums):
         return None
-    return PairSums(*sums, l0=int(np.count_nonzero(d)) if l0 is None else l0, max_abs=float(ad.max(initial=0.0)))
+    return PairSums(
+        *sums, l0=int(np.count_nonzero(d)) if l0 is None else l0, max_abs=float(ad.max(initial=0.0))
+    )
 
 
 _mixed_used = 0
@@ -120,8 +128,11 @@ def mixed_pair_stats(a: np.ndarray, dtype_a: str, b: np.ndarray, dtype_b: str) -
     is of values that differ as numbers (both widenings are exact)."""
     global _mixed_used
     ra, rb = _raw(a, dtype_a), _raw(b, dtype_b)
-    if ra.size != rb.size or ra.size > _SMALL_ELEMENTS and (
-            "torch" in sys.modules or _mixed_used + ra.size > _NUMPY_BUDGET):
+    if (
+        ra.size != rb.size
+        or ra.size > _SMALL_ELEMENTS
+        and ("torch" in sys.modules or _mixed_used + ra.size > _NUMPY_BUDGET)
+    ):
         return None
     _mixed_used += ra.size if ra.size > _SMALL_ELEMENTS else 0
     return _float64_sums(_values(ra, dtype_a), _values(rb, dtype_b))

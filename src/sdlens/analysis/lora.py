@@ -16,10 +16,21 @@ from sdlens.io.base import Checkpoint, TensorInfo
 
 __all__ = ["LoraInfo", "analyse_lora", "is_lora", "lora_family", "lora_index"]
 
-_KOHYA_COMPONENT = {"unet": "denoiser", "te": "text encoder", "te1": "text encoder 1", "te2": "text encoder 2",
-                    "te3": "text encoder 3"}
-_PEFT_COMPONENT = {None: "denoiser", "unet": "denoiser", "transformer": "denoiser", "text_encoder": "text encoder",
-                   "text_encoder_2": "text encoder 2", "text_encoder_3": "text encoder 3"}
+_KOHYA_COMPONENT = {
+    "unet": "denoiser",
+    "te": "text encoder",
+    "te1": "text encoder 1",
+    "te2": "text encoder 2",
+    "te3": "text encoder 3",
+}
+_PEFT_COMPONENT = {
+    None: "denoiser",
+    "unet": "denoiser",
+    "transformer": "denoiser",
+    "text_encoder": "text encoder",
+    "text_encoder_2": "text encoder 2",
+    "text_encoder_3": "text encoder 3",
+}
 
 
 @dataclass
@@ -59,7 +70,11 @@ def analyse_lora(
     conv = 0
     kinds: set[str] = set()
     for (scope, name), parts in modules.items():
-        comp = _KOHYA_COMPONENT.get(scope) if convention == "kohya" else _PEFT_COMPONENT.get(scope or None, scope)
+        comp = (
+            _KOHYA_COMPONENT.get(scope)
+            if convention == "kohya"
+            else _PEFT_COMPONENT.get(scope or None, scope)
+        )
         comps[comp or scope] += 1
         ltypes[layer_type(name.replace("_", "."))] += 1
         rank, down = lora_rank(parts)
@@ -103,10 +118,15 @@ def analyse_lora(
 # --------------------------------------------------------------------------- alignment of two LoRA files
 
 # the tensor roles of each convention, as one canonical suffix (alpha is a scalar per module, compared apart)
-_ROLE = {"lora_down.weight": "lora_down.weight", "lora_A.weight": "lora_down.weight",
-         "lora.down.weight": "lora_down.weight", "lora_up.weight": "lora_up.weight",
-         "lora_B.weight": "lora_up.weight", "lora.up.weight": "lora_up.weight",
-         "lora_magnitude_vector": "dora_scale"}
+_ROLE = {
+    "lora_down.weight": "lora_down.weight",
+    "lora_A.weight": "lora_down.weight",
+    "lora.down.weight": "lora_down.weight",
+    "lora_up.weight": "lora_up.weight",
+    "lora_B.weight": "lora_up.weight",
+    "lora.up.weight": "lora_up.weight",
+    "lora_magnitude_vector": "dora_scale",
+}
 
 
 @cache
@@ -191,5 +211,12 @@ def _peft_alphas(metadata: Mapping[str, str]) -> dict[str, float]:
         meta = json.loads(metadata.get("lora_adapter_metadata") or "{}")
     except ValueError:
         return {}
-    return {k[: -len(".lora_alpha")]: float(v) for k, v in meta.items()
-            if k.endswith(".lora_alpha") and isinstance(v, int | float)} if isinstance(meta, dict) else {}
+    return (
+        {
+            k[: -len(".lora_alpha")]: float(v)
+            for k, v in meta.items()
+            if k.endswith(".lora_alpha") and isinstance(v, int | float)
+        }
+        if isinstance(meta, dict)
+        else {}
+    )

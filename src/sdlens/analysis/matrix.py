@@ -34,11 +34,18 @@ METRICS = choices(MatrixMetric)
 _TASK_BYTES = matrix_plan._TASK_BYTES  # bytes per model per task (the resume granularity)
 
 
-def plan(paths: Sequence[str | Path], *, metric: str = "l2", time_embed: str = "IN00",
-         task_bytes: int | None = None, variant: str | None = None) -> Plan:
+def plan(
+    paths: Sequence[str | Path],
+    *,
+    metric: str = "l2",
+    time_embed: str = "IN00",
+    task_bytes: int | None = None,
+    variant: str | None = None,
+) -> Plan:
     """:func:`sdlens.analysis.matrix_plan.plan` with this module's default task size."""
-    return matrix_plan.plan(paths, metric=metric, time_embed=time_embed, task_bytes=task_bytes or _TASK_BYTES,
-                            variant=variant)
+    return matrix_plan.plan(
+        paths, metric=metric, time_embed=time_embed, task_bytes=task_bytes or _TASK_BYTES, variant=variant
+    )
 
 
 def matrix(
@@ -95,8 +102,15 @@ def matrix(
         for task in pl.tasks:
             if task.id in total.done:
                 continue
-            total = total + run_task(paths, task, metric=metric, chunk_bytes=chunk_bytes, device=device,
-                                     progress=progress, checkpoints=cks)
+            total = total + run_task(
+                paths,
+                task,
+                metric=metric,
+                chunk_bytes=chunk_bytes,
+                device=device,
+                progress=progress,
+                checkpoints=cks,
+            )
             if state_path is not None:
                 total.save(state_path, fp)
     finally:
@@ -107,4 +121,3 @@ def matrix(
     result = finish(pl, total, metric=metric, by=by, ref=ref_i)
     result.resumed_bytes = reused
     return result
-

@@ -47,7 +47,9 @@ class Plan:
     models: list[ModelInfo]
     tasks: list[Task]
     groups: list[str]
-    signatures: dict[str, list[str | None]]  # group -> per-model digest of its (key, shape) set, None = absent
+    signatures: dict[
+        str, list[str | None]
+    ]  # group -> per-model digest of its (key, shape) set, None = absent
     metric: str
     skipped: list[dict[str, str]] = field(default_factory=list)  # inputs that could not be read: path, error
 
@@ -56,11 +58,9 @@ class Plan:
         return sum(t.nbytes for t in self.tasks)
 
 
-
 def _component_groups(name: str) -> tuple[str, ...]:
     comp = name.split("/", 1)[0].split("@")[0]
     return (comp, "vae") if comp in _VAE else (comp,)
-
 
 
 def _read_headers(paths: Sequence[str | Path], variant: str | None):
@@ -87,15 +87,23 @@ def _read_headers(paths: Sequence[str | Path], variant: str | None):
             idx, fam = layouts[layout] if layout is not None else layouts.pop(None)
             table = json.dumps(entries)
             size = sum(Path(s).stat().st_size for s in {t.source for t in ck.tensors.values()})
-            models.append(ModelInfo(str(p), Path(p).name, fam, size, hashlib.sha256(table.encode()).hexdigest()))
+            models.append(
+                ModelInfo(str(p), Path(p).name, fam, size, hashlib.sha256(table.encode()).hexdigest())
+            )
             indexes.append(idx)
             infos.append(dict(ck.tensors))
             orders.append({k: i for i, k in enumerate(ck.in_file_order())})
     return models, indexes, infos, orders, skipped
 
 
-def plan(paths: Sequence[str | Path], *, metric: str = "l2", time_embed: str = "IN00",
-         task_bytes: int | None = None, variant: str | None = None) -> Plan:
+def plan(
+    paths: Sequence[str | Path],
+    *,
+    metric: str = "l2",
+    time_embed: str = "IN00",
+    task_bytes: int | None = None,
+    variant: str | None = None,
+) -> Plan:
     """Headers only: align every model's tensors by canonical name and cut the work into tasks of about
     ``task_bytes`` per model. An input that cannot be read is left out and listed in ``Plan.skipped``.
     ``variant``: diffusers folders' variant files (``fp16`` ...)."""
@@ -106,8 +114,11 @@ def plan(paths: Sequence[str | Path], *, metric: str = "l2", time_embed: str = "
     if len(models) < 2:
         why = "; ".join(f"{s['path']}: {s['error']}" for s in skipped[:2])
         more = f"; +{len(skipped) - 2} more" if len(skipped) > 2 else ""
-        raise SdlensError(None, f"matrix needs at least two readable models, {len(models)} of {len(paths)} could "
-                                f"be read ({why}{more})")
+        raise SdlensError(
+            None,
+            f"matrix needs at least two readable models, {len(models)} of {len(paths)} could "
+            f"be read ({why}{more})",
+        )
     names = {n for idx in indexes for n in idx}
     # the family that names the merge blocks: the most common one among the models
     fams = [m.family for m in models if m.family != "unknown"]
@@ -132,7 +143,9 @@ def plan(paths: Sequence[str | Path], *, metric: str = "l2", time_embed: str = "
         numel = math.prod(shape)
         nbytes = sum(infos[i][refs[i].key].nbytes * numel // max(1, infos[i][refs[i].key].numel) for i in ok)
         first = ok[0]
-        plans.append(((first, orders[first].get(refs[first].key, 0)), KeyPlan(name, groups, refs, numel, nbytes)))
+        plans.append(
+            ((first, orders[first].get(refs[first].key, 0)), KeyPlan(name, groups, refs, numel, nbytes))
+        )
         for g in groups:
             per_model = members.setdefault(g, [[] for _ in models])
             for i in ok:
@@ -150,12 +163,14 @@ def plan(paths: Sequence[str | Path], *, metric: str = "l2", time_embed: str = "
     if cur:
         tasks.append(Task(len(tasks), cur))
     signatures = {
-        g: [hashlib.sha256("\n".join(sorted(ks)).encode("utf-8", "surrogatepass")).hexdigest() if ks else None for ks in per]
+        g: [
+            hashlib.sha256("\n".join(sorted(ks)).encode("utf-8", "surrogatepass")).hexdigest() if ks else None
+            for ks in per
+        ]
         for g, per in members.items()
     }
     groups = sorted(members, key=_group_order)
     return Plan(models, tasks, groups, signatures, metric, skipped)
-
 
 
 def _group_order(g: str) -> tuple[int, str]:
@@ -168,12 +183,13 @@ def _group_order(g: str) -> tuple[int, str]:
     return (order.index(g) if g in order else 50, g)
 
 
-
 def _fingerprint(p: Plan, metric: str) -> str:
-    doc = {"models": [(m.path, m.size, m.header_sha256) for m in p.models],
-           "tasks": [[k.name for k in t.keys] for t in p.tasks], "metric": metric}
+    doc = {
+        "models": [(m.path, m.size, m.header_sha256) for m in p.models],
+        "tasks": [[k.name for k in t.keys] for t in p.tasks],
+        "metric": metric,
+    }
     return hashlib.sha256(json.dumps(doc).encode()).hexdigest()
-
 
 
 def _ref_index(pl: Plan, ref: str | Path | None) -> int:
@@ -183,7 +199,6 @@ def _ref_index(pl: Plan, ref: str | Path | None) -> int:
         if str(ref) in (m.path, m.name, Path(m.path).stem):
             return i
     raise SdlensError(ref, "--ref is not one of the models")
-
 
 
 def resumed(pl: Plan, state: Path | None, fingerprint: str) -> Partial:

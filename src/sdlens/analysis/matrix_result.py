@@ -31,7 +31,6 @@ class ModelInfo:
         return dict(self.__dict__)
 
 
-
 @dataclass
 class Partial:
     """Additive sums per group, each an N×N float64 array, over the keys both models have: ``d2`` Σ‖xi−xj‖²,
@@ -63,8 +62,11 @@ class Partial:
         """Atomically: write beside, then rename."""
         arrays = {f"{g}|{f}": v for g, fs in self.sums.items() for f, v in fs.items()}
         tmp = path.with_name(f".{path.name}.tmp.npz")
-        np.savez(tmp, __meta__=np.array(json.dumps({"fingerprint": fingerprint, "done": sorted(self.done)})),
-                 **arrays)
+        np.savez(
+            tmp,
+            __meta__=np.array(json.dumps({"fingerprint": fingerprint, "done": sorted(self.done)})),
+            **arrays,
+        )
         os.replace(tmp, path)
 
     @classmethod
@@ -72,14 +74,15 @@ class Partial:
         with np.load(path) as z:
             meta = json.loads(str(z["__meta__"]))
             if meta["fingerprint"] != fingerprint:
-                raise SdlensError(path, "saved partial results belong to another run (models or options differ)")
+                raise SdlensError(
+                    path, "saved partial results belong to another run (models or options differ)"
+                )
             p = cls(n, done=set(meta["done"]))
             for k in z.files:
                 if k != "__meta__":
                     g, f = k.rsplit("|", 1)
                     p.group(g)[f] = z[k].copy()
         return p
-
 
 
 @dataclass
@@ -103,10 +106,14 @@ class MatrixResult:
             by_text.setdefault(text, []).append(g.removeprefix("block:"))
         lines = []
         for text, groups in by_text.items():
-            where = groups[0] if len(groups) == 1 else listing(groups, "block" if self.by == "block" else "group")
+            where = (
+                groups[0] if len(groups) == 1 else listing(groups, "block" if self.by == "block" else "group")
+            )
             lines.append(f"{where}: {text}")
         if self.skipped:
-            lines.append(note("not read (see the errors)", [Path(s["path"]).name for s in self.skipped], "input"))
+            lines.append(
+                note("not read (see the errors)", [Path(s["path"]).name for s in self.skipped], "input")
+            )
         return lines
 
     def matrix(self, group: str) -> np.ndarray:
@@ -130,7 +137,6 @@ class MatrixResult:
             "resumed_bytes": self.resumed_bytes,
             "total_bytes": self.total_bytes,
         }
-
 
 
 def _cosine_distance(acc: dict[str, np.ndarray]) -> np.ndarray:
@@ -165,7 +171,9 @@ def finish(pl: Plan, total: Partial, *, metric: str, by: str, ref: int = 0) -> M
             m = acc["l1"].copy()
         else:
             m = _cosine_distance(acc)
-        broken = [f"{names[i]}: {plural(int(acc['bad'][i, i]), 'tensor')}" for i in range(n) if acc["bad"][i, i] > 0]
+        broken = [
+            f"{names[i]}: {plural(int(acc['bad'][i, i]), 'tensor')}" for i in range(n) if acc["bad"][i, i] > 0
+        ]
         m[~valid | ~np.isfinite(m)] = np.nan
         matrices[g] = [[None if math.isnan(v) else float(v) for v in row] for row in m]
         absent = [names[i] for i in range(n) if sig[i] is None]
@@ -196,5 +204,6 @@ def finish(pl: Plan, total: Partial, *, metric: str, by: str, ref: int = 0) -> M
             if len(members) > 1:
                 groups.append([names[j] for j in members])
         identity[g] = groups
-    return MatrixResult(pl.models, metric, by, ref, matrices, notes, identity, keys, list(pl.skipped),
-                        total_bytes=pl.nbytes)
+    return MatrixResult(
+        pl.models, metric, by, ref, matrices, notes, identity, keys, list(pl.skipped), total_bytes=pl.nbytes
+    )

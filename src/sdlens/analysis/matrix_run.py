@@ -108,8 +108,11 @@ def run_task(
         rep = _identity_rows(raws, dtypes)
         uniq = sorted({rep[i] for i in present})
         row_of = {m: r for r, m in enumerate(uniq)}
-        return present, np.array([row_of[rep[i]] for i in present]), \
-            _key_sums(cks, kp, uniq, want, per_key, device)
+        return (
+            present,
+            np.array([row_of[rep[i]] for i in present]),
+            _key_sums(cks, kp, uniq, want, per_key, device),
+        )
 
     # two keys at a time: while one key's bytes are compared or its small kernel runs on one core, the next
     # one's use the other (the kernels release the GIL); the sums are added here, in key order
@@ -142,8 +145,9 @@ def run_task(
     return part
 
 
-def _key_sums(cks: Sequence[Checkpoint], kp: KeyPlan, uniq: list[int], want: int, chunk_bytes: int,
-              device: str):
+def _key_sums(
+    cks: Sequence[Checkpoint], kp: KeyPlan, uniq: list[int], want: int, chunk_bytes: int, device: str
+):
     """(d2, dp, l1, sq) between the unique rows of one key: u × u float64 (``dp`` antisymmetric, the others
     symmetric) and the u row sums Σx².
 
@@ -186,8 +190,16 @@ def _kernel_sums(cks: Sequence[Checkpoint], kp: KeyPlan, uniq: list[int], want: 
     return sums
 
 
-def _chunked_sums(cks: Sequence[Checkpoint], kp: KeyPlan, uniq: list[int], want: int, chunk_bytes: int,
-                  device: str, *, exact: bool):
+def _chunked_sums(
+    cks: Sequence[Checkpoint],
+    kp: KeyPlan,
+    uniq: list[int],
+    want: int,
+    chunk_bytes: int,
+    device: str,
+    *,
+    exact: bool,
+):
     """Rows widened by torch chunk by chunk: to float32 for the CPU kernel, or (``exact``) to float64 for
     torch's direct pairwise distances on ``device``."""
     import torch
@@ -204,12 +216,14 @@ def _chunked_sums(cks: Sequence[Checkpoint], kp: KeyPlan, uniq: list[int], want:
         x = torch.empty(u, c, dtype=wide)
         for r, f in enumerate(flats):
             x[r].copy_(f[s : s + c])
-        _add(sums, _pairs_torch(x.to(device), want) if exact else pair_rows(list(x.numpy()), "F32", 0, c, want))
+        _add(
+            sums, _pairs_torch(x.to(device), want) if exact else pair_rows(list(x.numpy()), "F32", 0, c, want)
+        )
     return sums
 
 
 def _default_device() -> str:
-    """"cuda" when torch sees a GPU, else "cpu" (without importing torch on machines with no NVIDIA driver)."""
+    """ "cuda" when torch sees a GPU, else "cpu" (without importing torch on machines with no NVIDIA driver)."""
     if not Path("/proc/driver/nvidia").exists():
         return "cpu"
     import torch
@@ -230,4 +244,3 @@ def _pairs_torch(x, want: int):
     sq = (x * x).sum(1)
     dp = sq[:, None] - sq[None, :] if want & 2 else zero
     return tuple(np.triu(t.cpu().numpy(), 1) for t in (d2, dp, l1)) + (sq.cpu().numpy(),)
-

@@ -103,12 +103,15 @@ def consistent(bits_a: np.ndarray, dtype_a: str, bits_b: np.ndarray, dtype_b: st
     return np.where(n1 | n2, n1 & n2, ok)
 
 
-def all_consistent(bits_a: np.ndarray, dtype_a: str, bits_b: np.ndarray, dtype_b: str,
-                   chunk: int = 1 << 18) -> bool:
+def all_consistent(
+    bits_a: np.ndarray, dtype_a: str, bits_b: np.ndarray, dtype_b: str, chunk: int = 1 << 18
+) -> bool:
     """:func:`consistent` for every element, in chunks (its temporaries stay a few MB); stops at the first
     inconsistent chunk."""
-    return all(consistent(bits_a[i : i + chunk], dtype_a, bits_b[i : i + chunk], dtype_b).all()
-               for i in range(0, bits_a.size, chunk))
+    return all(
+        consistent(bits_a[i : i + chunk], dtype_a, bits_b[i : i + chunk], dtype_b).all()
+        for i in range(0, bits_a.size, chunk)
+    )
 
 
 def _ints(t: Any) -> Any:

@@ -48,11 +48,17 @@ class ScanResult:
     def problems(self) -> list[str]:
         out = []
         if self.nan:
-            out.append(f"NaN values in {plural(len(self.nan), 'tensor')} (e.g. {next(iter(self.nan))}: {next(iter(self.nan.values()))})")
+            out.append(
+                f"NaN values in {plural(len(self.nan), 'tensor')} (e.g. {next(iter(self.nan))}: {next(iter(self.nan.values()))})"
+            )
         if self.inf:
-            out.append(f"Inf values in {plural(len(self.inf), 'tensor')} (e.g. {next(iter(self.inf))}: {next(iter(self.inf.values()))})")
+            out.append(
+                f"Inf values in {plural(len(self.inf), 'tensor')} (e.g. {next(iter(self.inf))}: {next(iter(self.inf.values()))})"
+            )
         if self.all_zero:
-            out.append(f"{plural(len(self.all_zero), 'tensor')} {'is' if len(self.all_zero) == 1 else 'are'} all zeros (e.g. {self.all_zero[0]})")
+            out.append(
+                f"{plural(len(self.all_zero), 'tensor')} {'is' if len(self.all_zero) == 1 else 'are'} all zeros (e.g. {self.all_zero[0]})"
+            )
         return out
 
 
@@ -77,7 +83,11 @@ def _piece_stats(dtype: str, arr: np.ndarray) -> tuple[bool, bool]:
     if dtype in ("F8_E4M3", "F8_E5M2"):  # small: decode with torch
         import torch
 
-        f = torch.from_numpy(arr).view(getattr(torch, "float8_e4m3fn" if dtype == "F8_E4M3" else "float8_e5m2")).float()
+        f = (
+            torch.from_numpy(arr)
+            .view(getattr(torch, "float8_e4m3fn" if dtype == "F8_E4M3" else "float8_e5m2"))
+            .float()
+        )
         return not bool(f.isfinite().all()), bool(f.any())
     return False, bool(arr.any())
 
@@ -87,7 +97,11 @@ def _count_nonfinite(dtype: str, arr: np.ndarray) -> tuple[int, int]:
     if dtype not in _BITS:
         import torch
 
-        f = torch.from_numpy(arr).view(getattr(torch, "float8_e4m3fn" if dtype == "F8_E4M3" else "float8_e5m2")).float()
+        f = (
+            torch.from_numpy(arr)
+            .view(getattr(torch, "float8_e4m3fn" if dtype == "F8_E4M3" else "float8_e5m2"))
+            .float()
+        )
         return int(f.isnan().sum()), int(f.isinf().sum())
     _signed, unsigned, pos, _neg, sign = _BITS[dtype]
     u = arr.view(unsigned)
@@ -152,16 +166,22 @@ def scan_tensors(
     return acc.result()
 
 
-def scan_and_hash(ckpt: Checkpoint, progress: Callable[[int], None] | None = None, *, block: int = 16 << 20,
-                  family: str | None = None) -> tuple[ScanResult, list[FileHashes]]:
+def scan_and_hash(
+    ckpt: Checkpoint,
+    progress: Callable[[int], None] | None = None,
+    *,
+    block: int = 16 << 20,
+    family: str | None = None,
+) -> tuple[ScanResult, list[FileHashes]]:
     """``--scan`` and ``--hash`` in one sequential read of each file: every byte is hashed, and every
     tensor's bytes are scanned as they pass (strided torch views, which have no run of bytes of their own,
     are read after). ``progress`` totals :func:`scan_and_hash_bytes`."""
     from sdlens.io.onepass import read_once
 
     acc = _Scan(ckpt, family)
-    hashes, strided = read_once(ckpt, lambda info, _first, arr: acc.add(info.key, info.dtype, arr),
-                                progress=progress, block=block)
+    hashes, strided = read_once(
+        ckpt, lambda info, _first, arr: acc.add(info.key, info.dtype, arr), progress=progress, block=block
+    )
     for piece in stream(ckpt, strided):
         acc.add(piece.key, piece.info.dtype, piece.array)
         if progress:

@@ -24,7 +24,9 @@ class ScheduleInfo:
         return asdict(self)
 
 
-def analyse_schedule(betas=None, alphas_cumprod=None, buffers: list[str] | None = None) -> ScheduleInfo | None:
+def analyse_schedule(
+    betas=None, alphas_cumprod=None, buffers: list[str] | None = None
+) -> ScheduleInfo | None:
     """Classify the noise schedule from ``betas`` (preferred) or ``alphas_cumprod`` (1-D numpy arrays)."""
     if betas is None and alphas_cumprod is None:
         return None
@@ -33,7 +35,11 @@ def analyse_schedule(betas=None, alphas_cumprod=None, buffers: list[str] | None 
         betas = 1 - ac / np.concatenate([[1.0], ac[:-1]])
     betas = np.asarray(betas, dtype=np.float64).reshape(-1)
     n = betas.size
-    ac = np.cumprod(1 - betas) if alphas_cumprod is None else np.asarray(alphas_cumprod, dtype=np.float64).reshape(-1)
+    ac = (
+        np.cumprod(1 - betas)
+        if alphas_cumprod is None
+        else np.asarray(alphas_cumprod, dtype=np.float64).reshape(-1)
+    )
     scaled = np.linspace(STANDARD_BETA_START**0.5, STANDARD_BETA_END**0.5, n) ** 2
     linear = np.linspace(betas[0], betas[-1], n)
     if np.allclose(betas, scaled, rtol=2e-3, atol=1e-7):

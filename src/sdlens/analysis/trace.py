@@ -61,8 +61,17 @@ class Op:
         return 2 * self.macs
 
     def to_dict(self) -> dict[str, Any]:
-        d = {"module": self.module, "op": self.op, "kind": self.kind, "batch": self.batch, "m": self.m,
-             "n": self.n, "k": self.k, "macs": self.macs, "flops": self.flops}
+        d = {
+            "module": self.module,
+            "op": self.op,
+            "kind": self.kind,
+            "batch": self.batch,
+            "m": self.m,
+            "n": self.n,
+            "k": self.k,
+            "macs": self.macs,
+            "flops": self.flops,
+        }
         if self.conv is not None:
             d["conv"] = self.conv
         return d
@@ -87,7 +96,9 @@ class _Recorder:
         self.param_storages = set(self.external)
         self.live: dict[int, list[int]] = {}  # storage id -> [nbytes, tensors alive]
         self.current = 0
-        self.refs: dict[int, tuple[weakref.ref, int]] = {}  # id(weak ref to a tracked tensor) -> (ref, storage id)
+        self.refs: dict[
+            int, tuple[weakref.ref, int]
+        ] = {}  # id(weak ref to a tracked tensor) -> (ref, storage id)
         self.pending_qk: dict[str, bool] = {}
 
     # ------------------------------------------------------------------ module paths
@@ -136,7 +147,9 @@ class _Recorder:
         self.trace.peak_materialised = max(self.trace.peak_materialised, self.current + nbytes)
 
     # ------------------------------------------------------------------ GEMMs
-    def add(self, op: str, kind: str, batch: int, m: int, n: int, k: int, conv: dict[str, Any] | None = None) -> None:
+    def add(
+        self, op: str, kind: str, batch: int, m: int, n: int, k: int, conv: dict[str, Any] | None = None
+    ) -> None:
         self.trace.ops.append(Op(self.where, op, kind, batch, m, n, k, conv))
 
     def is_param(self, t: Any) -> bool:
@@ -161,8 +174,14 @@ def _conv(rec: _Recorder, args: tuple, out: torch.Tensor) -> None:
     else:
         m = n_img * math.prod(spatial_out)
         n, k = w.shape[0], w.shape[1] * math.prod(w.shape[2:])
-    conv = {"in": int(x.shape[1]), "out": int(out.shape[1]), "kernel": list(w.shape[2:]), "stride": list(stride),
-            "groups": int(groups), "output": list(spatial_out)}
+    conv = {
+        "in": int(x.shape[1]),
+        "out": int(out.shape[1]),
+        "kernel": list(w.shape[2:]),
+        "stride": list(stride),
+        "groups": int(groups),
+        "output": list(spatial_out),
+    }
     rec.add("conv", "conv", 1, int(m), int(n), int(k), conv)
 
 
@@ -215,7 +234,7 @@ class _Functions(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func is F.scaled_dot_product_attention:
-            q, k, v = (list(args) + [kwargs.get(n) for n in ("query", "key", "value")][len(args):])[:3]
+            q, k, v = (list(args) + [kwargs.get(n) for n in ("query", "key", "value")][len(args) :])[:3]
             return _sdpa_fused(self.rec, q, k, v)
         return func(*args, **kwargs)
 

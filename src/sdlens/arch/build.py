@@ -64,12 +64,25 @@ def released_spec(key: str, *, tokens: int | None = None) -> ArchSpec:
     """The spec of a released model (``sd1`` … ``flux_dev``, aliases accepted)."""
     fam = families.get(resolve_alias(key))
     if fam is None or fam.pipeline is None or fam.denoiser is None:
-        raise SdlensError(None, f"unknown model {key!r}: use one of {', '.join(measured_models())}, a config.json or "
-                                "a checkpoint")
+        raise SdlensError(
+            None,
+            f"unknown model {key!r}: use one of {', '.join(measured_models())}, a config.json or "
+            "a checkpoint",
+        )
     p = fam.pipeline
-    spec = ArchSpec(fam.id, p.name, fam.id, fam.denoiser.cls_name, dict(fam.denoiser.config),
-                    tuple((t.kind, t.tokens) for t in fam.text_encoders), fam.vae, p.text_tokens, p.cfg,
-                    steps=p.steps, res=tuple(p.res))
+    spec = ArchSpec(
+        fam.id,
+        p.name,
+        fam.id,
+        fam.denoiser.cls_name,
+        dict(fam.denoiser.config),
+        tuple((t.kind, t.tokens) for t in fam.text_encoders),
+        fam.vae,
+        p.text_tokens,
+        p.cfg,
+        steps=p.steps,
+        res=tuple(p.res),
+    )
     return with_tokens(spec, tokens)
 
 
@@ -118,7 +131,9 @@ def diffusers_class(name: str) -> Any:
     return cls
 
 
-def build_denoiser(cls_name: str, config: dict[str, Any], dtype: torch.dtype = torch.float16) -> torch.nn.Module:
+def build_denoiser(
+    cls_name: str, config: dict[str, Any], dtype: torch.dtype = torch.float16
+) -> torch.nn.Module:
     with _quiet():
         cls = diffusers_class(cls_name)
         cfg = {k: v for k, v in config.items() if not k.startswith("_")}
@@ -197,15 +212,22 @@ def latent_size(spec: ArchSpec, width: int, height: int) -> tuple[int, int]:
     """Latent height and width; checks the image size against what the denoiser can take."""
     if width <= 0 or height <= 0:
         raise SdlensError(None, "--res must be positive, e.g. 1024x1024")
-    multiple = 8 * unet_downsampling(spec.config) if spec.is_unet else 8 * int(spec.config.get("patch_size", 2) or 1)
+    multiple = (
+        8 * unet_downsampling(spec.config) if spec.is_unet else 8 * int(spec.config.get("patch_size", 2) or 1)
+    )
     if spec.cls_name == "FluxTransformer2DModel":
         multiple = 16  # 2×2 packing of the latents
     if width % multiple or height % multiple:
-        raise SdlensError(None, f"--res {width}x{height}: {spec.name} needs both sides to be multiples of {multiple}")
+        raise SdlensError(
+            None, f"--res {width}x{height}: {spec.name} needs both sides to be multiples of {multiple}"
+        )
     limit = spec.config.get("pos_embed_max_size") if spec.cls_name == "SD3Transformer2DModel" else None
     if limit and max(width, height) > limit * 8 * spec.config.get("patch_size", 2):
-        raise SdlensError(None, f"--res {width}x{height}: {spec.name}'s positional embedding covers at most "
-                                f"{limit * 8 * spec.config.get('patch_size', 2)} pixels a side")
+        raise SdlensError(
+            None,
+            f"--res {width}x{height}: {spec.name}'s positional embedding covers at most "
+            f"{limit * 8 * spec.config.get('patch_size', 2)} pixels a side",
+        )
     return height // 8, width // 8
 
 
@@ -214,8 +236,9 @@ def unet_downsampling(config: dict[str, Any]) -> int:
     return 2 ** (levels - 1)
 
 
-def denoiser_inputs(spec: ArchSpec, model: torch.nn.Module, batch: int, width: int, height: int,
-                    dtype: torch.dtype) -> dict[str, Any]:
+def denoiser_inputs(
+    spec: ArchSpec, model: torch.nn.Module, batch: int, width: int, height: int, dtype: torch.dtype
+) -> dict[str, Any]:
     """Keyword arguments of one denoiser forward, as the pipeline passes them (shapes only, on meta)."""
     h, w = latent_size(spec, width, height)
     cfg = model.config
@@ -231,7 +254,9 @@ def denoiser_inputs(spec: ArchSpec, model: torch.nn.Module, batch: int, width: i
             "encoder_hidden_states": t(B, L, cfg.cross_attention_dim),
         }
         if cfg.addition_embed_type == "text_time":
-            fam = families.get(spec.family)  # SDXL: sizes and crop (6 values); the refiner: 5, with aesthetics
+            fam = families.get(
+                spec.family
+            )  # SDXL: sizes and crop (6 values); the refiner: 5, with aesthetics
             n_time = fam.denoiser.time_ids if fam is not None and fam.denoiser is not None else 6
             pooled = cfg.projection_class_embeddings_input_dim - n_time * cfg.addition_time_embed_dim
             kw["added_cond_kwargs"] = {"text_embeds": t(B, pooled), "time_ids": t(B, n_time)}

@@ -98,7 +98,9 @@ def _text_encoder(comp: Component) -> dict[str, CanonRef]:
                 kind = "weight" if rest.endswith("weight") else "bias"
                 for i, qkv in enumerate("qkv"):
                     shape = (width, *info.shape[1:])
-                    out[f"{base}self_attn.{qkv}_proj.{kind}"] = CanonRef(info.key, shape, (i * width, (i + 1) * width))
+                    out[f"{base}self_attn.{qkv}_proj.{kind}"] = CanonRef(
+                        info.key, shape, (i * width, (i + 1) * width)
+                    )
                 continue
             for src, dst in _OPENCLIP_LAYER.items():
                 if rest.startswith(src + "."):
@@ -111,7 +113,9 @@ def _text_encoder(comp: Component) -> dict[str, CanonRef]:
         elif rel == "text_projection" and len(info.shape) == 2:
             out["text_projection.weight"] = CanonRef(info.key, (info.shape[1], info.shape[0]), transpose=True)
         elif key.startswith(("encoder.layers.", "embeddings.", "final_layer_norm.")) and comp.id != "t5":
-            out["text_model." + key] = _plain(info)  # NAI-renamed, or the ldm prefix that swallowed text_model.
+            out["text_model." + key] = _plain(
+                info
+            )  # NAI-renamed, or the ldm prefix that swallowed text_model.
         else:
             out[key] = _plain(info)
     return out
@@ -207,7 +211,9 @@ def _released_unet_ldm_keys() -> tuple[tuple[str, ...], ...]:
     from sdlens.arch.keymap import unet_key_map
 
     return tuple(
-        tuple(unet_key_map(cfg).values()) for cls, cfg in C.DENOISERS.values() if cls == "UNet2DConditionModel"
+        tuple(unet_key_map(cfg).values())
+        for cls, cfg in C.DENOISERS.values()
+        if cls == "UNet2DConditionModel"
     )
 
 

@@ -16,7 +16,9 @@ DENOISERS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 # released parameter counts (diffusers' num_parameters() of the released weights)
 DENOISER_PARAMS: dict[str, int] = {
-    f.id: f.denoiser.params for f in _families.FAMILIES if f.denoiser is not None and f.denoiser.params is not None
+    f.id: f.denoiser.params
+    for f in _families.FAMILIES
+    if f.denoiser is not None and f.denoiser.params is not None
 }
 
 # text encoders: kind -> (transformers class name, config kwargs)

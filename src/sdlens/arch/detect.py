@@ -176,7 +176,14 @@ def split_components(tensors: Mapping[str, TensorInfo]) -> Split:
     for prefix, items in pending_te.items():
         kind = text_encoder_kind([rel for rel, _, _ in items])
         for rel, key, info in items:
-            put(kind if kind not in comps or comps[kind].prefix == prefix else f"{kind}@{prefix}", prefix, "diffusers", rel, key, info)
+            put(
+                kind if kind not in comps or comps[kind].prefix == prefix else f"{kind}@{prefix}",
+                prefix,
+                "diffusers",
+                rel,
+                key,
+                info,
+            )
 
     unknown: dict[str, TensorInfo] = {}
     if leftovers:
@@ -189,7 +196,9 @@ def split_components(tensors: Mapping[str, TensorInfo]) -> Split:
                 cid = text_encoder_kind(list(leftovers))
             for key, info in leftovers.items():
                 if cid == "vae":
-                    side = "vae_decoder" if key.startswith(("decoder.", "post_quant_conv.")) else "vae_encoder"
+                    side = (
+                        "vae_decoder" if key.startswith(("decoder.", "post_quant_conv.")) else "vae_encoder"
+                    )
                     put(side, "", conv, key, key, info)
                 else:
                     put(cid, "", conv, key, key, info)
@@ -216,7 +225,11 @@ def _conventions(comps: dict[str, Component]) -> list[str]:
             if conv == "bare" and layout != "unknown":
                 conv = f"bare ({layout})"
         if c.id.startswith("vae") and conv in ("bare", "diffusers"):
-            conv = "diffusers" if any(k.startswith(("encoder.down_blocks", "decoder.up_blocks")) for k in c.keys) else "ldm"
+            conv = (
+                "diffusers"
+                if any(k.startswith(("encoder.down_blocks", "decoder.up_blocks")) for k in c.keys)
+                else "ldm"
+            )
         if conv not in names:
             names.append(conv)
     return names
@@ -264,8 +277,11 @@ def config_markers(configs: Mapping[str, Any] | None) -> list[str]:
     index = (configs or {}).get("model_index") or {}
     if not isinstance(index, Mapping):
         return []
-    return [f"{slot}={v[1]}" for slot, v in index.items()
-            if isinstance(v, list) and len(v) == 2 and isinstance(v[1], str)]
+    return [
+        f"{slot}={v[1]}"
+        for slot, v in index.items()
+        if isinstance(v, list) and len(v) == 2 and isinstance(v[1], str)
+    ]
 
 
 def denoiser_features(split: Split, configs: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -328,7 +344,9 @@ def match_family(features: dict[str, Any], allowed: tuple[str, ...] | None = Non
             std_ok = [k for k, v in fam.standard.items() if features.get(k) == v]
             candidates.append((len(std_ok) - len(fam.standard), len(fam.requires), fam))
     if not candidates:
-        return FamilyMatch("unknown", "unknown", "low", ["denoiser structure matches no known family"], [], [])
+        return FamilyMatch(
+            "unknown", "unknown", "low", ["denoiser structure matches no known family"], [], []
+        )
     candidates.sort(key=lambda c: (c[0], c[1]), reverse=True)
     fam = candidates[0][2]
     reasons = [_say(k, features.get(k)) for k in fam.requires]
@@ -337,16 +355,25 @@ def match_family(features: dict[str, Any], allowed: tuple[str, ...] | None = Non
         for k, v in fam.standard.items()
         if features.get(k) != v
     ]
-    reasons += [_say(k, features.get(k)) for k, v in fam.standard.items() if features.get(k) == v and k not in fam.requires]
+    reasons += [
+        _say(k, features.get(k))
+        for k, v in fam.standard.items()
+        if features.get(k) == v and k not in fam.requires
+    ]
     variants = [v.name for v in fam.variants if features.get(v.feature) == v.value]
     confidence = "high" if not nonstandard else "medium"
     if len(candidates) > 1 and candidates[1][:2] == candidates[0][:2]:
         confidence = "low"
-        reasons.append("also consistent with " + ", ".join(c[2].name for c in candidates[1:] if c[:2] == candidates[0][:2]))
+        reasons.append(
+            "also consistent with "
+            + ", ".join(c[2].name for c in candidates[1:] if c[:2] == candidates[0][:2])
+        )
     return FamilyMatch(fam.id, fam.name, confidence, reasons, variants, nonstandard)
 
 
 def family_from_text_encoders(kinds: list[str]) -> tuple[str, ...]:
     """Families whose text-encoder set equals ``kinds`` (for files holding text encoders only)."""
     ks = set(kinds)
-    return tuple(f.id for f in families.FAMILIES if f.text_encoders and not f.base and set(f.text_encoder_kinds) == ks)
+    return tuple(
+        f.id for f in families.FAMILIES if f.text_encoders and not f.base and set(f.text_encoder_kinds) == ks
+    )

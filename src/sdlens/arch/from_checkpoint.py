@@ -31,13 +31,24 @@ def record_for_config(cls_name: str, config: Mapping[str, Any]) -> Family | None
     ``matches_config`` holds (a record without one takes any config of its class)."""
     for fam in _measurable():
         den = fam.denoiser
-        if den is not None and den.cls_name == cls_name and (den.matches_config is None or den.matches_config(config)):
+        if (
+            den is not None
+            and den.cls_name == cls_name
+            and (den.matches_config is None or den.matches_config(config))
+        ):
             return fam
     return None
 
 
-def _spec(fam: Family, cls_name: str, config: dict[str, Any], source: str, *,
-          notes: list[str] | None = None, reference: int | None = None) -> B.ArchSpec:
+def _spec(
+    fam: Family,
+    cls_name: str,
+    config: dict[str, Any],
+    source: str,
+    *,
+    notes: list[str] | None = None,
+    reference: int | None = None,
+) -> B.ArchSpec:
     base = B.released_spec(fam.id)
     spec = dataclasses.replace(base, cls_name=cls_name, config=config, source=source)
     if spec.is_unet:  # a UNet's sample_size is its latent size: the native resolution follows it
@@ -57,7 +68,9 @@ def spec_from_config_json(path: Path) -> B.ArchSpec:
     check_config(cfg, path)
     cls_name = cfg.get("_class_name")
     if cls_name is None:
-        cls_name = "UNet2DConditionModel" if "block_out_channels" in cfg and "cross_attention_dim" in cfg else None
+        cls_name = (
+            "UNet2DConditionModel" if "block_out_channels" in cfg and "cross_attention_dim" in cfg else None
+        )
     config = {k: v for k, v in cfg.items() if not k.startswith("_")}
     fam = record_for_config(cls_name, config) if isinstance(cls_name, str) else None
     if fam is None:
@@ -82,7 +95,9 @@ def spec_from_path(path: Path) -> B.ArchSpec:
     ident = identify(tensors)
     comps = ident.split.components
     if ident.kind not in ("full", "denoiser"):
-        raise SdlensError(path, "no denoiser in this file (text encoder, VAE or LoRA only): nothing to measure")
+        raise SdlensError(
+            path, "no denoiser in this file (text encoder, VAE or LoRA only): nothing to measure"
+        )
     keys = comps["denoiser"].keys
     match = ident.match
     fam = families.get(match.family)
@@ -100,10 +115,11 @@ def spec_from_path(path: Path) -> B.ArchSpec:
     notes += [f"differs from the released model: {n}" for n in match.nonstandard]
     built = B.count_params(model)
     if built != file_params:
-        notes.append(f"the derived config has {built:,} parameters, the file's denoiser {file_params:,}: "
-                     "figures are for the derived config")
-    return _spec(fam, den.cls_name, config, f"derived from {path.name}", notes=notes,
-                 reference=file_params)
+        notes.append(
+            f"the derived config has {built:,} parameters, the file's denoiser {file_params:,}: "
+            "figures are for the derived config"
+        )
+    return _spec(fam, den.cls_name, config, f"derived from {path.name}", notes=notes, reference=file_params)
 
 
 def persistent_buffers(model) -> int:

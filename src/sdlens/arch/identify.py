@@ -34,16 +34,47 @@ KINDS = ("full", "denoiser", "controlnet", "vae", "text_encoder", "lora", "unkno
 # ----------------------------------------------------------------------------------------------- LoRA keys
 
 # kohya / LyCORIS: lora_<scope>_<module>.<role>; PEFT / diffusers: [<scope>.]<module>.<role>
-KOHYA = re.compile(r"^lora_(unet|te\d?)_(.+?)\.(lora_down\.weight|lora_up\.weight|lora_mid\.weight|alpha|dora_scale|"
-                   r"hada_w[12]_[ab]|hada_t[12]|lokr_w[12](?:_[ab])?|lokr_t2|diff|diff_b|bias_indices|bias_values)$")
-PEFT = re.compile(r"^(?:(unet|transformer|text_encoder|text_encoder_2|text_encoder_3)\.)?(.+?)\."
-                  r"(lora_A\.weight|lora_B\.weight|lora_magnitude_vector|lora\.down\.weight|lora\.up\.weight|alpha)$")
+KOHYA = re.compile(
+    r"^lora_(unet|te\d?)_(.+?)\.(lora_down\.weight|lora_up\.weight|lora_mid\.weight|alpha|dora_scale|"
+    r"hada_w[12]_[ab]|hada_t[12]|lokr_w[12](?:_[ab])?|lokr_t2|diff|diff_b|bias_indices|bias_values)$"
+)
+PEFT = re.compile(
+    r"^(?:(unet|transformer|text_encoder|text_encoder_2|text_encoder_3)\.)?(.+?)\."
+    r"(lora_A\.weight|lora_B\.weight|lora_magnitude_vector|lora\.down\.weight|lora\.up\.weight|alpha)$"
+)
 # every role above as a key suffix: one C-level test rejects the keys of a checkpoint before any regex
-_ROLE_SUFFIXES = tuple("." + r for r in (
-    "lora_down.weight", "lora_up.weight", "lora_mid.weight", "alpha", "dora_scale", "hada_w1_a", "hada_w1_b",
-    "hada_w2_a", "hada_w2_b", "hada_t1", "hada_t2", "lokr_w1", "lokr_w2", "lokr_w1_a", "lokr_w1_b", "lokr_w2_a",
-    "lokr_w2_b", "lokr_t2", "diff", "diff_b", "bias_indices", "bias_values", "lora_A.weight", "lora_B.weight",
-    "lora_magnitude_vector", "lora.down.weight", "lora.up.weight"))
+_ROLE_SUFFIXES = tuple(
+    "." + r
+    for r in (
+        "lora_down.weight",
+        "lora_up.weight",
+        "lora_mid.weight",
+        "alpha",
+        "dora_scale",
+        "hada_w1_a",
+        "hada_w1_b",
+        "hada_w2_a",
+        "hada_w2_b",
+        "hada_t1",
+        "hada_t2",
+        "lokr_w1",
+        "lokr_w2",
+        "lokr_w1_a",
+        "lokr_w1_b",
+        "lokr_w2_a",
+        "lokr_w2_b",
+        "lokr_t2",
+        "diff",
+        "diff_b",
+        "bias_indices",
+        "bias_values",
+        "lora_A.weight",
+        "lora_B.weight",
+        "lora_magnitude_vector",
+        "lora.down.weight",
+        "lora.up.weight",
+    )
+)
 # a scope's text-encoder slot (0: the first text encoder of the family); numbered scopes say "several encoders"
 TE_SLOT = {"te": 0, "te1": 0, "text_encoder": 0, "te2": 1, "text_encoder_2": 1, "te3": 2, "text_encoder_3": 2}
 _NUMBERED = {"te1", "te2", "te3", "text_encoder_2", "text_encoder_3"}
@@ -105,7 +136,11 @@ def lora_match(modules: Modules, metadata: Mapping[str, str] | None = None) -> F
     names = [n for _, n in modules]
     reasons: list[str] = []
     fam: Family | None = None
-    scored = [(sum(1 for n in names if re.search(f.lora_targets, n)), f) for f in families.FAMILIES if f.lora_targets]
+    scored = [
+        (sum(1 for n in names if re.search(f.lora_targets, n)), f)
+        for f in families.FAMILIES
+        if f.lora_targets
+    ]
     best = max((n for n, _ in scored), default=0)
     tied = [f for n, f in scored if n == best and best]
     widths: Counter[int] = Counter()
@@ -119,13 +154,21 @@ def lora_match(modules: Modules, metadata: Mapping[str, str] | None = None) -> F
     elif widths:
         width = widths.most_common(1)[0][0]
         reasons.append(f"cross-attention to_k input width {width}")
-        tied = [f for f in families.FAMILIES if f.denoiser and f.denoiser.config.get("cross_attention_dim") == width]
+        tied = [
+            f
+            for f in families.FAMILIES
+            if f.denoiser and f.denoiser.config.get("cross_attention_dim") == width
+        ]
     elif numbered:  # te1 / te2 / text_encoder_2 ...: a pipeline of several text encoders
         n = max(2, *(TE_SLOT[s] + 1 for s in numbered))
         reasons.append(f"{n} text encoders ({'/'.join(numbered)})")
         tied = [f for f in families.FAMILIES if len(f.text_encoders) == n]
-    base = ((metadata or {}).get("ss_base_model_version") or (metadata or {}).get("modelspec.architecture") or "").lower()
-    hinted = next((f for f in families.FAMILIES if any(h in base for h in f.lora_hints)), None) if base else None
+    base = (
+        (metadata or {}).get("ss_base_model_version") or (metadata or {}).get("modelspec.architecture") or ""
+    ).lower()
+    hinted = (
+        next((f for f in families.FAMILIES if any(h in base for h in f.lora_hints)), None) if base else None
+    )
     if hinted is not None and hinted in tied:
         tied = [hinted, *(f for f in tied if f is not hinted)]
     fam = _first(tied, reasons)
@@ -136,7 +179,9 @@ def lora_match(modules: Modules, metadata: Mapping[str, str] | None = None) -> F
         elif hinted is not fam:
             reasons.append(f"(metadata disagrees with the shapes: {hinted.name})")
     if fam is None:
-        return FamilyMatch("unknown", "unknown", "low", reasons or ["LoRA targets tell no known family"], [], [])
+        return FamilyMatch(
+            "unknown", "unknown", "low", reasons or ["LoRA targets tell no known family"], [], []
+        )
     return FamilyMatch(fam.id, fam.name, "high", reasons, [], [])
 
 
@@ -183,13 +228,26 @@ class Identity:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "kind": self.kind, "label": self.label, **self.match.to_dict(),
-            "components": {c.id: {"prefix": c.prefix, "convention": c.convention, "tensors": len(c.keys),
-                                  "params": c.params} for c in self.split.components.values()},
-            "unknown_keys": list(self.split.unknown), "conventions": list(self.split.conventions),
-            "text_encoders": list(self.text_encoders), "has_vae": self.has_vae,
-            "latent_channels": self.latent_channels, "fits": list(self.fits),
-            "lora_convention": self.lora_convention, "pipeline": self.pipeline,
+            "kind": self.kind,
+            "label": self.label,
+            **self.match.to_dict(),
+            "components": {
+                c.id: {
+                    "prefix": c.prefix,
+                    "convention": c.convention,
+                    "tensors": len(c.keys),
+                    "params": c.params,
+                }
+                for c in self.split.components.values()
+            },
+            "unknown_keys": list(self.split.unknown),
+            "conventions": list(self.split.conventions),
+            "text_encoders": list(self.text_encoders),
+            "has_vae": self.has_vae,
+            "latent_channels": self.latent_channels,
+            "fits": list(self.fits),
+            "lora_convention": self.lora_convention,
+            "pipeline": self.pipeline,
         }
 
 
@@ -202,16 +260,24 @@ def _with(te: list[str], has_vae: bool) -> str:
 
 
 def identify(
-    tensors: Mapping[str, TensorInfo], configs: Mapping[str, Any] | None = None, metadata: Mapping[str, str] | None = None
+    tensors: Mapping[str, TensorInfo],
+    configs: Mapping[str, Any] | None = None,
+    metadata: Mapping[str, str] | None = None,
 ) -> Identity:
     """Identify a file from its tensors' names and shapes (no data read); ``configs`` (a diffusers folder's
     ``config.json`` files by part) and ``metadata`` (safetensors header) add what they tell."""
     index = (configs or {}).get("model_index")
-    pipeline = index.get("_class_name") if isinstance(index, dict) and isinstance(index.get("_class_name"), str) else None
+    pipeline = (
+        index.get("_class_name")
+        if isinstance(index, dict) and isinstance(index.get("_class_name"), str)
+        else None
+    )
     split = split_components(tensors)
     if is_lora(tensors):
         modules, convention = lora_modules(tensors)
-        return Identity("lora", lora_match(modules, metadata), split, lora_convention=convention, pipeline=pipeline)
+        return Identity(
+            "lora", lora_match(modules, metadata), split, lora_convention=convention, pipeline=pipeline
+        )
     comps = split.components
     te = [c for c in comps if c.split("@")[0] in R.TEXT_ENCODER_KINDS]
     has_vae = "vae_encoder" in comps or "vae_decoder" in comps
@@ -236,7 +302,9 @@ def _controlnet(keys: Mapping[str, TensorInfo]) -> FamilyMatch:
     """A ControlNet is half a UNet (its encoder side and middle block): matched against the UNet families, its
     level count read from the input blocks it has."""
     feats = read_features(keys)
-    feats["levels"] = (feats["input_blocks"] + 1) // 3 if feats.get("input_blocks") else feats.get("down_levels")
+    feats["levels"] = (
+        (feats["input_blocks"] + 1) // 3 if feats.get("input_blocks") else feats.get("down_levels")
+    )
     unets = tuple(f.id for f in families.FAMILIES if f.denoiser is not None and f.denoiser.keymap == "unet")
     match = match_family(feats, allowed=unets)
     match.reasons.insert(0, "ControlNet keys (control_model.* / controlnet_cond_embedding.*)")

@@ -61,13 +61,18 @@ class Denoiser:
     params_source: str = ""
     label: str = "UNet"  # how reports name it: UNet, MMDiT, DiT, ...
     # relative keys -> diffusers config, for files whose widths or depths differ from the release
-    config_from_shapes: Callable[[Mapping[str, Any]], dict[str, Any]] | None = field(default=None, hash=False,
-                                                                                      compare=False)
+    config_from_shapes: Callable[[Mapping[str, Any]], dict[str, Any]] | None = field(
+        default=None, hash=False, compare=False
+    )
     keymap: str | None = None  # the key map (sdlens.arch.keymap) between its original and diffusers layouts
     # which records a diffusers config.json of ``cls_name`` belongs to: the first record (in detection order)
     # with a pipeline whose predicate holds (None: any config of the class) is the one measured
-    matches_config: Callable[[Mapping[str, Any]], bool] | None = field(default=None, hash=False, compare=False)
-    time_ids: int = 6  # text_time UNets: micro-conditioning values (SDXL: sizes and crop; refiner: 5 with aesthetics)
+    matches_config: Callable[[Mapping[str, Any]], bool] | None = field(
+        default=None, hash=False, compare=False
+    )
+    time_ids: int = (
+        6  # text_time UNets: micro-conditioning values (SDXL: sizes and crop; refiner: 5 with aesthetics)
+    )
 
 
 @dataclass(frozen=True)
@@ -127,14 +132,20 @@ class Family:
     requires: Mapping[str, Any] = field(hash=False)
     standard: Mapping[str, Any] = field(default_factory=dict, hash=False)
     features: tuple[Feature, ...] = ()
-    derived: Mapping[str, Callable[[dict[str, Any]], Any]] = field(default_factory=dict, hash=False, compare=False)
-    feature_text: Mapping[str, str] = field(default_factory=dict, hash=False)  # how reasons name derived features
+    derived: Mapping[str, Callable[[dict[str, Any]], Any]] = field(
+        default_factory=dict, hash=False, compare=False
+    )
+    feature_text: Mapping[str, str] = field(
+        default_factory=dict, hash=False
+    )  # how reasons name derived features
     variants: tuple[Variant, ...] = ()
     denoiser: Denoiser | None = None
     text_encoders: tuple[TextEncoderSlot, ...] = ()
     vae: str = "kl_f8_c4"  # sdlens.arch.configs VAES key
     latent_channels: int = 4
-    vae_scaling_factor: float | None = None  # the released VAE's scaling_factor where it is not the class default
+    vae_scaling_factor: float | None = (
+        None  # the released VAE's scaling_factor where it is not the class default
+    )
     blocks: Blocks = Blocks()
     pipeline: Pipeline | None = None
     # where each component sits in the single-file (original) layout and in a diffusers folder
@@ -148,7 +159,9 @@ class Family:
     bare_keys: tuple[tuple[str, str], ...] = ()
     lora_hints: tuple[str, ...] = ()  # substrings of a LoRA's ss_base_model_version naming this family
     lora_targets: str = ""  # regex on a LoRA's module names (any convention) that only this denoiser has
-    prediction_probe: PredictionProbe | None = None  # epsilon vs v-prediction, where the structure cannot tell
+    prediction_probe: PredictionProbe | None = (
+        None  # epsilon vs v-prediction, where the structure cannot tell
+    )
     notebook: tuple[int, float, float, int, float] | None = None  # the original notebook's numbers (§7)
     notes: str = ""
 

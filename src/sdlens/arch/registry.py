@@ -44,7 +44,9 @@ class Prefix:
     """Keys starting with ``prefix`` belong to ``component`` and are written in ``convention``."""
 
     prefix: str
-    component: str  # a COMPONENT_LABELS key, "vae" (split into encoder/decoder) or "te?" (kind from structure)
+    component: (
+        str  # a COMPONENT_LABELS key, "vae" (split into encoder/decoder) or "te?" (kind from structure)
+    )
     convention: str
     exclude: str | None = None  # relative keys matching this regex are not part of it
 
@@ -93,6 +95,7 @@ SCHEDULE_KEYS: frozenset[str] = frozenset(
     }
 )
 
+
 @dataclass(frozen=True)
 class ZeroByDesign:
     """Tensors (raw keys matching ``pattern``) that the reference code makes all-zero in a released or freshly
@@ -106,16 +109,21 @@ class ZeroByDesign:
 ZERO_BY_DESIGN: tuple[ZeroByDesign, ...] = (
     # CompVis/Stability ldm DDPM: self.logvar = torch.full((num_timesteps,), logvar_init), logvar_init 0,
     # learn_logvar False in the released v1 / v2 inference configs
-    ZeroByDesign(r"^logvar$", "LDM per-timestep log-variance buffer (logvar_init = 0, not learned)",
-                 ("sd1", "sd2")),
+    ZeroByDesign(
+        r"^logvar$", "LDM per-timestep log-variance buffer (logvar_init = 0, not learned)", ("sd1", "sd2")
+    ),
     # ldm LitEma: num_updates starts at 0 and is only counted when use_num_upates; converted files keep 0
     ZeroByDesign(r"(^|\.)num_updates$", "EMA update counter (0 when updates were not counted)"),
     # ControlNet (Zhang et al. 2023): zero_module() convolutions, all zero until the ControlNet is trained
-    ZeroByDesign(r"(^|\.)(zero_convs\.\d+\.0|middle_block_out\.0|input_hint_block\.14)\.(weight|bias)$",
-                 "ControlNet zero convolution (zero-initialised; zero in an untrained ControlNet)"),
-    ZeroByDesign(r"(^|\.)(controlnet_down_blocks\.\d+|controlnet_mid_block|controlnet_cond_embedding\.conv_out)"
-                 r"\.(weight|bias)$",
-                 "ControlNet zero convolution (zero-initialised; zero in an untrained ControlNet)"),
+    ZeroByDesign(
+        r"(^|\.)(zero_convs\.\d+\.0|middle_block_out\.0|input_hint_block\.14)\.(weight|bias)$",
+        "ControlNet zero convolution (zero-initialised; zero in an untrained ControlNet)",
+    ),
+    ZeroByDesign(
+        r"(^|\.)(controlnet_down_blocks\.\d+|controlnet_mid_block|controlnet_cond_embedding\.conv_out)"
+        r"\.(weight|bias)$",
+        "ControlNet zero convolution (zero-initialised; zero in an untrained ControlNet)",
+    ),
 )
 
 # Which part of a model each component is: a file holding a single part (a VAE, the text encoders, a bare
@@ -150,7 +158,11 @@ BARE_SIGNATURES: tuple[tuple[str, str, str], ...] = (
     (r"^mlp_t5\.0\.weight$", "denoiser", "bare"),
     (r"^t_block\.1\.weight$", "denoiser", "bare"),
     (r"^input_blocks\.0\.0\.weight$", "denoiser", "bare"),
-    (r"^(down_blocks\.\d+\.(resnets|attentions)|transformer_blocks\.\d+\.|single_transformer_blocks\.|joint_transformer_blocks\.)", "denoiser", "diffusers"),
+    (
+        r"^(down_blocks\.\d+\.(resnets|attentions)|transformer_blocks\.\d+\.|single_transformer_blocks\.|joint_transformer_blocks\.)",
+        "denoiser",
+        "diffusers",
+    ),
     (r"^blocks\.\d+\.attn1\.", "denoiser", "diffusers"),
     (r"^(encoder|decoder)\.(down|up|mid|conv_in|down_blocks|up_blocks|mid_block)", "vae", "bare"),
     (r"^text_model\.encoder\.layers\.\d+\.", "te?", "bare"),
@@ -161,7 +173,10 @@ BARE_SIGNATURES: tuple[tuple[str, str, str], ...] = (
 # How a text encoder's kind is read from its own (relative) keys when its slot does not say it.
 # (regex capturing a layer index, layer count -> kind); widths are not used, so tiny models resolve too.
 TEXT_ENCODER_LAYERS: tuple[tuple[str, dict[int, str]], ...] = (
-    (r"^(?:text_model\.)?encoder\.layers\.(\d+)\.", {12: "clip_l", 23: "openclip_h", 24: "openclip_h", 32: "clip_g"}),
+    (
+        r"^(?:text_model\.)?encoder\.layers\.(\d+)\.",
+        {12: "clip_l", 23: "openclip_h", 24: "openclip_h", 32: "clip_g"},
+    ),
     (r"^transformer\.resblocks\.(\d+)\.", {12: "clip_l", 23: "openclip_h", 24: "openclip_h", 32: "clip_g"}),
     (r"^encoder\.block\.(\d+)\.", {24: "t5", 12: "t5"}),
 )
@@ -191,12 +206,24 @@ DERIVED_FEATURES: dict[str, Any] = _families.derived()
 LAYER_TYPES: tuple[tuple[str, str], ...] = (
     ("attn1", r"attn1[._]"),
     ("attn2", r"attn2[._]"),
-    ("attn", r"(attn|attention|self_attn|SelfAttention|EncDecAttention)[._]|[._](qkv|to_[qkv]|in_proj|out_proj|w1[qkv]|w2[qkv])([._]|$)"),
-    ("ff", r"([._]ff[._]|ff_context|[._]mlp[._]|mlp_|[._]fc[12][._]|DenseReluDense|c_fc|c_proj|proj_mlp|linear[12][._])"),
+    (
+        "attn",
+        r"(attn|attention|self_attn|SelfAttention|EncDecAttention)[._]|[._](qkv|to_[qkv]|in_proj|out_proj|w1[qkv]|w2[qkv])([._]|$)",
+    ),
+    (
+        "ff",
+        r"([._]ff[._]|ff_context|[._]mlp[._]|mlp_|[._]fc[12][._]|DenseReluDense|c_fc|c_proj|proj_mlp|linear[12][._])",
+    ),
     ("norm", r"(norm|ln_|layer_norm|ln_final|final_layer_norm|group_norm)"),
     ("proj", r"(proj_in|proj_out|text_projection|proj[._])"),
-    ("embedding", r"(embed|emb[._]|emb_layers|time_in|vector_in|guidance_in|txt_in|img_in|token_embedding|positional_embedding|label_emb|shared)"),
-    ("resnet/conv", r"(conv|resnets|in_layers|out_layers|skip_connection|nin_shortcut|op[._]|block_\d|downsample|upsample|input_blocks\.0\.0)"),
+    (
+        "embedding",
+        r"(embed|emb[._]|emb_layers|time_in|vector_in|guidance_in|txt_in|img_in|token_embedding|positional_embedding|label_emb|shared)",
+    ),
+    (
+        "resnet/conv",
+        r"(conv|resnets|in_layers|out_layers|skip_connection|nin_shortcut|op[._]|block_\d|downsample|upsample|input_blocks\.0\.0)",
+    ),
 )
 
 # --------------------------------------------------------------------------- pipelines (sdlens arch)
@@ -205,10 +232,20 @@ LAYER_TYPES: tuple[tuple[str, str], ...] = (
 def _pipeline_row(f: Family) -> dict[str, Any]:
     p = f.pipeline
     assert p is not None
-    return {"family": f.id, "name": p.name, "aliases": p.aliases,
-            "text_encoders": tuple((t.kind, t.tokens) for t in f.text_encoders), "vae": f.vae,
-            "text_tokens": p.text_tokens, "cfg": p.cfg, "steps": p.steps, "res": p.res}
+    return {
+        "family": f.id,
+        "name": p.name,
+        "aliases": p.aliases,
+        "text_encoders": tuple((t.kind, t.tokens) for t in f.text_encoders),
+        "vae": f.vae,
+        "text_tokens": p.text_tokens,
+        "cfg": p.cfg,
+        "steps": p.steps,
+        "res": p.res,
+    }
 
 
 # The released pipelines ``sdlens arch`` measures by default (architectures.md §1), keyed by family id.
-PIPELINES: dict[str, dict[str, Any]] = {f.id: _pipeline_row(f) for f in FAMILIES if f.pipeline and f.pipeline.measured}
+PIPELINES: dict[str, dict[str, Any]] = {
+    f.id: _pipeline_row(f) for f in FAMILIES if f.pipeline and f.pipeline.measured
+}

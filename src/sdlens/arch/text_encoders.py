@@ -40,7 +40,9 @@ class EncoderSpec:
     arch: str  # clip | t5
     cls_name: str  # transformers class
     config: dict[str, Any]
-    refs: dict[str, CanonRef]  # transformers-layout key (text_model.… / encoder.block.… / shared.weight) -> data
+    refs: dict[
+        str, CanonRef
+    ]  # transformers-layout key (text_model.… / encoder.block.… / shared.weight) -> data
     skipped: list[str] = field(default_factory=list)  # file tensors deliberately not loaded
     notes: list[str] = field(default_factory=list)
 
@@ -68,8 +70,14 @@ class EncoderSpec:
         return slot.layer if slot else "last"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"component": self.cid, "kind": self.kind, "class": self.cls_name, "layers": self.num_layers,
-                "vocab_size": self.vocab_size, "notes": list(self.notes)}
+        return {
+            "component": self.cid,
+            "kind": self.kind,
+            "class": self.cls_name,
+            "layers": self.num_layers,
+            "vocab_size": self.vocab_size,
+            "notes": list(self.notes),
+        }
 
 
 def _strip(key: str) -> str:
@@ -150,17 +158,22 @@ def _spec(ck: Checkpoint, cid: str, refs: dict[str, CanonRef], folder: dict | No
         "num_hidden_layers": n,
         "max_position_embeddings": pos[0],
         "num_attention_heads": _clip_heads(tok[1], kind, folder, notes),
-        "hidden_act": (folder or {}).get("hidden_act") or released.get("hidden_act")
+        "hidden_act": (folder or {}).get("hidden_act")
+        or released.get("hidden_act")
         or ("quick_gelu" if tok[1] == 768 else "gelu"),
     }
     if folder and folder.get("layer_norm_eps"):
         cfg["layer_norm_eps"] = folder["layer_norm_eps"]
-    if tok[0] != released.get("vocab_size", tok[0]):  # a test-size vocabulary: special ids at its end, as in CLIP
+    if tok[0] != released.get(
+        "vocab_size", tok[0]
+    ):  # a test-size vocabulary: special ids at its end, as in CLIP
         cfg.update(bos_token_id=tok[0] - 2, eos_token_id=tok[0] - 1, pad_token_id=tok[0] - 1)
     run_layers = n
     if kind == "openclip_h" and n == released.get("num_hidden_layers", n) + 1:
         run_layers = n - 1
-        notes.append(f"the file's open_clip layer {n - 1} is not used by SD2 (as in the pipeline): not loaded")
+        notes.append(
+            f"the file's open_clip layer {n - 1} is not used by SD2 (as in the pipeline): not loaded"
+        )
     cfg["num_hidden_layers"] = run_layers
     keep: dict[str, CanonRef] = {}
     for k, ref in refs.items():
@@ -186,7 +199,9 @@ def _t5_spec(ck: Checkpoint, cid: str, refs: dict[str, CanonRef], folder: dict |
     q = _shape(refs, "encoder.block.0.layer.0.SelfAttention.q.weight", ck, cid)
     rel = _shape(refs, "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight", ck, cid)
     gated = "encoder.block.0.layer.1.DenseReluDense.wi_0.weight" in refs
-    wi = _shape(refs, "encoder.block.0.layer.1.DenseReluDense." + ("wi_0.weight" if gated else "wi.weight"), ck, cid)
+    wi = _shape(
+        refs, "encoder.block.0.layer.1.DenseReluDense." + ("wi_0.weight" if gated else "wi.weight"), ck, cid
+    )
     heads = rel[1]
     cfg: dict[str, Any] = {
         "vocab_size": emb[0],
@@ -248,17 +263,23 @@ def load_text_encoder(ck: Checkpoint, spec: EncoderSpec, dtype=None):
         t = read_canonical(ck, ref, copy=False)
         state[tgt] = t.to(dtype).contiguous() if t.dtype != dtype else t.contiguous().clone()
     if spec.arch == "t5":  # the input embedding is tied to shared.weight; files keep one of the two
-        for a, b in (("shared.weight", "encoder.embed_tokens.weight"), ("encoder.embed_tokens.weight", "shared.weight")):
+        for a, b in (
+            ("shared.weight", "encoder.embed_tokens.weight"),
+            ("encoder.embed_tokens.weight", "shared.weight"),
+        ):
             if a in state and b not in state and b in model_keys:
                 state[b] = state[a]
     missing = sorted(model_keys - set(state))
     if missing:
         more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
         raise SdlensError(
-            ck.path, f"text encoder {spec.label} ({spec.cid}) is incomplete: missing {', '.join(missing[:3])}{more}"
+            ck.path,
+            f"text encoder {spec.label} ({spec.cid}) is incomplete: missing {', '.join(missing[:3])}{more}",
         )
     if unexpected:
-        spec.notes.append(f"{plural(len(unexpected), 'tensor')} not used by {spec.cls_name}: {', '.join(unexpected[:3])}")
+        spec.notes.append(
+            f"{plural(len(unexpected), 'tensor')} not used by {spec.cls_name}: {', '.join(unexpected[:3])}"
+        )
     model.load_state_dict(state, strict=True, assign=True)
     del state
     for name, buf in list(model.named_buffers()):
@@ -267,7 +288,9 @@ def load_text_encoder(ck: Checkpoint, spec: EncoderSpec, dtype=None):
         owner = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
         leaf = name.rpartition(".")[2]
         if leaf == "position_ids":
-            owner.register_buffer(leaf, torch.arange(buf.shape[-1]).expand(buf.shape).clone(), persistent=False)
+            owner.register_buffer(
+                leaf, torch.arange(buf.shape[-1]).expand(buf.shape).clone(), persistent=False
+            )
         else:
             raise SdlensError(ck.path, f"text encoder {spec.label}: cannot initialise buffer {name}")
     if spec.arch == "t5" and hasattr(model, "encoder"):

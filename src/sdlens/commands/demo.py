@@ -9,7 +9,9 @@ import typer
 
 
 def run(
-    out_dir: Annotated[Path, typer.Option("--out", metavar="DIR", help="Where to write the zoo, tables and plots.")] = Path("demo-out"),
+    out_dir: Annotated[
+        Path, typer.Option("--out", metavar="DIR", help="Where to write the zoo, tables and plots.")
+    ] = Path("demo-out"),
 ) -> None:
     """Build a small synthetic model zoo and run every landed capability on it."""
     from sdlens import console

@@ -14,12 +14,41 @@ from sdlens.console import checked
 def run(
     a: Annotated[Path, typer.Argument(metavar="A", help="First checkpoint (any format or layout).")],
     b: Annotated[Path, typer.Argument(metavar="B", help="Second checkpoint.")],
-    metric: Annotated[str, typer.Option(metavar=metavar(DiffMetric), callback=checked("metric", DiffMetric), help="Metric shown per tensor with --by key.")] = "all",
-    by: Annotated[str, typer.Option(metavar=metavar(DiffBy), callback=checked("by", DiffBy), help="Table granularity.")] = "component",
-    json_file: Annotated[Path | None, typer.Option("--json", metavar="FILE", help="Write every number to this JSON file.")] = None,
-    plot: Annotated[Path | None, typer.Option(metavar="FILE", help="Write plots: FILE.png/.svg (histograms) and FILE-blocks.png/.svg.")] = None,
-    time_embed: Annotated[str, typer.Option(metavar=metavar(TimeEmbed), callback=checked("time_embed", TimeEmbed), help="Merge block of time_embed / label_emb: IN00 (A1111 mergers) or BASE (sd-mecha).")] = "IN00",
-    variant: Annotated[str | None, typer.Option(metavar="NAME", help="Diffusers folders: read this variant's files (fp16 -> *.fp16.safetensors); default: the full-precision ones.")] = None,
+    metric: Annotated[
+        str,
+        typer.Option(
+            metavar=metavar(DiffMetric),
+            callback=checked("metric", DiffMetric),
+            help="Metric shown per tensor with --by key.",
+        ),
+    ] = "all",
+    by: Annotated[
+        str, typer.Option(metavar=metavar(DiffBy), callback=checked("by", DiffBy), help="Table granularity.")
+    ] = "component",
+    json_file: Annotated[
+        Path | None, typer.Option("--json", metavar="FILE", help="Write every number to this JSON file.")
+    ] = None,
+    plot: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="FILE", help="Write plots: FILE.png/.svg (histograms) and FILE-blocks.png/.svg."
+        ),
+    ] = None,
+    time_embed: Annotated[
+        str,
+        typer.Option(
+            metavar=metavar(TimeEmbed),
+            callback=checked("time_embed", TimeEmbed),
+            help="Merge block of time_embed / label_emb: IN00 (A1111 mergers) or BASE (sd-mecha).",
+        ),
+    ] = "IN00",
+    variant: Annotated[
+        str | None,
+        typer.Option(
+            metavar="NAME",
+            help="Diffusers folders: read this variant's files (fp16 -> *.fp16.safetensors); default: the full-precision ones.",
+        ),
+    ] = None,
 ) -> None:
     """What changed between two checkpoints: verdict in plain words, then per component / block / type / tensor."""
     from sdlens import console
@@ -33,7 +62,9 @@ def run(
     for path, option in ((json_file, "--json"), (plot, "--plot")):
         if path is not None:
             console.output_path(path, option)
-    outputs = ([OutFile("--json", json_file)] if json_file else []) + [OutFile("--plot", p) for p in diff_plot_paths(plot)]
+    outputs = ([OutFile("--json", json_file)] if json_file else []) + [
+        OutFile("--plot", p) for p in diff_plot_paths(plot)
+    ]
     check_outputs([a, b], outputs)
     with open_checkpoint(a, variant) as ck:
         total = ck.tensor_bytes

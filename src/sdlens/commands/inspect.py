@@ -12,12 +12,29 @@ from sdlens.errors import SdlensError
 
 
 def run(
-    paths: Annotated[list[Path], typer.Argument(metavar="PATH...", help="Checkpoint files (.safetensors .ckpt .pt .bin), diffusers folders, *.index.json, or folders of models.")],
-    json_out: Annotated[bool, typer.Option("--json", help="Print JSON (schema in docs/inspect-json.md).")] = False,
-    hashes: Annotated[bool, typer.Option("--hash", help="sha256, AutoV2 and the old A1111 hash (reads the whole file).")] = False,
-    scan: Annotated[bool, typer.Option("--scan", help="Read all data: NaN/Inf and all-zero tensors.")] = False,
+    paths: Annotated[
+        list[Path],
+        typer.Argument(
+            metavar="PATH...",
+            help="Checkpoint files (.safetensors .ckpt .pt .bin), diffusers folders, *.index.json, or folders of models.",
+        ),
+    ],
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print JSON (schema in docs/inspect-json.md).")
+    ] = False,
+    hashes: Annotated[
+        bool, typer.Option("--hash", help="sha256, AutoV2 and the old A1111 hash (reads the whole file).")
+    ] = False,
+    scan: Annotated[
+        bool, typer.Option("--scan", help="Read all data: NaN/Inf and all-zero tensors.")
+    ] = False,
     brief: Annotated[bool, typer.Option("--brief", help="Only the one-line summary per file.")] = False,
-    variant: Annotated[str | None, typer.Option(help="Diffusers folders: read this variant's files (fp16 -> *.fp16.safetensors); default: the full-precision ones.")] = None,
+    variant: Annotated[
+        str | None,
+        typer.Option(
+            help="Diffusers folders: read this variant's files (fp16 -> *.fp16.safetensors); default: the full-precision ones."
+        ),
+    ] = None,
 ) -> None:
     """What is this file? Family, layout, components, precision, EMA, metadata, problems: from the header.
 
@@ -71,4 +88,6 @@ def run(
     if json_out:
         print(dumps(results[0] if len(results) == 1 else results))
     if internal or missing or failed:  # a bug outranks a missing input, which outranks a finding
-        raise typer.Exit(console.EXIT_INTERNAL if internal else console.EXIT_USAGE if missing else console.EXIT_PROBLEMS)
+        raise typer.Exit(
+            console.EXIT_INTERNAL if internal else console.EXIT_USAGE if missing else console.EXIT_PROBLEMS
+        )

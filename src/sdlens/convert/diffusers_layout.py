@@ -23,7 +23,9 @@ if TYPE_CHECKING:
 # --------------------------------------------------------------------------- reading a diffusers folder
 
 
-def from_diffusers(ck: Checkpoint, folder: Path, sources: list[str]) -> tuple[dict[str, Item], dict[str, Any], list[str]]:
+def from_diffusers(
+    ck: Checkpoint, folder: Path, sources: list[str]
+) -> tuple[dict[str, Item], dict[str, Any], list[str]]:
     """A diffusers pipeline folder as logical LDM items; the folder's configs; notes."""
     notes: list[str] = []
     configs = _folder_configs(ck, folder)
@@ -34,7 +36,9 @@ def from_diffusers(ck: Checkpoint, folder: Path, sources: list[str]) -> tuple[di
     items: dict[str, Item] = {}
     # UNet first: it tells the family
     family = _unet_from_diffusers(parts.pop("unet", {}), configs.get("unet"), items, notes)
-    dit_layout.from_diffusers(parts, configs, items)  # a DiT's transformer/ (and its VAE) in the record's layout
+    dit_layout.from_diffusers(
+        parts, configs, items
+    )  # a DiT's transformer/ (and its VAE) in the record's layout
     _vae_from_diffusers(parts.pop("vae", {}), configs.get("vae"), family, items)
     for slot in ("text_encoder", "text_encoder_2", "text_encoder_3"):
         _text_encoder_from_diffusers(slot, parts.pop(slot, {}), family, items, notes)
@@ -50,7 +54,9 @@ def _folder_configs(ck: Checkpoint, folder: Path) -> dict[str, Any]:
         from sdlens.io.folders import confined, read_json, root_of
 
         with contextlib.suppress(SdlensError):  # confined to the folder, like its weights
-            configs["scheduler"] = read_json(confined(root_of(folder), folder, "scheduler/scheduler_config.json", folder))
+            configs["scheduler"] = read_json(
+                confined(root_of(folder), folder, "scheduler/scheduler_config.json", folder)
+            )
     return configs
 
 
@@ -59,8 +65,9 @@ def _keep_as_is(rels: dict[str, Item], items: dict[str, Item]) -> None:
         items[it.key] = it
 
 
-def _unet_from_diffusers(unet: dict[str, Item], ucfg: dict[str, Any] | None, items: dict[str, Item],
-                         notes: list[str]) -> str:
+def _unet_from_diffusers(
+    unet: dict[str, Item], ucfg: dict[str, Any] | None, items: dict[str, Item], notes: list[str]
+) -> str:
     """The UNet's items under their LDM names; returns the family they tell."""
     if unet and ucfg:
         mapped: dict[str, Item] = {}
@@ -79,7 +86,9 @@ def _unet_from_diffusers(unet: dict[str, Item], ucfg: dict[str, Any] | None, ite
     return "unknown"
 
 
-def _vae_from_diffusers(vae: dict[str, Item], vcfg: dict[str, Any] | None, family: str, items: dict[str, Item]) -> None:
+def _vae_from_diffusers(
+    vae: dict[str, Item], vcfg: dict[str, Any] | None, family: str, items: dict[str, Item]
+) -> None:
     if not vae:
         return
     vcfg = vcfg or L.vae_config({r: it.shape for r, it in vae.items()}, family)
@@ -91,11 +100,15 @@ def _vae_from_diffusers(vae: dict[str, Item], vcfg: dict[str, Any] | None, famil
             items[it.key] = it
 
 
-def _text_encoder_from_diffusers(slot: str, rels: dict[str, Item], family: str, items: dict[str, Item],
-                                 notes: list[str]) -> None:
+def _text_encoder_from_diffusers(
+    slot: str, rels: dict[str, Item], family: str, items: dict[str, Item], notes: list[str]
+) -> None:
     if not rels:
         return
-    rels = {(r if r.startswith(("text_model.", "text_projection")) else "text_model." + r): it for r, it in rels.items()}
+    rels = {
+        (r if r.startswith(("text_model.", "text_projection")) else "text_model." + r): it
+        for r, it in rels.items()
+    }
     kind = text_encoder_kind(list(rels))
     prefix = L.SINGLE_PREFIX.get(family, {}).get(kind)
     if prefix is None:
@@ -114,8 +127,15 @@ def _text_encoder_from_diffusers(slot: str, rels: dict[str, Item], family: str, 
     pos = rels.get("text_model.embeddings.position_embedding.weight")
     if pos is not None and L.POSITION_IDS not in rels:
         k = prefix + L.POSITION_IDS
-        items[k] = Item(k, (1, pos.shape[0]), "I64", (), op="restore", restore="arange",
-                        note="position_ids restored as int64 0..N-1 (transformers does not store it)")
+        items[k] = Item(
+            k,
+            (1, pos.shape[0]),
+            "I64",
+            (),
+            op="restore",
+            restore="arange",
+            note="position_ids restored as int64 0..N-1 (transformers does not store it)",
+        )
 
 
 def _extras_from_folder(ck: Checkpoint, folder: Path, sources: list[str], items: dict[str, Item]) -> None:
@@ -162,13 +182,16 @@ class _Folder:
     def split_prefix(self, group: dict[str, Item], prefix: str) -> dict[str, Item]:
         """The group's items under ``prefix``, by their names below it; the rest become extras."""
         self.extras += [it for k, it in group.items() if not k.startswith(prefix)]
-        return {k[len(prefix):]: it for k, it in group.items() if k.startswith(prefix)}
+        return {k[len(prefix) :]: it for k, it in group.items() if k.startswith(prefix)}
 
 
-def to_diffusers(items: dict[str, Item], family: str, metadata: dict[str, str], arange_pos: set[str],
-                 inp: Path) -> tuple[list[Item], dict[str, dict[str, Any]], list[Item]]:
+def to_diffusers(
+    items: dict[str, Item], family: str, metadata: dict[str, str], arange_pos: set[str], inp: Path
+) -> tuple[list[Item], dict[str, dict[str, Any]], list[Item]]:
     comps_present = {it.component for it in items.values()}
-    if "denoiser" in comps_present and (dit := dit_layout.diffusers_layout(items, family, metadata, inp, EXTRAS_FILE)):
+    if "denoiser" in comps_present and (
+        dit := dit_layout.diffusers_layout(items, family, metadata, inp, EXTRAS_FILE)
+    ):
         return dit
     known: dict[str, Any] = {}
     if CONFIGS_META in metadata:
@@ -203,7 +226,9 @@ def to_diffusers(items: dict[str, Item], family: str, metadata: dict[str, str], 
     return out.final, out.json_files, out.dropped
 
 
-def _text_encoder_to_diffusers(out: _Folder, kind: str, slot: str, group: dict[str, Item], family: str) -> None:
+def _text_encoder_to_diffusers(
+    out: _Folder, kind: str, slot: str, group: dict[str, Item], family: str
+) -> None:
     rels = out.split_prefix(group, L.SINGLE_PREFIX[family][kind])
     file = f"{slot}/model.safetensors"
     if kind in L.OPENCLIP_KINDS:
@@ -216,7 +241,9 @@ def _text_encoder_to_diffusers(out: _Folder, kind: str, slot: str, group: dict[s
             hf = r if r.startswith(("text_model.", "text_projection")) else "text_model." + r
             if hf == L.POSITION_IDS:
                 if it.key in out.arange_pos:
-                    out.dropped.append(drop_item(it, "int64 0..N-1: transformers rebuilds it; restored when converting back"))
+                    out.dropped.append(
+                        drop_item(it, "int64 0..N-1: transformers rebuilds it; restored when converting back")
+                    )
                 else:
                     out.extras.append(it)
                 continue

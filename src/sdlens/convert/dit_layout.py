@@ -42,7 +42,10 @@ def denoiser_config(fam: Family, shapes: Mapping[str, tuple[int, ...]], path: An
     if den is None or den.config_from_shapes is None:
         raise SdlensError(path, f"--layout diffusers: the {fam.id} record has no config-from-shapes function")
     cfg = den.config_from_shapes(_infos(shapes))
-    return {"_class_name": den.cls_name, **{k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()}}
+    return {
+        "_class_name": den.cls_name,
+        **{k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()},
+    }
 
 
 def single_prefix(fam: Family, component: str) -> str:
@@ -61,8 +64,14 @@ def strip_prefix(keys: list[str], candidates: tuple[str, ...]) -> str:
 # --------------------------------------------------------------------------- single file -> diffusers folder
 
 
-def to_diffusers(items: Mapping[str, Any], fam: Family, km: DitMap, known: Mapping[str, Any], extras_file: str,
-                 path: Any = None) -> tuple[list[Any], dict[str, dict[str, Any]], list[Any]]:
+def to_diffusers(
+    items: Mapping[str, Any],
+    fam: Family,
+    km: DitMap,
+    known: Mapping[str, Any],
+    extras_file: str,
+    path: Any = None,
+) -> tuple[list[Any], dict[str, dict[str, Any]], list[Any]]:
     """Items of a DiT single file (logical single-file keys) -> (items placed in the folder's files, the JSON
     files, dropped items). ``known``: configs a diffusers folder left in the file's metadata (used as they are)."""
     final: list[Any] = []
@@ -81,7 +90,7 @@ def to_diffusers(items: Mapping[str, Any], fam: Family, km: DitMap, known: Mappi
         by_comp.setdefault(it.component, {})[k] = it
     den = by_comp.pop("denoiser", {})
     prefix = strip_prefix(list(den), (single_prefix(fam, "denoiser"), "model.diffusion_model."))
-    rels = {k[len(prefix):]: it for k, it in den.items() if it.simple}
+    rels = {k[len(prefix) :]: it for k, it in den.items() if it.simple}
     extras += [it for it in den.values() if not it.simple]
     slot = fam.diffusers_slots.get("denoiser", "transformer")
     file = f"{slot}/diffusion_pytorch_model.safetensors"
@@ -97,7 +106,7 @@ def to_diffusers(items: Mapping[str, Any], fam: Family, km: DitMap, known: Mappi
     vae = {**by_comp.pop("vae_encoder", {}), **by_comp.pop("vae_decoder", {})}
     if vae:
         vprefix = strip_prefix(list(vae), (single_prefix(fam, "vae"), "first_stage_model.", "vae."))
-        vrels = {k[len(vprefix):]: it for k, it in vae.items()}
+        vrels = {k[len(vprefix) :]: it for k, it in vae.items()}
         vcfg = known.get("vae") or L.vae_config({r: it.shape for r, it in vrels.items()}, fam.id)
         for r, it in vrels.items():
             try:
@@ -115,8 +124,10 @@ def to_diffusers(items: Mapping[str, Any], fam: Family, km: DitMap, known: Mappi
         new.note = (new.note + "; " if new.note else "") + "no diffusers counterpart: kept in " + extras_file
         final.append(new)
     sched = known.get("scheduler") or L.scheduler_config(fam.id)
-    index: dict[str, Any] = dict(known.get("model_index") or {
-        "_class_name": fam.pipeline.diffusers_class if fam.pipeline else "DiffusionPipeline"})
+    index: dict[str, Any] = dict(
+        known.get("model_index")
+        or {"_class_name": fam.pipeline.diffusers_class if fam.pipeline else "DiffusionPipeline"}
+    )
     index.setdefault(slot, ["diffusers", cfg["_class_name"]])
     if vae:
         index.setdefault("vae", ["diffusers", "AutoencoderKL"])
@@ -136,7 +147,9 @@ def _family_of(rels: Mapping[str, Any]) -> tuple[Family, DitMap] | None:
     return dit_record(match_family(read_features(infos)).family)
 
 
-def from_diffusers(parts: dict[str, dict[str, Any]], configs: Mapping[str, Any], items: dict[str, Any]) -> None:
+def from_diffusers(
+    parts: dict[str, dict[str, Any]], configs: Mapping[str, Any], items: dict[str, Any]
+) -> None:
     """A DiT folder's denoiser slot (and its VAE) -> single-file items, in the record's single-file layout;
     ``parts`` (slot -> relative key -> item) loses the slots it handles. Nothing happens for other folders."""
     slots = {f.diffusers_slots.get("denoiser") for f in families.all_families() if dit_record(f.id)}
@@ -169,8 +182,10 @@ def from_diffusers(parts: dict[str, dict[str, Any]], configs: Mapping[str, Any],
                 continue
             items[vprefix + k] = L.renamed(it, vprefix + k, shape)
 
-def diffusers_layout(items: dict[str, Any], family: str, metadata: dict[str, str], path: Any,
-                     extras_file: str) -> tuple[list[Any], dict[str, dict[str, Any]], list[Any]] | None:
+
+def diffusers_layout(
+    items: dict[str, Any], family: str, metadata: dict[str, str], path: Any, extras_file: str
+) -> tuple[list[Any], dict[str, dict[str, Any]], list[Any]] | None:
     """The gate of ``--layout diffusers`` for a file with a denoiser: None for the UNet families (their
     conversion follows), the whole folder (items, JSON files, dropped) for a DiT family with a key map, and a
     clear refusal for anything else."""

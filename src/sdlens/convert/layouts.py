@@ -54,11 +54,18 @@ class Item:
     @property
     def simple(self) -> bool:
         """One whole input tensor, unchanged in element order (written straight from the stream)."""
-        return self.restore is None and len(self.pieces) == 1 and not self.pieces[0].rows and not self.pieces[0].transpose
+        return (
+            self.restore is None
+            and len(self.pieces) == 1
+            and not self.pieces[0].rows
+            and not self.pieces[0].transpose
+        )
 
 
 def renamed(item: Item, key: str, shape: tuple[int, ...] | None = None) -> Item:
-    return replace(item, key=key, shape=tuple(shape) if shape is not None else item.shape, tags=set(item.tags))
+    return replace(
+        item, key=key, shape=tuple(shape) if shape is not None else item.shape, tags=set(item.tags)
+    )
 
 
 # --------------------------------------------------------------------------- VAE
@@ -79,11 +86,17 @@ def vae_config(shapes: dict[str, tuple[int, ...]], family: str = "") -> dict[str
     diffusers = any(k.startswith("encoder.down_blocks.") for k in shapes)
     lvl_rx = re.compile(r"^encoder\.down_blocks\.(\d+)\." if diffusers else r"^encoder\.down\.(\d+)\.")
     levels = len({m.group(1) for k in shapes if (m := lvl_rx.match(k))}) or 4
-    res_rx = re.compile(r"^encoder\.down_blocks\.0\.resnets\.(\d+)\." if diffusers else r"^encoder\.down\.0\.block\.(\d+)\.")
+    res_rx = re.compile(
+        r"^encoder\.down_blocks\.0\.resnets\.(\d+)\." if diffusers else r"^encoder\.down\.0\.block\.(\d+)\."
+    )
     per = len({m.group(1) for k in shapes if (m := res_rx.match(k))}) or 2
     chans = []
     for lvl in range(levels):
-        k = f"encoder.down_blocks.{lvl}.resnets.0.conv1.weight" if diffusers else f"encoder.down.{lvl}.block.0.conv1.weight"
+        k = (
+            f"encoder.down_blocks.{lvl}.resnets.0.conv1.weight"
+            if diffusers
+            else f"encoder.down.{lvl}.block.0.conv1.weight"
+        )
         chans.append(shapes[k][0] if k in shapes else 0)
     latent = shapes.get("decoder.conv_in.weight", (0, 4))[1]
     cfg = dict(next((v for v in C.VAES.values() if v.get("latent_channels") == latent), C.VAES["kl_f8_c4"]))
@@ -116,14 +129,18 @@ def _vae_pmap(cfg: dict[str, Any]):
     return PrefixMap(vae_prefix_table({k: v for k, v in cfg.items() if not k.startswith("_")}))
 
 
-def vae_ldm_to_diffusers(rel: str, shape: tuple[int, ...], cfg: dict[str, Any]) -> tuple[str, tuple[int, ...]]:
+def vae_ldm_to_diffusers(
+    rel: str, shape: tuple[int, ...], cfg: dict[str, Any]
+) -> tuple[str, tuple[int, ...]]:
     key, _conv = _vae_pmap(cfg).to_diffusers(rel)
     if _VAE_ATTN.search(rel) and len(shape) == 4:
         shape = shape[:2]
     return key, shape
 
 
-def vae_diffusers_to_ldm(rel: str, shape: tuple[int, ...], cfg: dict[str, Any]) -> tuple[str, tuple[int, ...]]:
+def vae_diffusers_to_ldm(
+    rel: str, shape: tuple[int, ...], cfg: dict[str, Any]
+) -> tuple[str, tuple[int, ...]]:
     key, _conv = _vae_pmap(cfg).to_ldm(rel)
     if _VAE_ATTN_DIFFUSERS.search(rel) and len(shape) == 2:
         shape = (*shape, 1, 1)
@@ -132,10 +149,14 @@ def vae_diffusers_to_ldm(rel: str, shape: tuple[int, ...], cfg: dict[str, Any]) 
 
 # --------------------------------------------------------------------------- UNet
 
-_POOLED = C.TEXT_ENCODERS["clip_g"][1].get("projection_dim", 1280)  # the pooled text width of SDXL's label_emb
+_POOLED = C.TEXT_ENCODERS["clip_g"][1].get(
+    "projection_dim", 1280
+)  # the pooled text width of SDXL's label_emb
 
 
-def unet_config(family: str, shapes: dict[str, tuple[int, ...]], pooled_dim: int | None = None) -> dict[str, Any]:
+def unet_config(
+    family: str, shapes: dict[str, tuple[int, ...]], pooled_dim: int | None = None
+) -> dict[str, Any]:
     """A diffusers UNet2DConditionModel config for an LDM UNet (no prefix): the family's released config with
     every width that can be read off the weights replaced (channels, context width, inputs, outputs)."""
     fam = families.get(family)
@@ -170,7 +191,11 @@ def unet_config(family: str, shapes: dict[str, tuple[int, ...]], pooled_dim: int
         released = full.get("projection_class_embeddings_input_dim") or 0
         id_dim = full.get("addition_time_embed_dim") or 0
         n_ids = (released - _POOLED) // id_dim if released > _POOLED and id_dim else 5
-        if pooled_dim and (adm[1] - pooled_dim) % n_ids == 0 and adm[1] != full.get("projection_class_embeddings_input_dim"):
+        if (
+            pooled_dim
+            and (adm[1] - pooled_dim) % n_ids == 0
+            and adm[1] != full.get("projection_class_embeddings_input_dim")
+        ):
             cfg["addition_time_embed_dim"] = (adm[1] - pooled_dim) // n_ids
     return cfg
 
@@ -192,18 +217,27 @@ def unet_diffusers_to_ldm(rel: str, cfg: dict[str, Any]) -> str:
 
 # --------------------------------------------------------------------------- CLIP
 
-_OC_LAYER = {"ln_1": "layer_norm1", "ln_2": "layer_norm2", "attn.out_proj": "self_attn.out_proj",
-             "mlp.c_fc": "mlp.fc1", "mlp.c_proj": "mlp.fc2"}
-_OC_TOP = {"token_embedding.weight": "text_model.embeddings.token_embedding.weight",
-           "positional_embedding": "text_model.embeddings.position_embedding.weight",
-           "ln_final.weight": "text_model.final_layer_norm.weight",
-           "ln_final.bias": "text_model.final_layer_norm.bias"}
+_OC_LAYER = {
+    "ln_1": "layer_norm1",
+    "ln_2": "layer_norm2",
+    "attn.out_proj": "self_attn.out_proj",
+    "mlp.c_fc": "mlp.fc1",
+    "mlp.c_proj": "mlp.fc2",
+}
+_OC_TOP = {
+    "token_embedding.weight": "text_model.embeddings.token_embedding.weight",
+    "positional_embedding": "text_model.embeddings.position_embedding.weight",
+    "ln_final.weight": "text_model.final_layer_norm.weight",
+    "ln_final.bias": "text_model.final_layer_norm.bias",
+}
 _OC_RESBLOCK = re.compile(r"^transformer\.resblocks\.(\d+)\.(.+)$")
 _HF_LAYER = re.compile(r"^text_model\.encoder\.layers\.(\d+)\.(.+)$")
 POSITION_IDS = "text_model.embeddings.position_ids"
 
 
-def openclip_to_hf(items: dict[str, Item], num_layers: int | None, projection: bool) -> tuple[list[Item], list[str]]:
+def openclip_to_hf(
+    items: dict[str, Item], num_layers: int | None, projection: bool
+) -> tuple[list[Item], list[str]]:
     """open_clip text encoder items (rel key -> item) -> HF CLIPTextModel items; and the rel keys with no HF
     counterpart (``logit_scale``, ``attn_mask``, layers past ``num_layers``, a projection the class lacks)."""
     out: list[Item] = []
@@ -213,8 +247,12 @@ def openclip_to_hf(items: dict[str, Item], num_layers: int | None, projection: b
             out.append(renamed(it, _OC_TOP[rel]))
         elif rel == "text_projection" and projection and len(it.shape) == 2:
             p = it.pieces[0]
-            out.append(replace(renamed(it, "text_projection.weight", (it.shape[1], it.shape[0])),
-                               pieces=(replace(p, transpose=True),)))
+            out.append(
+                replace(
+                    renamed(it, "text_projection.weight", (it.shape[1], it.shape[0])),
+                    pieces=(replace(p, transpose=True),),
+                )
+            )
         elif m := _OC_RESBLOCK.match(rel):
             n, rest = int(m.group(1)), m.group(2)
             if num_layers is not None and n >= num_layers:
@@ -226,11 +264,16 @@ def openclip_to_hf(items: dict[str, Item], num_layers: int | None, projection: b
                 width = it.shape[0] // 3
                 for i, q in enumerate("qkv"):
                     p = replace(it.pieces[0], rows=(i * width, (i + 1) * width))
-                    out.append(replace(renamed(it, f"{base}self_attn.{q}_proj.{kind}", (width, *it.shape[1:])), pieces=(p,)))
+                    out.append(
+                        replace(
+                            renamed(it, f"{base}self_attn.{q}_proj.{kind}", (width, *it.shape[1:])),
+                            pieces=(p,),
+                        )
+                    )
                 continue
             for src, dst in _OC_LAYER.items():
                 if rest.startswith(src + "."):
-                    out.append(renamed(it, base + dst + rest[len(src):]))
+                    out.append(renamed(it, base + dst + rest[len(src) :]))
                     break
             else:
                 left.append(rel)
@@ -250,7 +293,12 @@ def hf_to_openclip(items: dict[str, Item]) -> tuple[list[Item], list[str]]:
             out.append(renamed(it, rev_top[rel]))
         elif rel == "text_projection.weight" and len(it.shape) == 2:
             p = it.pieces[0]
-            out.append(replace(renamed(it, "text_projection", (it.shape[1], it.shape[0])), pieces=(replace(p, transpose=True),)))
+            out.append(
+                replace(
+                    renamed(it, "text_projection", (it.shape[1], it.shape[0])),
+                    pieces=(replace(p, transpose=True),),
+                )
+            )
         elif m := _HF_LAYER.match(rel):
             n, rest = int(m.group(1)), m.group(2)
             if qm := re.fullmatch(r"self_attn\.([qkv])_proj\.(weight|bias)", rest):
@@ -258,7 +306,7 @@ def hf_to_openclip(items: dict[str, Item]) -> tuple[list[Item], list[str]]:
                 continue
             for src, dst in _OC_LAYER.items():
                 if rest.startswith(dst + "."):
-                    out.append(renamed(it, f"transformer.resblocks.{n}.{src}{rest[len(dst):]}"))
+                    out.append(renamed(it, f"transformer.resblocks.{n}.{src}{rest[len(dst) :]}"))
                     break
             else:
                 left.append(rel)
@@ -271,7 +319,9 @@ def hf_to_openclip(items: dict[str, Item]) -> tuple[list[Item], list[str]]:
         first = parts["q"]
         shape = (sum(parts[q].shape[0] for q in "qkv"), *first.shape[1:])
         pieces = tuple(p for q in "qkv" for p in parts[q].pieces)
-        merged = replace(renamed(first, f"transformer.resblocks.{n}.attn.in_proj_{kind}", shape), pieces=pieces)
+        merged = replace(
+            renamed(first, f"transformer.resblocks.{n}.attn.in_proj_{kind}", shape), pieces=pieces
+        )
         out.append(merged)
     return out, left
 
@@ -281,7 +331,9 @@ def clip_layers(rels: list[str]) -> int:
     return len({m.group(1) for k in rels if (m := rx.match(k))})
 
 
-def text_config(kind: str, shapes: dict[str, tuple[int, ...]], layers: int, projection: bool) -> dict[str, Any]:
+def text_config(
+    kind: str, shapes: dict[str, tuple[int, ...]], layers: int, projection: bool
+) -> dict[str, Any]:
     """A transformers CLIPTextConfig dict for an HF-layout text encoder, widths read off the weights."""
     cls, base = C.TEXT_ENCODERS.get(kind, C.TEXT_ENCODERS["clip_l"])
     cfg: dict[str, Any] = dict(base)
@@ -311,21 +363,32 @@ def text_config(kind: str, shapes: dict[str, tuple[int, ...]], layers: int, proj
 # Views of the records (sdlens.arch.families) the folder <-> single-file code reads: per family, where each
 # text encoder sits in the single file and which diffusers slot it fills, and the pipeline class.
 def _te_map(field: str) -> dict[str, dict[str, str]]:
-    return {f.id: {k: v for k, v in getattr(f, field).items() if k in f.text_encoder_kinds}
-            for f in families.all_families()}
+    return {
+        f.id: {k: v for k, v in getattr(f, field).items() if k in f.text_encoder_kinds}
+        for f in families.all_families()
+    }
 
 
 SINGLE_PREFIX: dict[str, dict[str, str]] = _te_map("single_file")
 PIPELINE_SLOT: dict[str, dict[str, str]] = _te_map("diffusers_slots")
-PIPELINE_CLASS: dict[str, str] = {f.id: f.pipeline.diffusers_class for f in families.all_families()
-                                  if f.pipeline and f.pipeline.diffusers_class}
+PIPELINE_CLASS: dict[str, str] = {
+    f.id: f.pipeline.diffusers_class
+    for f in families.all_families()
+    if f.pipeline and f.pipeline.diffusers_class
+}
 OPENCLIP_KINDS = ("openclip_h", "clip_g")
 # layers the HF model runs (SD2 files store one more open_clip resblock than are used)
 HF_LAYERS = {"openclip_h": 23}
 
 # scheduler classes: the settings a released folder gives them beyond the class defaults
-_SCALED_LINEAR: dict[str, Any] = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
-                                  "num_train_timesteps": 1000, "steps_offset": 1, "timestep_spacing": "leading"}
+_SCALED_LINEAR: dict[str, Any] = {
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "num_train_timesteps": 1000,
+    "steps_offset": 1,
+    "timestep_spacing": "leading",
+}
 SCHEDULERS: dict[str, dict[str, Any]] = {
     "PNDMScheduler": {**_SCALED_LINEAR, "skip_prk_steps": True},
     "DDIMScheduler": {**_SCALED_LINEAR, "clip_sample": False},
@@ -342,7 +405,13 @@ def scheduler_config(family: str) -> dict[str, Any]:
     pipe = fam.pipeline if fam else None
     known = pipe is not None and (pipe.scheduler in SCHEDULERS or bool(pipe.scheduler_config))
     cls = pipe.scheduler if known else "EulerDiscreteScheduler"
-    cfg: dict[str, Any] = {"_class_name": cls, **SCHEDULERS.get(cls, {}), **(pipe.scheduler_config if known else {})}
+    cfg: dict[str, Any] = {
+        "_class_name": cls,
+        **SCHEDULERS.get(cls, {}),
+        **(pipe.scheduler_config if known else {}),
+    }
     if not cls.startswith("FlowMatch"):
-        cfg["prediction_type"] = pipe.prediction if pipe and pipe.prediction in ("epsilon", "v_prediction") else "epsilon"
+        cfg["prediction_type"] = (
+            pipe.prediction if pipe and pipe.prediction in ("epsilon", "v_prediction") else "epsilon"
+        )
     return cfg

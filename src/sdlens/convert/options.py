@@ -56,14 +56,26 @@ class ConvertOptions:
             raise SdlensError(None, f"--layout must be single or diffusers (got {self.layout!r})")
         for d in self.drop:
             if d not in SELECTORS and d != "position_ids" and not any(c in d for c in "*?[."):
-                raise SdlensError(None, f"--drop {d!r}: not a component ({', '.join(SELECTORS)}, position_ids) "
-                                  "nor a key pattern (use a glob such as 'my_trainer.*')")
+                raise SdlensError(
+                    None,
+                    f"--drop {d!r}: not a component ({', '.join(SELECTORS)}, position_ids) "
+                    "nor a key pattern (use a glob such as 'my_trainer.*')",
+                )
         for x in self.extract:
             if x not in SELECTORS or x == "unknown":
-                raise SdlensError(None, f"--extract {x!r}: expected one of {', '.join(k for k in SELECTORS if k != 'unknown')}")
+                raise SdlensError(
+                    None,
+                    f"--extract {x!r}: expected one of {', '.join(k for k in SELECTORS if k != 'unknown')}",
+                )
 
     def to_dict(self) -> dict[str, Any]:
-        return {"dtype": self.dtype, "ema": self.ema, "drop": list(self.drop), "fix_position_ids": self.fix_position_ids,
-                "vae": str(self.vae) if self.vae else None, "extract": list(self.extract), "layout": self.layout,
-                "variant": self.variant}
-
+        return {
+            "dtype": self.dtype,
+            "ema": self.ema,
+            "drop": list(self.drop),
+            "fix_position_ids": self.fix_position_ids,
+            "vae": str(self.vae) if self.vae else None,
+            "extract": list(self.extract),
+            "layout": self.layout,
+            "variant": self.variant,
+        }

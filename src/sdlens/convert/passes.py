@@ -67,7 +67,15 @@ class _Block:
     __slots__ = ("data", "fd", "file", "n", "pool", "refs", "start")
 
     def __init__(self, pool: _Pool, data: Any, file: str, fd: int, start: int, n: int, refs: int):
-        self.pool, self.data, self.file, self.fd, self.start, self.n, self.refs = pool, data, file, fd, start, n, refs
+        self.pool, self.data, self.file, self.fd, self.start, self.n, self.refs = (
+            pool,
+            data,
+            file,
+            fd,
+            start,
+            n,
+            refs,
+        )
 
     def retain(self) -> None:
         with self.pool.lock:
@@ -153,16 +161,23 @@ class SourcePass:
     :meth:`close`.
     """
 
-    def __init__(self, ckpt: Checkpoint, keys: list[str], full_files: set[str], block_bytes: int | None = None,
-                 blocks: int | None = None):
+    def __init__(
+        self,
+        ckpt: Checkpoint,
+        keys: list[str],
+        full_files: set[str],
+        block_bytes: int | None = None,
+        blocks: int | None = None,
+    ):
         block_bytes = block_bytes or BLOCK_BYTES
         blocks = blocks or BLOCKS
         self.ckpt = ckpt
         by_file: dict[str, list[Part]] = {}
         for k in ckpt.in_file_order(keys):
             info = ckpt.tensors[k]
-            by_file.setdefault(info.source, []).append(Part(k, info.offset, info.offset + info.nbytes, info.itemsize,
-                                                            info.dtype))
+            by_file.setdefault(info.source, []).append(
+                Part(k, info.offset, info.offset + info.nbytes, info.itemsize, info.dtype)
+            )
         self.by_file = by_file
         self.order = list(by_file)
         self.full = {f for f in self.order if f in full_files}
@@ -174,8 +189,14 @@ class SourcePass:
         self.digests: dict[str, str] = {}
         # seconds: reading (read syscalls), reader waiting for a free block / for the consumer, hashing (thread CPU),
         # consumer waiting for a block
-        self.timings = {"read": 0.0, "read_wait_free": 0.0, "read_wait_consumer": 0.0, "hash_cpu": 0.0,
-                        "hash_wall": 0.0, "consumer_wait": 0.0}
+        self.timings = {
+            "read": 0.0,
+            "read_wait_free": 0.0,
+            "read_wait_consumer": 0.0,
+            "hash_cpu": 0.0,
+            "hash_wall": 0.0,
+            "consumer_wait": 0.0,
+        }
         self.error: BaseException | None = None
         self._stop = threading.Event()
         self._q: queue.Queue = queue.Queue(maxsize=blocks)
@@ -289,7 +310,11 @@ class SourcePass:
                 bs, be = blk.start, blk.start + blk.n
                 while i < len(parts):
                     p = parts[i]
-                    if self.ckpt.tensors[p.key].source != blk.file or p.begin > be or (p.begin == be and p.end > p.begin):
+                    if (
+                        self.ckpt.tensors[p.key].source != blk.file
+                        or p.begin > be
+                        or (p.begin == be and p.end > p.begin)
+                    ):
                         break
                     if p.end == p.begin:
                         yield Chunk(p.key, torch.empty(0, dtype=torch_dtype(p.dtype)), True, None)
@@ -307,7 +332,9 @@ class SourcePass:
                 blk.release()
         for p in parts[i:]:  # empty tensors at the very end
             if p.end > p.begin:
-                raise CheckpointError(self.ckpt.tensors[p.key].source, f"tensor {p.key!r} was not read (truncated?)")
+                raise CheckpointError(
+                    self.ckpt.tensors[p.key].source, f"tensor {p.key!r} was not read (truncated?)"
+                )
             yield Chunk(p.key, torch.empty(0, dtype=torch_dtype(p.dtype)), True, None)
 
     def chunks(self) -> Iterator[Chunk]:

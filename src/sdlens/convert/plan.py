@@ -161,7 +161,6 @@ class ConversionPlan:
         }
 
 
-
 def check_output_name(out: Path, layout: str) -> None:
     """OUT names what is written: a ``.safetensors`` file (never safetensors bytes under ``.ckpt``; sdlens writes
     no pickles), or with ``--layout diffusers`` a folder; its parent folder must exist."""
@@ -169,13 +168,15 @@ def check_output_name(out: Path, layout: str) -> None:
 
     suffix = out.suffix.lower()
     if layout == "single" and suffix != ".safetensors":
-        raise SdlensError(out, "OUT must end in .safetensors: sdlens writes safetensors files only"
-                          + (f" (not {out.suffix} pickles)" if suffix in WEIGHT_SUFFIXES else ""))
+        raise SdlensError(
+            out,
+            "OUT must end in .safetensors: sdlens writes safetensors files only"
+            + (f" (not {out.suffix} pickles)" if suffix in WEIGHT_SUFFIXES else ""),
+        )
     if layout == "diffusers" and suffix in WEIGHT_SUFFIXES:
         raise SdlensError(out, f"--layout diffusers writes a folder: name OUT without {out.suffix}")
     if not out.parent.is_dir():
         raise SdlensError(out, f"OUT: folder {str(out.parent)!r} does not exist")
-
 
 
 def make_plan(input_path: str | Path, output_path: str | Path, opts: ConvertOptions) -> ConversionPlan:
@@ -190,9 +191,20 @@ def make_plan(input_path: str | Path, output_path: str | Path, opts: ConvertOpti
         st.operations.insert(0, f"format: {st.fmt} -> safetensors")
     final = _in_write_order(st)
     return ConversionPlan(
-        input=str(inp), output=str(out), sources=st.sources, input_format=st.fmt, family=st.family,
-        layout=opts.layout, options=opts, entries=final, dropped=st.dropped, json_files=st.json_files,
-        metadata=st.metadata, operations=st.operations, notes=st.notes, input_tensor_bytes=st.input_tensor_bytes,
+        input=str(inp),
+        output=str(out),
+        sources=st.sources,
+        input_format=st.fmt,
+        family=st.family,
+        layout=opts.layout,
+        options=opts,
+        entries=final,
+        dropped=st.dropped,
+        json_files=st.json_files,
+        metadata=st.metadata,
+        operations=st.operations,
+        notes=st.notes,
+        input_tensor_bytes=st.input_tensor_bytes,
         input_file_bytes=st.input_file_bytes,
     )
 
@@ -221,21 +233,51 @@ def _read_input(inp: Path, opts: ConvertOptions) -> PlanState:
         if folder_configs:
             metadata[CONFIGS_META] = json.dumps(folder_configs, sort_keys=True)
         input_tensor_bytes, input_file_bytes = ck.tensor_bytes, ck.file_size
-        broken_pos = [k for k, it in items.items() if k.endswith("position_ids") and it.pieces
-                      and it.pieces[0].source == 0 and it.pieces[0].key in ck.tensors and not is_arange(ck, it.pieces[0].key)]
-        arange_pos = {k for k, it in items.items() if k.endswith("position_ids")
-                      and (it.restore == "arange" or (it.pieces and it.pieces[0].source == 0 and is_arange(ck, it.pieces[0].key)))}
+        broken_pos = [
+            k
+            for k, it in items.items()
+            if k.endswith("position_ids")
+            and it.pieces
+            and it.pieces[0].source == 0
+            and it.pieces[0].key in ck.tensors
+            and not is_arange(ck, it.pieces[0].key)
+        ]
+        arange_pos = {
+            k
+            for k, it in items.items()
+            if k.endswith("position_ids")
+            and (
+                it.restore == "arange"
+                or (it.pieces and it.pieces[0].source == 0 and is_arange(ck, it.pieces[0].key))
+            )
+        }
         offsets = {k: (i.source, i.offset) for k, i in ck.tensors.items()}
     for extra_source in sources[1:]:
         with open_checkpoint(extra_source, opts.variant) as ex:
             offsets.update({f"\0{extra_source}\0{k}": (i.source, i.offset) for k, i in ex.tensors.items()})
-    return PlanState(inp, opts, fmt, items, family, comps, metadata, sources, offsets, broken_pos, arange_pos,
-                     input_tensor_bytes, input_file_bytes, notes, operations)
+    return PlanState(
+        inp,
+        opts,
+        fmt,
+        items,
+        family,
+        comps,
+        metadata,
+        sources,
+        offsets,
+        broken_pos,
+        arange_pos,
+        input_tensor_bytes,
+        input_file_bytes,
+        notes,
+        operations,
+    )
 
 
 def _in_write_order(st: PlanState) -> list[Item]:
     """The layout's items sorted by file, then by where their bytes lie in the sources; two tensors written
     under one name are refused."""
+
     def order(it: Item) -> tuple:
         if not it.pieces:
             return (it.file, -1, "", -1)

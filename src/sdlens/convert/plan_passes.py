@@ -57,7 +57,9 @@ def vae_pass(st: PlanState) -> None:
     for k in dropped_vae:
         st.drop(k, f"replaced by the VAE of {Path(vae).name}")
     st.items.update(new_vae)
-    st.operations.append(f"vae: {'replaced' if dropped_vae else 'baked in'} from {Path(vae).name} ({plural(len(new_vae), 'tensor')})")
+    st.operations.append(
+        f"vae: {'replaced' if dropped_vae else 'baked in'} from {Path(vae).name} ({plural(len(new_vae), 'tensor')})"
+    )
 
 
 def ema_pass(st: PlanState) -> None:
@@ -95,8 +97,17 @@ def position_ids_pass(st: PlanState) -> None:
         for k in pos_keys:
             it = st.items[k]
             shape = it.shape if it.shape else (1, 77)
-            st.items[k] = Item(k, shape, "I64", (), component=it.component, op="restore", restore="arange",
-                               note=f"restored as int64 0..{shape[-1] - 1}" + (f" (was {it.dtype}, broken)" if k in st.broken_pos else ""))
+            st.items[k] = Item(
+                k,
+                shape,
+                "I64",
+                (),
+                component=it.component,
+                op="restore",
+                restore="arange",
+                note=f"restored as int64 0..{shape[-1] - 1}"
+                + (f" (was {it.dtype}, broken)" if k in st.broken_pos else ""),
+            )
         st.operations.append(f"fix-position-ids: {len(pos_keys)} restored as int64 0..N-1")
     else:
         for k in st.broken_pos:
@@ -128,14 +139,18 @@ def dtype_pass(st: PlanState) -> None:
     if target:
         st.operations.append(f"dtype: {st.opts.dtype} ({plural(n_cast, 'tensor')} cast)")
     if target == "F16":
-        st.notes.append("fp16: values beyond ±65504 would become inf (refused unless --force); values below 6e-8 "
-                        "become 0 (reported)")
+        st.notes.append(
+            "fp16: values beyond ±65504 would become inf (refused unless --force); values below 6e-8 "
+            "become 0 (reported)"
+        )
 
 
 def layout_pass(st: PlanState) -> None:
     """``--layout``: the output's keys and files (``st.final``, ``st.json_files``)."""
     if st.opts.layout == "diffusers":
-        st.final, st.json_files, more_dropped = to_diffusers(st.items, st.family, st.metadata, st.arange_pos, st.inp)
+        st.final, st.json_files, more_dropped = to_diffusers(
+            st.items, st.family, st.metadata, st.arange_pos, st.inp
+        )
         st.dropped += more_dropped
         st.operations.append("layout: diffusers folder")
     else:
@@ -155,10 +170,15 @@ def _selected(sel: str, key: str, it: Item) -> bool:
     return fnmatch.fnmatchcase(key, sel)
 
 
-def _use_ema(items: dict[str, Item], ema_keys: list[str], dropped: list[Item], notes: list[str], inp: Path) -> None:
+def _use_ema(
+    items: dict[str, Item], ema_keys: list[str], dropped: list[Item], notes: list[str], inp: Path
+) -> None:
     den_prefix = "model.diffusion_model."
-    squashed = {"model_ema.diffusion_model" + k[len(den_prefix):].replace(".", ""): k
-                for k, it in items.items() if it.component == "denoiser" and k.startswith(den_prefix)}
+    squashed = {
+        "model_ema.diffusion_model" + k[len(den_prefix) :].replace(".", ""): k
+        for k, it in items.items()
+        if it.component == "denoiser" and k.startswith(den_prefix)
+    }
     used = 0
     for ek in ema_keys:
         ema = items.pop(ek)
@@ -168,18 +188,30 @@ def _use_ema(items: dict[str, Item], ema_keys: list[str], dropped: list[Item], n
             continue
         model = items[target]
         if model.shape != ema.shape:
-            raise SdlensError(inp, f"--ema use: {ek} has shape {list(ema.shape)} but {target} has {list(model.shape)}")
+            raise SdlensError(
+                inp, f"--ema use: {ek} has shape {list(ema.shape)} but {target} has {list(model.shape)}"
+            )
         dropped.append(drop_item(model, "replaced by its EMA copy"))
-        items[target] = replace(ema, key=target, component="denoiser", op="ema", note=f"EMA weight ({ek})", tags=set())
+        items[target] = replace(
+            ema, key=target, component="denoiser", op="ema", note=f"EMA weight ({ek})", tags=set()
+        )
         used += 1
     if squashed:
-        notes.append(f"--ema use: {len(squashed)} UNet tensors have no EMA copy and keep the model's weights "
-                     f"(e.g. {next(iter(squashed.values()))})")
+        notes.append(
+            f"--ema use: {len(squashed)} UNet tensors have no EMA copy and keep the model's weights "
+            f"(e.g. {next(iter(squashed.values()))})"
+        )
     notes.append(f"--ema use: {used} UNet tensors now hold the EMA weights")
 
 
-def _vae_items(path: Path, items: dict[str, Item], family: str, sources: list[str],
-               offsets: dict[str, tuple[str, int]], variant: str | None = None) -> tuple[list[str], dict[str, Item]]:
+def _vae_items(
+    path: Path,
+    items: dict[str, Item],
+    family: str,
+    sources: list[str],
+    offsets: dict[str, tuple[str, int]],
+    variant: str | None = None,
+) -> tuple[list[str], dict[str, Item]]:
     from sdlens.io.open import open_checkpoint
 
     path = Path(path)
@@ -198,14 +230,25 @@ def _vae_items(path: Path, items: dict[str, Item], family: str, sources: list[st
         for r, info in rel.items():
             key, shape = L.vae_diffusers_to_ldm(r, info.shape, cfg) if cfg else (r, info.shape)
             full = "first_stage_model." + key
-            new[full] = Item(full, shape, info.dtype, (Piece(si, info.key),),
-                             component="vae_decoder" if key.startswith(("decoder.", "post_quant_conv.")) else "vae_encoder",
-                             op="replace", note=f"from {path.name}")
+            new[full] = Item(
+                full,
+                shape,
+                info.dtype,
+                (Piece(si, info.key),),
+                component="vae_decoder"
+                if key.startswith(("decoder.", "post_quant_conv."))
+                else "vae_encoder",
+                op="replace",
+                note=f"from {path.name}",
+            )
     old = [k for k, it in items.items() if it.component in ("vae_encoder", "vae_decoder")]
     for k in old:
         if k in new and items[k].shape != new[k].shape:
-            raise SdlensError(path, f"--vae: {k} has shape {list(new[k].shape)} but the model's is {list(items[k].shape)} "
-                              "(a VAE of another architecture)")
+            raise SdlensError(
+                path,
+                f"--vae: {k} has shape {list(new[k].shape)} but the model's is {list(items[k].shape)} "
+                "(a VAE of another architecture)",
+            )
     return old, new
 
 
@@ -217,15 +260,18 @@ def _single(items: dict[str, Item], opts: ConvertOptions, comps: dict[str, Any])
     what = opts.extract[0]
     if what in ("vae", "unet", "denoiser"):
         prefix = "first_stage_model." if what == "vae" else "model.diffusion_model."
-        return [renamed(it, it.key[len(prefix):]) if it.key.startswith(prefix) else it for it in final]
+        return [renamed(it, it.key[len(prefix) :]) if it.key.startswith(prefix) else it for it in final]
     if what in ("clip_l", "openclip_h", "clip_g"):
         comp = comps.get(what)
         prefix = comp.prefix if comp is not None else ""
-        rels = {it.key[len(prefix):]: it for it in final if it.key.startswith(prefix)}
+        rels = {it.key[len(prefix) :]: it for it in final if it.key.startswith(prefix)}
         others = [it for it in final if not it.key.startswith(prefix)]
         if what in L.OPENCLIP_KINDS and any(r.startswith("transformer.resblocks.") for r in rels):
             conv, left = L.openclip_to_hf(rels, None, True)
             return conv + [renamed(rels[r], r) for r in left] + others
-        fixed = [renamed(it, r if r.startswith(("text_model.", "text_projection")) else "text_model." + r) for r, it in rels.items()]
+        fixed = [
+            renamed(it, r if r.startswith(("text_model.", "text_projection")) else "text_model." + r)
+            for r, it in rels.items()
+        ]
         return fixed + others
     return final

@@ -36,7 +36,9 @@ class VerifyReport:
     bytes_compared: int = 0
     metadata_kept: int = 0
     provenance: bool = False
-    mode: str = "digest"  # "digest": output bytes vs digests taken from the input; "full": vs the re-read input
+    mode: str = (
+        "digest"  # "digest": output bytes vs digests taken from the input; "full": vs the re-read input
+    )
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -44,10 +46,20 @@ class VerifyReport:
         return not self.problems
 
     def to_dict(self) -> dict[str, Any]:
-        return {"ok": self.ok, "files": self.files, "tensors": self.tensors, "bit_identical": self.bit_identical,
-                "cast_exact": self.cast_exact, "restored": self.restored, "renamed": self.renamed,
-                "bytes_compared": self.bytes_compared, "metadata_kept": self.metadata_kept,
-                "provenance": self.provenance, "mode": self.mode, "problems": self.problems}
+        return {
+            "ok": self.ok,
+            "files": self.files,
+            "tensors": self.tensors,
+            "bit_identical": self.bit_identical,
+            "cast_exact": self.cast_exact,
+            "restored": self.restored,
+            "renamed": self.renamed,
+            "bytes_compared": self.bytes_compared,
+            "metadata_kept": self.metadata_kept,
+            "provenance": self.provenance,
+            "mode": self.mode,
+            "problems": self.problems,
+        }
 
 
 def _aligned(xs: Iterator[Any], ys: Iterator[Any]) -> Iterator[tuple[Any, Any]]:
@@ -104,8 +116,9 @@ def _reopen(plan: ConversionPlan, rel: str, path: Path, entries: list[Item], rep
     want = {e.key: e for e in entries}
     extra, missing = set(out.tensors) - set(want), set(want) - set(out.tensors)
     if extra or missing:
-        rep.problems.append(f"{rel or path.name}: keys differ from the plan "
-                            f"({len(missing)} missing, {len(extra)} unexpected)")
+        rep.problems.append(
+            f"{rel or path.name}: keys differ from the plan ({len(missing)} missing, {len(extra)} unexpected)"
+        )
         out.close()
         return None
     for k, v in plan.metadata.items():
@@ -121,8 +134,9 @@ def _reopen(plan: ConversionPlan, rel: str, path: Path, entries: list[Item], rep
     for e in entries:
         info = out.tensors[e.key]
         if info.dtype != e.out_dtype or tuple(info.shape) != tuple(e.shape):
-            rep.problems.append(f"{e.key}: {info.dtype}{list(info.shape)} written, "
-                                f"planned {e.out_dtype}{list(e.shape)}")
+            rep.problems.append(
+                f"{e.key}: {info.dtype}{list(info.shape)} written, planned {e.out_dtype}{list(e.shape)}"
+            )
     if len(rep.problems) > before:
         out.close()
         return None
@@ -161,8 +175,12 @@ def _reopened(plan: ConversionPlan, root: Path, rep: VerifyReport):
             yield rel, entries, out
 
 
-def verify_written(plan: ConversionPlan, root: Path, expected: dict[str, dict[str, str]],
-                   progress: Callable[[int], None] | None = None) -> VerifyReport:
+def verify_written(
+    plan: ConversionPlan,
+    root: Path,
+    expected: dict[str, dict[str, str]],
+    progress: Callable[[int], None] | None = None,
+) -> VerifyReport:
     """Re-open every output file and check it against the plan and against what the conversion computed from
     the input: keys, dtypes, shapes and metadata as planned, and each tensor's bytes on disk (one sequential
     read of the output) with the same digest (sha256) as the bytes computed from the input while converting
@@ -195,8 +213,9 @@ def verify_written(plan: ConversionPlan, root: Path, expected: dict[str, dict[st
     return rep
 
 
-def verify_output(plan: ConversionPlan, root: Path, ckpts: list[Checkpoint],
-                  progress: Callable[[int], None] | None = None) -> VerifyReport:
+def verify_output(
+    plan: ConversionPlan, root: Path, ckpts: list[Checkpoint], progress: Callable[[int], None] | None = None
+) -> VerifyReport:
     """The full check: re-open every output file and compare every tensor with the input, re-read from its
     files: bit-identical, or equal to the input cast to the target dtype (cast again here), restored 0..N-1."""
     from sdlens.io.stream import stream
@@ -215,7 +234,14 @@ def verify_output(plan: ConversionPlan, root: Path, ckpts: list[Checkpoint],
     return rep
 
 
-def _check(e: Item, srcs: dict[int, Iterator[Any]], outs: Iterator[Any], out: Any, ckpts: list[Checkpoint], cmp: _Compare) -> bool:
+def _check(
+    e: Item,
+    srcs: dict[int, Iterator[Any]],
+    outs: Iterator[Any],
+    out: Any,
+    ckpts: list[Checkpoint],
+    cmp: _Compare,
+) -> bool:
     if e.simple:
         pairs = _aligned(pieces_of(srcs[e.pieces[0].source], e.pieces[0].key), pieces_of(outs, e.key))
         try:

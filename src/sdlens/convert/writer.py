@@ -52,9 +52,15 @@ class RangeStats:
 
     def to_dict(self) -> dict[str, Any]:
         top = lambda d: dict(sorted(d.items(), key=lambda kv: -kv[1])[:10])  # noqa: E731
-        return {"overflow": self.overflow, "underflow": self.underflow, "max_abs": self.max_abs,
-                "tensors_overflow": top(self.tensors_overflow), "tensors_underflow": top(self.tensors_underflow),
-                "tensors_with_overflow": len(self.tensors_overflow), "tensors_with_underflow": len(self.tensors_underflow)}
+        return {
+            "overflow": self.overflow,
+            "underflow": self.underflow,
+            "max_abs": self.max_abs,
+            "tensors_overflow": top(self.tensors_overflow),
+            "tensors_underflow": top(self.tensors_underflow),
+            "tensors_with_overflow": len(self.tensors_overflow),
+            "tensors_with_underflow": len(self.tensors_underflow),
+        }
 
 
 class _Caster:
@@ -183,8 +189,10 @@ def _provenance(plan: ConversionPlan, files: list[str], hashes: bool) -> tuple[s
         "version": __version__,
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "source": base.name,
-        "source_sha256": {(str(Path(f).relative_to(base)) if base.is_dir() else Path(f).name): holders[f] or None
-                          for f in files},
+        "source_sha256": {
+            (str(Path(f).relative_to(base)) if base.is_dir() else Path(f).name): holders[f] or None
+            for f in files
+        },
         "operations": plan.operations,
     }
     prev = plan.metadata.get(PROVENANCE_META)
@@ -210,19 +218,31 @@ class ConvertResult:
     range_check: RangeStats
     verification: Any = None  # VerifyReport
     source_sha256: dict[str, str] = field(default_factory=dict)
-    timings: dict[str, float] = field(default_factory=dict)  # seconds, per stage (see passes.py); for profiling
+    timings: dict[str, float] = field(
+        default_factory=dict
+    )  # seconds, per stage (see passes.py); for profiling
 
     def to_dict(self) -> dict[str, Any]:
-        return {"output": self.output, "files": self.written_files, "bytes_written": self.bytes_written,
-                "range_check": self.range_check.to_dict(), "source_sha256": self.source_sha256,
-                "verification": self.verification.to_dict() if self.verification is not None else None,
-                "timings": {k: round(v, 3) for k, v in self.timings.items()}, "plan": self.plan.to_dict()}
+        return {
+            "output": self.output,
+            "files": self.written_files,
+            "bytes_written": self.bytes_written,
+            "range_check": self.range_check.to_dict(),
+            "source_sha256": self.source_sha256,
+            "verification": self.verification.to_dict() if self.verification is not None else None,
+            "timings": {k: round(v, 3) for k, v in self.timings.items()},
+            "plan": self.plan.to_dict(),
+        }
 
 
 def check_paths(plan: ConversionPlan, overwrite: bool) -> None:
     inp, out = Path(plan.input).resolve(), Path(plan.output).resolve()
     srcs = [Path(s).resolve() for s in plan.sources]
-    if out in srcs or any(out in s.parents for s in srcs) or any(s in out.parents for s in srcs if s.is_dir()):
+    if (
+        out in srcs
+        or any(out in s.parents for s in srcs)
+        or any(s in out.parents for s in srcs if s.is_dir())
+    ):
         raise SdlensError(plan.output, "OUT is the input (or inside it): refusing to overwrite the source")
     if inp.is_file() and out.exists() and out.is_file() and os.path.samefile(inp, out):
         raise SdlensError(plan.output, "OUT is the input: refusing to overwrite the source")
@@ -235,8 +255,11 @@ def check_paths(plan: ConversionPlan, overwrite: bool) -> None:
     parent.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(parent).free
     if need + (64 << 20) > free:
-        raise SdlensError(plan.output, f"not enough disk space: the output needs {need / 1e9:.2f} GB, "
-                          f"{free / 1e9:.2f} GB free in {parent}")
+        raise SdlensError(
+            plan.output,
+            f"not enough disk space: the output needs {need / 1e9:.2f} GB, "
+            f"{free / 1e9:.2f} GB free in {parent}",
+        )
 
 
 def convert(
@@ -281,7 +304,8 @@ def convert(
             tmp.mkdir()
         timings: dict[str, float] = {}
         writers, tensor_digests, written, total, refused = _write_tensor_files(
-            plan, tmp, ckpts, metadata, stats, force, progress, _after_tensor, to_hash, digests, timings)
+            plan, tmp, ckpts, metadata, stats, force, progress, _after_tensor, to_hash, digests, timings
+        )
         if refused:
             _refuse_overflow(plan, stats)
         _write_json_files(plan, tmp, written)
@@ -289,7 +313,9 @@ def convert(
         if hashes:
             digests = _fill_hashes(plan, files, digests, holders, writers)
         for w in writers:
-            w.finish(drop_cache=bool(verify))  # the verification then reads what is on disk, not the page cache
+            w.finish(
+                drop_cache=bool(verify)
+            )  # the verification then reads what is on disk, not the page cache
         timings["finish"] = time.perf_counter() - t0
         result = ConvertResult(plan, str(out), written, total, stats, source_sha256=digests, timings=timings)
         t0 = time.perf_counter()
@@ -299,7 +325,9 @@ def convert(
             else:
                 result.verification = verification.verify_written(plan, tmp, tensor_digests, progress)
             if not result.verification.ok:
-                raise ProblemsFound(plan.output, "verification failed: " + "; ".join(result.verification.problems[:3]))
+                raise ProblemsFound(
+                    plan.output, "verification failed: " + "; ".join(result.verification.problems[:3])
+                )
             timings["verify"] = time.perf_counter() - t0
         _commit(tmp, out, overwrite)
         return result
@@ -315,9 +343,19 @@ def convert(
             ck.close()
 
 
-def _write_tensor_files(plan: ConversionPlan, tmp: Path, ckpts: list[Checkpoint], metadata: dict[str, str], stats: RangeStats,
-                        force: bool, progress, after_tensor, to_hash: set[str], digests: dict[str, str],
-                        timings: dict[str, float]) -> tuple[list[Any], dict[str, dict[str, str]], list[str], int, bool]:
+def _write_tensor_files(
+    plan: ConversionPlan,
+    tmp: Path,
+    ckpts: list[Checkpoint],
+    metadata: dict[str, str],
+    stats: RangeStats,
+    force: bool,
+    progress,
+    after_tensor,
+    to_hash: set[str],
+    digests: dict[str, str],
+    timings: dict[str, float],
+) -> tuple[list[Any], dict[str, dict[str, str]], list[str], int, bool]:
     """Every weights file of the plan, one source pass each (the sources' sha256 added to ``digests``).
     Returns the writers (headers still to fill), each file's tensor digests, the files written, the bytes
     written and whether a cast was refused."""
@@ -333,8 +371,9 @@ def _write_tensor_files(plan: ConversionPlan, tmp: Path, ckpts: list[Checkpoint]
         passes = open_passes(entries, ckpts, to_hash - set(digests))
         try:
             t0 = time.perf_counter()
-            w, aw, n, refused_here = _write_file(path, entries, ckpts, passes, metadata, stats, force, progress,
-                                                 after_tensor, timings)
+            w, aw, n, refused_here = _write_file(
+                path, entries, ckpts, passes, metadata, stats, force, progress, after_tensor, timings
+            )
             for sp in passes.values():
                 digests.update(sp.finish())
                 _add(timings, getattr(sp, "timings", {}))
@@ -355,9 +394,12 @@ def _write_tensor_files(plan: ConversionPlan, tmp: Path, ckpts: list[Checkpoint]
 def _refuse_overflow(plan: ConversionPlan, stats: RangeStats) -> None:
     r = stats.to_dict()
     worst = ", ".join(f"{k} ({v})" for k, v in list(r["tensors_overflow"].items())[:3])
-    raise SdlensError(plan.input, f"casting to fp16 would overflow {stats.overflow} values (|x| > 65504, "
-                      f"max |x| = {stats.max_abs:.4g}) in {plural(len(stats.tensors_overflow), 'tensor')}, e.g. {worst}; "
-                      "refused (use --dtype bf16, or --force to write inf)")
+    raise SdlensError(
+        plan.input,
+        f"casting to fp16 would overflow {stats.overflow} values (|x| > 65504, "
+        f"max |x| = {stats.max_abs:.4g}) in {plural(len(stats.tensors_overflow), 'tensor')}, e.g. {worst}; "
+        "refused (use --dtype bf16, or --force to write inf)",
+    )
 
 
 def _write_json_files(plan: ConversionPlan, tmp: Path, written: list[str]) -> None:
@@ -368,8 +410,13 @@ def _write_json_files(plan: ConversionPlan, tmp: Path, written: list[str]) -> No
         written.append(rel)
 
 
-def _fill_hashes(plan: ConversionPlan, files: list[str], digests: dict[str, str], holders: dict[str, str],
-                 writers: list[Any]) -> dict[str, str]:
+def _fill_hashes(
+    plan: ConversionPlan,
+    files: list[str],
+    digests: dict[str, str],
+    holders: dict[str, str],
+    writers: list[Any],
+) -> dict[str, str]:
     """Hash the source files no pass read in full, and write every file's sha256 into the headers'
     placeholders; the digests, in file order."""
     left = [f for f in files if f not in digests]  # source files no pass read in full
@@ -410,9 +457,18 @@ def _add(into: dict[str, float], more: dict[str, float]) -> None:
         into[k] = into.get(k, 0.0) + v
 
 
-def _write_file(path: Path, entries: list[Item], ckpts: list[Checkpoint], passes: dict[int, Any], metadata: dict[str, str],
-                stats: RangeStats, force: bool, progress, after_tensor,
-                timings: dict[str, float]) -> tuple[Any, Any, int, bool]:
+def _write_file(
+    path: Path,
+    entries: list[Item],
+    ckpts: list[Checkpoint],
+    passes: dict[int, Any],
+    metadata: dict[str, str],
+    stats: RangeStats,
+    force: bool,
+    progress,
+    after_tensor,
+    timings: dict[str, float],
+) -> tuple[Any, Any, int, bool]:
     from sdlens.convert.passes import AsyncWriter, Chunk
     from sdlens.io.safetensors_writer import SafetensorsStreamWriter, build_header
 
@@ -440,7 +496,9 @@ def _write_file(path: Path, entries: list[Item], ckpts: list[Checkpoint], passes
                     else:
                         t0 = time.perf_counter()
                         y, release = caster.cast(e.key, part, out_dt)
-                        timings["cast_and_check"] = timings.get("cast_and_check", 0.0) + time.perf_counter() - t0
+                        timings["cast_and_check"] = (
+                            timings.get("cast_and_check", 0.0) + time.perf_counter() - t0
+                        )
                     if stats.overflow and not force:
                         refused = True
                     if refused:
@@ -479,7 +537,11 @@ def scan_range(plan: ConversionPlan, progress: Callable[[int], None] | None = No
     try:
         streams = source_streams(todo, ckpts)
         for e in todo:
-            chunks = pieces_of(streams[e.pieces[0].source], e.pieces[0].key) if e.simple else iter([assemble(e, ckpts).reshape(-1)])
+            chunks = (
+                pieces_of(streams[e.pieces[0].source], e.pieces[0].key)
+                if e.simple
+                else iter([assemble(e, ckpts).reshape(-1)])
+            )
             for x in chunks:
                 for i in range(0, x.numel(), CAST_ELEMS):
                     _, release = caster.cast(e.key, x[i : i + CAST_ELEMS], torch.float16)

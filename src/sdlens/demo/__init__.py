@@ -32,4 +32,6 @@ def run_demo(out_dir: Path, console: Console) -> None:
     if wrong:
         console.print(f"[bold red]{wrong} zoo files were not identified as built[/]")
         raise SystemExit(1)
-    console.print(f"[green]all {len(zoo)} zoo files identified as built[/] in {time.perf_counter() - t0:.1f} s")
+    console.print(
+        f"[green]all {len(zoo)} zoo files identified as built[/] in {time.perf_counter() - t0:.1f} s"
+    )

@@ -26,5 +26,7 @@ def section(zoo_dir: Path, out_dir: Path, console: Console) -> None:
     by_id = {r.model: r for r in reports}
     svg = write_block_diagram(by_id["sdxl"], out_dir / "arch-sdxl.svg")
     flux = write_block_diagram(by_id["flux_dev"], out_dir / "arch-flux.svg")
-    console.print(f"\n[bold]written:[/] {out_dir / 'arch-compare.json'}, {svg}, {flux} "
-                  f"({time.perf_counter() - t0:.1f} s, no weights)")
+    console.print(
+        f"\n[bold]written:[/] {out_dir / 'arch-compare.json'}, {svg}, {flux} "
+        f"({time.perf_counter() - t0:.1f} s, no weights)"
+    )

@@ -23,7 +23,9 @@ def section(zoo_dir: Path, out_dir: Path, console: Console) -> None:
         return
     dst = out_dir / "sd1_fp16_noema.safetensors"
     dst.unlink(missing_ok=True)
-    console.print(f"$ sdlens convert {src.name} {dst.name} --dtype fp16 --ema drop --dry-run", highlight=False)
+    console.print(
+        f"$ sdlens convert {src.name} {dst.name} --dtype fp16 --ema drop --dry-run", highlight=False
+    )
     plan = make_plan(src, dst, ConvertOptions(dtype="fp16", ema="drop"))
     scan_range(plan)
     render_plan(plan, console)

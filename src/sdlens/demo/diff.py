@@ -21,8 +21,10 @@ def section(zoo_dir: Path, out_dir: Path, console: Console) -> None:
     console.rule("sdlens diff")
     base = build_single_file("sd1", seed=0)
     g = torch.Generator().manual_seed(1)
-    tuned = {k: (v + 0.02 * torch.randn(v.shape, generator=g) if ".attn2." in k and k.startswith("model.") else v)
-             for k, v in base.items()}
+    tuned = {
+        k: (v + 0.02 * torch.randn(v.shape, generator=g) if ".attn2." in k and k.startswith("model.") else v)
+        for k, v in base.items()
+    }
     half = {k: (v.half() if v.is_floating_point() else v) for k, v in base.items()}
     a = save_safetensors(base, zoo_dir / "diff_base.safetensors")
     pairs = {

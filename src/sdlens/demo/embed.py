@@ -54,8 +54,11 @@ def section(zoo_dir: Path, out_dir: Path, console: Console) -> None:
             render_drift(d, console, top=6)
     quiet = [d for d in result.drift if d.max_drift <= 1e-5]
     for d in quiet:
-        console.print(f"{d.model} vs {d.ref} · {d.encoder}: unchanged (largest drift "
-                      f"{d.max_drift:.1e}, rounding level)", highlight=False)
+        console.print(
+            f"{d.model} vs {d.ref} · {d.encoder}: unchanged (largest drift "
+            f"{d.max_drift:.1e}, rounding level)",
+            highlight=False,
+        )
     written = write_embed_outputs(result, out_dir / "embed", "pca")
     figs = ", ".join(str(out_dir / "embed" / f) for f in ("pca-clip_g.png", "drift-clip_g.png"))
     console.print(f"[bold]written:[/] {len(written)} files in {out_dir / 'embed'}; figures: {figs}")

@@ -31,7 +31,8 @@ def section(zoo: dict, out_dir: Path, console: Console) -> int:
         table.add_row(
             entry.path.name,
             entry.truth_text,
-            f"{r.family_name} · {r.kind}" + (f" · {', '.join(r.variants)}" if r.variants else "")
+            f"{r.family_name} · {r.kind}"
+            + (f" · {', '.join(r.variants)}" if r.variants else "")
             + f" · {r.precision} · {human_bytes(r.file_size)}",
             "[green]✓[/]" if ok else "[red]✗[/]",
             f"{dt * 1000:.0f} ms",
@@ -48,6 +49,8 @@ def section(zoo: dict, out_dir: Path, console: Console) -> int:
             render_report(next(r for r in reports if Path(r.path) == zoo[name].path), console)
     big = zoo.get("sdxl_full_fp16")
     if big is not None:
-        console.print(f"(the full-size SDXL file is {human_bytes(big.path.stat().st_size)}, sparse on disk: inspect reads only its header)")
+        console.print(
+            f"(the full-size SDXL file is {human_bytes(big.path.stat().st_size)}, sparse on disk: inspect reads only its header)"
+        )
     console.print(f"\n[bold]written:[/] {out_dir / 'inspect.json'}, {out_dir / 'inspect.txt'}, {plot}")
     return wrong

@@ -25,6 +25,9 @@ def section(zoo_dir: Path, out_dir: Path, console: Console) -> None:
     m = result.matrix("denoiser")
     i = {Path(n).stem: k for k, n in enumerate(result.names)}
     ratio = m[i["base"], i["merge"]] / m[i["base"], i["unet_ft"]]
-    console.print(f"merge at α={MERGE_ALPHA}: d(base, merge) / d(base, unet_ft) = {ratio:.6f} "
-                  f"(expected {1 - MERGE_ALPHA:.6f}); {len(models)} models in {dt:.1f} s; "
-                  f"{len(written)} files in {out_dir / 'matrix'}", soft_wrap=True)
+    console.print(
+        f"merge at α={MERGE_ALPHA}: d(base, merge) / d(base, unet_ft) = {ratio:.6f} "
+        f"(expected {1 - MERGE_ALPHA:.6f}); {len(models)} models in {dt:.1f} s; "
+        f"{len(written)} files in {out_dir / 'matrix'}",
+        soft_wrap=True,
+    )

@@ -22,8 +22,18 @@ from sdlens.errors import CheckpointError, SdlensError
 from sdlens.io.dtypes import DTYPES, torch_dtype
 from sdlens.io.limits import clip, short
 
-_NUMPY = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": "<u2", "I64": "<i8", "I32": "<i4", "I16": "<i2",
-          "I8": "i1", "U8": "u1", "BOOL": "?"}
+_NUMPY = {
+    "F64": "<f8",
+    "F32": "<f4",
+    "F16": "<f2",
+    "BF16": "<u2",
+    "I64": "<i8",
+    "I32": "<i4",
+    "I16": "<i2",
+    "I8": "i1",
+    "U8": "u1",
+    "BOOL": "?",
+}
 
 
 @dataclass(frozen=True)
@@ -58,21 +68,44 @@ _new = object.__new__
 _set = object.__setattr__
 
 
-def _info(key: str, shape: tuple[int, ...], dtype: str, source: str, offset: int, numel: int, nbytes: int) -> TensorInfo:
+def _info(
+    key: str, shape: tuple[int, ...], dtype: str, source: str, offset: int, numel: int, nbytes: int
+) -> TensorInfo:
     t = _new(TensorInfo)
-    _set(t, "__dict__", {"key": key, "shape": shape, "dtype": dtype, "source": source, "offset": offset,
-                         "extra": None, "numel": numel, "nbytes": nbytes})
+    _set(
+        t,
+        "__dict__",
+        {
+            "key": key,
+            "shape": shape,
+            "dtype": dtype,
+            "source": source,
+            "offset": offset,
+            "extra": None,
+            "numel": numel,
+            "nbytes": nbytes,
+        },
+    )
     return t
 
 
 def tensor_infos(
-    keys: Iterable[str], shapes: Iterable[tuple[int, ...]], dtypes: Iterable[str], source: str,
-    offsets: Iterable[int], numels: Iterable[int], nbytes: Iterable[int],
+    keys: Iterable[str],
+    shapes: Iterable[tuple[int, ...]],
+    dtypes: Iterable[str],
+    source: str,
+    offsets: Iterable[int],
+    numels: Iterable[int],
+    nbytes: Iterable[int],
 ) -> dict[str, TensorInfo]:
     """Many :class:`TensorInfo` at once from validated columns (a 200,000-tensor header costs a fraction of
     the dataclass constructor's time; ``numel`` and ``nbytes`` come precomputed)."""
     keys = list(keys)
-    return dict(zip(keys, map(_info, keys, shapes, dtypes, [source] * len(keys), offsets, numels, nbytes), strict=True))
+    return dict(
+        zip(
+            keys, map(_info, keys, shapes, dtypes, [source] * len(keys), offsets, numels, nbytes), strict=True
+        )
+    )
 
 
 @contextlib.contextmanager
@@ -93,8 +126,13 @@ def gc_paused() -> Iterator[None]:
 
 # ---------------------------------------------------------------------------------------------- guards
 
-_NOT_REGULAR = {stat.S_IFIFO: "a named pipe (FIFO)", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",
-                stat.S_IFSOCK: "a socket", stat.S_IFDIR: "a directory"}
+_NOT_REGULAR = {
+    stat.S_IFIFO: "a named pipe (FIFO)",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFDIR: "a directory",
+}
 
 
 def debug() -> bool:
@@ -221,7 +259,9 @@ class Checkpoint:
         self.tensors: dict[str, TensorInfo] = {}
         self.metadata: dict[str, str] = {}
         self.extras: dict[str, Any] = {}  # top-level non-tensor entries of a pickle (epoch, global_step, ...)
-        self.configs: dict[str, dict[str, Any]] = {}  # a diffusers folder's config.json files, by part (empty: none)
+        self.configs: dict[
+            str, dict[str, Any]
+        ] = {}  # a diffusers folder's config.json files, by part (empty: none)
         self._maps: dict[str, mmap.mmap] = {}
         self._files: dict[str, Any] = {}
 
@@ -324,7 +364,9 @@ class Checkpoint:
             return (t.float() if t.is_floating_point() else t).numpy()
         m = self._map(info.source)
         self._check_bounds(info, m)
-        raw = np.frombuffer(m, dtype=_NUMPY[info.dtype], count=info.numel, offset=info.offset).reshape(info.shape)
+        raw = np.frombuffer(m, dtype=_NUMPY[info.dtype], count=info.numel, offset=info.offset).reshape(
+            info.shape
+        )
         if info.dtype == "BF16":
             return (raw.astype(np.uint32) << 16).view(np.float32)
         return raw.copy()
@@ -350,7 +392,9 @@ class Checkpoint:
         for start in range(0, info.numel, step):
             yield flat[start : start + step]
 
-    def iter_tensors(self, keys: Iterable[str] | None = None, *, copy: bool = False) -> Iterator[tuple[str, Any]]:
+    def iter_tensors(
+        self, keys: Iterable[str] | None = None, *, copy: bool = False
+    ) -> Iterator[tuple[str, Any]]:
         """(key, tensor) pairs in file-offset order; by default views on the memory map (no copy)."""
         for k in self.in_file_order(keys):
             yield k, self.read(k, copy=copy)

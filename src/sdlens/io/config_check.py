@@ -51,15 +51,35 @@ FIELDS: dict[str, tuple[str, ...]] = {
     "max_position_embeddings": ("int",),
     "d_model": ("int",),
 }
-_LAYER_FIELDS = {"layers_per_block", "transformer_layers_per_block", "num_hidden_layers", "num_layers",
-                 "num_single_layers"}
+_LAYER_FIELDS = {
+    "layers_per_block",
+    "transformer_layers_per_block",
+    "num_hidden_layers",
+    "num_layers",
+    "num_single_layers",
+}
 # per-level lists: as many entries as down_block_types when both are given
-_PER_LEVEL = ("block_out_channels", "layers_per_block", "transformer_layers_per_block", "attention_head_dim",
-              "num_attention_heads", "cross_attention_dim", "up_block_types")
+_PER_LEVEL = (
+    "block_out_channels",
+    "layers_per_block",
+    "transformer_layers_per_block",
+    "attention_head_dim",
+    "num_attention_heads",
+    "cross_attention_dim",
+    "up_block_types",
+)
 
 
-_WORDS = {"int": "an integer", "ints": "a list of integers", "intss": "a list of integers or integer lists",
-          "str": "a string", "strs": "a list of strings", "num": "a number", "bool": "true/false", "null": "null"}
+_WORDS = {
+    "int": "an integer",
+    "ints": "a list of integers",
+    "intss": "a list of integers or integer lists",
+    "str": "a string",
+    "strs": "a list of strings",
+    "num": "a number",
+    "bool": "true/false",
+    "null": "null",
+}
 
 
 def _is_int(v: Any, top: int) -> bool:
@@ -82,8 +102,11 @@ def _fits(v: Any, kind: str, top: int) -> bool:
     if kind == "ints":
         return all(_is_int(x, top) for x in v)
     if kind == "intss":
-        return all(_is_int(x, top) or (isinstance(x, list) and len(x) <= _MAX_LEN and all(_is_int(y, top) for y in x))
-                   for x in v)
+        return all(
+            _is_int(x, top)
+            or (isinstance(x, list) and len(x) <= _MAX_LEN and all(_is_int(y, top) for y in x))
+            for x in v
+        )
     if kind == "strs":
         return all(isinstance(x, str) and len(x) <= 200 for x in v)
     raise AssertionError(kind)
@@ -104,4 +127,6 @@ def check_config(cfg: dict[str, Any], path: Path) -> None:
         for name in _PER_LEVEL:
             v = cfg.get(name)
             if isinstance(v, list) and len(v) != len(levels):
-                raise CheckpointError(path, f"field {name!r} has {len(v)} entries but 'down_block_types' has {len(levels)}")
+                raise CheckpointError(
+                    path, f"field {name!r} has {len(v)} entries but 'down_block_types' has {len(levels)}"
+                )

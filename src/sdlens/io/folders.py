@@ -32,7 +32,9 @@ _STEM = "|".join(_STEMS)
 _VAR = r"[A-Za-z0-9_]+"
 _SINGLE = re.compile(rf"(?P<stem>{_STEM})(?:\.(?P<var>{_VAR}))?\.(?P<ext>safetensors|bin)")
 # diffusers / transformers write "X.safetensors.index.fp16.json"; "X.fp16.safetensors.index.json" is accepted too
-_INDEX = re.compile(rf"(?P<stem>{_STEM})(?:\.(?P<var>{_VAR}))?\.(?P<ext>safetensors|bin)\.index(?:\.(?P<var2>{_VAR}))?\.json")
+_INDEX = re.compile(
+    rf"(?P<stem>{_STEM})(?:\.(?P<var>{_VAR}))?\.(?P<ext>safetensors|bin)\.index(?:\.(?P<var2>{_VAR}))?\.json"
+)
 _SHARD = re.compile(rf"(?P<stem>{_STEM})(?:\.(?P<var>{_VAR}))?-\d+-of-\d+\.(?P<ext>safetensors|bin)")
 INDEX_NAME = re.compile(rf".*\.index(?:\.{_VAR})?\.json")
 VARIANT = re.compile(_VAR)
@@ -49,6 +51,8 @@ PIPELINE_PARTS = (
 )
 MAX_JSON_BYTES = 64 << 20  # config.json, model_index.json, shard indexes (a 100k-key index is ~10 MB)
 MAX_JSON_DEPTH = 64  # real configs nest 3-4 levels
+
+
 class CompositeCheckpoint(Checkpoint):
     """Several checkpoints shown as one; keys may be prefixed with the part they came from."""
 
@@ -68,7 +72,9 @@ class CompositeCheckpoint(Checkpoint):
             full = f"{prefix}.{key}" if prefix else key
             if full in self._where:
                 raise CheckpointError(self.path, f"key {show(full)} appears in two shards")
-            self.tensors[full] = TensorInfo(full, info.shape, info.dtype, info.source, info.offset, info.extra)
+            self.tensors[full] = TensorInfo(
+                full, info.shape, info.dtype, info.source, info.offset, info.extra
+            )
             self._where[full] = (ckpt, key)
         for k, v in ckpt.metadata.items():
             self.metadata.setdefault(k, v)
@@ -114,18 +120,30 @@ def confined(root: Path, folder: Path, name: Any, what: Path, role: str = "file"
     outside is opened."""
     if not isinstance(name, str) or not name or "\x00" in name:
         raise CheckpointError(what, f"{role} name {show(name)} is not a file name")
-    if PurePosixPath(name).is_absolute() or PureWindowsPath(name).drive or PureWindowsPath(name).is_absolute():
-        raise CheckpointError(what, f"{role} {show(name)} is an absolute path; refused (only files inside the folder are read)")
+    if (
+        PurePosixPath(name).is_absolute()
+        or PureWindowsPath(name).drive
+        or PureWindowsPath(name).is_absolute()
+    ):
+        raise CheckpointError(
+            what, f"{role} {show(name)} is an absolute path; refused (only files inside the folder are read)"
+        )
     if ".." in PurePosixPath(name).parts or ".." in PureWindowsPath(name).parts:
         raise CheckpointError(what, f"{role} {show(name)} points outside the folder ('..'); refused")
     full = folder / name
     try:
         real = full.resolve(strict=True)
     except FileNotFoundError:
-        raise CheckpointError(what, f"{role} {show(name)} listed in the index is missing"
-                              if role == "shard" else f"{role} {show(name)} is missing") from None
+        raise CheckpointError(
+            what,
+            f"{role} {show(name)} listed in the index is missing"
+            if role == "shard"
+            else f"{role} {show(name)} is missing",
+        ) from None
     except (OSError, RuntimeError) as e:  # symlink loops: RuntimeError before Python 3.13, OSError after
-        raise CheckpointError(what, f"{role} {show(name)} cannot be resolved ({getattr(e, 'strerror', None) or e})") from None
+        raise CheckpointError(
+            what, f"{role} {show(name)} cannot be resolved ({getattr(e, 'strerror', None) or e})"
+        ) from None
     if not real.is_relative_to(root):
         raise CheckpointError(what, f"{role} {show(name)} is a link to outside the folder; refused")
     try:
@@ -138,8 +156,13 @@ def confined(root: Path, folder: Path, name: Any, what: Path, role: str = "file"
 
 
 def file_kind(mode: int) -> str:
-    for test, kind in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"),
-                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")):
+    for test, kind in (
+        (stat.S_ISDIR, "a folder"),
+        (stat.S_ISFIFO, "a named pipe"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    ):
         if test(mode):
             return kind
     return "not a plain file"
@@ -213,25 +236,38 @@ def open_sharded(
     index = read_json(index_path, "shard index")
     weight_map = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(weight_map, dict):
-        raise CheckpointError(index_path, "not a valid shard index (expected a JSON object with a 'weight_map' object)")
+        raise CheckpointError(
+            index_path, "not a valid shard index (expected a JSON object with a 'weight_map' object)"
+        )
     if not weight_map:
         raise CheckpointError(index_path, "shard index lists no tensors (empty 'weight_map')")
     for k, v in weight_map.items():
         if not isinstance(v, str):
-            raise CheckpointError(index_path, f"shard index: the file of {show(k)} is {show(v)}, not a file name")
+            raise CheckpointError(
+                index_path, f"shard index: the file of {show(k)} is {show(v)}, not a file name"
+            )
     comp = into if into is not None else CompositeCheckpoint(index_path, "sharded")  # (an empty one is falsy)
     meta = index.get("metadata")
     if isinstance(meta, dict):
-        comp.metadata.update({f"index.{k}": show(v) if not isinstance(v, str) else v[:200]
-                              for k, v in meta.items() if isinstance(v, (str, int, float, bool))})
+        comp.metadata.update(
+            {
+                f"index.{k}": show(v) if not isinstance(v, str) else v[:200]
+                for k, v in meta.items()
+                if isinstance(v, (str, int, float, bool))
+            }
+        )
     shards = sorted(set(weight_map.values()))
-    paths = [confined(root, index_path.parent, s, index_path, "shard") for s in shards]  # all checked before any read
+    paths = [
+        confined(root, index_path.parent, s, index_path, "shard") for s in shards
+    ]  # all checked before any read
     for shard_path in paths:
         comp.add(prefix, open_file(shard_path))
     found = {k.removeprefix(f"{prefix}.") if prefix else k for k in comp._where}
     missing = [k for k in weight_map if k not in found]
     if missing:
-        raise CheckpointError(index_path, f"{len(missing)} keys of the index are in no shard (e.g. {show(missing[0])})")
+        raise CheckpointError(
+            index_path, f"{len(missing)} keys of the index are in no shard (e.g. {show(missing[0])})"
+        )
     return comp
 
 
@@ -290,9 +326,13 @@ def _choose(folder: Path, variant: str | None) -> tuple[str | None, str | None, 
         names = ", ".join(sorted(v for v in best if v))
         if variant is not None:
             raise CheckpointError(folder, f"no {variant} variant here (variants: {names})")
-        raise CheckpointError(folder, f"several variants ({names}) and no full-precision weights: pass --variant")
+        raise CheckpointError(
+            folder, f"several variants ({names}) and no full-precision weights: pass --variant"
+        )
     if not found and shards:
-        raise CheckpointError(folder, f"shard files ({show(shards[0])}, ...) but no index (*.safetensors.index.json)")
+        raise CheckpointError(
+            folder, f"shard files ({show(shards[0])}, ...) but no index (*.safetensors.index.json)"
+        )
     # no standard names: one weights file or one index, whatever it is called
     indexes = [n for n in other if INDEX_NAME.fullmatch(n)]
     files = [n for n in other if n.endswith(WEIGHT_SUFFIXES)]
@@ -315,7 +355,9 @@ def is_model_folder(path: Path) -> bool:
     found, other, shards = _candidates(path)
     if any(c.rank[1] for c in found):  # a standard shard index: the shards are one model
         return True
-    return (path / "config.json").is_file() and bool(found or shards or any(n.endswith(WEIGHT_SUFFIXES) for n in other))
+    return (path / "config.json").is_file() and bool(
+        found or shards or any(n.endswith(WEIGHT_SUFFIXES) for n in other)
+    )
 
 
 def _listed(model_index: Any, path: Path) -> tuple[str | None, dict[str, str | None]]:
@@ -367,13 +409,18 @@ def open_folder(path: Path, variant: str | None = None) -> CompositeCheckpoint:
             comp.add(prefix, open_file(weights))
     if not comp.tensors:
         extra = f" (model_index.json lists: {', '.join(k for k, c in listed.items() if c)})" if listed else ""
-        raise CheckpointError(path, "folder holds no model weights (no .safetensors/.bin/.ckpt in a known layout)" + extra)
+        raise CheckpointError(
+            path, "folder holds no model weights (no .safetensors/.bin/.ckpt in a known layout)" + extra
+        )
     if variant is not None and variant not in used:
         raise CheckpointError(path, f"no {variant} variant in this folder")
     for (how, var), labels in departs.items():
         where = ", ".join(labels)
-        comp.notes.append(f"no {variant} variant in {where}: read the full-precision weights" if how == "fallback"
-                          else f"only the {var} variant in {where}: read it (pass --variant {var} to choose it)")
+        comp.notes.append(
+            f"no {variant} variant in {where}: read the full-precision weights"
+            if how == "fallback"
+            else f"only the {var} variant in {where}: read it (pass --variant {var} to choose it)"
+        )
     comp.variant = ", ".join(sorted(v for v in used if v)) or None
     _describe(comp)
     return comp
@@ -402,8 +449,11 @@ def _parts_to_read(path: Path, root: Path, listed: dict[str, str | None], notes:
     unlisted = [p for p in present if p not in parts]
     if unlisted:
         notes.append(f"not read: {', '.join(p + '/' for p in unlisted)} (not in model_index.json)")
-    skipped = [k for k, c in listed.items() if c and k not in PIPELINE_PARTS and _inside(root, path / k, path)
-               and _has_weights(path / k)]
+    skipped = [
+        k
+        for k, c in listed.items()
+        if c and k not in PIPELINE_PARTS and _inside(root, path / k, path) and _has_weights(path / k)
+    ]
     if skipped:
         notes.append("not read: " + ", ".join(f"{k} ({show(listed[k])[1:-1]})" for k in skipped))
     return [p for p in parts if p in present]

@@ -71,16 +71,23 @@ def read_once(
         size = path.stat().st_size
         bad = next((i for i in infos if i.offset + i.nbytes > size), None)
         if bad is not None:
-            raise CheckpointError(path, f"tensor {short(bad.key)} needs bytes {bad.offset}..{bad.offset + bad.nbytes} "
-                                        f"but the file has {size} (truncated?)")
+            raise CheckpointError(
+                path,
+                f"tensor {short(bad.key)} needs bytes {bad.offset}..{bad.offset + bad.nbytes} "
+                f"but the file has {size} (truncated?)",
+            )
         _dispatch(_blocks(path, size, hasher, block), infos, on_piece, progress)
         if hasher is not None:
             out.append(hasher.result())
     return out, strided
 
 
-def _dispatch(blocks: Iterator[tuple[int, np.ndarray]], infos: list[TensorInfo], on_piece: OnPiece,
-              progress: Callable[[int], None] | None) -> None:
+def _dispatch(
+    blocks: Iterator[tuple[int, np.ndarray]],
+    infos: list[TensorInfo],
+    on_piece: OnPiece,
+    progress: Callable[[int], None] | None,
+) -> None:
     """Hand each tensor (``infos`` sorted by offset; they may overlap) its whole elements in every block."""
     nxt = 0
     active: list[TensorInfo] = []

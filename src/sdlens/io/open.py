@@ -44,7 +44,9 @@ def open_checkpoint(path: str | Path, variant: str | None = None) -> Checkpoint:
             raise CheckpointError(p, f"cannot open: {os_problem(e)}") from None
         if stat.S_ISDIR(st.st_mode):
             if not is_model_folder(p):
-                raise CheckpointError(p, "folder holds no model weights (not a diffusers folder; pass the files inside)")
+                raise CheckpointError(
+                    p, "folder holds no model weights (not a diffusers folder; pass the files inside)"
+                )
             return open_folder(p, variant)
         check_regular(p, st.st_mode)
         if INDEX_NAME.fullmatch(p.name):
@@ -59,7 +61,9 @@ def expand_paths(paths: list[str | Path]) -> list[Path]:
         p = Path(raw)
         if p.is_dir() and not is_model_folder(p):
             found = sorted(
-                q for q in p.iterdir() if (q.is_file() and q.suffix in WEIGHT_SUFFIXES) or (q.is_dir() and is_model_folder(q))
+                q
+                for q in p.iterdir()
+                if (q.is_file() and q.suffix in WEIGHT_SUFFIXES) or (q.is_dir() and is_model_folder(q))
             )
             out.extend(found if found else [p])
         else:

@@ -25,7 +25,9 @@ from pathlib import Path
 
 from sdlens.errors import SdlensError
 
-WALK_LIMIT = 20_000  # files looked at under one input folder (hard links into a huge folder go unnoticed past it)
+WALK_LIMIT = (
+    20_000  # files looked at under one input folder (hard links into a huge folder go unnoticed past it)
+)
 
 
 class OutputConflictError(SdlensError):
@@ -187,6 +189,7 @@ def _check_out_folder(o: OutFolder, p: Path, real: Path, st: os.stat_result | No
             if why is not None:
                 raise _refuse(o, f"holds {q.name}, which {why}")
 
+
 def _first_missing(p: Path) -> Path | None:
     """The topmost folder of ``p`` (``p`` included) that does not exist yet."""
     p = Path(os.path.abspath(p))
@@ -214,7 +217,9 @@ def remove_created_on_failure(
     try:
         yield
     except BaseException as e:
-        if getattr(e, "exit_code", getattr(e, "code", 1)) not in (0, None) and not (keep is not None and keep()):
+        if getattr(e, "exit_code", getattr(e, "code", 1)) not in (0, None) and not (
+            keep is not None and keep()
+        ):
             for d in created:
                 if d is not None and d.is_dir() and not d.is_symlink():
                     shutil.rmtree(d, ignore_errors=True)

@@ -112,7 +112,15 @@ def _table() -> list[tuple | None]:
             special = _LEAF
         elif special == _GENERIC and not to_mark and n_pop == 1 and len(op.stack_after) == 1:
             special = _UNARY
-        table[ord(op.code.encode("latin1"))] = (op.name, kind, size, to_mark, n_pop, len(op.stack_after), special)
+        table[ord(op.code.encode("latin1"))] = (
+            op.name,
+            kind,
+            size,
+            to_mark,
+            n_pop,
+            len(op.stack_after),
+            special,
+        )
     return table
 
 
@@ -120,7 +128,16 @@ _OPS = _table()
 _F_BINPUT, _F_MEMOIZE, _F_BINGET, _F_SHORT_UNICODE, _F_MARK = -1, -2, -3, -4, -5
 _F_LONG_BINPUT, _F_LONG_BINGET, _F_BINUNICODE = -6, -7, -8
 _FAST = [0] * 256  # > 0: a scalar opcode with a (total) length; < 0: one of the _F_ codes
-for _code, _len in ((b"K", 2), (b"M", 3), (b"J", 5), (b"G", 9), (b"N", 1), (b"\x88", 1), (b"\x89", 1), (b")", 1)):
+for _code, _len in (
+    (b"K", 2),
+    (b"M", 3),
+    (b"J", 5),
+    (b"G", 9),
+    (b"N", 1),
+    (b"\x88", 1),
+    (b"\x89", 1),
+    (b")", 1),
+):
     _FAST[_code[0]] = _len
 for _code, _f in ((b"q", _F_BINPUT), (b"\x94", _F_MEMOIZE), (b"h", _F_BINGET), (b"\x8c", _F_SHORT_UNICODE),
                   (b"(", _F_MARK), (b"r", _F_LONG_BINPUT), (b"j", _F_LONG_BINGET), (b"X", _F_BINUNICODE)):  # fmt: skip
@@ -454,7 +471,9 @@ def looks_like_pickle(head: bytes) -> bool:
     if not head or head[0] not in _FIRST_OPCODES:
         return False
     result = scan_pickle(head, max_bytes=len(head))
-    return result.error is None or result.limit or result.error.startswith("truncated") or bool(result.globals)
+    return (
+        result.error is None or result.limit or result.error.startswith("truncated") or bool(result.globals)
+    )
 
 
 def scan_pickle_globals(data: bytes) -> list[str]:

@@ -68,7 +68,9 @@ def _check_labels(path: Path, prompts: list[Prompt]) -> None:
 
 def _from_txt(path: Path, text: str) -> list[Prompt]:
     lines = [ln.strip() for ln in text.splitlines()]
-    prompts = [_make(path, f"line {i}", None, ln) for i, ln in enumerate(lines, 1) if ln and not ln.startswith("#")]
+    prompts = [
+        _make(path, f"line {i}", None, ln) for i, ln in enumerate(lines, 1) if ln and not ln.startswith("#")
+    ]
     return _unique_labels(prompts)
 
 
@@ -78,15 +80,19 @@ def _from_csv(path: Path, text: str) -> list[Prompt]:
         return []
     head = [c.strip().lower() for c in rows[0]]
     if "text" in head or "prompt" in head:
-        col = {name: head.index(name) for name in ("label", "text", "prompt", "group", "marker") if name in head}
+        col = {
+            name: head.index(name) for name in ("label", "text", "prompt", "group", "marker") if name in head
+        }
         tcol = col.get("text", col.get("prompt"))
 
         def cell(r: list[str], name: str) -> str | None:
             i = tcol if name == "text" else col.get(name)
             return r[i] if i is not None and i < len(r) else None
 
-        prompts = [_make(path, f"row {n}", cell(r, "label"), cell(r, "text"), cell(r, "group"), cell(r, "marker"))
-                   for n, r in enumerate(rows[1:], 2)]
+        prompts = [
+            _make(path, f"row {n}", cell(r, "label"), cell(r, "text"), cell(r, "group"), cell(r, "marker"))
+            for n, r in enumerate(rows[1:], 2)
+        ]
     else:  # no header: text | label,text | label,text,group | label,text,group,marker
         prompts = []
         for n, r in enumerate(rows, 1):
@@ -121,8 +127,16 @@ def _from_json(path: Path, text: str) -> list[Prompt]:
     if isinstance(data, dict):  # label -> text, or label -> {text, group, marker}
         for label, v in data.items():
             if isinstance(v, dict):
-                prompts.append(_make(path, f"entry {label!r}", label, v.get("text", v.get("prompt")), v.get("group"),
-                                     v.get("marker")))
+                prompts.append(
+                    _make(
+                        path,
+                        f"entry {label!r}",
+                        label,
+                        v.get("text", v.get("prompt")),
+                        v.get("group"),
+                        v.get("marker"),
+                    )
+                )
             else:
                 prompts.append(_make(path, f"entry {label!r}", label, v))
     elif isinstance(data, list):
@@ -130,8 +144,16 @@ def _from_json(path: Path, text: str) -> list[Prompt]:
             if isinstance(v, str):
                 prompts.append(_make(path, f"item {i}", None, v))
             elif isinstance(v, dict):
-                prompts.append(_make(path, f"item {i}", v.get("label"), v.get("text", v.get("prompt")), v.get("group"),
-                                     v.get("marker")))
+                prompts.append(
+                    _make(
+                        path,
+                        f"item {i}",
+                        v.get("label"),
+                        v.get("text", v.get("prompt")),
+                        v.get("group"),
+                        v.get("marker"),
+                    )
+                )
             else:
                 raise SdlensError(path, f"item {i}: expected a string or an object with label and text")
     else:
@@ -161,5 +183,8 @@ def read_prompts(path: str | Path) -> list[Prompt]:
     else:
         raise SdlensError(path, f"unknown prompts format {suffix!r}: use .txt (one per line), .csv or .json")
     if len(prompts) < 2:
-        raise SdlensError(path, f"{len(prompts)} prompt{'' if len(prompts) == 1 else 's'}: at least 2 are needed to compare embeddings")
+        raise SdlensError(
+            path,
+            f"{len(prompts)} prompt{'' if len(prompts) == 1 else 's'}: at least 2 are needed to compare embeddings",
+        )
     return prompts

@@ -74,7 +74,9 @@ def _parse_json(path: str, raw: bytes) -> object:
     except ValueError as e:  # an integer of more than 4300 digits (int parsing limit)
         raise CheckpointError(path, f"safetensors header is not valid: {clip(str(e))}") from None
     except MemoryError:
-        raise CheckpointError(path, "safetensors header is too large to parse in the memory available") from None
+        raise CheckpointError(
+            path, "safetensors header is too large to parse in the memory available"
+        ) from None
 
 
 def _check_text(src: str, header: dict, meta: dict) -> None:
@@ -84,7 +86,9 @@ def _check_text(src: str, header: dict, meta: dict) -> None:
         "".join(chain(meta, (v for v in meta.values() if isinstance(v, str)))).encode("utf-8")
     except UnicodeEncodeError:
         bad = next(s for s in chain(header, meta, meta.values()) if isinstance(s, str) and not _utf8(s))
-        raise CheckpointError(src, f"safetensors header holds text that is not UTF-8 (lone surrogate): {short(bad)}") from None
+        raise CheckpointError(
+            src, f"safetensors header holds text that is not UTF-8 (lone surrogate): {short(bad)}"
+        ) from None
 
 
 def _utf8(s: str) -> bool:
@@ -121,7 +125,9 @@ class SafetensorsCheckpoint(Checkpoint):
         self.metadata = _metadata(src, meta)  # (refuses a non-object first)
         _check_text(src, header, meta or {})
         if len(header) > MAX_TENSORS:
-            raise CheckpointError(src, f"safetensors header lists {len(header)} tensors (limit {MAX_TENSORS})")
+            raise CheckpointError(
+                src, f"safetensors header lists {len(header)} tensors (limit {MAX_TENSORS})"
+            )
         self.tensors = _index(src, header, data_start, size - data_start)
 
 
@@ -143,11 +149,18 @@ def _index(src: str, header: dict, data_start: int, data_len: int) -> dict[str, 
         i = next(i for i in range(1, len(order)) if sb[i] < se[i - 1])
         k0, k1 = keys[order[i - 1]], keys[order[i]]
         raise CheckpointError(src, f"tensors {short(k0)} and {short(k1)} overlap in the data region")
+
     def pick(column: list) -> Iterator:
         return map(column.__getitem__, order)
 
     return tensor_infos(
-        pick(keys), map(tuple, pick(shapes)), pick(dtypes), src, map(data_start.__add__, sb), pick(numels), pick(nbytes)
+        pick(keys),
+        map(tuple, pick(shapes)),
+        pick(dtypes),
+        src,
+        map(data_start.__add__, sb),
+        pick(numels),
+        pick(nbytes),
     )
 
 
@@ -196,14 +209,21 @@ def _check_entry(src: str, key: str, entry: object, data_len: int) -> None:
         or not all(type(d) is int and 0 <= d <= _MAX_DIM for d in shape)
     ):
         raise CheckpointError(src, f"tensor {name} has an invalid shape {short(shape)}")
-    if type(offs) is not list or len(offs) != 2 or not all(type(o) is int and o >= 0 for o in offs) or offs[1] < offs[0]:
+    if (
+        type(offs) is not list
+        or len(offs) != 2
+        or not all(type(o) is int and o >= 0 for o in offs)
+        or offs[1] < offs[0]
+    ):
         raise CheckpointError(src, f"tensor {name} has invalid data_offsets {short(offs)}")
     if offs[1] > data_len:
         raise CheckpointError(
-            src, f"tensor {name} ends at byte {short(offs[1])} of a {data_len}-byte data region (file truncated?)"
+            src,
+            f"tensor {name} ends at byte {short(offs[1])} of a {data_len}-byte data region (file truncated?)",
         )
     expected = math.prod(shape) * DTYPES[dtype].itemsize
     if offs[1] - offs[0] != expected:
         raise CheckpointError(
-            src, f"tensor {name}: {dtype}{short(shape)} needs {expected} bytes but data_offsets span {offs[1] - offs[0]}"
+            src,
+            f"tensor {name}: {dtype}{short(shape)} needs {expected} bytes but data_offsets span {offs[1] - offs[0]}",
         )

@@ -18,7 +18,9 @@ from sdlens.errors import SdlensError
 from sdlens.io.dtypes import DTYPES
 
 
-def build_header(entries: Iterable[tuple[str, str, tuple[int, ...]]], metadata: dict[str, str] | None = None) -> tuple[bytes, list[int]]:
+def build_header(
+    entries: Iterable[tuple[str, str, tuple[int, ...]]], metadata: dict[str, str] | None = None
+) -> tuple[bytes, list[int]]:
     """The encoded header (8-byte length prefix included, padded to 8 bytes with spaces) and each tensor's
     byte size, in the given order."""
     header: dict[str, Any] = {}
@@ -67,7 +69,8 @@ class SafetensorsStreamWriter:
     def end_tensor(self) -> None:
         if self.written != self.sizes[self.index]:
             raise SdlensError(
-                self.path, f"internal error: tensor {self.index} got {self.written} of {self.sizes[self.index]} bytes"
+                self.path,
+                f"internal error: tensor {self.index} got {self.written} of {self.sizes[self.index]} bytes",
             )
         self.index += 1
         self.written = 0
@@ -83,7 +86,9 @@ class SafetensorsStreamWriter:
         """Check completeness, fsync, close. ``drop_cache``: then drop the file's (clean) pages from the page
         cache, so that a re-read (verification) reads the disk."""
         if self.index != len(self.sizes):
-            raise SdlensError(self.path, f"internal error: {len(self.sizes) - self.index} tensors not written")
+            raise SdlensError(
+                self.path, f"internal error: {len(self.sizes) - self.index} tensors not written"
+            )
         self.f.flush()
         fd = self.f.fileno()
         os.fsync(fd)

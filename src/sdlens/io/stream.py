@@ -83,7 +83,13 @@ def _plan(ckpt: Checkpoint, keys: Iterable[str] | None, chunk: int) -> list[tupl
             count = min(step, info.numel - first)
             off = info.offset + first * info.itemsize
             nbytes = count * info.itemsize
-            if cur is not None and cur[0] == info.source and off >= cur[2] and off + nbytes - cur[1] <= chunk and off - cur[2] < 4096:
+            if (
+                cur is not None
+                and cur[0] == info.source
+                and off >= cur[2]
+                and off + nbytes - cur[1] <= chunk
+                and off - cur[2] < 4096
+            ):
                 cur[3].append((key, off, first, count))
                 cur[2] = off + nbytes
             else:
@@ -141,13 +147,18 @@ def read_exact(f: Any, begin: int, view: memoryview, source: str) -> int:
     while got < len(view):
         n = f.readinto(view[got:])
         if not n:
-            raise CheckpointError(source, f"file ended at byte {begin + got}, expected {begin + len(view)} (truncated?)")
+            raise CheckpointError(
+                source, f"file ended at byte {begin + got}, expected {begin + len(view)} (truncated?)"
+            )
         got += n
     return got
 
 
 def stream(
-    ckpt: Checkpoint, keys: Iterable[str] | None = None, chunk_bytes: int = DEFAULT_CHUNK, threaded: bool = True
+    ckpt: Checkpoint,
+    keys: Iterable[str] | None = None,
+    chunk_bytes: int = DEFAULT_CHUNK,
+    threaded: bool = True,
 ) -> Iterator[Piece]:
     """Yield every (selected) tensor as one or more :class:`Piece` in file-offset order."""
     spans = _plan(ckpt, keys, chunk_bytes)
@@ -173,7 +184,11 @@ def stream(
             info = ckpt.tensors[key]
             if buf is None:  # a strided torch view: read it whole
                 t = ckpt.read(key).reshape(-1)
-                raw_np = t.view(_TORCH_INT[info.itemsize]).numpy() if info.dtype in ("BF16", "F8_E4M3", "F8_E5M2") else t.numpy()
+                raw_np = (
+                    t.view(_TORCH_INT[info.itemsize]).numpy()
+                    if info.dtype in ("BF16", "F8_E4M3", "F8_E5M2")
+                    else t.numpy()
+                )
                 yield Piece(key, info, 0, raw_np.view(_raw_dtype(info.dtype)))
                 continue
             rel = off - begin

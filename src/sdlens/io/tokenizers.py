@@ -48,7 +48,7 @@ class Tokenizers:
 
 
 def _kind(folder: Path) -> str | None:
-    """"clip", "t5" or None, from the files of a tokenizer folder."""
+    """ "clip", "t5" or None, from the files of a tokenizer folder."""
     if (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
         return "clip"
     cls = ""
@@ -117,7 +117,9 @@ def _from_cache(repos: tuple[tuple[str, str], ...], kind: str) -> Path | None:
     return None
 
 
-def find_tokenizers(dirs: list[Path] | tuple[Path, ...] = (), *, need_clip: bool = True, need_t5: bool = False) -> Tokenizers:
+def find_tokenizers(
+    dirs: list[Path] | tuple[Path, ...] = (), *, need_clip: bool = True, need_t5: bool = False
+) -> Tokenizers:
     """The CLIP and/or T5 tokenizer: from ``dirs`` (first match wins), else from the local HF cache.
 
     Raises :class:`SdlensError` with one line saying what to provide when a needed tokenizer is not found."""
@@ -125,11 +127,16 @@ def find_tokenizers(dirs: list[Path] | tuple[Path, ...] = (), *, need_clip: bool
     for d in dirs:
         d = Path(d)
         if not d.is_dir():
-            raise SdlensError(d, "--tokenizer must be a folder (a tokenizer, or a diffusers repo with tokenizer/)")
+            raise SdlensError(
+                d, "--tokenizer must be a folder (a tokenizer, or a diffusers repo with tokenizer/)"
+            )
         cands = _candidates(d)
         if not cands:
-            raise SdlensError(d, "no tokenizer here: expected vocab.json + merges.txt (CLIP), tokenizer.json / "
-                                 "spiece.model (T5), or tokenizer/ tokenizer_2/ tokenizer_3/ subfolders")
+            raise SdlensError(
+                d,
+                "no tokenizer here: expected vocab.json + merges.txt (CLIP), tokenizer.json / "
+                "spiece.model (T5), or tokenizer/ tokenizer_2/ tokenizer_3/ subfolders",
+            )
         for folder, kind in cands:
             found.setdefault(kind, folder)
     if need_clip and "clip" not in found and (hit := _from_cache(CACHED_CLIP, "clip")):
@@ -137,8 +144,11 @@ def find_tokenizers(dirs: list[Path] | tuple[Path, ...] = (), *, need_clip: bool
     if need_t5 and "t5" not in found and (hit := _from_cache(CACHED_T5, "t5")):
         found["t5"] = hit
     if need_clip and "clip" not in found:
-        raise SdlensError(None, "no CLIP tokenizer found offline: pass --tokenizer DIR (a folder with vocab.json + "
-                                "merges.txt, e.g. the tokenizer/ folder of any SD1/SDXL diffusers repo); sdlens never downloads")
+        raise SdlensError(
+            None,
+            "no CLIP tokenizer found offline: pass --tokenizer DIR (a folder with vocab.json + "
+            "merges.txt, e.g. the tokenizer/ folder of any SD1/SDXL diffusers repo); sdlens never downloads",
+        )
     out = Tokenizers()
     for kind, folder in found.items():
         if (kind == "clip" and need_clip) or (kind == "t5" and need_t5):

@@ -112,7 +112,9 @@ def _unwrap(root: Any, walk: _Walk) -> tuple[Any, dict[str, Any]]:
     prefix, obj, seen = "", root, set()
     while isinstance(obj, dict) and id(obj) not in seen:
         seen.add(id(obj))
-        inner = next((k for k in WRAPPER_KEYS if isinstance(obj.get(k), dict) and walk.has_tensor(obj[k])), None)
+        inner = next(
+            (k for k in WRAPPER_KEYS if isinstance(obj.get(k), dict) and walk.has_tensor(obj[k])), None
+        )
         if inner is None:
             break
         extras.update({prefix + _key_text(k): _summary(v) for k, v in obj.items() if k != inner})
@@ -130,8 +132,9 @@ def _flatten(obj: Any, prefix: str, tensors: dict[str, TensorRef], extras: dict[
     for k, v in items:
         name = f"{prefix}{_key_text(k)}"
         if len(name) > MAX_KEY_CHARS:  # a long memo'd key copied into every sibling's name would cost k × n
-            raise CheckpointError(None, f"a key path is longer than {MAX_KEY_CHARS} characters "
-                                        f"({short(name)}); refused")
+            raise CheckpointError(
+                None, f"a key path is longer than {MAX_KEY_CHARS} characters ({short(name)}); refused"
+            )
         if len(tensors) + len(extras) >= MAX_ENTRIES:
             raise CheckpointError(None, f"more than {MAX_ENTRIES:,} tensors and values; refused")
         if isinstance(v, TensorRef):
@@ -196,7 +199,9 @@ class TorchCheckpoint(Checkpoint):
             raise CheckpointError(src, "the pickled object is nested too deeply to index") from None
         except (_BadPickle, ValueError, TypeError, KeyError, AttributeError, IndexError, MemoryError,
                 OverflowError, UnicodeError, struct.error) as e:  # fmt: skip
-            raise CheckpointError(src, f"malformed torch checkpoint ({type(e).__name__}: {str(e)[:200]})") from None
+            raise CheckpointError(
+                src, f"malformed torch checkpoint ({type(e).__name__}: {str(e)[:200]})"
+            ) from None
 
     # ------------------------------------------------------------------ pickles
     def _load(self, data: bytes, what: str, storages: _StorageIndex, *, first: bool = False) -> Any:
@@ -231,7 +236,9 @@ class TorchCheckpoint(Checkpoint):
         except _BadPickle as e:
             raise CheckpointError(src, f"cannot unpickle {what}: {str(e)[:200]}") from None
         except Exception as e:  # any malformation of the pickle's content
-            raise CheckpointError(src, f"cannot unpickle {what}: {type(e).__name__}: {clip(str(e))}") from None
+            raise CheckpointError(
+                src, f"cannot unpickle {what}: {type(e).__name__}: {clip(str(e))}"
+            ) from None
 
     # ------------------------------------------------------------------ zip
     def _index_zip(self, f: BinaryIO, size: int) -> tuple[Any, dict[str, tuple[int, int]], _StorageIndex]:
@@ -242,7 +249,9 @@ class TorchCheckpoint(Checkpoint):
         if not problems and any(m.name in (prefix + "constants.pkl",) or m.name.startswith(prefix + "code/")
                                 for m in listed):  # fmt: skip
             # torch.load hands these to torch.jit.load, whose unpickler resolves only TorchScript types
-            raise CheckpointError(src, "TorchScript archive (torch.jit.save) is not supported; save a state dict")
+            raise CheckpointError(
+                src, "TorchScript archive (torch.jit.save) is not supported; save a state dict"
+            )
         unsafe, blobs = self._scan_pkl_members(f, listed, problems)
         if unsafe:
             raise UnsafePickleError(src, unsafe)
@@ -252,9 +261,15 @@ class TorchCheckpoint(Checkpoint):
         pkl = prefix + "data.pkl"
         if pkl not in members:
             raise CheckpointError(src, "zip archive has no data.pkl (not a torch.save checkpoint)")
-        order = read_member(f, members[prefix + "byteorder"], src, 64) if prefix + "byteorder" in members else b"little"
+        order = (
+            read_member(f, members[prefix + "byteorder"], src, 64)
+            if prefix + "byteorder" in members
+            else b"little"
+        )
         if order.strip() != b"little":
-            raise CheckpointError(src, f"byte order {_brief(order.decode('latin1'))} is not supported (only little-endian)")
+            raise CheckpointError(
+                src, f"byte order {_brief(order.decode('latin1'))} is not supported (only little-endian)"
+            )
         storages = _StorageIndex()
         root = self._load(blobs[pkl], pkl, storages)
         starts = self._storage_starts(members, prefix, storages)
@@ -263,7 +278,9 @@ class TorchCheckpoint(Checkpoint):
             raise UnsafePickleError(src, unsafe)
         return root, starts, storages
 
-    def _scan_pkl_members(self, f: BinaryIO, listed: list[Any], problems: list[str]) -> tuple[list[str], dict[str, bytes]]:
+    def _scan_pkl_members(
+        self, f: BinaryIO, listed: list[Any], problems: list[str]
+    ) -> tuple[list[str], dict[str, bytes]]:
         """Every *.pkl member (every copy of a duplicate, by either of its names) is a pickle some loader may
         run: all are scanned, so that every unsafe global is named before an ambiguous archive is refused.
         Returns the unsafe globals and the members' bytes by name (CRC mismatches are added to ``problems``)."""
@@ -276,11 +293,15 @@ class TorchCheckpoint(Checkpoint):
             blob = read_member(f, m, src, check_crc=False)
             unsafe += [g for g in scan_pickle(blob).globals if g not in _ALLOWED]
             if not crc_ok(blob, m):
-                problems.append(f"CRC-32 mismatch in {m.name!r} (altered after writing; torch may read other bytes)")
+                problems.append(
+                    f"CRC-32 mismatch in {m.name!r} (altered after writing; torch may read other bytes)"
+                )
             blobs.setdefault(m.name, blob)
         return unsafe, blobs
 
-    def _storage_starts(self, members: dict[str, Any], prefix: str, storages: _StorageIndex) -> dict[str, tuple[int, int]]:
+    def _storage_starts(
+        self, members: dict[str, Any], prefix: str, storages: _StorageIndex
+    ) -> dict[str, tuple[int, int]]:
         """Each referenced storage's (data offset, size) in the archive; stored uncompressed, or refused."""
         src = str(self.path)
         starts: dict[str, tuple[int, int]] = {}
@@ -288,16 +309,25 @@ class TorchCheckpoint(Checkpoint):
             name = f"{prefix}data/{key}"
             m = members.get(name)
             if m is None:
-                raise CheckpointError(src, f"storage {short(key)} is missing from the archive (no entry {name})")
+                raise CheckpointError(
+                    src, f"storage {short(key)} is missing from the archive (no entry {name})"
+                )
             if m.method != zipfile.ZIP_STORED:
                 raise CheckpointError(
-                    src, f"zip entry {name} is compressed or encrypted; torch checkpoints store tensors uncompressed"
+                    src,
+                    f"zip entry {name} is compressed or encrypted; torch checkpoints store tensors uncompressed",
                 )
             starts[key] = (m.data_start, m.file_size)
         return starts
 
-    def _scan_other_members(self, f: BinaryIO, members: dict[str, Any], prefix: str, blobs: dict[str, bytes],
-                            storages: _StorageIndex) -> list[str]:
+    def _scan_other_members(
+        self,
+        f: BinaryIO,
+        members: dict[str, Any],
+        prefix: str,
+        blobs: dict[str, bytes],
+        storages: _StorageIndex,
+    ) -> list[str]:
         """Members sdlens does not read as tensors but that hold a pickle: scanned too; their unsafe globals."""
         src = str(self.path)
         unsafe: list[str] = []
@@ -317,7 +347,9 @@ class TorchCheckpoint(Checkpoint):
         return unsafe
 
     # ------------------------------------------------------------------ legacy
-    def _next_pickle(self, f: BinaryIO, size: int, what: str, storages: _StorageIndex, *, first: bool = False) -> Any:
+    def _next_pickle(
+        self, f: BinaryIO, size: int, what: str, storages: _StorageIndex, *, first: bool = False
+    ) -> Any:
         data, result = scan_next_pickle(f, size)
         self._check_scan(result, what, first=first)
         return self._unpickle(data[: result.end], what, storages)
@@ -343,29 +375,40 @@ class TorchCheckpoint(Checkpoint):
         pos = f.tell()
         for key in keys:
             if key not in storages:
-                raise CheckpointError(src, f"storage {key[:40]!r} in the data section is not referenced by the pickle")
+                raise CheckpointError(
+                    src, f"storage {key[:40]!r} in the data section is not referenced by the pickle"
+                )
             if key in starts:
                 raise CheckpointError(src, f"storage {key[:40]!r} is listed twice in the data section")
             f.seek(pos)
             raw = f.read(8)
             if len(raw) < 8:
-                raise CheckpointError(src, f"file ends at byte {size} before storage {short(key)} (truncated?)")
+                raise CheckpointError(
+                    src, f"file ends at byte {size} before storage {short(key)} (truncated?)"
+                )
             count = int.from_bytes(raw, "little")
             nbytes, numel = storages.nbytes(key), storages.records[key][1]
             if count != numel:  # torch reads `count` elements: any other count and it reads other bytes
-                raise CheckpointError(src, f"storage {short(key)} header says {count} elements, the pickle says "
-                                           f"{numel} ({nbytes} bytes)")
+                raise CheckpointError(
+                    src,
+                    f"storage {short(key)} header says {count} elements, the pickle says "
+                    f"{numel} ({nbytes} bytes)",
+                )
             starts[key] = (pos + 8, nbytes)
             pos += 8 + nbytes
             if pos > size:
-                raise CheckpointError(src, f"storage {short(key)} needs bytes up to {pos} but the file has {size} (truncated?)")
+                raise CheckpointError(
+                    src, f"storage {short(key)} needs bytes up to {pos} but the file has {size} (truncated?)"
+                )
         missing = sorted(set(storages) - set(starts))
         if missing:
             raise CheckpointError(src, f"storage {missing[0]!r} is missing from the data section")
         return root, starts, storages
 
     # ------------------------------------------------------------------ index
-    def _build_index(self, root: Any, starts: dict[str, tuple[int, int]], storages: _StorageIndex, size: int) -> None:
+    def _build_index(
+        self, root: Any, starts: dict[str, tuple[int, int]], storages: _StorageIndex, size: int
+    ) -> None:
         src = str(self.path)
         refs: dict[str, TensorRef] = {}
         inner_extras: dict[str, Any] = {}
@@ -385,7 +428,8 @@ class TorchCheckpoint(Checkpoint):
         for key, (start, length) in starts.items():
             if start + length > size:
                 raise CheckpointError(
-                    src, f"storage {short(key)} needs bytes {start}..{start + length} but the file has {size} (truncated?)"
+                    src,
+                    f"storage {short(key)} needs bytes {start}..{start + length} but the file has {size} (truncated?)",
                 )
         for key, ref in refs.items():
             self.tensors[key] = self._tensor_info(key, ref, starts, storages)
@@ -405,22 +449,28 @@ class TorchCheckpoint(Checkpoint):
             raise CheckpointError(src, f"tensor {label} disagrees with its storage's type or size")
         dtype = ref.dtype_name
         if dtype is None:
-            raise CheckpointError(src, f"tensor {label} has dtype {ref.torch_name}, which sdlens does not support")
+            raise CheckpointError(
+                src, f"tensor {label} has dtype {ref.torch_name}, which sdlens does not support"
+            )
         start, available = starts[storage.key]
         if storage.nbytes > available:
             raise CheckpointError(
-                src, f"storage {short(storage.key)} holds {available} bytes but the pickle says {storage.nbytes}"
+                src,
+                f"storage {short(storage.key)} holds {available} bytes but the pickle says {storage.nbytes}",
             )
         itemsize = DTYPES[dtype].itemsize
         storage_nbytes = storage.nbytes - storage.view_bytes
         if storage_nbytes < 0:
-            raise CheckpointError(src, f"tensor {label} views past the end of its storage {short(storage.key)}")
+            raise CheckpointError(
+                src, f"tensor {label} views past the end of its storage {short(storage.key)}"
+            )
         numel_t = math.prod(ref.shape)
         if numel_t:
             last = ref.storage_offset + sum((d - 1) * s for d, s in zip(ref.shape, ref.stride, strict=True))
             if (last + 1) * itemsize > storage_nbytes:
                 raise CheckpointError(
-                    src, f"tensor {label} extends past the end of its storage {short(storage.key)} ({storage_nbytes} bytes)"
+                    src,
+                    f"tensor {label} extends past the end of its storage {short(storage.key)} ({storage_nbytes} bytes)",
                 )
             if numel_t * itemsize > max(storage_nbytes, MAX_BROADCAST_BYTES):
                 raise CheckpointError(
@@ -460,7 +510,9 @@ class TorchCheckpoint(Checkpoint):
                 f"but the file has {len(m)} (truncated?)",
             )
         dt = torch_dtype(info.dtype)
-        base = torch.frombuffer(m, dtype=dt, count=loc.storage_nbytes // info.itemsize, offset=loc.storage_start)
+        base = torch.frombuffer(
+            m, dtype=dt, count=loc.storage_nbytes // info.itemsize, offset=loc.storage_start
+        )
         t = torch.as_strided(base, info.shape, loc.stride, loc.storage_offset)
         return t.contiguous() if copy else t
 

@@ -255,7 +255,9 @@ def _ints(value: Any, what: str) -> tuple[int, ...]:
         or len(value) > MAX_DIMS
         or not all(type(v) is int and 0 <= v < 1 << 62 for v in value)
     ):
-        raise _BadPickle(f"tensor {what} {_brief(value)} is not a tuple of at most {MAX_DIMS} non-negative ints")
+        raise _BadPickle(
+            f"tensor {what} {_brief(value)} is not a tuple of at most {MAX_DIMS} non-negative ints"
+        )
     return tuple(value)
 
 

@@ -47,7 +47,9 @@ def _end_record(f: BinaryIO, size: int, src: str) -> tuple[int, int, int]:
     f.seek(size - tail_len)
     tail = f.read(tail_len)
     at = tail.rfind(_EOCD)
-    while at >= 0 and (len(tail) - at < 22 or at + 22 + struct.unpack("<H", tail[at + 20 : at + 22])[0] != len(tail)):
+    while at >= 0 and (
+        len(tail) - at < 22 or at + 22 + struct.unpack("<H", tail[at + 20 : at + 22])[0] != len(tail)
+    ):
         at = tail.rfind(_EOCD, 0, at)
     if at < 0:
         raise CheckpointError(src, "truncated or corrupt zip archive (no end-of-central-directory record)")
@@ -68,7 +70,9 @@ def _end_record(f: BinaryIO, size: int, src: str) -> tuple[int, int, int]:
         raw = f.read(56)
         if len(raw) < 56 or raw[:4] != _EOCD64:
             raise CheckpointError(src, "truncated or corrupt zip archive (bad zip64 end record)")
-        rec_size, _, _, disk, cd_disk, n_here, n_total, cd_size, cd_offset = struct.unpack("<QHHIIQQQQ", raw[4:56])
+        rec_size, _, _, disk, cd_disk, n_here, n_total, cd_size, cd_offset = struct.unpack(
+            "<QHHIIQQQQ", raw[4:56]
+        )
         if rec + 12 + rec_size != loc:
             raise UnsafeArchiveError(src, "bytes between the zip64 end record and its locator")
         end_of_cd = rec
@@ -76,7 +80,8 @@ def _end_record(f: BinaryIO, size: int, src: str) -> tuple[int, int, int]:
         raise UnsafeArchiveError(src, "multi-disk zip archive")
     if cd_offset + cd_size != end_of_cd:
         raise UnsafeArchiveError(
-            src, f"data past the central directory (bytes {cd_offset + cd_size}..{end_of_cd} belong to no record)"
+            src,
+            f"data past the central directory (bytes {cd_offset + cd_size}..{end_of_cd} belong to no record)",
         )
     return n_total, cd_offset, eocd
 
@@ -107,7 +112,9 @@ def _central_directory(f: BinaryIO, size: int, src: str) -> tuple[list[zipfile.Z
     if start_dir != cd_offset:
         raise UnsafeArchiveError(src, f"{start_dir - cd_offset} bytes precede the archive (offsets disagree)")
     if len(infos) != n_total:
-        raise UnsafeArchiveError(src, f"central directory lists {len(infos)} members, the end record {n_total}")
+        raise UnsafeArchiveError(
+            src, f"central directory lists {len(infos)} members, the end record {n_total}"
+        )
     if not infos:
         raise CheckpointError(src, "zip archive has no members (not a torch.save checkpoint)")
     return infos, cd_offset
@@ -117,7 +124,9 @@ def _name_problems(infos: list[zipfile.ZipInfo], problems: list[str]) -> str:
     """The archive's top-level folder; duplicate names and members outside it go to ``problems``."""
     dupes = [n for n, c in Counter(i.filename for i in infos).items() if c > 1]
     if dupes:
-        problems.append(f"duplicate member name {dupes[0]!r} (torch reads one copy, Python's zipfile another)")
+        problems.append(
+            f"duplicate member name {dupes[0]!r} (torch reads one copy, Python's zipfile another)"
+        )
     first = infos[0].filename
     prefix = first.split("/", 1)[0] + "/" if "/" in first else ""
     stray = next((i.filename for i in infos if not prefix or not i.filename.startswith(prefix)), None)
@@ -151,10 +160,15 @@ def _local_header(
     local_name = raw_name.decode("utf-8" if flags & 0x800 else "cp437", "replace")
     if local_name != name:
         problems.append(f"local header names {local_name[:80]!r} but the central directory {name[:80]!r}")
-    elif method != info.compress_type or (flags ^ info.flag_bits) & 0x0809 or not flags & 0x8 and (
-        crc != info.CRC
-        or (csize != 0xFFFFFFFF and csize != info.compress_size)
-        or (usize != 0xFFFFFFFF and usize != info.file_size)
+    elif (
+        method != info.compress_type
+        or (flags ^ info.flag_bits) & 0x0809
+        or not flags & 0x8
+        and (
+            crc != info.CRC
+            or (csize != 0xFFFFFFFF and csize != info.compress_size)
+            or (usize != 0xFFFFFFFF and usize != info.file_size)
+        )
     ):
         problems.append(f"local header of {name!r} disagrees with the central directory")
     start = info.header_offset + 30 + nlen + xlen
@@ -166,7 +180,9 @@ def _local_header(
             problems.append(f"data descriptor of {name!r} disagrees with the central directory")
             dlen = 0
         end += dlen
-    member = ZipMember(name, local_name, start, info.compress_size, info.file_size, info.CRC, info.compress_type)
+    member = ZipMember(
+        name, local_name, start, info.compress_size, info.file_size, info.CRC, info.compress_type
+    )
     return member, (info.header_offset, end, name)
 
 
@@ -176,7 +192,11 @@ def _layout_problems(spans: list[tuple[int, int, str]], cd_offset: int, problems
     pos = 0
     for begin, end, name in spans:
         if begin != pos:
-            what = "overlaps the member before it" if begin < pos else f"follows {begin - pos} bytes outside any member"
+            what = (
+                "overlaps the member before it"
+                if begin < pos
+                else f"follows {begin - pos} bytes outside any member"
+            )
             problems.append(f"member {name!r} {what}")
         pos = max(pos, end)
     if pos != cd_offset:
@@ -206,7 +226,9 @@ def read_member(f: BinaryIO, m: ZipMember, src: str, max_bytes: int = MAX_PICKLE
                 ) -> bytes:  # fmt: skip
     """A member's bytes (inflated if deflated; any other method is read as stored), size-capped, CRC-checked."""
     if m.file_size > max_bytes or m.compress_size > max_bytes:
-        raise CheckpointError(src, f"zip member {m.name!r} is {m.file_size:,} bytes (limit {max_bytes >> 20} MiB)")
+        raise CheckpointError(
+            src, f"zip member {m.name!r} is {m.file_size:,} bytes (limit {max_bytes >> 20} MiB)"
+        )
     f.seek(m.data_start)
     raw = f.read(m.compress_size)
     if len(raw) < m.compress_size:
@@ -220,7 +242,9 @@ def read_member(f: BinaryIO, m: ZipMember, src: str, max_bytes: int = MAX_PICKLE
         if len(raw) > max_bytes:
             raise CheckpointError(src, f"zip member {m.name!r} inflates past the {max_bytes >> 20} MiB limit")
     if check_crc and not crc_ok(raw, m):
-        raise UnsafeArchiveError(src, f"CRC-32 mismatch in {m.name!r} (altered after writing; torch may read other bytes)")
+        raise UnsafeArchiveError(
+            src, f"CRC-32 mismatch in {m.name!r} (altered after writing; torch may read other bytes)"
+        )
     return raw
 
 

@@ -48,8 +48,10 @@ def _fill(share: float, hue: int) -> str:
 
 def _text(x: float, y: float, text: str, size: int, *, bold: bool = False, anchor: str = "start") -> str:
     weight = " font-weight='bold'" if bold else ""
-    return (f"<text x='{x:.1f}' y='{y:.1f}' font-size='{size}' text-anchor='{anchor}'{weight} {_FONT}>"
-            f"{escape(text)}</text>")
+    return (
+        f"<text x='{x:.1f}' y='{y:.1f}' font-size='{size}' text-anchor='{anchor}'{weight} {_FONT}>"
+        f"{escape(text)}</text>"
+    )
 
 
 def _fit(text: str, width: float, size: int, bold: bool = False) -> str:
@@ -61,16 +63,23 @@ def _fit(text: str, width: float, size: int, bold: bool = False) -> str:
 
 
 def _box(x: float, y: float, w: float, h: float, fill: str, lines: list[str], size: int = 11) -> str:
-    out = [f"<rect x='{x:.1f}' y='{y:.1f}' width='{w:.1f}' height='{h:.1f}' rx='4' fill='{fill}' stroke='#333333'/>"]
+    out = [
+        f"<rect x='{x:.1f}' y='{y:.1f}' width='{w:.1f}' height='{h:.1f}' rx='4' fill='{fill}' stroke='#333333'/>"
+    ]
     step = size + 2
     y0 = y + h / 2 - (len(lines) - 1) * step / 2 + size / 3
     for i, line in enumerate(lines):
-        out.append(_text(x + w / 2, y0 + i * step, _fit(line, w - 4, size, i == 0), size, bold=i == 0,
-                         anchor="middle"))
+        out.append(
+            _text(
+                x + w / 2, y0 + i * step, _fit(line, w - 4, size, i == 0), size, bold=i == 0, anchor="middle"
+            )
+        )
     return "\n".join(out)
 
 
-def _legend(x: float, y: float, items: list[tuple[str, str]], notes: list[str]) -> tuple[list[str], float, float]:
+def _legend(
+    x: float, y: float, items: list[tuple[str, str]], notes: list[str]
+) -> tuple[list[str], float, float]:
     """Colour swatches with their meaning on one line, then one line per note: (SVG, width, height)."""
     body, cx = [], x
     for fill, label in items:
@@ -87,9 +96,14 @@ def _legend(x: float, y: float, items: list[tuple[str, str]], notes: list[str]) 
 
 def _svg(width: float, height: float, body: list[str], title: str) -> str:
     width = max(width, text_width(title, 15, True) + 2 * 12)
-    return (f"<svg xmlns='http://www.w3.org/2000/svg' width='{width:.0f}' height='{height:.0f}' "
-            f"viewBox='0 0 {width:.0f} {height:.0f}'>\n<rect width='100%' height='100%' fill='#ffffff'/>\n"
-            + _text(12, 22, title, 15, bold=True) + "\n" + "\n".join(body) + "\n</svg>\n")
+    return (
+        f"<svg xmlns='http://www.w3.org/2000/svg' width='{width:.0f}' height='{height:.0f}' "
+        f"viewBox='0 0 {width:.0f} {height:.0f}'>\n<rect width='100%' height='100%' fill='#ffffff'/>\n"
+        + _text(12, 22, title, 15, bold=True)
+        + "\n"
+        + "\n".join(body)
+        + "\n</svg>\n"
+    )
 
 
 def unet_svg(r: ArchReport) -> str:
@@ -104,37 +118,73 @@ def unet_svg(r: ArchReport) -> str:
     ys_in = {b.name: top + i * (bh + gap) for i, b in enumerate(ins)}
     ys_out = {b.name: top + (n - 1 - i) * (bh + gap) for i, b in enumerate(outs)}
     for b in ins:
-        body.append(_box(xl, ys_in[b.name], bw, bh, _fill(b.share, 210),
-                         [b.name, f"{b.resolution} · {b.channels} ch · {_m(b.params)}"]))
+        body.append(
+            _box(
+                xl,
+                ys_in[b.name],
+                bw,
+                bh,
+                _fill(b.share, 210),
+                [b.name, f"{b.resolution} · {b.channels} ch · {_m(b.params)}"],
+            )
+        )
     for b in outs:
-        body.append(_box(xr, ys_out[b.name], bw, bh, _fill(b.share, 20),
-                         [b.name, f"{b.resolution} · {b.channels} ch · {_m(b.params)}"]))
+        body.append(
+            _box(
+                xr,
+                ys_out[b.name],
+                bw,
+                bh,
+                _fill(b.share, 20),
+                [b.name, f"{b.resolution} · {b.channels} ch · {_m(b.params)}"],
+            )
+        )
     # skip connections: IN i feeds OUT (n-1-i) (LDM UNets concatenate the matching input block's output)
     for i, b in enumerate(ins):
         j = len(outs) - 1 - i
         if 0 <= j < len(outs):
             y1 = ys_in[b.name] + bh / 2
             y2 = ys_out[outs[j].name] + bh / 2
-            body.append(f"<path d='M{xl + bw},{y1:.1f} C{xl + bw + 80},{y1:.1f} {xr - 80},{y2:.1f} {xr},{y2:.1f}' "
-                        "fill='none' stroke='#888888' stroke-dasharray='4 3'/>")
+            body.append(
+                f"<path d='M{xl + bw},{y1:.1f} C{xl + bw + 80},{y1:.1f} {xr - 80},{y2:.1f} {xr},{y2:.1f}' "
+                "fill='none' stroke='#888888' stroke-dasharray='4 3'/>"
+            )
     bottom = top + n * (bh + gap)
     if mid is not None:
         mx = (xl + xr + bw) / 2 - bw / 2
-        body.append(_box(mx, bottom + 10, bw, bh, _fill(mid.share, 120),
-                         ["M00", f"{mid.resolution} · {mid.channels} ch · {_m(mid.params)}"]))
+        body.append(
+            _box(
+                mx,
+                bottom + 10,
+                bw,
+                bh,
+                _fill(mid.share, 120),
+                ["M00", f"{mid.resolution} · {mid.channels} ch · {_m(mid.params)}"],
+            )
+        )
         last_in = ins[-1].name if ins else None
         first_out = outs[0].name if outs else None
         if last_in:
-            body.append(f"<line x1='{xl + bw / 2}' y1='{ys_in[last_in] + bh}' x2='{mx}' y2='{bottom + 10 + bh / 2}' "
-                        "stroke='#333333'/>")
+            body.append(
+                f"<line x1='{xl + bw / 2}' y1='{ys_in[last_in] + bh}' x2='{mx}' y2='{bottom + 10 + bh / 2}' "
+                "stroke='#333333'/>"
+            )
         if first_out:
-            body.append(f"<line x1='{mx + bw}' y1='{bottom + 10 + bh / 2}' x2='{xr + bw / 2}' "
-                        f"y2='{ys_out[first_out] + bh}' stroke='#333333'/>")
+            body.append(
+                f"<line x1='{mx + bw}' y1='{bottom + 10 + bh / 2}' x2='{xr + bw / 2}' "
+                f"y2='{ys_out[first_out] + bh}' stroke='#333333'/>"
+            )
         bottom += bh + 20
-    legend, lw, lh = _legend(_MARGIN, bottom + 12, [(_fill(0.1, 210), "input blocks (down)"),
-                                                     (_fill(0.1, 120), "middle"),
-                                                     (_fill(0.1, 20), "output blocks (up)")],
-                             ["darker = larger share of the parameters", "dashed: skip connections"])
+    legend, lw, lh = _legend(
+        _MARGIN,
+        bottom + 12,
+        [
+            (_fill(0.1, 210), "input blocks (down)"),
+            (_fill(0.1, 120), "middle"),
+            (_fill(0.1, 20), "output blocks (up)"),
+        ],
+        ["darker = larger share of the parameters", "dashed: skip connections"],
+    )
     body += legend
     title = f"{r.name} · {r.cls_name} · {_m(r.params)} parameters · latent {r.settings['latent'][0]}×{r.settings['latent'][1]}"
     return _svg(max(xr + bw, _MARGIN + lw) + _MARGIN, bottom + 12 + lh + 12, body, title)
@@ -145,8 +195,12 @@ def dit_svg(r: ArchReport) -> str:
     for b in r.blocks:
         m = re.fullmatch(r"([A-Z]+)(\d+)", b.name)
         groups.setdefault(m.group(1) if m else b.name, []).append(b)
-    labels = {"D": "double-stream blocks (image | text, joint attention)", "J": "joint blocks (image | text, joint attention)",
-              "S": "single-stream blocks (image + text concatenated)", "B": "DiT blocks (self-attn, cross-attn to text)"}
+    labels = {
+        "D": "double-stream blocks (image | text, joint attention)",
+        "J": "joint blocks (image | text, joint attention)",
+        "S": "single-stream blocks (image + text concatenated)",
+        "B": "DiT blocks (self-attn, cross-attn to text)",
+    }
     per_row, cw, ch, gap = 10, 62, 40, 6
     width = _MARGIN + per_row * (cw + gap) - gap + _MARGIN
     inner = width - 2 * _MARGIN
@@ -155,12 +209,33 @@ def dit_svg(r: ArchReport) -> str:
     for head, items in groups.items():
         if head in ("IN", "OUT", "BASE"):
             b = items[0]
-            text = "embedders (patchify, timestep, text projections)" if head == "IN" else "final layer (norm, unpatchify)"
-            body.append(_box(_MARGIN, y, inner, 36, "#eeeeee", [f"{head}: {text}", f"{_m(b.params)} · {', '.join(b.keys)}"], 10))
+            text = (
+                "embedders (patchify, timestep, text projections)"
+                if head == "IN"
+                else "final layer (norm, unpatchify)"
+            )
+            body.append(
+                _box(
+                    _MARGIN,
+                    y,
+                    inner,
+                    36,
+                    "#eeeeee",
+                    [f"{head}: {text}", f"{_m(b.params)} · {', '.join(b.keys)}"],
+                    10,
+                )
+            )
             y += 36 + 14
             continue
-        body.append(_text(_MARGIN, y + 12, _fit(f"{labels.get(head, head)}: {len(items)} × {_m(items[0].params)}", inner,
-                                                12, True), 12, bold=True))
+        body.append(
+            _text(
+                _MARGIN,
+                y + 12,
+                _fit(f"{labels.get(head, head)}: {len(items)} × {_m(items[0].params)}", inner, 12, True),
+                12,
+                bold=True,
+            )
+        )
         y += 20
         two = head in ("D", "J")
         pitch = ch + gap + (12 if two else 0)  # two-stream blocks carry their name above the box

@@ -24,8 +24,15 @@ def write_diff_plots(r: DiffResult, path: str | Path) -> list[Path]:
     path = Path(path)
     fam = r.family_a if r.family_a != "unknown" else r.family_b
     per_tensor = [
-        {"key": t.key, "component": t.component, "layer_type": t.layer_type, "l2": t.l2, "rms": t.rms,
-         "identical": not t.changed, "numel": t.numel}
+        {
+            "key": t.key,
+            "component": t.component,
+            "layer_type": t.layer_type,
+            "l2": t.l2,
+            "rms": t.rms,
+            "identical": not t.changed,
+            "numel": t.numel,
+        }
         for t in r.tensors
     ]
     title = plot_label(f"{Path(r.a).name} vs {Path(r.b).name}")
@@ -42,6 +49,11 @@ def write_diff_plots(r: DiffResult, path: str | Path) -> list[Path]:
     changed = {c: g for c, g in whole.items() if g.get("changed")}
     if changed:
         blocks["other components (whole)"] = changed
-    bars = plot_block_bars(blocks, diff_plot_paths(path)[1], metric="rms", title=title,
-                           identical=[c for c in whole if c not in changed])
+    bars = plot_block_bars(
+        blocks,
+        diff_plot_paths(path)[1],
+        metric="rms",
+        title=title,
+        identical=[c for c in whole if c not in changed],
+    )
     return [hist, bars]

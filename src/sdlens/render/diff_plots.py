@@ -56,7 +56,9 @@ def _folded_line(head: str, items: Sequence[str], per_line: int = 5) -> str:
     return head + "\n".join(lines)
 
 
-def plot_layer_histograms(per_tensor: Sequence[Mapping[str, Any]], path: str | Path, *, title: str = "") -> Path:
+def plot_layer_histograms(
+    per_tensor: Sequence[Mapping[str, Any]], path: str | Path, *, title: str = ""
+) -> Path:
     """One histogram of per-tensor L2 distances per layer type that changed (linear x, log-scale counts).
 
     Only denoiser tensors when there are any, else all. Identical tensors (l2 == 0) are counted in the panel
@@ -77,8 +79,9 @@ def plot_layer_histograms(per_tensor: Sequence[Mapping[str, Any]], path: str | P
         else:
             cols = min(3, len(changed))
             nrows = math.ceil(len(changed) / cols)
-            fig, axes = plt.subplots(nrows, cols, figsize=(max(8.0, 5.0 * cols), 3.4 * nrows), squeeze=False,
-                                     layout="constrained")
+            fig, axes = plt.subplots(
+                nrows, cols, figsize=(max(8.0, 5.0 * cols), 3.4 * nrows), squeeze=False, layout="constrained"
+            )
             for ax, lt in zip(axes.flat, changed, strict=False):
                 _histogram_panel(ax, lt, by_type[lt])
             for ax in list(axes.flat)[len(changed) :]:
@@ -112,7 +115,11 @@ def _histogram_panel(ax: Any, layer_type: str, group: Sequence[Mapping[str, Any]
 
 
 def plot_block_bars(
-    blocks: Mapping[str, Mapping[str, Mapping[str, Any]]], path: str | Path, *, metric: str = "rms", title: str = "",
+    blocks: Mapping[str, Mapping[str, Mapping[str, Any]]],
+    path: str | Path,
+    *,
+    metric: str = "rms",
+    title: str = "",
     identical: Sequence[str] = (),
 ) -> Path:
     """One bar chart row per component that changed: the distance of each block, in the given order.
@@ -126,7 +133,9 @@ def plot_block_bars(
     plt = _plt()
     comps = [(c, b) for c, b in blocks.items() if b]
     rows = [(c, b) for c, b in comps if any(_block_changed(g) for g in b.values())]
-    same = [f"{c} ({len(b)} blocks)" if len(b) > 1 else c for c, b in comps if (c, b) not in rows] + list(identical)
+    same = [f"{c} ({len(b)} blocks)" if len(b) > 1 else c for c, b in comps if (c, b) not in rows] + list(
+        identical
+    )
     most = max((len(b) for _, b in rows), default=1)
     width = max(8.0, 0.24 * most + 2.5)
     with plt.rc_context(_RC):
@@ -136,8 +145,9 @@ def plot_block_bars(
             ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, fontsize=11)
             ax.axis("off")
         else:
-            fig, axes = plt.subplots(len(rows), 1, figsize=(width, 2.9 * len(rows)), squeeze=False,
-                                     layout="constrained")
+            fig, axes = plt.subplots(
+                len(rows), 1, figsize=(width, 2.9 * len(rows)), squeeze=False, layout="constrained"
+            )
             for i, (ax, (comp, groups)) in enumerate(zip(axes[:, 0], rows, strict=True)):
                 _bar_row(ax, comp, groups, metric, _BAR_COLOURS[i % len(_BAR_COLOURS)])
         heading = [f"{title}  (grey '=' : block unchanged)" if rows else title]
@@ -163,7 +173,16 @@ def _bar_row(ax: Any, comp: str, groups: Mapping[str, Mapping[str, Any]], metric
     ax.set_ylim(0, top * 1.12)
     for i, (v, c) in enumerate(zip(vals, changed, strict=True)):
         if not c:
-            ax.text(i, v + top * 0.02, "=", ha="center", va="bottom", fontsize=10, fontweight="bold", color="#555555")
+            ax.text(
+                i,
+                v + top * 0.02,
+                "=",
+                ha="center",
+                va="bottom",
+                fontsize=10,
+                fontweight="bold",
+                color="#555555",
+            )
     ax.set_xticks(range(len(names)), names, rotation=90, fontsize=7)
     ax.set_xlim(-0.6, len(names) - 0.4)
     ax.tick_params(axis="y", labelsize=7)
@@ -179,7 +198,9 @@ def _save(fig: Any, plt: Any, path: str | Path) -> Path:
     out = Path(path)
     try:
         with atomic_path(out) as tmp:
-            fig.savefig(tmp, dpi=120, bbox_inches="tight", pad_inches=0.15, format=out.suffix.lstrip(".") or "png")
+            fig.savefig(
+                tmp, dpi=120, bbox_inches="tight", pad_inches=0.15, format=out.suffix.lstrip(".") or "png"
+            )
     finally:
         plt.close(fig)
     return out

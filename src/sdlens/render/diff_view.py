@@ -28,8 +28,16 @@ def _per_key(r: DiffResult, console: Console, metric: str) -> None:
     for d in r.tensors:
         if d.changed:
             vals = {"l2": _fmt(d.l2), "l1": _fmt(d.l1), "l0": str(d.l0), "cos": f"{d.cos:.6f}"}
-            rows.append([printable(d.key, NAME_LIMIT), printable(d.block), printable(d.layer_type),
-                         *(vals[m] for m in metrics), _fmt(d.rel), _fmt(d.max_abs)])
+            rows.append(
+                [
+                    printable(d.key, NAME_LIMIT),
+                    printable(d.block),
+                    printable(d.layer_type),
+                    *(vals[m] for m in metrics),
+                    _fmt(d.rel),
+                    _fmt(d.max_abs),
+                ]
+            )
     t = Table(title="Per tensor (changed only)", title_justify="left")
     for c in cols:
         t.add_column(c, no_wrap=True, justify="left" if c in ("key", "block", "type") else "right")
@@ -41,11 +49,19 @@ def _per_key(r: DiffResult, console: Console, metric: str) -> None:
     console.print(f"[italic]Per tensor (changed only): {plural(len(rows), 'tensor')}[/]")
     for row in rows:
         path_line(console, "", row[0])
-        wrap_items(console, [escape(f"{c} {v}" if c not in ("block", "type") else v)
-                             for c, v in zip(cols[1:], row[1:], strict=True) if v])
+        wrap_items(
+            console,
+            [
+                escape(f"{c} {v}" if c not in ("block", "type") else v)
+                for c, v in zip(cols[1:], row[1:], strict=True)
+                if v
+            ],
+        )
 
 
-def render_diff(r: DiffResult, console: Console, by: DiffBy = "component", metric: DiffMetric = "all") -> None:
+def render_diff(
+    r: DiffResult, console: Console, by: DiffBy = "component", metric: DiffMetric = "all"
+) -> None:
     check_choice(metric, "metric", DiffMetric)
     check_choice(by, "by", DiffBy)
     path_line(console, "A", printable(r.a, NAME_LIMIT))
@@ -57,17 +73,37 @@ def render_diff(r: DiffResult, console: Console, by: DiffBy = "component", metri
         return
     groups: list[tuple[str, GroupDiff]]
     if by == "block":
-        groups = [(f"{component_label(c, fam)} {b}", g) for c, blocks in r.by_block.items() for b, g in blocks.items()]
+        groups = [
+            (f"{component_label(c, fam)} {b}", g)
+            for c, blocks in r.by_block.items()
+            for b, g in blocks.items()
+        ]
     elif by == "type":
         groups = list(r.by_type.items())
     else:
         groups = [(component_label(c, fam), g) for c, g in r.by_component.items()]
     # tensors = changed + identical + within precision (different dtypes, consistent values; shown when any)
     within = any(g.within_precision for _, g in groups)
-    cols = ("group", "tensors", "changed", "identical", *(("within precision",) if within else ()),
-            "√Σ‖Δ‖²", "RMS Δ", "max |Δ|")
-    rows = [[safe(name), *map(str, [g.tensors, g.changed, g.identical] + ([g.within_precision] if within else [])),
-             _fmt(g.l2), _fmt(g.rms), _fmt(g.max_abs)] for name, g in groups]
+    cols = (
+        "group",
+        "tensors",
+        "changed",
+        "identical",
+        *(("within precision",) if within else ()),
+        "√Σ‖Δ‖²",
+        "RMS Δ",
+        "max |Δ|",
+    )
+    rows = [
+        [
+            safe(name),
+            *map(str, [g.tensors, g.changed, g.identical] + ([g.within_precision] if within else [])),
+            _fmt(g.l2),
+            _fmt(g.rms),
+            _fmt(g.max_abs),
+        ]
+        for name, g in groups
+    ]
     t = Table(title=f"By {by}", title_justify="left")
     for c in cols:
         t.add_column(c, justify="left" if c == "group" else "right", no_wrap=True)
@@ -85,8 +121,13 @@ def render_diff(r: DiffResult, console: Console, by: DiffBy = "component", metri
         other, rest = ("B", r.only_b) if part == "A" else ("A", r.only_a)
         shared = {t.component for t in r.tensors}
         n = sum(1 for k in rest if k.split("/", 1)[0] not in shared)
-        console.print(f"{other}'s other components: {plural(n, 'tensor')}, not compared (listed in --json)",
-                      highlight=False)
+        console.print(
+            f"{other}'s other components: {plural(n, 'tensor')}, not compared (listed in --json)",
+            highlight=False,
+        )
     elif r.only_a or r.only_b:
-        console.print(f"only in A: {plural(len(r.only_a), 'tensor')} · only in B: {plural(len(r.only_b), 'tensor')} "
-                      "(listed in --json)", highlight=False)
+        console.print(
+            f"only in A: {plural(len(r.only_a), 'tensor')} · only in B: {plural(len(r.only_b), 'tensor')} "
+            "(listed in --json)",
+            highlight=False,
+        )

@@ -136,11 +136,20 @@ def _grid(n: int, cols: int = 3):
 def _legend(fig, legend: dict[str, tuple], title: str) -> None:
     from matplotlib.lines import Line2D
 
-    handles = [Line2D([], [], linestyle="", marker=m, color=c, markersize=7, label=plot_label(name))
-               for name, (c, m) in legend.items()]
+    handles = [
+        Line2D([], [], linestyle="", marker=m, color=c, markersize=7, label=plot_label(name))
+        for name, (c, m) in legend.items()
+    ]
     ncol = 1 if len(handles) <= 25 else 2
-    fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7, title=title, ncol=ncol,
-               frameon=False)
+    fig.legend(
+        handles=handles,
+        loc="center left",
+        bbox_to_anchor=(1.0, 0.5),
+        fontsize=7,
+        title=title,
+        ncol=ncol,
+        frameon=False,
+    )
 
 
 def _scatter(ax, xy: np.ndarray, prompts: Sequence[Prompt], colours, markers, annotate: bool) -> None:
@@ -148,7 +157,9 @@ def _scatter(ax, xy: np.ndarray, prompts: Sequence[Prompt], colours, markers, an
         ax.scatter([x], [y], color=[c], marker=m, s=34, linewidths=1.2)
     if annotate:
         for (x, y), p in zip(xy, prompts, strict=True):
-            ax.annotate(plot_label(p.label), (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points", alpha=0.8)
+            ax.annotate(
+                plot_label(p.label), (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points", alpha=0.8
+            )
 
 
 def _title(e: EncoderEmbedding) -> str:
@@ -197,14 +208,22 @@ def plot_drift(result: EmbedResult, encoder: str, path: str | Path) -> Path | No
     Models whose largest drift is at rounding level (≤ ``QUIET_DRIFT``) get no panel, only a mention in the
     title; when no model moved the figure is that one line."""
     ref = result.get(result.ref, encoder) if result.ref else None
-    others = [e for e in result.by_encoder(encoder) if ref is not None and e.model != ref.model and e.dim == ref.dim]
+    others = [
+        e for e in result.by_encoder(encoder) if ref is not None and e.model != ref.model and e.dim == ref.dim
+    ]
     if ref is None or not others:
         return None
     drift = {d.model: d for d in result.drift if d.encoder == encoder}
     quiet = [e for e in others if e.model in drift and drift[e.model].max_drift <= QUIET_DRIFT]
     moved = [e for e in others if e not in quiet]
-    quiet_line = ("no drift (rounding level): " + ", ".join(
-        f"{plot_label(e.model)} (largest {drift[e.model].max_drift:.1e})" for e in quiet)) if quiet else ""
+    quiet_line = (
+        (
+            "no drift (rounding level): "
+            + ", ".join(f"{plot_label(e.model)} (largest {drift[e.model].max_drift:.1e})" for e in quiet)
+        )
+        if quiet
+        else ""
+    )
     if not moved:
         import matplotlib
 
@@ -213,8 +232,15 @@ def plot_drift(result: EmbedResult, encoder: str, path: str | Path) -> Path | No
 
         fig, ax = plt.subplots(figsize=(8, 1.2))
         ax.axis("off")
-        ax.text(0.5, 0.5, f"relative to {plot_label(ref.model)} · {plot_label(ref.label)} ({encoder}), no prompt moved:\n{quiet_line}",
-                ha="center", va="center", fontsize=10, transform=ax.transAxes)
+        ax.text(
+            0.5,
+            0.5,
+            f"relative to {plot_label(ref.model)} · {plot_label(ref.label)} ({encoder}), no prompt moved:\n{quiet_line}",
+            ha="center",
+            va="center",
+            fontsize=10,
+            transform=ax.transAxes,
+        )
         try:
             return _save(fig, Path(path))
         finally:
@@ -232,19 +258,28 @@ def plot_drift(result: EmbedResult, encoder: str, path: str | Path) -> Path | No
             span = float(np.ptp(ref_xy, axis=0).max()) or 1.0
             for (x0, y0), (x1, y1), c in zip(ref_xy, xy, colours, strict=True):
                 if np.hypot(x1 - x0, y1 - y0) > 0.002 * span:  # shorter moves would be all arrowhead
-                    ax.annotate("", xy=(x1, y1), xytext=(x0, y0),
-                                arrowprops={"arrowstyle": "->", "color": c, "lw": 1.0, "alpha": 0.85})
+                    ax.annotate(
+                        "",
+                        xy=(x1, y1),
+                        xytext=(x0, y0),
+                        arrowprops={"arrowstyle": "->", "color": c, "lw": 1.0, "alpha": 0.85},
+                    )
             for (x, y), c, m in zip(ref_xy, colours, markers, strict=True):
                 ax.scatter([x], [y], color=[c], marker=m, s=22, alpha=0.35)
             _scatter(ax, xy, prompts, colours, markers, annotate=groups or len(prompts) <= 60)
             d = drift.get(e.model)
             extra = f"mean cos {d.mean_cosine:.4f} · max drift {d.max_drift:.2g}" if d else ""
-            ax.set_title(f"{plot_label(e.model)} vs {plot_label(ref.model)}\n{extra} · Procrustes disparity {disparity:.2g}", fontsize=9)
+            ax.set_title(
+                f"{plot_label(e.model)} vs {plot_label(ref.model)}\n{extra} · Procrustes disparity {disparity:.2g}",
+                fontsize=9,
+            )
             ax.set_xlabel(f"reference PC1 ({100 * ratios[0]:.1f}%)")
             ax.set_ylabel(f"reference PC2 ({100 * ratios[1]:.1f}%)")
             ax.grid(alpha=0.25)
-        heading = (f"how each prompt moved relative to {plot_label(ref.model)} · {plot_label(ref.label)} ({encoder})\n"
-                   "faint marker: reference position; arrows under 0.2% of the map not drawn")
+        heading = (
+            f"how each prompt moved relative to {plot_label(ref.model)} · {plot_label(ref.label)} ({encoder})\n"
+            "faint marker: reference position; arrows under 0.2% of the map not drawn"
+        )
         heading += f"\n{quiet_line}" if quiet_line else ""
         rows = math.ceil(len(moved) / 3)
         fig.suptitle(heading, fontsize=11, y=1.0 + (0.045 * (heading.count("\n") + 1)) / rows)

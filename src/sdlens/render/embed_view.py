@@ -53,7 +53,10 @@ def write_embed_outputs(result: EmbedResult, out_dir: str | Path, method: EmbedM
 
 
 def render_drift(d: Drift, console: Console, top: int = 10) -> None:
-    t = Table(title=f"{safe(d.model)} vs {safe(d.ref)} · {safe(d.encoder)}: mean cosine {d.mean_cosine:.6f}", title_justify="left")
+    t = Table(
+        title=f"{safe(d.model)} vs {safe(d.ref)} · {safe(d.encoder)}: mean cosine {d.mean_cosine:.6f}",
+        title_justify="left",
+    )
     t.add_column("prompt", overflow="fold")
     t.add_column("text", overflow="fold", max_width=60)
     t.add_column("cosine", justify="right")
@@ -71,15 +74,25 @@ def render_embed(result: EmbedResult, console: Console, top: int = 10) -> None:
     for m in result.models:  # one model a line (its name whole), its encoders under it
         path_line(console, "", printable(m.name, NAME_LIMIT) + (" (ref)" if m.name == result.ref else ""))
         for e in (e for e in result.embeddings if e.model == m.name):
-            wrap_items(console, [safe(f"{m.family}: {e.label} ({e.encoder})"), safe(f"layer {e.layer}"),
-                                 safe(f"pool {e.pool}"), f"dim {e.dim}"], indent=2)
+            wrap_items(
+                console,
+                [
+                    safe(f"{m.family}: {e.label} ({e.encoder})"),
+                    safe(f"layer {e.layer}"),
+                    safe(f"pool {e.pool}"),
+                    f"dim {e.dim}",
+                ],
+                indent=2,
+            )
             notes += [f"{m.name} · {e.label}: {n}" for n in e.notes]
         notes += [f"{m.name}: skipped {s}" for s in m.skipped]
     for n in dict.fromkeys(notes):
         console.print(f"  [dim]note:[/] {safe(n)}", highlight=False)
     truncated = {lab for e in result.embeddings for lab in e.truncated}
     if truncated:
-        console.print(f"[yellow]cut at the encoder's length:[/] {', '.join(safe(t) for t in sorted(truncated))}",
-                      highlight=False)
+        console.print(
+            f"[yellow]cut at the encoder's length:[/] {', '.join(safe(t) for t in sorted(truncated))}",
+            highlight=False,
+        )
     for d in result.drift:
         render_drift(d, console, top)

@@ -28,7 +28,9 @@ def _kv_whole(console: Console, title: str, rows: list[tuple[str, str]]) -> None
     under the table, on its own line, whole."""
     keyw = max((len(k) for k, _ in rows), default=0)
     room = console.width - keyw - 2
-    console.print(Text(title, style="italic"))  # above, not as the table's title: a narrow table would fold it
+    console.print(
+        Text(title, style="italic")
+    )  # above, not as the table's title: a narrow table would fold it
     t = _kv_table("")
     long: list[tuple[str, str]] = []
     for k, v in rows:
@@ -50,11 +52,21 @@ def _components(r: InspectReport, console: Console) -> None:
         t = Table(title="Components", title_justify="left")
         cols = ("component", "prefix", "layout", "tensors", "params", "size", "dtypes")
         for col in cols if with_prefix else [c for c in cols if c != "prefix"]:
-            t.add_column(col, justify="right" if col in ("tensors", "params", "size") else "left",
-                         no_wrap=col != "dtypes")
+            t.add_column(
+                col,
+                justify="right" if col in ("tensors", "params", "size") else "left",
+                no_wrap=col != "dtypes",
+            )
         for c in r.components:
-            row = [safe(c.label), safe(c.prefix) or "(bare)", safe(c.convention), str(c.tensors), human_count(c.params),
-                   human_bytes(c.bytes), _join(f"{d}×{n}" for d, n in c.dtypes.items())]
+            row = [
+                safe(c.label),
+                safe(c.prefix) or "(bare)",
+                safe(c.convention),
+                str(c.tensors),
+                human_count(c.params),
+                human_bytes(c.bytes),
+                _join(f"{d}×{n}" for d, n in c.dtypes.items()),
+            ]
             t.add_row(*(row if with_prefix else row[:1] + row[2:]))
         return t
 
@@ -95,7 +107,9 @@ def _identity(r: InspectReport, console: Console, colour: str) -> None:
     if r.variants:
         ident.add_row("variant", _join(r.variants))
     ident.add_row("kind", safe(r.kind))
-    ident.add_row("format", f"{safe(r.format)}, {len(r.conventions) and _join(r.conventions, ' / ')} key convention")
+    ident.add_row(
+        "format", f"{safe(r.format)}, {len(r.conventions) and _join(r.conventions, ' / ')} key convention"
+    )
     for reason in r.reasons:
         ident.add_row("because", safe(reason))
     for n in r.nonstandard:
@@ -120,7 +134,9 @@ def _state(r: InspectReport, console: Console) -> None:
         console.print(f"[bold cyan]EMA:[/] {state}")
     if r.schedule is not None:
         s = r.schedule
-        console.print(f"[bold cyan]schedule:[/] {s.timesteps} steps, {safe(s.kind)}; zero terminal SNR: {'yes' if s.zero_terminal_snr else 'no'}")
+        console.print(
+            f"[bold cyan]schedule:[/] {s.timesteps} steps, {safe(s.kind)}; zero terminal SNR: {'yes' if s.zero_terminal_snr else 'no'}"
+        )
 
 
 def _precision(r: InspectReport, console: Console) -> None:
@@ -157,8 +173,13 @@ def _unknown_keys(r: InspectReport, console: Console) -> None:
         for col in ("key", "shape", "dtype", "size", *(["why"] if why else [])):
             ut.add_column(col, no_wrap=col != "why")
         for u in r.unknown_keys[:20]:
-            ut.add_row(safe(u["key"]), safe(u["shape"]), safe(u["dtype"]), human_bytes(u["bytes"]),
-                       *([safe(u["why"])] if why else []))
+            ut.add_row(
+                safe(u["key"]),
+                safe(u["shape"]),
+                safe(u["dtype"]),
+                human_bytes(u["bytes"]),
+                *([safe(u["why"])] if why else []),
+            )
         return ut
 
     if fits(console, table(False), spare=24):  # room left for "why", wrapped at its spaces
@@ -167,8 +188,10 @@ def _unknown_keys(r: InspectReport, console: Console) -> None:
         console.print(title, style="italic", highlight=False)
         for u in r.unknown_keys[:20]:
             path_line(console, "", printable(u["key"], NAME_LIMIT))
-            console.print(f"    {safe(u['shape'])} {safe(u['dtype'])} {human_bytes(u['bytes'])}: {safe(u['why'])}",
-                          highlight=False)
+            console.print(
+                f"    {safe(u['shape'])} {safe(u['dtype'])} {human_bytes(u['bytes'])}: {safe(u['why'])}",
+                highlight=False,
+            )
     if len(r.unknown_keys) > 20:
         console.print(f"  … {len(r.unknown_keys) - 20} more in --json", highlight=False)
 
@@ -192,14 +215,24 @@ def _scan(r: InspectReport, console: Console) -> None:
     """The scan's verdict and the tensors that are zero by design."""
     s = r.scan
     ok = not (s.nan or s.inf or s.all_zero)
-    console.print(Group(Text(f"scan: {plural(s.tensors, 'tensor')}, {human_bytes(s.bytes)} read: "
-                             + ("no NaN/Inf, no all-zero tensors" if ok else "see problems above"),
-                             style="green" if ok else "red")))
+    console.print(
+        Group(
+            Text(
+                f"scan: {plural(s.tensors, 'tensor')}, {human_bytes(s.bytes)} read: "
+                + ("no NaN/Inf, no all-zero tensors" if ok else "see problems above"),
+                style="green" if ok else "red",
+            )
+        )
+    )
     if s.zero_by_design:
         reasons: dict[str, list[str]] = {}
         for k, why in s.zero_by_design.items():
             reasons.setdefault(why, []).append(k)
         for why, keys in reasons.items():
             more = f" +{len(keys) - 3} more" if len(keys) > 3 else ""
-            console.print(f"  zero by design (not a problem): {plural(len(keys), 'tensor')}"
-                          f" — {safe(why)}: {_join(keys[:3])}{more}", highlight=False, soft_wrap=True)
+            console.print(
+                f"  zero by design (not a problem): {plural(len(keys), 'tensor')}"
+                f" — {safe(why)}: {_join(keys[:3])}{more}",
+                highlight=False,
+                soft_wrap=True,
+            )

@@ -24,7 +24,9 @@ class Box:
     y1: float
 
     def overlaps(self, o: Box, pad: float = 1.0) -> bool:
-        return not (self.x1 + pad <= o.x0 or o.x1 + pad <= self.x0 or self.y1 + pad <= o.y0 or o.y1 + pad <= self.y0)
+        return not (
+            self.x1 + pad <= o.x0 or o.x1 + pad <= self.x0 or self.y1 + pad <= o.y0 or o.y1 + pad <= self.y0
+        )
 
     def inside(self, o: Box) -> bool:
         return self.x0 >= o.x0 and self.y0 >= o.y0 and self.x1 <= o.x1 and self.y1 <= o.y1
@@ -45,8 +47,17 @@ def _candidate(px: float, py: float, w: float, h: float, d: tuple[int, int], r: 
     return Box(x0, y0, x0 + w, y0 + h)
 
 
-def place_labels(ax, xy: np.ndarray, texts: Sequence[str], *, fontsize: float = 8, marker_px: float = 6.0,
-                 obstacles: Sequence[Box] = (), rings: int = 4, background: bool = False) -> tuple[list, list[tuple[int, str]], list[Box]]:
+def place_labels(
+    ax,
+    xy: np.ndarray,
+    texts: Sequence[str],
+    *,
+    fontsize: float = 8,
+    marker_px: float = 6.0,
+    obstacles: Sequence[Box] = (),
+    rings: int = 4,
+    background: bool = False,
+) -> tuple[list, list[tuple[int, str]], list[Box]]:
     """Label the points ``xy`` (data coordinates) of ``ax`` with ``texts`` without any two labels, or a label
     and a point, overlapping. Returns the Text artists, the (number, text) key of labels shown as numbers,
     and the boxes now taken (for further labels, such as edge labels). A point with no free spot even for a
@@ -76,21 +87,43 @@ def place_labels(ax, xy: np.ndarray, texts: Sequence[str], *, fontsize: float = 
                     break
             if placed:
                 break
-        if placed is None:  # nowhere free, even for a number: named in the key, never drawn over another label
+        if (
+            placed is None
+        ):  # nowhere free, even for a number: named in the key, never drawn over another label
             crowded.append(texts[i])
             continue
         text, box, (dx, dy), ring = placed
         if text != texts[i]:
             key.append((int(text), texts[i]))
         taken.append(box)
-        anchor = (box.x0 if dx > 0 else box.x1 if dx < 0 else (box.x0 + box.x1) / 2,
-                  box.y0 if dy > 0 else box.y1 if dy < 0 else (box.y0 + box.y1) / 2)
+        anchor = (
+            box.x0 if dx > 0 else box.x1 if dx < 0 else (box.x0 + box.x1) / 2,
+            box.y0 if dy > 0 else box.y1 if dy < 0 else (box.y0 + box.y1) / 2,
+        )
         at = ax.transData.inverted().transform(anchor)
-        arrow = {"arrowstyle": "-", "color": "#999999", "lw": 0.6, "shrinkA": 0, "shrinkB": marker_px * 0.8} \
-            if ring > 0 else None
-        patch = {"boxstyle": "square,pad=0.05", "fc": "white", "ec": "none", "alpha": 0.8} if background else None
-        artists.append(ax.annotate(text, xy[i], xytext=at, textcoords="data", fontsize=fontsize, ha=_HA[dx],
-                                   va=_VA[dy], arrowprops=arrow, annotation_clip=False, bbox=patch, zorder=4))
+        arrow = (
+            {"arrowstyle": "-", "color": "#999999", "lw": 0.6, "shrinkA": 0, "shrinkB": marker_px * 0.8}
+            if ring > 0
+            else None
+        )
+        patch = (
+            {"boxstyle": "square,pad=0.05", "fc": "white", "ec": "none", "alpha": 0.8} if background else None
+        )
+        artists.append(
+            ax.annotate(
+                text,
+                xy[i],
+                xytext=at,
+                textcoords="data",
+                fontsize=fontsize,
+                ha=_HA[dx],
+                va=_VA[dy],
+                arrowprops=arrow,
+                annotation_clip=False,
+                bbox=patch,
+                zorder=4,
+            )
+        )
     key += [(0, t) for t in crowded]  # number 0: too crowded to label at all
     return artists, key, taken
 

@@ -45,8 +45,9 @@ def plot_heatmap(m: np.ndarray, names: list[str], title: str, path: Path) -> Pat
     fig = plt.figure(figsize=(max(6, 0.5 * n + 3), max(6, 0.5 * n + 4)))
     if n > 2:
         ax_d = fig.add_axes((0.25, 0.77, 0.58, 0.15))
-        tree = dendrogram(linkage(squareform(sub, checks=False), "average"), ax=ax_d, no_labels=True,
-                          color_threshold=0)
+        tree = dendrogram(
+            linkage(squareform(sub, checks=False), "average"), ax=ax_d, no_labels=True, color_threshold=0
+        )
         ax_d.set_axis_off()
         order = tree["leaves"]
     else:
@@ -59,8 +60,15 @@ def plot_heatmap(m: np.ndarray, names: list[str], title: str, path: Path) -> Pat
         mid = (np.nanmax(sub) + np.nanmin(sub)) / 2
         for i, a in enumerate(order):
             for j, b in enumerate(order):
-                ax.text(j, i, f"{sub[a, b]:.3g}", ha="center", va="center", fontsize=6,
-                        color="black" if sub[a, b] > mid else "white")  # dark on viridis' light end
+                ax.text(
+                    j,
+                    i,
+                    f"{sub[a, b]:.3g}",
+                    ha="center",
+                    va="center",
+                    fontsize=6,
+                    color="black" if sub[a, b] > mid else "white",
+                )  # dark on viridis' light end
     fig.colorbar(im, cax=fig.add_axes((0.86, 0.22, 0.02, 0.54)))
     left_out = [_short(names)[i] for i in range(len(names)) if i not in set(keep)]
     note = f"\nnot comparable, not shown: {', '.join(left_out)}" if left_out else ""
@@ -125,23 +133,38 @@ def identical_groups(m: np.ndarray, keep: list[int] | np.ndarray) -> list[list[i
 
 
 def group_label(grp: list[int], labels: list[str]) -> str:
-    """"base" for one model, "base (+2 identical)" for three at distance 0."""
+    """ "base" for one model, "base (+2 identical)" for three at distance 0."""
     return labels[grp[0]] if len(grp) == 1 else f"{labels[grp[0]]} (+{len(grp) - 1} identical)"
 
 
 def _footnote(ax, lines: list[str]) -> None:
     """Lines of text under the axes (kept in the saved figure by the tight bounding box)."""
     if lines:
-        ax.annotate("\n".join(lines), (0, 0), xycoords="axes fraction", xytext=(0, -24), textcoords="offset points",
-                    va="top", ha="left", fontsize=7, color="#444444", annotation_clip=False)
+        ax.annotate(
+            "\n".join(lines),
+            (0, 0),
+            xycoords="axes fraction",
+            xytext=(0, -24),
+            textcoords="offset points",
+            va="top",
+            ha="left",
+            fontsize=7,
+            color="#444444",
+            annotation_clip=False,
+        )
 
 
-def _notes(groups: list[list[int]], labels: list[str], key: list[tuple[int, str]], left_out: list[str]) -> list[str]:
+def _notes(
+    groups: list[list[int]], labels: list[str], key: list[tuple[int, str]], left_out: list[str]
+) -> list[str]:
     out = []
     for grp in groups:
         if len(grp) > 1:
-            out += textwrap.wrap(f"{group_label(grp, labels)}: {', '.join(labels[i] for i in grp)}", 130,
-                                 subsequent_indent="    ")
+            out += textwrap.wrap(
+                f"{group_label(grp, labels)}: {', '.join(labels[i] for i in grp)}",
+                130,
+                subsequent_indent="    ",
+            )
     numbered = [f"{k} = {t}" for k, t in key if k]
     if numbered:
         out += textwrap.wrap("numbered: " + "; ".join(numbered), 130, subsequent_indent="    ")
@@ -149,7 +172,9 @@ def _notes(groups: list[list[int]], labels: list[str], key: list[tuple[int, str]
     if crowded:
         out += textwrap.wrap("too crowded to label: " + ", ".join(crowded), 130, subsequent_indent="    ")
     if left_out:
-        out += textwrap.wrap(f"not comparable, not shown: {', '.join(left_out)}", 130, subsequent_indent="    ")
+        out += textwrap.wrap(
+            f"not comparable, not shown: {', '.join(left_out)}", 130, subsequent_indent="    "
+        )
     return out
 
 
@@ -218,7 +243,11 @@ def graph_figure(m: np.ndarray, names: list[str], title: str):
     labels, groups, sub, xy, left_out = _points(m, names)
     k = len(groups)
     tree = minimum_spanning_tree(sub).tocoo() if k > 1 else None
-    straight = {(min(a, b), max(a, b)) for a, b in zip(tree.row, tree.col, strict=True)} if tree is not None else set()
+    straight = (
+        {(min(a, b), max(a, b)) for a, b in zip(tree.row, tree.col, strict=True)}
+        if tree is not None
+        else set()
+    )
     if k <= 8:  # every pair: the tree's edges straight, the others curved so that none hides another
         pairs = [(a, b) for a in range(k) for b in range(a + 1, k)]
         how = "every pair (the nearest-neighbour tree straight)"
@@ -235,11 +264,22 @@ def graph_figure(m: np.ndarray, names: list[str], title: str):
         mid = _bezier(xy[a], xy[b], bends[a, b], 0.5)
         c = 2 * mid - (xy[a] + xy[b]) / 2  # the control point
         path = MPath([xy[a], c, xy[b]], [MPath.MOVETO, MPath.CURVE3, MPath.CURVE3])
-        ax.add_patch(PathPatch(path, fill=False, lw=0.5 + 3.5 * (1 - float(sub[a, b]) / top), ec="#b0b0b0",
-                               capstyle="round", zorder=1))
+        ax.add_patch(
+            PathPatch(
+                path,
+                fill=False,
+                lw=0.5 + 3.5 * (1 - float(sub[a, b]) / top),
+                ec="#b0b0b0",
+                capstyle="round",
+                zorder=1,
+            )
+        )
     ax.scatter(xy[:, 0], xy[:, 1], s=110, color="#8fb3de", edgecolors="#4a6f9c", linewidths=0.8, zorder=3)
-    ax.set_title(f"{title}\nnode = models at distance 0, placed by distance (stress, near pairs first)\n"
-                 f"lines: {how}, thicker for closer pairs", fontsize=10)
+    ax.set_title(
+        f"{title}\nnode = models at distance 0, placed by distance (stress, near pairs first)\n"
+        f"lines: {how}, thicker for closer pairs",
+        fontsize=10,
+    )
     ax.set_axis_off()
     ax.margins(0.1)
     ax.autoscale_view()
@@ -253,13 +293,29 @@ def graph_figure(m: np.ndarray, names: list[str], title: str):
     edge_text = []
     for a, b in sorted(pairs, key=lambda e: -np.hypot(*(px[e[0]] - px[e[1]]))):
         at = _bezier(xy[a], xy[b], bends[a, b], 0.5)
-        t = ax.text(*at, f"{sub[a, b]:.3g}", fontsize=6.5, ha="center", va="center", color="#555555", zorder=2,
-                    bbox={"boxstyle": "square,pad=0.1", "fc": "white", "ec": "none"})
+        t = ax.text(
+            *at,
+            f"{sub[a, b]:.3g}",
+            fontsize=6.5,
+            ha="center",
+            va="center",
+            color="#555555",
+            zorder=2,
+            bbox={"boxstyle": "square,pad=0.1", "fc": "white", "ec": "none"},
+        )
         bb = Box(*t.get_window_extent(renderer).extents)
-        crossed = any(((c[:, 0] > bb.x0 - 2) & (c[:, 0] < bb.x1 + 2) & (c[:, 1] > bb.y0 - 2) & (c[:, 1] < bb.y1 + 2)).any()
-                      for e, c in curves.items() if e != (a, b))
-        if (np.hypot(*(px[a] - px[b])) < (bb.x1 - bb.x0) + 16 * scale or crossed
-                or any(bb.overlaps(o, pad=2) for o in taken)):
+        crossed = any(
+            (
+                (c[:, 0] > bb.x0 - 2) & (c[:, 0] < bb.x1 + 2) & (c[:, 1] > bb.y0 - 2) & (c[:, 1] < bb.y1 + 2)
+            ).any()
+            for e, c in curves.items()
+            if e != (a, b)
+        )
+        if (
+            np.hypot(*(px[a] - px[b])) < (bb.x1 - bb.x0) + 16 * scale
+            or crossed
+            or any(bb.overlaps(o, pad=2) for o in taken)
+        ):
             t.remove()  # does not fit on its edge: the CSV has every distance
             continue
         taken.append(bb)
@@ -267,8 +323,11 @@ def graph_figure(m: np.ndarray, names: list[str], title: str):
     notes = _notes(groups, labels, key, left_out)
     for grp in _overlapping(px, 6 * scale):
         far = max(float(sub[a, b]) for a in grp for b in grp)
-        notes += textwrap.wrap(f"drawn on top of each other (at most {far:.3g} apart): "
-                               + ", ".join(texts[i] for i in grp), 130, subsequent_indent="    ")
+        notes += textwrap.wrap(
+            f"drawn on top of each other (at most {far:.3g} apart): " + ", ".join(texts[i] for i in grp),
+            130,
+            subsequent_indent="    ",
+        )
     _footnote(ax, notes)
     return fig, node_text, edge_text
 
@@ -290,8 +349,11 @@ def mds_figure(m: np.ndarray, names: list[str], title: str):
     fig, ax = _map_axes(plt, xy, len(groups))
     sizes = [40 + 25 * (len(grp) - 1) for grp in groups]
     ax.scatter(xy[:, 0], xy[:, 1], s=sizes, color="#4C72B0", zorder=3)
-    ax.set_title(f"{title}\npoint = models at distance 0; axes in distance units; the map holds "
-                 f"{100 * mds_explained(sub):.0f}% of the squared spread", fontsize=10)
+    ax.set_title(
+        f"{title}\npoint = models at distance 0; axes in distance units; the map holds "
+        f"{100 * mds_explained(sub):.0f}% of the squared spread",
+        fontsize=10,
+    )
     ax.grid(alpha=0.3)
     ax.margins(0.12)
     ax.tick_params(labelsize=7)
@@ -301,8 +363,11 @@ def mds_figure(m: np.ndarray, names: list[str], title: str):
     notes = _notes(groups, labels, key, left_out)
     for grp in _overlapping(ax.transData.transform(xy), 5 * scale):
         far = max(float(sub[a, b]) for a in grp for b in grp)
-        notes += textwrap.wrap(f"drawn on top of each other (at most {far:.3g} apart): "
-                               + ", ".join(names_[i] for i in grp), 130, subsequent_indent="    ")
+        notes += textwrap.wrap(
+            f"drawn on top of each other (at most {far:.3g} apart): " + ", ".join(names_[i] for i in grp),
+            130,
+            subsequent_indent="    ",
+        )
     _footnote(ax, notes)
     return fig, texts
 
@@ -322,10 +387,13 @@ def from_ref_figure(matrices: dict[str, np.ndarray], names: list[str], ref: int)
     others = np.arange(len(names)) != ref
     same = [g for g, m in matrices.items() if np.nan_to_num(m[ref], nan=1.0).max() == 0]
     alone = [g for g, m in matrices.items() if np.isnan(m[ref][others]).all()]
-    matrices = {g: m for g, m in matrices.items() if g not in same + alone} or dict(list(matrices.items())[:1])
+    matrices = {g: m for g, m in matrices.items() if g not in same + alone} or dict(
+        list(matrices.items())[:1]
+    )
     n, k = len(names), len(matrices)
-    fig, axes = plt.subplots(1, k, figsize=(1.6 + 2.6 * k, 0.24 * n + 1.4), sharey=True, squeeze=False,
-                             layout="constrained")
+    fig, axes = plt.subplots(
+        1, k, figsize=(1.6 + 2.6 * k, 0.24 * n + 1.4), sharey=True, squeeze=False, layout="constrained"
+    )
     y = np.arange(n)
     colours = ["#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B2", "#937860"]
     for ax, (group, m), colour in zip(axes[0], matrices.items(), colours * 4, strict=False):
@@ -343,7 +411,9 @@ def from_ref_figure(matrices: dict[str, np.ndarray], names: list[str], ref: int)
         ax.grid(axis="x", alpha=0.3)
         ax.tick_params(labelsize=7)
         ax.set_xlabel("distance", fontsize=8)
-    axes[0, 0].set_yticks(y, [f"{t} (reference)" if i == ref else t for i, t in enumerate(labels)], fontsize=8)
+    axes[0, 0].set_yticks(
+        y, [f"{t} (reference)" if i == ref else t for i, t in enumerate(labels)], fontsize=8
+    )
     axes[0, 0].set_ylim(n - 0.5, -0.5)
     heading = f"distance from {labels[ref]}, per component (open circle: identical; n/a: not comparable)"
     if same:
@@ -371,8 +441,13 @@ def plot_identity(identity: dict[str, list[list[str]]], names: list[str], path: 
                 cells[names.index(n)][j] = chr(ord("A") + k % 26)
     fig, ax = plt.subplots(figsize=(max(5, 1.2 * len(comps) + 3), 0.2 * (len(names) + 1) + 0.6))
     ax.set_axis_off()
-    table = ax.table(cellText=cells or [[""]], rowLabels=_short(names), colLabels=comps or ["-"], loc="upper center",
-                     cellLoc="center")
+    table = ax.table(
+        cellText=cells or [[""]],
+        rowLabels=_short(names),
+        colLabels=comps or ["-"],
+        loc="upper center",
+        cellLoc="center",
+    )
     table.auto_set_font_size(False)
     table.set_fontsize(8)
     ax.set_title("bit-identical components (same letter = same bytes)", fontsize=10)

@@ -19,7 +19,13 @@ from sdlens.render.safe_text import NAME_LIMIT, plot_label, printable, safe
 from sdlens.render.text import fits, path_line, plural, wrap_items
 
 _DETAIL = ("vae_encoder", "vae_decoder", "schedule", "other")  # CSV and JSON only
-WRITES = ("matrix-*.csv", "matrix.json", "identity.csv", "*.png", ".matrix-partial.npz")  # in the --out folder
+WRITES = (
+    "matrix-*.csv",
+    "matrix.json",
+    "identity.csv",
+    "*.png",
+    ".matrix-partial.npz",
+)  # in the --out folder
 _METRIC = {"l2": "L2 distance ‖a−b‖₂", "l1": "L1 distance Σ|a−b|", "cos": "cosine distance 1 − cos(a, b)"}
 
 
@@ -60,7 +66,10 @@ def figure_jobs(result: MatrixResult, out_dir: Path) -> list[tuple[str, tuple]]:
     label = _METRIC[result.metric]
     mats = {g: result.matrix(g) for g in result.matrices}
     names = [plot_label(n) for n in result.names]  # file names may hold control characters or "$"
-    identity = {plot_label(c): [[plot_label(n) for n in grp] for grp in groups] for c, groups in result.identity.items()}
+    identity = {
+        plot_label(c): [[plot_label(n) for n in grp] for grp in groups]
+        for c, groups in result.identity.items()
+    }
     jobs: list[tuple[str, tuple]] = []
     for g, m in mats.items():
         if not _worth_plotting(g, m):
@@ -69,16 +78,31 @@ def figure_jobs(result: MatrixResult, out_dir: Path) -> list[tuple[str, tuple]]:
         jobs.append(("plot_heatmap", (m, names, title, out_dir / f"heatmap-{_fname(g)}.png")))
         if not g.startswith("block:"):
             jobs.append(("plot_graph", (m, names, title, out_dir / f"graph-{_fname(g)}.png")))
-            jobs.append(("plot_mds", (m, names, plot_label(f"{g}: 2-D map (MDS) of {label}"),
-                                      out_dir / f"mds-{_fname(g)}.png")))
+            jobs.append(
+                (
+                    "plot_mds",
+                    (
+                        m,
+                        names,
+                        plot_label(f"{g}: 2-D map (MDS) of {label}"),
+                        out_dir / f"mds-{_fname(g)}.png",
+                    ),
+                )
+            )
     main = {g: m for g, m in mats.items() if not g.startswith("block:") and g not in _DETAIL}
     jobs.append(("plot_from_ref", (main or mats, names, result.ref, out_dir / "from-ref.png")))
     jobs.append(("plot_identity", (identity, names, out_dir / "identity.png")))
     return jobs
 
 
-def write_outputs(result: MatrixResult, out_dir: Path, *, plots: bool = True, figures: FigureWorkers | None = None,
-                  while_drawing: Callable[[], None] | None = None) -> list[Path]:
+def write_outputs(
+    result: MatrixResult,
+    out_dir: Path,
+    *,
+    plots: bool = True,
+    figures: FigureWorkers | None = None,
+    while_drawing: Callable[[], None] | None = None,
+) -> list[Path]:
     """CSV per group, matrix.json, identity.csv and (with ``plots``) the figures, drawn by ``figures`` (started
     early by the caller) or by workers started here; each file written atomically. The figures are handed out
     first; the data files are written (and ``while_drawing`` runs) while they are drawn."""
@@ -89,8 +113,10 @@ def write_outputs(result: MatrixResult, out_dir: Path, *, plots: bool = True, fi
     try:
         if plots:
             figures.submit(figure_jobs(result, out_dir))
-        written = [write_text_atomic(out_dir / f"matrix-{_fname(g)}.csv", matrix_csv(result, g))
-                   for g in result.matrices]
+        written = [
+            write_text_atomic(out_dir / f"matrix-{_fname(g)}.csv", matrix_csv(result, g))
+            for g in result.matrices
+        ]
         written.append(write_text_atomic(out_dir / "matrix.json", dumps(result)))
         written.append(write_text_atomic(out_dir / "identity.csv", identity_csv(result)))
         if while_drawing:
@@ -204,7 +230,9 @@ class FigureWorkers:
 def render_matrix(result: MatrixResult, console: Console, *, max_cols: int = 12) -> None:
     """Notes, the identity groups, the numbered models, then each group's matrix (models as numbered rows; at most
     ``max_cols`` columns a table, fewer when the console is narrow)."""
-    console.print(f"[bold]{plural(len(result.models), 'model')}[/] · {_METRIC[result.metric]} · by {result.by}")
+    console.print(
+        f"[bold]{plural(len(result.models), 'model')}[/] · {_METRIC[result.metric]} · by {result.by}"
+    )
     for line in result.note_lines():
         console.print(f"[yellow]note[/] {safe(line)}", soft_wrap=True, highlight=False)
     console.print("models:", style="bold")
@@ -213,7 +241,9 @@ def render_matrix(result: MatrixResult, console: Console, *, max_cols: int = 12)
         path_line(console, f"  {i:>{width}}", printable(Path(name).name, NAME_LIMIT))
     _identity(result, console)
     for g in result.matrices:
-        _matrix_tables(console, result.matrix(g), f"{safe(g)} ({plural(result.keys.get(g, 0), 'tensor')})", max_cols)
+        _matrix_tables(
+            console, result.matrix(g), f"{safe(g)} ({plural(result.keys.get(g, 0), 'tensor')})", max_cols
+        )
 
 
 def _identity(result: MatrixResult, console: Console) -> None:
@@ -240,7 +270,7 @@ def _matrix_tables(console: Console, m: np.ndarray, title: str, max_cols: int) -
     while per > 1 and not fits(console, _table(m, title, cols[:per])):
         per -= 1
     for start in range(0, n, per):
-        chunk = cols[start:start + per]
+        chunk = cols[start : start + per]
         part = title if per >= n else f"{title}: models {chunk[0] + 1}–{chunk[-1] + 1}"
         console.print(_table(m, part, chunk))
 

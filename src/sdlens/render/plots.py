@@ -69,12 +69,20 @@ def plot_component_sizes(reports: Sequence[InspectReport], path: str | Path) -> 
     for i, r in enumerate(reports):
         left = 0.0
         for label, colour, share in component_segments(r, shades):
-            ax.barh(i, 100 * share, left=100 * left, color=colour, edgecolor="white", linewidth=0.5, height=0.75)
+            ax.barh(
+                i, 100 * share, left=100 * left, color=colour, edgecolor="white", linewidth=0.5, height=0.75
+            )
             legend.setdefault(label, colour)
             left += share
         kind = "" if r.kind == "full model" else f" · {r.kind}"
-        ax.text(101.5, i, f"{r.family_name}{kind} · {human_bytes(r.tensor_bytes)}", va="center", fontsize=8,
-                clip_on=False)
+        ax.text(
+            101.5,
+            i,
+            f"{r.family_name}{kind} · {human_bytes(r.tensor_bytes)}",
+            va="center",
+            fontsize=8,
+            clip_on=False,
+        )
     ax.set_yticks(range(len(names)), names, fontsize=8)
     ax.set_ylim(len(reports) - 0.5, -0.5)
     ax.set_xlim(0, 100)
@@ -85,7 +93,9 @@ def plot_component_sizes(reports: Sequence[InspectReport], path: str | Path) -> 
     order = [*shades.values(), *_COLOURS.values(), _OTHER, _NO_COMPONENTS]  # denoisers, encoders, VAE, …
     entries = sorted(legend.items(), key=lambda e: order.index(e[1]))
     handles = [Patch(facecolor=c, edgecolor="#777777", linewidth=0.5, label=lab) for lab, c in entries]
-    fig.legend(handles=handles, loc="outside lower center", ncol=min(5, len(handles)), fontsize=8, frameon=False)
+    fig.legend(
+        handles=handles, loc="outside lower center", ncol=min(5, len(handles)), fontsize=8, frameon=False
+    )
     out = Path(path)
     try:
         with atomic_path(out) as tmp:

@@ -53,8 +53,9 @@ def path_line(console: Console, label: str, path: str) -> None:
     """``label path`` on one line, the path never broken (a terminal narrower than the path wraps it itself)."""
     from rich.text import Text
 
-    console.print(Text.assemble((label, "bold"), " ", path) if label else Text(path), soft_wrap=True,
-                  highlight=False)
+    console.print(
+        Text.assemble((label, "bold"), " ", path) if label else Text(path), soft_wrap=True, highlight=False
+    )
 
 
 def wrap_items(console: Console, items: list[str], indent: int = 4, sep: str = " · ") -> None:

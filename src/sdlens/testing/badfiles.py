@@ -39,14 +39,20 @@ def good_tensors() -> dict[str, np.ndarray]:
     return {k: rng.standard_normal(s).astype(np.float16) for k, s in names.items()}
 
 
-def write_safetensors(path: Path, tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None) -> Path:
+def write_safetensors(
+    path: Path, tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None
+) -> Path:
     """A valid safetensors file from numpy arrays (F16/F32), written without torch."""
     names = {np.dtype(np.float16): "F16", np.dtype(np.float32): "F32"}
     header: dict = {"__metadata__": metadata} if metadata else {}
     pos, blobs = 0, []
     for key, arr in tensors.items():
         b = np.ascontiguousarray(arr).tobytes()
-        header[key] = {"dtype": names[arr.dtype], "shape": list(arr.shape), "data_offsets": [pos, pos + len(b)]}
+        header[key] = {
+            "dtype": names[arr.dtype],
+            "shape": list(arr.shape),
+            "data_offsets": [pos, pos + len(b)],
+        }
         blobs.append(b)
         pos += len(b)
     raw = json.dumps(header, separators=(",", ":")).encode()
@@ -58,8 +64,16 @@ def write_safetensors(path: Path, tensors: dict[str, np.ndarray], metadata: dict
 def many_tensors_header(n: int = 200_000) -> bytes:
     """A safetensors file of ``n`` small F16 tensors with real-looking keys (about 70 header bytes each:
     200,000 give a 14 MB header, the size of a big LoRA collection), data all zeros."""
-    parts = ("attn1.to_q.weight", "attn1.to_k.weight", "attn1.to_v.weight", "attn1.to_out.0.weight",
-             "attn1.to_out.0.bias", "ff.net.0.proj.weight", "ff.net.2.weight", "norm1.weight")
+    parts = (
+        "attn1.to_q.weight",
+        "attn1.to_k.weight",
+        "attn1.to_v.weight",
+        "attn1.to_out.0.weight",
+        "attn1.to_out.0.bias",
+        "ff.net.0.proj.weight",
+        "ff.net.2.weight",
+        "norm1.weight",
+    )
     entries, pos = [], 0
     for i in range(n):
         key = f"blocks.{i // 8}.{parts[i % 8]}"
@@ -70,8 +84,13 @@ def many_tensors_header(n: int = 200_000) -> bytes:
 
 
 def _entry(dtype: object = "F32", shape: object = (1,), offsets: object = (0, 4)) -> dict:
-    return {"a": {"dtype": dtype, "shape": list(shape) if isinstance(shape, tuple) else shape,
-                  "data_offsets": list(offsets) if isinstance(offsets, tuple) else offsets}}
+    return {
+        "a": {
+            "dtype": dtype,
+            "shape": list(shape) if isinstance(shape, tuple) else shape,
+            "data_offsets": list(offsets) if isinstance(offsets, tuple) else offsets,
+        }
+    }
 
 
 # (name, header, data, message fragment) for safetensors headers whose values are wrong
@@ -99,32 +118,79 @@ HEADER_CASES: list[tuple[str, dict | bytes, bytes, str]] = [
     ("offsets_negative", _entry(offsets=[-4, 0]), b"\0" * 4, "invalid data_offsets [-4, 0]"),
     ("offsets_reversed", _entry(offsets=[4, 0]), b"\0" * 4, "invalid data_offsets [4, 0]"),
     ("offsets_missing", {"a": {"dtype": "F32", "shape": [1]}}, b"\0" * 4, "invalid data_offsets None"),
-    ("offsets_past_end", _entry(offsets=[0, 1 << 40], shape=(1 << 38,)), b"\0" * 4, "ends at byte 1099511627776"),
+    (
+        "offsets_past_end",
+        _entry(offsets=[0, 1 << 40], shape=(1 << 38,)),
+        b"\0" * 4,
+        "ends at byte 1099511627776",
+    ),
     ("offsets_huge", _entry(offsets=[0, 10**300]), b"\0" * 4, "ends at byte 1000000"),
     ("span_mismatch", _entry(shape=(2,)), b"\0" * 4, "needs 8 bytes but data_offsets span 4"),
     ("entry_list", {"a": [1, 2]}, b"", "header entry 'a' is not an object"),
     ("entry_string", {"a": "F32"}, b"", "header entry 'a' is not an object"),
     ("metadata_list", {"__metadata__": ["x"], **_entry()}, b"\0" * 4, "__metadata__ is not a JSON object"),
     ("header_list", b"[1, 2, 3]  ", b"", "not a JSON object"),
-    ("overlap", {"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
-                 "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}, b"\0" * 12, "overlap"),
-    ("overlap_same", {"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]},
-                      "b": {"dtype": "I32", "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 4, "overlap"),
-    ("overlap_empty_inside", {"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
-                              "b": {"dtype": "F32", "shape": [0], "data_offsets": [4, 4]}}, b"\0" * 8, "overlap"),
+    (
+        "overlap",
+        {
+            "a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+            "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]},
+        },
+        b"\0" * 12,
+        "overlap",
+    ),
+    (
+        "overlap_same",
+        {
+            "a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]},
+            "b": {"dtype": "I32", "shape": [1], "data_offsets": [0, 4]},
+        },
+        b"\0" * 4,
+        "overlap",
+    ),
+    (
+        "overlap_empty_inside",
+        {
+            "a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+            "b": {"dtype": "F32", "shape": [0], "data_offsets": [4, 4]},
+        },
+        b"\0" * 8,
+        "overlap",
+    ),
     ("deep_json", b'{"a":' + b"[" * 100_000 + b"]" * 100_000 + b"}", b"", "nested too deeply"),
     ("deep_metadata", b'{"__metadata__":{"x":' + b"[" * 5000 + b"]" * 5000 + b"}}", b"", "nested too deeply"),
-    ("huge_int", b'{"a":{"dtype":"F32","shape":[' + b"9" * 5000 + b'],"data_offsets":[0,4]}}', b"\0" * 4,
-     "Exceeds the limit"),
-    ("lone_surrogate_key", b'{"a\\ud800":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}', b"\0" * 4,
-     "lone surrogate"),
-    ("lone_surrogate_meta", b'{"__metadata__":{"k":"\\udfff"},"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}',
-     b"\0" * 4, "lone surrogate"),
-    ("not_utf8", b'{"\xff\xfe":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}', b"\0" * 4, "not valid JSON"),
+    (
+        "huge_int",
+        b'{"a":{"dtype":"F32","shape":[' + b"9" * 5000 + b'],"data_offsets":[0,4]}}',
+        b"\0" * 4,
+        "Exceeds the limit",
+    ),
+    (
+        "lone_surrogate_key",
+        b'{"a\\ud800":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}',
+        b"\0" * 4,
+        "lone surrogate",
+    ),
+    (
+        "lone_surrogate_meta",
+        b'{"__metadata__":{"k":"\\udfff"},"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}',
+        b"\0" * 4,
+        "lone surrogate",
+    ),
+    (
+        "not_utf8",
+        b'{"\xff\xfe":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}',
+        b"\0" * 4,
+        "not valid JSON",
+    ),
     ("not_json", b"{not json at all}", b"", "not valid JSON"),
     ("nul_header", b"{" + b"\0" * 63, b"", "not valid JSON"),
-    ("long_key_dtype", {"k" * 100_000: {"dtype": "x" * 100_000, "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 4,
-     "unknown dtype"),
+    (
+        "long_key_dtype",
+        {"k" * 100_000: {"dtype": "x" * 100_000, "shape": [1], "data_offsets": [0, 4]}},
+        b"\0" * 4,
+        "unknown dtype",
+    ),
 ]
 
 
@@ -135,7 +201,9 @@ def torch_zip_bytes() -> bytes:
     import torch
 
     buf = io.BytesIO()
-    torch.save({"state_dict": {"w": torch.arange(6, dtype=torch.float16).view(2, 3), "b": torch.ones(3)}}, buf)
+    torch.save(
+        {"state_dict": {"w": torch.arange(6, dtype=torch.float16).view(2, 3), "b": torch.ones(3)}}, buf
+    )
     return buf.getvalue()
 
 
@@ -187,4 +255,3 @@ def build_corpus(folder: str | Path) -> dict[str, BadFile]:
     deep.write_text('{"weight_map":' + "[" * 100_000 + "]" * 100_000 + "}")
     out["index_deep"] = BadFile(deep, "")
     return out
-

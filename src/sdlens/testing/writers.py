@@ -10,7 +10,9 @@ from typing import Any
 from sdlens.io.dtypes import DTYPES, st_name
 
 
-def save_safetensors(tensors: dict[str, Any], path: str | Path, metadata: dict[str, str] | None = None) -> Path:
+def save_safetensors(
+    tensors: dict[str, Any], path: str | Path, metadata: dict[str, str] | None = None
+) -> Path:
     """Save ``tensors`` as .safetensors. If any tensor lives on the meta device, write a *sparse* file:
     the real header, then the file truncated to its full length (the data reads as zeros, costs no disk)."""
     path = Path(path)

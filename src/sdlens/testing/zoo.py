@@ -145,7 +145,9 @@ def _lora(kind: str, arch: str) -> tuple[Callable[[Path], None], Truth]:
     return write, truth
 
 
-def _st(make: Callable[[], dict[str, torch.Tensor]], metadata: dict[str, str] | None = None) -> Callable[[Path], None]:
+def _st(
+    make: Callable[[], dict[str, torch.Tensor]], metadata: dict[str, str] | None = None
+) -> Callable[[Path], None]:
     return lambda path: save_safetensors(make(), path, metadata)
 
 
@@ -164,63 +166,219 @@ def zoo_table() -> list[tuple[str, str, Callable[[Path], None], Truth]]:
     """(name, file name, writer, truth) for every zoo entry."""
     full = "full model"
     rows: list[tuple[str, str, Callable[[Path], None], Truth]] = [
-        ("sd1_fp16", "sd1_fp16.safetensors", _st(lambda: _unet("sd1", dtype=F16)),
-         Truth("sd1", full, precision="fp16", conventions=("ldm",))),
-        ("sd1_ema_ckpt", "sd1_ema.ckpt", _ck(lambda: _unet("sd1", ema=True)),
-         Truth("sd1", full, precision="fp32", ema=True, extras={"epoch": 6, "global_step": 470000})),
-        ("sd1_legacy_ckpt", "sd1_legacy.ckpt", _ck(lambda: _unet("sd1", seed=1), legacy=True), Truth("sd1", full)),
-        ("sd1_nai", "sd1_nai_clip.safetensors", _st(lambda: _unet("sd1", nai_clip=True, dtype=F16)),
-         Truth("sd1", full, conventions=("nai",))),
-        ("sd1_bf16", "sd1_bf16.safetensors", _st(lambda: _unet("sd1", dtype=BF16)), Truth("sd1", full, precision="bf16")),
-        ("sd1_inpaint", "sd1_inpainting.safetensors", _st(lambda: _unet("sd1", in_channels=9, dtype=F16)),
-         Truth("sd1", full, ("inpainting",))),
-        ("sd1_pix2pix", "sd1_ip2p.safetensors", _st(lambda: _unet("sd1", in_channels=8, dtype=F16)),
-         Truth("sd1", full, ("instruct-pix2pix",))),
-        ("sd1_extra_keys", "sd1_extra_keys.safetensors",
-         _st(lambda: {**_unet("sd1", dtype=F16), "my_trainer.step_scale": torch.ones(3)}),
-         Truth("sd1", full, unknown_key="my_trainer.step_scale")),
-        ("sd2_fp16", "sd2_fp16.safetensors", _st(lambda: _unet("sd2", dtype=F16)),
-         Truth("sd2", full, precision="fp16", conventions=("ldm",))),
-        ("sdxl_fp16", "sdxl_fp16.safetensors", _st(lambda: _unet("sdxl", dtype=F16), {"modelspec.architecture": "stable-diffusion-xl-v1-base", "modelspec.title": "zoo SDXL"}),
-         Truth("sdxl", full, precision="fp16", conventions=("ldm", "sgm"))),
-        ("sdxl_broken_pos", "sdxl_broken_position_ids.safetensors", _st(lambda: _broken_position_ids(_unet("sdxl", dtype=F16, seed=2))),
-         Truth("sdxl", full, problem="broken position_ids")),
-        ("sdxl_refiner", "sdxl_refiner.safetensors", _st(lambda: _unet("sdxl_refiner", dtype=F16)), Truth("sdxl_refiner", full)),
-        ("sdxl_diffusers", "sdxl_diffusers", _folder("sdxl"), Truth("sdxl", full, conventions=("diffusers",))),
-        ("sdxl_full_fp16", "sdxl_full_fp16.safetensors", _st(lambda: realise_small_buffers(_unet("sdxl", size="full", dtype=F16))),
-         Truth("sdxl", full, precision="fp16")),
-        ("sd1_full_ema_fp32", "sd1_full_ema_fp32.safetensors", _st(lambda: realise_small_buffers(_unet("sd1", size="full", ema=True))),
-         Truth("sd1", full, precision="fp32", ema=True)),
-        ("sdxl_unet_only", "sdxl_unet.safetensors", _st(lambda: _strip(_unet("sdxl", dtype=F16), "model.diffusion_model.")),
-         Truth("sdxl", "denoiser only")),
-        ("vae_sd", "sd_vae.safetensors", _st(lambda: _strip(_unet("sd1", dtype=F16), "first_stage_model.")), Truth("unknown", "VAE")),
-        ("sdxl_text_encoders", "sdxl_text_encoders.safetensors",
-         _st(lambda: {k: v for k, v in _unet("sdxl", dtype=F16).items() if k.startswith("conditioner.")}),
-         Truth("sdxl", "text encoders")),
-        ("sd3_medium", "sd3_medium_incl_clips_t5.safetensors", _st(lambda: _dit("sd3", with_encoders=True, with_vae=True, dtype=F16)),
-         Truth("sd3", full, conventions=("ldm", "comfy"))),
-        ("sd35_medium", "sd3.5_medium.safetensors", _st(lambda: _dit("sd35m", dtype=F16)), Truth("sd35m", "denoiser only")),
-        ("sd35_large", "sd3.5_large.safetensors", _st(lambda: _dit("sd35", dtype=F16)), Truth("sd35", "denoiser only")),
-        ("flux_dev", "flux1-dev.safetensors", _st(lambda: _dit("flux_dev", dtype=BF16)), Truth("flux_dev", "denoiser only", precision="bf16")),
-        ("flux_schnell", "flux1-schnell.safetensors", _st(lambda: _dit("flux_schnell", dtype=BF16)),
-         Truth("flux_schnell", "denoiser only")),
-        ("flux_fill", "flux1-fill-dev.safetensors", _st(lambda: _dit("flux_dev", variant="fill", dtype=BF16)),
-         Truth("flux_dev", "denoiser only", ("Fill (inpainting)",))),
-        ("flux_bundled", "flux1-dev-all-in-one.safetensors", _st(lambda: _dit("flux_dev", with_encoders=True, with_vae=True, dtype=F16)),
-         Truth("flux_dev", full)),
-        ("auraflow", "aura_flow_0.2.safetensors", _st(lambda: _dit("auraflow", dtype=F16)), Truth("auraflow", "denoiser only")),
-        ("hunyuandit", "hunyuan_dit.safetensors", _st(lambda: _dit("hunyuandit", dtype=F16)), Truth("hunyuandit", "denoiser only")),
-        ("pixart_alpha", "pixart_alpha.safetensors", _st(lambda: _dit("pixart_alpha", dtype=F16)), Truth("pixart_alpha", "denoiser only")),
-        ("pixart_sigma", "pixart_sigma.safetensors", _st(lambda: _dit("pixart_sigma", dtype=F16)), Truth("pixart_sigma", "denoiser only")),
-        ("kl_f8_c16", "flux_ae.safetensors", _st(lambda: _strip(_dit_vae(), "first_stage_model.")), Truth("unknown", "VAE")),
-        ("controlnet_sd1", "control_sd15_canny.safetensors", _st(lambda: _control("sd1", "original")), Truth("sd1", "ControlNet")),
-        ("controlnet_sdxl", "controlnet_sdxl.safetensors", _st(lambda: _control("sdxl", "original")), Truth("sdxl", "ControlNet")),
-        ("controlnet_sd1_diffusers", "controlnet_sd15_diffusers.safetensors", _st(lambda: _control("sd1", "diffusers")),
-         Truth("sd1", "ControlNet")),
+        (
+            "sd1_fp16",
+            "sd1_fp16.safetensors",
+            _st(lambda: _unet("sd1", dtype=F16)),
+            Truth("sd1", full, precision="fp16", conventions=("ldm",)),
+        ),
+        (
+            "sd1_ema_ckpt",
+            "sd1_ema.ckpt",
+            _ck(lambda: _unet("sd1", ema=True)),
+            Truth("sd1", full, precision="fp32", ema=True, extras={"epoch": 6, "global_step": 470000}),
+        ),
+        (
+            "sd1_legacy_ckpt",
+            "sd1_legacy.ckpt",
+            _ck(lambda: _unet("sd1", seed=1), legacy=True),
+            Truth("sd1", full),
+        ),
+        (
+            "sd1_nai",
+            "sd1_nai_clip.safetensors",
+            _st(lambda: _unet("sd1", nai_clip=True, dtype=F16)),
+            Truth("sd1", full, conventions=("nai",)),
+        ),
+        (
+            "sd1_bf16",
+            "sd1_bf16.safetensors",
+            _st(lambda: _unet("sd1", dtype=BF16)),
+            Truth("sd1", full, precision="bf16"),
+        ),
+        (
+            "sd1_inpaint",
+            "sd1_inpainting.safetensors",
+            _st(lambda: _unet("sd1", in_channels=9, dtype=F16)),
+            Truth("sd1", full, ("inpainting",)),
+        ),
+        (
+            "sd1_pix2pix",
+            "sd1_ip2p.safetensors",
+            _st(lambda: _unet("sd1", in_channels=8, dtype=F16)),
+            Truth("sd1", full, ("instruct-pix2pix",)),
+        ),
+        (
+            "sd1_extra_keys",
+            "sd1_extra_keys.safetensors",
+            _st(lambda: {**_unet("sd1", dtype=F16), "my_trainer.step_scale": torch.ones(3)}),
+            Truth("sd1", full, unknown_key="my_trainer.step_scale"),
+        ),
+        (
+            "sd2_fp16",
+            "sd2_fp16.safetensors",
+            _st(lambda: _unet("sd2", dtype=F16)),
+            Truth("sd2", full, precision="fp16", conventions=("ldm",)),
+        ),
+        (
+            "sdxl_fp16",
+            "sdxl_fp16.safetensors",
+            _st(
+                lambda: _unet("sdxl", dtype=F16),
+                {"modelspec.architecture": "stable-diffusion-xl-v1-base", "modelspec.title": "zoo SDXL"},
+            ),
+            Truth("sdxl", full, precision="fp16", conventions=("ldm", "sgm")),
+        ),
+        (
+            "sdxl_broken_pos",
+            "sdxl_broken_position_ids.safetensors",
+            _st(lambda: _broken_position_ids(_unet("sdxl", dtype=F16, seed=2))),
+            Truth("sdxl", full, problem="broken position_ids"),
+        ),
+        (
+            "sdxl_refiner",
+            "sdxl_refiner.safetensors",
+            _st(lambda: _unet("sdxl_refiner", dtype=F16)),
+            Truth("sdxl_refiner", full),
+        ),
+        (
+            "sdxl_diffusers",
+            "sdxl_diffusers",
+            _folder("sdxl"),
+            Truth("sdxl", full, conventions=("diffusers",)),
+        ),
+        (
+            "sdxl_full_fp16",
+            "sdxl_full_fp16.safetensors",
+            _st(lambda: realise_small_buffers(_unet("sdxl", size="full", dtype=F16))),
+            Truth("sdxl", full, precision="fp16"),
+        ),
+        (
+            "sd1_full_ema_fp32",
+            "sd1_full_ema_fp32.safetensors",
+            _st(lambda: realise_small_buffers(_unet("sd1", size="full", ema=True))),
+            Truth("sd1", full, precision="fp32", ema=True),
+        ),
+        (
+            "sdxl_unet_only",
+            "sdxl_unet.safetensors",
+            _st(lambda: _strip(_unet("sdxl", dtype=F16), "model.diffusion_model.")),
+            Truth("sdxl", "denoiser only"),
+        ),
+        (
+            "vae_sd",
+            "sd_vae.safetensors",
+            _st(lambda: _strip(_unet("sd1", dtype=F16), "first_stage_model.")),
+            Truth("unknown", "VAE"),
+        ),
+        (
+            "sdxl_text_encoders",
+            "sdxl_text_encoders.safetensors",
+            _st(lambda: {k: v for k, v in _unet("sdxl", dtype=F16).items() if k.startswith("conditioner.")}),
+            Truth("sdxl", "text encoders"),
+        ),
+        (
+            "sd3_medium",
+            "sd3_medium_incl_clips_t5.safetensors",
+            _st(lambda: _dit("sd3", with_encoders=True, with_vae=True, dtype=F16)),
+            Truth("sd3", full, conventions=("ldm", "comfy")),
+        ),
+        (
+            "sd35_medium",
+            "sd3.5_medium.safetensors",
+            _st(lambda: _dit("sd35m", dtype=F16)),
+            Truth("sd35m", "denoiser only"),
+        ),
+        (
+            "sd35_large",
+            "sd3.5_large.safetensors",
+            _st(lambda: _dit("sd35", dtype=F16)),
+            Truth("sd35", "denoiser only"),
+        ),
+        (
+            "flux_dev",
+            "flux1-dev.safetensors",
+            _st(lambda: _dit("flux_dev", dtype=BF16)),
+            Truth("flux_dev", "denoiser only", precision="bf16"),
+        ),
+        (
+            "flux_schnell",
+            "flux1-schnell.safetensors",
+            _st(lambda: _dit("flux_schnell", dtype=BF16)),
+            Truth("flux_schnell", "denoiser only"),
+        ),
+        (
+            "flux_fill",
+            "flux1-fill-dev.safetensors",
+            _st(lambda: _dit("flux_dev", variant="fill", dtype=BF16)),
+            Truth("flux_dev", "denoiser only", ("Fill (inpainting)",)),
+        ),
+        (
+            "flux_bundled",
+            "flux1-dev-all-in-one.safetensors",
+            _st(lambda: _dit("flux_dev", with_encoders=True, with_vae=True, dtype=F16)),
+            Truth("flux_dev", full),
+        ),
+        (
+            "auraflow",
+            "aura_flow_0.2.safetensors",
+            _st(lambda: _dit("auraflow", dtype=F16)),
+            Truth("auraflow", "denoiser only"),
+        ),
+        (
+            "hunyuandit",
+            "hunyuan_dit.safetensors",
+            _st(lambda: _dit("hunyuandit", dtype=F16)),
+            Truth("hunyuandit", "denoiser only"),
+        ),
+        (
+            "pixart_alpha",
+            "pixart_alpha.safetensors",
+            _st(lambda: _dit("pixart_alpha", dtype=F16)),
+            Truth("pixart_alpha", "denoiser only"),
+        ),
+        (
+            "pixart_sigma",
+            "pixart_sigma.safetensors",
+            _st(lambda: _dit("pixart_sigma", dtype=F16)),
+            Truth("pixart_sigma", "denoiser only"),
+        ),
+        (
+            "kl_f8_c16",
+            "flux_ae.safetensors",
+            _st(lambda: _strip(_dit_vae(), "first_stage_model.")),
+            Truth("unknown", "VAE"),
+        ),
+        (
+            "controlnet_sd1",
+            "control_sd15_canny.safetensors",
+            _st(lambda: _control("sd1", "original")),
+            Truth("sd1", "ControlNet"),
+        ),
+        (
+            "controlnet_sdxl",
+            "controlnet_sdxl.safetensors",
+            _st(lambda: _control("sdxl", "original")),
+            Truth("sdxl", "ControlNet"),
+        ),
+        (
+            "controlnet_sd1_diffusers",
+            "controlnet_sd15_diffusers.safetensors",
+            _st(lambda: _control("sd1", "diffusers")),
+            Truth("sd1", "ControlNet"),
+        ),
     ]
     rows += _new_family_rows()
-    for kind, arch in (("kohya", "sd1"), ("locon", "sd1"), ("loha", "sdxl"), ("lokr", "sd1"), ("dora", "sdxl"),
-                       ("peft", "sdxl"), ("kohya", "flux"), ("kohya", "sdxl")):
+    for kind, arch in (
+        ("kohya", "sd1"),
+        ("locon", "sd1"),
+        ("loha", "sdxl"),
+        ("lokr", "sd1"),
+        ("dora", "sdxl"),
+        ("peft", "sdxl"),
+        ("kohya", "flux"),
+        ("kohya", "sdxl"),
+    ):
         write, truth = _lora(kind, arch)
         rows.append((f"lora_{kind}_{arch}", f"lora_{kind}_{arch}.safetensors", write, truth))
     return rows
@@ -231,12 +389,26 @@ def _new_family_rows() -> list[tuple[str, str, Callable[[Path], None], Truth]]:
     one (HiDream ships the diffusers names)."""
     from sdlens.testing import zoo_new_a, zoo_new_b
 
-    rows = [(fid, f"{fid}.safetensors", _st(lambda fid=fid: zoo_new_a.original_state_dict(fid)),
-             Truth(fid, "denoiser only")) for fid in zoo_new_a.FAMILY_IDS if fid != "sdxl"]
+    rows = [
+        (
+            fid,
+            f"{fid}.safetensors",
+            _st(lambda fid=fid: zoo_new_a.original_state_dict(fid)),
+            Truth(fid, "denoiser only"),
+        )
+        for fid in zoo_new_a.FAMILY_IDS
+        if fid != "sdxl"
+    ]
     for fid in zoo_new_b.FAMILY_IDS:
         layout = "diffusers" if fid == "hidream_i1" else "original"
-        rows.append((fid, f"{fid}.safetensors", _st(lambda fid=fid, layout=layout: zoo_new_b.build_denoiser(fid, layout=layout)),
-                     Truth(fid, "denoiser only")))
+        rows.append(
+            (
+                fid,
+                f"{fid}.safetensors",
+                _st(lambda fid=fid, layout=layout: zoo_new_b.build_denoiser(fid, layout=layout)),
+                Truth(fid, "denoiser only"),
+            )
+        )
     return rows
 
 
@@ -252,7 +424,9 @@ def _control(kind: str, layout: str) -> dict[str, torch.Tensor]:
     return build_controlnet(kind, layout=layout, dtype=F16)
 
 
-def build_zoo(root: str | Path, names: list[str] | None = None, *, overwrite: bool = False) -> dict[str, ZooEntry]:
+def build_zoo(
+    root: str | Path, names: list[str] | None = None, *, overwrite: bool = False
+) -> dict[str, ZooEntry]:
     """Write the zoo (or the named entries) under ``root``; existing files are reused unless ``overwrite``."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)

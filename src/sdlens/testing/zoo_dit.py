@@ -66,14 +66,25 @@ _TINY: dict[str, dict[str, Any]] = {
         "pooled_projection_dim": 24,
         "sample_size": 16,
     },
-    "pixart": {"num_attention_heads": 2, "attention_head_dim": 12, "cross_attention_dim": 24, "caption_channels": 32},
+    "pixart": {
+        "num_attention_heads": 2,
+        "attention_head_dim": 12,
+        "cross_attention_dim": 24,
+        "caption_channels": 32,
+    },
 }
 # the DiT families this builder makes (the newer ones: testing/zoo_new_a.py, zoo_new_b.py)
-FAMILIES = tuple(f.id for f in families.all_families()
-                 if f.denoiser and dit_map(f.denoiser.keymap) and f.denoiser.keymap in _TINY)
+FAMILIES = tuple(
+    f.id
+    for f in families.all_families()
+    if f.denoiser and dit_map(f.denoiser.keymap) and f.denoiser.keymap in _TINY
+)
 # config changes for the variants the records tell apart by shapes (FLUX Fill / Depth)
 _VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
-    "flux": {"fill": {"in_channels": 384, "out_channels": 64}, "depth": {"in_channels": 128, "out_channels": 64}},
+    "flux": {
+        "fill": {"in_channels": 384, "out_channels": 64},
+        "depth": {"in_channels": 128, "out_channels": 64},
+    },
 }
 # where the released single files put the denoiser (BFL, fal, Tencent and PixArt files are bare)
 _RELEASE_PREFIX = {"mmdit": "model.diffusion_model."}
@@ -145,7 +156,9 @@ def denoiser_config(
     if variant is not None:
         choices = _VARIANTS.get(km, {})
         if variant not in choices:
-            raise ValueError(f"family {fam.id!r} has no variant {variant!r}; expected one of {tuple(choices)}")
+            raise ValueError(
+                f"family {fam.id!r} has no variant {variant!r}; expected one of {tuple(choices)}"
+            )
         cfg.update(choices[variant])
     if size == "tiny":
         cfg.update(_TINY.get(fam.id, _TINY[km]))
@@ -471,7 +484,12 @@ def build_controlnet(
 
 
 def write_diffusers_folder(
-    family: str, path: str | Path, *, size: Size = "tiny", seed: int = 0, variant: str | None = None,
+    family: str,
+    path: str | Path,
+    *,
+    size: Size = "tiny",
+    seed: int = 0,
+    variant: str | None = None,
     sd: TensorDict | None = None,
 ) -> Path:
     """A denoiser-only diffusers folder: ``model_index.json`` (the record's pipeline class) and the denoiser's
@@ -486,8 +504,11 @@ def write_diffusers_folder(
     slot = fam.diffusers_slots["denoiser"]
     path = Path(path)
     (path / slot).mkdir(parents=True, exist_ok=True)
-    index = {"_class_name": fam.pipeline.diffusers_class if fam.pipeline else "", "_diffusers_version": "0.32.0",
-             slot: ["diffusers", cls_name]}
+    index = {
+        "_class_name": fam.pipeline.diffusers_class if fam.pipeline else "",
+        "_diffusers_version": "0.32.0",
+        slot: ["diffusers", cls_name],
+    }
     (path / "model_index.json").write_text(json.dumps(index, indent=2))
     config = {"_class_name": cls_name, **{k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()}}
     (path / slot / "config.json").write_text(json.dumps(config, indent=2))

@@ -38,8 +38,12 @@ def build_matrix_zoo(out_dir: str | Path) -> dict[str, Path]:
         "base": base,
         "unet_ft": unet_ft,
         "te_ft": _perturb(base, TE, 0.02, seed=12),
-        "merge": {k: MERGE_ALPHA * v + (1 - MERGE_ALPHA) * unet_ft[k] if k.startswith(UNET) and v.is_floating_point()
-                  else v for k, v in base.items()},
+        "merge": {
+            k: MERGE_ALPHA * v + (1 - MERGE_ALPHA) * unet_ft[k]
+            if k.startswith(UNET) and v.is_floating_point()
+            else v
+            for k, v in base.items()
+        },
         "vae_swap": {k: other_vae[k] if k.startswith(VAE) else v for k, v in base.items()},
         "fp16": {k: v.half() if v.is_floating_point() else v for k, v in base.items()},
         "near": _perturb(base, UNET, 1e-5, seed=13),
@@ -70,6 +74,9 @@ def build_large_family(out_dir: str | Path, n: int = 45) -> dict[str, Path]:
         models[f"unet_finetune_{k:02d}_s{scale:.3f}"] = ft
         if len(models) < n:
             models[f"merge_{k:02d}_with_base"] = {
-                key: MERGE_ALPHA * v + (1 - MERGE_ALPHA) * ft[key] if key.startswith(UNET) and v.is_floating_point()
-                else v for key, v in base.items()}
+                key: MERGE_ALPHA * v + (1 - MERGE_ALPHA) * ft[key]
+                if key.startswith(UNET) and v.is_floating_point()
+                else v
+                for key, v in base.items()
+            }
     return {name: save_safetensors(sd, out / f"{name}.safetensors") for name, sd in list(models.items())[:n]}

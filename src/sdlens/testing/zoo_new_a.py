@@ -24,22 +24,53 @@ from sdlens.testing.writers import save_safetensors
 
 Layout = Literal["original", "diffusers"]
 TensorDict = dict[str, torch.Tensor]
-FAMILY_IDS = ("playground_v25", "sdxl", "stable_cascade_c", "stable_cascade_b", "sana", "sana_600m", "lumina2")
+FAMILY_IDS = (
+    "playground_v25",
+    "sdxl",
+    "stable_cascade_c",
+    "stable_cascade_b",
+    "sana",
+    "sana_600m",
+    "lumina2",
+)
 
 _RES, _TIME, _ATTN = "SDCascadeResBlock", "SDCascadeTimestepBlock", "SDCascadeAttnBlock"
-_SANA_TINY = {"num_attention_heads": 2, "attention_head_dim": 8, "num_cross_attention_heads": 2,
-              "cross_attention_head_dim": 8, "cross_attention_dim": 16, "sample_size": 8}
+_SANA_TINY = {
+    "num_attention_heads": 2,
+    "attention_head_dim": 8,
+    "num_cross_attention_heads": 2,
+    "cross_attention_head_dim": 8,
+    "cross_attention_dim": 16,
+    "sample_size": 8,
+}
 # tiny widths, released structure: the values below replace the released config's
 TINY: dict[str, dict[str, Any]] = {
-    "stable_cascade_c": {"block_out_channels": [32, 32], "num_attention_heads": [2, 2], "conditioning_dim": 32,
-                         "clip_text_in_channels": 24, "clip_text_pooled_in_channels": 24, "clip_image_in_channels": 16,
-                         "timestep_ratio_embedding_dim": 16},
-    "stable_cascade_b": {"block_out_channels": [16, 32, 32, 32], "num_attention_heads": [0, 0, 2, 2],
-                         "conditioning_dim": 32, "clip_text_pooled_in_channels": 24, "timestep_ratio_embedding_dim": 16},
+    "stable_cascade_c": {
+        "block_out_channels": [32, 32],
+        "num_attention_heads": [2, 2],
+        "conditioning_dim": 32,
+        "clip_text_in_channels": 24,
+        "clip_text_pooled_in_channels": 24,
+        "clip_image_in_channels": 16,
+        "timestep_ratio_embedding_dim": 16,
+    },
+    "stable_cascade_b": {
+        "block_out_channels": [16, 32, 32, 32],
+        "num_attention_heads": [0, 0, 2, 2],
+        "conditioning_dim": 32,
+        "clip_text_pooled_in_channels": 24,
+        "timestep_ratio_embedding_dim": 16,
+    },
     "sana": _SANA_TINY,
     "sana_600m": _SANA_TINY,
-    "lumina2": {"hidden_size": 64, "num_attention_heads": 4, "num_kv_heads": 2, "multiple_of": 16,
-                "axes_dim_rope": [4, 6, 6], "sample_size": 16},
+    "lumina2": {
+        "hidden_size": 64,
+        "num_attention_heads": 4,
+        "num_kv_heads": 2,
+        "multiple_of": 16,
+        "axes_dim_rope": [4, 6, 6],
+        "sample_size": 16,
+    },
 }
 EDM_MEAN = (-1.6574, 1.886, -1.383, 2.5155)  # playground-v2.5 vae/config.json latents_mean
 EDM_STD = (8.4927, 5.9022, 6.5498, 5.2299)  # and latents_std
@@ -98,20 +129,29 @@ def _keymap(fid: str) -> str:
 def _sana_extras(cfg: dict[str, Any]) -> TensorDict:
     """The original's keys diffusers drops: the sin-cos table (zeros here) and the learned null caption."""
     hidden = cfg["num_attention_heads"] * cfg["attention_head_dim"]
-    return {"pos_embed": torch.zeros(1, cfg["sample_size"] ** 2, hidden),
-            "y_embedder.y_embedding": torch.randn(300, cfg["caption_channels"]) * 0.02}
+    return {
+        "pos_embed": torch.zeros(1, cfg["sample_size"] ** 2, hidden),
+        "y_embedder.y_embedding": torch.randn(300, cfg["caption_channels"]) * 0.02,
+    }
 
 
 def _lumina2_extras(cfg: dict[str, Any]) -> TensorDict:
-    return {"norm_final.weight": torch.ones(cfg["hidden_size"])}  # unused by the original, dropped by diffusers
+    return {
+        "norm_final.weight": torch.ones(cfg["hidden_size"])
+    }  # unused by the original, dropped by diffusers
 
 
 # per key map: diffusers -> original, and the original-only tensors
-_TO_ORIGINAL = {"stable_cascade": cascade_diffusers_to_original, "sana": sana_diffusers_to_original,
-                "lumina2": lumina2_diffusers_to_original}
+_TO_ORIGINAL = {
+    "stable_cascade": cascade_diffusers_to_original,
+    "sana": sana_diffusers_to_original,
+    "lumina2": lumina2_diffusers_to_original,
+}
 _EXTRAS = {"sana": _sana_extras, "lumina2": _lumina2_extras}
 # top-level markers a family's single file carries
-_MARKERS: dict[str, dict[str, tuple[float, ...]]] = {"playground_v25": {"edm_mean": EDM_MEAN, "edm_std": EDM_STD}}
+_MARKERS: dict[str, dict[str, tuple[float, ...]]] = {
+    "playground_v25": {"edm_mean": EDM_MEAN, "edm_std": EDM_STD}
+}
 
 
 def _markers(fid: str) -> TensorDict:
@@ -123,7 +163,10 @@ def original_state_dict(fid: str, seed: int = 0) -> TensorDict:
     sd = diffusers_state_dict(fid, seed)
     keymap, cfg = _keymap(fid), tiny_config(fid)
     if keymap == "unet":
-        return {**{f"model.diffusion_model.{k}": v for k, v in unet_diffusers_to_ldm(sd, cfg).items()}, **_markers(fid)}
+        return {
+            **{f"model.diffusion_model.{k}": v for k, v in unet_diffusers_to_ldm(sd, cfg).items()},
+            **_markers(fid),
+        }
     out = _TO_ORIGINAL[keymap](sd)
     extras = _EXTRAS.get(keymap)
     return {**out, **(extras(cfg) if extras else {})}
@@ -165,8 +208,11 @@ def write_unet_pipeline(fid: str, root: str | Path, seed: int = 0) -> Path:
     scheduler = rec.pipeline.scheduler
     folder = Path(root) / f"{fid}_pipeline"
     (folder / "unet").mkdir(parents=True, exist_ok=True)
-    index = {"_class_name": "StableDiffusionXLPipeline", "unet": ["diffusers", "UNet2DConditionModel"],
-             "scheduler": ["diffusers", scheduler]}
+    index = {
+        "_class_name": "StableDiffusionXLPipeline",
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "scheduler": ["diffusers", scheduler],
+    }
     (folder / "model_index.json").write_text(json.dumps(index, indent=1))
     cfg = {"_class_name": "UNet2DConditionModel", **tiny_config(fid)}
     (folder / "unet" / "config.json").write_text(json.dumps(cfg, indent=1))

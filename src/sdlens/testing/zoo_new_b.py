@@ -25,20 +25,43 @@ Layout = Literal["diffusers", "original"]
 
 FAMILY_IDS = ("hidream_i1", "chroma", "wan21_t2v_1_3b", "wan21_t2v_14b", "wan21_i2v_14b", "ltx_video")
 # the record's key map name -> diffusers-to-original function
-_TO_ORIGINAL = {"chroma": chroma_diffusers_to_original, "ltx_video": ltx_diffusers_to_original,
-                "wan": wan_diffusers_to_original}
-_WAN_TINY = {"attention_head_dim": 16, "num_attention_heads": 2, "ffn_dim": 64, "text_dim": 24, "freq_dim": 16}
+_TO_ORIGINAL = {
+    "chroma": chroma_diffusers_to_original,
+    "ltx_video": ltx_diffusers_to_original,
+    "wan": wan_diffusers_to_original,
+}
+_WAN_TINY = {
+    "attention_head_dim": 16,
+    "num_attention_heads": 2,
+    "ffn_dim": 64,
+    "text_dim": 24,
+    "freq_dim": 16,
+}
 # tiny widths; depths as released
 _TINY: dict[str, dict[str, Any]] = {
-    "hidream_i1": {"attention_head_dim": 16, "num_attention_heads": 2, "caption_channels": [24, 24],
-                   "text_emb_dim": 20, "axes_dims_rope": [8, 4, 4]},
-    "chroma": {"attention_head_dim": 16, "num_attention_heads": 2, "joint_attention_dim": 24,
-               "axes_dims_rope": [4, 6, 6], "approximator_hidden_dim": 32},
+    "hidream_i1": {
+        "attention_head_dim": 16,
+        "num_attention_heads": 2,
+        "caption_channels": [24, 24],
+        "text_emb_dim": 20,
+        "axes_dims_rope": [8, 4, 4],
+    },
+    "chroma": {
+        "attention_head_dim": 16,
+        "num_attention_heads": 2,
+        "joint_attention_dim": 24,
+        "axes_dims_rope": [4, 6, 6],
+        "approximator_hidden_dim": 32,
+    },
     "wan21_t2v_1_3b": _WAN_TINY,
     "wan21_t2v_14b": _WAN_TINY,
     "wan21_i2v_14b": {**_WAN_TINY, "added_kv_proj_dim": 32, "image_dim": 24},
-    "ltx_video": {"attention_head_dim": 16, "num_attention_heads": 2, "cross_attention_dim": 32,
-                  "caption_channels": 24},
+    "ltx_video": {
+        "attention_head_dim": 16,
+        "num_attention_heads": 2,
+        "cross_attention_dim": 32,
+        "caption_channels": 24,
+    },
 }
 
 
@@ -55,13 +78,23 @@ def denoiser_config(family: str, size: Size = "tiny") -> tuple[str, dict[str, An
     return fam.denoiser.cls_name, cfg
 
 
-def build_denoiser(family: str, *, size: Size = "tiny", layout: Layout = "diffusers", seed: int = 0,
-                   config: dict[str, Any] | None = None) -> dict[str, torch.Tensor]:
+def build_denoiser(
+    family: str,
+    *,
+    size: Size = "tiny",
+    layout: Layout = "diffusers",
+    seed: int = 0,
+    config: dict[str, Any] | None = None,
+) -> dict[str, torch.Tensor]:
     """State dict of ``family``'s denoiser (bare keys); ``config`` overrides the built config."""
     cls_name, cfg = denoiser_config(family, size)
     cfg.update(config or {})
-    sd = materialize(meta_state_dict(cls_name, cfg), size=size, seed=seed,
-                     dtype=torch.float32 if size == "tiny" else torch.bfloat16)
+    sd = materialize(
+        meta_state_dict(cls_name, cfg),
+        size=size,
+        seed=seed,
+        dtype=torch.float32 if size == "tiny" else torch.bfloat16,
+    )
     if layout == "diffusers":
         return sd
     if layout != "original":
@@ -72,8 +105,16 @@ def build_denoiser(family: str, *, size: Size = "tiny", layout: Layout = "diffus
     return _TO_ORIGINAL[keymap](sd)
 
 
-def write_denoiser(path: str | Path, family: str, *, size: Size = "tiny", layout: Layout = "diffusers",
-                   prefix: str = "", seed: int = 0, config: dict[str, Any] | None = None) -> Path:
+def write_denoiser(
+    path: str | Path,
+    family: str,
+    *,
+    size: Size = "tiny",
+    layout: Layout = "diffusers",
+    prefix: str = "",
+    seed: int = 0,
+    config: dict[str, Any] | None = None,
+) -> Path:
     """``build_denoiser`` written as one safetensors file, keys under ``prefix`` (``model.diffusion_model.``: the
     ComfyUI single-file form)."""
     sd = build_denoiser(family, size=size, layout=layout, seed=seed, config=config)

@@ -28,8 +28,22 @@ from sdlens.arch.families import (
 )
 from sdlens.arch.record import Family, Feature
 
-_MODULES = (sd_unet, sd3, flux, auraflow, hunyuandit, pixart, hidream, chroma, wan, ltx_video, playground,
-            stable_cascade, sana, lumina2)
+_MODULES = (
+    sd_unet,
+    sd3,
+    flux,
+    auraflow,
+    hunyuandit,
+    pixart,
+    hidream,
+    chroma,
+    wan,
+    ltx_video,
+    playground,
+    stable_cascade,
+    sana,
+    lumina2,
+)
 
 FAMILIES: tuple[Family, ...] = tuple(f for m in _MODULES for f in m.FAMILIES)
 BY_ID: dict[str, Family] = {f.id: f for f in FAMILIES}
@@ -54,7 +68,12 @@ def _norm(name: str) -> str:
 def _names() -> dict[str, str]:
     out: dict[str, str] = {}
     for f in FAMILIES:
-        for n in (f.id, f.name, *(f.pipeline.aliases if f.pipeline else ()), *((f.pipeline.name,) if f.pipeline else ())):
+        for n in (
+            f.id,
+            f.name,
+            *(f.pipeline.aliases if f.pipeline else ()),
+            *((f.pipeline.name,) if f.pipeline else ()),
+        ):
             out.setdefault(_norm(n), f.id)
     return out
 

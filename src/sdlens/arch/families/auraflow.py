@@ -15,10 +15,23 @@ if TYPE_CHECKING:
 
 FEATURES: tuple[Feature, ...] = (
     *COMMON_FEATURES,
-    Feature("aura_double", "count", r"^(?:double_layers|joint_transformer_blocks)\.(\d+)\.", 0, "MMDiT layers"),
-    Feature("aura_single", "count", r"^(?:single_layers|single_transformer_blocks)\.(\d+)\.", 0, "single DiT layers"),
-    Feature("aura", "present", r"^(double_layers\.0\.attn\.w1q\.weight|register_tokens)$", 0,
-            "AuraFlow layers (w1q / register tokens)"),
+    Feature(
+        "aura_double", "count", r"^(?:double_layers|joint_transformer_blocks)\.(\d+)\.", 0, "MMDiT layers"
+    ),
+    Feature(
+        "aura_single",
+        "count",
+        r"^(?:single_layers|single_transformer_blocks)\.(\d+)\.",
+        0,
+        "single DiT layers",
+    ),
+    Feature(
+        "aura",
+        "present",
+        r"^(double_layers\.0\.attn\.w1q\.weight|register_tokens)$",
+        0,
+        "AuraFlow layers (w1q / register tokens)",
+    ),
 )
 _RULES: tuple[tuple[str, str], ...] = (
     (r"^(?:double_layers|joint_transformer_blocks)\.(\d+)\.", "D{0:02d}"),
@@ -26,15 +39,26 @@ _RULES: tuple[tuple[str, str], ...] = (
     (r"^(final_linear|modF|norm_out|proj_out)", "OUT"),
     (r".", "IN"),
 )
-_ORIGINAL = {"D": "double_layers.{n}.", "S": "single_layers.{n}.",
-             "IN": "init_x_linear, positional_encoding, cond_seq_linear, t_embedder, register_tokens",
-             "OUT": "modF, final_linear"}
+_ORIGINAL = {
+    "D": "double_layers.{n}.",
+    "S": "single_layers.{n}.",
+    "IN": "init_x_linear, positional_encoding, cond_seq_linear, t_embedder, register_tokens",
+    "OUT": "modF, final_linear",
+}
 
 
 RELEASED: dict[str, Any] = {
-    "sample_size": 64, "patch_size": 2, "in_channels": 4, "num_mmdit_layers": 4, "num_single_dit_layers": 32,
-    "attention_head_dim": 256, "num_attention_heads": 12, "joint_attention_dim": 2048, "caption_projection_dim": 3072,
-    "out_channels": 4, "pos_embed_max_size": 4096,
+    "sample_size": 64,
+    "patch_size": 2,
+    "in_channels": 4,
+    "num_mmdit_layers": 4,
+    "num_single_dit_layers": 32,
+    "attention_head_dim": 256,
+    "num_attention_heads": 12,
+    "joint_attention_dim": 2048,
+    "caption_projection_dim": 3072,
+    "out_channels": 4,
+    "pos_embed_max_size": 4096,
 }
 
 
@@ -63,16 +87,33 @@ def _derive(keys: Mapping[str, TensorInfo]) -> dict[str, Any]:
 
 FAMILIES: tuple[Family, ...] = (
     Family(
-        "auraflow", "AuraFlow",
+        "auraflow",
+        "AuraFlow",
         {"aura": True},
         {"aura_double": 4, "aura_single": 32},
         features=FEATURES,
-        denoiser=Denoiser("AuraFlowTransformer2DModel", RELEASED, 6_842_876_928,
-                          "diffusers num_parameters() of the released transformer", "DiT", _derive, "auraflow"),
+        denoiser=Denoiser(
+            "AuraFlowTransformer2DModel",
+            RELEASED,
+            6_842_876_928,
+            "diffusers num_parameters() of the released transformer",
+            "DiT",
+            _derive,
+            "auraflow",
+        ),
         text_encoders=(TextEncoderSlot("pile_t5_xl", 256, "last"),),
         blocks=Blocks(_RULES, (*IN_OUT, ("D", 4), ("S", 32), ("OUT", None)), mbw=36, original_keys=_ORIGINAL),
-        pipeline=Pipeline("AuraFlow v0.2", ("aura", "aura-flow"), 256, True, 50, (1024, 1024),
-                          "FlowMatchEulerDiscreteScheduler", "flow", "AuraFlowPipeline"),
+        pipeline=Pipeline(
+            "AuraFlow v0.2",
+            ("aura", "aura-flow"),
+            256,
+            True,
+            50,
+            (1024, 1024),
+            "FlowMatchEulerDiscreteScheduler",
+            "flow",
+            "AuraFlowPipeline",
+        ),
         diffusers_slots={"denoiser": "transformer", "pile_t5_xl": "text_encoder", "vae": "vae"},
         notebook=(36, 6.8, 6.8, 39974, 52.38),
     ),

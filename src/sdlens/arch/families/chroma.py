@@ -14,15 +14,32 @@ from sdlens.arch.shapes import count, first
 
 FEATURES: tuple[Feature, ...] = (
     CHROMA_APPROXIMATOR,
-    Feature("chroma_approx_layers", "count", r"^distilled_guidance_layer\.layers\.(\d+)\.", 0, "approximator layers"),
-    Feature("chroma_approx_width", "dim", r"^distilled_guidance_layer\.in_proj\.weight$", 0, "approximator width"),
-    Feature("chroma_block_mod", "present", r"^(double_blocks\.\d+\.img_mod\.|transformer_blocks\.\d+\.norm1\.linear\.)",
-            0, "per-block modulation layers"),
+    Feature(
+        "chroma_approx_layers",
+        "count",
+        r"^distilled_guidance_layer\.layers\.(\d+)\.",
+        0,
+        "approximator layers",
+    ),
+    Feature(
+        "chroma_approx_width", "dim", r"^distilled_guidance_layer\.in_proj\.weight$", 0, "approximator width"
+    ),
+    Feature(
+        "chroma_block_mod",
+        "present",
+        r"^(double_blocks\.\d+\.img_mod\.|transformer_blocks\.\d+\.norm1\.linear\.)",
+        0,
+        "per-block modulation layers",
+    ),
 )
+
+
 def config_from_shapes(keys: Mapping[str, Any]) -> dict[str, Any]:
     """ChromaTransformer2DModel config from a file's (original or diffusers) keys."""
     img_in = first(keys, "img_in.weight", "x_embedder.weight").shape
-    head = first(keys, "double_blocks.0.img_attn.norm.query_norm.scale", "transformer_blocks.0.attn.norm_q.weight").shape[0]
+    head = first(
+        keys, "double_blocks.0.img_attn.norm.query_norm.scale", "transformer_blocks.0.attn.norm_q.weight"
+    ).shape[0]
     rope = head * 7 // 16 // 2 * 2
     approx = first(keys, "distilled_guidance_layer.in_proj.weight").shape
     return {
@@ -41,25 +58,50 @@ def config_from_shapes(keys: Mapping[str, Any]) -> dict[str, Any]:
 
 
 _RULES = ((r"^distilled_guidance_layer\.", "IN"), *RULES)
-_ORIGINAL = {"D": "double_blocks.{n}.", "S": "single_blocks.{n}.", "IN": "img_in, txt_in, distilled_guidance_layer",
-             "OUT": "final_layer"}
-_SRC = ("lodestones/Chroma model card: '8.9B parameters'; num_parameters() of the class built from the released "
-        "config (the class defaults) is 8,899,983,424")
+_ORIGINAL = {
+    "D": "double_blocks.{n}.",
+    "S": "single_blocks.{n}.",
+    "IN": "img_in, txt_in, distilled_guidance_layer",
+    "OUT": "final_layer",
+}
+_SRC = (
+    "lodestones/Chroma model card: '8.9B parameters'; num_parameters() of the class built from the released "
+    "config (the class defaults) is 8,899,983,424"
+)
 
 FAMILIES: tuple[Family, ...] = (
     Family(
-        "chroma", "Chroma",
+        "chroma",
+        "Chroma",
         {"chroma_approximator": True, "chroma_block_mod": False},
-        {"flux_blocks": (19, 38), "hidden": 3072, "img_in": 64, "chroma_approx_layers": 5,
-         "chroma_approx_width": 5120},
+        {
+            "flux_blocks": (19, 38),
+            "hidden": 3072,
+            "img_in": 64,
+            "chroma_approx_layers": 5,
+            "chroma_approx_width": 5120,
+        },
         features=FEATURES,
         # lodestones/Chroma1-HD transformer/config.json: every value is the class default
-        denoiser=Denoiser("ChromaTransformer2DModel", {}, 8_899_983_424, _SRC, "DiT", config_from_shapes, "chroma"),
+        denoiser=Denoiser(
+            "ChromaTransformer2DModel", {}, 8_899_983_424, _SRC, "DiT", config_from_shapes, "chroma"
+        ),
         text_encoders=(TextEncoderSlot("t5", 512, "last"),),
-        vae="kl_f8_c16", latent_channels=16,
+        vae="kl_f8_c16",
+        latent_channels=16,
         blocks=Blocks(_RULES, (*IN_OUT, ("D", 19), ("S", 38), ("OUT", None)), original_keys=_ORIGINAL),
-        pipeline=Pipeline("Chroma1-HD", ("chroma", "chroma1", "chroma1-hd"), 512, True, 35, (1024, 1024),
-                          "FlowMatchEulerDiscreteScheduler", "flow", "ChromaPipeline", measured=False),
+        pipeline=Pipeline(
+            "Chroma1-HD",
+            ("chroma", "chroma1", "chroma1-hd"),
+            512,
+            True,
+            35,
+            (1024, 1024),
+            "FlowMatchEulerDiscreteScheduler",
+            "flow",
+            "ChromaPipeline",
+            measured=False,
+        ),
         single_file={"denoiser": "model.diffusion_model."},
         diffusers_slots={"denoiser": "transformer", "t5": "text_encoder", "vae": "vae"},
         bare_keys=((r"^distilled_guidance_layer\.layers\.\d+\.in_layer\.", "bare"),),

@@ -14,12 +14,28 @@ if TYPE_CHECKING:
     from sdlens.io.base import TensorInfo
 
 # LTX-Video (sdlens.arch.families.ltx_video) has PixArt's adaln_single and 28 blocks, but q/k RMS norms
-LTX_QK_NORM = Feature("ltx_qk_norm", "present", r"^transformer_blocks\.0\.attn1\.(q_norm|norm_q)\.weight$", 0,
-                      "query/key RMS norms")
+LTX_QK_NORM = Feature(
+    "ltx_qk_norm",
+    "present",
+    r"^transformer_blocks\.0\.attn1\.(q_norm|norm_q)\.weight$",
+    0,
+    "query/key RMS norms",
+)
 FEATURES: tuple[Feature, ...] = (
-    Feature("pixart", "present", r"^(t_block\.1\.weight|adaln_single\.linear\.weight)$", 0, "PixArt timestep block"),
-    Feature("pixart_ar", "present", r"^(ar_embedder\.|adaln_single\.emb\.aspect_ratio_embedder\.)", 0,
-            "aspect-ratio embedder"),
+    Feature(
+        "pixart",
+        "present",
+        r"^(t_block\.1\.weight|adaln_single\.linear\.weight)$",
+        0,
+        "PixArt timestep block",
+    ),
+    Feature(
+        "pixart_ar",
+        "present",
+        r"^(ar_embedder\.|adaln_single\.emb\.aspect_ratio_embedder\.)",
+        0,
+        "aspect-ratio embedder",
+    ),
     Feature("pixart_blocks", "count", r"^(?:blocks|transformer_blocks)\.(\d+)\.", 0, "DiT blocks"),
     LTX_QK_NORM,
 )
@@ -63,9 +79,11 @@ def config_from_shapes(released: Mapping[str, Any]) -> Callable[[Mapping[str, Te
             "num_layers": count(keys, r"^(?:blocks|transformer_blocks)\.(\d+)\."),
             "num_attention_heads": hidden // head,
             "attention_head_dim": head,
-            "cross_attention_dim": first(keys, "blocks.0.cross_attn.kv_linear.weight",
-                                         "transformer_blocks.0.attn2.to_k.weight").shape[1],
-            "attention_bias": "blocks.0.attn.qkv.bias" in keys or "transformer_blocks.0.attn1.to_q.bias" in keys,
+            "cross_attention_dim": first(
+                keys, "blocks.0.cross_attn.kv_linear.weight", "transformer_blocks.0.attn2.to_k.weight"
+            ).shape[1],
+            "attention_bias": "blocks.0.attn.qkv.bias" in keys
+            or "transformer_blocks.0.attn1.to_q.bias" in keys,
             "caption_channels": caption.shape[1] if caption is not None else None,
             "use_additional_conditions": "csize_embedder.mlp.0.weight" in keys
             or "adaln_single.emb.resolution_embedder.linear_1.weight" in keys,
@@ -76,8 +94,15 @@ def config_from_shapes(released: Mapping[str, Any]) -> Callable[[Mapping[str, Te
 
 _BLOCKS = Blocks(DIT_RULES, (*IN_OUT, ("B", 28), ("OUT", None)))
 # PixArt-alpha/PixArt-XL-2-1024-MS and PixArt-alpha/PixArt-Sigma-XL-2-1024-MS scheduler/scheduler_config.json
-_SCHEDULER = {"beta_schedule": "linear", "beta_start": 0.0001, "beta_end": 0.02, "num_train_timesteps": 1000,
-              "solver_order": 2, "algorithm_type": "dpmsolver++", "lower_order_final": True}
+_SCHEDULER = {
+    "beta_schedule": "linear",
+    "beta_start": 0.0001,
+    "beta_end": 0.02,
+    "num_train_timesteps": 1000,
+    "solver_order": 2,
+    "algorithm_type": "dpmsolver++",
+    "lower_order_final": True,
+}
 
 
 def _size_conditioned(config) -> bool:
@@ -87,32 +112,67 @@ def _size_conditioned(config) -> bool:
 
 
 def _pipeline(name: str, aliases: tuple[str, ...], tokens: int, cls: str) -> Pipeline:
-    return Pipeline(name, aliases, tokens, True, 20, (1024, 1024), "DPMSolverMultistepScheduler", "epsilon", cls,
-                    measured=False, scheduler_config=_SCHEDULER)
+    return Pipeline(
+        name,
+        aliases,
+        tokens,
+        True,
+        20,
+        (1024, 1024),
+        "DPMSolverMultistepScheduler",
+        "epsilon",
+        cls,
+        measured=False,
+        scheduler_config=_SCHEDULER,
+    )
+
 
 _TES = (TextEncoderSlot("t5", 120, "last"),)
 _SLOTS = {"denoiser": "transformer", "t5": "text_encoder", "vae": "vae"}
 
 FAMILIES: tuple[Family, ...] = (
     Family(
-        "pixart_alpha", "PixArt-α",
+        "pixart_alpha",
+        "PixArt-α",
         {"pixart": True, "pixart_ar": True, "ltx_qk_norm": False, "sana_ff": False},
         {"pixart_blocks": 28},
         features=FEATURES,
-        denoiser=Denoiser("PixArtTransformer2DModel", ALPHA, label="DiT", config_from_shapes=config_from_shapes(ALPHA),
-                          keymap="pixart", matches_config=_size_conditioned),
-        text_encoders=_TES, blocks=_BLOCKS, diffusers_slots=_SLOTS,
-        pipeline=_pipeline("PixArt-α 1024", ("pixart-alpha", "pixart-α", "pixart-xl-2-1024-ms"), 120,
-                           "PixArtAlphaPipeline"),
+        denoiser=Denoiser(
+            "PixArtTransformer2DModel",
+            ALPHA,
+            label="DiT",
+            config_from_shapes=config_from_shapes(ALPHA),
+            keymap="pixart",
+            matches_config=_size_conditioned,
+        ),
+        text_encoders=_TES,
+        blocks=_BLOCKS,
+        diffusers_slots=_SLOTS,
+        pipeline=_pipeline(
+            "PixArt-α 1024", ("pixart-alpha", "pixart-α", "pixart-xl-2-1024-ms"), 120, "PixArtAlphaPipeline"
+        ),
     ),
     Family(
-        "pixart_sigma", "PixArt-Σ",
+        "pixart_sigma",
+        "PixArt-Σ",
         {"pixart": True, "pixart_ar": False, "ltx_qk_norm": False, "sana_ff": False},
         {"pixart_blocks": 28},
-        denoiser=Denoiser("PixArtTransformer2DModel", SIGMA, label="DiT", config_from_shapes=config_from_shapes(SIGMA),
-                          keymap="pixart", matches_config=lambda c: not _size_conditioned(c)),
-        text_encoders=(TextEncoderSlot("t5", 300, "last"),), blocks=_BLOCKS, diffusers_slots=_SLOTS,
-        pipeline=_pipeline("PixArt-Σ 1024", ("pixart-sigma", "pixart-σ", "pixart-sigma-xl-2-1024-ms"), 300,
-                           "PixArtSigmaPipeline"),
+        denoiser=Denoiser(
+            "PixArtTransformer2DModel",
+            SIGMA,
+            label="DiT",
+            config_from_shapes=config_from_shapes(SIGMA),
+            keymap="pixart",
+            matches_config=lambda c: not _size_conditioned(c),
+        ),
+        text_encoders=(TextEncoderSlot("t5", 300, "last"),),
+        blocks=_BLOCKS,
+        diffusers_slots=_SLOTS,
+        pipeline=_pipeline(
+            "PixArt-Σ 1024",
+            ("pixart-sigma", "pixart-σ", "pixart-sigma-xl-2-1024-ms"),
+            300,
+            "PixArtSigmaPipeline",
+        ),
     ),
 )

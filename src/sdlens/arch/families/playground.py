@@ -9,37 +9,60 @@ from sdlens.arch.record import Denoiser, Family, Feature, Pipeline, TextEncoderS
 # statistics stored at its top level (diffusers' single_file_utils keys on "edm_mean" the same way).
 FEATURES: tuple[Feature, ...] = (
     # single file: edm_mean / edm_std; diffusers pipeline folder: model_index.json's EDM DPM-Solver scheduler
-    Feature("pg_edm", "marker", r"^(edm_(mean|std)|scheduler=EDMDPMSolverMultistepScheduler)$", 0,
-            "EDM markers (edm_mean / edm_std, or the EDM DPM-Solver scheduler)"),
+    Feature(
+        "pg_edm",
+        "marker",
+        r"^(edm_(mean|std)|scheduler=EDMDPMSolverMultistepScheduler)$",
+        0,
+        "EDM markers (edm_mean / edm_std, or the EDM DPM-Solver scheduler)",
+    ),
 )
 _SDXL = next(f for f in sd_unet.FAMILIES if f.id == "sdxl")
 
 FAMILIES: tuple[Family, ...] = (
     Family(
-        "playground_v25", "Playground v2.5",
+        "playground_v25",
+        "Playground v2.5",
         {**_SDXL.requires, "pg_edm": True},
         dict(_SDXL.standard),
         features=FEATURES,
         variants=_SDXL.variants,
         # playgroundai/playground-v2.5-1024px-aesthetic unet/config.json: the SDXL base 1.0 UNet config
         denoiser=Denoiser(
-            "UNet2DConditionModel", dict(_SDXL.denoiser.config), 2_567_463_684,
+            "UNet2DConditionModel",
+            dict(_SDXL.denoiser.config),
+            2_567_463_684,
             "the released unet/config.json is SDXL base 1.0's: UNet2DConditionModel built on the meta device "
             "with it, num_parameters() = 2,567,463,684 (SDXL base's published count)",
-            "UNet", _SDXL.denoiser.config_from_shapes, "unet"),
-        text_encoders=(TextEncoderSlot("clip_l", 77, "penultimate"), TextEncoderSlot("clip_g", 77, "penultimate")),
-        vae="kl_f8_c4", latent_channels=4,  # the SDXL VAE; latents normalised by the EDM mean / std, scaling 0.5
+            "UNet",
+            _SDXL.denoiser.config_from_shapes,
+            "unet",
+        ),
+        text_encoders=(
+            TextEncoderSlot("clip_l", 77, "penultimate"),
+            TextEncoderSlot("clip_g", 77, "penultimate"),
+        ),
+        vae="kl_f8_c4",
+        latent_channels=4,  # the SDXL VAE; latents normalised by the EDM mean / std, scaling 0.5
         blocks=_SDXL.blocks,
-        pipeline=Pipeline("Playground v2.5", ("playground", "playground-v2.5", "playground-v25", "pgv2.5",
-                                              "playground-v2.5-1024px-aesthetic"),
-                          77, True, 50, (1024, 1024), "EDMDPMSolverMultistepScheduler", "edm",
-                          "StableDiffusionXLPipeline", measured=False),
+        pipeline=Pipeline(
+            "Playground v2.5",
+            ("playground", "playground-v2.5", "playground-v25", "pgv2.5", "playground-v2.5-1024px-aesthetic"),
+            77,
+            True,
+            50,
+            (1024, 1024),
+            "EDMDPMSolverMultistepScheduler",
+            "edm",
+            "StableDiffusionXLPipeline",
+            measured=False,
+        ),
         single_file=dict(_SDXL.single_file),
         diffusers_slots=dict(_SDXL.diffusers_slots),
         lora_hints=("playground",),
         base="sdxl",
         notes="EDM formulation (sigma_data 0.5, sigma 0.002..80, epsilon parametrisation under EDM "
-              "preconditioning); guidance ~3. A diffusers unet folder alone is weight-identical to SDXL base: "
-              "only the markers (single file) or the folder's EDM scheduler (model_index.json) tell it apart.",
+        "preconditioning); guidance ~3. A diffusers unet folder alone is weight-identical to SDXL base: "
+        "only the markers (single file) or the folder's EDM scheduler (model_index.json) tell it apart.",
     ),
 )

@@ -19,13 +19,24 @@ FEATURES: tuple[Feature, ...] = (
     Feature("joint_blocks", "count", r"^joint_blocks\.(\d+)\."),
     Feature("sd3_diffusers", "present", r"^transformer_blocks\.0\.norm1_context\.linear\.weight$"),
     Feature("sd3_diffusers_blocks", "count", r"^transformer_blocks\.(\d+)\.norm1_context\."),
-    Feature("dual_attention", "present", r"^(joint_blocks\.\d+\.x_block\.attn2\.|transformer_blocks\.\d+\.attn2\.)",
-            0, "dual (MMDiT-X) attention"),
+    Feature(
+        "dual_attention",
+        "present",
+        r"^(joint_blocks\.\d+\.x_block\.attn2\.|transformer_blocks\.\d+\.attn2\.)",
+        0,
+        "dual (MMDiT-X) attention",
+    ),
 )
 DERIVED = {
-    "mmdit_blocks": lambda f: f.get("joint_blocks")
-    or (f.get("sd3_diffusers_blocks") if not f.get("flux_diffusers_single") and not f.get("aura") else None)
-    or None,
+    "mmdit_blocks": lambda f: (
+        f.get("joint_blocks")
+        or (
+            f.get("sd3_diffusers_blocks")
+            if not f.get("flux_diffusers_single") and not f.get("aura")
+            else None
+        )
+        or None
+    ),
 }
 _TEXT = {"mmdit_blocks": "MMDiT joint blocks"}
 
@@ -34,8 +45,11 @@ _RULES: tuple[tuple[str, str], ...] = (
     (r"^(x_embedder|t_embedder|y_embedder|context_embedder|pos_embed|time_text_embed)", "IN"),
     (r"^(final_layer|norm_out|proj_out)", "OUT"),
 )
-_ORIGINAL = {"J": "joint_blocks.{n}.", "IN": "x_embedder, t_embedder, y_embedder, context_embedder, pos_embed",
-             "OUT": "final_layer"}
+_ORIGINAL = {
+    "J": "joint_blocks.{n}.",
+    "IN": "x_embedder, t_embedder, y_embedder, context_embedder, pos_embed",
+    "OUT": "final_layer",
+}
 _MEDIUM: dict[str, Any] = {
     "sample_size": 128,
     "patch_size": 2,
@@ -49,12 +63,25 @@ _MEDIUM: dict[str, Any] = {
     "out_channels": 16,
     "pos_embed_max_size": 192,
 }
-_TES = (TextEncoderSlot("clip_l", 77, "penultimate"), TextEncoderSlot("clip_g", 77, "penultimate"),
-        TextEncoderSlot("t5", 256, "last"))
-_SINGLE = {"denoiser": "model.diffusion_model.", "clip_l": "text_encoders.clip_l.", "clip_g": "text_encoders.clip_g.",
-           "t5": "text_encoders.t5xxl.", "vae": "first_stage_model."}
-_SLOTS = {"denoiser": "transformer", "clip_l": "text_encoder", "clip_g": "text_encoder_2", "t5": "text_encoder_3",
-          "vae": "vae"}
+_TES = (
+    TextEncoderSlot("clip_l", 77, "penultimate"),
+    TextEncoderSlot("clip_g", 77, "penultimate"),
+    TextEncoderSlot("t5", 256, "last"),
+)
+_SINGLE = {
+    "denoiser": "model.diffusion_model.",
+    "clip_l": "text_encoders.clip_l.",
+    "clip_g": "text_encoders.clip_g.",
+    "t5": "text_encoders.t5xxl.",
+    "vae": "first_stage_model.",
+}
+_SLOTS = {
+    "denoiser": "transformer",
+    "clip_l": "text_encoder",
+    "clip_g": "text_encoder_2",
+    "t5": "text_encoder_3",
+    "vae": "vae",
+}
 _SRC = "diffusers num_parameters() of the released transformer"
 
 
@@ -84,7 +111,8 @@ def _derive(keys: Mapping[str, TensorInfo]) -> dict[str, Any]:
     if any(re.search(r"\.(ln_q|norm_q)\.", k) for k in keys):
         cfg["qk_norm"] = "rms_norm"
     dual = indices(keys, r"^joint_blocks\.(\d+)\.x_block\.attn2\.") or indices(
-        keys, r"^transformer_blocks\.(\d+)\.attn2\.")
+        keys, r"^transformer_blocks\.(\d+)\.attn2\."
+    )
     if dual:
         cfg["dual_attention_layers"] = tuple(dual)
     return cfg
@@ -95,8 +123,18 @@ def _large(cfg: Mapping[str, Any]) -> bool:
 
 
 def _pipeline(name: str, aliases: tuple[str, ...], measured: bool = True) -> Pipeline:
-    return Pipeline(name, aliases, 333, True, 28, (1024, 1024), "FlowMatchEulerDiscreteScheduler", "flow",
-                    "StableDiffusion3Pipeline", measured)
+    return Pipeline(
+        name,
+        aliases,
+        333,
+        True,
+        28,
+        (1024, 1024),
+        "FlowMatchEulerDiscreteScheduler",
+        "flow",
+        "StableDiffusion3Pipeline",
+        measured,
+    )
 
 
 # MMDiT joint blocks: original (kohya) names, and diffusers' context-stream projections (PEFT)
@@ -104,43 +142,91 @@ _LORA_TARGETS = r"joint_blocks|transformer_blocks[._]\d+[._]attn[._]add_q_proj"
 
 FAMILIES: tuple[Family, ...] = (
     Family(
-        "sd3", "SD3 medium",
+        "sd3",
+        "SD3 medium",
         {"mmdit_blocks": 24, "dual_attention": False},
         {"pos_embed_len": 36864, "hidden": 1536},
-        features=FEATURES, derived=DERIVED, feature_text=_TEXT,
-        denoiser=Denoiser("SD3Transformer2DModel", _MEDIUM, 2_028_328_000, _SRC, "MMDiT", _derive, "mmdit",
-                          lambda c: not _large(c) and not c.get("dual_attention_layers")),
-        text_encoders=_TES, vae="kl_f8_c16", latent_channels=16,
+        features=FEATURES,
+        derived=DERIVED,
+        feature_text=_TEXT,
+        denoiser=Denoiser(
+            "SD3Transformer2DModel",
+            _MEDIUM,
+            2_028_328_000,
+            _SRC,
+            "MMDiT",
+            _derive,
+            "mmdit",
+            lambda c: not _large(c) and not c.get("dual_attention_layers"),
+        ),
+        text_encoders=_TES,
+        vae="kl_f8_c16",
+        latent_channels=16,
         blocks=Blocks(_RULES, (*IN_OUT, ("J", 24), ("OUT", None)), mbw=24, original_keys=_ORIGINAL),
         pipeline=_pipeline("SD3 medium", ("sd3m", "sd3-medium", "sd-3")),
-        single_file=_SINGLE, diffusers_slots=_SLOTS, lora_hints=("sd3",), lora_targets=_LORA_TARGETS,
+        single_file=_SINGLE,
+        diffusers_slots=_SLOTS,
+        lora_hints=("sd3",),
+        lora_targets=_LORA_TARGETS,
         notebook=(24, 2.0, 2.0, 11127, 18.79),
     ),
     Family(
-        "sd35m", "SD3.5 medium",
+        "sd35m",
+        "SD3.5 medium",
         {"mmdit_blocks": 24, "dual_attention": True},
         {"pos_embed_len": 147456, "hidden": 1536},
-        denoiser=Denoiser("SD3Transformer2DModel",
-                          {**_MEDIUM, "pos_embed_max_size": 384, "qk_norm": "rms_norm",
-                           "dual_attention_layers": tuple(range(13))},
-                          None, "", "MMDiT-X", _derive, "mmdit", lambda c: not _large(c)),
-        text_encoders=_TES, vae="kl_f8_c16", latent_channels=16,
+        denoiser=Denoiser(
+            "SD3Transformer2DModel",
+            {
+                **_MEDIUM,
+                "pos_embed_max_size": 384,
+                "qk_norm": "rms_norm",
+                "dual_attention_layers": tuple(range(13)),
+            },
+            None,
+            "",
+            "MMDiT-X",
+            _derive,
+            "mmdit",
+            lambda c: not _large(c),
+        ),
+        text_encoders=_TES,
+        vae="kl_f8_c16",
+        latent_channels=16,
         blocks=Blocks(_RULES, (*IN_OUT, ("J", 24), ("OUT", None)), original_keys=_ORIGINAL),
         pipeline=_pipeline("SD3.5 medium", ("sd3.5m", "sd3.5-medium", "sd35-medium"), measured=False),
-        single_file=_SINGLE, diffusers_slots=_SLOTS, lora_targets=_LORA_TARGETS,
+        single_file=_SINGLE,
+        diffusers_slots=_SLOTS,
+        lora_targets=_LORA_TARGETS,
     ),
     Family(
-        "sd35", "SD3.5 large",
+        "sd35",
+        "SD3.5 large",
         {"mmdit_blocks": 38},
         {"pos_embed_len": 36864, "hidden": 2432},
-        denoiser=Denoiser("SD3Transformer2DModel",
-                          {**_MEDIUM, "num_layers": 38, "num_attention_heads": 38, "caption_projection_dim": 2432,
-                           "qk_norm": "rms_norm"},
-                          8_056_627_520, _SRC, "MMDiT", _derive, "mmdit"),
-        text_encoders=_TES, vae="kl_f8_c16", latent_channels=16,
+        denoiser=Denoiser(
+            "SD3Transformer2DModel",
+            {
+                **_MEDIUM,
+                "num_layers": 38,
+                "num_attention_heads": 38,
+                "caption_projection_dim": 2432,
+                "qk_norm": "rms_norm",
+            },
+            8_056_627_520,
+            _SRC,
+            "MMDiT",
+            _derive,
+            "mmdit",
+        ),
+        text_encoders=_TES,
+        vae="kl_f8_c16",
+        latent_channels=16,
         blocks=Blocks(_RULES, (*IN_OUT, ("J", 38), ("OUT", None)), mbw=38, original_keys=_ORIGINAL),
         pipeline=_pipeline("SD3.5 large", ("sd3.5", "sd35l", "sd3.5-large", "sd35-large")),
-        single_file=_SINGLE, diffusers_slots=_SLOTS, lora_targets=_LORA_TARGETS,
+        single_file=_SINGLE,
+        diffusers_slots=_SLOTS,
+        lora_targets=_LORA_TARGETS,
         notebook=(38, 8.0, 8.0, 17010, 32.35),
     ),
 )

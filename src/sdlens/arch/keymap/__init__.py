@@ -39,7 +39,19 @@ from sdlens.arch.keymap.vae import vae_diffusers_to_ldm, vae_key_map, vae_ldm_to
 
 DIT_MAPS: dict[str, DitMap] = {
     m.MAP.name: m.MAP
-    for m in (mmdit, flux, auraflow, hunyuandit, pixart, sana, lumina2, stable_cascade, wan, chroma, ltx_video)
+    for m in (
+        mmdit,
+        flux,
+        auraflow,
+        hunyuandit,
+        pixart,
+        sana,
+        lumina2,
+        stable_cascade,
+        wan,
+        chroma,
+        ltx_video,
+    )
 }
 
 

@@ -82,7 +82,8 @@ Groups = dict[str, str]  # the template fields a key matched: i (block index), p
 
 def _fmt(template: str, g: Groups, rest: str | None = None) -> str:
     return template.replace("{i}", g.get("i") or "").replace("{p}", g.get("p") or "") + (
-        g["rest"] if rest is None else rest)
+        g["rest"] if rest is None else rest
+    )
 
 
 def _probe(template: str, g: Groups) -> str:
@@ -99,7 +100,9 @@ class DitMap:
     def __init__(self, name: str, rels: Iterable[Rel], original_only: tuple[str, ...] = ()) -> None:
         self.name = name
         self.rels: tuple[Rel, ...] = tuple(rels)
-        self.original_only = original_only  # original keys diffusers has no place for (left out of every plan)
+        self.original_only = (
+            original_only  # original keys diffusers has no place for (left out of every plan)
+        )
 
     @cached_property
     def _orig_rx(self) -> tuple[re.Pattern[str], ...]:
@@ -259,7 +262,9 @@ class DitMap:
         return out, plan.left
 
     # ------------------------------------------------------------------ tensors
-    def convert(self, sd: Mapping[str, torch.Tensor], to: Side, *, strict: bool = True) -> dict[str, torch.Tensor]:
+    def convert(
+        self, sd: Mapping[str, torch.Tensor], to: Side, *, strict: bool = True
+    ) -> dict[str, torch.Tensor]:
         """Rename ``sd`` (relative keys) to the other layout. ``strict``: raise KeyError for keys no relation
         covers (else they are dropped). Whole tensors are shared, sliced or concatenated ones are new."""
         plan = self.plan({k: tuple(v.shape) for k, v in sd.items()}, to)

@@ -99,8 +99,14 @@ def hf_to_nai_clip_key(key: str) -> str:
     return NAI_PREFIX + key[len(full) :] if key.startswith(full) else key
 
 
-def _hf_layer_to_openclip(key: str, n: int, rest: str, t: torch.Tensor, out: dict[str, torch.Tensor],
-                          qkv: dict[tuple[int, str], dict[str, torch.Tensor]]) -> None:
+def _hf_layer_to_openclip(
+    key: str,
+    n: int,
+    rest: str,
+    t: torch.Tensor,
+    out: dict[str, torch.Tensor],
+    qkv: dict[tuple[int, str], dict[str, torch.Tensor]],
+) -> None:
     """One ``text_model.encoder.layers.N.<rest>`` entry: q/k/v kept aside for fusing, the rest renamed."""
     if qm := re.fullmatch(r"self_attn\.([qkv])_proj\.(weight|bias)", rest):
         qkv.setdefault((n, qm.group(2)), {})[qm.group(1)] = t

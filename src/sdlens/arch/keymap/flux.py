@@ -21,11 +21,21 @@ def _linear1(key: str, shape: Shape, shapes: Mapping[str, Shape]) -> list[int]:
     return [hidden, hidden, hidden, shape[0] - 3 * hidden]
 
 
-_EMB = (("time_in", "timestep_embedder"), ("vector_in", "text_embedder"), ("guidance_in", "guidance_embedder"))
+_EMB = (
+    ("time_in", "timestep_embedder"),
+    ("vector_in", "text_embedder"),
+    ("guidance_in", "guidance_embedder"),
+)
 
 RELS: tuple[Rel, ...] = (
-    *(r for o, d in _EMB for r in (wb(f"{o}.in_layer.", f"time_text_embed.{d}.linear_1."),
-                                    wb(f"{o}.out_layer.", f"time_text_embed.{d}.linear_2."))),
+    *(
+        r
+        for o, d in _EMB
+        for r in (
+            wb(f"{o}.in_layer.", f"time_text_embed.{d}.linear_1."),
+            wb(f"{o}.out_layer.", f"time_text_embed.{d}.linear_2."),
+        )
+    ),
     wb("txt_in.", "context_embedder."),
     wb("img_in.", "x_embedder."),
     wb(f"{_O}img_mod.lin.", f"{_D}norm1.linear."),
@@ -43,8 +53,14 @@ RELS: tuple[Rel, ...] = (
     Rel(f"{_O}txt_attn.norm.query_norm.scale", (f"{_D}attn.norm_added_q.weight",)),
     Rel(f"{_O}txt_attn.norm.key_norm.scale", (f"{_D}attn.norm_added_k.weight",)),
     wb(f"{_S}modulation.lin.", f"{_SD}norm.linear."),
-    wb(f"{_S}linear1.", f"{_SD}attn.to_q.", f"{_SD}attn.to_k.", f"{_SD}attn.to_v.", f"{_SD}proj_mlp.",
-       split=_linear1),
+    wb(
+        f"{_S}linear1.",
+        f"{_SD}attn.to_q.",
+        f"{_SD}attn.to_k.",
+        f"{_SD}attn.to_v.",
+        f"{_SD}proj_mlp.",
+        split=_linear1,
+    ),
     wb(f"{_S}linear2.", f"{_SD}proj_out."),
     Rel(f"{_S}norm.query_norm.scale", (f"{_SD}attn.norm_q.weight",)),
     Rel(f"{_S}norm.key_norm.scale", (f"{_SD}attn.norm_k.weight",)),

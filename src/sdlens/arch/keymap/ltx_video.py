@@ -13,8 +13,11 @@ from sdlens.arch.keymap._dit import DitMap, Rel, wb
 RELS: tuple[Rel, ...] = (
     wb("patchify_proj.", "proj_in."),
     wb("adaln_single.", "time_embed."),
-    *(wb(f"transformer_blocks.{{i}}.{a}.{o}.", f"transformer_blocks.{{i}}.{a}.{d}.")
-      for a in ("attn1", "attn2") for d, o in (("norm_q", "q_norm"), ("norm_k", "k_norm"))),
+    *(
+        wb(f"transformer_blocks.{{i}}.{a}.{o}.", f"transformer_blocks.{{i}}.{a}.{d}.")
+        for a in ("attn1", "attn2")
+        for d, o in (("norm_q", "q_norm"), ("norm_k", "k_norm"))
+    ),
     Rel("{p}", ("{p}",)),
 )
 MAP = DitMap("ltx_video", RELS)

@@ -22,8 +22,11 @@ def _qkv_from_shapes(key: str, shape: Shape, shapes: Mapping[str, Shape]) -> lis
 def _block(b: str, modulated: bool, split: SplitFn) -> tuple[Rel, ...]:
     """One group of blocks (``layers`` / ``noise_refiner`` / ``context_refiner``, the last without adaLN)."""
     o = f"{b}.{{i}}."
-    norm1 = (wb(f"{o}adaLN_modulation.1.", f"{o}norm1.linear."), wb(f"{o}attention_norm1.", f"{o}norm1.norm.")) \
-        if modulated else (wb(f"{o}attention_norm1.", f"{o}norm1."),)
+    norm1 = (
+        (wb(f"{o}adaLN_modulation.1.", f"{o}norm1.linear."), wb(f"{o}attention_norm1.", f"{o}norm1.norm."))
+        if modulated
+        else (wb(f"{o}attention_norm1.", f"{o}norm1."),)
+    )
     return (
         Rel(f"{o}attention.qkv.weight", tuple(f"{o}attn.to_{n}.weight" for n in "qkv"), split=split),
         wb(f"{o}attention.out.", f"{o}attn.to_out.0."),
@@ -41,7 +44,9 @@ def _rels(split: SplitFn) -> tuple[Rel, ...]:
         wb("t_embedder.mlp.0.", "time_caption_embed.timestep_embedder.linear_1."),
         wb("t_embedder.mlp.2.", "time_caption_embed.timestep_embedder.linear_2."),
         wb("cap_embedder.{i}.", "time_caption_embed.caption_embedder.{i}."),
-        *_block("layers", True, split), *_block("noise_refiner", True, split), *_block("context_refiner", False, split),
+        *_block("layers", True, split),
+        *_block("noise_refiner", True, split),
+        *_block("context_refiner", False, split),
         wb("final_layer.adaLN_modulation.1.", "norm_out.linear_1."),
         wb("final_layer.linear.", "norm_out.linear_2."),
     )
@@ -55,8 +60,9 @@ def lumina2_diffusers_to_original(sd: Mapping[str, torch.Tensor]) -> dict[str, t
     return MAP.convert(sd, "original")
 
 
-def lumina2_original_to_diffusers(sd: Mapping[str, torch.Tensor], heads: int = 24, kv_heads: int = 8,
-                                  head_dim: int = 96) -> dict[str, torch.Tensor]:
+def lumina2_original_to_diffusers(
+    sd: Mapping[str, torch.Tensor], heads: int = 24, kv_heads: int = 8, head_dim: int = 96
+) -> dict[str, torch.Tensor]:
     """``heads`` / ``kv_heads`` / ``head_dim``: the released model's (2304 = 24 x 96) unless given."""
     rows = [heads * head_dim, kv_heads * head_dim, kv_heads * head_dim]
     fixed = DitMap("lumina2", _rels(lambda _k, _s, _all: rows), original_only=ORIGINAL_ONLY)

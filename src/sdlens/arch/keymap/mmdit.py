@@ -30,8 +30,12 @@ RELS: tuple[Rel, ...] = (
     wb(f"{_X}mlp.fc1.", f"{_D}ff.net.0.proj."),
     wb(f"{_X}mlp.fc2.", f"{_D}ff.net.2."),
     # the last block is context_pre_only: no context attention output / MLP, an AdaLayerNormContinuous
-    wb(f"{_C}adaLN_modulation.1.", f"{_D}norm1_context.linear.", swap=True,
-       absent=(f"{_C}attn.proj.weight", f"{_D}attn.to_add_out.weight")),
+    wb(
+        f"{_C}adaLN_modulation.1.",
+        f"{_D}norm1_context.linear.",
+        swap=True,
+        absent=(f"{_C}attn.proj.weight", f"{_D}attn.to_add_out.weight"),
+    ),
     wb(f"{_C}adaLN_modulation.1.", f"{_D}norm1_context.linear."),
     wb(f"{_C}attn.proj.", f"{_D}attn.to_add_out."),
     wb(f"{_C}mlp.fc1.", f"{_D}ff_context.net.0.proj."),

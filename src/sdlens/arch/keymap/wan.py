@@ -10,14 +10,27 @@ import torch
 
 from sdlens.arch.keymap._dit import DitMap, Rel, wb
 
-_ATTN = (("to_q", "q"), ("to_k", "k"), ("to_v", "v"), ("to_out.0", "o"), ("add_k_proj", "k_img"),
-         ("add_v_proj", "v_img"), ("norm_added_k", "norm_k_img"), ("norm_q", "norm_q"), ("norm_k", "norm_k"))
+_ATTN = (
+    ("to_q", "q"),
+    ("to_k", "k"),
+    ("to_v", "v"),
+    ("to_out.0", "o"),
+    ("add_k_proj", "k_img"),
+    ("add_v_proj", "v_img"),
+    ("norm_added_k", "norm_k_img"),
+    ("norm_q", "norm_q"),
+    ("norm_k", "norm_k"),
+)
 _BLOCK = (  # (diffusers, original) inside blocks.N.
     ("scale_shift_table", "modulation"),
     ("norm2", "norm3"),  # diffusers' cross-attention norm is the original's norm3 (its norm2 has no weights)
     ("ffn.net.0.proj", "ffn.0"),
     ("ffn.net.2", "ffn.2"),
-    *((f"{d}.{a}", f"{o}.{b}") for d, o in (("attn1", "self_attn"), ("attn2", "cross_attn")) for a, b in _ATTN),
+    *(
+        (f"{d}.{a}", f"{o}.{b}")
+        for d, o in (("attn1", "self_attn"), ("attn2", "cross_attn"))
+        for a, b in _ATTN
+    ),
 )
 _TOP = (
     ("proj_out", "head.head"),
