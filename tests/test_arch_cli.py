@@ -137,3 +137,19 @@ def test_dit_diagram(tmp_path):
 def test_command_module_import_is_cheap():
     code = "import sys, sdlens.commands.arch; assert 'torch' not in sys.modules and 'diffusers' not in sys.modules"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_a_family_without_an_input_recipe_is_one_clear_line(tmp_path, cli):
+    """Chroma's record derives its config (the count check passes), but sdlens cannot trace its forward yet:
+    one line naming the file, exit 2, and none of diffusers' deprecation notices on the terminal."""
+    from sdlens.testing import zoo_new_b
+
+    path = zoo_new_b.write_denoiser(tmp_path / "chroma.safetensors", "chroma", layout="original")
+    spec = spec_from_path(path)
+    assert spec.family == "chroma" and spec.reference_params == B.count_params(
+        B.build_denoiser(spec.cls_name, spec.config)
+    )
+    r = cli("arch", str(path))
+    assert r.returncode == 2
+    assert r.stderr.count("\n") == 1 and str(path) in r.stderr and "ChromaTransformer2DModel" in r.stderr
+    assert "Warning" not in r.stderr and "Traceback" not in r.stderr

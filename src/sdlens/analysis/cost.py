@@ -395,6 +395,13 @@ def analyse(
     t0 = time.perf_counter()
     check_choice(time_embed, "time_embed", TimeEmbed)
     spec = model if isinstance(model, B.ArchSpec) else resolve(model)
+    if spec.cls_name not in B.TRACEABLE:
+        where = Path(str(model)) if not isinstance(model, B.ArchSpec) and Path(str(model)).exists() else None
+        raise SdlensError(
+            where,
+            f"sdlens arch cannot measure a {spec.name} denoiser yet: it has no forward-input recipe for "
+            f"{spec.cls_name} (the record, its key map and its parameter count are known)",
+        )
     spec = B.with_tokens(spec, tokens)
     _dtype(dtype)
     if batch < 1:

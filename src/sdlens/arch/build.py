@@ -11,6 +11,7 @@ import dataclasses
 import logging
 import math
 import os
+import warnings
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -116,7 +117,10 @@ def _quiet():
     for n in names:
         logging.getLogger(n).setLevel(logging.ERROR)
     try:
-        yield
+        with warnings.catch_warnings():  # e.g. diffusers' deprecation notices inside its own classes
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            yield
     finally:
         for n, lvl in zip(names, old, strict=True):
             logging.getLogger(n).setLevel(lvl)
@@ -234,6 +238,16 @@ def latent_size(spec: ArchSpec, width: int, height: int) -> tuple[int, int]:
 def unet_downsampling(config: dict[str, Any]) -> int:
     levels = len(config.get("block_out_channels", [320, 640, 1280, 1280]))
     return 2 ** (levels - 1)
+
+
+# the denoiser classes whose forward inputs denoiser_inputs builds (as their diffusers pipelines do)
+TRACEABLE = (
+    "UNet2DConditionModel",
+    "SD3Transformer2DModel",
+    "FluxTransformer2DModel",
+    "AuraFlowTransformer2DModel",
+    "HunyuanDiT2DModel",
+)
 
 
 def denoiser_inputs(
