@@ -19,8 +19,9 @@ from pathlib import Path
 
 from sdlens.analysis import matrix_plan
 from sdlens.analysis.matrix_plan import KeyPlan, Plan, Task, _fingerprint, _ref_index, done_bytes, resumed
-from sdlens.analysis.matrix_result import MatrixResult, ModelInfo, Partial, finish
+from sdlens.analysis.matrix_result import MatrixResult, finish
 from sdlens.analysis.matrix_run import _chunked_sums, _kernel_sums, _wanted, run_task
+from sdlens.analysis.matrix_state import ModelInfo, Partial
 from sdlens.choices import MatrixBy, MatrixMetric, TimeEmbed, check_choice, choices
 from sdlens.errors import SdlensError
 from sdlens.io.open import open_checkpoint

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sdlens.analysis.matrix_result import ModelInfo, Partial
+from sdlens.analysis.matrix_state import ModelInfo, Partial
 from sdlens.arch.blocks import block_of
 from sdlens.arch.canonical import CanonRef, canonical_index
 from sdlens.errors import SdlensError

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from sdlens.analysis.matrix_plan import KeyPlan, Task
-from sdlens.analysis.matrix_result import Partial
+from sdlens.analysis.matrix_state import Partial
 from sdlens.arch.canonical import CanonRef
 from sdlens.io.base import Checkpoint
 from sdlens.io.dtypes import DTYPES
