@@ -439,20 +439,6 @@ def _aggregate(r: DiffResult) -> None:
 
 # --------------------------------------------------------------------------- verdict in plain words
 
-_COMP_ORDER = [
-    "denoiser",
-    "controlnet",
-    "clip_l",
-    "openclip_h",
-    "clip_g",
-    "t5",
-    "vae_encoder",
-    "vae_decoder",
-    "ema",
-    "schedule",
-    "markers",
-    "other",
-]
 _TYPE_WORDS = {
     "attn1": "self-attention (attn1)",
     "attn2": "cross-attention (attn2)",
@@ -542,7 +528,7 @@ def verdict(r: DiffResult) -> list[str]:
         other = "B" if part == "A" else "A"
         shared = {t.component for t in r.tensors}
         rest = r.only_b if part == "A" else r.only_a
-        rank = lambda c: _COMP_ORDER.index(c) if c in _COMP_ORDER else 99  # noqa: E731
+        rank = R.component_rank
         others = sorted({k.split("/", 1)[0] for k in rest} - shared, key=rank)
         skipped = list(dict.fromkeys(_part_label(c, fam) for c in others))
         if lines and skipped:
@@ -571,7 +557,7 @@ def _part_label(component: str, fam: str) -> str:
 
 def _groups(r: DiffResult, fam: str, part: str | None) -> list[tuple[str, list[str]]]:
     """(label, components) of each verdict line; a part file's VAE encoder + decoder make one line."""
-    comps = sorted(r.by_component, key=lambda c: _COMP_ORDER.index(c) if c in _COMP_ORDER else 99)
+    comps = sorted(r.by_component, key=R.component_rank)
     if part is not None and {"vae_encoder", "vae_decoder"} <= set(comps):
         out = [(_label(c, fam), [c]) for c in comps if c not in ("vae_encoder", "vae_decoder")]
         at = min(comps.index("vae_encoder"), comps.index("vae_decoder"))

@@ -191,7 +191,7 @@ def describe(ckpt: Checkpoint) -> InspectReport:
             c.nbytes,
             dict(sorted(_count(t.dtype for t in c.keys.values()).items())),
         )
-        for c in sorted(comps.values(), key=lambda c: _ORDER.get(c.id.split("@")[0], 99))
+        for c in sorted(comps.values(), key=lambda c: R.component_rank(c.id))
     ]
     problems: list[str] = []
     pos = [_check_position_ids(ckpt, k) for k in tensors if k.endswith("position_ids")]
@@ -232,27 +232,6 @@ def describe(ckpt: Checkpoint) -> InspectReport:
         latent_channels=ident.latent_channels,
         fits=list(ident.fits),
     )
-
-
-_ORDER = {
-    k: i
-    for i, k in enumerate(
-        [
-            "denoiser",
-            "controlnet",
-            "clip_l",
-            "openclip_h",
-            "clip_g",
-            "t5",
-            "text_encoder",
-            "vae_encoder",
-            "vae_decoder",
-            "ema",
-            "schedule",
-            "markers",
-        ]
-    )
-}
 
 
 def _count(items) -> dict[str, int]:

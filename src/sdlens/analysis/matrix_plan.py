@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from sdlens.analysis.matrix_state import ModelInfo, Partial
+from sdlens.arch import registry as R
 from sdlens.arch.blocks import block_of
 from sdlens.arch.canonical import CanonRef, canonical_index
 from sdlens.errors import SdlensError
@@ -179,8 +180,7 @@ def _group_order(g: str) -> tuple[int, str]:
 
         r, i = _block_order(g[6:])
         return (100 + r * 100 + i, g)
-    order = ["denoiser", "clip_l", "clip_g", "openclip_h", "t5", "vae", "vae_encoder", "vae_decoder", "ema"]
-    return (order.index(g) if g in order else 50, g)
+    return (R.component_rank(g), g)
 
 
 def _fingerprint(p: Plan, metric: str) -> str:

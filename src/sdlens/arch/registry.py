@@ -37,6 +37,17 @@ COMPONENT_LABELS: dict[str, str] = {
     "other": "other",
 }
 TEXT_ENCODER_KINDS = ("clip_l", "openclip_h", "clip_g", "t5")
+# the order components are listed in, everywhere (reports, diffs, matrix groups)
+COMPONENT_ORDER: tuple[str, ...] = (
+    "denoiser", "controlnet", "clip_l", "openclip_h", "clip_g", "t5", "text_encoder",
+    "vae", "vae_encoder", "vae_decoder", "ema", "schedule", "markers", "other",
+)  # fmt: skip
+
+
+def component_rank(component: str) -> int:
+    """Where ``component`` (``clip_l@text_encoder_2.`` counts as ``clip_l``) stands in COMPONENT_ORDER; others last."""
+    base = component.split("@")[0]
+    return COMPONENT_ORDER.index(base) if base in COMPONENT_ORDER else len(COMPONENT_ORDER)
 
 
 @dataclass(frozen=True)
