@@ -8,7 +8,8 @@ from typing import Annotated
 
 import typer
 
-from sdlens.choices import DiagramDepth, Precision, TimeEmbed, metavar
+from sdlens.choices import DiagramDepth, Precision, metavar
+from sdlens.commands._options import TimeEmbedOption
 from sdlens.console import checked
 from sdlens.errors import SdlensError
 
@@ -64,14 +65,7 @@ def run(
             metavar="all|MODEL,MODEL,...", help="'all' or a comma list of models: the comparison table."
         ),
     ] = None,
-    time_embed: Annotated[
-        str,
-        typer.Option(
-            metavar=metavar(TimeEmbed),
-            callback=checked("time_embed", TimeEmbed),
-            help="Merge block of time_embed / label_emb.",
-        ),
-    ] = "IN00",
+    time_embed: TimeEmbedOption = "IN00",
 ) -> None:
     """Parameters, merge blocks, every GEMM, FLOPs, memory and diagrams of an architecture — no weights needed."""
     from sdlens.analysis.cost import analyse, parse_res, write_gemm_csv

@@ -10,6 +10,8 @@ from typing import Annotated
 
 import typer
 
+from sdlens.commands._options import VariantOption
+
 
 def _split(values: list[str] | None) -> list[str]:
     return [v.strip() for raw in values or [] for v in raw.split(",") if v.strip()]
@@ -93,12 +95,7 @@ def run(
         ),
     ] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the plan / result as JSON.")] = False,
-    variant: Annotated[
-        str | None,
-        typer.Option(
-            help="Diffusers folders: read this variant's files (fp16 -> *.fp16.safetensors); default: the full-precision ones."
-        ),
-    ] = None,
+    variant: VariantOption = None,
 ) -> None:
     """Checkpoint surgery that never loses data: .ckpt -> .safetensors, fp16/bf16, EMA, VAE, extract, layouts."""
     import time

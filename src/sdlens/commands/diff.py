@@ -7,7 +7,8 @@ from typing import Annotated
 
 import typer
 
-from sdlens.choices import DiffBy, DiffMetric, TimeEmbed, metavar
+from sdlens.choices import DiffBy, DiffMetric, metavar
+from sdlens.commands._options import TimeEmbedOption, VariantOption
 from sdlens.console import checked
 
 
@@ -34,21 +35,8 @@ def run(
             metavar="FILE", help="Write plots: FILE.png/.svg (histograms) and FILE-blocks.png/.svg."
         ),
     ] = None,
-    time_embed: Annotated[
-        str,
-        typer.Option(
-            metavar=metavar(TimeEmbed),
-            callback=checked("time_embed", TimeEmbed),
-            help="Merge block of time_embed / label_emb: IN00 (A1111 mergers) or BASE (sd-mecha).",
-        ),
-    ] = "IN00",
-    variant: Annotated[
-        str | None,
-        typer.Option(
-            metavar="NAME",
-            help="Diffusers folders: read this variant's files (fp16 -> *.fp16.safetensors); default: the full-precision ones.",
-        ),
-    ] = None,
+    time_embed: TimeEmbedOption = "IN00",
+    variant: VariantOption = None,
 ) -> None:
     """What changed between two checkpoints: verdict in plain words, then per component / block / type / tensor."""
     from sdlens import console

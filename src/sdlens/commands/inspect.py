@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from sdlens.commands._options import VariantOption
 from sdlens.errors import SdlensError
 
 
@@ -29,12 +30,7 @@ def run(
         bool, typer.Option("--scan", help="Read all data: NaN/Inf and all-zero tensors.")
     ] = False,
     brief: Annotated[bool, typer.Option("--brief", help="Only the one-line summary per file.")] = False,
-    variant: Annotated[
-        str | None,
-        typer.Option(
-            help="Diffusers folders: read this variant's files (fp16 -> *.fp16.safetensors); default: the full-precision ones."
-        ),
-    ] = None,
+    variant: VariantOption = None,
 ) -> None:
     """What is this file? Family, layout, components, precision, EMA, metadata, problems: from the header.
 

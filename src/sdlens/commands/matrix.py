@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from sdlens.choices import MatrixBy, MatrixMetric, metavar
+from sdlens.commands._options import VariantOption
 from sdlens.console import checked
 from sdlens.render.safe_text import safe
 
@@ -50,12 +51,7 @@ def run(
         bool, typer.Option(help="Continue an interrupted run from its saved partial results.")
     ] = False,
     plots: Annotated[bool, typer.Option(help="Write the figures.")] = True,
-    variant: Annotated[
-        str | None,
-        typer.Option(
-            help="Diffusers folders: read this variant's files (fp16 -> *.fp16.safetensors); default: the full-precision ones."
-        ),
-    ] = None,
+    variant: VariantOption = None,
 ) -> None:
     """How do these models relate? Distance matrices per component or merge block, identity groups, plots.
 
