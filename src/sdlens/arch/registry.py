@@ -162,13 +162,8 @@ MARKER_KEYS: dict[str, str] = {
 BARE_SIGNATURES: tuple[tuple[str, str, str], ...] = (
     # (regex that some key must match, component, convention)
     (r"^controlnet_cond_embedding\.", "controlnet", "diffusers"),
+    # each record's own bare-file signatures (families/*.py ``bare_keys``), then the generic layouts
     *((rx, "denoiser", conv) for f in _families.FAMILIES for rx, conv in f.bare_keys),
-    (r"^(double_blocks|single_blocks)\.\d+\.", "denoiser", "bare"),
-    (r"^joint_blocks\.\d+\.", "denoiser", "bare"),
-    (r"^(double_layers|single_layers)\.\d+\.", "denoiser", "bare"),
-    (r"^mlp_t5\.0\.weight$", "denoiser", "bare"),
-    (r"^t_block\.1\.weight$", "denoiser", "bare"),
-    (r"^input_blocks\.0\.0\.weight$", "denoiser", "bare"),
     (
         r"^(down_blocks\.\d+\.(resnets|attentions)|transformer_blocks\.\d+\.|single_transformer_blocks\.|joint_transformer_blocks\.)",
         "denoiser",

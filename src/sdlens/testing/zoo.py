@@ -387,6 +387,7 @@ def zoo_table() -> list[tuple[str, str, Callable[[Path], None], Truth]]:
 def _new_family_rows() -> list[tuple[str, str, Callable[[Path], None], Truth]]:
     """One tiny denoiser file per family added with the records of issue 15, in its original layout where it has
     one (HiDream ships the diffusers names)."""
+    from sdlens.arch import families
     from sdlens.testing import zoo_new_a, zoo_new_b
 
     rows = [
@@ -400,7 +401,9 @@ def _new_family_rows() -> list[tuple[str, str, Callable[[Path], None], Truth]]:
         if fid != "sdxl"
     ]
     for fid in zoo_new_b.FAMILY_IDS:
-        layout = "diffusers" if fid == "hidream_i1" else "original"
+        layout = (
+            "original" if families.get(fid).denoiser.keymap else "diffusers"
+        )  # HiDream: diffusers names only
         rows.append(
             (
                 fid,

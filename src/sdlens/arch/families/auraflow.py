@@ -92,6 +92,9 @@ FAMILIES: tuple[Family, ...] = (
         {"aura": True},
         {"aura_double": 4, "aura_single": 32},
         features=FEATURES,
+        bare_keys=(
+            (r"^(double_layers|single_layers)\.\d+\.", "bare"),
+        ),  # a bare file (no prefix) with this key is this denoiser
         denoiser=Denoiser(
             "AuraFlowTransformer2DModel",
             RELEASED,

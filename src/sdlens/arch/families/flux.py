@@ -119,6 +119,9 @@ FAMILIES: tuple[Family, ...] = (
         {"flux_blocks": (19, 38), "guidance_in": True, "chroma_approximator": False},
         {"hidden": 3072, "img_in": 64},
         features=FEATURES,
+        bare_keys=(
+            (r"^(double_blocks|single_blocks)\.\d+\.", "bare"),
+        ),  # a bare file (no prefix) with this key is this denoiser
         derived=DERIVED,
         feature_text=_TEXT,
         variants=VARIANTS,

@@ -95,6 +95,9 @@ FAMILIES: tuple[Family, ...] = (
         {"hunyuan": True},
         {"hunyuan_blocks": 40},
         features=FEATURES,
+        bare_keys=(
+            (r"^mlp_t5\.0\.weight$", "bare"),
+        ),  # a bare file (no prefix) with this key is this denoiser
         denoiser=Denoiser(
             "HunyuanDiT2DModel",
             RELEASED,

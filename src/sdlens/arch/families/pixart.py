@@ -137,6 +137,9 @@ FAMILIES: tuple[Family, ...] = (
         {"pixart": True, "pixart_ar": True, "ltx_qk_norm": False, "sana_ff": False},
         {"pixart_blocks": 28},
         features=FEATURES,
+        bare_keys=(
+            (r"^t_block\.1\.weight$", "bare"),
+        ),  # a bare file (no prefix) with this key is this denoiser
         denoiser=Denoiser(
             "PixArtTransformer2DModel",
             ALPHA,

@@ -147,6 +147,9 @@ FAMILIES: tuple[Family, ...] = (
         {"mmdit_blocks": 24, "dual_attention": False},
         {"pos_embed_len": 36864, "hidden": 1536},
         features=FEATURES,
+        bare_keys=(
+            (r"^joint_blocks\.\d+\.", "bare"),
+        ),  # a bare file (no prefix) with this key is this denoiser
         derived=DERIVED,
         feature_text=_TEXT,
         denoiser=Denoiser(

@@ -252,6 +252,9 @@ FAMILIES: tuple[Family, ...] = (
         _unet(proj_in_ndim=4, adm_in=None, levels=4),
         {"context_dim": 768, "model_channels": 320},
         features=FEATURES,
+        bare_keys=(
+            (r"^input_blocks\.0\.0\.weight$", "bare"),
+        ),  # a bare file (no prefix) with this key is this denoiser
         derived=DERIVED,
         feature_text=_TEXT,
         variants=_INPAINT,
