@@ -77,11 +77,11 @@ EDM_STD = (8.4927, 5.9022, 6.5498, 5.2299)  # and latents_std
 
 
 def _cls(fid: str):
-    import diffusers
+    from sdlens.arch.build import diffusers_class
 
     rec = families.get(fid)
     assert rec is not None and rec.denoiser is not None
-    return getattr(diffusers, rec.denoiser.cls_name)
+    return diffusers_class(rec.denoiser.cls_name)
 
 
 def full_config(fid: str) -> dict[str, Any]:
@@ -101,9 +101,9 @@ def tiny_config(fid: str) -> dict[str, Any]:
 
 def meta_params(fid: str) -> int:
     """num_parameters() of the released config, built on the meta device (no memory)."""
-    with torch.device("meta"):
-        model = _cls(fid)(**full_config(fid))
-    return sum(p.numel() for p in model.parameters())
+    from sdlens.arch.build import build_denoiser, count_params
+
+    return count_params(build_denoiser(_cls(fid).__name__, full_config(fid)))
 
 
 @lru_cache(maxsize=16)
