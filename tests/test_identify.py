@@ -166,3 +166,13 @@ def test_inspect_renders_identity_for_a_vae(tmp_path):
     assert (r.kind, r.family, r.latent_channels, r.fits) == ("VAE", "unknown", 16, _fits(16))
     assert r.summary.startswith("VAE: VAE (16-channel latent)")
     assert "kl_f8_c16" not in json.dumps(r.to_dict())
+
+
+def test_a_vae_with_wrong_rank_convs_is_a_vae_of_unknown_latent():
+    """Crafted shapes (a 1-d decoder.conv_in, a 0-d encoder.conv_out) are read, not indexed into blindly."""
+    tensors = {
+        "decoder.conv_in.weight": TensorInfo("decoder.conv_in.weight", (4,), "F32", "", 0),
+        "encoder.conv_out.weight": TensorInfo("encoder.conv_out.weight", (), "F32", "", 16),
+    }
+    ident = identify(tensors)
+    assert (ident.kind, ident.latent_channels, ident.family) == ("vae", None, "unknown")

@@ -314,10 +314,10 @@ def _controlnet(keys: Mapping[str, TensorInfo]) -> FamilyMatch:
 def latent_channels(rel: Mapping[str, TensorInfo]) -> int | None:
     """A VAE's latent channels from its (relative) keys: the decoder's input, else half the encoder's output."""
     t = rel.get("decoder.conv_in.weight")
-    if t is not None:
+    if t is not None and len(t.shape) > 1:
         return t.shape[1]
     t = rel.get("encoder.conv_out.weight")
-    return t.shape[0] // 2 if t is not None else None
+    return t.shape[0] // 2 if t is not None and len(t.shape) > 0 else None
 
 
 def _vae(split: Split, out: Any) -> Identity:
