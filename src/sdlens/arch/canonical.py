@@ -34,6 +34,7 @@ from sdlens.arch import families
 from sdlens.arch import registry as R
 from sdlens.arch.detect import Component
 from sdlens.arch.identify import identify
+from sdlens.arch.identify import latent_channels as _latent_channels
 from sdlens.io.base import Checkpoint, TensorInfo
 
 if TYPE_CHECKING:
@@ -180,9 +181,7 @@ def _vae(comps: list[Component], configs: Mapping[str, dict] | None) -> dict[str
 
     cfg = (configs or {}).get("vae")
     if not (isinstance(cfg, dict) and cfg.get("block_out_channels")):
-        conv_in = keys.get("decoder.conv_in.weight")
-        latent = conv_in.shape[1] if conv_in is not None and len(conv_in.shape) > 1 else None
-        cfg = next((v for v in C.VAES.values() if v.get("latent_channels") == latent), C.VAES["kl_f8_c4"])
+        cfg = C.vae_config_for(_latent_channels(keys))
     cfg = {k: v for k, v in cfg.items() if not k.startswith("_")}
     try:
         mapping = vae_key_map(cfg, list(keys))

@@ -104,6 +104,14 @@ VAES: dict[str, dict[str, Any]] = {
 
 VAE_PARAMS: dict[str, int] = {"kl_f8_c4": 83_653_863, "kl_f8_c16": 83_819_683}
 
+
+def vae_config_for(latent_channels: int | None) -> dict[str, Any]:
+    """The released AutoencoderKL config with ``latent_channels`` (the 4-channel SD one when none has it)."""
+    return dict(
+        next((v for v in VAES.values() if v.get("latent_channels") == latent_channels), VAES["kl_f8_c4"])
+    )
+
+
 # Text encoders of the AuraFlow and HunyuanDiT pipelines, from their released diffusers folders. Their
 # parameter counts are not checked against the released weights, so sdlens reports them as built, without a reference check.
 OTHER_TEXT_ENCODERS: dict[str, tuple[str, dict[str, Any]]] = {

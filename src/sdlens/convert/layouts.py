@@ -99,7 +99,7 @@ def vae_config(shapes: dict[str, tuple[int, ...]], family: str = "") -> dict[str
         )
         chans.append(shapes[k][0] if k in shapes else 0)
     latent = shapes.get("decoder.conv_in.weight", (0, 4))[1]
-    cfg = dict(next((v for v in C.VAES.values() if v.get("latent_channels") == latent), C.VAES["kl_f8_c4"]))
+    cfg = C.vae_config_for(latent)
     cfg.update(
         _class_name="AutoencoderKL",
         down_block_types=["DownEncoderBlock2D"] * levels,
