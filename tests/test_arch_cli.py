@@ -153,3 +153,18 @@ def test_a_family_without_an_input_recipe_is_one_clear_line(tmp_path, cli):
     assert r.returncode == 2
     assert r.stderr.count("\n") == 1 and str(path) in r.stderr and "ChromaTransformer2DModel" in r.stderr
     assert "Warning" not in r.stderr and "Traceback" not in r.stderr
+
+
+def test_crafted_shapes_are_one_clear_line(tmp_path, cli):
+    """A FLUX file whose img_in is 1-d: the record's config-from-shapes cannot read it, and says so for the file."""
+    import torch
+
+    from sdlens.testing import zoo_dit
+    from sdlens.testing.writers import save_safetensors
+
+    sd = zoo_dit.build_denoiser("flux_dev", layout="original")
+    sd["img_in.weight"] = torch.zeros(8)
+    path = save_safetensors(sd, tmp_path / "crafted.safetensors")
+    r = cli("arch", str(path))
+    assert r.returncode == 2 and r.stderr.count("\n") == 1
+    assert str(path) in r.stderr and "cannot derive a FluxTransformer2DModel config" in r.stderr

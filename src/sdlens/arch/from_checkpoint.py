@@ -18,6 +18,7 @@ from typing import Any
 from sdlens.arch import build as B
 from sdlens.arch import families
 from sdlens.arch.record import Family
+from sdlens.arch.shapes import derive_config
 from sdlens.errors import SdlensError
 
 
@@ -106,7 +107,7 @@ def spec_from_path(path: Path) -> B.ArchSpec:
     den = fam.denoiser if fam is not None else None
     if fam is None or den is None or den.config_from_shapes is None or fam.pipeline is None:
         raise SdlensError(path, f"sdlens arch cannot derive a config for a {match.name} denoiser")
-    config = den.config_from_shapes(keys)
+    config = derive_config(den, keys, path)
     model = B.build_denoiser(den.cls_name, config)
     file_params = sum(t.numel for t in keys.values())
     buffers = persistent_buffers(model)  # e.g. SD3's pos_embed: stored in files, not a parameter

@@ -41,3 +41,16 @@ def head_dim(hidden: int, usual: int) -> int:
 def optional(keys: Mapping[str, TensorInfo], *names: str) -> TensorInfo | None:
     """The first of ``names`` in the keys, or None."""
     return next((keys[n] for n in names if n in keys), None)
+
+
+def derive_config(denoiser: Any, keys: Mapping[str, TensorInfo], path: Any = None) -> dict[str, Any]:
+    """``denoiser.config_from_shapes(keys)`` for a file that may be crafted: a shape of the wrong rank or a
+    missing tensor is one clear error naming the file, never an internal one."""
+    try:
+        return denoiser.config_from_shapes(keys)
+    except SdlensError as e:
+        raise SdlensError(path, e.problem) from None
+    except (IndexError, KeyError, ValueError, TypeError, ZeroDivisionError, AttributeError) as e:
+        raise SdlensError(
+            path, f"cannot derive a {denoiser.cls_name} config from the tensors' shapes ({type(e).__name__})"
+        ) from None

@@ -19,6 +19,7 @@ from typing import Any
 from sdlens.arch import families
 from sdlens.arch.keymap import DitMap, dit_map
 from sdlens.arch.record import Family
+from sdlens.arch.shapes import derive_config
 from sdlens.convert import layouts as L
 from sdlens.errors import SdlensError
 from sdlens.io.base import TensorInfo
@@ -41,7 +42,7 @@ def denoiser_config(fam: Family, shapes: Mapping[str, tuple[int, ...]], path: An
     den = fam.denoiser
     if den is None or den.config_from_shapes is None:
         raise SdlensError(path, f"--layout diffusers: the {fam.id} record has no config-from-shapes function")
-    cfg = den.config_from_shapes(_infos(shapes))
+    cfg = derive_config(den, _infos(shapes), path)
     return {
         "_class_name": den.cls_name,
         **{k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()},
