@@ -168,3 +168,18 @@ def test_crafted_shapes_are_one_clear_line(tmp_path, cli):
     r = cli("arch", str(path))
     assert r.returncode == 2 and r.stderr.count("\n") == 1
     assert str(path) in r.stderr and "cannot derive a FluxTransformer2DModel config" in r.stderr
+
+
+def test_shapes_that_build_but_do_not_run_are_one_clear_line(tmp_path, cli):
+    """A FLUX file whose q-norm width disagrees with its rotary axes builds, but its forward cannot run."""
+    import torch
+
+    from sdlens.testing import zoo_dit
+    from sdlens.testing.writers import save_safetensors
+
+    sd = zoo_dit.build_denoiser("flux_dev", layout="original")
+    sd["double_blocks.0.img_attn.norm.query_norm.scale"] = torch.zeros(5)
+    path = save_safetensors(sd, tmp_path / "crafted.safetensors")
+    r = cli("arch", str(path))
+    assert r.returncode == 2 and r.stderr.count("\n") == 1
+    assert str(path) in r.stderr and "does not run" in r.stderr

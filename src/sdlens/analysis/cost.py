@@ -377,6 +377,13 @@ def resolve(model: str | Path) -> B.ArchSpec:
     return spec_from_path(p)
 
 
+def _input_path(model: object) -> Path | None:
+    """The file or config ``model`` names, for an error message (None for a released model's name)."""
+    if isinstance(model, B.ArchSpec) or B.resolve_alias(str(model)) is not None:
+        return None
+    return Path(str(model))
+
+
 def analyse(
     model: str | Path | B.ArchSpec,
     *,
@@ -396,9 +403,8 @@ def analyse(
     check_choice(time_embed, "time_embed", TimeEmbed)
     spec = model if isinstance(model, B.ArchSpec) else resolve(model)
     if spec.cls_name not in B.TRACEABLE:
-        where = Path(str(model)) if not isinstance(model, B.ArchSpec) and Path(str(model)).exists() else None
         raise SdlensError(
-            where,
+            _input_path(model),
             f"sdlens arch cannot measure a {spec.name} denoiser yet: it has no forward-input recipe for "
             f"{spec.cls_name} (the record, its key map and its parameter count are known)",
         )
@@ -416,7 +422,14 @@ def analyse(
     eff = batch * guidance
 
     den = _denoiser_for(spec, dtype)
-    fwd, tr = _denoiser_cost(spec, eff, width, height, dtype)
+    try:
+        fwd, tr = _denoiser_cost(spec, eff, width, height, dtype)
+    except (AssertionError, RuntimeError, ValueError, TypeError, IndexError) as e:
+        if spec.source == "released config":
+            raise  # a released model that does not run is sdlens's bug
+        raise SdlensError(  # shapes read off a (possibly crafted) file that make no runnable model
+            _input_path(model), f"the denoiser these shapes describe does not run ({type(e).__name__})"
+        ) from None
 
     # components and parameters
     comps = [

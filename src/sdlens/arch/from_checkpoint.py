@@ -108,7 +108,18 @@ def spec_from_path(path: Path) -> B.ArchSpec:
     if fam is None or den is None or den.config_from_shapes is None or fam.pipeline is None:
         raise SdlensError(path, f"sdlens arch cannot derive a config for a {match.name} denoiser")
     config = derive_config(den, keys, path)
-    model = B.build_denoiser(den.cls_name, config)
+    try:
+        model = B.build_denoiser(den.cls_name, config)
+    except (
+        ValueError,
+        TypeError,
+        ZeroDivisionError,
+        AssertionError,
+        RuntimeError,
+    ) as e:  # diffusers refuses it
+        raise SdlensError(
+            path, f"the config derived from the shapes does not build a {den.cls_name} ({type(e).__name__})"
+        ) from None
     file_params = sum(t.numel for t in keys.values())
     buffers = persistent_buffers(model)  # e.g. SD3's pos_embed: stored in files, not a parameter
     file_params -= buffers if file_params - buffers > 0 else 0
