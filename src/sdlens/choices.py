@@ -16,6 +16,7 @@ DiffMetric = Literal["l2", "l1", "l0", "cos", "all"]  # per-tensor metric shown 
 DiffBy = Literal["component", "block", "type", "key"]  # granularity of the diff table
 MatrixMetric = Literal["l2", "cos", "l1"]
 MatrixBy = Literal["component", "block"]
+RecipeBy = Literal["block", "component", "key"]
 EmbedMethod = Literal["pca", "tsne"]  # the embedding maps drawn
 DiagramDepth = Literal[1, 2]  # torchview depth of ``arch --diagram``
 Precision = Literal["fp16", "bf16", "fp32"]  # weights and activations of ``arch``

@@ -369,3 +369,60 @@ def pair_rows(addrs, kind, start, stop, want):
         if want & L1:
             _pairs(y, u, m, l1, tiles, quads, L1)
     return d2, dp, l1, sq
+
+
+SIG_FIELDS = ("values", "equal_base", "equal_candidate", "delta_dropped", "delta_kept", "outside", "agree")
+SIG_LO, SIG_WIDTH = -1.0, 0.01  # ratio histogram: bins of 0.01 from −1 (400 bins to 3)
+
+
+@njit(fastmath=_FM, nogil=True, cache=True)
+def element_signature(addrs, kind, start, stop, stride, tol, resolve, out, hist):
+    """Element-level evidence of how a model M (row 0 of ``addrs``) was made from candidates (rows 1…c):
+    for each ordered pair (base b, candidate j), over the positions of blocks ``start + k·stride·ROWS_BLOCK``
+    where the candidate's delta δ = Pⱼ − P_b is resolvable (|δ| > ``resolve`` · max(|P_b|, |M|), so a rescaled
+    δ is told from rounding), adds into ``out[b, j]`` (fields ``SIG_FIELDS``): the count of such values; how
+    many equal P_b (within ``tol`` relative: 0 = exactly) and how many equal Pⱼ; Σ|δ| over those equal to P_b
+    and over the others; and, for the rest, into ``hist[b, j]`` the ratio r = (M − P_b) / δ (bins of
+    ``SIG_WIDTH`` from ``SIG_LO``; outside that range counted in "outside") and how often M − P_b has δ's sign.
+    Weighted sums give one ratio everywhere, DARE drops a share of deltas regardless of their size and
+    rescales the rest, TIES drops the small ones, crossover copies each value from one parent."""
+    c = addrs.size - 1
+    y = np.zeros((c + 1, ROWS_BLOCK), dtype=np.float32)
+    sq = np.zeros(c + 1)
+    nb = hist.shape[2]
+    step = ROWS_BLOCK * stride
+    for s in range(start, stop, step):
+        m = min(ROWS_BLOCK, stop - s)
+        _stage(y, sq, addrs, kind, s, m, 0)
+        ym = y[0]
+        for b in range(c):
+            yb = y[b + 1]
+            for j in range(c):
+                if j == b:
+                    continue
+                yj = y[j + 1]
+                o = out[b, j]
+                h = hist[b, j]
+                for i in range(m):
+                    pb, pm = yb[i], ym[i]
+                    d = yj[i] - pb
+                    ad = abs(d)
+                    if not ad > resolve * max(abs(pb), abs(pm)):
+                        continue
+                    o[0] += 1.0
+                    e = pm - pb
+                    if abs(e) <= tol * abs(pb):
+                        o[1] += 1.0
+                        o[3] += ad
+                        continue
+                    o[4] += ad
+                    if abs(pm - yj[i]) <= tol * abs(yj[i]):
+                        o[2] += 1.0
+                        continue
+                    if (e > 0) == (d > 0):
+                        o[6] += 1.0
+                    k = int(np.floor((e / d - SIG_LO) / SIG_WIDTH))
+                    if 0 <= k < nb:
+                        h[k] += 1.0
+                    else:
+                        o[5] += 1.0

@@ -205,3 +205,29 @@ def pair_rows(rows: Sequence[np.ndarray], dtype: str, start: int, stop: int, wan
     for r in results[1:]:
         d2, dp, l1, sq = d2 + r[0], dp + r[1], l1 + r[2], sq + r[3]
     return d2, dp, l1, sq
+
+
+SIG_BINS = 400  # = (3 − _jit.SIG_LO) / _jit.SIG_WIDTH
+
+
+def element_signature(rows: Sequence[np.ndarray], dtype: str, stride: int, tol: float, resolve: float):
+    """(out, hist) of ``_jit.element_signature`` over equally long flat rows (row 0 the model, then the
+    candidates) of one ``KERNEL_DTYPES`` dtype: every ``stride``-th block of ``_jit.ROWS_BLOCK`` values,
+    cut into one part per thread; the parts' counts are added."""
+    from sdlens.analysis import _jit
+
+    view = np.uint16 if dtype in ("F16", "BF16") else np.float32
+    flat = [np.ascontiguousarray(r).reshape(-1).view(view) for r in rows]  # kept alive during the calls
+    addrs = np.array([f.ctypes.data for f in flat], dtype=np.uint64)
+    c = len(flat) - 1
+    n = flat[0].size
+
+    def part(p: tuple[int, int]):
+        out = np.zeros((c, c, len(_jit.SIG_FIELDS)))
+        hist = np.zeros((c, c, SIG_BINS))
+        _jit.element_signature(addrs, _KIND[dtype], p[0], p[1], stride, tol, resolve, out, hist)
+        return out, hist
+
+    parts = _parts(n, _jit.ROWS_BLOCK * stride, max(1, c * (c - 1) // stride))
+    results = [part(parts[0])] if len(parts) == 1 else list(_pool().map(part, parts))
+    return sum(r[0] for r in results), sum(r[1] for r in results)

@@ -104,10 +104,12 @@ def plan(
     time_embed: str = "IN00",
     task_bytes: int | None = None,
     variant: str | None = None,
+    per_key: bool = False,
 ) -> Plan:
     """Headers only: align every model's tensors by canonical name and cut the work into tasks of about
     ``task_bytes`` per model. An input that cannot be read is left out and listed in ``Plan.skipped``.
-    ``variant``: diffusers folders' variant files (``fp16`` ...)."""
+    ``variant``: diffusers folders' variant files (``fp16`` ...); ``per_key``: every tensor is a group of
+    its own too (``key:<canonical name>``)."""
     if len(paths) < 2:
         raise SdlensError(None, "matrix needs at least two models")
     task_bytes = task_bytes or _TASK_BYTES
@@ -141,6 +143,8 @@ def plan(
         groups = _component_groups(name)
         if name.startswith("denoiser/"):
             groups += (f"block:{block_of(name, family, time_embed=time_embed)}",)
+        if per_key:
+            groups += (f"key:{name}",)
         numel = math.prod(shape)
         nbytes = sum(infos[i][refs[i].key].nbytes * numel // max(1, infos[i][refs[i].key].numel) for i in ok)
         first = ok[0]
@@ -175,6 +179,8 @@ def plan(
 
 
 def _group_order(g: str) -> tuple[int, str]:
+    if g.startswith("key:"):
+        return (10_000, g)
     if g.startswith("block:"):
         from sdlens.analysis.diff import _block_order
 

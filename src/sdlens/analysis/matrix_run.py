@@ -86,8 +86,12 @@ def run_task(
     progress: Callable[[int], None] | None = None,
     checkpoints: Sequence[Checkpoint] | None = None,
     variant: str | None = None,
+    probe: Callable[[Sequence[Checkpoint], KeyPlan], dict[str, np.ndarray] | None] | None = None,
 ) -> Partial:
-    """The sums of one task. Pure: depends only on the files and the task (safe to run anywhere)."""
+    """The sums of one task. Pure: depends only on the files and the task (safe to run anywhere).
+
+    ``probe(checkpoints, key)``: more sums of a key (named arrays, such as recipe's element counts), added
+    into every group of the key like the distances."""
     n = len(paths)
     owned = checkpoints is None
     cks = list(checkpoints) if checkpoints is not None else [open_checkpoint(p, variant) for p in paths]
@@ -112,6 +116,7 @@ def run_task(
             present,
             np.array([row_of[rep[i]] for i in present]),
             _key_sums(cks, kp, uniq, want, per_key, device),
+            probe(cks, kp) if probe else None,
         )
 
     # two keys at a time: while one key's bytes are compared or its small kernel runs on one core, the next
@@ -119,7 +124,7 @@ def run_task(
     pending = [_key_pool().submit(key_sums, kp) for kp in task.keys] if concurrent else None
     try:
         for k, kp in enumerate(task.keys):
-            present, idx, sums = pending[k].result() if pending else key_sums(kp)
+            present, idx, sums, extra = pending[k].result() if pending else key_sums(kp)
             sel = np.ix_(present, present)
             d2n, dpn, l1n = (t[np.ix_(idx, idx)] for t in sums[:3])
             sq = np.repeat(sums[3][idx][:, None], len(present), axis=1)
@@ -134,6 +139,8 @@ def run_task(
                 acc["same"][sel] += same
                 acc["both"][sel] += 1.0
                 acc["bad"][sel] += bad
+                for name, value in (extra or {}).items():
+                    part.add(g_name, name, value)
             if progress:
                 progress(kp.nbytes)
     finally:

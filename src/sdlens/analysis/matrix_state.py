@@ -44,13 +44,18 @@ class Partial:
             self.sums[g] = {f: np.zeros((self.n, self.n)) for f in self.FIELDS}
         return self.sums[g]
 
+    def add(self, g: str, name: str, value: np.ndarray) -> None:
+        """Add ``value`` into a group's sum ``name`` (a field of any shape beyond ``FIELDS``, such as the
+        element signature's counts)."""
+        acc = self.group(g)
+        acc[name] = acc[name] + value if name in acc else np.array(value, dtype=np.float64)
+
     def __add__(self, other: Partial) -> Partial:
         out = Partial(self.n, done=self.done | other.done)
         for src in (self, other):
             for g, fs in src.sums.items():
-                acc = out.group(g)
                 for f, v in fs.items():
-                    acc[f] += v
+                    out.add(g, f, v)
         return out
 
     def save(self, path: Path, fingerprint: str) -> None:

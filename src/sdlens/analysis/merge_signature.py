@@ -1,0 +1,192 @@
+"""Element-level evidence of a merge method, gathered in the same pass as the fit's sums.
+
+Per key, a sample of positions (every ``stride``-th block of 1024 values) goes through
+``kernels.element_signature``: for every ordered pair (base b, candidate j), where the candidate's delta
+δ = Pⱼ − P_b is large enough to be told from rounding, how often M equals the base, equals the candidate,
+and otherwise the ratio (M − P_b) / δ. The counts add per group like the fit's sums, and read as:
+
+* **weighted sum** — no value kept from either parent; one ratio (the weight) everywhere;
+* **DARE** — a share p of the deltas dropped (M equals the base) whatever their size, the rest rescaled
+  by λ / (1 − p) (one ratio above the weight);
+* **TIES** — dropped deltas are the small ones (trim by magnitude), the kept ones taken at one ratio;
+* **crossover** — every value is one parent's (M equals the base or the candidate);
+* **copy** — the whole group is bit-identical to one candidate (the fit's identity sums say so)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from sdlens.analysis.kernels import KERNEL_DTYPES, SIG_BINS
+from sdlens.analysis.merge_fit import GroupFit
+
+SIG_LO, SIG_WIDTH = -1.0, 0.01  # = _jit.SIG_LO, _jit.SIG_WIDTH (without importing numba)
+EPS = {"F16": 2.0**-10, "BF16": 2.0**-7, "F32": 2.0**-23, "F64": 2.0**-52}  # ulp at 1
+RESOLVE = 32  # a delta counts when it exceeds this many ulps of the values it changes
+_PEAK = 3  # bins either side of the ratio histogram's mode that count as "the same ratio"
+_MIN_VALUES = 200  # fewer resolvable values than this: no verdict
+_CHUNK = 1 << 22  # values widened at a time on the torch path
+
+# field indices of the kernel's counts (_jit.SIG_FIELDS)
+VALUES, EQ_BASE, EQ_CAND, DELTA_DROPPED, DELTA_KEPT, OUTSIDE, AGREE = range(7)
+
+
+def stride_for(numel: int, sample: int) -> int:
+    """Every ``sample``-th block of a large tensor; all of a small one."""
+    return 1 if numel <= (1 << 16) else max(1, sample)
+
+
+def probe_key(cks: Sequence[Any], refs: Sequence[Any], numel: int, sample: int):
+    """(out, hist) of one key for rows [model, candidates…] (``refs`` in that order), or None when a row is
+    missing. Rows stored alike are read where they lie; mixed dtypes are widened to float32 by torch, and
+    then "equal" means within half an ulp of the model's storage."""
+    from sdlens.analysis.diff import _raw_view
+    from sdlens.analysis.kernels import element_signature
+    from sdlens.analysis.matrix_run import _flat
+
+    if any(r is None for r in refs):
+        return None
+    dtypes = [ck.tensors[r.key].dtype for ck, r in zip(cks, refs, strict=True)]
+    mdt = dtypes[0]
+    if mdt not in EPS:
+        return None
+    resolve = RESOLVE * EPS[mdt]
+    stride = stride_for(numel, sample)
+    raws = [_raw_view(ck, r) for ck, r in zip(cks, refs, strict=True)]
+    if len(set(dtypes)) == 1 and mdt in KERNEL_DTYPES and all(r is not None for r in raws):
+        return element_signature(raws, mdt, stride, 0.0, resolve)
+    import torch
+
+    flats = [_flat(ck, r) for ck, r in zip(cks, refs, strict=True)]
+    tol = 0.0 if len(set(dtypes)) == 1 else EPS[mdt] / 2
+    out = hist = None
+    block = 1024 * stride
+    step = max(block, _CHUNK // block * block)
+    for s in range(0, numel, step):
+        rows = [f[s : s + step].to(torch.float32).numpy() for f in flats]
+        o, h = element_signature(rows, "F32", stride, tol, resolve)
+        out, hist = (o, h) if out is None else (out + o, hist + h)
+    return out, hist
+
+
+@dataclass
+class Evidence:
+    base: int  # model index of the base of the pair
+    candidate: int  # model index of the candidate whose delta is examined
+    values: int  # resolvable values sampled
+    dropped: float  # share where M equals the base
+    taken: float  # share where M equals the candidate
+    ratio: float | None  # the ratio (M − base) / δ most values share
+    at_ratio: float  # share of the other values at that ratio (± 0.03)
+    magnitude: float | None  # mean |δ| where dropped / mean |δ| where kept (1: regardless of size)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Signature:
+    method: str  # "weighted sum", "DARE", "TIES", "crossover", "copy", "unknown", "no evidence"
+    text: str
+    drop_rate: float | None = None
+    scale: float | None = None  # λ / (1 − p) for DARE, the kept deltas' ratio for TIES
+    evidence: Evidence | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["evidence"] = self.evidence.to_dict() if self.evidence else None
+        return d
+
+
+def _evidence(out: np.ndarray, hist: np.ndarray, b: int, j: int, cands: Sequence[int]) -> Evidence:
+    o, h = out[b, j], hist[b, j]
+    n = o[VALUES]
+    drop, take = o[EQ_BASE] / n, o[EQ_CAND] / n
+    ratio, at = None, 0.0
+    rest = h.sum() + o[OUTSIDE]
+    if rest > 0 and h.sum() > 0:
+        k = int(np.argmax(h))
+        lo, hi = max(0, k - _PEAK), min(SIG_BINS, k + _PEAK + 1)
+        window = h[lo:hi]
+        centres = SIG_LO + SIG_WIDTH * (np.arange(lo, hi) + 0.5)
+        at = float(window.sum() / rest)
+        ratio = float((window * centres).sum() / window.sum())
+    kept = n - o[EQ_BASE]
+    magnitude = None
+    if o[EQ_BASE] > 0 and kept > 0 and o[DELTA_KEPT] > 0:
+        magnitude = float((o[DELTA_DROPPED] / o[EQ_BASE]) / (o[DELTA_KEPT] / kept))
+    return Evidence(cands[b], cands[j], int(n), float(drop), float(take), ratio, at, magnitude)
+
+
+def read_signature(
+    out: np.ndarray | None, hist: np.ndarray | None, cands: Sequence[int], fit: GroupFit | None, names
+) -> Signature:
+    """The method the element counts of one group point to (``cands``: model indices of the candidates, in
+    the rows' order; ``names``: model index -> display name)."""
+    if fit is not None and fit.copy_of is not None:
+        return Signature("copy", f"copied whole from {names[fit.copy_of]}")
+    if out is None or not out[..., VALUES].any():
+        return Signature("no evidence", "no values to sample")
+    pairs = [(b, j) for b in range(len(cands)) for j in range(len(cands)) if b != j]
+    pairs = [p for p in pairs if out[p][VALUES] >= _MIN_VALUES]
+    if not pairs:
+        return Signature("no evidence", "too few values that differ clearly between candidates")
+    ev = [_evidence(out, hist, b, j, cands) for b, j in pairs]
+    best = max(ev, key=lambda e: (e.dropped + e.taken, e.at_ratio))
+    if best.dropped + best.taken >= 0.95 and min(best.dropped, best.taken) >= 0.02:
+        share = best.taken
+        text = (
+            f"crossover: each value taken from one parent, {share:.0%} from {names[best.candidate]}, "
+            f"{best.dropped:.0%} from {names[best.base]}"
+        )
+        return Signature("crossover", text, evidence=best)
+    if best.dropped >= 0.05 and best.magnitude is not None:
+        if best.magnitude < 0.5:
+            return _ties(best, names)
+        if 0.7 <= best.magnitude <= 1.4:
+            return _dare(best, names)
+    if best.dropped + best.taken < 0.01:
+        ws = _weighted(ev, fit, names)
+        if ws is not None:
+            return ws
+    return Signature("unknown", "unknown method: the element counts match no method sdlens knows", evidence=best)
+
+
+def _dare(e: Evidence, names) -> Signature:
+    p = e.dropped
+    text = f"DARE: {p:.0%} of the delta {names[e.base]} → {names[e.candidate]} dropped at random"
+    scale = None
+    if e.ratio is not None and e.at_ratio >= 0.5:
+        scale = e.ratio
+        text += f", the rest rescaled ×{scale:.3g} (λ ≈ {scale * (1 - p):.3g})"
+    return Signature("DARE", text, drop_rate=p, scale=scale, evidence=e)
+
+
+def _ties(e: Evidence, names) -> Signature:
+    text = (
+        f"TIES: the smallest {e.dropped:.0%} of the delta {names[e.base]} → {names[e.candidate]} trimmed "
+        f"(dropped deltas are {e.magnitude:.2g}× the size of kept ones)"
+    )
+    scale = e.ratio if e.ratio is not None and e.at_ratio >= 0.3 else None
+    if scale is not None:
+        text += f", kept ones taken ×{scale:.3g}"
+    return Signature("TIES", text, drop_rate=e.dropped, scale=scale, evidence=e)
+
+
+def _weighted(ev: list[Evidence], fit: GroupFit | None, names) -> Signature | None:
+    """No value is either parent's: a weighted sum, if one ratio holds for the pair the fit weights most."""
+    if fit is None:
+        return None
+    top = sorted(zip(fit.candidates, fit.affine.weights, strict=True), key=lambda x: -abs(x[1]))[:2]
+    if len(top) < 2:
+        return None
+    (a, _), (b, wb) = top
+    e = next((x for x in ev if x.base == a and x.candidate == b), None)
+    if e is None or e.ratio is None or e.at_ratio < 0.5:
+        return None
+    return Signature(
+        "weighted sum", f"weighted sum: every value at one ratio ({e.ratio:.3g}) between parents", evidence=e
+    )

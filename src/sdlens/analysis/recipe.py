@@ -1,0 +1,260 @@
+"""``recipe``: what a model is merged from — which candidates, at which per-block ratios, by which method.
+
+One pass over the model and its candidates (the matrix engine; each file read once, in offset order) adds,
+per group (merge block, component, or key), the pairwise sums a least-squares fit needs (``merge_fit``) and
+a sampled element-level signature of the method (``merge_signature``). The fits' weights are then read in
+the community's words (``recipe_words``) and checked against any recipe the model's metadata claims."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sdlens.analysis import matrix_plan
+from sdlens.analysis.matrix_plan import KeyPlan, Plan
+from sdlens.analysis.matrix_run import run_task
+from sdlens.analysis.matrix_state import ModelInfo, Partial
+from sdlens.analysis.merge_fit import GroupFit, fit_group, verdict
+from sdlens.analysis.merge_signature import Signature, probe_key, read_signature
+from sdlens.analysis.recipe_words import Mbw, Term, describe, whole_model
+from sdlens.arch.blocks import block_names
+from sdlens.choices import RecipeBy, check_choice
+from sdlens.errors import SdlensError
+from sdlens.io.open import open_checkpoint
+
+LABELS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+_SIG_OUT, _SIG_HIST = "sig_out", "sig_hist"
+
+
+@dataclass
+class GroupRecipe:
+    group: str  # block name, component, or canonical key
+    fit: GroupFit | None
+    term: Term | None
+    signature: Signature
+    note: str | None = None  # why it was not fitted
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "group": self.group,
+            "fit": self.fit.to_dict() if self.fit else None,
+            "term": self.term.to_dict() if self.term else None,
+            "signature": self.signature.to_dict(),
+            "note": self.note,
+        }
+
+
+@dataclass
+class RecipeResult:
+    model: ModelInfo
+    candidates: list[ModelInfo]
+    labels: list[str]  # A, B, C… per candidate
+    by: str
+    groups: list[GroupRecipe]  # of the kind asked for (``by``)
+    components: list[GroupRecipe]
+    formula: str  # the recipe, in the community's words
+    mbw: Mbw | None
+    method: Signature  # over the denoiser
+    residual_share: float | None  # of the whole denoiser: √Σ residual² / ‖M − nearest‖
+    verdict: str
+    equal_shares: dict[str, float]  # label -> share of M's sampled values equal to that candidate
+    claims: list[dict[str, Any]] = field(default_factory=list)
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.to_dict(),
+            "candidates": [
+                {"label": lab, **c.to_dict()} for lab, c in zip(self.labels, self.candidates, strict=True)
+            ],
+            "by": self.by,
+            "formula": self.formula,
+            "mbw": self.mbw.to_dict() if self.mbw else None,
+            "method": self.method.to_dict(),
+            "residual_share": self.residual_share,
+            "verdict": self.verdict,
+            "equal_shares": self.equal_shares,
+            "groups": [g.to_dict() for g in self.groups],
+            "components": [g.to_dict() for g in self.components],
+            "claims": self.claims,
+            "skipped": self.skipped,
+            "notes": self.notes,
+        }
+
+
+def _probe(sample: int) -> Callable:
+    """The element-signature sums of one key (model = row 0, candidates = rows 1…n−1)."""
+
+    def probe(cks, kp: KeyPlan) -> dict[str, np.ndarray] | None:
+        got = probe_key(cks, kp.refs, kp.numel, sample)
+        return None if got is None else {_SIG_OUT: got[0], _SIG_HIST: got[1]}
+
+    return probe
+
+
+def one_pass(
+    pl: Plan,
+    *,
+    probe: Callable | None = None,
+    progress: Callable[[int], None] | None = None,
+    workers: int | None = None,
+    chunk_bytes: int = 256 << 20,
+) -> Partial:
+    """Every task of a plan (made with ``metric="cos"``: the sums ``d2``, ``dp``, ``sq`` a fit needs), each
+    file read once in offset order; ``probe``: more per-key sums (see ``matrix_run.run_task``)."""
+    from sdlens.analysis import kernels
+
+    paths = [m.path for m in pl.models]
+    cks = [open_checkpoint(p) for p in paths]
+    previous = kernels.set_threads(workers) if workers else None
+    total = Partial(len(paths))
+    try:
+        for task in pl.tasks:
+            total = total + run_task(
+                paths,
+                task,
+                metric="cos",
+                chunk_bytes=chunk_bytes,
+                device="cpu",
+                progress=progress,
+                checkpoints=cks,
+                probe=probe,
+            )
+    finally:
+        if workers:
+            kernels.set_threads(previous)
+        for ck in cks:
+            ck.close()
+    return total
+
+
+def _model_dtype(pl: Plan) -> str:
+    """The model's most common stored float dtype (for the rounding floor)."""
+    counts: dict[str, int] = {}
+    with open_checkpoint(pl.models[0].path) as ck:
+        for t in ck.tensors.values():
+            counts[t.dtype] = counts.get(t.dtype, 0) + t.numel
+    return max(counts, key=counts.get) if counts else "F32"
+
+
+def _group(pl: Plan, total: Partial, g: str, names: dict[int, str], dtype: str) -> GroupRecipe:
+    sig = pl.signatures[g]
+    acc = total.group(g)
+    n = len(pl.models)
+    display = g.split(":", 1)[1] if ":" in g else g
+    labels = {i: LABELS[i - 1] for i in range(1, n)}
+    if sig[0] is None:
+        return GroupRecipe(display, None, None, Signature("no evidence", "not in the model"), "not in the model")
+    cands = [i for i in range(1, n) if sig[i] == sig[0]]
+    left = [names[i] for i in range(1, n) if sig[i] != sig[0]]
+    note = f"left out here (missing or another key set): {', '.join(left)}" if left else None
+    if not cands:
+        return GroupRecipe(display, None, None, Signature("no evidence", "no candidate has it"), note)
+    fit = fit_group(display, acc, 0, cands, dtype)
+    term = describe(fit.affine.weights, [labels[c] for c in cands], labels.get(fit.copy_of))
+    out, hist = acc.get(_SIG_OUT), acc.get(_SIG_HIST)
+    rows = list(range(1, n))
+    if out is not None:  # the signature's rows are all candidates; keep those fitted here
+        keep = [rows.index(c) for c in cands]
+        out, hist = out[np.ix_(keep, keep)], hist[np.ix_(keep, keep)]
+    signature = read_signature(out, hist, cands, fit, names)
+    return GroupRecipe(display, fit, term, signature, note)
+
+
+def recipe(
+    model: str | Path,
+    candidates: Sequence[str | Path],
+    *,
+    by: RecipeBy = "block",
+    time_embed: str = "IN00",
+    sample: int = 4,
+    workers: int | None = None,
+    chunk_bytes: int = 256 << 20,
+    progress: Callable[[int], None] | None = None,
+    on_plan: Callable[[Plan], None] | None = None,
+) -> RecipeResult:
+    """How ``model`` is made from ``candidates`` (files or folders), per merge block (``by="block"``),
+    component or key. ``sample``: the element signature looks at every ``sample``-th block of 1024 values
+    of large tensors (1: all)."""
+    check_choice(by, "by", RecipeBy)
+    if not candidates:
+        raise SdlensError(model, "recipe needs at least one candidate (--from)")
+    paths = [model, *candidates]
+    pl = matrix_plan.plan(paths, metric="cos", time_embed=time_embed, per_key=by == "key")
+    if not pl.models or Path(pl.models[0].path) != Path(model):
+        why = next((s["error"] for s in pl.skipped if Path(s["path"]) == Path(model)), "cannot be read")
+        raise SdlensError(model, why)
+    if on_plan:
+        on_plan(pl)
+    total = one_pass(pl, probe=_probe(sample), progress=progress, workers=workers, chunk_bytes=chunk_bytes)
+    return summarise(pl, total, by=by)
+
+
+def summarise(pl: Plan, total: Partial, *, by: str = "block") -> RecipeResult:
+    """The recipe from a plan and its summed sums."""
+    n = len(pl.models)
+    labels = [LABELS[i] for i in range(n - 1)]
+    names = {i: f"{labels[i - 1]} ({pl.models[i].name})" if i else pl.models[0].name for i in range(n)}
+    dtype = _model_dtype(pl)
+    prefix = {"block": "block:", "key": "key:"}.get(by)
+    kind = [g for g in pl.groups if (g.startswith(prefix) if prefix else ":" not in g)]
+    groups = [_group(pl, total, g, names, dtype) for g in kind]
+    components = [_group(pl, total, g, names, dtype) for g in pl.groups if ":" not in g]
+    den = next((c for c in components if c.group == "denoiser"), components[0] if components else None)
+    family = pl.models[0].family
+    terms = {g.group: g.term for g in groups if g.term is not None}
+    order = block_names(family) if by == "block" else [g.group for g in groups]
+    formula, mbw = whole_model(terms, order)
+    share, overall = _overall(groups if by == "block" else [], den)
+    return RecipeResult(
+        pl.models[0],
+        pl.models[1:],
+        labels,
+        by,
+        groups,
+        components,
+        formula,
+        mbw,
+        den.signature if den else Signature("no evidence", "no denoiser"),
+        share,
+        overall,
+        _equal_shares(total, den, labels),
+        skipped=list(pl.skipped),
+    )
+
+
+def _overall(blocks: list[GroupRecipe], den: GroupRecipe | None) -> tuple[float | None, str]:
+    """The denoiser's residual share: the blocks' residuals together over its distance to the nearest
+    candidate (each block fitted on its own), or the denoiser's own fit when not by block."""
+    if den is None or den.fit is None:
+        return None, "not comparable"
+    fits = [b.fit for b in blocks if b.fit is not None and b.group not in ("BASE",)]
+    if not fits:
+        return den.fit.affine.share, den.fit.verdict
+    res = float(np.sqrt(sum(f.affine.residual**2 for f in fits)))
+    dist = den.fit.distance
+    share = res / dist if dist else 0.0
+    if all(f.verdict == "copy" for f in fits):
+        return 0.0, "copy"
+    return share, verdict(share, den.fit.floor, dist)
+
+
+def _equal_shares(total: Partial, den: GroupRecipe | None, labels: list[str]) -> dict[str, float]:
+    """Per candidate, the share of the model's sampled (resolvable) denoiser values equal to it."""
+    if den is None:
+        return {}
+    out = total.group("denoiser").get(_SIG_OUT)
+    if out is None:
+        return {}
+    from sdlens.analysis.merge_signature import EQ_BASE, VALUES
+
+    shares = {}
+    for b, lab in enumerate(labels):
+        n = out[b, :, VALUES].sum()
+        shares[lab] = float(out[b, :, EQ_BASE].sum() / n) if n else 0.0
+    return shares
