@@ -1,0 +1,637 @@
+"""``lineage``: the family tree of a set of models, from one pass over all of them.
+
+The evidence, in order (each file read once, by the matrix engine with the sums ``merge_fit`` needs):
+
+1. **identity**: models whose text encoder, VAE or denoiser are bit-identical (``same-component``); models
+   bit-identical in the denoiser are one node for what follows;
+2. **merges**: every model is fitted, block by block, as a convex combination (non-negative weights summing
+   to 1) of the others; where that explains it (denoiser residual share "explained", or "trained further")
+   the smallest set of parents that does as well is kept — convexity gives the direction, since a parent
+   cannot be a convex combination of its child and another parent;
+3. **add-difference**: ``M = C + α(B − A)`` (affine, weights 1, α, −α) links M and C, without a direction
+   (it is also ``C = M + α(A − B)``);
+4. **metadata**: a base named in the metadata (kohya ``ss_sd_model_name``, ``modelspec.base_model``) that is
+   among the inputs is a directed ``fine-tune`` edge;
+5. the rest is joined by a **minimum spanning tree** on the denoisers' L2 distances: an MST edge between two
+   models close in relative distance that share a bit-identical text encoder or VAE is a ``fine-tune``
+   (direction unknown), any other only ``nearest`` (no evidence of a relation).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sdlens.analysis import matrix_plan
+from sdlens.analysis.matrix_plan import Plan
+from sdlens.analysis.matrix_result import finish
+from sdlens.analysis.matrix_state import Partial
+from sdlens.analysis.merge_fit import ROUNDING, TRAINED, fit_group, verdict
+from sdlens.analysis.recipe import one_pass
+from sdlens.arch import registry as R
+from sdlens.io.open import open_checkpoint
+
+PARENT_WEIGHT = 0.05  # a candidate weighing at least this (overall, or in half the blocks) may be a parent
+MAX_PARENTS = 4  # parent sets searched up to this size (smallest first)
+MAX_SUPPORT = 6  # ... among at most this many candidates (the heaviest)
+FINE_TUNE = 0.1  # ‖M − P‖ / ‖P‖ at or below which an MST edge sharing a TE / VAE is a fine-tune
+ADD_DIFF_NEAR = 10  # add-difference triples are sought among the nearest this many models
+ADD_DIFF_ONE = 0.02  # |w − 1| within which a weight is the "1" of C + α(B − A)
+ADD_DIFF_MIN = 0.05  # |α| below which it is no add-difference
+BASE_FIELDS = ("ss_sd_model_name", "modelspec.base_model")  # metadata fields naming a base model
+_SHARED_PARTS = ("text encoders", "VAE")  # parts whose identity marks a fine-tune (registry.COMPONENT_PARTS)
+_ACCEPT = ("explained", "trained further")
+
+
+@dataclass
+class Node:
+    name: str
+    path: str
+    family: str
+    index: int
+    norm: float | None  # ‖denoiser‖
+    same_denoiser_as: str | None = None  # the node standing for this one (bit-identical denoiser)
+    explained_by: list[str] | None = None  # merge parents, or the base its metadata names
+    named_base: str | None = None  # the base the metadata names (as written)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Edge:
+    kind: str  # merge / add-difference / fine-tune / same-component / nearest
+    a: str  # the parent where ``directed``
+    b: str  # the child where ``directed``
+    directed: bool
+    evidence: bool  # False: only the nearest neighbour in the spanning tree
+    distance: float | None = None  # ‖a − b‖ over the denoiser
+    relative_distance: float | None = None  # distance / the smaller norm
+    weight: float | None = None  # merge: the parent's overall weight (by parameter count)
+    weights: dict[str, float] | None = (
+        None  # merge: the parent's weight per block; add-difference: α per block
+    )
+    residual_share: float | None = None  # the child's (merge) or the relation's (add-difference)
+    verdict: str | None = None
+    trained_further: bool = False
+    alpha: float | None = None  # add-difference
+    difference: list[str] | None = None  # add-difference: [B, A] of a = b + α(B − A)
+    components: list[str] = field(default_factory=list)  # same-component / fine-tune: the shared parts
+    source: str | None = None  # how the edge was found: fit, metadata, identity, spanning tree
+    note: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Lineage:
+    nodes: list[Node]
+    edges: list[Edge]
+    roots: list[str]
+    identity: dict[str, list[list[str]]]  # component -> groups of models bit-identical in it
+    merges: list[dict[str, Any]]
+    family: str
+    thresholds: dict[str, float]
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "family": self.family,
+            "nodes": [n.to_dict() for n in self.nodes],
+            "edges": [e.to_dict() for e in self.edges],
+            "roots": self.roots,
+            "identity": self.identity,
+            "merges": self.merges,
+            "thresholds": self.thresholds,
+            "skipped": self.skipped,
+            "notes": self.notes,
+        }
+
+    def edges_of(self, kind: str) -> list[Edge]:
+        return [e for e in self.edges if e.kind == kind]
+
+
+def lineage(
+    paths: Sequence[str | Path],
+    *,
+    time_embed: str = "IN00",
+    workers: int | None = None,
+    chunk_bytes: int = 256 << 20,
+    progress: Callable[[int], None] | None = None,
+    on_plan: Callable[[Plan], None] | None = None,
+) -> Lineage:
+    """The family tree of ``paths`` (files; see ``io.open.expand_paths`` for folders). Inputs that cannot be
+    read are left out and listed in ``skipped``."""
+    pl = matrix_plan.plan(paths, metric="cos", time_embed=time_embed)
+    if on_plan:
+        on_plan(pl)
+    total = one_pass(pl, progress=progress, workers=workers, chunk_bytes=chunk_bytes)
+    return build(pl, total)
+
+
+# --------------------------------------------------------------------------- the pieces
+
+
+@dataclass
+class _Ctx:
+    pl: Plan
+    total: Partial
+    names: list[str]
+    dtypes: list[str]
+    blocks: list[str]  # "block:*" groups
+    numel: dict[str, int]  # block group -> parameters
+    dist: np.ndarray  # denoiser L2 distances, NaN where not comparable
+    norms: np.ndarray  # ‖denoiser‖ (NaN where none)
+    reps: list[int]  # one model per set of bit-identical denoisers
+    rep_of: dict[int, int]
+
+
+def _headers(pl: Plan) -> tuple[list[dict[str, str]], list[str]]:
+    """Per model: its metadata and most common stored float dtype (headers only)."""
+    metas, dtypes = [], []
+    for m in pl.models:
+        with open_checkpoint(m.path) as ck:
+            metas.append(dict(ck.metadata))
+            counts: dict[str, int] = {}
+            for t in ck.tensors.values():
+                counts[t.dtype] = counts.get(t.dtype, 0) + t.numel
+            dtypes.append(max(counts, key=counts.get) if counts else "F32")
+    return metas, dtypes
+
+
+def _context(pl: Plan, total: Partial, dtypes: list[str]) -> _Ctx:
+    n = len(pl.models)
+    blocks = [g for g in pl.groups if g.startswith("block:")]
+    numel = {g: 0 for g in blocks}
+    for task in pl.tasks:
+        for kp in task.keys:
+            for g in kp.groups:
+                if g in numel:
+                    numel[g] += kp.numel
+    sig = pl.signatures.get("denoiser", [None] * n)
+    acc = total.group("denoiser")
+    ok = np.array([[sig[i] is not None and sig[i] == sig[j] for j in range(n)] for i in range(n)])
+    dist = np.where(ok, np.sqrt(np.clip(acc["d2"], 0, None)), np.nan)
+    norms = np.array([np.sqrt(max(acc["sq"][i, i], 0.0)) if sig[i] else np.nan for i in range(n)])
+    same = ok & (acc["same"] == acc["both"]) & (acc["both"] > 0)
+    reps: list[int] = []
+    rep_of: dict[int, int] = {}
+    for i in range(n):
+        r = next((r for r in reps if same[i, r]), None) if sig[i] else None
+        if r is None:
+            reps.append(i)
+            rep_of[i] = i
+        else:
+            rep_of[i] = r
+    names = [m.name for m in pl.models]
+    return _Ctx(pl, total, names, dtypes, blocks, numel, dist, norms, reps, rep_of)
+
+
+def _cands(ctx: _Ctx, t: int) -> list[int]:
+    """The other nodes comparable with ``t`` over the whole denoiser."""
+    return [c for c in ctx.reps if c != t and np.isfinite(ctx.dist[t, c])]
+
+
+@dataclass
+class _Fit:
+    parents: list[int]
+    weights: dict[str, dict[int, float]]  # block -> parent -> weight
+    overall: dict[int, float]  # parent -> weight by parameter count
+    share: float
+    verdict: str
+
+
+def _convex_fit(ctx: _Ctx, t: int, cands: list[int], nearest: float) -> _Fit:
+    """The blocks' convex fits of ``t`` from ``cands``; the denoiser's residual share √Σ residual² / ‖t −
+    nearest candidate‖ and its verdict."""
+    weights: dict[str, dict[int, float]] = {}
+    res2 = 0.0
+    for g in ctx.blocks:
+        f = fit_group(g[6:], ctx.total.group(g), t, cands, ctx.dtypes[t])
+        best = f.convex or f.affine
+        weights[g] = dict(zip(cands, best.weights, strict=True))
+        res2 += best.residual**2
+    size = sum(ctx.numel[g] for g in weights) or 1
+    overall = {c: sum(weights[g][c] * ctx.numel[g] for g in weights) / size for c in cands}
+    share = float(np.sqrt(res2)) / nearest if nearest > 0 else 0.0
+    floor = ctx.norms[t] * ROUNDING.get(ctx.dtypes[t], ROUNDING["F32"]) / nearest if nearest > 0 else 0.0
+    return _Fit(list(cands), weights, overall, share, verdict(share, floor, nearest))
+
+
+def _support(fit: _Fit) -> list[int]:
+    """The candidates that may be parents: a weight of at least PARENT_WEIGHT overall or in half the blocks."""
+    n = max(len(fit.weights), 1)
+    keep = [
+        c
+        for c in fit.parents
+        if fit.overall[c] >= PARENT_WEIGHT
+        or sum(w[c] >= PARENT_WEIGHT for w in fit.weights.values()) * 2 >= n
+    ]
+    return sorted(keep, key=lambda c: -fit.overall[c])[:MAX_SUPPORT]
+
+
+def _parents(ctx: _Ctx, t: int, full: _Fit, nearest: float, interior: set[int]) -> _Fit | None:
+    """The smallest parent set that explains ``t`` as well as all candidates do (ties: fewer parents that
+    are merges themselves, then the smaller residual); None where fewer than two parents would do."""
+    support = _support(full)
+    if len(support) < 2:
+        return None
+    for k in range(2, min(len(support), MAX_PARENTS) + 1):
+        tried = [_convex_fit(ctx, t, list(s), nearest) for s in itertools.combinations(support, k)]
+        ok = [
+            f
+            for f in tried
+            if f.verdict == full.verdict and f.share <= max(1.1 * full.share, full.share + 0.01)
+        ]
+        if ok:
+            return min(ok, key=lambda f: (len(interior & set(f.parents)), f.share))
+    refit = _convex_fit(ctx, t, support, nearest)
+    return refit if refit.verdict in _ACCEPT else None
+
+
+def _merges(ctx: _Ctx) -> dict[int, _Fit]:
+    """Every node tested as a convex merge of the others; accepted merges, none making a cycle."""
+    full: dict[int, tuple[_Fit, float]] = {}
+    for t in ctx.reps:
+        cands = _cands(ctx, t)
+        if len(cands) < 2 or not ctx.blocks:
+            continue
+        nearest = float(min(ctx.dist[t, c] for c in cands))
+        f = _convex_fit(ctx, t, cands, nearest)
+        if f.verdict in _ACCEPT:
+            full[t] = (f, nearest)
+    interior = set(full)
+    found: dict[int, _Fit] = {}
+    for t, (f, nearest) in full.items():
+        got = _parents(ctx, t, f, nearest, interior)
+        if got is not None and len(got.parents) >= 2:
+            got.parents.sort()  # in input order: A, B as in A*(1-α) + B*α
+            found[t] = got
+    # direction from convexity; a cycle (possible only among merges trained further) keeps the better fit
+    accepted: dict[int, _Fit] = {}
+    for t in sorted(found, key=lambda t: found[t].share):
+        if not any(_reaches(accepted, t, p) for p in found[t].parents):
+            accepted[t] = found[t]
+    return accepted
+
+
+def _reaches(merges: dict[int, _Fit], start: int, goal: int) -> bool:
+    """Whether ``goal`` descends from ``start`` through the accepted merges (parent → child)."""
+    seen, todo = set(), [start]
+    while todo:
+        x = todo.pop()
+        if x == goal:
+            return True
+        seen.add(x)
+        todo += [c for c, f in merges.items() if x in f.parents and c not in seen]
+    return False
+
+
+def _add_differences(ctx: _Ctx, skip: set[int]) -> list[Edge]:
+    """``M = C + α(B − A)`` over the whole denoiser (affine fits on triples), one edge per relation."""
+    den = ctx.total.group("denoiser")
+    found: dict[tuple, Edge] = {}
+    for t in ctx.reps:
+        if t in skip:
+            continue
+        cands = sorted(_cands(ctx, t), key=lambda c: ctx.dist[t, c])[:ADD_DIFF_NEAR]
+        if len(cands) < 3:
+            continue
+        nearest = float(ctx.dist[t, cands[0]])
+        best = None
+        for tri in itertools.combinations(cands, 3):
+            f = fit_group("denoiser", den, t, tri, ctx.dtypes[t])
+            form = _add_diff_form(tri, f.affine.weights)
+            if form is None:
+                continue
+            share = f.affine.residual / nearest if nearest else 0.0
+            if verdict(share, f.floor, nearest) in _ACCEPT and (best is None or share < best[0]):
+                best = (share, form)
+        if best is None:
+            continue
+        c, b, a, alpha = best[1]
+        m = t
+        if abs(alpha) > 1:  # the same relation read the other way: B = A + (M − C)/α
+            m, c, b, a, alpha = b, a, m, c, 1 / alpha
+        if alpha < 0:
+            b, a, alpha = a, b, -alpha
+        key = (frozenset((m, c)), frozenset((b, a)))
+        if key not in found:
+            found[key] = _add_diff_edge(ctx, m, c, b, a)
+    return list(found.values())
+
+
+def _add_diff_form(tri: Sequence[int], w: Sequence[float]) -> tuple[int, int, int, float] | None:
+    """(C, B, A, α) where weights ``w`` over ``tri`` read as C + α(B − A), else None."""
+    ones = [i for i in range(3) if abs(w[i] - 1) <= ADD_DIFF_ONE]
+    if len(ones) != 1:
+        return None
+    i = ones[0]
+    j, k = (x for x in range(3) if x != i)
+    if abs(w[j] + w[k]) > ADD_DIFF_ONE or min(abs(w[j]), abs(w[k])) < ADD_DIFF_MIN:
+        return None
+    return tri[i], tri[j], tri[k], float(w[j])
+
+
+def _add_diff_edge(ctx: _Ctx, m: int, c: int, b: int, a: int) -> Edge:
+    """The edge M — C with α per block (affine fits of M from C, B, A per block)."""
+    per_block: dict[str, float] = {}
+    for g in ctx.blocks:
+        f = fit_group(g[6:], ctx.total.group(g), m, [c, b, a], ctx.dtypes[m])
+        per_block[g[6:]] = float(f.affine.weights[1])
+    f = fit_group("denoiser", ctx.total.group("denoiser"), m, [c, b, a], ctx.dtypes[m])
+    alpha = float(f.affine.weights[1])
+    nearest = float(min(ctx.dist[m, x] for x in _cands(ctx, m)))
+    share = f.affine.residual / nearest if nearest else 0.0
+    v = verdict(share, f.floor, nearest)
+    n = ctx.names
+    note = (
+        f"{n[m]} = {n[c]} + {alpha:.3g}·({n[b]} − {n[a]}), or equally "
+        f"{n[c]} = {n[m]} + {alpha:.3g}·({n[a]} − {n[b]}): which was made from which is not known"
+    )
+    return Edge(
+        "add-difference",
+        n[m],
+        n[c],
+        False,
+        True,
+        *_distances(ctx, m, c),
+        weights=per_block,
+        residual_share=share,
+        verdict=v,
+        trained_further=v == "trained further",
+        alpha=alpha,
+        difference=[n[b], n[a]],
+        source="fit",
+        note=note,
+    )
+
+
+def _distances(ctx: _Ctx, i: int, j: int) -> tuple[float | None, float | None]:
+    d = ctx.dist[i, j]
+    if not np.isfinite(d):
+        return None, None
+    low = np.nanmin([ctx.norms[i], ctx.norms[j]])
+    return float(d), float(d / low) if low > 0 else None
+
+
+def _parts(pl: Plan, total: Partial) -> dict[str, list[list[int]]]:
+    """Part -> groups (≥ 2 models) bit-identical in it: text encoders, VAE (as a whole where both halves
+    are), denoiser."""
+    res = finish(pl, total, metric="l2", by="component")
+    index = {m.name: i for i, m in enumerate(pl.models)}
+    out: dict[str, list[list[int]]] = {}
+    for comp, groups in res.identity.items():
+        part = R.COMPONENT_PARTS.get(comp.split("@")[0], "VAE" if comp == "vae" else None)
+        if part is None:
+            continue
+        out[comp] = [[index[n] for n in g] for g in groups]
+    if "vae" in out:
+        for half in ("vae_encoder", "vae_decoder"):
+            if out.get(half) == out["vae"]:
+                del out[half]
+    return out
+
+
+def _label(comp: str) -> str:
+    return "VAE" if comp == "vae" else R.COMPONENT_LABELS.get(comp.split("@")[0], comp)
+
+
+def _shared(parts: dict[str, list[list[int]]], i: int, j: int) -> list[str]:
+    return [c for c, groups in parts.items() if any(i in g and j in g for g in groups)]
+
+
+def _same_component_edges(ctx: _Ctx, parts: dict[str, list[list[int]]]) -> list[Edge]:
+    """One edge per pair of models sharing a bit-identical part (each group: its first model and the rest)."""
+    pairs: dict[tuple[int, int], list[str]] = {}
+    for comp, groups in parts.items():
+        for g in groups:
+            for j in g[1:]:
+                pairs.setdefault((g[0], j), []).append(comp)
+    edges = []
+    for (i, j), comps in pairs.items():
+        copy = set(parts) <= set(comps)
+        labels = ", ".join(_label(c) for c in comps)
+        note = f"bit-identical {labels}" + (" (a copy: every part is identical)" if copy else "")
+        edges.append(
+            Edge(
+                "same-component",
+                ctx.names[i],
+                ctx.names[j],
+                False,
+                True,
+                *_distances(ctx, i, j),
+                components=comps,
+                source="identity",
+                note=note,
+            )
+        )
+    return edges
+
+
+def _named_bases(ctx: _Ctx, metas: list[dict[str, str]]) -> dict[int, tuple[str, int | None]]:
+    """Per model whose metadata names a base: (the name as written, the input it matches or None)."""
+    keys: dict[str, int] = {}
+    for i, m in enumerate(ctx.pl.models):
+        p = Path(m.path)
+        for k in (p.name, p.stem, m.name):
+            keys.setdefault(k.lower(), i)
+    out = {}
+    for i, meta in enumerate(metas):
+        named = next((meta[f] for f in BASE_FIELDS if meta.get(f) not in (None, "", "None")), None)
+        if named is None:
+            continue
+        tail = Path(named.replace("\\", "/")).name.lower()
+        hit = keys.get(tail, keys.get(Path(tail).stem))
+        out[i] = (named, hit if hit != i else None)
+    return out
+
+
+def _spanning(ctx: _Ctx, joined: list[tuple[int, int]], parts) -> list[Edge]:
+    """Minimum spanning tree on denoiser distances over the nodes, the evidence pairs ``joined`` already
+    linked: each new edge a ``fine-tune`` (small relative distance and a shared bit-identical TE / VAE) or
+    ``nearest``."""
+    import networkx as nx
+
+    g = nx.Graph()
+    g.add_nodes_from(ctx.reps)
+    for i, j in itertools.combinations(ctx.reps, 2):
+        if np.isfinite(ctx.dist[i, j]):
+            g.add_edge(i, j, weight=float(ctx.dist[i, j]))
+    for i, j in joined:
+        if g.has_edge(ctx.rep_of[i], ctx.rep_of[j]):
+            g[ctx.rep_of[i]][ctx.rep_of[j]]["weight"] = 0.0
+    edges = []
+    for i, j, w in sorted(nx.minimum_spanning_tree(g).edges(data="weight"), key=lambda e: e[2]):
+        if w == 0.0:
+            continue
+        i, j = sorted((i, j))
+        d, rel = _distances(ctx, i, j)
+        shared = [
+            c for c in _shared(parts, i, j) if R.COMPONENT_PARTS.get(c.split("@")[0], "VAE") in _SHARED_PARTS
+        ]
+        if rel is not None and rel <= FINE_TUNE and shared:
+            labels = ", ".join(_label(c) for c in shared)
+            e = Edge(
+                "fine-tune",
+                ctx.names[i],
+                ctx.names[j],
+                False,
+                True,
+                d,
+                rel,
+                components=shared,
+                source="spanning tree",
+                note=f"relative distance {rel:.3g}, bit-identical {labels}: one is a fine-tune of the other "
+                "(which of them is not known)",
+            )
+        else:
+            why = f"relative distance {rel:.3g}" if rel is not None else "no distance"
+            e = Edge(
+                "nearest",
+                ctx.names[i],
+                ctx.names[j],
+                False,
+                False,
+                d,
+                rel,
+                components=shared,
+                source="spanning tree",
+                note=f"only the nearest neighbour ({why}): no evidence of a relation",
+            )
+        edges.append(e)
+    return edges
+
+
+def _merge_record(ctx: _Ctx, t: int, f: _Fit) -> tuple[dict[str, Any], list[Edge]]:
+    n = ctx.names
+    trained = f.verdict == "trained further"
+    rec = {
+        "model": n[t],
+        "parents": {n[p]: f.overall[p] for p in f.parents},
+        "blocks": {g[6:]: {n[p]: w[p] for p in f.parents} for g, w in f.weights.items()},
+        "residual_share": f.share,
+        "verdict": f.verdict,
+    }
+    text = " + ".join(f"{f.overall[p]:.3g}·{n[p]}" for p in f.parents)
+    edges = [
+        Edge(
+            "merge",
+            n[p],
+            n[t],
+            True,
+            True,
+            *_distances(ctx, p, t),
+            weight=f.overall[p],
+            weights={g[6:]: w[p] for g, w in f.weights.items()},
+            residual_share=f.share,
+            verdict=f.verdict,
+            trained_further=trained,
+            source="fit",
+            note=f"{n[t]} ≈ {text}" + (" (then trained further)" if trained else ""),
+        )
+        for p in f.parents
+    ]
+    return rec, edges
+
+
+def build(pl: Plan, total: Partial) -> Lineage:
+    """The lineage from a plan (``metric="cos"``) and its summed sums."""
+    metas, dtypes = _headers(pl)
+    ctx = _context(pl, total, dtypes)
+    names = ctx.names
+    parts = _parts(pl, total)
+    nodes = [
+        Node(m.name, m.path, m.family, i, None if np.isnan(ctx.norms[i]) else float(ctx.norms[i]))
+        for i, m in enumerate(pl.models)
+    ]
+    for i, r in ctx.rep_of.items():
+        if r != i:
+            nodes[i].same_denoiser_as = names[r]
+    merges = _merges(ctx)
+    edges: list[Edge] = _same_component_edges(ctx, parts)
+    records = []
+    joined: list[tuple[int, int]] = []
+    for t, f in merges.items():
+        rec, es = _merge_record(ctx, t, f)
+        records.append(rec)
+        edges += es
+        joined += [(p, t) for p in f.parents]
+        nodes[t].explained_by = [names[p] for p in f.parents]
+    adds = _add_differences(ctx, set(merges))
+    edges += adds
+    index = {nm: i for i, nm in enumerate(names)}
+    joined += [(index[e.a], index[e.b]) for e in adds]
+    for i, (named, base) in _named_bases(ctx, metas).items():
+        nodes[i].named_base = named
+        if base is None or nodes[i].explained_by:
+            continue
+        nodes[i].explained_by = [names[base]]
+        joined.append((base, i))
+        edges.append(
+            Edge(
+                "fine-tune",
+                names[base],
+                names[i],
+                True,
+                True,
+                *_distances(ctx, base, i),
+                components=_shared(parts, base, i),
+                source="metadata",
+                note=f"the metadata of {names[i]} names its base: {named}",
+            )
+        )
+    edges += _spanning(ctx, joined, parts)
+    identity = {_label(c): [[names[i] for i in g] for g in groups] for c, groups in parts.items() if groups}
+    fams = [m.family for m in pl.models if m.family != "unknown"]
+    lin = Lineage(
+        nodes,
+        edges,
+        [],
+        identity,
+        records,
+        max(set(fams), key=fams.count) if fams else "unknown",
+        {
+            "parent_weight": PARENT_WEIGHT,
+            "fine_tune_relative_distance": FINE_TUNE,
+            "trained_further_share": TRAINED,
+        },
+        skipped=list(pl.skipped),
+    )
+    lin.roots = roots(lin)
+    if not ctx.blocks:
+        lin.notes.append("no merge blocks (no denoiser the family's block map knows): merges not tested")
+    return lin
+
+
+def roots(lin: Lineage) -> list[str]:
+    """Where the tree starts, per connected part of the evidence: the bases metadata names, else the parents
+    of merges that are no merge themselves, else its first model with the most evidence edges; a model
+    with no evidence of any relation is a root of its own."""
+    import networkx as nx
+
+    g = nx.Graph()
+    reps = [n.name for n in lin.nodes if n.same_denoiser_as is None]
+    g.add_nodes_from(reps)
+    directed_in = {e.b for e in lin.edges if e.directed}
+    tree = [e for e in lin.edges if e.evidence and e.kind != "same-component"]
+    g.add_edges_from((e.a, e.b) for e in tree if e.a in g and e.b in g)
+    named = {n.explained_by[0] for n in lin.nodes if n.named_base and n.explained_by}
+    parents = {e.a for e in lin.edges if e.kind == "merge"}
+    order = {n.name: n.index for n in lin.nodes}
+    out = []
+    for comp in sorted(nx.connected_components(g), key=lambda c: min(order[x] for x in c)):
+        free = [x for x in comp if x not in directed_in]
+        pick = [x for x in free if x in named] or [x for x in free if x in parents]
+        if not pick:
+            pool = free or list(comp)
+            pick = [max(pool, key=lambda x: (g.degree(x), -order[x]))]
+        out += sorted(pick, key=order.get)
+    return out

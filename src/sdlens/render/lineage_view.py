@@ -1,0 +1,448 @@
+"""``sdlens lineage`` outputs: the text tree (console and ``lineage.txt``), ``lineage.json`` and the figure
+(graphviz ``dot`` where installed, matplotlib otherwise)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+from rich.console import Console
+
+from sdlens.analysis.lineage import Edge, Lineage
+from sdlens.arch.blocks import block_names
+from sdlens.io.atomic import atomic_path, write_text_atomic
+from sdlens.render.jsonout import dumps
+from sdlens.render.safe_text import plot_label, printable, safe
+
+WRITES = ("lineage.json", "lineage.txt", "lineage.png")  # in the --out folder
+_TREE_KINDS = ("merge", "fine-tune", "add-difference")
+
+
+@lru_cache(maxsize=8)
+def _stems(names: tuple[str, ...]) -> dict[str, str]:
+    """Shown names: file names without their extension where that keeps them apart."""
+    stems = {n: Path(n).stem for n in names}
+    return stems if len(set(stems.values())) == len(stems) else {n: n for n in names}
+
+
+def _show(lin: Lineage, name: str) -> str:
+    """A model's shown name, printable (not markup-escaped)."""
+    return printable(_stems(tuple(n.name for n in lin.nodes)).get(name, name))
+
+
+def _pct(x: float | None) -> str:
+    return "?" if x is None else f"{100 * x:.2g} %" if x < 0.1 else f"{100 * x:.0f} %"
+
+
+def _w(x: float) -> str:
+    return f"{x:.3g}"
+
+
+@dataclass
+class _Item:
+    name: str
+    text: str  # what links it to its parent line
+    children: list[_Item] = field(default_factory=list)
+    extra: list[str] = field(default_factory=list)  # lines under it (MBW vector)
+
+
+def _mbw(lin: Lineage, e: Edge) -> str | None:
+    """The per-block weights of a two-parent merge (the second parent's, in the family's block order), where
+    they differ between blocks."""
+    rec = next((m for m in lin.merges if m["model"] == e.b), None)
+    if rec is None or len(rec["parents"]) != 2 or not rec["blocks"]:
+        return None
+    second = list(rec["parents"])[1]
+    order = [b for b in block_names(lin.family) if b in rec["blocks"]] or list(rec["blocks"])
+    alphas = [rec["blocks"][b][second] for b in order]
+    if max(alphas) - min(alphas) < 0.01:
+        return None
+    vec = ",".join(f"{a:.3g}" for a in alphas)
+    return f"per block, weight of {_show(lin, second)} ({order[0]}…{order[-1]}): {vec}"
+
+
+def _link(lin: Lineage, e: Edge, child: str) -> str:
+    """The words for the edge ``e`` reaching ``child``."""
+    if e.kind == "merge":
+        rec = next(m for m in lin.merges if m["model"] == child)
+        parts = " + ".join(f"{_w(w)}·{_show(lin, p)}" for p, w in rec["parents"].items())
+        how = "merged, then trained further" if e.trained_further else "explained"
+        return f"merge of {parts} (residual {_pct(e.residual_share)}: {how})"
+    if e.kind == "fine-tune" and e.directed:
+        return f"fine-tune of {_show(lin, e.a)} (named in its metadata)"
+    if e.kind == "fine-tune":
+        return f"fine-tune, direction unknown (relative distance {e.relative_distance:.3g}, {_shared(e)})"
+    if e.kind == "add-difference":
+        other = e.a if child == e.b else e.b
+        b, a = e.difference or ("?", "?")
+        if child == e.b:  # e.a = e.b + α(B − A), so e.b = e.a + α(A − B)
+            b, a = a, b
+        return (
+            f"add-difference: {_show(lin, child)} = {_show(lin, other)} + {_w(e.alpha or 0)}·({_show(lin, b)} − "
+            f"{_show(lin, a)}), or the other way round (direction unknown)"
+        )
+    return printable(e.note)
+
+
+def _shared(e: Edge) -> str:
+    from sdlens.analysis.lineage import _label
+
+    return "same " + ", ".join(_label(c) for c in e.components) if e.components else "no shared part"
+
+
+def _links(lin: Lineage) -> dict[str, list[tuple[str, Edge]]]:
+    """Per model, the tree's edges from it: merges to their children, undirected evidence both ways."""
+    links: dict[str, list[tuple[str, Edge]]] = {n.name: [] for n in lin.nodes}
+    for e in lin.edges:
+        if e.kind in _TREE_KINDS:
+            links[e.a].append((e.b, e))
+            if not e.directed:
+                links[e.b].append((e.a, e))
+    return links
+
+
+def _copy_item(lin: Lineage, name: str, copy: str) -> _Item:
+    same = next((e for e in lin.edges_of("same-component") if {e.a, e.b} == {name, copy}), None)
+    what = "same denoiser" if same is None else same.note
+    if same is not None and "copy" in same.note:
+        what = "a copy, every part bit-identical"
+    return _Item(copy, f"= {_show(lin, name)}: {what}")
+
+
+def tree(lin: Lineage) -> list[_Item]:
+    """The lineage as nested items: roots first, each merge under the first of its parents reached (a
+    reference under the others), fine-tunes and add-difference partners under the model they were reached
+    from, copies under their original."""
+    links = _links(lin)
+    seen: set[str] = set()
+
+    def visit(name: str, text: str) -> _Item:
+        seen.add(name)
+        item = _Item(name, text)
+        for n in lin.nodes:
+            if n.same_denoiser_as == name:
+                seen.add(n.name)
+                item.children.append(_copy_item(lin, name, n.name))
+        for other, e in links[name]:
+            if other in seen:
+                if e.kind == "merge" and e.a == name:
+                    item.children.append(_Item(other, "merge child (shown above)"))
+            elif not e.directed or e.a == name:
+                child = visit(other, _link(lin, e, other))
+                if e.kind == "merge" and (m := _mbw(lin, e)):
+                    child.extra.append(m)
+                item.children.append(child)
+        return item
+
+    order = [*lin.roots, *(n.name for n in lin.nodes)]  # then anything the roots do not reach
+    return [visit(r, _root_text(lin, r)) for r in dict.fromkeys(order) if r not in seen]
+
+
+def _root_text(lin: Lineage, name: str) -> str:
+    evidence = [e for e in lin.edges if e.evidence and name in (e.a, e.b) and e.kind != "same-component"]
+    if evidence:
+        return "root"
+    return "root (no evidence of a relation to any other model)"
+
+
+def tree_lines(lin: Lineage) -> list[str]:
+    """The tree as text lines, with ├─ └─ connectors (names printable, not markup-escaped)."""
+    lines: list[str] = []
+    stems = _stems(tuple(n.name for n in lin.nodes))
+
+    def emit(item: _Item, prefix: str, last: bool, top: bool) -> None:
+        head = "" if top else prefix + ("└─ " if last else "├─ ")
+        lines.append(f"{head}{printable(stems[item.name])}  — {item.text}")
+        inner = "" if top else prefix + ("   " if last else "│  ")
+        for x in item.extra:
+            lines.append(f"{inner}{'│  ' if item.children else '   '}  {x}")
+        for k, c in enumerate(item.children):
+            emit(c, inner, k == len(item.children) - 1, False)
+
+    for item in tree(lin):
+        emit(item, "", True, True)
+    return lines
+
+
+def lineage_text(lin: Lineage) -> str:
+    """``lineage.txt``: the tree, the nearest-only links, the bit-identical parts, the legend."""
+    n = len(lin.nodes)
+    out = [f"Lineage of {n} models ({printable(lin.family)}); names without their extension", ""]
+    out += tree_lines(lin)
+    nearest = lin.edges_of("nearest")
+    if nearest:
+        out += ["", "Nearest neighbours only (the spanning tree's links: NO evidence of a relation):"]
+        out += [
+            f"  {_show(lin, e.a)} ┄ {_show(lin, e.b)}  (relative distance {e.relative_distance:.3g})"
+            if e.relative_distance is not None
+            else f"  {_show(lin, e.a)} ┄ {_show(lin, e.b)}"
+            for e in nearest
+        ]
+    groups = [(c, g) for c, gs in lin.identity.items() for g in gs]
+    if groups:
+        out += ["", "Bit-identical parts:"]
+        out += [f"  {c}: {', '.join(_show(lin, x) for x in g)}" for c, g in groups]
+    if lin.skipped:
+        out += ["", "Not read:"] + [f"  {printable(s['path'])}: {printable(s['error'])}" for s in lin.skipped]
+    out += [""] + [f"note: {printable(x)}" for x in lin.notes]
+    out += [
+        "Evidence: merge (a convex fit of the blocks; direction from convexity), add-difference (an affine",
+        "fit M = C + α(B − A); direction unknown), fine-tune (relative distance ≤ "
+        f"{lin.thresholds['fine_tune_relative_distance']:g} and a bit-identical text",
+        "encoder or VAE; direction only where metadata names the base), same-component (bit-identical parts).",
+        "Not evidence: nearest (only the nearest neighbour in the minimum spanning tree of denoiser distances).",
+    ]
+    return "\n".join(out) + "\n"
+
+
+def render_lineage(lin: Lineage, console: Console) -> None:
+    """The tree and a count of the edges, on the terminal."""
+    for line in tree_lines(lin):
+        console.print(safe(line), highlight=False, soft_wrap=True)
+    kinds = {}
+    for e in lin.edges:
+        kinds[e.kind] = kinds.get(e.kind, 0) + 1
+    summary = ", ".join(f"{v} {k}" for k, v in kinds.items())
+    console.print(f"edges: {summary} (nearest: no evidence, only the nearest neighbour)", highlight=False)
+
+
+def write_outputs(
+    lin: Lineage, out_dir: Path, *, plots: bool = True, while_drawing: Callable[[], None] | None = None
+) -> list[Path]:
+    """``lineage.json``, ``lineage.txt`` and (with ``plots``) ``lineage.png``, each written atomically."""
+    out_dir = Path(out_dir)
+    written = [
+        write_text_atomic(out_dir / "lineage.json", dumps(lin)),
+        write_text_atomic(out_dir / "lineage.txt", lineage_text(lin)),
+    ]
+    if while_drawing:
+        while_drawing()
+    if plots:
+        written.append(draw(lin, out_dir / "lineage.png"))
+    return written
+
+
+# --------------------------------------------------------------------------- the figure
+
+_STYLE = {  # kind -> colour, line style
+    "merge": ("#1F5FA8", "-"),
+    "add-difference": ("#8E44AD", "-"),
+    "fine-tune": ("#2E8B57", "-"),
+    "same-component": ("#888888", ":"),
+    "nearest": ("#999999", "--"),
+}
+
+
+def _short(lin: Lineage) -> dict[str, str]:
+    """Figure labels: the shown names, for matplotlib."""
+    return {k: plot_label(v, 40) for k, v in _stems(tuple(n.name for n in lin.nodes)).items()}
+
+
+def _edge_label(e: Edge) -> str:
+    if e.kind == "merge":
+        return _w(e.weight or 0) + (" +trained" if e.trained_further else "")
+    if e.kind == "add-difference":
+        return f"add-diff α={_w(e.alpha or 0)}"
+    if e.kind == "fine-tune":
+        return "fine-tune" if e.directed else "fine-tune?"
+    if e.kind == "same-component":
+        return "copy" if "copy" in e.note else ""
+    return "nearest"
+
+
+def _drawn(lin: Lineage) -> list[Edge]:
+    """The edges drawn: every one, except a shared part between two models another edge already links."""
+    linked = {frozenset((e.a, e.b)) for e in lin.edges if e.kind != "same-component"}
+    return [
+        e
+        for e in lin.edges
+        if e.kind != "same-component" or "copy" in e.note or frozenset((e.a, e.b)) not in linked
+    ]
+
+
+def layout(lin: Lineage) -> dict[str, tuple[float, float]]:
+    """Layered positions: depth in the tree (a merge one below its lowest parent); the roots side by side as
+    wide as their trees; each lower layer ordered by the mean position of the nodes above it links to (its
+    parents), at least one apart."""
+    items = tree(lin)
+    depth: dict[str, int] = {}
+    x: dict[str, float] = {}
+    up: dict[str, list[str]] = {}
+    slot = [0.0]
+
+    def place(item: _Item, d: int) -> float:
+        depth[item.name] = d
+        kids = [c for c in item.children if not c.text.startswith("merge child")]
+        for c in kids:
+            up.setdefault(c.name, []).append(item.name)
+        if not kids:
+            x[item.name] = slot[0]
+            slot[0] += 1
+        else:
+            xs = [place(c, d + 1) for c in kids]
+            x[item.name] = sum(xs) / len(xs)
+        return x[item.name]
+
+    for it in items:
+        place(it, 0)
+    for n in lin.nodes:
+        for p in n.explained_by or []:
+            if p in depth and p not in up.get(n.name, []):
+                up.setdefault(n.name, []).append(p)
+    for _ in range(len(lin.nodes)):  # below every parent
+        moved = [k for k in depth if up.get(k) and depth[k] <= max(depth[p] for p in up[k])]
+        for k in moved:
+            depth[k] = max(depth[p] for p in up[k]) + 1
+        if not moved:
+            break
+    for d in range(1, max(depth.values(), default=0) + 1):
+        layer = [k for k in depth if depth[k] == d]
+        key = {k: sum(x[p] for p in up[k]) / len(up[k]) if up.get(k) else x[k] for k in layer}
+        layer.sort(key=lambda k: (key[k], x[k]))
+        pos: list[float] = []
+        for k in layer:
+            pos.append(key[k] if not pos else max(key[k], pos[-1] + 1.0))
+        shift = sum(p - key[k] for p, k in zip(pos, layer, strict=True)) / len(layer)
+        for p, k in zip(pos, layer, strict=True):
+            x[k] = p - shift
+    low = min(x.values(), default=0.0)
+    return {k: (x[k] - low, -float(depth[k])) for k in x}
+
+
+def draw(lin: Lineage, path: Path) -> Path:
+    """``lineage.png`` with graphviz ``dot`` where it is installed, else matplotlib."""
+    dot = shutil.which("dot")
+    if dot:
+        try:
+            return _draw_dot(lin, path, dot)
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return _draw_matplotlib(lin, path)
+
+
+def _dot_source(lin: Lineage) -> str:
+    def q(s: str) -> str:
+        return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+    short = _short(lin)
+    lines = ["digraph lineage {", "  rankdir=TB; node [shape=box, style=rounded, fontname=Helvetica];"]
+    lines += [f"  {q(n.name)} [label={q(short[n.name])}];" for n in lin.nodes]
+    for e in _drawn(lin):
+        colour, style = _STYLE[e.kind]
+        dstyle = {"-": "solid", "--": "dashed", ":": "dotted"}[style]
+        arrow = "normal" if e.directed else "none"
+        lines.append(
+            f"  {q(e.a)} -> {q(e.b)} [color={q(colour)}, style={dstyle}, arrowhead={arrow}, "
+            f"label={q(_edge_label(e))}, fontsize=10{', constraint=false' if e.kind == 'nearest' else ''}];"
+        )
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def _draw_dot(lin: Lineage, path: Path, dot: str) -> Path:
+    with atomic_path(path) as tmp:
+        subprocess.run(
+            [dot, "-Tpng", "-o", str(tmp)], input=_dot_source(lin), text=True, check=True, timeout=60
+        )
+    return path
+
+
+def _free_spot(
+    taken: list[tuple[float, float, float]], x0: float, y0: float, x1: float, y1: float, t0: float, chars: int
+) -> tuple[float, float]:
+    """A point on the segment for a label of ``chars`` characters that overlaps no label or node placed so
+    far (the first free one from ``t0`` outwards; ``t0`` itself where none is), recorded in ``taken``."""
+    half = 0.045 * chars  # in layout units: a node slot is 1 wide at about 2.3 inches
+    for t in (t0, 0.5, 0.3, 0.7, 0.2, 0.8, 0.4, 0.6):
+        x, y = x0 + t * (x1 - x0), y0 + t * (y1 - y0)
+        if all(abs(x - tx) > half + th or abs(y - ty) > 0.12 for tx, ty, th in taken):
+            break
+    else:
+        x, y = x0 + t0 * (x1 - x0), y0 + t0 * (y1 - y0)
+    taken.append((x, y, half))
+    return x, y
+
+
+def _draw_matplotlib(lin: Lineage, path: Path) -> Path:
+    from matplotlib.lines import Line2D
+
+    from sdlens.render.plots import _figure_module
+
+    plt = _figure_module()
+    pos = layout(lin)
+    short = _short(lin)
+    width = max(x for x, _ in pos.values()) + 1
+    height = -min(y for _, y in pos.values()) + 1
+    fig, ax = plt.subplots(figsize=(max(6.0, 2.3 * width), max(3.5, 1.6 * height + 1.2)))
+    taken: list[tuple[float, float, float]] = [(x, y, 0.5) for x, y in pos.values()]  # centre, half width
+    for e in _drawn(lin):
+        colour, style = _STYLE[e.kind]
+        (x0, y0), (x1, y1) = pos[e.a], pos[e.b]
+        ax.annotate(
+            "",
+            xy=(x1, y1),
+            xytext=(x0, y0),
+            arrowprops={
+                "arrowstyle": "-|>" if e.directed else "-",
+                "color": colour,
+                "linestyle": style,
+                "lw": 1.6 if e.evidence else 1.0,
+                "shrinkA": 14,
+                "shrinkB": 14,
+            },
+            zorder=1,
+        )
+        label = _edge_label(e)
+        if label:
+            lx, ly = _free_spot(taken, x0, y0, x1, y1, 0.35 if e.kind == "merge" else 0.5, len(label))
+            ax.text(
+                lx,
+                ly,
+                label,
+                fontsize=8,
+                color=colour,
+                ha="center",
+                va="center",
+                zorder=3,
+                bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none"},
+            )
+    roots = set(lin.roots)
+    for n in lin.nodes:
+        x, y = pos[n.name]
+        face = "#FFF4D6" if n.name in roots else "#EEF3FA" if n.explained_by else "white"
+        ax.text(
+            x,
+            y,
+            short[n.name],
+            ha="center",
+            va="center",
+            fontsize=9,
+            zorder=4,
+            bbox={"boxstyle": "round,pad=0.4", "fc": face, "ec": "#333333", "lw": 1.0},
+        )
+    ax.set_xlim(-0.8, width - 0.2)
+    ax.set_ylim(-height + 0.4, 0.6)
+    ax.axis("off")
+    handles = [
+        Line2D([], [], color=_STYLE["merge"][0], marker=">", label="merge (parent → child, weight)"),
+        Line2D([], [], color=_STYLE["add-difference"][0], label="add-difference (direction unknown)"),
+        Line2D([], [], color=_STYLE["fine-tune"][0], label="fine-tune (? = direction unknown)"),
+        Line2D([], [], color=_STYLE["same-component"][0], ls=":", label="bit-identical part / copy"),
+        Line2D([], [], color=_STYLE["nearest"][0], ls="--", label="nearest only: no evidence"),
+    ]
+    ax.legend(
+        handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=3, fontsize=8, frameon=False
+    )
+    ax.set_title(
+        f"Lineage of {len(lin.nodes)} models ({plot_label(lin.family)}): solid = evidence, dashed = nearest only",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
+    return path
