@@ -305,8 +305,11 @@ def _add_differences(ctx: _Ctx, skip: set[int]) -> list[Edge]:
         if len(cands) < 3:
             continue
         nearest = float(ctx.dist[t, cands[0]])
+        every = fit_group("denoiser", den, t, cands, ctx.dtypes[t])  # no triple fits better than all of them
+        if verdict(every.affine.residual / nearest, every.floor, nearest) not in _ACCEPT:
+            continue
         best = None
-        for tri in itertools.combinations(cands, 3):
+        for tri in _screen(den["d2"], t, cands, nearest):
             f = fit_group("denoiser", den, t, tri, ctx.dtypes[t])
             form = _add_diff_form(tri, f.affine.weights)
             if form is None:
@@ -326,6 +329,29 @@ def _add_differences(ctx: _Ctx, skip: set[int]) -> list[Edge]:
         if key not in found:
             found[key] = _add_diff_edge(ctx, m, c, b, a)
     return list(found.values())
+
+
+def _screen(d2: np.ndarray, t: int, cands: list[int], nearest: float) -> list[tuple[int, int, int]]:
+    """The triples of ``cands`` whose affine fit of ``t`` may read as C + α(B − A) (loose tolerances; each is
+    then fitted by ``merge_fit``): all triples at once, from the squared distances (origin: the first)."""
+    tri = np.array(list(itertools.combinations(cands, 3)), dtype=int).reshape(-1, 3)
+    if not len(tri) or nearest <= 0:
+        return []
+    i, j, k = tri.T
+    g11, g22 = d2[j, i], d2[k, i]
+    g12 = 0.5 * (d2[j, i] + d2[k, i] - d2[j, k])
+    b1 = 0.5 * (d2[t, i] + d2[j, i] - d2[t, j])
+    b2 = 0.5 * (d2[t, i] + d2[k, i] - d2[t, k])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        det = g11 * g22 - g12 * g12
+        wj = (g22 * b1 - g12 * b2) / det
+        wk = (g11 * b2 - g12 * b1) / det
+        share = np.sqrt(np.clip(d2[t, i] - wj * b1 - wk * b2, 0, None)) / nearest
+    w = np.stack([1 - wj - wk, wj, wk], axis=1)
+    one = (np.abs(w - 1) <= 5 * ADD_DIFF_ONE).sum(axis=1) >= 1
+    rest = (np.abs(w) >= 0.5 * ADD_DIFF_MIN).sum(axis=1) == 3
+    keep = one & rest & (share <= 1.2 * TRAINED) & np.isfinite(share)
+    return [tuple(int(x) for x in row) for row in tri[keep]]
 
 
 def _add_diff_form(tri: Sequence[int], w: Sequence[float]) -> tuple[int, int, int, float] | None:
@@ -409,12 +435,13 @@ def _shared(parts: dict[str, list[list[int]]], i: int, j: int) -> list[str]:
 
 
 def _same_component_edges(ctx: _Ctx, parts: dict[str, list[list[int]]]) -> list[Edge]:
-    """One edge per pair of models sharing a bit-identical part (each group: its first model and the rest)."""
+    """One edge per pair of models sharing a bit-identical part, each group of a part linked as a star (its
+    first model and the rest), every edge naming all the parts its two models share."""
     pairs: dict[tuple[int, int], list[str]] = {}
-    for comp, groups in parts.items():
+    for groups in parts.values():
         for g in groups:
             for j in g[1:]:
-                pairs.setdefault((g[0], j), []).append(comp)
+                pairs.setdefault((g[0], j), _shared(parts, g[0], j))
     edges = []
     for (i, j), comps in pairs.items():
         copy = set(parts) <= set(comps)
@@ -612,8 +639,8 @@ def build(pl: Plan, total: Partial) -> Lineage:
 
 
 def roots(lin: Lineage) -> list[str]:
-    """Where the tree starts, per connected part of the evidence: the bases metadata names, else the parents
-    of merges that are no merge themselves, else its first model with the most evidence edges; a model
+    """Where the tree starts, per connected part of the evidence: the bases metadata names and the parents of
+    merges, that are themselves neither, else its first model with the most evidence edges; a model
     with no evidence of any relation is a root of its own."""
     import networkx as nx
 
@@ -629,7 +656,7 @@ def roots(lin: Lineage) -> list[str]:
     out = []
     for comp in sorted(nx.connected_components(g), key=lambda c: min(order[x] for x in c)):
         free = [x for x in comp if x not in directed_in]
-        pick = [x for x in free if x in named] or [x for x in free if x in parents]
+        pick = [x for x in free if x in named or x in parents]
         if not pick:
             pool = free or list(comp)
             pick = [max(pool, key=lambda x: (g.degree(x), -order[x]))]
