@@ -228,11 +228,7 @@ def test_cli_writes_and_an_unreadable_input_is_one_line(family, cli, tmp_path):
     r = cli("lineage", *three, "--out", str(tmp_path / "ok"), "--no-plots")
     assert r.returncode == 0, r.stderr
     assert "wsum_ab  — merge of 0.7·base_a + 0.3·base_b" in r.stdout
-    assert sorted(p.name for p in (tmp_path / "ok").iterdir()) == [
-        "lineage.json",
-        "lineage.png",
-        "lineage.txt",
-    ]
+    assert sorted(p.name for p in (tmp_path / "ok").iterdir()) == ["lineage.json", "lineage.txt"]
     bad = tmp_path / "broken.safetensors"
     bad.write_bytes(b"not a checkpoint")
     r = cli("lineage", *three, str(bad), "--out", str(tmp_path / "some"), "--no-plots")
