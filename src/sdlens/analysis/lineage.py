@@ -34,6 +34,7 @@ from sdlens.analysis.matrix_state import Partial
 from sdlens.analysis.merge_fit import ROUNDING, TRAINED, fit_group, verdict
 from sdlens.analysis.recipe import one_pass
 from sdlens.arch import registry as R
+from sdlens.errors import SdlensError
 from sdlens.io.open import open_checkpoint
 
 PARENT_WEIGHT = 0.05  # a candidate weighing at least this (overall, or in half the blocks) may be a parent
@@ -129,7 +130,12 @@ def lineage(
 ) -> Lineage:
     """The family tree of ``paths`` (files; see ``io.open.expand_paths`` for folders). Inputs that cannot be
     read are left out and listed in ``skipped``."""
-    pl = matrix_plan.plan(paths, metric="cos", time_embed=time_embed)
+    try:
+        pl = matrix_plan.plan(paths, metric="cos", time_embed=time_embed)
+    except SdlensError as e:  # the engine's words name matrix
+        if e.problem.startswith("matrix needs"):
+            raise SdlensError(e.path, "lineage" + e.problem.removeprefix("matrix")) from None
+        raise
     if on_plan:
         on_plan(pl)
     total = one_pass(pl, progress=progress, workers=workers, chunk_bytes=chunk_bytes)
