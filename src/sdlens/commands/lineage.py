@@ -16,7 +16,8 @@ def run(
         typer.Argument(metavar="PATH...", help="Checkpoint files, diffusers folders, or folders of models."),
     ],
     out_dir: Annotated[
-        Path, typer.Option("--out", metavar="DIR", help="Where to write lineage.json, lineage.txt, lineage.png.")
+        Path,
+        typer.Option("--out", metavar="DIR", help="Where to write lineage.json, lineage.txt, lineage.png."),
     ] = Path("lineage-out"),
     workers: Annotated[
         int | None, typer.Option(help="Threads for the arithmetic (default: one per core).")
@@ -74,6 +75,8 @@ def _run(files: list[Path], out_dir: Path, *, workers: int | None, chunk_mb: int
     out_dir.mkdir(parents=True, exist_ok=True)
     written = write_outputs(result, out_dir, plots=plots, while_drawing=lambda: render_lineage(result, out))
     out.print(
-        f"written to {safe(out_dir)}: " + ", ".join(safe(p.name) for p in written), highlight=False, soft_wrap=True
+        f"written to {safe(out_dir)}: " + ", ".join(safe(p.name) for p in written),
+        highlight=False,
+        soft_wrap=True,
     )
     return bool(result.skipped)

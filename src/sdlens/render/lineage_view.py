@@ -119,6 +119,7 @@ def tree(lin: Lineage) -> list[_Item]:
     from, copies under their original."""
     links = _links(lin)
     seen: set[str] = set()
+    under: dict[str, str] = {}  # model -> the model it is shown under
 
     def visit(name: str, text: str) -> _Item:
         seen.add(name)
@@ -130,8 +131,10 @@ def tree(lin: Lineage) -> list[_Item]:
         for other, e in links[name]:
             if other in seen:
                 if e.kind == "merge" and e.a == name:
-                    item.children.append(_Item(other, "merge child (shown above)"))
+                    where = _show(lin, under.get(other, "?"))
+                    item.children.append(_Item(other, f"merge child (shown under {where})"))
             elif not e.directed or e.a == name:
+                under[other] = name
                 child = visit(other, _link(lin, e, other))
                 if e.kind == "merge" and (m := _mbw(lin, e)):
                     child.extra.append(m)
