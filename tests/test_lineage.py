@@ -10,13 +10,13 @@ import pytest
 import torch
 
 from sdlens.analysis.lineage import Lineage, lineage
-from sdlens.render.lineage_view import _dot_source, lineage_text, tree_lines, write_outputs
+from sdlens.render.lineage_view import _dot_source, _drawn, lineage_text, tree_lines, write_outputs
 from sdlens.testing.writers import save_safetensors
 from sdlens.testing.zoo_unet import build_single_file
 
 UNET = "model.diffusion_model."
 WEIGHTS = (UNET, "first_stage_model.", "cond_stage_model.")
-WSUM, MT, ALPHA, TUNE = 0.3, 0.5, 0.7, 0.03
+WSUM, MT, ALPHA, TUNE, NEAR = 0.3, 0.5, 0.7, 0.03, 1e-5
 MBW = (0.0, 1.0, 0.25, 0.6, 0.8)  # base_b's weight, block by block in turn (0 and 1: blocks copied whole)
 KINDS = {"merge", "add-difference", "fine-tune", "same-component", "nearest"}
 
@@ -37,11 +37,11 @@ def _redraw(sd: dict, seed: int) -> dict:
     return out
 
 
-def _tune(sd: dict, seed: int) -> dict:
-    """A fine-tune: the denoiser moved by TUNE of each tensor's std, text encoder and VAE untouched."""
+def _tune(sd: dict, seed: int, scale: float = TUNE) -> dict:
+    """A fine-tune: the denoiser moved by ``scale`` of each tensor's std, text encoder and VAE untouched."""
     g = torch.Generator().manual_seed(seed)
     return {
-        k: v + TUNE * v.std() * torch.randn(v.shape, generator=g) if _weight(k, v, UNET) else v
+        k: v + scale * v.std() * torch.randn(v.shape, generator=g) if _weight(k, v, UNET) else v
         for k, v in sd.items()
     }
 
@@ -60,7 +60,8 @@ def _blocks(a: Path, b: Path) -> dict[str, str]:
 
 
 def build_family(d: Path, start: dict | None = None) -> tuple[dict[str, Path], dict[str, float]]:
-    """Two bases, a fine-tune of each (its base's text encoder and VAE; finetune_b's metadata names base_b),
+    """Two bases, a fine-tune of each (its base's text encoder and VAE; finetune_b's metadata names base_b)
+    and a near-duplicate of finetune_a,
     a global weighted merge and a per-block merge of the bases (the per-block one keeps base_a's text encoder
     and VAE, as supermerger does), a fine-tune of the per-block merge, a merge trained further, an
     add-difference merge, an unrelated model and a byte-identical copy of base_b. ``start``: base_a's tensors
@@ -81,6 +82,7 @@ def build_family(d: Path, start: dict | None = None) -> tuple[dict[str, Path], d
     blk = _blocks(paths["base_a"], paths["base_b"])
     alpha = {n: MBW[i % len(MBW)] for i, n in enumerate(sorted(set(blk.values())))}
     ft_a = save("finetune_a", _tune(a, 2))
+    save("near_dup_a", _tune(ft_a, 7, NEAR))
     save("finetune_b", _tune(b, 3), {"ss_sd_model_name": "models/base_b.safetensors"})
     save("wsum_ab", mix(lambda k: WSUM))
     mbw = save("mbw_ab", mix(lambda k: alpha[blk[k]] if k in blk else 0.0))
@@ -141,7 +143,7 @@ def test_identity_groups_and_the_copy(family):
     _, _, lin = family
     assert lin.identity["denoiser"] == [[_n("base_b"), _n("copy_b")]]
     groups = {
-        frozenset(map(_n, ("base_a", "finetune_a", "mbw_ab", "mbw_tuned"))),
+        frozenset(map(_n, ("base_a", "finetune_a", "near_dup_a", "mbw_ab", "mbw_tuned"))),
         frozenset(map(_n, ("adddiff", "base_b", "copy_b", "finetune_b"))),
     }
     assert set(map(frozenset, lin.identity["CLIP-L"])) == set(map(frozenset, lin.identity["VAE"])) == groups
@@ -159,7 +161,10 @@ def test_fine_tunes_direction_only_from_metadata(family):
         frozenset(map(_n, p))
         for p in (("base_a", "finetune_a"), ("base_b", "finetune_b"), ("mbw_ab", "mbw_tuned"))
     }
-    assert set(ft) == pairs
+    dup = frozenset((_n("finetune_a"), _n("near_dup_a")))
+    assert set(ft) == pairs | {dup}
+    assert ft[dup].note.startswith("near-duplicates") and ft[dup].relative_distance < 1e-4
+    assert {n.name: n.near_duplicate_of for n in lin.nodes}[_n("near_dup_a")] == _n("finetune_a")
     named = ft[frozenset((_n("base_b"), _n("finetune_b")))]
     assert (
         named.directed
@@ -168,7 +173,7 @@ def test_fine_tunes_direction_only_from_metadata(family):
     )
     for p in pairs - {frozenset((_n("base_b"), _n("finetune_b")))}:
         e = ft[p]
-        assert not e.directed and e.evidence and e.source == "spanning tree"
+        assert not e.directed and e.evidence and e.source in ("nearest neighbour", "spanning tree")
         assert 0.01 < e.relative_distance < 0.1 and {"clip_l", "vae"} <= set(e.components)
     assert {n.name: n.named_base for n in lin.nodes}[_n("finetune_b")] == "models/base_b.safetensors"
 
@@ -217,8 +222,9 @@ def test_outputs_json_text_and_figure(family, tmp_path):
     text = lineage_text(lin)
     assert "NO evidence of a relation" in text and "unrelated" in text.split("NO evidence")[1]
     dot = _dot_source(lin)  # graphviz is optional: its source is checked here, the picture where it runs
-    assert (
-        dot.count(" -> ") == len([e for e in lin.edges if e.kind != "same-component" or "copy" in e.note]) + 1
+    drawn = _drawn(lin)
+    assert dot.count(" -> ") == len(drawn) and all(
+        e in drawn for e in lin.edges if e.kind != "same-component"
     )
 
 

@@ -31,7 +31,7 @@ from sdlens.analysis import matrix_plan
 from sdlens.analysis.matrix_plan import Plan
 from sdlens.analysis.matrix_result import finish
 from sdlens.analysis.matrix_state import Partial
-from sdlens.analysis.merge_fit import ROUNDING, TRAINED, fit_group, verdict
+from sdlens.analysis.merge_fit import EXPLAINED, ROUNDING, TRAINED, fit_group, verdict
 from sdlens.analysis.recipe import one_pass
 from sdlens.arch import registry as R
 from sdlens.errors import SdlensError
@@ -41,6 +41,9 @@ PARENT_WEIGHT = 0.05  # a candidate weighing at least this (overall, or in half 
 MAX_PARENTS = 4  # parent sets searched up to this size (smallest first)
 MAX_SUPPORT = 6  # ... among at most this many candidates (the heaviest)
 FINE_TUNE = 0.1  # ‖M − P‖ / ‖P‖ at or below which an MST edge sharing a TE / VAE is a fine-tune
+NEAR_DUP = 1e-3  # relative distance at or below which two models are near-duplicates (one node for the fits)
+NOISE = 3e-4  # residual the pairwise sums' float32 precision leaves, relative to the distance fitted
+TRAINED_NEAREST = 0.8  # a merge trained further leaves at most this of its distance to the nearest model
 ADD_DIFF_NEAR = 10  # add-difference triples are sought among the nearest this many models
 ADD_DIFF_ONE = 0.02  # |w − 1| within which a weight is the "1" of C + α(B − A)
 ADD_DIFF_MIN = 0.05  # |α| below which it is no add-difference
@@ -57,6 +60,7 @@ class Node:
     index: int
     norm: float | None  # ‖denoiser‖
     same_denoiser_as: str | None = None  # the node standing for this one (bit-identical denoiser)
+    near_duplicate_of: str | None = None  # the node the fits use instead (relative distance ≤ NEAR_DUP)
     explained_by: list[str] | None = None  # merge parents, or the base its metadata names
     named_base: str | None = None  # the base the metadata names (as written)
 
@@ -157,6 +161,12 @@ class _Ctx:
     norms: np.ndarray  # ‖denoiser‖ (NaN where none)
     reps: list[int]  # one model per set of bit-identical denoisers
     rep_of: dict[int, int]
+    twin_of: dict[int, int]  # a near-duplicate node -> the earlier node it stands beside
+
+    @property
+    def core(self) -> list[int]:
+        """The nodes the fits use: near-duplicates are one (the first)."""
+        return [r for r in self.reps if r not in self.twin_of]
 
 
 def _headers(pl: Plan) -> tuple[list[dict[str, str]], list[str]]:
@@ -196,13 +206,20 @@ def _context(pl: Plan, total: Partial, dtypes: list[str]) -> _Ctx:
             rep_of[i] = i
         else:
             rep_of[i] = r
+    twin_of: dict[int, int] = {}
+    for k, j in enumerate(reps):
+        for i in reps[:k]:
+            low = min(norms[i], norms[j])
+            if i not in twin_of and low > 0 and dist[i, j] <= NEAR_DUP * low:
+                twin_of[j] = i
+                break
     names = [m.name for m in pl.models]
-    return _Ctx(pl, total, names, dtypes, blocks, numel, dist, norms, reps, rep_of)
+    return _Ctx(pl, total, names, dtypes, blocks, numel, dist, norms, reps, rep_of, twin_of)
 
 
 def _cands(ctx: _Ctx, t: int) -> list[int]:
     """The other nodes comparable with ``t`` over the whole denoiser."""
-    return [c for c in ctx.reps if c != t and np.isfinite(ctx.dist[t, c])]
+    return [c for c in ctx.core if c != t and np.isfinite(ctx.dist[t, c])]
 
 
 @dataclass
@@ -210,25 +227,33 @@ class _Fit:
     parents: list[int]
     weights: dict[str, dict[int, float]]  # block -> parent -> weight
     overall: dict[int, float]  # parent -> weight by parameter count
-    share: float
-    verdict: str
+    residual: float  # √Σ blocks' residual²
+    noise: float  # what the sums' precision leaves of a residual: NOISE × √Σ blocks' distance² to the nearest
+    share: float = 0.0  # residual / the distance it is judged against (set by ``judge``)
+    verdict: str = ""
+    nearest_share: float = 0.0  # residual / the distance to the nearest other model
+
+    def judge(self, ctx: _Ctx, t: int, against: float, nearest: float) -> _Fit:
+        self.share = self.residual / against if against > 0 else 0.0
+        self.nearest_share = self.residual / nearest if nearest > 0 else 0.0
+        floor = ctx.norms[t] * ROUNDING.get(ctx.dtypes[t], ROUNDING["F32"]) / against if against > 0 else 0.0
+        self.verdict = verdict(self.share, floor, against)
+        return self
 
 
-def _convex_fit(ctx: _Ctx, t: int, cands: list[int], nearest: float) -> _Fit:
-    """The blocks' convex fits of ``t`` from ``cands``; the denoiser's residual share √Σ residual² / ‖t −
-    nearest candidate‖ and its verdict."""
+def _convex_fit(ctx: _Ctx, t: int, cands: list[int]) -> _Fit:
+    """The blocks' convex fits of ``t`` from ``cands``: weights per block and overall, the residual."""
     weights: dict[str, dict[int, float]] = {}
-    res2 = 0.0
+    res2 = near2 = 0.0
     for g in ctx.blocks:
         f = fit_group(g[6:], ctx.total.group(g), t, cands, ctx.dtypes[t])
         best = f.convex or f.affine
         weights[g] = dict(zip(cands, best.weights, strict=True))
         res2 += best.residual**2
+        near2 += f.distance**2
     size = sum(ctx.numel[g] for g in weights) or 1
     overall = {c: sum(weights[g][c] * ctx.numel[g] for g in weights) / size for c in cands}
-    share = float(np.sqrt(res2)) / nearest if nearest > 0 else 0.0
-    floor = ctx.norms[t] * ROUNDING.get(ctx.dtypes[t], ROUNDING["F32"]) / nearest if nearest > 0 else 0.0
-    return _Fit(list(cands), weights, overall, share, verdict(share, floor, nearest))
+    return _Fit(list(cands), weights, overall, float(np.sqrt(res2)), NOISE * float(np.sqrt(near2)))
 
 
 def _support(fit: _Fit) -> list[int]:
@@ -243,49 +268,66 @@ def _support(fit: _Fit) -> list[int]:
     return sorted(keep, key=lambda c: -fit.overall[c])[:MAX_SUPPORT]
 
 
-def _parents(ctx: _Ctx, t: int, full: _Fit, nearest: float, interior: set[int]) -> _Fit | None:
-    """The smallest parent set that explains ``t`` as well as all candidates do (ties: fewer parents that
-    are merges themselves, then the smaller residual); None where fewer than two parents would do."""
+def _parents(ctx: _Ctx, t: int, full: _Fit, dists: tuple[float, float], interior: set[int]) -> _Fit | None:
+    """The smallest parent set that explains ``t`` as well as all candidates do — a residual within 25 % of
+    theirs, or within the sums' precision — (ties: fewer parents that are merges themselves, then the
+    smaller residual); None where fewer than two parents would do."""
     support = _support(full)
     if len(support) < 2:
         return None
     for k in range(2, min(len(support), MAX_PARENTS) + 1):
-        tried = [_convex_fit(ctx, t, list(s), nearest) for s in itertools.combinations(support, k)]
+        tried = [
+            _convex_fit(ctx, t, list(s)).judge(ctx, t, *dists) for s in itertools.combinations(support, k)
+        ]
         ok = [
             f
             for f in tried
-            if f.verdict == full.verdict and f.share <= max(1.1 * full.share, full.share + 0.01)
+            if f.verdict == full.verdict and f.residual <= max(1.25 * full.residual, full.residual + f.noise)
         ]
         if ok:
-            return min(ok, key=lambda f: (len(interior & set(f.parents)), f.share))
-    refit = _convex_fit(ctx, t, support, nearest)
-    return refit if refit.verdict in _ACCEPT else None
+            return min(ok, key=lambda f: (len(interior & set(f.parents)), f.residual))
+    refit = _convex_fit(ctx, t, support).judge(ctx, t, *dists)
+    return refit if refit.verdict == full.verdict else None
 
 
 def _merges(ctx: _Ctx) -> dict[int, _Fit]:
-    """Every node tested as a convex merge of the others; accepted merges, none making a cycle."""
-    full: dict[int, tuple[_Fit, float]] = {}
-    for t in ctx.reps:
+    """Every node tested as a convex merge of the others; accepted merges, none making a cycle.
+
+    First the merges the fit explains ("explained" against the nearest other model); then the merges
+    trained further, judged against the nearest model that is no such merge (a model trained on from a
+    merge lies farther from the merge's parents than from the merge) and leaving at most
+    TRAINED_NEAREST of its distance to the nearest model of all unexplained."""
+    fulls: dict[int, tuple[_Fit, list[int], float]] = {}
+    for t in ctx.core:
         cands = _cands(ctx, t)
-        if len(cands) < 2 or not ctx.blocks:
+        if len(cands) >= 2 and ctx.blocks:
+            nearest = float(min(ctx.dist[t, c] for c in cands))
+            fulls[t] = (_convex_fit(ctx, t, cands).judge(ctx, t, nearest, nearest), cands, nearest)
+    exact = {t for t, (f, _, _) in fulls.items() if f.verdict == "explained"}
+    accepted: dict[int, tuple[_Fit, tuple[float, float]]] = {}
+    for t, (f, cands, nearest) in fulls.items():
+        if t in exact:
+            accepted[t] = (f, (nearest, nearest))
             continue
-        nearest = float(min(ctx.dist[t, c] for c in cands))
-        f = _convex_fit(ctx, t, cands, nearest)
-        if f.verdict in _ACCEPT:
-            full[t] = (f, nearest)
-    interior = set(full)
+        plain = [c for c in cands if c not in exact]
+        if not plain:
+            continue
+        against = float(min(ctx.dist[t, c] for c in plain))
+        f.judge(ctx, t, against, nearest)
+        if f.verdict == "trained further" and f.nearest_share <= TRAINED_NEAREST:
+            accepted[t] = (f, (against, nearest))
     found: dict[int, _Fit] = {}
-    for t, (f, nearest) in full.items():
-        got = _parents(ctx, t, f, nearest, interior)
+    for t, (f, dists) in accepted.items():
+        got = _parents(ctx, t, f, dists, set(accepted))
         if got is not None and len(got.parents) >= 2:
             got.parents.sort()  # in input order: A, B as in A*(1-α) + B*α
             found[t] = got
     # direction from convexity; a cycle (possible only among merges trained further) keeps the better fit
-    accepted: dict[int, _Fit] = {}
+    kept: dict[int, _Fit] = {}
     for t in sorted(found, key=lambda t: found[t].share):
-        if not any(_reaches(accepted, t, p) for p in found[t].parents):
-            accepted[t] = found[t]
-    return accepted
+        if not any(_reaches(kept, t, p) for p in found[t].parents):
+            kept[t] = found[t]
+    return kept
 
 
 def _reaches(merges: dict[int, _Fit], start: int, goal: int) -> bool:
@@ -304,10 +346,11 @@ def _add_differences(ctx: _Ctx, skip: set[int]) -> list[Edge]:
     """``M = C + α(B − A)`` over the whole denoiser (affine fits on triples), one edge per relation."""
     den = ctx.total.group("denoiser")
     found: dict[tuple, Edge] = {}
-    for t in ctx.reps:
+    for t in ctx.core:
         if t in skip:
             continue
-        cands = sorted(_cands(ctx, t), key=lambda c: ctx.dist[t, c])[:ADD_DIFF_NEAR]
+        cands = sorted((c for c in _cands(ctx, t) if c not in skip), key=lambda c: ctx.dist[t, c])
+        cands = cands[:ADD_DIFF_NEAR]
         if len(cands) < 3:
             continue
         nearest = float(ctx.dist[t, cands[0]])
@@ -487,10 +530,54 @@ def _named_bases(ctx: _Ctx, metas: list[dict[str, str]]) -> dict[int, tuple[str,
     return out
 
 
+def _pair_edge(ctx: _Ctx, parts, i: int, j: int, source: str, *, nearest: bool) -> Edge | None:
+    """The edge of two close models: near-duplicates (relative distance ≤ NEAR_DUP), a fine-tune (≤
+    FINE_TUNE and a shared bit-identical text encoder or VAE); else, with ``nearest``, a nearest-only edge."""
+    i, j = sorted((i, j))
+    d, rel = _distances(ctx, i, j)
+    shared = [
+        c for c in _shared(parts, i, j) if R.COMPONENT_PARTS.get(c.split("@")[0], "VAE") in _SHARED_PARTS
+    ]
+    a, b = ctx.names[i], ctx.names[j]
+    if rel is not None and rel <= NEAR_DUP:
+        note = (
+            f"near-duplicates (relative distance {rel:.2g}): a re-save at another precision, or barely "
+            "trained (which of them came first is not known)"
+        )
+        return Edge("fine-tune", a, b, False, True, d, rel, components=shared, source=source, note=note)
+    if rel is not None and rel <= FINE_TUNE and shared:
+        labels = ", ".join(_label(c) for c in shared)
+        note = (
+            f"relative distance {rel:.3g}, bit-identical {labels}: one is a fine-tune of the other (which of "
+            "them is not known)"
+        )
+        return Edge("fine-tune", a, b, False, True, d, rel, components=shared, source=source, note=note)
+    if not nearest:
+        return None
+    why = f"relative distance {rel:.3g}" if rel is not None else "no distance"
+    note = f"only the nearest neighbour ({why}): no evidence of a relation"
+    return Edge("nearest", a, b, False, False, d, rel, components=shared, source=source, note=note)
+
+
+def _close_pairs(ctx: _Ctx, parts, linked: set[frozenset[int]]) -> list[Edge]:
+    """Each node with its nearest other node, where the two are near-duplicates or a fine-tune and no edge
+    links them yet (the spanning tree would miss the pair where other evidence already joins them)."""
+    edges, done = [], set(linked)
+    for t in ctx.reps:
+        others = [c for c in ctx.reps if c != t and np.isfinite(ctx.dist[t, c])]
+        if not others:
+            continue
+        n = min(others, key=lambda c: ctx.dist[t, c])
+        pair = frozenset((t, n))
+        if pair not in done and (e := _pair_edge(ctx, parts, t, n, "nearest neighbour", nearest=False)):
+            edges.append(e)
+        done.add(pair)
+    return edges
+
+
 def _spanning(ctx: _Ctx, joined: list[tuple[int, int]], parts) -> list[Edge]:
     """Minimum spanning tree on denoiser distances over the nodes, the evidence pairs ``joined`` already
-    linked: each new edge a ``fine-tune`` (small relative distance and a shared bit-identical TE / VAE) or
-    ``nearest``."""
+    linked: each new edge a near-duplicate or ``fine-tune`` (``_pair_edge``), or only ``nearest``."""
     import networkx as nx
 
     g = nx.Graph()
@@ -501,46 +588,8 @@ def _spanning(ctx: _Ctx, joined: list[tuple[int, int]], parts) -> list[Edge]:
     for i, j in joined:
         if g.has_edge(ctx.rep_of[i], ctx.rep_of[j]):
             g[ctx.rep_of[i]][ctx.rep_of[j]]["weight"] = 0.0
-    edges = []
-    for i, j, w in sorted(nx.minimum_spanning_tree(g).edges(data="weight"), key=lambda e: e[2]):
-        if w == 0.0:
-            continue
-        i, j = sorted((i, j))
-        d, rel = _distances(ctx, i, j)
-        shared = [
-            c for c in _shared(parts, i, j) if R.COMPONENT_PARTS.get(c.split("@")[0], "VAE") in _SHARED_PARTS
-        ]
-        if rel is not None and rel <= FINE_TUNE and shared:
-            labels = ", ".join(_label(c) for c in shared)
-            e = Edge(
-                "fine-tune",
-                ctx.names[i],
-                ctx.names[j],
-                False,
-                True,
-                d,
-                rel,
-                components=shared,
-                source="spanning tree",
-                note=f"relative distance {rel:.3g}, bit-identical {labels}: one is a fine-tune of the other "
-                "(which of them is not known)",
-            )
-        else:
-            why = f"relative distance {rel:.3g}" if rel is not None else "no distance"
-            e = Edge(
-                "nearest",
-                ctx.names[i],
-                ctx.names[j],
-                False,
-                False,
-                d,
-                rel,
-                components=shared,
-                source="spanning tree",
-                note=f"only the nearest neighbour ({why}): no evidence of a relation",
-            )
-        edges.append(e)
-    return edges
+    tree = sorted(nx.minimum_spanning_tree(g).edges(data="weight"), key=lambda e: e[2])
+    return [_pair_edge(ctx, parts, i, j, "spanning tree", nearest=True) for i, j, w in tree if w != 0.0]
 
 
 def _merge_record(ctx: _Ctx, t: int, f: _Fit) -> tuple[dict[str, Any], list[Edge]]:
@@ -551,6 +600,7 @@ def _merge_record(ctx: _Ctx, t: int, f: _Fit) -> tuple[dict[str, Any], list[Edge
         "parents": {n[p]: f.overall[p] for p in f.parents},
         "blocks": {g[6:]: {n[p]: w[p] for p in f.parents} for g, w in f.weights.items()},
         "residual_share": f.share,
+        "residual_vs_nearest": f.nearest_share,
         "verdict": f.verdict,
     }
     text = " + ".join(f"{f.overall[p]:.3g}·{n[p]}" for p in f.parents)
@@ -588,6 +638,8 @@ def build(pl: Plan, total: Partial) -> Lineage:
     for i, r in ctx.rep_of.items():
         if r != i:
             nodes[i].same_denoiser_as = names[r]
+    for j, i in ctx.twin_of.items():
+        nodes[j].near_duplicate_of = names[i]
     merges = _merges(ctx)
     edges: list[Edge] = _same_component_edges(ctx, parts)
     records = []
@@ -621,6 +673,9 @@ def build(pl: Plan, total: Partial) -> Lineage:
                 note=f"the metadata of {names[i]} names its base: {named}",
             )
         )
+    close = _close_pairs(ctx, parts, {frozenset((ctx.rep_of[i], ctx.rep_of[j])) for i, j in joined})
+    edges += close
+    joined += [(index[e.a], index[e.b]) for e in close]
     edges += _spanning(ctx, joined, parts)
     identity = {_label(c): [[names[i] for i in g] for g in groups] for c, groups in parts.items() if groups}
     fams = [m.family for m in pl.models if m.family != "unknown"]
@@ -632,9 +687,13 @@ def build(pl: Plan, total: Partial) -> Lineage:
         records,
         max(set(fams), key=fams.count) if fams else "unknown",
         {
+            "explained_share": EXPLAINED,
+            "trained_further_share": TRAINED,
+            "trained_further_vs_nearest": TRAINED_NEAREST,
             "parent_weight": PARENT_WEIGHT,
             "fine_tune_relative_distance": FINE_TUNE,
-            "trained_further_share": TRAINED,
+            "near_duplicate_relative_distance": NEAR_DUP,
+            "fit_noise": NOISE,
         },
         skipped=list(pl.skipped),
     )

@@ -74,6 +74,10 @@ def _link(lin: Lineage, e: Edge, child: str) -> str:
         return f"merge of {parts} (residual {_pct(e.residual_share)}: {how})"
     if e.kind == "fine-tune" and e.directed:
         return f"fine-tune of {_show(lin, e.a)} (named in its metadata)"
+    if e.kind == "fine-tune" and e.note.startswith("near-duplicates"):
+        return (
+            f"near-duplicate, direction unknown (relative distance {e.relative_distance:.2g}, {_shared(e)})"
+        )
     if e.kind == "fine-tune":
         return f"fine-tune, direction unknown (relative distance {e.relative_distance:.3g}, {_shared(e)})"
     if e.kind == "add-difference":
@@ -146,9 +150,13 @@ def tree(lin: Lineage) -> list[_Item]:
 
 
 def _root_text(lin: Lineage, name: str) -> str:
-    evidence = [e for e in lin.edges if e.evidence and name in (e.a, e.b) and e.kind != "same-component"]
-    if evidence:
+    edges = [e for e in lin.edges if e.evidence and name in (e.a, e.b)]
+    if any(e.kind != "same-component" for e in edges):
         return "root"
+    shared = sorted({e.b if e.a == name else e.a for e in edges})
+    if shared:
+        names = ", ".join(_show(lin, x) for x in shared)
+        return f"root (no evidence of a relation beyond bit-identical parts shared with {names})"
     return "root (no evidence of a relation to any other model)"
 
 
@@ -250,6 +258,8 @@ def _edge_label(e: Edge) -> str:
         return _w(e.weight or 0) + (" +trained" if e.trained_further else "")
     if e.kind == "add-difference":
         return f"add-diff α={_w(e.alpha or 0)}"
+    if e.kind == "fine-tune" and e.note.startswith("near-duplicates"):
+        return "near-duplicate"
     if e.kind == "fine-tune":
         return "fine-tune" if e.directed else "fine-tune?"
     if e.kind == "same-component":
@@ -290,8 +300,10 @@ def layout(lin: Lineage) -> dict[str, tuple[float, float]]:
             x[item.name] = sum(xs) / len(xs)
         return x[item.name]
 
+    alone = [it.name for it in items if not it.children and _root_text(lin, it.name) != "root"]
     for it in items:
-        place(it, 0)
+        if it.name not in alone:
+            place(it, 0)
     for n in lin.nodes:
         for p in n.explained_by or []:
             if p in depth and p not in up.get(n.name, []):
@@ -313,7 +325,10 @@ def layout(lin: Lineage) -> dict[str, tuple[float, float]]:
         for p, k in zip(pos, layer, strict=True):
             x[k] = p - shift
     low = min(x.values(), default=0.0)
-    return {k: (x[k] - low, -float(depth[k])) for k in x}
+    out = {k: (x[k] - low, -float(depth[k])) for k in x}
+    bottom = -float(max(depth.values(), default=-1) + 1)  # models with no evidence of a relation: a row apart
+    out.update({k: (float(i), bottom) for i, k in enumerate(alone)})
+    return out
 
 
 def draw(lin: Lineage, path: Path) -> Path:
@@ -355,19 +370,69 @@ def _draw_dot(lin: Lineage, path: Path, dot: str) -> Path:
 
 
 def _free_spot(
-    taken: list[tuple[float, float, float]], x0: float, y0: float, x1: float, y1: float, t0: float, chars: int
+    taken: list[tuple[float, float, float]], points: list[tuple[float, float]], chars: int
 ) -> tuple[float, float]:
-    """A point on the segment for a label of ``chars`` characters that overlaps no label or node placed so
-    far (the first free one from ``t0`` outwards; ``t0`` itself where none is), recorded in ``taken``."""
+    """The first of ``points`` where a label of ``chars`` characters overlaps no label or node placed so far
+    (the first point where none is free), recorded in ``taken``."""
     half = 0.045 * chars  # in layout units: a node slot is 1 wide at about 2.3 inches
-    for t in (t0, 0.5, 0.3, 0.7, 0.2, 0.8, 0.4, 0.6):
-        x, y = x0 + t * (x1 - x0), y0 + t * (y1 - y0)
-        if all(abs(x - tx) > half + th or abs(y - ty) > 0.12 for tx, ty, th in taken):
-            break
-    else:
-        x, y = x0 + t0 * (x1 - x0), y0 + t0 * (y1 - y0)
+    free = [
+        p for p in points if all(abs(p[0] - tx) > half + th or abs(p[1] - ty) > 0.12 for tx, ty, th in taken)
+    ]
+    x, y = (free or points)[0]
     taken.append((x, y, half))
     return x, y
+
+
+def _bend(pos: dict[str, tuple[float, float]], a: str, b: str) -> float:
+    """How far to bow the edge a — b (0: straight): edges within a row, and edges passing over a node."""
+    (x0, y0), (x1, y1) = pos[a], pos[b]
+    if abs(y1 - y0) < 1e-9:
+        return 0.15 if y0 >= 0 else -0.15
+    for k, (x, y) in pos.items():
+        if k in (a, b) or not min(y0, y1) < y < max(y0, y1):
+            continue
+        t = (y - y0) / (y1 - y0)
+        if abs(x0 + t * (x1 - x0) - x) < 0.35:
+            return 0.2
+    return 0.0
+
+
+def _curve(p0: tuple[float, float], p1: tuple[float, float], bend: float, ts) -> list[tuple[float, float]]:
+    """Points at ``ts`` on the quadratic curve from p0 to p1 bowed by ``bend`` × their distance."""
+    (x0, y0), (x1, y1) = p0, p1
+    cx, cy = (x0 + x1) / 2 - bend * (y1 - y0), (y0 + y1) / 2 + bend * (x1 - x0)
+    return [
+        (
+            (1 - t) ** 2 * x0 + 2 * (1 - t) * t * cx + t * t * x1,
+            (1 - t) ** 2 * y0 + 2 * (1 - t) * t * cy + t * t * y1,
+        )
+        for t in ts
+    ]
+
+
+def _draw_edges(ax, lin: Lineage, pos: dict[str, tuple[float, float]], taken) -> None:
+    """Every edge drawn: straight (arrowed from a parent where directed) or bowed around the nodes; labels
+    where they overlap nothing drawn before."""
+    for e in _drawn(lin):
+        colour, style = _STYLE[e.kind]
+        lw = 1.6 if e.evidence else 1.0
+        bend = _bend(pos, e.a, e.b)
+        line = _curve(pos[e.a], pos[e.b], bend, [i / 40 for i in range(41)])
+        ax.plot(*zip(*line, strict=True), color=colour, ls=style, lw=lw, zorder=1)
+        if e.directed:  # the head, on the last third of the line (the end lies under the child's box)
+            ax.annotate(
+                "", xy=line[-1], xytext=line[-14], zorder=1,
+                arrowprops={"arrowstyle": "-|>", "color": colour, "lw": lw, "shrinkA": 0, "shrinkB": 13},
+            )  # fmt: skip
+        label = _edge_label(e)
+        if label:
+            first = 0.35 if e.kind == "merge" else 0.5
+            ts = [first, 0.5, 0.3, 0.7, 0.2, 0.8, 0.4, 0.6]
+            x, y = _free_spot(taken, _curve(pos[e.a], pos[e.b], bend, ts), len(label))
+            ax.text(
+                x, y, label, fontsize=8, color=colour, ha="center", va="center", zorder=3,
+                bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none"},
+            )  # fmt: skip
 
 
 def _draw_matplotlib(lin: Lineage, path: Path) -> Path:
@@ -380,39 +445,15 @@ def _draw_matplotlib(lin: Lineage, path: Path) -> Path:
     short = _short(lin)
     width = max(x for x, _ in pos.values()) + 1
     height = -min(y for _, y in pos.values()) + 1
-    fig, ax = plt.subplots(figsize=(max(6.0, 2.3 * width), max(3.5, 1.6 * height + 1.2)))
+    fig, ax = plt.subplots(figsize=(max(6.0, 2.0 * width), max(3.5, 1.6 * height + 1.2)))
     taken: list[tuple[float, float, float]] = [(x, y, 0.5) for x, y in pos.values()]  # centre, half width
-    for e in _drawn(lin):
-        colour, style = _STYLE[e.kind]
-        (x0, y0), (x1, y1) = pos[e.a], pos[e.b]
-        ax.annotate(
-            "",
-            xy=(x1, y1),
-            xytext=(x0, y0),
-            arrowprops={
-                "arrowstyle": "-|>" if e.directed else "-",
-                "color": colour,
-                "linestyle": style,
-                "lw": 1.6 if e.evidence else 1.0,
-                "shrinkA": 14,
-                "shrinkB": 14,
-            },
-            zorder=1,
-        )
-        label = _edge_label(e)
-        if label:
-            lx, ly = _free_spot(taken, x0, y0, x1, y1, 0.35 if e.kind == "merge" else 0.5, len(label))
-            ax.text(
-                lx,
-                ly,
-                label,
-                fontsize=8,
-                color=colour,
-                ha="center",
-                va="center",
-                zorder=3,
-                bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none"},
-            )
+    _draw_edges(ax, lin, pos, taken)
+    lone = [n.name for n in lin.nodes if pos[n.name][1] == -height + 1 and _root_text(lin, n.name) != "root"]
+    if lone:
+        ax.text(
+            -0.7, -height + 1.28, "no evidence of a relation:", fontsize=8, style="italic", color="#555555",
+            ha="left", va="center",
+        )  # fmt: skip
     roots = set(lin.roots)
     for n in lin.nodes:
         x, y = pos[n.name]
@@ -428,7 +469,7 @@ def _draw_matplotlib(lin: Lineage, path: Path) -> Path:
             bbox={"boxstyle": "round,pad=0.4", "fc": face, "ec": "#333333", "lw": 1.0},
         )
     ax.set_xlim(-0.8, width - 0.2)
-    ax.set_ylim(-height + 0.4, 0.6)
+    ax.set_ylim(-height + 0.3, 0.7)
     ax.axis("off")
     handles = [
         Line2D([], [], color=_STYLE["merge"][0], marker=">", label="merge (parent → child, weight)"),
