@@ -30,6 +30,8 @@ _PEAK = 3  # bins either side of the ratio histogram's mode that count as "the s
 _MIN_VALUES = 200  # fewer resolvable values than this: no verdict
 _CHUNK = 1 << 22  # values widened at a time on the torch path
 
+NONLINEAR = ("DARE", "TIES", "crossover")  # methods a linear fit cannot rebuild
+
 # field indices of the kernel's counts (_jit.SIG_FIELDS)
 VALUES, EQ_BASE, EQ_CAND, DELTA_DROPPED, DELTA_KEPT, OUTSIDE, AGREE = range(7)
 
@@ -152,7 +154,9 @@ def read_signature(
         ws = _weighted(ev, fit, names)
         if ws is not None:
             return ws
-    return Signature("unknown", "unknown method: the element counts match no method sdlens knows", evidence=best)
+    return Signature(
+        "unknown", "unknown method: the element counts match no method sdlens knows", evidence=best
+    )
 
 
 def _dare(e: Evidence, names) -> Signature:
@@ -177,16 +181,30 @@ def _ties(e: Evidence, names) -> Signature:
 
 
 def _weighted(ev: list[Evidence], fit: GroupFit | None, names) -> Signature | None:
-    """No value is either parent's: a weighted sum, if one ratio holds for the pair the fit weights most."""
-    if fit is None:
+    """No value is either parent's and the fit explains the group: a linear merge (weighted sum, average,
+    add difference); the ratio the pair the fit weights most shares is quoted where one holds."""
+    if fit is None or fit.verdict not in ("explained", "trained further"):
         return None
     top = sorted(zip(fit.candidates, fit.affine.weights, strict=True), key=lambda x: -abs(x[1]))[:2]
-    if len(top) < 2:
-        return None
-    (a, _), (b, wb) = top
-    e = next((x for x in ev if x.base == a and x.candidate == b), None)
-    if e is None or e.ratio is None or e.at_ratio < 0.5:
-        return None
-    return Signature(
-        "weighted sum", f"weighted sum: every value at one ratio ({e.ratio:.3g}) between parents", evidence=e
+    e = None
+    if len(top) == 2:
+        (a, _), (b, _) = top
+        e = next((x for x in ev if x.base == a and x.candidate == b), None)
+    text = "no value kept from any parent: a linear merge (weighted sum / add difference / average)"
+    if e is not None and e.ratio is not None and e.at_ratio >= 0.5:
+        text += f"; every value at one ratio ({e.ratio:.3g}) between {names[e.base]} and {names[e.candidate]}"
+    return Signature("weighted sum", text, evidence=e)
+
+
+def nonlinear_formula(sig: Signature, names) -> str:
+    """A DARE / TIES / crossover signature as a formula (``names``: model index -> label, A, B…)."""
+    e = sig.evidence
+    a, b = names[e.base], names[e.candidate]
+    if sig.method == "crossover":
+        return f"crossover({a}, {b}): {e.taken:.0%} of values from {b}"
+    lam = (
+        ""
+        if sig.scale is None
+        else f"{sig.scale * (1 - e.dropped) if sig.method == 'DARE' else sig.scale:.3g}*"
     )
+    return f"{a} + {lam}{sig.method}({b} - {a}, drop {e.dropped:.2f})"

@@ -19,7 +19,7 @@ from sdlens.analysis.matrix_plan import KeyPlan, Plan
 from sdlens.analysis.matrix_run import run_task
 from sdlens.analysis.matrix_state import ModelInfo, Partial
 from sdlens.analysis.merge_fit import GroupFit, fit_group, verdict
-from sdlens.analysis.merge_signature import Signature, probe_key, read_signature
+from sdlens.analysis.merge_signature import NONLINEAR, Signature, nonlinear_formula, probe_key, read_signature
 from sdlens.analysis.recipe_words import Mbw, Term, describe, whole_model
 from sdlens.arch.blocks import block_names
 from sdlens.choices import RecipeBy, check_choice
@@ -149,7 +149,9 @@ def _group(pl: Plan, total: Partial, g: str, names: dict[int, str], dtype: str) 
     display = g.split(":", 1)[1] if ":" in g else g
     labels = {i: LABELS[i - 1] for i in range(1, n)}
     if sig[0] is None:
-        return GroupRecipe(display, None, None, Signature("no evidence", "not in the model"), "not in the model")
+        return GroupRecipe(
+            display, None, None, Signature("no evidence", "not in the model"), "not in the model"
+        )
     cands = [i for i in range(1, n) if sig[i] == sig[0]]
     left = [names[i] for i in range(1, n) if sig[i] != sig[0]]
     note = f"left out here (missing or another key set): {', '.join(left)}" if left else None
@@ -185,7 +187,7 @@ def recipe(
     if not candidates:
         raise SdlensError(model, "recipe needs at least one candidate (--from)")
     paths = [model, *candidates]
-    pl = matrix_plan.plan(paths, metric="cos", time_embed=time_embed, per_key=by == "key")
+    pl = matrix_plan.plan(paths, metric="cos", time_embed=time_embed, per_key=by == "key", base_block=True)
     if not pl.models or Path(pl.models[0].path) != Path(model):
         why = next((s["error"] for s in pl.skipped if Path(s["path"]) == Path(model)), "cannot be read")
         raise SdlensError(model, why)
@@ -211,6 +213,13 @@ def summarise(pl: Plan, total: Partial, *, by: str = "block") -> RecipeResult:
     order = block_names(family) if by == "block" else [g.group for g in groups]
     formula, mbw = whole_model(terms, order)
     share, overall = _overall(groups if by == "block" else [], den)
+    method = den.signature if den else Signature("no evidence", "no denoiser")
+    if method.method in NONLINEAR:  # not linear: the fit's weights are only averages
+        formula, mbw, overall = (
+            nonlinear_formula(method, dict(enumerate(["M", *labels]))),
+            None,
+            method.method,
+        )
     return RecipeResult(
         pl.models[0],
         pl.models[1:],
@@ -220,7 +229,7 @@ def summarise(pl: Plan, total: Partial, *, by: str = "block") -> RecipeResult:
         components,
         formula,
         mbw,
-        den.signature if den else Signature("no evidence", "no denoiser"),
+        method,
         share,
         overall,
         _equal_shares(total, den, labels),
@@ -233,7 +242,7 @@ def _overall(blocks: list[GroupRecipe], den: GroupRecipe | None) -> tuple[float 
     candidate (each block fitted on its own), or the denoiser's own fit when not by block."""
     if den is None or den.fit is None:
         return None, "not comparable"
-    fits = [b.fit for b in blocks if b.fit is not None and b.group not in ("BASE",)]
+    fits = [b.fit for b in blocks if b.fit is not None and b.group != "BASE"]
     if not fits:
         return den.fit.affine.share, den.fit.verdict
     res = float(np.sqrt(sum(f.affine.residual**2 for f in fits)))
