@@ -343,6 +343,7 @@ def build_merge_family(out_dir: str | Path, dtype: torch.dtype = torch.float32) 
         },
     }
 
+    truth["unrelated"]["residual_share"] = _residual_share(m["unrelated"], a, [b], unet)  # as merge_trained's
     rel = NEAR_REL.get(dtype, 1e-6)
     m["near_dup_b"] = _round(b + _noise(lay, b, np.ones(b.size, dtype=bool), rel, 31), dtype)
     truth["near_dup_b"] = {
