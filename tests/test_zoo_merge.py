@@ -171,25 +171,35 @@ def test_crossover(fam):
 
 def test_merge_trained_residual_share(fam):
     t = fam.family.truth["merge_trained"]
+    assert (t["P0"], t["candidates"]) == ("base_a", ["base_a", "base_b"])
     a, b, m = fam.v("base_a"), fam.v("base_b"), fam.v("merge_trained")
     (w,), res = _fit(m, a, [b])
     assert res == pytest.approx(t["residual_share"], rel=1e-9)
     assert res == pytest.approx(0.3 / math.sqrt(1 + 0.3**2), abs=0.01)
     assert w == pytest.approx(0.5, abs=0.01)
-    by = t["residual_share_by_group"]
-    for blk in ("IN04", "M00", "OUT11"):
-        assert _fit(fam.v("merge_trained", blk), fam.v("base_a", blk), [fam.v("base_b", blk)])[1] == (
-            pytest.approx(by[f"block:{blk}"], rel=1e-9)
-        )
+    near = min(np.linalg.norm(m - a), np.linalg.norm(m - b))
+    assert res * np.linalg.norm(m - a) / near == pytest.approx(t["residual_share_vs_nearest"], rel=1e-9)
+    by = t["by_group"]
+    blocks = [k for k in fam.sel if k not in ("unet", "te", "vae")]
+    assert len(blocks) == 25 and {f"block:{k}" for k in blocks} <= set(by)
+    resid = []
+    for blk in blocks:
+        mb, ab, bb = fam.v("merge_trained", blk), fam.v("base_a", blk), fam.v("base_b", blk)
+        _, r = _fit(mb, ab, [bb])
+        assert r == pytest.approx(by[f"block:{blk}"]["vs_p0"], rel=1e-9), blk
+        resid.append(r * np.linalg.norm(mb - ab))
+    blockwise = math.sqrt(sum(x * x for x in resid)) / near
+    assert blockwise == pytest.approx(t["residual_share_blockwise"], rel=1e-9)
     for part, grp in (("te", "clip_l"), ("vae", "vae")):  # an exact 0.5 / 0.5 merge there
         _, r = _fit(fam.v("merge_trained", part), fam.v("base_a", part), [fam.v("base_b", part)])
-        assert r < 1e-3 and r == pytest.approx(by[grp], rel=1e-6, abs=1e-12)
+        assert r < 1e-3 and r == pytest.approx(by[grp]["vs_p0"], rel=1e-6, abs=1e-12)
 
 
 def test_unrelated_and_near_duplicate(fam):
     a, b, u = fam.v("base_a"), fam.v("base_b"), fam.v("unrelated")
     _, res = _fit(u, a, [b])
     assert res > 0.8 and res == pytest.approx(fam.family.truth["unrelated"]["residual_share"], rel=1e-9)
+    assert fam.family.truth["unrelated"]["residual_share_blockwise"] > 0.8
     t = fam.family.truth["near_dup_b"]
     near = fam.v("near_dup_b")
     assert np.linalg.norm(near - b) / np.linalg.norm(b) == pytest.approx(t["relative_change"], rel=0.1)

@@ -174,13 +174,43 @@ def _ties(lay: _Layout, base: np.ndarray, models: list[np.ndarray], k: float, la
     return base + lam * merged, count, agree
 
 
-def _residual_share(m: np.ndarray, p0: np.ndarray, others: list[np.ndarray], sel: np.ndarray) -> float:
-    """‖r‖ / ‖M − P0‖ where r is M − P0 less its least-squares projection on span{Pi − P0} (float64)."""
-    d = (m - p0)[sel]
-    a = np.stack([(p - p0)[sel] for p in others], axis=1)
+def _residual(m: np.ndarray, cands: list[np.ndarray], sel: np.ndarray) -> float:
+    """‖r‖: M less its least-squares affine fit Σ wᵢ Pᵢ (Σ wᵢ = 1) over ``sel``, float64. The same for any
+    choice of the reference P0 among the candidates."""
+    p0 = cands[0][sel]
+    d = m[sel] - p0
+    a = np.stack([p[sel] - p0 for p in cands[1:]], axis=1)
     coef, *_ = np.linalg.lstsq(a, d, rcond=None)
-    den = float(np.linalg.norm(d))
-    return float(np.linalg.norm(d - a @ coef)) / den if den else 0.0
+    return float(np.linalg.norm(d - a @ coef))
+
+
+def _shares(m: np.ndarray, cands: dict[str, np.ndarray], groups: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Residual shares of M against ``cands`` (affine fit), per group and over the denoiser: against the
+    first candidate (P0) and against the candidate nearest to M in that group; and the denoiser's share
+    with every UNet block fitted on its own (√Σ residual_b² / ‖M − nearest‖ over the denoiser)."""
+    names, arrays = list(cands), list(cands.values())
+    per: dict[str, dict[str, Any]] = {}
+    for g, sel in groups.items():
+        r = _residual(m, arrays, sel)
+        dist = {n: float(np.linalg.norm((m - x)[sel])) for n, x in cands.items()}
+        near = min(dist, key=dist.__getitem__)
+        per[g] = {
+            "residual": r,
+            "vs_p0": r / dist[names[0]] if dist[names[0]] else 0.0,
+            "nearest": near,
+            "vs_nearest": r / dist[near] if dist[near] else 0.0,
+        }
+    blocks = [v["residual"] for g, v in per.items() if g.startswith("block:")]
+    den = per["denoiser"]
+    dist = den["residual"] / den["vs_nearest"] if den["vs_nearest"] else 0.0
+    return {
+        "P0": names[0],
+        "candidates": names,
+        "residual_share": den["vs_p0"],
+        "residual_share_vs_nearest": den["vs_nearest"],
+        "residual_share_blockwise": float(np.sqrt(sum(x * x for x in blocks))) / dist if dist else 0.0,
+        "by_group": per,
+    }
 
 
 def _share(hit: np.ndarray, sel: np.ndarray) -> float:
@@ -329,21 +359,19 @@ def build_merge_family(out_dir: str | Path, dtype: torch.dtype = torch.float32) 
             "B": "base_b",
             "alpha": 0.5,
             "weights": {"base_a": 0.5, "base_b": 0.5},
-        },  # fmt: skip
+        },
         "trained": ["denoiser"],
         "noise_ratio_per_tensor": TRAINED_NOISE_RATIO,
         "noise_norm": float(np.linalg.norm(noise)),
         "residual_share_definition": (
-            "||r|| / ||M - P0|| with P0 = base_a, candidates [base_a, base_b]: r = (M - P0) less its "
-            "least-squares projection on (base_b - P0), over the group's stored values, float64 (numpy)"
+            "||r|| / ||M - P0||, r = M less its least-squares affine fit w0*P0 + w1*P1 (w0 + w1 = 1) over "
+            "the candidates [base_a, base_b], P0 = base_a, over the stored values of the denoiser, float64 "
+            "(numpy); also against the candidate nearest to M (vs_nearest), per group (by_group: the matrix "
+            "engine's components and blocks), and with every UNet block fitted on its own (blockwise)"
         ),
-        "residual_share": _residual_share(m["merge_trained"], a, [b], unet),
-        "residual_share_by_group": {
-            g: _residual_share(m["merge_trained"], a, [b], sel) for g, sel in groups.items()
-        },
+        **_shares(m["merge_trained"], {"base_a": a, "base_b": b}, groups),
     }
-
-    truth["unrelated"]["residual_share"] = _residual_share(m["unrelated"], a, [b], unet)  # as merge_trained's
+    truth["unrelated"].update(_shares(m["unrelated"], {"base_a": a, "base_b": b}, groups))  # same fits
     rel = NEAR_REL.get(dtype, 1e-6)
     m["near_dup_b"] = _round(b + _noise(lay, b, np.ones(b.size, dtype=bool), rel, 31), dtype)
     truth["near_dup_b"] = {
