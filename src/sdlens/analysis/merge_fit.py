@@ -223,3 +223,14 @@ def _conditioning(d2: np.ndarray, cols: list[int]) -> tuple[float, tuple[int, in
     n = int(np.argmin(d[iu]))
     a, b = iu[0][n], iu[1][n]
     return cond, (cols[a], cols[b], float(np.sqrt(max(d[a, b], 0.0))) / far)
+
+
+def residual_with(
+    sums: Mapping[str, np.ndarray], target: int, cands: Sequence[int], weights: Sequence[float]
+) -> float:
+    """‖M − Σ wᵢ Pᵢ‖ for given weights summing to 1 (= √(wᵀHw), Hᵢⱼ = ⟨Pᵢ − M, Pⱼ − M⟩): does another
+    group's recipe hold here too?"""
+    d2 = sums["d2"]
+    w = np.asarray(weights, dtype=np.float64)
+    h = np.array([[_inner(d2, i, j, target) for j in cands] for i in cands])
+    return float(np.sqrt(max(w @ h @ w, 0.0)))

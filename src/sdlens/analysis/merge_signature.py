@@ -124,10 +124,16 @@ def _evidence(out: np.ndarray, hist: np.ndarray, b: int, j: int, cands: Sequence
 
 
 def read_signature(
-    out: np.ndarray | None, hist: np.ndarray | None, cands: Sequence[int], fit: GroupFit | None, names
+    out: np.ndarray | None,
+    hist: np.ndarray | None,
+    cands: Sequence[int],
+    fit: GroupFit | None,
+    names,
+    linear: bool | None = None,
 ) -> Signature:
     """The method the element counts of one group point to (``cands``: model indices of the candidates, in
-    the rows' order; ``names``: model index -> display name)."""
+    the rows' order; ``names``: model index -> display name; ``linear``: whether a linear fit explains the
+    model — by default, ``fit``'s verdict)."""
     if fit is not None and fit.copy_of is not None:
         return Signature("copy", f"copied whole from {names[fit.copy_of]}")
     if out is None or not out[..., VALUES].any():
@@ -137,7 +143,7 @@ def read_signature(
     if not pairs:
         return Signature("no evidence", "too few values that differ clearly between candidates")
     ev = [_evidence(out, hist, b, j, cands) for b, j in pairs]
-    best = max(ev, key=lambda e: (e.dropped + e.taken, e.at_ratio))
+    best = max(ev, key=lambda e: (round(e.dropped + e.taken, 2), e.at_ratio))  # same drops: the clear ratio
     if best.dropped + best.taken >= 0.95 and min(best.dropped, best.taken) >= 0.02:
         share = best.taken
         text = (
@@ -151,7 +157,7 @@ def read_signature(
         if 0.7 <= best.magnitude <= 1.4:
             return _dare(best, names)
     if best.dropped + best.taken < 0.01:
-        ws = _weighted(ev, fit, names)
+        ws = _weighted(ev, fit, names, linear)
         if ws is not None:
             return ws
     return Signature(
@@ -180,10 +186,10 @@ def _ties(e: Evidence, names) -> Signature:
     return Signature("TIES", text, drop_rate=e.dropped, scale=scale, evidence=e)
 
 
-def _weighted(ev: list[Evidence], fit: GroupFit | None, names) -> Signature | None:
+def _weighted(ev: list[Evidence], fit: GroupFit | None, names, linear: bool | None) -> Signature | None:
     """No value is either parent's and the fit explains the group: a linear merge (weighted sum, average,
     add difference); the ratio the pair the fit weights most shares is quoted where one holds."""
-    if fit is None or fit.verdict not in ("explained", "trained further"):
+    if fit is None or not (fit.verdict in ("explained", "trained further") if linear is None else linear):
         return None
     top = sorted(zip(fit.candidates, fit.affine.weights, strict=True), key=lambda x: -abs(x[1]))[:2]
     e = None

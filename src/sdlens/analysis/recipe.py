@@ -18,7 +18,7 @@ from sdlens.analysis import matrix_plan
 from sdlens.analysis.matrix_plan import KeyPlan, Plan
 from sdlens.analysis.matrix_run import run_task
 from sdlens.analysis.matrix_state import ModelInfo, Partial
-from sdlens.analysis.merge_fit import GroupFit, fit_group, verdict
+from sdlens.analysis.merge_fit import GroupFit, fit_group, residual_with, verdict
 from sdlens.analysis.merge_signature import NONLINEAR, Signature, nonlinear_formula, probe_key, read_signature
 from sdlens.analysis.recipe_words import Mbw, Term, describe, whole_model
 from sdlens.arch.blocks import block_names
@@ -37,6 +37,7 @@ class GroupRecipe:
     term: Term | None
     signature: Signature
     note: str | None = None  # why it was not fitted
+    sums: str = ""  # the plan's name of the group (``block:IN04``)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -165,7 +166,7 @@ def _group(pl: Plan, total: Partial, g: str, names: dict[int, str], dtype: str) 
         keep = [rows.index(c) for c in cands]
         out, hist = out[np.ix_(keep, keep)], hist[np.ix_(keep, keep)]
     signature = read_signature(out, hist, cands, fit, names)
-    return GroupRecipe(display, fit, term, signature, note)
+    return GroupRecipe(display, fit, term, signature, note, g)
 
 
 def recipe(
@@ -211,9 +212,11 @@ def summarise(pl: Plan, total: Partial, *, by: str = "block") -> RecipeResult:
     family = pl.models[0].family
     terms = {g.group: g.term for g in groups if g.term is not None}
     order = block_names(family) if by == "block" else [g.group for g in groups]
-    formula, mbw = whole_model(terms, order)
+    formula, mbw = _one_formula(total, groups) or whole_model(terms, order)
     share, overall = _overall(groups if by == "block" else [], den)
-    method = den.signature if den else Signature("no evidence", "no denoiser")
+    method = _model_signature(
+        total, groups if by != "component" else [den] if den else [], by, den, names, overall
+    )
     if method.method in NONLINEAR:  # not linear: the fit's weights are only averages
         formula, mbw, overall = (
             nonlinear_formula(method, dict(enumerate(["M", *labels]))),
@@ -234,6 +237,52 @@ def summarise(pl: Plan, total: Partial, *, by: str = "block") -> RecipeResult:
         overall,
         _equal_shares(total, den, labels),
         skipped=list(pl.skipped),
+    )
+
+
+def _one_formula(total: Partial, groups: list[GroupRecipe]) -> tuple[str, None] | None:
+    """The formula of the most common (non-copy) term, when its weights explain every group — blocks that
+    look like copies included (in BASE, a fine-tune's text encoder is its base's: B − C = 0 there)."""
+    terms = [g for g in groups if g.fit is not None and g.term is not None and g.fit.copy_of is None]
+    if not terms:
+        return None
+    texts = [g.term.text for g in terms]
+    lead = next(g for g in terms if g.term.text == max(set(texts), key=texts.count))
+    weights = lead.fit.affine.weights
+    for g in groups:
+        if g.fit is None:
+            continue
+        if g.fit.candidates != lead.fit.candidates:
+            return None
+        res = residual_with(total.group(g.sums), 0, g.fit.candidates, weights)
+        dist = g.fit.distance
+        if dist and verdict(res / dist, g.fit.floor, dist) != "explained":
+            return None
+    return lead.term.text, None
+
+
+def _model_signature(
+    total: Partial, groups: list[GroupRecipe], by: str, den: GroupRecipe | None, names, overall: str
+) -> Signature:
+    """The method over the denoiser: the element counts of its groups added, leaving out groups copied
+    whole (a copied block's values all equal one parent, which is not a sign of DARE or crossover)."""
+    if den is None or den.fit is None:
+        return Signature("no evidence", "no denoiser")
+    if by == "block":
+        groups = [g for g in groups if g.group != "BASE"]
+    elif by == "key":
+        groups = [g for g in groups if g.group.startswith("denoiser/")]
+    used = [g for g in groups if g.fit is not None and g.fit.copy_of is None]
+    if groups and not used:
+        return Signature("copy", "every block copied whole from a candidate")
+    sums = [total.group(g.sums) for g in used if _SIG_OUT in total.group(g.sums)]
+    if not sums:
+        return Signature("no evidence", "no values to sample")
+    out = sum(s[_SIG_OUT] for s in sums)
+    hist = sum(s[_SIG_HIST] for s in sums)
+    cands = list(range(1, len(names)))
+    return read_signature(
+        out, hist, cands, den.fit, names, linear=overall in ("explained", "trained further")
     )
 
 
