@@ -123,7 +123,9 @@ class Claim:
     method: str  # weighted_sum | add_difference | average | triple_sum | sum_twice | linear | no_interpolation | unknown
     parents: list[Parent]
     alpha: float | None  # global ratio where the tool has one (weighted sum: the second parent's share)
-    block_alphas: dict[str, float] | None  # per merge block (BASE, IN00.., M00, OUT00..; "IN*" = every IN block)
+    block_alphas: (
+        dict[str, float] | None
+    )  # per merge block (BASE, IN00.., M00, OUT00..; "IN*" = every IN block)
     formula: str  # the community's words, e.g. "A*(1-0.3) + B*0.3" or "A + 0.5*(B - C)"
     raw: dict[str, Any]  # the parsed fields (shortened, safe for JSON)
     parents_claims: list[Claim] = field(default_factory=list)  # the parents' own recipes (A1111 nests them)
@@ -243,7 +245,9 @@ def g(x: float) -> str:
 
 
 def unknown(tool: str, why: str, raw: Any = None, parents: list[Parent] | None = None) -> Claim:
-    return Claim(tool, "unknown", parents or [], None, None, f"unknown ({why})", safe_raw(raw) or {}, notes=[why])
+    return Claim(
+        tool, "unknown", parents or [], None, None, f"unknown ({why})", safe_raw(raw) or {}, notes=[why]
+    )
 
 
 # --------------------------------------------------------------------------- formulas and block vectors
@@ -392,11 +396,15 @@ def _parent(label: str, h: Any, models: Mapping[str, Any], name: Any = None) -> 
 
 def _hash_parents(recipe: Mapping[str, Any], models: Mapping[str, Any]) -> list[Parent]:
     keys = ("primary_model_hash", "secondary_model_hash", "tertiary_model_hash")
-    out = [_parent(label, recipe.get(k), models) for label, k in zip("ABC", keys)]
+    out = [_parent(label, recipe.get(k), models) for label, k in zip("ABC", keys, strict=True)]
     return [p for p in out if p is not None]
 
 
-_A1111_METHODS = {"Weighted sum": "weighted_sum", "Add difference": "add_difference", "No interpolation": "no_interpolation"}
+_A1111_METHODS = {
+    "Weighted sum": "weighted_sum",
+    "Add difference": "add_difference",
+    "No interpolation": "no_interpolation",
+}
 _NEEDS = {"weighted_sum": 2, "add_difference": 3, "no_interpolation": 1}
 
 
@@ -409,7 +417,10 @@ def _a1111(recipe: Mapping[str, Any], models: Mapping[str, Any]) -> Claim:
     raw = safe_raw(recipe)
     if method is None:
         return unknown(tool, f"interp_method {safe_raw(interp)!r}", recipe, parents)
-    if len(parents) < _NEEDS[method] or [p.label for p in parents][: _NEEDS[method]] != list("ABC")[: _NEEDS[method]]:
+    if (
+        len(parents) < _NEEDS[method]
+        or [p.label for p in parents][: _NEEDS[method]] != list("ABC")[: _NEEDS[method]]
+    ):
         return unknown(tool, f"{interp} without the models it needs", recipe, parents)
     parents = parents[: _NEEDS[method]]
     if method != "no_interpolation" and m is None:
@@ -422,8 +433,16 @@ def _a1111(recipe: Mapping[str, Any], models: Mapping[str, Any]) -> Claim:
         terms = {"A": one, "B": Coef(m), "C": Coef(-m)}
     else:
         terms = None
-    claim = Claim(tool, method, parents, m if terms else None, None,
-                  formula_of(method, [p.label for p in parents], m), raw, terms=terms)
+    claim = Claim(
+        tool,
+        method,
+        parents,
+        m if terms else None,
+        None,
+        formula_of(method, [p.label for p in parents], m),
+        raw,
+        terms=terms,
+    )
     vae = recipe.get("bake_in_vae")
     if isinstance(vae, str) and vae not in ("", "None"):
         claim.notes.append(f"VAE replaced by {vae[:MAX_NAME]} (not part of the formula)")
@@ -453,16 +472,26 @@ def _sm_blocks(values: Any, orig: Any) -> tuple[dict[str, float] | None, float |
     names = {25: _SM_SD1, 20: _SM_XL, 19: _SM_XL[:-1]}.get(len(values))
     if names is None:
         return None, base
-    return {n: num(v) for n, v in zip(names, values)}, base
+    return {n: num(v) for n, v in zip(names, values, strict=True)}, base
 
 
 def _supermerger(recipe: Mapping[str, Any], models: Mapping[str, Any]) -> Claim:
     tool = "supermerger"
-    parents = [_parent(label, recipe.get(k), models) for label, k in zip("ABC", ("model_a", "model_b", "model_c"))]
+    parents = [
+        _parent(label, recipe.get(k), models)
+        for label, k in zip("ABC", ("model_a", "model_b", "model_c"), strict=True)
+    ]
     mode = recipe.get("mode") if isinstance(recipe.get("mode"), str) else ""
     method = (
-        "add_difference" if "Add" in mode else "triple_sum" if "Triple" in mode
-        else "sum_twice" if "Twice" in mode else "weighted_sum" if "Weight" in mode else None
+        "add_difference"
+        if "Add" in mode
+        else "triple_sum"
+        if "Triple" in mode
+        else "sum_twice"
+        if "Twice" in mode
+        else "weighted_sum"
+        if "Weight" in mode
+        else None
     )
     need = 2 if method == "weighted_sum" else 3
     parents = [p for p in parents[:need] if p is not None]
@@ -486,7 +515,10 @@ def _supermerger(recipe: Mapping[str, Any], models: Mapping[str, Any]) -> Claim:
     if alpha is None or (uses_beta and beta is None):
         return unknown(tool, "no numeric base_alpha / base_beta", recipe, parents)
     a = Coef(alpha, dict(blocks_a or {}, BASE=alpha) if blocks_a else {})
-    b = Coef(beta if beta is not None else 0.0, dict(blocks_b or {}, BASE=beta) if blocks_b and beta is not None else {})
+    b = Coef(
+        beta if beta is not None else 0.0,
+        dict(blocks_b or {}, BASE=beta) if blocks_b and beta is not None else {},
+    )
     one = Coef(1.0)
     if method == "weighted_sum":
         terms = {"A": one + a * -1.0, "B": a}
@@ -512,16 +544,35 @@ def _supermerger(recipe: Mapping[str, Any], models: Mapping[str, Any]) -> Claim:
         formula = f"{formula} [calcmode {calc[:80]}]"
     else:
         method_out, terms_out = method, terms
+    notes += _sm_notes(recipe, block_alphas)
+    return Claim(
+        tool,
+        method_out,
+        parents,
+        alpha,
+        block_alphas,
+        formula,
+        raw,
+        beta=beta if uses_beta else None,
+        block_betas=block_betas,
+        notes=notes,
+        terms=terms_out,
+    )
+
+
+def _sm_notes(recipe: Mapping[str, Any], block_alphas: Mapping[str, float] | None) -> list[str]:
+    """What a supermerger recipe does beyond its ratios: elemental ratios, included / excluded blocks."""
+    notes = []
     if isinstance(recipe.get("elemental_merge"), str) and recipe["elemental_merge"].strip():
         notes.append("elemental merge: some keys have their own ratios (the block weights are only nominal)")
     for k in ("Include", "Exclude"):
-        listed = [x for x in recipe.get(k) or [] if isinstance(x, str) and x] if isinstance(recipe.get(k), list) else []
+        value = recipe.get(k)
+        listed = [x for x in value if isinstance(x, str) and x] if isinstance(value, list) else []
         if listed:
             notes.append(f"{k.lower()}d blocks / keys: {', '.join(x[:40] for x in listed[:30])}")
     if "VAE" in (block_alphas or {}):
         notes.append("the VAE has its own ratio in this (SDXL) vector")
-    return Claim(tool, method_out, parents, alpha, block_alphas, formula, raw, beta=beta if uses_beta else None,
-                 block_betas=block_betas, notes=notes, terms=terms_out)
+    return notes
 
 
 # --------------------------------------------------------------------------- matching parents to files
