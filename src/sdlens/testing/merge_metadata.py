@@ -4,6 +4,7 @@ its docstring); nothing here runs a merge."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -55,10 +56,8 @@ def parsed_metadata(meta: Mapping[str, str]) -> dict[str, Any]:
     for k, v in meta.items():
         out[k] = v
         if isinstance(v, str) and v[:1] == "{":
-            try:
+            with contextlib.suppress(ValueError):
                 out[k] = json.loads(v)
-            except ValueError:
-                pass
     return out
 
 
