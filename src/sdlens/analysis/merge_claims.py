@@ -1,12 +1,19 @@
 """Merge recipes that merge tools write into safetensors ``__metadata__``, read as *claims* to be checked.
 
-Tools and the fields they write (see docs/recipe.md for the sources):
+Tools and the fields they write (the code that writes them):
 
-- A1111's checkpoint merger: ``sd_merge_recipe`` (JSON, ``"type": "webui"``) and ``sd_merge_models``
-  (JSON, sha256 -> ``{name, legacy_hash, sd_merge_recipe}``; the parents' own recipes nest there);
-- supermerger: the same two keys, ``"type": "sd-webui-supermerger"``, with its mode / calcmode / MBW weights;
-- sd-mecha: ``mecha_recipe``, the recipe text (``model ...`` / ``merge "weighted_sum" &0 &1 alpha=...``);
-- ComfyUI's CheckpointSave: ``prompt`` (the API-format graph) and ``workflow``.
+- A1111's checkpoint merger (AUTOMATIC1111/stable-diffusion-webui ``modules/extras.py`` ``run_modelmerger``):
+  ``sd_merge_recipe`` (JSON, ``"type": "webui"``, ``interp_method``, ``multiplier``, the parents' sha256) and
+  ``sd_merge_models`` (JSON, sha256 -> ``{name, legacy_hash, sd_merge_recipe}``: the parents' own recipes
+  nest there); weighted sum ``A*(1-M) + B*M``, add difference ``A + M*(B - C)``;
+- supermerger (hako-mikan/sd-webui-supermerger ``scripts/mergers/mergers.py`` ``smerge``): the same two keys,
+  ``"type": "sd-webui-supermerger"``, ``mode``, ``calcmode``, ``base_alpha`` / ``base_beta`` and with MBW
+  ``weights_alpha`` (25 values IN00..OUT11 for SD1, 20 for SDXL; BASE is ``base_alpha``);
+- sd-mecha (ljleb/sd-mecha ``sd_mecha/recipe_serializer.py``, written by ``OutSafetensorsDict`` as
+  ``mecha_recipe``): ``version 0.1.0`` then ``model "…"``, ``dict …``, ``literal …``, ``merge "weighted_sum" &0
+  &1 alpha=0.5`` lines (``call`` in older files);
+- ComfyUI (comfyanonymous/ComfyUI ``comfy_extras/nodes_model_merging.py`` ``save_checkpoint``): ``prompt`` (the
+  API-format graph) and ``workflow``; ModelMergeSimple keeps ``ratio`` of model1: ``model1*r + model2*(1-r)``.
 
 Everything read here is hostile input: sizes, depths and counts are bounded, nothing recurses without a bound,
 odd types are skipped, and :func:`read_claims` never raises. Text is kept as written; it goes through
@@ -263,7 +270,21 @@ def block_order(name: str) -> tuple[int, str, int]:
 def mbw_text(values: Mapping[str, float]) -> str:
     """``BASE,IN00,…`` = ``0.5,0.1,…``: the vector in the order supermerger and sd-mecha take."""
     names = sorted(values, key=block_order)
-    return f"({','.join(names)}) = {','.join(g(values[n]) for n in names)}"
+    return f"({_runs(names)}) = {','.join(g(values[n]) for n in names)}"
+
+
+def _runs(names: Sequence[str]) -> str:
+    """``BASE,IN00..IN11,M00,OUT00..OUT11``: consecutive numbered names of one head written as a range."""
+    parts: list[list[str]] = []
+    for n in names:
+        m = re.fullmatch(r"([A-Z]+)(\d+)", n)
+        prev = parts[-1][-1] if parts else None
+        pm = re.fullmatch(r"([A-Z]+)(\d+)", prev) if prev else None
+        if m and pm and m.group(1) == pm.group(1) and int(m.group(2)) == int(pm.group(2)) + 1:
+            parts[-1].append(n)
+        else:
+            parts.append([n])
+    return ",".join(p[0] if len(p) == 1 else f"{p[0]}..{p[-1]}" for p in parts)
 
 
 def formula_of(method: str, labels: Sequence[str], alpha: float | None, beta: float | None = None) -> str:

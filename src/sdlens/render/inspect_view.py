@@ -199,7 +199,7 @@ def _unknown_keys(r: InspectReport, console: Console) -> None:
 
 
 def _parent_line(p) -> str:
-    ids = [h for h in (p.legacy_hash, p.short_hash) if h]
+    ids = [h for h in (p.legacy_hash, p.short_hash) if h and h not in (p.name or "")]
     return f"{p.label} = {p.name or '(no name)'}" + (f" [{' / '.join(ids)}]" if ids else "")
 
 
