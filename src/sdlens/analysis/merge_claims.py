@@ -591,8 +591,13 @@ def _sm_notes(recipe: Mapping[str, Any], block_alphas: Mapping[str, float] | Non
         listed = [x for x in value if isinstance(x, str) and x] if isinstance(value, list) else []
         if listed:
             notes.append(f"{k.lower()}d blocks / keys: {', '.join(x[:40] for x in listed[:30])}")
-    if "VAE" in (block_alphas or {}):
-        notes.append("the VAE has its own ratio in this (SDXL) vector")
+    if "VAE" in (block_alphas or {}):  # mergers.py blockfromkey, SDXL branch
+        notes.append(
+            "SDXL: supermerger leaves the time / label embeddings unmerged (A's) and gives the VAE BASE's "
+            "ratio; the vector's VAE value is not used"
+        )
+    elif block_alphas:  # SD1 branch: time_embed gets weight index -2, i.e. BLOCKID[-1]
+        notes.append("supermerger gives the time embedding OUT11's ratio (not IN00's)")
     return notes
 
 
