@@ -10,7 +10,14 @@ import pytest
 import torch
 
 from sdlens.analysis.inspect import inspect
-from sdlens.analysis.merge_claims import MAX_CLAIMS, MAX_TEXT, Claim, match_parents, read_claims
+from sdlens.analysis.merge_claims import (
+    MAX_CLAIMS,
+    MAX_TEXT,
+    Claim,
+    match_parents,
+    read_claims,
+    weights_by_file,
+)
 from sdlens.arch.blocks import block_names
 from sdlens.io.hashing import hash_file, legacy_hash
 from sdlens.testing.merge_metadata import (
@@ -278,6 +285,9 @@ def test_match_parents_by_legacy_hash_and_by_name(tmp_path):
         == "models/ALPHA.safetensors [" + fake_ref("models/ALPHA.safetensors", 1).sha256[:10] + "]"
     )
     assert match_parents(named, [fb, fc, fa]) == {"A": 2, "B": 1}
+    by_file, missing = weights_by_file(c, [fc, fb, fa], ["BASE", "IN00"])
+    assert by_file == {"BASE": {2: 0.5, 1: 0.5}, "IN00": {2: 0.5, 1: 0.5}} and missing == []
+    assert weights_by_file(c, [fb], ["IN00"]) == ({"IN00": {0: 0.5}}, ["A"])
     # a file whose legacy hash differs is not the parent, whatever its name
     wrong = one(a1111_metadata(fake_ref("Alpha.safetensors", 9), rb, multiplier=0.5))
     assert match_parents(wrong, [fa, fb]) == {"A": None, "B": 1}

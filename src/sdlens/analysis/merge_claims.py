@@ -647,3 +647,25 @@ def match_parents(claim: Claim, files: Sequence[str | Path]) -> dict[str, int | 
         by_name = [i for i in pool if keys & file_keys[i]]
         out[parent.label] = by_name[0] if len(by_name) == 1 else None
     return out
+
+
+def weights_by_file(
+    claim: Claim, files: Sequence[str | Path], blocks: Sequence[str]
+) -> tuple[dict[str, dict[int, float]] | None, list[str]]:
+    """The claimed weights with each parent replaced by the index of its file in ``files``
+    (:func:`match_parents`): block -> file index -> weight, and the labels of the parents no file matched
+    (their weights are left out). None when the claim has no linear weights."""
+    weights = claim.weights(blocks)
+    if weights is None:
+        return None, []
+    where = match_parents(claim, files)
+    missing = [label for label in (claim.terms or {}) if where.get(label) is None]
+    out: dict[str, dict[int, float]] = {}
+    for b, per_label in weights.items():
+        row: dict[int, float] = {}
+        for label, w in per_label.items():
+            i = where.get(label)
+            if i is not None:
+                row[i] = row.get(i, 0.0) + w
+        out[b] = row
+    return out, missing
