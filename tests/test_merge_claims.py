@@ -345,6 +345,8 @@ def test_hostile_metadata_never_raises():
             )
         },
         {"prompt": _deep_json(50_000)},
+        {"mecha_recipe": 'model "a"\nmerge "n_average"' + " &0" * 100_000},
+        {"mecha_recipe": "x" * (2 << 20)},
         {"sd_merge_recipe": 5, "mecha_recipe": None, "prompt": {"not": "a string"}},
     ]
     for md in cases:

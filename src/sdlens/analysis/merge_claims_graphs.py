@@ -10,7 +10,6 @@ from typing import Any
 
 from sdlens.analysis.merge_claims import (
     MAX_NAME,
-    MAX_TEXT,
     Budget,
     Claim,
     ClaimError,
@@ -30,7 +29,9 @@ from sdlens.analysis.merge_claims import (
     unknown,
 )
 
-MAX_LINES = 5000  # sd-mecha recipe lines
+MAX_LINES = 2000  # sd-mecha recipe lines
+MAX_TOKENS = 128  # tokens on one sd-mecha line
+MAX_RECIPE = 1 << 20  # characters of an sd-mecha recipe (real ones are a few kB)
 MAX_NODES = 5000  # ComfyUI graph nodes
 MAX_GRAPH_DEPTH = 200
 MAX_SAVES = 4
@@ -74,7 +75,7 @@ def read_mecha(metadata: Mapping[str, Any], budget: Budget) -> list[Claim]:
         return []
     if not budget.take():
         return []
-    if len(recipe) > MAX_TEXT:
+    if len(recipe) > MAX_RECIPE:
         return [unknown("sd-mecha", "recipe text too long")]
     try:
         return [_mecha_claim(recipe)]
@@ -241,6 +242,9 @@ def _mecha_claim(recipe: str) -> Claim:
             continue
         toks = _tokens(line)
         command = toks[0][0]
+        if len(toks) > MAX_TOKENS:
+            results.append(Bad(f"line {n + 1}: more than {MAX_TOKENS} arguments"))
+            continue
         try:
             pos, kw = _args(toks[1:], results)
         except ClaimError as e:
