@@ -176,3 +176,41 @@ def test_cli_recipe_errors(fam, cli, tmp_path):
         and "bad.safetensors" in (res.stdout + res.stderr)
         and "Traceback" not in (res.stdout + res.stderr)
     )
+
+
+def _merged(fam, tmp_path, alpha: float, meta: dict[str, str]):
+    """0.7·base_a + 0.3·base_b (a real weighted sum, float32) carrying ``meta`` as its metadata."""
+    from safetensors.torch import load_file
+
+    from sdlens.testing.writers import save_safetensors
+
+    a, b = load_file(fam.paths["base_a"]), load_file(fam.paths["base_b"])
+    sd = {k: (1 - alpha) * v + alpha * b[k] if v.is_floating_point() else v for k, v in a.items()}
+    return save_safetensors(sd, tmp_path / "merged.safetensors", metadata=meta)
+
+
+def test_a1111_claim_checked_against_the_weights(fam, tmp_path):
+    from sdlens.testing.merge_metadata import a1111_metadata, file_ref
+
+    ra, rb = file_ref(fam.paths["base_a"]), file_ref(fam.paths["base_b"])
+    true = _merged(fam, tmp_path, 0.3, a1111_metadata(ra, rb, multiplier=0.3))
+    r = recipe(true, [fam.paths["base_a"], fam.paths["base_b"]])
+    (c,) = r.claims
+    assert c["agrees"] is True and c["max_difference"] < 1e-3
+    assert "A1111" in c["check"] and "A*(1-0.3) + B*0.3" in c["check"] and "agree" in c["check"]
+    lie = _merged(fam, tmp_path, 0.3, a1111_metadata(ra, rb, multiplier=0.5))
+    (c,) = recipe(lie, [fam.paths["base_a"], fam.paths["base_b"]]).claims
+    assert c["agrees"] is False and abs(c["max_difference"] - 0.2) < 1e-3
+    assert "disagree" in c["check"] and "fitted 0.7 A + 0.3 B" in c["check"]
+    (c,) = recipe(lie, [fam.paths["base_a"], fam.paths["finetune_a"]]).claims  # B is not a candidate
+    assert c["agrees"] is None and "cannot check" in c["check"]
+
+
+def test_sd_mecha_claim_matched_by_file_name(fam, tmp_path):
+    from sdlens.testing.merge_metadata import MechaRecipe, sd_mecha_metadata
+
+    m = MechaRecipe()
+    m.merge("weighted_sum", m.model("models/base_a.safetensors"), m.model("base_b.safetensors"), alpha=0.3)
+    r = recipe(_merged(fam, tmp_path, 0.3, sd_mecha_metadata(m)), [fam.paths["base_a"], fam.paths["base_b"]])
+    (c,) = r.claims
+    assert c["agrees"] is True and "sd-mecha" in c["check"]

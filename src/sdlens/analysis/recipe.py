@@ -195,7 +195,12 @@ def recipe(
     if on_plan:
         on_plan(pl)
     total = one_pass(pl, probe=_probe(sample), progress=progress, workers=workers, chunk_bytes=chunk_bytes)
-    return summarise(pl, total, by=by)
+    result = summarise(pl, total, by=by)
+    from sdlens.analysis.recipe_claims import claims_of
+
+    groups = result.groups if by == "block" else result.components
+    result.claims = claims_of(pl.models[0].path, [c.path for c in result.candidates], groups, result.labels)
+    return result
 
 
 def summarise(pl: Plan, total: Partial, *, by: str = "block") -> RecipeResult:
