@@ -217,8 +217,11 @@ def summarise(pl: Plan, total: Partial, *, by: str = "block") -> RecipeResult:
     family = pl.models[0].family
     terms = {g.group: g.term for g in groups if g.term is not None}
     order = block_names(family) if by == "block" else [g.group for g in groups]
-    formula, mbw = _one_formula(total, groups) or whole_model(terms, order)
+    formula, mbw = _one_formula(total, groups, den) or whole_model(terms, order)
     share, overall = _overall(groups if by == "block" else [], den)
+    if overall == "not a merge":
+        near = names[den.fit.nearest] if den and den.fit else "?"
+        formula, mbw = f"not a merge of these candidates (nearest: {near})", None
     method = _model_signature(
         total, groups if by != "component" else [den] if den else [], by, den, names, overall
     )
@@ -245,25 +248,29 @@ def summarise(pl: Plan, total: Partial, *, by: str = "block") -> RecipeResult:
     )
 
 
-def _one_formula(total: Partial, groups: list[GroupRecipe]) -> tuple[str, None] | None:
-    """The formula of the most common (non-copy) term, when its weights explain every group — blocks that
-    look like copies included (in BASE, a fine-tune's text encoder is its base's: B − C = 0 there)."""
-    terms = [g for g in groups if g.fit is not None and g.term is not None and g.fit.copy_of is None]
-    if not terms:
+def _one_formula(
+    total: Partial, groups: list[GroupRecipe], den: GroupRecipe | None
+) -> tuple[str, None] | None:
+    """The whole denoiser's term, when its weights fit every group as well as the group's own fit does
+    (explained, or within 5 % of its residual) — blocks that look like copies included (in BASE, a
+    fine-tune's text encoder is its base's: B − C = 0 there)."""
+    if den is None or den.fit is None or den.term is None or not groups:
         return None
-    texts = [g.term.text for g in terms]
-    lead = next(g for g in terms if g.term.text == max(set(texts), key=texts.count))
-    weights = lead.fit.affine.weights
+    weights = den.fit.affine.weights
     for g in groups:
         if g.fit is None:
             continue
-        if g.fit.candidates != lead.fit.candidates:
+        if g.fit.candidates != den.fit.candidates:
             return None
         res = residual_with(total.group(g.sums), 0, g.fit.candidates, weights)
         dist = g.fit.distance
-        if dist and verdict(res / dist, g.fit.floor, dist) != "explained":
+        if (
+            dist
+            and verdict(res / dist, g.fit.floor, dist) != "explained"
+            and res > 1.05 * g.fit.affine.residual
+        ):
             return None
-    return lead.term.text, None
+    return den.term.text, None
 
 
 def _model_signature(
