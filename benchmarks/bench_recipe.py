@@ -17,7 +17,7 @@ harsher than on real files; the engine's work per byte is the same. Times
 ``sdlens lineage FILES... --out DIR`` against reading the 16 files once. Target: <= 3x the read time.
 
 Where a command is not there yet (the CLI still lacks it) the harness times ``sdlens matrix`` in its place and
-says so. ``--small`` runs the whole harness on tiny models (seconds) to check it; ``--keep`` keeps (and
+says so. ``--cold`` also times the recipe read and run with the files dropped from the page cache. ``--small`` runs the whole harness on tiny models (seconds) to check it; ``--keep`` keeps (and
 reuses) the generated files; ``--only recipe|lineage``.
 """
 
@@ -38,7 +38,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _measure import cpu_line, fill_with_normals, gb, mb, measure, read_once_seconds  # noqa: E402
+from _measure import cpu_line, gb, mb, measure, read_once_seconds  # noqa: E402
+from bench_matrix import evict  # noqa: E402
 from sdlens.io.open import open_checkpoint  # noqa: E402
 from sdlens.testing.writers import save_safetensors  # noqa: E402
 from sdlens.testing.zoo import realise_small_buffers  # noqa: E402
@@ -65,6 +66,25 @@ def _ranges(path: Path, prefix: str) -> list[tuple[int, int]]:
             for t in ck.tensors.values()
             if t.key.startswith(prefix) and t.dtype == "F16"
         ]
+
+
+def fill_stream(path: Path, ranges: list[tuple[int, int]], seed: int) -> None:
+    """Like ``_measure.fill_with_normals`` (normal values, std 0.05, fp16), but one stream continued across
+    the ranges, so tensors do not all start with the same values (the stream repeats every 16 Mi values)."""
+    block = (torch.randn(16 << 20, generator=torch.Generator().manual_seed(seed)) * 0.05).half().numpy()
+    raw = block.tobytes()
+    pos = 0
+    with open(path, "r+b") as f:
+        for begin, end in sorted(ranges):
+            f.seek(begin)
+            at = begin
+            while at < end:
+                n = min(len(raw) - pos, end - at)
+                f.write(raw[pos : pos + n])
+                at += n
+                pos = (pos + n) % len(raw)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def _template(path: Path, small: bool) -> Path:
@@ -137,11 +157,11 @@ def make_recipe_models(work: Path, small: bool) -> tuple[Path, list[Path]]:
     model = work / "model_mbw_fp16.safetensors"
     if not c1.exists():
         _template(c1, small)
-        fill_with_normals(c1, [r for p in (UNET, TE, VAE) for r in _ranges(c1, p)], seed=0)
+        fill_stream(c1, [r for p in (UNET, TE, VAE) for r in _ranges(c1, p)], seed=0)
     for path, parts, seed in ((c2, (UNET, TE), 2), (c3, (UNET,), 3)):
         if not path.exists():
             shutil.copyfile(c1, path)
-            fill_with_normals(path, [r for p in parts for r in _ranges(path, p)], seed=seed)
+            fill_stream(path, [r for p in parts for r in _ranges(path, p)], seed=seed)
     if not model.exists():
         blocks = key_blocks(c1)
         derive(
@@ -224,7 +244,7 @@ def _read_time(paths: Sequence[Path]) -> float:
     return min(sum(read_once_seconds(str(p)) for p in paths) for _ in range(2))
 
 
-def bench_recipe(work: Path, small: bool) -> None:
+def bench_recipe(work: Path, small: bool, cold: bool = False) -> None:
     model, cands = make_recipe_models(work, small)
     paths = [model, *cands]
     size = sum(q.stat().st_size for q in paths)
@@ -246,12 +266,22 @@ def bench_recipe(work: Path, small: bool) -> None:
         cmd += ["--no-plots"]
         what = "sdlens matrix (STAND-IN: no `recipe` command nor API in this tree yet)"
     run = measure(cmd)
+    if cold:  # page cache dropped for the files (posix_fadvise, no root needed): disk-bound
+        evict(paths)
+        t_read_cold = sum(read_once_seconds(str(q)) for q in paths)
+        evict(paths)
+        run_cold = measure(cmd)
     print(cpu_line())
     print(f"recipe: MODEL + 3 candidates, {gb(size)} together ({'tiny' if small else 'full-size SD1 fp16'})")
     print(f"  read the 4 files once : {t_read:7.2f} s")
     print(f"  {what}: {run.seconds:.2f} s, private {mb(run.peak_anon)}")
     print(f"  ratio                 : {run.seconds / t_read:.2f}x the read time (target <= 1.5x)")
     print(f"  private memory        : {mb(run.peak_anon)} (target <= 1000 MB)")
+    if cold:
+        print(
+            f"  cold cache            : read once {t_read_cold:.2f} s, {what.split(' (')[0]} "
+            f"{run_cold.seconds:.2f} s ({run_cold.seconds / t_read_cold:.2f}x)"
+        )
     if out.exists():
         check_recipe(json.loads(out.read_text()))
 
@@ -259,7 +289,10 @@ def bench_recipe(work: Path, small: bool) -> None:
 def check_recipe(doc: dict) -> None:
     """Print the recovered per-block weights (C1, C2, C3) against the known (1 − α, α, 0)."""
     worst = 0.0
+    method = doc.get("method") or {}
     print(f"  formula: {doc.get('formula')}")
+    print(f"  verdict: {doc.get('verdict')}; method: {method.get('method')} ({method.get('text')})")
+    print("  (truth: per-block weighted sum C1*(1-a) + C2*a, copies at a = 0 and 1; C3 not used)")
     print(f"  {'block':6} {'truth a':>8}  {'C1':>8} {'C2':>8} {'C3':>8}  verdict")
     for g in doc.get("groups", []):
         fit = g.get("fit") or {}
@@ -317,6 +350,9 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true", help="keep the generated models (and reuse them)")
     ap.add_argument("--small", action="store_true", help="tiny models: check the harness in seconds")
     ap.add_argument("--only", choices=("recipe", "lineage"), default=None)
+    ap.add_argument(
+        "--cold", action="store_true", help="recipe: also time a read and a run with a cold cache"
+    )
     args = ap.parse_args()
     work = Path(args.dir or tempfile.mkdtemp(prefix="sdlens-bench-recipe-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -331,7 +367,7 @@ def main() -> None:
         raise SystemExit("not enough free disk space (keep 5 GB spare)")
     try:
         if args.only != "lineage":
-            bench_recipe(work, args.small)
+            bench_recipe(work, args.small, args.cold)
         if args.only != "recipe":
             bench_lineage(work, args.small)
     finally:
