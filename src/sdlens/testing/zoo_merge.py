@@ -4,28 +4,38 @@ Tiny SD1-layout models (real key names and shapes, :func:`sdlens.testing.zoo_une
 merges of them made the way the community's tools make them, each with its recipe as plain data
 (:attr:`MergeFamily.truth`, also written as ``truth.json`` beside the files):
 
-==============  ==============================================================================================
-``base_a``      a base (seed 0); ``base_b`` another, independent everywhere (seed 1)
-``finetune_a``  base_a's UNet + a small random change (relative size ``FT_A_REL`` per tensor); TE / VAE kept
-``finetune_b``  base_a's UNet + a large random change (``FT_B_REL``)
-``mbw_ab``      per-block weighted sum ``A*(1-α_b) + B*α_b`` (A = base_a, B = base_b), α per merge block
-                (:data:`MBW_ALPHA`; three blocks copied whole from A (α = 0), three from B (α = 1)); the text
-                encoder and VAE (block BASE) at :data:`MBW_BASE_ALPHA`
-``adddiff``     add difference ``A + α(B − C)``: A = base_b, B = finetune_a, C = base_a, α = 0.7
-``avg3``        ``0.5·base_a + 0.3·base_b + 0.2·finetune_a``
-``dare``        DARE: ``base_a + λ·m⊙(finetune_b − base_a)/(1 − p)``, m ~ Bernoulli(1 − p), p = 0.3, λ = 1
-``ties``        TIES of finetune_a and finetune_b over base_a: per tensor the top 20 % of each delta by
-                magnitude kept, sign elected by the sum, disjoint mean, λ = 1
-``crossover``   per element base_b's value with probability q = 0.4, else base_a's
-``merge_trained``  ``0.5·base_a + 0.5·base_b`` then a random change on the UNet (norm known)
-``unrelated``   independent weights everywhere (seed 2)
-``near_dup_b``  base_b with a tiny change (1e-6 relative in float32; 2e-3 in float16, where 1e-6 rounds away)
-==============  ==============================================================================================
+=================  ===========================================================================================
+``base_a``         a base (seed 0); ``base_b`` another, independent everywhere (seed 1)
+``finetune_a``     base_a's UNet + a small random change (``FT_A_REL`` of each tensor's RMS); TE / VAE kept
+``finetune_b``     base_a's UNet + a large random change (``FT_B_REL``)
+``mbw_ab``         per-block weighted sum ``A*(1-α_b) + B*α_b`` (A = base_a, B = base_b), α per merge block
+                   (:data:`MBW_ALPHA`; three blocks copied whole from A (α = 0), three from B (α = 1));
+                   the text encoder and VAE (block BASE) at :data:`MBW_BASE_ALPHA`
+``adddiff``        add difference ``A + α(B − C)``: A = base_b, B = finetune_a, C = base_a, α = 0.7
+``avg3``           ``0.5·base_a + 0.3·base_b + 0.2·finetune_a``
+``dare``           DARE: ``base_a + λ·m⊙(finetune_b − base_a)/(1 − p)``, m ~ Bernoulli(1 − p), p = 0.3, λ = 1
+``ties``           TIES of finetune_a and finetune_b over base_a: per tensor the top 20 % of each delta by
+                   magnitude kept, sign elected by the sum, disjoint mean, λ = 1
+``crossover``      per element base_b's value with probability q = 0.4, else base_a's
+``merge_trained``  ``0.5·base_a + 0.5·base_b`` then a random change on the UNet (per tensor 0.3 × the
+                   merge's distance to base_a)
+``unrelated``      independent weights everywhere (seed 2)
+``near_dup_b``     base_b with a tiny change (1e-6 relative in float32; 2e-3 in float16: 1e-6 rounds away)
+=================  ===========================================================================================
+
+Each truth has ``kind`` and ``file``, the recipe's parameters as given (``alpha``, ``weights`` per candidate,
+``drop_rate`` ...), and ``measured_*`` figures read back from the stored values (DARE's drop share among the
+UNet values finetune_b moves, crossover's share from B, TIES's element shares, fine-tunes' relative change).
+``merge_trained`` and ``unrelated`` carry residual shares of the affine least-squares fit on [base_a, base_b]
+(float64, numpy, stored values): ``residual_share`` (over ‖M − base_a‖), ``residual_share_vs_nearest``,
+``residual_share_blockwise`` (every UNet block fitted on its own, as ``recipe`` reports the denoiser) and
+``by_group`` (the matrix engine's components and ``block:*`` groups).
 
 "Weights" are every float tensor of the denoiser, text encoder and VAE; the noise schedule buffers and
-integer tensors are base_a's in every file (identical anyway). Every file is stored at ``dtype``; merges are
-computed in float64 from the parents' *stored* values and rounded once, as real tools do, so a block copy
-is bit-equal to its source and dropped DARE values are bit-equal to the base in float16 too.
+integer tensors are base_a's in every file (identical anyway; float ones stored at ``dtype`` too). Every file
+is stored at ``dtype``; merges are computed in float64 from the parents' *stored* values and rounded once, as
+real tools do, so a block copy is bit-equal to its source and dropped DARE values are bit-equal to the base
+in float16 too. Building takes about 0.5 s (plus the tiny models' one-off build, about 2.5 s per process).
 Merge blocks are the matrix engine's (:func:`sdlens.analysis.matrix_plan.plan`, ``time_embed="IN00"``).
 """
 
@@ -238,7 +248,7 @@ def _write(lay: _Layout, x: np.ndarray, dtype: torch.dtype, path: Path) -> Path:
 
 
 def build_merge_family(out_dir: str | Path, dtype: torch.dtype = torch.float32) -> MergeFamily:
-    """Write the family (``<name>.safetensors``) and ``truth.json`` into ``out_dir``; return paths and truth."""
+    """Write the family (``<name>.safetensors``) and ``truth.json`` into ``out_dir``; paths and truth."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     raw = {name: build_single_file(FAMILY, seed=s) for name, s in SEEDS.items()}
