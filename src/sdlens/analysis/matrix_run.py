@@ -91,7 +91,7 @@ def run_task(
     """The sums of one task. Pure: depends only on the files and the task (safe to run anywhere).
 
     ``probe(checkpoints, key)``: more sums of a key (named arrays, such as recipe's element counts), added
-    into every group of the key like the distances."""
+    into every group of the key like the distances, but its own ``key:`` group (kept small)."""
     n = len(paths)
     owned = checkpoints is None
     cks = list(checkpoints) if checkpoints is not None else [open_checkpoint(p, variant) for p in paths]
@@ -139,7 +139,7 @@ def run_task(
                 acc["same"][sel] += same
                 acc["both"][sel] += 1.0
                 acc["bad"][sel] += bad
-                for name, value in (extra or {}).items():
+                for name, value in (extra or {}).items() if not g_name.startswith("key:") else ():
                     part.add(g_name, name, value)
             if progress:
                 progress(kp.nbytes)

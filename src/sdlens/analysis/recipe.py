@@ -158,6 +158,11 @@ def _group(pl: Plan, total: Partial, g: str, names: dict[int, str], dtype: str) 
     note = f"left out here (missing or another key set): {', '.join(left)}" if left else None
     if not cands:
         return GroupRecipe(display, None, None, Signature("no evidence", "no candidate has it"), note)
+    rows = [0, *cands]
+    if not all(np.isfinite(acc[f][np.ix_(rows, rows)]).all() for f in ("d2", "dp", "sq")):
+        bad = [names[i] for i in rows if acc["bad"][i, i] > 0] or ["a model"]
+        why = f"NaN or Inf values in {', '.join(bad)}: not fitted"
+        return GroupRecipe(display, None, None, Signature("no evidence", why), why, g)
     fit = fit_group(display, acc, 0, cands, dtype)
     term = describe(fit.affine.weights, [labels[c] for c in cands], labels.get(fit.copy_of))
     out, hist = acc.get(_SIG_OUT), acc.get(_SIG_HIST)
