@@ -67,10 +67,17 @@ class Coef:
         return self.groups.get(prefix, self.default)
 
     def combine(self, other: Coef, op) -> Coef:
+        """``op`` block by block (rounded to 12 digits: ratios, not float noise; keys in block order)."""
+
+        def f(a: float, b: float) -> float:
+            return round(op(a, b), 12)
+
+        blocks = sorted(self.blocks.keys() | other.blocks.keys(), key=block_order)
+        groups = sorted(self.groups.keys() | other.groups.keys(), key=block_order)
         return Coef(
-            op(self.default, other.default),
-            {k: op(self.at(k), other.at(k)) for k in self.blocks.keys() | other.blocks.keys()},
-            {g: op(self._group(g), other._group(g)) for g in self.groups.keys() | other.groups.keys()},
+            f(self.default, other.default),
+            {k: f(self.at(k), other.at(k)) for k in blocks},
+            {g: f(self._group(g), other._group(g)) for g in groups},
         )
 
     def __add__(self, other: Coef) -> Coef:
