@@ -72,8 +72,9 @@ def _key_pool():
 
 
 def _wanted(metric: str) -> int:
-    """The kernel sums a metric needs (``_jit`` bits: D2 = 1, DP = 2, L1 = 4, SQ = 8)."""
-    return {"l2": 1, "cos": 1 | 2 | 8, "l1": 4}[metric]
+    """The kernel sums a metric needs (``_jit`` bits: D2 = 1, DP = 2, L1 = 4, SQ = 8); ``gram``: what a
+    least-squares fit of one model from others needs (recipe, lineage)."""
+    return {"l2": 1, "cos": 1 | 2 | 8, "l1": 4, "gram": 1 | 8}[metric]
 
 
 def run_task(

@@ -1,13 +1,14 @@
 """Which weights of candidate models best rebuild a model, from pairwise sums alone.
 
 For a model M and candidates P₀…P_k, everything a linear fit needs is in the sums the matrix engine adds
-per group (merge block, component or key): ``d2[i, j]`` = ‖xᵢ − xⱼ‖², ``dp[i, j]`` = ‖xᵢ‖² − ‖xⱼ‖² (summed term by
-term, without cancellation) and ``sq[i, i]`` = ‖xᵢ‖². With uᵢ = Pᵢ − P₀ and m = M − P₀,
+per group (merge block, component or key): ``d2[i, j]`` = ‖xᵢ − xⱼ‖² (each pair differenced directly) and
+``sq[i, i]`` = ‖xᵢ‖². With uᵢ = Pᵢ − P₀ and m = M − P₀,
 
     ⟨uᵢ, uⱼ⟩ = (d2[i,0] + d2[j,0] − d2[i,j]) / 2,   ⟨m, uᵢ⟩ = (d2[M,0] + d2[i,0] − d2[M,i]) / 2,
 
 and with P₀ itself as a regressor (for a fit whose weights need not sum to 1)
-⟨P₀, uᵢ⟩ = (dp[i,0] − d2[i,0]) / 2. Three fits are made: **affine** (weights sum to 1: every merge tool's
+⟨P₀, uᵢ⟩ = (‖Pᵢ‖² − ‖P₀‖² − d2[i,0]) / 2 (from ``dp[i, 0]`` = ‖xᵢ‖² − ‖x₀‖² summed term by term where the sums
+have it, else from ``sq``: a relative error of about 1e-7 of ‖P‖², harmless for this diagnostic fit). Three fits are made: **affine** (weights sum to 1: every merge tool's
 weighted sum, add-difference and average), **free** (no constraint: says whether the weights sum to 1) and
 **convex** (non-negative, summing to 1) where the affine one has a negative weight. The origin P₀ is the
 candidate nearest to M, so the residual share ‖M − fit‖ / ‖M − P₀‖ is "how much of M's distance to its
@@ -54,7 +55,7 @@ class GroupFit:
     nearest: int  # the candidate nearest to M (model index)
     distance: float  # ‖M − P_nearest‖
     floor: float  # the residual share storage rounding alone would leave
-    copy_of: int | None  # the candidate M is bit-identical to here
+    copy_of: int | None  # the candidate M is bit-identical (or equal in every value) to here
     identical: list[list[int]] = field(default_factory=list)  # candidates bit-identical to each other here
     condition: float = 1.0  # λmax / λmin of the candidates' Gram matrix about their centroid
     closest: tuple[int, int, float] | None = None  # the two nearest distinct candidates, d / largest d
@@ -160,6 +161,8 @@ def fit_group(
     norm = float(np.sqrt(max(sums["sq"][target, target], 0.0)))
     floor = norm * ROUNDING.get(dtype, ROUNDING["F32"]) / dist if dist > 0 else 0.0
     copy_of = next((c for c in cands if same[target, c]), None)
+    if copy_of is None and d2[target, near] == 0:  # equal values, other bits (−0 for +0: α = 0 in a tool)
+        copy_of = near
     others = [c for c in cols if c != near]
     g = np.array([[_inner(d2, i, j, near) for j in others] for i in others]).reshape(len(others), len(others))
     b = np.array([_inner(d2, target, i, near) for i in others])
@@ -194,7 +197,8 @@ def verdict(share: float, floor: float, dist: float) -> str:
 
 def _free_fit(sums, target, near, others, g, b, mm, cands, identical, dist) -> Fit | None:
     """The fit with P_nearest itself as an extra regressor: weights free to sum to anything."""
-    d2, dp, sq = sums["d2"], sums["dp"], sums["sq"]
+    d2, sq = sums["d2"], sums["sq"]
+    dp = sums["dp"] if sums["dp"].any() else np.diag(sq)[:, None] - np.diag(sq)[None, :]
     p0u = np.array([0.5 * (dp[i, near] - d2[i, near]) for i in others])
     gf = np.block([[np.array([[sq[near, near]]]), p0u[None, :]], [p0u[:, None], g]])
     bf = np.r_[0.5 * (dp[target, near] - d2[target, near]), b]

@@ -1,6 +1,6 @@
 """Element-level evidence of a merge method, gathered in the same pass as the fit's sums.
 
-Per key, a sample of positions (every ``stride``-th block of 1024 values) goes through
+Per key, a sample of positions (``sample`` blocks of 1024 values spread evenly over the tensor) goes through
 ``kernels.element_signature``: for every ordered pair (base b, candidate j), where the candidate's delta
 δ = Pⱼ − P_b is large enough to be told from rounding, how often M equals the base, equals the candidate,
 and otherwise the ratio (M − P_b) / δ. The counts add per group like the fit's sums, and read as:
@@ -37,8 +37,10 @@ VALUES, EQ_BASE, EQ_CAND, DELTA_DROPPED, DELTA_KEPT, OUTSIDE, AGREE = range(7)
 
 
 def stride_for(numel: int, sample: int) -> int:
-    """Every ``sample``-th block of a large tensor; all of a small one."""
-    return 1 if numel <= (1 << 16) else max(1, sample)
+    """The stride (in blocks of 1024 values) that visits about ``sample`` blocks spread over a tensor of
+    ``numel`` values (every block when ``sample`` is 0 or the tensor is small)."""
+    blocks = -(-numel // 1024)
+    return 1 if sample <= 0 or blocks <= sample else -(-blocks // sample)
 
 
 def probe_key(cks: Sequence[Any], refs: Sequence[Any], numel: int, sample: int):

@@ -106,8 +106,8 @@ def one_pass(
     workers: int | None = None,
     chunk_bytes: int = 256 << 20,
 ) -> Partial:
-    """Every task of a plan (made with ``metric="cos"``: the sums ``d2``, ``dp``, ``sq`` a fit needs), each
-    file read once in offset order; ``probe``: more per-key sums (see ``matrix_run.run_task``)."""
+    """Every task of a plan: the sums ``d2`` and ``sq`` a fit needs (``metric="gram"``), each file read once
+    in offset order; ``probe``: more per-key sums (see ``matrix_run.run_task``)."""
     from sdlens.analysis import kernels
 
     paths = [m.path for m in pl.models]
@@ -119,7 +119,7 @@ def one_pass(
             total = total + run_task(
                 paths,
                 task,
-                metric="cos",
+                metric="gram",
                 chunk_bytes=chunk_bytes,
                 device="cpu",
                 progress=progress,
@@ -180,20 +180,20 @@ def recipe(
     *,
     by: RecipeBy = "block",
     time_embed: str = "IN00",
-    sample: int = 4,
+    sample: int = 16,
     workers: int | None = None,
     chunk_bytes: int = 256 << 20,
     progress: Callable[[int], None] | None = None,
     on_plan: Callable[[Plan], None] | None = None,
 ) -> RecipeResult:
     """How ``model`` is made from ``candidates`` (files or folders), per merge block (``by="block"``),
-    component or key. ``sample``: the element signature looks at every ``sample``-th block of 1024 values
-    of large tensors (1: all)."""
+    component or key. ``sample``: the element signature looks at about this many blocks of 1024 values
+    of each tensor, spread over it (0: every value)."""
     check_choice(by, "by", RecipeBy)
     if not candidates:
         raise SdlensError(model, "recipe needs at least one candidate (--from)")
     paths = [model, *candidates]
-    pl = matrix_plan.plan(paths, metric="cos", time_embed=time_embed, per_key=by == "key", base_block=True)
+    pl = matrix_plan.plan(paths, metric="gram", time_embed=time_embed, per_key=by == "key", base_block=True)
     if not pl.models or Path(pl.models[0].path) != Path(model):
         why = next((s["error"] for s in pl.skipped if Path(s["path"]) == Path(model)), "cannot be read")
         raise SdlensError(model, why)

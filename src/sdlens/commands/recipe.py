@@ -43,8 +43,11 @@ def run(
     ] = None,
     sample: Annotated[
         int,
-        typer.Option(min=1, help="Element evidence from every N-th block of 1024 values of large tensors."),
-    ] = 4,
+        typer.Option(
+            min=0,
+            help="Element evidence from about this many blocks of 1024 values per tensor (0: every value).",
+        ),
+    ] = 16,
     workers: Annotated[
         int | None, typer.Option(help="Threads for the arithmetic (default: one per core).")
     ] = None,
