@@ -88,6 +88,7 @@ def test_dare_named_with_its_drop_rate(which, request):
 def test_ties_and_crossover_named(fam):
     ties = _run(fam, "ties", "base_a", "finetune_a", "finetune_b")
     assert ties.method.method == "TIES" and ties.method.evidence.magnitude < 0.5
+    assert ties.formula.startswith("TIES(B, C over A")  # both task models named
     cross = _run(fam, "crossover", "base_a", "base_b", "finetune_a")
     assert cross.method.method == "crossover"
     assert abs(cross.method.evidence.taken - 0.4) < 0.02 and abs(cross.method.evidence.dropped - 0.6) < 0.02

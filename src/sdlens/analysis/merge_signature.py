@@ -204,12 +204,19 @@ def _weighted(ev: list[Evidence], fit: GroupFit | None, names, linear: bool | No
     return Signature("weighted sum", text, evidence=e)
 
 
-def nonlinear_formula(sig: Signature, names) -> str:
-    """A DARE / TIES / crossover signature as a formula (``names``: model index -> label, A, B…)."""
+def nonlinear_formula(sig: Signature, names, fit: GroupFit | None = None) -> str:
+    """A DARE / TIES / crossover signature as a formula (``names``: model index -> label, A, B…); ``fit``
+    (of the whole denoiser) names every task model of a TIES merge (weight ≥ 0.05 besides the base)."""
     e = sig.evidence
     a, b = names[e.base], names[e.candidate]
     if sig.method == "crossover":
         return f"crossover({a}, {b}): {e.taken:.0%} of values from {b}"
+    if sig.method == "TIES" and fit is not None:
+        tasks = [
+            c for c, w in zip(fit.candidates, fit.affine.weights, strict=True) if c != e.base and w >= 0.05
+        ]
+        b = ", ".join(names[c] for c in tasks or [e.candidate])
+        return f"TIES({b} over {a}, trimmed {e.dropped:.0%})"
     lam = (
         ""
         if sig.scale is None

@@ -232,7 +232,7 @@ def summarise(pl: Plan, total: Partial, *, by: str = "block") -> RecipeResult:
     )
     if method.method in NONLINEAR:  # not linear: the fit's weights are only averages
         formula, mbw, overall = (
-            nonlinear_formula(method, dict(enumerate(["M", *labels]))),
+            nonlinear_formula(method, dict(enumerate(["M", *labels])), den.fit if den else None),
             None,
             method.method,
         )

@@ -38,14 +38,14 @@ def check_claim(claim: Claim, files: Sequence[str | Path], groups, labels: Seque
     if missing:
         doc["check"] = f"{head} (cannot check: {', '.join(missing)} not among the candidates)"
         return doc
-    worst, where = 0.0, None
+    worst, where, off = 0.0, None, 0
     for b in blocks:
         fitted = _fitted(groups, b)
         want = claimed.get(b, {})
-        for i in set(fitted) | set(want):
-            diff = abs(fitted.get(i, 0.0) - want.get(i, 0.0))
-            if diff > worst:
-                worst, where = diff, b
+        diffs = [abs(fitted.get(i, 0.0) - want.get(i, 0.0)) for i in set(fitted) | set(want)]
+        off += max(diffs, default=0.0) > AGREE
+        if max(diffs, default=0.0) > worst:
+            worst, where = max(diffs), b
     doc["max_difference"] = worst
     doc["agrees"] = worst <= AGREE
     if doc["agrees"]:
@@ -53,8 +53,8 @@ def check_claim(claim: Claim, files: Sequence[str | Path], groups, labels: Seque
     else:
         fitted = _fitted(groups, where)
         doc["check"] = (
-            f"{head}; the weights disagree: in {where} fitted {_words(fitted, labels)}, "
-            f"claimed {_words(claimed[where], labels)}"
+            f"{head}; the weights disagree in {off} of {len(blocks)} groups (most in {where}: fitted "
+            f"{_words(fitted, labels)}, claimed {_words(claimed[where], labels)})"
         )
     doc["worst_block"] = where
     return doc

@@ -69,4 +69,24 @@ def section(zoo_dir: Path, out_dir: Path, console: Console) -> None:
         formula = r.formula if len(r.formula) < 90 else r.formula[:87] + "…"
         table.add_row(name, _truth(fam.truth[name]), safe(formula), method, share, f"{dt:.2f}")
     console.print(table)
+    _claimed(fam, zoo_dir / "merge-family", console)
     console.print(f"JSON per model and mbw_ab.png in {safe(out_dir / 'recipe')}", soft_wrap=True)
+
+
+def _claimed(fam, folder: Path, console: Console) -> None:
+    """A weighted sum at 0.3 whose A1111 metadata claims 0.5: recipe checks the claim against the weights."""
+    from safetensors.torch import load_file
+
+    from sdlens.analysis.recipe import recipe
+    from sdlens.render.safe_text import safe
+    from sdlens.testing.merge_metadata import a1111_metadata, file_ref
+    from sdlens.testing.writers import save_safetensors
+
+    a, b = load_file(fam.paths["base_a"]), load_file(fam.paths["base_b"])
+    meta = a1111_metadata(file_ref(fam.paths["base_a"]), file_ref(fam.paths["base_b"]), multiplier=0.5)
+    merged = {k: 0.7 * v + 0.3 * b[k] if v.is_floating_point() else v for k, v in a.items()}
+    path = save_safetensors(merged, folder / "claims_half_is_0.3.safetensors", metadata=meta)
+    r = recipe(path, [fam.paths["base_a"], fam.paths["base_b"]])
+    console.print(f"{safe(path.name)}: recipe {safe(r.formula)}", soft_wrap=True, highlight=False)
+    for c in r.claims:
+        console.print(f"  claimed {safe(c['check'])}", soft_wrap=True, highlight=False)
