@@ -215,3 +215,28 @@ def test_sd_mecha_claim_matched_by_file_name(fam, tmp_path):
     r = recipe(_merged(fam, tmp_path, 0.3, sd_mecha_metadata(m)), [fam.paths["base_a"], fam.paths["base_b"]])
     (c,) = r.claims
     assert c["agrees"] is True and "sd-mecha" in c["check"]
+
+
+def test_hostile_and_odd_inputs(fam, tmp_path, cli):
+    """NaN weights, a candidate of another architecture, the model among its candidates, an escape in a name:
+    results for what can be compared, one note for the rest, no crash."""
+    from safetensors.torch import load_file
+
+    from sdlens.testing.writers import save_safetensors
+    from sdlens.testing.zoo_unet import build_single_file
+
+    sd = load_file(fam.paths["avg3"])
+    key = next(k for k in sd if k.startswith("model.diffusion_model.output_blocks.2.") and sd[k].ndim == 4)
+    sd[key] = sd[key].clone()
+    sd[key][0, 0, 0, 0] = float("nan")
+    nan = save_safetensors(sd, tmp_path / "nan\x1b[31m.safetensors")
+    sdxl = save_safetensors(build_single_file("sdxl", seed=3), tmp_path / "sdxl.safetensors")
+    r = recipe(nan, [fam.paths["base_a"], fam.paths["base_b"], fam.paths["finetune_a"], sdxl])
+    bad = [g for g in r.groups if g.fit is None]
+    assert bad and all("NaN or Inf" in (g.note or "") for g in bad)
+    ok = next(g for g in r.groups if g.group == "IN05")
+    assert [round(w, 3) for w in ok.fit.affine.weights] == [0.5, 0.3, 0.2] and "sdxl.safetensors" in ok.note
+    self_ = recipe(fam.paths["avg3"], [fam.paths["base_a"], fam.paths["avg3"]])
+    assert self_.verdict == "copy" and all(g.fit.copy_of == 2 for g in self_.groups if g.fit)
+    res = cli("recipe", str(nan), "--from", str(fam.paths["base_a"]), str(fam.paths["base_b"]))
+    assert res.returncode == 0 and "\x1b[31m" not in res.stdout and "Traceback" not in res.stderr
