@@ -141,7 +141,7 @@ def _columns(sums: Mapping[str, np.ndarray], cands: Sequence[int]) -> tuple[list
     return cols, [s for s in sets if len(s) > 1]
 
 
-def _spread(col_w: np.ndarray, cols: list[int], cands: Sequence[int], sets: list[list[int]]) -> list[float]:
+def _spread(col_w: np.ndarray, cols: list[int], cands: Sequence[int]) -> list[float]:
     """Column weights back onto the candidates: a set of identical candidates' weight goes to its first."""
     by = dict(zip(cols, col_w, strict=True))
     return [float(by.get(c, 0.0)) for c in cands]
@@ -170,12 +170,12 @@ def fit_group(
     w, _ = _solve(g, b)
     res = _residual(mm, b, g, w)
     col_w = np.r_[1.0 - w.sum(), w]
-    affine = Fit(_spread(col_w, [near, *others], cands, identical), res, res / dist if dist else 0.0)
-    free = _free_fit(sums, target, near, others, g, b, mm, cands, identical, dist)
+    affine = Fit(_spread(col_w, [near, *others], cands), res, res / dist if dist else 0.0)
+    free = _free_fit(sums, target, near, others, g, b, mm, cands, dist)
     convex = None
     if (np.array(affine.weights) < -1e-6).any():
         v, r = _convex(d2, target, cols)
-        convex = Fit(_spread(v, cols, cands, identical), r, r / dist if dist else 0.0)
+        convex = Fit(_spread(v, cols, cands), r, r / dist if dist else 0.0)
     cond, closest = _conditioning(d2, cols)
     fit = GroupFit(group, cands, affine, free, convex, near, dist, floor, copy_of, identical, cond, closest)
     if copy_of is not None:
@@ -195,7 +195,7 @@ def verdict(share: float, floor: float, dist: float) -> str:
     return "trained further" if share <= TRAINED else "not a merge"
 
 
-def _free_fit(sums, target, near, others, g, b, mm, cands, identical, dist) -> Fit | None:
+def _free_fit(sums, target, near, others, g, b, mm, cands, dist) -> Fit | None:
     """The fit with P_nearest itself as an extra regressor: weights free to sum to anything."""
     d2, sq = sums["d2"], sums["sq"]
     dp = sums["dp"] if sums["dp"].any() else np.diag(sq)[:, None] - np.diag(sq)[None, :]
@@ -208,7 +208,7 @@ def _free_fit(sums, target, near, others, g, b, mm, cands, identical, dist) -> F
     res = _residual(mm, bf, gf, w)
     s, wi = w[0], w[1:]
     col_w = np.r_[1.0 + s - wi.sum(), wi]
-    return Fit(_spread(col_w, [near, *others], cands, identical), res, res / dist if dist else 0.0)
+    return Fit(_spread(col_w, [near, *others], cands), res, res / dist if dist else 0.0)
 
 
 def _conditioning(d2: np.ndarray, cols: list[int]) -> tuple[float, tuple[int, int, float] | None]:
