@@ -180,7 +180,7 @@ def recipe(
     *,
     by: RecipeBy = "block",
     time_embed: str = "IN00",
-    sample: int = 16,
+    sample: int = 4,
     workers: int | None = None,
     chunk_bytes: int = 256 << 20,
     progress: Callable[[int], None] | None = None,

@@ -47,7 +47,7 @@ def run(
             min=0,
             help="Element evidence from about this many blocks of 1024 values per tensor (0: every value).",
         ),
-    ] = 16,
+    ] = 4,
     workers: Annotated[
         int | None, typer.Option(help="Threads for the arithmetic (default: one per core).")
     ] = None,
