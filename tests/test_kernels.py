@@ -311,3 +311,64 @@ def test_small_mixed_dtype_diff_does_not_load_torch(tmp_path):
     )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr[-2000:]
+
+
+def _signature_reference(rows: list[np.ndarray], tol: float, resolve: float, bins: int):
+    """``_jit.element_signature`` in float64 numpy over every position (stride 1)."""
+    from sdlens.analysis._jit import SIG_LO, SIG_WIDTH
+
+    m, cands = rows[0].astype(np.float64), [r.astype(np.float64) for r in rows[1:]]
+    c = len(cands)
+    out, hist = np.zeros((c, c, 7)), np.zeros((c, c, bins))
+    for b in range(c):
+        for j in range(c):
+            if b == j:
+                continue
+            pb, pj = cands[b], cands[j]
+            d = pj - pb
+            res = np.abs(d) > resolve * np.maximum(np.abs(pb), np.abs(m))
+            e = m - pb
+            eq_b = res & (np.abs(e) <= tol * np.abs(pb))
+            eq_j = res & ~eq_b & (np.abs(m - pj) <= tol * np.abs(pj))
+            rest = res & ~eq_b & ~eq_j
+            k = np.floor((e[rest] / d[rest] - SIG_LO) / SIG_WIDTH).astype(int)
+            inside = (k >= 0) & (k < bins)
+            np.add.at(hist[b, j], k[inside], 1)
+            out[b, j] = [
+                res.sum(), eq_b.sum(), eq_j.sum(), np.abs(d[eq_b]).sum(), np.abs(d[res & ~eq_b]).sum(),
+                (~inside).sum(), ((e[rest] > 0) == (d[rest] > 0)).sum(),
+            ]  # fmt: skip
+    return out, hist
+
+
+@pytest.mark.parametrize("dtype", ["F16", "BF16", "F32"])
+def test_element_signature_counts_exact(dtype):
+    """Every count of the merge-method kernel equals a float64 reference: drops (M = base), takes (M = the
+    candidate), the ratio histogram and the sign agreement, for a DARE-like mix of the three kinds."""
+    import torch
+
+    from sdlens.analysis.kernels import SIG_BINS, element_signature
+
+    g = torch.Generator().manual_seed(3)
+    n = 5000
+    a = torch.randn(n, generator=g)
+    b = a + 0.5 * torch.randn(n, generator=g)
+    keep = torch.rand(n, generator=g) > 0.3
+    take = torch.rand(n, generator=g) < 0.1
+    m = torch.where(keep, a + (b - a) / 0.7, a)
+    m = torch.where(take, b, m)
+    tdt = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32}[dtype]
+    rows = [x.to(tdt) for x in (m, a, b)]
+    stored = [
+        r.view(torch.int16 if dtype != "F32" else torch.int32)
+        .numpy()
+        .view(np.uint16 if dtype != "F32" else np.float32)
+        for r in rows
+    ]
+    out, hist = element_signature(stored, dtype, 1, 0.0, 1e-3)
+    ref_out, ref_hist = _signature_reference([r.float().numpy() for r in rows], 0.0, 1e-3, SIG_BINS)
+    np.testing.assert_array_equal(out[..., :3], ref_out[..., :3])
+    np.testing.assert_array_equal(out[..., 5:], ref_out[..., 5:])
+    np.testing.assert_allclose(out[..., 3:5], ref_out[..., 3:5], rtol=1e-5)
+    np.testing.assert_array_equal(hist, ref_hist)
+    assert 0.25 < out[0, 1, 1] / out[0, 1, 0] < 0.35  # the drops are seen as drops

@@ -375,7 +375,7 @@ SIG_FIELDS = ("values", "equal_base", "equal_candidate", "delta_dropped", "delta
 SIG_LO, SIG_WIDTH = -1.0, 0.01  # ratio histogram: bins of 0.01 from −1 (400 bins to 3)
 
 
-@njit(fastmath=_FM, nogil=True, cache=True)
+@njit(nogil=True, cache=True)
 def element_signature(addrs, kind, start, stop, stride, tol, resolve, out, hist):
     """Element-level evidence of how a model M (row 0 of ``addrs``) was made from candidates (rows 1…c):
     for each ordered pair (base b, candidate j), over the positions of blocks ``start + k·stride·ROWS_BLOCK``
@@ -385,7 +385,10 @@ def element_signature(addrs, kind, start, stop, stride, tol, resolve, out, hist)
     and over the others; and, for the rest, into ``hist[b, j]`` the ratio r = (M − P_b) / δ (bins of
     ``SIG_WIDTH`` from ``SIG_LO``; outside that range counted in "outside") and how often M − P_b has δ's sign.
     Weighted sums give one ratio everywhere, DARE drops a share of deltas regardless of their size and
-    rescales the rest, TIES drops the small ones, crossover copies each value from one parent."""
+    rescales the rest, TIES drops the small ones, crossover copies each value from one parent.
+
+    No fast-math here: every comparison and ratio is plain IEEE float64 arithmetic on the exactly widened
+    values, so a count (and the bin of a ratio on a bin edge) is the same on every CPU."""
     c = addrs.size - 1
     y = np.zeros((c + 1, ROWS_BLOCK), dtype=np.float32)
     sq = np.zeros(c + 1)
@@ -404,8 +407,8 @@ def element_signature(addrs, kind, start, stop, stride, tol, resolve, out, hist)
                 o = out[b, j]
                 h = hist[b, j]
                 for i in range(m):
-                    pb, pm = yb[i], ym[i]
-                    d = yj[i] - pb
+                    pb, pm, pj = np.float64(yb[i]), np.float64(ym[i]), np.float64(yj[i])
+                    d = pj - pb
                     ad = abs(d)
                     if not ad > resolve * max(abs(pb), abs(pm)):
                         continue
@@ -416,7 +419,7 @@ def element_signature(addrs, kind, start, stop, stride, tol, resolve, out, hist)
                         o[3] += ad
                         continue
                     o[4] += ad
-                    if abs(pm - yj[i]) <= tol * abs(yj[i]):
+                    if abs(pm - pj) <= tol * abs(pj):
                         o[2] += 1.0
                         continue
                     if (e > 0) == (d > 0):

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from sdlens.analysis.lora import LoraInfo, analyse_lora
+from sdlens.analysis.merge_claims import Claim, read_claims
 from sdlens.analysis.metadata import MetadataSummary, summarise_metadata
 from sdlens.analysis.scan import ScanResult, scan_and_hash, scan_and_hash_bytes, scan_tensors
 from sdlens.analysis.schedule import ScheduleInfo, analyse_schedule
@@ -89,10 +90,13 @@ class InspectReport:
     hashes: list[FileHashes] = field(default_factory=list)
     scan: ScanResult | None = None
     summary: str = ""
+    merge_claims: list[Claim] = field(default_factory=list)  # recipes merge tools wrote into the metadata
     schema_version: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        d["merge_claims"] = [c.to_dict() for c in self.merge_claims]
+        return d
 
 
 def inspect(
@@ -149,6 +153,7 @@ def describe(ckpt: Checkpoint) -> InspectReport:
         bytes_beyond_fp16=beyond,
         metadata=meta,
         extras=dict(ckpt.extras),
+        merge_claims=read_claims(ckpt.metadata),
     )
     ident = identify(tensors, ckpt.configs, ckpt.metadata)
     match = ident.match

@@ -105,11 +105,13 @@ def plan(
     task_bytes: int | None = None,
     variant: str | None = None,
     per_key: bool = False,
+    base_block: bool = False,
 ) -> Plan:
     """Headers only: align every model's tensors by canonical name and cut the work into tasks of about
     ``task_bytes`` per model. An input that cannot be read is left out and listed in ``Plan.skipped``.
     ``variant``: diffusers folders' variant files (``fp16`` ...); ``per_key``: every tensor is a group of
-    its own too (``key:<canonical name>``)."""
+    its own too (``key:<canonical name>``); ``base_block``: tensors outside the denoiser form the merge block
+    ``block:BASE`` (text encoders, VAE: what merging tools weight with their BASE ratio)."""
     if len(paths) < 2:
         raise SdlensError(None, "matrix needs at least two models")
     task_bytes = task_bytes or _TASK_BYTES
@@ -143,6 +145,8 @@ def plan(
         groups = _component_groups(name)
         if name.startswith("denoiser/"):
             groups += (f"block:{block_of(name, family, time_embed=time_embed)}",)
+        elif base_block:
+            groups += ("block:BASE",)
         if per_key:
             groups += (f"key:{name}",)
         numel = math.prod(shape)

@@ -72,8 +72,9 @@ def _key_pool():
 
 
 def _wanted(metric: str) -> int:
-    """The kernel sums a metric needs (``_jit`` bits: D2 = 1, DP = 2, L1 = 4, SQ = 8)."""
-    return {"l2": 1, "cos": 1 | 2 | 8, "l1": 4}[metric]
+    """The kernel sums a metric needs (``_jit`` bits: D2 = 1, DP = 2, L1 = 4, SQ = 8); ``gram``: what a
+    least-squares fit of one model from others needs (recipe, lineage)."""
+    return {"l2": 1, "cos": 1 | 2 | 8, "l1": 4, "gram": 1 | 8}[metric]
 
 
 def run_task(
@@ -91,7 +92,7 @@ def run_task(
     """The sums of one task. Pure: depends only on the files and the task (safe to run anywhere).
 
     ``probe(checkpoints, key)``: more sums of a key (named arrays, such as recipe's element counts), added
-    into every group of the key like the distances."""
+    into every group of the key like the distances, but its own ``key:`` group (kept small)."""
     n = len(paths)
     owned = checkpoints is None
     cks = list(checkpoints) if checkpoints is not None else [open_checkpoint(p, variant) for p in paths]
@@ -125,21 +126,12 @@ def run_task(
     try:
         for k, kp in enumerate(task.keys):
             present, idx, sums, extra = pending[k].result() if pending else key_sums(kp)
-            sel = np.ix_(present, present)
-            d2n, dpn, l1n = (t[np.ix_(idx, idx)] for t in sums[:3])
-            sq = np.repeat(sums[3][idx][:, None], len(present), axis=1)
-            same = (idx[:, None] == idx[None, :]).astype(np.float64)
-            bad = np.diag((~np.isfinite(sums[3][idx])).astype(np.float64))  # the exact path's Σx² of each row
+            contrib = _contribution(n, present, idx, sums)
             for g_name in kp.groups:
                 acc = part.group(g_name)
-                acc["d2"][sel] += d2n
-                acc["dp"][sel] += dpn
-                acc["sq"][sel] += sq
-                acc["l1"][sel] += l1n
-                acc["same"][sel] += same
-                acc["both"][sel] += 1.0
-                acc["bad"][sel] += bad
-                for name, value in (extra or {}).items():
+                for f, v in contrib.items():
+                    acc[f] += v
+                for name, value in (extra or {}).items() if not g_name.startswith("key:") else ():
                     part.add(g_name, name, value)
             if progress:
                 progress(kp.nbytes)
@@ -150,6 +142,30 @@ def run_task(
             for ck in cks:
                 ck.close()
     return part
+
+
+def _contribution(n: int, present: list[int], idx: np.ndarray, sums) -> dict[str, np.ndarray]:
+    """One key's additions to every ``Partial`` field (N×N), from the sums between its unique rows: made
+    once per key, then added to each of its groups."""
+    d2n, dpn, l1n = (t[np.ix_(idx, idx)] for t in sums[:3])
+    rows = sums[3][idx]
+    parts = {
+        "d2": d2n,
+        "dp": dpn,
+        "sq": np.repeat(rows[:, None], len(present), axis=1),
+        "l1": l1n,
+        "same": (idx[:, None] == idx[None, :]).astype(np.float64),
+        "both": np.ones((len(present), len(present))),
+        "bad": np.diag((~np.isfinite(rows)).astype(np.float64)),  # the exact path's Σx² of each row
+    }
+    if len(present) == n:
+        return parts
+    sel = np.ix_(present, present)
+    out = {}
+    for f, v in parts.items():
+        out[f] = np.zeros((n, n))
+        out[f][sel] = v
+    return out
 
 
 def _key_sums(

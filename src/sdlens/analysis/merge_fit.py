@@ -1,13 +1,14 @@
 """Which weights of candidate models best rebuild a model, from pairwise sums alone.
 
 For a model M and candidates P₀…P_k, everything a linear fit needs is in the sums the matrix engine adds
-per group (merge block, component or key): ``d2[i, j]`` = ‖xᵢ − xⱼ‖², ``dp[i, j]`` = ‖xᵢ‖² − ‖xⱼ‖² (summed term by
-term, without cancellation) and ``sq[i, i]`` = ‖xᵢ‖². With uᵢ = Pᵢ − P₀ and m = M − P₀,
+per group (merge block, component or key): ``d2[i, j]`` = ‖xᵢ − xⱼ‖² (each pair differenced directly) and
+``sq[i, i]`` = ‖xᵢ‖². With uᵢ = Pᵢ − P₀ and m = M − P₀,
 
     ⟨uᵢ, uⱼ⟩ = (d2[i,0] + d2[j,0] − d2[i,j]) / 2,   ⟨m, uᵢ⟩ = (d2[M,0] + d2[i,0] − d2[M,i]) / 2,
 
 and with P₀ itself as a regressor (for a fit whose weights need not sum to 1)
-⟨P₀, uᵢ⟩ = (dp[i,0] − d2[i,0]) / 2. Three fits are made: **affine** (weights sum to 1: every merge tool's
+⟨P₀, uᵢ⟩ = (‖Pᵢ‖² − ‖P₀‖² − d2[i,0]) / 2 (from ``dp[i, 0]`` = ‖xᵢ‖² − ‖x₀‖² summed term by term where the sums
+have it, else from ``sq``: a relative error of about 1e-7 of ‖P‖², harmless for this diagnostic fit). Three fits are made: **affine** (weights sum to 1: every merge tool's
 weighted sum, add-difference and average), **free** (no constraint: says whether the weights sum to 1) and
 **convex** (non-negative, summing to 1) where the affine one has a negative weight. The origin P₀ is the
 candidate nearest to M, so the residual share ‖M − fit‖ / ‖M − P₀‖ is "how much of M's distance to its
@@ -54,7 +55,7 @@ class GroupFit:
     nearest: int  # the candidate nearest to M (model index)
     distance: float  # ‖M − P_nearest‖
     floor: float  # the residual share storage rounding alone would leave
-    copy_of: int | None  # the candidate M is bit-identical to here
+    copy_of: int | None  # the candidate M is bit-identical (or equal in every value) to here
     identical: list[list[int]] = field(default_factory=list)  # candidates bit-identical to each other here
     condition: float = 1.0  # λmax / λmin of the candidates' Gram matrix about their centroid
     closest: tuple[int, int, float] | None = None  # the two nearest distinct candidates, d / largest d
@@ -140,7 +141,7 @@ def _columns(sums: Mapping[str, np.ndarray], cands: Sequence[int]) -> tuple[list
     return cols, [s for s in sets if len(s) > 1]
 
 
-def _spread(col_w: np.ndarray, cols: list[int], cands: Sequence[int], sets: list[list[int]]) -> list[float]:
+def _spread(col_w: np.ndarray, cols: list[int], cands: Sequence[int]) -> list[float]:
     """Column weights back onto the candidates: a set of identical candidates' weight goes to its first."""
     by = dict(zip(cols, col_w, strict=True))
     return [float(by.get(c, 0.0)) for c in cands]
@@ -160,6 +161,8 @@ def fit_group(
     norm = float(np.sqrt(max(sums["sq"][target, target], 0.0)))
     floor = norm * ROUNDING.get(dtype, ROUNDING["F32"]) / dist if dist > 0 else 0.0
     copy_of = next((c for c in cands if same[target, c]), None)
+    if copy_of is None and d2[target, near] == 0:  # equal values, other bits (−0 for +0: α = 0 in a tool)
+        copy_of = near
     others = [c for c in cols if c != near]
     g = np.array([[_inner(d2, i, j, near) for j in others] for i in others]).reshape(len(others), len(others))
     b = np.array([_inner(d2, target, i, near) for i in others])
@@ -167,12 +170,12 @@ def fit_group(
     w, _ = _solve(g, b)
     res = _residual(mm, b, g, w)
     col_w = np.r_[1.0 - w.sum(), w]
-    affine = Fit(_spread(col_w, [near, *others], cands, identical), res, res / dist if dist else 0.0)
-    free = _free_fit(sums, target, near, others, g, b, mm, cands, identical, dist)
+    affine = Fit(_spread(col_w, [near, *others], cands), res, res / dist if dist else 0.0)
+    free = _free_fit(sums, target, near, others, g, b, mm, cands, dist)
     convex = None
     if (np.array(affine.weights) < -1e-6).any():
         v, r = _convex(d2, target, cols)
-        convex = Fit(_spread(v, cols, cands, identical), r, r / dist if dist else 0.0)
+        convex = Fit(_spread(v, cols, cands), r, r / dist if dist else 0.0)
     cond, closest = _conditioning(d2, cols)
     fit = GroupFit(group, cands, affine, free, convex, near, dist, floor, copy_of, identical, cond, closest)
     if copy_of is not None:
@@ -192,9 +195,10 @@ def verdict(share: float, floor: float, dist: float) -> str:
     return "trained further" if share <= TRAINED else "not a merge"
 
 
-def _free_fit(sums, target, near, others, g, b, mm, cands, identical, dist) -> Fit | None:
+def _free_fit(sums, target, near, others, g, b, mm, cands, dist) -> Fit | None:
     """The fit with P_nearest itself as an extra regressor: weights free to sum to anything."""
-    d2, dp, sq = sums["d2"], sums["dp"], sums["sq"]
+    d2, sq = sums["d2"], sums["sq"]
+    dp = sums["dp"] if sums["dp"].any() else np.diag(sq)[:, None] - np.diag(sq)[None, :]
     p0u = np.array([0.5 * (dp[i, near] - d2[i, near]) for i in others])
     gf = np.block([[np.array([[sq[near, near]]]), p0u[None, :]], [p0u[:, None], g]])
     bf = np.r_[0.5 * (dp[target, near] - d2[target, near]), b]
@@ -204,7 +208,7 @@ def _free_fit(sums, target, near, others, g, b, mm, cands, identical, dist) -> F
     res = _residual(mm, bf, gf, w)
     s, wi = w[0], w[1:]
     col_w = np.r_[1.0 + s - wi.sum(), wi]
-    return Fit(_spread(col_w, [near, *others], cands, identical), res, res / dist if dist else 0.0)
+    return Fit(_spread(col_w, [near, *others], cands), res, res / dist if dist else 0.0)
 
 
 def _conditioning(d2: np.ndarray, cols: list[int]) -> tuple[float, tuple[int, int, float] | None]:
@@ -223,3 +227,14 @@ def _conditioning(d2: np.ndarray, cols: list[int]) -> tuple[float, tuple[int, in
     n = int(np.argmin(d[iu]))
     a, b = iu[0][n], iu[1][n]
     return cond, (cols[a], cols[b], float(np.sqrt(max(d[a, b], 0.0))) / far)
+
+
+def residual_with(
+    sums: Mapping[str, np.ndarray], target: int, cands: Sequence[int], weights: Sequence[float]
+) -> float:
+    """‖M − Σ wᵢ Pᵢ‖ for given weights summing to 1 (= √(wᵀHw), Hᵢⱼ = ⟨Pᵢ − M, Pⱼ − M⟩): does another
+    group's recipe hold here too?"""
+    d2 = sums["d2"]
+    w = np.asarray(weights, dtype=np.float64)
+    h = np.array([[_inner(d2, i, j, target) for j in cands] for i in cands])
+    return float(np.sqrt(max(w @ h @ w, 0.0)))

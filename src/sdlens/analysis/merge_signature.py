@@ -1,6 +1,6 @@
 """Element-level evidence of a merge method, gathered in the same pass as the fit's sums.
 
-Per key, a sample of positions (every ``stride``-th block of 1024 values) goes through
+Per key, a sample of positions (``sample`` blocks of 1024 values spread evenly over the tensor) goes through
 ``kernels.element_signature``: for every ordered pair (base b, candidate j), where the candidate's delta
 δ = Pⱼ − P_b is large enough to be told from rounding, how often M equals the base, equals the candidate,
 and otherwise the ratio (M − P_b) / δ. The counts add per group like the fit's sums, and read as:
@@ -30,13 +30,17 @@ _PEAK = 3  # bins either side of the ratio histogram's mode that count as "the s
 _MIN_VALUES = 200  # fewer resolvable values than this: no verdict
 _CHUNK = 1 << 22  # values widened at a time on the torch path
 
+NONLINEAR = ("DARE", "TIES", "crossover")  # methods a linear fit cannot rebuild
+
 # field indices of the kernel's counts (_jit.SIG_FIELDS)
 VALUES, EQ_BASE, EQ_CAND, DELTA_DROPPED, DELTA_KEPT, OUTSIDE, AGREE = range(7)
 
 
 def stride_for(numel: int, sample: int) -> int:
-    """Every ``sample``-th block of a large tensor; all of a small one."""
-    return 1 if numel <= (1 << 16) else max(1, sample)
+    """The stride (in blocks of 1024 values) that visits about ``sample`` blocks spread over a tensor of
+    ``numel`` values (every block when ``sample`` is 0 or the tensor is small)."""
+    blocks = -(-numel // 1024)
+    return 1 if sample <= 0 or blocks <= sample else -(-blocks // sample)
 
 
 def probe_key(cks: Sequence[Any], refs: Sequence[Any], numel: int, sample: int):
@@ -122,10 +126,16 @@ def _evidence(out: np.ndarray, hist: np.ndarray, b: int, j: int, cands: Sequence
 
 
 def read_signature(
-    out: np.ndarray | None, hist: np.ndarray | None, cands: Sequence[int], fit: GroupFit | None, names
+    out: np.ndarray | None,
+    hist: np.ndarray | None,
+    cands: Sequence[int],
+    fit: GroupFit | None,
+    names,
+    linear: bool | None = None,
 ) -> Signature:
     """The method the element counts of one group point to (``cands``: model indices of the candidates, in
-    the rows' order; ``names``: model index -> display name)."""
+    the rows' order; ``names``: model index -> display name; ``linear``: whether a linear fit explains the
+    model — by default, ``fit``'s verdict)."""
     if fit is not None and fit.copy_of is not None:
         return Signature("copy", f"copied whole from {names[fit.copy_of]}")
     if out is None or not out[..., VALUES].any():
@@ -135,7 +145,7 @@ def read_signature(
     if not pairs:
         return Signature("no evidence", "too few values that differ clearly between candidates")
     ev = [_evidence(out, hist, b, j, cands) for b, j in pairs]
-    best = max(ev, key=lambda e: (e.dropped + e.taken, e.at_ratio))
+    best = max(ev, key=lambda e: (round(e.dropped + e.taken, 2), e.at_ratio))  # same drops: the clear ratio
     if best.dropped + best.taken >= 0.95 and min(best.dropped, best.taken) >= 0.02:
         share = best.taken
         text = (
@@ -149,10 +159,12 @@ def read_signature(
         if 0.7 <= best.magnitude <= 1.4:
             return _dare(best, names)
     if best.dropped + best.taken < 0.01:
-        ws = _weighted(ev, fit, names)
+        ws = _weighted(ev, fit, names, linear)
         if ws is not None:
             return ws
-    return Signature("unknown", "unknown method: the element counts match no method sdlens knows", evidence=best)
+    return Signature(
+        "unknown", "unknown method: the element counts match no method sdlens knows", evidence=best
+    )
 
 
 def _dare(e: Evidence, names) -> Signature:
@@ -176,17 +188,38 @@ def _ties(e: Evidence, names) -> Signature:
     return Signature("TIES", text, drop_rate=e.dropped, scale=scale, evidence=e)
 
 
-def _weighted(ev: list[Evidence], fit: GroupFit | None, names) -> Signature | None:
-    """No value is either parent's: a weighted sum, if one ratio holds for the pair the fit weights most."""
-    if fit is None:
+def _weighted(ev: list[Evidence], fit: GroupFit | None, names, linear: bool | None) -> Signature | None:
+    """No value is either parent's and the fit explains the group: a linear merge (weighted sum, average,
+    add difference); the ratio the pair the fit weights most shares is quoted where one holds."""
+    if fit is None or not (fit.verdict in ("explained", "trained further") if linear is None else linear):
         return None
     top = sorted(zip(fit.candidates, fit.affine.weights, strict=True), key=lambda x: -abs(x[1]))[:2]
-    if len(top) < 2:
-        return None
-    (a, _), (b, wb) = top
-    e = next((x for x in ev if x.base == a and x.candidate == b), None)
-    if e is None or e.ratio is None or e.at_ratio < 0.5:
-        return None
-    return Signature(
-        "weighted sum", f"weighted sum: every value at one ratio ({e.ratio:.3g}) between parents", evidence=e
+    e = None
+    if len(top) == 2:
+        (a, _), (b, _) = top
+        e = next((x for x in ev if x.base == a and x.candidate == b), None)
+    text = "no value kept from any parent: a linear merge (weighted sum / add difference / average)"
+    if e is not None and e.ratio is not None and e.at_ratio >= 0.5:
+        text += f"; every value at one ratio ({e.ratio:.3g}) between {names[e.base]} and {names[e.candidate]}"
+    return Signature("weighted sum", text, evidence=e)
+
+
+def nonlinear_formula(sig: Signature, names, fit: GroupFit | None = None) -> str:
+    """A DARE / TIES / crossover signature as a formula (``names``: model index -> label, A, B…); ``fit``
+    (of the whole denoiser) names every task model of a TIES merge (weight ≥ 0.05 besides the base)."""
+    e = sig.evidence
+    a, b = names[e.base], names[e.candidate]
+    if sig.method == "crossover":
+        return f"crossover({a}, {b}): {e.taken:.0%} of values from {b}"
+    if sig.method == "TIES" and fit is not None:
+        tasks = [
+            c for c, w in zip(fit.candidates, fit.affine.weights, strict=True) if c != e.base and w >= 0.05
+        ]
+        b = ", ".join(names[c] for c in tasks or [e.candidate])
+        return f"TIES({b} over {a}, trimmed {e.dropped:.0%})"
+    lam = (
+        ""
+        if sig.scale is None
+        else f"{sig.scale * (1 - e.dropped) if sig.method == 'DARE' else sig.scale:.3g}*"
     )
+    return f"{a} + {lam}{sig.method}({b} - {a}, drop {e.dropped:.2f})"

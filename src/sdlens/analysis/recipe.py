@@ -18,8 +18,8 @@ from sdlens.analysis import matrix_plan
 from sdlens.analysis.matrix_plan import KeyPlan, Plan
 from sdlens.analysis.matrix_run import run_task
 from sdlens.analysis.matrix_state import ModelInfo, Partial
-from sdlens.analysis.merge_fit import GroupFit, fit_group, verdict
-from sdlens.analysis.merge_signature import Signature, probe_key, read_signature
+from sdlens.analysis.merge_fit import GroupFit, fit_group, residual_with, verdict
+from sdlens.analysis.merge_signature import NONLINEAR, Signature, nonlinear_formula, probe_key, read_signature
 from sdlens.analysis.recipe_words import Mbw, Term, describe, whole_model
 from sdlens.arch.blocks import block_names
 from sdlens.choices import RecipeBy, check_choice
@@ -37,6 +37,7 @@ class GroupRecipe:
     term: Term | None
     signature: Signature
     note: str | None = None  # why it was not fitted
+    sums: str = ""  # the plan's name of the group (``block:IN04``)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -105,8 +106,8 @@ def one_pass(
     workers: int | None = None,
     chunk_bytes: int = 256 << 20,
 ) -> Partial:
-    """Every task of a plan (made with ``metric="cos"``: the sums ``d2``, ``dp``, ``sq`` a fit needs), each
-    file read once in offset order; ``probe``: more per-key sums (see ``matrix_run.run_task``)."""
+    """Every task of a plan: the sums ``d2`` and ``sq`` a fit needs (``metric="gram"``), each file read once
+    in offset order; ``probe``: more per-key sums (see ``matrix_run.run_task``)."""
     from sdlens.analysis import kernels
 
     paths = [m.path for m in pl.models]
@@ -118,7 +119,7 @@ def one_pass(
             total = total + run_task(
                 paths,
                 task,
-                metric="cos",
+                metric="gram",
                 chunk_bytes=chunk_bytes,
                 device="cpu",
                 progress=progress,
@@ -149,12 +150,19 @@ def _group(pl: Plan, total: Partial, g: str, names: dict[int, str], dtype: str) 
     display = g.split(":", 1)[1] if ":" in g else g
     labels = {i: LABELS[i - 1] for i in range(1, n)}
     if sig[0] is None:
-        return GroupRecipe(display, None, None, Signature("no evidence", "not in the model"), "not in the model")
+        return GroupRecipe(
+            display, None, None, Signature("no evidence", "not in the model"), "not in the model"
+        )
     cands = [i for i in range(1, n) if sig[i] == sig[0]]
     left = [names[i] for i in range(1, n) if sig[i] != sig[0]]
     note = f"left out here (missing or another key set): {', '.join(left)}" if left else None
     if not cands:
         return GroupRecipe(display, None, None, Signature("no evidence", "no candidate has it"), note)
+    rows = [0, *cands]
+    if not all(np.isfinite(acc[f][np.ix_(rows, rows)]).all() for f in ("d2", "dp", "sq")):
+        bad = [names[i] for i in rows if acc["bad"][i, i] > 0] or ["a model"]
+        why = f"NaN or Inf values in {', '.join(bad)}: not fitted"
+        return GroupRecipe(display, None, None, Signature("no evidence", why), why, g)
     fit = fit_group(display, acc, 0, cands, dtype)
     term = describe(fit.affine.weights, [labels[c] for c in cands], labels.get(fit.copy_of))
     out, hist = acc.get(_SIG_OUT), acc.get(_SIG_HIST)
@@ -163,7 +171,7 @@ def _group(pl: Plan, total: Partial, g: str, names: dict[int, str], dtype: str) 
         keep = [rows.index(c) for c in cands]
         out, hist = out[np.ix_(keep, keep)], hist[np.ix_(keep, keep)]
     signature = read_signature(out, hist, cands, fit, names)
-    return GroupRecipe(display, fit, term, signature, note)
+    return GroupRecipe(display, fit, term, signature, note, g)
 
 
 def recipe(
@@ -179,20 +187,25 @@ def recipe(
     on_plan: Callable[[Plan], None] | None = None,
 ) -> RecipeResult:
     """How ``model`` is made from ``candidates`` (files or folders), per merge block (``by="block"``),
-    component or key. ``sample``: the element signature looks at every ``sample``-th block of 1024 values
-    of large tensors (1: all)."""
+    component or key. ``sample``: the element signature looks at about this many blocks of 1024 values
+    of each tensor, spread over it (0: every value)."""
     check_choice(by, "by", RecipeBy)
     if not candidates:
         raise SdlensError(model, "recipe needs at least one candidate (--from)")
     paths = [model, *candidates]
-    pl = matrix_plan.plan(paths, metric="cos", time_embed=time_embed, per_key=by == "key")
+    pl = matrix_plan.plan(paths, metric="gram", time_embed=time_embed, per_key=by == "key", base_block=True)
     if not pl.models or Path(pl.models[0].path) != Path(model):
         why = next((s["error"] for s in pl.skipped if Path(s["path"]) == Path(model)), "cannot be read")
         raise SdlensError(model, why)
     if on_plan:
         on_plan(pl)
     total = one_pass(pl, probe=_probe(sample), progress=progress, workers=workers, chunk_bytes=chunk_bytes)
-    return summarise(pl, total, by=by)
+    result = summarise(pl, total, by=by)
+    from sdlens.analysis.recipe_claims import claims_of
+
+    groups = result.groups if by == "block" else result.components
+    result.claims = claims_of(pl.models[0].path, [c.path for c in result.candidates], groups, result.labels)
+    return result
 
 
 def summarise(pl: Plan, total: Partial, *, by: str = "block") -> RecipeResult:
@@ -209,8 +222,20 @@ def summarise(pl: Plan, total: Partial, *, by: str = "block") -> RecipeResult:
     family = pl.models[0].family
     terms = {g.group: g.term for g in groups if g.term is not None}
     order = block_names(family) if by == "block" else [g.group for g in groups]
-    formula, mbw = whole_model(terms, order)
+    formula, mbw = _one_formula(total, groups, den) or whole_model(terms, order)
     share, overall = _overall(groups if by == "block" else [], den)
+    if overall == "not a merge":
+        near = names[den.fit.nearest] if den and den.fit else "?"
+        formula, mbw = f"not a merge of these candidates (nearest: {near})", None
+    method = _model_signature(
+        total, groups if by != "component" else [den] if den else [], by, den, names, overall
+    )
+    if method.method in NONLINEAR:  # not linear: the fit's weights are only averages
+        formula, mbw, overall = (
+            nonlinear_formula(method, dict(enumerate(["M", *labels])), den.fit if den else None),
+            None,
+            method.method,
+        )
     return RecipeResult(
         pl.models[0],
         pl.models[1:],
@@ -220,11 +245,61 @@ def summarise(pl: Plan, total: Partial, *, by: str = "block") -> RecipeResult:
         components,
         formula,
         mbw,
-        den.signature if den else Signature("no evidence", "no denoiser"),
+        method,
         share,
         overall,
         _equal_shares(total, den, labels),
         skipped=list(pl.skipped),
+    )
+
+
+def _one_formula(
+    total: Partial, groups: list[GroupRecipe], den: GroupRecipe | None
+) -> tuple[str, None] | None:
+    """The whole denoiser's term, when its weights fit every group as well as the group's own fit does
+    (explained, or within 5 % of its residual) — blocks that look like copies included (in BASE, a
+    fine-tune's text encoder is its base's: B − C = 0 there)."""
+    if den is None or den.fit is None or den.term is None or not groups:
+        return None
+    weights = den.fit.affine.weights
+    for g in groups:
+        if g.fit is None:
+            continue
+        if g.fit.candidates != den.fit.candidates:
+            return None
+        res = residual_with(total.group(g.sums), 0, g.fit.candidates, weights)
+        dist = g.fit.distance
+        if (
+            dist
+            and verdict(res / dist, g.fit.floor, dist) != "explained"
+            and res > 1.05 * g.fit.affine.residual
+        ):
+            return None
+    return den.term.text, None
+
+
+def _model_signature(
+    total: Partial, groups: list[GroupRecipe], by: str, den: GroupRecipe | None, names, overall: str
+) -> Signature:
+    """The method over the denoiser: the element counts of its groups added, leaving out groups copied
+    whole (a copied block's values all equal one parent, which is not a sign of DARE or crossover)."""
+    if den is None or den.fit is None:
+        return Signature("no evidence", "no denoiser")
+    if by == "block":
+        groups = [g for g in groups if g.group != "BASE"]
+    elif by == "key":
+        groups = [g for g in groups if g.group.startswith("denoiser/")]
+    used = [g for g in groups if g.fit is not None and g.fit.copy_of is None]
+    if groups and not used:
+        return Signature("copy", "every block copied whole from a candidate")
+    sums = [total.group(g.sums) for g in used if _SIG_OUT in total.group(g.sums)]
+    if not sums:
+        return Signature("no evidence", "no values to sample")
+    out = sum(s[_SIG_OUT] for s in sums)
+    hist = sum(s[_SIG_HIST] for s in sums)
+    cands = list(range(1, len(names)))
+    return read_signature(
+        out, hist, cands, den.fit, names, linear=overall in ("explained", "trained further")
     )
 
 
@@ -233,7 +308,7 @@ def _overall(blocks: list[GroupRecipe], den: GroupRecipe | None) -> tuple[float 
     candidate (each block fitted on its own), or the denoiser's own fit when not by block."""
     if den is None or den.fit is None:
         return None, "not comparable"
-    fits = [b.fit for b in blocks if b.fit is not None and b.group not in ("BASE",)]
+    fits = [b.fit for b in blocks if b.fit is not None and b.group != "BASE"]
     if not fits:
         return den.fit.affine.share, den.fit.verdict
     res = float(np.sqrt(sum(f.affine.residual**2 for f in fits)))

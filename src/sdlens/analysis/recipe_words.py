@@ -35,7 +35,7 @@ def describe(weights: Sequence[float], labels: Sequence[str], copy_of: str | Non
     if not part:
         return Term("linear", "none of the candidates", ())
     if len(part) == 1:
-        (lab, w), = part
+        ((lab, w),) = part
         return Term("same", lab if abs(w - 1) < SAME else f"{_num(w)}*{lab}", (lab,))
     pos = [p for p in part if p[1] > 0]
     neg = [p for p in part if p[1] < 0]

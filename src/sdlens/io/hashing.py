@@ -60,3 +60,14 @@ def hash_file(
             if progress:
                 progress(n)
     return h.result()
+
+
+def legacy_hash(path: str | Path) -> str:
+    """A1111's old 8-hex model hash alone: sha256 of the 64 KiB at 1 MiB (fewer bytes for a short file, as
+    A1111 reads them), reading only those bytes."""
+    from sdlens.io.base import open_regular, reading
+
+    with reading(path), open_regular(path) as f:
+        f.seek(OLD_HASH_OFFSET)
+        data = f.read(OLD_HASH_LENGTH)
+    return hashlib.sha256(data).hexdigest()[:8]

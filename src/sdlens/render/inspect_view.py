@@ -95,6 +95,8 @@ def render_report(r: InspectReport, console: Console, brief: bool = False) -> No
         console.print(f"[bold red]problem:[/] {safe(p, ERROR_LIMIT)}")
     if r.unknown_keys:
         _unknown_keys(r, console)
+    if r.merge_claims:
+        _merge_claims(r, console)
     _metadata_and_hashes(r, console)
     if r.scan is not None:
         _scan(r, console)
@@ -194,6 +196,36 @@ def _unknown_keys(r: InspectReport, console: Console) -> None:
             )
     if len(r.unknown_keys) > 20:
         console.print(f"  … {len(r.unknown_keys) - 20} more in --json", highlight=False)
+
+
+def _parent_line(p) -> str:
+    ids = [h for h in (p.legacy_hash, p.short_hash) if h and h not in (p.name or "")]
+    return f"{p.label} = {p.name or '(no name)'}" + (f" [{' / '.join(ids)}]" if ids else "")
+
+
+def _claim_lines(c, depth: int = 0) -> list[tuple[str, str]]:
+    """(indent, text) lines of one claim and, indented, its parents' own claims (a few levels)."""
+    pad = "  " * depth
+    head = f"{c.subject} was itself made by {c.tool} (in its own letters): " if c.subject else ""
+    lines = [(pad, head + c.formula)]
+    lines += [(pad + "  ", _parent_line(p)) for p in c.parents]
+    lines += [(pad + "  ", f"note: {n}") for n in c.notes[:6]]
+    if depth < 3:
+        for sub in c.parents_claims[:6]:
+            lines += _claim_lines(sub, depth + 1)
+    elif c.parents_claims:
+        lines.append((pad + "  ", f"… {len(c.parents_claims)} older recipes in --json"))
+    return lines
+
+
+def _merge_claims(r: InspectReport, console: Console) -> None:
+    """The recipes merge tools wrote into the metadata: claims, not evidence (``sdlens recipe`` checks them)."""
+    for c in r.merge_claims[:8]:
+        console.print(Text(f"Merge recipe (claimed by {printable(c.tool)})", style="italic"))
+        for pad, line in _claim_lines(c):
+            console.print(Text(pad + "  " + printable(line)), soft_wrap=True)
+    if len(r.merge_claims) > 8:
+        console.print(f"  … {len(r.merge_claims) - 8} more recipes in --json", highlight=False)
 
 
 def _metadata_and_hashes(r: InspectReport, console: Console) -> None:

@@ -1,0 +1,69 @@
+"""The recipes a model's metadata claims (A1111, supermerger, sd-mecha, ComfyUI: ``merge_claims``), checked
+against the weights ``recipe`` fitted, where the named parents are among the candidates."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from sdlens.analysis.merge_claims import Claim, read_claims, weights_by_file
+
+AGREE = 0.01  # largest weight difference (absolute) still "agreeing"
+
+
+def _fitted(groups, block: str) -> dict[int, float] | None:
+    """Candidate index (0-based) -> fitted weight in one block, or None when the block was not fitted."""
+    g = next((x for x in groups if x.group == block), None)
+    if g is None or g.fit is None:
+        return None
+    return {c - 1: w for c, w in zip(g.fit.candidates, g.fit.affine.weights, strict=True)}
+
+
+def _words(weights: dict[int, float], labels: Sequence[str]) -> str:
+    parts = [f"{w:.3g} {labels[i]}" for i, w in sorted(weights.items()) if abs(w) >= 5e-4]
+    return " + ".join(parts).replace("+ -", "- ") or "0"
+
+
+def check_claim(claim: Claim, files: Sequence[str | Path], groups, labels: Sequence[str]) -> dict[str, Any]:
+    """One claim and what the weights say of it: ``check`` is one line ("claimed …; the weights agree to
+    0.1 %" / "the weights disagree: fitted …" / why it cannot be checked)."""
+    blocks = [g.group for g in groups if g.fit is not None]
+    doc: dict[str, Any] = {"claim": claim.to_dict(), "agrees": None, "max_difference": None}
+    head = f"by {claim.tool}: {claim.formula}"
+    claimed, missing = weights_by_file(claim, files, blocks)
+    if claimed is None:
+        doc["check"] = f"{head} (no weights to check: {claim.method})"
+        return doc
+    if missing:
+        doc["check"] = f"{head} (cannot check: {', '.join(missing)} not among the candidates)"
+        return doc
+    worst, where, off = 0.0, None, 0
+    for b in blocks:
+        fitted = _fitted(groups, b)
+        want = claimed.get(b, {})
+        diffs = [abs(fitted.get(i, 0.0) - want.get(i, 0.0)) for i in set(fitted) | set(want)]
+        off += max(diffs, default=0.0) > AGREE
+        if max(diffs, default=0.0) > worst:
+            worst, where = max(diffs), b
+    doc["max_difference"] = worst
+    doc["agrees"] = worst <= AGREE
+    if doc["agrees"]:
+        doc["check"] = f"{head}; the weights agree to {worst:.2g} (largest difference of a weight)"
+    else:
+        fitted = _fitted(groups, where)
+        doc["check"] = (
+            f"{head}; the weights disagree in {off} of {len(blocks)} groups (most in {where}: fitted "
+            f"{_words(fitted, labels)}, claimed {_words(claimed[where], labels)})"
+        )
+    doc["worst_block"] = where
+    return doc
+
+
+def claims_of(model: str | Path, candidates: Sequence[str | Path], groups, labels) -> list[dict[str, Any]]:
+    """Every claim in the model's metadata, each checked against the fitted weights."""
+    from sdlens.io.open import open_checkpoint
+
+    with open_checkpoint(model) as ck:
+        meta = dict(ck.metadata)
+    return [check_claim(c, candidates, groups, labels) for c in read_claims(meta)]
