@@ -243,3 +243,36 @@ def test_cli_writes_and_an_unreadable_input_is_one_line(family, cli, tmp_path):
     assert len(errors) == 1 and "broken.safetensors" in errors[0] and "Traceback" not in r.stderr
     doc = json.loads((tmp_path / "some" / "lineage.json").read_text())
     assert len(doc["nodes"]) == 3 and doc["skipped"][0]["path"] == str(bad)
+
+
+def test_the_merge_zoo_family_reproduces_its_known_edges(tmp_path):
+    """``testing.zoo_merge``: the linear relations are recovered; DARE, TIES and crossover (not linear in
+    their parents) are claimed as no merge; the near-duplicate is one node beside base_b."""
+    from sdlens.testing import zoo_merge as zm
+
+    fam = zm.build_merge_family(tmp_path)
+    lin = lineage(sorted(fam.paths.values()))
+    merges = {m["model"]: m for m in lin.merges}
+    assert set(merges) == {_n("mbw_ab"), _n("avg3"), _n("merge_trained")}
+    mbw = merges[_n("mbw_ab")]
+    assert list(mbw["parents"]) == [_n("base_a"), _n("base_b")] and mbw["verdict"] == "explained"
+    for blk, ws in mbw["blocks"].items():
+        assert ws[_n("base_b")] == pytest.approx(zm.MBW_ALPHA[blk], abs=1e-3), blk
+    avg = merges[_n("avg3")]
+    assert avg["verdict"] == "explained"
+    assert avg["parents"] == pytest.approx({_n(k): w for k, w in zm.AVG3_WEIGHTS.items()}, abs=1e-3)
+    trained = merges[_n("merge_trained")]
+    assert trained["verdict"] == "trained further"
+    assert trained["parents"] == pytest.approx({_n("base_a"): 0.5, _n("base_b"): 0.5}, abs=0.02)
+    (add,) = lin.edges_of("add-difference")
+    assert {add.a, add.b} == {_n("adddiff"), _n("base_b")} and set(add.difference) == {
+        _n("finetune_a"),
+        _n("base_a"),
+    }
+    assert add.alpha == pytest.approx(zm.ADDDIFF_ALPHA, abs=1e-3)
+    ft = _edges(lin, "fine-tune")
+    assert frozenset((_n("base_a"), _n("finetune_a"))) in ft
+    assert ft[frozenset((_n("base_b"), _n("near_dup_b")))].note.startswith("near-duplicates")
+    for name in ("dare", "ties", "crossover", "unrelated"):
+        assert not any(e.kind in ("merge", "add-difference") and _n(name) in (e.a, e.b) for e in lin.edges)
+    assert all(_n("unrelated") not in (e.a, e.b) or not e.evidence for e in lin.edges)
