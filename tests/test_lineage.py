@@ -245,12 +245,15 @@ def test_cli_writes_and_an_unreadable_input_is_one_line(family, cli, tmp_path):
     assert len(doc["nodes"]) == 3 and doc["skipped"][0]["path"] == str(bad)
 
 
-def test_the_merge_zoo_family_reproduces_its_known_edges(tmp_path):
-    """``testing.zoo_merge``: the linear relations are recovered; DARE, TIES and crossover (not linear in
-    their parents) are claimed as no merge; the near-duplicate is one node beside base_b."""
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_the_merge_zoo_family_reproduces_its_known_edges(tmp_path, dtype):
+    """``testing.zoo_merge``: the linear relations are recovered (avg3 is also exactly 0.7·base_a +
+    0.014·base_b + 0.286·adddiff: the parents with no 1 % weight are the ones kept); DARE, TIES and crossover
+    (not linear in their parents) are claimed as no merge; the near-duplicate (2e-3 apart in float16) is one
+    node beside base_b."""
     from sdlens.testing import zoo_merge as zm
 
-    fam = zm.build_merge_family(tmp_path)
+    fam = zm.build_merge_family(tmp_path, dtype=dtype)
     lin = lineage(sorted(fam.paths.values()))
     merges = {m["model"]: m for m in lin.merges}
     assert set(merges) == {_n("mbw_ab"), _n("avg3"), _n("merge_trained")}

@@ -42,6 +42,7 @@ MAX_PARENTS = 4  # parent sets searched up to this size (smallest first)
 MAX_SUPPORT = 6  # ... among at most this many candidates (the heaviest)
 FINE_TUNE = 0.1  # ‖M − P‖ / ‖P‖ at or below which an MST edge sharing a TE / VAE is a fine-tune
 NEAR_DUP = 1e-3  # relative distance at or below which two models are near-duplicates (one node for the fits)
+NEAR_DUP_ROUNDINGS = 10  # ... or at most this many times the RMS rounding of the coarser storage of the two
 NOISE = 3e-4  # residual the pairwise sums' float32 precision leaves, relative to the distance fitted
 TRAINED_NEAREST = 0.8  # a merge trained further leaves at most this of its distance to the nearest model
 ADD_DIFF_NEAR = 10  # add-difference triples are sought among the nearest this many models
@@ -210,11 +211,17 @@ def _context(pl: Plan, total: Partial, dtypes: list[str]) -> _Ctx:
     for k, j in enumerate(reps):
         for i in reps[:k]:
             low = min(norms[i], norms[j])
-            if i not in twin_of and low > 0 and dist[i, j] <= NEAR_DUP * low:
+            if i not in twin_of and low > 0 and dist[i, j] <= _near_dup(dtypes, i, j) * low:
                 twin_of[j] = i
                 break
     names = [m.name for m in pl.models]
     return _Ctx(pl, total, names, dtypes, blocks, numel, dist, norms, reps, rep_of, twin_of)
+
+
+def _near_dup(dtypes: list[str], i: int, j: int) -> float:
+    """The relative distance at or below which models ``i`` and ``j`` are near-duplicates."""
+    rounding = max(ROUNDING.get(dtypes[i], ROUNDING["F32"]), ROUNDING.get(dtypes[j], ROUNDING["F32"]))
+    return max(NEAR_DUP, NEAR_DUP_ROUNDINGS * rounding)
 
 
 def _cands(ctx: _Ctx, t: int) -> list[int]:
@@ -270,8 +277,9 @@ def _support(fit: _Fit) -> list[int]:
 
 def _parents(ctx: _Ctx, t: int, full: _Fit, dists: tuple[float, float], interior: set[int]) -> _Fit | None:
     """The smallest parent set that explains ``t`` as well as all candidates do — a residual within 25 % of
-    theirs, or within the sums' precision — (ties: fewer parents that are merges themselves, then the
-    smaller residual); None where fewer than two parents would do."""
+    theirs, or within the sums' precision. Ties (several sets explain it: one parent an add-difference of
+    the others, say): fewer parents that are merges themselves, then the larger smallest weight (a parent
+    with 1 % is barely one), then the smaller residual. None where fewer than two parents would do."""
     support = _support(full)
     if len(support) < 2:
         return None
@@ -285,7 +293,9 @@ def _parents(ctx: _Ctx, t: int, full: _Fit, dists: tuple[float, float], interior
             if f.verdict == full.verdict and f.residual <= max(1.25 * full.residual, full.residual + f.noise)
         ]
         if ok:
-            return min(ok, key=lambda f: (len(interior & set(f.parents)), f.residual))
+            return min(
+                ok, key=lambda f: (len(interior & set(f.parents)), -min(f.overall.values()), f.residual)
+            )
     refit = _convex_fit(ctx, t, support).judge(ctx, t, *dists)
     return refit if refit.verdict == full.verdict else None
 
@@ -539,7 +549,7 @@ def _pair_edge(ctx: _Ctx, parts, i: int, j: int, source: str, *, nearest: bool) 
         c for c in _shared(parts, i, j) if R.COMPONENT_PARTS.get(c.split("@")[0], "VAE") in _SHARED_PARTS
     ]
     a, b = ctx.names[i], ctx.names[j]
-    if rel is not None and rel <= NEAR_DUP:
+    if rel is not None and rel <= _near_dup(ctx.dtypes, i, j):
         note = (
             f"near-duplicates (relative distance {rel:.2g}): a re-save at another precision, or barely "
             "trained (which of them came first is not known)"
