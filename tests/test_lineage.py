@@ -108,7 +108,7 @@ def _n(name: str) -> str:
 
 
 def _edges(lin: Lineage, kind: str) -> dict[frozenset, object]:
-    return {frozenset((e.a, e.b)): e for e in lin.edges_of(kind)}
+    return {frozenset((e.source, e.target)): e for e in lin.edges_of(kind)}
 
 
 def test_merges_found_with_their_parents_weights_and_direction(family):
@@ -132,8 +132,8 @@ def test_merges_found_with_their_parents_weights_and_direction(family):
     assert t["verdict"] == "trained further" and 0.02 < t["residual_share"] < 0.5
     assert t["parents"][_n("base_b")] == pytest.approx(MT, abs=0.02)
     for e in lin.edges_of("merge"):  # parent -> child, from convexity
-        assert e.directed and e.evidence and e.a in (_n("base_a"), _n("base_b"))
-        assert e.trained_further == (e.b == _n("merge_trained"))
+        assert e.directed and e.evidence and e.source in (_n("base_a"), _n("base_b"))
+        assert e.trained_further == (e.target == _n("merge_trained"))
     by = {n.name: n for n in lin.nodes}
     assert by[_n("mbw_ab")].explained_by == [_n("base_a"), _n("base_b")]
     assert by[_n("finetune_a")].explained_by is None  # a fine-tune is no merge of the others
@@ -151,7 +151,7 @@ def test_identity_groups_and_the_copy(family):
     assert set(copy.components) == {"denoiser", "clip_l", "vae"} and "a copy" in copy.note
     by = {n.name: n for n in lin.nodes}
     assert by[_n("copy_b")].same_denoiser_as == _n("base_b")  # one node for the merge test
-    assert all(_n("copy_b") not in (e.a, e.b) for e in lin.edges if e.kind != "same-component")
+    assert all(_n("copy_b") not in (e.source, e.target) for e in lin.edges if e.kind != "same-component")
 
 
 def test_fine_tunes_direction_only_from_metadata(family):
@@ -168,12 +168,12 @@ def test_fine_tunes_direction_only_from_metadata(family):
     named = ft[frozenset((_n("base_b"), _n("finetune_b")))]
     assert (
         named.directed
-        and (named.a, named.b) == (_n("base_b"), _n("finetune_b"))
-        and named.source == "metadata"
+        and (named.source, named.target) == (_n("base_b"), _n("finetune_b"))
+        and named.found_by == "metadata"
     )
     for p in pairs - {frozenset((_n("base_b"), _n("finetune_b")))}:
         e = ft[p]
-        assert not e.directed and e.evidence and e.source in ("nearest neighbour", "spanning tree")
+        assert not e.directed and e.evidence and e.found_by in ("nearest neighbour", "spanning tree")
         assert 0.01 < e.relative_distance < 0.1 and {"clip_l", "vae"} <= set(e.components)
     assert {n.name: n.named_base for n in lin.nodes}[_n("finetune_b")] == "models/base_b.safetensors"
 
@@ -181,10 +181,10 @@ def test_fine_tunes_direction_only_from_metadata(family):
 def test_add_difference_undirected_with_alpha(family):
     _, _, lin = family
     (e,) = lin.edges_of("add-difference")
-    assert {e.a, e.b} == {_n("adddiff"), _n("base_b")} and not e.directed and e.evidence
+    assert {e.source, e.target} == {_n("adddiff"), _n("base_b")} and not e.directed and e.evidence
     assert e.alpha == pytest.approx(ALPHA, abs=1e-3)
-    # e.a = e.b + α(difference[0] − difference[1]); the truth: adddiff = base_b + α(finetune_a − base_a)
-    want = [_n("finetune_a"), _n("base_a")] if e.a == _n("adddiff") else [_n("base_a"), _n("finetune_a")]
+    # e.source = e.target + α(difference[0] − difference[1]); the truth: adddiff = base_b + α(finetune_a − base_a)
+    want = [_n("finetune_a"), _n("base_a")] if e.source == _n("adddiff") else [_n("base_a"), _n("finetune_a")]
     assert e.difference == want
     assert all(v == pytest.approx(ALPHA, abs=1e-3) for v in e.weights.values())
     assert "not known" in e.note
@@ -193,7 +193,7 @@ def test_add_difference_undirected_with_alpha(family):
 def test_nearest_only_edges_and_roots(family):
     _, _, lin = family
     near = lin.edges_of("nearest")
-    assert len(near) == 1 and _n("unrelated") in (near[0].a, near[0].b)
+    assert len(near) == 1 and _n("unrelated") in (near[0].source, near[0].target)
     assert not near[0].evidence and not near[0].directed and near[0].relative_distance > 1
     assert lin.roots == [_n("base_a"), _n("base_b"), _n("unrelated")]
     assert {e.kind for e in lin.edges} == KINDS
@@ -268,7 +268,7 @@ def test_the_merge_zoo_family_reproduces_its_known_edges(tmp_path, dtype):
     assert trained["verdict"] == "trained further"
     assert trained["parents"] == pytest.approx({_n("base_a"): 0.5, _n("base_b"): 0.5}, abs=0.02)
     (add,) = lin.edges_of("add-difference")
-    assert {add.a, add.b} == {_n("adddiff"), _n("base_b")} and set(add.difference) == {
+    assert {add.source, add.target} == {_n("adddiff"), _n("base_b")} and set(add.difference) == {
         _n("finetune_a"),
         _n("base_a"),
     }
@@ -277,5 +277,7 @@ def test_the_merge_zoo_family_reproduces_its_known_edges(tmp_path, dtype):
     assert frozenset((_n("base_a"), _n("finetune_a"))) in ft
     assert ft[frozenset((_n("base_b"), _n("near_dup_b")))].note.startswith("near-duplicates")
     for name in ("dare", "ties", "crossover", "unrelated"):
-        assert not any(e.kind in ("merge", "add-difference") and _n(name) in (e.a, e.b) for e in lin.edges)
-    assert all(_n("unrelated") not in (e.a, e.b) or not e.evidence for e in lin.edges)
+        assert not any(
+            e.kind in ("merge", "add-difference") and _n(name) in (e.source, e.target) for e in lin.edges
+        )
+    assert all(_n("unrelated") not in (e.source, e.target) or not e.evidence for e in lin.edges)

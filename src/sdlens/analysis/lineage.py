@@ -72,8 +72,8 @@ class Node:
 @dataclass
 class Edge:
     kind: str  # merge / add-difference / fine-tune / same-component / nearest
-    a: str  # the parent where ``directed``
-    b: str  # the child where ``directed``
+    source: str  # the parent where ``directed``
+    target: str  # the child where ``directed``
     directed: bool
     evidence: bool  # False: only the nearest neighbour in the spanning tree
     distance: float | None = None  # ‖a − b‖ over the denoiser
@@ -86,9 +86,9 @@ class Edge:
     verdict: str | None = None
     trained_further: bool = False
     alpha: float | None = None  # add-difference
-    difference: list[str] | None = None  # add-difference: [B, A] of a = b + α(B − A)
+    difference: list[str] | None = None  # add-difference: [B, A] of source = target + α(B − A)
     components: list[str] = field(default_factory=list)  # same-component / fine-tune: the shared parts
-    source: str | None = None  # how the edge was found: fit, metadata, identity, spanning tree
+    found_by: str | None = None  # fit, metadata, identity, nearest neighbour, spanning tree
     note: str = ""
 
     def to_dict(self) -> dict[str, Any]:
@@ -232,8 +232,8 @@ def _cands(ctx: _Ctx, t: int) -> list[int]:
 @dataclass
 class _Fit:
     parents: list[int]
-    weights: dict[str, dict[int, float]]  # block -> parent -> weight
-    overall: dict[int, float]  # parent -> weight by parameter count
+    weights: dict[str, dict[int, float] | None]  # block -> parent -> weight (None: parents identical there)
+    overall: dict[int, float]  # parent -> weight by parameter count, over the blocks that tell
     residual: float  # √Σ blocks' residual²
     noise: float  # what the sums' precision leaves of a residual: NOISE × √Σ blocks' distance² to the nearest
     share: float = 0.0  # residual / the distance it is judged against (set by ``judge``)
@@ -250,27 +250,29 @@ class _Fit:
 
 def _convex_fit(ctx: _Ctx, t: int, cands: list[int]) -> _Fit:
     """The blocks' convex fits of ``t`` from ``cands``: weights per block and overall, the residual."""
-    weights: dict[str, dict[int, float]] = {}
+    weights: dict[str, dict[int, float] | None] = {}
     res2 = near2 = 0.0
     for g in ctx.blocks:
         f = fit_group(g[6:], ctx.total.group(g), t, cands, ctx.dtypes[t])
         best = f.convex or f.affine
-        weights[g] = dict(zip(cands, best.weights, strict=True))
+        # where some candidates are bit-identical here, how their weight splits cannot be told: no weights
+        weights[g] = None if f.identical else dict(zip(cands, best.weights, strict=True))
         res2 += best.residual**2
         near2 += f.distance**2
-    size = sum(ctx.numel[g] for g in weights) or 1
-    overall = {c: sum(weights[g][c] * ctx.numel[g] for g in weights) / size for c in cands}
+    told = [g for g, w in weights.items() if w is not None]
+    size = sum(ctx.numel[g] for g in told) or 1
+    overall = {c: sum(weights[g][c] * ctx.numel[g] for g in told) / size for c in cands}
     return _Fit(list(cands), weights, overall, float(np.sqrt(res2)), NOISE * float(np.sqrt(near2)))
 
 
 def _support(fit: _Fit) -> list[int]:
     """The candidates that may be parents: a weight of at least PARENT_WEIGHT overall or in half the blocks."""
-    n = max(len(fit.weights), 1)
+    told = [w for w in fit.weights.values() if w is not None]
     keep = [
         c
         for c in fit.parents
         if fit.overall[c] >= PARENT_WEIGHT
-        or sum(w[c] >= PARENT_WEIGHT for w in fit.weights.values()) * 2 >= n
+        or sum(w[c] >= PARENT_WEIGHT for w in told) * 2 >= max(len(told), 1)
     ]
     return sorted(keep, key=lambda c: -fit.overall[c])[:MAX_SUPPORT]
 
@@ -454,7 +456,7 @@ def _add_diff_edge(ctx: _Ctx, m: int, c: int, b: int, a: int) -> Edge:
         trained_further=v == "trained further",
         alpha=alpha,
         difference=[n[b], n[a]],
-        source="fit",
+        found_by="fit",
         note=note,
     )
 
@@ -515,7 +517,7 @@ def _same_component_edges(ctx: _Ctx, parts: dict[str, list[list[int]]]) -> list[
                 True,
                 *_distances(ctx, i, j),
                 components=comps,
-                source="identity",
+                found_by="identity",
                 note=note,
             )
         )
@@ -540,7 +542,7 @@ def _named_bases(ctx: _Ctx, metas: list[dict[str, str]]) -> dict[int, tuple[str,
     return out
 
 
-def _pair_edge(ctx: _Ctx, parts, i: int, j: int, source: str, *, nearest: bool) -> Edge | None:
+def _pair_edge(ctx: _Ctx, parts, i: int, j: int, found_by: str, *, nearest: bool) -> Edge | None:
     """The edge of two close models: near-duplicates (relative distance ≤ NEAR_DUP), a fine-tune (≤
     FINE_TUNE and a shared bit-identical text encoder or VAE); else, with ``nearest``, a nearest-only edge."""
     i, j = sorted((i, j))
@@ -554,19 +556,19 @@ def _pair_edge(ctx: _Ctx, parts, i: int, j: int, source: str, *, nearest: bool) 
             f"near-duplicates (relative distance {rel:.2g}): a re-save at another precision, or barely "
             "trained (which of them came first is not known)"
         )
-        return Edge("fine-tune", a, b, False, True, d, rel, components=shared, source=source, note=note)
+        return Edge("fine-tune", a, b, False, True, d, rel, components=shared, found_by=found_by, note=note)
     if rel is not None and rel <= FINE_TUNE and shared:
         labels = ", ".join(_label(c) for c in shared)
         note = (
             f"relative distance {rel:.3g}, bit-identical {labels}: one is a fine-tune of the other (which of "
             "them is not known)"
         )
-        return Edge("fine-tune", a, b, False, True, d, rel, components=shared, source=source, note=note)
+        return Edge("fine-tune", a, b, False, True, d, rel, components=shared, found_by=found_by, note=note)
     if not nearest:
         return None
     why = f"relative distance {rel:.3g}" if rel is not None else "no distance"
     note = f"only the nearest neighbour ({why}): no evidence of a relation"
-    return Edge("nearest", a, b, False, False, d, rel, components=shared, source=source, note=note)
+    return Edge("nearest", a, b, False, False, d, rel, components=shared, found_by=found_by, note=note)
 
 
 def _close_pairs(ctx: _Ctx, parts, linked: set[frozenset[int]]) -> list[Edge]:
@@ -608,7 +610,9 @@ def _merge_record(ctx: _Ctx, t: int, f: _Fit) -> tuple[dict[str, Any], list[Edge
     rec = {
         "model": n[t],
         "parents": {n[p]: f.overall[p] for p in f.parents},
-        "blocks": {g[6:]: {n[p]: w[p] for p in f.parents} for g, w in f.weights.items()},
+        "blocks": {
+            g[6:]: None if w is None else {n[p]: w[p] for p in f.parents} for g, w in f.weights.items()
+        },
         "residual_share": f.share,
         "residual_vs_nearest": f.nearest_share,
         "verdict": f.verdict,
@@ -623,11 +627,11 @@ def _merge_record(ctx: _Ctx, t: int, f: _Fit) -> tuple[dict[str, Any], list[Edge
             True,
             *_distances(ctx, p, t),
             weight=f.overall[p],
-            weights={g[6:]: w[p] for g, w in f.weights.items()},
+            weights={g[6:]: None if w is None else w[p] for g, w in f.weights.items()},
             residual_share=f.share,
             verdict=f.verdict,
             trained_further=trained,
-            source="fit",
+            found_by="fit",
             note=f"{n[t]} ≈ {text}" + (" (then trained further)" if trained else ""),
         )
         for p in f.parents
@@ -663,7 +667,7 @@ def build(pl: Plan, total: Partial) -> Lineage:
     adds = _add_differences(ctx, set(merges))
     edges += adds
     index = {nm: i for i, nm in enumerate(names)}
-    joined += [(index[e.a], index[e.b]) for e in adds]
+    joined += [(index[e.source], index[e.target]) for e in adds]
     for i, (named, base) in _named_bases(ctx, metas).items():
         nodes[i].named_base = named
         if base is None or nodes[i].explained_by:
@@ -679,13 +683,13 @@ def build(pl: Plan, total: Partial) -> Lineage:
                 True,
                 *_distances(ctx, base, i),
                 components=_shared(parts, base, i),
-                source="metadata",
+                found_by="metadata",
                 note=f"the metadata of {names[i]} names its base: {named}",
             )
         )
     close = _close_pairs(ctx, parts, {frozenset((ctx.rep_of[i], ctx.rep_of[j])) for i, j in joined})
     edges += close
-    joined += [(index[e.a], index[e.b]) for e in close]
+    joined += [(index[e.source], index[e.target]) for e in close]
     edges += _spanning(ctx, joined, parts)
     identity = {_label(c): [[names[i] for i in g] for g in groups] for c, groups in parts.items() if groups}
     fams = [m.family for m in pl.models if m.family != "unknown"]
@@ -722,11 +726,11 @@ def roots(lin: Lineage) -> list[str]:
     g = nx.Graph()
     reps = [n.name for n in lin.nodes if n.same_denoiser_as is None]
     g.add_nodes_from(reps)
-    directed_in = {e.b for e in lin.edges if e.directed}
+    directed_in = {e.target for e in lin.edges if e.directed}
     tree = [e for e in lin.edges if e.evidence and e.kind != "same-component"]
-    g.add_edges_from((e.a, e.b) for e in tree if e.a in g and e.b in g)
+    g.add_edges_from((e.source, e.target) for e in tree if e.source in g and e.target in g)
     named = {n.explained_by[0] for n in lin.nodes if n.named_base and n.explained_by}
-    parents = {e.a for e in lin.edges if e.kind == "merge"}
+    parents = {e.source for e in lin.edges if e.kind == "merge"}
     order = {n.name: n.index for n in lin.nodes}
     out = []
     for comp in sorted(nx.connected_components(g), key=lambda c: min(order[x] for x in c)):

@@ -53,16 +53,18 @@ class _Item:
 def _mbw(lin: Lineage, e: Edge) -> str | None:
     """The per-block weights of a two-parent merge (the second parent's, in the family's block order), where
     they differ between blocks."""
-    rec = next((m for m in lin.merges if m["model"] == e.b), None)
+    rec = next((m for m in lin.merges if m["model"] == e.target), None)
     if rec is None or len(rec["parents"]) != 2 or not rec["blocks"]:
         return None
     second = list(rec["parents"])[1]
     order = [b for b in block_names(lin.family) if b in rec["blocks"]] or list(rec["blocks"])
-    alphas = [rec["blocks"][b][second] for b in order]
-    if max(alphas) - min(alphas) < 0.01:
+    alphas = [None if rec["blocks"][b] is None else rec["blocks"][b][second] for b in order]
+    told = [a for a in alphas if a is not None]
+    if not told or max(told) - min(told) < 0.01:
         return None
-    vec = ",".join(f"{a:.3g}" for a in alphas)
-    return f"per block, weight of {_show(lin, second)} ({order[0]}…{order[-1]}): {vec}"
+    vec = ",".join("-" if a is None else f"{a:.3g}" for a in alphas)
+    why = " (-: the parents are bit-identical there)" if len(told) < len(alphas) else ""
+    return f"per block, weight of {_show(lin, second)} ({order[0]}…{order[-1]}): {vec}{why}"
 
 
 def _link(lin: Lineage, e: Edge, child: str) -> str:
@@ -73,7 +75,7 @@ def _link(lin: Lineage, e: Edge, child: str) -> str:
         how = "merged, then trained further" if e.trained_further else "explained"
         return f"merge of {parts} (residual {_pct(e.residual_share)}: {how})"
     if e.kind == "fine-tune" and e.directed:
-        return f"fine-tune of {_show(lin, e.a)} (named in its metadata)"
+        return f"fine-tune of {_show(lin, e.source)} (named in its metadata)"
     if e.kind == "fine-tune" and e.note.startswith("near-duplicates"):
         return (
             f"near-duplicate, direction unknown (relative distance {e.relative_distance:.2g}, {_shared(e)})"
@@ -81,9 +83,9 @@ def _link(lin: Lineage, e: Edge, child: str) -> str:
     if e.kind == "fine-tune":
         return f"fine-tune, direction unknown (relative distance {e.relative_distance:.3g}, {_shared(e)})"
     if e.kind == "add-difference":
-        other = e.a if child == e.b else e.b
+        other = e.source if child == e.target else e.target
         b, a = e.difference or ("?", "?")
-        if child == e.b:  # e.a = e.b + α(B − A), so e.b = e.a + α(A − B)
+        if child == e.target:  # e.source = e.target + α(B − A), so e.target = e.source + α(A − B)
             b, a = a, b
         return (
             f"add-difference: {_show(lin, child)} = {_show(lin, other)} + {_w(e.alpha or 0)}·({_show(lin, b)} − "
@@ -103,14 +105,14 @@ def _links(lin: Lineage) -> dict[str, list[tuple[str, Edge]]]:
     links: dict[str, list[tuple[str, Edge]]] = {n.name: [] for n in lin.nodes}
     for e in lin.edges:
         if e.kind in _TREE_KINDS:
-            links[e.a].append((e.b, e))
+            links[e.source].append((e.target, e))
             if not e.directed:
-                links[e.b].append((e.a, e))
+                links[e.target].append((e.source, e))
     return links
 
 
 def _copy_item(lin: Lineage, name: str, copy: str) -> _Item:
-    same = next((e for e in lin.edges_of("same-component") if {e.a, e.b} == {name, copy}), None)
+    same = next((e for e in lin.edges_of("same-component") if {e.source, e.target} == {name, copy}), None)
     what = "same denoiser" if same is None else same.note
     if same is not None and "copy" in same.note:
         what = "a copy, every part bit-identical"
@@ -134,10 +136,10 @@ def tree(lin: Lineage) -> list[_Item]:
                 item.children.append(_copy_item(lin, name, n.name))
         for other, e in links[name]:
             if other in seen:
-                if e.kind == "merge" and e.a == name:
+                if e.kind == "merge" and e.source == name:
                     where = _show(lin, under.get(other, "?"))
                     item.children.append(_Item(other, f"merge child (shown under {where})"))
-            elif not e.directed or e.a == name:
+            elif not e.directed or e.source == name:
                 under[other] = name
                 child = visit(other, _link(lin, e, other))
                 if e.kind == "merge" and (m := _mbw(lin, e)):
@@ -150,12 +152,13 @@ def tree(lin: Lineage) -> list[_Item]:
 
 
 def _root_text(lin: Lineage, name: str) -> str:
-    edges = [e for e in lin.edges if e.evidence and name in (e.a, e.b)]
+    edges = [e for e in lin.edges if e.evidence and name in (e.source, e.target)]
     if any(e.kind != "same-component" for e in edges):
         return "root"
-    shared = sorted({e.b if e.a == name else e.a for e in edges})
+    shared = sorted({e.target if e.source == name else e.source for e in edges})
     if shared:
-        names = ", ".join(_show(lin, x) for x in shared)
+        more = f" and {len(shared) - 3} more" if len(shared) > 3 else ""
+        names = ", ".join(_show(lin, x) for x in shared[:3]) + more
         return f"root (no evidence of a relation beyond bit-identical parts shared with {names})"
     return "root (no evidence of a relation to any other model)"
 
@@ -188,9 +191,9 @@ def lineage_text(lin: Lineage) -> str:
     if nearest:
         out += ["", "Nearest neighbours only (the spanning tree's links: NO evidence of a relation):"]
         out += [
-            f"  {_show(lin, e.a)} ┄ {_show(lin, e.b)}  (relative distance {e.relative_distance:.3g})"
+            f"  {_show(lin, e.source)} ┄ {_show(lin, e.target)}  (relative distance {e.relative_distance:.3g})"
             if e.relative_distance is not None
-            else f"  {_show(lin, e.a)} ┄ {_show(lin, e.b)}"
+            else f"  {_show(lin, e.source)} ┄ {_show(lin, e.target)}"
             for e in nearest
         ]
     groups = [(c, g) for c, gs in lin.identity.items() for g in gs]
@@ -269,11 +272,11 @@ def _edge_label(e: Edge) -> str:
 
 def _drawn(lin: Lineage) -> list[Edge]:
     """The edges drawn: every one, except a shared part between two models another edge already links."""
-    linked = {frozenset((e.a, e.b)) for e in lin.edges if e.kind != "same-component"}
+    linked = {frozenset((e.source, e.target)) for e in lin.edges if e.kind != "same-component"}
     return [
         e
         for e in lin.edges
-        if e.kind != "same-component" or "copy" in e.note or frozenset((e.a, e.b)) not in linked
+        if e.kind != "same-component" or "copy" in e.note or frozenset((e.source, e.target)) not in linked
     ]
 
 
@@ -354,7 +357,7 @@ def _dot_source(lin: Lineage) -> str:
         dstyle = {"-": "solid", "--": "dashed", ":": "dotted"}[style]
         arrow = "normal" if e.directed else "none"
         lines.append(
-            f"  {q(e.a)} -> {q(e.b)} [color={q(colour)}, style={dstyle}, arrowhead={arrow}, "
+            f"  {q(e.source)} -> {q(e.target)} [color={q(colour)}, style={dstyle}, arrowhead={arrow}, "
             f"label={q(_edge_label(e))}, fontsize=10{', constraint=false' if e.kind == 'nearest' else ''}];"
         )
     lines.append("}")
@@ -416,8 +419,8 @@ def _draw_edges(ax, lin: Lineage, pos: dict[str, tuple[float, float]], taken) ->
     for e in _drawn(lin):
         colour, style = _STYLE[e.kind]
         lw = 1.6 if e.evidence else 1.0
-        bend = _bend(pos, e.a, e.b)
-        line = _curve(pos[e.a], pos[e.b], bend, [i / 40 for i in range(41)])
+        bend = _bend(pos, e.source, e.target)
+        line = _curve(pos[e.source], pos[e.target], bend, [i / 40 for i in range(41)])
         ax.plot(*zip(*line, strict=True), color=colour, ls=style, lw=lw, zorder=1)
         if e.directed:  # the head, on the last third of the line (the end lies under the child's box)
             ax.annotate(
@@ -428,7 +431,7 @@ def _draw_edges(ax, lin: Lineage, pos: dict[str, tuple[float, float]], taken) ->
         if label:
             first = 0.35 if e.kind == "merge" else 0.5
             ts = [first, 0.5, 0.3, 0.7, 0.2, 0.8, 0.4, 0.6]
-            x, y = _free_spot(taken, _curve(pos[e.a], pos[e.b], bend, ts), len(label))
+            x, y = _free_spot(taken, _curve(pos[e.source], pos[e.target], bend, ts), len(label))
             ax.text(
                 x, y, label, fontsize=8, color=colour, ha="center", va="center", zorder=3,
                 bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none"},
