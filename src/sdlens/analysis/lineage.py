@@ -3,19 +3,21 @@
 The evidence, in order (each file read once, by the matrix engine with the sums ``merge_fit`` needs):
 
 1. **identity**: models whose text encoder, VAE or denoiser are bit-identical (``same-component``); models
-   bit-identical in the denoiser are one node for what follows;
+   bit-identical in the denoiser, and near-duplicates, are one node for the fits;
 2. **merges**: every model is fitted, block by block, as a convex combination (non-negative weights summing
-   to 1) of the others; where that explains it (denoiser residual share "explained", or "trained further")
-   the smallest set of parents that does as well is kept — convexity gives the direction, since a parent
-   cannot be a convex combination of its child and another parent;
+   to 1) of the others; where that explains it ("explained", or "trained further" against the nearest
+   model that is no merge) the smallest set of parents that does as well is kept — convexity gives the
+   direction, since a parent cannot be a convex combination of its child and another parent;
 3. **add-difference**: ``M = C + α(B − A)`` (affine, weights 1, α, −α) links M and C, without a direction
    (it is also ``C = M + α(A − B)``);
 4. **metadata**: a base named in the metadata (kohya ``ss_sd_model_name``, ``modelspec.base_model``) that is
    among the inputs is a directed ``fine-tune`` edge;
-5. the rest is joined by a **minimum spanning tree** on the denoisers' L2 distances: an MST edge between two
-   models close in relative distance that share a bit-identical text encoder or VAE is a ``fine-tune``
-   (direction unknown), any other only ``nearest`` (no evidence of a relation).
-"""
+5. **close pairs**: a model and its nearest neighbour, close in relative distance and sharing a
+   bit-identical text encoder or VAE, are a ``fine-tune`` (direction unknown);
+6. the rest is joined by a **minimum spanning tree** on the denoisers' L2 distances: an edge that is no
+   fine-tune by 5's rule is only ``nearest`` (no evidence of a relation).
+
+See ``docs/lineage.md``."""
 
 from __future__ import annotations
 
@@ -162,7 +164,7 @@ class _Ctx:
     norms: np.ndarray  # ‖denoiser‖ (NaN where none)
     reps: list[int]  # one model per set of bit-identical denoisers
     rep_of: dict[int, int]
-    twin_of: dict[int, int]  # a near-duplicate node -> the earlier node it stands beside
+    twin_of: dict[int, int]  # a near-duplicate node -> the node the fits use (finer storage, else earlier)
 
     @property
     def core(self) -> list[int]:
@@ -208,8 +210,9 @@ def _context(pl: Plan, total: Partial, dtypes: list[str]) -> _Ctx:
         else:
             rep_of[i] = r
     twin_of: dict[int, int] = {}
-    for k, j in enumerate(reps):
-        for i in reps[:k]:
+    finest = sorted(reps, key=lambda i: (ROUNDING.get(dtypes[i], ROUNDING["F32"]), i))  # fp32 before fp16
+    for k, j in enumerate(finest):
+        for i in finest[:k]:
             low = min(norms[i], norms[j])
             if i not in twin_of and low > 0 and dist[i, j] <= _near_dup(dtypes, i, j) * low:
                 twin_of[j] = i
