@@ -482,7 +482,12 @@ def _draw_matplotlib(lin: Lineage, path: Path) -> Path:
         Line2D([], [], color=_STYLE["nearest"][0], ls="--", label="nearest only: no evidence"),
     ]
     ax.legend(
-        handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=3, fontsize=8, frameon=False
+        handles=handles,
+        loc="upper center",
+        bbox_to_anchor=(0.5, 0.0),
+        ncol=3 if width >= 5 else 2,
+        fontsize=8,
+        frameon=False,
     )
     ax.set_title(
         f"Lineage of {len(lin.nodes)} models ({plot_label(lin.family)}): solid = evidence, dashed = nearest only",
