@@ -432,10 +432,10 @@ def _add_diff_form(tri: Sequence[int], w: Sequence[float]) -> tuple[int, int, in
 
 def _add_diff_edge(ctx: _Ctx, m: int, c: int, b: int, a: int) -> Edge:
     """The edge M — C with α per block (affine fits of M from C, B, A per block)."""
-    per_block: dict[str, float] = {}
+    per_block: dict[str, float | None] = {}  # None: the block tells nothing (two of them identical there)
     for g in ctx.blocks:
         f = fit_group(g[6:], ctx.total.group(g), m, [c, b, a], ctx.dtypes[m])
-        per_block[g[6:]] = float(f.affine.weights[1])
+        per_block[g[6:]] = None if f.identical else float(f.affine.weights[1])
     f = fit_group("denoiser", ctx.total.group("denoiser"), m, [c, b, a], ctx.dtypes[m])
     alpha = float(f.affine.weights[1])
     nearest = float(min(ctx.dist[m, x] for x in _cands(ctx, m)))
