@@ -281,3 +281,17 @@ def test_the_merge_zoo_family_reproduces_its_known_edges(tmp_path, dtype):
             e.kind in ("merge", "add-difference") and _n(name) in (e.source, e.target) for e in lin.edges
         )
     assert all(_n("unrelated") not in (e.source, e.target) or not e.evidence for e in lin.edges)
+
+
+def test_models_of_the_same_file_name_are_told_apart(family, tmp_path):
+    paths, _, _ = family
+    for sub, name in (("x", "base_a"), ("y", "base_b")):
+        (tmp_path / sub).mkdir()
+        shutil.copyfile(paths[name], tmp_path / sub / "model.safetensors")
+    lin = lineage(
+        [tmp_path / "x" / "model.safetensors", tmp_path / "y" / "model.safetensors", paths["wsum_ab"]]
+    )
+    (m,) = lin.merges
+    assert m["parents"] == pytest.approx(
+        {"x/model.safetensors": 1 - WSUM, "y/model.safetensors": WSUM}, abs=1e-3
+    )

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -642,8 +642,26 @@ def _merge_record(ctx: _Ctx, t: int, f: _Fit) -> tuple[dict[str, Any], list[Edge
     return rec, edges
 
 
+def _uniquely_named(pl: Plan) -> Plan:
+    """The plan with its models' names told apart (``a/model.safetensors`` beside ``b/model.safetensors``)."""
+    names = [m.name for m in pl.models]
+    if len(set(names)) == len(names):
+        return pl
+    out = []
+    for m in pl.models:
+        parts = Path(m.path).parts
+        k = 1
+        while (
+            k < len(parts) and sum(Path(*Path(o.path).parts[-k:]) == Path(*parts[-k:]) for o in pl.models) > 1
+        ):
+            k += 1
+        out.append(replace(m, name=str(Path(*parts[-k:]))))
+    return replace(pl, models=out)
+
+
 def build(pl: Plan, total: Partial) -> Lineage:
     """The lineage from a plan (``metric="cos"``) and its summed sums."""
+    pl = _uniquely_named(pl)
     metas, dtypes = _headers(pl)
     ctx = _context(pl, total, dtypes)
     names = ctx.names
