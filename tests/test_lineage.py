@@ -148,7 +148,7 @@ def test_identity_groups_and_the_copy(family):
     }
     assert set(map(frozenset, lin.identity["CLIP-L"])) == set(map(frozenset, lin.identity["VAE"])) == groups
     copy = _edges(lin, "same-component")[frozenset((_n("base_b"), _n("copy_b")))]
-    assert set(copy.components) == {"denoiser", "clip_l", "vae"} and "a copy" in copy.note
+    assert set(copy.components) == {"denoiser", "clip_l", "vae"} and copy.copy
     by = {n.name: n for n in lin.nodes}
     assert by[_n("copy_b")].same_denoiser_as == _n("base_b")  # one node for the merge test
     assert all(_n("copy_b") not in (e.source, e.target) for e in lin.edges if e.kind != "same-component")
@@ -163,7 +163,7 @@ def test_fine_tunes_direction_only_from_metadata(family):
     }
     dup = frozenset((_n("finetune_a"), _n("near_dup_a")))
     assert set(ft) == pairs | {dup}
-    assert ft[dup].note.startswith("near-duplicates") and ft[dup].relative_distance < 1e-4
+    assert ft[dup].near_duplicate and ft[dup].relative_distance < 1e-4
     assert {n.name: n.near_duplicate_of for n in lin.nodes}[_n("near_dup_a")] == _n("finetune_a")
     named = ft[frozenset((_n("base_b"), _n("finetune_b")))]
     assert (
@@ -275,7 +275,7 @@ def test_the_merge_zoo_family_reproduces_its_known_edges(tmp_path, dtype):
     assert add.alpha == pytest.approx(zm.ADDDIFF_ALPHA, abs=1e-3)
     ft = _edges(lin, "fine-tune")
     assert frozenset((_n("base_a"), _n("finetune_a"))) in ft
-    assert ft[frozenset((_n("base_b"), _n("near_dup_b")))].note.startswith("near-duplicates")
+    assert ft[frozenset((_n("base_b"), _n("near_dup_b")))].near_duplicate
     for name in ("dare", "ties", "crossover", "unrelated"):
         assert not any(
             e.kind in ("merge", "add-difference") and _n(name) in (e.source, e.target) for e in lin.edges

@@ -90,6 +90,8 @@ class Edge:
     alpha: float | None = None  # add-difference
     difference: list[str] | None = None  # add-difference: [B, A] of source = target + α(B − A)
     components: list[str] = field(default_factory=list)  # same-component / fine-tune: the shared parts
+    copy: bool = False  # same-component: every part bit-identical
+    near_duplicate: bool = False  # fine-tune: within a few storage roundings of each other
     found_by: str | None = None  # fit, metadata, identity, nearest neighbour, spanning tree
     note: str = ""
 
@@ -490,7 +492,8 @@ def _parts(pl: Plan, total: Partial) -> dict[str, list[list[int]]]:
     return out
 
 
-def _label(comp: str) -> str:
+def part_label(comp: str) -> str:
+    """A part's name for people: CLIP-L, VAE, denoiser ..."""
     return "VAE" if comp == "vae" else R.COMPONENT_LABELS.get(comp.split("@")[0], comp)
 
 
@@ -509,7 +512,7 @@ def _same_component_edges(ctx: _Ctx, parts: dict[str, list[list[int]]]) -> list[
     edges = []
     for (i, j), comps in pairs.items():
         copy = set(parts) <= set(comps)
-        labels = ", ".join(_label(c) for c in comps)
+        labels = ", ".join(part_label(c) for c in comps)
         note = f"bit-identical {labels}" + (" (a copy: every part is identical)" if copy else "")
         edges.append(
             Edge(
@@ -520,6 +523,7 @@ def _same_component_edges(ctx: _Ctx, parts: dict[str, list[list[int]]]) -> list[
                 True,
                 *_distances(ctx, i, j),
                 components=comps,
+                copy=copy,
                 found_by="identity",
                 note=note,
             )
@@ -559,9 +563,12 @@ def _pair_edge(ctx: _Ctx, parts, i: int, j: int, found_by: str, *, nearest: bool
             f"near-duplicates (relative distance {rel:.2g}): a re-save at another precision, or barely "
             "trained (which of them came first is not known)"
         )
-        return Edge("fine-tune", a, b, False, True, d, rel, components=shared, found_by=found_by, note=note)
+        return Edge(
+            "fine-tune", a, b, False, True, d, rel, components=shared, near_duplicate=True, found_by=found_by,
+            note=note,
+        )  # fmt: skip
     if rel is not None and rel <= FINE_TUNE and shared:
-        labels = ", ".join(_label(c) for c in shared)
+        labels = ", ".join(part_label(c) for c in shared)
         note = (
             f"relative distance {rel:.3g}, bit-identical {labels}: one is a fine-tune of the other (which of "
             "them is not known)"
@@ -712,7 +719,9 @@ def build(pl: Plan, total: Partial) -> Lineage:
     edges += close
     joined += [(index[e.source], index[e.target]) for e in close]
     edges += _spanning(ctx, joined, parts)
-    identity = {_label(c): [[names[i] for i in g] for g in groups] for c, groups in parts.items() if groups}
+    identity = {
+        part_label(c): [[names[i] for i in g] for g in groups] for c, groups in parts.items() if groups
+    }
     fams = [m.family for m in pl.models if m.family != "unknown"]
     lin = Lineage(
         nodes,

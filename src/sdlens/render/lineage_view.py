@@ -12,7 +12,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from sdlens.analysis.lineage import Edge, Lineage
+from sdlens.analysis.lineage import Edge, Lineage, part_label
 from sdlens.arch.blocks import block_names
 from sdlens.io.atomic import atomic_path, write_text_atomic
 from sdlens.render.jsonout import dumps
@@ -76,7 +76,7 @@ def _link(lin: Lineage, e: Edge, child: str) -> str:
         return f"merge of {parts} (residual {_pct(e.residual_share)}: {how})"
     if e.kind == "fine-tune" and e.directed:
         return f"fine-tune of {_show(lin, e.source)} (named in its metadata)"
-    if e.kind == "fine-tune" and e.note.startswith("near-duplicates"):
+    if e.kind == "fine-tune" and e.near_duplicate:
         return (
             f"near-duplicate, direction unknown (relative distance {e.relative_distance:.2g}, {_shared(e)})"
         )
@@ -95,9 +95,7 @@ def _link(lin: Lineage, e: Edge, child: str) -> str:
 
 
 def _shared(e: Edge) -> str:
-    from sdlens.analysis.lineage import _label
-
-    return "same " + ", ".join(_label(c) for c in e.components) if e.components else "no shared part"
+    return "same " + ", ".join(part_label(c) for c in e.components) if e.components else "no shared part"
 
 
 def _links(lin: Lineage) -> dict[str, list[tuple[str, Edge]]]:
@@ -114,7 +112,7 @@ def _links(lin: Lineage) -> dict[str, list[tuple[str, Edge]]]:
 def _copy_item(lin: Lineage, name: str, copy: str) -> _Item:
     same = next((e for e in lin.edges_of("same-component") if {e.source, e.target} == {name, copy}), None)
     what = "same denoiser" if same is None else same.note
-    if same is not None and "copy" in same.note:
+    if same is not None and same.copy:
         what = "a copy, every part bit-identical"
     return _Item(copy, f"= {_show(lin, name)}: {what}")
 
@@ -261,12 +259,12 @@ def _edge_label(e: Edge) -> str:
         return _w(e.weight or 0) + (" +trained" if e.trained_further else "")
     if e.kind == "add-difference":
         return f"add-diff α={_w(e.alpha or 0)}"
-    if e.kind == "fine-tune" and e.note.startswith("near-duplicates"):
+    if e.kind == "fine-tune" and e.near_duplicate:
         return "near-duplicate"
     if e.kind == "fine-tune":
         return "fine-tune" if e.directed else "fine-tune?"
     if e.kind == "same-component":
-        return "copy" if "copy" in e.note else ""
+        return "copy" if e.copy else ""
     return "nearest"
 
 
@@ -276,7 +274,7 @@ def _drawn(lin: Lineage) -> list[Edge]:
     return [
         e
         for e in lin.edges
-        if e.kind != "same-component" or "copy" in e.note or frozenset((e.source, e.target)) not in linked
+        if e.kind != "same-component" or e.copy or frozenset((e.source, e.target)) not in linked
     ]
 
 
