@@ -571,7 +571,7 @@ def _pair_edge(ctx: _Ctx, parts, i: int, j: int, found_by: str, *, nearest: bool
         labels = ", ".join(part_label(c) for c in shared)
         note = (
             f"relative distance {rel:.3g}, bit-identical {labels}: one is a fine-tune of the other (which of "
-            "them is not known)"
+            "them is not known), or both are fine-tunes of a base not among these"
         )
         return Edge("fine-tune", a, b, False, True, d, rel, components=shared, found_by=found_by, note=note)
     if not nearest:

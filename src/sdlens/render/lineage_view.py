@@ -81,7 +81,7 @@ def _link(lin: Lineage, e: Edge, child: str) -> str:
             f"near-duplicate, direction unknown (relative distance {e.relative_distance:.2g}, {_shared(e)})"
         )
     if e.kind == "fine-tune":
-        return f"fine-tune, direction unknown (relative distance {e.relative_distance:.3g}, {_shared(e)})"
+        return f"fine-tune or sibling, direction unknown (relative distance {e.relative_distance:.3g}, {_shared(e)})"
     if e.kind == "add-difference":
         other = e.source if child == e.target else e.target
         b, a = e.difference or ("?", "?")
