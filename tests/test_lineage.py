@@ -230,10 +230,11 @@ def test_outputs_json_text_and_figure(family, tmp_path):
 
 def test_cli_writes_and_an_unreadable_input_is_one_line(family, cli, tmp_path):
     paths, _, _ = family
-    three = [str(paths[k]) for k in ("base_a", "base_b", "wsum_ab")]
+    odd = Path(shutil.copyfile(paths["wsum_ab"], tmp_path / "[bold]w$um.safetensors"))  # printed, not markup
+    three = [str(paths["base_a"]), str(paths["base_b"]), str(odd)]
     r = cli("lineage", *three, "--out", str(tmp_path / "ok"), "--no-plots")
     assert r.returncode == 0, r.stderr
-    assert "wsum_ab  — merge of 0.7·base_a + 0.3·base_b" in r.stdout
+    assert "[bold]w$um  — merge of 0.7·base_a + 0.3·base_b" in r.stdout
     assert sorted(p.name for p in (tmp_path / "ok").iterdir()) == ["lineage.json", "lineage.txt"]
     bad = tmp_path / "broken.safetensors"
     bad.write_bytes(b"not a checkpoint")
