@@ -347,15 +347,14 @@ def _dot_source(lin: Lineage) -> str:
     def q(s: str) -> str:
         return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
-    short = _short(lin)
     lines = ["digraph lineage {", "  rankdir=TB; node [shape=box, style=rounded, fontname=Helvetica];"]
-    lines += [f"  {q(n.name)} [label={q(short[n.name])}];" for n in lin.nodes]
+    lines += [f"  {q(printable(n.name))} [label={q(_show(lin, n.name))}];" for n in lin.nodes]
     for e in _drawn(lin):
         colour, style = _STYLE[e.kind]
         dstyle = {"-": "solid", "--": "dashed", ":": "dotted"}[style]
         arrow = "normal" if e.directed else "none"
         lines.append(
-            f"  {q(e.source)} -> {q(e.target)} [color={q(colour)}, style={dstyle}, arrowhead={arrow}, "
+            f"  {q(printable(e.source))} -> {q(printable(e.target))} [color={q(colour)}, style={dstyle}, arrowhead={arrow}, "
             f"label={q(_edge_label(e))}, fontsize=10{', constraint=false' if e.kind == 'nearest' else ''}];"
         )
     lines.append("}")
