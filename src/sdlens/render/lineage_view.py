@@ -12,7 +12,8 @@ from pathlib import Path
 
 from rich.console import Console
 
-from sdlens.analysis.lineage import Edge, Lineage, part_label
+from sdlens.analysis.lineage import Lineage
+from sdlens.analysis.lineage_context import Edge, part_label
 from sdlens.arch.blocks import block_names
 from sdlens.io.atomic import atomic_path, write_text_atomic
 from sdlens.render.jsonout import dumps
