@@ -37,15 +37,15 @@ from sdlens.analysis.lineage_context import (
     TRAINED_NEAREST,
     Edge,
     Node,
-    _context,
-    _distances,
-    _headers,
-    _parts,
-    _shared,
+    build_context,
+    distances,
     part_label,
+    read_headers,
+    shared_between,
+    shared_parts,
 )
-from sdlens.analysis.lineage_merges import _add_differences, _merge_record, _merges
-from sdlens.analysis.lineage_pairs import _close_pairs, _named_bases, _same_component_edges, _spanning
+from sdlens.analysis.lineage_merges import add_differences, find_merges, merge_record
+from sdlens.analysis.lineage_pairs import close_pairs, named_bases, same_component_edges, spanning_edges
 from sdlens.analysis.matrix_plan import Plan
 from sdlens.analysis.matrix_state import Partial
 from sdlens.analysis.merge_fit import EXPLAINED, TRAINED
@@ -125,10 +125,10 @@ def _uniquely_named(pl: Plan) -> Plan:
 def build(pl: Plan, total: Partial) -> Lineage:
     """The lineage from a plan (``metric="cos"``) and its summed sums."""
     pl = _uniquely_named(pl)
-    metas, dtypes = _headers(pl)
-    ctx = _context(pl, total, dtypes)
+    metas, dtypes = read_headers(pl)
+    ctx = build_context(pl, total, dtypes)
     names = ctx.names
-    parts = _parts(pl, total)
+    parts = shared_parts(pl, total)
     nodes = [
         Node(m.name, m.path, m.family, i, None if np.isnan(ctx.norms[i]) else float(ctx.norms[i]))
         for i, m in enumerate(pl.models)
@@ -138,21 +138,21 @@ def build(pl: Plan, total: Partial) -> Lineage:
             nodes[i].same_denoiser_as = names[r]
     for j, i in ctx.twin_of.items():
         nodes[j].near_duplicate_of = names[i]
-    merges = _merges(ctx)
-    edges: list[Edge] = _same_component_edges(ctx, parts)
+    merges = find_merges(ctx)
+    edges: list[Edge] = same_component_edges(ctx, parts)
     records = []
     joined: list[tuple[int, int]] = []
     for t, f in merges.items():
-        rec, es = _merge_record(ctx, t, f)
+        rec, es = merge_record(ctx, t, f)
         records.append(rec)
         edges += es
         joined += [(p, t) for p in f.parents]
         nodes[t].explained_by = [names[p] for p in f.parents]
-    adds = _add_differences(ctx, set(merges))
+    adds = add_differences(ctx, set(merges))
     edges += adds
     index = {nm: i for i, nm in enumerate(names)}
     joined += [(index[e.source], index[e.target]) for e in adds]
-    for i, (named, base) in _named_bases(ctx, metas).items():
+    for i, (named, base) in named_bases(ctx, metas).items():
         nodes[i].named_base = named
         if base is None or nodes[i].explained_by:
             continue
@@ -165,16 +165,16 @@ def build(pl: Plan, total: Partial) -> Lineage:
                 names[i],
                 True,
                 True,
-                *_distances(ctx, base, i),
-                components=_shared(parts, base, i),
+                *distances(ctx, base, i),
+                components=shared_between(parts, base, i),
                 found_by="metadata",
                 note=f"the metadata of {names[i]} names its base: {named}",
             )
         )
-    close = _close_pairs(ctx, parts, {frozenset((ctx.rep_of[i], ctx.rep_of[j])) for i, j in joined})
+    close = close_pairs(ctx, parts, {frozenset((ctx.rep_of[i], ctx.rep_of[j])) for i, j in joined})
     edges += close
     joined += [(index[e.source], index[e.target]) for e in close]
-    edges += _spanning(ctx, joined, parts)
+    edges += spanning_edges(ctx, joined, parts)
     identity = {
         part_label(c): [[names[i] for i in g] for g in groups] for c, groups in parts.items() if groups
     }

@@ -28,8 +28,8 @@ ADD_DIFF_NEAR = 10  # add-difference triples are sought among the nearest this m
 ADD_DIFF_ONE = 0.02  # |w − 1| within which a weight is the "1" of C + α(B − A)
 ADD_DIFF_MIN = 0.05  # |α| below which it is no add-difference
 BASE_FIELDS = ("ss_sd_model_name", "modelspec.base_model")  # metadata fields naming a base model
-_SHARED_PARTS = ("text encoders", "VAE")  # parts whose identity marks a fine-tune (registry.COMPONENT_PARTS)
-_ACCEPT = ("explained", "trained further")
+SHARED_PARTS = ("text encoders", "VAE")  # parts whose identity marks a fine-tune (registry.COMPONENT_PARTS)
+ACCEPT = ("explained", "trained further")
 
 
 @dataclass
@@ -77,7 +77,7 @@ class Edge:
 
 
 @dataclass
-class _Ctx:
+class Context:
     pl: Plan
     total: Partial
     names: list[str]
@@ -96,7 +96,7 @@ class _Ctx:
         return [r for r in self.reps if r not in self.twin_of]
 
 
-def _headers(pl: Plan) -> tuple[list[dict[str, str]], list[str]]:
+def read_headers(pl: Plan) -> tuple[list[dict[str, str]], list[str]]:
     """Per model: its metadata and most common stored float dtype (headers only)."""
     metas, dtypes = [], []
     for m in pl.models:
@@ -109,7 +109,7 @@ def _headers(pl: Plan) -> tuple[list[dict[str, str]], list[str]]:
     return metas, dtypes
 
 
-def _context(pl: Plan, total: Partial, dtypes: list[str]) -> _Ctx:
+def build_context(pl: Plan, total: Partial, dtypes: list[str]) -> Context:
     n = len(pl.models)
     blocks = [g for g in pl.groups if g.startswith("block:")]
     numel = {g: 0 for g in blocks}
@@ -138,25 +138,25 @@ def _context(pl: Plan, total: Partial, dtypes: list[str]) -> _Ctx:
     for k, j in enumerate(finest):
         for i in finest[:k]:
             low = min(norms[i], norms[j])
-            if i not in twin_of and low > 0 and dist[i, j] <= _near_dup(dtypes, i, j) * low:
+            if i not in twin_of and low > 0 and dist[i, j] <= near_dup_limit(dtypes, i, j) * low:
                 twin_of[j] = i
                 break
     names = [m.name for m in pl.models]
-    return _Ctx(pl, total, names, dtypes, blocks, numel, dist, norms, reps, rep_of, twin_of)
+    return Context(pl, total, names, dtypes, blocks, numel, dist, norms, reps, rep_of, twin_of)
 
 
-def _near_dup(dtypes: list[str], i: int, j: int) -> float:
+def near_dup_limit(dtypes: list[str], i: int, j: int) -> float:
     """The relative distance at or below which models ``i`` and ``j`` are near-duplicates."""
     rounding = max(ROUNDING.get(dtypes[i], ROUNDING["F32"]), ROUNDING.get(dtypes[j], ROUNDING["F32"]))
     return max(NEAR_DUP, NEAR_DUP_ROUNDINGS * rounding)
 
 
-def _cands(ctx: _Ctx, t: int) -> list[int]:
+def candidates(ctx: Context, t: int) -> list[int]:
     """The other nodes comparable with ``t`` over the whole denoiser."""
     return [c for c in ctx.core if c != t and np.isfinite(ctx.dist[t, c])]
 
 
-def _distances(ctx: _Ctx, i: int, j: int) -> tuple[float | None, float | None]:
+def distances(ctx: Context, i: int, j: int) -> tuple[float | None, float | None]:
     d = ctx.dist[i, j]
     if not np.isfinite(d):
         return None, None
@@ -164,7 +164,7 @@ def _distances(ctx: _Ctx, i: int, j: int) -> tuple[float | None, float | None]:
     return float(d), float(d / low) if low > 0 else None
 
 
-def _parts(pl: Plan, total: Partial) -> dict[str, list[list[int]]]:
+def shared_parts(pl: Plan, total: Partial) -> dict[str, list[list[int]]]:
     """Part -> groups (≥ 2 models) bit-identical in it: text encoders, VAE (as a whole where both halves
     are), denoiser."""
     res = finish(pl, total, metric="l2", by="component")
@@ -187,5 +187,5 @@ def part_label(comp: str) -> str:
     return "VAE" if comp == "vae" else R.COMPONENT_LABELS.get(comp.split("@")[0], comp)
 
 
-def _shared(parts: dict[str, list[list[int]]], i: int, j: int) -> list[str]:
+def shared_between(parts: dict[str, list[list[int]]], i: int, j: int) -> list[str]:
     return [c for c, groups in parts.items() if any(i in g and j in g for g in groups)]

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from sdlens.analysis.lineage_context import (
-    _ACCEPT,
+    ACCEPT,
     ADD_DIFF_MIN,
     ADD_DIFF_NEAR,
     ADD_DIFF_ONE,
@@ -20,10 +20,10 @@ from sdlens.analysis.lineage_context import (
     NOISE,
     PARENT_WEIGHT,
     TRAINED_NEAREST,
+    Context,
     Edge,
-    _cands,
-    _Ctx,
-    _distances,
+    candidates,
+    distances,
 )
 from sdlens.analysis.merge_fit import ROUNDING, TRAINED, fit_group, verdict
 
@@ -39,7 +39,7 @@ class _Fit:
     verdict: str = ""
     nearest_share: float = 0.0  # residual / the distance to the nearest other model
 
-    def judge(self, ctx: _Ctx, t: int, against: float, nearest: float) -> _Fit:
+    def judge(self, ctx: Context, t: int, against: float, nearest: float) -> _Fit:
         self.share = self.residual / against if against > 0 else 0.0
         self.nearest_share = self.residual / nearest if nearest > 0 else 0.0
         floor = ctx.norms[t] * ROUNDING.get(ctx.dtypes[t], ROUNDING["F32"]) / against if against > 0 else 0.0
@@ -47,7 +47,7 @@ class _Fit:
         return self
 
 
-def _convex_fit(ctx: _Ctx, t: int, cands: list[int]) -> _Fit:
+def _convex_fit(ctx: Context, t: int, cands: list[int]) -> _Fit:
     """The blocks' convex fits of ``t`` from ``cands``: weights per block and overall, the residual."""
     weights: dict[str, dict[int, float] | None] = {}
     res2 = near2 = 0.0
@@ -76,7 +76,7 @@ def _support(fit: _Fit) -> list[int]:
     return sorted(keep, key=lambda c: -fit.overall[c])[:MAX_SUPPORT]
 
 
-def _parents(ctx: _Ctx, t: int, full: _Fit, dists: tuple[float, float], interior: set[int]) -> _Fit | None:
+def _parents(ctx: Context, t: int, full: _Fit, dists: tuple[float, float], interior: set[int]) -> _Fit | None:
     """The smallest parent set that explains ``t`` as well as all candidates do — a residual within 25 % of
     theirs, or within the sums' precision. Ties (several sets explain it: one parent an add-difference of
     the others, say): fewer parents that are merges themselves, then the larger smallest weight (a parent
@@ -101,7 +101,7 @@ def _parents(ctx: _Ctx, t: int, full: _Fit, dists: tuple[float, float], interior
     return refit if refit.verdict == full.verdict else None
 
 
-def _merges(ctx: _Ctx) -> dict[int, _Fit]:
+def find_merges(ctx: Context) -> dict[int, _Fit]:
     """Every node tested as a convex merge of the others; accepted merges, none making a cycle.
 
     First the merges the fit explains ("explained" against the nearest other model); then the merges
@@ -110,7 +110,7 @@ def _merges(ctx: _Ctx) -> dict[int, _Fit]:
     TRAINED_NEAREST of its distance to the nearest model of all unexplained."""
     fulls: dict[int, tuple[_Fit, list[int], float]] = {}
     for t in ctx.core:
-        cands = _cands(ctx, t)
+        cands = candidates(ctx, t)
         if len(cands) >= 2 and ctx.blocks:
             nearest = float(min(ctx.dist[t, c] for c in cands))
             fulls[t] = (_convex_fit(ctx, t, cands).judge(ctx, t, nearest, nearest), cands, nearest)
@@ -153,20 +153,20 @@ def _reaches(merges: dict[int, _Fit], start: int, goal: int) -> bool:
     return False
 
 
-def _add_differences(ctx: _Ctx, skip: set[int]) -> list[Edge]:
+def add_differences(ctx: Context, skip: set[int]) -> list[Edge]:
     """``M = C + α(B − A)`` over the whole denoiser (affine fits on triples), one edge per relation."""
     den = ctx.total.group("denoiser")
     found: dict[tuple, Edge] = {}
     for t in ctx.core:
         if t in skip:
             continue
-        cands = sorted((c for c in _cands(ctx, t) if c not in skip), key=lambda c: ctx.dist[t, c])
+        cands = sorted((c for c in candidates(ctx, t) if c not in skip), key=lambda c: ctx.dist[t, c])
         cands = cands[:ADD_DIFF_NEAR]
         if len(cands) < 3:
             continue
         nearest = float(ctx.dist[t, cands[0]])
         every = fit_group("denoiser", den, t, cands, ctx.dtypes[t])  # no triple fits better than all of them
-        if verdict(every.affine.residual / nearest, every.floor, nearest) not in _ACCEPT:
+        if verdict(every.affine.residual / nearest, every.floor, nearest) not in ACCEPT:
             continue
         best = None
         for tri in _screen(den["d2"], t, cands, nearest):
@@ -175,7 +175,7 @@ def _add_differences(ctx: _Ctx, skip: set[int]) -> list[Edge]:
             if form is None:
                 continue
             share = f.affine.residual / nearest if nearest else 0.0
-            if verdict(share, f.floor, nearest) in _ACCEPT and (best is None or share < best[0]):
+            if verdict(share, f.floor, nearest) in ACCEPT and (best is None or share < best[0]):
                 best = (share, form)
         if best is None:
             continue
@@ -226,7 +226,7 @@ def _add_diff_form(tri: Sequence[int], w: Sequence[float]) -> tuple[int, int, in
     return tri[i], tri[j], tri[k], float(w[j])
 
 
-def _add_diff_edge(ctx: _Ctx, m: int, c: int, b: int, a: int) -> Edge:
+def _add_diff_edge(ctx: Context, m: int, c: int, b: int, a: int) -> Edge:
     """The edge M — C with α per block (affine fits of M from C, B, A per block)."""
     per_block: dict[str, float | None] = {}  # None: the block tells nothing (two of them identical there)
     for g in ctx.blocks:
@@ -234,7 +234,7 @@ def _add_diff_edge(ctx: _Ctx, m: int, c: int, b: int, a: int) -> Edge:
         per_block[g[6:]] = None if f.identical else float(f.affine.weights[1])
     f = fit_group("denoiser", ctx.total.group("denoiser"), m, [c, b, a], ctx.dtypes[m])
     alpha = float(f.affine.weights[1])
-    nearest = float(min(ctx.dist[m, x] for x in _cands(ctx, m)))
+    nearest = float(min(ctx.dist[m, x] for x in candidates(ctx, m)))
     share = f.affine.residual / nearest if nearest else 0.0
     v = verdict(share, f.floor, nearest)
     n = ctx.names
@@ -248,7 +248,7 @@ def _add_diff_edge(ctx: _Ctx, m: int, c: int, b: int, a: int) -> Edge:
         n[c],
         False,
         True,
-        *_distances(ctx, m, c),
+        *distances(ctx, m, c),
         weights=per_block,
         residual_share=share,
         verdict=v,
@@ -260,7 +260,7 @@ def _add_diff_edge(ctx: _Ctx, m: int, c: int, b: int, a: int) -> Edge:
     )
 
 
-def _merge_record(ctx: _Ctx, t: int, f: _Fit) -> tuple[dict[str, Any], list[Edge]]:
+def merge_record(ctx: Context, t: int, f: _Fit) -> tuple[dict[str, Any], list[Edge]]:
     n = ctx.names
     trained = f.verdict == "trained further"
     rec = {
@@ -281,7 +281,7 @@ def _merge_record(ctx: _Ctx, t: int, f: _Fit) -> tuple[dict[str, Any], list[Edge
             n[t],
             True,
             True,
-            *_distances(ctx, p, t),
+            *distances(ctx, p, t),
             weight=f.overall[p],
             weights={g[6:]: None if w is None else w[p] for g, w in f.weights.items()},
             residual_share=f.share,

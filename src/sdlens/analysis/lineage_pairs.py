@@ -9,27 +9,27 @@ from pathlib import Path
 import numpy as np
 
 from sdlens.analysis.lineage_context import (
-    _SHARED_PARTS,
     BASE_FIELDS,
     FINE_TUNE,
+    SHARED_PARTS,
+    Context,
     Edge,
-    _Ctx,
-    _distances,
-    _near_dup,
-    _shared,
+    distances,
+    near_dup_limit,
     part_label,
+    shared_between,
 )
 from sdlens.arch import registry as R
 
 
-def _same_component_edges(ctx: _Ctx, parts: dict[str, list[list[int]]]) -> list[Edge]:
+def same_component_edges(ctx: Context, parts: dict[str, list[list[int]]]) -> list[Edge]:
     """One edge per pair of models sharing a bit-identical part, each group of a part linked as a star (its
     first model and the rest), every edge naming all the parts its two models share."""
     pairs: dict[tuple[int, int], list[str]] = {}
     for groups in parts.values():
         for g in groups:
             for j in g[1:]:
-                pairs.setdefault((g[0], j), _shared(parts, g[0], j))
+                pairs.setdefault((g[0], j), shared_between(parts, g[0], j))
     edges = []
     for (i, j), comps in pairs.items():
         copy = set(parts) <= set(comps)
@@ -42,7 +42,7 @@ def _same_component_edges(ctx: _Ctx, parts: dict[str, list[list[int]]]) -> list[
                 ctx.names[j],
                 False,
                 True,
-                *_distances(ctx, i, j),
+                *distances(ctx, i, j),
                 components=comps,
                 copy=copy,
                 found_by="identity",
@@ -52,7 +52,7 @@ def _same_component_edges(ctx: _Ctx, parts: dict[str, list[list[int]]]) -> list[
     return edges
 
 
-def _named_bases(ctx: _Ctx, metas: list[dict[str, str]]) -> dict[int, tuple[str, int | None]]:
+def named_bases(ctx: Context, metas: list[dict[str, str]]) -> dict[int, tuple[str, int | None]]:
     """Per model whose metadata names a base: (the name as written, the input it matches or None)."""
     keys: dict[str, int] = {}
     for i, m in enumerate(ctx.pl.models):
@@ -70,16 +70,18 @@ def _named_bases(ctx: _Ctx, metas: list[dict[str, str]]) -> dict[int, tuple[str,
     return out
 
 
-def _pair_edge(ctx: _Ctx, parts, i: int, j: int, found_by: str, *, nearest: bool) -> Edge | None:
+def _pair_edge(ctx: Context, parts, i: int, j: int, found_by: str, *, nearest: bool) -> Edge | None:
     """The edge of two close models: near-duplicates (relative distance ≤ NEAR_DUP), a fine-tune (≤
     FINE_TUNE and a shared bit-identical text encoder or VAE); else, with ``nearest``, a nearest-only edge."""
     i, j = sorted((i, j))
-    d, rel = _distances(ctx, i, j)
+    d, rel = distances(ctx, i, j)
     shared = [
-        c for c in _shared(parts, i, j) if R.COMPONENT_PARTS.get(c.split("@")[0], "VAE") in _SHARED_PARTS
+        c
+        for c in shared_between(parts, i, j)
+        if R.COMPONENT_PARTS.get(c.split("@")[0], "VAE") in SHARED_PARTS
     ]
     a, b = ctx.names[i], ctx.names[j]
-    if rel is not None and rel <= _near_dup(ctx.dtypes, i, j):
+    if rel is not None and rel <= near_dup_limit(ctx.dtypes, i, j):
         note = (
             f"near-duplicates (relative distance {rel:.2g}): a re-save at another precision, or barely "
             "trained (which of them came first is not known)"
@@ -102,7 +104,7 @@ def _pair_edge(ctx: _Ctx, parts, i: int, j: int, found_by: str, *, nearest: bool
     return Edge("nearest", a, b, False, False, d, rel, components=shared, found_by=found_by, note=note)
 
 
-def _close_pairs(ctx: _Ctx, parts, linked: set[frozenset[int]]) -> list[Edge]:
+def close_pairs(ctx: Context, parts, linked: set[frozenset[int]]) -> list[Edge]:
     """Each node with its nearest other node, where the two are near-duplicates or a fine-tune and no edge
     links them yet (the spanning tree would miss the pair where other evidence already joins them)."""
     edges, done = [], set(linked)
@@ -118,7 +120,7 @@ def _close_pairs(ctx: _Ctx, parts, linked: set[frozenset[int]]) -> list[Edge]:
     return edges
 
 
-def _spanning(ctx: _Ctx, joined: list[tuple[int, int]], parts) -> list[Edge]:
+def spanning_edges(ctx: Context, joined: list[tuple[int, int]], parts) -> list[Edge]:
     """Minimum spanning tree on denoiser distances over the nodes, the evidence pairs ``joined`` already
     linked: each new edge a near-duplicate or ``fine-tune`` (``_pair_edge``), or only ``nearest``."""
     import networkx as nx
