@@ -10,15 +10,18 @@ Targets: <= 1.5x the read time, <= 1 GB private memory.
 
 lineage: 16 full-size SD1 files that are *sparse where data is not needed*: the shared base is a hole (reads
 as zeros, costs no disk; this filesystem has no reflinks to share real bytes), and every model's own data —
-fine-tunes, merges, a merge trained further, a text encoder / VAE swap — is written for real in a fixed set of
-UNet blocks (about 10 % of the UNet) and, for the swaps, in that component. Reading a hole costs the page
-cache's zero-filling and copying, not the disk: the read time is memory-bound, so the ratio is, if anything,
-harsher than on real files; the engine's work per byte is the same. Times
-``sdlens lineage FILES... --out DIR`` against reading the 16 files once. Target: <= 3x the read time.
+fine-tunes, merges, a merge trained further, a text encoder / VAE swap — is written for real in a fixed set
+of UNet blocks (IN01, IN04, M00, OUT05: 0.42 GB, a quarter of the UNet) and, for the swaps, in that
+component: about 6.7 GB on disk for 34 GB of files. Reading a hole costs the page cache's zero-filling and
+copying, not the disk: the read time is memory-bound, so the ratio is, if anything, harsher than on real
+files; the engine's work per byte is the same (unless it skips zeros or identical bytes, which real models
+would not give it). Times ``sdlens lineage FILES... --out DIR`` against reading the 16 files once.
+Target: <= 3x the read time.
 
-Where a command is not there yet (the CLI still lacks it) the harness times ``sdlens matrix`` in its place and
-says so. ``--cold`` also times the recipe read and run with the files dropped from the page cache. ``--small`` runs the whole harness on tiny models (seconds) to check it; ``--keep`` keeps (and
-reuses) the generated files; ``--only recipe|lineage``.
+Where a command is not there yet the harness times a stand-in (the ``recipe()`` API, else ``sdlens matrix``)
+and says so. ``--cold`` also times the recipe read and run with the files dropped from the page cache;
+``--small`` runs the whole harness on tiny models (seconds) to check it; ``--keep`` keeps (and reuses) the
+generated files; ``--only recipe|lineage``. Disk: about 8.5 GB (recipe) + 6.7 GB (lineage), checked first.
 """
 
 from __future__ import annotations
@@ -174,14 +177,16 @@ def make_recipe_models(work: Path, small: bool) -> tuple[Path, list[Path]]:
 
 
 def make_lineage_models(work: Path, small: bool) -> tuple[list[Path], dict[str, str]]:
-    """16 models and their known relations (child -> how it is made)."""
+    """16 models and their known relations (name -> how it is made). Outside the data blocks every model
+    is the (hole) base, bit-identical: per-block weights there are not identifiable, only the data blocks
+    carry a merge's weights."""
     base = _template(work / "lin_00_base.safetensors", small)
     blocks = key_blocks(base)
     own = {k for k, b in blocks.items() if b in LINEAGE_BLOCKS}
     te = {k for k in blocks if k.startswith(TE)}
     vae = {k for k in blocks if k.startswith(VAE)}
     p = {"base": base}
-    truth: dict[str, str] = {"base": "root (all weights a hole: zeros)"}
+    truth: dict[str, str] = {"base": "root (all weights a hole: zeros); the data blocks of m1..m5 are theirs"}
 
     def make(name: str, parents: list[str], combine: Combine, what: str, keys: set[str] = own) -> None:
         path = work / f"lin_{len(p):02d}_{name}.safetensors"
@@ -191,42 +196,42 @@ def make_lineage_models(work: Path, small: bool) -> tuple[list[Path], dict[str, 
         truth[name] = what
 
     for i in range(1, 6):
-        make(f"ft{i}", [], lambda k, t, i=i: _noise(k, t[0], i), "fine-tune of base")
-    make("merge_12", ["ft1", "ft2"], lambda k, t: 0.5 * t[0] + 0.5 * t[1], "0.5 ft1 + 0.5 ft2")
-    make("merge_34", ["ft3", "ft4"], lambda k, t: 0.3 * t[0] + 0.7 * t[1], "0.3 ft3 + 0.7 ft4")
+        make(f"m{i}", [], lambda k, t, i=i: _noise(k, t[0], i), "own weights in the data blocks (a root)")
+    make("merge_12", ["m1", "m2"], lambda k, t: 0.5 * t[0] + 0.5 * t[1], "0.5 m1 + 0.5 m2")
+    make("merge_34", ["m3", "m4"], lambda k, t: 0.3 * t[0] + 0.7 * t[1], "0.3 m3 + 0.7 m4")
     alpha = {"IN01": 0.2, "IN04": 0.0, "M00": 1.0, "OUT05": 0.6}
     make(
         "mbw_15",
-        ["ft1", "ft5"],
+        ["m1", "m5"],
         lambda k, t: t[0] * (1 - alpha[blocks[k]]) + t[1] * alpha[blocks[k]],
-        f"per block ft1*(1-a) + ft5*a, a = {alpha}",
+        f"per block m1*(1-a) + m5*a, a = {alpha}",
     )
-    make("adddiff", ["ft2", "ft3", "base"], lambda k, t: t[0] + 0.5 * (t[1] - t[2]), "ft2 + 0.5 (ft3 - base)")
+    make("adddiff", ["m2", "m3", "base"], lambda k, t: t[0] + 0.5 * (t[1] - t[2]), "m2 + 0.5 (m3 - base)")
     make(
         "merge_12_trained",
         ["merge_12"],
-        lambda k, t: t[0] + _noise(k, t[0], 40, 0.01),
-        "merge_12 trained further (noise std 0.01 on its blocks, values std 0.035)",
+        lambda k, t: t[0] + _noise(k, t[0], 40, 0.002),
+        "merge_12 trained further (change std 0.002: 6 % of its values' 0.035)",
     )
-    for j, parent in enumerate(("merge_12", "merge_34", "ft1"), start=1):
+    for j, parent in enumerate(("merge_12", "merge_34", "m1"), start=1):
         make(
             f"ft_of_{parent}",
             [parent],
-            lambda k, t, j=j: t[0] + _noise(k, t[0], 50 + j, 0.005),
-            f"fine-tune of {parent}",
+            lambda k, t, j=j: t[0] + _noise(k, t[0], 50 + j, 0.001),
+            f"fine-tune of {parent} (change std 0.001)",
         )
     make(
         "te_swap",
-        ["ft2"],
+        ["m2"],
         lambda k, t: _noise(k, t[0], 60) if k.startswith(TE) else t[0],
-        "ft2 with its own text encoder",
+        "m2 with its own text encoder",
         own | te,
     )
     make(
         "vae_swap",
-        ["ft4"],
+        ["m4"],
         lambda k, t: _noise(k, t[0], 61) if k.startswith(VAE) else t[0],
-        "ft4 with its own VAE",
+        "m4 with its own VAE",
         own | vae,
     )
     return list(p.values()), truth
@@ -318,9 +323,17 @@ def bench_lineage(work: Path, small: bool) -> None:
     if _has_command("lineage"):
         cmd = [sys.executable, "-m", "sdlens.cli", "lineage", *map(str, paths), "--out", str(out)]
         what = "sdlens lineage"
+    elif importlib.util.find_spec("sdlens.analysis.lineage") is not None:
+        code = (
+            "import json, sys, pathlib; from sdlens.analysis.lineage import lineage; r = lineage(sys.argv[2:]); "
+            "o = pathlib.Path(sys.argv[1]); o.mkdir(exist_ok=True); "
+            "(o / 'lineage.json').write_text(json.dumps(r.to_dict()))"
+        )
+        cmd = [sys.executable, "-c", code, str(out), *map(str, paths)]
+        what = "lineage() API (STAND-IN: no `lineage` command in this tree yet)"
     else:
         cmd = [sys.executable, "-m", "sdlens.cli", "matrix", *map(str, paths), "--out", str(out)]
-        what = "sdlens matrix (STAND-IN: no `lineage` command in this tree yet)"
+        what = "sdlens matrix (STAND-IN: no `lineage` command nor API in this tree yet)"
     run = measure(cmd)
     print(cpu_line())
     print(
@@ -336,12 +349,14 @@ def bench_lineage(work: Path, small: bool) -> None:
     for f in sorted(out.glob("*.json")) if out.exists() else []:
         doc = json.loads(f.read_text())
         if isinstance(doc, dict) and "edges" in doc:
-            print(f"  edges in {f.name}:")
+            print(f"  found in {f.name}: roots {doc.get('roots')}")
             for e in doc["edges"]:
-                keep = {
-                    k: v for k, v in e.items() if k in ("source", "target", "kind", "weights", "residual")
+                arrow = "->" if e.get("directed") else "--"
+                extra = {
+                    k: e[k] for k in ("weight", "alpha", "residual_share", "verdict") if e.get(k) is not None
                 }
-                print(f"    {json.dumps(keep, default=str)}")
+                evidence = "evidence" if e.get("evidence", True) else "nearest only"
+                print(f"    {e.get('a')} {arrow} {e.get('b')}: {e.get('kind')} ({evidence}) {extra or ''}")
 
 
 def main() -> None:
@@ -360,7 +375,7 @@ def main() -> None:
     need = (
         0
         if args.small
-        else (4 * 2.2e9 if args.only != "lineage" else 0) + (3e9 if args.only != "recipe" else 0)
+        else (4 * 2.2e9 if args.only != "lineage" else 0) + (7e9 if args.only != "recipe" else 0)
     )
     print(f"work folder {work}: {gb(free)} free, about {gb(int(need))} needed")
     if free < need + 5e9:

@@ -232,6 +232,33 @@ def _rel_norm(a: np.ndarray, b: np.ndarray, sel: np.ndarray) -> float:
     return float(np.linalg.norm((a - b)[sel]) / np.linalg.norm(b[sel]))
 
 
+# the family tree: child -> (kind, parents); "merge" edges carry the parents in the recipe's order
+EDGES: list[dict[str, Any]] = [
+    {"child": "finetune_a", "kind": "fine-tune", "parents": ["base_a"]},
+    {"child": "finetune_b", "kind": "fine-tune", "parents": ["base_a"]},
+    {"child": "mbw_ab", "kind": "merge", "method": "weighted sum per block", "parents": ["base_a", "base_b"]},
+    {"child": "adddiff", "kind": "merge", "method": "add difference", "parents": ["base_b", "finetune_a", "base_a"]},
+    {"child": "avg3", "kind": "merge", "method": "weighted sum", "parents": ["base_a", "base_b", "finetune_a"]},
+    {"child": "dare", "kind": "merge", "method": "DARE", "parents": ["base_a", "finetune_b"]},
+    {"child": "ties", "kind": "merge", "method": "TIES", "parents": ["base_a", "finetune_a", "finetune_b"]},
+    {"child": "crossover", "kind": "merge", "method": "crossover", "parents": ["base_a", "base_b"]},
+    {"child": "merge_trained", "kind": "merge+fine-tune", "method": "weighted sum", "parents": ["base_a", "base_b"]},
+    {"child": "near_dup_b", "kind": "fine-tune", "parents": ["base_b"]},
+]  # fmt: skip
+ROOTS = ["base_a", "base_b", "unrelated"]
+
+
+def _identity(m: dict[str, np.ndarray], parts: dict[str, np.ndarray]) -> dict[str, list[list[str]]]:
+    """Per component, the groups (two or more) of models whose stored values there are bit-identical."""
+    out: dict[str, list[list[str]]] = {}
+    for comp, sel in parts.items():
+        by: dict[bytes, list[str]] = {}
+        for name, x in m.items():
+            by.setdefault(x[sel].tobytes(), []).append(name)
+        out[comp] = sorted(sorted(g) for g in by.values() if len(g) > 1)
+    return out
+
+
 def _write(lay: _Layout, x: np.ndarray, dtype: torch.dtype, path: Path) -> Path:
     """A safetensors file: the weights (in ``lay.keys`` order, from one flat vector) then the rest."""
     st = st_name(dtype)
@@ -392,6 +419,7 @@ def build_merge_family(out_dir: str | Path, dtype: torch.dtype = torch.float32) 
     }
 
     paths = {name: _write(lay, x, dtype, out / f"{name}.safetensors") for name, x in m.items()}
+    parts = {"denoiser": unet, "clip_l": groups["clip_l"], "vae": groups["vae"]}
     for name, t in truth.items():
         t["file"] = paths[name].name
     meta = {
@@ -402,6 +430,9 @@ def build_merge_family(out_dir: str | Path, dtype: torch.dtype = torch.float32) 
         "groups": {g: int(sel.sum()) for g, sel in groups.items()},
         "weights": "every float tensor of denoiser, clip_l, vae_encoder, vae_decoder; the rest is base_a's",
         "merges": "computed in float64 from the parents' stored values, rounded once to dtype",
+        "edges": EDGES,
+        "roots": ROOTS,
+        "identity": _identity(m, parts),
     }
     truth_path = out / "truth.json"
     truth_path.write_text(json.dumps({"meta": meta, "models": truth}, indent=2))
