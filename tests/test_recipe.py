@@ -240,3 +240,19 @@ def test_hostile_and_odd_inputs(fam, tmp_path, cli):
     assert self_.verdict == "copy" and all(g.fit.copy_of == 2 for g in self_.groups if g.fit)
     res = cli("recipe", str(nan), "--from", str(fam.paths["base_a"]), str(fam.paths["base_b"]))
     assert res.returncode == 0 and "\x1b[31m" not in res.stdout and "Traceback" not in res.stderr
+
+
+def test_tensors_taken_whole_are_not_dare(fam, tmp_path):
+    """A model that took half of its UNet tensors whole from a fine-tune (the rest from the base) equals the
+    base in half its values — but tensor by tensor, not value by value: no DARE."""
+    from safetensors.torch import load_file
+
+    from sdlens.testing.writers import save_safetensors
+
+    a, ft = load_file(fam.paths["base_a"]), load_file(fam.paths["finetune_b"])
+    keys = sorted(k for k in a if k.startswith("model.diffusion_model.") and a[k].is_floating_point())
+    sd = {k: (ft[k] if k in keys[::2] else v) for k, v in a.items()}
+    r = recipe(
+        save_safetensors(sd, tmp_path / "half.safetensors"), [fam.paths["base_a"], fam.paths["finetune_b"]]
+    )
+    assert r.method.method not in ("DARE", "TIES", "crossover")

@@ -7,7 +7,9 @@ The evidence, in order (each file read once, by the matrix engine with the sums 
 2. **merges**: every model is fitted, block by block, as a convex combination (non-negative weights summing
    to 1) of the others; where that explains it ("explained", or "trained further" against the nearest
    model that is no merge) the smallest set of parents that does as well is kept — convexity gives the
-   direction, since a parent cannot be a convex combination of its child and another parent;
+   direction, since a parent cannot be a convex combination of its child and another parent; a model no
+   fit explains is tested for DARE, TIES and crossover with recipe's element evidence against its nearest
+   models (``lineage_methods``);
 3. **add-difference**: ``M = C + α(B − A)`` (affine, weights 1, α, −α) links M and C, without a direction
    (it is also ``C = M + α(A − B)``);
 4. **metadata**: a base named in the metadata (kohya ``ss_sd_model_name``, ``modelspec.base_model``) that is
@@ -45,6 +47,7 @@ from sdlens.analysis.lineage_context import (
     shared_parts,
 )
 from sdlens.analysis.lineage_merges import add_differences, find_merges, merge_record
+from sdlens.analysis.lineage_methods import nonlinear_merges
 from sdlens.analysis.lineage_pairs import close_pairs, named_bases, same_component_edges, spanning_edges
 from sdlens.analysis.matrix_plan import Plan
 from sdlens.analysis.matrix_state import Partial
@@ -151,6 +154,14 @@ def build(pl: Plan, total: Partial) -> Lineage:
     adds = add_differences(ctx, set(merges))
     edges += adds
     index = {nm: i for i, nm in enumerate(names)}
+    linked = {index[nm] for e in adds for nm in (e.source, e.target)}
+    more, es = nonlinear_merges(ctx, [t for t in ctx.core if t not in merges and t not in linked])
+    for rec in more:
+        t = index[rec["model"]]
+        nodes[t].explained_by = list(rec["parents"])
+        joined += [(index[p], t) for p in rec["parents"]]
+    records += more
+    edges += es
     joined += [(index[e.source], index[e.target]) for e in adds]
     for i, (named, base) in named_bases(ctx, metas).items():
         nodes[i].named_base = named

@@ -69,7 +69,8 @@ class Edge:
     components: list[str] = field(default_factory=list)  # same-component / fine-tune: the shared parts
     copy: bool = False  # same-component: every part bit-identical
     near_duplicate: bool = False  # fine-tune: within a few storage roundings of each other
-    found_by: str | None = None  # fit, metadata, identity, nearest neighbour, spanning tree
+    method: str | None = None  # merge: DARE / TIES / crossover where element evidence found it (else linear)
+    found_by: str | None = None  # fit, element evidence, metadata, identity, nearest neighbour, spanning tree
     note: str = ""
 
     def to_dict(self) -> dict[str, Any]:

@@ -61,7 +61,7 @@ def probe_key(cks: Sequence[Any], refs: Sequence[Any], numel: int, sample: int):
     stride = stride_for(numel, sample)
     raws = [_raw_view(ck, r) for ck, r in zip(cks, refs, strict=True)]
     if len(set(dtypes)) == 1 and mdt in KERNEL_DTYPES and all(r is not None for r in raws):
-        return element_signature(raws, mdt, stride, 0.0, resolve)
+        return _unless_copied(element_signature(raws, mdt, stride, 0.0, resolve))
     import torch
 
     flats = [_flat(ck, r) for ck, r in zip(cks, refs, strict=True)]
@@ -73,7 +73,15 @@ def probe_key(cks: Sequence[Any], refs: Sequence[Any], numel: int, sample: int):
         rows = [f[s : s + step].to(torch.float32).numpy() for f in flats]
         o, h = element_signature(rows, "F32", stride, tol, resolve)
         out, hist = (o, h) if out is None else (out + o, hist + h)
-    return out, hist
+    return _unless_copied((out, hist)) if out is not None else None
+
+
+def _unless_copied(got):
+    """A tensor the model took whole from one candidate (every sampled value equal to it) says nothing of
+    how values were merged — a partial fine-tune keeps some tensors, DARE drops values inside each: None."""
+    out, hist = got
+    n, eq = out[..., VALUES].sum(axis=1), out[..., EQ_BASE].sum(axis=1)
+    return None if ((n > 0) & (eq == n)).any() else got
 
 
 @dataclass

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from rich.console import Console
+from rich.table import Table
 
 
 def section(zoo_dir: Path, out_dir: Path, console: Console) -> None:
@@ -23,24 +24,30 @@ def section(zoo_dir: Path, out_dir: Path, console: Console) -> None:
     lin = lineage(list(fam.paths.values()))
     dt = time.perf_counter() - t0
     written = write_outputs(lin, out_dir / "lineage", while_drawing=lambda: render_lineage(lin, console))
+    table = Table(title="lineage: known relations vs evidence drawn", title_justify="left")
+    for col in ("model", "truth", "parents", "lineage's evidence"):
+        table.add_column(col, overflow="fold")
+    found = 0
     known = fam.meta.get("edges", [])
-    found = {(e.source, e.target) for e in lin.edges if e.evidence}
-    stems = {Path(p).stem for p in fam.paths.values()}
-    hits = sum(
-        (f"{a}.safetensors", f"{b}.safetensors") in found or (f"{b}.safetensors", f"{a}.safetensors") in found
-        for a, b, *_ in (_edge(e) for e in known)
-        if a in stems and b in stems
-    )
+    for rel in known:
+        child, parents = f"{rel['child']}.safetensors", [f"{p}.safetensors" for p in rel["parents"]]
+        links = sorted(
+            {
+                e.kind
+                for e in lin.edges
+                if e.evidence
+                and e.kind != "same-component"
+                and {e.source, e.target} & {child}
+                and {e.source, e.target} & set(parents)
+            }
+        )
+        found += bool(links)
+        truth = rel["kind"] + (f" ({rel['method']})" if rel.get("method") else "")
+        table.add_row(rel["child"], truth, ", ".join(rel["parents"]), ", ".join(links) or "none (not linear)")
+    console.print(table)
     console.print(
-        f"{len(fam.paths)} models in {dt:.1f} s; known relations drawn as evidence: {hits} of {len(known)} "
-        f"(DARE, TIES and crossover merges are not linear: `recipe` names them); "
+        f"{len(fam.paths)} models in {dt:.1f} s; {found} of {len(known)} known relations drawn as evidence "
+        f"(DARE, TIES and crossover merges are not linear in their parents: `recipe` names them); "
         f"{', '.join(p.name for p in written)} in {safe(out_dir / 'lineage')}",
         soft_wrap=True,
     )
-
-
-def _edge(e) -> tuple[str, str]:
-    """(parent, child) of a known edge of the family's meta, whatever form it was written in."""
-    if isinstance(e, dict):
-        return e.get("source") or e.get("parent"), e.get("target") or e.get("child")
-    return e[0], e[1]

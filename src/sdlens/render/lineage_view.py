@@ -72,6 +72,8 @@ def _link(lin: Lineage, e: Edge, child: str) -> str:
     """The words for the edge ``e`` reaching ``child``."""
     if e.kind == "merge":
         rec = next(m for m in lin.merges if m["model"] == child)
+        if rec.get("method"):  # found by element evidence: no linear weights
+            return f"{rec['method']} merge: {printable(rec['formula'])} (element evidence)"
         parts = " + ".join(f"{_w(w)}·{_show(lin, p)}" for p, w in rec["parents"].items())
         how = "merged, then trained further" if e.trained_further else "explained"
         return f"merge of {parts} (residual {_pct(e.residual_share)}: {how})"
@@ -256,6 +258,8 @@ def _short(lin: Lineage) -> dict[str, str]:
 
 
 def _edge_label(e: Edge) -> str:
+    if e.kind == "merge" and e.method:
+        return e.method
     if e.kind == "merge":
         return _w(e.weight or 0) + (" +trained" if e.trained_further else "")
     if e.kind == "add-difference":
