@@ -250,14 +250,24 @@ def test_cli_writes_and_an_unreadable_input_is_one_line(family, cli, tmp_path):
 def test_the_merge_zoo_family_reproduces_its_known_edges(tmp_path, dtype):
     """``testing.zoo_merge``: the linear relations are recovered (avg3 is also exactly 0.7·base_a +
     0.014·base_b + 0.286·adddiff: the parents with no 1 % weight are the ones kept); DARE, TIES and crossover
-    (not linear in their parents) are claimed as no merge; the near-duplicate (2e-3 apart in float16) is one
-    node beside base_b."""
+    (not linear in their parents) are merges found by element evidence, with their parents and direction,
+    and no model is read as a DARE / TIES child of its own child; the near-duplicate (2e-3 apart in float16)
+    is one node beside base_b."""
     from sdlens.testing import zoo_merge as zm
 
     fam = zm.build_merge_family(tmp_path, dtype=dtype)
     lin = lineage(sorted(fam.paths.values()))
     merges = {m["model"]: m for m in lin.merges}
-    assert set(merges) == {_n("mbw_ab"), _n("avg3"), _n("merge_trained")}
+    assert set(merges) == {_n(x) for x in ("mbw_ab", "avg3", "merge_trained", "dare", "ties", "crossover")}
+    for name, method, parents in (
+        ("dare", "DARE", {"base_a", "finetune_b"}),
+        ("crossover", "crossover", {"base_a", "base_b"}),
+        ("ties", "TIES", {"base_a", "finetune_b"}),
+    ):
+        rec = merges[_n(name)]
+        assert rec["method"] == method and {_n(p) for p in parents} <= set(rec["parents"]), name
+        assert set(rec["parents"]) <= {_n(p) for p in ("base_a", "base_b", "finetune_a", "finetune_b")}
+    assert merges[_n("dare")]["drop_rate"] == pytest.approx(zm.DARE_P, abs=0.02)
     mbw = merges[_n("mbw_ab")]
     assert list(mbw["parents"]) == [_n("base_a"), _n("base_b")] and mbw["verdict"] == "explained"
     for blk, ws in mbw["blocks"].items():
@@ -277,10 +287,8 @@ def test_the_merge_zoo_family_reproduces_its_known_edges(tmp_path, dtype):
     ft = _edges(lin, "fine-tune")
     assert frozenset((_n("base_a"), _n("finetune_a"))) in ft
     assert ft[frozenset((_n("base_b"), _n("near_dup_b")))].near_duplicate
-    for name in ("dare", "ties", "crossover", "unrelated"):
-        assert not any(
-            e.kind in ("merge", "add-difference") and _n(name) in (e.source, e.target) for e in lin.edges
-        )
+    for name in ("base_a", "base_b", "finetune_b", "unrelated"):  # no base is anyone's merge child
+        assert not any(e.kind == "merge" and e.target == _n(name) for e in lin.edges), name
     assert all(_n("unrelated") not in (e.source, e.target) or not e.evidence for e in lin.edges)
 
 

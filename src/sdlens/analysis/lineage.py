@@ -155,7 +155,8 @@ def build(pl: Plan, total: Partial) -> Lineage:
     edges += adds
     index = {nm: i for i, nm in enumerate(names)}
     linked = {index[nm] for e in adds for nm in (e.source, e.target)}
-    more, es = nonlinear_merges(ctx, [t for t in ctx.core if t not in merges and t not in linked])
+    tested = [t for t in ctx.core if t not in merges and t not in linked]
+    more, es = nonlinear_merges(ctx, tested, {t: list(f.parents) for t, f in merges.items()})
     for rec in more:
         t = index[rec["model"]]
         nodes[t].explained_by = list(rec["parents"])

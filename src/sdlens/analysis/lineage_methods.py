@@ -19,7 +19,9 @@ from sdlens.analysis.merge_fit import fit_group
 from sdlens.analysis.merge_signature import NONLINEAR, Signature, nonlinear_formula, probe_key, read_signature
 from sdlens.io.open import open_checkpoint
 
-NEAREST = 3  # candidates per model: its nearest this many
+NEAREST = 2  # candidates per model: its nearest this many, and
+EQUAL = 0.02  # ... every model it equals in at least this share of the sampled values (bases, parents)
+MAX_CANDIDATES = 5
 SAMPLE = 4  # blocks of 1024 values per tensor (recipe's default)
 
 
@@ -39,6 +41,61 @@ def _evidence(ctx: Context, cks: dict, rows: list[int]) -> tuple[np.ndarray | No
     return out, hist
 
 
+def _equal_shares(ctx: Context, cks: dict, t: int, others: list[int]) -> dict[int, float]:
+    """Per other model, the share of ``t``'s sampled denoiser values (in tensors not taken whole) that equal
+    it: the parents of DARE, TIES and crossover merges stand out (a base equals a DARE child where deltas were
+    dropped), while a weighted sum equals no parent anywhere."""
+    from sdlens.analysis.diff import _raw_view
+    from sdlens.analysis.merge_signature import stride_for
+
+    equal = dict.fromkeys(others, 0)
+    seen = 0
+    for task in ctx.pl.tasks:
+        for kp in task.keys:
+            rt = kp.refs[t]
+            if "denoiser" not in kp.groups or rt is None:
+                continue
+            for i in (t, *others):
+                if i not in cks:
+                    cks[i] = open_checkpoint(ctx.pl.models[i].path)
+            mine = _raw_view(cks[t], rt)
+            if mine is None or not mine.size:
+                continue
+            item = cks[t].tensors[rt.key].nbytes // max(1, cks[t].tensors[rt.key].numel)
+            view = {2: np.uint16, 4: np.uint32}.get(item)
+            if view is None:
+                continue
+            step = 1024 * stride_for(kp.numel, SAMPLE)
+            pick = (np.arange(0, kp.numel, step)[:, None] + np.arange(min(1024, kp.numel))).ravel()
+            pick = pick[pick < kp.numel]
+            m = mine.view(view)[pick]
+            rows = {}
+            for o in others:
+                r = kp.refs[o]
+                raw = (
+                    None
+                    if r is None or cks[o].tensors[r.key].dtype != cks[t].tensors[rt.key].dtype
+                    else _raw_view(cks[o], r)
+                )
+                rows[o] = None if raw is None else raw.view(view)[pick]
+            if any(x is not None and np.array_equal(x, m) for x in rows.values()):
+                continue  # a tensor taken whole: no evidence of how values were merged
+            seen += m.size
+            for o, x in rows.items():
+                if x is not None:
+                    equal[o] += int(np.count_nonzero(x == m))
+    return {o: v / seen for o, v in equal.items()} if seen else {}
+
+
+def _candidates(ctx: Context, cks: dict, t: int) -> list[int]:
+    """The models to test ``t`` against: its nearest, and those it equals in a share of its values."""
+    others = sorted(candidates(ctx, t), key=lambda c: ctx.dist[t, c])
+    shares = _equal_shares(ctx, cks, t, others)
+    equal = sorted((o for o in others if shares.get(o, 0) >= EQUAL), key=lambda o: -shares[o])
+    picked = list(dict.fromkeys([*equal[: MAX_CANDIDATES - NEAREST], *others[:NEAREST]]))
+    return picked[:MAX_CANDIDATES]
+
+
 def _parents(ctx: Context, t: int, near: list[int], sig: Signature) -> list[int]:
     """The base, then the models whose deltas the method took (TIES: every near model the whole denoiser's
     fit weighs ≥ 0.05 besides the base)."""
@@ -50,54 +107,90 @@ def _parents(ctx: Context, t: int, near: list[int], sig: Signature) -> list[int]
     return [e.base, *(tasks or [e.candidate])]
 
 
-def nonlinear_merges(ctx: Context, tested: list[int]) -> tuple[list[dict[str, Any]], list[Edge]]:
+def _strength(sig: Signature) -> float:
+    """How clearly the counts show the method (for accepting the clearest first)."""
+    e = sig.evidence
+    if sig.method == "crossover":
+        return e.dropped + e.taken
+    if sig.method == "DARE":
+        return e.at_ratio
+    return 1.0 - (e.magnitude or 1.0)
+
+
+def _ancestors(parents_of: dict[int, list[int]], start: int) -> set[int]:
+    seen: set[int] = set()
+    todo = list(parents_of.get(start, []))
+    while todo:
+        p = todo.pop()
+        if p not in seen:
+            seen.add(p)
+            todo += parents_of.get(p, [])
+    return seen
+
+
+def nonlinear_merges(
+    ctx: Context, tested: list[int], linear: dict[int, list[int]] | None = None
+) -> tuple[list[dict[str, Any]], list[Edge]]:
     """Merge records and edges (``found_by="element evidence"``) for the models in ``tested`` that the element
-    counts against their nearest models show to be DARE, TIES or crossover merges."""
-    records: list[dict[str, Any]] = []
-    edges: list[Edge] = []
+    counts against their candidates show to be DARE, TIES or crossover merges. Related models echo each other
+    (a base equals its TIES child where deltas were trimmed), so the clearest findings are accepted first and
+    one that would make a model its own ancestor (given ``linear``: child -> parents found by the fits) is
+    not."""
+    found: list[tuple[float, int, Signature, list[int]]] = []
     cks: dict[int, Any] = {}
-    n = ctx.names
     try:
         for t in tested:
-            near = sorted(candidates(ctx, t), key=lambda c: ctx.dist[t, c])[:NEAREST]
+            near = _candidates(ctx, cks, t)
             if len(near) < 2:
                 continue
             out, hist = _evidence(ctx, cks, [t, *near])
-            sig = read_signature(out, hist, near, None, n, linear=False)
-            if sig.method not in NONLINEAR:
-                continue
-            parents = _parents(ctx, t, near, sig)
-            formula = nonlinear_formula(sig, n, None)
-            records.append(
-                {
-                    "model": n[t],
-                    "parents": {n[p]: None for p in parents},
-                    "blocks": {},
-                    "method": sig.method,
-                    "drop_rate": sig.drop_rate,
-                    "scale": sig.scale,
-                    "formula": formula,
-                    "evidence": sig.to_dict(),
-                    "residual_share": None,
-                    "verdict": sig.method,
-                }
-            )
-            edges += [
-                Edge(
-                    "merge",
-                    n[p],
-                    n[t],
-                    True,
-                    True,
-                    *distances(ctx, p, t),
-                    verdict=sig.method,
-                    method=sig.method,
-                    found_by="element evidence",
-                    note=f"{n[t]} = {formula}: {sig.text}",
-                )
-                for p in parents
-            ]
+            sig = read_signature(out, hist, near, None, ctx.names, linear=False)
+            if sig.method in NONLINEAR:
+                found.append((_strength(sig), t, sig, _parents(ctx, t, near, sig)))
     finally:
         for ck in cks.values():
             ck.close()
+    parents_of = {k: list(v) for k, v in (linear or {}).items()}
+    records: list[dict[str, Any]] = []
+    edges: list[Edge] = []
+    for _, t, sig, parents in sorted(found, key=lambda x: -x[0]):
+        if any(t == p or t in _ancestors(parents_of, p) for p in parents):
+            continue
+        parents_of[t] = parents
+        rec, es = _record(ctx, t, sig, parents)
+        records.append(rec)
+        edges += es
     return records, edges
+
+
+def _record(ctx: Context, t: int, sig: Signature, parents: list[int]) -> tuple[dict[str, Any], list[Edge]]:
+    n = ctx.names
+    formula = nonlinear_formula(sig, n, None)
+    rec = {
+        "model": n[t],
+        "parents": {n[p]: None for p in parents},
+        "blocks": {},
+        "method": sig.method,
+        "drop_rate": sig.drop_rate,
+        "scale": sig.scale,
+        "formula": formula,
+        "evidence": sig.to_dict(),
+        "residual_share": None,
+        "verdict": sig.method,
+    }
+    edges = [
+        Edge(
+            "merge",
+            n[p],
+            n[t],
+            True,
+            True,
+            *distances(ctx, p, t),
+            verdict=sig.method,
+            method=sig.method,
+            found_by="element evidence",
+            note=f"{n[t]} = {formula}: {sig.text}",
+        )
+        for p in parents
+    ]
+    return rec, edges

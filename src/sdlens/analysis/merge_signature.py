@@ -31,6 +31,11 @@ _MIN_VALUES = 200  # fewer resolvable values than this: no verdict
 _CHUNK = 1 << 22  # values widened at a time on the torch path
 
 NONLINEAR = ("DARE", "TIES", "crossover")  # methods a linear fit cannot rebuild
+# mean |δ| of dropped over kept deltas: DARE drops whatever the size (≈ 1); TIES trims the small ones (a top-k
+# trim of normal deltas gives 0.13 at density 0.8 to 0.31 at 0.2; sign election raises it); below that, the
+# "drops" are another model's values, not a trim
+DARE_MAGNITUDE = (0.8, 1.25)
+TIES_MAGNITUDE = (0.12, 0.6)
 
 # field indices of the kernel's counts (_jit.SIG_FIELDS)
 VALUES, EQ_BASE, EQ_CAND, DELTA_DROPPED, DELTA_KEPT, OUTSIDE, AGREE = range(7)
@@ -162,9 +167,9 @@ def read_signature(
         )
         return Signature("crossover", text, evidence=best)
     if best.dropped >= 0.05 and best.magnitude is not None:
-        if best.magnitude < 0.5:
+        if TIES_MAGNITUDE[0] <= best.magnitude < TIES_MAGNITUDE[1]:
             return _ties(best, names)
-        if 0.7 <= best.magnitude <= 1.4:
+        if DARE_MAGNITUDE[0] <= best.magnitude <= DARE_MAGNITUDE[1] and best.taken < 0.02:
             return _dare(best, names)
     if best.dropped + best.taken < 0.01:
         ws = _weighted(ev, fit, names, linear)
