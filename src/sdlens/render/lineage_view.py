@@ -322,6 +322,8 @@ def layout(lin: Lineage) -> dict[str, tuple[float, float]]:
             break
     for d in range(1, max(depth.values(), default=0) + 1):
         layer = [k for k in depth if depth[k] == d]
+        if not layer:  # a level left empty where parents pushed their children further down
+            continue
         key = {k: sum(x[p] for p in up[k]) / len(up[k]) if up.get(k) else x[k] for k in layer}
         layer.sort(key=lambda k: (key[k], x[k]))
         pos: list[float] = []
