@@ -283,6 +283,23 @@ def _drawn(lin: Lineage) -> list[Edge]:
     ]
 
 
+def _order_layers(depth: dict[str, int], x: dict[str, float], up: dict[str, list[str]]) -> None:
+    """Each layer below the first, left to right by the mean position of the nodes above it links to, at
+    least one apart (``x`` updated in place)."""
+    for d in range(1, max(depth.values(), default=0) + 1):
+        layer = [k for k in depth if depth[k] == d]
+        if not layer:  # a level left empty where parents pushed their children further down
+            continue
+        key = {k: sum(x[p] for p in up[k]) / len(up[k]) if up.get(k) else x[k] for k in layer}
+        layer.sort(key=lambda k: (key[k], x[k]))
+        pos: list[float] = []
+        for k in layer:
+            pos.append(key[k] if not pos else max(key[k], pos[-1] + 1.0))
+        shift = sum(p - key[k] for p, k in zip(pos, layer, strict=True)) / len(layer)
+        for p, k in zip(pos, layer, strict=True):
+            x[k] = p - shift
+
+
 def layout(lin: Lineage) -> dict[str, tuple[float, float]]:
     """Layered positions: depth in the tree (a merge one below its lowest parent); the roots side by side as
     wide as their trees; each lower layer ordered by the mean position of the nodes above it links to (its
@@ -320,18 +337,7 @@ def layout(lin: Lineage) -> dict[str, tuple[float, float]]:
             depth[k] = max(depth[p] for p in up[k]) + 1
         if not moved:
             break
-    for d in range(1, max(depth.values(), default=0) + 1):
-        layer = [k for k in depth if depth[k] == d]
-        if not layer:  # a level left empty where parents pushed their children further down
-            continue
-        key = {k: sum(x[p] for p in up[k]) / len(up[k]) if up.get(k) else x[k] for k in layer}
-        layer.sort(key=lambda k: (key[k], x[k]))
-        pos: list[float] = []
-        for k in layer:
-            pos.append(key[k] if not pos else max(key[k], pos[-1] + 1.0))
-        shift = sum(p - key[k] for p, k in zip(pos, layer, strict=True)) / len(layer)
-        for p, k in zip(pos, layer, strict=True):
-            x[k] = p - shift
+    _order_layers(depth, x, up)
     low = min(x.values(), default=0.0)
     out = {k: (x[k] - low, -float(depth[k])) for k in x}
     bottom = -float(max(depth.values(), default=-1) + 1)  # models with no evidence of a relation: a row apart
