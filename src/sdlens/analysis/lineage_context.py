@@ -97,6 +97,13 @@ class Context:
         return [r for r in self.reps if r not in self.twin_of]
 
 
+def merge_edge(ctx: Context, parent: int, child: int, **fields: Any) -> Edge:
+    """The directed evidence edge parent → child of a merge (``fields``: weights, verdict, method, note…)."""
+    return Edge(
+        "merge", ctx.names[parent], ctx.names[child], True, True, *distances(ctx, parent, child), **fields
+    )
+
+
 def read_headers(pl: Plan) -> tuple[list[dict[str, str]], list[str]]:
     """Per model: its metadata and most common stored float dtype (headers only)."""
     metas, dtypes = [], []

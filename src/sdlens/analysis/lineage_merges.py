@@ -24,6 +24,7 @@ from sdlens.analysis.lineage_context import (
     Edge,
     candidates,
     distances,
+    merge_edge,
 )
 from sdlens.analysis.merge_fit import ROUNDING, TRAINED, fit_group, verdict
 
@@ -275,13 +276,10 @@ def merge_record(ctx: Context, t: int, f: _Fit) -> tuple[dict[str, Any], list[Ed
     }
     text = " + ".join(f"{f.overall[p]:.3g}·{n[p]}" for p in f.parents)
     edges = [
-        Edge(
-            "merge",
-            n[p],
-            n[t],
-            True,
-            True,
-            *distances(ctx, p, t),
+        merge_edge(
+            ctx,
+            p,
+            t,
             weight=f.overall[p],
             weights={g[6:]: None if w is None else w[p] for g, w in f.weights.items()},
             residual_share=f.share,

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from sdlens.analysis.lineage_context import Context, Edge, candidates, distances
+from sdlens.analysis.lineage_context import Context, Edge, candidates, merge_edge
 from sdlens.analysis.merge_fit import fit_group
 from sdlens.analysis.merge_signature import NONLINEAR, Signature, nonlinear_formula, probe_key, read_signature
 from sdlens.io.open import open_checkpoint
@@ -179,13 +179,10 @@ def _record(ctx: Context, t: int, sig: Signature, parents: list[int]) -> tuple[d
         "verdict": sig.method,
     }
     edges = [
-        Edge(
-            "merge",
-            n[p],
-            n[t],
-            True,
-            True,
-            *distances(ctx, p, t),
+        merge_edge(
+            ctx,
+            p,
+            t,
             verdict=sig.method,
             method=sig.method,
             found_by="element evidence",
