@@ -43,11 +43,12 @@ def section(zoo_dir: Path, out_dir: Path, console: Console) -> None:
         )
         found += bool(links)
         truth = rel["kind"] + (f" ({rel['method']})" if rel.get("method") else "")
-        table.add_row(rel["child"], truth, ", ".join(rel["parents"]), ", ".join(links) or "none (not linear)")
+        table.add_row(rel["child"], truth, ", ".join(rel["parents"]), ", ".join(links) or "none")
     console.print(table)
     console.print(
         f"{len(fam.paths)} models in {dt:.1f} s; {found} of {len(known)} known relations drawn as evidence "
-        f"(DARE, TIES and crossover merges are not linear in their parents: `recipe` names them); "
+        f"(DARE, TIES and crossover from element evidence; a fine-tune that moved its UNet by half is too "
+        f"far from its base to be told from an unrelated model's nearest neighbour); "
         f"{', '.join(p.name for p in written)} in {safe(out_dir / 'lineage')}",
         soft_wrap=True,
     )
