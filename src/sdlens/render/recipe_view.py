@@ -154,7 +154,7 @@ def plot_recipe(result: RecipeResult, path: str | Path) -> Path:
     top.axhline(1, color="#999", lw=0.8, ls=":")
     top.set_ylabel("weight (Σ = 1)")
     top.set_title(plot_label(f"{result.model.name}: {result.formula}", 110), fontsize=10, loc="left")
-    top.legend(fontsize=8, loc="best")
+    top.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.005, 1.0), borderaxespad=0)
     top.grid(alpha=0.3)
     floor = 1e-5
     shares = [max(floor, 0.0 if g.fit.verdict == "copy" else g.fit.affine.share) for g in groups]
