@@ -56,6 +56,7 @@ MBW = {
     "OUT07": 0.6, "OUT08": 0.4, "OUT09": 0.0, "OUT10": 0.75, "OUT11": 0.95,
 }  # fmt: skip
 LINEAGE_BLOCKS = ("IN01", "IN04", "M00", "OUT05")  # where the lineage models' own data lives
+GENERATED = ("cand", "model_mbw", "recipe.json", "lin_", "lineage", "mx")  # what --dir receives
 Combine = Callable[[str, list[torch.Tensor]], torch.Tensor]
 
 
@@ -349,14 +350,30 @@ def bench_lineage(work: Path, small: bool) -> None:
     for f in sorted(out.glob("*.json")) if out.exists() else []:
         doc = json.loads(f.read_text())
         if isinstance(doc, dict) and "edges" in doc:
-            print(f"  found in {f.name}: roots {doc.get('roots')}")
-            for e in doc["edges"]:
-                arrow = "->" if e.get("directed") else "--"
-                extra = {
-                    k: e[k] for k in ("weight", "alpha", "residual_share", "verdict") if e.get(k) is not None
-                }
-                evidence = "evidence" if e.get("evidence", True) else "nearest only"
-                print(f"    {e.get('a')} {arrow} {e.get('b')}: {e.get('kind')} ({evidence}) {extra or ''}")
+            print_edges(doc)
+
+
+def _short(name: str | None) -> str:
+    """``lin_06_merge_12.safetensors`` -> ``merge_12``."""
+    stem = Path(str(name)).name.removesuffix(".safetensors")
+    return stem[7:] if stem.startswith("lin_") else stem
+
+
+def print_edges(doc: dict) -> None:
+    """The tree ``lineage`` found, in short names (edges to the all-zero base by identity summed up)."""
+    print(f"  found: roots {[_short(r) for r in doc.get('roots', [])]}")
+    to_base = 0
+    for e in doc["edges"]:
+        a, b = _short(e.get("source", e.get("a"))), _short(e.get("target", e.get("b")))
+        if e.get("kind") == "same-component" and "base" in (a, b):
+            to_base += 1
+            continue
+        arrow = "->" if e.get("directed") else "--"
+        keys = ("method", "weight", "alpha", "residual_share", "verdict", "components")
+        extra = {k: e[k] for k in keys if e.get(k) not in (None, [], "")}
+        evidence = "evidence" if e.get("evidence", True) else "nearest only"
+        print(f"    {a} {arrow} {b}: {e.get('kind')} ({evidence}) {json.dumps(extra, default=str)}")
+    print(f"    (+ {to_base} same-component edges to the base: every model shares its hole TE / VAE)")
 
 
 def main() -> None:
@@ -386,8 +403,14 @@ def main() -> None:
         if args.only != "recipe":
             bench_lineage(work, args.small)
     finally:
-        if not args.keep:
+        if not args.keep and args.dir is None:
             shutil.rmtree(work, ignore_errors=True)
+        elif not args.keep:  # a folder of the user's: only what this script made
+            for q in work.glob("*"):
+                if q.name.startswith(GENERATED) and q.is_dir():
+                    shutil.rmtree(q, ignore_errors=True)
+                elif q.name.startswith(GENERATED):
+                    q.unlink()
         else:
             used = sum(q.stat().st_blocks * 512 for q in work.rglob("*") if q.is_file())
             print(f"kept {work} ({gb(used)} on disk)")
