@@ -133,3 +133,25 @@ def fill_with_normals(
                 pos += n
         f.flush()
         os.fsync(f.fileno())
+
+
+def f16_ranges(path: str | Path, prefix: str) -> list[tuple[int, int]]:
+    """Byte ranges of a checkpoint's fp16 tensors whose keys start with ``prefix`` (for filling with data)."""
+    from sdlens.io.open import open_checkpoint
+
+    with open_checkpoint(path) as ck:
+        return [
+            (t.offset, t.offset + t.nbytes)
+            for t in ck.tensors.values()
+            if t.key.startswith(prefix) and t.dtype == "F16"
+        ]
+
+
+def evict(paths: list[Path]) -> None:
+    """Drop the files' pages from the page cache (posix_fadvise DONTNEED: no root needed)."""
+    for p in paths:
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)

@@ -24,22 +24,22 @@ import psutil
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _measure import cpu_line, fill_with_normals, gb, mb, measure, python_cmd, read_once_seconds  # noqa: E402
-from sdlens.io.open import open_checkpoint  # noqa: E402
+from _measure import (  # noqa: E402
+    cpu_line,
+    evict,
+    f16_ranges,
+    fill_with_normals,
+    gb,
+    mb,
+    measure,
+    python_cmd,
+    read_once_seconds,
+)
 from sdlens.testing.writers import save_safetensors  # noqa: E402
 from sdlens.testing.zoo import realise_small_buffers  # noqa: E402
 from sdlens.testing.zoo_unet import build_single_file  # noqa: E402
 
 SDXL_FP16_BYTES = 6_938_000_000  # a full SDXL checkpoint in fp16 (UNet + both text encoders + VAE)
-
-
-def _ranges(path: Path, prefix: str) -> list[tuple[int, int]]:
-    with open_checkpoint(path) as ck:
-        return [
-            (t.offset, t.offset + t.nbytes)
-            for t in ck.tensors.values()
-            if t.key.startswith(prefix) and t.dtype == "F16"
-        ]
 
 
 def make_models(workdir: Path, n: int) -> list[Path]:
@@ -51,10 +51,10 @@ def make_models(workdir: Path, n: int) -> list[Path]:
         save_safetensors(
             realise_small_buffers(build_single_file("sd1", size="full", dtype=torch.float16)), base
         )
-        everything = _ranges(base, "")
+        everything = f16_ranges(base, "")
         fill_with_normals(base, [(min(a for a, _ in everything), max(b for _, b in everything))], seed=0)
     unet, te, vae = (
-        _ranges(base, p) for p in ("model.diffusion_model.", "cond_stage_model.", "first_stage_model.")
+        f16_ranges(base, p) for p in ("model.diffusion_model.", "cond_stage_model.", "first_stage_model.")
     )
     for i, p in enumerate(paths[1:], start=1):
         if p.exists():
@@ -165,16 +165,6 @@ def main() -> None:
     )
     if not args.keep and args.dir is None:
         shutil.rmtree(workdir, ignore_errors=True)
-
-
-def evict(paths: list[Path]) -> None:
-    """Drop the files' pages from the page cache (posix_fadvise DONTNEED: no root needed)."""
-    for p in paths:
-        fd = os.open(p, os.O_RDONLY)
-        try:
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
 
 
 def _plan_bytes(paths: list[Path]) -> int:

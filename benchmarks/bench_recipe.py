@@ -41,9 +41,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _measure import cpu_line, gb, mb, measure, read_once_seconds  # noqa: E402
-from bench_matrix import evict  # noqa: E402
-from sdlens.io.open import open_checkpoint  # noqa: E402
+from _measure import cpu_line, evict, f16_ranges, gb, mb, measure, read_once_seconds  # noqa: E402
 from sdlens.testing.writers import save_safetensors  # noqa: E402
 from sdlens.testing.zoo import realise_small_buffers  # noqa: E402
 from sdlens.testing.zoo_unet import build_single_file  # noqa: E402
@@ -61,15 +59,6 @@ Combine = Callable[[str, list[torch.Tensor]], torch.Tensor]
 
 
 # --- files -------------------------------------------------------------------------------------------------
-
-
-def _ranges(path: Path, prefix: str) -> list[tuple[int, int]]:
-    with open_checkpoint(path) as ck:
-        return [
-            (t.offset, t.offset + t.nbytes)
-            for t in ck.tensors.values()
-            if t.key.startswith(prefix) and t.dtype == "F16"
-        ]
 
 
 def fill_stream(path: Path, ranges: list[tuple[int, int]], seed: int) -> None:
@@ -161,11 +150,11 @@ def make_recipe_models(work: Path, small: bool) -> tuple[Path, list[Path]]:
     model = work / "model_mbw_fp16.safetensors"
     if not c1.exists():
         _template(c1, small)
-        fill_stream(c1, [r for p in (UNET, TE, VAE) for r in _ranges(c1, p)], seed=0)
+        fill_stream(c1, [r for p in (UNET, TE, VAE) for r in f16_ranges(c1, p)], seed=0)
     for path, parts, seed in ((c2, (UNET, TE), 2), (c3, (UNET,), 3)):
         if not path.exists():
             shutil.copyfile(c1, path)
-            fill_stream(path, [r for p in parts for r in _ranges(path, p)], seed=seed)
+            fill_stream(path, [r for p in parts for r in f16_ranges(path, p)], seed=seed)
     if not model.exists():
         blocks = key_blocks(c1)
         derive(
