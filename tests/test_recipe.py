@@ -111,10 +111,11 @@ def test_unrelated_model_is_not_a_merge(fam):
     assert r.residual_share == pytest.approx(fam.truth["unrelated"]["residual_share_blockwise"], rel=0.02)
 
 
-def test_near_duplicate_candidates_flagged(fam):
+@pytest.mark.parametrize("which", ["fam", "fam16"])
+def test_near_duplicate_candidates_flagged(which, request):
     from sdlens.render.recipe_view import notes
 
-    r = _run(fam, "mbw_ab", "base_a", "base_b", "near_dup_b")
+    r = _run(request.getfixturevalue(which), "mbw_ab", "base_a", "base_b", "near_dup_b")
     w, g = _weights(r, "IN05")
     assert g.fit.confidence == "low" and g.fit.closest[:2] == (2, 3)
     assert abs(w[2] + w[3] - MBW_ALPHA["IN05"]) < 1e-3  # their sum still holds

@@ -25,7 +25,10 @@ import numpy as np
 
 EXPLAINED = 0.02  # residual share at or below which a fit "explains" the model (or the storage floor)
 TRAINED = 0.5  # ... below which it is a merge trained further; above, not a merge of these
-ILL_COND = 1e6  # condition number of the candidates' Gram matrix above which their weights are not trusted
+# the pairwise sums are exact to about 1e-7 relative (float32 within blocks of 1024, float64 across), and a
+# fit's weights can be off by that times the condition number of the candidates' Gram matrix
+SUM_PRECISION = 1e-7
+ILL_COND = 1e5  # above: weights may be off by 1e-2 or more ("low" confidence); above 1e3 by 1e-4 ("medium")
 _NULL = 1e-12  # relative eigenvalue below which a direction is not identifiable at all
 
 # RMS rounding error of one stored value relative to its size: half an ulp over √3 (mantissa bits + 1)
@@ -67,9 +70,15 @@ class GroupFit:
             return "low"
         return "high" if self.condition < 1e3 else "medium"
 
+    @property
+    def weight_error(self) -> float:
+        """How far the weights may be off from the sums' own precision alone."""
+        return SUM_PRECISION * self.condition
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["confidence"] = self.confidence
+        d["weight_error"] = self.weight_error
         return d
 
 
