@@ -5,10 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sdlens.analysis.lora import LoraInfo, analyse_lora
-from sdlens.analysis.merge_claims import Claim, read_claims
 from sdlens.analysis.metadata import MetadataSummary, summarise_metadata
 from sdlens.analysis.scan import ScanResult, scan_and_hash, scan_and_hash_bytes, scan_tensors
 from sdlens.analysis.schedule import ScheduleInfo, analyse_schedule
@@ -19,6 +18,9 @@ from sdlens.io.base import Checkpoint
 from sdlens.io.dtypes import DTYPES
 from sdlens.io.hashing import FileHashes, hash_file
 from sdlens.io.open import open_checkpoint
+
+if TYPE_CHECKING:
+    from sdlens.analysis.merge_claims import Claim
 
 SCHEMA_VERSION = 1
 # tensors smaller than this may be read by inspect (position ids, alphas, schedule buffers, one norm bias)
@@ -99,6 +101,18 @@ class InspectReport:
         return d
 
 
+CLAIM_KEYS = ("sd_merge_recipe", "mecha_recipe", "prompt")  # = merge_claims.read_claims' readers
+
+
+def _merge_claims(metadata) -> list[Claim]:
+    """The merge recipes the metadata claims; the parser is imported only for metadata that has one."""
+    if not any(k in metadata for k in CLAIM_KEYS):
+        return []
+    from sdlens.analysis.merge_claims import read_claims
+
+    return read_claims(metadata)
+
+
 def inspect(
     path: str | Path,
     *,
@@ -153,7 +167,7 @@ def describe(ckpt: Checkpoint) -> InspectReport:
         bytes_beyond_fp16=beyond,
         metadata=meta,
         extras=dict(ckpt.extras),
-        merge_claims=read_claims(ckpt.metadata),
+        merge_claims=_merge_claims(ckpt.metadata),
     )
     ident = identify(tensors, ckpt.configs, ckpt.metadata)
     match = ident.match

@@ -348,7 +348,7 @@ def read_claims(metadata: Mapping[str, str]) -> list[Claim]:
 
     budget = Budget()
     claims: list[Claim] = []
-    readers = (
+    readers = (  # keys: sdlens.analysis.inspect.CLAIM_KEYS
         ("sd_merge_recipe", "sd_merge_recipe", _read_webui_family),
         ("mecha_recipe", "sd-mecha", graphs.read_mecha),
         ("prompt", "ComfyUI", graphs.read_comfy),
