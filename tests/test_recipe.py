@@ -257,3 +257,18 @@ def test_tensors_taken_whole_are_not_dare(fam, tmp_path):
         save_safetensors(sd, tmp_path / "half.safetensors"), [fam.paths["base_a"], fam.paths["finetune_b"]]
     )
     assert r.method.method not in ("DARE", "TIES", "crossover")
+
+
+def test_a_folder_of_related_candidates_gives_the_fewest_that_explain(fam):
+    """Given the whole family (merges of each other among the candidates), the recipe uses the fewest
+    candidates that rebuild the model — the true parents, not a spread over every way to write it."""
+    others = [p for n, p in fam.paths.items() if n not in ("avg3", "near_dup_b")]
+    r = recipe(fam.paths["avg3"], others)
+    label = {c.name: lab for lab, c in zip(r.labels, r.candidates, strict=True)}
+    w, _ = _weights(r, "IN05")
+    named = {r.candidates[i - 1].name: x for i, x in w.items() if abs(x) > 1e-3}
+    assert named == pytest.approx({f"{k}.safetensors": v for k, v in AVG3_WEIGHTS.items()}, abs=1e-3)
+    assert any("not independent" in n for n in r.notes)
+    assert sorted(r.formula.replace(" ", "").split("+")) == sorted(
+        f"{v:.3g}*{label[k + '.safetensors']}" for k, v in AVG3_WEIGHTS.items()
+    )

@@ -247,3 +247,15 @@ def residual_with(
     w = np.asarray(weights, dtype=np.float64)
     h = np.array([[_inner(d2, i, j, target) for j in cands] for i in cands])
     return float(np.sqrt(max(w @ h @ w, 0.0)))
+
+
+def affine_residual(sums: Mapping[str, np.ndarray], target: int, cands: Sequence[int]) -> float:
+    """‖M − fit‖ of the affine fit alone (no free / convex fits, no conditioning): for searching candidate
+    subsets quickly."""
+    d2 = sums["d2"]
+    near = min(cands, key=lambda c: d2[target, c])
+    others = [c for c in cands if c != near]
+    g = np.array([[_inner(d2, i, j, near) for j in others] for i in others]).reshape(len(others), len(others))
+    b = np.array([_inner(d2, target, i, near) for i in others])
+    w, _ = _solve(g, b)
+    return _residual(float(d2[target, near]), b, g, w)

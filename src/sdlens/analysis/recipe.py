@@ -7,6 +7,7 @@ the community's words (``recipe_words``) and checked against any recipe the mode
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,7 @@ from sdlens.analysis import matrix_plan
 from sdlens.analysis.matrix_plan import KeyPlan, Plan
 from sdlens.analysis.matrix_run import run_task
 from sdlens.analysis.matrix_state import ModelInfo, Partial
-from sdlens.analysis.merge_fit import GroupFit, fit_group, residual_with, verdict
+from sdlens.analysis.merge_fit import EXPLAINED, GroupFit, affine_residual, fit_group, residual_with, verdict
 from sdlens.analysis.merge_signature import NONLINEAR, Signature, nonlinear_formula, probe_key, read_signature
 from sdlens.analysis.recipe_words import Mbw, Term, describe, whole_model
 from sdlens.arch.blocks import block_names
@@ -27,6 +28,7 @@ from sdlens.errors import SdlensError
 from sdlens.io.open import open_checkpoint
 
 LABELS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+FIT_NOISE = 3e-4  # residual the pairwise sums' float32 precision leaves, relative to the distance fitted
 _SIG_OUT, _SIG_HIST = "sig_out", "sig_hist"
 
 
@@ -143,7 +145,9 @@ def _model_dtype(pl: Plan) -> str:
     return max(counts, key=counts.get) if counts else "F32"
 
 
-def _group(pl: Plan, total: Partial, g: str, names: dict[int, str], dtype: str) -> GroupRecipe:
+def _group(
+    pl: Plan, total: Partial, g: str, names: dict[int, str], dtype: str, only: set[int] | None = None
+) -> GroupRecipe:
     sig = pl.signatures[g]
     acc = total.group(g)
     n = len(pl.models)
@@ -153,8 +157,8 @@ def _group(pl: Plan, total: Partial, g: str, names: dict[int, str], dtype: str) 
         return GroupRecipe(
             display, None, None, Signature("no evidence", "not in the model"), "not in the model"
         )
-    cands = [i for i in range(1, n) if sig[i] == sig[0]]
-    left = [names[i] for i in range(1, n) if sig[i] != sig[0]]
+    cands = [i for i in range(1, n) if sig[i] == sig[0] and (only is None or i in only)]
+    left = [names[i] for i in range(1, n) if sig[i] != sig[0] and (only is None or i in only)]
     note = f"left out here (missing or another key set): {', '.join(left)}" if left else None
     if not cands:
         return GroupRecipe(display, None, None, Signature("no evidence", "no candidate has it"), note)
@@ -216,8 +220,9 @@ def summarise(pl: Plan, total: Partial, *, by: str = "block") -> RecipeResult:
     dtype = _model_dtype(pl)
     prefix = {"block": "block:", "key": "key:"}.get(by)
     kind = [g for g in pl.groups if (g.startswith(prefix) if prefix else ":" not in g)]
-    groups = [_group(pl, total, g, names, dtype) for g in kind]
-    components = [_group(pl, total, g, names, dtype) for g in pl.groups if ":" not in g]
+    only, why = _fewest(pl, total, kind)
+    groups = [_group(pl, total, g, names, dtype, only) for g in kind]
+    components = [_group(pl, total, g, names, dtype, only) for g in pl.groups if ":" not in g]
     den = next((c for c in components if c.group == "denoiser"), components[0] if components else None)
     family = pl.models[0].family
     terms = {g.group: g.term for g in groups if g.term is not None}
@@ -250,7 +255,67 @@ def summarise(pl: Plan, total: Partial, *, by: str = "block") -> RecipeResult:
         overall,
         _equal_shares(total, den, labels),
         skipped=list(pl.skipped),
+        notes=[why] if why else [],
     )
+
+
+def _fewest(pl: Plan, total: Partial, groups: list[str]) -> tuple[set[int] | None, str | None]:
+    """The fewest candidates that rebuild the model as well as all of them do, when there are more than
+    three: a folder of candidates holds merges of each other (linearly dependent), and the fit of all of
+    them spreads weights over every way to write the same model. Subsets of up to four of the twelve
+    nearest candidates are tried, smallest first. A subset is as good when its residual over the groups
+    (√Σ r²) is within 5 % of all of them's, or within what the sums' precision leaves (``FIT_NOISE`` of the
+    distance to the nearest candidate). A near miss is not as good: 0.3·(B + 0.7(F − A)) + 0.7·A is within
+    0.1 % of 0.5·A + 0.3·B + 0.2·F when F is a 5 % fine-tune of A. Of the subsets of one size that are as
+    good, the one with the smallest weights (Σ|w| over the denoiser), then the smallest residual, is kept:
+    with merges among the candidates a model can be written exactly in several ways, and the plain one has
+    no large weights."""
+    n = len(pl.models)
+    fitted = [g for g in groups if _comparable(pl, total, g)]
+    if n - 1 <= 3 or not fitted:
+        return None, None
+    every = list(range(1, n))
+    den = "denoiser" if _comparable(pl, total, "denoiser") else fitted[0]
+
+    def residual(cands: Sequence[int]) -> float:
+        return float(np.sqrt(sum(affine_residual(total.group(g), 0, cands) ** 2 for g in fitted)))
+
+    d2 = total.group(den)["d2"]
+    nearest = float(np.sqrt(max(min(d2[0, c] for c in every), 0.0)))
+    full = residual(every)
+    ranked = sorted(every, key=lambda c: d2[0, c])[:12]  # the nearest twelve (all of a dozen or fewer)
+    subsets = {k: [(c, residual(c)) for c in itertools.combinations(ranked, k)] for k in range(1, 5)}
+    # as good as all of them to the sums' precision; failing that (the precision of a residual also
+    # depends on how far apart the candidates are), merely "explained" where all of them explain it
+    limits = [max(1.05 * full, full + FIT_NOISE * nearest)]
+    if nearest and verdict(full / nearest, 0.0, nearest) == "explained":
+        limits.append(EXPLAINED * nearest)
+    for ok in limits:
+        for k, found in subsets.items():
+            good = [(c, r) for c, r in found if r <= ok]
+            if not good:
+                continue
+            if k == len(every):
+                return None, None
+            best, _ = min(good, key=lambda cr: (round(_weight_size(total.group(den), cr[0]), 2), cr[1]))
+            used = ", ".join(LABELS[c - 1] for c in sorted(best))
+            return set(best), (
+                f"the {len(every)} candidates are not independent (some are merges of others): the recipe "
+                f"uses the fewest that rebuild the model as well as all of them, {used}; the others get 0"
+            )
+    return None, None
+
+
+def _weight_size(sums, cands: Sequence[int]) -> float:
+    """Σ|w| of the affine fit of the model from ``cands``: the plain way to write a model has no large weights."""
+    return sum(abs(w) for w in fit_group("", sums, 0, cands).affine.weights)
+
+
+def _comparable(pl: Plan, total: Partial, g: str) -> bool:
+    """Every model has group ``g`` alike, with finite sums."""
+    sig = pl.signatures.get(g, [])
+    acc = total.group(g)
+    return bool(sig) and all(s is not None and s == sig[0] for s in sig) and np.isfinite(acc["d2"]).all()
 
 
 def _one_formula(

@@ -23,7 +23,9 @@ def run(
     first: Annotated[
         list[Path] | None,
         typer.Option(
-            "--from", metavar="CANDIDATE...", help="The models it may be made from: MODEL --from A B C."
+            "--from",
+            metavar="CANDIDATE...",
+            help="The models it may be made from (files, model folders, or a folder of models): MODEL --from A B C.",
         ),
     ] = None,
     by: Annotated[
@@ -59,11 +61,14 @@ def run(
     from sdlens import console
     from sdlens.analysis.recipe import recipe
     from sdlens.errors import SdlensError
+    from sdlens.io.open import expand_paths
     from sdlens.io.outputs import OutFile, check_outputs, remove_created_on_failure
     from sdlens.render.recipe_view import plot_recipe, render_recipe
     from sdlens.render.safe_text import safe
 
-    model, candidates = paths[0], [*(first or []), *paths[1:]]
+    model = paths[0]
+    # a plain folder of models stands for every model in it (but the model itself)
+    candidates = [c for c in expand_paths([*(first or []), *paths[1:]]) if c.resolve() != model.resolve()]
     if not candidates:
         console.fail(SdlensError(model, "recipe needs candidates: sdlens recipe MODEL --from A B ..."))
         raise typer.Exit(console.EXIT_USAGE)

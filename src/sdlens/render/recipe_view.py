@@ -65,7 +65,7 @@ def group_table(result: RecipeResult, groups: list[GroupRecipe], title: str) -> 
 def notes(result: RecipeResult) -> list[str]:
     """What the table alone does not say: ill-conditioned groups, identical candidates, weights that do not
     sum to 1, non-negative fits, left-out groups."""
-    lines: list[str] = []
+    lines: list[str] = list(result.notes)
     names = {i + 1: lab for i, lab in enumerate(result.labels)}
     for g in [*result.groups, *result.components]:
         f = g.fit
