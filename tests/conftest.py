@@ -80,3 +80,21 @@ class LazyZoo(Mapping):
 def zoo(tmp_path_factory) -> LazyZoo:
     """The synthetic zoo, its entries built on first use."""
     return LazyZoo(tmp_path_factory.mktemp("zoo"))
+
+
+@pytest.fixture(scope="session")
+def merge_families(tmp_path_factory):
+    """``testing.zoo_merge``'s family (known recipes), built once per test session and worker per dtype:
+    ``merge_families(torch.float32)``. Tests must not write into its folder."""
+    from sdlens.testing.zoo_merge import build_merge_family
+
+    built: dict = {}
+
+    def get(dtype):
+        if dtype not in built:
+            built[dtype] = build_merge_family(
+                tmp_path_factory.mktemp(f"merge-{str(dtype).split('.')[-1]}"), dtype
+            )
+        return built[dtype]
+
+    return get

@@ -247,7 +247,7 @@ def test_cli_writes_and_an_unreadable_input_is_one_line(family, cli, tmp_path):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-def test_the_merge_zoo_family_reproduces_its_known_edges(tmp_path, dtype):
+def test_the_merge_zoo_family_reproduces_its_known_edges(merge_families, dtype):
     """``testing.zoo_merge``: the linear relations are recovered (avg3 is also exactly 0.7·base_a +
     0.014·base_b + 0.286·adddiff: the parents with no 1 % weight are the ones kept); DARE, TIES and crossover
     (not linear in their parents) are merges found by element evidence, with their parents and direction,
@@ -255,7 +255,7 @@ def test_the_merge_zoo_family_reproduces_its_known_edges(tmp_path, dtype):
     is one node beside base_b."""
     from sdlens.testing import zoo_merge as zm
 
-    fam = zm.build_merge_family(tmp_path, dtype=dtype)
+    fam = merge_families(dtype)
     lin = lineage(sorted(fam.paths.values()))
     merges = {m["model"]: m for m in lin.merges}
     assert set(merges) == {_n(x) for x in ("mbw_ab", "avg3", "merge_trained", "dare", "ties", "crossover")}

@@ -16,18 +16,17 @@ from sdlens.testing.zoo_merge import (
     DARE_P,
     MBW_ALPHA,
     MBW_BASE_ALPHA,
-    build_merge_family,
 )
 
 
 @pytest.fixture(scope="module")
-def fam(tmp_path_factory):
-    return build_merge_family(tmp_path_factory.mktemp("merge32"))
+def fam(merge_families):
+    return merge_families(torch.float32)
 
 
 @pytest.fixture(scope="module")
-def fam16(tmp_path_factory):
-    return build_merge_family(tmp_path_factory.mktemp("merge16"), dtype=torch.float16)
+def fam16(merge_families):
+    return merge_families(torch.float16)
 
 
 def _run(f, model, *cands, **kw):

@@ -13,7 +13,6 @@ import torch
 from safetensors.torch import load_file
 
 from sdlens.arch.blocks import block_of
-from sdlens.testing.zoo_merge import build_merge_family
 
 UNET = "model.diffusion_model."
 NAMES = {
@@ -25,9 +24,9 @@ NAMES = {
 class Fam:
     """The built family read back: per model, float64 flat vectors per part (unet / te / vae) and per block."""
 
-    def __init__(self, root, dtype):
+    def __init__(self, family, dtype):
         self.dtype = dtype
-        self.family = build_merge_family(root, dtype)
+        self.family = family
         self.sd = {n: load_file(str(p)) for n, p in self.family.paths.items()}
         self._cache: dict[tuple[str, str], np.ndarray] = {}
         base = self.sd["base_a"]
@@ -66,8 +65,8 @@ def _fit(m: np.ndarray, p0: np.ndarray, others: list[np.ndarray]) -> tuple[np.nd
 
 
 @pytest.fixture(scope="module", params=[torch.float32, torch.float16], ids=["fp32", "fp16"])
-def fam(request, tmp_path_factory) -> Fam:
-    return Fam(tmp_path_factory.mktemp("zoo_merge"), request.param)
+def fam(request, merge_families) -> Fam:
+    return Fam(merge_families(request.param), request.param)
 
 
 def test_files_and_truth_file(fam):

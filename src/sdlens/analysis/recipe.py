@@ -158,7 +158,7 @@ def _group(
             display, None, None, Signature("no evidence", "not in the model"), "not in the model"
         )
     cands = [i for i in range(1, n) if sig[i] == sig[0] and (only is None or i in only)]
-    left = [names[i] for i in range(1, n) if sig[i] != sig[0] and (only is None or i in only)]
+    left = [names[i] for i in range(1, n) if sig[i] != sig[0]]
     note = f"left out here (missing or another key set): {', '.join(left)}" if left else None
     if not cands:
         return GroupRecipe(display, None, None, Signature("no evidence", "no candidate has it"), note)
@@ -271,11 +271,12 @@ def _fewest(pl: Plan, total: Partial, groups: list[str]) -> tuple[set[int] | Non
     with merges among the candidates a model can be written exactly in several ways, and the plain one has
     no large weights."""
     n = len(pl.models)
-    fitted = [g for g in groups if _comparable(pl, total, g)]
-    if n - 1 <= 3 or not fitted:
+    # the candidates like the model in every group (another architecture is left out of the search)
+    every = [i for i in range(1, n) if all(_comparable(pl, total, g, [0, i]) for g in groups)]
+    fitted = [g for g in groups if _comparable(pl, total, g, [0, *every])]
+    if len(every) <= 3 or not fitted:
         return None, None
-    every = list(range(1, n))
-    den = "denoiser" if _comparable(pl, total, "denoiser") else fitted[0]
+    den = "denoiser" if _comparable(pl, total, "denoiser", [0, *every]) else fitted[0]
 
     def residual(cands: Sequence[int]) -> float:
         return float(np.sqrt(sum(affine_residual(total.group(g), 0, cands) ** 2 for g in fitted)))
@@ -311,11 +312,12 @@ def _weight_size(sums, cands: Sequence[int]) -> float:
     return sum(abs(w) for w in fit_group("", sums, 0, cands).affine.weights)
 
 
-def _comparable(pl: Plan, total: Partial, g: str) -> bool:
-    """Every model has group ``g`` alike, with finite sums."""
+def _comparable(pl: Plan, total: Partial, g: str, models: Sequence[int]) -> bool:
+    """``models`` all have group ``g`` alike, with finite sums between them."""
     sig = pl.signatures.get(g, [])
-    acc = total.group(g)
-    return bool(sig) and all(s is not None and s == sig[0] for s in sig) and np.isfinite(acc["d2"]).all()
+    if not sig or sig[models[0]] is None or any(sig[i] != sig[models[0]] for i in models):
+        return False
+    return bool(np.isfinite(total.group(g)["d2"][np.ix_(models, models)]).all())
 
 
 def _one_formula(
