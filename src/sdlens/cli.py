@@ -94,8 +94,18 @@ def command_name(module: Any) -> str:
     return module.__name__.rsplit(".", 1)[-1]
 
 
+def command_help(func: Any) -> str:
+    """A command's docstring as help: paragraphs kept, the lines inside one joined (the terminal wraps them;
+    rich would otherwise keep the source's line breaks as well as its own)."""
+    import inspect as _inspect
+    import re
+
+    doc = _inspect.getdoc(func) or ""
+    return "\n\n".join(re.sub(r"\s*\n\s*", " ", p.strip()) for p in re.split(r"\n\s*\n", doc) if p.strip())
+
+
 for _module in COMMANDS:
-    app.command(command_name(_module), cls=_Command)(_module.run)
+    app.command(command_name(_module), cls=_Command, help=command_help(_module.run))(_module.run)
 
 
 def _print_version(value: bool) -> None:

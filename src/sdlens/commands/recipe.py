@@ -16,7 +16,7 @@ def run(
     paths: Annotated[
         list[Path],
         typer.Argument(
-            metavar="MODEL [CANDIDATE...]",
+            metavar="MODEL [CANDIDATE]",
             help="The model to explain (any format or layout), then (after --from) the candidates.",
         ),
     ],
