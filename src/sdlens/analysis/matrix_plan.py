@@ -106,12 +106,16 @@ def plan(
     variant: str | None = None,
     per_key: bool = False,
     base_block: bool = False,
+    first_keys: bool = False,
 ) -> Plan:
     """Headers only: align every model's tensors by canonical name and cut the work into tasks of about
     ``task_bytes`` per model. An input that cannot be read is left out and listed in ``Plan.skipped``.
     ``variant``: diffusers folders' variant files (``fp16`` ...); ``per_key``: every tensor is a group of
     its own too (``key:<canonical name>``); ``base_block``: tensors outside the denoiser form the merge block
-    ``block:BASE`` (text encoders, VAE: what merging tools weight with their BASE ratio)."""
+    ``block:BASE`` (text encoders, VAE: what merging tools weight with their BASE ratio); ``first_keys``: only
+    the first model's float tensors that at least half the others have too (recipe: a stray buffer such as
+    ``logvar``, or ``position_ids`` stored as fp16 by one tool and int64 by another, must not make a whole
+    group incomparable; a model of another architecture still is, group by group)."""
     if len(paths) < 2:
         raise SdlensError(None, "matrix needs at least two models")
     task_bytes = task_bytes or _TASK_BYTES
@@ -140,7 +144,7 @@ def plan(
                 refs[i] = None
             else:
                 ok.append(i)
-        if not ok:
+        if not ok or first_keys and (0 not in ok or 2 * (len(ok) - 1) < len(models) - 1):
             continue
         groups = _component_groups(name)
         if name.startswith("denoiser/"):

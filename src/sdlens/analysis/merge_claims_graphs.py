@@ -158,6 +158,8 @@ def _param(v: Any, default: float, what: str) -> Coef:
     f = num(v)
     if f is not None:
         return Coef(f)
+    if isinstance(v, Mapping) and set(v) == {"key"} and num(v["key"]) is not None:
+        return Coef(num(v["key"]))  # sd-mecha ≥ 1.0: a number as a "singleton-mecha" literal {key: value}
     if isinstance(v, Mapping):
         c = Coef(default)
         for k, x in v.items():
@@ -194,6 +196,8 @@ def _model(v: Any, what: str) -> Lin:
 
 def _mecha_merge(method: str, pos: list[Any], kw: dict[str, Any]) -> Any:
     if method.startswith("convert_") and len(pos) == 1 and not kw:  # key-format / block conversions
+        return pos[0]
+    if method == "fallback" and pos and isinstance(pos[0], Lin):  # sd-mecha ≥ 1.0: A where a key is missing
         return pos[0]
     if method == "weighted_sum":
         a, b = (_model(x, method) for x in pos[:2]) if len(pos) >= 2 else (None, None)

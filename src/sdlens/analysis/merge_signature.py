@@ -158,7 +158,9 @@ def read_signature(
     if not pairs:
         return Signature("no evidence", "too few values that differ clearly between candidates")
     ev = [_evidence(out, hist, b, j, cands) for b, j in pairs]
-    best = max(ev, key=lambda e: (round(e.dropped + e.taken, 2), e.at_ratio))  # same drops: the clear ratio
+    # the pair whose values are most often a parent's, read from the side of the base the model equals more
+    # (a pair and its reverse share that total, with dropped and taken swapped), then the clearest ratio
+    best = max(ev, key=lambda e: (round(e.dropped + e.taken, 2), round(e.dropped, 2), e.at_ratio))
     if best.dropped + best.taken >= 0.95 and min(best.dropped, best.taken) >= 0.02:
         share = best.taken
         text = (

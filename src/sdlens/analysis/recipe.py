@@ -197,7 +197,9 @@ def recipe(
     if not candidates:
         raise SdlensError(model, "recipe needs at least one candidate (--from)")
     paths = [model, *candidates]
-    pl = matrix_plan.plan(paths, metric="gram", time_embed=time_embed, per_key=by == "key", base_block=True)
+    pl = matrix_plan.plan(
+        paths, metric="gram", time_embed=time_embed, per_key=by == "key", base_block=True, first_keys=True
+    )
     if not pl.models or Path(pl.models[0].path) != Path(model):
         why = next((s["error"] for s in pl.skipped if Path(s["path"]) == Path(model)), "cannot be read")
         raise SdlensError(model, why)
@@ -208,7 +210,9 @@ def recipe(
     from sdlens.analysis.recipe_claims import claims_of
 
     groups = result.groups if by == "block" else result.components
-    result.claims = claims_of(pl.models[0].path, [c.path for c in result.candidates], groups, result.labels)
+    result.claims = claims_of(
+        pl.models[0].path, [c.path for c in result.candidates], groups, result.labels, time_embed
+    )
     return result
 
 
