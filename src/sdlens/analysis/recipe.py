@@ -271,7 +271,8 @@ def _fewest(pl: Plan, total: Partial, groups: list[str]) -> tuple[set[int] | Non
     (√Σ r²) is within 5 % of all of them's, or within what the sums' precision leaves (``FIT_NOISE`` of the
     distance to the nearest candidate). A near miss is not as good: 0.3·(B + 0.7(F − A)) + 0.7·A is within
     0.1 % of 0.5·A + 0.3·B + 0.2·F when F is a 5 % fine-tune of A. Of the subsets of one size that are as
-    good, the one with the smallest weights (Σ|w| over the denoiser), then the smallest residual, is kept:
+    good, the one the model copies most blocks from bit for bit, then the one with the smallest weights
+    (Σ|w| over the denoiser), then the smallest residual, is kept:
     with merges among the candidates a model can be written exactly in several ways, and the plain one has
     no large weights."""
     n = len(pl.models)
@@ -302,13 +303,30 @@ def _fewest(pl: Plan, total: Partial, groups: list[str]) -> tuple[set[int] | Non
                 continue
             if k == len(every):
                 return None, None
-            best, _ = min(good, key=lambda cr: (round(_weight_size(total.group(den), cr[0]), 2), cr[1]))
+            best, _ = min(
+                good,
+                key=lambda cr: (
+                    -_copies(total, fitted, cr[0]),
+                    round(_weight_size(total.group(den), cr[0]), 2),
+                    cr[1],
+                ),
+            )
             used = ", ".join(LABELS[c - 1] for c in sorted(best))
             return set(best), (
                 f"the {len(every)} candidates are not independent (some are merges of others): the recipe "
                 f"uses the fewest that rebuild the model as well as all of them, {used}; the others get 0"
             )
     return None, None
+
+
+def _copies(total: Partial, groups: list[str], cands: Sequence[int]) -> int:
+    """In how many groups the model is bit-identical to one of ``cands`` (a block copied whole names its
+    source, where a near-duplicate of it fits as well)."""
+    n = 0
+    for g in groups:
+        acc = total.group(g)
+        n += any(acc["both"][0, c] > 0 and acc["same"][0, c] == acc["both"][0, c] for c in cands)
+    return n
 
 
 def _weight_size(sums, cands: Sequence[int]) -> float:

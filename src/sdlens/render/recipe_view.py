@@ -31,11 +31,11 @@ def _w(x: float) -> str:
     return "0" if abs(x) < 5e-4 else f"{x:.3f}"
 
 
-def _row(g: GroupRecipe, labels: list[str]) -> list[str]:
+def _row(g: GroupRecipe, shown: list[int]) -> list[str]:
     if g.fit is None:
-        return [safe(g.group), *("" for _ in labels), "", "", safe(g.note or ""), ""]
+        return [safe(g.group), *("" for _ in shown), "", "", safe(g.note or ""), ""]
     by = dict(zip(g.fit.candidates, g.fit.affine.weights, strict=True))
-    cells = [_w(by[i + 1]) if i + 1 in by else "—" for i in range(len(labels))]
+    cells = [_w(by[i]) if i in by else "—" for i in shown]
     share = "0" if g.fit.verdict == "copy" else f"{g.fit.affine.share:.3g}"
     verdict = g.fit.verdict + (" (low confidence)" if g.fit.confidence == "low" else "")
     if g.signature.method in NONLINEAR:
@@ -48,18 +48,38 @@ def group_table(result: RecipeResult, groups: list[GroupRecipe], title: str) -> 
     methods differ from the model's."""
     methods = {g.signature.method for g in groups if g.fit is not None}
     show_method = bool(methods - {result.method.method, "copy", "no evidence"})
+    shown = _weighing(result, groups)
+    hidden = len(result.labels) - len(shown)
+    if hidden:
+        title += f"; {hidden} candidates of weight 0 everywhere not shown"
     t = Table(title=title, title_justify="left", show_edge=False, pad_edge=False)
     t.add_column("group", no_wrap=True)
-    for lab in result.labels:
-        t.add_column(lab, justify="right", no_wrap=True)
+    for i in shown:
+        t.add_column(result.labels[i - 1], justify="right", no_wrap=True)
     t.add_column("Σw", justify="right", no_wrap=True)
     t.add_column("residual", justify="right", no_wrap=True)
     t.add_column("verdict")
     if show_method:
         t.add_column("method")
     for g in groups:
-        t.add_row(*_row(g, result.labels)[: None if show_method else -1])
+        t.add_row(*_row(g, shown)[: None if show_method else -1])
     return t
+
+
+def _weighing(result: RecipeResult, groups: list[GroupRecipe]) -> list[int]:
+    """The candidates (model indices) to give a column: all of up to four, else those with a weight
+    anywhere (a folder of candidates would not fit a terminal)."""
+    every = list(range(1, len(result.labels) + 1))
+    if len(every) <= 4:
+        return every
+    used = {
+        c
+        for g in groups
+        if g.fit
+        for c, w in zip(g.fit.candidates, g.fit.affine.weights, strict=True)
+        if abs(w) >= 5e-4
+    }
+    return [i for i in every if i in used] or every
 
 
 def notes(result: RecipeResult) -> list[str]:
@@ -144,12 +164,10 @@ def plot_recipe(result: RecipeResult, path: str | Path) -> Path:
         2, 1, figsize=(width, 6.5), sharex=True, gridspec_kw={"height_ratios": [3, 1.3]}
     )
     x = list(range(len(groups)))
-    for i, lab in enumerate(result.labels):
-        ys = [
-            dict(zip(g.fit.candidates, g.fit.affine.weights, strict=True)).get(i + 1, math.nan)
-            for g in groups
-        ]
-        top.plot(x, ys, marker="o", ms=4, label=plot_label(f"{lab} = {result.candidates[i].name}", 40))
+    for i in _weighing(result, groups):  # candidates of weight 0 everywhere are left out, as in the table
+        ys = [dict(zip(g.fit.candidates, g.fit.affine.weights, strict=True)).get(i, math.nan) for g in groups]
+        label = f"{result.labels[i - 1]} = {result.candidates[i - 1].name}"
+        top.plot(x, ys, marker="o", ms=4, label=plot_label(label, 40))
     top.axhline(0, color="#999", lw=0.8)
     top.axhline(1, color="#999", lw=0.8, ls=":")
     top.set_ylabel("weight (Σ = 1)")
