@@ -14,6 +14,7 @@ from sdlens.analysis.matrix_result import finish
 from sdlens.analysis.matrix_state import Partial
 from sdlens.analysis.merge_fit import ROUNDING
 from sdlens.arch import registry as R
+from sdlens.io.dtypes import dominant_dtype
 from sdlens.io.open import open_checkpoint
 
 PARENT_WEIGHT = 0.05  # a candidate weighing at least this (overall, or in half the blocks) may be a parent
@@ -110,10 +111,7 @@ def read_headers(pl: Plan) -> tuple[list[dict[str, str]], list[str]]:
     for m in pl.models:
         with open_checkpoint(m.path) as ck:
             metas.append(dict(ck.metadata))
-            counts: dict[str, int] = {}
-            for t in ck.tensors.values():
-                counts[t.dtype] = counts.get(t.dtype, 0) + t.numel
-            dtypes.append(max(counts, key=counts.get) if counts else "F32")
+            dtypes.append(dominant_dtype(ck.tensors.values()))
     return metas, dtypes
 
 

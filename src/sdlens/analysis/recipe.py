@@ -137,12 +137,11 @@ def one_pass(
 
 
 def _model_dtype(pl: Plan) -> str:
-    """The model's most common stored float dtype (for the rounding floor)."""
-    counts: dict[str, int] = {}
+    """The model's most common stored dtype (for the rounding floor)."""
+    from sdlens.io.dtypes import dominant_dtype
+
     with open_checkpoint(pl.models[0].path) as ck:
-        for t in ck.tensors.values():
-            counts[t.dtype] = counts.get(t.dtype, 0) + t.numel
-    return max(counts, key=counts.get) if counts else "F32"
+        return dominant_dtype(ck.tensors.values())
 
 
 def _group(

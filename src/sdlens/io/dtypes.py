@@ -61,3 +61,12 @@ def torch_dtype(name: str):
 def st_name(torch_dtype_obj) -> str:
     """The safetensors dtype name of a torch dtype."""
     return TORCH_TO_ST[str(torch_dtype_obj).removeprefix("torch.")]
+
+
+def dominant_dtype(tensors) -> str:
+    """The stored dtype holding most values among ``tensors`` (TensorInfo-like: ``.dtype``, ``.numel``);
+    F32 for none."""
+    counts: dict[str, int] = {}
+    for t in tensors:
+        counts[t.dtype] = counts.get(t.dtype, 0) + t.numel
+    return max(counts, key=counts.get) if counts else "F32"
