@@ -271,3 +271,17 @@ def test_a_folder_of_related_candidates_gives_the_fewest_that_explain(fam):
     assert sorted(r.formula.replace(" ", "").split("+")) == sorted(
         f"{v:.3g}*{label[k + '.safetensors']}" for k, v in AVG3_WEIGHTS.items()
     )
+
+
+def test_outputs_never_overwrite_inputs_and_claims_by_component(fam, tmp_path, cli):
+    from sdlens.testing.merge_metadata import a1111_metadata, file_ref
+
+    model = _merged(
+        fam, tmp_path, 0.3, a1111_metadata(file_ref(fam.paths["base_a"]), file_ref(fam.paths["base_b"]))
+    )
+    before = model.read_bytes()
+    for opt in ("--json", "--plot"):
+        res = cli("recipe", str(model), "--from", str(fam.paths["base_a"]), opt, str(model))
+        assert res.returncode == 2 and "Traceback" not in res.stderr and model.read_bytes() == before, opt
+    (c,) = recipe(model, [fam.paths["base_a"], fam.paths["base_b"]], by="component").claims
+    assert c["agrees"] is True  # one ratio everywhere: checked on the whole denoiser

@@ -208,9 +208,14 @@ def recipe(
     result = summarise(pl, total, by=by)
     from sdlens.analysis.recipe_claims import claims_of
 
-    groups = result.groups if by == "block" else result.components
+    groups = result.groups if by == "block" else [c for c in result.components if c.group == "denoiser"]
     result.claims = claims_of(
-        pl.models[0].path, [c.path for c in result.candidates], groups, result.labels, time_embed
+        pl.models[0].path,
+        [c.path for c in result.candidates],
+        groups,
+        result.labels,
+        time_embed,
+        by == "block",
     )
     return result
 

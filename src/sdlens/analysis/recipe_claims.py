@@ -43,14 +43,24 @@ TIME_HINT = (
 
 
 def check_claim(
-    claim: Claim, files: Sequence[str | Path], groups, labels: Sequence[str], time_embed: str = "IN00"
+    claim: Claim,
+    files: Sequence[str | Path],
+    groups,
+    labels: Sequence[str],
+    time_embed: str = "IN00",
+    by_block: bool = True,
 ) -> dict[str, Any]:
     """One claim and what the weights say of it: ``check`` is one line ("claimed …; the weights agree to
     0.1 %" / "the weights disagree: fitted …" / why it cannot be checked). ``time_embed``: the block the
-    fit counted the time embedding in (a per-block claim that disagrees only there names it)."""
+    fit counted the time embedding in (a per-block claim that disagrees only there names it); without
+    ``by_block`` (fits per component or tensor) only a claim with one ratio everywhere is checked, on the
+    whole denoiser."""
     blocks = [g.group for g in groups if g.fit is not None]
     doc: dict[str, Any] = {"claim": claim.to_dict(), "agrees": None, "max_difference": None}
     head = f"by {claim.tool}: {claim.formula}"
+    if not by_block and claim.block_alphas:
+        doc["check"] = f"{head} (per-block weights: checked with --by block)"
+        return doc
     claimed, missing = weights_by_file(claim, files, blocks)
     if claimed is None:
         doc["check"] = f"{head} (no weights to check: {claim.method})"
@@ -83,11 +93,16 @@ def check_claim(
 
 
 def claims_of(
-    model: str | Path, candidates: Sequence[str | Path], groups, labels, time_embed: str = "IN00"
+    model: str | Path,
+    candidates: Sequence[str | Path],
+    groups,
+    labels,
+    time_embed: str = "IN00",
+    by_block: bool = True,
 ) -> list[dict[str, Any]]:
     """Every claim in the model's metadata, each checked against the fitted weights."""
     from sdlens.io.open import open_checkpoint
 
     with open_checkpoint(model) as ck:
         meta = dict(ck.metadata)
-    return [check_claim(c, candidates, groups, labels, time_embed) for c in read_claims(meta)]
+    return [check_claim(c, candidates, groups, labels, time_embed, by_block) for c in read_claims(meta)]
