@@ -228,7 +228,10 @@ def summarise(pl: Plan, total: Partial, *, by: str = "block") -> RecipeResult:
     dtype = _model_dtype(pl)
     prefix = {"block": "block:", "key": "key:"}.get(by)
     kind = [g for g in pl.groups if (g.startswith(prefix) if prefix else ":" not in g)]
-    only, why = _fewest(pl, total, kind)
+    search = [g for g in pl.groups if g.startswith("block:")] or [g for g in pl.groups if ":" not in g]
+    only, why = _fewest(
+        pl, total, search
+    )  # by block whatever `by` is: per tensor would be thousands of groups
     groups = [_group(pl, total, g, names, dtype, only) for g in kind]
     components = [_group(pl, total, g, names, dtype, only) for g in pl.groups if ":" not in g]
     den = next((c for c in components if c.group == "denoiser"), components[0] if components else None)
