@@ -323,3 +323,26 @@ def test_drift_figure_draws_only_models_that_moved(tmp_path):
         svg = plot_drift(result, "clip_g", tmp_path / "d.svg").read_text()
     assert "tuned vs ref" in svg and "copy vs ref" not in svg  # one panel: the model that moved
     assert "no drift (rounding level): copy (largest " in svg  # float32 rounding of cos = 1
+
+
+def test_recipe_figure_one_line_per_weighing_candidate_and_readable_ticks(merge_families):
+    """The recipe figure of the per-block merge: a line for each candidate that weighs somewhere (the one of
+    weight 0 everywhere left out, as in the table), one tick per merge block in the family's order, tick
+    labels apart, residual shares on a log axis."""
+    import torch
+
+    from sdlens.analysis.recipe import recipe
+    from sdlens.render.recipe_view import recipe_figure
+
+    fam = merge_families(torch.float32)
+    cands = ["base_a", "base_b", "finetune_a", "unrelated", "finetune_b"]
+    r = recipe(fam.paths["mbw_ab"], [fam.paths[c] for c in cands])
+    fig = recipe_figure(r)
+    top, bottom = fig.axes
+    labels = [line.get_label() for line in top.get_lines() if not line.get_label().startswith("_")]
+    assert labels == ["A = base_a.safetensors", "B = base_b.safetensors"]
+    ticks = [t.get_text() for t in bottom.get_xticklabels()]
+    assert ticks == [g.group for g in r.groups if g.fit is not None] and ticks[:2] == ["BASE", "IN00"]
+    assert bottom.get_yscale() == "log"
+    _no_overlap(bottom.get_xticklabels())
+    plt.close(fig)

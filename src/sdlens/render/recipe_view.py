@@ -151,14 +151,29 @@ def render_recipe(result: RecipeResult, console: Console, *, max_notes: int = 12
 
 
 def plot_recipe(result: RecipeResult, path: str | Path) -> Path:
-    """Weights per group, one line per candidate (top), and the residual share per group (bottom)."""
+    """Write :func:`recipe_figure` to ``path`` (PNG or SVG by its suffix), atomically."""
+    import matplotlib.pyplot as plt
+
+    from sdlens.io.atomic import atomic_path
+
+    fig = recipe_figure(result)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format=path.suffix.lstrip(".") or "png")
+    plt.close(fig)
+    return path
+
+
+def recipe_figure(result: RecipeResult):
+    """Weights per group, one line per candidate that weighs anywhere (top), and the residual share per group
+    on a log scale with the verdicts' thresholds (bottom)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     groups = [g for g in result.groups if g.fit is not None]
-    path = Path(path)
     width = min(20.0, max(7.0, 0.32 * len(groups) + 3))
     fig, (top, bottom) = plt.subplots(
         2, 1, figsize=(width, 6.5), sharex=True, gridspec_kw={"height_ratios": [3, 1.3]}
@@ -187,10 +202,4 @@ def plot_recipe(result: RecipeResult, path: str | Path) -> Path:
     bottom.set_xticks(x, [plot_label(g.group, 24) for g in groups], rotation=90, fontsize=8)
     bottom.grid(alpha=0.3, axis="y")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    from sdlens.io.atomic import atomic_path
-
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format=path.suffix.lstrip(".") or "png")
-    plt.close(fig)
-    return path
+    return fig
