@@ -372,3 +372,13 @@ def test_element_signature_counts_exact(dtype):
     np.testing.assert_allclose(out[..., 3:5], ref_out[..., 3:5], rtol=1e-5)
     np.testing.assert_array_equal(hist, ref_hist)
     assert 0.25 < out[0, 1, 1] / out[0, 1, 0] < 0.35  # the drops are seen as drops
+
+
+def test_signature_constants_match_the_kernel():
+    """merge_signature and kernels restate the kernel's histogram layout (so as not to import numba)."""
+    from sdlens.analysis import _jit, kernels, merge_signature
+
+    assert (merge_signature.SIG_LO, merge_signature.SIG_WIDTH) == (_jit.SIG_LO, _jit.SIG_WIDTH)
+    assert round((3 - _jit.SIG_LO) / _jit.SIG_WIDTH) == kernels.SIG_BINS
+    assert _jit.SIG_FIELDS.index("values") == merge_signature.VALUES
+    assert merge_signature.AGREE == _jit.SIG_FIELDS.index("agree") == len(_jit.SIG_FIELDS) - 1

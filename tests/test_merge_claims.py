@@ -443,3 +443,16 @@ def test_inspect_shows_the_claimed_recipe(tmp_path, cli):
         0.3,
         0.3,
     )
+
+
+def test_inspect_looks_for_every_key_a_reader_reads():
+    """inspect imports the parser only when the metadata has one of CLAIM_KEYS: they must be the readers'."""
+    import inspect as pyinspect
+
+    from sdlens.analysis import merge_claims
+    from sdlens.analysis.inspect import CLAIM_KEYS
+
+    src = pyinspect.getsource(merge_claims.read_claims)
+    for key in CLAIM_KEYS:
+        assert f'("{key}",' in src
+    assert src.count('", "') >= len(CLAIM_KEYS) and len(CLAIM_KEYS) == src.count("graphs.read_") + 1

@@ -50,9 +50,9 @@ from sdlens.analysis.lineage_merges import add_differences, find_merges, merge_r
 from sdlens.analysis.lineage_methods import nonlinear_merges
 from sdlens.analysis.lineage_pairs import close_pairs, named_bases, same_component_edges, spanning_edges
 from sdlens.analysis.matrix_plan import Plan
+from sdlens.analysis.matrix_run import run_plan
 from sdlens.analysis.matrix_state import Partial
 from sdlens.analysis.merge_fit import EXPLAINED, TRAINED
-from sdlens.analysis.recipe import one_pass
 from sdlens.errors import SdlensError
 
 
@@ -104,7 +104,9 @@ def lineage(
         raise
     if on_plan:
         on_plan(pl)
-    total = one_pass(pl, progress=progress, workers=workers, chunk_bytes=chunk_bytes)
+    total = run_plan(
+        pl, metric="gram", device="cpu", progress=progress, workers=workers, chunk_bytes=chunk_bytes
+    )
     return build(pl, total)
 
 

@@ -20,11 +20,10 @@ from pathlib import Path
 from sdlens.analysis import matrix_plan
 from sdlens.analysis.matrix_plan import KeyPlan, Plan, Task, _fingerprint, _ref_index, done_bytes, resumed
 from sdlens.analysis.matrix_result import MatrixResult, finish
-from sdlens.analysis.matrix_run import _chunked_sums, _kernel_sums, _wanted, run_task
+from sdlens.analysis.matrix_run import _chunked_sums, _kernel_sums, _wanted, run_plan, run_task
 from sdlens.analysis.matrix_state import ModelInfo, Partial
 from sdlens.choices import MatrixBy, MatrixMetric, TimeEmbed, check_choice, choices
 from sdlens.errors import SdlensError
-from sdlens.io.open import open_checkpoint
 
 __all__ = [
     "METRICS", "KeyPlan", "MatrixResult", "ModelInfo", "Partial", "Plan", "SdlensError", "Task", "finish", "matrix",
@@ -81,12 +80,10 @@ def matrix(
     check_choice(metric, "metric", MatrixMetric)
     check_choice(by, "by", MatrixBy)
     check_choice(time_embed, "time_embed", TimeEmbed)
-    from sdlens.analysis import kernels
 
     pl = plan(paths, metric=metric, time_embed=time_embed, task_bytes=task_bytes, variant=variant)
     if on_plan:
         on_plan(pl)
-    paths = [m.path for m in pl.models]
     fp = _fingerprint(pl, metric)
     ref_i = _ref_index(pl, ref)  # a wrong --ref is said before any file is read, not after
     state_path = Path(state) if state else None
@@ -97,28 +94,18 @@ def matrix(
             on_resume(reused, pl.nbytes)
         if progress and reused:
             progress(reused)
-    cks = [open_checkpoint(p, variant) for p in paths]
-    previous = kernels.set_threads(workers) if workers else None
-    try:
-        for task in pl.tasks:
-            if task.id in total.done:
-                continue
-            total = total + run_task(
-                paths,
-                task,
-                metric=metric,
-                chunk_bytes=chunk_bytes,
-                device=device,
-                progress=progress,
-                checkpoints=cks,
-            )
-            if state_path is not None:
-                total.save(state_path, fp)
-    finally:
-        if workers:
-            kernels.set_threads(previous)
-        for ck in cks:
-            ck.close()
+    total = run_plan(
+        pl,
+        metric=metric,
+        total=total,
+        chunk_bytes=chunk_bytes,
+        device=device,
+        workers=workers,
+        progress=progress,
+        variant=variant,
+        after_task=(lambda t: t.save(state_path, fp)) if state_path is not None else None,
+        task_runner=run_task,  # this module's: what a cluster (or a test) replaces
+    )
     result = finish(pl, total, metric=metric, by=by, ref=ref_i)
     result.resumed_bytes = reused
     return result

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from sdlens.analysis.matrix_plan import KeyPlan, Task
+from sdlens.analysis.matrix_plan import KeyPlan, Plan, Task
 from sdlens.analysis.matrix_state import Partial
 from sdlens.arch.canonical import CanonRef
 from sdlens.io.base import Checkpoint
@@ -166,6 +166,54 @@ def _contribution(n: int, present: list[int], idx: np.ndarray, sums) -> dict[str
         out[f] = np.zeros((n, n))
         out[f][sel] = v
     return out
+
+
+def run_plan(
+    pl: Plan,
+    *,
+    metric: str,
+    total: Partial | None = None,
+    chunk_bytes: int = 512 << 20,
+    device: str | None = None,
+    workers: int | None = None,
+    progress: Callable[[int], None] | None = None,
+    probe: Callable[[Sequence[Checkpoint], KeyPlan], dict[str, np.ndarray] | None] | None = None,
+    variant: str | None = None,
+    after_task: Callable[[Partial], None] | None = None,
+    task_runner: Callable[..., Partial] | None = None,
+) -> Partial:
+    """Every task of a plan that ``total`` (default: nothing yet) has not done, each file opened once and
+    read in offset order, the sums added; ``after_task(total)`` after each (matrix saves its state there,
+    for ``resume``). ``workers``: threads for the arithmetic; ``probe``: see :func:`run_task`;
+    ``task_runner``: what runs one task (default :func:`run_task`)."""
+    from sdlens.analysis import kernels
+
+    paths = [m.path for m in pl.models]
+    total = total if total is not None else Partial(len(paths))
+    cks = [open_checkpoint(p, variant) for p in paths]
+    previous = kernels.set_threads(workers) if workers else None
+    try:
+        for task in pl.tasks:
+            if task.id in total.done:
+                continue
+            total = total + (task_runner or run_task)(
+                paths,
+                task,
+                metric=metric,
+                chunk_bytes=chunk_bytes,
+                device=device,
+                progress=progress,
+                checkpoints=cks,
+                **({"probe": probe} if probe else {}),
+            )
+            if after_task:
+                after_task(total)
+    finally:
+        if workers:
+            kernels.set_threads(previous)
+        for ck in cks:
+            ck.close()
+    return total
 
 
 def _key_sums(

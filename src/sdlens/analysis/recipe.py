@@ -1,6 +1,7 @@
 """``recipe``: what a model is merged from — which candidates, at which per-block ratios, by which method.
 
-One pass over the model and its candidates (the matrix engine; each file read once, in offset order) adds,
+One pass over the model and its candidates (the matrix engine's ``run_plan``: each file read once, in offset order)
+adds,
 per group (merge block, component, or key), the pairwise sums a least-squares fit needs (``merge_fit``) and
 a sampled element-level signature of the method (``merge_signature``). The fits' weights are then read in
 the community's words (``recipe_words``) and checked against any recipe the model's metadata claims."""
@@ -17,7 +18,7 @@ import numpy as np
 
 from sdlens.analysis import matrix_plan
 from sdlens.analysis.matrix_plan import KeyPlan, Plan
-from sdlens.analysis.matrix_run import run_task
+from sdlens.analysis.matrix_run import run_plan
 from sdlens.analysis.matrix_state import ModelInfo, Partial
 from sdlens.analysis.merge_fit import EXPLAINED, GroupFit, affine_residual, fit_group, residual_with, verdict
 from sdlens.analysis.merge_signature import NONLINEAR, Signature, nonlinear_formula, probe_key, read_signature
@@ -100,42 +101,6 @@ def _probe(sample: int) -> Callable:
     return probe
 
 
-def one_pass(
-    pl: Plan,
-    *,
-    probe: Callable | None = None,
-    progress: Callable[[int], None] | None = None,
-    workers: int | None = None,
-    chunk_bytes: int = 256 << 20,
-) -> Partial:
-    """Every task of a plan: the sums ``d2`` and ``sq`` a fit needs (``metric="gram"``), each file read once
-    in offset order; ``probe``: more per-key sums (see ``matrix_run.run_task``)."""
-    from sdlens.analysis import kernels
-
-    paths = [m.path for m in pl.models]
-    cks = [open_checkpoint(p) for p in paths]
-    previous = kernels.set_threads(workers) if workers else None
-    total = Partial(len(paths))
-    try:
-        for task in pl.tasks:
-            total = total + run_task(
-                paths,
-                task,
-                metric="gram",
-                chunk_bytes=chunk_bytes,
-                device="cpu",
-                progress=progress,
-                checkpoints=cks,
-                probe=probe,
-            )
-    finally:
-        if workers:
-            kernels.set_threads(previous)
-        for ck in cks:
-            ck.close()
-    return total
-
-
 def _model_dtype(pl: Plan) -> str:
     """The model's most common stored dtype (for the rounding floor)."""
     from sdlens.io.dtypes import dominant_dtype
@@ -204,7 +169,15 @@ def recipe(
         raise SdlensError(model, why)
     if on_plan:
         on_plan(pl)
-    total = one_pass(pl, probe=_probe(sample), progress=progress, workers=workers, chunk_bytes=chunk_bytes)
+    total = run_plan(
+        pl,
+        metric="gram",
+        device="cpu",
+        probe=_probe(sample),
+        progress=progress,
+        workers=workers,
+        chunk_bytes=chunk_bytes,
+    )
     result = summarise(pl, total, by=by)
     from sdlens.analysis.recipe_claims import claims_of
 
