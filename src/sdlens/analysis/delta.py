@@ -25,17 +25,16 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from sdlens.analysis.delta_pairs import Alignment, Pair, aligned, paths_differ, read_pair
 from sdlens.analysis.spectrum import one_thread
 from sdlens.arch.blocks import block_of
 from sdlens.arch.layers import layer_type
-from sdlens.choices import check_choice
+from sdlens.choices import DeltaBy, check_choice
 from sdlens.io.dtypes import DTYPES
 from sdlens.io.open import open_checkpoint
 
-By = Literal["block", "layer", "key"]
 KINDS = ("unchanged", "rounding", "low-rank", "high-rank", "changed")
 SIGMA_KEPT = 48  # singular values kept per tensor for the report and the figures
 _LAYER = re.compile(r"\.(?:layers|block|blocks)\.(\d+)\.")
@@ -240,14 +239,14 @@ def delta(
     model_path: str | Path,
     base_path: str | Path,
     *,
-    by: By = "block",
+    by: DeltaBy = "block",
     variant: str | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> DeltaResult:
     """Compare ``model_path`` with ``base_path`` tensor by tensor and say what kind of change it is."""
     from sdlens.analysis.delta_words import verdict
 
-    check_choice(by, "by", By)
+    check_choice(by, "by", DeltaBy)
     paths_differ(model_path, base_path)
     with (
         open_checkpoint(model_path, variant) as model,
