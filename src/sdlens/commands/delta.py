@@ -35,6 +35,14 @@ def run(
         Path | None,
         typer.Option(metavar="FILE", help="Write spectra per layer type and ranks per block (.png / .svg)."),
     ] = None,
+    exact: Annotated[
+        bool,
+        typer.Option(
+            "--exact",
+            help="Every singular value of every weight (slower); by default large high-rank weights are "
+            "sketched: their rank a lower bound, their effective ranks not measured.",
+        ),
+    ] = False,
     variant: VariantOption = None,
 ) -> None:
     """Is MODEL its BASE with low-rank updates baked in (a LoRA), or a real fine-tune? Per 2-D weight and conv
@@ -52,7 +60,7 @@ def run(
             console.output_path(path, option)
     outputs = [OutFile(o, p) for o, p in (("--json", json_file), ("--plot", plot)) if p is not None]
     check_outputs([model, base], outputs)
-    result = delta(model, base, by=by, variant=variant)
+    result = delta(model, base, by=by, variant=variant, exact=exact)
     render_delta(result, console.out)
     with remove_created_on_failure(files=[o.path for o in outputs]):
         if json_file is not None:
