@@ -58,6 +58,22 @@ def test_low_rank_delta_reported_at_its_rank_exact_and_sketched(shape, rank):
     assert spec.effective_rank(0.99) <= rank
 
 
+@pytest.mark.parametrize(("rank", "decay"), [(64, 0.0), (64, 1.0), (128, 0.5)])
+def test_sketch_widens_for_rank_64_and_128_loras_flat_or_decaying(rank, decay):
+    """Trained LoRAs have decaying spectra; the first 40-wide sketch ends above the noise, the widened one
+    finds the rank."""
+    g = torch.Generator().manual_seed(rank)
+    m, n = 1280, 1280
+    u, _ = torch.linalg.qr(torch.randn(m, rank, generator=g))
+    v, _ = torch.linalg.qr(torch.randn(n, rank, generator=g))
+    lora = (u * torch.arange(1, rank + 1).float() ** -decay) @ v.T
+    b = (torch.randn(m, n, generator=g) * 0.03).half().float()
+    lora *= 0.03 * float(b.norm()) / float(lora.norm())
+    mm = (b + lora).half().float()
+    spec = S.spectrum(mm - b, S.noise_energy(mm, "F16", b, "F16"))
+    assert not spec.exact and not spec.at_least and spec.rank == rank
+
+
 def test_dense_delta_is_high_rank_a_lower_bound_when_sketched_exact_on_request():
     m, b = _fp16_pair((1024, 1024), 0, 0.02, 1)
     d, noise = m - b, S.noise_energy(m, "F16", b, "F16")
