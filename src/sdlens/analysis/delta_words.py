@@ -121,9 +121,12 @@ def component_line(component: str, ts: list[TensorDelta], family: str) -> str:
         types = {t.layer_type for t in high}
         every = [t for t in weights if t.layer_type in types]
         where = _where(high, every, component, family)
+        what = (
+            "all layer types" if types == {t.layer_type for t in weights} and len(types) > 2 else _types(high)
+        )
         parts.append(
             f"full fine-tune: Δ is high-rank ({_high_rank(high)}) "
-            f"in {len(high)} of {len(weights)} weights ({_types(high)}{where})"
+            f"in {len(high)} of {len(weights)} weights ({what}{where})"
         )
         if low:
             parts.append(f"low-rank in {len(low)} more ({ranks_phrase(Counter(t.rank for t in low))})")
