@@ -251,3 +251,24 @@ def test_a_lora_file_is_refused_in_one_line(zoo, tmp_path):
     with pytest.raises(SdlensError, match="is a LoRA file, not a checkpoint") as e:
         delta(lora, folder / "base.safetensors")
     assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "word"),
+    [(torch.bfloat16, "bf16"), (torch.float8_e4m3fn, "fp8 (e4m3)"), (torch.float8_e5m2, "fp8 (e5m2)")],
+)
+def test_bf16_and_fp8_copies_differ_only_by_their_rounding(tmp_path, dtype, word):
+    from sdlens.testing.writers import save_safetensors
+    from sdlens.testing.zoo_unet import build_single_file
+
+    base = build_single_file("sd1")
+    copy = {
+        k: t.to(dtype) if t.is_floating_point() and k.startswith("model.") else t for k, t in base.items()
+    }
+    save_safetensors(base, tmp_path / "base.safetensors")
+    save_safetensors(copy, tmp_path / "copy.safetensors")
+    r = delta(tmp_path / "copy.safetensors", tmp_path / "base.safetensors")
+    unet = [t for t in r.tensors if t.component == "denoiser"]
+    assert unet and all(t.kind == "rounding" for t in unet if t.energy)
+    assert f"UNet: differs only by {word} rounding" in r.verdict[1]
+    assert r.verdict[0] == f"the same model: differs only by {word} rounding"
