@@ -1,0 +1,382 @@
+"""``extract-lora``: a LoRA from a model and its base (Δ = M − B), one module at a time, with its fidelity.
+
+Per LoRA target (:mod:`sdlens.analysis.lora_names`) the float32 delta, as the 2-D matrix LoRAs see (conv
+kernels [out, in·kh·kw]), is factorised by a truncated SVD (:func:`sdlens.analysis.spectrum.factorize`) at
+``rank`` (``conv_rank`` for kernels larger than 1×1, which are extracted only when it is given: LoCon), or
+at the fewest singular values keeping the share ``energy`` of ‖Δ‖²_F (capped at ``rank`` / ``conv_rank``
+where given). Modules whose delta is within the files' rounding noise are left out and listed, as are the
+changed tensors no LoRA can hold (norms, biases, embeddings, the VAE...).
+
+The loaders scale ``up @ down`` by alpha / rank; that scale is folded into ``up`` so the loaded LoRA adds
+the factorised delta exactly. Weights are written in float32 by default (sd-scripts' extractor saves in
+float unless ``--save_precision`` says otherwise). Memory: one module pair at a time; the factors go to a
+spool file beside the output, the header is written once every rank is known, then the spool is copied
+behind it into a temporary file that is renamed onto the output.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+from collections import Counter
+from collections.abc import Callable
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any, Literal
+
+from sdlens.choices import check_choice
+from sdlens.errors import SdlensError
+from sdlens.io.base import Checkpoint
+from sdlens.io.dtypes import DTYPES
+
+LoraFormat = Literal["kohya", "peft"]
+LoraDtype = Literal["fp32", "fp16", "bf16"]
+_ST_DTYPE = {"fp32": "F32", "fp16": "F16", "bf16": "BF16"}
+SPOOL_CHUNK = 16 << 20
+
+
+def _check_settings(
+    rank: int | None, energy: float | None, conv_rank: int | None, alpha: float | None
+) -> None:
+    if rank is None and energy is None:
+        raise SdlensError(None, "give --rank R or --energy SHARE")
+    if rank is not None and rank < 1:
+        raise SdlensError(None, f"--rank must be at least 1 (got {rank})")
+    if conv_rank is not None and conv_rank < 1:
+        raise SdlensError(None, f"--conv-rank must be at least 1 (got {conv_rank})")
+    if energy is not None and not 0.0 < energy <= 1.0:
+        raise SdlensError(None, f"--energy must be a share in (0, 1] (got {energy:g})")
+    if alpha is not None and not (alpha > 0 and math.isfinite(alpha)):
+        raise SdlensError(None, f"--alpha must be a positive number (got {alpha:g})")
+
+
+def _open(p: Checkpoint | str | Path, stack: ExitStack) -> Checkpoint:
+    if isinstance(p, Checkpoint):
+        return p
+    from sdlens.io.open import open_checkpoint
+
+    return stack.enter_context(open_checkpoint(p))
+
+
+class _Spool:
+    """The output's tensors as they come (bytes in a temporary file), written behind the header at the end."""
+
+    def __init__(self, folder: Path, stack: ExitStack):
+        self.f = stack.enter_context(tempfile.TemporaryFile(dir=folder, prefix=".sdlens-lora-"))  # noqa: SIM115
+        self.entries: list[tuple[str, str, tuple[int, ...]]] = []
+
+    def add(self, key: str, t: Any, st_dtype: str) -> None:
+        import torch
+
+        self.entries.append((key, st_dtype, tuple(t.shape)))
+        self.f.write(memoryview(t.contiguous().reshape(-1).view(torch.uint8).numpy()))
+
+    def write(self, out: Path, metadata: dict[str, str]) -> None:
+        from sdlens.io.atomic import atomic_path
+        from sdlens.io.safetensors_writer import SafetensorsStreamWriter, build_header
+
+        header, sizes = build_header(self.entries, metadata)
+        self.f.seek(0)
+        with atomic_path(out) as tmp:
+            w = SafetensorsStreamWriter(tmp, header, sizes)
+            try:
+                for n in sizes:
+                    while n:
+                        chunk = self.f.read(min(n, SPOOL_CHUNK))
+                        if not chunk:
+                            raise SdlensError(out, "internal error: the spool file ended early")
+                        w.write(chunk)
+                        n -= len(chunk)
+                    w.end_tensor()
+                w.finish()
+            finally:
+                w.close()
+
+
+def _ranks_for(kernel: bool, rank: int | None, conv_rank: int | None, energy: float | None) -> dict[str, Any]:
+    """factorize's arguments: 3×3 kernels take ``conv_rank``, linears and 1×1 convs ``rank`` (sd-scripts' rule);
+    with ``energy`` those become caps."""
+    r = conv_rank if kernel else rank
+    return {"energy": energy, "max_rank": r} if energy is not None else {"rank": r}
+
+
+def _fit(
+    d: Any, kernel: bool, rank: int | None, conv_rank: int | None, energy: float | None
+) -> tuple[Any, Any, int, float]:
+    """(up [m, r], down [r, n], r, kept share) of the 2-D delta ``d``."""
+    from sdlens.analysis.spectrum import factorize
+
+    f = factorize(d, **_ranks_for(kernel, rank, conv_rank, energy))
+    return f.up, f.down, f.rank, f.kept
+
+
+def _sumsq(t: Any) -> float:
+    import torch
+
+    return float(torch.linalg.vector_norm(t.reshape(-1), dtype=torch.float64) ** 2)
+
+
+def extract_lora(
+    model: Checkpoint | str | Path,
+    base: Checkpoint | str | Path,
+    *,
+    rank: int | None = None,
+    energy: float | None = None,
+    conv_rank: int | None = None,
+    alpha: float | None = None,
+    fmt: str = "kohya",
+    dtype: str = "fp32",
+    out: str | Path,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Extract a LoRA of ``model`` over ``base`` into ``out`` (.safetensors); the report as plain data.
+
+    ``rank`` / ``energy``: one of them (both: the energy's rank capped at ``rank``); ``conv_rank``: also
+    the ResNet / sampler modules (LoCon), 3×3 kernels at this rank; ``alpha``: the alpha written (default:
+    each module's rank, scale 1); ``fmt``: ``kohya`` or ``peft``; ``dtype``: of the written factors.
+    ``progress`` is called with the bytes of each tensor pair read."""
+    import torch
+
+    from sdlens.analysis.delta_pairs import aligned, paths_differ, read_pair
+    from sdlens.analysis.lora_names import CONV, lora_names, target_kind
+    from sdlens.analysis.spectrum import ROUNDING_SHARE, as_matrix, noise_energy
+    from sdlens.io.outputs import OutFile, check_outputs
+
+    check_choice(fmt, "format", LoraFormat)
+    check_choice(dtype, "dtype", LoraDtype)
+    _check_settings(rank, energy, conv_rank, alpha)
+    out = Path(out)
+    with ExitStack() as stack:
+        m_ck, b_ck = _open(model, stack), _open(base, stack)
+        paths_differ(m_ck.path, b_ck.path)
+        check_outputs([m_ck.path, b_ck.path], [OutFile("-o", out)])
+        al = aligned(m_ck, b_ck)
+        names = lora_names(m_ck, al.family)
+        if fmt == "kohya" and not names.has_kohya:
+            raise SdlensError(
+                m_ck.path, f"{names.family.name} has no kohya LoRA layout here; use --format peft"
+            )
+        st_dtype = _ST_DTYPE[dtype]
+        t_dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
+        out.parent.mkdir(parents=True, exist_ok=True)
+        spool = _Spool(out.parent, stack)
+        modules: list[dict[str, Any]] = []
+        left_out: list[dict[str, Any]] = []
+        counts: Counter[str] = Counter()
+        total_energy = 0.0
+        for pair in al.pairs:
+            m, b = read_pair(m_ck, b_ck, pair)
+            if progress:
+                progress(pair.numel * (DTYPES[pair.dtype_model].itemsize + DTYPES[pair.dtype_base].itemsize))
+            if not (m.is_floating_point() and b.is_floating_point()):
+                continue
+            d = m - b
+            e = _sumsq(d)
+            if e == 0.0:
+                counts["unchanged"] += 1
+                continue
+            noise = noise_energy(m, pair.dtype_model, b, pair.dtype_base)
+            kind = target_kind(pair.name, pair.shape, names.family)
+            base_sq = _sumsq(b)
+            rel = math.sqrt(e / base_sq) if base_sq > 0 else None
+            if e <= ROUNDING_SHARE * noise:
+                counts["rounding"] += 1
+                if kind is not None:
+                    left_out.append(
+                        _left(pair.name, "rounding only (below the precision noise floor)", e, rel)
+                    )
+                continue
+            total_energy += e
+            if kind is None:
+                left_out.append(_left(pair.name, "not extracted (not a LoRA target)", e, rel))
+                continue
+            kernel = len(pair.shape) == 4 and math.prod(pair.shape[2:]) > 1
+            if kind == CONV and conv_rank is None:
+                left_out.append(
+                    _left(pair.name, "not extracted (ResNet / sampler module: give --conv-rank)", e, rel)
+                )
+                continue
+            mat = as_matrix(d)
+            up, down, r, kept = _fit(mat, kernel, rank, conv_rank, energy)
+            a = float(alpha) if alpha is not None else float(r)
+            up = (up * (r / a)).to(t_dtype)
+            down = down.to(t_dtype)
+            # the error of what is written (after the cast), as the loaders will apply it
+            resid = _sumsq(mat - (up.float() * (a / r)) @ down.float())
+            modules.append(
+                {
+                    "name": pair.name,
+                    "lora": names.kohya(pair.name) if fmt == "kohya" else names.peft(pair.name),
+                    "shape": list(pair.shape),
+                    "rank": r,
+                    "alpha": a,
+                    "kept": kept,
+                    "rel_error": math.sqrt(resid / e),
+                    "energy": e,
+                    "rel_delta": rel,
+                    "conv": kind == CONV,
+                }
+            )
+            _add_factors(spool, modules[-1], up, down, pair.shape, fmt, st_dtype)
+            del m, b, d, mat, up, down
+        report = _report(
+            m_ck,
+            b_ck,
+            al,
+            out,
+            fmt,
+            dtype,
+            rank,
+            energy,
+            conv_rank,
+            alpha,
+            modules,
+            left_out,
+            counts,
+            total_energy,
+        )
+        if not modules:
+            raise SdlensError(
+                m_ck.path, "nothing to extract: no LoRA target differs from the base beyond rounding"
+            )
+        spool.write(out, _metadata(report, b_ck, names, modules, fmt))
+        report["bytes"] = out.stat().st_size
+    return report
+
+
+def _left(name: str, reason: str, energy: float, rel: float | None) -> dict[str, Any]:
+    return {"name": name, "reason": reason, "energy": energy, "rel_delta": rel}
+
+
+def _add_factors(
+    spool: _Spool, mod: dict[str, Any], up: Any, down: Any, shape: tuple[int, ...], fmt: str, st_dtype: str
+) -> None:
+    """down [r, in(, kh, kw)], up [out, r(, 1, 1)] (conv as LoCon); kohya adds the module's ``alpha`` scalar."""
+    import torch
+
+    r = mod["rank"]
+    if len(shape) == 4:
+        down = down.reshape(r, *shape[1:])
+        up = up.reshape(shape[0], r, 1, 1)
+    if fmt == "kohya":
+        name = mod["lora"]
+        spool.add(f"{name}.lora_down.weight", down, st_dtype)
+        spool.add(f"{name}.lora_up.weight", up, st_dtype)
+        spool.add(f"{name}.alpha", torch.tensor(mod["alpha"], dtype=torch.float32), "F32")
+    else:
+        spool.add(f"{mod['lora']}.lora_A.weight", down, st_dtype)
+        spool.add(f"{mod['lora']}.lora_B.weight", up, st_dtype)
+
+
+def _report(
+    m_ck: Checkpoint,
+    b_ck: Checkpoint,
+    al: Any,
+    out: Path,
+    fmt: str,
+    dtype: str,
+    rank: int | None,
+    energy: float | None,
+    conv_rank: int | None,
+    alpha: float | None,
+    modules: list[dict[str, Any]],
+    left_out: list[dict[str, Any]],
+    counts: Counter[str],
+    total_energy: float,
+) -> dict[str, Any]:
+    extracted = sum(x["energy"] for x in modules)
+    kept = sum(x["kept"] * x["energy"] for x in modules)
+    resid = sum(x["rel_error"] ** 2 * x["energy"] for x in modules)
+    ranks = Counter(x["rank"] for x in modules)
+    return {
+        "model": str(m_ck.path),
+        "base": str(b_ck.path),
+        "family": al.family,
+        "out": str(out),
+        "format": fmt,
+        "dtype": dtype,
+        "settings": {"rank": rank, "energy": energy, "conv_rank": conv_rank, "alpha": alpha},
+        "overall": {
+            "modules": len(modules),
+            "conv_modules": sum(1 for x in modules if x["conv"]),
+            "ranks": {str(k): v for k, v in sorted(ranks.items())},
+            "kept": kept / extracted if extracted else 1.0,
+            "rel_error": math.sqrt(resid / extracted) if extracted else 0.0,
+            # the share of the whole model's delta (beyond rounding) that sits in the extracted modules
+            "delta_in_targets": extracted / total_energy if total_energy else 1.0,
+            "params": sum(x["rank"] * (x["shape"][0] + math.prod(x["shape"][1:])) for x in modules),
+        },
+        "modules": modules,
+        "left_out": left_out,
+        "unchanged": counts["unchanged"],
+        "rounding_only": counts["rounding"],
+        "only_model": len(al.only_model),
+        "only_base": len(al.only_base),
+        "mismatched": al.mismatched,
+    }
+
+
+def _metadata(
+    report: dict[str, Any], base: Checkpoint, names: Any, modules: list[dict[str, Any]], fmt: str
+) -> dict[str, str]:
+    """sd-scripts' ``ss_*`` keys (what A1111 / ComfyUI / Civitai read), the base's hashes, sdlens's own
+    (``sdlens_*``: version, per-module ranks, fidelity); PEFT files add diffusers' ``lora_adapter_metadata``."""
+    from sdlens import __version__
+
+    s = report["settings"]
+    ranks = Counter(x["rank"] for x in modules)
+    alphas = Counter(x["alpha"] for x in modules)
+    dim = ranks.most_common(1)[0][0]
+    meta: dict[str, str] = {
+        "ss_network_module": "networks.lora",
+        # resize_lora's words for per-module ranks (--energy): "Dynamic"
+        "ss_network_dim": "Dynamic" if s["energy"] is not None else str(dim),
+        "ss_network_alpha": "Dynamic" if len(alphas) > 1 else f"{alphas.most_common(1)[0][0]:g}",
+        "ss_base_model_version": names.family.lora_hints[0] if names.family.lora_hints else names.family.id,
+        "ss_sd_model_name": base.path.name,
+        "sdlens_version": __version__,
+        "sdlens_source": "extract-lora",
+        "sdlens_model": Path(report["model"]).name,
+        "sdlens_settings": json.dumps(s, sort_keys=True),
+        "sdlens_fidelity": json.dumps(
+            {k: report["overall"][k] for k in ("kept", "rel_error", "delta_in_targets")}, sort_keys=True
+        ),
+    }
+    if s["conv_rank"] is not None:
+        conv_alpha = next((x["alpha"] for x in modules if x["conv"]), s["conv_rank"])
+        meta["ss_network_args"] = json.dumps(
+            {"conv_dim": str(s["conv_rank"]), "conv_alpha": f"{conv_alpha:g}"}
+        )
+    if s["energy"] is not None or len(ranks) > 1:
+        meta["sdlens_ranks"] = json.dumps({x["lora"]: x["rank"] for x in modules})
+    files = base.files
+    if len(files) == 1 and files[0].is_file():
+        from sdlens.io.hashing import hash_file
+
+        h = hash_file(files[0])
+        meta["ss_sd_model_hash"] = h.a1111_old
+        meta["ss_new_sd_model_hash"] = h.sha256
+        report["base_hashes"] = h.to_dict()
+    if fmt == "peft":
+        meta["lora_adapter_metadata"] = json.dumps(_peft_configs(modules), sort_keys=True)
+    return meta
+
+
+def _peft_configs(modules: list[dict[str, Any]]) -> dict[str, Any]:
+    """diffusers' ``lora_adapter_metadata``: per pipeline slot (``unet.``, ``text_encoder.``...) the
+    LoraConfig arguments: the most common rank / alpha, the others as rank / alpha patterns."""
+    by_slot: dict[str, list[tuple[str, int, float]]] = {}
+    for x in modules:
+        slot, _, module = x["lora"].partition(".")
+        by_slot.setdefault(slot, []).append((module, x["rank"], x["alpha"]))
+    out: dict[str, Any] = {}
+    for slot, mods in by_slot.items():
+        r = Counter(m[1] for m in mods).most_common(1)[0][0]
+        a = Counter(m[2] for m in mods).most_common(1)[0][0]
+        out[f"{slot}.r"] = r
+        out[f"{slot}.lora_alpha"] = a
+        out[f"{slot}.target_modules"] = sorted(m[0] for m in mods)
+        out[f"{slot}.rank_pattern"] = {m[0]: m[1] for m in mods if m[1] != r}
+        out[f"{slot}.alpha_pattern"] = {m[0]: m[2] for m in mods if m[2] != a}
+    return out
