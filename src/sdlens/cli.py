@@ -76,6 +76,11 @@ class _Group(TyperGroup):
         return _plain_help(super().get_params(ctx))
 
     # a module name's ``_`` is a ``-`` on the command line (``extract_lora`` -> ``sdlens extract-lora``)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for command in self.commands.values():
+            command.name = (command.name or "").replace("_", "-")
+
     def list_commands(self, ctx):  # noqa: ANN001, ANN201
         return [n.replace("_", "-") for n in super().list_commands(ctx)]
 

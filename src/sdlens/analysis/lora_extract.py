@@ -8,7 +8,10 @@ where given). Modules whose delta is within the files' rounding noise are left o
 changed tensors no LoRA can hold (norms, biases, embeddings, the VAE...).
 
 The loaders scale ``up @ down`` by alpha / rank; that scale is folded into ``up`` so the loaded LoRA adds
-the factorised delta exactly. Weights are written in float32 by default (sd-scripts' extractor saves in
+the factorised delta exactly, whatever the alpha. One alpha serves every module (``--rank`` by default: scale
+1 at that rank, as sd-scripts' extractor; 1.0 with ``--energy`` alone, sd-scripts' training default):
+diffusers 0.42's kohya loader drops per-module alphas of attention and flattened text-encoder modules (its
+``alpha_pattern`` keys match no module), so a file whose alphas differ would load at the wrong scale there. Weights are written in float32 by default (sd-scripts' extractor saves in
 float unless ``--save_precision`` says otherwise). Memory: one module pair at a time; the factors go to a
 spool file beside the output, the header is written once every rank is known, then the spool is copied
 behind it into a temporary file that is renamed onto the output.
@@ -133,8 +136,9 @@ def extract_lora(
     """Extract a LoRA of ``model`` over ``base`` into ``out`` (.safetensors); the report as plain data.
 
     ``rank`` / ``energy``: one of them (both: the energy's rank capped at ``rank``); ``conv_rank``: also
-    the ResNet / sampler modules (LoCon), 3×3 kernels at this rank; ``alpha``: the alpha written (default:
-    each module's rank, scale 1); ``fmt``: ``kohya`` or ``peft``; ``dtype``: of the written factors.
+    the ResNet / sampler modules (LoCon), 3×3 kernels at this rank; ``alpha``: the alpha of every module
+    (default ``rank``, else 1; the scale is folded into ``up``); ``fmt``: ``kohya`` or ``peft``;
+    ``dtype``: of the written factors.
     ``progress`` is called with the bytes of each tensor pair read."""
     import torch
 
@@ -161,6 +165,7 @@ def extract_lora(
         t_dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
         out.parent.mkdir(parents=True, exist_ok=True)
         spool = _Spool(out.parent, stack)
+        one_alpha = float(alpha) if alpha is not None else float(rank) if rank is not None else 1.0
         modules: list[dict[str, Any]] = []
         left_out: list[dict[str, Any]] = []
         counts: Counter[str] = Counter()
@@ -199,7 +204,7 @@ def extract_lora(
                 continue
             mat = as_matrix(d)
             up, down, r, kept = _fit(mat, kernel, rank, conv_rank, energy)
-            a = float(alpha) if alpha is not None else float(r)
+            a = one_alpha
             up = (up * (r / a)).to(t_dtype)
             down = down.to(t_dtype)
             # the error of what is written (after the cast), as the loaders will apply it
@@ -366,10 +371,12 @@ def _metadata(
 def _peft_configs(modules: list[dict[str, Any]]) -> dict[str, Any]:
     """diffusers' ``lora_adapter_metadata``: per pipeline slot (``unet.``, ``text_encoder.``...) the
     LoraConfig arguments: the most common rank / alpha, the others as rank / alpha patterns."""
+    from sdlens.analysis.lora_names import peft_config_name
+
     by_slot: dict[str, list[tuple[str, int, float]]] = {}
     for x in modules:
         slot, _, module = x["lora"].partition(".")
-        by_slot.setdefault(slot, []).append((module, x["rank"], x["alpha"]))
+        by_slot.setdefault(slot, []).append((peft_config_name(module), x["rank"], x["alpha"]))
     out: dict[str, Any] = {}
     for slot, mods in by_slot.items():
         r = Counter(m[1] for m in mods).most_common(1)[0][0]

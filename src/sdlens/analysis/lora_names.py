@@ -111,6 +111,19 @@ class LoraNames:
         return f"lora_{scope}_{module.replace('.', '_')}"
 
 
+# wrappers some library versions have and others flatten away (transformers >= 5 dropped CLIPTextModel's
+# ``text_model``): PEFT's target_modules / rank_pattern name modules without them, so they match either way
+_WRAPPERS = ("text_model.",)
+
+
+def peft_config_name(module: str) -> str:
+    """A module path (inside its pipeline slot) as a LoraConfig's target_modules / rank_pattern name it:
+    without the wrappers some versions flatten, so it matches as a suffix in either version."""
+    for w in _WRAPPERS:
+        module = module.removeprefix(w)
+    return module
+
+
 def _unet_config(ckpt: Checkpoint, family: Family) -> dict[str, Any] | None:
     """The model's UNet config: its folder's ``unet/config.json``, else read off its shapes, else the record's."""
     den = family.denoiser

@@ -40,7 +40,10 @@ def run(
     ] = None,
     alpha: Annotated[
         float | None,
-        typer.Option(help="The alpha written (default: each module's rank); the scale is folded into up."),
+        typer.Option(
+            help="The alpha of every module (default: --rank, else 1); alpha / rank is folded into up, so the "
+            "LoRA adds the extracted delta at weight 1 whatever the alpha."
+        ),
     ] = None,
     fmt: Annotated[
         str,

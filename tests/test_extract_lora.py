@@ -1,0 +1,347 @@
+"""``sdlens extract-lora`` (issue 17, points 2 and 4): known-truth deltas of chosen ranks added to chosen modules of
+a tiny SD1 model are extracted back at their rank; the real loaders are the judges — diffusers'
+``load_lora_weights`` (its kohya converter, and its PEFT path) + ``fuse_lora`` and PEFT's own injection give
+base + the extracted ΔLoRA to float32 rounding, and that is the model to 1e-3 relative."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from typer.testing import CliRunner
+
+from sdlens.analysis.lora_extract import extract_lora
+from sdlens.arch.keymap import unet_ldm_key_to_diffusers
+from sdlens.errors import SdlensError
+from sdlens.testing.writers import save_safetensors
+from sdlens.testing.zoo_unet import build_diffusers_parts, build_single_file, diffusers_configs
+
+UNET = "model.diffusion_model."
+TE = "cond_stage_model.transformer."
+# canonical name -> (file key, true rank); the 3x3 conv needs --conv-rank, proj_in is SD1's 1x1 conv
+TRUTH = {
+    "denoiser/input_blocks.1.1.transformer_blocks.0.attn1.to_q.weight": 2,
+    "denoiser/output_blocks.5.1.transformer_blocks.0.attn2.to_k.weight": 4,
+    "denoiser/output_blocks.5.1.transformer_blocks.0.ff.net.0.proj.weight": 3,
+    "denoiser/input_blocks.1.1.proj_in.weight": 2,
+    "denoiser/output_blocks.2.0.in_layers.2.weight": 4,
+    "clip_l/text_model.encoder.layers.0.self_attn.q_proj.weight": 2,
+    # diffusers 0.42 tells a kohya text-encoder LoRA's key style by an out_proj module (to_out_lora); without
+    # one it drops the q_proj module silently. Real kohya files always have it; so does this truth.
+    "clip_l/text_model.encoder.layers.0.self_attn.out_proj.weight": 3,
+    "clip_l/text_model.encoder.layers.1.mlp.fc1.weight": 3,
+}
+CONV = "denoiser/output_blocks.2.0.in_layers.2.weight"
+BIAS = "denoiser/output_blocks.5.1.transformer_blocks.0.ff.net.2.bias"  # changed, not a LoRA target
+NUDGED = "denoiser/input_blocks.4.1.transformer_blocks.0.attn1.to_v.weight"  # one value one ulp off: rounding
+
+
+def file_key(name: str) -> str:
+    comp, key = name.split("/", 1)
+    return (UNET if comp == "denoiser" else TE) + key
+
+
+def low_rank(shape: tuple[int, ...], r: int, scale: float, g: torch.Generator) -> torch.Tensor:
+    """Q1 diag(s) Q2ᵀ with orthonormal seeded Q1, Q2 and singular values s from 1 to 0.5 (times ``scale``)."""
+    m, n = shape[0], math.prod(shape[1:])
+    q1, _ = torch.linalg.qr(torch.randn(m, r, generator=g, dtype=torch.float64))
+    q2, _ = torch.linalg.qr(torch.randn(n, r, generator=g, dtype=torch.float64))
+    s = torch.linspace(1.0, 0.5, r, dtype=torch.float64) * scale
+    return ((q1 * s) @ q2.T).reshape(shape).float()
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory) -> dict:
+    d = tmp_path_factory.mktemp("extract")
+    base = build_single_file("sd1")
+    model = {k: v.clone() for k, v in base.items()}
+    g = torch.Generator().manual_seed(17)
+    delta = {}
+    for name, r in TRUTH.items():
+        w = model[file_key(name)]
+        delta[name] = low_rank(tuple(w.shape), r, 0.3 * float(w.norm()) / math.sqrt(r), g)
+        model[file_key(name)] = w + delta[name]
+    model[file_key(BIAS)] = model[file_key(BIAS)] + 0.1
+    nudged = model[file_key(NUDGED)].reshape(-1)
+    nudged[0] = torch.nextafter(nudged[0], torch.tensor(math.inf))
+    save_safetensors(base, d / "base.safetensors")
+    save_safetensors(model, d / "model.safetensors")
+    return {"dir": d, "base": d / "base.safetensors", "model": d / "model.safetensors", "delta": delta}
+
+
+@pytest.fixture(scope="module")
+def kohya(zoo) -> dict:
+    """--energy 0.99 with LoCon, kohya layout, alpha = each module's rank."""
+    out = zoo["dir"] / "kohya.safetensors"
+    return extract_lora(zoo["model"], zoo["base"], energy=0.99, conv_rank=8, out=out)
+
+
+@pytest.fixture(scope="module")
+def peft_file(zoo) -> dict:
+    """--energy 0.99 with LoCon, PEFT layout, alpha 2.5 (scale 2.5 / rank folded into up)."""
+    out = zoo["dir"] / "peft.safetensors"
+    return extract_lora(zoo["model"], zoo["base"], energy=0.99, conv_rank=8, alpha=2.5, fmt="peft", out=out)
+
+
+def read_lora(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    with safe_open(str(path), "pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}, f.metadata()  # noqa: SIM118 - safe_open has no items
+
+
+def lora_delta(t: dict[str, torch.Tensor], module: dict, fmt: str, meta: dict[str, str]) -> torch.Tensor:
+    """alpha / rank · up @ down of one module as the loaders compute it, in the module's weight shape."""
+    name = module["lora"]
+    if fmt == "kohya":
+        up, down = t[f"{name}.lora_up.weight"], t[f"{name}.lora_down.weight"]
+        alpha = float(t[f"{name}.alpha"])
+    else:
+        up, down = t[f"{name}.lora_B.weight"], t[f"{name}.lora_A.weight"]
+        cfg = json.loads(meta["lora_adapter_metadata"])
+        slot = name.split(".", 1)[0]
+        alpha = float(cfg[f"{slot}.lora_alpha"])
+    r = down.shape[0]
+    prod = up.reshape(up.shape[0], r).double() @ down.reshape(r, -1).double()
+    return (alpha / r * prod).reshape(module["shape"]).float()
+
+
+# ------------------------------------------------------------------------------------------ extraction
+
+
+def test_energy_picks_each_modules_true_rank_and_lists_what_is_left_out(zoo, kohya):
+    got = {m["name"]: m["rank"] for m in kohya["modules"]}
+    assert got == TRUTH  # exactly the changed targets, each at its true rank
+    assert all(m["rel_error"] < 1e-3 and m["kept"] > 1 - 1e-6 for m in kohya["modules"])
+    left = {x["name"]: x["reason"] for x in kohya["left_out"]}
+    assert left[BIAS].startswith("not extracted (not a LoRA target)")
+    assert left[NUDGED].startswith("rounding only")
+    assert set(left) == {BIAS, NUDGED}
+    assert kohya["overall"]["delta_in_targets"] < 1.0  # the bias change is outside the LoRA
+    t, meta = read_lora(zoo["dir"] / "kohya.safetensors")
+    assert meta["ss_network_module"] == "networks.lora" and meta["ss_network_dim"] == "Dynamic"
+    assert meta["ss_base_model_version"] == "sd_v1" and json.loads(meta["sdlens_ranks"])
+    assert len(meta["ss_new_sd_model_hash"]) == 64 and meta["sdlens_version"]
+    assert json.loads(meta["ss_network_args"])["conv_dim"] == "8"
+    assert all(v.dtype == torch.float32 for v in t.values())  # sd-scripts' default precision
+
+
+def test_the_written_factors_rebuild_each_delta(zoo, kohya):
+    t, meta = read_lora(zoo["dir"] / "kohya.safetensors")
+    for m in kohya["modules"]:
+        want = zoo["delta"][m["name"]]
+        err = float((lora_delta(t, m, "kohya", meta) - want).norm() / want.norm())
+        assert err < 1e-3, m["name"]
+    conv = next(m for m in kohya["modules"] if m["name"] == CONV)
+    assert t[conv["lora"] + ".lora_down.weight"].shape == (4, 64, 3, 3)  # LoCon: [r, in, kh, kw]
+    assert t[conv["lora"] + ".lora_up.weight"].shape == (32, 4, 1, 1)
+
+
+def test_fixed_rank_without_conv_rank_and_fp16(zoo, tmp_path):
+    out = tmp_path / "r4.safetensors"
+    rep = extract_lora(zoo["model"], zoo["base"], rank=4, dtype="fp16", out=out)
+    assert {m["name"] for m in rep["modules"]} == set(TRUTH) - {CONV}
+    assert {m["rank"] for m in rep["modules"]} == {4} and rep["overall"]["rel_error"] < 1e-3
+    assert next(x for x in rep["left_out"] if x["name"] == CONV)["reason"].endswith("give --conv-rank)")
+    t, meta = read_lora(out)
+    assert {v.dtype for k, v in t.items() if not k.endswith(".alpha")} == {torch.float16}
+    for m in rep["modules"]:  # the reported error is that of what was written (after the cast)
+        want = zoo["delta"][m["name"]]
+        err = float((lora_delta(t, m, "kohya", meta) - want).norm() / want.norm())
+        assert err == pytest.approx(m["rel_error"], rel=0.05, abs=1e-6) and err < 1e-3
+
+
+def test_a_diffusers_folder_model_gives_the_same_lora(zoo, kohya, tmp_path):
+    from sdlens.testing.zoo_unet import write_diffusers_folder
+
+    root = write_diffusers_folder("sd1", tmp_path / "model")
+    cfg = diffusers_configs("sd1")["unet"]
+    parts = build_diffusers_parts("sd1")
+    for name, d in zoo["delta"].items():
+        comp, key = name.split("/", 1)
+        part, k = (
+            ("unet", unet_ldm_key_to_diffusers(key, cfg)) if comp == "denoiser" else ("text_encoder", key)
+        )
+        parts[part][k] = parts[part][k] + d
+    save_safetensors(parts["unet"], root / "unet" / "diffusion_pytorch_model.safetensors")
+    save_safetensors(parts["text_encoder"], root / "text_encoder" / "model.safetensors")
+    rep = extract_lora(root, zoo["base"], energy=0.99, conv_rank=8, out=tmp_path / "f.safetensors")
+    assert {(m["lora"], m["rank"]) for m in rep["modules"]} == {
+        (m["lora"], m["rank"]) for m in kohya["modules"]
+    }
+
+
+# ------------------------------------------------------------------------------------------ the loaders judge
+
+
+def _pipeline():
+    from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    cfg, parts = diffusers_configs("sd1"), build_diffusers_parts("sd1")
+    unet = UNet2DConditionModel.from_config(cfg["unet"])
+    unet.load_state_dict(parts["unet"])
+    te = CLIPTextModel(CLIPTextConfig(**cfg["text_encoder"]))
+    te_sd = parts["text_encoder"]
+    if not hasattr(te, "text_model"):  # transformers >= 5 flattened CLIPTextModel
+        te_sd = {k.removeprefix("text_model."): v for k, v in te_sd.items()}
+    te.load_state_dict(te_sd, strict=False)  # position_ids: a buffer some versions keep
+    return StableDiffusionPipeline(
+        vae=None,
+        text_encoder=te,
+        tokenizer=None,
+        unet=unet,
+        scheduler=DDIMScheduler(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+def _expected(zoo, report: dict, fmt: str) -> tuple[dict, dict]:
+    """(diffusers weight key -> base + ΔLoRA from the file, -> model's weight), per pipeline slot."""
+    t, meta = read_lora(Path(report["out"]))
+    cfg = diffusers_configs("sd1")["unet"]
+    parts = build_diffusers_parts("sd1")
+    lora, model = {"unet": {}, "text_encoder": {}}, {"unet": {}, "text_encoder": {}}
+    for m in report["modules"]:
+        comp, key = m["name"].split("/", 1)
+        part, k = (
+            ("unet", unet_ldm_key_to_diffusers(key, cfg)) if comp == "denoiser" else ("text_encoder", key)
+        )
+        b = parts[part][k]
+        lora[part][k] = b + lora_delta(t, m, fmt, meta)
+        model[part][k] = b + zoo["delta"][m["name"]]
+    return lora, model
+
+
+def _te_key(k: str) -> str:
+    return k if k.startswith("text_model.") else "text_model." + k
+
+
+@pytest.mark.parametrize("which", ["kohya", "peft"])
+def test_diffusers_loads_and_fuses_to_base_plus_the_lora(zoo, kohya, peft_file, which):
+    report = kohya if which == "kohya" else peft_file
+    pipe = _pipeline()
+    pipe.load_lora_weights(report["out"])
+    pipe.fuse_lora()
+    pipe.unload_lora_weights()
+    lora, model = _expected(zoo, report, which)
+    parts = build_diffusers_parts("sd1")
+    unet = pipe.unet.state_dict()
+    te = {_te_key(k): v for k, v in pipe.text_encoder.state_dict().items()}
+    for state, part in ((unet, "unet"), (te, "text_encoder")):
+        assert set(lora[part]) and set(lora[part]) <= set(state)
+        for k, v in state.items():
+            b = parts[part].get(k)
+            if k in lora[part]:
+                want = lora[part][k]
+                assert torch.allclose(v, want, rtol=0, atol=1e-5 * float(want.abs().max())), k
+                err = float((v - model[part][k]).norm() / (model[part][k] - b).norm())
+                assert err < 1e-3, k
+            elif b is not None:
+                assert torch.equal(v, b), k  # every module the LoRA does not touch keeps the base weight
+
+
+def test_peft_injects_the_peft_file_into_a_unet_with_the_same_result(zoo, peft_file):
+    from diffusers import UNet2DConditionModel
+    from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    t, meta = read_lora(Path(peft_file["out"]))
+    cfg = {k[5:]: v for k, v in json.loads(meta["lora_adapter_metadata"]).items() if k.startswith("unet.")}
+    assert cfg["rank_pattern"]  # the ranks differ per module: the config carries them
+    parts = build_diffusers_parts("sd1")
+    unet = UNet2DConditionModel.from_config(diffusers_configs("sd1")["unet"])
+    unet.load_state_dict(parts["unet"])
+    inject_adapter_in_model(LoraConfig(**cfg), unet)
+    res = set_peft_model_state_dict(unet, {k[5:]: v for k, v in t.items() if k.startswith("unet.")})
+    assert not [k for k in res.unexpected_keys if "lora_" in k]
+    for mod in unet.modules():
+        if isinstance(mod, BaseTunerLayer):
+            mod.merge()
+    state = {k.replace(".base_layer", ""): v for k, v in unet.state_dict().items() if ".lora_" not in k}
+    lora, model = _expected(zoo, peft_file, "peft")
+    assert set(lora["unet"]) and set(lora["unet"]) <= set(state)
+    for k, v in state.items():
+        if k in lora["unet"]:
+            want = lora["unet"][k]
+            assert torch.allclose(v, want, rtol=0, atol=1e-5 * float(want.abs().max())), k
+        else:
+            assert torch.equal(v, parts["unet"][k]), k
+
+
+# ------------------------------------------------------------------------------------------ refusals, CLI
+
+
+def invoke(*args: str):
+    import sdlens.cli as cli_mod
+
+    return CliRunner().invoke(cli_mod.app, [str(a) for a in args], env={"COLUMNS": "200"})
+
+
+def test_kohya_refused_for_a_family_without_kohya_names_peft_written(tmp_path):
+    from sdlens.testing import zoo_dit
+
+    base = zoo_dit.build_denoiser("flux_dev", layout="diffusers")
+    key = next(k for k in base if k.endswith("attn.to_q.weight"))
+    model = dict(base)
+    model[key] = base[key] + low_rank(tuple(base[key].shape), 2, 0.5, torch.Generator().manual_seed(3))
+    save_safetensors(base, tmp_path / "b.safetensors")
+    save_safetensors(model, tmp_path / "m.safetensors")
+    r = invoke(
+        "extract-lora",
+        tmp_path / "m.safetensors",
+        "--base",
+        tmp_path / "b.safetensors",
+        "--rank",
+        "2",
+        "-o",
+        tmp_path / "k.safetensors",
+    )
+    assert r.exit_code == 2 and "use --format peft" in r.output and len(r.output.strip().splitlines()) == 1
+    assert not (tmp_path / "k.safetensors").exists()
+    rep = extract_lora(
+        tmp_path / "m.safetensors",
+        tmp_path / "b.safetensors",
+        rank=2,
+        fmt="peft",
+        out=tmp_path / "p.safetensors",
+    )
+    assert [(m["lora"], m["rank"]) for m in rep["modules"]] == [
+        ("transformer." + key.removesuffix(".weight"), 2)
+    ]
+
+
+def test_cli_writes_the_lora_and_json_and_refuses_an_input_as_output(zoo, kohya, tmp_path):
+    out, js = tmp_path / "c.safetensors", tmp_path / "c.json"
+    r = invoke(
+        "extract-lora",
+        zoo["model"],
+        "--base",
+        zoo["base"],
+        "--energy",
+        "0.99",
+        "--conv-rank",
+        "8",
+        "-o",
+        out,
+        "--json",
+        js,
+    )
+    assert r.exit_code == 0, r.output
+    assert "8 modules (1 LoCon)" in r.output and "rounding only: 1" in r.output
+    data = json.loads(js.read_text())
+    assert [(m["name"], m["rank"]) for m in data["modules"]] == [
+        (m["name"], m["rank"]) for m in kohya["modules"]
+    ]
+    before = zoo["model"].read_bytes()
+    r = invoke("extract-lora", zoo["model"], "--base", zoo["base"], "--rank", "2", "-o", zoo["model"])
+    assert r.exit_code == 2 and "refusing to write" in r.output
+    assert zoo["model"].read_bytes() == before  # the input untouched
+    with pytest.raises(SdlensError, match="refusing to write"):
+        extract_lora(zoo["model"], zoo["base"], rank=2, out=zoo["base"])
+    r = invoke("extract-lora", zoo["model"], "--base", zoo["base"], "-o", tmp_path / "x.safetensors")
+    assert r.exit_code == 2 and "--rank R or --energy" in r.output
