@@ -15,13 +15,14 @@ from safetensors import safe_open
 from typer.testing import CliRunner
 
 from sdlens.analysis.lora_extract import extract_lora
+from sdlens.arch import families
+from sdlens.arch.canonical import canonical_index
 from sdlens.arch.keymap import unet_ldm_key_to_diffusers
 from sdlens.errors import SdlensError
+from sdlens.io.open import open_checkpoint
 from sdlens.testing.writers import save_safetensors
 from sdlens.testing.zoo_unet import build_diffusers_parts, build_single_file, diffusers_configs
 
-UNET = "model.diffusion_model."
-TE = "cond_stage_model.transformer."
 # canonical name -> (file key, true rank); the 3x3 conv needs --conv-rank, proj_in is SD1's 1x1 conv
 TRUTH = {
     "denoiser/input_blocks.1.1.transformer_blocks.0.attn1.to_q.weight": 2,
@@ -40,11 +41,6 @@ BIAS = "denoiser/output_blocks.5.1.transformer_blocks.0.ff.net.2.bias"  # change
 NUDGED = "denoiser/input_blocks.4.1.transformer_blocks.0.attn1.to_v.weight"  # one value one ulp off: rounding
 
 
-def file_key(name: str) -> str:
-    comp, key = name.split("/", 1)
-    return (UNET if comp == "denoiser" else TE) + key
-
-
 def low_rank(shape: tuple[int, ...], r: int, scale: float, g: torch.Generator) -> torch.Tensor:
     """Q1 diag(s) Q2ᵀ with orthonormal seeded Q1, Q2 and singular values s from 1 to 0.5 (times ``scale``)."""
     m, n = shape[0], math.prod(shape[1:])
@@ -54,23 +50,42 @@ def low_rank(shape: tuple[int, ...], r: int, scale: float, g: torch.Generator) -
     return ((q1 * s) @ q2.T).reshape(shape).float()
 
 
+def make_pair(family: str, truth: dict[str, int], d: Path, seed: int = 17) -> dict:
+    """A base single file and a model = base + a delta of the true rank on each ``truth`` module (canonical
+    names, found in the file through the canonical index: open_clip's fused in_proj rows included)."""
+    base = build_single_file(family)
+    save_safetensors(base, d / "base.safetensors")
+    with open_checkpoint(d / "base.safetensors") as ck:
+        index, _ = canonical_index(ck.tensors, ck.configs)
+    model = {k: v.clone() for k, v in base.items()}
+    g = torch.Generator().manual_seed(seed)
+    delta = {}
+    for name, r in truth.items():
+        ref = index[name]
+        w = model[ref.key]
+        lo, hi = ref.rows or (0, w.shape[0])
+        delta[name] = low_rank(tuple(ref.shape), r, 0.3 * float(w[lo:hi].norm()) / math.sqrt(r), g)
+        w[lo:hi] += delta[name]
+    return {
+        "dir": d,
+        "family": family,
+        "base": d / "base.safetensors",
+        "model": d / "model.safetensors",
+        "delta": delta,
+        "state": model,
+        "index": index,
+    }
+
+
 @pytest.fixture(scope="module")
 def zoo(tmp_path_factory) -> dict:
-    d = tmp_path_factory.mktemp("extract")
-    base = build_single_file("sd1")
-    model = {k: v.clone() for k, v in base.items()}
-    g = torch.Generator().manual_seed(17)
-    delta = {}
-    for name, r in TRUTH.items():
-        w = model[file_key(name)]
-        delta[name] = low_rank(tuple(w.shape), r, 0.3 * float(w.norm()) / math.sqrt(r), g)
-        model[file_key(name)] = w + delta[name]
-    model[file_key(BIAS)] = model[file_key(BIAS)] + 0.1
-    nudged = model[file_key(NUDGED)].reshape(-1)
+    pair = make_pair("sd1", TRUTH, tmp_path_factory.mktemp("extract"))
+    model, index = pair["state"], pair["index"]
+    model[index[BIAS].key] += 0.1
+    nudged = model[index[NUDGED].key].reshape(-1)
     nudged[0] = torch.nextafter(nudged[0], torch.tensor(math.inf))
-    save_safetensors(base, d / "base.safetensors")
-    save_safetensors(model, d / "model.safetensors")
-    return {"dir": d, "base": d / "base.safetensors", "model": d / "model.safetensors", "delta": delta}
+    save_safetensors(model, pair["model"])
+    return pair
 
 
 @pytest.fixture(scope="module")
@@ -176,73 +191,124 @@ def test_a_diffusers_folder_model_gives_the_same_lora(zoo, kohya, tmp_path):
 # ------------------------------------------------------------------------------------------ the loaders judge
 
 
-def _pipeline():
-    from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+def _text_encoder(cls_name: str, cfg: dict, sd: dict[str, torch.Tensor]) -> torch.nn.Module:
+    import transformers
 
-    cfg, parts = diffusers_configs("sd1"), build_diffusers_parts("sd1")
-    unet = UNet2DConditionModel.from_config(cfg["unet"])
-    unet.load_state_dict(parts["unet"])
-    te = CLIPTextModel(CLIPTextConfig(**cfg["text_encoder"]))
-    te_sd = parts["text_encoder"]
+    te = getattr(transformers, cls_name)(transformers.CLIPTextConfig(**cfg))
     if not hasattr(te, "text_model"):  # transformers >= 5 flattened CLIPTextModel
-        te_sd = {k.removeprefix("text_model."): v for k, v in te_sd.items()}
-    te.load_state_dict(te_sd, strict=False)  # position_ids: a buffer some versions keep
-    return StableDiffusionPipeline(
-        vae=None,
-        text_encoder=te,
-        tokenizer=None,
-        unet=unet,
-        scheduler=DDIMScheduler(),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
+        sd = {k.removeprefix("text_model."): v for k, v in sd.items()}
+    te.load_state_dict(sd, strict=False)  # position_ids: a buffer some versions keep
+    return te
+
+
+def _pipeline(family: str):
+    """The family's diffusers pipeline around the tiny zoo's base weights (no VAE, no tokenizer: LoRA loading
+    touches the UNet and the text encoders only)."""
+    import diffusers
+
+    from sdlens.testing.zoo_unet import TEXT_PARTS
+
+    cfg, parts = diffusers_configs(family), build_diffusers_parts(family)
+    unet = diffusers.UNet2DConditionModel.from_config(cfg["unet"])
+    unet.load_state_dict(parts["unet"])
+    tes = {p: _text_encoder(cls, cfg[p], parts[p]) for p, (_, cls) in TEXT_PARTS[family].items()}
+    cls = getattr(diffusers, cfg["model_index"]["_class_name"])
+    extra = (
+        {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
+        if family == "sd1"
+        else {"tokenizer_2": None}
     )
+    return cls(vae=None, tokenizer=None, unet=unet, scheduler=diffusers.DDIMScheduler(), **tes, **extra)
 
 
-def _expected(zoo, report: dict, fmt: str) -> tuple[dict, dict]:
-    """(diffusers weight key -> base + ΔLoRA from the file, -> model's weight), per pipeline slot."""
+def _where(family: str, name: str) -> tuple[str, str]:
+    """(pipeline slot, diffusers / transformers key) of a canonical weight."""
+    comp, key = name.split("/", 1)
+    if comp == "denoiser":
+        return "unet", unet_ldm_key_to_diffusers(key, diffusers_configs(family)["unet"])
+    return families.get(family).diffusers_slots[comp], key
+
+
+def _expected(pair: dict, report: dict, fmt: str) -> tuple[dict, dict]:
+    """(slot -> key -> base + ΔLoRA from the file, slot -> key -> the model's weight)."""
     t, meta = read_lora(Path(report["out"]))
-    cfg = diffusers_configs("sd1")["unet"]
-    parts = build_diffusers_parts("sd1")
-    lora, model = {"unet": {}, "text_encoder": {}}, {"unet": {}, "text_encoder": {}}
+    parts = build_diffusers_parts(pair["family"])
+    lora: dict[str, dict] = {}
+    model: dict[str, dict] = {}
     for m in report["modules"]:
-        comp, key = m["name"].split("/", 1)
-        part, k = (
-            ("unet", unet_ldm_key_to_diffusers(key, cfg)) if comp == "denoiser" else ("text_encoder", key)
-        )
+        part, k = _where(pair["family"], m["name"])
         b = parts[part][k]
-        lora[part][k] = b + lora_delta(t, m, fmt, meta)
-        model[part][k] = b + zoo["delta"][m["name"]]
+        lora.setdefault(part, {})[k] = b + lora_delta(t, m, fmt, meta)
+        model.setdefault(part, {})[k] = b + pair["delta"][m["name"]]
     return lora, model
 
 
 def _te_key(k: str) -> str:
-    return k if k.startswith("text_model.") else "text_model." + k
+    return k if k.startswith(("text_model.", "text_projection")) else "text_model." + k
+
+
+def judge(pair: dict, report: dict, fmt: str, states: dict[str, dict[str, torch.Tensor]]) -> None:
+    """Fused weights: base + ΔLoRA to float32 rounding and the model to 1e-3 of Δ; all others the base's."""
+    lora, model = _expected(pair, report, fmt)
+    parts = build_diffusers_parts(pair["family"])
+    assert set(lora) <= set(states)
+    for part, state in states.items():
+        state = {_te_key(k) if part.startswith("text") else k: v for k, v in state.items()}
+        assert set(lora.get(part, {})) <= set(state)
+        for k, v in state.items():
+            b = parts[part].get(k)
+            if k in lora.get(part, {}):
+                want = lora[part][k]
+                assert torch.allclose(v, want, rtol=0, atol=1e-5 * float(want.abs().max())), k
+                assert float((v - model[part][k]).norm() / (model[part][k] - b).norm()) < 1e-3, k
+            elif b is not None:
+                assert torch.equal(v, b), k  # every module the LoRA does not touch keeps the base weight
+
+
+def load_and_fuse(family: str, path: str) -> dict[str, dict[str, torch.Tensor]]:
+    pipe = _pipeline(family)
+    pipe.load_lora_weights(path)
+    pipe.fuse_lora(
+        components=[c for c in ("unet", "text_encoder", "text_encoder_2") if getattr(pipe, c, None)]
+    )
+    pipe.unload_lora_weights()
+    return {
+        c: getattr(pipe, c).state_dict()
+        for c in ("unet", "text_encoder", "text_encoder_2")
+        if getattr(pipe, c, None) is not None
+    }
 
 
 @pytest.mark.parametrize("which", ["kohya", "peft"])
 def test_diffusers_loads_and_fuses_to_base_plus_the_lora(zoo, kohya, peft_file, which):
     report = kohya if which == "kohya" else peft_file
-    pipe = _pipeline()
-    pipe.load_lora_weights(report["out"])
-    pipe.fuse_lora()
-    pipe.unload_lora_weights()
-    lora, model = _expected(zoo, report, which)
-    parts = build_diffusers_parts("sd1")
-    unet = pipe.unet.state_dict()
-    te = {_te_key(k): v for k, v in pipe.text_encoder.state_dict().items()}
-    for state, part in ((unet, "unet"), (te, "text_encoder")):
-        assert set(lora[part]) and set(lora[part]) <= set(state)
-        for k, v in state.items():
-            b = parts[part].get(k)
-            if k in lora[part]:
-                want = lora[part][k]
-                assert torch.allclose(v, want, rtol=0, atol=1e-5 * float(want.abs().max())), k
-                err = float((v - model[part][k]).norm() / (model[part][k] - b).norm())
-                assert err < 1e-3, k
-            elif b is not None:
-                assert torch.equal(v, b), k  # every module the LoRA does not touch keeps the base weight
+    judge(zoo, report, which, load_and_fuse("sd1", report["out"]))
+
+
+XL_TRUTH = {
+    "denoiser/input_blocks.4.1.transformer_blocks.0.attn2.to_v.weight": 3,
+    "denoiser/output_blocks.3.0.in_layers.2.weight": 2,
+    "clip_l/text_model.encoder.layers.0.self_attn.q_proj.weight": 2,
+    "clip_l/text_model.encoder.layers.0.self_attn.out_proj.weight": 2,
+    "clip_g/text_model.encoder.layers.0.self_attn.q_proj.weight": 2,  # rows of open_clip's fused in_proj
+    "clip_g/text_model.encoder.layers.1.self_attn.out_proj.weight": 3,
+}
+
+
+def test_sdxl_kohya_names_sgm_modules_and_te1_te2_and_diffusers_fuses_them(tmp_path):
+    pair = make_pair("sdxl", XL_TRUTH, tmp_path)
+    save_safetensors(pair["state"], pair["model"])
+    rep = extract_lora(pair["model"], pair["base"], rank=3, conv_rank=2, out=tmp_path / "xl.safetensors")
+    names = {m["name"]: m["lora"] for m in rep["modules"]}
+    assert set(names) == set(XL_TRUTH)
+    assert names["denoiser/input_blocks.4.1.transformer_blocks.0.attn2.to_v.weight"] == (
+        "lora_unet_input_blocks_4_1_transformer_blocks_0_attn2_to_v"  # kohya's SDXL: the sgm UNet's names
+    )
+    assert names["clip_g/text_model.encoder.layers.0.self_attn.q_proj.weight"] == (
+        "lora_te2_text_model_encoder_layers_0_self_attn_q_proj"
+    )
+    assert names["clip_l/text_model.encoder.layers.0.self_attn.out_proj.weight"].startswith("lora_te1_")
+    judge(pair, rep, "kohya", load_and_fuse("sdxl", rep["out"]))
 
 
 def test_peft_injects_the_peft_file_into_a_unet_with_the_same_result(zoo, peft_file):
