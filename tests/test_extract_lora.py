@@ -134,6 +134,10 @@ def test_energy_picks_each_modules_true_rank_and_lists_what_is_left_out(zoo, koh
     assert left[BIAS].startswith("not extracted (not a LoRA target)")
     assert left[NUDGED].startswith("rounding only")
     assert set(left) == {BIAS, NUDGED}
+    unchanged = set(kohya["unchanged_targets"])  # every other LoRA target: equal in both files
+    assert "denoiser/input_blocks.1.1.transformer_blocks.0.attn1.to_k.weight" in unchanged
+    assert not unchanged & (set(TRUTH) | {NUDGED})
+    assert {m["alpha"] for m in kohya["modules"]} == {1.0}  # --energy alone: alpha 1 for every module
     assert kohya["overall"]["delta_in_targets"] < 1.0  # the bias change is outside the LoRA
     t, meta = read_lora(zoo["dir"] / "kohya.safetensors")
     assert meta["ss_network_module"] == "networks.lora" and meta["ss_network_dim"] == "Dynamic"

@@ -25,13 +25,20 @@ import tempfile
 from collections import Counter
 from collections.abc import Callable
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from sdlens.choices import check_choice
 from sdlens.errors import SdlensError
 from sdlens.io.base import Checkpoint
 from sdlens.io.dtypes import DTYPES
+
+if TYPE_CHECKING:
+    import torch
+
+    from sdlens.analysis.delta_pairs import Pair
+    from sdlens.analysis.lora_names import LoraNames
 
 LoraFormat = Literal["kohya", "peft"]
 LoraDtype = Literal["fp32", "fp16", "bf16"]
@@ -97,27 +104,143 @@ class _Spool:
                 w.close()
 
 
-def _ranks_for(kernel: bool, rank: int | None, conv_rank: int | None, energy: float | None) -> dict[str, Any]:
-    """factorize's arguments: 3×3 kernels take ``conv_rank``, linears and 1×1 convs ``rank`` (sd-scripts' rule);
-    with ``energy`` those become caps."""
-    r = conv_rank if kernel else rank
-    return {"energy": energy, "max_rank": r} if energy is not None else {"rank": r}
+@dataclass(frozen=True)
+class Settings:
+    """What to extract: ranks (``rank`` for linears and 1×1 convs, ``conv_rank`` for larger kernels, which are
+    extracted only when it is given), or the ``energy`` share (the ranks then caps), the one ``alpha``,
+    the layout and the written dtype."""
 
+    rank: int | None
+    energy: float | None
+    conv_rank: int | None
+    alpha: float
+    fmt: str
+    dtype: str
 
-def _fit(
-    d: Any, kernel: bool, rank: int | None, conv_rank: int | None, energy: float | None
-) -> tuple[Any, Any, int, float]:
-    """(up [m, r], down [r, n], r, kept share) of the 2-D delta ``d``."""
-    from sdlens.analysis.spectrum import factorize
+    def factorize_args(self, kernel: bool) -> dict[str, Any]:
+        """sd-scripts' rule: 3×3 kernels take ``conv_rank``, linears and 1×1 convs ``rank``; with ``energy``
+        those are caps."""
+        r = self.conv_rank if kernel else self.rank
+        return {"energy": self.energy, "max_rank": r} if self.energy is not None else {"rank": r}
 
-    f = factorize(d, **_ranks_for(kernel, rank, conv_rank, energy))
-    return f.up, f.down, f.rank, f.kept
+    def to_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in ("rank", "energy", "conv_rank", "alpha")}
 
 
 def _sumsq(t: Any) -> float:
     import torch
 
     return float(torch.linalg.vector_norm(t.reshape(-1), dtype=torch.float64) ** 2)
+
+
+class _Extraction:
+    """The pass: each pair's delta measured, factorised or left out (with the reason), the factors spooled."""
+
+    def __init__(self, names: LoraNames, settings: Settings, spool: _Spool):
+        self.names, self.s, self.spool = names, settings, spool
+        self.modules: list[dict[str, Any]] = []
+        self.left_out: list[dict[str, Any]] = []
+        self.unchanged: list[str] = []  # LoRA targets equal in both files
+        self.counts: Counter[str] = Counter()
+        self.total_energy = 0.0  # ‖Δ‖²_F of every tensor changed beyond rounding
+
+    def _leave(self, name: str, reason: str, e: float, rel: float | None) -> None:
+        self.left_out.append({"name": name, "reason": reason, "energy": e, "rel_delta": rel})
+
+    def add(self, pair: Pair, m: torch.Tensor, b: torch.Tensor) -> None:
+        from sdlens.analysis.lora_names import CONV, target_kind
+        from sdlens.analysis.spectrum import ROUNDING_SHARE, noise_energy
+
+        d = m - b
+        e = _sumsq(d)
+        kind = target_kind(pair.name, pair.shape, self.names.family)
+        if e == 0.0:
+            self.counts["unchanged"] += 1
+            if kind is not None:
+                self.unchanged.append(pair.name)
+            return
+        base_sq = _sumsq(b)
+        rel = math.sqrt(e / base_sq) if base_sq > 0 else None
+        if e <= ROUNDING_SHARE * noise_energy(m, pair.dtype_model, b, pair.dtype_base):
+            self.counts["rounding"] += 1
+            if kind is not None:
+                self._leave(pair.name, "rounding only (below the precision noise floor)", e, rel)
+            return
+        self.total_energy += e
+        if kind is None:
+            self._leave(pair.name, "not extracted (not a LoRA target)", e, rel)
+        elif kind == CONV and self.s.conv_rank is None:
+            self._leave(pair.name, "not extracted (ResNet / sampler module: give --conv-rank)", e, rel)
+        else:
+            self._factorize(pair, d, e, rel, kind == CONV)
+
+    def _factorize(self, pair: Pair, d: torch.Tensor, e: float, rel: float | None, conv: bool) -> None:
+        import torch
+
+        from sdlens.analysis.spectrum import as_matrix, factorize
+
+        mat = as_matrix(d)
+        kernel = len(pair.shape) == 4 and math.prod(pair.shape[2:]) > 1
+        f = factorize(mat, **self.s.factorize_args(kernel))
+        r, a = f.rank, self.s.alpha
+        dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[self.s.dtype]
+        up = (f.up * (r / a)).to(dtype)  # the loaders' alpha / rank, folded in
+        down = f.down.to(dtype)
+        # the error of what is written (after the cast), as the loaders will apply it
+        resid = _sumsq(mat - (up.float() * (a / r)) @ down.float())
+        lora = self.names.kohya(pair.name) if self.s.fmt == "kohya" else self.names.peft(pair.name)
+        mod = {
+            "name": pair.name,
+            "lora": lora,
+            "shape": list(pair.shape),
+            "rank": r,
+            "alpha": a,
+            "kept": f.kept,
+            "rel_error": math.sqrt(resid / e),
+            "energy": e,
+            "rel_delta": rel,
+            "conv": conv,
+        }
+        self.modules.append(mod)
+        self._write(mod, up, down, pair.shape)
+
+    def _write(
+        self, mod: dict[str, Any], up: torch.Tensor, down: torch.Tensor, shape: tuple[int, ...]
+    ) -> None:
+        """down [r, in(, kh, kw)], up [out, r(, 1, 1)] (conv as LoCon); kohya adds the module's ``alpha``."""
+        import torch
+
+        r, st = mod["rank"], _ST_DTYPE[self.s.dtype]
+        if len(shape) == 4:
+            down = down.reshape(r, *shape[1:])
+            up = up.reshape(shape[0], r, 1, 1)
+        name = mod["lora"]
+        if self.s.fmt == "kohya":
+            self.spool.add(f"{name}.lora_down.weight", down, st)
+            self.spool.add(f"{name}.lora_up.weight", up, st)
+            self.spool.add(f"{name}.alpha", torch.tensor(mod["alpha"], dtype=torch.float32), "F32")
+        else:
+            self.spool.add(f"{name}.lora_A.weight", down, st)
+            self.spool.add(f"{name}.lora_B.weight", up, st)
+
+    def overall(self) -> dict[str, Any]:
+        """Totals, energy-weighted: share of ‖Δ‖²_F kept, relative error ‖Δ − ΔLoRA‖_F / ‖Δ‖_F over the
+        extracted modules, and the share of the model's whole change (beyond rounding) they hold."""
+        mods = self.modules
+        extracted = sum(x["energy"] for x in mods)
+        kept = sum(x["kept"] * x["energy"] for x in mods)
+        resid = sum(x["rel_error"] ** 2 * x["energy"] for x in mods)
+        ranks = Counter(x["rank"] for x in mods)
+        return {
+            "modules": len(mods),
+            "conv_modules": sum(1 for x in mods if x["conv"]),
+            "ranks": {str(k): v for k, v in sorted(ranks.items())},
+            "alpha": self.s.alpha,
+            "kept": kept / extracted if extracted else 1.0,
+            "rel_error": math.sqrt(resid / extracted) if extracted else 0.0,
+            "delta_in_targets": extracted / self.total_energy if self.total_energy else 1.0,
+            "params": sum(x["rank"] * (x["shape"][0] + math.prod(x["shape"][1:])) for x in mods),
+        }
 
 
 def extract_lora(
@@ -138,18 +261,16 @@ def extract_lora(
     ``rank`` / ``energy``: one of them (both: the energy's rank capped at ``rank``); ``conv_rank``: also
     the ResNet / sampler modules (LoCon), 3×3 kernels at this rank; ``alpha``: the alpha of every module
     (default ``rank``, else 1; the scale is folded into ``up``); ``fmt``: ``kohya`` or ``peft``;
-    ``dtype``: of the written factors.
-    ``progress`` is called with the bytes of each tensor pair read."""
-    import torch
-
+    ``dtype``: of the written factors. ``progress`` is called with the bytes of each tensor pair read."""
     from sdlens.analysis.delta_pairs import aligned, paths_differ, read_pair
-    from sdlens.analysis.lora_names import CONV, lora_names, target_kind
-    from sdlens.analysis.spectrum import ROUNDING_SHARE, as_matrix, noise_energy
+    from sdlens.analysis.lora_names import lora_names
     from sdlens.io.outputs import OutFile, check_outputs
 
     check_choice(fmt, "format", LoraFormat)
     check_choice(dtype, "dtype", LoraDtype)
     _check_settings(rank, energy, conv_rank, alpha)
+    one_alpha = float(alpha) if alpha is not None else float(rank) if rank is not None else 1.0
+    settings = Settings(rank, energy, conv_rank, one_alpha, fmt, dtype)
     out = Path(out)
     with ExitStack() as stack:
         m_ck, b_ck = _open(model, stack), _open(base, stack)
@@ -161,165 +282,39 @@ def extract_lora(
             raise SdlensError(
                 m_ck.path, f"{names.family.name} has no kohya LoRA layout here; use --format peft"
             )
-        st_dtype = _ST_DTYPE[dtype]
-        t_dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
         out.parent.mkdir(parents=True, exist_ok=True)
-        spool = _Spool(out.parent, stack)
-        one_alpha = float(alpha) if alpha is not None else float(rank) if rank is not None else 1.0
-        modules: list[dict[str, Any]] = []
-        left_out: list[dict[str, Any]] = []
-        counts: Counter[str] = Counter()
-        total_energy = 0.0
+        run = _Extraction(names, settings, _Spool(out.parent, stack))
         for pair in al.pairs:
             m, b = read_pair(m_ck, b_ck, pair)
             if progress:
                 progress(pair.numel * (DTYPES[pair.dtype_model].itemsize + DTYPES[pair.dtype_base].itemsize))
-            if not (m.is_floating_point() and b.is_floating_point()):
-                continue
-            d = m - b
-            e = _sumsq(d)
-            if e == 0.0:
-                counts["unchanged"] += 1
-                continue
-            noise = noise_energy(m, pair.dtype_model, b, pair.dtype_base)
-            kind = target_kind(pair.name, pair.shape, names.family)
-            base_sq = _sumsq(b)
-            rel = math.sqrt(e / base_sq) if base_sq > 0 else None
-            if e <= ROUNDING_SHARE * noise:
-                counts["rounding"] += 1
-                if kind is not None:
-                    left_out.append(
-                        _left(pair.name, "rounding only (below the precision noise floor)", e, rel)
-                    )
-                continue
-            total_energy += e
-            if kind is None:
-                left_out.append(_left(pair.name, "not extracted (not a LoRA target)", e, rel))
-                continue
-            kernel = len(pair.shape) == 4 and math.prod(pair.shape[2:]) > 1
-            if kind == CONV and conv_rank is None:
-                left_out.append(
-                    _left(pair.name, "not extracted (ResNet / sampler module: give --conv-rank)", e, rel)
-                )
-                continue
-            mat = as_matrix(d)
-            up, down, r, kept = _fit(mat, kernel, rank, conv_rank, energy)
-            a = one_alpha
-            up = (up * (r / a)).to(t_dtype)
-            down = down.to(t_dtype)
-            # the error of what is written (after the cast), as the loaders will apply it
-            resid = _sumsq(mat - (up.float() * (a / r)) @ down.float())
-            modules.append(
-                {
-                    "name": pair.name,
-                    "lora": names.kohya(pair.name) if fmt == "kohya" else names.peft(pair.name),
-                    "shape": list(pair.shape),
-                    "rank": r,
-                    "alpha": a,
-                    "kept": kept,
-                    "rel_error": math.sqrt(resid / e),
-                    "energy": e,
-                    "rel_delta": rel,
-                    "conv": kind == CONV,
-                }
-            )
-            _add_factors(spool, modules[-1], up, down, pair.shape, fmt, st_dtype)
-            del m, b, d, mat, up, down
-        report = _report(
-            m_ck,
-            b_ck,
-            al,
-            out,
-            fmt,
-            dtype,
-            rank,
-            energy,
-            conv_rank,
-            alpha,
-            modules,
-            left_out,
-            counts,
-            total_energy,
-        )
-        if not modules:
+            run.add(pair, m, b)
+            del m, b
+        if not run.modules:
             raise SdlensError(
                 m_ck.path, "nothing to extract: no LoRA target differs from the base beyond rounding"
             )
-        spool.write(out, _metadata(report, b_ck, names, modules, fmt))
+        report: dict[str, Any] = {
+            "model": str(m_ck.path),
+            "base": str(b_ck.path),
+            "family": al.family,
+            "out": str(out),
+            "format": fmt,
+            "dtype": dtype,
+            "settings": {**settings.to_dict(), "alpha": alpha},
+            "overall": run.overall(),
+            "modules": run.modules,
+            "left_out": run.left_out,
+            "unchanged_targets": run.unchanged,
+            "unchanged": run.counts["unchanged"],
+            "rounding_only": run.counts["rounding"],
+            "only_model": len(al.only_model),
+            "only_base": len(al.only_base),
+            "mismatched": al.mismatched,
+        }
+        run.spool.write(out, _metadata(report, b_ck, names, run.modules, fmt))
         report["bytes"] = out.stat().st_size
     return report
-
-
-def _left(name: str, reason: str, energy: float, rel: float | None) -> dict[str, Any]:
-    return {"name": name, "reason": reason, "energy": energy, "rel_delta": rel}
-
-
-def _add_factors(
-    spool: _Spool, mod: dict[str, Any], up: Any, down: Any, shape: tuple[int, ...], fmt: str, st_dtype: str
-) -> None:
-    """down [r, in(, kh, kw)], up [out, r(, 1, 1)] (conv as LoCon); kohya adds the module's ``alpha`` scalar."""
-    import torch
-
-    r = mod["rank"]
-    if len(shape) == 4:
-        down = down.reshape(r, *shape[1:])
-        up = up.reshape(shape[0], r, 1, 1)
-    if fmt == "kohya":
-        name = mod["lora"]
-        spool.add(f"{name}.lora_down.weight", down, st_dtype)
-        spool.add(f"{name}.lora_up.weight", up, st_dtype)
-        spool.add(f"{name}.alpha", torch.tensor(mod["alpha"], dtype=torch.float32), "F32")
-    else:
-        spool.add(f"{mod['lora']}.lora_A.weight", down, st_dtype)
-        spool.add(f"{mod['lora']}.lora_B.weight", up, st_dtype)
-
-
-def _report(
-    m_ck: Checkpoint,
-    b_ck: Checkpoint,
-    al: Any,
-    out: Path,
-    fmt: str,
-    dtype: str,
-    rank: int | None,
-    energy: float | None,
-    conv_rank: int | None,
-    alpha: float | None,
-    modules: list[dict[str, Any]],
-    left_out: list[dict[str, Any]],
-    counts: Counter[str],
-    total_energy: float,
-) -> dict[str, Any]:
-    extracted = sum(x["energy"] for x in modules)
-    kept = sum(x["kept"] * x["energy"] for x in modules)
-    resid = sum(x["rel_error"] ** 2 * x["energy"] for x in modules)
-    ranks = Counter(x["rank"] for x in modules)
-    return {
-        "model": str(m_ck.path),
-        "base": str(b_ck.path),
-        "family": al.family,
-        "out": str(out),
-        "format": fmt,
-        "dtype": dtype,
-        "settings": {"rank": rank, "energy": energy, "conv_rank": conv_rank, "alpha": alpha},
-        "overall": {
-            "modules": len(modules),
-            "conv_modules": sum(1 for x in modules if x["conv"]),
-            "ranks": {str(k): v for k, v in sorted(ranks.items())},
-            "kept": kept / extracted if extracted else 1.0,
-            "rel_error": math.sqrt(resid / extracted) if extracted else 0.0,
-            # the share of the whole model's delta (beyond rounding) that sits in the extracted modules
-            "delta_in_targets": extracted / total_energy if total_energy else 1.0,
-            "params": sum(x["rank"] * (x["shape"][0] + math.prod(x["shape"][1:])) for x in modules),
-        },
-        "modules": modules,
-        "left_out": left_out,
-        "unchanged": counts["unchanged"],
-        "rounding_only": counts["rounding"],
-        "only_model": len(al.only_model),
-        "only_base": len(al.only_base),
-        "mismatched": al.mismatched,
-    }
 
 
 def _metadata(

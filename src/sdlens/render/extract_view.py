@@ -96,7 +96,8 @@ def left_out_lines(report: dict[str, Any]) -> list[str]:
         more = f" and {len(items) - LEFT_SHOWN} more" if len(items) > LEFT_SHOWN else ""
         lines.append(f"{reason}: {len(items)} — {named}{more}")
     lines.append(
-        f"unchanged: {report['unchanged']} tensors; rounding only: {report['rounding_only']}"
+        f"unchanged: {report['unchanged']} tensors ({len(report['unchanged_targets'])} LoRA targets); "
+        f"rounding only: {report['rounding_only']}"
         + (
             f"; in one file only: {report['only_model']} / {report['only_base']}"
             if report["only_model"] or report["only_base"]
@@ -111,7 +112,7 @@ def render_extract(report: dict[str, Any], console: Console) -> None:
     conv = f" ({o['conv_modules']} LoCon)" if o["conv_modules"] else ""
     console.print(
         f"LoRA written to {safe(report['out'])}: {o['modules']} modules{conv}, ranks {_ranks(o['ranks'])}, "
-        f"{report['format']} layout, {report['dtype']}, {_mb(report.get('bytes', 0))}",
+        f"alpha {o['alpha']:g}, {report['format']} layout, {report['dtype']}, {_mb(report.get('bytes', 0))}",
         soft_wrap=True,
         highlight=False,
     )
