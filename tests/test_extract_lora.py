@@ -415,3 +415,7 @@ def test_cli_writes_the_lora_and_json_and_refuses_an_input_as_output(zoo, kohya,
         extract_lora(zoo["model"], zoo["base"], rank=2, out=zoo["base"])
     r = invoke("extract-lora", zoo["model"], "--base", zoo["base"], "-o", tmp_path / "x.safetensors")
     assert r.exit_code == 2 and "--rank R or --energy" in r.output
+    save_safetensors(build_single_file("sdxl"), tmp_path / "xl.safetensors")
+    with pytest.raises(SdlensError, match="the base is SD1.x, the model SDXL base"):
+        extract_lora(tmp_path / "xl.safetensors", zoo["base"], rank=2, out=tmp_path / "x.safetensors")
+    assert not (tmp_path / "x.safetensors").exists()

@@ -277,6 +277,7 @@ def extract_lora(
         paths_differ(m_ck.path, b_ck.path)
         check_outputs([m_ck.path, b_ck.path], [OutFile("-o", out)])
         al = aligned(m_ck, b_ck)
+        _same_family(m_ck, b_ck, al.family)
         names = lora_names(m_ck, al.family)
         if fmt == "kohya" and not names.has_kohya:
             raise SdlensError(
@@ -291,9 +292,13 @@ def extract_lora(
             run.add(pair, m, b)
             del m, b
         if not run.modules:
-            raise SdlensError(
-                m_ck.path, "nothing to extract: no LoRA target differs from the base beyond rounding"
-            )
+            why = "no LoRA target differs from the base beyond rounding"
+            if not al.pairs or al.mismatched:
+                why = (
+                    f"it shares {len(al.pairs)} tensors with the base and {len(al.mismatched)} differ in "
+                    "shape: is BASE the model's base?"
+                )
+            raise SdlensError(m_ck.path, f"nothing to extract: {why}")
         report: dict[str, Any] = {
             "model": str(m_ck.path),
             "base": str(b_ck.path),
@@ -315,6 +320,24 @@ def extract_lora(
         run.spool.write(out, _metadata(report, b_ck, names, run.modules, fmt))
         report["bytes"] = out.stat().st_size
     return report
+
+
+def _same_family(model: Checkpoint, base: Checkpoint, family: str) -> None:
+    """Refuse a base of another architecture (a record and the one it refines count as one)."""
+    from sdlens.arch import families
+    from sdlens.arch.identify import identify
+
+    other = identify(base.tensors, base.configs).denoiser_family
+    if "unknown" in (family, other) or family == other:
+        return
+    fm, fb = families.get(family), families.get(other)
+    if (fm and fm.base == other) or (fb and fb.base == family):
+        return
+    label = {f: (r.name if r else f) for f, r in ((family, fm), (other, fb))}
+    raise SdlensError(
+        base.path,
+        f"the base is {label[other]}, the model {label[family]}: extract against the model's own base",
+    )
 
 
 def _metadata(

@@ -71,6 +71,7 @@ def run(
     ‖Δ‖² kept and the relative reconstruction error per module and overall. Streams one module at a time."""
     from sdlens import console
     from sdlens.analysis.lora_extract import extract_lora
+    from sdlens.io.open import open_checkpoint
     from sdlens.io.outputs import OutFile, check_outputs, remove_created_on_failure
     from sdlens.render.extract_view import render_extract
     from sdlens.render.safe_text import safe
@@ -80,18 +81,25 @@ def run(
         console.output_path(json_file, "--json")
     outputs = [OutFile("-o", out)] + ([OutFile("--json", json_file)] if json_file is not None else [])
     check_outputs([model, base], outputs)
-    with remove_created_on_failure(files=[o.path for o in outputs]):
-        report = extract_lora(
-            model,
-            base,
-            rank=rank,
-            energy=energy,
-            conv_rank=conv_rank,
-            alpha=alpha,
-            fmt=fmt,
-            dtype=dtype,
-            out=out,
-        )
+    with (
+        remove_created_on_failure(files=[o.path for o in outputs]),
+        open_checkpoint(model) as m_ck,
+        open_checkpoint(base) as b_ck,
+    ):
+        bar, advance = console.progress_bar(m_ck.tensor_bytes + b_ck.tensor_bytes, "extract-lora")
+        with bar:
+            report = extract_lora(
+                m_ck,
+                b_ck,
+                rank=rank,
+                energy=energy,
+                conv_rank=conv_rank,
+                alpha=alpha,
+                fmt=fmt,
+                dtype=dtype,
+                out=out,
+                progress=advance,
+            )
         render_extract(report, console.out)
         if json_file is not None:
             from sdlens.io.atomic import write_text_atomic
