@@ -20,6 +20,7 @@ from typer.core import TyperCommand, TyperGroup
 from sdlens.commands import (
     arch,
     convert,
+    delta,
     demo,
     diff,
     embed,
@@ -110,7 +111,7 @@ app = typer.Typer(
 
 # Every command, in the order ``sdlens --help`` lists them: ``sdlens <module name>`` runs ``<module>.run``.
 # Importing them is cheap: each imports its heavy dependencies inside ``run``.
-COMMANDS = (inspect, diff, demo, version, arch, convert, embed, matrix, recipe, lineage, extract_lora)
+COMMANDS = (inspect, diff, demo, version, arch, convert, embed, matrix, recipe, lineage, delta, extract_lora)
 
 
 def command_name(module: Any) -> str:
