@@ -4,7 +4,8 @@ Per LoRA target (:mod:`sdlens.analysis.lora_names`) the float32 delta, as the 2-
 kernels [out, in·kh·kw]), is factorised by a truncated SVD (:func:`sdlens.analysis.spectrum.factorize`) at
 ``rank`` (``conv_rank`` for kernels larger than 1×1, which are extracted only when it is given: LoCon), or
 at the fewest singular values keeping the share ``energy`` of ‖Δ‖²_F (capped at ``rank`` / ``conv_rank``
-where given). Modules whose delta is within the files' rounding noise are left out and listed, as are the
+where given). Modules whose delta is rounding alone (every element within one step of the coarser stored
+dtype, as ``sdlens delta`` judges it) are left out and listed, as are the
 changed tensors no LoRA can hold (norms, biases, embeddings, the VAE...).
 
 The loaders scale ``up @ down`` by alpha / rank; that scale is folded into ``up`` so the loaded LoRA adds
@@ -149,7 +150,7 @@ class _Extraction:
 
     def add(self, pair: Pair, m: torch.Tensor, b: torch.Tensor) -> None:
         from sdlens.analysis.lora_names import CONV, target_kind
-        from sdlens.analysis.spectrum import ROUNDING_SHARE, noise_energy
+        from sdlens.analysis.spectrum import rounding_only
 
         d = m - b
         e = _sumsq(d)
@@ -161,7 +162,7 @@ class _Extraction:
             return
         base_sq = _sumsq(b)
         rel = math.sqrt(e / base_sq) if base_sq > 0 else None
-        if e <= ROUNDING_SHARE * noise_energy(m, pair.dtype_model, b, pair.dtype_base):
+        if rounding_only(d, m, pair.dtype_model, b, pair.dtype_base):  # as ``delta`` judges it
             self.counts["rounding"] += 1
             if kind is not None:
                 self._leave(pair.name, "rounding only (below the precision noise floor)", e, rel)
@@ -353,8 +354,8 @@ def _metadata(
     dim = ranks.most_common(1)[0][0]
     meta: dict[str, str] = {
         "ss_network_module": "networks.lora",
-        # resize_lora's words for per-module ranks (--energy): "Dynamic"
-        "ss_network_dim": "Dynamic" if s["energy"] is not None else str(dim),
+        # resize_lora's word for per-module ranks: "Dynamic"
+        "ss_network_dim": "Dynamic" if len(ranks) > 1 or s["energy"] is not None else str(dim),
         "ss_network_alpha": "Dynamic" if len(alphas) > 1 else f"{alphas.most_common(1)[0][0]:g}",
         "ss_base_model_version": names.family.lora_hints[0] if names.family.lora_hints else names.family.id,
         "ss_sd_model_name": base.path.name,
