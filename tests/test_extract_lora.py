@@ -421,3 +421,19 @@ def test_cli_writes_the_lora_and_json_and_refuses_an_input_as_output(zoo, kohya,
     with pytest.raises(SdlensError, match="the base is SD1.x, the model SDXL base"):
         extract_lora(tmp_path / "xl.safetensors", zoo["base"], rank=2, out=tmp_path / "x.safetensors")
     assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_fp16_baked_lora_energy_finds_rank_8_and_errs_only_by_rounding(delta_zoo, tmp_path):
+    """The shared delta zoo: a rank-8 LoRA baked into every UNet attention projection of an fp16 model."""
+    folder, truth = delta_zoo
+    rep = extract_lora(
+        folder / "lora_r8.safetensors",
+        folder / "base.safetensors",
+        energy=0.99,
+        out=tmp_path / "r8.safetensors",
+    )
+    want = {"denoiser/" + k.removeprefix("model.diffusion_model."): r for k, r in truth["lora_r8"].items()}
+    assert {m["name"]: m["rank"] for m in rep["modules"]} == want
+    assert not rep["left_out"] and rep["overall"]["delta_in_targets"] == 1.0
+    # what is not extracted is the fp16 rounding of the baked weights: the error sits at the rounding floor
+    assert all(m["rel_error"] <= m["rounding_floor"] for m in rep["modules"])

@@ -150,7 +150,7 @@ class _Extraction:
 
     def add(self, pair: Pair, m: torch.Tensor, b: torch.Tensor) -> None:
         from sdlens.analysis.lora_names import CONV, target_kind
-        from sdlens.analysis.spectrum import rounding_only
+        from sdlens.analysis.spectrum import noise_energy, rounding_only
 
         d = m - b
         e = _sumsq(d)
@@ -173,9 +173,12 @@ class _Extraction:
         elif kind == CONV and self.s.conv_rank is None:
             self._leave(pair.name, "not extracted (ResNet / sampler module: give --conv-rank)", e, rel)
         else:
-            self._factorize(pair, d, e, rel, kind == CONV)
+            noise = noise_energy(m, pair.dtype_model, b, pair.dtype_base)
+            self._factorize(pair, d, e, rel, kind == CONV, math.sqrt(noise / e))
 
-    def _factorize(self, pair: Pair, d: torch.Tensor, e: float, rel: float | None, conv: bool) -> None:
+    def _factorize(
+        self, pair: Pair, d: torch.Tensor, e: float, rel: float | None, conv: bool, floor: float
+    ) -> None:
         import torch
 
         from sdlens.analysis.spectrum import as_matrix, factorize
@@ -198,6 +201,9 @@ class _Extraction:
             "alpha": a,
             "kept": f.kept,
             "rel_error": math.sqrt(resid / e),
+            # ‖rounding‖ / ‖Δ‖ the files' precision implies (both files' rounding: an upper bound); no
+            # factorisation of the stored delta can be more faithful than this to the change itself
+            "rounding_floor": floor,
             "energy": e,
             "rel_delta": rel,
             "conv": conv,

@@ -58,7 +58,8 @@ def component_table(report: dict[str, Any]) -> Table:
 
 
 def worst_table(report: dict[str, Any], n: int = WORST) -> Table:
-    """The modules reconstructed worst (largest relative error)."""
+    """The modules reconstructed worst (largest relative error), next to the error the files' rounding alone
+    implies (an extraction at or below it is as faithful as the stored weights allow)."""
     mods = sorted(report["modules"], key=lambda m: -m["rel_error"])[:n]
     total = sum(m["energy"] for m in report["modules"]) or 1.0
     t = Table(
@@ -68,7 +69,7 @@ def worst_table(report: dict[str, Any], n: int = WORST) -> Table:
         pad_edge=False,
     )
     t.add_column("module", overflow="fold")
-    for col in ("rank", "kept ‖Δ‖²", "rel. error", "share of Δ"):
+    for col in ("rank", "kept ‖Δ‖²", "rel. error", "rounding floor", "share of Δ"):
         t.add_column(col, justify="right", no_wrap=True)
     for m in mods:
         t.add_row(
@@ -76,6 +77,7 @@ def worst_table(report: dict[str, Any], n: int = WORST) -> Table:
             str(m["rank"]),
             _pct(m["kept"]),
             _err(m["rel_error"]),
+            _err(m["rounding_floor"]),
             _pct(m["energy"] / total),
         )
     return t
