@@ -437,3 +437,21 @@ def test_fp16_baked_lora_energy_finds_rank_8_and_errs_only_by_rounding(delta_zoo
     assert not rep["left_out"] and rep["overall"]["delta_in_targets"] == 1.0
     # what is not extracted is the fp16 rounding of the baked weights: the error sits at the rounding floor
     assert all(m["rel_error"] <= m["rounding_floor"] for m in rep["modules"])
+
+
+@pytest.mark.parametrize("which", ["kohya", "peft"])
+def test_sdlens_reads_the_written_lora_back_to_the_same_modules(kohya, peft_file, which):
+    """sdlens' own LoRA reader (what ``diff`` / ``inspect`` / ``convert --merge-lora`` use) resolves every
+    written module to the canonical module it came from, with its alpha, and tells the family."""
+    from sdlens.analysis.lora import lora_index
+
+    report = kohya if which == "kohya" else peft_file
+    with open_checkpoint(report["out"]) as ck:
+        _, family, alphas = lora_index(ck)
+
+    def module(name: str) -> str:
+        comp, key = name.removesuffix(".weight").split("/", 1)
+        return f"{comp}/{key if comp == 'denoiser' else key.replace('.', '_')}"
+
+    assert family == "sd1"
+    assert alphas == {module(m["name"]): m["alpha"] for m in report["modules"]}
