@@ -45,6 +45,7 @@ LoraFormat = Literal["kohya", "peft"]
 LoraDtype = Literal["fp32", "fp16", "bf16"]
 _ST_DTYPE = {"fp32": "F32", "fp16": "F16", "bf16": "BF16"}
 SPOOL_CHUNK = 16 << 20
+BLOCK = 1 << 22  # values per block when measuring a delta (16 MB of float32)
 
 
 def _check_settings(
@@ -134,6 +135,34 @@ def _sumsq(t: Any) -> float:
     return float(torch.linalg.vector_norm(t.reshape(-1), dtype=torch.float64) ** 2)
 
 
+def _same_bytes(model: Checkpoint, base: Checkpoint, pair: Pair) -> bool:
+    """The pair stores the same bytes (compared raw, without a float conversion), as ``delta`` tells it."""
+    from sdlens.analysis.diff import raw_view
+    from sdlens.analysis.kernels import bits_equal
+
+    if pair.dtype_model != pair.dtype_base:
+        return False
+    xm, xb = raw_view(model, pair.model), raw_view(base, pair.base)
+    return xm is not None and xb is not None and bits_equal(xm, xb)
+
+
+def _measure(m: torch.Tensor, b: torch.Tensor, dtype_m: str, dtype_b: str) -> tuple[float, float, bool]:
+    """(‖Δ‖²_F, ‖B‖²_F, Δ is rounding alone — as ``delta`` judges it), in blocks of :data:`BLOCK` values so
+    that a large tensor no LoRA holds (a token embedding) needs no full-size temporaries."""
+    from sdlens.analysis.spectrum import rounding_only
+
+    fm, fb = m.reshape(-1), b.reshape(-1)
+    e = base_sq = 0.0
+    rounding = True
+    for i in range(0, fm.numel(), BLOCK):
+        xm, xb = fm[i : i + BLOCK], fb[i : i + BLOCK]
+        d = xm - xb
+        e += _sumsq(d)
+        base_sq += _sumsq(xb)
+        rounding = rounding and rounding_only(d, xm, dtype_m, xb, dtype_b)
+    return e, base_sq, rounding and e > 0.0
+
+
 class _Extraction:
     """The pass: each pair's delta measured, factorised or left out (with the reason), the factors spooled."""
 
@@ -148,21 +177,24 @@ class _Extraction:
     def _leave(self, name: str, reason: str, e: float, rel: float | None) -> None:
         self.left_out.append({"name": name, "reason": reason, "energy": e, "rel_delta": rel})
 
-    def add(self, pair: Pair, m: torch.Tensor, b: torch.Tensor) -> None:
+    def add(self, model: Checkpoint, base: Checkpoint, pair: Pair) -> None:
+        """Measure one pair (read once); factorise it if it is a LoRA target changed beyond rounding."""
+        from sdlens.analysis.delta_pairs import read_pair
         from sdlens.analysis.lora_names import CONV, target_kind
-        from sdlens.analysis.spectrum import noise_energy, rounding_only
+        from sdlens.analysis.spectrum import noise_energy
 
-        d = m - b
-        e = _sumsq(d)
         kind = target_kind(pair.name, pair.shape, self.names.family)
+        e = 0.0
+        if not _same_bytes(model, base, pair):
+            m, b = read_pair(model, base, pair)
+            e, base_sq, rounding = _measure(m, b, pair.dtype_model, pair.dtype_base)
         if e == 0.0:
             self.counts["unchanged"] += 1
             if kind is not None:
                 self.unchanged.append(pair.name)
             return
-        base_sq = _sumsq(b)
         rel = math.sqrt(e / base_sq) if base_sq > 0 else None
-        if rounding_only(d, m, pair.dtype_model, b, pair.dtype_base):  # as ``delta`` judges it
+        if rounding:
             self.counts["rounding"] += 1
             if kind is not None:
                 self._leave(pair.name, "rounding only (below the precision noise floor)", e, rel)
@@ -174,7 +206,7 @@ class _Extraction:
             self._leave(pair.name, "not extracted (ResNet / sampler module: give --conv-rank)", e, rel)
         else:
             noise = noise_energy(m, pair.dtype_model, b, pair.dtype_base)
-            self._factorize(pair, d, e, rel, kind == CONV, math.sqrt(noise / e))
+            self._factorize(pair, m - b, e, rel, kind == CONV, math.sqrt(noise / e))
 
     def _factorize(
         self, pair: Pair, d: torch.Tensor, e: float, rel: float | None, conv: bool, floor: float
@@ -269,7 +301,7 @@ def extract_lora(
     the ResNet / sampler modules (LoCon), 3×3 kernels at this rank; ``alpha``: the alpha of every module
     (default ``rank``, else 1; the scale is folded into ``up``); ``fmt``: ``kohya`` or ``peft``;
     ``dtype``: of the written factors. ``progress`` is called with the bytes of each tensor pair read."""
-    from sdlens.analysis.delta_pairs import aligned, paths_differ, read_pair
+    from sdlens.analysis.delta_pairs import aligned, paths_differ
     from sdlens.analysis.lora_names import lora_names
     from sdlens.io.outputs import OutFile, check_outputs
 
@@ -293,11 +325,9 @@ def extract_lora(
         out.parent.mkdir(parents=True, exist_ok=True)
         run = _Extraction(names, settings, _Spool(out.parent, stack))
         for pair in al.pairs:
-            m, b = read_pair(m_ck, b_ck, pair)
+            run.add(m_ck, b_ck, pair)
             if progress:
                 progress(pair.numel * (DTYPES[pair.dtype_model].itemsize + DTYPES[pair.dtype_base].itemsize))
-            run.add(pair, m, b)
-            del m, b
         if not run.modules:
             why = "no LoRA target differs from the base beyond rounding"
             if not al.pairs or al.mismatched:
