@@ -5,17 +5,20 @@ kernels [out, in·kh·kw]), is factorised by a truncated SVD (:func:`sdlens.anal
 ``rank`` (``conv_rank`` for kernels larger than 1×1, which are extracted only when it is given: LoCon), or
 at the fewest singular values keeping the share ``energy`` of ‖Δ‖²_F (capped at ``rank`` / ``conv_rank``
 where given). Modules whose delta is rounding alone (every element within one step of the coarser stored
-dtype, as ``sdlens delta`` judges it) are left out and listed, as are the
-changed tensors no LoRA can hold (norms, biases, embeddings, the VAE...).
+dtype, as ``sdlens delta`` judges it) are left out and listed, as are the changed tensors no LoRA can hold
+(norms, biases, embeddings, the VAE...).
 
 The loaders scale ``up @ down`` by alpha / rank; that scale is folded into ``up`` so the loaded LoRA adds
 the factorised delta exactly, whatever the alpha. One alpha serves every module (``--rank`` by default: scale
 1 at that rank, as sd-scripts' extractor; 1.0 with ``--energy`` alone, sd-scripts' training default):
 diffusers 0.42's kohya loader drops per-module alphas of attention and flattened text-encoder modules (its
-``alpha_pattern`` keys match no module), so a file whose alphas differ would load at the wrong scale there. Weights are written in float32 by default (sd-scripts' extractor saves in
-float unless ``--save_precision`` says otherwise). Memory: one module pair at a time; the factors go to a
-spool file beside the output, the header is written once every rank is known, then the spool is copied
-behind it into a temporary file that is renamed onto the output.
+``alpha_pattern`` keys match no module), so a file whose alphas differ would load at the wrong scale there.
+Factors are written in float32 by default (sd-scripts' extractor saves in float unless ``--save_precision``
+says otherwise).
+
+Memory: one tensor pair at a time (pairs with the same bytes are not even converted; deltas are measured in
+blocks); the factors go to an anonymous spool file beside the output, the header is written once every rank
+is known, then the spool is copied behind it into a temporary file renamed onto the output.
 """
 
 from __future__ import annotations
@@ -197,7 +200,9 @@ class _Extraction:
         if rounding:
             self.counts["rounding"] += 1
             if kind is not None:
-                self._leave(pair.name, "rounding only (below the precision noise floor)", e, rel)
+                self._leave(
+                    pair.name, "rounding only (every value within one step of its stored precision)", e, rel
+                )
             return
         self.total_energy += e
         if kind is None:
