@@ -49,6 +49,10 @@ LoraDtype = Literal["fp32", "fp16", "bf16"]
 _ST_DTYPE = {"fp32": "F32", "fp16": "F16", "bf16": "BF16"}
 SPOOL_CHUNK = 16 << 20
 BLOCK = 1 << 22  # values per block when measuring a delta (16 MB of float32)
+# why a changed tensor is left out
+ROUNDING = "rounding only (every value within one step of its stored precision)"
+NOT_TARGET = "not extracted (not a LoRA target)"
+NEEDS_CONV = "not extracted (ResNet / sampler module: give --conv-rank)"
 
 
 def _check_settings(
@@ -206,9 +210,9 @@ class _Extraction:
             return
         self.total_energy += e
         if kind is None:
-            self._leave(pair.name, "not extracted (not a LoRA target)", e, rel)
+            self._leave(pair.name, NOT_TARGET, e, rel)
         elif kind == CONV and self.s.conv_rank is None:
-            self._leave(pair.name, "not extracted (ResNet / sampler module: give --conv-rank)", e, rel)
+            self._leave(pair.name, NEEDS_CONV, e, rel)
         else:
             noise = noise_energy(m, pair.dtype_model, b, pair.dtype_base)
             self._factorize(pair, m - b, e, rel, kind == CONV, math.sqrt(noise / e))
