@@ -204,9 +204,7 @@ class _Extraction:
         if rounding:
             self.counts["rounding"] += 1
             if kind is not None:
-                self._leave(
-                    pair.name, "rounding only (every value within one step of its stored precision)", e, rel
-                )
+                self._leave(pair.name, ROUNDING, e, rel)
             return
         self.total_energy += e
         if kind is None:
