@@ -315,6 +315,11 @@ def test_sdxl_kohya_names_sgm_modules_and_te1_te2_and_diffusers_fuses_them(tmp_p
     )
     assert names["clip_l/text_model.encoder.layers.0.self_attn.out_proj.weight"].startswith("lora_te1_")
     judge(pair, rep, "kohya", load_and_fuse("sdxl", rep["out"]))
+    peft = extract_lora(
+        pair["model"], pair["base"], energy=0.99, fmt="peft", out=tmp_path / "xl_peft.safetensors"
+    )
+    assert {m["lora"].split(".", 1)[0] for m in peft["modules"]} == {"unet", "text_encoder", "text_encoder_2"}
+    judge(pair, peft, "peft", load_and_fuse("sdxl", peft["out"]))
 
 
 def test_peft_injects_the_peft_file_into_a_unet_with_the_same_result(zoo, peft_file):
@@ -455,3 +460,14 @@ def test_sdlens_reads_the_written_lora_back_to_the_same_modules(kohya, peft_file
 
     assert family == "sd1"
     assert alphas == {module(m["name"]): m["alpha"] for m in report["modules"]}
+
+
+def test_energy_with_rank_caps_each_module(zoo, tmp_path):
+    rep = extract_lora(
+        zoo["model"], zoo["base"], energy=0.99, rank=2, conv_rank=3, out=tmp_path / "c.safetensors"
+    )
+    want = {n: min(r, 3 if n == CONV else 2) for n, r in TRUTH.items()}
+    assert {m["name"]: m["rank"] for m in rep["modules"]} == want
+    # capped modules keep less than the share asked; the report says how much
+    for m in rep["modules"]:
+        assert (m["kept"] < 0.99) == (m["rank"] < TRUTH[m["name"]])
