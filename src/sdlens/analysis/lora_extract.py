@@ -137,9 +137,9 @@ class Settings:
 
 
 def _sumsq(t: Any) -> float:
-    import torch
+    from sdlens.analysis.spectrum import sumsq
 
-    return float(torch.linalg.vector_norm(t.reshape(-1), dtype=torch.float64) ** 2)
+    return sumsq(t.contiguous())
 
 
 def _same_bytes(model: Checkpoint, base: Checkpoint, pair: Pair) -> bool:
@@ -310,7 +310,7 @@ def extract_lora(
     ``dtype``: of the written factors. ``progress`` is called with the bytes of each tensor pair read."""
     from sdlens.analysis.delta_pairs import aligned, paths_differ
     from sdlens.analysis.lora_names import lora_names
-    from sdlens.analysis.spectrum import one_thread
+    from sdlens.analysis.spectrum import free_threads
     from sdlens.io.outputs import OutFile, check_outputs
 
     check_choice(fmt, "format", LoraFormat)
@@ -331,8 +331,8 @@ def extract_lora(
                 m_ck.path, f"{names.family.name} has no kohya LoRA layout here; use --format peft"
             )
         out.parent.mkdir(parents=True, exist_ok=True)
-        # one thread, as ``delta``: small factorisations gain nothing from more, and lose 5-30x on shared cores
-        stack.enter_context(one_thread())
+        # the free cores only, as ``delta``: OpenMP threads on shared cores make small factorisations 5-30x slower
+        stack.enter_context(free_threads())
         run = _Extraction(names, settings, _Spool(out.parent, stack))
         for pair in al.pairs:
             run.add(m_ck, b_ck, pair)
