@@ -9,6 +9,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from sdlens.analysis.diff import component_label
 from sdlens.render.safe_text import safe
 from sdlens.render.text import bullets
 
@@ -48,7 +49,7 @@ def component_table(report: dict[str, Any]) -> Table:
         err = (sum(m["rel_error"] ** 2 * m["energy"] for m in mods) / e) ** 0.5 if e else 0.0
         ranks = Counter(m["rank"] for m in mods)
         t.add_row(
-            safe(comp),
+            safe(component_label(comp, report.get("family", ""))),
             str(len(mods)),
             _ranks({str(k): v for k, v in sorted(ranks.items())}),
             _pct(kept),
