@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sdlens.analysis.delta_pairs import Alignment, Buffers, Pair, aligned, paths_differ, read_pair
+from sdlens.analysis.delta_pairs import Alignment, Buffers, Pair, aligned, paths_differ, read_pair, same_bytes
 from sdlens.analysis.spectrum import free_threads
 from sdlens.arch.blocks import block_of
 from sdlens.arch.layers import layer_type
@@ -175,17 +175,6 @@ def _block(name: str, component: str, family: str) -> str:
     return f"layer {int(m.group(1))}" if m and component not in ("vae_encoder", "vae_decoder") else component
 
 
-def _identical(model: Any, base: Any, pair: Pair) -> bool:
-    """Same stored bytes, compared without a float conversion (None from the raw path: not decided)."""
-    from sdlens.analysis.diff import raw_view
-    from sdlens.analysis.kernels import bits_equal
-
-    if pair.dtype_model != pair.dtype_base:
-        return False
-    xm, xb = raw_view(model, pair.model), raw_view(base, pair.base)
-    return xm is not None and xb is not None and bits_equal(xm, xb)
-
-
 def measure(
     model: Any, base: Any, pair: Pair, family: str, buffers: Buffers | None = None, *, exact: bool = False
 ) -> tuple[TensorDelta, float]:
@@ -206,7 +195,7 @@ def measure(
     )
     if len(pair.shape) >= 2:
         t.size = min(pair.shape[0], math.prod(pair.shape[1:]))
-    if _identical(model, base, pair):
+    if same_bytes(model, base, pair):
         return t, 0.0
     import torch
 

@@ -92,6 +92,18 @@ def aligned(model: Checkpoint, base: Checkpoint) -> Alignment:
     )
 
 
+def same_bytes(model: Checkpoint, base: Checkpoint, pair: Pair) -> bool:
+    """The pair stores the same bytes, compared raw without a float conversion (False where the raw path
+    cannot decide: other dtypes, transposed refs)."""
+    from sdlens.analysis.diff import raw_view
+    from sdlens.analysis.kernels import bits_equal
+
+    if pair.dtype_model != pair.dtype_base:
+        return False
+    xm, xb = raw_view(model, pair.model), raw_view(base, pair.base)
+    return xm is not None and xb is not None and bits_equal(xm, xb)
+
+
 class Buffers:
     """Float32 work buffers reused from pair to pair (grown on demand): writing into pages already touched is
     3–7× faster than into a fresh allocation, which the kernel must fault in and zero first."""

@@ -142,17 +142,6 @@ def _sumsq(t: Any) -> float:
     return sumsq(t.contiguous())
 
 
-def _same_bytes(model: Checkpoint, base: Checkpoint, pair: Pair) -> bool:
-    """The pair stores the same bytes (compared raw, without a float conversion), as ``delta`` tells it."""
-    from sdlens.analysis.diff import raw_view
-    from sdlens.analysis.kernels import bits_equal
-
-    if pair.dtype_model != pair.dtype_base:
-        return False
-    xm, xb = raw_view(model, pair.model), raw_view(base, pair.base)
-    return xm is not None and xb is not None and bits_equal(xm, xb)
-
-
 def _measure(m: torch.Tensor, b: torch.Tensor, dtype_m: str, dtype_b: str) -> tuple[float, float, bool]:
     """(‖Δ‖²_F, ‖B‖²_F, Δ is rounding alone — as ``delta`` judges it), in blocks of :data:`BLOCK` values so
     that a large tensor no LoRA holds (a token embedding) needs no full-size temporaries."""
@@ -186,13 +175,13 @@ class _Extraction:
 
     def add(self, model: Checkpoint, base: Checkpoint, pair: Pair) -> None:
         """Measure one pair (read once); factorise it if it is a LoRA target changed beyond rounding."""
-        from sdlens.analysis.delta_pairs import read_pair
+        from sdlens.analysis.delta_pairs import read_pair, same_bytes
         from sdlens.analysis.lora_names import CONV, target_kind
         from sdlens.analysis.spectrum import noise_energy
 
         kind = target_kind(pair.name, pair.shape, self.names.family)
         e = 0.0
-        if not _same_bytes(model, base, pair):
+        if not same_bytes(model, base, pair):
             m, b = read_pair(model, base, pair)
             e, base_sq, rounding = _measure(m, b, pair.dtype_model, pair.dtype_base)
         if e == 0.0:
