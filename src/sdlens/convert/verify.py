@@ -32,6 +32,7 @@ class VerifyReport:
     bit_identical: int = 0  # same dtype, same bytes (kept, renamed, replaced, EMA)
     cast_exact: int = 0  # equal to the input rounded to the target dtype
     restored: int = 0
+    baked: int = 0  # equal to the input + the LoRAs' ΔW (--merge-lora), rounded to the target dtype
     renamed: int = 0
     bytes_compared: int = 0
     metadata_kept: int = 0
@@ -53,6 +54,7 @@ class VerifyReport:
             "bit_identical": self.bit_identical,
             "cast_exact": self.cast_exact,
             "restored": self.restored,
+            "baked": self.baked,
             "renamed": self.renamed,
             "bytes_compared": self.bytes_compared,
             "metadata_kept": self.metadata_kept,
@@ -147,7 +149,9 @@ def _count(rep: VerifyReport, e: Item, ok: bool) -> None:
     rep.tensors += 1
     rep.bytes_compared += nbytes(e)
     if not ok:
-        rep.problems.append(f"{e.key}: data differs from the input")
+        rep.problems.append(f"{e.key}: data differs from the input" + (" + LoRA" if e.bake else ""))
+    elif e.bake:
+        rep.baked += 1
     elif e.restore:
         rep.restored += 1
     elif e.out_dtype != e.dtype:
@@ -214,10 +218,15 @@ def verify_written(
 
 
 def verify_output(
-    plan: ConversionPlan, root: Path, ckpts: list[Checkpoint], progress: Callable[[int], None] | None = None
+    plan: ConversionPlan,
+    root: Path,
+    ckpts: list[Checkpoint],
+    progress: Callable[[int], None] | None = None,
+    baker: Any = None,
 ) -> VerifyReport:
     """The full check: re-open every output file and compare every tensor with the input, re-read from its
-    files: bit-identical, or equal to the input cast to the target dtype (cast again here), restored 0..N-1."""
+    files: bit-identical, or equal to the input cast to the target dtype (cast again here), restored 0..N-1;
+    baked tensors equal to the input + the LoRAs' ΔW (recomputed by ``baker``) cast to the target dtype."""
     from sdlens.io.stream import stream
 
     rep = VerifyReport(mode="full")
@@ -227,7 +236,7 @@ def verify_output(
             srcs = source_streams(entries, ckpts)
             outs = stream(out, [e.key for e in entries if e.simple], CHUNK_BYTES)
             for e in entries:
-                _count(rep, e, _check(e, srcs, outs, out, ckpts, cmp))
+                _count(rep, e, _check(e, srcs, outs, out, ckpts, cmp, baker))
                 if progress:
                     progress(nbytes(e))
     _json_files(plan, root, rep)
@@ -241,6 +250,7 @@ def _check(
     out: Any,
     ckpts: list[Checkpoint],
     cmp: _Compare,
+    baker: Any = None,
 ) -> bool:
     if e.simple:
         pairs = _aligned(pieces_of(srcs[e.pieces[0].source], e.pieces[0].key), pieces_of(outs, e.key))
@@ -251,6 +261,6 @@ def _check(
             return ok
         except ValueError:
             return False
-    expected = assemble(e, ckpts).reshape(-1)
+    expected = assemble(e, ckpts, baker).reshape(-1)
     got = out.read(e.key).reshape(-1)
     return expected.numel() == got.numel() and cmp.same(expected, got)

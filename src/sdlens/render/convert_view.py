@@ -141,8 +141,16 @@ def render_result(result: Any, console: Console, seconds: float | None = None) -
         f"  tensors: {counts.get('keep', 0)} kept as they were" + (f"; {changed}" if changed else ""),
         highlight=False,
     )
-    if any(e.out_dtype == "F16" and e.dtype != "F16" for e in plan.entries):
+    if any(e.out_dtype == "F16" and (e.dtype != "F16" or e.bake) for e in plan.entries):
         _range_lines(result.range_check.to_dict(), console)
+    if plan.loras is not None:
+        for f in plan.loras.files:
+            n = sum(1 for e in plan.entries if f.name in e.bake)
+            console.print(
+                f"  baked {safe(f.name)} x{f.weight:g} into {plural(n, 'tensor')} "
+                f"({plural(f.modules, 'module')}; sha256 {f.sha256})",
+                highlight=False,
+            )
     v = result.verification
     if v is None:
         console.print("  [yellow]not verified[/] (--no-verify)")
@@ -156,7 +164,9 @@ def render_result(result: Any, console: Console, seconds: float | None = None) -
     console.print(
         f"  {status}: {how}, {plural(v.tensors, 'tensor')} "
         f"({_hb(v.bytes_compared)}): {v.bit_identical} bit-identical, {v.cast_exact} equal to the input "
-        f"rounded to the target dtype, {v.restored} restored; {v.renamed} under new names",
+        f"rounded to the target dtype, {v.restored} restored"
+        + (f", {v.baked} equal to the input + the LoRAs' ΔW" if v.baked else "")
+        + f"; {v.renamed} under new names",
         highlight=False,
     )
     console.print(
