@@ -375,3 +375,61 @@ def test_parse_merge_lora_windows_safe():
     assert parse_merge_lora(r"C:\loras\x.safetensors:2") == LoraSpec(Path(r"C:\loras\x.safetensors"), 2.0)
     with pytest.raises(SdlensError, match="finite"):
         parse_merge_lora("a.safetensors:nan")
+
+
+XL_MODULES = {
+    "unet": [
+        "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q",
+        "down_blocks.2.attentions.0.transformer_blocks.1.attn2.to_k",
+        "up_blocks.0.resnets.0.conv1",
+    ],
+    "text_encoder": ["text_model.encoder.layers.0.self_attn.q_proj", "text_model.encoder.layers.0.self_attn.out_proj",
+                     "text_model.encoder.layers.1.mlp.fc1"],
+    "text_encoder_2": ["text_model.encoder.layers.1.self_attn.k_proj", "text_model.encoder.layers.1.self_attn.out_proj",
+                       "text_model.encoder.layers.0.mlp.fc2"],
+}  # fmt: skip
+
+
+def _canonical(path: Path) -> dict[str, torch.Tensor]:
+    from sdlens.arch.canonical import canonical_index, read_canonical
+
+    with open_checkpoint(path) as ck:
+        index, _ = canonical_index(ck.tensors, ck.configs)
+        return {name: read_canonical(ck, ref) for name, ref in index.items()}
+
+
+def test_kohya_sdxl_lora_ldm_names_and_two_text_encoders_equals_diffusers(tmp_path):
+    """SDXL: kohya's LDM UNet names, lora_te1_ / lora_te2_, the single file's open_clip bigG with fused q/k/v."""
+    import diffusers
+    import transformers
+
+    from sdlens.arch.keymap.clip import normalize_hf_clip
+    from sdlens.arch.keymap.unet import unet_diffusers_to_ldm
+
+    base = save_safetensors(zoo_unet.build_single_file("sdxl"), tmp_path / "xl.safetensors")
+    folder = zoo_unet.write_diffusers_folder("sdxl", tmp_path / "xl_folder")
+    tensors, _ = zoo_bake.kohya_lora("sdxl", XL_MODULES, rank=4, alpha=3.0, seed=3)
+    lora = save_safetensors(tensors, tmp_path / "xl_lora.safetensors")
+    out = tmp_path / "baked.safetensors"
+    _bake(base, out, str(lora))
+
+    unet = diffusers.UNet2DConditionModel.from_pretrained(folder / "unet")
+    te1 = transformers.CLIPTextModel.from_pretrained(folder / "text_encoder")
+    te2 = transformers.CLIPTextModelWithProjection.from_pretrained(folder / "text_encoder_2")
+    pipe = diffusers.StableDiffusionXLPipeline(
+        vae=None, text_encoder=te1, text_encoder_2=te2, tokenizer=None, tokenizer_2=None, unet=unet,
+        scheduler=None,
+    )  # fmt: skip
+    pipe.load_lora_weights(str(lora))
+    pipe.fuse_lora()
+    pipe.unload_lora_weights()
+    cfg = zoo_unet.tiny_config("sdxl")["unet"]
+    fused = {f"denoiser/{k}": v for k, v in unet_diffusers_to_ldm(unet.state_dict(), cfg).items()}
+    for comp, te in (("clip_l", te1), ("clip_g", te2)):
+        fused.update({f"{comp}/{k}": v for k, v in normalize_hf_clip(te.state_dict()).items()})
+    b, o = _canonical(base), _canonical(out)
+    changed = _changed(b, fused)
+    assert len(changed) == sum(len(v) for v in XL_MODULES.values())
+    assert _changed(b, o) == changed
+    for k in changed:
+        torch.testing.assert_close(o[k], fused[k], atol=ATOL, rtol=0)
