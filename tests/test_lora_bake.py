@@ -433,3 +433,40 @@ def test_kohya_sdxl_lora_ldm_names_and_two_text_encoders_equals_diffusers(tmp_pa
     assert _changed(b, o) == changed
     for k in changed:
         torch.testing.assert_close(o[k], fused[k], atol=ATOL, rtol=0)
+
+
+def test_peft_lora_on_a_flux_original_layout_file_changes_the_fused_rows(tmp_path):
+    """A diffusers-named FLUX LoRA on a BFL-layout file: to_q / to_v are rows of ``img_attn.qkv``, a single
+    block's to_k rows of ``linear1``; everything else stays bit-identical."""
+    from sdlens.testing import zoo_dit
+
+    base = save_safetensors(zoo_dit.build_single_file("flux_dev"), tmp_path / "flux.safetensors")
+    ref = zoo_dit.build_denoiser("flux_dev", layout="diffusers")
+    gen = torch.Generator().manual_seed(5)
+    lora, truth = {}, {}
+    for m in (
+        "transformer_blocks.0.attn.to_q",
+        "transformer_blocks.0.attn.to_v",
+        "single_transformer_blocks.0.attn.to_k",
+    ):
+        w = ref[f"{m}.weight"]
+        a, b = (
+            torch.randn(2, w.shape[1], generator=gen) * 0.1,
+            torch.randn(w.shape[0], 2, generator=gen) * 0.1,
+        )
+        lora |= {f"transformer.{m}.lora_A.weight": a, f"transformer.{m}.lora_B.weight": b}
+        truth[m] = b @ a  # no alpha anywhere: alpha = rank, scale 1
+    path = save_safetensors(lora, tmp_path / "flux_lora.safetensors")
+    out = tmp_path / "baked.safetensors"
+    _bake(base, out, str(path))
+    b, o = _read_all(base), _read_all(out)
+    assert _changed(b, o) == {"double_blocks.0.img_attn.qkv.weight", "single_blocks.0.linear1.weight"}
+    qkv, lin = "double_blocks.0.img_attn.qkv.weight", "single_blocks.0.linear1.weight"
+    w = ref["transformer_blocks.0.attn.to_q.weight"].shape[0]
+    want = b[qkv].clone()
+    want[:w] += truth["transformer_blocks.0.attn.to_q"]
+    want[2 * w : 3 * w] += truth["transformer_blocks.0.attn.to_v"]
+    torch.testing.assert_close(o[qkv], want, atol=ATOL, rtol=0)
+    want = b[lin].clone()
+    want[w : 2 * w] += truth["single_transformer_blocks.0.attn.to_k"]
+    torch.testing.assert_close(o[lin], want, atol=ATOL, rtol=0)

@@ -346,6 +346,8 @@ def _plan_file(i: int, spec: LoraSpec, lora: Checkpoint, names: _Names) -> tuple
             raise SdlensError(path, f"--merge-lora: {seen[canon]} and {stem} both change {canon}")
         seen[canon] = stem
         ref = names.index[canon]
+        if ref.rows and ref.rows[1] - ref.rows[0] != ref.shape[1 if ref.transpose else 0]:
+            raise SdlensError(path, f"--merge-lora: {stem}: {canon} is stored in pieces; not supported yet")
         lora_shape = (up.shape[0], *down.shape[1:])
         if _squeezed(lora_shape) != _squeezed(tuple(ref.shape)):
             raise SdlensError(
