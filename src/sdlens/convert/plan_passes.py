@@ -76,7 +76,8 @@ def lora_pass(st: PlanState) -> None:
     for f in st.loras.files:
         n = len({t.key for ts in st.loras.targets.values() for t in ts if t.lora == st.loras.files.index(f)})
         st.operations.append(
-            f"merge-lora: {f.name} x{f.weight:g} ({plural(f.modules, 'module')} -> {plural(n, 'tensor')})"
+            f"merge-lora: {f.name} at weight {f.weight:g} "
+            f"({plural(f.modules, 'module')} -> {plural(n, 'tensor')})"
         )
     if any(it.component == "ema" for it in st.items.values()):
         st.notes.append("--merge-lora: the EMA copy of the UNet is left as it is")

@@ -6,7 +6,8 @@
   input (copied, or cast to the target dtype). One sequential read of the output; the input is not re-read.
 * :func:`verify_output` (``verify="full"``, ``--verify-full``): the input is re-read too and every tensor compared
   with it, streamed, bit for bit: unchanged and renamed tensors bit-identical, cast tensors equal to the input
-  cast again to the target dtype (the rounding check), restored tensors 0..N-1.
+  cast again to the target dtype (the rounding check), restored tensors 0..N-1, baked tensors (``--merge-lora``)
+  equal to the input + the LoRAs' ΔW recomputed from the files, cast to the target dtype.
 """
 
 from __future__ import annotations
@@ -188,7 +189,8 @@ def verify_written(
     """Re-open every output file and check it against the plan and against what the conversion computed from
     the input: keys, dtypes, shapes and metadata as planned, and each tensor's bytes on disk (one sequential
     read of the output) with the same digest (sha256) as the bytes computed from the input while converting
-    (copied, or cast to the target dtype). Restored ``position_ids`` are also checked to be 0..N-1."""
+    (copied, cast to the target dtype, or baked: input + the LoRAs' ΔW). Restored ``position_ids`` are also
+    checked to be 0..N-1."""
     import torch
 
     from sdlens.convert.passes import digest
