@@ -103,15 +103,17 @@ def sd1(tmp_path_factory) -> dict[str, Path]:
     }  # fmt: skip
 
 
-def _peft_lora(folder: Path, out: Path) -> Path:
-    """A LoRA made by PEFT on the tiny diffusers UNet (r=4, lora_alpha=8, non-zero B), saved as diffusers does."""
+def _peft_lora(folder: Path, out: Path, **config) -> Path:
+    """A LoRA made by PEFT on the tiny diffusers UNet (r=4, lora_alpha=8, non-zero B; ``config`` overrides),
+    saved as diffusers does (its LoraConfig in the ``lora_adapter_metadata``)."""
     import diffusers
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
 
     unet = diffusers.UNet2DConditionModel.from_pretrained(folder / "unet")
-    unet.add_adapter(LoraConfig(r=4, lora_alpha=8, target_modules=PEFT_TARGETS, init_lora_weights="gaussian"))
+    cfg = {"r": 4, "lora_alpha": 8, "target_modules": PEFT_TARGETS, "init_lora_weights": "gaussian", **config}
+    unet.add_adapter(LoraConfig(**cfg))
     gen = torch.Generator().manual_seed(7)
     with torch.no_grad():
         for name, p in unet.named_parameters():
@@ -139,6 +141,20 @@ def test_peft_lora_baked_equals_diffusers_fuse_lora(sd1):
     for k in changed:
         torch.testing.assert_close(baked[k], fused[k], atol=ATOL, rtol=0)
     assert res["verification"]["baked"] == n_modules
+
+
+def test_peft_rslora_rank_and_alpha_patterns_equal_diffusers(sd1, tmp_path):
+    """Per-module ranks and alphas (PEFT's rank_pattern / alpha_pattern) and rsLoRA's alpha / sqrt(rank)."""
+    lora = _peft_lora(
+        sd1["folder"], tmp_path / "rs", use_rslora=True, rank_pattern={"to_v": 2}, alpha_pattern={"to_k": 3}
+    )
+    out = tmp_path / "rs_baked.safetensors"
+    _bake(sd1["base"], out, str(lora))
+    base, baked, fused = _read_all(sd1["base"]), _read_all(out), _fused(sd1["folder"], lora)
+    changed = _changed(base, fused)
+    assert len(changed) > 40 and _changed(base, baked) == changed
+    for k in changed:
+        torch.testing.assert_close(baked[k], fused[k], atol=ATOL, rtol=0)
 
 
 def test_kohya_lora_with_locon_and_text_encoder_equals_diffusers(sd1):
@@ -358,13 +374,17 @@ def test_bad_lora_files_refused_naming_them(sd1, tmp_path):
         assert name in str(e.value) and why in str(e.value), str(e.value)
 
 
-def test_targets_dropped_by_extract_refused(sd1, tmp_path):
+def test_targets_dropped_by_extract_and_out_onto_the_lora_refused(sd1, tmp_path):
+    opts = ConvertOptions(merge_lora=[str(sd1["kohya"])], extract=["unet"])
     with pytest.raises(SdlensError, match="would not be written"):
-        make_plan(
-            sd1["base"],
-            tmp_path / "o.safetensors",
-            ConvertOptions(merge_lora=[str(sd1["kohya"])], extract=["unet"]),
-        )
+        make_plan(sd1["base"], tmp_path / "o.safetensors", opts)
+    lora = tmp_path / "mine.safetensors"
+    lora.write_bytes(sd1["kohya"].read_bytes())
+    before = _sha(lora)
+    plan = make_plan(sd1["base"], lora, ConvertOptions(merge_lora=[str(lora)]))
+    with pytest.raises(SdlensError, match="or a LoRA to merge"):
+        convert(plan, overwrite=True)
+    assert _sha(lora) == before
 
 
 def test_parse_merge_lora_windows_safe():
