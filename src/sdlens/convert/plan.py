@@ -49,8 +49,7 @@ __all__ = [
 
 # the passes, in the order they apply: each changes the plan state in place
 PASSES: tuple[Callable[[PlanState], None], ...] = (
-    lora_pass, vae_pass, ema_pass, drop_pass, position_ids_pass, extract_pass, dtype_pass, layout_pass,
-    bake_check,
+    vae_pass, ema_pass, drop_pass, position_ids_pass, extract_pass, dtype_pass, layout_pass,
 )  # fmt: skip
 
 
@@ -198,8 +197,10 @@ def make_plan(input_path: str | Path, output_path: str | Path, opts: ConvertOpti
     inp, out = Path(input_path), Path(output_path)
     check_output_name(out, opts.layout)
     st = _read_input(inp, opts)
+    lora_pass(st)  # --merge-lora: resolved first (refusals before any other work) ...
     for pass_ in PASSES:
         pass_(st)
+    bake_check(st)  # ... and marked on the written tensors last
     if st.fmt != "safetensors":
         st.operations.insert(0, f"format: {st.fmt} -> safetensors")
     final = _in_write_order(st)
