@@ -94,6 +94,15 @@ def run(
             "taken from the input while converting).",
         ),
     ] = False,
+    merge_lora: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--merge-lora",
+            metavar="LORA[:WEIGHT]",
+            help="Bake in a LoRA (kohya, LyCORIS LoCon or PEFT / diffusers file), scaled by WEIGHT "
+            "(default 1.0, may be negative). Repeatable: applied in order.",
+        ),
+    ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the plan / result as JSON.")] = False,
     variant: VariantOption = None,
 ) -> None:
@@ -108,8 +117,6 @@ def run(
     from sdlens.render.jsonout import dumps
 
     target = OutFolder("OUT", out, ("**/*",), whole=True) if layout == "diffusers" else OutFile("OUT", out)
-    if not dry_run:
-        check_outputs([inp, vae], [target])
     opts = ConvertOptions(
         dtype=dtype,
         ema=ema,
@@ -119,10 +126,13 @@ def run(
         extract=_split(extract),
         layout=layout,
         variant=variant,
+        merge_lora=list(merge_lora or []),
     )
+    if not dry_run:
+        check_outputs([inp, vae, *(spec.path for spec in opts.lora_specs())], [target])
     plan = make_plan(inp, out, opts)
     if dry_run:
-        if opts.dtype == "fp16" and any(e.out_dtype == "F16" and e.dtype != "F16" for e in plan.entries):
+        if any(e.out_dtype == "F16" and (e.dtype != "F16" or e.bake) for e in plan.entries):
             from sdlens.convert.writer import scan_range
 
             bar, progress = console.progress_bar(plan.output_tensor_bytes, "fp16 range check")

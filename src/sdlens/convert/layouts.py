@@ -50,12 +50,14 @@ class Item:
     file: str = ""  # output file (relative to OUT for folders)
     out_dtype: str = ""
     tags: set[str] = field(default_factory=set)
+    bake: tuple[str, ...] = ()  # the LoRA files whose ΔW is added (--merge-lora): assembled, not streamed
 
     @property
     def simple(self) -> bool:
         """One whole input tensor, unchanged in element order (written straight from the stream)."""
         return (
             self.restore is None
+            and not self.bake
             and len(self.pieces) == 1
             and not self.pieces[0].rows
             and not self.pieces[0].transpose

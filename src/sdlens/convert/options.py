@@ -43,11 +43,19 @@ class ConvertOptions:
     extract: list[str] = field(default_factory=list)
     layout: str = "single"
     variant: str | None = None  # diffusers folders: read this variant's files (fp16 ...)
+    merge_lora: list[str] = field(default_factory=list)  # LORA[:WEIGHT], baked in order
+
+    def lora_specs(self) -> list[Any]:
+        """The ``--merge-lora`` values as :class:`sdlens.analysis.lora_apply.LoraSpec`."""
+        from sdlens.analysis.lora_apply import parse_merge_lora
+
+        return [parse_merge_lora(v) for v in self.merge_lora]
 
     def validate(self) -> None:
         from sdlens.io.folders import check_variant
 
         check_variant(self.variant)
+        self.lora_specs()
         if self.dtype not in DTYPE_CHOICES:
             raise SdlensError(None, f"--dtype must be one of {', '.join(DTYPE_CHOICES)} (got {self.dtype!r})")
         if self.ema not in EMA_CHOICES:
@@ -78,4 +86,5 @@ class ConvertOptions:
             "extract": list(self.extract),
             "layout": self.layout,
             "variant": self.variant,
+            "merge_lora": list(self.merge_lora),
         }

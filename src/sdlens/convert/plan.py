@@ -28,11 +28,13 @@ from sdlens.convert.options import (
 )
 from sdlens.convert.plan_passes import (
     PlanState,
+    bake_check,
     drop_pass,
     dtype_pass,
     ema_pass,
     extract_pass,
     layout_pass,
+    lora_pass,
     position_ids_pass,
     vae_pass,
 )
@@ -75,6 +77,8 @@ def entry_dict(it: Item, sources: list[str]) -> dict[str, Any]:
     }
     if it.note:
         d["note"] = it.note
+    if it.bake:
+        d["lora"] = list(it.bake)
     return d
 
 
@@ -103,6 +107,7 @@ class ConversionPlan:
     input_tensor_bytes: int = 0
     input_file_bytes: int = 0
     range_check: dict[str, Any] | None = None  # filled by a dry-run scan or by the write
+    loras: Any = None  # LoraPlan (--merge-lora)
 
     @property
     def files(self) -> dict[str, list[Item]]:
@@ -130,6 +135,12 @@ class ConversionPlan:
         c: dict[str, int] = {}
         for e in self.entries:
             op = op_of(e)
+            if e.bake:  # a baked tensor is not "kept"; it may be renamed and cast as well
+                c["baked"] = c.get("baked", 0) + 1
+                if op == "keep":
+                    if e.out_dtype != e.dtype:
+                        c["cast"] = c.get("cast", 0) + 1
+                    continue
             if op == "keep" and e.out_dtype != e.dtype:
                 op = "cast"
             elif e.out_dtype != e.dtype:
@@ -156,6 +167,7 @@ class ConversionPlan:
             "output_size": self.output_size(),
             "files": sorted(self.files) + sorted(self.json_files),
             "range_check": self.range_check,
+            "merge_lora": self.loras.to_dict() if self.loras is not None else None,
             "entries": [entry_dict(e, self.sources) for e in self.entries],
             "dropped": [entry_dict(e, self.sources) for e in self.dropped],
         }
@@ -185,8 +197,10 @@ def make_plan(input_path: str | Path, output_path: str | Path, opts: ConvertOpti
     inp, out = Path(input_path), Path(output_path)
     check_output_name(out, opts.layout)
     st = _read_input(inp, opts)
+    lora_pass(st)  # --merge-lora: resolved first (refusals before any other work) ...
     for pass_ in PASSES:
         pass_(st)
+    bake_check(st)  # ... and marked on the written tensors last
     if st.fmt != "safetensors":
         st.operations.insert(0, f"format: {st.fmt} -> safetensors")
     final = _in_write_order(st)
@@ -206,6 +220,7 @@ def make_plan(input_path: str | Path, output_path: str | Path, opts: ConvertOpti
         notes=st.notes,
         input_tensor_bytes=st.input_tensor_bytes,
         input_file_bytes=st.input_file_bytes,
+        loras=st.loras,
     )
 
 

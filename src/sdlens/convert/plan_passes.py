@@ -43,6 +43,7 @@ class PlanState:
     dropped: list[Item] = field(default_factory=list)
     final: list[Item] = field(default_factory=list)  # the layout pass's output
     json_files: dict[str, dict[str, Any]] = field(default_factory=dict)
+    loras: Any = None  # LoraPlan of --merge-lora
 
     def drop(self, key: str, note: str) -> None:
         self.dropped.append(drop_item(self.items.pop(key), note))
@@ -60,6 +61,45 @@ def vae_pass(st: PlanState) -> None:
     st.operations.append(
         f"vae: {'replaced' if dropped_vae else 'baked in'} from {Path(vae).name} ({plural(len(new_vae), 'tensor')})"
     )
+
+
+def lora_pass(st: PlanState) -> None:
+    """``--merge-lora``: resolve every LoRA module onto the input's tensors (refusing what cannot be baked)."""
+    specs = st.opts.lora_specs()
+    if not specs:
+        return
+    from sdlens.analysis.lora_apply import plan_loras
+    from sdlens.io.open import open_checkpoint
+
+    with open_checkpoint(st.inp, st.opts.variant) as ck:
+        st.loras = plan_loras(ck, specs)
+    for f in st.loras.files:
+        n = len({t.key for ts in st.loras.targets.values() for t in ts if t.lora == st.loras.files.index(f)})
+        st.operations.append(
+            f"merge-lora: {f.name} at weight {f.weight:g} "
+            f"({plural(f.modules, 'module')} -> {plural(n, 'tensor')})"
+        )
+    if any(it.component == "ema" for it in st.items.values()):
+        st.notes.append("--merge-lora: the EMA copy of the UNet is left as it is")
+
+
+def bake_check(st: PlanState) -> None:
+    """Mark the written items that hold a tensor a LoRA changes; refuse when such a tensor is not written."""
+    if st.loras is None:
+        return
+    covered: set[str] = set()
+    for it in st.final:
+        keys = [p.key for p in it.pieces if p.source == 0 and p.key in st.loras.targets]
+        if keys:
+            it.bake = tuple(dict.fromkeys(n for k in keys for n in st.loras.names(k)))
+            covered.update(keys)
+    left = [k for k in st.loras.targets if k not in covered]
+    if left:
+        raise SdlensError(
+            st.inp,
+            f"--merge-lora: {plural(len(left), 'tensor')} the LoRAs change would not be written "
+            f"(dropped by --drop / --extract / --ema use), e.g. {left[0]}",
+        )
 
 
 def ema_pass(st: PlanState) -> None:

@@ -11,21 +11,27 @@ from sdlens.convert.layouts import Item
 from sdlens.errors import SdlensError
 
 if TYPE_CHECKING:
+    from sdlens.analysis.lora_apply import LoraBaker
     from sdlens.io.base import Checkpoint
 
 CHUNK_BYTES = 64 << 20
 
 
-def assemble(item: Item, ckpts: list[Checkpoint]):
-    """The whole source tensor of an item that is not a plain copy (restored, sliced, transposed, joined)."""
+def assemble(item: Item, ckpts: list[Checkpoint], baker: LoraBaker | None = None):
+    """The whole source tensor of an item that is not a plain copy (restored, sliced, transposed, joined,
+    baked: float32 with the LoRAs' ΔW added to the input tensors ``baker`` plans for)."""
     import torch
 
     if item.restore == "arange":
         n = item.shape[-1] if item.shape else 0
         return torch.arange(n, dtype=torch.int64).reshape(item.shape)
+    if item.bake and baker is None:
+        raise SdlensError(None, f"internal error: {item.key} is to be baked but no LoRA is open")
     parts = []
     for p in item.pieces:
         t = ckpts[p.source].read(p.key)
+        if item.bake:
+            t = baker.bake(p.key, t) if p.source == 0 and p.key in baker else t.float()
         if p.rows:
             t = t[p.rows[0] : p.rows[1]]
         if p.transpose:

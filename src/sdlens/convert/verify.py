@@ -6,7 +6,8 @@
   input (copied, or cast to the target dtype). One sequential read of the output; the input is not re-read.
 * :func:`verify_output` (``verify="full"``, ``--verify-full``): the input is re-read too and every tensor compared
   with it, streamed, bit for bit: unchanged and renamed tensors bit-identical, cast tensors equal to the input
-  cast again to the target dtype (the rounding check), restored tensors 0..N-1.
+  cast again to the target dtype (the rounding check), restored tensors 0..N-1, baked tensors (``--merge-lora``)
+  equal to the input + the LoRAs' ΔW recomputed from the files, cast to the target dtype.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ class VerifyReport:
     bit_identical: int = 0  # same dtype, same bytes (kept, renamed, replaced, EMA)
     cast_exact: int = 0  # equal to the input rounded to the target dtype
     restored: int = 0
+    baked: int = 0  # equal to the input + the LoRAs' ΔW (--merge-lora), rounded to the target dtype
     renamed: int = 0
     bytes_compared: int = 0
     metadata_kept: int = 0
@@ -53,6 +55,7 @@ class VerifyReport:
             "bit_identical": self.bit_identical,
             "cast_exact": self.cast_exact,
             "restored": self.restored,
+            "baked": self.baked,
             "renamed": self.renamed,
             "bytes_compared": self.bytes_compared,
             "metadata_kept": self.metadata_kept,
@@ -147,7 +150,9 @@ def _count(rep: VerifyReport, e: Item, ok: bool) -> None:
     rep.tensors += 1
     rep.bytes_compared += nbytes(e)
     if not ok:
-        rep.problems.append(f"{e.key}: data differs from the input")
+        rep.problems.append(f"{e.key}: data differs from the input" + (" + LoRA" if e.bake else ""))
+    elif e.bake:
+        rep.baked += 1
     elif e.restore:
         rep.restored += 1
     elif e.out_dtype != e.dtype:
@@ -184,7 +189,8 @@ def verify_written(
     """Re-open every output file and check it against the plan and against what the conversion computed from
     the input: keys, dtypes, shapes and metadata as planned, and each tensor's bytes on disk (one sequential
     read of the output) with the same digest (sha256) as the bytes computed from the input while converting
-    (copied, or cast to the target dtype). Restored ``position_ids`` are also checked to be 0..N-1."""
+    (copied, cast to the target dtype, or baked: input + the LoRAs' ΔW). Restored ``position_ids`` are also
+    checked to be 0..N-1."""
     import torch
 
     from sdlens.convert.passes import digest
@@ -214,10 +220,15 @@ def verify_written(
 
 
 def verify_output(
-    plan: ConversionPlan, root: Path, ckpts: list[Checkpoint], progress: Callable[[int], None] | None = None
+    plan: ConversionPlan,
+    root: Path,
+    ckpts: list[Checkpoint],
+    progress: Callable[[int], None] | None = None,
+    baker: Any = None,
 ) -> VerifyReport:
     """The full check: re-open every output file and compare every tensor with the input, re-read from its
-    files: bit-identical, or equal to the input cast to the target dtype (cast again here), restored 0..N-1."""
+    files: bit-identical, or equal to the input cast to the target dtype (cast again here), restored 0..N-1;
+    baked tensors equal to the input + the LoRAs' ΔW (recomputed by ``baker``) cast to the target dtype."""
     from sdlens.io.stream import stream
 
     rep = VerifyReport(mode="full")
@@ -227,7 +238,7 @@ def verify_output(
             srcs = source_streams(entries, ckpts)
             outs = stream(out, [e.key for e in entries if e.simple], CHUNK_BYTES)
             for e in entries:
-                _count(rep, e, _check(e, srcs, outs, out, ckpts, cmp))
+                _count(rep, e, _check(e, srcs, outs, out, ckpts, cmp, baker))
                 if progress:
                     progress(nbytes(e))
     _json_files(plan, root, rep)
@@ -241,6 +252,7 @@ def _check(
     out: Any,
     ckpts: list[Checkpoint],
     cmp: _Compare,
+    baker: Any = None,
 ) -> bool:
     if e.simple:
         pairs = _aligned(pieces_of(srcs[e.pieces[0].source], e.pieces[0].key), pieces_of(outs, e.key))
@@ -251,6 +263,6 @@ def _check(
             return ok
         except ValueError:
             return False
-    expected = assemble(e, ckpts).reshape(-1)
+    expected = assemble(e, ckpts, baker).reshape(-1)
     got = out.read(e.key).reshape(-1)
     return expected.numel() == got.numel() and cmp.same(expected, got)

@@ -195,6 +195,8 @@ def _provenance(plan: ConversionPlan, files: list[str], hashes: bool) -> tuple[s
         },
         "operations": plan.operations,
     }
+    if plan.loras is not None:
+        entry["merged_loras"] = [f.provenance() for f in plan.loras.files]
     prev = plan.metadata.get(PROVENANCE_META)
     history: list[Any] = []
     if prev:
@@ -238,12 +240,16 @@ class ConvertResult:
 def check_paths(plan: ConversionPlan, overwrite: bool) -> None:
     inp, out = Path(plan.input).resolve(), Path(plan.output).resolve()
     srcs = [Path(s).resolve() for s in plan.sources]
+    if plan.loras is not None:
+        srcs += [Path(f.path).resolve() for f in plan.loras.files]
     if (
         out in srcs
         or any(out in s.parents for s in srcs)
         or any(s in out.parents for s in srcs if s.is_dir())
     ):
-        raise SdlensError(plan.output, "OUT is the input (or inside it): refusing to overwrite the source")
+        raise SdlensError(
+            plan.output, "OUT is the input (or inside it) or a LoRA to merge: refusing to overwrite a source"
+        )
     if inp.is_file() and out.exists() and out.is_file() and os.path.samefile(inp, out):
         raise SdlensError(plan.output, "OUT is the input: refusing to overwrite the source")
     if out.exists() and not overwrite:
@@ -287,6 +293,7 @@ def convert(
     out = Path(plan.output)
     tmp = out.parent / f".{out.name}.tmp-{secrets.token_hex(4)}"
     ckpts: list[Checkpoint] = []
+    bakers = _Bakers(plan)
     threads = torch.get_num_threads()
     # one thread for the casts: the other core hashes (sha256 of the input), reads and writes; two torch threads
     # would fight those (and, on a loaded machine, wait for each other)
@@ -304,7 +311,18 @@ def convert(
             tmp.mkdir()
         timings: dict[str, float] = {}
         writers, tensor_digests, written, total, refused = _write_tensor_files(
-            plan, tmp, ckpts, metadata, stats, force, progress, _after_tensor, to_hash, digests, timings
+            plan,
+            tmp,
+            ckpts,
+            metadata,
+            stats,
+            force,
+            progress,
+            _after_tensor,
+            to_hash,
+            digests,
+            timings,
+            bakers.new(),
         )
         if refused:
             _refuse_overflow(plan, stats)
@@ -321,7 +339,8 @@ def convert(
         t0 = time.perf_counter()
         if verify:
             if verify == "full":
-                result.verification = verification.verify_output(plan, tmp, ckpts, progress)
+                # the LoRAs' ΔW recomputed by a baker of its own
+                result.verification = verification.verify_output(plan, tmp, ckpts, progress, bakers.new())
             else:
                 result.verification = verification.verify_written(plan, tmp, tensor_digests, progress)
             if not result.verification.ok:
@@ -339,8 +358,29 @@ def convert(
         raise
     finally:
         torch.set_num_threads(threads)
+        bakers.close()
         for ck in ckpts:
             ck.close()
+
+
+class _Bakers:
+    """The :class:`~sdlens.analysis.lora_apply.LoraBaker` s of a conversion (none without --merge-lora)."""
+
+    def __init__(self, plan: ConversionPlan):
+        self.plan = plan
+        self.made: list[Any] = []
+
+    def new(self) -> Any:
+        if self.plan.loras is None:
+            return None
+        from sdlens.analysis.lora_apply import LoraBaker
+
+        self.made.append(LoraBaker(self.plan.loras))
+        return self.made[-1]
+
+    def close(self) -> None:
+        for b in self.made:
+            b.close()
 
 
 def _write_tensor_files(
@@ -355,6 +395,7 @@ def _write_tensor_files(
     to_hash: set[str],
     digests: dict[str, str],
     timings: dict[str, float],
+    baker: Any = None,
 ) -> tuple[list[Any], dict[str, dict[str, str]], list[str], int, bool]:
     """Every weights file of the plan, one source pass each (the sources' sha256 added to ``digests``).
     Returns the writers (headers still to fill), each file's tensor digests, the files written, the bytes
@@ -372,7 +413,7 @@ def _write_tensor_files(
         try:
             t0 = time.perf_counter()
             w, aw, n, refused_here = _write_file(
-                path, entries, ckpts, passes, metadata, stats, force, progress, after_tensor, timings
+                path, entries, ckpts, passes, metadata, stats, force, progress, after_tensor, timings, baker
             )
             for sp in passes.values():
                 digests.update(sp.finish())
@@ -468,6 +509,7 @@ def _write_file(
     progress,
     after_tensor,
     timings: dict[str, float],
+    baker: Any = None,
 ) -> tuple[Any, Any, int, bool]:
     from sdlens.convert.passes import AsyncWriter, Chunk
     from sdlens.io.safetensors_writer import SafetensorsStreamWriter, build_header
@@ -483,7 +525,7 @@ def _write_file(
             if e.simple:
                 chunks = passes[e.pieces[0].source].tensor(e.pieces[0].key)
             else:
-                chunks = iter([Chunk(e.key, assemble(e, ckpts).reshape(-1), True, None)])
+                chunks = iter([Chunk(e.key, assemble(e, ckpts, baker).reshape(-1), True, None)])
             for c in chunks:
                 x = c.data
                 for i in range(0, max(x.numel(), 1), CAST_ELEMS):
@@ -532,15 +574,19 @@ def scan_range(plan: ConversionPlan, progress: Callable[[int], None] | None = No
 
     stats = RangeStats()
     caster = _Caster(stats)
-    todo = [e for e in plan.entries if e.out_dtype == "F16" and e.dtype != "F16" and e.restore is None]
+    todo = [
+        e for e in plan.entries if e.out_dtype == "F16" and (e.dtype != "F16" or e.bake) and e.restore is None
+    ]
     ckpts = [open_checkpoint(s, plan.options.variant) for s in plan.sources]
+    bakers = _Bakers(plan)
+    baker = bakers.new()
     try:
         streams = source_streams(todo, ckpts)
         for e in todo:
             chunks = (
                 pieces_of(streams[e.pieces[0].source], e.pieces[0].key)
                 if e.simple
-                else iter([assemble(e, ckpts).reshape(-1)])
+                else iter([assemble(e, ckpts, baker).reshape(-1)])
             )
             for x in chunks:
                 for i in range(0, x.numel(), CAST_ELEMS):
@@ -549,6 +595,7 @@ def scan_range(plan: ConversionPlan, progress: Callable[[int], None] | None = No
             if progress:
                 progress(nbytes(e))
     finally:
+        bakers.close()
         for ck in ckpts:
             ck.close()
     plan.range_check = stats.to_dict()

@@ -37,24 +37,43 @@ def render_plan(plan: Any, console: Console, *, dry_run: bool = True) -> None:
     for e in plan.entries:
         c = comps.setdefault(
             e.component,
-            {"kept": 0, "cast": 0, "renamed": 0, "restored": 0, "dropped": 0, "bytes_in": 0, "bytes_out": 0},
+            {
+                "kept": 0,
+                "cast": 0,
+                "renamed": 0,
+                "restored": 0,
+                "baked": 0,
+                "dropped": 0,
+                "bytes_in": 0,
+                "bytes_out": 0,
+            },
         )
         c["kept"] += 1
         c["cast"] += e.out_dtype != e.dtype
         c["renamed"] += op_of(e) in ("rename", "ema")
         c["restored"] += e.restore is not None
+        c["baked"] += bool(e.bake)
         c["bytes_out"] += nbytes(e)
         if e.pieces:
             c["bytes_in"] += _in_bytes(e)
     for e in plan.dropped:
         c = comps.setdefault(
             e.component,
-            {"kept": 0, "cast": 0, "renamed": 0, "restored": 0, "dropped": 0, "bytes_in": 0, "bytes_out": 0},
+            {
+                "kept": 0,
+                "cast": 0,
+                "renamed": 0,
+                "restored": 0,
+                "baked": 0,
+                "dropped": 0,
+                "bytes_in": 0,
+                "bytes_out": 0,
+            },
         )
         c["dropped"] += 1
         c["bytes_in"] += _in_bytes(e)
     t = Table(title_justify="left", show_edge=False, pad_edge=False)
-    counted = ["cast", "renamed", "restored", "dropped"]
+    counted = ["cast", "renamed", "restored", "baked", "dropped"]
     counted = [
         k for k in counted if any(c[k] for c in comps.values())
     ]  # only the columns with something in them
@@ -141,8 +160,16 @@ def render_result(result: Any, console: Console, seconds: float | None = None) -
         f"  tensors: {counts.get('keep', 0)} kept as they were" + (f"; {changed}" if changed else ""),
         highlight=False,
     )
-    if any(e.out_dtype == "F16" and e.dtype != "F16" for e in plan.entries):
+    if any(e.out_dtype == "F16" and (e.dtype != "F16" or e.bake) for e in plan.entries):
         _range_lines(result.range_check.to_dict(), console)
+    if plan.loras is not None:
+        for f in plan.loras.files:
+            n = sum(1 for e in plan.entries if f.name in e.bake)
+            console.print(
+                f"  baked {safe(f.name)} at weight {f.weight:g} into {plural(n, 'tensor')} "
+                f"({plural(f.modules, 'module')}; sha256 {f.sha256})",
+                highlight=False,
+            )
     v = result.verification
     if v is None:
         console.print("  [yellow]not verified[/] (--no-verify)")
@@ -156,7 +183,9 @@ def render_result(result: Any, console: Console, seconds: float | None = None) -
     console.print(
         f"  {status}: {how}, {plural(v.tensors, 'tensor')} "
         f"({_hb(v.bytes_compared)}): {v.bit_identical} bit-identical, {v.cast_exact} equal to the input "
-        f"rounded to the target dtype, {v.restored} restored; {v.renamed} under new names",
+        f"rounded to the target dtype, {v.restored} restored"
+        + (f", {v.baked} equal to the input + the LoRAs' ΔW" if v.baked else "")
+        + f"; {v.renamed} under new names",
         highlight=False,
     )
     console.print(
