@@ -83,6 +83,29 @@ def zoo(tmp_path_factory) -> LazyZoo:
 
 
 @pytest.fixture(scope="session")
+def delta_zoo(tmp_path_factory, worker_id):
+    """``testing.zoo_delta``'s model / base pairs and their truth, built once per test session (shared by the
+    xdist workers through a lock). Tests must not write into its folder."""
+    import json
+
+    from filelock import FileLock
+
+    from sdlens.testing.zoo_delta import build_delta_zoo
+
+    root = tmp_path_factory.getbasetemp()
+    if worker_id != "master":  # the session's folder, above each worker's
+        root = root.parent
+    folder = root / "delta-zoo"
+    with FileLock(str(root / "delta-zoo.lock")):
+        truth_file = folder / "truth.json"
+        if not truth_file.exists():
+            truth_file.parent.mkdir(parents=True, exist_ok=True)
+            truth = build_delta_zoo(folder)
+            truth_file.write_text(json.dumps(truth))
+        return folder, json.loads(truth_file.read_text())
+
+
+@pytest.fixture(scope="session")
 def merge_families(tmp_path_factory):
     """``testing.zoo_merge``'s family (known recipes), built once per test session and worker per dtype:
     ``merge_families(torch.float32)``. Tests must not write into its folder."""

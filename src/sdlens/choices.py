@@ -17,6 +17,7 @@ DiffBy = Literal["component", "block", "type", "key"]  # granularity of the diff
 MatrixMetric = Literal["l2", "cos", "l1"]
 MatrixBy = Literal["component", "block"]
 RecipeBy = Literal["block", "component", "key"]
+DeltaBy = Literal["block", "layer", "key"]  # groups of ``delta``: merge blocks / layers, layer types, tensors
 EmbedMethod = Literal["pca", "tsne"]  # the embedding maps drawn
 DiagramDepth = Literal[1, 2]  # torchview depth of ``arch --diagram``
 Precision = Literal["fp16", "bf16", "fp32"]  # weights and activations of ``arch``

@@ -17,7 +17,7 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperCommand, TyperGroup
 
-from sdlens.commands import arch, convert, demo, diff, embed, inspect, lineage, matrix, recipe, version
+from sdlens.commands import arch, convert, delta, demo, diff, embed, inspect, lineage, matrix, recipe, version
 from sdlens.console import EXIT_INTERNAL, EXIT_PROBLEMS, EXIT_USAGE, err, fail, out  # noqa: F401 - re-exported
 from sdlens.errors import SdlensError
 
@@ -86,7 +86,7 @@ app = typer.Typer(
 
 # Every command, in the order ``sdlens --help`` lists them: ``sdlens <module name>`` runs ``<module>.run``.
 # Importing them is cheap: each imports its heavy dependencies inside ``run``.
-COMMANDS = (inspect, diff, demo, version, arch, convert, embed, matrix, recipe, lineage)
+COMMANDS = (inspect, diff, demo, version, arch, convert, embed, matrix, recipe, lineage, delta)
 
 
 def command_name(module: Any) -> str:

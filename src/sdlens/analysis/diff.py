@@ -368,6 +368,9 @@ def _raw_view(ckpt: Checkpoint, ref: CanonRef):
     return raw[ref.rows[0] * row : ref.rows[1] * row]
 
 
+raw_view = _raw_view  # the public name (delta)
+
+
 def _compare_pair(ca: Checkpoint, cb: Checkpoint, ra: CanonRef, rb: CanonRef, buf: _Buffers):
     """(bit-identical, same at the lower precision, metrics) of one aligned tensor pair.
 

@@ -28,7 +28,7 @@ from sdlens.arch.keymap.clip import (
 from sdlens.arch.keymap.unet import unet_diffusers_to_ldm
 from sdlens.arch.keymap.vae import vae_diffusers_to_ldm
 
-Size = Literal["tiny", "full"]
+Size = Literal["tiny", "medium", "full"]
 TensorDict = dict[str, torch.Tensor]
 
 FAMILIES = ("sd1", "sd2", "sdxl", "sdxl_refiner")
@@ -75,6 +75,9 @@ _TINY_UNET: dict[str, dict[str, Any]] = {
     },
 }
 _TINY_VAE: dict[str, Any] = {"block_out_channels": [8, 16, 32, 32], "norm_num_groups": 4}
+# "medium" (SD1 only): attention and text widths of 64..128, so ranks 4..32 are low next to them
+_MEDIUM_UNET = {"block_out_channels": [64, 128, 128, 128], "attention_head_dim": 8}
+_MEDIUM_TEXT = {"hidden_size": 128, "intermediate_size": 256, "num_attention_heads": 4, "projection_dim": 128}
 
 _PIPELINES = {
     "sd1": "StableDiffusionPipeline",
@@ -96,6 +99,8 @@ def _text_config(kind: str, size: Size) -> dict[str, Any]:
     cfg = dict(TEXT_ENCODERS[kind][1])
     if size == "tiny":
         cfg.update(_TINY_TEXT[kind], **_TINY_VOCAB)
+    elif size == "medium":
+        cfg.update(_MEDIUM_TEXT, **_TINY_VOCAB)
     return cfg
 
 
@@ -106,8 +111,10 @@ def _config(family: str, size: Size) -> dict[str, dict[str, Any]]:
     vae = dict(VAES["kl_f8_c4"])
     if family.startswith("sdxl"):
         vae["scaling_factor"] = 0.13025
-    if size == "tiny":
-        unet.update(_TINY_UNET[family], norm_num_groups=4, sample_size=16)
+    if size == "medium" and family != "sd1":
+        raise ValueError("the medium size is built for sd1 only")
+    if size in ("tiny", "medium"):
+        unet.update(_TINY_UNET[family] if size == "tiny" else _MEDIUM_UNET, norm_num_groups=4, sample_size=16)
         vae.update(_TINY_VAE, sample_size=64)
     # cross-attention width = text encoder hidden width(s); SDXL's add embedding = pooled bigG + time ids
     unet["cross_attention_dim"] = sum(t["hidden_size"] for t in texts.values())
@@ -397,7 +404,7 @@ def build_single_file(
     for key, t in out.items():
         if size == "full" and t.device.type != "meta":
             t = torch.empty(tuple(t.shape), dtype=t.dtype, device="meta")
-        elif size == "tiny":
+        elif size != "full":
             t = t.clone()  # callers may edit in place; the cached source stays intact
         if t.is_floating_point() and t.dtype != dtype and key != "model_ema.decay":
             t = t.to(dtype)

@@ -1,0 +1,230 @@
+"""``sdlens delta`` and the spectrum maths, on pairs whose delta is known (``sdlens.testing.zoo_delta``)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from sdlens.analysis import spectrum as S
+from sdlens.analysis.delta import delta
+from sdlens.errors import SdlensError
+from sdlens.testing.zoo_delta import LORA_RANKS, TE_LAYER, UNET, low_rank
+
+
+@pytest.fixture
+def zoo(delta_zoo):
+    return delta_zoo
+
+
+def _canonical(full_key: str) -> str:
+    if full_key.startswith(UNET):
+        return "denoiser/" + full_key[len(UNET) :]
+    return "clip_l/" + full_key.split("transformer.", 1)[1]
+
+
+def _run(zoo, name: str, base: str = "base", **kw):
+    folder, _ = zoo
+    return delta(folder / f"{name}.safetensors", folder / f"{base}.safetensors", **kw)
+
+
+# --------------------------------------------------------------------------- the spectrum of one matrix
+
+
+def _fp16_pair(shape, rank, rel, seed):
+    g = torch.Generator().manual_seed(seed)
+    b = (torch.randn(shape, generator=g) * 0.03).half().float()
+    norm = rel * float(b.norm())
+    if rank > 0:
+        d = low_rank(shape, rank, norm, g)
+    else:
+        d = torch.randn(shape, generator=g)
+        d *= norm / float(d.norm())
+    m = (b + d).half().float()
+    return m, b
+
+
+@pytest.mark.parametrize(
+    ("shape", "rank"), [((256, 320), 8), ((1024, 2048), 8), ((1024, 2048), 32), ((768, 3072), 64)]
+)
+def test_low_rank_delta_reported_at_its_rank_exact_and_sketched(shape, rank):
+    m, b = _fp16_pair(shape, rank, 0.05, rank)
+    spec = S.spectrum(m - b, S.noise_energy(m, "F16", b, "F16"))
+    assert spec.exact == (min(shape) <= S.EXACT_MAX)
+    assert spec.rank == rank and not spec.at_least
+    assert spec.effective_rank(0.99) <= rank
+
+
+def test_dense_delta_is_high_rank_with_lower_bounds_when_sketched():
+    m, b = _fp16_pair((1024, 1024), 0, 0.02, 1)
+    spec = S.spectrum(m - b, S.noise_energy(m, "F16", b, "F16"))
+    assert spec.at_least and not spec.exact
+    # a dense Gaussian Δ: the energy beyond the sketch needs hundreds more directions
+    assert spec.rank > S.LOW_RANK_MAX and spec.effective_rank(0.9) > S.LOW_RANK_MAX
+    m, b = _fp16_pair((320, 320), 0, 0.02, 2)
+    small = S.spectrum(m - b, S.noise_energy(m, "F16", b, "F16"))
+    assert small.exact and small.rank >= 300 and small.effective_rank(0.9) > 140  # quarter-circle law: ~half
+
+
+def test_exact_spectrum_equals_lapack():
+    g = torch.Generator().manual_seed(3)
+    d = torch.randn(96, 200, generator=g)
+    spec = S.spectrum(d, 0.0)
+    ref = np.linalg.svd(d.double().numpy(), compute_uv=False)
+    np.testing.assert_allclose(spec.sigma, ref, rtol=1e-9, atol=1e-12 * ref[0])
+    assert spec.energy == pytest.approx(float((d.double() ** 2).sum()), rel=1e-12)
+    assert spec.stable_rank == pytest.approx(spec.energy / ref[0] ** 2)
+
+
+def test_noise_energy_is_what_fp16_rounding_leaves():
+    g = torch.Generator().manual_seed(4)
+    b = torch.randn(512, 512, generator=g) * 0.05
+    m = b.half().float()
+    noise = S.noise_energy(m, "F16", b, "F32")
+    actual = float(((m - b).double() ** 2).sum())
+    assert actual == pytest.approx(noise, rel=0.05)  # uniform rounding error: ulp²/12 per value
+    assert S.rounding_only(m - b, m, "F16", b, "F32")
+    bumped = m.clone()
+    bumped[7, 7] += 4 * float(torch.finfo(torch.float16).eps) * max(abs(float(m[7, 7])), 2**-14)
+    assert not S.rounding_only(bumped - b, bumped, "F16", b, "F32")
+    assert S.noise_energy(m.round(), "I32", b.round(), "I32") == 0.0
+
+
+def test_as_matrix_reshapes_conv_kernels_as_locon_does():
+    assert S.as_matrix(torch.zeros(8, 4, 3, 3)).shape == (8, 36)
+    assert S.as_matrix(torch.zeros(8, 4, 1, 1)).shape == (8, 4)
+    assert S.as_matrix(torch.zeros(8)) is None
+
+
+@pytest.mark.parametrize("shape", [(128, 96), (640, 1280)])
+def test_factorize_at_rank_and_at_energy(shape):
+    g = torch.Generator().manual_seed(5)
+    d = low_rank(shape, 16, 3.0, g)
+    f = S.factorize(d, rank=16)
+    assert f.rank == 16 and f.up.shape == (shape[0], 16) and f.down.shape == (16, shape[1])
+    assert f.rel_error < 1e-5 and f.kept == pytest.approx(1.0, abs=1e-9)
+    torch.testing.assert_close(f.up @ f.down, d, atol=1e-5 * float(d.abs().max()), rtol=0)
+    assert S.factorize(d, energy=0.999999).rank == 16
+    low = S.factorize(d, rank=4)
+    assert (
+        low.rank == 4
+        and 0 < low.kept < 1
+        and low.rel_error == pytest.approx(math.sqrt(1 - low.kept), rel=1e-6)
+    )
+
+
+# --------------------------------------------------------------------------- whole models with known deltas
+
+
+@pytest.mark.parametrize("rank", LORA_RANKS)
+def test_baked_lora_found_at_its_rank_in_exactly_its_modules(zoo, rank):
+    _, truth = zoo
+    r = _run(zoo, f"lora_r{rank}")
+    targets = {_canonical(k) for k in truth[f"lora_r{rank}"]}
+    by_key = {t.key: t for t in r.tensors}
+    assert targets <= set(by_key)
+    for key, t in by_key.items():
+        if key in targets:
+            assert (t.kind, t.rank) == ("low-rank", rank), key
+        else:
+            assert t.kind == "unchanged", key
+    assert r.verdict[0] == f"the base with a LoRA baked in (rank {rank})"
+    assert (
+        f"UNet: LoRA-like: rank {rank} in attn1/attn2 of every block, everything else unchanged" in r.verdict
+    )
+    assert "CLIP-L: unchanged" in r.verdict and "VAE decoder: unchanged" in r.verdict
+
+
+def test_dense_finetune_is_high_rank_everywhere(zoo):
+    r = _run(zoo, "finetune")
+    unet = [t for t in r.tensors if t.component == "denoiser"]
+    weights = [t for t in unet if t.size is not None and t.size >= 16]
+    assert weights and all(t.kind == "high-rank" for t in weights)
+    assert all(t.effective_rank_90 > t.size / 4 for t in weights)
+    assert all(t.kind == "changed" for t in unet if t.size is None)
+    assert r.verdict[0] == "a fine-tune of the base: high-rank changes"
+    assert r.verdict[1].startswith("UNet: full fine-tune: Δ is high-rank")
+    assert all(t.kind == "unchanged" for t in r.tensors if t.component != "denoiser")
+
+
+def test_fp16_copy_differs_only_by_rounding(zoo):
+    r = _run(zoo, "base", base="base_fp32")
+    assert {t.kind for t in r.tensors} <= {"rounding", "unchanged"}
+    assert r.verdict[0] == "the same model: differs only by fp16 rounding"
+    assert any(line.startswith("CLIP-L: differs only by fp16 rounding") for line in r.verdict)
+
+
+def test_text_encoder_changed_in_one_layer_shows_only_that_layer(zoo):
+    r = _run(zoo, "te_layer")
+    changed = [t for t in r.tensors if t.kind != "unchanged"]
+    assert [t.key for t in changed] == [_canonical(TE_LAYER)]
+    assert changed[0].block == "layer 3" and changed[0].kind == "high-rank"
+    line = next(v for v in r.verdict if v.startswith("CLIP-L:"))
+    assert "in 1 of" in line and "layer 3" in line and "everything else unchanged" in line
+    assert "UNet: unchanged" in r.verdict
+
+
+def test_text_encoder_lora_and_groupings(zoo):
+    _, truth = zoo
+    r = _run(zoo, "lora_te", by="layer")
+    te = {_canonical(k) for k in truth["lora_te"] if not k.startswith(UNET)}
+    assert {t.key for t in r.tensors if t.component == "clip_l" and t.kind == "low-rank"} == te
+    assert "CLIP-L: LoRA-like: rank 8 in attention of every layer, everything else unchanged" in r.verdict
+    layers = {(g.component, g.name): g for g in r.groups}
+    assert layers[("denoiser", "attn1")].ranks == {8: 64} and layers[("denoiser", "ff")].kind == "unchanged"
+    by_key = _run(zoo, "lora_te", by="key")
+    assert len(by_key.groups) == len(by_key.tensors)
+
+
+def test_cli_json_plot_and_refusals(zoo, cli, tmp_path):
+    folder, _ = zoo
+    out, png = tmp_path / "d.json", tmp_path / "d.png"
+    p = cli(
+        "delta",
+        str(folder / "lora_r8.safetensors"),
+        "--base",
+        str(folder / "base.safetensors"),
+        "--json",
+        str(out),
+        "--plot",
+        str(png),
+    )
+    assert p.returncode == 0, p.stderr
+    assert "LoRA-like: rank 8 in attn1/attn2 of every block" in p.stdout
+    data = json.loads(out.read_text())
+    assert data["verdict"][0] == "the base with a LoRA baked in (rank 8)"
+    assert {t["rank"] for t in data["tensors"] if t["kind"] == "low-rank"} == {8}
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    before = (folder / "base.safetensors").read_bytes()
+    onto = cli(
+        "delta",
+        str(folder / "lora_r8.safetensors"),
+        "--base",
+        str(folder / "base.safetensors"),
+        "--json",
+        str(folder / "base.safetensors"),
+    )
+    assert onto.returncode == 2 and "Traceback" not in onto.stderr
+    assert (folder / "base.safetensors").read_bytes() == before
+    with pytest.raises(SdlensError, match="same file"):
+        delta(folder / "base.safetensors", folder / "base.safetensors")
+
+
+def test_a_lora_file_is_refused_in_one_line(zoo, tmp_path):
+    from sdlens.testing.writers import save_safetensors
+
+    folder, _ = zoo
+    lora = tmp_path / "l.safetensors"
+    save_safetensors(
+        {
+            "lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": torch.zeros(4, 64),
+            "lora_unet_down_blocks_0_attentions_0_proj_in.lora_up.weight": torch.zeros(64, 4),
+        },
+        lora,
+    )
+    with pytest.raises(SdlensError, match="is a LoRA file, not a checkpoint") as e:
+        delta(lora, folder / "base.safetensors")
+    assert "\n" not in str(e.value)
