@@ -181,7 +181,9 @@ def kohya_worker(base: str, model: str, out: str, rank: int, conv: bool) -> None
     from safetensors.torch import load_file, save_file
 
     t0 = time.perf_counter()
-    org, tuned = load_file(base), load_file(model)
+    # load_file maps the file; kohya copies the weights into (float32) modules: private copies here, kept
+    # at the file's fp16 (half what kohya's modules hold: in its favour)
+    org, tuned = ({k: v.clone() for k, v in load_file(p).items()} for p in (base, model))
     t_load = time.perf_counter() - t0
     keys = [k for k in tuned if k.endswith(".weight") and tuned[k].ndim in (2, 4) and kohya_targets(k, conv)]
     diffs = {k: tuned[k].float() - org[k].float() for k in keys}
@@ -255,16 +257,17 @@ def timed(
     cmd: list[str],
     inputs: Sequence[Path],
     runs: int,
-    cold: bool = True,
+    warm_runs: int | None = None,
     before: Callable[[], None] | None = None,
 ) -> Timing:
-    """``runs`` cold runs (inputs evicted first) and ``runs`` warm ones (after one read of the inputs)."""
+    """``runs`` cold runs (inputs evicted first), then ``warm_runs`` (default ``runs``) warm ones (after one
+    read of the inputs)."""
     t = Timing(name)
     try:
-        for which in ("cold", "warm") if cold else ("warm",):
-            if which == "warm":
+        for which, n in (("cold", runs), ("warm", runs if warm_runs is None else warm_runs)):
+            if which == "warm" and n:
                 subprocess.run(["cat", *map(str, inputs)], stdout=subprocess.DEVNULL, check=True)
-            for _ in range(runs):
+            for _ in range(n):
                 if before:
                     before()
                 if which == "cold":
@@ -278,6 +281,14 @@ def timed(
 def read_both(base: Path, model: Path, runs: int) -> Timing:
     cmd = ["sh", "-c", 'cat "$0" "$1" > /dev/null', str(base), str(model)]
     return timed(f"read base + {model.stem} once (cat)", cmd, [base, model], runs)
+
+
+def _load() -> str:
+    return "load average " + " ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+def _size(n: int) -> str:
+    return gb(n) if n >= 1e8 else mb(n)
 
 
 def _fmt(x: float | None) -> str:
@@ -376,7 +387,12 @@ def bench_delta(work: Path, m: dict[str, Path], reads: dict[str, Timing], runs: 
 
 
 def bench_extract(
-    work: Path, m: dict[str, Path], reads: dict[str, Timing], runs: int, rank: int, kohya_runs: int
+    work: Path,
+    m: dict[str, Path],
+    reads: dict[str, Timing],
+    runs: int,
+    rank: int,
+    kohya_runs: tuple[int, int],
 ) -> list[str]:
     rows: list[tuple[Timing, Timing | None]] = []
     checks: list[str] = []
@@ -406,7 +422,10 @@ def bench_extract(
     cmd = [sys.executable, __file__, "--kohya-worker", str(m["base"]), str(m["lora"]), str(out)]
     cmd += ["--rank", str(rank)] + (["--kohya-conv"] if conv else [])
     k = timed(
-        f"kohya method --dim {rank}{' +conv' if conv else ''} (lora)", cmd, [m["base"], m["lora"]], kohya_runs
+        f"kohya method --dim {rank}{' +conv' if conv else ''} (lora)",
+        cmd,
+        [m["base"], m["lora"]],
+        *kohya_runs,
     )
     rows.append((k, reads["lora"]))
     report(rows)
@@ -433,7 +452,8 @@ def main() -> None:
     ap.add_argument("--small", action="store_true", help="tiny models: check the harness in seconds")
     ap.add_argument("--only", choices=("delta", "extract"), default=None)
     ap.add_argument("--runs", type=int, default=3, help="cold and warm runs per command (default 3)")
-    ap.add_argument("--kohya-runs", type=int, default=1, help="cold and warm runs of the kohya method")
+    ap.add_argument("--kohya-runs", type=int, default=1, help="cold runs of the kohya method (default 1)")
+    ap.add_argument("--kohya-warm", type=int, default=0, help="warm runs of the kohya method (default 0)")
     ap.add_argument("--rank", type=int, default=None, help="extraction rank (default 32; --small: 4)")
     ap.add_argument("--kohya-worker", nargs=3, metavar=("BASE", "MODEL", "OUT"), help=argparse.SUPPRESS)
     ap.add_argument("--kohya-conv", action="store_true", help=argparse.SUPPRESS)
@@ -446,7 +466,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(work).free
     need = 0 if args.small else 3 * 2.2e9
-    print(cpu_line())
+    print(f"{cpu_line()}; {_load()} (a shared machine slows every figure)")
     print(f"work folder {work}: {gb(free)} free, about {gb(int(need))} needed")
     if free < need + 5e9 and not (work / STAMP).exists():
         raise SystemExit("not enough free disk space (keep 5 GB spare)")
@@ -458,7 +478,7 @@ def main() -> None:
         m = build_models(work, args.small, lora_rank)
         counts = json.loads((work / STAMP).read_text())["counts"]
         print(
-            f"models: {', '.join(m)}; {gb(m['base'].stat().st_size)} each "
+            f"models: {', '.join(m)}; {_size(m['base'].stat().st_size)} each "
             f"({'tiny zoo' if args.small else 'full-size SD1 fp16'}; LoRA rank {lora_rank} baked into "
             f"{counts['lora modules']} attention modules, dense fine-tune of {counts['fine-tuned tensors']} "
             f"tensors); ready in {time.perf_counter() - t0:.0f} s"
@@ -470,11 +490,11 @@ def main() -> None:
         if args.only != "extract":
             checks += bench_delta(work, m, reads, args.runs)
         if args.only != "delta":
-            checks += bench_extract(work, m, reads, args.runs, rank, args.kohya_runs)
+            checks += bench_extract(work, m, reads, args.runs, rank, (args.kohya_runs, args.kohya_warm))
         print("targets:")
         for line in checks:
             print(line)
-        print(f"total {time.perf_counter() - t0:.0f} s")
+        print(f"total {time.perf_counter() - t0:.0f} s (models, reads and runs); {_load()}")
     finally:
         if not args.keep:
             for q in work.glob("*"):
