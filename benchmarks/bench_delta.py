@@ -343,6 +343,8 @@ def _summary(doc: object) -> str:
         v = doc.get(key)
         if isinstance(v, str):
             return v
+        if isinstance(v, list) and v and all(isinstance(x, str) for x in v):
+            return "\n      ".join(v)
         if isinstance(v, dict):
             for k2 in ("verdict", "text", "words"):
                 if isinstance(v.get(k2), str):
