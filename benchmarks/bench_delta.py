@@ -222,16 +222,26 @@ def kohya_worker(base: str, model: str, out: str, rank: int, conv: bool) -> None
 
 @dataclass
 class Timing:
-    """Cold and warm runs of one command."""
+    """Cold and warm runs of one command, each with the time to read its inputs once just before it, in
+    the same cache state (the machine is shared: a read timed apart would see another load)."""
 
     name: str
     cold: list[Run] = field(default_factory=list)
     warm: list[Run] = field(default_factory=list)
+    reads: dict[str, list[float]] = field(default_factory=lambda: {"cold": [], "warm": []})
     note: str = ""
 
     def best(self, which: str) -> float | None:
         runs = getattr(self, which)
         return min(r.seconds for r in runs) if runs else None
+
+    def read(self, which: str) -> float | None:
+        return min(self.reads[which]) if self.reads[which] else None
+
+    def ratio(self, which: str) -> float | None:
+        """Fastest run over the fastest read of the inputs, in one cache state."""
+        a, b = self.best(which), self.read(which)
+        return None if a is None or b is None else a / b
 
     def median(self, which: str) -> float | None:
         runs = getattr(self, which)
@@ -260,27 +270,24 @@ def timed(
     warm_runs: int | None = None,
     before: Callable[[], None] | None = None,
 ) -> Timing:
-    """``runs`` cold runs (inputs evicted first), then ``warm_runs`` (default ``runs``) warm ones (after one
-    read of the inputs)."""
+    """``runs`` cold runs (inputs evicted first), then ``warm_runs`` (default ``runs``) warm ones; before
+    each, the read of the inputs (``cat`` to /dev/null) is timed in the same state."""
     t = Timing(name)
+    read = ["sh", "-c", 'cat "$@" > /dev/null', "cat", *map(str, inputs)]
     try:
         for which, n in (("cold", runs), ("warm", runs if warm_runs is None else warm_runs)):
-            if which == "warm" and n:
-                subprocess.run(["cat", *map(str, inputs)], stdout=subprocess.DEVNULL, check=True)
             for _ in range(n):
                 if before:
                     before()
+                if which == "cold":
+                    evict(list(inputs))
+                t.reads[which].append(measure(read).seconds)
                 if which == "cold":
                     evict(list(inputs))
                 getattr(t, which).append(measure(cmd))
     except SystemExit as e:  # measure: the command failed (its stderr already printed)
         t.note = f"FAILED: {e}"
     return t
-
-
-def read_both(base: Path, model: Path, runs: int) -> Timing:
-    cmd = ["sh", "-c", 'cat "$0" "$1" > /dev/null', str(base), str(model)]
-    return timed(f"read base + {model.stem} once (cat)", cmd, [base, model], runs)
 
 
 def _load() -> str:
@@ -291,27 +298,28 @@ def _size(n: int) -> str:
     return gb(n) if n >= 1e8 else mb(n)
 
 
-def _fmt(x: float | None) -> str:
-    return "-" if x is None else f"{x:7.2f}"
+def _fmt(x: float | None, width: int = 7) -> str:
+    return f"{'-':>{width}}" if x is None else f"{x:{width}.2f}"
 
 
-def _ratio(a: float | None, b: float | None) -> str:
-    return "-" if a is None or b is None else f"{a / b:6.2f}x"
+def _ratio(r: float | None) -> str:
+    return f"{'-':>7}" if r is None else f"{r:6.1f}x"
 
 
-def report(rows: list[tuple[Timing, Timing | None]]) -> None:
-    """rows: (timing, the read timing it is a ratio to)."""
-    head = f"  {'':38} {'cold min':>8} {'median':>7} {'warm min':>8} {'median':>7} {'x read cold':>11} {'warm':>7}"
-    print(head + f" {'private':>8} {'peak RSS':>8}")
-    for t, ref in rows:
+def report(rows: list[Timing]) -> None:
+    """Seconds (min, median), the inputs' read time (min) and the ratio, cold then warm; memory."""
+    cols = f"{'min':>7} {'median':>7} {'read':>6} {'ratio':>7}"
+    print(f"  {'':38}  cold: {cols}  warm: {cols}  {'private':>8} {'peak RSS':>8}")
+    for t in rows:
         if t.note and not (t.cold or t.warm):
             print(f"  {t.name:38} {t.note}")
             continue
-        cold_r = _ratio(t.best("cold"), ref.best("cold")) if ref else ""
-        warm_r = _ratio(t.best("warm"), ref.best("warm")) if ref else ""
+        cells = [
+            f"{_fmt(t.best(w))} {_fmt(t.median(w))} {_fmt(t.read(w), 6)} {_ratio(t.ratio(w))}"
+            for w in ("cold", "warm")
+        ]
         print(
-            f"  {t.name:38} {_fmt(t.best('cold')):>8} {_fmt(t.median('cold')):>7} {_fmt(t.best('warm')):>8} "
-            f"{_fmt(t.median('warm')):>7} {cold_r:>11} {warm_r:>7} {mb(t.peak()):>8} {mb(t.peak_rss()):>8}"
+            f"  {t.name:38}        {cells[0]}        {cells[1]}  {mb(t.peak()):>8} {mb(t.peak_rss()):>8}"
             + (f"  {t.note}" if t.note else "")
         )
 
@@ -320,13 +328,13 @@ def verdict(ok: bool) -> str:
     return "met" if ok else "NOT met"
 
 
-def check_ratio(t: Timing, ref: Timing, target: float, what: str) -> str:
+def check_ratio(t: Timing, target: float) -> str:
     parts = []
     for which in ("cold", "warm"):
-        a, b = t.best(which), ref.best(which)
-        if a is not None and b is not None:
-            parts.append(f"{which} {a / b:.2f}x {verdict(a / b <= target)}")
-    return f"  {what:44} <= {target:g}x the read time: " + ("; ".join(parts) or "not measured")
+        r = t.ratio(which)
+        if r is not None:
+            parts.append(f"{which} {r:.2f}x {verdict(r <= target)}")
+    return f"  {t.name:44} <= {target:g}x the read time: " + ("; ".join(parts) or "not measured")
 
 
 def check_memory(t: Timing, limit: float = 1.5e9) -> str:
@@ -364,8 +372,8 @@ def lora_kinds(path: Path) -> dict[str, int]:
     return kinds
 
 
-def bench_delta(work: Path, m: dict[str, Path], reads: dict[str, Timing], runs: int) -> list[str]:
-    rows: list[tuple[Timing, Timing | None]] = []
+def bench_delta(work: Path, m: dict[str, Path], runs: int) -> list[str]:
+    rows: list[Timing] = []
     checks: list[str] = []
     if not has_command("delta"):
         print("  sdlens delta: command not available in this tree (skipped)")
@@ -380,8 +388,8 @@ def bench_delta(work: Path, m: dict[str, Path], reads: dict[str, Timing], runs: 
             runs,
             before=lambda o=out: o.unlink(missing_ok=True),
         )
-        rows.append((t, reads[name]))
-        checks += [check_ratio(t, reads[name], 3, t.name), check_memory(t)]
+        rows.append(t)
+        checks += [check_ratio(t, 3), check_memory(t)]
         if out.exists():
             checks.append(f"  delta says ({name}): {_summary(json.loads(out.read_text()))}")
     report(rows)
@@ -391,12 +399,11 @@ def bench_delta(work: Path, m: dict[str, Path], reads: dict[str, Timing], runs: 
 def bench_extract(
     work: Path,
     m: dict[str, Path],
-    reads: dict[str, Timing],
     runs: int,
     rank: int,
     kohya_runs: tuple[int, int],
 ) -> list[str]:
-    rows: list[tuple[Timing, Timing | None]] = []
+    rows: list[Timing] = []
     checks: list[str] = []
     conv = False
     sdlens_t: Timing | None = None
@@ -410,8 +417,8 @@ def bench_extract(
                 f"sdlens extract-lora --rank {rank} ({name})", cmd, [m["base"], m[name]], runs,
                 before=lambda o=out: o.unlink(missing_ok=True),
             )  # fmt: skip
-            rows.append((t, reads[name]))
-            checks += [check_ratio(t, reads[name], 10, t.name), check_memory(t)]
+            rows.append(t)
+            checks += [check_ratio(t, 10), check_memory(t)]
             if out.exists():
                 kinds = lora_kinds(out)
                 checks.append(f"  extract-lora ({name}) wrote {kinds} modules, {mb(out.stat().st_size)}")
@@ -429,7 +436,7 @@ def bench_extract(
         [m["base"], m["lora"]],
         *kohya_runs,
     )
-    rows.append((k, reads["lora"]))
+    rows.append(k)
     report(rows)
     runs_k = k.cold + k.warm
     if runs_k:
@@ -485,14 +492,15 @@ def main() -> None:
             f"{counts['lora modules']} attention modules, dense fine-tune of {counts['fine-tuned tensors']} "
             f"tensors); ready in {time.perf_counter() - t0:.0f} s"
         )
-        print(f"runs: {args.runs} cold (page cache evicted) + {args.runs} warm per command; seconds")
-        reads = {name: read_both(m["base"], m[name], args.runs) for name in ("lora", "finetune")}
-        report([(r, None) for r in reads.values()])
+        print(
+            f"runs: {args.runs} cold (page cache evicted) + {args.runs} warm per command, each after a timed read"
+            " of its two inputs (cat) in the same cache state; ratio = fastest run / fastest read; seconds"
+        )
         checks: list[str] = []
         if args.only != "extract":
-            checks += bench_delta(work, m, reads, args.runs)
+            checks += bench_delta(work, m, args.runs)
         if args.only != "delta":
-            checks += bench_extract(work, m, reads, args.runs, rank, (args.kohya_runs, args.kohya_warm))
+            checks += bench_extract(work, m, args.runs, rank, (args.kohya_runs, args.kohya_warm))
         print("targets:")
         for line in checks:
             print(line)
