@@ -175,7 +175,7 @@ def kohya_targets(key: str, conv: bool) -> bool:
 def kohya_worker(base: str, model: str, out: str, rank: int, conv: bool) -> None:
     """sd-scripts' extract_lora_from_models.py, reproduced without its package: both whole models in
     memory, Δ (float32) of every target module kept, then an exact SVD per module, truncated to ``rank``,
-    U·S and Vh clamped at their 0.99 quantile, saved as fp16. Prints its timings as JSON."""
+    U·S and Vh clamped at their 0.99 quantile, saved (float32, its default). Prints its timings as JSON."""
     import time
 
     from safetensors.torch import load_file, save_file
@@ -210,9 +210,8 @@ def kohya_worker(base: str, model: str, out: str, rank: int, conv: bool) -> None
             lora[f"{name}.lora_up.weight"], lora[f"{name}.lora_down.weight"] = up, down
             lora[f"{name}.alpha"] = torch.tensor(float(r))
     t2 = time.perf_counter()
-    save_file(
-        {k: v.half().contiguous() for k, v in lora.items()}, out, metadata={"ss_network_dim": str(rank)}
-    )
+    meta = {"ss_network_dim": str(rank), "ss_network_alpha": str(rank)}
+    save_file({k: v.contiguous() for k, v in lora.items()}, out, metadata=meta)  # float32: its default
     t3 = time.perf_counter()
     print(json.dumps({"load_s": t_load, "svd_s": t2 - t1, "save_s": t3 - t2, "modules": kinds}))
 
@@ -360,6 +359,15 @@ def _summary(doc: object) -> str:
     return "(no top-level verdict; keys: " + ", ".join(sorted(doc)[:12]) + ")"
 
 
+def _fidelity(doc: object) -> str:
+    """What ``extract-lora`` says of the LoRA it wrote, overall."""
+    overall = doc.get("overall") if isinstance(doc, dict) else None
+    if not isinstance(overall, dict):
+        return "(no overall figures in its JSON)"
+    parts = [f"{k} {overall[k]:.4g}" for k in ("kept", "rel_error", "delta_in_targets") if k in overall]
+    return ", ".join(parts + [f"{k} {overall[k]}" for k in ("modules", "ranks") if k in overall])
+
+
 def lora_kinds(path: Path) -> dict[str, int]:
     """Module count per kind (linear / conv1x1 / conv3x3) of a LoRA file, from its down weights."""
     _, meta = read_header(path)
@@ -410,9 +418,9 @@ def bench_extract(
     if has_command("extract-lora"):
         for name in ("lora", "finetune"):
             out = work / f"out_extract_{name}.safetensors"
-            cmd = _cli(
-                "extract-lora", str(m[name]), "--base", str(m["base"]), "--rank", str(rank), "-o", str(out)
-            )
+            report_json = work / f"out_extract_{name}.json"
+            cmd = _cli("extract-lora", str(m[name]), "--base", str(m["base"]), "--rank", str(rank))
+            cmd += ["-o", str(out), "--json", str(report_json)]
             t = timed(
                 f"sdlens extract-lora --rank {rank} ({name})", cmd, [m["base"], m[name]], runs,
                 before=lambda o=out: o.unlink(missing_ok=True),
@@ -423,6 +431,10 @@ def bench_extract(
                 kinds = lora_kinds(out)
                 checks.append(f"  extract-lora ({name}) wrote {kinds} modules, {mb(out.stat().st_size)}")
                 conv = conv or any(k.startswith("conv3") for k in kinds)
+            if report_json.exists():
+                checks.append(
+                    f"  extract-lora ({name}) fidelity: {_fidelity(json.loads(report_json.read_text()))}"
+                )
             if name == "lora":
                 sdlens_t = t
     else:
