@@ -17,7 +17,20 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperCommand, TyperGroup
 
-from sdlens.commands import arch, convert, delta, demo, diff, embed, inspect, lineage, matrix, recipe, version
+from sdlens.commands import (
+    arch,
+    convert,
+    delta,
+    demo,
+    diff,
+    embed,
+    extract_lora,
+    inspect,
+    lineage,
+    matrix,
+    recipe,
+    version,
+)
 from sdlens.console import EXIT_INTERNAL, EXIT_PROBLEMS, EXIT_USAGE, err, fail, out  # noqa: F401 - re-exported
 from sdlens.errors import SdlensError
 
@@ -63,6 +76,18 @@ class _Group(TyperGroup):
     def get_params(self, ctx):  # noqa: ANN001, ANN201
         return _plain_help(super().get_params(ctx))
 
+    # a module name's ``_`` is a ``-`` on the command line (``extract_lora`` -> ``sdlens extract-lora``)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for command in self.commands.values():
+            command.name = (command.name or "").replace("_", "-")
+
+    def list_commands(self, ctx):  # noqa: ANN001, ANN201
+        return [n.replace("_", "-") for n in super().list_commands(ctx)]
+
+    def get_command(self, ctx, cmd_name):  # noqa: ANN001, ANN201
+        return super().get_command(ctx, cmd_name) or super().get_command(ctx, cmd_name.replace("-", "_"))
+
     def invoke(self, ctx):  # noqa: ANN001, ANN201
         try:
             return super().invoke(ctx)
@@ -86,7 +111,7 @@ app = typer.Typer(
 
 # Every command, in the order ``sdlens --help`` lists them: ``sdlens <module name>`` runs ``<module>.run``.
 # Importing them is cheap: each imports its heavy dependencies inside ``run``.
-COMMANDS = (inspect, diff, demo, version, arch, convert, embed, matrix, recipe, lineage, delta)
+COMMANDS = (inspect, diff, demo, version, arch, convert, embed, matrix, recipe, lineage, delta, extract_lora)
 
 
 def command_name(module: Any) -> str:

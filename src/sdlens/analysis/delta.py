@@ -27,8 +27,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sdlens.analysis.delta_pairs import Alignment, Pair, aligned, paths_differ, read_pair
-from sdlens.analysis.spectrum import one_thread
+from sdlens.analysis.delta_pairs import Alignment, Buffers, Pair, aligned, paths_differ, read_pair, same_bytes
+from sdlens.analysis.spectrum import free_threads
 from sdlens.arch.blocks import block_of
 from sdlens.arch.layers import layer_type
 from sdlens.choices import DeltaBy, check_choice
@@ -78,8 +78,9 @@ class GroupDelta:
     tensors: int = 0
     kinds: Counter = field(default_factory=Counter)
     ranks: Counter = field(default_factory=Counter)  # rank -> low-rank weights
-    effective_90: list[int] = field(default_factory=list)  # of its high-rank weights
+    effective_90: list[int] = field(default_factory=list)  # of its high-rank weights where measured
     sizes: list[int] = field(default_factory=list)  # of its high-rank weights
+    sketched: list[int] = field(default_factory=list)  # ranks (lower bounds) of high-rank weights sketched
     energy: float = 0.0
     base_energy: float = 0.0  # of the tensors that changed
     layer_types: Counter = field(default_factory=Counter)  # of its changed tensors
@@ -93,9 +94,12 @@ class GroupDelta:
             self.layer_types[t.layer_type] += 1
         if t.kind == "low-rank" and t.rank is not None:
             self.ranks[t.rank] += 1
-        elif t.kind == "high-rank" and t.effective_rank_90 is not None and t.size:
-            self.effective_90.append(t.effective_rank_90)
+        elif t.kind == "high-rank" and t.size:
             self.sizes.append(t.size)
+            if t.effective_rank_90 is not None:
+                self.effective_90.append(t.effective_rank_90)
+            else:
+                self.sketched.append(t.rank or 0)
 
     @property
     def kind(self) -> str:
@@ -119,6 +123,7 @@ class GroupDelta:
             "ranks": {str(k): v for k, v in sorted(self.ranks.items())},
             "median_effective_rank_90": statistics.median(self.effective_90) if self.effective_90 else None,
             "median_size": statistics.median(self.sizes) if self.sizes else None,
+            "sketched_rank_at_least": min(self.sketched) if self.sketched else None,
             "rel": self.rel,
             "layer_types": dict(self.layer_types),
         }
@@ -170,20 +175,10 @@ def _block(name: str, component: str, family: str) -> str:
     return f"layer {int(m.group(1))}" if m and component not in ("vae_encoder", "vae_decoder") else component
 
 
-def _identical(model: Any, base: Any, pair: Pair) -> bool:
-    """Same stored bytes, compared without a float conversion (None from the raw path: not decided)."""
-    from sdlens.analysis.diff import raw_view
-    from sdlens.analysis.kernels import bits_equal
-
-    if pair.dtype_model != pair.dtype_base:
-        return False
-    xm, xb = raw_view(model, pair.model), raw_view(base, pair.base)
-    return xm is not None and xb is not None and bits_equal(xm, xb)
-
-
-def measure(model: Any, base: Any, pair: Pair, family: str) -> tuple[TensorDelta, float]:
+def measure(
+    model: Any, base: Any, pair: Pair, family: str, buffers: Buffers | None = None, *, exact: bool = False
+) -> tuple[TensorDelta, float]:
     """One pair's TensorDelta and ‖B‖² (0 when Δ = 0: group sizes are relative to the weights changed)."""
-    import torch
 
     from sdlens.analysis import spectrum as S
 
@@ -200,24 +195,29 @@ def measure(model: Any, base: Any, pair: Pair, family: str) -> tuple[TensorDelta
     )
     if len(pair.shape) >= 2:
         t.size = min(pair.shape[0], math.prod(pair.shape[1:]))
-    if _identical(model, base, pair):
+    if same_bytes(model, base, pair):
         return t, 0.0
-    m, b = read_pair(model, base, pair)
-    d = m - b
-    t.energy = float(torch.linalg.vector_norm(d.reshape(-1), dtype=torch.float64) ** 2)
+    import torch
+
+    buffers = buffers or Buffers()
+    m, b = read_pair(model, base, pair, buffers)
+    d, scratch = buffers.get(pair.shape)[2:]
+    torch.sub(m, b, out=d)
+    t.energy = S.sumsq(d)
     if t.energy == 0.0:
         return t, 0.0
-    base_energy = float(torch.linalg.vector_norm(b.reshape(-1), dtype=torch.float64) ** 2)
-    t.noise = S.noise_energy(m, pair.dtype_model, b, pair.dtype_base)
+    base_energy = S.sumsq(b)
+    t.noise = S.noise_energy(m, pair.dtype_model, b, pair.dtype_base, scratch)
     t.rel = math.sqrt(t.energy / base_energy) if base_energy else math.inf
-    if S.rounding_only(d, m, pair.dtype_model, b, pair.dtype_base):
+    # within one step everywhere implies ‖Δ‖² ≤ Σ step² ≤ 12 × the noise: only then is it worth checking
+    if t.energy <= 12.5 * t.noise and S.rounding_only(d, m, pair.dtype_model, b, pair.dtype_base):
         t.kind = "rounding"
         return t, base_energy
     mat = S.as_matrix(d)
     if mat is None or min(mat.shape) < 2:
         t.kind = "changed"
         return t, base_energy
-    spec = S.spectrum(mat, t.noise)
+    spec = S.spectrum(mat, t.noise, t.energy, exact=exact)
     t.rank = spec.rank
     t.at_least = spec.at_least
     t.effective_rank_90 = spec.effective_rank(0.9)
@@ -241,9 +241,12 @@ def delta(
     *,
     by: DeltaBy = "block",
     variant: str | None = None,
+    exact: bool = False,
     progress: Callable[[int], None] | None = None,
 ) -> DeltaResult:
-    """Compare ``model_path`` with ``base_path`` tensor by tensor and say what kind of change it is."""
+    """Compare ``model_path`` with ``base_path`` tensor by tensor and say what kind of change it is;
+    ``exact``: every singular value of every weight (large high-rank weights are otherwise sketched: their rank
+    a lower bound, their effective ranks unknown)."""
     from sdlens.analysis.delta_words import verdict
 
     check_choice(by, "by", DeltaBy)
@@ -251,16 +254,17 @@ def delta(
     with (
         open_checkpoint(model_path, variant) as model,
         open_checkpoint(base_path, variant) as base,
-        one_thread(),
+        free_threads(),
     ):
         al: Alignment = aligned(model, base)
         tensors: list[TensorDelta] = []
         groups: dict[tuple[str, str], GroupDelta] = {}
         comps: dict[str, GroupDelta] = {}
+        buffers = Buffers()
         for pair in al.pairs:
             if not _float(pair):
                 continue
-            t, base_energy = measure(model, base, pair, al.family)
+            t, base_energy = measure(model, base, pair, al.family, buffers, exact=exact)
             tensors.append(t)
             comps.setdefault(t.component, GroupDelta(t.component, t.component)).add(t, base_energy)
             g = group_of(t, by)

@@ -92,13 +92,53 @@ def aligned(model: Checkpoint, base: Checkpoint) -> Alignment:
     )
 
 
-def read_pair(model: Checkpoint, base: Checkpoint, pair: Pair) -> tuple[torch.Tensor, torch.Tensor]:
-    """Both tensors of a pair as float32, in the canonical shape."""
+def same_bytes(model: Checkpoint, base: Checkpoint, pair: Pair) -> bool:
+    """The pair stores the same bytes, compared raw without a float conversion (False where the raw path
+    cannot decide: other dtypes, transposed refs)."""
+    from sdlens.analysis.diff import raw_view
+    from sdlens.analysis.kernels import bits_equal
+
+    if pair.dtype_model != pair.dtype_base:
+        return False
+    xm, xb = raw_view(model, pair.model), raw_view(base, pair.base)
+    return xm is not None and xb is not None and bits_equal(xm, xb)
+
+
+class Buffers:
+    """Float32 work buffers reused from pair to pair (grown on demand): writing into pages already touched is
+    3–7× faster than into a fresh allocation, which the kernel must fault in and zero first."""
+
+    def __init__(self, count: int = 4) -> None:
+        self.count = count
+        self.size = 0
+        self.bufs: list[torch.Tensor] = []
+
+    def get(self, shape: tuple[int, ...]) -> list[torch.Tensor]:
+        """``count`` float32 tensors of ``shape`` (views of the buffers)."""
+        import torch
+
+        n = math.prod(shape)
+        if n > self.size:
+            self.size = n
+            self.bufs = [torch.empty(n, dtype=torch.float32) for _ in range(self.count)]
+        return [b[:n].view(shape) for b in self.bufs]
+
+
+def read_pair(
+    model: Checkpoint, base: Checkpoint, pair: Pair, buffers: Buffers | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both tensors of a pair as float32, in the canonical shape (in the first two of ``buffers`` if given,
+    else freshly allocated)."""
     import torch
 
-    m = read_canonical(model, pair.model, copy=False).to(torch.float32)
-    b = read_canonical(base, pair.base, copy=False).to(torch.float32)
-    return m, b
+    m = read_canonical(model, pair.model, copy=False)
+    b = read_canonical(base, pair.base, copy=False)
+    if buffers is None:
+        return m.to(torch.float32), b.to(torch.float32)
+    bm, bb = buffers.get(pair.shape)[:2]
+    bm.copy_(m)
+    bb.copy_(b)
+    return bm, bb
 
 
 def paths_differ(*paths: str | Path) -> None:

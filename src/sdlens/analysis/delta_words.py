@@ -59,20 +59,39 @@ def _where(hit: list[TensorDelta], every: list[TensorDelta], component: str, fam
     blocks = {t.block for t in hit}
     possible = {t.block for t in every}
     unit = "block" if component == "denoiser" else "layer"
+    if blocks == {component}:  # a component without blocks or layers (VAE)
+        return ""
     if len(possible) > 1 and blocks == possible:
-        return f"every {unit}"
+        return f"; every {unit}"
     order = block_names(family) if component == "denoiser" else []
     pos = {b: i for i, b in enumerate(order)}
     names = sorted(blocks, key=lambda b: (pos.get(b, len(pos)), _layer_no(b)))
     if len(names) <= 4:
-        return ", ".join(names)
-    return f"{names[0]}–{names[-1]} ({len(names)} {unit}s)"
+        return "; " + ", ".join(names)
+    return f"; {names[0]}–{names[-1]} ({len(names)} {unit}s)"
 
 
 def _coarse_dtype(ts: list[TensorDelta]) -> str:
     seen = {d for t in ts for d in (t.dtype_model, t.dtype_base)}
     best = next((d for d in _COARSE if d in seen), "F32")
     return _PRECISION_WORD.get(best, best)
+
+
+def _high_rank(high: list[TensorDelta]) -> str:
+    """ "effective rank 66 of 128 at 90 % of ‖Δ‖²" (medians), or, where the large weights were sketched,
+    "rank ≥ 40 of 640"."""
+    measured = [t for t in high if t.effective_rank_90 is not None]
+    sketched = [t for t in high if t.effective_rank_90 is None]
+    out = []
+    if measured:
+        eff = statistics.median(t.effective_rank_90 or 0 for t in measured)
+        size = statistics.median(t.size or 0 for t in measured)
+        out.append(f"effective rank {eff:.0f} of {size:.0f} at 90 % of ‖Δ‖²")
+    if sketched:
+        low = min(t.rank or 0 for t in sketched)
+        size = statistics.median(t.size or 0 for t in sketched)
+        out.append(f"{'larger weights ' if measured else ''}rank ≥ {low} of {size:.0f}, sketched")
+    return "; ".join(out)
 
 
 def component_line(component: str, ts: list[TensorDelta], family: str) -> str:
@@ -93,20 +112,21 @@ def component_line(component: str, ts: list[TensorDelta], family: str) -> str:
         every = [t for t in weights if t.layer_type in types]
         ranks = Counter(t.rank for t in low)
         parts.append(
-            f"LoRA-like: {ranks_phrase(ranks)} in {_types(low)} of {_where(low, every, component, family)}"
+            f"LoRA-like: {ranks_phrase(ranks)} in {_types(low)} of "
+            + _where(low, every, component, family).removeprefix("; ")
         )
         if high:
             parts.append(f"high-rank in {len(high)} more weights ({_types(high)})")
     elif high:
-        eff = statistics.median(t.effective_rank_90 or 0 for t in high)
-        size = statistics.median(t.size or 0 for t in high)
-        bound = "≥ " if any(t.at_least for t in high) else ""
         types = {t.layer_type for t in high}
         every = [t for t in weights if t.layer_type in types]
         where = _where(high, every, component, family)
+        what = (
+            "all layer types" if types == {t.layer_type for t in weights} and len(types) > 2 else _types(high)
+        )
         parts.append(
-            f"full fine-tune: Δ is high-rank (effective rank {bound}{eff:g} of {size:g} at 90 % of ‖Δ‖²) "
-            f"in {len(high)} of {len(weights)} weights ({_types(high)}; {where})"
+            f"full fine-tune: Δ is high-rank ({_high_rank(high)}) "
+            f"in {len(high)} of {len(weights)} weights ({what}{where})"
         )
         if low:
             parts.append(f"low-rank in {len(low)} more ({ranks_phrase(Counter(t.rank for t in low))})")

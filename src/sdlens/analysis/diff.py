@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sdlens.analysis.spectrum import ROW, sumsq
 from sdlens.arch import registry as R
 from sdlens.arch.blocks import block_of
 from sdlens.arch.canonical import CanonRef, canonical_index
@@ -177,20 +178,12 @@ def _view(ckpt: Checkpoint, ref: CanonRef):
     return t.reshape(-1)
 
 
-_ROW = 1 << 14  # float32 partial sums over rows of this length, then float64 across rows: exact to ~1e-8
-
-
 def _rows(x):
-    m = x.numel() // _ROW
-    return x[: m * _ROW].view(m, _ROW), x[m * _ROW :]
+    m = x.numel() // ROW
+    return x[: m * ROW].view(m, ROW), x[m * ROW :]
 
 
-def _sumsq(x) -> float:
-    import torch
-
-    body, tail = _rows(x)
-    s = torch.linalg.vector_norm(body, dim=1).double().pow(2).sum() if body.numel() else 0.0
-    return float(s) + float(tail.double().pow(2).sum())
+_sumsq = sumsq
 
 
 def _sum(x) -> float:

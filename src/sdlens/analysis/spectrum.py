@@ -7,10 +7,11 @@
   both files' rounding counts (an upper bound: values rounded once from one source differ by less).
 * :func:`spectrum` — singular values: exact when the smaller side is at most :data:`EXACT_MAX` (eigenvalues
   of the float64 Gram matrix on the smaller side: one GEMM, ten times faster than LAPACK's SVD, and σ resolved
-  to 1e-7 of σ₁, far below any storage's rounding); else a randomized range finder (``torch.svd_lowrank``: Gaussian sketch with oversampling
-  and a power iteration, seeded) of width 40, widened once to :data:`LOW_RANK_MAX` + 8 when it ended above
-  the noise and the energy it missed could still fit in that many singular values (a LoRA of rank 64 or
-  128); beyond, the delta is high-rank and its rank and effective ranks are lower bounds.
+  to 1e-7 of σ₁, far below any storage's rounding); else a randomized range finder
+  (``torch.svd_lowrank``: Gaussian sketch with oversampling, seeded) of width 40 (a LoRA of rank ≤ 32 lies in its range whole, so no power iteration is needed to see
+  it), widened once to :data:`LOW_RANK_MAX` + 8 with a power iteration when it ended above the noise and the
+  energy it missed could still fit in that many singular values (a LoRA of rank 64 or 128); beyond, the
+  delta is high-rank and its rank and effective ranks are lower bounds.
 * The noise edge: rounding errors are close to an i.i.d. matrix of variance s² = noise / (m·n), whose largest
   singular value is s·(√m + √n) (Marchenko–Pastur); singular values above :data:`EDGE_MARGIN` times that are
   signal, and their count is the delta's rank.
@@ -27,8 +28,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-
-from sdlens.io.dtypes import DTYPES
 
 if TYPE_CHECKING:
     import torch
@@ -49,18 +48,25 @@ MANTISSA = {"F64": 52, "F32": 23, "F16": 10, "BF16": 7, "F8_E4M3": 3, "F8_E5M2":
 
 
 @contextmanager
-def one_thread() -> Iterator[None]:
-    """Run torch's linear algebra on one thread: LAPACK's small factorisations and skinny sketches gain little
-    from a second thread and lose 10–30× when the cores are shared (OpenMP threads spin-wait for each other)."""
+def free_threads() -> Iterator[None]:
+    """Run torch on the cores nobody else is using (one at least): OpenMP threads spin-wait for each other, so
+    on shared cores small factorisations and skinny sketches run 10–30× slower on two threads than on one."""
+    import os
+
     import torch
 
     n = torch.get_num_threads()
-    if n > 1:
-        torch.set_num_threads(1)
+    try:
+        free = int((os.cpu_count() or 1) - os.getloadavg()[0] + 0.5)
+    except OSError:  # no load average on this platform
+        free = n
+    use = max(1, min(n, free))
+    if use != n:
+        torch.set_num_threads(use)
     try:
         yield
     finally:
-        if n > 1:
+        if use != n:
             torch.set_num_threads(n)
 
 
@@ -72,23 +78,28 @@ def as_matrix(t: torch.Tensor) -> torch.Tensor | None:
     return t if t.dim() == 2 else t.reshape(t.shape[0], -1)
 
 
-def _pow2_sumsq(x: torch.Tensor) -> float:
-    """Σ (2^⌊log₂|x|⌋)² over a float32 tensor: the exponent bits alone, squared and summed."""
+def _pow2_sumsq(x: torch.Tensor, scratch: torch.Tensor | None = None) -> float:
+    """Σ (2^⌊log₂|x|⌋)² over a float32 tensor: the exponent bits alone, squared and summed (``scratch``: a
+    float32 tensor of x's size to work in)."""
     import torch
 
-    bits = x.reshape(-1).view(torch.int32) & 0x7F800000
-    return float(torch.linalg.vector_norm(bits.view(torch.float32), dtype=torch.float64) ** 2)
+    ints = x.reshape(-1).view(torch.int32)
+    out = None if scratch is None else scratch.reshape(-1).view(torch.int32)
+    bits = torch.bitwise_and(ints, 0x7F800000, out=out) if out is not None else ints & 0x7F800000
+    return sumsq(bits.view(torch.float32))
 
 
-def noise_energy(m: torch.Tensor, dtype_m: str, b: torch.Tensor, dtype_b: str) -> float:
-    """The expected ‖M − B‖²_F from rounding alone: Σ ulp²/12 of each float32 tensor's values at its stored
-    dtype (``F16``, ``BF16``, ...), both files counted; 0 for integer dtypes."""
-    total = 0.0
-    for x, dt in ((m, dtype_m), (b, dtype_b)):
-        p = MANTISSA.get(dt)
-        if p is not None and DTYPES[dt].is_float:
-            total += _pow2_sumsq(x) * 4.0**-p / 12.0
-    return total
+def noise_energy(
+    m: torch.Tensor, dtype_m: str, b: torch.Tensor, dtype_b: str, scratch: torch.Tensor | None = None
+) -> float:
+    """The expected ‖M − B‖²_F from rounding alone: Σ ulp²/12 of the values at each file's stored dtype
+    (``F16``, ``BF16``, ...), both files counted; 0 for integer dtypes. One pass: B's exponents stand for M's
+    (the two differ by a few per cent at most where this matters), ``m`` is read only when B is not float."""
+    steps = sum(4.0 ** -MANTISSA[dt] for dt in (dtype_m, dtype_b) if dt in MANTISSA)
+    if not steps:
+        return 0.0
+    ref = b if dtype_b in MANTISSA else m
+    return _pow2_sumsq(ref, scratch) * steps / 12.0
 
 
 # the smallest normal exponent of each float dtype (below it, steps stay at 2^(emin - p))
@@ -133,24 +144,17 @@ class Spectrum:
 
     @property
     def at_least(self) -> bool:
-        """The rank and effective ranks are lower bounds: the sketch ended above the noise."""
+        """The sketch ended above the noise: the rank is at least what it found, effective ranks it did not
+        reach are unknown (None)."""
         return not self.exact and len(self.sigma) > 0 and bool(self.sigma[-1] > self.edge)
-
-    def _beyond(self, energy: float) -> int:
-        """How many more singular values, none larger than the sketch's last, ``energy`` needs at least."""
-        last = float(self.sigma[-1]) ** 2
-        return math.ceil(max(energy, 0.0) / last) if last > 0 else 0
 
     @property
     def rank(self) -> int:
-        """Singular values above the noise edge (a lower bound when ``at_least``)."""
+        """Singular values above the noise edge (a lower bound when ``at_least``: a sketch's singular values
+        are at most the true ones)."""
         if self.energy == 0.0 or self.below_noise:
             return 0
-        found = int(np.count_nonzero(self.sigma > self.edge))
-        if self.at_least:  # the energy beyond the sketch, less the noise, needs this many more
-            tail = self.energy - float(np.sum(self.sigma**2)) - self.noise
-            found += self._beyond(tail)
-        return min(found, self.size)
+        return int(np.count_nonzero(self.sigma > self.edge))
 
     @property
     def stable_rank(self) -> float:
@@ -158,16 +162,13 @@ class Spectrum:
         top = float(self.sigma[0]) if len(self.sigma) else 0.0
         return self.energy / (top * top) if top > 0 else 0.0
 
-    def effective_rank(self, share: float) -> int:
-        """The fewest singular values holding ``share`` of ‖Δ‖²_F (a lower bound when ``at_least``)."""
+    def effective_rank(self, share: float) -> int | None:
+        """The fewest singular values holding ``share`` of ‖Δ‖²_F; None when a sketch holds less than that."""
         if self.energy == 0.0 or not len(self.sigma):
             return 0
         cum = np.cumsum(self.sigma.astype(np.float64) ** 2)
-        goal = share * self.energy * (1 - 1e-12)
-        k = int(np.searchsorted(cum, goal))
-        if k < len(cum):
-            return k + 1
-        return min(len(cum) + self._beyond(goal - float(cum[-1])), self.size)
+        k = int(np.searchsorted(cum, share * self.energy * (1 - 1e-12)))
+        return k + 1 if k < len(cum) else None
 
     def to_dict(self, top: int = 64) -> dict[str, Any]:
         return {
@@ -184,17 +185,26 @@ class Spectrum:
         }
 
 
-def _sumsq(d: torch.Tensor) -> float:
+ROW = 1 << 14  # float32 partial sums over rows of this length, then float64 across rows: exact to ~1e-8
+
+
+def sumsq(x: torch.Tensor) -> float:
+    """‖x‖²_F of a float32 tensor: float32 norms of rows of :data:`ROW` values summed in float64 (one pass;
+    to ~1e-8 relative, where one float32 reduction over millions of values drifts by 1e-4)."""
     import torch
 
-    return float(torch.linalg.vector_norm(d.reshape(-1), dtype=torch.float64) ** 2)
+    flat = x.reshape(-1)
+    rows = flat.numel() // ROW
+    body, tail = flat[: rows * ROW].view(rows, ROW), flat[rows * ROW :]
+    s = float(torch.linalg.vector_norm(body, dim=1).double().pow(2).sum()) if rows else 0.0
+    return s + float(tail.double().pow(2).sum())
 
 
 def _sketch_svd(d: torch.Tensor, width: int, niter: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Randomized SVD with a fixed seed (the same file gives the same report)."""
     import torch
 
-    with torch.random.fork_rng(devices=[]), one_thread():
+    with torch.random.fork_rng(devices=[]):
         torch.manual_seed(SEED)
         return torch.svd_lowrank(d, q=width, niter=niter)
 
@@ -205,16 +215,16 @@ def _edge(shape: tuple[int, int], noise: float) -> float:
     return EDGE_MARGIN * s * (math.sqrt(m) + math.sqrt(n))
 
 
-def spectrum(d: torch.Tensor, noise: float) -> Spectrum:
-    """The spectrum of a 2-D float32 delta ``d`` whose rounding energy is ``noise``."""
-
+def spectrum(d: torch.Tensor, noise: float, energy: float | None = None, *, exact: bool = False) -> Spectrum:
+    """The spectrum of a 2-D float32 delta ``d`` whose rounding energy is ``noise`` (``energy``: ‖d‖²_F when
+    the caller has it); ``exact``: every singular value whatever the size (the Gram matrix: slower)."""
     shape = (int(d.shape[0]), int(d.shape[1]))
-    energy = _sumsq(d)
+    energy = sumsq(d) if energy is None else energy
     edge = _edge(shape, noise)
     if energy == 0.0 or energy <= ROUNDING_SHARE * noise:
         return Spectrum(shape, energy, np.zeros(0), True, noise, edge)
     small = min(shape)
-    if small <= EXACT_MAX:
+    if exact or small <= EXACT_MAX:
         sigma = _gram_svd(d, vectors=False)[1].numpy()
         return Spectrum(shape, energy, sigma, True, noise, max(edge, GRAM_FLOOR * float(sigma[0])))
     _, s, _ = _sketch_svd(d, min(SKETCH, small), POWER_ITERATIONS)
@@ -257,11 +267,9 @@ def _gram_svd(d: torch.Tensor, *, vectors: bool = True) -> tuple[Any, torch.Tens
     wide = x.shape[0] <= x.shape[1]
     gram = x @ x.mT if wide else x.mT @ x
     if not vectors:
-        with one_thread():
-            ev = torch.linalg.eigvalsh(gram).flip(0)
+        ev = torch.linalg.eigvalsh(gram).flip(0)
         return None, ev.clamp(min=0).sqrt(), None
-    with one_thread():
-        ev, vec = torch.linalg.eigh(gram)
+    ev, vec = torch.linalg.eigh(gram)
     ev, vec = ev.flip(0), vec.flip(1)
     s = ev.clamp(min=0).sqrt()
     keep = int(torch.count_nonzero(s > GRAM_FLOOR * s[0])) if len(s) and s[0] > 0 else 0
@@ -291,7 +299,7 @@ def factorize(
 
     if (rank is None) == (energy is None):
         raise ValueError("give exactly one of rank / energy")
-    total = _sumsq(d)
+    total = sumsq(d)
     small = min(d.shape)
     cap = min(small, max_rank or small)
     width = min(small, (rank or SKETCH) + OVERSAMPLE)
@@ -306,6 +314,6 @@ def factorize(
         width = min(small, width * 4)
     up = (u[:, :k] * s[:k]).to(torch.float32).contiguous()
     down = v[:, :k].mT.to(torch.float32).contiguous()
-    resid = _sumsq(d - up @ down) if total else 0.0
+    resid = sumsq(d - up @ down) if total else 0.0
     kept = 1.0 - resid / total if total else 1.0
     return Factors(up, down, k, max(0.0, kept), math.sqrt(resid / total) if total else 0.0)

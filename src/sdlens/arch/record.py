@@ -73,6 +73,9 @@ class Denoiser:
     time_ids: int = (
         6  # text_time UNets: micro-conditioning values (SDXL: sizes and crop; refiner: 5 with aesthetics)
     )
+    # the module names kohya-style LoRA files (``lora_unet_…``) use for this denoiser: ``diffusers`` (SD1/SD2:
+    # kohya trains the diffusers UNet), ``ldm`` (SDXL: kohya's sgm UNet); "" = none (write PEFT instead)
+    kohya_names: str = ""
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,14 @@ def run(
         Path | None,
         typer.Option(metavar="FILE", help="Write spectra per layer type and ranks per block (.png / .svg)."),
     ] = None,
+    exact: Annotated[
+        bool,
+        typer.Option(
+            "--exact",
+            help="Every singular value of every weight (slower); by default large high-rank weights are "
+            "sketched: their rank a lower bound, their effective ranks not measured.",
+        ),
+    ] = False,
     variant: VariantOption = None,
 ) -> None:
     """Is MODEL its BASE with low-rank updates baked in (a LoRA), or a real fine-tune? Per 2-D weight and conv
@@ -43,6 +51,7 @@ def run(
     ("LoRA-like: rank 8 in attn1/attn2 of every block", "differs only by fp16 rounding"). One streaming pass."""
     from sdlens import console
     from sdlens.analysis.delta import delta
+    from sdlens.io.open import open_checkpoint
     from sdlens.io.outputs import OutFile, check_outputs, remove_created_on_failure
     from sdlens.render.delta_view import plot_delta, render_delta
     from sdlens.render.safe_text import safe
@@ -52,7 +61,11 @@ def run(
             console.output_path(path, option)
     outputs = [OutFile(o, p) for o, p in (("--json", json_file), ("--plot", plot)) if p is not None]
     check_outputs([model, base], outputs)
-    result = delta(model, base, by=by, variant=variant)
+    with open_checkpoint(model, variant) as ck:
+        total = ck.tensor_bytes
+    bar, progress = console.progress_bar(total, f"delta {model.name}")
+    with bar:
+        result = delta(model, base, by=by, variant=variant, exact=exact, progress=progress)
     render_delta(result, console.out)
     with remove_created_on_failure(files=[o.path for o in outputs]):
         if json_file is not None:

@@ -11,7 +11,16 @@ from pathlib import Path
 
 from rich.console import Console
 
-SECTIONS = ("diff", "arch", "convert", "embed", "matrix", "recipe", "lineage")  # after inspect, in this order
+SECTIONS = (
+    "diff",
+    "arch",
+    "convert",
+    "embed",
+    "matrix",
+    "recipe",
+    "lineage",
+    "delta",
+)  # after inspect, in this order
 
 
 def run_demo(out_dir: Path, console: Console) -> None:

@@ -31,7 +31,9 @@ def _rank_cell(g: GroupDelta) -> str:
     if g.ranks:
         cells.append(ranks_phrase(g.ranks).removeprefix("ranks ").removeprefix("rank "))
     if g.effective_90:
-        cells.append(f"eff. {statistics.median(g.effective_90):g} of {statistics.median(g.sizes):g}")
+        cells.append(f"eff. {statistics.median(g.effective_90):.0f} of {statistics.median(g.sizes):.0f}")
+    elif g.sketched:
+        cells.append(f"≥ {min(g.sketched)} of {statistics.median(g.sizes):.0f}")
     return "; ".join(cells)
 
 
@@ -128,7 +130,7 @@ def _per_block(result: DeltaResult) -> tuple[list[str], list[float], list[str], 
     for comp, block in keys:
         ts = groups[(comp, block)]
         hit = [t for t in ts if t.kind in ("low-rank", "high-rank")]
-        values = [(t.rank if t.kind == "low-rank" else t.effective_rank_90) or 0 for t in hit]
+        values = [(t.rank if t.kind == "low-rank" else t.effective_rank_90 or t.rank) or 0 for t in hit]
         names.append(block if comp == "denoiser" else f"{component_label(comp, result.family)} {block}")
         ranks.append(statistics.median(values) if values else 0.0)
         kinds.append(

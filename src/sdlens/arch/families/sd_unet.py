@@ -267,6 +267,7 @@ FAMILIES: tuple[Family, ...] = (
             _shapes(sample_size=64, heads=8),
             "unet",
             _sd1_config,
+            kohya_names="diffusers",
         ),
         text_encoders=(TextEncoderSlot("clip_l", 77, "last"),),
         blocks=_SD_BLOCKS,
@@ -311,6 +312,7 @@ FAMILIES: tuple[Family, ...] = (
             _shapes(sample_size=96, head_width=64, upcast=True),
             "unet",
             lambda c: not _text_time(c),
+            kohya_names="diffusers",
         ),
         # the 23-layer model's output after the final norm (open_clip "penultimate")
         text_encoders=(TextEncoderSlot("openclip_h", 77, "last"),),
@@ -355,6 +357,7 @@ FAMILIES: tuple[Family, ...] = (
             _shapes(sample_size=128, head_width=64),
             "unet",
             lambda c: _text_time(c) and not _pooled_is_context(c, 5),
+            kohya_names="ldm",
         ),
         text_encoders=(
             TextEncoderSlot("clip_l", 77, "penultimate"),
@@ -420,6 +423,7 @@ FAMILIES: tuple[Family, ...] = (
             "unet",
             _text_time,
             time_ids=5,
+            kohya_names="ldm",
         ),
         text_encoders=(TextEncoderSlot("clip_g", 77, "penultimate"),),
         vae_scaling_factor=0.13025,
