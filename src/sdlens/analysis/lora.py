@@ -138,8 +138,30 @@ def _unet_modules(family: str) -> dict[str, str]:
     fam = families.get(family)
     if fam is None or fam.denoiser is None or fam.denoiser.keymap != "unet":
         return {}
+    return _module_names(unet_key_map(dict(fam.denoiser.config)).items())
+
+
+def unet_modules_of(family: str, ldm_keys: list[str]) -> dict[str, str]:
+    """As :func:`_unet_modules`, for the UNet keys a checkpoint holds (LDM names, no prefix): each renamed
+    with the family's key map alone, so no model is built (building SD1's on the meta device takes seconds)."""
+    from sdlens.arch.keymap import unet_ldm_key_to_diffusers
+
+    fam = families.get(family)
+    if fam is None or fam.denoiser is None or fam.denoiser.keymap != "unet":
+        return {}
+    config = dict(fam.denoiser.config)
+    pairs = []
+    for key in ldm_keys:
+        try:
+            pairs.append((unet_ldm_key_to_diffusers(key, config), key))
+        except KeyError:  # a key the released layout lacks: only its LDM spelling resolves
+            pairs.append((key, key))
+    return _module_names(pairs)
+
+
+def _module_names(pairs) -> dict[str, str]:
     out: dict[str, str] = {}
-    for diff_key, ldm_key in unet_key_map(dict(fam.denoiser.config)).items():
+    for diff_key, ldm_key in pairs:
         d, ldm = diff_key.rsplit(".", 1)[0], ldm_key.rsplit(".", 1)[0]
         out[d.replace(".", "_")] = out[ldm.replace(".", "_")] = ldm
     return out

@@ -191,11 +191,12 @@ class _Names:
     """The checkpoint's canonical weights, found by a LoRA module name."""
 
     def __init__(self, index: Mapping[str, CanonRef], family: str):
-        from sdlens.analysis.lora import _unet_modules
+        from sdlens.analysis.lora import unet_modules_of
 
         self.index = index
         self.family = family
-        self.unet = _unet_modules(family)
+        ldm = [name.split("/", 1)[1] for name in index if name.startswith("denoiser/")]
+        self.unet = unet_modules_of(family, ldm)
         self.flat: dict[tuple[str, str], str] = {}  # (component, flattened module) -> canonical name
         for name in index:
             comp, _, rel = name.partition("/")
