@@ -17,16 +17,16 @@ _TE_SCOPE = {1: {"text_encoder": "lora_te", "text_encoder_2": "lora_te"},
              2: {"text_encoder": "lora_te1", "text_encoder_2": "lora_te2"}}  # fmt: skip
 
 
-def _ldm_module(module: str, family: str) -> str:
+def _ldm_module(module: str, family: str, size: zoo_unet.Size = "tiny") -> str:
     from sdlens.arch.keymap import unet_key_map
 
-    cfg = zoo_unet.tiny_config(family)["unet"]
+    cfg = zoo_unet.size_config(family, size)["unet"]
     return unet_key_map(cfg)[module + ".weight"].rsplit(".", 1)[0]
 
 
-def module_shapes(family: str, part: str) -> dict[str, tuple[int, ...]]:
-    """Module path -> weight shape of the tiny model's linear / conv layers (diffusers / transformers names)."""
-    sd = zoo_unet.build_diffusers_parts(family)[part]
+def module_shapes(family: str, part: str, size: zoo_unet.Size = "tiny") -> dict[str, tuple[int, ...]]:
+    """Module path -> weight shape of the zoo model's linear / conv layers (diffusers / transformers names)."""
+    sd = zoo_unet.build_diffusers_parts(family, size)[part]
     return {
         k[: -len(".weight")]: tuple(v.shape)
         for k, v in sd.items()
@@ -42,8 +42,9 @@ def kohya_lora(
     alpha: float = 2.0,
     seed: int = 0,
     dtype: torch.dtype = torch.float16,
+    size: zoo_unet.Size = "tiny",
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """(tensors of a kohya LoRA file, truth) for the tiny ``family`` model.
+    """(tensors of a kohya LoRA file, truth) for the ``family`` zoo model of ``size`` (tiny or medium).
 
     ``modules``: part (``unet``, ``text_encoder``, ``text_encoder_2``) -> diffusers / transformers module paths;
     conv modules (3x3 included) are written as LyCORIS LoCon (down ``[r, in, kh, kw]``, up ``[out, r, 1, 1]``).
@@ -54,11 +55,11 @@ def kohya_lora(
     tensors: dict[str, torch.Tensor] = {}
     truth: dict[str, torch.Tensor] = {}
     for part, names in modules.items():
-        shapes = module_shapes(family, part)
+        shapes = module_shapes(family, part, size)
         for name in names:
             shape = shapes[name]
             if part == "unet":
-                kname = _ldm_module(name, family) if family.startswith("sdxl") else name
+                kname = _ldm_module(name, family, size) if family.startswith("sdxl") else name
                 stem = "lora_unet_" + kname.replace(".", "_")
             else:
                 stem = _TE_SCOPE[n_te][part] + "_" + name.replace(".", "_")

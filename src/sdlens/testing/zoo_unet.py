@@ -130,6 +130,11 @@ def tiny_config(family: str) -> dict[str, dict[str, Any]]:
     return _config(family, "tiny")
 
 
+def size_config(family: str, size: Size) -> dict[str, dict[str, Any]]:
+    """Class kwargs per part of the model of ``size``."""
+    return _config(family, size)
+
+
 def full_config(family: str) -> dict[str, dict[str, Any]]:
     """Class kwargs per part of the released model (their published configs)."""
     return _config(family, "full")
