@@ -36,7 +36,11 @@ EXACT_MAX = 320  # smaller side up to which the spectrum is computed exactly
 SKETCH = 40  # first randomized sketch width (rank 32 + oversampling 8)
 OVERSAMPLE = 8
 LOW_RANK_MAX = 128  # ranks up to this are measured exactly; a sketch ending above the noise says "more"
-POWER_ITERATIONS = 1
+SCREEN_ITERATIONS = (
+    0  # the first sketch: a LoRA of rank ≤ 32 lies in its range whole; a dense Δ shows in its tail
+)
+POWER_ITERATIONS = 1  # the widened sketch, and factorize (2)
+WIDEN_SLACK = 4.0
 EDGE_MARGIN = 1.25  # a singular value is signal above this multiple of the rounding-noise edge
 FLOAT32_FLOOR = 1e-5  # float32 sketches resolve singular values down to this share of the largest
 GRAM_FLOOR = 1e-7  # and the float64 Gram matrix down to this share (its eigenvalues to 1e-14 of σ₁²)
@@ -227,14 +231,15 @@ def spectrum(d: torch.Tensor, noise: float, energy: float | None = None, *, exac
     if exact or small <= EXACT_MAX:
         sigma = _gram_svd(d, vectors=False)[1].numpy()
         return Spectrum(shape, energy, sigma, True, noise, max(edge, GRAM_FLOOR * float(sigma[0])))
-    _, s, _ = _sketch_svd(d, min(SKETCH, small), POWER_ITERATIONS)
+    _, s, _ = _sketch_svd(d, min(SKETCH, small), SCREEN_ITERATIONS)
     sig, floor = _signal(s)
     k = len(sig)
     if k == min(SKETCH, small) and sig[-1] > max(edge, floor) and small > 2 * SKETCH:
         # the sketch ended above the noise: the rank may still be at most LOW_RANK_MAX, unless the energy it
-        # missed is more than twice what that many more singular values of its last size would hold
+        # missed is more than WIDEN_SLACK times what that many more singular values of its last size would
+        # hold (slack: without a power iteration the last one is underestimated)
         tail = max(energy - float(np.sum(sig**2)), 0.0)
-        if tail <= 2 * (LOW_RANK_MAX - k) * float(sig[-1]) ** 2:
+        if tail <= WIDEN_SLACK * (LOW_RANK_MAX - k) * float(sig[-1]) ** 2:
             _, s, _ = _sketch_svd(d, min(LOW_RANK_MAX + OVERSAMPLE, small), POWER_ITERATIONS)
             sig, floor = _signal(s)
     return Spectrum(shape, energy, sig, False, noise, max(edge, floor))
