@@ -272,3 +272,19 @@ def test_bf16_and_fp8_copies_differ_only_by_their_rounding(tmp_path, dtype, word
     assert unet and all(t.kind == "rounding" for t in unet if t.energy)
     assert f"UNet: differs only by {word} rounding" in r.verdict[1]
     assert r.verdict[0] == f"the same model: differs only by {word} rounding"
+
+
+def test_fused_kernel_path_gives_the_torch_paths_answer(zoo, monkeypatch):
+    """Large tensors take one fused pass over the stored bytes (kernels.delta_stats); force it on the small
+    zoo and compare with the torch path tensor by tensor."""
+    from sdlens.analysis import kernels
+
+    torch_path = {t.key: t for t in _run(zoo, "lora_te").tensors}
+    monkeypatch.setattr(kernels, "KERNEL_DELTA_MIN", 0)
+    fused = _run(zoo, "lora_te")
+    assert len(fused.tensors) == len(torch_path)
+    for t in fused.tensors:
+        ref = torch_path[t.key]
+        assert (t.kind, t.rank) == (ref.kind, ref.rank), t.key
+        assert t.energy == pytest.approx(ref.energy, rel=1e-5, abs=1e-30)  # float32 partial sums, both
+        assert t.noise == pytest.approx(ref.noise, rel=1e-5, abs=1e-30)

@@ -382,3 +382,44 @@ def test_signature_constants_match_the_kernel():
     assert round((3 - _jit.SIG_LO) / _jit.SIG_WIDTH) == kernels.SIG_BINS
     assert _jit.SIG_FIELDS.index("values") == merge_signature.VALUES
     assert merge_signature.AGREE == _jit.SIG_FIELDS.index("agree") == len(_jit.SIG_FIELDS) - 1
+
+
+def _pow2_sq(y: np.ndarray) -> float:
+    """Σ (2^⌊log₂|y|⌋)² in float64 for float32 values (0 for zeros and float32 subnormals, as the kernel)."""
+    y32 = y.astype(np.float32)
+    bits = y32.view(np.uint32) & np.uint32(0x7F800000)
+    return float((bits.view(np.float32).astype(np.float64) ** 2).sum())
+
+
+@pytest.mark.parametrize("dtype", ["F16", "BF16", "F32"])
+@pytest.mark.parametrize("n", [0, 1, 511, 513, 100_003])
+def test_delta_stats_writes_the_exact_delta_and_its_sums(dtype, n, monkeypatch):
+    from sdlens.analysis.kernels import delta_stats
+
+    monkeypatch.setattr(kernels, "KERNEL_DELTA_MIN", 0)
+    a, b = _pair(n, dtype, seed=7)
+    x, y = _values(a, dtype), _values(b, dtype)
+    out = np.full(n, np.nan, np.float32)
+    sdd, sbb, spp = delta_stats(a, b, dtype, out)
+    assert np.array_equal(out, x.astype(np.float32) - y.astype(np.float32))  # bit for bit, as torch's sub
+    d = out.astype(np.float64)
+    assert sdd == pytest.approx((d * d).sum(), rel=1e-6, abs=1e-12)
+    assert sbb == pytest.approx((y * y).sum(), rel=1e-6, abs=1e-12)
+    assert spp == pytest.approx(_pow2_sq(y), rel=1e-6, abs=1e-12)
+
+
+def test_delta_stats_threads_add_up_and_non_finite_is_left_to_torch(monkeypatch):
+    from sdlens.analysis.kernels import delta_stats
+
+    monkeypatch.setattr(kernels, "KERNEL_DELTA_MIN", 0)
+    a, b = _pair(300_001, "F16", seed=8)
+    out1, out2 = np.empty(a.size, np.float32), np.empty(a.size, np.float32)
+    whole = delta_stats(a, b, "F16", out1)
+    monkeypatch.setattr(kernels, "_SPLIT", 1000)
+    monkeypatch.setattr(kernels.os, "cpu_count", lambda: 4)
+    split = delta_stats(a, b, "F16", out2)
+    assert np.array_equal(out1, out2) and split == pytest.approx(whole, rel=1e-9)
+    b[17] = np.inf
+    assert delta_stats(a, b, "F16", out1) is None
+    monkeypatch.setattr(kernels, "KERNEL_DELTA_MIN", 1 << 30)
+    assert delta_stats(a, a, "F16", out1) is None  # small: the caller's torch path

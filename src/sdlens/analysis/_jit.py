@@ -220,6 +220,36 @@ def pair_sums(a, b, kind):
     return saa, sbb, sab, sdd, sl1, int(l0), _u2f(mx)
 
 
+@njit(fastmath=_FM, nogil=True, cache=True)
+def delta_sums(a, b, kind, d):
+    """Δ = a − b of two equally long 1-D arrays of stored bits (uint16 for fp16 / bf16, uint32 for float32)
+    written into the float32 array ``d``, and (‖Δ‖², ‖b‖², Σ (2^⌊log₂|b|⌋)²) in the same pass: the sums
+    ``sdlens delta`` needs (the last is the rounding floor's) without six passes over memory. Δ is exact
+    (both widenings are, and the difference of two such values rounds once to float32, as torch's does)."""
+    sdd = sbb = spp = 0.0
+    n = a.size
+    yb = np.empty(BLOCK, np.float32)
+    pa, pb, width = np.uint64(a.ctypes.data), np.uint64(b.ctypes.data), np.uint64(a.itemsize)
+    for s in range(0, n, BLOCK):
+        m = min(n, s + BLOCK) - s
+        out = d[s : s + m]
+        _widen(pa + width * np.uint64(s), m, out, kind)
+        _widen(pb + width * np.uint64(s), m, yb, kind)
+        pdd = pbb = ppp = np.float32(0.0)
+        for i in range(m):
+            fb = yb[i]
+            x = out[i] - fb
+            out[i] = x
+            pdd += x * x
+            pbb += fb * fb
+            p2 = _u2f(_f2u(fb) & np.uint32(0x7F800000))
+            ppp += p2 * p2
+        sdd += pdd
+        sbb += pbb
+        spp += ppp
+    return sdd, sbb, spp
+
+
 @njit(nogil=True, cache=True)
 def bits_equal(a, b):
     """Same bits? Stops at the first differing block of 4096 elements."""

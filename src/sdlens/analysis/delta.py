@@ -200,16 +200,23 @@ def measure(
     import torch
 
     buffers = buffers or Buffers()
-    m, b = read_pair(model, base, pair, buffers)
     d, scratch = buffers.get(pair.shape)[2:]
-    torch.sub(m, b, out=d)
-    t.energy = S.sumsq(d)
+    sums = _kernel_sums(model, base, pair, d)
+    if sums is None:
+        m, b = read_pair(model, base, pair, buffers)
+        torch.sub(m, b, out=d)
+        t.energy, base_energy = S.sumsq(d), S.sumsq(b)
+        t.noise = S.noise_energy(m, pair.dtype_model, b, pair.dtype_base, scratch)
+    else:
+        m = b = None  # read below only if the rounding check needs them
+        t.energy, base_energy, pow2 = sums
+        t.noise = S.noise_from_exponents(pow2, pair.dtype_model, pair.dtype_base)
     if t.energy == 0.0:
         return t, 0.0
-    base_energy = S.sumsq(b)
-    t.noise = S.noise_energy(m, pair.dtype_model, b, pair.dtype_base, scratch)
     t.rel = math.sqrt(t.energy / base_energy) if base_energy else math.inf
     # within one step everywhere implies ‖Δ‖² ≤ Σ step² ≤ 12 × the noise: only then is it worth checking
+    if t.energy <= 12.5 * t.noise and m is None:
+        m, b = read_pair(model, base, pair, buffers)
     if t.energy <= 12.5 * t.noise and S.rounding_only(d, m, pair.dtype_model, b, pair.dtype_base):
         t.kind = "rounding"
         return t, base_energy
@@ -229,6 +236,25 @@ def measure(
     else:
         t.kind = "high-rank"
     return t, base_energy
+
+
+def _kernel_sums(model: Any, base: Any, pair: Pair, d: Any) -> tuple[float, float, float] | None:
+    """(‖Δ‖², ‖B‖², Σ (2^⌊log₂|B|⌋)²) with Δ written into ``d``, from the stored bytes in one fused pass
+    (:func:`sdlens.analysis.kernels.delta_stats`) for large same-dtype fp16 / bf16 / fp32 pairs; None: the
+    caller's torch path."""
+    from sdlens.analysis.diff import raw_view
+    from sdlens.analysis.kernels import KERNEL_DELTA_MIN, KERNEL_DTYPES, delta_stats
+
+    if (
+        pair.dtype_model != pair.dtype_base
+        or pair.dtype_model not in KERNEL_DTYPES
+        or pair.numel < KERNEL_DELTA_MIN
+    ):
+        return None
+    xm, xb = raw_view(model, pair.model), raw_view(base, pair.base)
+    if xm is None or xb is None:
+        return None
+    return delta_stats(xm, xb, pair.dtype_model, d.numpy())
 
 
 def _float(pair: Pair) -> bool:

@@ -161,6 +161,32 @@ def pair_stats(a: np.ndarray, b: np.ndarray, dtype: str) -> PairSums | None:
     return PairSums(*sums, l0=int(sum(r[5] for r in results)), max_abs=float(max(r[6] for r in results)))
 
 
+KERNEL_DELTA_MIN = 1 << 20  # delta_stats on fewer elements: the caller's torch path (no numba start-up)
+
+
+def delta_stats(
+    a: np.ndarray, b: np.ndarray, dtype: str, out: np.ndarray
+) -> tuple[float, float, float] | None:
+    """Δ = a − b of two tensors stored as ``dtype`` (one of ``KERNEL_DTYPES``) into the float32 array ``out``,
+    and (‖Δ‖², ‖b‖², Σ (2^⌊log₂|b|⌋)²), in one pass split over the kernel threads; ``None`` for tensors
+    smaller than :data:`KERNEL_DELTA_MIN` or holding NaN / Inf (the caller's torch path then)."""
+    ra, rb = _raw(a, dtype), _raw(b, dtype)
+    if ra.size < KERNEL_DELTA_MIN or ra.size != rb.size or out.size != ra.size:
+        return None
+    from sdlens.analysis import _jit
+
+    kind = _KIND[dtype]
+    flat = out.reshape(-1)
+    parts = _parts(ra.size, _jit.BLOCK)
+    results = list(
+        _pool().map(
+            lambda p: _jit.delta_sums(ra[p[0] : p[1]], rb[p[0] : p[1]], kind, flat[p[0] : p[1]]), parts
+        )
+    )
+    sums = tuple(float(sum(r[i] for r in results)) for i in range(3))
+    return sums if all(math.isfinite(x) for x in sums) else None
+
+
 def bits_equal(a: np.ndarray, b: np.ndarray) -> bool:
     """True when two arrays hold the same bytes (stops at the first differing block). Uses the numba kernel
     once it is loaded, numpy block compares before (no numba start-up for small files)."""

@@ -99,11 +99,16 @@ def noise_energy(
     """The expected ‖M − B‖²_F from rounding alone: Σ ulp²/12 of the values at each file's stored dtype
     (``F16``, ``BF16``, ...), both files counted; 0 for integer dtypes. One pass: B's exponents stand for M's
     (the two differ by a few per cent at most where this matters), ``m`` is read only when B is not float."""
-    steps = sum(4.0 ** -MANTISSA[dt] for dt in (dtype_m, dtype_b) if dt in MANTISSA)
-    if not steps:
+    if not any(dt in MANTISSA for dt in (dtype_m, dtype_b)):
         return 0.0
     ref = b if dtype_b in MANTISSA else m
-    return _pow2_sumsq(ref, scratch) * steps / 12.0
+    return noise_from_exponents(_pow2_sumsq(ref, scratch), dtype_m, dtype_b)
+
+
+def noise_from_exponents(pow2_sumsq: float, dtype_m: str, dtype_b: str) -> float:
+    """:func:`noise_energy` from Σ (2^⌊log₂|x|⌋)² of the values (as the delta kernel sums it)."""
+    steps = sum(4.0 ** -MANTISSA[dt] for dt in (dtype_m, dtype_b) if dt in MANTISSA)
+    return pow2_sumsq * steps / 12.0
 
 
 # the smallest normal exponent of each float dtype (below it, steps stay at 2^(emin - p))
