@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -23,4 +24,7 @@ TimeEmbedOption = Annotated[
         callback=checked("time_embed", TimeEmbed),
         help="Merge block of time_embed / label_emb: IN00 (A1111 mergers) or BASE (sd-mecha).",
     ),
+]
+JsonOption = Annotated[
+    Path | None, typer.Option("--json", metavar="FILE", help="Write every number to this JSON file.")
 ]

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from sdlens.choices import DeltaBy, metavar
-from sdlens.commands._options import VariantOption
+from sdlens.commands._options import JsonOption, VariantOption
 from sdlens.console import checked
 
 
@@ -28,9 +28,7 @@ def run(
             help="Group by merge block (text encoders: by layer), layer type, or tensor.",
         ),
     ] = "block",
-    json_file: Annotated[
-        Path | None, typer.Option("--json", metavar="FILE", help="Write every number to this JSON file.")
-    ] = None,
+    json_file: JsonOption = None,
     plot: Annotated[
         Path | None,
         typer.Option(metavar="FILE", help="Write spectra per layer type and ranks per block (.png / .svg)."),

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from sdlens.choices import DiffBy, DiffMetric, metavar
-from sdlens.commands._options import TimeEmbedOption, VariantOption
+from sdlens.commands._options import JsonOption, TimeEmbedOption, VariantOption
 from sdlens.console import checked
 
 
@@ -26,9 +26,7 @@ def run(
     by: Annotated[
         str, typer.Option(metavar=metavar(DiffBy), callback=checked("by", DiffBy), help="Table granularity.")
     ] = "component",
-    json_file: Annotated[
-        Path | None, typer.Option("--json", metavar="FILE", help="Write every number to this JSON file.")
-    ] = None,
+    json_file: JsonOption = None,
     plot: Annotated[
         Path | None,
         typer.Option(

@@ -9,6 +9,7 @@ import typer
 
 from sdlens.analysis.lora_extract import LoraDtype, LoraFormat
 from sdlens.choices import metavar
+from sdlens.commands._options import JsonOption
 from sdlens.console import checked
 
 
@@ -62,9 +63,7 @@ def run(
             help="Precision of the written factors (sd-scripts saves float32 by default).",
         ),
     ] = "fp32",
-    json_file: Annotated[
-        Path | None, typer.Option("--json", metavar="FILE", help="Write every number to this JSON file.")
-    ] = None,
+    json_file: JsonOption = None,
 ) -> None:
     """Extract a LoRA: per module, the truncated SVD of Δ = MODEL − BASE at --rank, or at the rank keeping
     --energy of ‖Δ‖²_F; modules that differ only by rounding are left out and listed. Reports the share of

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from sdlens.choices import RecipeBy, metavar
-from sdlens.commands._options import TimeEmbedOption
+from sdlens.commands._options import JsonOption, TimeEmbedOption
 from sdlens.console import checked
 
 
@@ -36,9 +36,7 @@ def run(
             help="Fit per merge block, component or tensor.",
         ),
     ] = "block",
-    json_file: Annotated[
-        Path | None, typer.Option("--json", metavar="FILE", help="Write every number to this JSON file.")
-    ] = None,
+    json_file: JsonOption = None,
     plot: Annotated[
         Path | None,
         typer.Option(metavar="FILE", help="Write the weights per group as a figure (.png / .svg)."),

@@ -11,6 +11,17 @@ from sdlens.arch import registry as R
 from sdlens.render.safe_text import ERROR_LIMIT, safe
 from sdlens.render.text import plural
 
+_COUNTS = (
+    "kept",
+    "cast",
+    "renamed",
+    "restored",
+    "baked",
+    "dropped",
+    "bytes_in",
+    "bytes_out",
+)  # per component
+
 
 def _hb(n: int) -> str:
     from sdlens.analysis.inspect import human_bytes
@@ -35,19 +46,7 @@ def render_plan(plan: Any, console: Console, *, dry_run: bool = True) -> None:
         console.print(f"  • {safe(op)}", highlight=False)
     comps: dict[str, dict[str, int]] = {}
     for e in plan.entries:
-        c = comps.setdefault(
-            e.component,
-            {
-                "kept": 0,
-                "cast": 0,
-                "renamed": 0,
-                "restored": 0,
-                "baked": 0,
-                "dropped": 0,
-                "bytes_in": 0,
-                "bytes_out": 0,
-            },
-        )
+        c = comps.setdefault(e.component, dict.fromkeys(_COUNTS, 0))
         c["kept"] += 1
         c["cast"] += e.out_dtype != e.dtype
         c["renamed"] += op_of(e) in ("rename", "ema")
@@ -57,19 +56,7 @@ def render_plan(plan: Any, console: Console, *, dry_run: bool = True) -> None:
         if e.pieces:
             c["bytes_in"] += _in_bytes(e)
     for e in plan.dropped:
-        c = comps.setdefault(
-            e.component,
-            {
-                "kept": 0,
-                "cast": 0,
-                "renamed": 0,
-                "restored": 0,
-                "baked": 0,
-                "dropped": 0,
-                "bytes_in": 0,
-                "bytes_out": 0,
-            },
-        )
+        c = comps.setdefault(e.component, dict.fromkeys(_COUNTS, 0))
         c["dropped"] += 1
         c["bytes_in"] += _in_bytes(e)
     t = Table(title_justify="left", show_edge=False, pad_edge=False)

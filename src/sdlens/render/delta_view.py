@@ -191,14 +191,6 @@ def delta_figure(result: DeltaResult):
 
 def plot_delta(result: DeltaResult, path: str | Path) -> Path:
     """Write :func:`delta_figure` to ``path`` (PNG or SVG by its suffix), atomically."""
-    import matplotlib.pyplot as plt
+    from sdlens.render.figure_file import save_figure
 
-    from sdlens.io.atomic import atomic_path
-
-    fig = delta_figure(result)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format=path.suffix.lstrip(".") or "png")
-    plt.close(fig)
-    return path
+    return save_figure(delta_figure(result), path)

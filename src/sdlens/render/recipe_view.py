@@ -152,17 +152,9 @@ def render_recipe(result: RecipeResult, console: Console, *, max_notes: int = 12
 
 def plot_recipe(result: RecipeResult, path: str | Path) -> Path:
     """Write :func:`recipe_figure` to ``path`` (PNG or SVG by its suffix), atomically."""
-    import matplotlib.pyplot as plt
+    from sdlens.render.figure_file import save_figure
 
-    from sdlens.io.atomic import atomic_path
-
-    fig = recipe_figure(result)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format=path.suffix.lstrip(".") or "png")
-    plt.close(fig)
-    return path
+    return save_figure(recipe_figure(result), path)
 
 
 def recipe_figure(result: RecipeResult):
