@@ -288,3 +288,51 @@ def test_fused_kernel_path_gives_the_torch_paths_answer(zoo, monkeypatch):
         assert (t.kind, t.rank) == (ref.kind, ref.rank), t.key
         assert t.energy == pytest.approx(ref.energy, rel=1e-5, abs=1e-30)  # float32 partial sums, both
         assert t.noise == pytest.approx(ref.noise, rel=1e-5, abs=1e-30)
+
+
+Q = "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn1.to_q.weight"
+FF = "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.ff.net.2.weight"
+
+
+@pytest.fixture(scope="module")
+def tiny_fp16(tmp_path_factory):
+    from sdlens.testing.writers import save_safetensors
+    from sdlens.testing.zoo_unet import build_single_file
+
+    folder = tmp_path_factory.mktemp("tiny-delta")
+    base = build_single_file("sd1", dtype=torch.float16)
+    save_safetensors(base, folder / "base.safetensors")
+    return folder, base
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_nan_or_inf_is_said_apart_never_a_crash_or_rounding(tiny_fp16, bad):
+    from sdlens.analysis.lora_extract import NON_FINITE, extract_lora
+    from sdlens.testing.writers import save_safetensors
+
+    folder, base = tiny_fp16
+    m = dict(base)
+    m[Q] = base[Q].clone()
+    m[Q].view(-1)[0] = bad
+    m[FF] = base[FF] + 0.01 * torch.ones_like(base[FF])  # a real change beside it
+    path = save_safetensors(m, folder / f"bad-{bad}.safetensors")
+    r = delta(path, folder / "base.safetensors")
+    by = {t.key: t for t in r.tensors}
+    assert by["denoiser/" + Q.removeprefix(UNET)].kind == "non-finite"
+    assert any("hold NaN or Inf values and were not compared" in v for v in r.verdict)
+    rep = extract_lora(path, folder / "base.safetensors", rank=2, out=folder / f"x-{bad}.safetensors")
+    left = {x["name"]: x["reason"] for x in rep["left_out"]}
+    assert left["denoiser/" + Q.removeprefix(UNET)] == NON_FINITE
+    assert rep["overall"]["modules"] == 1 and math.isfinite(rep["overall"]["delta_in_targets"])
+
+
+def test_a_few_values_off_by_a_few_steps_is_rounding_not_a_rank_0_lora(tiny_fp16):
+    from sdlens.testing.writers import save_safetensors
+
+    folder, base = tiny_fp16
+    m = dict(base)
+    m[FF] = base[FF].clone()
+    m[FF].view(-1).view(torch.int16)[5] += 3  # three fp16 steps on one value
+    r = delta(save_safetensors(m, folder / "ulps.safetensors"), folder / "base.safetensors")
+    assert {t.kind for t in r.tensors} <= {"unchanged", "rounding"}
+    assert "LoRA" not in r.verdict[0]

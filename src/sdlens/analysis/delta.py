@@ -10,7 +10,8 @@ its singular spectrum (:func:`sdlens.analysis.spectrum.spectrum`). Each tensor g
 * ``low-rank`` — a 2-D Δ whose singular values above the noise edge number at most half its smaller side and at
   most :data:`sdlens.analysis.spectrum.LOW_RANK_MAX` (what a LoRA leaves);
 * ``high-rank`` — any other changed 2-D Δ (what full fine-tuning leaves);
-* ``changed`` — a changed 1-D tensor (bias, norm): LoRAs leave these alone.
+* ``changed`` — a changed 1-D tensor (bias, norm): LoRAs leave these alone;
+* ``non-finite`` — NaN or Inf in either file where the bytes differ: not compared (a NaN has no spectrum).
 
 Groups (merge blocks, layer types or tensors) and components sum them up; :mod:`sdlens.analysis.delta_words`
 says what it means.
@@ -35,7 +36,7 @@ from sdlens.choices import DeltaBy, check_choice
 from sdlens.io.dtypes import DTYPES
 from sdlens.io.open import open_checkpoint
 
-KINDS = ("unchanged", "rounding", "low-rank", "high-rank", "changed")
+KINDS = ("unchanged", "rounding", "low-rank", "high-rank", "changed", "non-finite")
 SIGMA_KEPT = 48  # singular values kept per tensor for the report and the figures
 _LAYER = re.compile(r"\.(?:layers|block|blocks)\.(\d+)\.")
 
@@ -104,7 +105,7 @@ class GroupDelta:
     @property
     def kind(self) -> str:
         """The group's kind: the most telling of its tensors' kinds (high-rank > low-rank > changed > ...)."""
-        for k in ("high-rank", "low-rank", "changed", "rounding"):
+        for k in ("high-rank", "low-rank", "changed", "non-finite", "rounding"):
             if self.kinds[k]:
                 return k
         return "unchanged"
@@ -213,6 +214,9 @@ def measure(
         t.noise = S.noise_from_exponents(pow2, pair.dtype_model, pair.dtype_base)
     if t.energy == 0.0:
         return t, 0.0
+    if not (math.isfinite(t.energy) and math.isfinite(base_energy)):
+        t.kind, t.energy, t.noise = "non-finite", 0.0, 0.0
+        return t, 0.0
     t.rel = math.sqrt(t.energy / base_energy) if base_energy else math.inf
     # within one step everywhere implies ‖Δ‖² ≤ Σ step² ≤ 12 × the noise: only then is it worth checking
     if t.energy <= 12.5 * t.noise and m is None:
@@ -225,6 +229,9 @@ def measure(
         t.kind = "changed"
         return t, base_energy
     spec = S.spectrum(mat, t.noise, t.energy, exact=exact)
+    if spec.rank == 0:  # a few values off by more than a step, no direction above the noise
+        t.kind = "rounding"
+        return t, base_energy
     t.rank = spec.rank
     t.at_least = spec.at_least
     t.effective_rank_90 = spec.effective_rank(0.9)

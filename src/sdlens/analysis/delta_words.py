@@ -96,6 +96,7 @@ def _high_rank(high: list[TensorDelta]) -> str:
 
 def component_line(component: str, ts: list[TensorDelta], family: str) -> str:
     """One component's verdict from its tensors."""
+    ts = [t for t in ts if t.kind != "non-finite"]  # said apart, after the components
     label = component_label(component, family)
     kinds = Counter(t.kind for t in ts)
     low = [t for t in ts if t.kind == "low-rank"]
@@ -145,13 +146,18 @@ def component_line(component: str, ts: list[TensorDelta], family: str) -> str:
 
 def headline(result: DeltaResult) -> str:
     """The one-line answer: identical, rounding only, a base with a LoRA baked in, or a fine-tune."""
-    kinds = Counter(t.kind for t in result.tensors)
+    finite = [t for t in result.tensors if t.kind != "non-finite"]
+    kinds = Counter(t.kind for t in finite)
     if not result.tensors:
         return "no tensors in common"
-    if kinds["unchanged"] == len(result.tensors):
+    if len(finite) < len(result.tensors) and not (
+        kinds["low-rank"] or kinds["high-rank"] or kinds["changed"]
+    ):
+        return "no change beyond rounding where the values are finite; some tensors hold NaN or Inf"
+    if kinds["unchanged"] == len(finite):
         return "identical weights"
     if not (kinds["low-rank"] or kinds["high-rank"] or kinds["changed"]):
-        return f"the same model: differs only by {_coarse_dtype(result.tensors)} rounding"
+        return f"the same model: differs only by {_coarse_dtype(finite)} rounding"
     low = Counter(t.rank for t in result.tensors if t.kind == "low-rank")
     if kinds["low-rank"] and kinds["low-rank"] >= kinds["high-rank"] and not kinds["changed"]:
         extra = f", and {kinds['high-rank']} weights changed at high rank" if kinds["high-rank"] else ""
@@ -170,6 +176,9 @@ def verdict(result: DeltaResult) -> list[str]:
     lines = [headline(result)]
     for comp in sorted(by_comp, key=lambda c: (rank.get(c, len(rank)), c)):
         lines.append(component_line(comp, by_comp[comp], result.family))
+    bad = [t.key for t in result.tensors if t.kind == "non-finite"]
+    if bad:
+        lines.append(f"{len(bad)} tensors hold NaN or Inf values and were not compared (e.g. {bad[0]})")
     if result.only_model:
         lines.append(f"{len(result.only_model)} tensors only in the model (e.g. {result.only_model[0]})")
     if result.only_base:

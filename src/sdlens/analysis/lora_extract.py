@@ -53,6 +53,7 @@ BLOCK = 1 << 22  # values per block when measuring a delta (16 MB of float32)
 ROUNDING = "rounding only (every value within one step of its stored precision)"
 NOT_TARGET = "not extracted (not a LoRA target)"
 NEEDS_CONV = "not extracted (ResNet / sampler module: give --conv-rank)"
+NON_FINITE = "not extracted (NaN or Inf values in the model or the base)"
 
 
 def _check_settings(
@@ -188,6 +189,10 @@ class _Extraction:
             self.counts["unchanged"] += 1
             if kind is not None:
                 self.unchanged.append(pair.name)
+            return
+        if not (math.isfinite(e) and math.isfinite(base_sq)):  # never factorised, never called rounding
+            self.counts["non-finite"] += 1
+            self._leave(pair.name, NON_FINITE, 0.0, None)
             return
         rel = math.sqrt(e / base_sq) if base_sq > 0 else None
         if rounding:
