@@ -485,3 +485,38 @@ def test_peft_lora_on_a_flux_original_layout_file_changes_the_fused_rows(tmp_pat
     want = b[lin].clone()
     want[w : 2 * w] += truth["single_transformer_blocks.0.attn.to_k"]
     torch.testing.assert_close(o[lin], want, atol=ATOL, rtol=0)
+
+
+_S = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
+_P = "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q"
+_PAIR = {f"{_S}.lora_down.weight": torch.ones(2, 8), f"{_S}.lora_up.weight": torch.ones(8, 2)}
+_PEFT = {f"{_P}.lora_A.weight": torch.ones(2, 8), f"{_P}.lora_B.weight": torch.ones(8, 2)}
+
+
+@pytest.mark.parametrize(
+    ("tensors", "meta", "weight", "why"),
+    [
+        ({f"{_S}.lora_down.weight": torch.zeros(0, 8), f"{_S}.lora_up.weight": torch.zeros(8, 0)}, None, "",
+         "are no LoRA pair"),
+        ({**_PAIR, f"{_S}.alpha": torch.zeros(0)}, None, "", "alpha holds 0 values, not one"),
+        ({**_PAIR, f"{_S}.alpha": torch.ones(2)}, None, "", "alpha holds 2 values, not one"),
+        (_PEFT, {"unet.alpha_pattern": {"(": 3}}, "", "is not a pattern"),
+        (_PEFT, {"unet.lora_alpha": None}, "", "lora_alpha 'None' is not a number"),
+        (_PEFT, {"unet.lora_alpha": "x"}, "", "lora_alpha 'x' is not a number"),
+        (_PAIR, None, ":1e39", "overflows float32"),
+    ],
+)  # fmt: skip
+def test_crafted_loras_are_refused_in_one_line(sd1, tmp_path, tensors, meta, weight, why):
+    """Rank 0, odd alphas, hostile PEFT metadata, an overflowing weight: refused, nothing written."""
+    import json
+
+    from sdlens.convert import convert
+
+    lora = save_safetensors(
+        tensors, tmp_path / "h.safetensors", {"lora_adapter_metadata": json.dumps(meta)} if meta else None
+    )
+    out = tmp_path / "o.safetensors"
+    with pytest.raises(SdlensError, match=why) as e:
+        convert(make_plan(sd1["base"], out, ConvertOptions(merge_lora=[f"{lora}{weight}"], dtype="keep")))
+    assert "h.safetensors" in str(e.value) and "\n" not in str(e.value)
+    assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["h.safetensors"]

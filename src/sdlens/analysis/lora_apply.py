@@ -178,12 +178,18 @@ def _peft_alpha(meta: Mapping[str, Any], scope: str, module: str, rank: int) -> 
     pattern = meta.get(prefix + "alpha_pattern") or {}
     if isinstance(pattern, dict):
         for pat, val in pattern.items():
-            if re.match(rf"(.*\.)?({pat})$", module):
+            try:  # PEFT's matching; a pattern that is no regex is refused, never raised
+                hit = len(str(pat)) <= 512 and re.match(rf"(.*\.)?({pat})$", module)
+            except re.error:
+                raise ValueError(f"alpha_pattern key {str(pat)[:60]!r} is not a pattern") from None
+            if hit:
                 alpha = val
                 break
+    if isinstance(alpha, bool) or not isinstance(alpha, int | float):
+        raise ValueError(f"lora_alpha {str(alpha)[:60]!r} is not a number")
     rs = bool(meta.get(prefix + "use_rslora", False))
     if meta.get(prefix + "use_dora"):
-        raise ValueError("DoRA")
+        raise ValueError("DoRA is not supported yet (use_dora)")
     return float(alpha), rs
 
 
@@ -274,7 +280,13 @@ def _pair(
     if down is None or up is None:
         raise SdlensError(path, f"--merge-lora: module {stem} lacks its down or up weight")
     rank = down.shape[0] if down.shape else 0
-    if len(down.shape) < 2 or len(up.shape) < 2 or up.shape[1] != rank or any(d != 1 for d in up.shape[2:]):
+    if (
+        rank < 1
+        or len(down.shape) < 2
+        or len(up.shape) < 2
+        or up.shape[1] != rank
+        or any(d != 1 for d in up.shape[2:])
+    ):
         raise SdlensError(
             path, f"--merge-lora: {stem}: down {list(down.shape)} and up {list(up.shape)} are no LoRA pair"
         )
@@ -298,14 +310,17 @@ def _scale(
     """(alpha, alpha / rank or alpha / sqrt(rank) for rsLoRA) of one module."""  # fmt: skip
     rs = False
     if "alpha" in parts:
-        alpha = float(lora.read(parts["alpha"].key).reshape(-1)[0])
+        value = lora.read(parts["alpha"].key).reshape(-1)
+        if value.numel() != 1:  # the loaders read it with .item()
+            raise SdlensError(path, f"--merge-lora: {stem}.alpha holds {value.numel()} values, not one")
+        alpha = float(value[0])
     elif convention == "kohya":
         alpha = float(rank)
     else:
         try:
             alpha, rs = _peft_alpha(meta, scope, module, rank)
-        except ValueError:
-            raise SdlensError(path, "--merge-lora: DoRA is not supported yet (use_dora)") from None
+        except ValueError as e:
+            raise SdlensError(path, f"--merge-lora: lora_adapter_metadata: {e}") from None
     if not math.isfinite(alpha):
         raise SdlensError(path, f"--merge-lora: {stem}: alpha is not finite")
     return alpha, alpha / (math.sqrt(rank) if rs else rank)
@@ -442,6 +457,13 @@ class LoraBaker:
                 d = d.t()
             view = out[t.rows[0] : t.rows[1]] if t.rows else out
             view += d.reshape(view.shape)
+        if not bool(torch.isfinite(out).all()) and bool(torch.isfinite(base).all()):
+            names = ", ".join(sorted({self.plan.files[t.lora].name for t in self.plan.targets[key]}))
+            raise SdlensError(
+                self.plan.files[self.plan.targets[key][0].lora].path,
+                f"--merge-lora: baking {names} into {key} overflows float32 (values become inf): "
+                "the LoRA's weight or alpha is too large",
+            )
         self._last = (key, out)
         return out
 
