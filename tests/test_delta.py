@@ -336,3 +336,10 @@ def test_a_few_values_off_by_a_few_steps_is_rounding_not_a_rank_0_lora(tiny_fp16
     r = delta(save_safetensors(m, folder / "ulps.safetensors"), folder / "base.safetensors")
     assert {t.kind for t in r.tensors} <= {"unchanged", "rounding"}
     assert "LoRA" not in r.verdict[0]
+
+
+def test_factorize_writes_no_zero_directions_on_the_sketch_path():
+    g = torch.Generator().manual_seed(9)
+    d = low_rank((640, 1280), 4, 2.0, g)  # sketched: smaller side > EXACT_MAX
+    f = S.factorize(d, rank=32)
+    assert f.rank == 4 and f.rel_error < 1e-5

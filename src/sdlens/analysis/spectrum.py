@@ -317,6 +317,8 @@ def factorize(
         exact = small <= EXACT_MAX or width >= small // 2
         u, s, v = _gram_svd(d) if exact else _sketch_svd(d, width, 2)
         s2 = s.double().numpy() ** 2
+        if not exact and len(s2):  # a sketch's numerical zeros are no directions to write
+            s2 = s2[: max(1, int(np.count_nonzero(s2 > (FLOAT32_FLOOR**2) * s2[0])))]
         k = _choose(s2, total, rank, energy, cap)
         reached = rank is not None or float(np.sum(s2[:k])) >= (energy or 0) * total * (1 - 1e-9)
         if exact or reached or k >= cap:
