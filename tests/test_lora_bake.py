@@ -520,3 +520,32 @@ def test_crafted_loras_are_refused_in_one_line(sd1, tmp_path, tensors, meta, wei
         convert(make_plan(sd1["base"], out, ConvertOptions(merge_lora=[f"{lora}{weight}"], dtype="keep")))
     assert "h.safetensors" in str(e.value) and "\n" not in str(e.value)
     assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["h.safetensors"]
+
+
+@pytest.mark.parametrize("fmt", ["kohya", "peft"])
+def test_sdxl_refiner_lora_extracted_then_baked_back(tmp_path, fmt):
+    """The refiner's one text encoder sits in diffusers' text_encoder_2 slot (kohya te2): an extracted LoRA
+    bakes back into the refiner (its metadata names the refiner, not SDXL base)."""
+    from safetensors.torch import load_file
+
+    from sdlens.analysis.lora_extract import extract_lora
+    from sdlens.convert import convert
+    from sdlens.testing.zoo_delta import low_rank
+
+    q = "model.diffusion_model.input_blocks.4.1.transformer_blocks.0.attn1.to_q.weight"
+    fc = "conditioner.embedders.0.model.transformer.resblocks.0.mlp.c_fc.weight"
+    base = zoo_unet.build_single_file("sdxl_refiner")
+    model = dict(base)
+    g = torch.Generator().manual_seed(3)
+    for key in (q, fc):
+        model[key] = base[key] + low_rank(tuple(base[key].shape), 2, 0.1 * float(base[key].norm()), g)
+    bpath = save_safetensors(base, tmp_path / "base.safetensors")
+    mpath = save_safetensors(model, tmp_path / "model.safetensors")
+    lora = tmp_path / "lora.safetensors"
+    extract_lora(mpath, bpath, rank=2, fmt=fmt, out=lora)
+    baked = tmp_path / "baked.safetensors"
+    convert(make_plan(bpath, baked, ConvertOptions(merge_lora=[str(lora)])))
+    out = load_file(baked)
+    for key in (q, fc):
+        d = model[key] - base[key]
+        assert float((out[key] - model[key]).norm() / d.norm()) < 1e-4, key

@@ -210,17 +210,22 @@ class _Names:
                 self.flat[(comp.split("@")[0], rel[: -len(".weight")].replace(".", "_"))] = name
 
     def component(self, scope: str) -> str | None:
+        """The canonical component a LoRA scope targets: the denoiser, or the text encoder in the diffusers
+        slot the scope names (``te1`` / ``text_encoder`` -> slot ``text_encoder``, ``te2`` ->
+        ``text_encoder_2``: the SDXL refiner's one encoder sits there); kohya's bare ``te`` is the only one."""
         from sdlens.arch import families
         from sdlens.arch.identify import TE_SLOT
 
         if scope not in TE_SLOT:
             return "denoiser"
         fam = families.get(self.family)
-        kinds = fam.text_encoder_kinds if fam else ()
-        if scope == "te" and len(kinds) > 1:  # kohya writes lora_te_ for one-encoder models only
+        if fam is None:
             return None
-        slot = TE_SLOT[scope]
-        return kinds[slot] if slot < len(kinds) else None
+        if scope == "te":  # kohya writes lora_te_ for one-encoder models only
+            kinds = fam.text_encoder_kinds
+            return kinds[0] if len(kinds) == 1 else None
+        folder = _KOHYA_SLOT.get(scope, scope)
+        return {slot: comp for comp, slot in fam.diffusers_slots.items()}.get(folder)
 
     def find(self, scope: str, module: str) -> str | None:
         comp = self.component(scope)
@@ -231,6 +236,9 @@ class _Names:
         if hit is None and comp == "denoiser" and flat in self.unet:  # kohya SD1 / PEFT: diffusers spelling
             hit = self.flat.get((comp, self.unet[flat].replace(".", "_")))
         return hit
+
+
+_KOHYA_SLOT = {"te1": "text_encoder", "te2": "text_encoder_2", "te3": "text_encoder_3"}
 
 
 def _family_name(family: str) -> str:
@@ -245,10 +253,12 @@ def _check_base_model(path: Path, metadata: Mapping[str, str], family: str) -> N
     from sdlens.arch import families
 
     base = (metadata.get("ss_base_model_version") or "").lower()
-    hinted = (
-        next((f for f in families.FAMILIES if any(h in base for h in f.lora_hints)), None) if base else None
-    )
-    if hinted is not None and family != "unknown" and hinted.id != family:
+    own = families.get(family)
+    if not base or own is None or base == family or any(h in base for h in own.lora_hints):
+        return  # no claim, an unknown checkpoint, or the checkpoint's own family (sdxl_refiner ⊃ sdxl)
+    hints = [(len(h), f) for f in families.FAMILIES for h in f.lora_hints if h in base]
+    hinted = max(hints, key=lambda x: x[0])[1] if hints else None
+    if hinted is not None and hinted.id != family:
         raise SdlensError(
             path,
             f"--merge-lora: a LoRA for {hinted.name} (its metadata says {base!r}); "
