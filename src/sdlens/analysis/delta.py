@@ -303,7 +303,7 @@ def delta(
             g = group_of(t, by)
             groups.setdefault((t.component, g), GroupDelta(g, t.component)).add(t, base_energy)
             if progress:
-                progress(model.tensors[pair.model.key].nbytes)
+                progress(pair.numel * model.tensors[pair.model.key].itemsize)  # row slices: their share
     result = DeltaResult(
         model=str(model_path),
         base=str(base_path),
