@@ -113,18 +113,15 @@ def left_out_lines(report: dict[str, Any]) -> list[str]:
 def render_extract(report: dict[str, Any], console: Console) -> None:
     o = report["overall"]
     conv = f" ({o['conv_modules']} LoCon)" if o["conv_modules"] else ""
-    console.print(
-        f"LoRA written to {safe(report['out'])}: {o['modules']} modules{conv}, ranks {_ranks(o['ranks'])}, "
-        f"alpha {o['alpha']:g}, {report['format']} layout, {report['dtype']}, {_mb(report.get('bytes', 0))}",
-        soft_wrap=True,
-        highlight=False,
-    )
-    console.print(
-        f"fidelity: {_pct(o['kept'])} of ‖Δ‖²_F kept in the extracted modules, relative error "
-        f"{_err(o['rel_error'])} (energy-weighted); they hold {_pct(o['delta_in_targets'])} of the model's "
-        "change beyond rounding",
-        soft_wrap=True,
-        highlight=False,
+    bullets(
+        console,
+        [
+            f"LoRA written to {safe(report['out'])}: {o['modules']} modules{conv}, ranks {_ranks(o['ranks'])}, "
+            f"alpha {o['alpha']:g}, {report['format']} layout, {report['dtype']}, {_mb(report.get('bytes', 0))}",
+            f"fidelity: {_pct(o['kept'])} of ‖Δ‖²_F kept in the extracted modules, relative error "
+            f"{_err(o['rel_error'])} (energy-weighted); they hold {_pct(o['delta_in_targets'])} of the model's "
+            "change beyond rounding",
+        ],
     )
     console.print(component_table(report))
     console.print(worst_table(report))
