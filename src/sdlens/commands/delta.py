@@ -49,16 +49,12 @@ def run(
     ("LoRA-like: rank 8 in attn1/attn2 of every block", "differs only by fp16 rounding"). One streaming pass."""
     from sdlens import console
     from sdlens.analysis.delta import delta
+    from sdlens.commands._outputs import planned_outputs, said_written, write_json
     from sdlens.io.open import open_checkpoint
-    from sdlens.io.outputs import OutFile, check_outputs, remove_created_on_failure
+    from sdlens.io.outputs import remove_created_on_failure
     from sdlens.render.delta_view import plot_delta, render_delta
-    from sdlens.render.safe_text import safe
 
-    for path, option in ((json_file, "--json"), (plot, "--plot")):
-        if path is not None:
-            console.output_path(path, option)
-    outputs = [OutFile(o, p) for o, p in (("--json", json_file), ("--plot", plot)) if p is not None]
-    check_outputs([model, base], outputs)
+    outputs = planned_outputs([model, base], {"--json": json_file, "--plot": plot})
     with open_checkpoint(model, variant) as ck:
         total = ck.tensor_bytes
     bar, progress = console.progress_bar(total, f"delta {model.name}")
@@ -66,13 +62,6 @@ def run(
         result = delta(model, base, by=by, variant=variant, exact=exact, progress=progress)
     render_delta(result, console.out)
     with remove_created_on_failure(files=[o.path for o in outputs]):
-        if json_file is not None:
-            from sdlens.io.atomic import write_text_atomic
-            from sdlens.render.jsonout import dumps
-
-            write_text_atomic(json_file, dumps(result))
-            console.out.print(f"JSON written to {safe(json_file)}", soft_wrap=True, highlight=False)
+        write_json(result, json_file)
         if plot is not None:
-            console.out.print(
-                f"plot written to {safe(plot_delta(result, plot))}", soft_wrap=True, highlight=False
-            )
+            said_written("plot", plot_delta(result, plot))

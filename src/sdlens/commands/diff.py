@@ -39,19 +39,15 @@ def run(
     """What changed between two checkpoints: verdict in plain words, then per component / block / type / tensor."""
     from sdlens import console
     from sdlens.analysis.diff import diff as run_diff
+    from sdlens.commands._outputs import planned_outputs, said_written, write_json
     from sdlens.io.open import open_checkpoint
-    from sdlens.io.outputs import OutFile, check_outputs, remove_created_on_failure
+    from sdlens.io.outputs import remove_created_on_failure
     from sdlens.render.diff_figures import diff_plot_paths
     from sdlens.render.diff_view import render_diff
-    from sdlens.render.safe_text import safe
 
-    for path, option in ((json_file, "--json"), (plot, "--plot")):
-        if path is not None:
-            console.output_path(path, option)
-    outputs = ([OutFile("--json", json_file)] if json_file else []) + [
-        OutFile("--plot", p) for p in diff_plot_paths(plot)
-    ]
-    check_outputs([a, b], outputs)
+    if plot is not None:
+        console.output_path(plot, "--plot")
+    outputs = planned_outputs([a, b], {"--json": json_file, "--plot": diff_plot_paths(plot)})
     with open_checkpoint(a, variant) as ck:
         total = ck.tensor_bytes
     bar, progress = console.progress_bar(total, f"diff {a.name}")
@@ -59,14 +55,9 @@ def run(
         result = run_diff(a, b, time_embed=time_embed, progress=progress, variant=variant)
     render_diff(result, console.out, by=by, metric=metric)
     with remove_created_on_failure(files=[o.path for o in outputs]):
-        if json_file is not None:
-            from sdlens.io.atomic import write_text_atomic
-            from sdlens.render.jsonout import dumps
-
-            write_text_atomic(json_file, dumps(result))
-            console.out.print(f"JSON written to {safe(json_file)}", soft_wrap=True, highlight=False)
+        write_json(result, json_file)
         if plot is not None:
             from sdlens.render.diff_figures import write_diff_plots
 
             for p in write_diff_plots(result, plot):
-                console.out.print(f"plot written to {safe(p)}", soft_wrap=True, highlight=False)
+                said_written("plot", p)

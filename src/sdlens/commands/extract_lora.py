@@ -70,16 +70,12 @@ def run(
     ‖Δ‖² kept and the relative reconstruction error per module and overall. Streams one module at a time."""
     from sdlens import console
     from sdlens.analysis.lora_extract import extract_lora
+    from sdlens.commands._outputs import planned_outputs, write_json
     from sdlens.io.open import open_checkpoint
-    from sdlens.io.outputs import OutFile, check_outputs, remove_created_on_failure
+    from sdlens.io.outputs import remove_created_on_failure
     from sdlens.render.extract_view import render_extract
-    from sdlens.render.safe_text import safe
 
-    console.output_path(out, "-o")
-    if json_file is not None:
-        console.output_path(json_file, "--json")
-    outputs = [OutFile("-o", out)] + ([OutFile("--json", json_file)] if json_file is not None else [])
-    check_outputs([model, base], outputs)
+    outputs = planned_outputs([model, base], {"-o": out, "--json": json_file})
     with (
         remove_created_on_failure(files=[o.path for o in outputs]),
         open_checkpoint(model) as m_ck,
@@ -100,9 +96,4 @@ def run(
                 progress=advance,
             )
         render_extract(report, console.out)
-        if json_file is not None:
-            from sdlens.io.atomic import write_text_atomic
-            from sdlens.render.jsonout import dumps
-
-            write_text_atomic(json_file, dumps(report))
-            console.out.print(f"JSON written to {safe(json_file)}", soft_wrap=True, highlight=False)
+        write_json(report, json_file)

@@ -58,11 +58,11 @@ def run(
     crossover) and any recipe the file's metadata claims, checked against the weights."""
     from sdlens import console
     from sdlens.analysis.recipe import recipe
+    from sdlens.commands._outputs import planned_outputs, said_written, write_json
     from sdlens.errors import SdlensError
     from sdlens.io.open import expand_paths
-    from sdlens.io.outputs import OutFile, check_outputs, remove_created_on_failure
+    from sdlens.io.outputs import remove_created_on_failure
     from sdlens.render.recipe_view import plot_recipe, render_recipe
-    from sdlens.render.safe_text import safe
 
     model = paths[0]
     # a plain folder of models stands for every model in it (but the model itself)
@@ -70,11 +70,7 @@ def run(
     if not candidates:
         console.fail(SdlensError(model, "recipe needs candidates: sdlens recipe MODEL --from A B ..."))
         raise typer.Exit(console.EXIT_USAGE)
-    for path, option in ((json_file, "--json"), (plot, "--plot")):
-        if path is not None:
-            console.output_path(path, option)
-    outputs = [OutFile(o, p) for o, p in (("--json", json_file), ("--plot", plot)) if p is not None]
-    check_outputs([model, *candidates], outputs)
+    outputs = planned_outputs([model, *candidates], {"--json": json_file, "--plot": plot})
     bar = {}
 
     def on_plan(pl) -> None:
@@ -99,15 +95,8 @@ def run(
             bar["p"].stop()
     render_recipe(result, console.out)
     with remove_created_on_failure(files=[o.path for o in outputs]):
-        if json_file is not None:
-            from sdlens.io.atomic import write_text_atomic
-            from sdlens.render.jsonout import dumps
-
-            write_text_atomic(json_file, dumps(result))
-            console.out.print(f"JSON written to {safe(json_file)}", soft_wrap=True, highlight=False)
+        write_json(result, json_file)
         if plot is not None:
-            console.out.print(
-                f"plot written to {safe(plot_recipe(result, plot))}", soft_wrap=True, highlight=False
-            )
+            said_written("plot", plot_recipe(result, plot))
     if result.skipped:
         raise typer.Exit(2)
