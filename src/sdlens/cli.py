@@ -158,8 +158,12 @@ def _root(
 def main(argv: list[str] | None = None) -> None:
     """The console entry point; exit codes in the README (0 done, 1 problems found, 2 usage, 3 internal). Whatever happens, one line, no traceback
     (unless ``SDLENS_DEBUG=1``)."""
+    import logging
+
     from sdlens.io.base import debug
 
+    # optional libraries diffusers pulls in (bitsandbytes) log notices about their own kernels: not for users
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     try:
         app(args=argv, prog_name="sdlens")
     except SdlensError as e:  # raised outside a command (the group catches the commands' own)

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sdlens.analysis.diff_quant import check_pair, quant_lines
 from sdlens.analysis.spectrum import ROW, sumsq
 from sdlens.arch import registry as R
 from sdlens.arch.blocks import block_of
@@ -49,6 +50,11 @@ class TensorDiff:
     cos: float = 1.0
     rel: float = 0.0  # ||a-b|| / ||a||
     max_abs: float = 0.0
+    # a quantised side (``diff_quant``): its scheme, which side, whether every |Δ| is within one step
+    quantised: str = ""
+    quant_side: str = ""
+    within_quantisation: bool = False
+    quant_noise: float = 0.0  # Σ step² / 12: the squared error rounding to the grid alone gives
 
     @property
     def rms(self) -> float:
@@ -56,7 +62,7 @@ class TensorDiff:
 
     @property
     def changed(self) -> bool:
-        return not (self.identical or self.same_within_precision)
+        return not (self.identical or self.same_within_precision or self.within_quantisation)
 
     @property
     def same_at_lower_precision(self) -> bool:  # the name before issue 14
@@ -72,10 +78,11 @@ class TensorDiff:
 class GroupDiff:
     """Aggregate of tensors: l2 = sqrt(sum ||Δ||²) (the notebook's v2), rms = l2 / sqrt(elements)."""
 
-    tensors: int = 0  # = changed + identical + within_precision
+    tensors: int = 0  # = changed + identical + within_precision + within_quantisation
     changed: int = 0
     identical: int = 0
     within_precision: int = 0
+    within_quantisation: int = 0
     numel: int = 0
     sumsq: float = 0.0
     max_abs: float = 0.0
@@ -85,6 +92,7 @@ class GroupDiff:
         self.changed += t.changed
         self.identical += t.identical
         self.within_precision += t.same_within_precision
+        self.within_quantisation += t.within_quantisation
         self.numel += t.numel
         self.sumsq += t.l2 * t.l2
         self.max_abs = max(self.max_abs, t.max_abs)
@@ -103,6 +111,7 @@ class GroupDiff:
             "changed": self.changed,
             "identical": self.identical,
             "same_within_precision": self.within_precision,
+            "within_quantisation": self.within_quantisation,
             "numel": self.numel,
             "l2": self.l2,
             "rms": self.rms,
@@ -267,7 +276,7 @@ def diff(
             if ia.dtype != ib.dtype:
                 pair = f"{ia.dtype}->{ib.dtype}"
                 dtype_pairs[pair] = dtype_pairs.get(pair, 0) + 1
-            identical, lower_same, metrics = _compare_pair(ca, cb, ra, rb, buf)
+            identical, lower_same, metrics, qc = _compare_pair(ca, cb, ra, rb, buf)
             td = TensorDiff(
                 key=name,
                 component=component,
@@ -281,6 +290,9 @@ def diff(
                 same_within_precision=lower_same,
                 **metrics,
             )
+            if qc is not None:
+                td.quantised, td.quant_side, td.quant_noise = qc.scheme, qc.side, qc.noise
+                td.within_quantisation = qc.within and not identical
             tensors.append(td)
             if progress:
                 pending += ia.nbytes
@@ -365,7 +377,7 @@ raw_view = _raw_view  # the public name (delta)
 
 
 def _compare_pair(ca: Checkpoint, cb: Checkpoint, ra: CanonRef, rb: CanonRef, buf: _Buffers):
-    """(bit-identical, same at the lower precision, metrics) of one aligned tensor pair.
+    """(bit-identical, same at the lower precision, metrics, quantisation test) of one aligned tensor pair.
 
     Same-dtype pairs of fp16 / bf16 / fp32 (nearly every pair) take one fused pass over the mapped bytes
     (``kernels``); other pairs, and tensors with NaN / Inf, take the float32 torch path."""
@@ -376,31 +388,34 @@ def _compare_pair(ca: Checkpoint, cb: Checkpoint, ra: CanonRef, rb: CanonRef, bu
         xa, xb = _raw_view(ca, ra), _raw_view(cb, rb)
         if xa is not None and xb is not None:
             if da == db and bits_equal(xa, xb):
-                return True, False, {}
+                return True, False, {}, None
             if da == db and da in KERNEL_DTYPES:
                 s = pair_stats(xa, xb, da)
                 if s is not None:
-                    return False, False, _metrics(s.saa, s.sbb, s.sdd, s.l1, s.l0, s.max_abs, s.sab)
+                    return False, False, _metrics(s.saa, s.sbb, s.sdd, s.l1, s.l0, s.max_abs, s.sab), None
             elif da != db and (s := mixed_pair_stats(xa, da, xb, db)) is not None:  # small: no torch start-up
                 from sdlens.analysis.kernels import stored_bits
                 from sdlens.analysis.precision import all_consistent
 
                 within = s.l0 == 0 or all_consistent(stored_bits(xa, da), da, stored_bits(xb, db), db)
-                return False, within, _metrics(s.saa, s.sbb, s.sdd, s.l1, s.l0, s.max_abs, s.sab)
+                return False, within, _metrics(s.saa, s.sbb, s.sdd, s.l1, s.l0, s.max_abs, s.sab), None
     from sdlens.analysis.precision import same_within_precision
 
     a, b = _view(ca, ra), _view(cb, rb)
+    qc = check_pair(ca, cb, ra, rb, a, b)
     if da == db and _bits_equal(a, b):
-        return True, False, {}
+        return True, False, {}, qc
     metrics = compare_tensors(a, b, buf)
     within = False
-    if da != db:  # equal values are the same weights; else every pair's rounding intervals must meet
+    if (
+        qc is None and da != db
+    ):  # equal values are the same weights; else every pair's rounding intervals must meet
         within = (
             metrics["l0"] == 0
             and metrics["l2"] == 0.0
             or (DTYPES[da].is_float and DTYPES[db].is_float and same_within_precision(a, da, b, db))
         )
-    return False, within, metrics
+    return False, within, metrics, qc
 
 
 def _bits_equal(a, b) -> bool:
@@ -507,8 +522,11 @@ def verdict(r: DiffResult) -> list[str]:
     changed = [t for t in r.tensors if t.changed]
     within = [t for t in r.tensors if t.same_within_precision]
     alpha = _alpha_lines(r)
+    quant = quant_lines(r)
     if not changed and not r.only_a and not r.only_b and not r.shape_mismatch and not alpha:
-        if within:
+        if quant:
+            out += quant
+        elif within:
             out.append(
                 f"same weights at different precisions ({_precisions(r)}: every pair of values is "
                 "consistent with one common source)"
@@ -516,6 +534,7 @@ def verdict(r: DiffResult) -> list[str]:
         else:
             out.append("identical: every tensor bit-identical")
         return out
+    out += quant
     part = part_file(r)
     if r.tensors and not changed and part is None:
         out.append("every shared tensor is the same" + (" (some at different precisions)" if within else ""))
@@ -572,12 +591,19 @@ def _group_line(r: DiffResult, label: str, comps: list[str], fam: str, part: str
     if not cts:
         if g.identical == g.tensors:
             return f"{label}: bit-identical{to}"
+        if g.within_quantisation:
+            schemes = ", ".join(
+                sorted({t.quantised for t in r.tensors if t.component in comps and t.quantised})
+            )
+            return f"{label}: same weights{' as ' + to[4:] if part else ''}, quantised ({schemes})"
         return f"{label}: same weights{' as ' + to[4:] if part else ''} at different precisions"
     types = sorted({t.layer_type for t in cts})
     all_types = {t.layer_type for t in r.tensors if t.component in comps}
     text = f"{label}: changed{vs} — {len(cts)} of {g.tensors} tensors (RMS of Δ {g.rms:.3g})"
     if g.within_precision:
         text += f"; {g.within_precision} more the same at different precisions"
+    if g.within_quantisation:
+        text += f"; {g.within_quantisation} more within quantisation"
     if len(types) < len(all_types):
         text += "; only " + ", ".join(_TYPE_WORDS.get(t, t) for t in types)
     blocks = r.by_block.get(comps[0], {}) if len(comps) == 1 else {}

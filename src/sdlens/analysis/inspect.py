@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from sdlens.analysis.lora import LoraInfo, analyse_lora
 from sdlens.analysis.metadata import MetadataSummary, summarise_metadata
+from sdlens.analysis.quantisation import QuantSummary, summarise_quantisation
 from sdlens.analysis.scan import ScanResult, scan_and_hash, scan_and_hash_bytes, scan_tensors
 from sdlens.analysis.schedule import ScheduleInfo, analyse_schedule
 from sdlens.arch import registry as R
@@ -18,6 +19,7 @@ from sdlens.io.base import Checkpoint
 from sdlens.io.dtypes import DTYPES
 from sdlens.io.hashing import FileHashes, hash_file
 from sdlens.io.open import open_checkpoint
+from sdlens.io.quant import SCHEMES, stored_dtype, stored_nbytes
 
 if TYPE_CHECKING:
     from sdlens.analysis.merge_claims import Claim
@@ -93,11 +95,13 @@ class InspectReport:
     scan: ScanResult | None = None
     summary: str = ""
     merge_claims: list[Claim] = field(default_factory=list)  # recipes merge tools wrote into the metadata
+    quantisation: QuantSummary | None = None  # quantised weights (GGUF, scaled fp8, NF4): schemes, bits
     schema_version: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["merge_claims"] = [c.to_dict() for c in self.merge_claims]
+        d["quantisation"] = self.quantisation.to_dict() if self.quantisation else None
         return d
 
 
@@ -150,10 +154,10 @@ def describe(ckpt: Checkpoint) -> InspectReport:
     dtypes: dict[str, dict[str, int]] = {}
     beyond = 0
     for t in tensors.values():
-        d = dtypes.setdefault(t.dtype, {"tensors": 0, "bytes": 0})
+        d = dtypes.setdefault(stored_dtype(t), {"tensors": 0, "bytes": 0})
         d["tensors"] += 1
-        d["bytes"] += t.nbytes
-        if DTYPES[t.dtype].is_float and DTYPES[t.dtype].itemsize > 2:
+        d["bytes"] += stored_nbytes(t)
+        if t.extra is None and DTYPES[t.dtype].is_float and DTYPES[t.dtype].itemsize > 2:
             beyond += t.nbytes - t.numel * 2
     meta = summarise_metadata(ckpt.metadata)
     base = dict(
@@ -168,6 +172,7 @@ def describe(ckpt: Checkpoint) -> InspectReport:
         metadata=meta,
         extras=dict(ckpt.extras),
         merge_claims=_merge_claims(ckpt.metadata),
+        quantisation=summarise_quantisation(ckpt),
     )
     ident = identify(tensors, ckpt.configs, ckpt.metadata)
     match = ident.match
@@ -208,7 +213,7 @@ def describe(ckpt: Checkpoint) -> InspectReport:
             len(c.keys),
             c.params,
             c.nbytes,
-            dict(sorted(_count(t.dtype for t in c.keys.values()).items())),
+            dict(sorted(_count(map(stored_dtype, c.keys.values())).items())),
         )
         for c in sorted(comps.values(), key=lambda c: R.component_rank(c.id))
     ]
@@ -239,8 +244,8 @@ def describe(ckpt: Checkpoint) -> InspectReport:
             {
                 "key": k,
                 "shape": list(t.shape),
-                "dtype": t.dtype,
-                "bytes": t.nbytes,
+                "dtype": stored_dtype(t),
+                "bytes": stored_nbytes(t),
                 "why": f"prefix {k.split('.')[0]!r} belongs to no known component or layout",
             }
             for k, t in split.unknown.items()
@@ -349,7 +354,7 @@ def _check_position_ids(ckpt: Checkpoint, key: str) -> PositionIdsCheck:
 
 
 def _precision(dtypes: dict[str, dict[str, int]]) -> str:
-    floats = {d: v["bytes"] for d, v in dtypes.items() if DTYPES[d].is_float}
+    floats = {d: v["bytes"] for d, v in dtypes.items() if d in SCHEMES or DTYPES[d].is_float}
     if not floats:
         return "none"
     names = {
@@ -361,7 +366,7 @@ def _precision(dtypes: dict[str, dict[str, int]]) -> str:
         "F8_E5M2": "fp8-e5m2",
     }
     if len(floats) == 1:
-        return names[next(iter(floats))]
+        return names.get(d := next(iter(floats)), d)
     total = sum(floats.values())
 
     def share(b: int) -> str:
@@ -369,7 +374,7 @@ def _precision(dtypes: dict[str, dict[str, int]]) -> str:
         return f"{pct:.0f}%" if pct >= 1 else "<1%"
 
     return "mixed: " + ", ".join(
-        f"{names[d]} {share(b)}" for d, b in sorted(floats.items(), key=lambda kv: -kv[1])
+        f"{names.get(d, d)} {share(b)}" for d, b in sorted(floats.items(), key=lambda kv: -kv[1])
     )
 
 

@@ -109,6 +109,8 @@ def with_tokens(spec: ArchSpec, tokens: int | None) -> ArchSpec:
 def _quiet():
     """diffusers / transformers log warnings for configs they think odd; nothing for users here."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    # diffusers imports bitsandbytes where it is installed, which logs its own optional-kernel notices
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     import diffusers  # noqa: F401  (imported first: importing it resets its loggers' levels)
     import transformers  # noqa: F401
 

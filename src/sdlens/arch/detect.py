@@ -17,6 +17,7 @@ from sdlens.arch import families
 from sdlens.arch import registry as R
 from sdlens.arch.record import Feature
 from sdlens.io.base import TensorInfo
+from sdlens.io.quant import stored_nbytes
 
 
 @dataclass
@@ -35,7 +36,8 @@ class Component:
 
     @property
     def nbytes(self) -> int:
-        return sum(t.nbytes for t in self.keys.values())
+        """Bytes in the file (a quantised tensor's blocks and companions)."""
+        return sum(map(stored_nbytes, self.keys.values()))
 
 
 @dataclass

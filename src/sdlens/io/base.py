@@ -21,6 +21,7 @@ from typing import IO, Any
 from sdlens.errors import CheckpointError, SdlensError
 from sdlens.io.dtypes import DTYPES, torch_dtype
 from sdlens.io.limits import clip, short
+from sdlens.io.quant import Quant
 
 _NUMPY = {
     "F64": "<f8",
@@ -262,6 +263,8 @@ class Checkpoint:
         self.configs: dict[
             str, dict[str, Any]
         ] = {}  # a diffusers folder's config.json files, by part (empty: none)
+        # file-wide markers of a quantisation taken out of ``tensors`` (ComfyUI's ``scaled_fp8``)
+        self.quant_markers: dict[str, TensorInfo] = {}
         self._maps: dict[str, mmap.mmap] = {}
         self._files: dict[str, Any] = {}
 
@@ -286,7 +289,10 @@ class Checkpoint:
 
     @property
     def tensor_bytes(self) -> int:
-        return sum(t.nbytes for t in self.tensors.values())
+        """Bytes the tensors take in the files (a quantised tensor's blocks and companions, not its values)."""
+        from sdlens.io.quant import stored_nbytes
+
+        return sum(map(stored_nbytes, self.tensors.values()))
 
     def in_file_order(self, keys: Iterable[str] | None = None) -> list[str]:
         """Keys sorted by (file, byte offset), so that a pass over them reads each file front to back."""
@@ -312,9 +318,9 @@ class Checkpoint:
     def check_view(self, key: str) -> None:
         """Refuse, before anything is read or allocated, a tensor whose shape would materialise far more
         bytes than the storage backing it (stride-0 or overlapping views: 4 bytes seen as 4 TB)."""
-        if self.is_plain(key):
-            return
         info = self.tensors[key]
+        if self.is_plain(key) or isinstance(info.extra, Quant):  # a reader checked a Quant's parts' sizes
+            return
         backing = getattr(info.extra, "storage_nbytes", None)
         if isinstance(backing, int) and info.nbytes > max(backing, MAX_VIEW_EXPANSION):
             raise CheckpointError(
@@ -336,8 +342,33 @@ class Checkpoint:
             )
 
     def is_plain(self, key: str) -> bool:
-        """Whether the tensor's bytes are one contiguous run at ``offset`` (false for strided torch views)."""
-        return True
+        """Whether the tensor's bytes are one contiguous run at ``offset`` of its dtype (false for strided
+        torch views and for quantised tensors, which are decoded)."""
+        return not isinstance(self.tensors[key].extra, Quant)
+
+    def _stored(self, info: TensorInfo):
+        """A stored tensor's bytes (a quantised tensor's main part or a companion) as a flat numpy view of
+        its dtype (bf16 / fp8 as unsigned integers), bounds-checked."""
+        import numpy as np
+
+        m = self._map(info.source)
+        self._check_bounds(info, m)
+        if info.numel == 0:
+            return np.empty(0, dtype=_NUMPY.get(info.dtype, "u1"))
+        return np.frombuffer(m, dtype=_NUMPY.get(info.dtype, "u1"), count=info.numel, offset=info.offset)
+
+    def _dequantised(self, info: TensorInfo):
+        """A quantised tensor's values: float32 of its logical shape, dequantised by its scheme."""
+        import numpy as np
+
+        q: Quant = info.extra
+        values = q.decode(self._stored)
+        if values.size != info.numel:
+            raise CheckpointError(
+                info.source,
+                f"tensor {short(info.key)} ({q.scheme}) decodes to {values.size} values, not {info.numel}",
+            )
+        return np.ascontiguousarray(values, dtype=np.float32).reshape(info.shape)
 
     @_guard_read
     def read(self, key: str, *, copy: bool = True):
@@ -345,6 +376,8 @@ class Checkpoint:
         import torch
 
         info = self.tensors[key]
+        if isinstance(info.extra, Quant):
+            return torch.from_numpy(self._dequantised(info)).to(torch_dtype(info.dtype))
         m = self._map(info.source)
         self._check_bounds(info, m)
         if info.numel == 0:
@@ -359,6 +392,8 @@ class Checkpoint:
         import numpy as np
 
         info = self.tensors[key]
+        if isinstance(info.extra, Quant):
+            return self._dequantised(info)
         if not self.is_plain(key) or info.dtype not in _NUMPY:
             t = self.read(key)
             return (t.float() if t.is_floating_point() else t).numpy()

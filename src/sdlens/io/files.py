@@ -38,7 +38,9 @@ def _open_file(p: Path) -> Checkpoint:
 
         return open_torch_checkpoint(p)
     if head.startswith(b"GGUF"):
-        raise CheckpointError(p, "GGUF files are not supported yet")
+        from sdlens.io.gguf_file import GgufCheckpoint
+
+        return GgufCheckpoint(p)
     if p.suffix == ".safetensors":
         # it claims to be safetensors: let the header parser say precisely what is wrong
         return SafetensorsCheckpoint(p)

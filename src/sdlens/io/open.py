@@ -20,6 +20,9 @@ from sdlens.io.folders import (
 
 __all__ = ["expand_paths", "open_checkpoint", "open_file"]
 
+# single model files a folder given on the command line expands to (diffusers folders' own weights aside)
+MODEL_SUFFIXES = (*WEIGHT_SUFFIXES, ".gguf", ".sft")
+
 
 def open_checkpoint(path: str | Path, variant: str | None = None) -> Checkpoint:
     """Open a checkpoint lazily: a .safetensors / .ckpt / .pt / .pth / .bin file, a ``*.index.json`` shard
@@ -63,7 +66,7 @@ def expand_paths(paths: list[str | Path]) -> list[Path]:
             found = sorted(
                 q
                 for q in p.iterdir()
-                if (q.is_file() and q.suffix in WEIGHT_SUFFIXES) or (q.is_dir() and is_model_folder(q))
+                if (q.is_file() and q.suffix in MODEL_SUFFIXES) or (q.is_dir() and is_model_folder(q))
             )
             out.extend(found if found else [p])
         else:

@@ -129,6 +129,9 @@ class SafetensorsCheckpoint(Checkpoint):
                 src, f"safetensors header lists {len(header)} tensors (limit {MAX_TENSORS})"
             )
         self.tensors = _index(src, header, data_start, size - data_start)
+        from sdlens.io.quant_keys import recognise
+
+        self.tensors, self.quant_markers = recognise(src, self.tensors, self._stored)
 
 
 def _index(src: str, header: dict, data_start: int, data_len: int) -> dict[str, TensorInfo]:

@@ -89,6 +89,8 @@ def render_report(r: InspectReport, console: Console, brief: bool = False) -> No
     _identity(r, console, colour)
     _state(r, console)
     _precision(r, console)
+    if r.quantisation is not None:
+        _quantisation(r, console)
     if r.lora is not None:
         _lora(r, console)
     for p in r.problems:
@@ -151,6 +153,37 @@ def _precision(r: InspectReport, console: Console) -> None:
     console.print(dt)
     if r.bytes_beyond_fp16:
         console.print(f"{human_bytes(r.bytes_beyond_fp16)} spent on precision beyond fp16")
+
+
+def _quantisation(r: InspectReport, console: Console) -> None:
+    """Schemes, bits per weight, companions and memory of a quantised file."""
+    q = r.quantisation
+    qt = Table(title="Quantisation", title_justify="left")
+    for col in ("scheme", "tensors", "params", "bits/weight", "bytes"):
+        qt.add_column(col, justify="left" if col == "scheme" else "right")
+    for s in q.schemes:
+        qt.add_row(
+            safe(s.scheme),
+            str(s.tensors),
+            human_count(s.params),
+            f"{s.bits_per_weight:.2f}",
+            human_bytes(s.bytes),
+        )
+    console.print(qt)
+    console.print(Text(q.origin), highlight=False)
+    if q.companions:
+        console.print(
+            f"{plural(q.companions, 'companion tensor')} (scales, absmax blocks, code books) belong to these "
+            "weights, not unknown keys",
+            highlight=False,
+        )
+    for m in q.markers:
+        console.print(Text(f"marker: {printable(m, NAME_LIMIT)}"), highlight=False)
+    console.print(
+        f"weights in memory: {human_bytes(q.bytes_stored)} kept quantised ({q.bits_per_weight:.2f} bits per "
+        f"weight over the file); {human_bytes(q.bytes_bf16)} dequantised to bf16",
+        highlight=False,
+    )
 
 
 def _lora(r: InspectReport, console: Console) -> None:

@@ -1,0 +1,141 @@
+"""A quantised copy is not a changed model: the quantisation test of ``diff`` and its words.
+
+A tensor pair where one side (or both) is quantised (GGUF blocks, scaled fp8, NF4) is *within quantisation*
+when every value of A and B differs by at most the quantisation step of its block (``sdlens.io.quant.steps``,
+summed over the quantised sides): what rounding to that grid does, whatever quantiser chose the nearest or
+a neighbouring level. Rounding alone costs about Σ step² / 12 of squared error (uniform rounding), which the
+verdict sets beside the measured error so a user sees whether anything beyond quantisation is there.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from sdlens.arch.canonical import CanonRef
+from sdlens.io.base import Checkpoint
+from sdlens.io.quant import quant_of, steps
+from sdlens.words import plural
+
+if TYPE_CHECKING:
+    from sdlens.analysis.diff import DiffResult, TensorDiff
+
+
+@dataclass
+class QuantCheck:
+    scheme: str  # "Q4_K" (the quantised side's scheme; "Q8_0 / Q4_K" when both are)
+    side: str  # A | B | both
+    within: bool  # every |Δ| within the summed quantisation steps
+    noise: float  # Σ step² / 12: the squared error rounding alone gives
+
+
+def _steps_view(ck: Checkpoint, ref: CanonRef):
+    """The quantisation step of every value of a canonical tensor, flat, in the order ``diff._view`` gives
+    its values (row slices and transposes applied to the whole tensor's steps)."""
+    import torch
+
+    info = ck.tensors[ref.key]
+    s = torch.from_numpy(steps(quant_of(info), ck.read_numpy(ref.key).reshape(-1)).reshape(info.shape))
+    if ref.rows is not None:
+        s = s[ref.rows[0] : ref.rows[1]]
+    if ref.transpose:
+        s = s.t()
+    return s.reshape(-1)
+
+
+def check_pair(
+    ca: Checkpoint, cb: Checkpoint, ra: CanonRef, rb: CanonRef, a: Any, b: Any
+) -> QuantCheck | None:
+    """The quantisation test of one aligned pair (``a``, ``b``: its flat values), or ``None`` when neither
+    side is quantised."""
+    import torch
+
+    qa, qb = quant_of(ca.tensors[ra.key]), quant_of(cb.tensors[rb.key])
+    if qa is None and qb is None:
+        return None
+    bound = None
+    for ck, ref, q in ((ca, ra, qa), (cb, rb, qb)):
+        if q is not None:
+            s = _steps_view(ck, ref)
+            bound = s if bound is None else bound + s
+    noise = float((bound.double() ** 2).sum()) / 12.0
+    d = (a.float() - b.float()).abs()
+    within = bool(torch.all(d <= bound)) if d.numel() else True
+    side = "both" if qa and qb else ("A" if qa else "B")
+    scheme = " / ".join(q.scheme for q in (qa, qb) if q is not None)
+    return QuantCheck(scheme, side, within, noise)
+
+
+# --------------------------------------------------------------------------- words
+
+
+def quantised(r: DiffResult) -> list[TensorDiff]:
+    return [t for t in r.tensors if t.quantised]
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.2g}%" if x < 0.1 else f"{100 * x:.0f}%"
+
+
+def _rel(ts: list[TensorDiff]) -> tuple[float, float]:
+    """(measured, rounding-only) relative error of a group: √(Σ‖Δ‖² / Σ‖A‖²), √(Σ noise / Σ‖A‖²)."""
+    na2 = sum((t.l2 / t.rel) ** 2 for t in ts if t.rel > 0 and math.isfinite(t.rel))
+    if not na2:
+        return 0.0, 0.0
+    return math.sqrt(sum(t.l2**2 for t in ts) / na2), math.sqrt(sum(t.quant_noise for t in ts) / na2)
+
+
+def _block_kind(block: str) -> str:
+    return block.rstrip("0123456789") or block
+
+
+def _by_block(ts: list[TensorDiff]) -> str:
+    """``IN 0.31%, D00–D18 0.38–0.45%, S00–S37 …``: each kind of block, its range of relative errors."""
+    from sdlens.analysis.diff import _block_order
+
+    blocks: dict[str, list[TensorDiff]] = {}
+    for t in sorted(ts, key=lambda t: _block_order(t.block)):
+        blocks.setdefault(t.block, []).append(t)
+    kinds: dict[str, list[tuple[str, float]]] = {}
+    for b, group in blocks.items():
+        kinds.setdefault(_block_kind(b), []).append((b, _rel(group)[0]))
+    parts = []
+    for items in kinds.values():
+        names = [n for n, _ in items]
+        errs = [e for _, e in items]
+        span = names[0] if len(names) == 1 else f"{names[0]}–{names[-1]}"
+        lo, hi = min(errs), max(errs)
+        parts.append(f"{span} {_pct(lo)}" if _pct(lo) == _pct(hi) else f"{span} {_pct(lo)}–{_pct(hi)}")
+    return ", ".join(parts)
+
+
+def quant_lines(r: DiffResult) -> list[str]:
+    """The quantisation verdict: which side is quantised to what, whether every difference is within the
+    quantisation, and the relative error (overall, per kind of block, and what rounding alone gives)."""
+    qs = quantised(r)
+    if not qs:
+        return []
+    schemes = sorted({t.quantised for t in qs})
+    sides = sorted({t.quant_side for t in qs})
+    side = sides[0] if len(sides) == 1 else "both"
+    who = {"A": "A is B", "B": "B is A", "both": "A and B are"}[side]
+    within = [t for t in qs if t.within_quantisation]
+    measured, expected = _rel(qs)
+    err = f"relative error {_pct(measured)} (rounding to the grid alone: ~{_pct(expected)})"
+    scheme = ", ".join(schemes)
+    if len(within) == len(qs):
+        head = (
+            f"same model, quantised: {who} quantised to {scheme} ({plural(len(qs), 'tensor')}, every value "
+            f"within one quantisation step); {err}"
+        )
+    else:
+        head = (
+            f"{who} quantised to {scheme}, and {len(qs) - len(within)} of {len(qs)} quantised tensors differ "
+            f"by more than one quantisation step (changed, not only quantised); {err}"
+        )
+    lines = [head]
+    per_block = _by_block(qs)
+    if per_block and len({t.block for t in qs}) > 1:
+        lines.append(f"relative error per block: {per_block}")
+    return lines
