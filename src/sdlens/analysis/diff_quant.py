@@ -18,6 +18,9 @@ from sdlens.io.base import Checkpoint
 from sdlens.io.quant import quant_of, steps
 from sdlens.words import plural
 
+# a measured error below this share of what rounding to the grid gives means a dequantised copy, not a source
+DEQUANTISED = 0.5
+
 if TYPE_CHECKING:
     from sdlens.analysis.diff import DiffResult, TensorDiff
 
@@ -124,6 +127,14 @@ def quant_lines(r: DiffResult) -> list[str]:
     measured, expected = _rel(qs)
     err = f"relative error {_pct(measured)} (rounding to the grid alone: ~{_pct(expected)})"
     scheme = ", ".join(schemes)
+    if len(within) == len(qs) and side != "both" and measured < DEQUANTISED * expected:
+        # far less error than rounding to the grid gives: the other file holds the grid's own values
+        other = "B" if side == "A" else "A"
+        dtypes = sorted({t.dtype_b if side == "A" else t.dtype_a for t in qs})
+        return [
+            f"same model, dequantised: {other} holds {side}'s {scheme} values, stored as {', '.join(dtypes)} "
+            f"({plural(len(qs), 'tensor')}; relative error {_pct(measured)}, from that storage's rounding)"
+        ]
     if len(within) == len(qs):
         head = (
             f"same model, quantised: {who} quantised to {scheme} ({plural(len(qs), 'tensor')}, every value "
