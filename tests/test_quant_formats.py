@@ -62,8 +62,8 @@ def flux(tmp_path_factory) -> dict[str, Path]:
 
 
 def test_type_table_is_the_gguf_package_s():
-    assert GGML_TYPES == {int(t): (t.name, *s) for t, s in gguf.GGML_QUANT_SIZES.items()}
-    for name, block, _size in GGML_TYPES.values():
+    assert {int(t): (t.name, *s) for t, s in gguf.GGML_QUANT_SIZES.items()} == GGML_TYPES
+    for name, _block, _size in GGML_TYPES.values():
         assert name in SCHEMES or name in ("F32", "F16", "BF16", "F64", "I8", "I16", "I32", "I64"), name
 
 
@@ -176,7 +176,7 @@ def test_diff_of_a_dequantised_copy(flux, tmp_path, cli):
     res = cli("convert", str(flux["q8"]), str(out), "--dtype", "bf16")
     assert res.returncode == 0, res.stderr
     with open_checkpoint(flux["q8"]) as a, open_checkpoint(out) as b:
-        for k in a.keys():
+        for k in a:
             assert torch.equal(b.read(k), a.read(k).to(torch.bfloat16))
     r = diff(flux["q8"], out)
     assert r.verdict[0].startswith("same model, dequantised: B holds A's Q8_0 values, stored as BF16")
@@ -264,9 +264,8 @@ def test_gguf_errors_name_the_file_and_the_problem(tmp_path, flux):
     for name, data in cases.items():
         p = tmp_path / f"{name}.gguf"
         p.write_bytes(data)
-        with pytest.raises(CheckpointError) as e:
-            with open_checkpoint(p) as ck:
-                for k in ck.keys():
-                    ck.read(k)
+        with pytest.raises(CheckpointError) as e, open_checkpoint(p) as ck:
+            for k in ck:
+                ck.read(k)
         msg = str(e.value)
         assert str(p) in msg and want[name] in msg and "\n" not in msg, (name, msg)
