@@ -176,7 +176,7 @@ def test_diff_of_a_dequantised_copy(flux, tmp_path, cli):
     res = cli("convert", str(flux["q8"]), str(out), "--dtype", "bf16")
     assert res.returncode == 0, res.stderr
     with open_checkpoint(flux["q8"]) as a, open_checkpoint(out) as b:
-        for k in a:
+        for k in a.tensors:
             assert torch.equal(b.read(k), a.read(k).to(torch.bfloat16))
     r = diff(flux["q8"], out)
     assert r.verdict[0].startswith("same model, dequantised: B holds A's Q8_0 values, stored as BF16")
@@ -265,7 +265,7 @@ def test_gguf_errors_name_the_file_and_the_problem(tmp_path, flux):
         p = tmp_path / f"{name}.gguf"
         p.write_bytes(data)
         with pytest.raises(CheckpointError) as e, open_checkpoint(p) as ck:
-            for k in ck:
+            for k in ck.tensors:
                 ck.read(k)
         msg = str(e.value)
         assert str(p) in msg and want[name] in msg and "\n" not in msg, (name, msg)

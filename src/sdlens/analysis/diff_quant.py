@@ -33,12 +33,14 @@ class QuantCheck:
     noise: float  # Σ step² / 12: the squared error rounding alone gives
 
 
-def _steps_view(ck: Checkpoint, ref: CanonRef):
+def _steps_view(ck: Checkpoint, ref: CanonRef, values: Any):
     """The quantisation step of every value of a canonical tensor, flat, in the order ``diff._view`` gives
-    its values (row slices and transposes applied to the whole tensor's steps)."""
+    its ``values`` (a row slice or a transpose: from the whole tensor's steps, sliced the same way)."""
     import torch
 
     info = ck.tensors[ref.key]
+    if ref.rows is None and not ref.transpose:
+        return torch.from_numpy(steps(quant_of(info), values.float().numpy()))
     s = torch.from_numpy(steps(quant_of(info), ck.read_numpy(ref.key).reshape(-1)).reshape(info.shape))
     if ref.rows is not None:
         s = s[ref.rows[0] : ref.rows[1]]
@@ -58,9 +60,9 @@ def check_pair(
     if qa is None and qb is None:
         return None
     bound = None
-    for ck, ref, q in ((ca, ra, qa), (cb, rb, qb)):
+    for ck, ref, q, values in ((ca, ra, qa, a), (cb, rb, qb, b)):
         if q is not None:
-            s = _steps_view(ck, ref)
+            s = _steps_view(ck, ref, values)
             bound = s if bound is None else bound + s
     noise = float((bound.double() ** 2).sum()) / 12.0
     d = (a.float() - b.float()).abs()
