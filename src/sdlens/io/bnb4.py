@@ -52,13 +52,25 @@ CHUNK_BYTES = 1 << 19  # packed bytes per dequantisation step (1 Mi values, 4 Mi
 # The 4-bit code books, float32, in code order (index = the 4-bit code), as bitsandbytes builds them.
 NF4_CODE = np.array(
     [
-        -1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453,
-        -0.28444138169288635, -0.18477343022823334, -0.09105003625154495, 0.0,
-        0.07958029955625534, 0.16093020141124725, 0.24611230194568634, 0.33791524171829224,
-        0.44070982933044434, 0.5626170039176941, 0.7229568362236023, 1.0,
+        -1.0,
+        -0.6961928009986877,
+        -0.5250730514526367,
+        -0.39491748809814453,
+        -0.28444138169288635,
+        -0.18477343022823334,
+        -0.09105003625154495,
+        0.0,
+        0.07958029955625534,
+        0.16093020141124725,
+        0.24611230194568634,
+        0.33791524171829224,
+        0.44070982933044434,
+        0.5626170039176941,
+        0.7229568362236023,
+        1.0,
     ],
     dtype=np.float32,
-)  # fmt: skip
+)
 # FP4: 1 sign, 2 exponent, 1 mantissa bit (bias 2, subnormal 0 / 0.0625), normalised by the largest (12).
 # Code 8 (sign bit, zero) is +0.0 in bitsandbytes' table and stored quant_map (its CPU C kernel gives -0.0).
 FP4_CODE = (
@@ -172,12 +184,16 @@ def _shape(v: object) -> tuple[int, ...]:
     return tuple(v)
 
 
-def parse_quant_state(raw: bytes | bytearray | memoryview | np.ndarray, quant_type: str | None = None) -> Bnb4State:
+def parse_quant_state(
+    raw: bytes | bytearray | memoryview | np.ndarray, quant_type: str | None = None
+) -> Bnb4State:
     """Parse the JSON bytes of a ``quant_state.bitsandbytes__*`` tensor; ValueError (a short message) for
     anything bitsandbytes could not load. ``quant_type``: the type named by the key suffix, if known."""
     data = raw.tobytes() if isinstance(raw, np.ndarray) else bytes(raw)
     if len(data) > MAX_STATE_JSON:
-        raise ValueError(f"quant_state is {len(data)} bytes (more than {MAX_STATE_JSON}): not a bnb quant state")
+        raise ValueError(
+            f"quant_state is {len(data)} bytes (more than {MAX_STATE_JSON}): not a bnb quant state"
+        )
     try:
         d = json.loads(data.decode("utf-8"))
     except UnicodeDecodeError:
@@ -214,8 +230,9 @@ def parse_quant_state(raw: bytes | bytearray | memoryview | np.ndarray, quant_ty
         off32 = np.float32(off)
     if not np.isfinite(off32):
         raise ValueError(f"quant_state nested_offset {_short(off)} overflows float32")
-    return Bnb4State(**state, nested=True, nested_blocksize=_blocksize(d, "nested_blocksize"),
-                     nested_offset=float(off32))  # fmt: skip
+    return Bnb4State(
+        **state, nested=True, nested_blocksize=_blocksize(d, "nested_blocksize"), nested_offset=float(off32)
+    )
 
 
 def state_json(state: Bnb4State) -> bytes:
@@ -227,8 +244,11 @@ def state_json(state: Bnb4State) -> bytes:
         "shape": list(state.shape),
     }
     if state.nested:
-        d |= {"nested_blocksize": state.nested_blocksize, "nested_dtype": "float32",
-              "nested_offset": state.nested_offset}  # fmt: skip
+        d |= {
+            "nested_blocksize": state.nested_blocksize,
+            "nested_dtype": "float32",
+            "nested_offset": state.nested_offset,
+        }
     return json.dumps(d).encode("utf-8")
 
 
@@ -240,8 +260,11 @@ def expected_layout(state: Bnb4State) -> dict[str, tuple[str, int]]:
     (the weight as role "weight"; quant_state excluded: its length is that of its JSON)."""
     layout = {"weight": ("U8", state.packed_bytes), "quant_map": ("F32", 16)}
     if state.nested:
-        layout |= {"absmax": ("U8", state.nblocks), "nested_absmax": ("F32", state.nested_nblocks),
-                   "nested_quant_map": ("F32", 256)}  # fmt: skip
+        layout |= {
+            "absmax": ("U8", state.nblocks),
+            "nested_absmax": ("F32", state.nested_nblocks),
+            "nested_quant_map": ("F32", 256),
+        }
     else:
         layout["absmax"] = ("F32", state.nblocks)
     return layout
@@ -264,14 +287,18 @@ def check_layout(state: Bnb4State, tensors: Mapping[str, tuple[str, Iterable[int
         if role == "weight":
             nbytes = count * _ITEMSIZE.get(dtype, 0)
             if nbytes != state.packed_bytes:
-                raise ValueError(f"packed weight is {nbytes} bytes but shape {list(state.shape)} needs "
-                                 f"{state.packed_bytes}")  # fmt: skip
+                raise ValueError(
+                    f"packed weight is {nbytes} bytes but shape {list(state.shape)} needs "
+                    f"{state.packed_bytes}"
+                )
             continue
         ok_dtypes = {want_dtype} | ({"F16", "BF16"} if role == "absmax" and not state.nested else set())
         if dtype not in ok_dtypes:
             raise ValueError(f"{role} is {dtype}, expected {want_dtype}")
         if count != want_count:
-            raise ValueError(f"{role} has {count} values, expected {want_count} for shape {list(state.shape)}")
+            raise ValueError(
+                f"{role} has {count} values, expected {want_count} for shape {list(state.shape)}"
+            )
 
 
 def storage_bytes(state: Bnb4State, *, state_json_bytes: int | None = None) -> dict[str, int]:
@@ -296,19 +323,56 @@ def bf16_bits_to_float32(bits: np.ndarray) -> np.ndarray:
     return (np.asarray(bits, dtype=np.uint16).astype(np.uint32) << 16).view(np.float32)
 
 
-def round_float32_to(values: np.ndarray, dtype: str) -> np.ndarray:
-    """Round float32 values (in place) to the nearest ``dtype`` value (ties to even, as torch's ``.to``),
-    kept as float32."""
-    if dtype == "float16":
-        with np.errstate(over="ignore"):
-            values[...] = values.astype(np.float16)
-    elif dtype == "bfloat16":
-        u = values.view(np.uint32)
-        nan = np.isnan(values)
-        u += np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))
-        u &= np.uint32(0xFFFF0000)
-        if nan.any():
-            values[nan] = np.nan
+F16_MAX = np.float32(65504.0)
+
+
+def _round_low_bits(u: np.ndarray, bits: int) -> None:
+    """Round uint32 float patterns in place to ``bits`` fewer mantissa bits, ties to even."""
+    t = u >> np.uint32(bits)
+    t &= np.uint32(1)
+    t += np.uint32((1 << (bits - 1)) - 1)
+    u += t
+    u &= np.uint32(~((1 << bits) - 1) & 0xFFFFFFFF)
+
+
+def _round_to_f16(values: np.ndarray) -> None:
+    """Round to float16 values in place: add and subtract ``c = ±2**(e + 13)`` (``e``: the exponent of
+    ``x``, at least float16's smallest normal one, -14), which leaves ``x`` rounded to float16's spacing
+    at ``x`` (subnormals included), ties to even; then overflow to inf and restore the sign of zeros."""
+    u = values.view(np.uint32)
+    c = (u >> np.uint32(23)) & np.uint32(0xFF)
+    np.clip(c, 127 - 14, 127 + 16, out=c)
+    c += np.uint32(13)
+    c <<= np.uint32(23)
+    c |= u & np.uint32(0x80000000)
+    cf = c.view(np.float32)
+    sign = u >> np.uint32(31)
+    with np.errstate(invalid="ignore", over="ignore"):
+        values += cf
+        values -= cf
+    big = np.abs(values) > F16_MAX
+    if big.any():
+        values[big] = np.inf
+    u &= np.uint32(0x7FFFFFFF)
+    u |= sign << np.uint32(31)
+
+
+def round_float32_to(values: np.ndarray, dtype: str, *, may_be_nan: bool = True) -> np.ndarray:
+    """Round float32 values in place to the nearest ``dtype`` value (ties to even, overflow to inf, as
+    torch's ``.to``), kept as float32. ``may_be_nan=False``: the caller knows there is no NaN."""
+    if dtype == "float32":
+        return values
+    u = values.view(np.uint32)
+    nan = np.isnan(values) if may_be_nan else None
+    if dtype == "bfloat16":
+        _round_low_bits(u, 16)
+    elif dtype == "float16":
+        _round_to_f16(values)
+        nan = None  # NaN stays NaN there
+    else:
+        raise ValueError(f"cannot round to {dtype}")
+    if nan is not None and nan.any():
+        values[nan] = np.nan
     return values
 
 
@@ -337,7 +401,9 @@ def absmax_float32(
         raise ValueError(f"nested_quant_map must be 256 float32 values, got {code.size} {code.dtype}")
     scale = np.asarray(nested_absmax)
     if scale.dtype != np.float32 or scale.size != state.nested_nblocks:
-        raise ValueError(f"nested_absmax must be {state.nested_nblocks} float32 values, got {scale.size} {scale.dtype}")
+        raise ValueError(
+            f"nested_absmax must be {state.nested_nblocks} float32 values, got {scale.size} {scale.dtype}"
+        )
     values = code.reshape(-1)[q.reshape(-1)]
     values *= np.repeat(scale.reshape(-1), state.nested_blocksize)[: values.size]
     values += np.float32(state.nested_offset)
@@ -386,19 +452,27 @@ def dequantise_4bit(
         raise ValueError("out must be a contiguous float32 array of the weight's size")
     flat = out.reshape(-1)
     table = _pair_table(state.quant_type)
+    may_be_nan = not np.isfinite(scales).all()
     step = max(CHUNK_BYTES, bs // 2)  # whole blocks per chunk (both powers of two)
     with np.errstate(over="ignore", invalid="ignore"):
         for b0 in range(0, data.size, step):
             b1 = min(b0 + step, data.size)
             v0, v1 = 2 * b0, min(2 * b1, n)
-            vals = table[data[b0:b1]].reshape(-1)[: v1 - v0]
+            direct = 2 * b1 <= n  # decode straight into the result (else: odd n, a padding nibble)
+            if direct:
+                vals = flat[v0:v1]
+                np.take(table, data[b0:b1], axis=0, out=vals.reshape(-1, 2))
+            else:
+                vals = np.take(table, data[b0:b1], axis=0).reshape(-1)[: v1 - v0]
             k0, full = v0 // bs, (v1 - v0) // bs
             if full:
                 blk = vals[: full * bs].reshape(full, bs)
                 blk *= scales[k0 : k0 + full, None]
             if full * bs < vals.size:
                 vals[full * bs :] *= scales[k0 + full]
-            flat[v0:v1] = round_float32_to(vals, state.dtype)
+            round_float32_to(vals, state.dtype, may_be_nan=may_be_nan)
+            if not direct:
+                flat[v0:v1] = vals
     return out.reshape(state.shape)
 
 
@@ -430,7 +504,11 @@ def _blockwise_scale(x: np.ndarray, bs: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def quantise_4bit_numpy(
-    w: np.ndarray, quant_type: str = "nf4", blocksize: int = 64, nested: bool = False, dtype: str | None = None
+    w: np.ndarray,
+    quant_type: str = "nf4",
+    blocksize: int = 64,
+    nested: bool = False,
+    dtype: str | None = None,
 ) -> dict[str, np.ndarray]:
     """Quantise a float array the way bitsandbytes lays it out: role -> array ("weight": uint8
     ``[ceil(n/2), 1]``, "absmax", "quant_map", nested "nested_absmax" / "nested_quant_map", "quant_state":
@@ -448,15 +526,25 @@ def quantise_4bit_numpy(
         codes = np.append(codes, np.uint8(0))
     packed = ((codes[0::2] << 4) | codes[1::2]).astype(np.uint8).reshape(-1, 1)
     out = {"weight": packed, "quant_map": CODES[quant_type].copy()}
-    fields: dict[str, object] = {"quant_type": quant_type, "blocksize": blocksize, "dtype": dtype,
-                                 "shape": list(w.shape)}  # fmt: skip
+    fields: dict[str, object] = {
+        "quant_type": quant_type,
+        "blocksize": blocksize,
+        "dtype": dtype,
+        "shape": list(w.shape),
+    }
     if nested:
         offset = np.float32(amax.mean(dtype=np.float32))
         amax2, scaled2 = _blockwise_scale(amax - offset, NESTED_BLOCKSIZE)
-        out |= {"absmax": _nearest_codes(scaled2, LINEAR8_CODE), "nested_absmax": amax2,
-                "nested_quant_map": LINEAR8_CODE.copy()}  # fmt: skip
-        fields |= {"nested_blocksize": NESTED_BLOCKSIZE, "nested_dtype": "float32",
-                   "nested_offset": float(offset)}  # fmt: skip
+        out |= {
+            "absmax": _nearest_codes(scaled2, LINEAR8_CODE),
+            "nested_absmax": amax2,
+            "nested_quant_map": LINEAR8_CODE.copy(),
+        }
+        fields |= {
+            "nested_blocksize": NESTED_BLOCKSIZE,
+            "nested_dtype": "float32",
+            "nested_offset": float(offset),
+        }
     else:
         out["absmax"] = amax
     out["quant_state"] = np.frombuffer(json.dumps(fields).encode("utf-8"), dtype=np.uint8).copy()
