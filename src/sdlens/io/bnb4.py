@@ -47,7 +47,7 @@ MAX_STATE_JSON = 4096  # bytes; bitsandbytes writes ~80-170
 MAX_DIMS = 8
 MAX_ELEMENTS = 1 << 40
 MIN_BLOCKSIZE, MAX_BLOCKSIZE = 2, 1 << 16  # bitsandbytes itself loads 32..4096 (nested: 256)
-CHUNK_BYTES = 1 << 19  # packed bytes per dequantisation step (1 Mi values, 4 MiB of float32)
+CHUNK_BYTES = 1 << 15  # packed bytes per dequantisation step (64 Ki values: the passes stay in cache)
 
 # The 4-bit code books, float32, in code order (index = the 4-bit code), as bitsandbytes builds them.
 NF4_CODE = np.array(
@@ -326,53 +326,57 @@ def bf16_bits_to_float32(bits: np.ndarray) -> np.ndarray:
 F16_MAX = np.float32(65504.0)
 
 
-def _round_low_bits(u: np.ndarray, bits: int) -> None:
+def _round_low_bits(u: np.ndarray, bits: int, scratch: np.ndarray) -> None:
     """Round uint32 float patterns in place to ``bits`` fewer mantissa bits, ties to even."""
-    t = u >> np.uint32(bits)
+    t = np.right_shift(u, np.uint32(bits), out=scratch)
     t &= np.uint32(1)
     t += np.uint32((1 << (bits - 1)) - 1)
     u += t
     u &= np.uint32(~((1 << bits) - 1) & 0xFFFFFFFF)
 
 
-def _round_to_f16(values: np.ndarray) -> None:
+def _round_to_f16(values: np.ndarray, scratch: np.ndarray, scratch2: np.ndarray, may_overflow: bool) -> None:
     """Round to float16 values in place: add and subtract ``c = ±2**(e + 13)`` (``e``: the exponent of
-    ``x``, at least float16's smallest normal one, -14), which leaves ``x`` rounded to float16's spacing
-    at ``x`` (subnormals included), ties to even; then overflow to inf and restore the sign of zeros."""
+    ``x``, at least float16's smallest normal one, -14; ``c`` has the sign of ``x``), which leaves ``x``
+    rounded to float16's spacing at ``x`` (subnormals included), ties to even; then the sign of zeros
+    restored and overflow to inf."""
     u = values.view(np.uint32)
-    c = (u >> np.uint32(23)) & np.uint32(0xFF)
-    np.clip(c, 127 - 14, 127 + 16, out=c)
+    c = np.right_shift(u, np.uint32(23), out=scratch)
+    c &= np.uint32(0xFF)
+    np.clip(c, np.uint32(127 - 14), np.uint32(127 + 16), out=c)
     c += np.uint32(13)
     c <<= np.uint32(23)
-    c |= u & np.uint32(0x80000000)
+    c |= np.bitwise_and(u, np.uint32(0x80000000), out=scratch2)
     cf = c.view(np.float32)
-    sign = u >> np.uint32(31)
     with np.errstate(invalid="ignore", over="ignore"):
         values += cf
         values -= cf
-    big = np.abs(values) > F16_MAX
-    if big.any():
-        values[big] = np.inf
-    u &= np.uint32(0x7FFFFFFF)
-    u |= sign << np.uint32(31)
+    np.copysign(values, cf, out=values)
+    if may_overflow:
+        big = np.abs(values) > F16_MAX
+        if big.any():
+            values[big] = np.copysign(np.float32(np.inf), values[big])
 
 
-def round_float32_to(values: np.ndarray, dtype: str, *, may_be_nan: bool = True) -> np.ndarray:
+def round_float32_to(
+    values: np.ndarray, dtype: str, *, may_be_nan: bool = True, may_overflow: bool = True, scratch=None
+) -> np.ndarray:
     """Round float32 values in place to the nearest ``dtype`` value (ties to even, overflow to inf, as
-    torch's ``.to``), kept as float32. ``may_be_nan=False``: the caller knows there is no NaN."""
+    torch's ``.to``), kept as float32. ``may_be_nan`` / ``may_overflow`` False: the caller knows the values
+    hold no NaN / none beyond float16's range. ``scratch``: two uint32 arrays of the values' size, reused."""
     if dtype == "float32":
         return values
-    u = values.view(np.uint32)
-    nan = np.isnan(values) if may_be_nan else None
+    if scratch is None:
+        scratch = (np.empty(values.shape, np.uint32), np.empty(values.shape, np.uint32))
     if dtype == "bfloat16":
-        _round_low_bits(u, 16)
-    elif dtype == "float16":
-        _round_to_f16(values)
-        nan = None  # NaN stays NaN there
+        nan = np.isnan(values) if may_be_nan else None
+        _round_low_bits(values.view(np.uint32), 16, scratch[0])
+        if nan is not None and nan.any():
+            values[nan] = np.nan
+    elif dtype == "float16":  # NaN stays NaN there
+        _round_to_f16(values, scratch[0], scratch[1], may_overflow)
     else:
         raise ValueError(f"cannot round to {dtype}")
-    if nan is not None and nan.any():
-        values[nan] = np.nan
     return values
 
 
@@ -452,8 +456,12 @@ def dequantise_4bit(
         raise ValueError("out must be a contiguous float32 array of the weight's size")
     flat = out.reshape(-1)
     table = _pair_table(state.quant_type)
-    may_be_nan = not np.isfinite(scales).all()
+    flags = {
+        "may_be_nan": not np.isfinite(scales).all(),
+        "may_overflow": scales.size > 0 and not np.abs(scales).max() <= F16_MAX,
+    }
     step = max(CHUNK_BYTES, bs // 2)  # whole blocks per chunk (both powers of two)
+    scratch = (np.empty(2 * step, np.uint32), np.empty(2 * step, np.uint32))
     with np.errstate(over="ignore", invalid="ignore"):
         for b0 in range(0, data.size, step):
             b1 = min(b0 + step, data.size)
@@ -470,7 +478,8 @@ def dequantise_4bit(
                 blk *= scales[k0 : k0 + full, None]
             if full * bs < vals.size:
                 vals[full * bs :] *= scales[k0 + full]
-            round_float32_to(vals, state.dtype, may_be_nan=may_be_nan)
+            m = vals.size
+            round_float32_to(vals, state.dtype, **flags, scratch=(scratch[0][:m], scratch[1][:m]))
             if not direct:
                 flat[v0:v1] = vals
     return out.reshape(state.shape)
