@@ -8,6 +8,7 @@ is written as is. bitsandbytes quantises when it is importable, else sdlens' num
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,9 @@ from sdlens.testing.writers import save_safetensors
 FLOAT_DTYPES = ("float16", "bfloat16", "float32")
 
 
+@functools.cache
 def have_bitsandbytes() -> bool:
+    """Whether bitsandbytes imports (its first import costs seconds: it sets up torch.compile)."""
     try:
         import bitsandbytes.functional  # noqa: F401
     except Exception:  # an absent or broken build: use the numpy quantiser
