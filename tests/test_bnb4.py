@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -409,6 +410,11 @@ def test_check_layout(nested):
             bnb4.check_layout(state, header | {role: bad})
     with pytest.raises(ValueError, match="quant_map"):
         bnb4.check_layout(state, {k: v for k, v in header.items() if k != "quant_map"})
+    records = {role: SimpleNamespace(dtype=d, shape=s) for role, (d, s) in header.items()}
+    weight = records.pop("weight")
+    bnb4.check_parts(state, weight, records)  # the same check on reader records (TensorInfo-like)
+    with pytest.raises(ValueError, match="quant_state is F32"):
+        bnb4.check_parts(state, weight, records | {"quant_state": SimpleNamespace(dtype="F32", shape=(4,))})
 
 
 # ------------------------------------------------------------------------------ keys and sizes

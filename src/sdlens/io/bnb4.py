@@ -26,6 +26,7 @@ import json
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -44,6 +45,7 @@ COMPANION_SUFFIXES: dict[str, tuple[str, ...]] = {
 ALL_SUFFIXES: tuple[str, ...] = tuple(s for group in COMPANION_SUFFIXES.values() for s in group)
 
 MAX_STATE_JSON = 4096  # bytes; bitsandbytes writes ~80-170
+MAX_STATE_BYTES = MAX_STATE_JSON
 MAX_DIMS = 8
 MAX_ELEMENTS = 1 << 40
 MIN_BLOCKSIZE, MAX_BLOCKSIZE = 2, 1 << 16  # bitsandbytes itself loads 32..4096 (nested: 256)
@@ -299,6 +301,17 @@ def check_layout(state: Bnb4State, tensors: Mapping[str, tuple[str, Iterable[int
             raise ValueError(
                 f"{role} has {count} values, expected {want_count} for shape {list(state.shape)}"
             )
+
+
+def check_parts(state: Bnb4State, weight: Any, parts: Mapping[str, Any]) -> None:
+    """:func:`check_layout` for reader records (anything with ``.dtype`` and ``.shape``, e.g. TensorInfo):
+    the packed ``weight`` and its companions ``parts`` (role -> record, as :func:`find_bnb4` names them)."""
+    qs = parts.get("quant_state")
+    if qs is not None and qs.dtype != "U8":
+        raise ValueError(f"quant_state is {qs.dtype}, expected U8")
+    check_layout(
+        state, {"weight": (weight.dtype, weight.shape)} | {r: (p.dtype, p.shape) for r, p in parts.items()}
+    )
 
 
 def storage_bytes(state: Bnb4State, *, state_json_bytes: int | None = None) -> dict[str, int]:
