@@ -22,7 +22,7 @@ DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch
 def bnbf():
     """bitsandbytes.functional, the judge; torch.compile off (bitsandbytes compiles its fallback kernel for
     odd shapes on CPU: seconds of compiling per shape, same values as eager)."""
-    functional = pytest.importorskip("bitsandbytes.functional")
+    functional = pytest.importorskip("bitsandbytes.functional", exc_type=ImportError)
     import torch._dynamo
 
     old = torch._dynamo.config.disable
@@ -496,7 +496,7 @@ def test_write_nf4_files(tmp_path, backend, nested):
     from sdlens.testing import zoo_nf4
 
     if backend == "bitsandbytes":
-        pytest.importorskip("bitsandbytes.functional")
+        pytest.importorskip("bitsandbytes.functional", exc_type=ImportError)
     gen = torch.Generator().manual_seed(2)
     sd = {
         "model.diffusion_model.double_blocks.0.img_attn.qkv.weight": torch.randn(
@@ -524,3 +524,14 @@ def test_write_nf4_files(tmp_path, backend, nested):
         assert np.array_equal(bits(decode(parts, state)), bits(q["values"].numpy()))
     for key in truth["plain"]:
         assert tensors[key].dtype == sd[key].dtype and torch.equal(tensors[key], sd[key])
+
+
+def test_module_needs_neither_torch_nor_bitsandbytes():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, sdlens.io.bnb4; print(sorted(m for m in ('torch', 'bitsandbytes') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "[]", done.stderr
