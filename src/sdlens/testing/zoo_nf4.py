@@ -69,10 +69,13 @@ def _reference_values(parts: Mapping[str, Any], quant_type: str):
 
     if have_bitsandbytes():
         import bitsandbytes.functional as bnbf
+        import torch._dynamo
 
         qs = {k: v for k, v in parts.items() if k != "weight"}
         state = bnbf.QuantState.from_dict(qs, device=torch.device("cpu"))
-        return bnbf.dequantize_4bit(parts["weight"], state).float()
+        # eager: bitsandbytes would torch.compile its CPU fallback for odd shapes (seconds, same values)
+        with torch._dynamo.config.patch(disable=True):
+            return bnbf.dequantize_4bit(parts["weight"], state).float()
     arrays = {k: v.numpy() for k, v in parts.items()}
     state = bnb4.parse_quant_state(arrays[f"quant_state.bitsandbytes__{quant_type}"], quant_type)
     values = bnb4.dequantise_4bit(
