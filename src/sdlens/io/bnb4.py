@@ -17,6 +17,9 @@ The dequantisation reproduces bitsandbytes' ``dequantize_4bit`` bit for bit: the
 float32 (nested: ``nested_quant_map[q] * nested_absmax[i // nested_blocksize] + nested_offset``), then each
 value is ``code[nibble] * absmax[i // blocksize]`` in float32, rounded once to the state's dtype. Like
 bitsandbytes, the built-in code table of the quant type is used (the stored ``quant_map`` must equal it).
+Two bitsandbytes quirks are not copied: its CPU C kernel decodes FP4 code 8 to -0.0 where its torch path
+and its table give +0.0 (here: +0.0), and it returns a 1-D weight of even length as ``[1, n]`` (here: the
+state's shape).
 numpy only: neither torch nor bitsandbytes is imported here.
 """
 
