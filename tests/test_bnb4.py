@@ -451,6 +451,7 @@ def test_find_bnb4_on_forge_keys():
         "quant_state": f"{img_in}.quant_state.bitsandbytes__fp4",
     }
     assert len(bnb4.companion_keys(found)) == 8
+    assert all(k.endswith(bnb4.ALL_SUFFIXES) for k in bnb4.companion_keys(found))
     assert bnb4.companions_of("model.diffusion_model.final_layer.linear.weight", FORGE_KEYS) == {}
 
 

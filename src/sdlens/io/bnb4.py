@@ -334,11 +334,6 @@ def bits_per_weight(state: Bnb4State, nbytes: Mapping[str, int] | None = None) -
 # ------------------------------------------------------------------------------------ dequantisation
 
 
-def bf16_bits_to_float32(bits: np.ndarray) -> np.ndarray:
-    """bfloat16 values given as their uint16 bit patterns -> float32 (exact)."""
-    return (np.asarray(bits, dtype=np.uint16).astype(np.uint32) << 16).view(np.float32)
-
-
 F16_MAX = np.float32(65504.0)
 
 
