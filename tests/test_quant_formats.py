@@ -269,3 +269,27 @@ def test_gguf_errors_name_the_file_and_the_problem(tmp_path, flux):
                 ck.read(k)
         msg = str(e.value)
         assert str(p) in msg and want[name] in msg and "\n" not in msg, (name, msg)
+
+
+@pytest.mark.parametrize(("quant_type", "nested"), [("nf4", True), ("fp4", False)])
+def test_bnb4_files_are_read_as_their_logical_weights(flux, tmp_path, quant_type, nested):
+    """A Forge-style NF4 / FP4 FLUX file: identified, each weight with its logical shape and scheme, its
+    companions not unknown keys, values equal to what the file decodes to (bitsandbytes where installed)."""
+    from sdlens.testing.zoo_nf4 import write_nf4
+
+    sd = {"model.diffusion_model." + k: v.to(torch.bfloat16) for k, v in flux["flux-sd"].items()}
+    path = tmp_path / f"flux-{quant_type}.safetensors"
+    truth = write_nf4(path, sd, quant_type=quant_type, nested=nested, backend="numpy")
+    r = inspect(path)
+    assert r.family == "flux_dev" and not r.unknown_keys, r.unknown_keys[:2]
+    (use,) = r.quantisation.schemes
+    assert (use.scheme, use.tensors) == (quant_type.upper(), len(truth["quantised"]))
+    with open_checkpoint(path) as ck:
+        for key, t in truth["quantised"].items():
+            info = ck.tensors[key]
+            assert info.shape == tuple(t["shape"]) and info.dtype == "BF16"
+            assert torch.equal(ck.read(key).float(), torch.as_tensor(t["values"]).float().reshape(info.shape))
+    d = diff(path.with_name("src.safetensors") if False else flux["flux"], path)
+    assert d.verdict[0].startswith(f"same model, quantised: B is A quantised to {quant_type.upper()}"), (
+        d.verdict
+    )

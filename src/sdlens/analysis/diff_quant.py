@@ -39,9 +39,11 @@ def _steps_view(ck: Checkpoint, ref: CanonRef, values: Any):
     import torch
 
     info = ck.tensors[ref.key]
+    q = quant_of(info)
+    scale = q.scales(ck.stored)
     if ref.rows is None and not ref.transpose:
-        return torch.from_numpy(steps(quant_of(info), values.float().numpy()))
-    s = torch.from_numpy(steps(quant_of(info), ck.read_numpy(ref.key).reshape(-1)).reshape(info.shape))
+        return torch.from_numpy(steps(q, values.float().numpy(), scale))
+    s = torch.from_numpy(steps(q, ck.read_numpy(ref.key).reshape(-1), scale).reshape(info.shape))
     if ref.rows is not None:
         s = s[ref.rows[0] : ref.rows[1]]
     if ref.transpose:

@@ -346,7 +346,7 @@ class Checkpoint:
         torch views and for quantised tensors, which are decoded)."""
         return not isinstance(self.tensors[key].extra, Quant)
 
-    def _stored(self, info: TensorInfo):
+    def stored(self, info: TensorInfo):
         """A stored tensor's bytes (a quantised tensor's main part or a companion) as a flat numpy view of
         its dtype (bf16 / fp8 as unsigned integers), bounds-checked."""
         import numpy as np
@@ -362,7 +362,7 @@ class Checkpoint:
         import numpy as np
 
         q: Quant = info.extra
-        values = q.decode(self._stored)
+        values = q.decode(self.stored)
         if values.size != info.numel:
             raise CheckpointError(
                 info.source,

@@ -29,17 +29,18 @@ RawReader = Callable[["TensorInfo"], "np.ndarray"]  # a stored tensor's bytes as
 
 @dataclass(frozen=True)
 class Grid:
-    """How a scheme's values sit in one block, enough to know the block's quantisation step from its
-    dequantised values: ``sym`` (d·q, |q| ≤ ``top``: step = max|v| / top), ``affine`` (m + d·q, q in
-    0..``top``: step = (max − min) / top), ``codebook`` (absmax × a fixed table whose widest gap is
-    ``gap`` of its largest magnitude: step = max|v| · gap), ``float`` (a float format of ``mantissa`` bits:
-    step = |v| · 2^−mantissa, at least ``floor`` × the scale)."""
+    """How a scheme's values sit in one block, enough to know each value's quantisation step from the
+    block's dequantised values: ``sym`` (d·q, |q| ≤ ``top``: step = max|v| / top), ``affine`` (m + d·q, q in
+    0..``top``: step = (max − min) / top), ``codebook`` (max|v| × a fixed ``table`` of levels in [−1, 1]: the
+    step is the width of the value's level's rounding interval, which varies along the table), ``float`` (a
+    float format of ``mantissa`` bits times a scale: the spacing at the value's binade)."""
 
     kind: str  # sym | affine | codebook | float
     block: int  # elements sharing one scale (a K-quant's sub-block)
     top: float = 1.0
-    gap: float = 0.0
+    table: tuple[float, ...] = ()  # codebook levels, the largest magnitude 1
     mantissa: int = 0
+    min_exp: int = 0  # float: the exponent of the smallest normal
 
 
 @dataclass(frozen=True)
@@ -49,13 +50,24 @@ class Scheme:
     name: str
     grid: Grid
     origin: str  # gguf | scaled fp8 | bitsandbytes
-    approximate: bool = False  # the step is an estimate (lattice code books: IQ*, TQ*)
+    approximate: bool = False  # the step is an estimate (lattice code books: IQ1–IQ3, TQ)
 
 
-_IQ4 = 24 / 127  # IQ4_NL's table: -127 … 113, widest gap 24 (89 → 113)
-_NF4_GAP = 1 - 0.6961928009986877  # the NF4 code book's widest gap (-1 → -0.696)
-_FP4_GAP = 1 / 3  # bitsandbytes FP4: widest gap at the top (0.667 → 1)
-_MXFP4_GAP = 2 / 6  # e2m1 values 0 … 6, widest gap 4 → 6
+def _levels(*values: float) -> tuple[float, ...]:
+    top = max(abs(v) for v in values)
+    return tuple(sorted({v / top for v in values}))
+
+
+# the code books' levels: IQ4_NL / IQ4_XS (kvalues_iq4nl), bitsandbytes NF4 and FP4, e2m1 (MXFP4 / NVFP4)
+_IQ4 = _levels(-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113)
+_NF4 = _levels(
+    -1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453, -0.28444138169288635,
+    -0.18477343022823334, -0.09105003625154495, 0.0, 0.07958029955625534, 0.16093020141124725,
+    0.24611230194568634, 0.33791524171829224, 0.44070982933044434, 0.5626170039176941,
+    0.7229568362236023, 1.0,
+)  # fmt: skip
+_FP4 = _levels(0, 0.0625, 8, 12, 4, 6, 2, 3, -0.0625, -8, -12, -4, -6, -2, -3)
+_E2M1 = _levels(0, 0.5, 1, 1.5, 2, 3, 4, 6, -0.5, -1, -1.5, -2, -3, -4, -6)
 
 SCHEMES: dict[str, Scheme] = {
     s.name: s
@@ -72,8 +84,8 @@ SCHEMES: dict[str, Scheme] = {
         Scheme("Q4_K", Grid("affine", 32, 15), "gguf"),
         Scheme("Q3_K", Grid("sym", 16, 4), "gguf"),
         Scheme("Q2_K", Grid("affine", 16, 3), "gguf"),
-        Scheme("IQ4_NL", Grid("codebook", 32, gap=_IQ4), "gguf"),
-        Scheme("IQ4_XS", Grid("codebook", 32, gap=_IQ4), "gguf"),
+        Scheme("IQ4_NL", Grid("codebook", 32, table=_IQ4), "gguf"),
+        Scheme("IQ4_XS", Grid("codebook", 32, table=_IQ4), "gguf"),
         Scheme("IQ3_S", Grid("sym", 32, 4), "gguf", approximate=True),
         Scheme("IQ3_XXS", Grid("sym", 32, 4), "gguf", approximate=True),
         Scheme("IQ2_S", Grid("sym", 32, 2), "gguf", approximate=True),
@@ -83,13 +95,13 @@ SCHEMES: dict[str, Scheme] = {
         Scheme("IQ1_M", Grid("sym", 32, 1), "gguf", approximate=True),
         Scheme("TQ1_0", Grid("sym", 256, 1), "gguf"),
         Scheme("TQ2_0", Grid("sym", 256, 1), "gguf"),
-        Scheme("MXFP4", Grid("codebook", 32, gap=_MXFP4_GAP), "gguf"),
-        Scheme("NVFP4", Grid("codebook", 16, gap=_MXFP4_GAP), "gguf"),
-        Scheme("Q1_0", Grid("sym", 128, 1), "gguf"),
-        Scheme("F8_E4M3 scaled", Grid("float", 0, mantissa=3), "scaled fp8"),
-        Scheme("F8_E5M2 scaled", Grid("float", 0, mantissa=2), "scaled fp8"),
-        Scheme("NF4", Grid("codebook", 64, gap=_NF4_GAP), "bitsandbytes"),
-        Scheme("FP4", Grid("codebook", 64, gap=_FP4_GAP), "bitsandbytes"),
+        Scheme("Q1_0", Grid("sym", 128, 1), "gguf", approximate=True),
+        Scheme("MXFP4", Grid("codebook", 32, table=_E2M1), "gguf"),
+        Scheme("NVFP4", Grid("codebook", 16, table=_E2M1), "gguf"),
+        Scheme("F8_E4M3 scaled", Grid("float", 0, mantissa=3, min_exp=-6), "scaled fp8"),
+        Scheme("F8_E5M2 scaled", Grid("float", 0, mantissa=2, min_exp=-14), "scaled fp8"),
+        Scheme("NF4", Grid("codebook", 64, table=_NF4), "bitsandbytes"),
+        Scheme("FP4", Grid("codebook", 64, table=_FP4), "bitsandbytes"),
     ]
 }
 
@@ -117,6 +129,18 @@ class Quant:
     @property
     def stored(self) -> list[TensorInfo]:
         return [self.main, *self.parts.values()]
+
+    def scales(self, raw: RawReader) -> np.ndarray | None:
+        """A scaled float scheme's scale (one value, or one per output row) as float64; else ``None``."""
+        import numpy as np
+
+        part = self.parts.get("scale")
+        if part is None:
+            return None
+        a = raw(part)
+        if part.dtype == "BF16":
+            a = (a.astype(np.uint32) << 16).view(np.float32)
+        return a.astype(np.float64).reshape(-1)
 
 
 def quant_of(info: TensorInfo) -> Quant | None:
@@ -151,34 +175,58 @@ def _block_view(values: np.ndarray, block: int) -> tuple[np.ndarray, int]:
     return values[:whole].reshape(-1, block), whole
 
 
-def steps(quant: Quant, values: np.ndarray) -> np.ndarray:
+def steps(quant: Quant, values: np.ndarray, scale: np.ndarray | None = None) -> np.ndarray:
     """The quantisation step at each of a tensor's dequantised ``values`` (flat float32, in storage order):
-    the distance between neighbouring representable values of its block. A value's rounding error is at most
-    half of it for a round-to-nearest quantiser."""
+    the width of the interval of reals that round to the value's level. A round-to-nearest quantiser errs by
+    at most half of it; the scheme's expected rounding error is about step² / 12 per value. ``scale``: a
+    scaled float scheme's scales (one, or one per output row: :meth:`Quant.scales`)."""
     import numpy as np
 
-    scheme = SCHEMES[quant.scheme]
-    g = scheme.grid
+    g = SCHEMES[quant.scheme].grid
     v = np.asarray(values, dtype=np.float32).reshape(-1)
     if g.kind == "float":
-        scale = float(quant.detail.get("scale_max", 1.0))
-        floor = np.float32(scale * 2.0 ** -(9 if g.mantissa == 3 else 16))
-        return np.maximum(np.abs(v) * np.float32(2.0**-g.mantissa), floor)
+        scale = np.ones(1, np.float64) if scale is None else np.asarray(scale, np.float64).reshape(-1)
+        return _float_steps(v, g, np.repeat(scale, v.size // scale.size) if scale.size > 1 else scale)
     block = quant.block or g.block
     out = np.empty_like(v)
-    body, whole = _block_view(v, block)
-    out[:whole] = np.repeat(_block_steps(body, g), block)
+    whole = v.size // block * block
+    out[:whole] = _block_steps(v[:whole].reshape(-1, block), g).reshape(-1)
     if whole < v.size:
-        out[whole:] = _block_steps(v[whole:].reshape(1, -1), g)[0]
+        out[whole:] = _block_steps(v[whole:].reshape(1, -1), g).reshape(-1)
     return out
 
 
 def _block_steps(rows: np.ndarray, g: Grid) -> np.ndarray:
+    """The step of every value of ``rows`` (one block a row), same shape."""
     import numpy as np
 
     if rows.size == 0:
-        return np.zeros(rows.shape[0], np.float32)
+        return rows.copy()
     if g.kind == "affine":
-        return (rows.max(1) - rows.min(1)) / np.float32(g.top)
-    amax = np.abs(rows).max(1)
-    return amax * np.float32(g.gap) if g.kind == "codebook" else amax / np.float32(g.top)
+        step = (rows.max(1, keepdims=True) - rows.min(1, keepdims=True)) / np.float32(g.top)
+        return np.broadcast_to(step, rows.shape).copy()
+    amax = np.abs(rows).max(1, keepdims=True)
+    if g.kind == "sym":
+        return np.broadcast_to(amax / np.float32(g.top), rows.shape).copy()
+    table = np.asarray(g.table, dtype=np.float64)
+    # each level's interval: from the midpoint to the level below to the midpoint to the level above (the
+    # ends: the gap to the one neighbour, as no value lies beyond the block's largest magnitude)
+    gaps = np.diff(table)
+    width = np.empty_like(table)
+    width[1:-1] = (gaps[:-1] + gaps[1:]) / 2
+    width[0], width[-1] = gaps[0], gaps[-1]
+    code = np.divide(rows, amax, out=np.zeros_like(rows), where=amax > 0)
+    level = np.clip(np.searchsorted(table, code), 1, table.size - 1)
+    nearest = np.where(code - table[level - 1] < table[level] - code, level - 1, level)
+    return (width[nearest] * amax).astype(np.float32)
+
+
+def _float_steps(v: np.ndarray, g: Grid, scale: np.ndarray) -> np.ndarray:
+    """The spacing of a scaled float format at each value: 2^(e − mantissa) × scale at the value's binade e
+    (subnormals: that of the smallest normal binade)."""
+    import numpy as np
+
+    safe = np.where(scale > 0, scale, 1.0)
+    _m, e = np.frexp(np.abs(v.astype(np.float64)) / safe)  # m · 2^e, m in [0.5, 1): binade e − 1
+    binade = np.maximum(e - 1, g.min_exp)
+    return (np.ldexp(1.0, binade - g.mantissa) * safe).astype(np.float32)

@@ -32,6 +32,7 @@ FP8_PARTS = {
     "format": ("comfy_quant",),
 }
 BNB_STATE = ".quant_state.bitsandbytes__"  # in the key of a bitsandbytes 4-bit weight's JSON state
+BNB_DTYPES = {"float16": "F16", "bfloat16": "BF16", "float32": "F32"}  # a quant state's dtype -> ours
 FP8_MARKER = "scaled_fp8"  # ComfyUI's file-wide marker (its dtype is the fp8 format used)
 
 
@@ -56,8 +57,13 @@ def recognise(
     if any(BNB_STATE in k for k in out):
         from sdlens.io import bnb4
 
-        for key, parts in bnb4.find_bnb4(out).items():
-            _bnb4(src, key, parts, out, raw)
+        try:
+            found = bnb4.find_bnb4(out)
+        except ValueError as e:
+            raise CheckpointError(src, f"bitsandbytes weights: {e}") from None
+        for key, parts in found.items():
+            if key in out:  # a quant state without its weight stays as stored (an unknown key)
+                _bnb4(src, key, parts, out, raw)
     return out, markers
 
 
@@ -122,9 +128,9 @@ def _bnb4(src: str, key: str, roles: dict[str, str], out: dict[str, TensorInfo],
         del out[p.key]
     decode = functools.partial(_decode_bnb4, info, parts, state)
     scheme = state.quant_type.upper()
-    detail = {"blocksize": state.blocksize, "nested": state.nested, "dtype": state.dtype}
+    detail = {"blocksize": state.blocksize, "nested": state.nested, "dtype": BNB_DTYPES[state.dtype]}
     quant = Quant(scheme, info, decode, parts, state.blocksize, detail)
-    out[key] = TensorInfo(key, tuple(state.shape), state.dtype, src, info.offset, quant)
+    out[key] = TensorInfo(key, tuple(state.shape), BNB_DTYPES[state.dtype], src, info.offset, quant)
 
 
 def _decode_bnb4(weight: TensorInfo, parts: dict[str, TensorInfo], state: Any, raw):

@@ -131,7 +131,7 @@ class SafetensorsCheckpoint(Checkpoint):
         self.tensors = _index(src, header, data_start, size - data_start)
         from sdlens.io.quant_keys import recognise
 
-        self.tensors, self.quant_markers = recognise(src, self.tensors, self._stored)
+        self.tensors, self.quant_markers = recognise(src, self.tensors, self.stored)
 
 
 def _index(src: str, header: dict, data_start: int, data_len: int) -> dict[str, TensorInfo]:

@@ -9,6 +9,7 @@ is written as is. bitsandbytes quantises when it is importable, else sdlens' num
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -73,9 +74,14 @@ def _reference_values(parts: Mapping[str, Any], quant_type: str):
 
         qs = {k: v for k, v in parts.items() if k != "weight"}
         state = bnbf.QuantState.from_dict(qs, device=torch.device("cpu"))
+        # bitsandbytes 0.50.2's CPU kernel mis-decodes weights whose rows are shorter than the block size
+        # (rows of 32, blocks of 64: errors of several absmax); its blocks run over the flat tensor, so the
+        # same bytes are decoded as one row and reshaped (tests/test_bnb4.py checks both shapes)
+        shape = tuple(state.shape)
+        state.shape = torch.Size((1, math.prod(shape)))
         # eager: bitsandbytes would torch.compile its CPU fallback for odd shapes (seconds, same values)
         with torch._dynamo.config.patch(disable=True):
-            return bnbf.dequantize_4bit(parts["weight"], state).float()
+            return bnbf.dequantize_4bit(parts["weight"], state).float().reshape(shape)
     arrays = {k: v.numpy() for k, v in parts.items()}
     state = bnb4.parse_quant_state(arrays[f"quant_state.bitsandbytes__{quant_type}"], quant_type)
     values = bnb4.dequantise_4bit(
