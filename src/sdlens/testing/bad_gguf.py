@@ -97,10 +97,7 @@ def _with_info(*infos: bytes, data: bytes | None = None, kvs: list[bytes] | None
 
 def _nested_array(depth: int) -> bytes:
     """An array of arrays ``depth`` deep, the innermost holding one u8."""
-    inner = struct.pack("<IQ", U8, 1) + b"\x07"
-    for _ in range(depth - 1):
-        inner = struct.pack("<IQ", ARRAY, 1) + inner
-    return inner
+    return struct.pack("<IQ", ARRAY, 1) * (depth - 1) + struct.pack("<IQ", U8, 1) + b"\x07"
 
 
 def _cut_inside(blob: bytes, part_end: int, back: int = 3) -> bytes:

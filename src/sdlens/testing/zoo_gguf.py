@@ -195,7 +195,8 @@ def write_gguf(
     """Write ``tensors`` (original keys, no prefix) as a ComfyUI-GGUF style file; return key -> type written.
 
     ``qtype``: a target (:data:`QTYPES`; the per-tensor policy of :func:`comfy_qtype`) or a function
-    ``(key, shape) -> type`` (a type whose block does not divide the row falls back to F16). ``metadata``:
+    ``(key, shape) -> type`` (a type whose block does not divide the row falls back to F16; > 4-D tensors are
+    F32 either way, as ComfyUI-GGUF adds them back). ``metadata``:
     extra key/values (``GGUFWriter.add_key_value`` picks the type from the Python value)."""
     import gguf
 
@@ -213,7 +214,7 @@ def write_gguf(
         if target is not None:
             qt = comfy_qtype(arch, key, shape, target, source=_source_name(t))
         else:
-            qt = qtype(key, shape)
+            qt = "F32" if len(shape) > 4 else qtype(key, shape)
             st = stored_shape(arch, shape)
             if qt not in FLOAT_TYPES and (not st or st[-1] % _block_size(qt)):
                 qt = "F16"
@@ -281,9 +282,9 @@ _DIT_WIDTHS: dict[str, dict[str, Any]] = {
 }
 # (family, source file name, source dtype, GGUF copies)
 ZOO_PLAN: tuple[tuple[str, str, torch.dtype, tuple[str, ...]], ...] = (
-    ("flux_dev", "flux1-dev.safetensors", torch.bfloat16, ("BF16", "F16", "Q8_0", "Q5_1", "Q4_K", "Q5_K", "Q4_0")),
-    ("sd3", "sd3_medium.safetensors", torch.float16, ("F16", "Q8_0", "Q5_1", "Q4_K", "Q6_K")),
-    ("sd1", "sd15_unet.safetensors", torch.float32, ("F16", "Q8_0", "Q5_1", "Q4_K", "Q3_K", "Q2_K")),
+    ("flux_dev", "flux1-dev.safetensors", torch.bfloat16, ("BF16", "Q8_0", "Q5_1", "Q4_K")),
+    ("sd3", "sd3_medium.safetensors", torch.float16, ("F16", "Q4_0", "Q5_K", "Q6_K")),
+    ("sd1", "sd15_unet.safetensors", torch.float32, ("F16", "Q8_0", "Q5_0", "Q4_1", "Q4_K", "Q3_K", "Q2_K")),
 )
 
 
