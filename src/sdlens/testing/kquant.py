@@ -98,8 +98,10 @@ def _encode_symmetric(blocks: np.ndarray, sub: int, qmax: int, smax: int):
 def _pack_2bit_128(q: np.ndarray) -> np.ndarray:
     """(nb, 256) codes 0..3 -> (nb, 64): byte 32h+l holds values 128h+32s+l at bits 2s."""
     q = q.astype(np.uint8).reshape(-1, 2, 4, 32)
-    return (q << (2 * np.arange(4, dtype=np.uint8))[None, None, :, None]).sum(axis=2, dtype=np.uint8).reshape(
-        -1, 64
+    return (
+        (q << (2 * np.arange(4, dtype=np.uint8))[None, None, :, None])
+        .sum(axis=2, dtype=np.uint8)
+        .reshape(-1, 64)
     )
 
 
@@ -146,7 +148,9 @@ def _blocks_q3_k(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray
 
 def _blocks_q4_k(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     d, dmin, sc, m, q, recon, step, sub = _encode_affine(blocks, 32, 15, 63)
-    raw = np.concatenate([_f16_bytes(d), _f16_bytes(dmin), _pack_scales_k4(sc, m), _pack_nibbles_64(q)], axis=1)
+    raw = np.concatenate(
+        [_f16_bytes(d), _f16_bytes(dmin), _pack_scales_k4(sc, m), _pack_nibbles_64(q)], axis=1
+    )
     return raw, recon, step, sub
 
 

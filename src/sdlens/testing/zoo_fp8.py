@@ -189,7 +189,10 @@ def build_fp8_zoo(folder: str | Path) -> list[Fp8Entry]:
 
     folder = Path(folder)
     entries: list[Fp8Entry] = []
-    for family, stem, dtype in (("flux_dev", "flux1-dev", torch.bfloat16), ("sd3", "sd3_medium", torch.float16)):
+    for family, stem, dtype in (
+        ("flux_dev", "flux1-dev", torch.bfloat16),
+        ("sd3", "sd3_medium", torch.float16),
+    ):
         sd = quant_denoiser(family, dtype=dtype)
         source = save_safetensors(sd, folder / f"{stem}.safetensors")
         plan: list[tuple[str, Callable[[Path], Fp8Truth]]] = [
@@ -203,8 +206,12 @@ def build_fp8_zoo(folder: str | Path) -> list[Fp8Entry]:
                 ("fp8_e5m2", lambda p, sd=sd: write_plain_fp8(p, sd, fp8="e5m2")),
             ]
         else:
-            plan.append(("comfy_quant_meta", lambda p, sd=sd, dt=dtype: write_comfy_quant_fp8(
-                p, sd, in_metadata=True, keep_dtype=dt)))
+            plan.append(
+                (
+                    "comfy_quant_meta",
+                    lambda p, sd=sd, dt=dtype: write_comfy_quant_fp8(p, sd, in_metadata=True, keep_dtype=dt),
+                )
+            )
         for tag, write in plan:
             path = folder / f"{stem}-{tag}.safetensors"
             entries.append(Fp8Entry(path.name, path, family, source, write(path)))

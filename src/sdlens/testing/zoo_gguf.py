@@ -71,20 +71,70 @@ _FLUX_KEEP = ("txt_in.", "img_in.", "time_in.", "vector_in.", "guidance_in.", "f
 KEEP_HIGH_PRECISION: dict[str, tuple[str, ...]] = {
     "flux": _FLUX_KEEP,
     "hyvid": _FLUX_KEEP,
-    "sd1": ("class_embedding.", "time_embedding.", "add_embedding.", "time_embed.", "label_emb.", "conv_in.",
-            "conv_out.", "=input_blocks.0.0.weight", "=out.2.weight"),
-    "sd3": ("final_layer.", "time_text_embed.", "context_embedder.", "t_embedder.", "y_embedder.",
-            "x_embedder.", "=proj_out.weight", "=pos_embed"),
-    "aura": ("t_embedder.", "init_x_linear.", "=modF.1.weight", "=cond_seq_linear.weight",
-             "=final_linear.weight", "=positional_encoding", "=register_tokens"),
+    "sd1": (
+        "class_embedding.",
+        "time_embedding.",
+        "add_embedding.",
+        "time_embed.",
+        "label_emb.",
+        "conv_in.",
+        "conv_out.",
+        "=input_blocks.0.0.weight",
+        "=out.2.weight",
+    ),
+    "sd3": (
+        "final_layer.",
+        "time_text_embed.",
+        "context_embedder.",
+        "t_embedder.",
+        "y_embedder.",
+        "x_embedder.",
+        "=proj_out.weight",
+        "=pos_embed",
+    ),
+    "aura": (
+        "t_embedder.",
+        "init_x_linear.",
+        "=modF.1.weight",
+        "=cond_seq_linear.weight",
+        "=final_linear.weight",
+        "=positional_encoding",
+        "=register_tokens",
+    ),
     "ltxv": ("adaln_single.", "caption_projection.", "patchify_proj.", "proj_out.", "scale_shift_table"),
-    "wan": ("modulation.", "patch_embedding.", "text_embedding.", "time_projection.", "time_embedding.",
-            "img_emb.", "head."),
-    "hidream": ("p_embedder.", "t_embedder.", "x_embedder.", "final_layer.", ".ff_i.gate.weight",
-                "caption_projection."),
-    "cosmos": ("p_embedder.", "t_embedder.", "t_embedding_norm.", "x_embedder.", "pos_embedder.", "final_layer."),
-    "lumina2": ("t_embedder.", "x_embedder.", "final_layer.", "cap_embedder.", "context_refiner.",
-                "noise_refiner."),
+    "wan": (
+        "modulation.",
+        "patch_embedding.",
+        "text_embedding.",
+        "time_projection.",
+        "time_embedding.",
+        "img_emb.",
+        "head.",
+    ),
+    "hidream": (
+        "p_embedder.",
+        "t_embedder.",
+        "x_embedder.",
+        "final_layer.",
+        ".ff_i.gate.weight",
+        "caption_projection.",
+    ),
+    "cosmos": (
+        "p_embedder.",
+        "t_embedder.",
+        "t_embedding_norm.",
+        "x_embedder.",
+        "pos_embedder.",
+        "final_layer.",
+    ),
+    "lumina2": (
+        "t_embedder.",
+        "x_embedder.",
+        "final_layer.",
+        "cap_embedder.",
+        "context_refiner.",
+        "noise_refiner.",
+    ),
 }
 KEEP_HIGH_PRECISION["sdxl"] = KEEP_HIGH_PRECISION["sd1"]
 
@@ -93,8 +143,19 @@ LEGACY_TYPES = ("Q8_0", "Q5_1", "Q5_0", "Q4_1", "Q4_0")
 QTYPES = FLOAT_TYPES + LEGACY_TYPES + K_TYPES
 # general.file_type written for each target (llama.cpp's LlamaFileType; a pure K type takes its _S file type)
 FILE_TYPE = {
-    "F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q8_0": 7, "Q5_0": 8, "Q5_1": 9, "Q2_K": 10, "Q3_K": 11,
-    "Q4_K": 14, "Q5_K": 16, "Q6_K": 18, "BF16": 32,
+    "F32": 0,
+    "F16": 1,
+    "Q4_0": 2,
+    "Q4_1": 3,
+    "Q8_0": 7,
+    "Q5_0": 8,
+    "Q5_1": 9,
+    "Q2_K": 10,
+    "Q3_K": 11,
+    "Q4_K": 14,
+    "Q5_K": 16,
+    "Q6_K": 18,
+    "BF16": 32,
 }
 
 QTypeArg = str | Callable[[str, tuple[int, ...]], str]
@@ -205,7 +266,9 @@ def write_gguf(
     writer = gguf.GGUFWriter(path=None, arch=arch)
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
     target = qtype if isinstance(qtype, str) else None
-    writer.add_file_type(file_type if file_type is not None else FILE_TYPE.get(target or "", FILE_TYPE["F16"]))
+    writer.add_file_type(
+        file_type if file_type is not None else FILE_TYPE.get(target or "", FILE_TYPE["F16"])
+    )
     for k, v in (metadata or {}).items():
         _add_kv(writer, k, v)
     written: dict[str, str] = {}
@@ -288,7 +351,9 @@ ZOO_PLAN: tuple[tuple[str, str, torch.dtype, tuple[str, ...]], ...] = (
 )
 
 
-def quant_denoiser(family: str, *, seed: int = 0, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+def quant_denoiser(
+    family: str, *, seed: int = 0, dtype: torch.dtype = torch.float32
+) -> dict[str, torch.Tensor]:
     """The zoo's denoiser of ``family`` in original keys, no prefix: FLUX / SD3 at hidden width 64 (so the
     MLP down projections have 256-wide rows), SD1 the tiny UNet of :mod:`sdlens.testing.zoo_unet`."""
     if family in _DIT_WIDTHS:
@@ -297,7 +362,9 @@ def quant_denoiser(family: str, *, seed: int = 0, dtype: torch.dtype = torch.flo
         cls_name, cfg = zoo_dit.denoiser_config(family)
         cfg.update(_DIT_WIDTHS[family])
         meta = zoo_dit.meta_state_dict(cls_name, cfg)
-        sd = zoo_dit.to_original(family, zoo_dit.materialize(meta, size="tiny", seed=seed, dtype=torch.float32))
+        sd = zoo_dit.to_original(
+            family, zoo_dit.materialize(meta, size="tiny", seed=seed, dtype=torch.float32)
+        )
     elif family in ("sd1", "sdxl"):
         from sdlens.testing.zoo_unet import build_single_file
 
