@@ -63,7 +63,8 @@ def _check_sources(gguf_zoo):
 
     for src in {e.source: e.family for e in gguf_zoo}.items():
         with so(str(src[0]), "pt") as f:
-            infos = {k: TensorInfo(k, tuple(f.get_slice(k).get_shape()), "F32", "", 0) for k in f}
+            names = list(f.keys())  # safe_open is not iterable
+            infos = {k: TensorInfo(k, tuple(f.get_slice(k).get_shape()), "F32", "", 0) for k in names}
         assert identify(infos).family == src[1]
 
 
