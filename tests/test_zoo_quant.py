@@ -238,12 +238,14 @@ def test_fp8_files_hold_what_they_claim(tmp_path):
             assert sd["scaled_fp8"].dtype == dtypes[tr.fp8] and sd["scaled_fp8"].numel() == 0
         s_name = {"scaled_fp8": "scale_weight", "comfy_quant": "weight_scale"}.get(tr.scheme)
         deq, xs, bound = [], [], []
-        for key, scale in tr.scales.items():
+        for i, (key, scale) in enumerate(tr.scales.items()):
             layer, w = key[: -len(".weight")], sd[key]
             assert w.dtype == dtypes[tr.fp8], (e.name, key)
             if s_name:
                 s = sd[f"{layer}.{s_name}"]
                 assert s.dtype == torch.float32 and s.shape == () and float(s) == scale
+            if i % 4:  # the values of every 4th weight (all of them cost seconds)
+                continue
             x = src[key].float().flatten()
             deq.append(w.float().flatten() * scale)
             xs.append(x)
@@ -256,9 +258,10 @@ def test_fp8_files_hold_what_they_claim(tmp_path):
         if tr.metadata:
             layers = json.loads(meta["_quantization_metadata"])["layers"]
             assert set(layers) == {k[: -len(".weight")] for k in tr.scales}
-        for key, st in tr.kept.items():
-            assert sd[key].dtype == names[st]
-            torch.testing.assert_close(sd[key].float(), src[key].float(), rtol=2**-8, atol=0)
+        assert all(sd[key].dtype == names[st] for key, st in tr.kept.items())
+        kept = torch.cat([sd[k].float().flatten() for k in tr.kept])
+        was = torch.cat([src[k].float().flatten() for k in tr.kept])
+        assert (kept - was).abs().le(was.abs() * 2**-8).all(), e.name  # a 16-bit copy of the source
 
 
 # ----------------------------------------------------------------------------------------------- bad GGUF
