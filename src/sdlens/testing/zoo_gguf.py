@@ -348,6 +348,7 @@ ZOO_PLAN: tuple[tuple[str, str, torch.dtype, tuple[str, ...]], ...] = (
     ("flux_dev", "flux1-dev.safetensors", torch.bfloat16, ("BF16", "Q8_0", "Q5_1", "Q4_K")),
     ("sd3", "sd3_medium.safetensors", torch.float16, ("F16", "Q4_0", "Q5_K", "Q6_K")),
     ("sd1", "sd15_unet.safetensors", torch.float32, ("F16", "Q8_0", "Q5_0", "Q4_1", "Q4_K", "Q3_K", "Q2_K")),
+    ("sdxl", "sdxl_unet.safetensors", torch.float16, ("Q8_0", "Q4_K")),
 )
 
 
