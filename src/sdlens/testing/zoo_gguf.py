@@ -203,7 +203,7 @@ def stage1_type(arch: str, key: str, shape: tuple[int, ...], source: str, base: 
 def comfy_qtype(arch: str, key: str, shape: tuple[int, ...], target: str, *, source: str = "F32") -> str:
     """The type ComfyUI-GGUF's pipeline gives tensor ``key`` of (original) ``shape`` for file type ``target``.
 
-    ``source``: the safetensors dtype it came from (F32, F16, BF16)."""
+    ``source``: the safetensors dtype it came from (F32, F16, BF16; F8 for fp8)."""
     if target not in QTYPES:
         raise ValueError(f"unknown quant type {target!r}; expected one of {QTYPES}")
     base = target if target in FLOAT_TYPES else ("BF16" if source == "BF16" else "F16")
@@ -217,11 +217,14 @@ def comfy_qtype(arch: str, key: str, shape: tuple[int, ...], target: str, *, sou
 
 
 def _source_name(t: Any) -> str:
+    """F32 / BF16 / F16, or F8 for an fp8 source (convert.py casts those to F16, without the F32 rules)."""
     dt = t.dtype
-    if dt in (torch.bfloat16,):
+    if dt == torch.bfloat16:
         return "BF16"
     if dt in (torch.float16, np.float16):
         return "F16"
+    if dt in (torch.float8_e4m3fn, torch.float8_e5m2):
+        return "F8"
     return "F32"
 
 
