@@ -307,3 +307,22 @@ def test_bad_gguf_files_are_broken_as_claimed(tmp_path):
     ):
         with pytest.raises((ValueError, KeyError, IndexError)):
             gguf.GGUFReader(cases[name].path)
+
+
+def test_sparse_full_size_flux_q8_0(tmp_path):
+    """A full-size FLUX-dev Q8_0 GGUF from shapes alone: 12.7 GB (flux1-dev-Q8_0.gguf's size) of which only
+    the header is on disk; the package reads its 780 tensor infos."""
+    from sdlens.testing import zoo_dit
+
+    sd = zoo_dit.build_denoiser("flux_dev", size="full", dtype=torch.bfloat16)
+    types = zoo_gguf.write_sparse_gguf(tmp_path / "flux1-dev-Q8_0.gguf", sd, arch="flux", qtype="Q8_0")
+    r = gguf.GGUFReader(tmp_path / "flux1-dev-Q8_0.gguf")
+    assert {t.name: t.tensor_type.name for t in r.tensors} == types
+    assert sorted(set(types.values())) == ["BF16", "F32", "Q8_0"]
+    last = r.tensors[-1]
+    size = (tmp_path / "flux1-dev-Q8_0.gguf").stat().st_size
+    assert last.data_offset + last.n_bytes == size and 12.6e9 < size < 12.8e9
+    big = next(t for t in r.tensors if t.name == "double_blocks.0.img_mlp.0.weight")
+    assert (
+        tuple(int(d) for d in reversed(big.shape)) == (12288, 3072) and big.n_bytes == 12288 * 3072 // 32 * 34
+    )

@@ -300,6 +300,48 @@ def write_gguf(
     return written
 
 
+def write_sparse_gguf(
+    path: str | Path,
+    tensors: Mapping[str, torch.Tensor],
+    *,
+    arch: str,
+    qtype: str,
+) -> dict[str, str]:
+    """A full-size GGUF from shapes alone (meta tensors welcome): the real header, key/values and tensor infos
+    (the types of :func:`comfy_qtype`), then the data left as a hole (the file truncated to its full length,
+    reading as zeros; no disk used). For header-only timing on full-size files."""
+    import gguf
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = gguf.GGUFWriter(path=None, arch=arch)
+    writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    writer.add_file_type(FILE_TYPE[qtype])
+    written: dict[str, str] = {}
+    sizes: list[int] = []
+    for key, t in tensors.items():
+        shape = tuple(int(d) for d in t.shape)
+        qt = comfy_qtype(arch, key, shape, qtype, source=_source_name(t))
+        st = stored_shape(arch, shape) if len(shape) <= 4 else shape
+        if st != shape:
+            writer.add_array(f"comfy.gguf.orig_shape.{key}", [int(d) for d in shape])
+        block, type_size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[qt]]
+        nbytes = math.prod(st) // block * type_size
+        writer.add_tensor_info(key, st, np.dtype(np.float32), nbytes, raw_dtype=gguf.GGMLQuantizationType[qt])
+        sizes.append(gguf.GGUFWriter.ggml_pad(nbytes, writer.data_alignment))
+        written[key] = qt
+    tmp = path.with_name(path.name + ".tmp")
+    writer.write_header_to_file(path=tmp)
+    writer.write_kv_data_to_file()
+    writer.write_ti_data_to_file()
+    fout = writer.fout[0]
+    writer.write_padding(fout, fout.tell())
+    fout.truncate(fout.tell() + sum(sizes))
+    writer.close()
+    tmp.replace(path)
+    return written
+
+
 def _add_kv(writer: Any, key: str, value: Any) -> None:
     import gguf
 
