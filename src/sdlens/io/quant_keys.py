@@ -48,7 +48,7 @@ def recognise(
     if not candidates(tensors):
         return tensors, {}
     out = dict(tensors)
-    markers = {k: t for k, t in tensors.items() if k.rsplit(".", 1)[-1] == FP8_MARKER and t.numel <= 1}
+    markers = {k: t for k, t in tensors.items() if k.rsplit(".", 1)[-1] == FP8_MARKER and t.numel <= 2}
     for k in markers:
         del out[k]
     for key, info in tensors.items():
