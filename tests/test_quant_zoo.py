@@ -89,7 +89,9 @@ def test_every_fp8_file_is_its_family_with_its_scales(zoo):
                 q = quant_of(ck.tensors[key])
                 assert q is not None and float(q.scales(ck.stored)[0]) == pytest.approx(scale, rel=0, abs=0)
         d = diff(e.source, e.path)
-        assert d.verdict[0].startswith(f"same model, quantised: B is A quantised to {t.fp8} scaled"), d.verdict
+        assert d.verdict[0].startswith(f"same model, quantised: B is A quantised to {t.fp8} scaled"), (
+            d.verdict
+        )
 
 
 def test_matrix_puts_each_copy_next_to_its_source(zoo):
