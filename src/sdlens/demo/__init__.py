@@ -20,6 +20,7 @@ SECTIONS = (
     "recipe",
     "lineage",
     "delta",
+    "quant",
 )  # after inspect, in this order
 
 
