@@ -22,14 +22,14 @@ def _zoo(folder: Path) -> list[tuple[Path, Path, str]]:
     out = [(e.path, e.source, f"{e.family} GGUF {e.qtype}") for e in build_gguf_zoo(folder)]
     fp8 = build_fp8_zoo(folder)
     out += [(e.path, e.source, f"{e.family} {e.truth.scheme} {e.truth.fp8}") for e in fp8]
-    flux = next(e.source for e in fp8 if e.family == "flux_dev")
+    flux = fp8[0].source  # the FLUX.1-dev denoiser (the fp8 zoo's first source)
     from sdlens.io.open import open_checkpoint
 
     with open_checkpoint(flux) as ck:
         sd = {k: ck.read(k) for k in ck.tensors}
     nf4 = folder / "flux1-dev-bnb-nf4.safetensors"
     write_nf4(nf4, {k: v.to(torch.bfloat16) for k, v in sd.items()}, nested=True, backend="numpy")
-    out.append((nf4, flux, "flux_dev bitsandbytes NF4 (nested)"))
+    out.append((nf4, flux, f"{fp8[0].family} bitsandbytes NF4 (nested)"))
     return out
 
 
@@ -56,7 +56,8 @@ def section(zoo_dir: Path, out_dir: Path, console: Console) -> None:
         verdict = diff(source, path).verdict[0].split(" (")[0].split(";")[0]
         table.add_row(path.name, truth, f"{r.family} · {r.precision}", bits, safe(verdict))
     console.print(table)
-    picks = [p for p, _s, t in files if t.startswith("flux_dev")]
+    first = files[-1][1]  # the NF4 file's source: FLUX.1-dev
+    picks = [p for p, s, _t in files if s == first]
     sources = sorted({s for p, s, _t in files if p in picks})
     res = matrix([*sources, *picks])
     out = out_dir / "quant"
