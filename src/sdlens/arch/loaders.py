@@ -98,6 +98,7 @@ SINGLE_FILE_PIPELINES: frozenset[str] = frozenset(
         "StableDiffusionXLImg2ImgPipeline",
         "StableDiffusion3Pipeline",
         "FluxPipeline",
+        "ChromaPipeline",
         "LTXPipeline",
     }
 )
