@@ -205,6 +205,34 @@ def test_gguf_text_encoder_uses_the_gguf_loader():
     assert [c.what for c in a.companions][1] == "CLIP-L text encoder"
 
 
+FLUX_FULL = {"denoiser", "clip_l", "t5", "vae_encoder", "vae_decoder"}
+
+
+def test_nf4_checkpoint():
+    """Forge's NF4 FLUX checkpoint: ComfyUI needs the NF4 custom node, Forge loads it, A1111 does not."""
+    a = advise(families.get("flux_dev"), "checkpoint", FLUX_FULL, quant={"bitsandbytes"})
+    assert a.comfy.startswith("CheckpointLoaderNF4") and a.comfy_folder == "models/checkpoints"
+    assert (a.a1111, a.diffusers) == ("no", "unknown") and a.forge.startswith("yes")
+    d = advise(families.get("flux_dev"), "denoiser", {"denoiser"}, quant={"bitsandbytes"})
+    assert d.comfy.startswith("UNETLoaderNF4") and d.comfy_folder == "models/unet"
+    assert advise(families.get("sdxl"), "denoiser", {"denoiser"}, quant={"bitsandbytes"}).forge == "unknown"
+
+
+def test_scaled_fp8_keeps_the_usual_comfy_loader():
+    a = advise(families.get("flux_dev"), "denoiser", {"denoiser"}, quant={"scaled fp8"})
+    assert a.comfy.startswith("UNETLoader") and any("scaled-fp8" in n for n in a.notes)
+
+
+def test_quant_origins():
+    from sdlens.io.base import TensorInfo
+
+    plain = {"w": TensorInfo("w", (2,), "F16", "f", 0)}
+    assert loading.quant_origins(plain) == set()
+    pytest.importorskip("sdlens.io.quant")  # the quantisation records (issue 18's reader work)
+    quant = type("Q", (), {"scheme": "NF4"})()
+    assert loading.quant_origins({"w": TensorInfo("w", (2,), "F16", "f", 0, quant)}) == {"bitsandbytes"}
+
+
 def test_uncertain_facts_say_unknown():
     assert advise(families.get("sana"), "denoiser", {"denoiser"}).comfy == "unknown"
     assert advise(families.get("hunyuandit"), "denoiser", {"denoiser"}).comfy == "unknown"

@@ -177,7 +177,7 @@ def describe(ckpt: Checkpoint) -> InspectReport:
         quantisation=summarise_quantisation(ckpt),
     )
     ident = identify(tensors, ckpt.configs, ckpt.metadata)
-    base["loading"] = how_to_load(ident, ckpt.format)
+    base["loading"] = how_to_load(ident, ckpt.format, tensors)
     match = ident.match
     if ident.kind == "lora":
         lora = analyse_lora(tensors, ckpt.metadata, lambda k: float(ckpt.read_numpy(k).reshape(-1)[0]), match)

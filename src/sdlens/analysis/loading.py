@@ -7,7 +7,7 @@ tables of :mod:`sdlens.arch.loaders`; a family sdlens does not know gives an hon
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +19,7 @@ from sdlens.arch.record import Family, Loader, Loading
 
 if TYPE_CHECKING:
     from sdlens.arch.identify import Identity
+    from sdlens.io.base import TensorInfo
 
 UNKNOWN = "unknown"
 REPO = "<diffusers repo>"
@@ -78,12 +79,27 @@ def load_kind(ident_kind: str, file_format: str, components: Iterable[str]) -> s
     return "denoiser"
 
 
-def how_to_load(ident: Identity, file_format: str) -> LoadAdvice:
-    """The advice for a file ``identify`` described (``file_format``: the checkpoint's ``format``)."""
+def quant_origins(tensors: Mapping[str, TensorInfo]) -> set[str]:
+    """Where the file's quantised weights come from (``gguf``, ``scaled fp8``, ``bitsandbytes``): the origin
+    of each tensor's scheme (its ``extra``, a ``sdlens.io.quant.Quant``)."""
+    schemes = {s for t in tensors.values() if isinstance(s := getattr(t.extra, "scheme", None), str)}
+    if not schemes:
+        return set()
+    from sdlens.io.quant import SCHEMES  # only files with quantised tensors get here
+
+    return {SCHEMES[s].origin for s in schemes if s in SCHEMES}
+
+
+def how_to_load(
+    ident: Identity, file_format: str, tensors: Mapping[str, TensorInfo] | None = None
+) -> LoadAdvice:
+    """The advice for a file ``identify`` described (``file_format``: the checkpoint's ``format``; ``tensors``:
+    its tensors, read for the origin of quantised weights)."""
     comps = list(ident.split.components)
     kind = load_kind(ident.kind, file_format, comps)
     fits = [f for f in (families.get(i) for i in ident.fits) if f is not None]
-    return advise(ident.record, kind, comps, fits=fits, gguf=file_format == "gguf")
+    quant = quant_origins(tensors or {})
+    return advise(ident.record, kind, comps, fits=fits, gguf=file_format == "gguf", quant=quant)
 
 
 def advise(
@@ -93,9 +109,11 @@ def advise(
     *,
     fits: Sequence[Family] = (),
     gguf: bool = False,
+    quant: Iterable[str] = (),
 ) -> LoadAdvice:
     """The advice for a file of ``kind`` holding ``components`` (component ids as ``identify`` names them) of
-    family ``fam``; ``fits``: the families a part file (VAE, text encoders) fits when ``fam`` is None."""
+    family ``fam``; ``fits``: the families a part file (VAE, text encoders) fits when ``fam`` is None;
+    ``quant``: the origins of its quantised weights (``bitsandbytes``, ``scaled fp8``)."""
     present = {c.split("@")[0] for c in components}
     label = T.LOAD_KINDS.get(kind, "unknown kind")
     if kind == UNKNOWN:
@@ -107,6 +125,13 @@ def advise(
     comfy, folder = _comfy(fam, load, over, kind, gguf)
     a1111, forge = _webui(load, over, kind)
     notes = [n for n in (over.note, load.notes) if n]
+    diffusers = over.diffusers or _diffusers(fam, kind, present)
+    for origin in sorted(set(quant) & set(T.QUANT_NOTES)):
+        notes.append(T.QUANT_NOTES[origin])
+        if origin in T.QUANT_COMFY:
+            comfy, folder = T.QUANT_COMFY[origin].get(kind, (UNKNOWN, ""))
+            a1111, diffusers = "no", UNKNOWN
+            forge = load.kinds.get(origin, Loader()).forge or UNKNOWN
     if kind == "gguf":
         notes.append("the GGUF nodes come with the ComfyUI-GGUF custom nodes (city96/ComfyUI-GGUF)")
     if kind == "controlnet" and a1111 != "no":
@@ -117,7 +142,7 @@ def advise(
         label,
         fam.id,
         fam.name,
-        over.diffusers or _diffusers(fam, kind, present),
+        diffusers,
         comfy,
         folder,
         a1111,

@@ -113,3 +113,21 @@ VAES: dict[str, tuple[str, str]] = {
     "paella_vq": ("Stable Cascade stage A (Paella VQGAN)", "PaellaVQModel"),
 }
 GGUF_CALL = "quantization_config=GGUFQuantizationConfig(compute_dtype=torch.bfloat16)"
+
+# quantised files beyond GGUF, by the origin of their scheme (``sdlens.io.quant`` ``Scheme.origin``):
+# the ComfyUI loader per kind where it is not the usual one, and what to know
+QUANT_COMFY: dict[str, dict[str, tuple[str, str]]] = {
+    "bitsandbytes": {
+        "checkpoint": (
+            "CheckpointLoaderNF4 (custom nodes: comfyanonymous/ComfyUI_bitsandbytes_NF4)",
+            "models/checkpoints",
+        ),
+        "denoiser": ("UNETLoaderNF4 (custom nodes: silveroxides/ComfyUI_bnb_nf4_fp4_Loaders)", "models/unet"),
+    },
+}
+QUANT_NOTES: dict[str, str] = {
+    "bitsandbytes": "bitsandbytes NF4 / FP4 weights: AUTOMATIC1111 does not load them; diffusers' "
+    "from_single_file on them: unknown",
+    "scaled fp8": "ComfyUI scaled-fp8 weights (fp8 × scale_weight): ComfyUI's usual loaders read them; "
+    "other tools: unknown",
+}

@@ -153,7 +153,8 @@ class Loading:
     vae_comfy: str = ""  # its ComfyUI loader(s), where not Load VAE (Stable Cascade: stage B + stage A)
     vae_folder: str = ""
     optional: tuple[str, ...] = ()  # components (diffusers-slot ids) that are not needed to generate
-    kinds: Mapping[str, Loader] = field(default_factory=dict, hash=False)  # per kind: departures
+    # departures per kind of file (LOAD_KINDS keys) or per origin of quantised weights ("bitsandbytes")
+    kinds: Mapping[str, Loader] = field(default_factory=dict, hash=False)
     notes: str = ""
 
 

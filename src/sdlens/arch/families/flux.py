@@ -133,6 +133,7 @@ _LOADING = Loading(
         "denoiser": Loader(forge="yes: pick the VAE and text encoders in its VAE / Text Encoder menu"),
         "gguf": Loader(forge="yes: pick the VAE and text encoders in its VAE / Text Encoder menu"),
         "text_encoder": Loader(forge="yes"),
+        "bitsandbytes": Loader(forge="yes (Forge introduced the NF4 FLUX checkpoints)"),
     },
 )
 
