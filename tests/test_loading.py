@@ -145,6 +145,59 @@ def test_wan_i2v_needs_the_image_encoder(zoo):
     assert (image.comfy, image.folder, image.optional) == ("CLIPVisionLoader", "models/clip_vision", False)
 
 
+@pytest.fixture(scope="module")
+def flux_sd():
+    from sdlens.testing.zoo_dit import build_denoiser
+
+    return {k: v.contiguous() for k, v in build_denoiser("flux_dev").items()}
+
+
+def test_real_flux_gguf(flux_sd, tmp_path):
+    """A FLUX transformer written as ComfyUI-GGUF writes it (Q8_0 where rows are whole blocks, F16 else)."""
+    gguf = pytest.importorskip("gguf")
+    import numpy as np
+    from gguf.quants import quantize
+
+    path = tmp_path / "flux1-dev-Q8_0.gguf"
+    w = gguf.GGUFWriter(str(path), "flux")
+    for k, v in flux_sd.items():
+        a = v.float().numpy()
+        if a.ndim == 2 and a.shape[-1] % 32 == 0:
+            w.add_tensor(
+                k, quantize(a, gguf.GGMLQuantizationType.Q8_0), raw_dtype=gguf.GGMLQuantizationType.Q8_0
+            )
+        else:
+            w.add_tensor(k, a.astype(np.float16))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    a = inspect(path).loading
+    assert (a.kind, a.family) == ("gguf", "flux_dev")
+    assert a.comfy.startswith("UnetLoaderGGUF") and a.comfy_folder.startswith("models/unet")
+    assert _whats(a) == ["CLIP-L + T5-XXL text encoders", "FLUX VAE (ae.safetensors, 16-channel)"]
+
+
+def test_real_scaled_fp8_flux(flux_sd, tmp_path):
+    """ComfyUI's scaled-fp8 layout (fp8 weights, a scale_weight each, the scaled_fp8 marker)."""
+    import torch
+    from safetensors.torch import save_file
+
+    sd = {"model.diffusion_model.scaled_fp8": torch.empty(0, dtype=torch.float8_e4m3fn)}
+    for k, v in flux_sd.items():
+        if v.ndim == 2 and k.endswith(".weight"):
+            s = (v.abs().max().float() / 448).clamp(min=1e-12)
+            sd["model.diffusion_model." + k] = (v.float() / s).to(torch.float8_e4m3fn)
+            sd["model.diffusion_model." + k.removesuffix("weight") + "scale_weight"] = s.reshape(())
+        else:
+            sd["model.diffusion_model." + k] = v.to(torch.bfloat16)
+    path = tmp_path / "flux1-dev-fp8-scaled.safetensors"
+    save_file(sd, path)
+    a = inspect(path).loading
+    assert (a.kind, a.family) == ("denoiser", "flux_dev") and a.comfy.startswith("UNETLoader")
+    assert any(n.startswith("ComfyUI scaled-fp8 weights") for n in a.notes)
+
+
 # ------------------------------------------------------------------------------------ records, no files
 
 
