@@ -209,7 +209,7 @@ def _how_to_load(r: InspectReport, console: Console) -> None:
     console.print(Text(printable(head), style="italic"))
 
     def row(key: str, text: str, folder: str = "") -> None:
-        t.add_row(key, Text(printable(text + (f", in {folder}" if folder else ""))))
+        t.add_row(key, Text(printable(text + (f", in {folder}" if folder else "")), overflow="fold"))
 
     if a.known or a.comfy != "unknown":
         row("ComfyUI", a.comfy, a.comfy_folder)
