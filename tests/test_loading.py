@@ -198,6 +198,19 @@ def test_real_scaled_fp8_flux(flux_sd, tmp_path):
     assert any(n.startswith("ComfyUI scaled-fp8 weights") for n in a.notes)
 
 
+def test_real_nf4_flux(flux_sd, tmp_path):
+    """Forge's NF4 FLUX layout (bitsandbytes 4-bit weights with absmax / quant_map / quant_state)."""
+    from sdlens.testing.zoo_nf4 import write_nf4
+
+    path = tmp_path / "flux1-dev-bnb-nf4.safetensors"
+    write_nf4(path, {"model.diffusion_model." + k: v for k, v in flux_sd.items()}, backend="numpy")
+    a = inspect(path).loading
+    assert (a.kind, a.family) == ("denoiser", "flux_dev")
+    assert a.comfy.startswith("UNETLoaderNF4") and a.comfy_folder == "models/unet"
+    assert a.a1111 == "no" and a.forge.startswith("yes")
+    assert any(n.startswith("bitsandbytes NF4 / FP4") for n in a.notes)
+
+
 # ------------------------------------------------------------------------------------ records, no files
 
 
