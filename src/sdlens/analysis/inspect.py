@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sdlens.analysis.loading import LoadAdvice, how_to_load
 from sdlens.analysis.lora import LoraInfo, analyse_lora
 from sdlens.analysis.metadata import MetadataSummary, summarise_metadata
 from sdlens.analysis.quantisation import QuantSummary, summarise_quantisation
@@ -96,6 +97,7 @@ class InspectReport:
     summary: str = ""
     merge_claims: list[Claim] = field(default_factory=list)  # recipes merge tools wrote into the metadata
     quantisation: QuantSummary | None = None  # quantised weights (GGUF, scaled fp8, NF4): schemes, bits
+    loading: LoadAdvice | None = None  # how to load it: loaders per tool, companion files it lacks
     schema_version: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:
@@ -175,6 +177,7 @@ def describe(ckpt: Checkpoint) -> InspectReport:
         quantisation=summarise_quantisation(ckpt),
     )
     ident = identify(tensors, ckpt.configs, ckpt.metadata)
+    base["loading"] = how_to_load(ident, ckpt.format, tensors)
     match = ident.match
     if ident.kind == "lora":
         lora = analyse_lora(tensors, ckpt.metadata, lambda k: float(ckpt.read_numpy(k).reshape(-1)[0]), match)

@@ -122,6 +122,43 @@ class PredictionProbe:
 
 
 @dataclass(frozen=True)
+class Loader:
+    """How one kind of file (``sdlens.arch.loaders.LOAD_KINDS``) is loaded, where a family departs from what
+    ``sdlens.analysis.loading`` derives: every field left "" is derived (from the record and the generic tables
+    of ``sdlens.arch.loaders``); "unknown" says sdlens does not know, rather than guessing."""
+
+    diffusers: str = ""  # the loading call
+    comfy: str = ""  # the ComfyUI node class ("" = the kind's usual node)
+    folder: str = ""  # the ComfyUI folder under ComfyUI/
+    a1111: str = ""  # AUTOMATIC1111 support, in words
+    forge: str = ""  # Forge support, in words
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Loading:
+    """How the tools people run load this family's files (what ``inspect`` says under "How to load").
+
+    Facts per family only; the loader per kind of file and the companion files a file lacks are derived
+    by ``sdlens.analysis.loading`` from these, the record's text encoders / VAE / diffusers slots and the
+    generic tables of ``sdlens.arch.loaders``. ``None`` = unknown."""
+
+    comfy: bool | None = True  # ComfyUI (core) runs the architecture
+    comfy_checkpoint: bool | None = True  # Load Checkpoint takes a single file that bundles the parts
+    comfy_gguf: bool | None = None  # ComfyUI-GGUF's Unet Loader (GGUF) knows the architecture
+    comfy_clip_type: str = ""  # the ``type`` of CLIPLoader / DualCLIPLoader for its text encoders
+    a1111: str = "no"  # AUTOMATIC1111 support of the architecture, in words
+    forge: str = "no"  # Forge support (lllyasviel/stable-diffusion-webui-forge), in words
+    vae: str = ""  # the VAE file people pair it with ("" = named from the record's ``vae`` key)
+    vae_comfy: str = ""  # its ComfyUI loader(s), where not Load VAE (Stable Cascade: stage B + stage A)
+    vae_folder: str = ""
+    optional: tuple[str, ...] = ()  # components (diffusers-slot ids) that are not needed to generate
+    # departures per kind of file (LOAD_KINDS keys) or per origin of quantised weights ("bitsandbytes")
+    kinds: Mapping[str, Loader] = field(default_factory=dict, hash=False)
+    notes: str = ""
+
+
+@dataclass(frozen=True)
 class Family:
     """One architecture (or a variant of one that users name apart, e.g. FLUX.1-dev / -schnell).
 
@@ -167,6 +204,7 @@ class Family:
     )
     notebook: tuple[int, float, float, int, float] | None = None  # the original notebook's numbers (§7)
     notes: str = ""
+    loading: Loading | None = None  # how tools load its files (None: sdlens cannot tell)
 
     @property
     def text_encoder_kinds(self) -> tuple[str, ...]:

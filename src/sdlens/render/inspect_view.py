@@ -93,6 +93,8 @@ def render_report(r: InspectReport, console: Console, brief: bool = False) -> No
         _quantisation(r, console)
     if r.lora is not None:
         _lora(r, console)
+    if r.loading is not None:
+        _how_to_load(r, console)
     for p in r.problems:
         console.print(f"[bold red]problem:[/] {safe(p, ERROR_LIMIT)}")
     if r.unknown_keys:
@@ -197,6 +199,29 @@ def _lora(r: InspectReport, console: Console) -> None:
     lt.add_row("targets", _join(f"{k} {v}" for k, v in lo.components.items()))
     lt.add_row("layer types", _join(f"{k} {v}" for k, v in lo.layer_types.items()))
     console.print(lt)
+
+
+def _how_to_load(r: InspectReport, console: Console) -> None:
+    """Loader per tool, folder, and the companion files the file lacks (a few wrapped lines)."""
+    a = r.loading
+    head = f"How to load ({a.family_name}, {a.kind_label})" if a.known else "How to load"
+    t = _kv_table("")
+    console.print(Text(printable(head), style="italic"))
+
+    def row(key: str, text: str, folder: str = "") -> None:
+        t.add_row(key, Text(printable(text + (f", in {folder}" if folder else "")), overflow="fold"))
+
+    if a.known or a.comfy != "unknown":
+        row("ComfyUI", a.comfy, a.comfy_folder)
+    if a.known:
+        row("diffusers", a.diffusers)
+        row("A1111", a.a1111)
+        row("Forge", a.forge, a.webui_folder)
+    for c in a.companions:
+        row("optional" if c.optional else "also needs", f"{c.what}: {c.comfy}", c.folder)
+    for n in a.notes:
+        row("note", n)
+    console.print(t)
 
 
 def _unknown_keys(r: InspectReport, console: Console) -> None:

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from sdlens.arch.families._common import COMMON_FEATURES, IN_OUT
-from sdlens.arch.record import Blocks, Denoiser, Family, Feature, Pipeline, TextEncoderSlot
+from sdlens.arch.record import Blocks, Denoiser, Family, Feature, Loading, Pipeline, TextEncoderSlot
 from sdlens.arch.shapes import count, first, head_dim
 
 if TYPE_CHECKING:
@@ -85,6 +85,14 @@ def _derive(keys: Mapping[str, TensorInfo]) -> dict[str, Any]:
     }
 
 
+_LOADING = Loading(
+    comfy_gguf=True,
+    comfy_clip_type="stable_diffusion",  # ComfyUI tells Pile-T5-XL from its weights, whatever the type
+    a1111="no",
+    forge="no",
+    vae="SDXL VAE (sdxl_vae.safetensors, 4-channel)",
+)
+
 FAMILIES: tuple[Family, ...] = (
     Family(
         "auraflow",
@@ -119,5 +127,6 @@ FAMILIES: tuple[Family, ...] = (
         ),
         diffusers_slots={"denoiser": "transformer", "pile_t5_xl": "text_encoder", "vae": "vae"},
         notebook=(36, 6.8, 6.8, 39974, 52.38),
+        loading=_LOADING,
     ),
 )

@@ -8,8 +8,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from sdlens.arch.families._common import IN_OUT
-from sdlens.arch.families.flux import CHROMA_APPROXIMATOR, RULES
-from sdlens.arch.record import Blocks, Denoiser, Family, Feature, Pipeline, TextEncoderSlot
+from sdlens.arch.families.flux import CHROMA_APPROXIMATOR, FLUX_VAE, RULES
+from sdlens.arch.record import Blocks, Denoiser, Family, Feature, Loading, Pipeline, TextEncoderSlot
 from sdlens.arch.shapes import count, first
 
 FEATURES: tuple[Feature, ...] = (
@@ -69,6 +69,14 @@ _SRC = (
     "config (the class defaults) is 8,899,983,424"
 )
 
+_LOADING = Loading(
+    comfy_checkpoint=None,
+    comfy_clip_type="chroma",
+    a1111="no",
+    forge="yes (recent versions)",
+    vae=FLUX_VAE,
+)
+
 FAMILIES: tuple[Family, ...] = (
     Family(
         "chroma",
@@ -107,5 +115,6 @@ FAMILIES: tuple[Family, ...] = (
         bare_keys=((r"^distilled_guidance_layer\.layers\.\d+\.in_layer\.", "bare"),),
         lora_hints=("chroma",),
         notes="T5-XXL only (no CLIP), attention-masked; FLUX.1 VAE.",
+        loading=_LOADING,
     ),
 )

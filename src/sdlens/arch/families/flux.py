@@ -6,7 +6,17 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from sdlens.arch.families._common import COMMON_FEATURES, IN_OUT
-from sdlens.arch.record import Blocks, Denoiser, Family, Feature, Pipeline, TextEncoderSlot, Variant
+from sdlens.arch.record import (
+    Blocks,
+    Denoiser,
+    Family,
+    Feature,
+    Loader,
+    Loading,
+    Pipeline,
+    TextEncoderSlot,
+    Variant,
+)
 from sdlens.arch.shapes import count, first, head_dim
 
 if TYPE_CHECKING:
@@ -112,6 +122,21 @@ def derive(keys: Mapping[str, TensorInfo]) -> dict[str, Any]:
 # double/single-stream blocks, in original (kohya) and diffusers (PEFT) module names
 LORA_TARGETS = r"double_blocks|single_blocks|single_transformer_blocks"
 
+FLUX_VAE = "FLUX VAE (ae.safetensors, 16-channel)"
+_LOADING = Loading(
+    comfy_gguf=True,
+    comfy_clip_type="flux",
+    a1111="no",
+    forge="yes (also NF4 and GGUF)",
+    vae=FLUX_VAE,
+    kinds={
+        "denoiser": Loader(forge="yes: pick the VAE and text encoders in its VAE / Text Encoder menu"),
+        "gguf": Loader(forge="yes: pick the VAE and text encoders in its VAE / Text Encoder menu"),
+        "text_encoder": Loader(forge="yes"),
+        "bitsandbytes": Loader(forge="yes (Forge introduced the NF4 FLUX checkpoints)"),
+    },
+)
+
 FAMILIES: tuple[Family, ...] = (
     Family(
         "flux_dev",
@@ -155,6 +180,7 @@ FAMILIES: tuple[Family, ...] = (
         lora_hints=("flux",),
         lora_targets=LORA_TARGETS,
         notebook=(57, 11.91, 11.91, 31557, 54.06),
+        loading=_LOADING,
     ),
     Family(
         "flux_schnell",
@@ -184,5 +210,6 @@ FAMILIES: tuple[Family, ...] = (
         single_file=SINGLE,
         diffusers_slots=SLOTS,
         lora_targets=LORA_TARGETS,
+        loading=_LOADING,
     ),
 )

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from sdlens.arch.families._common import IN_OUT
-from sdlens.arch.record import Blocks, Denoiser, Family, Feature, Pipeline, TextEncoderSlot
+from sdlens.arch.record import Blocks, Denoiser, Family, Feature, Loading, Pipeline, TextEncoderSlot
 from sdlens.arch.shapes import count, first, head_dim
 
 FEATURES: tuple[Feature, ...] = (
@@ -94,6 +94,15 @@ _SRC = (
     "card says '17B', and published model inventories list the same 17,105,733,184 for the transformer"
 )
 
+_LOADING = Loading(
+    comfy_checkpoint=None,
+    comfy_gguf=True,
+    comfy_clip_type="hidream",
+    a1111="no",
+    forge="no",
+    vae="FLUX VAE (ae.safetensors, 16-channel)",
+)
+
 FAMILIES: tuple[Family, ...] = (
     Family(
         "hidream_i1",
@@ -139,5 +148,6 @@ FAMILIES: tuple[Family, ...] = (
         notes="Dev (28 steps) and Fast (16 steps) are distilled from Full with the same transformer; the Llama "
         "encoder conditions through the hidden states of the 48 layers in llama_layers (pooled CLIP-L/G "
         "vectors, T5 and Llama token states); the denoiser attends to 128 T5 + 128 Llama tokens.",
+        loading=_LOADING,
     ),
 )

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from sdlens.arch.families._common import IN_OUT
-from sdlens.arch.record import Blocks, Denoiser, Family, Feature, Pipeline, TextEncoderSlot
+from sdlens.arch.record import Blocks, Denoiser, Family, Feature, Loader, Loading, Pipeline, TextEncoderSlot
 from sdlens.arch.shapes import count, first
 
 if TYPE_CHECKING:
@@ -88,6 +88,15 @@ def _derive(keys: Mapping[str, TensorInfo]) -> dict[str, Any]:
     }
 
 
+_LOADING = Loading(
+    comfy_gguf=None,
+    a1111="no",
+    forge="no",
+    vae="sdxl-vae-fp16-fix (4-channel)",
+    kinds={"denoiser": Loader(comfy="unknown"), "text_encoder": Loader(comfy="unknown")},
+    notes="ComfyUI runs the bundled single file (hunyuan_dit_1.2.safetensors) with Load Checkpoint",
+)
+
 FAMILIES: tuple[Family, ...] = (
     Family(
         "hunyuandit",
@@ -127,5 +136,6 @@ FAMILIES: tuple[Family, ...] = (
             "vae": "vae",
         },
         notebook=(40, 1.5, 1.5, 17595, 20.12),
+        loading=_LOADING,
     ),
 )

@@ -9,7 +9,7 @@ from typing import Any
 
 from sdlens.arch.families._common import IN_OUT
 from sdlens.arch.families.pixart import LTX_QK_NORM
-from sdlens.arch.record import Blocks, Denoiser, Family, Feature, Pipeline, TextEncoderSlot
+from sdlens.arch.record import Blocks, Denoiser, Family, Feature, Loading, Pipeline, TextEncoderSlot
 from sdlens.arch.shapes import count, first, head_dim
 
 FEATURES: tuple[Feature, ...] = (
@@ -52,6 +52,14 @@ _SRC = (
     "(the class defaults); the model card's '2B'; 1,923,385,472 is also what full fine-tuning of it trains"
 )
 
+_LOADING = Loading(
+    comfy_gguf=True,
+    comfy_clip_type="ltxv",
+    a1111="no",
+    forge="no",
+    notes="the released single file bundles the VAE: Load Checkpoint gives the model and the VAE",
+)
+
 FAMILIES: tuple[Family, ...] = (
     Family(
         "ltx_video",
@@ -84,5 +92,6 @@ FAMILIES: tuple[Family, ...] = (
         lora_hints=("ltx",),
         notes="161 frames of 704x512 by default; the causal video VAE (AutoencoderKLLTXVideo) compresses 32x32x8 "
         "into 128 channels. The 13B releases (0.9.7+, 48 blocks, width 4096) are not this record.",
+        loading=_LOADING,
     ),
 )

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from sdlens.arch.families._common import IN_OUT
-from sdlens.arch.record import Blocks, Denoiser, Family, Feature, Pipeline, TextEncoderSlot
+from sdlens.arch.record import Blocks, Denoiser, Family, Feature, Loading, Pipeline, TextEncoderSlot
 
 FEATURES: tuple[Feature, ...] = (
     Feature(
@@ -40,6 +40,15 @@ ORIGINAL = {
 # Alpha-VLLM/Lumina-Image-2.0 transformer/config.json (values that differ from Lumina2Transformer2DModel's defaults)
 CONFIG: dict[str, Any] = {"cap_feat_dim": 2304}
 PARAMS = 2_609_769_152
+
+_LOADING = Loading(
+    comfy_gguf=True,
+    comfy_clip_type="lumina2",
+    a1111="no",
+    forge="no",
+    vae="FLUX VAE (ae.safetensors, 16-channel)",
+    notes="ComfyUI's all-in-one lumina_2.safetensors goes in models/checkpoints",
+)
 
 FAMILIES: tuple[Family, ...] = (
     Family(
@@ -80,5 +89,6 @@ FAMILIES: tuple[Family, ...] = (
         lora_hints=("lumina",),
         notes="Gemma-2 2B hidden states (the second-to-last layer's, as the pipeline takes hidden_states[-2]); "
         "the original's unused norm_final.weight is dropped by diffusers' converter.",
+        loading=_LOADING,
     ),
 )

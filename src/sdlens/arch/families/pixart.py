@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from sdlens.arch.families._common import IN_OUT
 from sdlens.arch.families.hunyuandit import DIT_RULES
-from sdlens.arch.record import Blocks, Denoiser, Family, Feature, Pipeline, TextEncoderSlot
+from sdlens.arch.record import Blocks, Denoiser, Family, Feature, Loading, Pipeline, TextEncoderSlot
 from sdlens.arch.shapes import count, first, head_dim
 
 if TYPE_CHECKING:
@@ -130,6 +130,21 @@ def _pipeline(name: str, aliases: tuple[str, ...], tokens: int, cls: str) -> Pip
 _TES = (TextEncoderSlot("t5", 120, "last"),)
 _SLOTS = {"denoiser": "transformer", "t5": "text_encoder", "vae": "vae"}
 
+_LOAD_ALPHA = Loading(
+    comfy_checkpoint=None,
+    comfy_clip_type="pixart",
+    a1111="no",
+    forge="no",
+    vae="SD VAE (sd-vae-ft-ema, 4-channel)",
+)
+_LOAD_SIGMA = Loading(
+    comfy_checkpoint=None,
+    comfy_clip_type="pixart",
+    a1111="no",
+    forge="no",
+    vae="SDXL VAE (sdxl_vae.safetensors, 4-channel)",
+)
+
 FAMILIES: tuple[Family, ...] = (
     Family(
         "pixart_alpha",
@@ -154,6 +169,7 @@ FAMILIES: tuple[Family, ...] = (
         pipeline=_pipeline(
             "PixArt-α 1024", ("pixart-alpha", "pixart-α", "pixart-xl-2-1024-ms"), 120, "PixArtAlphaPipeline"
         ),
+        loading=_LOAD_ALPHA,
     ),
     Family(
         "pixart_sigma",
@@ -177,5 +193,6 @@ FAMILIES: tuple[Family, ...] = (
             300,
             "PixArtSigmaPipeline",
         ),
+        loading=_LOAD_SIGMA,
     ),
 )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from sdlens.arch.families import sd_unet
-from sdlens.arch.record import Denoiser, Family, Feature, Pipeline, TextEncoderSlot
+from sdlens.arch.record import Denoiser, Family, Feature, Loading, Pipeline, TextEncoderSlot
 
 # The UNet is SDXL base's to the shape; what tells a Playground v2.5 single file apart is the EDM latent
 # statistics stored at its top level (diffusers' single_file_utils keys on "edm_mean" the same way).
@@ -18,6 +18,15 @@ FEATURES: tuple[Feature, ...] = (
     ),
 )
 _SDXL = next(f for f in sd_unet.FAMILIES if f.id == "sdxl")
+
+_LOADING = Loading(
+    comfy_clip_type="sdxl",
+    a1111="unknown",
+    forge="unknown",
+    vae="SDXL VAE (sdxl_vae.safetensors, 4-channel)",
+    notes="ComfyUI reads the EDM schedule from the file's edm_mean / edm_std keys; a file without them "
+    "loads as SDXL",
+)
 
 FAMILIES: tuple[Family, ...] = (
     Family(
@@ -64,5 +73,6 @@ FAMILIES: tuple[Family, ...] = (
         notes="EDM formulation (sigma_data 0.5, sigma 0.002..80, epsilon parametrisation under EDM "
         "preconditioning); guidance ~3. A diffusers unet folder alone is weight-identical to SDXL base: "
         "only the markers (single file) or the folder's EDM scheduler (model_index.json) tell it apart.",
+        loading=_LOADING,
     ),
 )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from sdlens.arch.families._common import IN_OUT
-from sdlens.arch.record import Blocks, Denoiser, Family, Feature, Pipeline, TextEncoderSlot, Variant
+from sdlens.arch.record import Blocks, Denoiser, Family, Feature, Loading, Pipeline, TextEncoderSlot, Variant
 
 FEATURES: tuple[Feature, ...] = (
     # the Mix-FFN (inverted 1x1 conv, depthwise 3x3, pointwise): no other DiT here has it
@@ -112,6 +112,15 @@ def _pipeline(name: str, aliases: tuple[str, ...]) -> Pipeline:
     )
 
 
+_LOADING = Loading(
+    comfy=None,
+    comfy_checkpoint=None,
+    a1111="no",
+    forge="no",
+    notes="ComfyUI core support unknown to sdlens (custom node packs exist)",
+)
+
+
 def _family(
     fid: str,
     name: str,
@@ -149,6 +158,7 @@ def _family(
         lora_hints=("sana",) if fid == "sana" else (),
         notes="Gemma-2 2B (it) decoder hidden states, 300 tokens with a complex human instruction; DC-AE f32c32 "
         "(32x spatial compression, 32 latent channels).",
+        loading=_LOADING,
     )
 
 

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from sdlens.arch.families._common import COMMON_FEATURES, IN_OUT
-from sdlens.arch.record import Blocks, Denoiser, Family, Feature, Pipeline, TextEncoderSlot
+from sdlens.arch.record import Blocks, Denoiser, Family, Feature, Loading, Pipeline, TextEncoderSlot
 from sdlens.arch.shapes import count, first, head_dim, indices
 
 if TYPE_CHECKING:
@@ -140,6 +140,17 @@ def _pipeline(name: str, aliases: tuple[str, ...], measured: bool = True) -> Pip
 # MMDiT joint blocks: original (kohya) names, and diffusers' context-stream projections (PEFT)
 _LORA_TARGETS = r"joint_blocks|transformer_blocks[._]\d+[._]attn[._]add_q_proj"
 
+_SD3_VAE = "SD3 / SD3.5 VAE (16-channel; bundled in the full single files)"
+_LOAD_SD3 = Loading(
+    comfy_gguf=True,
+    comfy_clip_type="sd3",
+    a1111="yes (1.10 and later; T5 off by default)",
+    forge="unknown",
+    vae=_SD3_VAE,
+)
+_LOAD_SD35M = Loading(comfy_gguf=True, comfy_clip_type="sd3", a1111="no", forge="unknown", vae=_SD3_VAE)
+_LOAD_SD35 = Loading(comfy_gguf=True, comfy_clip_type="sd3", a1111="no", forge="yes", vae=_SD3_VAE)
+
 FAMILIES: tuple[Family, ...] = (
     Family(
         "sd3",
@@ -172,6 +183,7 @@ FAMILIES: tuple[Family, ...] = (
         lora_hints=("sd3",),
         lora_targets=_LORA_TARGETS,
         notebook=(24, 2.0, 2.0, 11127, 18.79),
+        loading=_LOAD_SD3,
     ),
     Family(
         "sd35m",
@@ -201,6 +213,7 @@ FAMILIES: tuple[Family, ...] = (
         single_file=_SINGLE,
         diffusers_slots=_SLOTS,
         lora_targets=_LORA_TARGETS,
+        loading=_LOAD_SD35M,
     ),
     Family(
         "sd35",
@@ -231,5 +244,6 @@ FAMILIES: tuple[Family, ...] = (
         diffusers_slots=_SLOTS,
         lora_targets=_LORA_TARGETS,
         notebook=(38, 8.0, 8.0, 17010, 32.35),
+        loading=_LOAD_SD35,
     ),
 )

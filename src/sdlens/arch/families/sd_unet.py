@@ -12,6 +12,7 @@ from sdlens.arch.record import (
     Denoiser,
     Family,
     Feature,
+    Loading,
     Pipeline,
     PredictionProbe,
     TextEncoderSlot,
@@ -245,6 +246,23 @@ def _sd1_config(cfg: Mapping[str, Any]) -> bool:
     )
 
 
+# how tools load these files (sdlens.analysis.loading derives the rest from the record)
+_SD_VAE = "SD 1.x / 2.x VAE (4-channel; e.g. vae-ft-mse-840000-ema-pruned)"
+_SDXL_VAE = "SDXL VAE (sdxl_vae.safetensors, 4-channel)"
+_LOAD_SD1 = Loading(
+    comfy_gguf=True, comfy_clip_type="stable_diffusion", a1111="yes", forge="yes", vae=_SD_VAE
+)
+_LOAD_SD2 = Loading(comfy_clip_type="stable_diffusion", a1111="yes", forge="yes", vae=_SD_VAE)
+_LOAD_SDXL = Loading(
+    comfy_gguf=True, comfy_clip_type="sdxl", a1111="yes (1.5 and later)", forge="yes", vae=_SDXL_VAE
+)
+_LOAD_REFINER = Loading(
+    comfy_clip_type="stable_diffusion",  # ComfyUI reads a lone CLIP-G as the refiner's encoder
+    a1111="yes, as the refiner (1.6 and later)",
+    forge="unknown",
+    vae=_SDXL_VAE,
+)
+
 FAMILIES: tuple[Family, ...] = (
     Family(
         "sd1",
@@ -290,6 +308,7 @@ FAMILIES: tuple[Family, ...] = (
         diffusers_slots={"denoiser": "unet", "clip_l": "text_encoder", "vae": "vae"},
         lora_hints=("sd_v1",),
         notebook=(25, 2.0, 0.860, 1265, 2.91),
+        loading=_LOAD_SD1,
     ),
     Family(
         "sd2",
@@ -341,6 +360,7 @@ FAMILIES: tuple[Family, ...] = (
             0.09,
         ),
         notebook=(25, 2.1, 0.865, 2837, 4.46),
+        loading=_LOAD_SD2,
     ),
     Family(
         "sdxl",
@@ -390,6 +410,7 @@ FAMILIES: tuple[Family, ...] = (
         },
         lora_hints=("sdxl",),
         notebook=(19, 5.3, 2.6, 8993, 13.80),
+        loading=_LOAD_SDXL,
     ),
     Family(
         "sdxl_refiner",
@@ -446,5 +467,6 @@ FAMILIES: tuple[Family, ...] = (
             "vae": "first_stage_model.",
         },
         diffusers_slots={"denoiser": "unet", "clip_g": "text_encoder_2", "vae": "vae"},
+        loading=_LOAD_REFINER,
     ),
 )

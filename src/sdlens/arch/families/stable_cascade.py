@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sdlens.arch.record import Blocks, Denoiser, Family, Feature, Pipeline, TextEncoderSlot, Variant
+from sdlens.arch.record import Blocks, Denoiser, Family, Feature, Loading, Pipeline, TextEncoderSlot, Variant
 
 FEATURES: tuple[Feature, ...] = (
     Feature(
@@ -73,6 +73,22 @@ _TE = TextEncoderSlot("clip_g", 77, "last")  # CLIP ViT-bigG/14 text (with proje
 _BARE = ((r"^down_blocks\.\d+\.\d+\.channelwise\.0\.weight$", "bare"),)
 _SCHED = "DDPMWuerstchenScheduler"
 
+_LOAD_C = Loading(
+    comfy_clip_type="stable_cascade",
+    a1111="no",
+    forge="no",
+    vae_comfy="UNETLoader (stage B) + VAELoader (stage A)",
+    vae_folder="models/diffusion_models + models/vae",
+    optional=("clip_l_vision",),
+    notes="ComfyUI's bundled stable_cascade_stage_c / _stage_b files go in models/checkpoints",
+)
+_LOAD_B = Loading(
+    comfy_clip_type="stable_cascade",
+    a1111="no",
+    forge="no",
+    notes="stage B decodes stage C's latents: it runs after a stage C model",
+)
+
 FAMILIES: tuple[Family, ...] = (
     Family(
         "stable_cascade_c",
@@ -116,6 +132,7 @@ FAMILIES: tuple[Family, ...] = (
         lora_hints=("cascade",),
         notes="Text-conditional prior in the 42x-compressed EfficientNet latent; stage B and stage A decode it. "
         "Image prompts go through CLIP ViT-L/14 vision (image_encoder), optional.",
+        loading=_LOAD_C,
     ),
     Family(
         "stable_cascade_b",
@@ -151,5 +168,6 @@ FAMILIES: tuple[Family, ...] = (
         ),
         single_file={"denoiser": ""},
         diffusers_slots={"denoiser": "decoder", "clip_g": "text_encoder", "vae": "vqgan"},
+        loading=_LOAD_B,
     ),
 )

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from sdlens.arch.families._common import IN_OUT
-from sdlens.arch.record import Blocks, Denoiser, Family, Feature, Pipeline, TextEncoderSlot
+from sdlens.arch.record import Blocks, Denoiser, Family, Feature, Loading, Pipeline, TextEncoderSlot
 from sdlens.arch.shapes import count, first, head_dim, optional
 
 FEATURES: tuple[Feature, ...] = (
@@ -116,6 +116,8 @@ _COMMON: dict[str, Any] = dict(
     lora_hints=("wan",),
 )
 
+_LOADING = Loading(comfy_checkpoint=None, comfy_gguf=True, comfy_clip_type="wan", a1111="no", forge="no")
+
 FAMILIES: tuple[Family, ...] = (
     Family(
         "wan21_t2v_1_3b",
@@ -139,6 +141,7 @@ FAMILIES: tuple[Family, ...] = (
             "Wan 2.1 T2V 1.3B", ("wan", "wan2.1", "wan21", "wan-1.3b", "wan2.1-t2v-1.3b"), "WanPipeline"
         ),
         **{**_COMMON, "features": FEATURES},
+        loading=_LOADING,
     ),
     Family(
         "wan21_t2v_14b",
@@ -161,6 +164,7 @@ FAMILIES: tuple[Family, ...] = (
         diffusers_slots=_SLOTS,
         pipeline=_pipeline("Wan 2.1 T2V 14B", ("wan-14b", "wan2.1-t2v-14b", "wan21-t2v-14b"), "WanPipeline"),
         **_COMMON,
+        loading=_LOADING,
     ),
     Family(
         "wan21_i2v_14b",
@@ -190,5 +194,6 @@ FAMILIES: tuple[Family, ...] = (
         "width 1280) conditions through img_emb; the first frame's VAE latents and a mask are concatenated "
         "to the noise (16 + 4 + 16 = 36 input channels).",
         **_COMMON,
+        loading=_LOADING,
     ),
 )
