@@ -45,7 +45,9 @@ def section(zoo_dir: Path, out_dir: Path, console: Console) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     files = _zoo(folder)
-    console.print(f"{len(files)} quantised copies of {len({s for _, s, _ in files})} sources in {safe(folder)}")
+    console.print(
+        f"{len(files)} quantised copies of {len({s for _, s, _ in files})} sources in {safe(folder)}"
+    )
     table = Table(title="inspect and diff: known truth vs what sdlens finds", title_justify="left")
     for col in ("file", "truth", "found", "bits/weight", "diff against its source"):
         table.add_column(col, overflow="fold")
