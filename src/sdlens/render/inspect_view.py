@@ -133,7 +133,7 @@ def _state(r: InspectReport, console: Console) -> None:
     """Components, what is missing, EMA and schedule."""
     if r.components:
         _components(r, console)
-    if r.missing:
+    if r.missing and not (r.loading is not None and r.loading.companions):  # else "How to load" says it
         console.print("[yellow]missing:[/] " + _join(r.missing, "; "))
     if r.ema is not None:
         state = "complete" if r.ema.complete else f"incomplete ({r.ema.tensors} of {r.ema.expected} tensors)"
