@@ -293,3 +293,61 @@ def test_bnb4_files_are_read_as_their_logical_weights(flux, tmp_path, quant_type
     assert d.verdict[0].startswith(f"same model, quantised: B is A quantised to {quant_type.upper()}"), (
         d.verdict
     )
+
+
+_TO_LLAMA_CPP = (
+    (r"^shared\.weight$", "token_embd.weight"),
+    (r"^encoder\.final_layer_norm\.", "enc.output_norm."),
+    (
+        r"^encoder\.block\.(\d+)\.layer\.0\.SelfAttention\.relative_attention_bias\.",
+        r"enc.blk.\1.attn_rel_b.",
+    ),
+    (r"^encoder\.block\.(\d+)\.layer\.0\.SelfAttention\.([qkvo])\.", r"enc.blk.\1.attn_\2."),
+    (r"^encoder\.block\.(\d+)\.layer\.0\.layer_norm\.", r"enc.blk.\1.attn_norm."),
+    (r"^encoder\.block\.(\d+)\.layer\.1\.DenseReluDense\.wi_0\.", r"enc.blk.\1.ffn_gate."),
+    (r"^encoder\.block\.(\d+)\.layer\.1\.DenseReluDense\.wi_1\.", r"enc.blk.\1.ffn_up."),
+    (r"^encoder\.block\.(\d+)\.layer\.1\.DenseReluDense\.wo\.", r"enc.blk.\1.ffn_down."),
+    (r"^encoder\.block\.(\d+)\.layer\.1\.layer_norm\.", r"enc.blk.\1.ffn_norm."),
+)
+
+
+def test_a_t5_gguf_in_llama_cpp_names_is_a_t5_text_encoder(tmp_path):
+    """city96's T5-XXL encoder GGUFs (arch ``t5encoder``) use llama.cpp's tensor names; sdlens indexes them
+    under the transformers names, so the file is a T5 text encoder with its values."""
+    import re
+
+    import transformers
+
+    cfg = transformers.T5Config(
+        vocab_size=64,
+        d_model=64,
+        d_kv=16,
+        d_ff=128,
+        num_layers=24,
+        num_heads=4,
+        feed_forward_proj="gated-gelu",
+    )
+    torch.manual_seed(0)
+    sd = {
+        k: v
+        for k, v in transformers.T5EncoderModel(cfg).state_dict().items()
+        if k != "encoder.embed_tokens.weight"
+    }
+    renamed = {}
+    for k, v in sd.items():
+        for pat, rep in _TO_LLAMA_CPP:
+            if re.match(pat, k):
+                renamed[re.sub(pat, rep, k)] = v
+                break
+    assert len(renamed) == len(sd)
+    path = write_gguf(tmp_path / "t5-v1_1-xxl-encoder-Q8_0.gguf", renamed, T.Q8_0, arch="t5encoder")
+    r = inspect(path)
+    assert r.kind.startswith("text encoder") and [c.id for c in r.components] == ["t5"], (
+        r.kind,
+        r.components,
+    )
+    with open_checkpoint(path) as ck:
+        assert set(ck.tensors) == set(sd)
+        w = "encoder.block.3.layer.1.DenseReluDense.wi_0.weight"
+        assert quant_of(ck.tensors[w]).scheme == "Q8_0"
+        assert np.array_equal(ck.read_numpy(w), dequantize(quantize(sd[w].numpy(), T.Q8_0), T.Q8_0))

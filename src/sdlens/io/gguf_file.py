@@ -56,6 +56,36 @@ _SCALAR = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "
 _STRING, _ARRAY = 8, 9
 
 
+# llama.cpp's tensor names for the text encoders ComfyUI-GGUF loads from GGUF files -> the transformers
+# names every sdlens reader gives (ComfyUI-GGUF's own loader renames them the same way): by
+# ``general.architecture``, substring replacements applied in order
+LLAMA_CPP_NAMES: dict[str, tuple[tuple[str, str], ...]] = {
+    "t5encoder": (
+        ("enc.", "encoder."),
+        (".blk.", ".block."),
+        ("token_embd", "shared"),
+        ("output_norm", "final_layer_norm"),
+        ("attn_q", "layer.0.SelfAttention.q"),
+        ("attn_k", "layer.0.SelfAttention.k"),
+        ("attn_v", "layer.0.SelfAttention.v"),
+        ("attn_o", "layer.0.SelfAttention.o"),
+        ("attn_norm", "layer.0.layer_norm"),
+        ("attn_rel_b", "layer.0.SelfAttention.relative_attention_bias"),
+        ("ffn_up", "layer.1.DenseReluDense.wi_1"),
+        ("ffn_down", "layer.1.DenseReluDense.wo"),
+        ("ffn_gate", "layer.1.DenseReluDense.wi_0"),
+        ("ffn_norm", "layer.1.layer_norm"),
+    ),
+}
+LLAMA_CPP_NAMES["t5"] = LLAMA_CPP_NAMES["t5encoder"]
+
+
+def _renamed(name: str, rules: tuple[tuple[str, str], ...]) -> str:
+    for old, new in rules:
+        name = name.replace(old, new)
+    return name
+
+
 def is_gguf(head: bytes) -> bool:
     return head.startswith(MAGIC)
 
@@ -188,6 +218,12 @@ class GgufCheckpoint(Checkpoint):
         self.metadata = {
             k: clip(_metadata_text(v), 4096) for k, v in meta.items() if not k.startswith(ORIG_SHAPE)
         }
+        rules = LLAMA_CPP_NAMES.get(str(meta.get("general.architecture", "")))
+        if rules:  # a text encoder in llama.cpp's names: indexed under the transformers names
+            table = [(_renamed(n, rules), *rest) for n, *rest in table]
+            orig = {_renamed(k, rules): v for k, v in orig.items()}
+            if len({n for n, *_ in table}) < len(table):
+                raise CheckpointError(src, "GGUF tensor names collide once renamed from llama.cpp's names")
         self.tensors = self._index(
             src, table, start, int(meta.get("general.alignment", DEFAULT_ALIGNMENT)), size, orig
         )
