@@ -12,10 +12,10 @@ import numpy as np
 from sdlens.analysis.matrix_plan import Plan
 from sdlens.analysis.matrix_result import finish
 from sdlens.analysis.matrix_state import Partial
-from sdlens.analysis.merge_fit import ROUNDING
+from sdlens.analysis.merge_fit import rounding
 from sdlens.arch import registry as R
-from sdlens.io.dtypes import dominant_dtype
 from sdlens.io.open import open_checkpoint
+from sdlens.io.quant import SCHEMES, dominant_storage
 
 PARENT_WEIGHT = 0.05  # a candidate weighing at least this (overall, or in half the blocks) may be a parent
 MAX_PARENTS = 4  # parent sets searched up to this size (smallest first)
@@ -23,6 +23,7 @@ MAX_SUPPORT = 6  # ... among at most this many candidates (the heaviest)
 FINE_TUNE = 0.1  # ‖M − P‖ / ‖P‖ at or below which an MST edge sharing a TE / VAE is a fine-tune
 NEAR_DUP = 1e-3  # relative distance at or below which two models are near-duplicates (one node for the fits)
 NEAR_DUP_ROUNDINGS = 10  # ... or at most this many times the RMS rounding of the coarser storage of the two
+QUANT_ROUNDINGS = 1.5  # ... or this many times a quantised storage's typical error
 NOISE = 3e-4  # residual the pairwise sums' float32 precision leaves, relative to the distance fitted
 TRAINED_NEAREST = 0.8  # a merge trained further leaves at most this of its distance to the nearest model
 ADD_DIFF_NEAR = 10  # add-difference triples are sought among the nearest this many models
@@ -111,7 +112,7 @@ def read_headers(pl: Plan) -> tuple[list[dict[str, str]], list[str]]:
     for m in pl.models:
         with open_checkpoint(m.path) as ck:
             metas.append(dict(ck.metadata))
-            dtypes.append(dominant_dtype(ck.tensors.values()))
+            dtypes.append(dominant_storage(ck.tensors.values()))
     return metas, dtypes
 
 
@@ -140,7 +141,7 @@ def build_context(pl: Plan, total: Partial, dtypes: list[str]) -> Context:
         else:
             rep_of[i] = r
     twin_of: dict[int, int] = {}
-    finest = sorted(reps, key=lambda i: (ROUNDING.get(dtypes[i], ROUNDING["F32"]), i))  # fp32 before fp16
+    finest = sorted(reps, key=lambda i: (rounding(dtypes[i]), i))  # fp32 before fp16 before Q8_0
     for k, j in enumerate(finest):
         for i in finest[:k]:
             low = min(norms[i], norms[j])
@@ -153,8 +154,15 @@ def build_context(pl: Plan, total: Partial, dtypes: list[str]) -> Context:
 
 def near_dup_limit(dtypes: list[str], i: int, j: int) -> float:
     """The relative distance at or below which models ``i`` and ``j`` are near-duplicates."""
-    rounding = max(ROUNDING.get(dtypes[i], ROUNDING["F32"]), ROUNDING.get(dtypes[j], ROUNDING["F32"]))
-    return max(NEAR_DUP, NEAR_DUP_ROUNDINGS * rounding)
+    return max(NEAR_DUP, _dup_limit(dtypes[i]), _dup_limit(dtypes[j]))
+
+
+def _dup_limit(storage: str) -> float:
+    """How far a re-save in this storage may be from its source: many times a float dtype's rounding, a bit
+    more than a quantisation scheme's typical error (itself large: 0.5% for Q8_0, 8% for Q4_K)."""
+    if storage in SCHEMES:
+        return QUANT_ROUNDINGS * rounding(storage)
+    return NEAR_DUP_ROUNDINGS * rounding(storage)
 
 
 def candidates(ctx: Context, t: int) -> list[int]:

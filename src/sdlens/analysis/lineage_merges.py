@@ -26,7 +26,7 @@ from sdlens.analysis.lineage_context import (
     distances,
     merge_edge,
 )
-from sdlens.analysis.merge_fit import ROUNDING, TRAINED, fit_group, verdict
+from sdlens.analysis.merge_fit import TRAINED, fit_group, rounding, verdict
 
 
 @dataclass
@@ -43,7 +43,7 @@ class _Fit:
     def judge(self, ctx: Context, t: int, against: float, nearest: float) -> _Fit:
         self.share = self.residual / against if against > 0 else 0.0
         self.nearest_share = self.residual / nearest if nearest > 0 else 0.0
-        floor = ctx.norms[t] * ROUNDING.get(ctx.dtypes[t], ROUNDING["F32"]) / against if against > 0 else 0.0
+        floor = ctx.norms[t] * rounding(ctx.dtypes[t]) / against if against > 0 else 0.0
         self.verdict = verdict(self.share, floor, against)
         return self
 

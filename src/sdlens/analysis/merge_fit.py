@@ -35,6 +35,16 @@ _NULL = 1e-12  # relative eigenvalue below which a direction is not identifiable
 ROUNDING = {"F16": 2.0**-11 / 3**0.5, "BF16": 2.0**-8 / 3**0.5, "F32": 2.0**-24 / 3**0.5, "F64": 2.0**-53}
 
 
+def rounding(storage: str) -> float:
+    """The relative RMS rounding of a storage: a float dtype's (:data:`ROUNDING`), a quantisation scheme's
+    typical error (``Q4_K``: about 8%), else float32's."""
+    from sdlens.io.quant import SCHEMES, typical_error
+
+    if storage in SCHEMES:
+        return typical_error(storage)
+    return ROUNDING.get(storage, ROUNDING["F32"])
+
+
 @dataclass
 class Fit:
     weights: list[float]  # one per candidate, in the candidates' order
@@ -168,7 +178,7 @@ def fit_group(
     near = min(cols, key=lambda c: d2[target, c])
     dist = float(np.sqrt(max(d2[target, near], 0.0)))
     norm = float(np.sqrt(max(sums["sq"][target, target], 0.0)))
-    floor = norm * ROUNDING.get(dtype, ROUNDING["F32"]) / dist if dist > 0 else 0.0
+    floor = norm * rounding(dtype) / dist if dist > 0 else 0.0
     copy_of = next((c for c in cands if same[target, c]), None)
     if copy_of is None and d2[target, near] == 0:  # equal values, other bits (−0 for +0: α = 0 in a tool)
         copy_of = near

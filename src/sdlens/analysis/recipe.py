@@ -102,11 +102,11 @@ def _probe(sample: int) -> Callable:
 
 
 def _model_dtype(pl: Plan) -> str:
-    """The model's most common stored dtype (for the rounding floor)."""
-    from sdlens.io.dtypes import dominant_dtype
+    """The model's most common storage, a dtype or a quantisation scheme (for the rounding floor)."""
+    from sdlens.io.quant import dominant_storage
 
     with open_checkpoint(pl.models[0].path) as ck:
-        return dominant_dtype(ck.tensors.values())
+        return dominant_storage(ck.tensors.values())
 
 
 def _group(
