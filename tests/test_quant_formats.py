@@ -63,8 +63,10 @@ def flux(tmp_path_factory) -> dict[str, Path]:
 
 def test_type_table_is_the_gguf_package_s():
     assert {int(t): (t.name, *s) for t, s in gguf.GGML_QUANT_SIZES.items()} == GGML_TYPES
-    for name, _block, _size in GGML_TYPES.values():
-        assert name in SCHEMES or name in ("F32", "F16", "BF16", "F64", "I8", "I16", "I32", "I64"), name
+    plain = ("F32", "F16", "BF16", "F64", "I8", "I16", "I32", "I64")
+    names = {name for name, _block, _size in GGML_TYPES.values()}
+    # the gguf package cannot dequantise these three: sdlens refuses them when a file is opened
+    assert names - set(SCHEMES) - set(plain) == {"Q8_1", "Q8_K", "Q1_0"}
 
 
 def test_reader_agrees_with_gguf_reader(tmp_path):

@@ -64,12 +64,12 @@ def check_pair(
     qa, qb = quant_of(ca.tensors[ra.key]), quant_of(cb.tensors[rb.key])
     if qa is None and qb is None:
         return None
-    bound = None
+    bound, noise = None, 0.0
     for ck, ref, q, values in ((ca, ra, qa, a), (cb, rb, qb, b)):
         if q is not None:
             s = _steps_view(ck, ref, values)
+            noise += float((s.double() ** 2).sum()) / 12.0  # independent roundings: their energies add
             bound = s if bound is None else bound + s
-    noise = float((bound.double() ** 2).sum()) / 12.0
     d = (a.float() - b.float()).abs()
     within = bool(torch.all(d <= bound * SLACK)) if d.numel() else True
     side = "both" if qa and qb else ("A" if qa else "B")
@@ -120,40 +120,54 @@ def _by_block(ts: list[TensorDiff]) -> str:
     return ", ".join(parts)
 
 
+def _scheme_words(qs: list[TensorDiff]) -> str:
+    """``Q4_K`` / ``Q8_0 and Q4_K`` for one side; ``A Q8_0, B Q4_K`` when both sides are quantised."""
+    schemes = sorted({t.quantised for t in qs})
+    return " and ".join(schemes)
+
+
 def quant_lines(r: DiffResult) -> list[str]:
     """The quantisation verdict: which side is quantised to what, whether every difference is within the
-    quantisation, and the relative error (overall, per kind of block, and what rounding alone gives)."""
-    qs = quantised(r)
-    if not qs:
+    quantisation, and the relative error (overall, per kind of block, and what rounding alone gives).
+    "Same model" is said only when nothing else changed."""
+    qs = [t for t in quantised(r) if not t.identical]
+    if not quantised(r):
         return []
-    schemes = sorted({t.quantised for t in qs})
-    sides = sorted({t.quant_side for t in qs})
+    sides = sorted({t.quant_side for t in quantised(r)})
     side = sides[0] if len(sides) == 1 else "both"
-    who = {"A": "A is B", "B": "B is A", "both": "A and B are"}[side]
+    scheme = _scheme_words(quantised(r))
+    other = {"A": "B", "B": "A"}.get(side, "")
+    if not qs:  # every quantised tensor equals its counterpart
+        if side == "both":
+            return []  # the plain "identical" verdict says it
+        return [f"same model, dequantised: {other} holds {side}'s {scheme} values exactly"]
     within = [t for t in qs if t.within_quantisation]
     measured, expected = _rel(qs)
     err = f"relative error {_pct(measured)} (rounding to the grid alone: ~{_pct(expected)})"
-    scheme = ", ".join(schemes)
-    if len(within) == len(qs) and side != "both" and measured < DEQUANTISED * expected:
+    others_changed = any(t.changed and not t.quantised for t in r.tensors)
+    n = plural(len(qs), "quantised tensor")
+    if len(within) == len(qs) and side != "both" and measured < DEQUANTISED * expected and not others_changed:
         # far less error than rounding to the grid gives: the other file holds the grid's own values
-        other = "B" if side == "A" else "A"
         dtypes = sorted({t.dtype_b if side == "A" else t.dtype_a for t in qs})
         return [
             f"same model, dequantised: {other} holds {side}'s {scheme} values, stored as {', '.join(dtypes)} "
-            f"({plural(len(qs), 'tensor')}; relative error {_pct(measured)}, from that storage's rounding)"
+            f"({n}; relative error {_pct(measured)}, from that storage's rounding)"
         ]
-    if len(within) == len(qs):
-        head = (
-            f"same model, quantised: {who} quantised to {scheme} ({plural(len(qs), 'tensor')}, every value "
-            f"within one quantisation step); {err}"
-        )
+    quantised_to = {"A": f"A is quantised to {scheme}", "B": f"B is quantised to {scheme}"}.get(
+        side, f"both are quantised ({scheme})"
+    )
+    if len(within) == len(qs) and not others_changed:
+        who = {"A": "A is B", "B": "B is A"}.get(side, "A and B are")
+        what = f"{who} quantised to {scheme}" if side != "both" else f"A and B are both quantised ({scheme})"
+        head = f"same model, quantised: {what} ({n}, every value within one quantisation step); {err}"
+    elif len(within) == len(qs):
+        head = f"{quantised_to}: all {n} within one quantisation step of the other file's; {err}"
     else:
         head = (
-            f"{who} quantised to {scheme}, and {len(qs) - len(within)} of {len(qs)} quantised tensors differ "
-            f"by more than one quantisation step (changed, not only quantised); {err}"
+            f"{quantised_to}; {len(qs) - len(within)} of {n} differ by more than one quantisation step "
+            f"(changed, not only quantised); {err}"
         )
     lines = [head]
-    per_block = _by_block(qs)
-    if per_block and len({t.block for t in qs}) > 1:
-        lines.append(f"relative error per block: {per_block}")
+    if len({t.block for t in qs}) > 1:
+        lines.append(f"relative error per block: {_by_block(qs)}")
     return lines

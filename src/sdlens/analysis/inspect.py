@@ -20,7 +20,7 @@ from sdlens.io.base import Checkpoint
 from sdlens.io.dtypes import DTYPES
 from sdlens.io.hashing import FileHashes, hash_file
 from sdlens.io.open import open_checkpoint
-from sdlens.io.quant import SCHEMES, stored_dtype, stored_nbytes
+from sdlens.io.quant import SCHEMES, quant_of, stored_dtype, stored_nbytes
 
 if TYPE_CHECKING:
     from sdlens.analysis.merge_claims import Claim
@@ -159,7 +159,7 @@ def describe(ckpt: Checkpoint) -> InspectReport:
         d = dtypes.setdefault(stored_dtype(t), {"tensors": 0, "bytes": 0})
         d["tensors"] += 1
         d["bytes"] += stored_nbytes(t)
-        if t.extra is None and DTYPES[t.dtype].is_float and DTYPES[t.dtype].itemsize > 2:
+        if quant_of(t) is None and DTYPES[t.dtype].is_float and DTYPES[t.dtype].itemsize > 2:
             beyond += t.nbytes - t.numel * 2
     meta = summarise_metadata(ckpt.metadata)
     base = dict(

@@ -38,7 +38,14 @@ def _flat(ck: Checkpoint, ref: CanonRef):
 
 def _identity_bytes(ck: Checkpoint, ref: CanonRef):
     from sdlens.analysis.diff import _raw_view
+    from sdlens.io.quant import quant_of
 
+    q = quant_of(ck.tensors[ref.key])
+    if q is not None:  # a quantised tensor: its stored bytes, the companions' included
+        if ref.rows is not None or ref.transpose:
+            return None
+        parts = [np.ascontiguousarray(ck.stored(p)).view(np.uint8).reshape(-1) for p in q.stored]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
     raw = _raw_view(ck, ref)
     return raw if raw is not None else ck.raw_bytes(ref.key)
 

@@ -265,6 +265,7 @@ class Checkpoint:
         ] = {}  # a diffusers folder's config.json files, by part (empty: none)
         # file-wide markers of a quantisation taken out of ``tensors`` (ComfyUI's ``scaled_fp8``)
         self.quant_markers: dict[str, TensorInfo] = {}
+        self._last_quant: tuple[TensorInfo, Any] | None = None  # the last dequantised tensor (``read``)
         self._maps: dict[str, mmap.mmap] = {}
         self._files: dict[str, Any] = {}
 
@@ -358,9 +359,13 @@ class Checkpoint:
         return np.frombuffer(m, dtype=_NUMPY.get(info.dtype, "u1"), count=info.numel, offset=info.offset)
 
     def _dequantised(self, info: TensorInfo):
-        """A quantised tensor's values: float32 of its logical shape, dequantised by its scheme."""
+        """A quantised tensor's values: float32 of its logical shape, dequantised by its scheme. The last one
+        is kept (shared, read-only), as a fused tensor's row slices read it several times in a row."""
         import numpy as np
 
+        if self._last_quant is not None and self._last_quant[0] is info:
+            return self._last_quant[1]
+        self._last_quant = None
         q: Quant = info.extra
         values = q.decode(self.stored)
         if values.size != info.numel:
@@ -368,7 +373,10 @@ class Checkpoint:
                 info.source,
                 f"tensor {short(info.key)} ({q.scheme}) decodes to {values.size} values, not {info.numel}",
             )
-        return np.ascontiguousarray(values, dtype=np.float32).reshape(info.shape)
+        out = np.ascontiguousarray(values, dtype=np.float32).reshape(info.shape)
+        out.flags.writeable = False
+        self._last_quant = (info, out)
+        return out
 
     @_guard_read
     def read(self, key: str, *, copy: bool = True):
@@ -377,7 +385,12 @@ class Checkpoint:
 
         info = self.tensors[key]
         if isinstance(info.extra, Quant):
-            return torch.from_numpy(self._dequantised(info)).to(torch_dtype(info.dtype))
+            import warnings
+
+            with warnings.catch_warnings():  # the shared array is read-only: torch says so once
+                warnings.simplefilter("ignore", UserWarning)
+                t = torch.from_numpy(self._dequantised(info)).to(torch_dtype(info.dtype))
+            return t.clone() if copy and t.dtype == torch.float32 else t
         m = self._map(info.source)
         self._check_bounds(info, m)
         if info.numel == 0:
@@ -393,7 +406,7 @@ class Checkpoint:
 
         info = self.tensors[key]
         if isinstance(info.extra, Quant):
-            return self._dequantised(info)
+            return self._dequantised(info).copy()
         if not self.is_plain(key) or info.dtype not in _NUMPY:
             t = self.read(key)
             return (t.float() if t.is_floating_point() else t).numpy()
@@ -436,6 +449,7 @@ class Checkpoint:
 
     # ------------------------------------------------------------------ lifetime
     def close(self) -> None:
+        self._last_quant = None
         for m in self._maps.values():
             with contextlib.suppress(BufferError):  # a tensor view is alive; the map closes when collected
                 m.close()

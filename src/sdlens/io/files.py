@@ -12,13 +12,14 @@ from sdlens.io.pickle_scan import looks_like_pickle
 from sdlens.io.safetensors_file import SafetensorsCheckpoint, is_safetensors
 
 
-def open_file(p: Path) -> Checkpoint:
-    """Open one weights file (regular files only), recognising its format from its first bytes."""
+def open_file(p: Path, *, quantised: bool = True) -> Checkpoint:
+    """Open one weights file (regular files only), recognising its format from its first bytes.
+    ``quantised=False``: a safetensors shard whose quantised weights the shard set recognises as a whole."""
     with reading(p):
-        return _open_file(Path(p))
+        return _open_file(Path(p), quantised)
 
 
-def _open_file(p: Path) -> Checkpoint:
+def _open_file(p: Path, quantised: bool = True) -> Checkpoint:
     with open_regular(p) as f:
         try:
             size = os.fstat(f.fileno()).st_size
@@ -28,7 +29,7 @@ def _open_file(p: Path) -> Checkpoint:
     if size == 0:
         raise CheckpointError(p, "empty file (0 bytes)")
     if is_safetensors(head, size):
-        return SafetensorsCheckpoint(p)
+        return SafetensorsCheckpoint(p, quantised=quantised)
     if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80" or head.startswith(b"PK\x05\x06"):
         from sdlens.io.torch_file import open_torch_checkpoint
 
@@ -43,5 +44,5 @@ def _open_file(p: Path) -> Checkpoint:
         return GgufCheckpoint(p)
     if p.suffix == ".safetensors":
         # it claims to be safetensors: let the header parser say precisely what is wrong
-        return SafetensorsCheckpoint(p)
+        return SafetensorsCheckpoint(p, quantised=quantised)
     raise CheckpointError(p, f"not a checkpoint: unrecognised format (first bytes {head[:8].hex()})")

@@ -24,6 +24,7 @@ from sdlens.io.base import Checkpoint, TensorInfo
 from sdlens.io.config_check import check_config
 from sdlens.io.files import open_file
 from sdlens.io.limits import show
+from sdlens.io.quant import Quant
 
 WEIGHT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 # weight file stems written by diffusers / transformers, best first
@@ -85,11 +86,26 @@ class CompositeCheckpoint(Checkpoint):
     def files(self) -> list[Path]:
         return [f for c in self.parts.values() for f in c.files]
 
+    def recognise_quantised(self) -> None:
+        """Scaled-fp8 / bitsandbytes weights whose companions the shards hold (perhaps in other shards than
+        the weight): each becomes one quantised tensor, read by this checkpoint from the shards' files."""
+        from sdlens.io.quant_keys import recognise
+
+        tensors, markers = recognise(str(self.path), self.tensors, self.stored)
+        for gone in set(self.tensors) - set(tensors):
+            del self._where[gone]
+        self.tensors = tensors
+        self.quant_markers.update(markers)
+
     def is_plain(self, key: str) -> bool:
+        if isinstance(self.tensors[key].extra, Quant):
+            return False
         ckpt, inner = self._where[key]
         return ckpt.is_plain(inner)
 
     def read(self, key: str, *, copy: bool = True):
+        if isinstance(self.tensors[key].extra, Quant):  # recognised across shards: decoded here
+            return Checkpoint.read(self, key, copy=copy)
         ckpt, inner = self._where[key]
         return ckpt.read(inner, copy=copy)
 
@@ -261,13 +277,14 @@ def open_sharded(
         confined(root, index_path.parent, s, index_path, "shard") for s in shards
     ]  # all checked before any read
     for shard_path in paths:
-        comp.add(prefix, open_file(shard_path))
+        comp.add(prefix, open_file(shard_path, quantised=False))
     found = {k.removeprefix(f"{prefix}.") if prefix else k for k in comp._where}
     missing = [k for k in weight_map if k not in found]
     if missing:
         raise CheckpointError(
             index_path, f"{len(missing)} keys of the index are in no shard (e.g. {show(missing[0])})"
         )
+    comp.recognise_quantised()
     return comp
 
 

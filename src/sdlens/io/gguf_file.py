@@ -29,13 +29,14 @@ from sdlens.io.quant import SCHEMES, Quant
 
 MAGIC = b"GGUF"
 VERSIONS = (2, 3)
-MAX_KV = 1_000_000  # metadata entries
+MAX_KV = 100_000  # metadata entries (a diffusion GGUF has tens, plus one per reshaped tensor)
 MAX_ARRAY = 4_000_000  # elements of one metadata array (an LLM tokenizer has ~250,000)
+MAX_ELEMENTS = 2_000_000  # metadata array elements in all (a header walk of them stays within seconds)
 MAX_GGML_DIMS = 4  # GGML_MAX_DIMS
 DEFAULT_ALIGNMENT = 32
 ORIG_SHAPE = "comfy.gguf.orig_shape."
 _SHOWN = 64  # metadata array elements kept as text (longer arrays are summarised)
-_DEQUANT_VALUES = 1 << 24  # values dequantised at a time (bounded temporary memory)
+_DEQUANT_VALUES = 1 << 22  # values dequantised at a time (the package's temporaries stay bounded)
 
 # GGML tensor type id -> (name, values per block, bytes per block): the gguf package's GGML_QUANT_SIZES
 # (a test holds them equal), here so that a header-only open need not import the package
@@ -95,6 +96,7 @@ class _Walk:
 
     def __init__(self, path: str, data: memoryview):
         self.path, self.data, self.pos = path, data, 0
+        self.elements = 0  # metadata array elements walked so far
 
     def fail(self, problem: str) -> CheckpointError:
         return CheckpointError(self.path, problem)
@@ -132,8 +134,12 @@ class _Walk:
             raise self.fail(f"GGUF metadata {name} has an unknown value type {vtype}")
         itype = self.scalar("I", f"the array type of {name}")
         count = self.scalar("Q", f"the array length of {name}")
-        if count > MAX_ARRAY:
-            raise self.fail(f"GGUF metadata {name} is an array of {count} values (limit {MAX_ARRAY})")
+        self.elements += count
+        if count > MAX_ARRAY or self.elements > MAX_ELEMENTS:
+            raise self.fail(
+                f"GGUF metadata {name} is an array of {count} values (limits {MAX_ARRAY} per array, "
+                f"{MAX_ELEMENTS} in all)"
+            )
         if itype in _SCALAR:
             fmt = _SCALAR[itype]
             raw = self.take(count * struct.calcsize(fmt), f"the array {name}")
@@ -250,7 +256,8 @@ class GgufCheckpoint(Checkpoint):
                     src,
                     f"tensor {short(name)} needs bytes {begin}..{begin + nbytes} but the file has {size} (truncated?)",
                 )
-            spans.append((begin, begin + nbytes, name))
+            if nbytes:  # an empty tensor takes no bytes, wherever its offset points
+                spans.append((begin, begin + nbytes, name))
             shape = self._shape(src, name, dims, orig.get(name), numel)
             if numel == 0:
                 out[name] = TensorInfo(name, shape, PLAIN_TYPES.get(gtype, "F32"), src, begin)
@@ -297,6 +304,7 @@ def _decode(gtype: int, row: int, main: TensorInfo, raw: Any) -> Any:
     rows = data.shape[0]
     out = np.empty((rows, row), dtype=np.float32)
     step = max(1, _DEQUANT_VALUES // max(row, 1))
-    for r in range(0, rows, step):
-        out[r : r + step] = dequantize(data[r : r + step], qtype)
+    with np.errstate(all="ignore"):  # a crafted block's Inf / NaN scale: its values are reported, not warned
+        for r in range(0, rows, step):
+            out[r : r + step] = dequantize(data[r : r + step], qtype)
     return out.reshape(-1)

@@ -33,7 +33,10 @@ FP8_PARTS = {
 }
 BNB_STATE = ".quant_state.bitsandbytes__"  # in the key of a bitsandbytes 4-bit weight's JSON state
 BNB_DTYPES = {"float16": "F16", "bfloat16": "BF16", "float32": "F32"}  # a quant state's dtype -> ours
-FP8_MARKER = "scaled_fp8"  # ComfyUI's file-wide marker (its dtype is the fp8 format used)
+FP8_MARKER = "scaled_fp8"
+MAX_FORMAT_BYTES = (
+    4096  # a comfy_quant JSON tensor  # ComfyUI's file-wide marker (its dtype is the fp8 format used)
+)
 
 
 def candidates(tensors: dict[str, TensorInfo]) -> bool:
@@ -76,8 +79,14 @@ def _scaled_fp8(src: str, key: str, info: TensorInfo, out: dict[str, TensorInfo]
             parts[role] = out[found]
     scale = parts.get("scale")
     rows = info.shape[0] if info.shape else 1
-    if scale is None or scale.dtype not in SCALE_DTYPES or scale.numel not in (1, rows):
+    if scale is None or scale.dtype not in SCALE_DTYPES or scale.numel not in (1, rows) or info.numel == 0:
         return  # plain fp8 (or a scale sdlens cannot place): left as stored
+    inp, fmt = parts.get("input_scale"), parts.get("format")
+    if inp is not None and (inp.dtype not in SCALE_DTYPES or inp.numel > max(1, rows)):
+        del parts["input_scale"]  # not an activation scale sdlens knows: left as stored
+    if fmt is not None and (fmt.dtype != "U8" or fmt.nbytes > MAX_FORMAT_BYTES):
+        del parts["format"]
+    _check_unquantised(src, key, info, parts)
     for p in parts.values():
         del out[p.key]
     scheme = f"{info.dtype} scaled"
@@ -86,6 +95,16 @@ def _scaled_fp8(src: str, key: str, info: TensorInfo, out: dict[str, TensorInfo]
     out[key] = TensorInfo(
         key, info.shape, "F32", src, info.offset, Quant(scheme, info, decode, parts, None, detail)
     )
+
+
+def _check_unquantised(src: str, key: str, info: TensorInfo, parts: dict[str, TensorInfo]) -> None:
+    """Refuse a weight, or a companion, that an earlier recognition already made a quantised tensor (a
+    crafted file can give one key both scaled-fp8 and bitsandbytes companions)."""
+    for t in (info, *parts.values()):
+        if isinstance(t.extra, Quant):
+            raise CheckpointError(
+                src, f"{short(key)}: {short(t.key)} is claimed by two quantisation schemes; refused"
+            )
 
 
 def _floats(raw: Callable[[TensorInfo], Any], info: TensorInfo):
@@ -115,12 +134,14 @@ def _bnb4(src: str, key: str, roles: dict[str, str], out: dict[str, TensorInfo],
     from sdlens.io import bnb4
 
     info = out[key]
-    parts = {role: out[k] for role, k in roles.items()}
+    parts = {role: out[k] for role, k in roles.items() if k in out}
     state_info = parts.get("quant_state")
     if state_info is None or state_info.nbytes > bnb4.MAX_STATE_BYTES:
         return
+    _check_unquantised(src, key, info, parts)
+    kind = state_info.key.rsplit("__", 1)[-1]
     try:
-        state = bnb4.parse_quant_state(bytes(raw(state_info)))
+        state = bnb4.parse_quant_state(bytes(raw(state_info)), kind)
         bnb4.check_parts(state, info, parts)
     except ValueError as e:
         raise CheckpointError(src, f"bitsandbytes weight {short(key)}: {e}") from None

@@ -113,8 +113,11 @@ def _metadata(src: str, meta: object) -> dict[str, str]:
 class SafetensorsCheckpoint(Checkpoint):
     format = "safetensors"
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, *, quantised: bool = True):
+        """``quantised=False``: leave scaled-fp8 / bitsandbytes companions as stored tensors (a shard: its
+        weights' companions may be in another shard; the shard set recognises them as a whole)."""
         super().__init__(path)
+        self._quantised = quantised
         with gc_paused():
             self._open()
 
@@ -129,9 +132,10 @@ class SafetensorsCheckpoint(Checkpoint):
                 src, f"safetensors header lists {len(header)} tensors (limit {MAX_TENSORS})"
             )
         self.tensors = _index(src, header, data_start, size - data_start)
-        from sdlens.io.quant_keys import recognise
+        if self._quantised:
+            from sdlens.io.quant_keys import recognise
 
-        self.tensors, self.quant_markers = recognise(src, self.tensors, self.stored)
+            self.tensors, self.quant_markers = recognise(src, self.tensors, self.stored)
 
 
 def _index(src: str, header: dict, data_start: int, data_len: int) -> dict[str, TensorInfo]:

@@ -182,8 +182,8 @@ def stream(
         source, begin, _end, parts = span
         for key, off, first, count in parts:
             info = ckpt.tensors[key]
-            if buf is None:  # a strided torch view: read it whole
-                t = ckpt.read(key).reshape(-1)
+            if buf is None:  # a strided torch view or a quantised tensor: read it whole (not copied again)
+                t = ckpt.read(key, copy=False).reshape(-1)
                 raw_np = (
                     t.view(_TORCH_INT[info.itemsize]).numpy()
                     if info.dtype in ("BF16", "F8_E4M3", "F8_E5M2")
