@@ -35,6 +35,7 @@ from sdlens.arch.layers import layer_type
 from sdlens.choices import DeltaBy, check_choice
 from sdlens.io.dtypes import DTYPES
 from sdlens.io.open import open_checkpoint
+from sdlens.io.quant import quant_of, stored_dtype
 
 KINDS = ("unchanged", "rounding", "low-rank", "high-rank", "changed", "non-finite")
 SIGMA_KEPT = 48  # singular values kept per tensor for the report and the figures
@@ -190,8 +191,8 @@ def measure(
         block=_block(pair.name, comp, family),
         layer_type=layer_type(pair.key),
         shape=list(pair.shape),
-        dtype_model=pair.dtype_model,
-        dtype_base=pair.dtype_base,
+        dtype_model=stored_dtype(model.tensors[pair.model.key]),
+        dtype_base=stored_dtype(base.tensors[pair.base.key]),
         kind="unchanged",
     )
     if len(pair.shape) >= 2:
@@ -202,8 +203,21 @@ def measure(
 
     buffers = buffers or Buffers()
     d, scratch = buffers.get(pair.shape)[2:]
-    sums = _kernel_sums(model, base, pair, d)
-    if sums is None:
+    quantised = quant_of(model.tensors[pair.model.key]) or quant_of(base.tensors[pair.base.key])
+    sums = None if quantised else _kernel_sums(model, base, pair, d)
+    if quantised:  # the noise is the quantisation's: Σ step² / 12 of the quantised side(s)
+        from sdlens.analysis.diff_quant import check_pair
+
+        m, b = read_pair(model, base, pair, buffers)
+        torch.sub(m, b, out=d)
+        t.energy, base_energy = S.sumsq(d), S.sumsq(b)
+        qc = check_pair(model, base, pair.model, pair.base, m.reshape(-1), b.reshape(-1))
+        t.noise = qc.noise
+        if t.energy and qc.within and math.isfinite(t.energy) and math.isfinite(base_energy):
+            t.rel = math.sqrt(t.energy / base_energy) if base_energy else math.inf
+            t.kind = "rounding"
+            return t, base_energy
+    elif sums is None:
         m, b = read_pair(model, base, pair, buffers)
         torch.sub(m, b, out=d)
         t.energy, base_energy = S.sumsq(d), S.sumsq(b)
@@ -219,9 +233,13 @@ def measure(
         return t, 0.0
     t.rel = math.sqrt(t.energy / base_energy) if base_energy else math.inf
     # within one step everywhere implies ‖Δ‖² ≤ Σ step² ≤ 12 × the noise: only then is it worth checking
-    if t.energy <= 12.5 * t.noise and m is None:
+    if t.energy <= 12.5 * t.noise and m is None and not quantised:
         m, b = read_pair(model, base, pair, buffers)
-    if t.energy <= 12.5 * t.noise and S.rounding_only(d, m, pair.dtype_model, b, pair.dtype_base):
+    if (
+        not quantised
+        and t.energy <= 12.5 * t.noise
+        and S.rounding_only(d, m, pair.dtype_model, b, pair.dtype_base)
+    ):
         t.kind = "rounding"
         return t, base_energy
     mat = S.as_matrix(d)

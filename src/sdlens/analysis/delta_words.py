@@ -72,7 +72,12 @@ def _where(hit: list[TensorDelta], every: list[TensorDelta], component: str, fam
 
 
 def _coarse_dtype(ts: list[TensorDelta]) -> str:
+    from sdlens.io.quant import SCHEMES
+
     seen = {d for t in ts for d in (t.dtype_model, t.dtype_base)}
+    schemes = sorted(d for d in seen if d in SCHEMES)
+    if schemes:  # a quantised side: its rounding is the quantisation's
+        return " / ".join(schemes)
     best = next((d for d in _COARSE if d in seen), "F32")
     return _PRECISION_WORD.get(best, best)
 
