@@ -141,6 +141,10 @@ class ConversionPlan:
                     if e.out_dtype != e.dtype:
                         c["cast"] = c.get("cast", 0) + 1
                     continue
+            if "dequantised" in e.tags:
+                c["dequantised"] = c.get("dequantised", 0) + 1
+                if op == "keep":
+                    continue
             if op == "keep" and e.out_dtype != e.dtype:
                 op = "cast"
             elif e.out_dtype != e.dtype:
@@ -224,6 +228,22 @@ def make_plan(input_path: str | Path, output_path: str | Path, opts: ConvertOpti
     )
 
 
+def _tag_dequantised(items: dict[str, Item], ck: Any) -> list[str]:
+    """Tag the items read from quantised tensors (GGUF blocks, scaled fp8, NF4: written as their values);
+    returns the schemes met."""
+    from sdlens.io.quant import quant_of
+
+    schemes: set[str] = set()
+    for it in items.values():
+        for p in it.pieces:
+            info = ck.tensors.get(p.key) if p.source == 0 else None
+            q = quant_of(info) if info is not None else None
+            if q is not None:
+                it.tags.add("dequantised")
+                schemes.add(q.scheme)
+    return sorted(schemes)
+
+
 def _read_input(inp: Path, opts: ConvertOptions) -> PlanState:
     """The plan state before any pass: the input's items (a diffusers folder's mapped to single-file keys),
     components, family, metadata and the source offsets that fix the write order."""
@@ -242,6 +262,14 @@ def _read_input(inp: Path, opts: ConvertOptions) -> PlanState:
         else:
             items = {k: Item(k, i.shape, i.dtype, (Piece(0, k),)) for k, i in ck.tensors.items()}
         family, comps = assign_components(items)
+        schemes = _tag_dequantised(items, ck)
+        if schemes:
+            n = sum("dequantised" in it.tags for it in items.values())
+            notes.append(
+                f"{n} quantised tensors ({', '.join(schemes)}) are written dequantised: their exact values "
+                "in float32 (--dtype keep) or rounded once to --dtype"
+            )
+            operations.append(f"dequantise {', '.join(schemes)}")
         metadata = dict(ck.metadata)
         if ck.extras:
             metadata.setdefault("sdlens.source_extras", json.dumps(ck.extras, default=str, sort_keys=True))
