@@ -41,9 +41,8 @@ def _identity_bytes(ck: Checkpoint, ref: CanonRef):
     from sdlens.io.quant import quant_of
 
     q = quant_of(ck.tensors[ref.key])
-    if q is not None:  # a quantised tensor: its stored bytes, the companions' included
-        if ref.rows is not None or ref.transpose:
-            return None
+    if q is not None:  # a quantised tensor: its whole stored bytes, the companions' included (same stored
+        # tensor => same canonical slice of it)
         parts = [np.ascontiguousarray(ck.stored(p)).view(np.uint8).reshape(-1) for p in q.stored]
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
     raw = _raw_view(ck, ref)
