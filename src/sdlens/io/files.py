@@ -11,6 +11,12 @@ from sdlens.io.base import Checkpoint, open_regular, os_problem, reading
 from sdlens.io.pickle_scan import looks_like_pickle
 from sdlens.io.safetensors_file import SafetensorsCheckpoint, is_safetensors
 
+GGUF_MAGIC = b"GGUF"
+
+
+def is_gguf(head: bytes) -> bool:
+    return head.startswith(GGUF_MAGIC)
+
 
 def open_file(p: Path, *, quantised: bool = True) -> Checkpoint:
     """Open one weights file (regular files only), recognising its format from its first bytes.
@@ -38,7 +44,7 @@ def _open_file(p: Path, quantised: bool = True) -> Checkpoint:
         from sdlens.io.torch_file import open_torch_checkpoint
 
         return open_torch_checkpoint(p)
-    if head.startswith(b"GGUF"):
+    if is_gguf(head):
         from sdlens.io.gguf_file import GgufCheckpoint
 
         return GgufCheckpoint(p)

@@ -168,13 +168,6 @@ def bits_per_weight(info: TensorInfo) -> float:
 # --------------------------------------------------------------------------- quantisation steps
 
 
-def _block_view(values: np.ndarray, block: int) -> tuple[np.ndarray, int]:
-    """The whole blocks of ``values`` (flat) as rows of ``block``, and how many values they hold."""
-    n = values.size
-    whole = n // block * block
-    return values[:whole].reshape(-1, block), whole
-
-
 def steps(quant: Quant, values: np.ndarray, scale: np.ndarray | None = None) -> np.ndarray:
     """The quantisation step at each of a tensor's dequantised ``values`` (flat float32, in storage order):
     the width of the interval of reals that round to the value's level. A round-to-nearest quantiser errs by
