@@ -49,14 +49,14 @@ def section(zoo_dir: Path, out_dir: Path, console: Console) -> None:
         f"{len(files)} quantised copies of {len({s for _, s, _ in files})} sources in {safe(folder)}"
     )
     table = Table(title="inspect and diff: known truth vs what sdlens finds", title_justify="left")
-    for col in ("file", "truth", "found", "bits/weight", "diff against its source"):
+    for col in ("file", "truth", "found (bits per weight)", "diff against its source"):
         table.add_column(col, overflow="fold")
     for path, source, truth in files:
         r = inspect(path)
         q = r.quantisation
-        bits = ", ".join(f"{s.scheme} {s.bits_per_weight:.2f}" for s in q.schemes) if q else "—"
-        verdict = diff(source, path).verdict[0].split(" (")[0].split(";")[0]
-        table.add_row(path.name, truth, f"{r.family} · {r.precision}", bits, safe(verdict))
+        found = ", ".join(f"{s.scheme} ({s.bits_per_weight:.2f})" for s in q.schemes) if q else r.precision
+        verdict = diff(source, path).verdict[0].split(":")[0].split(" (")[0]
+        table.add_row(path.name, truth, f"{r.family}: {found}", safe(verdict))
     console.print(table)
     first = files[-1][1]  # the NF4 file's source: FLUX.1-dev
     picks = [p for p, s, _t in files if s == first]
