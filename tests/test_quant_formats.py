@@ -353,3 +353,29 @@ def test_a_t5_gguf_in_llama_cpp_names_is_a_t5_text_encoder(tmp_path):
         w = "encoder.block.3.layer.1.DenseReluDense.wi_0.weight"
         assert quant_of(ck.tensors[w]).scheme == "Q8_0"
         assert np.array_equal(ck.read_numpy(w), dequantize(quantize(sd[w].numpy(), T.Q8_0), T.Q8_0))
+
+
+def test_streaming_dequantises_chunk_by_chunk(flux, tmp_path):
+    """The streaming engines (scan, convert, hashing's extra reads) get a big quantised tensor in chunks of
+    whole rows / blocks, equal to the whole tensor's values: GGUF, scaled fp8 and NF4 alike."""
+    from sdlens.testing.zoo_nf4 import write_nf4
+
+    fp8 = tmp_path / "fp8.safetensors"
+    save_file(_scaled_fp8(flux["flux-sd"]), fp8)
+    nf4 = tmp_path / "nf4.safetensors"
+    write_nf4(
+        nf4, {k: v.to(torch.bfloat16) for k, v in flux["flux-sd"].items()}, nested=True, backend="numpy"
+    )
+    for path in (flux["q8"], fp8, nf4):
+        with open_checkpoint(path) as ck:
+            pieces: dict[str, list] = {}
+            for p in stream(ck, chunk_bytes=1024):  # 256 float32 values a chunk
+                pieces.setdefault(p.key, []).append((p.start, p.data.float().clone()))
+            big = [k for k, ps in pieces.items() if len(ps) > 1 and quant_of(ck.tensors[k])]
+            assert big, path
+            for k in big:
+                starts = [s for s, _ in pieces[k]]
+                assert starts == sorted(starts) and starts[0] == 0
+                assert all(s % quant_of(ck.tensors[k]).unit == 0 for s in starts)
+                whole = torch.cat([v for _, v in pieces[k]])
+                assert torch.equal(whole, ck.read(k).float().reshape(-1)), (path.name, k)

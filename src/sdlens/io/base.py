@@ -367,7 +367,7 @@ class Checkpoint:
             return self._last_quant[1]
         self._last_quant = None
         q: Quant = info.extra
-        values = q.decode(self.stored)
+        values = q.decode(self.stored, 0, info.numel)
         if values.size != info.numel:
             raise CheckpointError(
                 info.source,
@@ -418,6 +418,20 @@ class Checkpoint:
         if info.dtype == "BF16":
             return (raw.astype(np.uint32) << 16).view(np.float32)
         return raw.copy()
+
+    def read_quantised(self, key: str, start: int, stop: int):
+        """Elements ``start .. stop`` of a quantised tensor (flat float32; ``start`` a multiple of its
+        ``Quant.unit``, ``stop`` one or the end): a chunk of a big tensor for the streaming engines."""
+        info = self.tensors[key]
+        q: Quant = info.extra
+        with reading(info.source, f"cannot read tensor {short(key)}"):
+            values = q.decode(self.stored, start, stop)
+        if values.size != stop - start:
+            raise CheckpointError(
+                info.source,
+                f"tensor {short(key)} ({q.scheme}) decodes to {values.size} values, not {stop - start}",
+            )
+        return values
 
     @_guard_read
     def raw_bytes(self, key: str):

@@ -266,8 +266,9 @@ class GgufCheckpoint(Checkpoint):
                     src, f"GGUF tensor {short(name)} is {scheme}, a type sdlens cannot dequantise"
                 )
             main = TensorInfo(name, (nbytes,), "U8", src, begin)
-            decode = functools.partial(_decode, gtype, dims[0], main)
-            out[name] = TensorInfo(name, shape, "F32", src, begin, Quant(scheme, main, decode))
+            decode = functools.partial(_decode, gtype, main)
+            quant = Quant(scheme, main, decode, unit=block)
+            out[name] = TensorInfo(name, shape, "F32", src, begin, quant)
         spans.sort()
         for (_b0, e0, n0), (b1, _e1, n1) in zip(spans, spans[1:], strict=False):
             if b1 < e0:
@@ -287,20 +288,23 @@ class GgufCheckpoint(Checkpoint):
         return want
 
 
-def _decode(gtype: int, row: int, main: TensorInfo, raw: Any) -> Any:
-    """The dequantised values (float32, flat) of a quantised tensor, by the gguf package, in row chunks."""
+def _decode(gtype: int, main: TensorInfo, raw: Any, start: int, stop: int) -> Any:
+    """Values ``start .. stop`` (whole blocks from ``start``; float32, flat) of a quantised tensor, by the
+    gguf package, a bounded number of blocks at a time (each GGML block decodes on its own)."""
     import numpy as np
     from gguf import GGMLQuantizationType
     from gguf.quants import dequantize
 
     qtype = GGMLQuantizationType(gtype)
     _name, block, type_size = GGML_TYPES[gtype]
-    row_bytes = row // block * type_size
-    data = raw(main).reshape(-1, row_bytes)
-    rows = data.shape[0]
-    out = np.empty((rows, row), dtype=np.float32)
-    step = max(1, _DEQUANT_VALUES // max(row, 1))
+    b0, b1 = start // block, -(-stop // block)
+    data = raw(main)[b0 * type_size : b1 * type_size]
+    out = np.empty((b1 - b0) * block, dtype=np.float32)
+    step = max(1, _DEQUANT_VALUES // block)  # blocks at a time
     with np.errstate(all="ignore"):  # a crafted block's Inf / NaN scale: its values are reported, not warned
-        for r in range(0, rows, step):
-            out[r : r + step] = dequantize(data[r : r + step], qtype)
-    return out.reshape(-1)
+        for k in range(0, b1 - b0, step):
+            chunk = data[k * type_size : (k + step) * type_size]
+            out[k * block : k * block + chunk.size // type_size * block] = dequantize(
+                chunk.reshape(1, -1), qtype
+            ).reshape(-1)
+    return out[: stop - start]

@@ -111,15 +111,19 @@ class Quant:
     """How one logical tensor is stored: ``scheme`` (a :data:`SCHEMES` name), ``main`` (the stored bytes: a
     GGUF tensor's blocks, the fp8 weight, the packed 4-bit codes), ``parts`` (role -> the companion tensors
     that belong to it: ``scale_weight``, ``absmax``, ``quant_map`` …) and ``decode``, which turns the stored
-    tensors (read through the given reader) into the logical values as float32 of the logical shape.
+    tensors (read through the given reader) into logical values: ``decode(raw, start, stop)`` gives
+    elements ``start .. stop`` (flat, storage order) as float32, where ``start`` is a multiple of ``unit``
+    (a GGUF row, a scaled-fp8 row, a bitsandbytes block) and ``stop`` one or the tensor's end, so the
+    streaming engines dequantise a big tensor chunk by chunk.
     ``block`` overrides the scheme's block size where the file sets it (bitsandbytes' blocksize)."""
 
     scheme: str
     main: TensorInfo
-    decode: Callable[[RawReader], np.ndarray] = field(compare=False, repr=False)
+    decode: Callable[[RawReader, int, int], np.ndarray] = field(compare=False, repr=False)
     parts: Mapping[str, TensorInfo] = field(default_factory=dict, hash=False)
     block: int | None = None
     detail: Mapping[str, Any] = field(default_factory=dict, hash=False)  # scheme facts worth reporting
+    unit: int = 1  # elements per decodable unit
 
     @property
     def stored_nbytes(self) -> int:

@@ -92,9 +92,9 @@ def _scaled_fp8(src: str, key: str, info: TensorInfo, out: dict[str, TensorInfo]
     scheme = f"{info.dtype} scaled"
     decode = functools.partial(_decode_fp8, info, scale)
     detail = {"scale": "per tensor" if scale.numel == 1 else "per output row"}
-    out[key] = TensorInfo(
-        key, info.shape, "F32", src, info.offset, Quant(scheme, info, decode, parts, None, detail)
-    )
+    row = info.numel // rows
+    quant = Quant(scheme, info, decode, parts, None, detail, unit=max(1, row))
+    out[key] = TensorInfo(key, info.shape, "F32", src, info.offset, quant)
 
 
 def _check_unquantised(src: str, key: str, info: TensorInfo, parts: dict[str, TensorInfo]) -> None:
@@ -116,18 +116,22 @@ def _floats(raw: Callable[[TensorInfo], Any], info: TensorInfo):
     return a.astype(np.float32)
 
 
-def _decode_fp8(weight: TensorInfo, scale: TensorInfo, raw: Callable[[TensorInfo], Any]):
-    """fp8 × scale in float32 (the scale per tensor or per output row)."""
+def _decode_fp8(
+    weight: TensorInfo, scale: TensorInfo, raw: Callable[[TensorInfo], Any], start: int, stop: int
+):
+    """Elements ``start .. stop`` (whole rows from ``start``) of fp8 × scale in float32 (the scale per
+    tensor or per output row)."""
     import torch
 
     from sdlens.io.dtypes import torch_dtype
 
-    codes = torch.from_numpy(raw(weight).copy()).view(torch_dtype(weight.dtype)).float()
+    codes = torch.from_numpy(raw(weight)[start:stop].copy()).view(torch_dtype(weight.dtype)).float()
     s = torch.from_numpy(_floats(raw, scale))
-    rows = weight.shape[0] if weight.shape else 1
     if s.numel() == 1:
         return (codes * s[0]).numpy()
-    return (codes.reshape(rows, -1) * s.reshape(rows, 1)).reshape(-1).numpy()
+    row = weight.numel // max(1, s.numel())
+    rows = s[start // row : -(-stop // row)]
+    return (codes.reshape(-1, row) * rows.reshape(-1, 1)).reshape(-1).numpy()
 
 
 def _bnb4(src: str, key: str, roles: dict[str, str], out: dict[str, TensorInfo], raw) -> None:
@@ -150,22 +154,36 @@ def _bnb4(src: str, key: str, roles: dict[str, str], out: dict[str, TensorInfo],
     decode = functools.partial(_decode_bnb4, info, parts, state)
     scheme = state.quant_type.upper()
     detail = {"blocksize": state.blocksize, "nested": state.nested, "dtype": BNB_DTYPES[state.dtype]}
-    quant = Quant(scheme, info, decode, parts, state.blocksize, detail)
+    quant = Quant(scheme, info, decode, parts, state.blocksize, detail, unit=state.blocksize)
     out[key] = TensorInfo(key, tuple(state.shape), BNB_DTYPES[state.dtype], src, info.offset, quant)
 
 
-def _decode_bnb4(weight: TensorInfo, parts: dict[str, TensorInfo], state: Any, raw):
+def _decode_bnb4(weight: TensorInfo, parts: dict[str, TensorInfo], state: Any, raw, start: int, stop: int):
+    """Elements ``start .. stop`` (whole blocks from ``start``) of a bitsandbytes 4-bit weight: its blocks'
+    absmax (restored once, small) and the packed bytes of just those blocks, through :mod:`sdlens.io.bnb4`."""
+    import dataclasses
+
     from sdlens.io import bnb4
 
     def get(role: str):
         p = parts.get(role)
         return None if p is None else (raw(p) if p.dtype == "U8" else _floats(raw, p))
 
-    return bnb4.dequantise_4bit(
-        raw(weight),
-        get("absmax"),
-        get("quant_map"),
-        state,
-        nested_absmax=get("nested_absmax"),
-        nested_quant_map=get("nested_quant_map"),
-    ).reshape(-1)
+    if start == 0 and stop == state.numel:
+        return bnb4.dequantise_4bit(
+            raw(weight),
+            get("absmax"),
+            get("quant_map"),
+            state,
+            nested_absmax=get("nested_absmax"),
+            nested_quant_map=get("nested_quant_map"),
+        ).reshape(-1)
+    scales = bnb4.absmax_float32(get("absmax"), state, get("nested_absmax"), get("nested_quant_map"))
+    bs = state.blocksize
+    part = dataclasses.replace(
+        state, shape=(stop - start,), nested=False, nested_blocksize=None, nested_offset=None
+    )
+    packed = raw(weight).reshape(-1).view("u1")[start // 2 : -(-stop // 2)]
+    return bnb4.dequantise_4bit(packed, scales[start // bs : -(-stop // bs)], get("quant_map"), part).reshape(
+        -1
+    )

@@ -17,6 +17,7 @@ import numpy as np
 
 from sdlens.io.base import _NUMPY, Checkpoint, TensorInfo, open_regular, reading
 from sdlens.io.dtypes import torch_dtype
+from sdlens.io.quant import quant_of
 
 DEFAULT_CHUNK = 64 << 20
 
@@ -73,6 +74,13 @@ def _plan(ckpt: Checkpoint, keys: Iterable[str] | None, chunk: int) -> list[tupl
     cur: list | None = None
     for key in ckpt.in_file_order(keys):
         info = ckpt.tensors[key]
+        q = quant_of(info)
+        if q is not None:  # decoded a whole number of units (rows, blocks) at a time
+            per = max(q.unit, chunk // 4 // q.unit * q.unit)
+            for first in range(0, max(info.numel, 1), per):
+                spans.append((info.source, -1, -1, [(key, -1, first, min(per, info.numel - first))]))
+            cur = None
+            continue
         if not ckpt.is_plain(key):
             ckpt.check_view(key)  # a broadcast view refused now, before any buffer is sized or byte read
             spans.append((info.source, -1, -1, [(key, -1, 0, info.numel)]))
@@ -182,8 +190,16 @@ def stream(
         source, begin, _end, parts = span
         for key, off, first, count in parts:
             info = ckpt.tensors[key]
-            if buf is None:  # a strided torch view or a quantised tensor: read it whole (not copied again)
-                t = ckpt.read(key, copy=False).reshape(-1)
+            if buf is None and quant_of(info) is not None:  # a chunk of a quantised tensor, dequantised
+                values = ckpt.read_quantised(key, first, first + count) if count else np.empty(0, np.float32)
+                if info.dtype == "BF16":  # exact bf16 values (bitsandbytes' dtype): their bits
+                    values = (np.ascontiguousarray(values).view(np.uint32) >> 16).astype(np.uint16)
+                elif info.dtype == "F16":
+                    values = values.astype(np.float16)
+                yield Piece(key, info, first, values)
+                continue
+            if buf is None:  # a strided torch view: read it whole
+                t = ckpt.read(key).reshape(-1)
                 raw_np = (
                     t.view(_TORCH_INT[info.itemsize]).numpy()
                     if info.dtype in ("BF16", "F8_E4M3", "F8_E5M2")
