@@ -132,3 +132,29 @@ def test_bad_gguf_files_are_one_clear_line(tmp_path, cli):
     res = cli("inspect", *(str(c.path) for c in cases))
     assert res.returncode != 0 and "Traceback" not in res.stderr + res.stdout
     assert "\x1b[31m" not in res.stdout + res.stderr
+
+
+def test_nf4_copies_of_the_zoo_s_flux_and_sd3(zoo, tmp_path):
+    """Forge / diffusers-style NF4 files of the FLUX and SD3 denoisers: each is its family, every quantised
+    weight with its logical shape, nothing unknown, and diff calls it its source quantised to NF4."""
+    import torch
+
+    from sdlens.testing.zoo_nf4 import write_nf4
+
+    _gg, fp8, _ = zoo
+    sources = {e.family: e.source for e in fp8}
+    assert len(sources) == 2
+    for family, source in sources.items():
+        with open_checkpoint(source) as ck:
+            sd = {"model.diffusion_model." + k: ck.read(k).to(torch.bfloat16) for k in ck.tensors}
+        path = tmp_path / f"{source.stem}-nf4.safetensors"
+        truth = write_nf4(path, sd, nested=True, backend="numpy")
+        r = inspect(path)
+        assert r.family == family and not r.unknown_keys, (family, r.unknown_keys[:2])
+        (use,) = r.quantisation.schemes
+        assert (use.scheme, use.tensors) == ("NF4", len(truth["quantised"]))
+        with open_checkpoint(path) as ck:
+            for key, t in truth["quantised"].items():
+                assert ck.tensors[key].shape == tuple(t["shape"]) and stored_dtype(ck.tensors[key]) == "NF4"
+        d = diff(source, path)
+        assert d.verdict[0].startswith("same model, quantised: B is A quantised to NF4"), d.verdict

@@ -11,6 +11,7 @@ from sdlens.analysis.loading import LoadAdvice, how_to_load
 from sdlens.analysis.lora import LoraInfo, analyse_lora
 from sdlens.analysis.metadata import MetadataSummary, summarise_metadata
 from sdlens.analysis.quantisation import QuantSummary, summarise_quantisation
+from sdlens.analysis.scan import ScanResult, scan_and_hash, scan_and_hash_bytes, scan_tensors
 from sdlens.analysis.schedule import ScheduleInfo, analyse_schedule
 from sdlens.arch import registry as R
 from sdlens.arch.identify import Identity, identify
@@ -23,7 +24,6 @@ from sdlens.io.quant import SCHEMES, quant_of, stored_dtype, stored_nbytes
 
 if TYPE_CHECKING:
     from sdlens.analysis.merge_claims import Claim
-    from sdlens.analysis.scan import ScanResult
 
 SCHEMA_VERSION = 1
 # tensors smaller than this may be read by inspect (position ids, alphas, schedule buffers, one norm bias)
@@ -131,8 +131,6 @@ def inspect(
     ``variant`` picks a diffusers folder's variant files (``fp16`` ...)."""
     with open_checkpoint(path, variant) as ckpt:
         report = describe(ckpt)
-        from sdlens.analysis.scan import scan_and_hash, scan_tensors  # numpy: only when the data is read
-
         if scan and hashes:  # one read of each file for both
             report.scan, report.hashes = scan_and_hash(ckpt, progress, family=report.family)
         elif scan:
@@ -148,8 +146,6 @@ def inspect(
 def read_bytes(ckpt: Checkpoint, *, hashes: bool, scan: bool) -> int:
     """The bytes :func:`inspect` reads with these options (the progress bar's total)."""
     if hashes and scan:
-        from sdlens.analysis.scan import scan_and_hash_bytes
-
         return scan_and_hash_bytes(ckpt)
     return ckpt.file_size if hashes else (ckpt.tensor_bytes if scan else 0)
 

@@ -21,7 +21,7 @@ from typing import IO, Any
 from sdlens.errors import CheckpointError, SdlensError
 from sdlens.io.dtypes import DTYPES, torch_dtype
 from sdlens.io.limits import clip, short
-from sdlens.io.quant import Quant
+from sdlens.io.quant import Quant, stored_nbytes
 
 _NUMPY = {
     "F64": "<f8",
@@ -291,8 +291,6 @@ class Checkpoint:
     @property
     def tensor_bytes(self) -> int:
         """Bytes the tensors take in the files (a quantised tensor's blocks and companions, not its values)."""
-        from sdlens.io.quant import stored_nbytes
-
         return sum(map(stored_nbytes, self.tensors.values()))
 
     def in_file_order(self, keys: Iterable[str] | None = None) -> list[str]:
@@ -366,13 +364,7 @@ class Checkpoint:
         if self._last_quant is not None and self._last_quant[0] is info:
             return self._last_quant[1]
         self._last_quant = None
-        q: Quant = info.extra
-        values = q.decode(self.stored, 0, info.numel)
-        if values.size != info.numel:
-            raise CheckpointError(
-                info.source,
-                f"tensor {short(info.key)} ({q.scheme}) decodes to {values.size} values, not {info.numel}",
-            )
+        values = self._decode(info, 0, info.numel)
         out = np.ascontiguousarray(values, dtype=np.float32).reshape(info.shape)
         out.flags.writeable = False
         self._last_quant = (info, out)
@@ -423,13 +415,16 @@ class Checkpoint:
         """Elements ``start .. stop`` of a quantised tensor (flat float32; ``start`` a multiple of its
         ``Quant.unit``, ``stop`` one or the end): a chunk of a big tensor for the streaming engines."""
         info = self.tensors[key]
-        q: Quant = info.extra
         with reading(info.source, f"cannot read tensor {short(key)}"):
-            values = q.decode(self.stored, start, stop)
+            return self._decode(info, start, stop)
+
+    def _decode(self, info: TensorInfo, start: int, stop: int):
+        q: Quant = info.extra
+        values = q.decode(self.stored, start, stop)
         if values.size != stop - start:
             raise CheckpointError(
                 info.source,
-                f"tensor {short(key)} ({q.scheme}) decodes to {values.size} values, not {stop - start}",
+                f"tensor {short(info.key)} ({q.scheme}) decodes to {values.size} values, not {stop - start}",
             )
         return values
 

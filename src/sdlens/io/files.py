@@ -8,14 +8,9 @@ from pathlib import Path
 
 from sdlens.errors import CheckpointError
 from sdlens.io.base import Checkpoint, open_regular, os_problem, reading
+from sdlens.io.gguf_file import GgufCheckpoint, is_gguf
 from sdlens.io.pickle_scan import looks_like_pickle
 from sdlens.io.safetensors_file import SafetensorsCheckpoint, is_safetensors
-
-GGUF_MAGIC = b"GGUF"
-
-
-def is_gguf(head: bytes) -> bool:
-    return head.startswith(GGUF_MAGIC)
 
 
 def open_file(p: Path, *, quantised: bool = True) -> Checkpoint:
@@ -45,8 +40,6 @@ def _open_file(p: Path, quantised: bool = True) -> Checkpoint:
 
         return open_torch_checkpoint(p)
     if is_gguf(head):
-        from sdlens.io.gguf_file import GgufCheckpoint
-
         return GgufCheckpoint(p)
     if p.suffix == ".safetensors":
         # it claims to be safetensors: let the header parser say precisely what is wrong

@@ -24,10 +24,10 @@ from typing import Any
 
 from sdlens.errors import CheckpointError
 from sdlens.io.base import Checkpoint, TensorInfo, open_regular, os_problem
-from sdlens.io.files import GGUF_MAGIC as MAGIC
 from sdlens.io.limits import MAX_HEADER_BYTES, MAX_TENSORS, clip, short
 from sdlens.io.quant import SCHEMES, Quant
 
+MAGIC = b"GGUF"
 VERSIONS = (2, 3)
 MAX_KV = 100_000  # metadata entries (a diffusion GGUF has tens, plus one per reshaped tensor)
 MAX_ARRAY = 4_000_000  # elements of one metadata array (an LLM tokenizer has ~250,000)
@@ -79,6 +79,10 @@ LLAMA_CPP_NAMES: dict[str, tuple[tuple[str, str], ...]] = {
     ),
 }
 LLAMA_CPP_NAMES["t5"] = LLAMA_CPP_NAMES["t5encoder"]
+
+
+def is_gguf(head: bytes) -> bool:
+    return head.startswith(MAGIC)
 
 
 def _renamed(name: str, rules: tuple[tuple[str, str], ...]) -> str:
