@@ -402,9 +402,9 @@ def _compare_pair(ca: Checkpoint, cb: Checkpoint, ra: CanonRef, rb: CanonRef, bu
     from sdlens.analysis.precision import same_within_precision
 
     a, b = _view(ca, ra), _view(cb, rb)
-    qc = check_pair(ca, cb, ra, rb, a, b)
     if da == db and _bits_equal(a, b):
-        return True, False, {}, qc
+        return True, False, {}, check_pair(ca, cb, ra, rb, a, b, identical=True)
+    qc = check_pair(ca, cb, ra, rb, a, b)
     metrics = compare_tensors(a, b, buf)
     within = False
     if (

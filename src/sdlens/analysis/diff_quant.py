@@ -55,15 +55,19 @@ def _steps_view(ck: Checkpoint, ref: CanonRef, values: Any):
 
 
 def check_pair(
-    ca: Checkpoint, cb: Checkpoint, ra: CanonRef, rb: CanonRef, a: Any, b: Any
+    ca: Checkpoint, cb: Checkpoint, ra: CanonRef, rb: CanonRef, a: Any, b: Any, *, identical: bool = False
 ) -> QuantCheck | None:
     """The quantisation test of one aligned pair (``a``, ``b``: its flat values), or ``None`` when neither
-    side is quantised."""
+    side is quantised; an ``identical`` pair only gets its scheme and side (no steps to compute)."""
     import torch
 
     qa, qb = quant_of(ca.tensors[ra.key]), quant_of(cb.tensors[rb.key])
     if qa is None and qb is None:
         return None
+    side = "both" if qa and qb else ("A" if qa else "B")
+    scheme = " / ".join(q.scheme for q in (qa, qb) if q is not None)
+    if identical:
+        return QuantCheck(scheme, side, True, 0.0)
     bound, noise = None, 0.0
     for ck, ref, q, values in ((ca, ra, qa, a), (cb, rb, qb, b)):
         if q is not None:
@@ -72,8 +76,6 @@ def check_pair(
             bound = s if bound is None else bound + s
     d = (a.float() - b.float()).abs()
     within = bool(torch.all(d <= bound * SLACK)) if d.numel() else True
-    side = "both" if qa and qb else ("A" if qa else "B")
-    scheme = " / ".join(q.scheme for q in (qa, qb) if q is not None)
     return QuantCheck(scheme, side, within, noise)
 
 
@@ -120,12 +122,6 @@ def _by_block(ts: list[TensorDiff]) -> str:
     return ", ".join(parts)
 
 
-def _scheme_words(qs: list[TensorDiff]) -> str:
-    """``Q4_K`` / ``Q8_0 and Q4_K`` for one side; ``A Q8_0, B Q4_K`` when both sides are quantised."""
-    schemes = sorted({t.quantised for t in qs})
-    return " and ".join(schemes)
-
-
 def quant_lines(r: DiffResult) -> list[str]:
     """The quantisation verdict: which side is quantised to what, whether every difference is within the
     quantisation, and the relative error (overall, per kind of block, and what rounding alone gives).
@@ -135,7 +131,7 @@ def quant_lines(r: DiffResult) -> list[str]:
         return []
     sides = sorted({t.quant_side for t in quantised(r)})
     side = sides[0] if len(sides) == 1 else "both"
-    scheme = _scheme_words(quantised(r))
+    scheme = " and ".join(sorted({t.quantised for t in quantised(r)}))
     other = {"A": "B", "B": "A"}.get(side, "")
     if not qs:  # every quantised tensor equals its counterpart
         if side == "both":

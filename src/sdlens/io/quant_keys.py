@@ -169,15 +169,6 @@ def _decode_bnb4(weight: TensorInfo, parts: dict[str, TensorInfo], state: Any, r
         p = parts.get(role)
         return None if p is None else (raw(p) if p.dtype == "U8" else _floats(raw, p))
 
-    if start == 0 and stop == state.numel:
-        return bnb4.dequantise_4bit(
-            raw(weight),
-            get("absmax"),
-            get("quant_map"),
-            state,
-            nested_absmax=get("nested_absmax"),
-            nested_quant_map=get("nested_quant_map"),
-        ).reshape(-1)
     scales = bnb4.absmax_float32(get("absmax"), state, get("nested_absmax"), get("nested_quant_map"))
     bs = state.blocksize
     part = dataclasses.replace(
