@@ -106,7 +106,7 @@ class Pipeline:
     prediction: str = "epsilon"  # epsilon | v_prediction | flow | edm
     diffusers_class: str = ""  # the diffusers pipeline class
     measured: bool = True  # one of the pipelines ``sdlens arch`` lists by default
-    # the released scheduler_config.json's values beyond sdlens.convert.layouts.SCHEDULERS' for its class
+    # the released scheduler_config.json's values beyond sdlens.arch.schedulers.SCHEDULERS' for its class
     scheduler_config: Mapping[str, Any] = field(default_factory=dict, hash=False)
 
 

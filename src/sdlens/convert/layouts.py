@@ -14,6 +14,7 @@ from typing import Any
 
 from sdlens.arch import configs as C
 from sdlens.arch import families
+from sdlens.arch.schedulers import SCHEDULERS, scheduler_config  # noqa: F401  (re-exported for convert)
 
 
 @dataclass(frozen=True)
@@ -381,39 +382,3 @@ PIPELINE_CLASS: dict[str, str] = {
 OPENCLIP_KINDS = ("openclip_h", "clip_g")
 # layers the HF model runs (SD2 files store one more open_clip resblock than are used)
 HF_LAYERS = {"openclip_h": 23}
-
-# scheduler classes: the settings a released folder gives them beyond the class defaults
-_SCALED_LINEAR: dict[str, Any] = {
-    "beta_start": 0.00085,
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "num_train_timesteps": 1000,
-    "steps_offset": 1,
-    "timestep_spacing": "leading",
-}
-SCHEDULERS: dict[str, dict[str, Any]] = {
-    "PNDMScheduler": {**_SCALED_LINEAR, "skip_prk_steps": True},
-    "DDIMScheduler": {**_SCALED_LINEAR, "clip_sample": False},
-    "EulerDiscreteScheduler": _SCALED_LINEAR,
-    "DDPMScheduler": {**_SCALED_LINEAR, "clip_sample": False},
-    "FlowMatchEulerDiscreteScheduler": {"num_train_timesteps": 1000, "shift": 3.0},
-}
-
-
-def scheduler_config(family: str) -> dict[str, Any]:
-    """The scheduler config of the family's released folder: the record's scheduler class and prediction type
-    (flow-matching schedulers take none)."""
-    fam = families.get(family)
-    pipe = fam.pipeline if fam else None
-    known = pipe is not None and (pipe.scheduler in SCHEDULERS or bool(pipe.scheduler_config))
-    cls = pipe.scheduler if known else "EulerDiscreteScheduler"
-    cfg: dict[str, Any] = {
-        "_class_name": cls,
-        **SCHEDULERS.get(cls, {}),
-        **(pipe.scheduler_config if known else {}),
-    }
-    if not cls.startswith("FlowMatch"):
-        cfg["prediction_type"] = (
-            pipe.prediction if pipe and pipe.prediction in ("epsilon", "v_prediction") else "epsilon"
-        )
-    return cfg

@@ -137,6 +137,12 @@ _LOADING = Loading(
     },
 )
 
+# black-forest-labs/FLUX.1-dev and FLUX.1-schnell scheduler/scheduler_config.json: dev shifts by resolution (mu from
+# the image's token count, 256 -> 0.5, 4096 -> 1.15); schnell (timestep-distilled) does not shift
+_DYNAMIC = {"base_image_seq_len": 256, "base_shift": 0.5, "max_image_seq_len": 4096, "max_shift": 1.15}
+_DEV_SCHEDULER = {**_DYNAMIC, "num_train_timesteps": 1000, "shift": 3.0, "use_dynamic_shifting": True}
+_SCHNELL_SCHEDULER = {**_DYNAMIC, "num_train_timesteps": 1000, "shift": 1.0, "use_dynamic_shifting": False}
+
 FAMILIES: tuple[Family, ...] = (
     Family(
         "flux_dev",
@@ -174,6 +180,7 @@ FAMILIES: tuple[Family, ...] = (
             "FlowMatchEulerDiscreteScheduler",
             "flow",
             "FluxPipeline",
+            scheduler_config=_DEV_SCHEDULER,
         ),
         single_file=SINGLE,
         diffusers_slots=SLOTS,
@@ -206,6 +213,7 @@ FAMILIES: tuple[Family, ...] = (
             "flow",
             "FluxPipeline",
             measured=False,
+            scheduler_config=_SCHNELL_SCHEDULER,
         ),
         single_file=SINGLE,
         diffusers_slots=SLOTS,

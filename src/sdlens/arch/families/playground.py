@@ -28,6 +28,26 @@ _LOADING = Loading(
     "loads as SDXL",
 )
 
+# playgroundai/playground-v2.5-1024px-aesthetic scheduler/scheduler_config.json (diffusers' single-file loader
+# builds the same): EDM, Karras sigmas 80 -> 0.002 (rho 7), sigma_data 0.5, epsilon under EDM preconditioning
+_EDM_SCHEDULER = {
+    "algorithm_type": "dpmsolver++",
+    "dynamic_thresholding_ratio": 0.995,
+    "euler_at_final": False,
+    "final_sigmas_type": "zero",
+    "lower_order_final": True,
+    "num_train_timesteps": 1000,
+    "prediction_type": "epsilon",
+    "rho": 7.0,
+    "sample_max_value": 1.0,
+    "sigma_data": 0.5,
+    "sigma_max": 80.0,
+    "sigma_min": 0.002,
+    "solver_order": 2,
+    "solver_type": "midpoint",
+    "thresholding": False,
+}
+
 FAMILIES: tuple[Family, ...] = (
     Family(
         "playground_v25",
@@ -65,6 +85,7 @@ FAMILIES: tuple[Family, ...] = (
             "edm",
             "StableDiffusionXLPipeline",
             measured=False,
+            scheduler_config=_EDM_SCHEDULER,
         ),
         single_file=dict(_SDXL.single_file),
         diffusers_slots=dict(_SDXL.diffusers_slots),
