@@ -21,6 +21,7 @@ DeltaBy = Literal["block", "layer", "key"]  # groups of ``delta``: merge blocks 
 EmbedMethod = Literal["pca", "tsne"]  # the embedding maps drawn
 DiagramDepth = Literal[1, 2]  # torchview depth of ``arch --diagram``
 Precision = Literal["fp16", "bf16", "fp32"]  # weights and activations of ``arch``
+Spacing = Literal["leading", "trailing", "linspace"]  # timestep spacing of ``schedule`` (diffusers' names)
 
 
 class ChoiceError(SdlensError):

@@ -29,6 +29,7 @@ from sdlens.commands import (
     lineage,
     matrix,
     recipe,
+    schedule,
     version,
 )
 from sdlens.console import EXIT_INTERNAL, EXIT_PROBLEMS, EXIT_USAGE, err, fail, out  # noqa: F401 - re-exported
@@ -111,7 +112,21 @@ app = typer.Typer(
 
 # Every command, in the order ``sdlens --help`` lists them: ``sdlens <module name>`` runs ``<module>.run``.
 # Importing them is cheap: each imports its heavy dependencies inside ``run``.
-COMMANDS = (inspect, diff, demo, version, arch, convert, embed, matrix, recipe, lineage, delta, extract_lora)
+COMMANDS = (
+    inspect,
+    diff,
+    demo,
+    version,
+    arch,
+    schedule,
+    convert,
+    embed,
+    matrix,
+    recipe,
+    lineage,
+    delta,
+    extract_lora,
+)
 
 
 def command_name(module: Any) -> str:

@@ -1,4 +1,6 @@
-"""What the LDM schedule buffers and SDXL-era marker keys say about how a model was trained."""
+"""What a checkpoint's own schedule buffers say: LDM files (SD 1 / SD 2) store ``betas`` and ``alphas_cumprod``
+(and ten tables derived from them); these are compared with the named schedules of
+:mod:`sdlens.analysis.schedules` ("scaled_linear, 1000 steps, β 0.00085 → 0.012; terminal SNR 0.0047, not zero")."""
 
 from __future__ import annotations
 
@@ -7,46 +9,118 @@ from typing import Any
 
 import numpy as np
 
-STANDARD_BETA_START = 0.00085
-STANDARD_BETA_END = 0.012
+from sdlens.analysis import schedules as S
+
+# ᾱ within this relative difference (plus 1e-6 absolute, for ᾱ near 0) of a named schedule is that schedule:
+# buffers stored in fp16 round ᾱ by up to 2⁻¹¹ ≈ 4.9e-4 relative; a tampered or retrained schedule differs by more
+MATCH_RTOL = 2e-3
+MATCH_ATOL = 1e-6
+MAX_TIMESTEPS = 100_000
 
 
 @dataclass
 class ScheduleInfo:
     timesteps: int
-    kind: str  # "scaled-linear (standard SD)" | "linear" | "non-standard"
+    kind: str  # the named schedule the buffers equal, or "non-standard"
+    match: str | None  # NAMED key, None when no named schedule matches
+    closest: str  # the nearest candidate, in words
+    max_rel_error: float  # of ᾱ against the closest candidate
     beta_start: float
     beta_end: float
+    alpha_bar_T: float
+    terminal_snr: float
     zero_terminal_snr: bool
+    consistent: bool | None  # betas and alphas_cumprod agree (None: only one of them is stored)
     buffers: list[str]
+    description: str
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
+def _candidates(n: int, betas: np.ndarray) -> list[tuple[str | None, str, np.ndarray]]:
+    """(NAMED key or None, words, ᾱ) of each schedule the buffers could be: the named ones at ``n`` steps, then
+    linear / scaled-linear with the file's own β endpoints."""
+    out: list[tuple[str | None, str, np.ndarray]] = []
+    for name in S.DISCRETE_NAMED:
+        cfg = {**S.NAMED[name].config, "num_train_timesteps": n}
+        out.append((name, name, S.train_curve(S.Schedule(name, name, "discrete", cfg)).alpha_bar))
+    b0, b1 = float(betas[0]), float(betas[-1])
+    if 0 < b0 < 1 and 0 < b1 < 1:
+        for kind in ("linear", "scaled_linear"):
+            cfg = {**S.NAMED[kind].config, "num_train_timesteps": n, "beta_start": b0, "beta_end": b1}
+            words = f"{kind} with its own β endpoints"
+            out.append((None, words, S.train_curve(S.Schedule(kind, words, "discrete", cfg)).alpha_bar))
+    return out
+
+
+def _rel_error(ac: np.ndarray, ref: np.ndarray) -> float:
+    return float(np.max(np.abs(ac - ref) / (np.abs(ref) + MATCH_ATOL / MATCH_RTOL)))
+
+
 def analyse_schedule(
     betas=None, alphas_cumprod=None, buffers: list[str] | None = None
 ) -> ScheduleInfo | None:
-    """Classify the noise schedule from ``betas`` (preferred) or ``alphas_cumprod`` (1-D numpy arrays)."""
-    if betas is None and alphas_cumprod is None:
+    """Name the schedule of ``betas`` and / or ``alphas_cumprod`` (1-D arrays as stored; ᾱ preferred, since it
+    is what the LDM sampler reads). None when neither is given or they are not a usable 1-D table."""
+    arrays = [
+        None if a is None else np.asarray(a, dtype=np.float64).reshape(-1) for a in (betas, alphas_cumprod)
+    ]
+    b, ac = arrays
+    if b is None and ac is None:
         return None
-    if betas is None:
-        ac = np.asarray(alphas_cumprod, dtype=np.float64)
-        betas = 1 - ac / np.concatenate([[1.0], ac[:-1]])
-    betas = np.asarray(betas, dtype=np.float64).reshape(-1)
-    n = betas.size
-    ac = (
-        np.cumprod(1 - betas)
-        if alphas_cumprod is None
-        else np.asarray(alphas_cumprod, dtype=np.float64).reshape(-1)
+    n = (ac if ac is not None else b).size
+    if not 2 <= n <= MAX_TIMESTEPS or (b is not None and ac is not None and b.size != ac.size):
+        return None
+    consistent = None
+    if b is not None and ac is not None:
+        consistent = bool(np.all(np.isfinite(b))) and _rel_error(ac, np.cumprod(1 - b)) <= MATCH_RTOL
+    if ac is None:
+        ac = np.cumprod(1 - b)
+    if b is None:
+        b = 1 - ac / np.concatenate([[1.0], ac[:-1]])
+    if not (np.all(np.isfinite(ac)) and np.all(np.isfinite(b))):
+        return ScheduleInfo(
+            n,
+            "non-standard",
+            None,
+            "none (the buffers hold NaN or infinite values)",
+            float("nan"),
+            float("nan"),
+            float("nan"),
+            float("nan"),
+            float("nan"),
+            False,
+            consistent,
+            sorted(buffers or []),
+            f"{n} steps; the buffers hold NaN or infinite values",
+        )
+    scored = sorted(
+        ((_rel_error(ac, ref), key, words) for key, words, ref in _candidates(n, b)), key=lambda x: x[0]
     )
-    scaled = np.linspace(STANDARD_BETA_START**0.5, STANDARD_BETA_END**0.5, n) ** 2
-    linear = np.linspace(betas[0], betas[-1], n)
-    if np.allclose(betas, scaled, rtol=2e-3, atol=1e-7):
-        kind = "scaled-linear (standard SD, 0.00085 → 0.012)"
-    elif np.allclose(betas, linear, rtol=2e-3, atol=1e-7):
-        kind = "linear"
-    else:
-        kind = "non-standard"
-    ztsnr = bool(abs(ac[-1]) < 1e-6 or betas[-1] >= 0.999)
-    return ScheduleInfo(n, kind, float(betas[0]), float(betas[-1]), ztsnr, sorted(buffers or []))
+    err, key, words = scored[0]
+    matched = err <= MATCH_RTOL
+    a_t = float(ac[-1])
+    snr_t = a_t / (1 - a_t) if a_t < 1 else float("inf")
+    ztsnr = abs(a_t) <= MATCH_ATOL
+    kind = (key or words) if matched else "non-standard"
+    snr_words = "zero" if ztsnr else f"{snr_t:.2g}, not zero"
+    head = f"{key or words}" if matched else f"non-standard (closest: {words}, ᾱ off by up to {err:.1%})"
+    desc = f"{head}, {n} steps, β {b[0]:.5g} → {b[-1]:.5g}; terminal SNR {snr_words}"
+    if consistent is False:
+        desc += "; betas and alphas_cumprod disagree (edited or corrupted buffers)"
+    return ScheduleInfo(
+        n,
+        kind,
+        key if matched else None,
+        words,
+        err,
+        float(b[0]),
+        float(b[-1]),
+        a_t,
+        snr_t,
+        ztsnr,
+        consistent,
+        sorted(buffers or []),
+        desc,
+    )

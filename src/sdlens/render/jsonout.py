@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ def plain(obj: Any) -> Any:
         return [plain(v) for v in obj]
     if isinstance(obj, Path):
         return str(obj)
-    if isinstance(obj, float) and obj != obj:  # NaN -> null
+    if isinstance(obj, float) and not math.isfinite(obj):  # NaN, ±inf -> null (JSON has neither)
         return None
     return obj
 

@@ -1,0 +1,410 @@
+"""Noise schedules as the samplers run them: β_t, ᾱ_t, SNR_t and σ_t of a schedule, and the timesteps and σ a
+sampler with N steps visits under each spacing.
+
+A schedule is a diffusers scheduler config (``sdlens.arch.schedulers`` holds the families' released ones): the
+values here are computed with the same float32 operations, in the same order, as diffusers' ``DDPMScheduler`` /
+``DDIMScheduler`` / ``EulerDiscreteScheduler`` (discrete schedules), ``FlowMatchEulerDiscreteScheduler`` (flow
+matching: SD3's shift, FLUX's resolution-dependent shift) and ``EDMDPMSolverMultistepScheduler`` (EDM / Karras σ),
+so they equal what those samplers use, bit for bit where the arithmetic allows (tests: within 1e-6). diffusers
+itself is not imported. Formulas and sources: ``docs/schedule.md``.
+
+Conventions: SNR_t = ᾱ_t / (1 − ᾱ_t) and σ_t = √((1 − ᾱ_t) / ᾱ_t) = SNR_t^(-1/2) (the noise-to-signal ratio
+of x_t = √ᾱ_t·x₀ + √(1 − ᾱ_t)·ε). A flow-matching x_t = (1 − s)·x₀ + s·ε has SNR = ((1 − s) / s)², so its
+variance-preserving equivalent is ᾱ = (1 − s)² / ((1 − s)² + s²); an EDM x = x₀ + σ·ε has ᾱ = 1 / (1 + σ²).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from sdlens.errors import SdlensError
+
+SPACINGS = ("leading", "trailing", "linspace")
+KINDS = ("discrete", "flow", "edm")
+ETAS = (0.0, 1.0)
+
+# the DDPM scheduler classes whose schedule is a β table (their set_timesteps differ; sdlens shows Euler's σ and
+# DDIM's η, the two samplers users compare)
+DISCRETE_CLASSES = (
+    "DDPMScheduler",
+    "DDIMScheduler",
+    "PNDMScheduler",
+    "EulerDiscreteScheduler",
+    "EulerAncestralDiscreteScheduler",
+    "DPMSolverMultistepScheduler",
+    "LMSDiscreteScheduler",
+    "HeunDiscreteScheduler",
+)
+_DEFAULTS: dict[str, Any] = {  # the DDPM-family class defaults (DDPMScheduler's)
+    "num_train_timesteps": 1000,
+    "beta_start": 0.0001,
+    "beta_end": 0.02,
+    "beta_schedule": "linear",
+    "rescale_betas_zero_snr": False,
+    "timestep_spacing": "leading",
+    "steps_offset": 0,
+    "set_alpha_to_one": True,
+}
+_FLOW_DEFAULTS: dict[str, Any] = {
+    "num_train_timesteps": 1000,
+    "shift": 1.0,
+    "use_dynamic_shifting": False,
+    "base_shift": 0.5,
+    "max_shift": 1.15,
+    "base_image_seq_len": 256,
+    "max_image_seq_len": 4096,
+    "time_shift_type": "exponential",
+}
+_EDM_DEFAULTS: dict[str, Any] = {
+    "sigma_min": 0.002,
+    "sigma_max": 80.0,
+    "sigma_data": 0.5,
+    "rho": 7.0,
+    "sigma_schedule": "karras",
+    "final_sigmas_type": "zero",
+    "num_train_timesteps": 1000,
+}
+_SD = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "steps_offset": 1}
+# Lin et al. 2023, "Common Diffusion Noise Schedules and Sample Steps are Flawed": rescale to zero terminal SNR
+# and sample with trailing timesteps
+_ZTSNR = {"rescale_betas_zero_snr": True, "timestep_spacing": "trailing"}
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """One noise schedule: a diffusers scheduler config, and what it is called."""
+
+    name: str
+    label: str
+    kind: str  # discrete | flow | edm
+    config: Mapping[str, Any] = field(hash=False)
+    source: str = "named schedule"
+    image_token: int = 16  # pixels per side of one image token (resolution-dependent flow shift)
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return int(self.config.get("num_train_timesteps", 1000))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["config"] = dict(self.config)
+        return d
+
+
+def _named() -> dict[str, Schedule]:
+    out: dict[str, Schedule] = {}
+
+    def add(name: str, label: str, kind: str, cfg: dict[str, Any]) -> None:
+        out[name] = Schedule(name, label, kind, cfg)
+
+    base = {"_class_name": "DDPMScheduler", **_DEFAULTS}
+    for name, label, cfg in (
+        ("linear", "DDPM linear, β 0.0001 → 0.02 (Ho et al. 2020)", {}),
+        ("scaled_linear", "scaled linear, β 0.00085 → 0.012 (SD 1 / SD 2 / SDXL)", _SD),
+        (
+            "squaredcos_cap_v2",
+            "cosine, squaredcos_cap_v2 (Nichol & Dhariwal 2021)",
+            {"beta_schedule": "squaredcos_cap_v2"},
+        ),
+    ):
+        add(name, label, "discrete", {**base, **cfg})
+        add(f"{name}+ztsnr", f"{label}, rescaled to zero terminal SNR", "discrete", {**base, **cfg, **_ZTSNR})
+    edm = {"_class_name": "EDMDPMSolverMultistepScheduler", **_EDM_DEFAULTS}
+    add("edm", "EDM, Karras σ 80 → 0.002, ρ 7 (Playground v2.5)", "edm", edm)
+    flow = {"_class_name": "FlowMatchEulerDiscreteScheduler", **_FLOW_DEFAULTS}
+    add("flow", "rectified flow, no shift", "flow", flow)
+    add("flow-shift3", "rectified flow, shift 3.0 (SD3 / SD3.5)", "flow", {**flow, "shift": 3.0})
+    add(
+        "flow-dynamic",
+        "rectified flow, resolution-dependent shift μ 0.5 → 1.15 (FLUX.1-dev)",
+        "flow",
+        {**flow, "shift": 3.0, "use_dynamic_shifting": True},
+    )
+    return out
+
+
+NAMED: dict[str, Schedule] = _named()
+# the named schedules a checkpoint's β / ᾱ buffers are compared with
+DISCRETE_NAMED = tuple(n for n, s in NAMED.items() if s.kind == "discrete")
+
+
+def kind_of(config: Mapping[str, Any]) -> str | None:
+    """discrete / flow / edm for a diffusers scheduler config, None for a scheduler sdlens does not model."""
+    cls = str(config.get("_class_name", ""))
+    if cls.startswith("FlowMatch"):
+        return "flow"
+    if cls.startswith("EDM"):
+        return "edm"
+    if cls in DISCRETE_CLASSES and not config.get("use_flow_sigmas"):
+        return "discrete"
+    return None
+
+
+def from_config(
+    config: Mapping[str, Any], name: str, label: str, source: str, image_token: int = 16
+) -> Schedule:
+    """The schedule of a diffusers scheduler config (refused with one line where sdlens does not model it)."""
+    kind = kind_of(config)
+    if kind is None:
+        raise SdlensError(
+            None,
+            f"{label}: sdlens does not model the {config.get('_class_name') or 'unnamed'} scheduler's schedule "
+            f"(it models {', '.join(DISCRETE_CLASSES[:4])}, FlowMatchEulerDiscreteScheduler and EDM schedulers)",
+        )
+    defaults = {"discrete": _DEFAULTS, "flow": _FLOW_DEFAULTS, "edm": _EDM_DEFAULTS}[kind]
+    return Schedule(name, label, kind, {**defaults, **config}, source, image_token)
+
+
+# --------------------------------------------------------------------------- the training schedule
+
+
+def _betas_for_alpha_bar(n: int, max_beta: float = 0.999) -> list[float]:
+    """GLIDE's cosine schedule: β_i = 1 − ᾱ((i+1)/n) / ᾱ(i/n), ᾱ(t) = cos²((t + 0.008) / 1.008 · π/2), capped."""
+
+    def alpha_bar(t: float) -> float:
+        return math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
+
+    return [min(1 - alpha_bar((i + 1) / n) / alpha_bar(i / n), max_beta) for i in range(n)]
+
+
+def _rescale_zero_terminal_snr(betas):
+    """Lin et al. 2023, Algorithm 1: shift and scale √ᾱ so that √ᾱ_T = 0 and √ᾱ_0 is unchanged (float32 torch)."""
+    import torch
+
+    ac_sqrt = torch.cumprod(1.0 - betas, dim=0).sqrt()
+    a0, at = ac_sqrt[0].clone(), ac_sqrt[-1].clone()
+    ac_sqrt -= at
+    ac_sqrt *= a0 / (a0 - at)
+    ac = ac_sqrt**2
+    return 1 - torch.cat([ac[0:1], ac[1:] / ac[:-1]])
+
+
+def discrete_betas(config: Mapping[str, Any]):
+    """β_t (float32 torch tensor) of a DDPM-family config, as diffusers' schedulers build it."""
+    import torch
+
+    cfg = {**_DEFAULTS, **config}
+    n = int(cfg["num_train_timesteps"])
+    start, end, kind = float(cfg["beta_start"]), float(cfg["beta_end"]), cfg["beta_schedule"]
+    if cfg.get("trained_betas") is not None:
+        betas = torch.tensor(cfg["trained_betas"], dtype=torch.float32)
+    elif kind == "linear":
+        betas = torch.linspace(start, end, n, dtype=torch.float32)
+    elif kind == "scaled_linear":
+        betas = torch.linspace(start**0.5, end**0.5, n, dtype=torch.float32) ** 2
+    elif kind == "squaredcos_cap_v2":
+        betas = torch.tensor(_betas_for_alpha_bar(n), dtype=torch.float32)
+    else:
+        raise SdlensError(None, f"unknown beta_schedule {str(kind)[:40]!r}")
+    if cfg.get("rescale_betas_zero_snr"):
+        betas = _rescale_zero_terminal_snr(betas)
+    return betas
+
+
+def _alphas_cumprod(config: Mapping[str, Any]):
+    import torch
+
+    return torch.cumprod(1.0 - discrete_betas(config), dim=0)
+
+
+@dataclass
+class Curve:
+    """The schedule at every training timestep t = 0 … T−1 (index 0: least noise)."""
+
+    t: np.ndarray
+    beta: np.ndarray
+    alpha_bar: np.ndarray
+    sigma: np.ndarray  # √((1 − ᾱ) / ᾱ); inf where ᾱ = 0
+    flow_sigma: np.ndarray | None = None  # flow matching: the s of x_t = (1 − s)·x₀ + s·ε
+    edm_sigma: np.ndarray | None = None
+
+    @property
+    def snr(self) -> np.ndarray:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return self.alpha_bar / (1.0 - self.alpha_bar)
+
+    @property
+    def log_snr(self) -> np.ndarray:
+        with np.errstate(divide="ignore"):
+            return np.log(self.snr)
+
+
+def _vp_from_alpha_bar(t: np.ndarray, ac: np.ndarray, beta: np.ndarray | None = None, **extra: Any) -> Curve:
+    """The curve of ᾱ (β derived from it where the schedule is not a β table)."""
+    ac = ac.astype(np.float64)
+    prev = np.concatenate([[1.0], ac[:-1]])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        beta = 1.0 - ac / prev if beta is None else beta
+        sigma = np.sqrt((1.0 - ac) / ac)
+    return Curve(t, beta, ac, sigma, **extra)
+
+
+def image_seq_len(schedule: Schedule, res: tuple[int, int]) -> int:
+    """Image tokens the denoiser sees at ``res`` = (width, height) (the resolution-dependent shift's input)."""
+    w, h = res
+    return (h // schedule.image_token) * (w // schedule.image_token)
+
+
+def dynamic_mu(schedule: Schedule, res: tuple[int, int]) -> float:
+    """FLUX's μ: linear in the image's token count between (base_image_seq_len, base_shift) and
+    (max_image_seq_len, max_shift), as FluxPipeline's ``calculate_shift``."""
+    c = schedule.config
+    x1, x2 = float(c["base_image_seq_len"]), float(c["max_image_seq_len"])
+    y1, y2 = float(c["base_shift"]), float(c["max_shift"])
+    m = (y2 - y1) / (x2 - x1)
+    return image_seq_len(schedule, res) * m + (y1 - m * x1)
+
+
+def _time_shift(schedule: Schedule, mu: float, s):
+    if schedule.config.get("time_shift_type", "exponential") == "linear":
+        return mu / (mu + (1 / s - 1) ** 1.0)
+    return math.exp(mu) / (math.exp(mu) + (1 / s - 1) ** 1.0)
+
+
+def _static_shift(shift: float, s):
+    return shift * s / (1 + (shift - 1) * s)
+
+
+def _flow_train_sigmas(schedule: Schedule, res: tuple[int, int] | None):
+    """FlowMatchEulerDiscreteScheduler's training σ (T values, most noise first), float32 torch."""
+    import torch
+
+    n = schedule.num_train_timesteps
+    ts = np.linspace(1, n, n, dtype=np.float32)[::-1].copy()
+    sig = torch.from_numpy(ts).to(dtype=torch.float32) / n
+    if not schedule.config.get("use_dynamic_shifting"):
+        return _static_shift(float(schedule.config["shift"]), sig)
+    if res is None:
+        return sig
+    return torch.from_numpy(_time_shift(schedule, dynamic_mu(schedule, res), sig.numpy()).astype(np.float32))
+
+
+def _karras(schedule: Schedule, n: int):
+    import torch
+
+    c = schedule.config
+    ramp = torch.linspace(0, 1, n)
+    rho = float(c["rho"])
+    lo, hi = float(c["sigma_min"]) ** (1 / rho), float(c["sigma_max"]) ** (1 / rho)
+    if c.get("sigma_schedule", "karras") == "exponential":
+        return torch.tensor(
+            np.exp(np.linspace(math.log(float(c["sigma_max"])), math.log(float(c["sigma_min"])), n)),
+            dtype=torch.float32,
+        )
+    return (hi + ramp * (lo - hi)) ** rho
+
+
+def train_curve(schedule: Schedule, res: tuple[int, int] | None = None) -> Curve:
+    """β, ᾱ, σ (and SNR) at each training timestep; flow schedules with a resolution-dependent shift at ``res``."""
+    import torch
+
+    n = schedule.num_train_timesteps
+    t = np.arange(n, dtype=np.float64)
+    if schedule.kind == "discrete":
+        betas = discrete_betas(schedule.config)
+        ac = torch.cumprod(1.0 - betas, dim=0)
+        return _vp_from_alpha_bar(t, ac.double().numpy(), betas.double().numpy())
+    if schedule.kind == "flow":
+        s = _flow_train_sigmas(schedule, res).double().numpy()[::-1].copy()  # index 0: least noise
+        ac = (1 - s) ** 2 / ((1 - s) ** 2 + s**2)
+        return _vp_from_alpha_bar(t, ac, flow_sigma=s)
+    sig = _karras(schedule, n).double().numpy()[::-1].copy()
+    return _vp_from_alpha_bar(t, 1.0 / (1.0 + sig**2), edm_sigma=sig)
+
+
+# --------------------------------------------------------------------------- sampling
+
+
+def discrete_timesteps(config: Mapping[str, Any], steps: int, spacing: str, *, integer: bool) -> np.ndarray:
+    """The timesteps a DDPM-family sampler visits (most noise first). ``integer``: DDIM / DDPM (rounded, int64);
+    else Euler's (``linspace`` unrounded, float32)."""
+    cfg = {**_DEFAULTS, **config}
+    n = int(cfg["num_train_timesteps"])
+    if not 1 <= steps <= n:
+        raise SdlensError(None, f"--steps must be between 1 and the {n} training timesteps")
+    if spacing == "linspace":
+        if integer:
+            return np.linspace(0, n - 1, steps).round()[::-1].copy().astype(np.int64)
+        return np.linspace(0, n - 1, steps, dtype=np.float32)[::-1].copy()
+    if spacing == "leading":
+        ratio = n // steps
+        ts = (np.arange(0, steps) * ratio).round()[::-1].copy()
+        ts = ts.astype(np.int64 if integer else np.float32)
+        return ts + int(cfg.get("steps_offset", 0))
+    if spacing == "trailing":
+        ts = np.round(np.arange(n, 0, -n / steps))
+        return ts.astype(np.int64 if integer else np.float32) - 1
+    raise SdlensError(None, f"unknown spacing {spacing!r}: use {', '.join(SPACINGS)}")
+
+
+def euler_sigmas(config: Mapping[str, Any], timesteps: np.ndarray) -> np.ndarray:
+    """EulerDiscreteScheduler's σ at ``timesteps`` (linear interpolation of the training σ), then a final 0.
+    With zero terminal SNR diffusers sets ᾱ_T = 2⁻²⁴ so that σ_T stays finite (4096)."""
+    ac = _alphas_cumprod(config)
+    if config.get("rescale_betas_zero_snr"):
+        ac[-1] = 2**-24
+    sig = np.array(((1 - ac) / ac) ** 0.5)
+    sig = np.interp(timesteps, np.arange(0, len(sig)), sig)
+    return np.concatenate([sig, [0]]).astype(np.float32)
+
+
+def ddim_sigmas(config: Mapping[str, Any], timesteps: np.ndarray, eta: float) -> np.ndarray:
+    """DDIM's σ_t(η) = η·√((1 − ᾱ_prev) / (1 − ᾱ_t) · (1 − ᾱ_t / ᾱ_prev)) at each of ``timesteps``, with
+    prev = t − T / N as DDIMScheduler steps (ᾱ_prev = 1 past t = 0 with set_alpha_to_one, else ᾱ_0)."""
+    ac = _alphas_cumprod(config)
+    n = int(config.get("num_train_timesteps", 1000))
+    final = 1.0 if config.get("set_alpha_to_one", True) else float(ac[0])
+    step = n // len(timesteps)
+    out = []
+    for t in timesteps:
+        prev = int(t) - step
+        a_t = float(ac[int(t)])
+        a_prev = float(ac[prev]) if prev >= 0 else final
+        var = (1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev) if a_t < 1 else 0.0
+        out.append(eta * math.sqrt(max(var, 0.0)))
+    return np.array(out, dtype=np.float64)
+
+
+def flow_sigmas(schedule: Schedule, steps: int, res: tuple[int, int] | None) -> tuple[np.ndarray, np.ndarray]:
+    """(timesteps, σ with a final 0) of FlowMatchEulerDiscreteScheduler.set_timesteps(steps) as the pipelines
+    call it: SD3 with the number of steps; FLUX (dynamic shift) with σ = linspace(1, 1/N, N) and μ at ``res``."""
+    import torch
+
+    if steps < 1:
+        raise SdlensError(None, "--steps must be at least 1")
+    n = schedule.num_train_timesteps
+    c = schedule.config
+    if c.get("use_dynamic_shifting"):
+        if res is None:
+            raise SdlensError(None, f"{schedule.label}: its shift depends on the resolution; give --res")
+        sig = np.linspace(1.0, 1 / steps, steps).astype(np.float32)
+        sig = _time_shift(schedule, dynamic_mu(schedule, res), sig)
+    else:
+        train = _flow_train_sigmas(schedule, None)
+        hi, lo = train[0].item(), train[-1].item()
+        sig = np.linspace(hi * n, lo * n, steps) / n
+        sig = _static_shift(float(c["shift"]), sig)
+    sig_t = torch.from_numpy(np.asarray(sig)).to(dtype=torch.float32)
+    ts = sig_t * n
+    return ts.double().numpy(), torch.cat([sig_t, torch.zeros(1)]).double().numpy()
+
+
+def edm_sigmas(schedule: Schedule, steps: int) -> tuple[np.ndarray, np.ndarray]:
+    """(timesteps = ¼·ln σ, σ with the final one) of EDMDPMSolverMultistepScheduler.set_timesteps(steps)."""
+    import torch
+
+    if steps < 1:
+        raise SdlensError(None, "--steps must be at least 1")
+    sig = _karras(schedule, steps).to(dtype=torch.float32)
+    ts = torch.log(sig) * 0.25
+    last = (
+        float(schedule.config["sigma_min"])
+        if schedule.config.get("final_sigmas_type") == "sigma_min"
+        else 0.0
+    )
+    return ts.double().numpy(), torch.cat([sig, torch.tensor([last], dtype=torch.float32)]).double().numpy()
