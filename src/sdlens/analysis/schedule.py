@@ -106,7 +106,7 @@ def analyse_schedule(
     kind = (key or words) if matched else "non-standard"
     snr_words = "zero" if ztsnr else f"{snr_t:.2g}, not zero"
     head = f"{key or words}" if matched else f"non-standard (closest: {words}, ᾱ off by up to {err:.1%})"
-    desc = f"{head}, {n} steps, β {b[0]:.5g} → {b[-1]:.5g}; terminal SNR {snr_words}"
+    desc = f"{head}, {n} steps, β {b[0]:.3g} → {b[-1]:.3g}; terminal SNR {snr_words}"
     if consistent is False:
         desc += "; betas and alphas_cumprod disagree (edited or corrupted buffers)"
     return ScheduleInfo(

@@ -99,6 +99,15 @@ def released(name: str) -> S.Schedule | None:
     fam = families.get(families.resolve(name))
     if fam is None or fam.pipeline is None:
         return None
+    pipe = fam.pipeline
+    kind = S.kind_of({"_class_name": pipe.scheduler, **pipe.scheduler_config})
+    if kind is None or (kind == "discrete" and pipe.prediction == "flow"):
+        raise SdlensError(
+            None,
+            f"{pipe.name}: sdlens does not model its {pipe.scheduler or 'unnamed'} scheduler's schedule"
+            + (" in flow-matching mode" if pipe.prediction == "flow" else "")
+            + " (it models the DDPM-family β schedules, FlowMatchEulerDiscreteScheduler and EDM)",
+        )
     return S.from_config(
         scheduler_config(fam.id),
         fam.id,

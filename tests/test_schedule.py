@@ -1,0 +1,279 @@
+"""``sdlens schedule``: each schedule equals what diffusers' own schedulers compute (the independent judge), a
+file's buffers are named (and a tampered file's are not), the spacings' known flaws, and the command."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from sdlens.analysis import schedules as S
+from sdlens.analysis.schedule import analyse_schedule
+from sdlens.analysis.schedule_report import checkpoint_view, named, released, schedule_report
+from sdlens.arch.schedulers import scheduler_config
+from sdlens.errors import SdlensError
+from sdlens.testing.writers import save_safetensors
+from sdlens.testing.zoo_unet import build_single_file, schedule_buffers
+
+TOL = 1e-6
+STEPS = (20, 50)
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    import diffusers
+    from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+    from diffusers.schedulers.scheduling_ddim import rescale_zero_terminal_snr
+
+
+def _kwargs(s: S.Schedule, drop: tuple[str, ...] = ()) -> dict:
+    return {k: v for k, v in s.config.items() if not k.startswith("_") and k not in drop}
+
+
+def _close(ours, theirs, tol: float = TOL) -> None:
+    a, b = np.asarray(ours, dtype=np.float64), np.asarray(theirs, dtype=np.float64)
+    assert a.shape == b.shape
+    assert np.array_equal(np.isfinite(a), np.isfinite(b))
+    fin = np.isfinite(a)
+    assert np.max(np.abs(a[fin] - b[fin]), initial=0.0) <= tol
+
+
+@pytest.mark.parametrize("name", S.DISCRETE_NAMED)
+def test_discrete_schedules_equal_diffusers(name):
+    s = S.NAMED[name]
+    ddpm = diffusers.DDPMScheduler(**_kwargs(s, ("set_alpha_to_one",)))
+    curve = S.train_curve(s)
+    _close(curve.beta, ddpm.betas)
+    _close(curve.alpha_bar, ddpm.alphas_cumprod)
+    for steps in STEPS:
+        for spacing in S.SPACINGS:
+            cfg = {**s.config, "timestep_spacing": spacing}
+            euler = diffusers.EulerDiscreteScheduler(
+                **_kwargs(S.Schedule(name, name, "discrete", cfg), ("set_alpha_to_one",))
+            )
+            euler.set_timesteps(steps)
+            ts = S.discrete_timesteps(cfg, steps, spacing, integer=False)
+            _close(ts, euler.timesteps)
+            _close(S.euler_sigmas(cfg, ts), euler.sigmas)
+            ddim = diffusers.DDIMScheduler(**_kwargs(S.Schedule(name, name, "discrete", cfg)))
+            ddim.set_timesteps(steps)
+            ti = S.discrete_timesteps(cfg, steps, spacing, integer=True)
+            assert ti.tolist() == ddim.timesteps.tolist()
+            for eta in S.ETAS:  # DDIM's σ_t(η) = η·√variance(t, t − T/N), as DDIMScheduler.step computes it
+                ref = [
+                    eta * float(ddim._get_variance(t, t - 1000 // steps)) ** 0.5
+                    for t in ddim.timesteps.tolist()
+                ]
+                _close(S.ddim_sigmas(cfg, ti, eta), ref)
+    # Euler's σ in the sampler equals the σ of the curve at those timesteps (σ = √((1 − ᾱ) / ᾱ))
+    if not s.config.get("rescale_betas_zero_snr"):
+        _close(curve.sigma[-1], float(euler.sigmas.max()), 1e-3 * float(curve.sigma[-1]))
+
+
+def test_zero_terminal_snr_rescale_is_exact_and_matches_diffusers():
+    for base in ("linear", "scaled_linear", "squaredcos_cap_v2"):
+        s = S.NAMED[f"{base}+ztsnr"]
+        curve = S.train_curve(s)
+        assert curve.alpha_bar[-1] == 0.0  # exactly zero, not merely small
+        assert curve.snr[-1] == 0.0 and np.isneginf(curve.log_snr[-1]) and np.isinf(curve.sigma[-1])
+        ref = rescale_zero_terminal_snr(S.discrete_betas(S.NAMED[base].config))
+        _close(curve.beta, ref)
+        # ᾱ_0 is kept: the rescale shifts and scales √ᾱ, the first step's signal is untouched
+        assert curve.alpha_bar[0] == pytest.approx(S.train_curve(S.NAMED[base]).alpha_bar[0], rel=1e-6)
+        assert s.config["timestep_spacing"] == "trailing"
+
+
+def test_flow_shift_schedules_equal_diffusers():
+    for name in ("flow", "flow-shift3"):
+        s = S.NAMED[name]
+        fm = diffusers.FlowMatchEulerDiscreteScheduler(**_kwargs(s))
+        _close(S._flow_train_sigmas(s, None), fm.sigmas)
+        for steps in STEPS:
+            fm.set_timesteps(steps)
+            ts, sig = S.flow_sigmas(s, steps, None)
+            _close(ts, fm.timesteps, 1e-4)  # timesteps are σ·1000 in float32
+            _close(sig, fm.sigmas)
+
+
+@pytest.mark.parametrize("res", [(1024, 1024), (512, 512), (1360, 768)])
+def test_flux_dynamic_shift_equals_diffusers(res):
+    s = released("flux")
+    assert s.config["use_dynamic_shifting"] and s.kind == "flow"
+    fm = diffusers.FlowMatchEulerDiscreteScheduler(**_kwargs(s))
+    seq = (res[1] // 16) * (res[0] // 16)  # FluxPipeline: packed 2×2 latents of an 8× VAE
+    mu = calculate_shift(seq, 256, 4096, 0.5, 1.15)
+    assert S.dynamic_mu(s, res) == pytest.approx(mu, rel=1e-12)
+    for steps in (*STEPS, 28):
+        fm.set_timesteps(sigmas=np.linspace(1.0, 1 / steps, steps), mu=mu)  # what FluxPipeline passes
+        ts, sig = S.flow_sigmas(s, steps, res)
+        _close(sig, fm.sigmas)
+        _close(ts, fm.timesteps, 1e-4)
+    # a larger image shifts the schedule towards noise: the middle step keeps more noise at 1024² than 512²
+    mid = lambda r: S.flow_sigmas(s, 20, r)[1][10]  # noqa: E731
+    assert mid((1024, 1024)) > mid((512, 512))
+
+
+def test_edm_karras_equals_diffusers():
+    s = released("playground")
+    assert s.kind == "edm" and s.config["sigma_max"] == 80.0 and s.config["rho"] == 7.0
+    edm = diffusers.EDMDPMSolverMultistepScheduler(**_kwargs(s, ("num_train_timesteps",)))
+    for steps in STEPS:
+        edm.set_timesteps(steps)
+        ts, sig = S.edm_sigmas(s, steps)
+        _close(sig, edm.sigmas)
+        _close(ts, edm.timesteps)
+    assert sig[0] == pytest.approx(80.0) and sig[-2] == pytest.approx(0.002) and sig[-1] == 0.0
+
+
+@pytest.mark.parametrize("family", ["sd1", "sd2", "sdxl"])
+def test_released_unet_schedules_equal_their_scheduler_class(family):
+    cfg = scheduler_config(family)
+    s = released(family)
+    cls = getattr(diffusers, cfg["_class_name"])
+    sch = cls.from_config({k: v for k, v in cfg.items() if k != "_class_name"})
+    _close(S.train_curve(s).alpha_bar, sch.alphas_cumprod)
+    assert s.config["beta_schedule"] == "scaled_linear" and s.config["timestep_spacing"] == "leading"
+
+
+def test_spacing_flaws_are_the_known_ones():
+    cfg = S.NAMED["scaled_linear"].config  # steps_offset 1, as the SD releases
+    lead = S.discrete_timesteps(cfg, 50, "leading", integer=True)
+    assert lead[0] == 49 * 20 + 1 == 981 and lead[-1] == 1  # never t = 999
+    trail = S.discrete_timesteps(cfg, 50, "trailing", integer=True)
+    assert trail[0] == 999 and trail[-1] == 19
+    lin = S.discrete_timesteps(cfg, 50, "linspace", integer=True)
+    assert lin[0] == 999 and lin[-1] == 0
+    (v,) = schedule_report(["scaled_linear"], steps=50)
+    rows = {r.spacing: r for r in v.sampling}
+    assert not rows["leading"].reaches_end and "t = 981" in rows["leading"].note
+    assert rows["trailing"].reaches_end and rows["linspace"].reaches_end
+    assert rows["trailing"].ddim_sigma["eta=0"] == [0.0] * 50  # η = 0: deterministic DDIM
+    assert all(x > 0 for x in rows["trailing"].ddim_sigma["eta=1"][:-1])
+
+
+def test_names_and_aliases():
+    assert named("cosine").name == "squaredcos_cap_v2"
+    assert named("scaled_linear-ztsnr").name == named("sd_ztsnr").name == "scaled_linear+ztsnr"
+    assert named("nonsense") is None and released("nonsense") is None
+    assert released("sdxl").name == "sdxl" and released("sd3").config["shift"] == 3.0
+    assert released("flux-schnell").config["use_dynamic_shifting"] is False
+    with pytest.raises(SdlensError, match="sdlens does not model"):
+        released("wan")  # UniPC in flow mode: not modelled, said so rather than guessed
+    with pytest.raises(SdlensError, match="unknown schedule"):
+        schedule_report(["not-a-schedule"])
+
+
+# --------------------------------------------------------------------------- a file's own buffers
+
+
+@pytest.fixture(scope="module")
+def sd1_dict():
+    return build_single_file("sd1", dtype=torch.float16)
+
+
+def test_standard_buffers_are_scaled_linear_in_any_precision():
+    b = schedule_buffers()
+    for dt in (torch.float64, torch.float32, torch.float16, torch.bfloat16):
+        info = analyse_schedule(b["betas"].to(dt).float().numpy(), b["alphas_cumprod"].to(dt).float().numpy())
+        if dt == torch.bfloat16:  # 8 bits of mantissa: 0.4 % rounding, beyond what a named match allows
+            assert info.match is None and info.closest == "scaled_linear"
+            continue
+        assert info.match == "scaled_linear" and info.consistent, dt
+        assert info.description.startswith(
+            "scaled_linear, 1000 steps, β 0.00085 → 0.012; terminal SNR 0.0047, not zero"
+        )
+
+
+def test_tampered_and_other_buffers():
+    b = schedule_buffers()
+    ac = b["alphas_cumprod"].clone()
+    ac[600:] *= 1.01  # 1 % more signal kept late in the schedule
+    info = analyse_schedule(b["betas"].numpy(), ac.numpy())
+    assert info.match is None and info.kind == "non-standard" and info.consistent is False
+    assert "disagree" in info.description and "1.0%" in info.description
+    # the diffusion notes' DDPMScheduler(beta_start=0.001, beta_end=0.004): linear, not a named schedule
+    own = analyse_schedule(np.linspace(0.001, 0.004, 1000), None)
+    assert own.match is None and own.kind == "linear with its own β endpoints"
+    zt = S.train_curve(S.NAMED["scaled_linear+ztsnr"])
+    info = analyse_schedule(zt.beta, zt.alpha_bar)
+    assert (
+        info.match == "scaled_linear+ztsnr"
+        and info.zero_terminal_snr
+        and "terminal SNR zero" in info.description
+    )
+    cos = S.train_curve(S.NAMED["squaredcos_cap_v2"])
+    assert analyse_schedule(cos.beta, None).match == "squaredcos_cap_v2"
+    # hostile tables: NaN, one value, mismatched lengths — no crash, nothing named
+    assert analyse_schedule(np.full(1000, np.nan), None).kind == "non-standard"
+    assert analyse_schedule(np.array([0.5]), None) is None
+    assert analyse_schedule(np.zeros(10), np.zeros(11)) is None
+
+
+def test_checkpoint_buffers_named_and_tampered_not(tmp_path, sd1_dict):
+    save_safetensors(sd1_dict, tmp_path / "std.safetensors")
+    v = checkpoint_view(tmp_path / "std.safetensors", steps=None, res=None)
+    assert v.file["family"] == "sd1" and v.file["buffers"].match == "scaled_linear"
+    assert v.schedule.name == "scaled_linear" and v.steps == 50 and v.schedule.config["steps_offset"] == 1
+    sd = dict(sd1_dict)
+    betas = sd["betas"].double().clone()
+    betas[800:] *= 1.2
+    sd["betas"] = betas.to(sd["betas"].dtype)
+    sd["alphas_cumprod"] = torch.cumprod(1 - betas, 0).to(sd["alphas_cumprod"].dtype)
+    save_safetensors(sd, tmp_path / "tampered.safetensors")
+    v = checkpoint_view(tmp_path / "tampered.safetensors", steps=20, res=None)
+    info = v.file["buffers"]
+    assert info.match is None and info.kind == "non-standard" and info.consistent
+    # the sampler view then runs on the file's own β table, as diffusers' trained_betas would
+    assert v.schedule.name == "own buffers"
+    _close(S.train_curve(v.schedule).alpha_bar, sd["alphas_cumprod"].double().numpy(), 1e-3)
+
+
+def test_checkpoint_without_buffers_uses_its_release_and_ztsnr_marker(tmp_path):
+    sd = build_single_file("sdxl", dtype=torch.float16)
+    assert "betas" not in sd
+    sd["ztsnr"] = torch.tensor([])
+    sd["v_pred"] = torch.tensor([])
+    save_safetensors(sd, tmp_path / "z.safetensors")
+    v = checkpoint_view(tmp_path / "z.safetensors", steps=None, res=None)
+    assert v.schedule.name == "sdxl+ztsnr" and v.train["zero_terminal_snr"]
+    assert v.schedule.config["timestep_spacing"] == "trailing" and v.sampling[0].spacing == "leading"
+    assert any(m.startswith("ztsnr") for m in v.file["markers"])
+    assert v.prediction.type == "v_prediction"
+
+
+def test_cli_json_plot_and_errors(tmp_path, cli, sd1_dict):
+    save_safetensors(sd1_dict, tmp_path / "m.safetensors")
+    png = tmp_path / "s.png"
+    r = cli(
+        "schedule",
+        str(tmp_path / "m.safetensors"),
+        "flux",
+        "edm",
+        "--steps",
+        "20",
+        "--json",
+        "--plot",
+        str(png),
+    )
+    assert r.returncode == 0, r.stderr
+
+    def no_constants(x):
+        raise AssertionError(f"non-JSON constant {x}")
+
+    views = json.loads(r.stdout, parse_constant=no_constants)  # strict JSON: no Infinity / NaN
+    assert [v["schedule"]["name"] for v in views] == ["scaled_linear", "flux_dev", "edm"]
+    assert views[0]["file"]["buffers"]["match"] == "scaled_linear"
+    assert len(views[1]["sampling"][0]["sigmas"]) == 21 and views[1]["res"] == [1024, 1024]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
+    r = cli("schedule", "scaled_linear+ztsnr", "--steps", "10", "--spacing", "leading")
+    assert (
+        r.returncode == 0
+        and "leading spacing starts at t = 901" in r.stdout
+        and "zero terminal SNR" in r.stdout
+    )
+    r = cli("schedule", "nonsense-\x1b[31m")
+    assert r.returncode == 2 and "\x1b" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    r = cli("schedule", "sdxl", "--spacing", "sideways")
+    assert r.returncode == 2 and "--spacing" in r.stderr
