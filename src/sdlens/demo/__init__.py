@@ -14,6 +14,7 @@ from rich.console import Console
 SECTIONS = (
     "diff",
     "arch",
+    "schedule",
     "convert",
     "embed",
     "matrix",

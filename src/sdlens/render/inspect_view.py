@@ -139,10 +139,7 @@ def _state(r: InspectReport, console: Console) -> None:
         state = "complete" if r.ema.complete else f"incomplete ({r.ema.tensors} of {r.ema.expected} tensors)"
         console.print(f"[bold cyan]EMA:[/] {state}")
     if r.schedule is not None:
-        s = r.schedule
-        console.print(
-            f"[bold cyan]schedule:[/] {s.timesteps} steps, {safe(s.kind)}; zero terminal SNR: {'yes' if s.zero_terminal_snr else 'no'}"
-        )
+        console.print(f"[bold cyan]schedule:[/] {safe(r.schedule.description)}", highlight=False)
 
 
 def _precision(r: InspectReport, console: Console) -> None:
