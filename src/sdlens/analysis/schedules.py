@@ -157,7 +157,45 @@ def from_config(
             f"(it models {', '.join(DISCRETE_CLASSES[:4])}, FlowMatchEulerDiscreteScheduler and EDM schedulers)",
         )
     defaults = {"discrete": _DEFAULTS, "flow": _FLOW_DEFAULTS, "edm": _EDM_DEFAULTS}[kind]
-    return Schedule(name, label, kind, {**defaults, **config}, source, image_token)
+    cfg = {**defaults, **config}
+    check_config(cfg, label)
+    return Schedule(name, label, kind, cfg, source, image_token)
+
+
+MAX_STEPS = 10_000  # sampling steps sdlens computes (samplers use 1-1000)
+_NUMBERS = (
+    "beta_start", "beta_end", "shift", "base_shift", "max_shift", "base_image_seq_len", "max_image_seq_len",
+    "sigma_min", "sigma_max", "sigma_data", "rho", "steps_offset",
+)  # fmt: skip
+
+
+def check_config(cfg: Mapping[str, Any], label: str) -> None:
+    """A config from a file (a diffusers folder's scheduler_config.json may be crafted): the values sdlens
+    computes with must be numbers in range, the table length bounded, the names known; else one clear line."""
+
+    def bad(what: str) -> SdlensError:
+        return SdlensError(None, f"{label}: scheduler config {what}")
+
+    n = cfg.get("num_train_timesteps")
+    if isinstance(n, bool) or not isinstance(n, int) or not 2 <= n <= 100_000:
+        raise bad("num_train_timesteps must be an integer from 2 to 100000")
+    for key in _NUMBERS:
+        v = cfg.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)):
+            raise bad(f"{key} is not a finite number")
+    if cfg.get("beta_schedule", "linear") not in ("linear", "scaled_linear", "squaredcos_cap_v2"):
+        raise bad("beta_schedule is not linear, scaled_linear or squaredcos_cap_v2")
+    if cfg.get("timestep_spacing", "leading") not in SPACINGS:
+        raise bad(f"timestep_spacing is not one of {', '.join(SPACINGS)}")
+    tb = cfg.get("trained_betas")
+    if tb is not None and (not isinstance(tb, (list, tuple)) or len(tb) != n):
+        raise bad("trained_betas is not a list of num_train_timesteps numbers")
+    if cfg.get("shift") is not None and not 0 < cfg["shift"] <= 1000:
+        raise bad("shift must be above 0")
+    if cfg.get("sigma_min") is not None and not 0 < cfg["sigma_min"] < cfg.get("sigma_max", 80.0):
+        raise bad("sigma_min must be above 0 and below sigma_max")
+    if cfg.get("rho") is not None and not 0 < cfg["rho"] <= 100:
+        raise bad("rho must be above 0")
 
 
 # --------------------------------------------------------------------------- the training schedule
@@ -375,8 +413,8 @@ def flow_sigmas(schedule: Schedule, steps: int, res: tuple[int, int] | None) -> 
     call it: SD3 with the number of steps; FLUX (dynamic shift) with σ = linspace(1, 1/N, N) and μ at ``res``."""
     import torch
 
-    if steps < 1:
-        raise SdlensError(None, "--steps must be at least 1")
+    if not 1 <= steps <= MAX_STEPS:
+        raise SdlensError(None, f"--steps must be between 1 and {MAX_STEPS}")
     n = schedule.num_train_timesteps
     c = schedule.config
     if c.get("use_dynamic_shifting"):
@@ -398,8 +436,8 @@ def edm_sigmas(schedule: Schedule, steps: int) -> tuple[np.ndarray, np.ndarray]:
     """(timesteps = ¼·ln σ, σ with the final one) of EDMDPMSolverMultistepScheduler.set_timesteps(steps)."""
     import torch
 
-    if steps < 1:
-        raise SdlensError(None, "--steps must be at least 1")
+    if not 1 <= steps <= MAX_STEPS:
+        raise SdlensError(None, f"--steps must be between 1 and {MAX_STEPS}")
     sig = _karras(schedule, steps).to(dtype=torch.float32)
     ts = torch.log(sig) * 0.25
     last = (
