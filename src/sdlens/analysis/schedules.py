@@ -386,7 +386,7 @@ def euler_sigmas(config: Mapping[str, Any], timesteps: np.ndarray) -> np.ndarray
     ac = _alphas_cumprod(config)
     if config.get("rescale_betas_zero_snr"):
         ac[-1] = 2**-24
-    sig = np.array(((1 - ac) / ac) ** 0.5)
+    sig = (((1 - ac) / ac) ** 0.5).numpy()
     sig = np.interp(timesteps, np.arange(0, len(sig)), sig)
     return np.concatenate([sig, [0]]).astype(np.float32)
 
