@@ -368,9 +368,15 @@ def test_convert_round_trip_single_diffusers_single(sdxl_v, tmp_path):
 def test_convert_folder_states_v_prediction_writes_markers(tmp_path):
     from sdlens.testing.zoo_unet import write_diffusers_folder
 
-    folder = write_diffusers_folder("sdxl", tmp_path / "dif")
+    folder = write_diffusers_folder("sd1", tmp_path / "dif")
     sched = folder / "scheduler" / "scheduler_config.json"
-    cfg = {**json.loads(sched.read_text()), "prediction_type": "v_prediction", "rescale_betas_zero_snr": True}
+    cfg = {
+        **json.loads(sched.read_text()),
+        "_class_name": "EulerDiscreteScheduler",
+        "prediction_type": "v_prediction",
+        "rescale_betas_zero_snr": True,
+    }
+    cfg.pop("skip_prk_steps")
     sched.write_text(json.dumps(cfg))
     single = tmp_path / "one.safetensors"
     res = _convert(folder, single)
@@ -392,7 +398,7 @@ def test_convert_folder_states_v_prediction_writes_markers(tmp_path):
 def test_convert_edm_v_prediction_both_ways(tmp_path):
     from sdlens.testing.zoo_unet import write_diffusers_folder
 
-    folder = write_diffusers_folder("sdxl", tmp_path / "dif")
+    folder = write_diffusers_folder("sd1", tmp_path / "dif")
     edm = {
         "_class_name": "EDMEulerScheduler",
         "sigma_min": 0.002,
@@ -409,26 +415,18 @@ def test_convert_edm_v_prediction_both_ways(tmp_path):
         assert ck.tensors["edm_vpred.sigma_max"].dtype == "F32" and "v_pred" not in ck.tensors
         p = prediction_of(ck, families.get("sdxl"))
     assert p.sigma_range == pytest.approx([0.002, 120.0])
-    # and a single file with the markers (no recorded config) gets the EDM scheduler in a folder
-    plain = tmp_path / "plain.safetensors"
-    _convert(single, plain)
-    with open_checkpoint(plain) as ck:
-        meta = dict(ck.metadata)
-    meta.pop("sdlens.diffusers_configs")
-    from sdlens.convert.plan import PROVENANCE_META
+    # and a single file with the markers gets the EDM scheduler in a folder
+    from sdlens.testing.zoo_unet import build_single_file
 
-    meta.pop(PROVENANCE_META, None)
-    with open_checkpoint(plain) as ck:
-        tensors = {k: ck.read(k) for k in ck.tensors}
-    save_safetensors(tensors, tmp_path / "bare.safetensors", meta)
+    sd = {
+        **build_single_file("sd1", dtype=torch.float16),
+        "edm_vpred.sigma_max": torch.tensor(120.0),
+        "edm_vpred.sigma_min": torch.tensor(0.002),
+    }
     out = tmp_path / "edm"
-    _convert(tmp_path / "bare.safetensors", out, layout="diffusers")
+    _convert(save_safetensors(sd, tmp_path / "m.safetensors"), out, layout="diffusers")
     c = _scheduler(out)
-    assert (c.prediction_type, c.sigma_min, c.sigma_max) == (
-        "v_prediction",
-        pytest.approx(0.002),
-        pytest.approx(120.0),
-    )
+    assert (c.prediction_type, c.sigma_min, c.sigma_max) == ("v_prediction", pytest.approx(0.002), 120.0)
 
 
 def test_convert_guess_is_recorded_not_promoted(tmp_path):
