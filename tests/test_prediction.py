@@ -230,6 +230,7 @@ def test_hostile_scheduler_configs_do_not_crash(tmp_path):
         "long": {"_class_name": "A" * 100_000, "prediction_type": "\x1b[31m" + "v" * 100_000},
         "notjson": "{not json",
         "array": [1, 2, 3],
+        "record": {"_class_name": "DDIMScheduler", "_sdlens_prediction": {"certainty": ["heuristic"]}},
     }
     for name, cfg in cases.items():
         p = _of_folder(_folder(tmp_path, cfg, name))
@@ -356,6 +357,16 @@ def test_convert_round_trip_single_diffusers_single(sdxl_v, tmp_path):
         "v_prediction",
         True,
         "trailing",
+    )
+    from rich.console import Console
+
+    from sdlens.render.convert_view import render_result
+
+    con = Console(record=True, width=300)
+    render_result(res, con)  # convert's output says what it wrote
+    assert (
+        "prediction: scheduler/scheduler_config.json: prediction_type v_prediction, rescale_betas_zero_snr true"
+        in (con.export_text())
     )
     back = tmp_path / "back.safetensors"
     _convert(folder, back)

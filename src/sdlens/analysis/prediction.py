@@ -231,7 +231,7 @@ def _from_config(cfg: Any, source: str) -> tuple[Evidence, str, list[float] | No
         words.append(f"timestep_spacing {show(cfg.get('timestep_spacing'))}")
     strength, basis = "stated", source
     rec = cfg.get(RECORD_KEY)
-    if isinstance(rec, dict) and rec.get("certainty") in _RECORDED:
+    if isinstance(rec, dict) and isinstance(rec.get("certainty"), str) and rec["certainty"] in _RECORDED:
         strength = _RECORDED[rec["certainty"]]
         words.append(f"filled in by sdlens convert from a {rec['certainty']} ({show(rec.get('from'))})")
         basis = f"{source}, filled in from a {rec['certainty']}"
