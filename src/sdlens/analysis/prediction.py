@@ -97,9 +97,8 @@ class Evidence:
 class Prediction:
     type: str  # epsilon | v_prediction | flow | edm | unknown
     certainty: str  # "stated" | "family default" | "heuristic" | "conflicting" | "unknown"
-    zero_terminal_snr: (
-        bool | None
-    )  # ztsnr marker / ss_zero_terminal_snr / rescale_betas_zero_snr; None: nothing says
+    # ztsnr marker / ss_zero_terminal_snr / rescale_betas_zero_snr / alphas_cumprod[T] = 0; None: nothing says
+    zero_terminal_snr: bool | None
     evidence: list[Evidence]
     basis: str = ""  # the source(s) the type rests on, in words
     sigma_range: list[float] | None = None  # [σ_min, σ_max] of an EDM v-prediction model (edm_vpred markers)
@@ -456,9 +455,10 @@ def prediction_of(ckpt: Checkpoint, family: Family | None) -> Prediction:
             first, basis = tier[0]
             pred.type, pred.certainty, pred.basis = first.says, certainty, basis
             others = [e for e, _ in tier[1:] if not _agree(e.says, first.says)]
-            if others:
+            if others and strength == "stated":
                 pred.certainty = "conflicting"
                 pred.conflicts = [f"{e.source} says {LABELS[e.says]}" for e in others]
+            if others:
                 pred.notes += [
                     f"{e.source} says {LABELS[e.says]}, but {first.source} says {LABELS[first.says]}: "
                     f"sdlens follows {first.source} (the more specific source)"
