@@ -480,3 +480,32 @@ def test_convert_zero_terminal_snr_on_a_scheduler_without_it(tmp_path):
         "trailing",
     )
     assert (c.beta_start, c.beta_end, c.beta_schedule) == (0.00085, 0.012, "scaled_linear")
+
+
+def test_convert_edm_markers_playground(tmp_path):
+    """edm_mean / edm_std: kept in float32 through --dtype fp16; a diffusers folder gets the EDM scheduler
+    Playground v2.5 releases (not a DDPM one that would sample it wrongly)."""
+    from sdlens.testing.zoo_unet import build_single_file
+
+    sd = {
+        **build_single_file("sdxl", dtype=torch.float32),
+        "edm_mean": torch.tensor([0.5, -0.25, 0.125, 1.0]).reshape(1, 4, 1, 1),
+        "edm_std": torch.tensor([4.0, 3.5, 3.25, 5.0]).reshape(1, 4, 1, 1),
+    }
+    src = save_safetensors(sd, tmp_path / "pg.safetensors")
+    half = tmp_path / "pg16.safetensors"
+    _convert(src, half, dtype="fp16")
+    with open_checkpoint(half) as ck:
+        assert ck.tensors["edm_mean"].dtype == "F32" and torch.equal(ck.read("edm_std"), sd["edm_std"])
+        p = prediction_of(ck, families.get("playground_v25"))
+    assert (p.type, p.certainty) == ("edm", "stated")
+    folder = tmp_path / "dif"
+    _convert(src, folder, layout="diffusers")
+    c = _scheduler(folder)
+    assert type(c).__name__ == "FrozenDict" and json.loads((folder / "model_index.json").read_text())[
+        "scheduler"
+    ] == [
+        "diffusers",
+        "EDMDPMSolverMultistepScheduler",
+    ]
+    assert (c.prediction_type, c.sigma_data, c.sigma_min, c.sigma_max) == ("epsilon", 0.5, 0.002, 80.0)

@@ -398,6 +398,13 @@ SCHEDULERS: dict[str, dict[str, Any]] = {
     "EulerDiscreteScheduler": _SCALED_LINEAR,
     "DDPMScheduler": {**_SCALED_LINEAR, "clip_sample": False},
     "FlowMatchEulerDiscreteScheduler": {"num_train_timesteps": 1000, "shift": 3.0},
+    # Playground v2.5 (its record's notes: EDM, σ_data 0.5, σ 0.002..80, epsilon under EDM preconditioning)
+    "EDMDPMSolverMultistepScheduler": {
+        "num_train_timesteps": 1000,
+        "sigma_min": 0.002,
+        "sigma_max": 80.0,
+        "sigma_data": 0.5,
+    },
 }
 
 

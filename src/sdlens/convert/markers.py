@@ -76,7 +76,8 @@ def fill_scheduler(cfg: dict[str, Any], pred: Prediction | None) -> tuple[dict[s
         out["rescale_betas_zero_snr"] = False
     if pred.certainty in ("family default", "heuristic") and "prediction_type" in out:
         out[RECORD_KEY] = {"certainty": pred.certainty, "from": pred.summary()}
-    changed = [k for k in ("prediction_type", "rescale_betas_zero_snr", "timestep_spacing") if k in out]
+    said = ("rescale_betas_zero_snr", "timestep_spacing") if pred.zero_terminal_snr else ()
+    changed = [k for k in ("prediction_type", *said) if k in out]
     words[:0] = [f"{k} {_json(out[k])}" for k in changed]
     if out.get(RECORD_KEY):
         words.append(f"a {pred.certainty}, recorded as {RECORD_KEY}")
