@@ -169,6 +169,9 @@ def extract_pass(st: PlanState) -> None:
     if not st.items:
         raise SdlensError(st.inp, f"--extract {','.join(st.opts.extract)}: the file holds no such component")
     st.operations.append(f"extract: {', '.join(st.opts.extract)}")
+    kept = [k for k, it in st.items.items() if it.component == "markers"]
+    if kept and "markers" not in st.opts.extract:
+        st.notes.append(f"marker keys kept with the denoiser ({', '.join(kept)}): they say how to sample it")
 
 
 def dtype_pass(st: PlanState) -> None:
