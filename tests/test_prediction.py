@@ -338,7 +338,8 @@ def test_convert_single_to_single_keeps_markers_and_metadata(sdxl_v, tmp_path):
             ck.metadata["modelspec.prediction_type"] == "v" and ck.metadata["ss_zero_terminal_snr"] == "True"
         )
     unet = tmp_path / "unet.safetensors"
-    _convert(sdxl_v, unet, extract=["unet"])  # the denoiser alone still says how to sample it
+    res = _convert(sdxl_v, unet, extract=["unet"])  # the denoiser alone still says how to sample it
+    assert any(n.startswith("marker keys kept with the denoiser (v_pred, ztsnr)") for n in res.plan.notes)
     assert {"v_pred", "ztsnr"} <= set(_keys(unet))
     dropped = tmp_path / "nomark.safetensors"
     _convert(sdxl_v, dropped, drop=["markers"])
