@@ -113,6 +113,6 @@ def _marker(key: str, shape: tuple[int, ...], value: float | None) -> Item:
         op="restore",
         restore="empty" if value is None else "value",
         value=value,
-        note="marker key for ComfyUI (the folder's scheduler config states it)",
+        note="marker key ComfyUI loads by: the input states it (its scheduler config or metadata)",
         out_dtype="F32",
     )
