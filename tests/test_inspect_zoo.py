@@ -90,10 +90,13 @@ def test_sd2_prediction_heuristic(tmp_path):
     key = "model.diffusion_model.output_blocks.11.1.transformer_blocks.0.norm1.bias"
     sd[key] = torch.randn(sd[key].shape, generator=torch.Generator().manual_seed(0)) * 0.5
     save_safetensors(sd, tmp_path / "v.safetensors")
-    assert inspect(tmp_path / "v.safetensors").prediction.startswith("v-prediction (heuristic")
+    v = inspect(tmp_path / "v.safetensors").prediction
+    assert (v.type, v.certainty) == ("v_prediction", "heuristic")
+    assert v.summary().startswith("v-prediction (heuristic")
     sd[key] = torch.zeros_like(sd[key])
     save_safetensors(sd, tmp_path / "e.safetensors")
-    assert inspect(tmp_path / "e.safetensors").prediction.startswith("epsilon")
+    e = inspect(tmp_path / "e.safetensors").prediction
+    assert (e.type, e.certainty) == ("epsilon", "heuristic")
 
 
 def test_zero_terminal_snr_schedule_and_markers(tmp_path):
@@ -110,7 +113,11 @@ def test_zero_terminal_snr_schedule_and_markers(tmp_path):
     save_safetensors(sd, tmp_path / "z.safetensors")
     r = inspect(tmp_path / "z.safetensors")
     assert r.schedule.zero_terminal_snr
-    assert r.prediction.startswith("v-prediction")
+    assert (r.prediction.type, r.prediction.certainty, r.prediction.zero_terminal_snr) == (
+        "v_prediction",
+        "stated",
+        True,
+    )
     assert any(m.startswith("ztsnr") for m in r.markers)
 
 

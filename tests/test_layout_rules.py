@@ -174,4 +174,4 @@ def test_make_plan_applies_the_passes_of_the_issue_in_order():
     from sdlens.convert.plan import PASSES
 
     names = [p.__name__.removesuffix("_pass") for p in PASSES]
-    assert names == ["vae", "ema", "drop", "position_ids", "extract", "dtype", "layout"]
+    assert names == ["vae", "ema", "drop", "position_ids", "extract", "dtype", "layout", "prediction"]

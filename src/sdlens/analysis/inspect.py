@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from sdlens.analysis.loading import LoadAdvice, how_to_load
 from sdlens.analysis.lora import LoraInfo, analyse_lora
 from sdlens.analysis.metadata import MetadataSummary, summarise_metadata
+from sdlens.analysis.prediction import Prediction, prediction_of
 from sdlens.analysis.quantisation import QuantSummary, summarise_quantisation
 from sdlens.analysis.scan import ScanResult, scan_and_hash, scan_and_hash_bytes, scan_tensors
 from sdlens.analysis.schedule import ScheduleInfo, analyse_schedule
@@ -83,7 +84,7 @@ class InspectReport:
     ema: EmaInfo | None
     schedule: ScheduleInfo | None
     markers: list[str]
-    prediction: str | None
+    prediction: Prediction | None  # prediction type with its evidence (None: nothing says, or no denoiser)
     unknown_keys: list[dict[str, Any]]
     position_ids: list[PositionIdsCheck]
     problems: list[str]
@@ -104,6 +105,7 @@ class InspectReport:
         d = asdict(self)
         d["merge_claims"] = [c.to_dict() for c in self.merge_claims]
         d["quantisation"] = self.quantisation.to_dict() if self.quantisation else None
+        d["prediction"] = self.prediction.to_dict() if self.prediction else None
         return d
 
 
@@ -242,7 +244,7 @@ def describe(ckpt: Checkpoint) -> InspectReport:
         ema=_ema(comps),
         schedule=_schedule(ckpt, comps),
         markers=[f"{k}: {R.MARKER_KEYS[k]}" for k in tensors if k in R.MARKER_KEYS],
-        prediction=_prediction(ckpt, fam, tensors),
+        prediction=_prediction(ckpt, fam, comps),
         unknown_keys=[
             {
                 "key": k,
@@ -316,23 +318,12 @@ def _schedule(ckpt: Checkpoint, comps: dict) -> ScheduleInfo | None:
     return analyse_schedule(betas, ac, list(sched.keys))
 
 
-def _prediction(ckpt: Checkpoint, fam: Family | None, tensors: dict) -> str | None:
-    if "v_pred" in tensors:
-        return "v-prediction (v_pred marker key)"
-    if "edm_vpred.sigma_max" in tensors:
-        return "v-prediction, EDM (edm_vpred marker)"
-    probe = fam.prediction_probe if fam is not None else None
-    if probe is None:  # the family has one prediction type, or its releases cannot be told apart
-        return None
-    step = ckpt.extras.get("global_step")
-    if step in probe.epsilon_steps:
-        return f"epsilon (global_step {step} = {probe.epsilon_steps[step]})"
-    key = probe.key
-    if key in tensors and tensors[key].nbytes <= _SMALL:
-        std = float(ckpt.read_numpy(key).astype("float64").std(ddof=1))
-        guess = "v-prediction" if std > probe.v_std else "epsilon"
-        return f"{guess} (heuristic: std of {key.split('.', 2)[2]} = {std:.3f}, > {probe.v_std:g} means v)"
-    return "unknown (cannot be read from the keys)"
+def _prediction(ckpt: Checkpoint, fam: Family | None, comps: dict) -> Prediction | None:
+    """The prediction type with its evidence: the family's default applies to a file with a denoiser only;
+    None when nothing says anything (a VAE, text encoders)."""
+    has_denoiser = any(cid.split("@")[0] == "denoiser" for cid in comps)
+    pred = prediction_of(ckpt, fam if has_denoiser else None)
+    return pred if pred.evidence else None
 
 
 def _check_position_ids(ckpt: Checkpoint, key: str) -> PositionIdsCheck:

@@ -47,11 +47,12 @@ class Item:
     component: str = "other"
     op: str = "keep"  # keep | rename | restore | replace | ema | drop
     note: str = ""
-    restore: str | None = None  # "arange": int64 0..N-1 (position_ids), no source data
+    restore: str | None = None  # no source data: "arange" int64 0..N-1 (position_ids), "empty", "value"
     file: str = ""  # output file (relative to OUT for folders)
     out_dtype: str = ""
     tags: set[str] = field(default_factory=set)
     bake: tuple[str, ...] = ()  # the LoRA files whose ΔW is added (--merge-lora): assembled, not streamed
+    value: float | None = None  # restore "value": every element (a marker scalar such as edm_vpred.sigma_max)
 
     @property
     def simple(self) -> bool:

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sdlens.analysis.prediction import prediction_of
+from sdlens.arch import families
 from sdlens.convert.diffusers_layout import from_diffusers
 from sdlens.convert.items import assign_components, is_arange
 from sdlens.convert.layouts import Item, Piece
@@ -36,6 +38,7 @@ from sdlens.convert.plan_passes import (
     layout_pass,
     lora_pass,
     position_ids_pass,
+    prediction_pass,
     vae_pass,
 )
 from sdlens.errors import SdlensError
@@ -49,7 +52,7 @@ __all__ = [
 
 # the passes, in the order they apply: each changes the plan state in place
 PASSES: tuple[Callable[[PlanState], None], ...] = (
-    vae_pass, ema_pass, drop_pass, position_ids_pass, extract_pass, dtype_pass, layout_pass,
+    vae_pass, ema_pass, drop_pass, position_ids_pass, extract_pass, dtype_pass, layout_pass, prediction_pass,
 )  # fmt: skip
 
 
@@ -262,6 +265,7 @@ def _read_input(inp: Path, opts: ConvertOptions) -> PlanState:
         else:
             items = {k: Item(k, i.shape, i.dtype, (Piece(0, k),)) for k, i in ck.tensors.items()}
         family, comps = assign_components(items)
+        prediction = prediction_of(ck, families.get(family))
         schemes = _tag_dequantised(items, ck)
         if schemes:
             n = sum("dequantised" in it.tags for it in items.values())
@@ -314,6 +318,7 @@ def _read_input(inp: Path, opts: ConvertOptions) -> PlanState:
         input_file_bytes,
         notes,
         operations,
+        prediction=prediction,
     )
 
 

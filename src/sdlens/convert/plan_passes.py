@@ -12,6 +12,7 @@ from typing import Any
 
 from sdlens.arch.detect import split_components
 from sdlens.convert import layouts as L
+from sdlens.convert import markers
 from sdlens.convert.diffusers_layout import to_diffusers
 from sdlens.convert.items import drop_item
 from sdlens.convert.layouts import Item, Piece, renamed
@@ -44,6 +45,7 @@ class PlanState:
     final: list[Item] = field(default_factory=list)  # the layout pass's output
     json_files: dict[str, dict[str, Any]] = field(default_factory=dict)
     loras: Any = None  # LoraPlan of --merge-lora
+    prediction: Any = None  # the input's sdlens.analysis.prediction.Prediction
 
     def drop(self, key: str, note: str) -> None:
         self.dropped.append(drop_item(self.items.pop(key), note))
@@ -160,20 +162,31 @@ def extract_pass(st: PlanState) -> None:
     if not st.opts.extract:
         return
     wanted = {c for x in st.opts.extract for c in SELECTORS[x]}
+    if "denoiser" in wanted and "markers" not in st.opts.drop:  # they say how to sample the denoiser
+        wanted.add("markers")
     for k in [k for k, it in st.items.items() if it.component not in wanted]:
         st.drop(k, "not extracted")
     if not st.items:
         raise SdlensError(st.inp, f"--extract {','.join(st.opts.extract)}: the file holds no such component")
     st.operations.append(f"extract: {', '.join(st.opts.extract)}")
+    kept = [k for k, it in st.items.items() if it.component == "markers"]
+    if kept and "markers" not in st.opts.extract:
+        st.notes.append(f"marker keys kept with the denoiser ({', '.join(kept)}): they say how to sample it")
 
 
 def dtype_pass(st: PlanState) -> None:
-    """``--dtype``: every float tensor's output dtype (restored tensors keep theirs)."""
+    """``--dtype``: every float tensor's output dtype (restored tensors and marker keys keep theirs)."""
     target = DTYPE_CHOICES[st.opts.dtype]
     n_cast = 0
     for it in st.items.values():
         it.out_dtype = it.dtype
-        if target and it.restore is None and DTYPES[it.dtype].is_float and it.dtype != target:
+        if (
+            target
+            and it.restore is None
+            and it.component != "markers"  # what loaders read them as (ComfyUI: float32 scalars)
+            and DTYPES[it.dtype].is_float
+            and it.dtype != target
+        ):
             it.out_dtype = target
             n_cast += 1
     if target:
@@ -182,6 +195,34 @@ def dtype_pass(st: PlanState) -> None:
         st.notes.append(
             "fp16: values beyond ±65504 would become inf (refused unless --force); values below 6e-8 "
             "become 0 (reported)"
+        )
+
+
+def prediction_pass(st: PlanState) -> None:
+    """The prediction type into the output's layout: a diffusers folder's scheduler config from the input's
+    prediction (markers, metadata, ...), a single file from a folder gets the marker keys it states."""
+    pred = st.prediction
+    if st.opts.layout == "diffusers":
+        cfg = st.json_files.get(markers.SCHEDULER)
+        if cfg is None:
+            return
+        new, words = markers.fill_scheduler(cfg, pred)
+        st.json_files[markers.SCHEDULER] = new
+        index = st.json_files.get("model_index.json")
+        if isinstance(index, dict) and new.get("_class_name") != cfg.get("_class_name"):
+            index["scheduler"] = ["diffusers", new["_class_name"]]
+        st.operations += [f"prediction: {w}" for w in words]
+        return
+    if st.fmt != "diffusers-folder" or "markers" in st.opts.drop:
+        return
+    if st.opts.extract and not {"denoiser", "markers"} & {c for x in st.opts.extract for c in SELECTORS[x]}:
+        return
+    new_items = markers.marker_items(pred, {it.key for it in st.final})
+    if new_items:
+        st.final = new_items + st.final
+        keys = " + ".join(it.key for it in new_items)
+        st.operations.append(
+            f"prediction: marker keys {keys} written (the folder states {pred.label()}: {pred.basis})"
         )
 
 

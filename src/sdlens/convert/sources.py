@@ -25,6 +25,8 @@ def assemble(item: Item, ckpts: list[Checkpoint], baker: LoraBaker | None = None
     if item.restore == "arange":
         n = item.shape[-1] if item.shape else 0
         return torch.arange(n, dtype=torch.int64).reshape(item.shape)
+    if item.restore in ("empty", "value"):  # marker keys (float32, as ComfyUI writes them)
+        return torch.full(item.shape, item.value or 0.0, dtype=torch.float32)
     if item.bake and baker is None:
         raise SdlensError(None, f"internal error: {item.key} is to be baked but no LoRA is open")
     parts = []

@@ -212,6 +212,8 @@ def verify_written(
                 if ok and e.restore == "arange":
                     t = out.read(e.key).reshape(-1)
                     ok = torch.equal(t, torch.arange(t.numel(), dtype=t.dtype))
+                elif ok and e.restore == "value":
+                    ok = bool((out.read(e.key) == (e.value or 0.0)).all())
                 _count(rep, e, ok)
                 if progress:
                     progress(nbytes(e))

@@ -147,6 +147,9 @@ def render_result(result: Any, console: Console, seconds: float | None = None) -
         f"  tensors: {counts.get('keep', 0)} kept as they were" + (f"; {changed}" if changed else ""),
         highlight=False,
     )
+    for op in plan.operations:  # what it wrote about the prediction type (scheduler config, marker keys)
+        if op.startswith("prediction: "):
+            console.print(f"  {safe(op)}", highlight=False)
     if any(e.out_dtype == "F16" and (e.dtype != "F16" or e.bake) for e in plan.entries):
         _range_lines(result.range_check.to_dict(), console)
     if plan.loras is not None:

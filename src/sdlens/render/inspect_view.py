@@ -8,6 +8,7 @@ from rich.table import Table
 from rich.text import Text
 
 from sdlens.analysis.inspect import InspectReport, human_bytes, human_count
+from sdlens.analysis.prediction import LABELS, Prediction
 from sdlens.render.safe_text import ERROR_LIMIT, NAME_LIMIT, printable, safe
 from sdlens.render.text import fits, path_line, plural, print_wide_or_narrow
 
@@ -121,12 +122,26 @@ def _identity(r: InspectReport, console: Console, colour: str) -> None:
     for n in r.nonstandard:
         ident.add_row("non-standard", safe(n))
     if r.prediction:
-        ident.add_row("prediction", safe(r.prediction))
+        _prediction(r.prediction, ident)
     for m in r.markers:
         ident.add_row("marker", safe(m))
     for k, v in r.extras.items():
         ident.add_row(safe(k), safe(v))
     console.print(ident)
+
+
+def _prediction(p: Prediction, table: Table) -> None:
+    """The summary line, then one line per piece of evidence and the notes."""
+    how = "" if p.conflicts or p.certainty == "unknown" else f" [dim]({safe(p.certainty)})[/]"
+    table.add_row("prediction", safe(p.summary()) + how)
+    for e in p.evidence:
+        says = LABELS.get(e.says, "unknown") if e.says != "unknown" else ""
+        if e.zero_terminal_snr is not None:
+            says += (", " if says else "") + f"zero terminal SNR {'yes' if e.zero_terminal_snr else 'no'}"
+        head = f"{e.source}: {says or 'nothing'} ({e.strength}{'' if e.counted else ', not counted'})"
+        table.add_row("  evidence", f"{safe(head)} [dim]{safe(e.detail)}[/]")
+    for n in p.notes:
+        table.add_row("  [yellow]note[/]", safe(n))
 
 
 def _state(r: InspectReport, console: Console) -> None:
