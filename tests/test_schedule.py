@@ -277,3 +277,31 @@ def test_cli_json_plot_and_errors(tmp_path, cli, sd1_dict):
     assert r.returncode == 2 and "\x1b" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
     r = cli("schedule", "sdxl", "--spacing", "sideways")
     assert r.returncode == 2 and "--spacing" in r.stderr
+
+
+def test_folder_states_its_schedule_and_hostile_configs_are_one_line(zoo, tmp_path, cli):
+    import shutil
+
+    src = zoo["sdxl_diffusers"].path
+    v = checkpoint_view(src, steps=None, res=None)
+    cfg = json.loads((src / "scheduler" / "scheduler_config.json").read_text())
+    assert v.schedule.source.endswith("scheduler/scheduler_config.json")
+    assert v.schedule.config["_class_name"] == cfg["_class_name"]
+    assert v.schedule.config["beta_schedule"] == cfg["beta_schedule"]
+    folder = tmp_path / "f"
+    shutil.copytree(src, folder)
+    sched = folder / "scheduler" / "scheduler_config.json"
+    for bad in (
+        {**cfg, "num_train_timesteps": 10**12},
+        {**cfg, "trained_betas": ["x"] * 1000},
+        {**cfg, "beta_start": "0.1\x1b[2J"},
+        {**cfg, "beta_schedule": "quadratic"},
+    ):
+        sched.write_text(json.dumps(bad))
+        r = cli("schedule", str(folder))
+        assert r.returncode == 2, r.stdout
+        assert (
+            len(r.stderr.strip().splitlines()) == 1
+            and "scheduler config" in r.stderr
+            and "\x1b" not in r.stderr
+        )

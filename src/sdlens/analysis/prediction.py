@@ -249,7 +249,7 @@ def _number(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
-def _folder_config(ckpt: Checkpoint) -> Any:
+def folder_scheduler_config(ckpt: Checkpoint) -> Any:
     """The folder's scheduler config (confined to the folder), None without one; an Evidence when unreadable."""
     if ckpt.format != "diffusers-folder" or not os.path.lexists(ckpt.path / SCHEDULER_CONFIG):
         return None
@@ -263,7 +263,7 @@ def _folder_config(ckpt: Checkpoint) -> Any:
 
 
 def _configs(ckpt: Checkpoint) -> tuple[list[tuple[Evidence, str]], list[float] | None]:
-    cfg: Any = _folder_config(ckpt)
+    cfg: Any = folder_scheduler_config(ckpt)
     source = SCHEDULER_CONFIG
     if isinstance(cfg, Evidence):
         return [(cfg, SCHEDULER_CONFIG)], None

@@ -254,7 +254,7 @@ def _buffers(ckpt, comps: dict) -> tuple[ScheduleInfo | None, np.ndarray | None]
 def checkpoint_view(path: str | Path, *, steps: int | None, res: tuple[int, int] | None) -> ScheduleView:
     """The schedule a checkpoint carries or implies: its own β / ᾱ buffers when it stores them, else its family's
     released schedule (with the zero-terminal-SNR rescale where a ``ztsnr`` marker says so)."""
-    from sdlens.analysis.prediction import prediction_of
+    from sdlens.analysis.prediction import folder_scheduler_config, prediction_of
     from sdlens.arch.identify import identify
     from sdlens.io.open import open_checkpoint
 
@@ -266,6 +266,7 @@ def checkpoint_view(path: str | Path, *, steps: int | None, res: tuple[int, int]
         info, betas = _buffers(ckpt, ident.split.components)
         markers = [k for k in ckpt.tensors if k in R.MARKER_KEYS]
         pred = prediction_of(ckpt, fam)
+        folder_cfg = folder_scheduler_config(ckpt)
     name = Path(path).name
     file = {
         "path": str(path),
@@ -275,7 +276,13 @@ def checkpoint_view(path: str | Path, *, steps: int | None, res: tuple[int, int]
         "markers": [f"{k}: {R.MARKER_KEYS[k]}" for k in markers],
     }
     notes: list[str] = []
-    if info is not None and betas is not None and np.all(np.isfinite(betas)):
+    if isinstance(folder_cfg, dict):  # a diffusers folder states its schedule
+        where = f"{name}/scheduler/scheduler_config.json"
+        s = S.from_config(folder_cfg, "folder scheduler", where, where)
+        notes.append(
+            f"the folder's scheduler config: {str(folder_cfg.get('_class_name', 'no class named'))[:80]}"
+        )
+    elif info is not None and betas is not None and np.all(np.isfinite(betas)):
         notes.append(f"its schedule buffers: {info.description}")
         if info.match is not None:
             base = S.NAMED[info.match]

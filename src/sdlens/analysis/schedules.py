@@ -188,8 +188,12 @@ def check_config(cfg: Mapping[str, Any], label: str) -> None:
     if cfg.get("timestep_spacing", "leading") not in SPACINGS:
         raise bad(f"timestep_spacing is not one of {', '.join(SPACINGS)}")
     tb = cfg.get("trained_betas")
-    if tb is not None and (not isinstance(tb, (list, tuple)) or len(tb) != n):
-        raise bad("trained_betas is not a list of num_train_timesteps numbers")
+    if tb is not None and (
+        not isinstance(tb, (list, tuple))
+        or len(tb) != n
+        or not all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b <= 1 for b in tb)
+    ):
+        raise bad("trained_betas is not a list of num_train_timesteps numbers in [0, 1]")
     if cfg.get("shift") is not None and not 0 < cfg["shift"] <= 1000:
         raise bad("shift must be above 0")
     if cfg.get("sigma_min") is not None and not 0 < cfg["sigma_min"] < cfg.get("sigma_max", 80.0):
