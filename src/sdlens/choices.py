@@ -21,6 +21,8 @@ DeltaBy = Literal["block", "layer", "key"]  # groups of ``delta``: merge blocks 
 EmbedMethod = Literal["pca", "tsne"]  # the embedding maps drawn
 DiagramDepth = Literal[1, 2]  # torchview depth of ``arch --diagram``
 Precision = Literal["fp16", "bf16", "fp32"]  # weights and activations of ``arch``
+MeasureDevice = Literal["auto", "cpu", "cuda"]  # where ``arch --measure`` runs (auto: CUDA when there is one)
+MeasureAttention = Literal["sdpa", "math"]  # ``arch --measure``: PyTorch's SDPA dispatch, or the math kernel
 
 
 class ChoiceError(SdlensError):
