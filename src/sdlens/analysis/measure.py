@@ -123,7 +123,7 @@ def _sync(device: torch.device) -> None:
 
 # --------------------------------------------------------------------------- memory probes
 
-M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
 MAPPED_BELOW = 64 << 10  # the live-tensor pass: every allocation from 64 KiB up is its own mapping
 MAPPED_AFTER = 32 << 20  # glibc's ceiling of the dynamic threshold, where a warmed-up process sits
 
@@ -231,8 +231,9 @@ class _LinuxProcessMemory:
             self.libc.mallopt(M_MMAP_THRESHOLD, MAPPED_BELOW)
 
     def finish(self) -> None:
-        if self.libc is not None:
+        if self.libc is not None:  # as glibc's dynamic rule leaves them in a warmed-up process
             self.libc.mallopt(M_MMAP_THRESHOLD, MAPPED_AFTER)
+            self.libc.mallopt(M_TRIM_THRESHOLD, 2 * MAPPED_AFTER)
 
     def live_pass(self, call: Callable[[], Any]) -> int | None:
         """Warm up, then one forward's resident peak with every tensor mapped on its own; then the held mode."""
@@ -496,8 +497,8 @@ def _run(
 
 # --------------------------------------------------------------------------- rows and notes
 
-LIVE = "activation peak, live tensors"
-HELD = "activation peak, held by the allocator"
+LIVE = "activations, live"
+HELD = "activations, held"
 
 
 def _rows(
@@ -506,17 +507,17 @@ def _rows(
     mode = m["estimate_mode"]
     act = m["estimate_activation"]
     rows = [
-        Row("time per forward (min)", "s", times["min_s"]),
-        Row("time per step (median)", "s", times["step_s"]),
+        Row("forward, fastest", "s", times["min_s"]),
+        Row("step (median forward)", "s", times["step_s"]),
         Row("achieved FLOP/s", "flop/s", flops / times["step_s"] if times["step_s"] else None),
     ]
     if compile:
-        rows.append(Row("compile (first call)", "s", times["compile_s"]))
+        rows.append(Row("compile + first call", "s", times["compile_s"]))
     rows += [
         Row("weights + buffers", "bytes", m["weights"], m["estimate_weights"]),
         Row(f"{LIVE} ({mode})", "bytes", m["activation_live"], act),
         Row(f"{HELD} ({mode})", "bytes", m["activation_held"], act),
-        Row("peak, weights + live activations", "bytes", m["peak"], m["estimate_weights"] + act),
+        Row("weights + live activations", "bytes", m["peak"], m["estimate_weights"] + act),
     ]
     for r in rows:
         r.note = _why(r, dev.type == "cpu", mode, compile)
@@ -557,8 +558,8 @@ def _why(r: Row, cpu: bool, mode: str, compile: bool) -> str | None:
         ]
         if mode == "materialised":
             reasons.append(
-                "the math attention path makes copies beside the scores and probabilities the estimate counts "
-                "(the scaled query, scores upcast or masked)"
+                "the math attention path holds more than the scores and probabilities the estimate counts: its "
+                "softmax also builds a boolean mask of the scores (one byte each), and scaled copies of the query"
             )
         if compile:
             reasons.append("torch.compile's generated code allocates its own buffers")
