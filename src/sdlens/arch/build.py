@@ -158,7 +158,9 @@ def build_denoiser(
             except (TypeError, ValueError, KeyError, AttributeError) as e:
                 raise SdlensError(None, f"cannot build {cls_name} from this config: {e}") from None
         _attention_sdpa(model)
-        return model.to(dtype).eval()
+        if device.type == "meta":
+            return model.to(dtype).eval()
+        return model.to(device=device, dtype=dtype).eval()  # a buffer made on the CPU (numpy) moves too
 
 
 @contextlib.contextmanager
@@ -354,7 +356,7 @@ def denoiser_inputs(
         n = (h // p) * (w // p)
         return {
             "hidden_states": t(B, cfg.in_channels, h, w),
-            "timestep": t(B, dt=torch.float32, fill="time"),
+            "timestep": t(B, fill="time"),  # in the latents' dtype, as its pipeline passes it
             "encoder_hidden_states": t(B, cfg.text_len, cfg.cross_attention_dim),
             "text_embedding_mask": t(B, cfg.text_len, dt=torch.long, fill="one"),
             "encoder_hidden_states_t5": t(B, cfg.text_len_t5, cfg.cross_attention_dim_t5),
