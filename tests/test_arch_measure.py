@@ -224,3 +224,21 @@ def test_text_output(unet_run):
     held = unet_run.row("activations, held (fused)")
     if held.note:  # every note is numbered under the table
         assert "[1]" in text and held.note.split()[0] in text
+
+
+@pytest.mark.parametrize(
+    ("option", "bad", "listed"),
+    [("--device", "tpu", "auto, cpu or cuda"), ("--attn", "flash", "sdpa or math")],
+)
+def test_a_wrong_choice_is_one_line_before_any_work(option, bad, listed):
+    from typer.testing import CliRunner
+
+    import sdlens.cli as cli_mod
+
+    r = CliRunner().invoke(cli_mod.app, ["arch", "sd1", "--measure", option, bad], env={"COLUMNS": "200"})
+    assert r.exit_code == 2 and r.stdout == ""
+    assert [ln for ln in r.stderr.splitlines() if ln.strip()] == [
+        f"sdlens: error: {option} must be {listed} (got '{bad}')"
+    ]
+    with pytest.raises(SdlensError, match=f"{option} must be {listed}"):
+        M.measure("sd1", **{option.strip("-"): bad})

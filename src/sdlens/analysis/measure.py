@@ -384,6 +384,12 @@ def measure(
             f"--measure: {what} ran out of memory on {device_name(dev)} (estimate: "
             f"{(est_weights + est_act) / 1e9:.1f} GB for weights + activations)",
         ) from None
+    except (RuntimeError, NotImplementedError) as e:
+        if "not implemented for" not in str(e):
+            raise  # the forward ran on meta: anything else is sdlens's bug, not the user's input
+        raise SdlensError(
+            None, f"--measure: {dtype} on {dev.type}: {str(e).splitlines()[0]} (try another --dtype)"
+        ) from None
     finally:
         net = inputs = None
         if probe.available:
