@@ -72,7 +72,7 @@ def row_of(m: dict[str, Any], label: str) -> dict[str, Any]:
         "batch": s["denoiser_batch"],
         "step": m["times"]["step_s"],
         "compile_s": m["times"]["compile_s"],
-        "tflops": rows["achieved FLOP/s"]["measured"] / 1e12,
+        "flops": rows["achieved FLOP/s"]["measured"],
         "weights": rows["weights + buffers"],
         "live": rows[f"activations, live ({mode})"],
         "held": rows[f"activations, held ({mode})"],
@@ -89,9 +89,10 @@ def _ratio(r: dict[str, Any]) -> str:
     return "—" if r["ratio"] is None else f"{r['ratio']:.2f}"
 
 
-def print_table(rows: list[dict[str, Any]], held_label: str) -> None:
+def print_table(rows: list[dict[str, Any]], held_label: str, flops_unit: str = "TFLOP/s") -> None:
+    scale = {"TFLOP/s": 1e12, "GFLOP/s": 1e9}[flops_unit]
     head = (
-        f"{'model':<14} {'dtype':<5} {'attn':<5} {'cmp':<3} {'res':>6} {'B':>2} {'ms/step':>9} {'TFLOP/s':>8} "
+        f"{'model':<14} {'dtype':<5} {'attn':<5} {'cmp':<3} {'res':>6} {'B':>2} {'ms/step':>9} {flops_unit:>8} "
         f"{'weights GB':>15} {'act. live GB':>16} {'ratio':>5} {held_label:>6} {'peak':>5}  notes"
     )
     print(head)
@@ -111,7 +112,7 @@ def print_table(rows: list[dict[str, Any]], held_label: str) -> None:
         w, live = r["weights"], r["live"]
         print(
             f"{r['model']:<14} {r['dtype']:<5} {r['attn']:<5} {r['compile']:<3} {r['res']:>6} {r['batch']:>2} "
-            f"{r['step'] * 1e3:9.1f} {r['tflops']:8.1f} "
+            f"{r['step'] * 1e3:9.1f} {r['flops'] / scale:8.1f} "
             f"{_gb(w['measured']) + ' / ' + _gb(w['estimate']):>15} "
             f"{_gb(live['measured']) + ' / ' + _gb(live['estimate']):>16} {_ratio(live):>5} "
             f"{_ratio(r['held']):>6} {_ratio(r['peak']):>5}  {','.join(marks)}"
@@ -167,7 +168,7 @@ def run_cpu(res: int) -> list[dict[str, Any]]:
     with tempfile.TemporaryDirectory() as tmp:
         small = Path(tmp) / "small-unet.json"
         small.write_text(json.dumps(SMALL_UNET))
-        for model, label, r in ((str(small), "small UNet", 512), ("sd1", "sd1", res)):
+        for model, label, r in ((str(small), "small UNet", 384), ("sd1", "sd1", res)):
             for attn in ("sdpa", "math"):
                 cmd = [sys.executable, "-m", "sdlens.cli", "arch", model, "--measure", "--device", "cpu"]
                 cmd += ["--res", f"{r}x{r}", "--attn", attn, "--json"]
@@ -209,7 +210,7 @@ def main() -> None:
         print(
             f"\nsdlens arch --measure on the CPU, fp32, {torch.get_num_threads()} threads ({time.perf_counter() - t0:.0f} s)"
         )
-        print_table(rows, "held")
+        print_table(rows, "held", "GFLOP/s")
     print(
         "ratios: measured / estimate. act. live: CUDA max_memory_allocated / CPU resident peak with every tensor "
         "mapped on its own; resv./held: the allocator's reserved peak / the process peak with glibc's heap; "

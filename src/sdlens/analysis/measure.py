@@ -556,7 +556,8 @@ def _why(r: Row, cpu: bool, mode: str, compile: bool) -> str | None:
         reasons = [
             "the estimate counts the tensors the forward's ops return; workspaces inside kernels "
             + (
-                "(oneDNN's reordered copies of convolution inputs, attention scratch)"
+                "(oneDNN copies a convolution's weight and input into its blocked layout at every call: with large "
+                "convolutions the copy of the largest weight shows)"
                 if cpu
                 else "(cuBLAS, cuDNN, attention)"
             )
