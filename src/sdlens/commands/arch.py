@@ -100,7 +100,8 @@ def run(
     runs: Annotated[int, typer.Option(metavar="N", help="--measure: timed forwards.")] = 3,
     warmup: Annotated[int, typer.Option(metavar="N", help="--measure: warm-up forwards before them.")] = 1,
 ) -> None:
-    """Parameters, merge blocks, every GEMM, FLOPs, memory and diagrams of an architecture — no weights needed."""
+    """Parameters, merge blocks, every GEMM, FLOPs, memory and diagrams of an architecture — no weights needed;
+    --measure runs its denoiser with random weights and sets measured time and memory beside the estimates."""
     from sdlens.analysis.cost import analyse, parse_res, write_gemm_csv
     from sdlens.analysis.cost import compare as compare_models
     from sdlens.console import err, out, output_path
