@@ -199,7 +199,7 @@ def main() -> None:
     if cuda:
         for line in gpu_lines():
             print(line)
-        budget = args.budget if args.budget is not None else (390.0 if args.quick else 3600.0)
+        budget = args.budget if args.budget is not None else (330.0 if args.quick else 3600.0)
         t0 = time.perf_counter()
         rows = run_cuda(args.quick, budget)
         print(f"\nsdlens arch --measure on CUDA at 1024², random weights ({time.perf_counter() - t0:.0f} s)")

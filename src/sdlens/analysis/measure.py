@@ -385,6 +385,8 @@ def measure(
             f"{(est_weights + est_act) / 1e9:.1f} GB for weights + activations)",
         ) from None
     except (RuntimeError, NotImplementedError) as e:
+        if "can't allocate memory" in str(e):  # the CPU allocator's out-of-memory error
+            raise SdlensError(None, f"--measure: {what} ran out of memory on the CPU") from None
         if "not implemented for" not in str(e):
             raise  # the forward ran on meta: anything else is sdlens's bug, not the user's input
         raise SdlensError(
