@@ -104,11 +104,12 @@ def print_table(rows: list[dict[str, Any]], held_label: str, flops_unit: str = "
                 f"{r['model']:<14} {r.get('dtype', ''):<5} {r.get('attn', ''):<5} {r.get('compile', ''):<3} {r['error']}"
             )
             continue
-        marks = []
+        marks: list[str] = []
         for n in r["notes"]:
             if n not in legend:
                 legend.append(n)
-            marks.append(str(legend.index(n) + 1))
+            if str(legend.index(n) + 1) not in marks:
+                marks.append(str(legend.index(n) + 1))
         w, live = r["weights"], r["live"]
         print(
             f"{r['model']:<14} {r['dtype']:<5} {r['attn']:<5} {r['compile']:<3} {r['res']:>6} {r['batch']:>2} "

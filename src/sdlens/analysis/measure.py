@@ -505,8 +505,10 @@ def _run(
 
 # --------------------------------------------------------------------------- rows and notes
 
+WEIGHTS = "weights + buffers"
 LIVE = "activations, live"
 HELD = "activations, held"
+PEAK = "weights + live activations"
 
 
 def _rows(
@@ -522,10 +524,10 @@ def _rows(
     if compile:
         rows.append(Row("compile + first call", "s", times["compile_s"]))
     rows += [
-        Row("weights + buffers", "bytes", m["weights"], m["estimate_weights"]),
+        Row(WEIGHTS, "bytes", m["weights"], m["estimate_weights"]),
         Row(f"{LIVE} ({mode})", "bytes", m["activation_live"], act),
         Row(f"{HELD} ({mode})", "bytes", m["activation_held"], act),
-        Row("weights + live activations", "bytes", m["peak"], m["estimate_weights"] + act),
+        Row(PEAK, "bytes", m["peak"], m["estimate_weights"] + act),
     ]
     for r in rows:
         r.note = _why(r, dev.type == "cpu", mode, compile)
@@ -537,7 +539,9 @@ def _why(r: Row, cpu: bool, mode: str, compile: bool) -> str | None:
     if r.ratio is None or abs(r.ratio - 1) <= NOTE_ABOVE:
         return None
     over = r.ratio > 1
-    if r.quantity.startswith("weights"):
+    if r.quantity == PEAK:
+        return "the sum of the weights and the live activations: see their rows"
+    if r.quantity == WEIGHTS:
         if not over:
             return "less than parameters × bytes: the process reused memory freed before the build"
         return (
