@@ -6,10 +6,12 @@ class's own random initialisation (nothing is downloaded), fed the inputs the pi
 (``denoiser_inputs``), and run under ``torch.inference_mode()``: warm-up forwards, then timed ones. One sampling
 step is one forward at the denoiser batch ``analyse`` counts (CFG: twice the images).
 
-Memory: on CUDA the caching allocator's own counters (``max_memory_allocated`` after
-``reset_peak_memory_stats``, and ``max_memory_reserved``); on Linux CPUs the process's resident high-water mark
-(``VmHWM``, reset by writing ``5`` to ``/proc/self/clear_refs``, after glibc's ``malloc_trim(0)`` has returned
-freed heap memory); elsewhere the CPU peak is reported unavailable. See ``docs/arch.md``.
+Memory, two activation peaks: *live* tensors and what the allocator *held*. On CUDA the caching allocator's own
+counters (``max_memory_allocated`` / ``max_memory_reserved`` after ``reset_peak_memory_stats``); on Linux CPUs
+the process's resident high-water mark (``VmHWM``, reset by writing ``5`` to ``/proc/self/clear_refs`` after
+glibc's ``malloc_trim(0)``), for the live peak over one forward with every large allocation mapped on its own
+(``mallopt``), for the held peak over the timed forwards; elsewhere the CPU peaks are reported unavailable. See
+``docs/arch.md``.
 """
 
 from __future__ import annotations
