@@ -242,3 +242,18 @@ def test_a_wrong_choice_is_one_line_before_any_work(option, bad, listed):
     ]
     with pytest.raises(SdlensError, match=f"{option} must be {listed}"):
         M.measure("sd1", **{option.strip("-"): bad})
+
+
+def test_cli_json_holds_the_report_and_the_measurement(configs):
+    from typer.testing import CliRunner
+
+    import sdlens.cli as cli_mod
+
+    args = ["arch", str(configs["flux"]), "--measure", "--device", "cpu", "--res", "128", "--runs", "1"]
+    r = CliRunner().invoke(cli_mod.app, [*args, "--warmup", "0", "--json"], env={"COLUMNS": "200"})
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.stdout)
+    m = d["measured"]
+    assert d["params"] == m["params"] == m["params_estimate"]  # the arch report and the run beside it
+    assert d["settings"]["dtype"] == m["settings"]["dtype"] == "fp32"  # the CPU's default, in both
+    assert m["flops_per_forward"] == d["denoiser"]["total_flops"] and len(m["times"]["forward_s"]) == 1
