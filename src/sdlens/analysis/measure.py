@@ -37,6 +37,7 @@ from sdlens.errors import SdlensError
 
 CPU_MEMORY_SHARE = 0.5  # a CPU run is refused when its estimate exceeds this share of the available memory
 NOTE_ABOVE = 0.20  # measured and estimated figures further apart than this get a note saying why
+SMALL = 16e6  # CPU figures under this many bytes are within the reach of the process's own noise
 Unit = Literal["s", "bytes", "flop/s"]
 
 
@@ -541,6 +542,16 @@ def _why(r: Row, cpu: bool, mode: str, compile: bool) -> str | None:
     if r.ratio is None or abs(r.ratio - 1) <= NOTE_ABOVE:
         return None
     over = r.ratio > 1
+    small = (
+        "a figure of a few MB, the size of the process's own allocations while it runs (Python objects, library "
+        "pages touched for the first time): "
+        if cpu and r.unit == "bytes" and r.estimate is not None and r.estimate < SMALL
+        else ""
+    )
+    return (small + (_reason(r, cpu, mode, compile, over) or "")) or None
+
+
+def _reason(r: Row, cpu: bool, mode: str, compile: bool, over: bool) -> str | None:
     if r.quantity == PEAK:
         return "the sum of the weights and the live activations: see their rows"
     if r.quantity == WEIGHTS:
