@@ -22,6 +22,8 @@ EmbedMethod = Literal["pca", "tsne"]  # the embedding maps drawn
 DiagramDepth = Literal[1, 2]  # torchview depth of ``arch --diagram``
 Precision = Literal["fp16", "bf16", "fp32"]  # weights and activations of ``arch``
 Spacing = Literal["leading", "trailing", "linspace"]  # timestep spacing of ``schedule`` (diffusers' names)
+MeasureDevice = Literal["auto", "cpu", "cuda"]  # where ``arch --measure`` runs (auto: CUDA when there is one)
+MeasureAttention = Literal["sdpa", "math"]  # ``arch --measure``: PyTorch's SDPA dispatch, or the math kernel
 
 
 class ChoiceError(SdlensError):

@@ -1,7 +1,9 @@
 """Models with no weights: diffusers / transformers classes built on the meta device, and the inputs the
 pipelines hand them (as the diffusers pipelines build them), so a meta-device forward can be traced op by op.
 
-Nothing here allocates real memory for weights or activations: every tensor lives on ``torch.device("meta")``.
+By default nothing here allocates real memory for weights or activations: every tensor lives on
+``torch.device("meta")``. ``build_denoiser(..., device=...)`` and ``denoiser_inputs(..., device=...)`` build the
+same model with random weights and the same inputs with random values on a real device (``arch --measure``).
 """
 
 from __future__ import annotations
@@ -138,18 +140,39 @@ def diffusers_class(name: str) -> Any:
 
 
 def build_denoiser(
-    cls_name: str, config: dict[str, Any], dtype: torch.dtype = torch.float16
+    cls_name: str,
+    config: dict[str, Any],
+    dtype: torch.dtype = torch.float16,
+    *,
+    device: torch.device | str = META,
 ) -> torch.nn.Module:
+    """The denoiser of ``config``: on meta (shapes only; the default), or with the class's own random
+    initialisation on a real ``device``, created there directly in ``dtype`` (no full-precision copy first)."""
+    device = torch.device(device)
     with _quiet():
         cls = diffusers_class(cls_name)
         cfg = {k: v for k, v in config.items() if not k.startswith("_")}
-        with torch.device(META):
+        with torch.device(device), _default_dtype(dtype if device.type != "meta" else None):
             try:
                 model = cls(**cfg)
             except (TypeError, ValueError, KeyError, AttributeError) as e:
                 raise SdlensError(None, f"cannot build {cls_name} from this config: {e}") from None
         _attention_sdpa(model)
-        return model.to(dtype).eval()
+        if device.type == "meta":
+            return model.to(dtype).eval()
+        return model.to(device=device, dtype=dtype).eval()  # a buffer made on the CPU (numpy) moves too
+
+
+@contextlib.contextmanager
+def _default_dtype(dtype: torch.dtype | None):
+    """Parameters created in ``dtype`` (None: unchanged): a real build never holds an fp32 copy of fp16 weights."""
+    old = torch.get_default_dtype()
+    if dtype is not None:
+        torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(old)
 
 
 def _attention_sdpa(model: torch.nn.Module) -> None:
@@ -253,20 +276,44 @@ TRACEABLE = (
 
 
 def denoiser_inputs(
-    spec: ArchSpec, model: torch.nn.Module, batch: int, width: int, height: int, dtype: torch.dtype
+    spec: ArchSpec,
+    model: torch.nn.Module,
+    batch: int,
+    width: int,
+    height: int,
+    dtype: torch.dtype,
+    *,
+    device: torch.device | str = META,
+    seed: int = 0,
 ) -> dict[str, Any]:
-    """Keyword arguments of one denoiser forward, as the pipeline passes them (shapes only, on meta)."""
+    """Keyword arguments of one denoiser forward, as the pipeline passes them: shapes only on meta (the
+    default); on a real ``device``, values of the right kind (normal latents and text states, timestep 500 (0.5 where the pipeline divides by 1000),
+    masks of ones, style 0, sizes of the image), drawn from ``seed``."""
     h, w = latent_size(spec, width, height)
     cfg = model.config
     B, L = batch, spec.text_tokens
+    device = torch.device(device)
+    gen = torch.Generator().manual_seed(seed)
+    fills = {
+        "time": 500.0,
+        "time01": 0.5,
+        "guidance": 3.5,
+        "one": 1,
+        "zero": 0,
+        "size": float(max(width, height)),
+    }
 
-    def t(*shape: int, dt: torch.dtype = dtype) -> torch.Tensor:
-        return torch.empty(*shape, device=META, dtype=dt)
+    def t(*shape: int, dt: torch.dtype = dtype, fill: str = "normal") -> torch.Tensor:
+        if device.type == "meta":
+            return torch.empty(*shape, device=META, dtype=dt)
+        if fill == "normal":  # drawn on the CPU (the same values on every device), then moved
+            return torch.randn(*shape, generator=gen, dtype=torch.float32).to(device=device, dtype=dt)
+        return torch.full(shape, fills[fill], device=device, dtype=dt)
 
     if spec.is_unet:
         kw: dict[str, Any] = {
             "sample": t(B, cfg.in_channels, h, w),
-            "timestep": t(B, dt=torch.float32),
+            "timestep": t(B, dt=torch.float32, fill="time"),
             "encoder_hidden_states": t(B, L, cfg.cross_attention_dim),
         }
         if cfg.addition_embed_type == "text_time":
@@ -275,14 +322,14 @@ def denoiser_inputs(
             )  # SDXL: sizes and crop (6 values); the refiner: 5, with aesthetics
             n_time = fam.denoiser.time_ids if fam is not None and fam.denoiser is not None else 6
             pooled = cfg.projection_class_embeddings_input_dim - n_time * cfg.addition_time_embed_dim
-            kw["added_cond_kwargs"] = {"text_embeds": t(B, pooled), "time_ids": t(B, n_time)}
+            kw["added_cond_kwargs"] = {"text_embeds": t(B, pooled), "time_ids": t(B, n_time, fill="size")}
         return kw
     if spec.cls_name == "SD3Transformer2DModel":
         return {
             "hidden_states": t(B, cfg.in_channels, h, w),
             "encoder_hidden_states": t(B, L, cfg.joint_attention_dim),
             "pooled_projections": t(B, cfg.pooled_projection_dim),
-            "timestep": t(B, dt=torch.float32),
+            "timestep": t(B, dt=torch.float32, fill="time"),
         }
     if spec.cls_name == "FluxTransformer2DModel":
         n = (h // 2) * (w // 2)
@@ -290,18 +337,18 @@ def denoiser_inputs(
             "hidden_states": t(B, n, cfg.in_channels),
             "encoder_hidden_states": t(B, L, cfg.joint_attention_dim),
             "pooled_projections": t(B, cfg.pooled_projection_dim),
-            "timestep": t(B, dt=torch.float32),
-            "img_ids": t(n, 3, dt=torch.float32),
-            "txt_ids": t(L, 3, dt=torch.float32),
+            "timestep": t(B, dt=torch.float32, fill="time01"),
+            "img_ids": t(n, 3, dt=torch.float32, fill="zero"),
+            "txt_ids": t(L, 3, dt=torch.float32, fill="zero"),
         }
         if cfg.guidance_embeds:
-            kw["guidance"] = t(B, dt=torch.float32)
+            kw["guidance"] = t(B, dt=torch.float32, fill="guidance")
         return kw
     if spec.cls_name == "AuraFlowTransformer2DModel":
         return {
             "hidden_states": t(B, cfg.in_channels, h, w),
             "encoder_hidden_states": t(B, L, cfg.joint_attention_dim),
-            "timestep": t(B, dt=torch.float32),
+            "timestep": t(B, dt=torch.float32, fill="time01"),
         }
     if spec.cls_name == "HunyuanDiT2DModel":
         p = cfg.patch_size
@@ -309,13 +356,13 @@ def denoiser_inputs(
         n = (h // p) * (w // p)
         return {
             "hidden_states": t(B, cfg.in_channels, h, w),
-            "timestep": t(B, dt=torch.float32),
+            "timestep": t(B, fill="time"),  # in the latents' dtype, as its pipeline passes it
             "encoder_hidden_states": t(B, cfg.text_len, cfg.cross_attention_dim),
-            "text_embedding_mask": t(B, cfg.text_len, dt=torch.long),
+            "text_embedding_mask": t(B, cfg.text_len, dt=torch.long, fill="one"),
             "encoder_hidden_states_t5": t(B, cfg.text_len_t5, cfg.cross_attention_dim_t5),
-            "text_embedding_mask_t5": t(B, cfg.text_len_t5, dt=torch.long),
-            "image_meta_size": t(B, 6),
-            "style": t(B, dt=torch.long),
+            "text_embedding_mask_t5": t(B, cfg.text_len_t5, dt=torch.long, fill="one"),
+            "image_meta_size": t(B, 6, fill="size"),
+            "style": t(B, dt=torch.long, fill="zero"),
             "image_rotary_emb": (t(n, head_dim), t(n, head_dim)),
         }
     raise SdlensError(None, f"no input recipe for {spec.cls_name}")

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from sdlens.choices import DiagramDepth, Precision, metavar
+from sdlens.choices import DiagramDepth, MeasureAttention, MeasureDevice, Precision, metavar
 from sdlens.commands._options import TimeEmbedOption
 from sdlens.console import checked
 from sdlens.errors import SdlensError
@@ -28,13 +28,14 @@ def run(
     ] = None,
     steps: Annotated[int | None, typer.Option(help="Denoising steps (default: the pipeline's).")] = None,
     dtype: Annotated[
-        str,
+        str | None,
         typer.Option(
             metavar=metavar(Precision),
             callback=checked("dtype", Precision),
-            help="Precision of weights and activations.",
+            help="Precision of weights and activations (default fp16; with --measure fp16 on CUDA, fp32 on the "
+            "CPU, whose half-precision kernels are slow or missing).",
         ),
-    ] = "fp16",
+    ] = None,
     tokens: Annotated[int | None, typer.Option(help="Length of the (longest) text sequence.")] = None,
     img2img: Annotated[bool, typer.Option("--img2img", help="Count the VAE encode too.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
@@ -66,8 +67,41 @@ def run(
         ),
     ] = None,
     time_embed: TimeEmbedOption = "IN00",
+    measure: Annotated[
+        bool,
+        typer.Option(
+            "--measure",
+            help="Run the denoiser with random weights (no download) and show measured time and memory beside "
+            "the estimates.",
+        ),
+    ] = False,
+    device: Annotated[
+        str,
+        typer.Option(
+            metavar=metavar(MeasureDevice),
+            callback=checked("device", MeasureDevice),
+            help="--measure: where to run (auto: CUDA when there is one, else the CPU).",
+        ),
+    ] = "auto",
+    attn: Annotated[
+        str,
+        typer.Option(
+            metavar=metavar(MeasureAttention),
+            callback=checked("attn", MeasureAttention),
+            help="--measure: PyTorch's SDPA dispatch (fused kernels) or the math kernel (scores materialised).",
+        ),
+    ] = "sdpa",
+    compile_model: Annotated[
+        bool,
+        typer.Option(
+            "--compile", help="--measure: wrap the denoiser in torch.compile (compile timed apart)."
+        ),
+    ] = False,
+    runs: Annotated[int, typer.Option(metavar="N", help="--measure: timed forwards.")] = 3,
+    warmup: Annotated[int, typer.Option(metavar="N", help="--measure: warm-up forwards before them.")] = 1,
 ) -> None:
-    """Parameters, merge blocks, every GEMM, FLOPs, memory and diagrams of an architecture — no weights needed."""
+    """Parameters, merge blocks, every GEMM, FLOPs, memory and diagrams of an architecture — no weights needed;
+    --measure runs its denoiser with random weights and sets measured time and memory beside the estimates."""
     from sdlens.analysis.cost import analyse, parse_res, write_gemm_csv
     from sdlens.analysis.cost import compare as compare_models
     from sdlens.console import err, out, output_path
@@ -83,6 +117,20 @@ def run(
         OutFile("--diagram", p) for p in diagram_paths(diagram, depth)
     ]
     check_outputs([model] if model is not None and Path(model).exists() else [], outputs)
+    if measure:
+        if compare is not None or gemm is not None or diagram is not None:
+            raise SdlensError(
+                None, "--measure runs one model: use it without --compare, --gemm and --diagram"
+            )
+        if model is None:
+            raise SdlensError(None, f"--measure: name a model ({MODELS_HELP})")
+        if img2img or steps is not None:
+            raise SdlensError(
+                None, "--measure times one denoiser forward: --img2img and --steps do not apply"
+            )
+        _measure(model, res, batch, cfg, dtype, tokens, device, attn, compile_model, warmup, runs, json_out)
+        return
+    dtype = dtype or "fp16"
     kw = {
         "res": parse_res(res),
         "batch": batch,
@@ -140,3 +188,44 @@ def run(
                 soft_wrap=True,
                 highlight=False,
             )
+
+
+def _measure(
+    model: str,
+    res: str | None,
+    batch: int,
+    cfg: bool | None,
+    dtype: str | None,
+    tokens: int | None,
+    device: str,
+    attn: str,
+    compile_model: bool,
+    warmup: int,
+    runs: int,
+    json_out: bool,
+) -> None:
+    from sdlens.analysis.cost import parse_res
+    from sdlens.analysis.measure import measure
+    from sdlens.console import out
+    from sdlens.render.jsonout import dumps
+
+    with out.status("measuring… (building the model with random weights)"):
+        m = measure(
+            model,
+            device=device,
+            res=parse_res(res),
+            batch=batch,
+            cfg=cfg,
+            dtype=dtype,
+            attn=attn,
+            compile=compile_model,
+            warmup=warmup,
+            runs=runs,
+            tokens=tokens,
+        )
+    if json_out:
+        print(dumps({**m.arch.to_dict(), "measured": m.to_dict()}))
+    else:
+        from sdlens.render.measure_view import render_measure
+
+        render_measure(m, out)
