@@ -130,20 +130,25 @@ def test_real_inputs_are_the_meta_inputs_with_values(configs):
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the CPU peak is read from /proc")
 def test_cpu_peak_is_the_estimate(configs):
-    """In a fresh process (a heap with no freed blocks yet, as for a CLI run), the live-tensor peak of one forward
-    equals the traced estimate: within 6 % (measured here: 1.00-1.03; the few hundred kB of Python objects and
-    kernel scratch a forward also allocates). The process peak with glibc's default heap is at least that
-    and, for this model, under 2× the estimate (measured 1.3-1.6×: freed blocks kept and fragmented)."""
-    code = (
-        "import json, sys; from sdlens.analysis.measure import measure; "
-        "m = measure(sys.argv[1], device='cpu', res=(256, 256), batch=2, warmup=0, runs=1); "
-        "print(json.dumps(m.to_dict()))"
-    )
+    """``sdlens arch --measure --json`` in a fresh process (a heap with no freed blocks yet, as for any CLI run):
+    the arch report and the run beside it, and the live-tensor peak of one forward equals the traced estimate:
+    within 6 % (measured here: 1.00-1.03; the few hundred kB of Python objects and kernel scratch a forward also
+    allocates). The process peak with glibc's default heap is at least that and, for this model, under 2× the
+    estimate (measured 1.3-1.6×: freed blocks kept and fragmented)."""
+    args = ["--measure", "--device", "cpu", "--res", "256", "--batch", "2", "--warmup", "0", "--runs", "1"]
     p = subprocess.run(
-        [sys.executable, "-c", code, str(configs["unet"])], capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "sdlens.cli", "arch", str(configs["unet"]), *args, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert p.returncode == 0, p.stderr
-    rows = {r["quantity"]: r for r in json.loads(p.stdout)["rows"]}
+    d = json.loads(p.stdout)
+    m = d["measured"]
+    assert d["params"] == m["params"] == m["params_estimate"]  # the arch report and the run beside it
+    assert d["settings"]["dtype"] == m["settings"]["dtype"] == "fp32"  # the CPU's default, in both
+    assert m["flops_per_forward"] == d["denoiser"]["total_flops"] and len(m["times"]["forward_s"]) == 1
+    rows = {r["quantity"]: r for r in m["rows"]}
     live, held = rows["activations, live (fused)"], rows["activations, held (fused)"]
     assert live["estimate"] > 20e6  # activations well above the process's own noise
     assert 0.97 <= live["ratio"] <= 1.06, live
@@ -165,11 +170,15 @@ def test_math_attention_adds_the_materialised_scores(configs):
     assert live_m.note is None  # within 20 % of its estimate: no note
 
 
-def test_device_cuda_without_a_gpu_is_one_line(configs, cli):
+def test_device_cuda_without_a_gpu_is_one_line(configs):
+    from typer.testing import CliRunner
+
+    import sdlens.cli as cli_mod
+
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    p = cli("arch", str(configs["unet"]), "--measure", "--device", "cuda")
-    assert p.returncode == 2 and p.stdout == ""
+    p = CliRunner().invoke(cli_mod.app, ["arch", str(configs["unet"]), "--measure", "--device", "cuda"])
+    assert p.exit_code == 2 and p.stdout == ""
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and "--device cuda: no CUDA device" in lines[0]
 
@@ -242,18 +251,3 @@ def test_a_wrong_choice_is_one_line_before_any_work(option, bad, listed):
     ]
     with pytest.raises(SdlensError, match=f"{option} must be {listed}"):
         M.measure("sd1", **{option.strip("-"): bad})
-
-
-def test_cli_json_holds_the_report_and_the_measurement(configs):
-    from typer.testing import CliRunner
-
-    import sdlens.cli as cli_mod
-
-    args = ["arch", str(configs["flux"]), "--measure", "--device", "cpu", "--res", "128", "--runs", "1"]
-    r = CliRunner().invoke(cli_mod.app, [*args, "--warmup", "0", "--json"], env={"COLUMNS": "200"})
-    assert r.exit_code == 0, r.output
-    d = json.loads(r.stdout)
-    m = d["measured"]
-    assert d["params"] == m["params"] == m["params_estimate"]  # the arch report and the run beside it
-    assert d["settings"]["dtype"] == m["settings"]["dtype"] == "fp32"  # the CPU's default, in both
-    assert m["flops_per_forward"] == d["denoiser"]["total_flops"] and len(m["times"]["forward_s"]) == 1
