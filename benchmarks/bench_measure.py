@@ -27,20 +27,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _measure import cpu_line  # noqa: E402
-
-SMALL_UNET = {
-    "_class_name": "UNet2DConditionModel",
-    "sample_size": 32,
-    "in_channels": 4,
-    "out_channels": 4,
-    "block_out_channels": [64, 128],
-    "layers_per_block": 1,
-    "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],
-    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"],
-    "cross_attention_dim": 64,
-    "attention_head_dim": 8,
-    "norm_num_groups": 32,
-}
+from sdlens.testing.measure_configs import UNET as SMALL_UNET  # noqa: E402
 
 
 def gpu_lines() -> list[str]:

@@ -30,3 +30,21 @@ def section(zoo_dir: Path, out_dir: Path, console: Console) -> None:
         f"\n[bold]written:[/] {out_dir / 'arch-compare.json'}, {svg}, {flux} "
         f"({time.perf_counter() - t0:.1f} s, no weights)"
     )
+    _measure(out_dir, console)
+
+
+def _measure(out_dir: Path, console: Console) -> None:
+    """``sdlens arch CONFIG --measure`` of a tiny UNet on the CPU: measured time and memory beside the estimates
+    (the released configs are measured on a GPU: ``benchmarks/bench_measure.py``)."""
+    import json
+
+    from sdlens.analysis.measure import measure
+    from sdlens.render.jsonout import dumps
+    from sdlens.render.measure_view import render_measure
+    from sdlens.testing.measure_configs import UNET
+
+    config = out_dir / "arch-measure-tiny-unet.json"
+    config.write_text(json.dumps(UNET))
+    report = measure(config, device="cpu", res=(256, 256), warmup=1, runs=3)
+    render_measure(report, console)
+    (out_dir / "arch-measure.json").write_text(dumps(report))
