@@ -19,6 +19,19 @@ from sdlens.testing.writers import save_safetensors
 from sdlens.testing.zoo_unet import build_single_file, schedule_buffers
 
 TOL = 1e-6
+
+
+def _run(*args: str):
+    """The CLI in-process (typer's runner): exit code, stdout and stderr as a user sees them."""
+    from typer.testing import CliRunner
+
+    import sdlens.cli as cli_mod
+
+    r = CliRunner().invoke(cli_mod.app, list(args), env={"COLUMNS": "100"})
+    r.returncode = r.exit_code
+    return r
+
+
 STEPS = (20, 50)
 
 with warnings.catch_warnings():
@@ -267,19 +280,19 @@ def test_cli_json_plot_and_errors(tmp_path, cli, sd1_dict):
     assert views[0]["file"]["buffers"]["match"] == "scaled_linear"
     assert len(views[1]["sampling"][0]["sigmas"]) == 21 and views[1]["res"] == [1024, 1024]
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
-    r = cli("schedule", "scaled_linear+ztsnr", "--steps", "10", "--spacing", "leading")
+    r = _run("schedule", "scaled_linear+ztsnr", "--steps", "10", "--spacing", "leading")
     assert (
         r.returncode == 0
         and "leading spacing starts at t = 901" in r.stdout
         and "zero terminal SNR" in r.stdout
     )
-    r = cli("schedule", "nonsense-\x1b[31m")
+    r = _run("schedule", "nonsense-\x1b[31m")
     assert r.returncode == 2 and "\x1b" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
-    r = cli("schedule", "sdxl", "--spacing", "sideways")
+    r = _run("schedule", "sdxl", "--spacing", "sideways")
     assert r.returncode == 2 and "--spacing" in r.stderr
 
 
-def test_folder_states_its_schedule_and_hostile_configs_are_one_line(zoo, tmp_path, cli):
+def test_folder_states_its_schedule_and_hostile_configs_are_one_line(zoo, tmp_path):
     import shutil
 
     src = zoo["sdxl_diffusers"].path
@@ -298,7 +311,7 @@ def test_folder_states_its_schedule_and_hostile_configs_are_one_line(zoo, tmp_pa
         {**cfg, "beta_schedule": "quadratic"},
     ):
         sched.write_text(json.dumps(bad))
-        r = cli("schedule", str(folder))
+        r = _run("schedule", str(folder))
         assert r.returncode == 2, r.stdout
         assert (
             len(r.stderr.strip().splitlines()) == 1
