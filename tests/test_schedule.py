@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from sdlens.analysis import schedules as S
-from sdlens.analysis.schedule import analyse_schedule
+from sdlens.analysis.schedule_buffers import analyse_schedule
 from sdlens.analysis.schedule_report import checkpoint_view, named, released, schedule_report
 from sdlens.arch.schedulers import scheduler_config
 from sdlens.errors import SdlensError

@@ -13,7 +13,7 @@ from sdlens.analysis.metadata import MetadataSummary, summarise_metadata
 from sdlens.analysis.prediction import Prediction, prediction_of
 from sdlens.analysis.quantisation import QuantSummary, summarise_quantisation
 from sdlens.analysis.scan import ScanResult, scan_and_hash, scan_and_hash_bytes, scan_tensors
-from sdlens.analysis.schedule import ScheduleInfo, analyse_schedule
+from sdlens.analysis.schedule_buffers import ScheduleInfo, analyse_schedule
 from sdlens.arch import registry as R
 from sdlens.arch.identify import Identity, identify
 from sdlens.arch.record import Family

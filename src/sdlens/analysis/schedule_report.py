@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from sdlens.analysis import schedules as S
-from sdlens.analysis.schedule import ScheduleInfo, analyse_schedule
+from sdlens.analysis.schedule_buffers import ScheduleInfo, analyse_schedule
 from sdlens.arch import families
 from sdlens.arch import registry as R
 from sdlens.arch.schedulers import scheduler_config
