@@ -37,12 +37,14 @@ Untrusted values (metadata, JSON) are compared only after bounds checks and quot
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
+from sdlens.analysis.recorded_configs import CONFIGS_META, recorded_scheduler
 from sdlens.errors import SdlensError
 from sdlens.io.limits import show
 
@@ -59,8 +61,9 @@ LABELS = {
 }
 SCHEDULER_CONFIG = "scheduler/scheduler_config.json"
 RECORD_KEY = "_sdlens_prediction"  # in a scheduler config sdlens convert filled in: where the type came from
-CONFIGS_META = "sdlens.diffusers_configs"  # = sdlens.convert.options.CONFIGS_META
-_SMALL = 1 << 20  # bytes of a tensor read for the heuristic / the buffers (as inspect's small reads)
+_HEURISTIC_MAX_BYTES = (
+    1 << 20
+)  # the heuristic's tensor is read only up to this size (SD2's: 640 bytes in fp16)
 _MAX_VALUE = 64  # characters of a metadata value compared at all (longer: unrecognised)
 
 # metadata values -> prediction type
@@ -73,12 +76,12 @@ _VALUES = {
     "epsilon": "epsilon",
     "eps": "epsilon",
 }
-_MODELSPEC_ARCH = {"stable-diffusion-v2-768-v": "v_prediction", "stable-diffusion-v2-512": "epsilon"}
 _BOOLS = {"true": True, "false": False}  # kohya writes str(bool)
 _PREDICTION_META = ("modelspec.prediction_type", "modelspec.predict_key", "ss_v_parameterization")
 _FIXED = ("flow",)  # formulations the architecture fixes: epsilon / v statements do not apply
 _AGREE = {frozenset({"epsilon", "edm"})}
-_RECORDED = {"family default": "default", "heuristic": "heuristic"}  # RECORD_KEY certainty -> strength
+# RECORD_KEY certainty -> strength (None: the type was not known, the config's prediction_type is sdlens' filler)
+_RECORDED = {"family default": "default", "heuristic": "heuristic", "unknown": None}
 
 
 @dataclass
@@ -173,14 +176,16 @@ def _markers(ckpt: Checkpoint) -> tuple[list[tuple[Evidence, str]], list[float] 
         e = Evidence("marker key v_pred", "v_prediction", "stated", "ComfyUI loads the model as v-prediction")
         out.append((e, "v_pred marker key"))
     if "ztsnr" in tensors:
+        with_v = "v_pred" in tensors
         e = Evidence(
             "marker key ztsnr",
             "unknown",
             "stated",
             "ComfyUI samples it with the schedule rescaled to zero terminal SNR"
-            if "v_pred" in tensors
-            else "zero terminal SNR (ComfyUI applies it only with v_pred)",
+            if with_v
+            else "ztsnr without v_pred: ComfyUI ignores it (it applies ztsnr only with v_pred)",
             zero_terminal_snr=True,
+            counted=with_v,
         )
         out.append((e, "ztsnr marker key"))
     return out, sigmas
@@ -191,14 +196,15 @@ def _scalar(ckpt: Checkpoint, key: str) -> float | None:
     if info.numel != 1 or info.nbytes > 16:
         return None
     try:
-        arr = ckpt.read_numpy(key)
-        v = float(arr.reshape(-1)[0])
-    except (SdlensError, TypeError, ValueError):
+        x = ckpt.read_numpy(key).reshape(-1)[0]
+        # a float32 marker (as ComfyUI writes them) as its shortest decimal: 0.002, not 0.0020000000949949026
+        v = float(str(np.float32(x))) if info.dtype in ("F16", "BF16", "F32") else float(x)
+    except (SdlensError, TypeError, ValueError, OverflowError):
         return None
     return v if math.isfinite(v) else None
 
 
-def _from_config(cfg: Any, source: str) -> tuple[Evidence, str, list[float] | None]:
+def _from_config(cfg: Any, source: str, fam: Family | None) -> tuple[Evidence, str, list[float] | None]:
     """What one scheduler config says (a diffusers folder's, or one recorded in a file's metadata)."""
     if not isinstance(cfg, dict):
         return Evidence(source, "unknown", "stated", "not a JSON object", counted=False), source, None
@@ -206,7 +212,8 @@ def _from_config(cfg: Any, source: str) -> tuple[Evidence, str, list[float] | No
     cls_s = cls if isinstance(cls, str) and len(cls) <= _MAX_VALUE else ""
     pt = cfg.get("prediction_type")
     says, sigmas = "unknown", None
-    if cls_s.startswith("FlowMatch"):
+    flow_family = fam is not None and fam.pipeline is not None and fam.pipeline.prediction == "flow"
+    if cls_s.startswith("FlowMatch") and (fam is None or flow_family):
         says = "flow"
     elif pt in ("epsilon", "v_prediction"):
         says = pt
@@ -228,12 +235,21 @@ def _from_config(cfg: Any, source: str) -> tuple[Evidence, str, list[float] | No
         words.append(f"rescale_betas_zero_snr {show(rz)}" + ("" if ztsnr is not None else " (not a boolean)"))
     if "timestep_spacing" in cfg:
         words.append(f"timestep_spacing {show(cfg.get('timestep_spacing'))}")
+    if cls_s.startswith("FlowMatch") and says != "flow":
+        words.append(f"a flow-matching scheduler, but {fam.name} is not a flow-matching model: not counted")  # type: ignore[union-attr]
     strength, basis = "stated", source
     rec = cfg.get(RECORD_KEY)
     if isinstance(rec, dict) and isinstance(rec.get("certainty"), str) and rec["certainty"] in _RECORDED:
-        strength = _RECORDED[rec["certainty"]]
-        words.append(f"filled in by sdlens convert from a {rec['certainty']} ({show(rec.get('from'))})")
-        basis = f"{source}, filled in from a {rec['certainty']}"
+        recorded = _RECORDED[rec["certainty"]]
+        if recorded is None:
+            says = "unknown"
+            words.append(
+                "sdlens convert wrote its prediction_type without knowing the type (not a statement)"
+            )
+        else:
+            strength = recorded
+            words.append(f"filled in by sdlens convert from a {rec['certainty']} ({show(rec.get('from'))})")
+            basis = f"{source}, filled in from a {rec['certainty']}"
     e = Evidence(
         source,
         says,
@@ -262,25 +278,23 @@ def folder_scheduler_config(ckpt: Checkpoint) -> Any:
         return Evidence(SCHEDULER_CONFIG, "unknown", "stated", f"not read: {e.problem}", counted=False)
 
 
-def _configs(ckpt: Checkpoint) -> tuple[list[tuple[Evidence, str]], list[float] | None]:
+def _configs(ckpt: Checkpoint, fam: Family | None) -> tuple[list[tuple[Evidence, str]], list[float] | None]:
     cfg: Any = folder_scheduler_config(ckpt)
     source = SCHEDULER_CONFIG
     if isinstance(cfg, Evidence):
         return [(cfg, SCHEDULER_CONFIG)], None
-    if cfg is None and ckpt.format != "diffusers-folder" and CONFIGS_META in ckpt.metadata:
-        try:
-            recorded = json.loads(ckpt.metadata[CONFIGS_META])
-        except (ValueError, RecursionError, TypeError):
-            recorded = None
-        cfg = recorded.get("scheduler") if isinstance(recorded, dict) else None
+    if cfg is None and ckpt.format != "diffusers-folder":
+        cfg, dropped = recorded_scheduler(ckpt.metadata, fam)
         source = f"{CONFIGS_META} (the scheduler config of the folder it was converted from)"
+        if dropped:
+            return [(Evidence(CONFIGS_META, "unknown", "stated", dropped, counted=False), CONFIGS_META)], None
     if cfg is None:
         return [], None
-    e, basis, sigmas = _from_config(cfg, source)
+    e, basis, sigmas = _from_config(cfg, source, fam)
     return [(e, basis)], sigmas
 
 
-def _metadata(meta: dict[str, Any]) -> list[tuple[Evidence, str]]:
+def _metadata(meta: dict[str, Any], fam: Family | None) -> list[tuple[Evidence, str]]:
     out: list[tuple[Evidence, str]] = []
     for key in _PREDICTION_META:
         if key not in meta:
@@ -300,10 +314,13 @@ def _metadata(meta: dict[str, Any]) -> list[tuple[Evidence, str]]:
         out.append((Evidence(key, says, "stated", detail, counted=says != "unknown"), f"{key} {show(raw)}"))
     arch = meta.get("modelspec.architecture")
     v = _value(arch)
-    if v is not None and v.split("/")[0] in _MODELSPEC_ARCH:
-        says = _MODELSPEC_ARCH[v.split("/")[0]]
+    ids = fam.prediction_probe.modelspec_ids if fam is not None and fam.prediction_probe is not None else {}
+    if v is not None and v.split("/")[0] in ids:
         e = Evidence(
-            "modelspec.architecture", says, "stated", f"{show(arch)}: the ModelSpec id names the target"
+            "modelspec.architecture",
+            ids[v.split("/")[0]],
+            "stated",
+            f"{show(arch)}: the ModelSpec id names the {fam.name} release",  # type: ignore[union-attr]
         )
         out.append((e, f"modelspec.architecture {show(arch)}"))
     if "ss_zero_terminal_snr" in meta:
@@ -327,23 +344,24 @@ def _metadata(meta: dict[str, Any]) -> list[tuple[Evidence, str]]:
 
 
 def _buffers(ckpt: Checkpoint) -> list[tuple[Evidence, str]]:
-    info = ckpt.tensors.get("alphas_cumprod")
-    if info is None or info.nbytes > _SMALL or info.dtype not in ("F16", "BF16", "F32", "F64"):
-        return []
+    """Zero terminal SNR from the schedule buffers (the checked reader of every caller): only a usable table
+    whose ᾱ ends at exactly 0 says it; a standard one says nothing (trainers rarely rewrite it)."""
+    from sdlens.analysis.schedule_buffers import read_buffers
+
     try:
-        ac = ckpt.read_numpy("alphas_cumprod").reshape(-1)
+        buf = read_buffers(ckpt)
     except (SdlensError, TypeError, ValueError):
         return []
-    if not ac.size or float(ac[-1]) != 0.0:
+    if not buf.zero_terminal_snr or buf.info is None:
         return []
     e = Evidence(
         "alphas_cumprod buffer",
         "unknown",
         "stated",
-        f"ᾱ ends at exactly 0 (t = {ac.size - 1}): the schedule was rescaled to zero terminal SNR",
+        f"ᾱ ends at exactly 0 (t = {buf.info.timesteps - 1}): the schedule was rescaled to zero terminal SNR",
         zero_terminal_snr=True,
     )
-    return [(e, "alphas_cumprod buffer")]
+    return [(e, "schedule buffers")]
 
 
 def _defaults(ckpt: Checkpoint, fam: Family | None) -> list[tuple[Evidence, str]]:
@@ -387,16 +405,30 @@ def _heuristic(ckpt: Checkpoint, fam: Family | None) -> list[tuple[Evidence, str
     probe = fam.prediction_probe if fam is not None else None
     if probe is None or not probe.key:
         return []
+    if probe.in_channels is not None:
+        conv = ckpt.tensors.get(probe.in_channels_key)
+        got = conv.shape[1] if conv is not None and len(conv.shape) >= 2 else None
+        if got != probe.in_channels:
+            why = f"{got} input channels" if got is not None else f"no {probe.in_channels_key}"
+            e = Evidence(
+                "heuristic: not run",
+                "unknown",
+                "heuristic",
+                f"{why}: ComfyUI's guess applies only to {probe.in_channels}-channel denoisers "
+                "(its inpainting release is not v-prediction)",
+                counted=False,
+            )
+            return [(e, "heuristic not run")]
     info = ckpt.tensors.get(probe.key)
     if (
         info is None
-        or info.nbytes > _SMALL
+        or info.nbytes > _HEURISTIC_MAX_BYTES
         or info.numel < 2
         or info.dtype not in ("F16", "BF16", "F32", "F64")
     ):
         return []
-    try:
-        std = float(ckpt.read_numpy(probe.key).astype("float64").std(ddof=1))
+    try:  # ComfyUI: torch.std(..., unbiased=False)
+        std = float(ckpt.read_numpy(probe.key).astype("float64").std(ddof=0))
     except (SdlensError, TypeError, ValueError):
         return []
     if not math.isfinite(std):
@@ -425,25 +457,27 @@ def prediction_of(ckpt: Checkpoint, family: Family | None) -> Prediction:
     found: list[tuple[Evidence, str]] = []
     marks, sigmas = _markers(ckpt)
     found += marks
-    conf, conf_sigmas = _configs(ckpt)
+    conf, conf_sigmas = _configs(ckpt, family)
     found += conf
-    found += _metadata(ckpt.metadata)
+    found += _metadata(ckpt.metadata, family)
     found += _buffers(ckpt)
     found += _defaults(ckpt, family)
     fixed = family is not None and family.pipeline is not None and family.pipeline.prediction in _FIXED
     if fixed:
         for e, _ in found:
-            if e.strength == "stated" and e.says in ("epsilon", "v_prediction", "edm"):
+            if e.strength == "stated" and (
+                e.says in ("epsilon", "v_prediction", "edm")
+                or (e.says != "flow" and e.zero_terminal_snr is not None)
+            ):
                 e.counted = False
-                e.detail += (
-                    f"; does not apply: {family.name} is a flow-matching model "
-                    "(kohya writes 'epsilon' for any model trained without v)"
-                )
+                e.detail += f"; does not apply: {family.name} is a flow-matching model"  # type: ignore[union-attr]
+                if e.source.startswith(("modelspec.", "ss_")) and e.says == "epsilon":
+                    e.detail += " (kohya writes 'epsilon' for any model trained without v)"
     typed = [(e, b) for e, b in found if e.counted and e.says != "unknown"]
     if not any(e.strength in ("stated", "default") for e, _ in typed):
         heur = _heuristic(ckpt, family)
         found += heur
-        typed += heur
+        typed += [(e, b) for e, b in heur if e.counted and e.says != "unknown"]
     pred = Prediction("unknown", "unknown", None, [e for e, _ in found])
     for strength, certainty in (
         ("stated", "stated"),

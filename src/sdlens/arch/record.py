@@ -114,11 +114,17 @@ class Pipeline:
 class PredictionProbe:
     """How a file tells a family's epsilon release from its v-prediction one (one structure, two targets):
     ``epsilon_steps`` (a pickle's ``global_step`` -> the epsilon release it marks), else the spread of one
-    small tensor (``key``, a full key of the single-file layout): std above ``v_std`` means v-prediction."""
+    small tensor (``key``, a full key of the single-file layout): std above ``v_std`` means v-prediction, read
+    only when the denoiser's input channels (dim 1 of ``in_channels_key``) are ``in_channels`` (ComfyUI: its
+    inpainting release is not v-prediction). ``modelspec_ids``: the ModelSpec ``modelspec.architecture`` ids
+    that name one release of this family -> its prediction type."""
 
     epsilon_steps: Mapping[int, str] = field(default_factory=dict, hash=False)
     key: str = ""
     v_std: float = 0.09
+    in_channels_key: str = ""
+    in_channels: int | None = None  # None: any
+    modelspec_ids: Mapping[str, str] = field(default_factory=dict, hash=False)
 
 
 @dataclass(frozen=True)

@@ -26,17 +26,33 @@ SCHEDULERS: dict[str, dict[str, Any]] = {
 }
 
 
-def scheduler_config(family: str) -> dict[str, Any]:
-    """The scheduler config of the family's released folder: the record's scheduler class and prediction type
-    (flow-matching schedulers take none)."""
+def scheduler_values_known(family: str) -> bool:
+    """Whether sdlens knows the values of the family's released scheduler config (its class is in
+    ``SCHEDULERS`` or the record gives its ``scheduler_config``)."""
     fam = families.get(family)
     pipe = fam.pipeline if fam else None
-    known = pipe is not None and (pipe.scheduler in SCHEDULERS or bool(pipe.scheduler_config))
-    cls = pipe.scheduler if known else "EulerDiscreteScheduler"
-    cfg: dict[str, Any] = {
+    return pipe is not None and (pipe.scheduler in SCHEDULERS or bool(pipe.scheduler_config))
+
+
+def scheduler_config(family: str) -> dict[str, Any]:
+    """The scheduler config of the family's released folder: the record's scheduler class and prediction type
+    (flow-matching schedulers take none). A class whose values sdlens does not know (no ``SCHEDULERS`` entry, no
+    record ``scheduler_config``) gets only ``num_train_timesteps`` and, for a flow-matching record,
+    ``prediction_type: flow_prediction`` (what the record states), never another class's values; a family
+    without a scheduler class gets diffusers' Euler with the SD releases' scaled-linear values."""
+    fam = families.get(family)
+    pipe = fam.pipeline if fam else None
+    if pipe is not None and pipe.scheduler and not scheduler_values_known(family):
+        cfg: dict[str, Any] = {"_class_name": pipe.scheduler, "num_train_timesteps": 1000}
+        if pipe.prediction == "flow" and not pipe.scheduler.startswith("FlowMatch"):
+            cfg["prediction_type"] = "flow_prediction"
+        return cfg
+    known = pipe is not None and scheduler_values_known(family)
+    cls = pipe.scheduler if known else "EulerDiscreteScheduler"  # type: ignore[union-attr]
+    cfg = {
         "_class_name": cls,
         **SCHEDULERS.get(cls, {}),
-        **(pipe.scheduler_config if known else {}),
+        **(pipe.scheduler_config if known else {}),  # type: ignore[union-attr]
     }
     if not cls.startswith("FlowMatch"):
         cfg["prediction_type"] = (

@@ -4,17 +4,18 @@ and laying single-file items out as a pipeline folder (weights per slot, configs
 from __future__ import annotations
 
 import contextlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sdlens.analysis.recorded_configs import recorded_configs
+from sdlens.arch import families
 from sdlens.arch.detect import text_encoder_kind
 from sdlens.convert import dit_layout
 from sdlens.convert import layouts as L
 from sdlens.convert.items import assign_components, drop_item
 from sdlens.convert.layouts import Item, Piece, renamed
-from sdlens.convert.options import CONFIGS_META, EXTRAS_FILE
+from sdlens.convert.options import EXTRAS_FILE
 from sdlens.errors import SdlensError
 
 if TYPE_CHECKING:
@@ -193,13 +194,7 @@ def to_diffusers(
         dit := dit_layout.diffusers_layout(items, family, metadata, inp, EXTRAS_FILE)
     ):
         return dit
-    known: dict[str, Any] = {}
-    if CONFIGS_META in metadata:
-        try:
-            known = json.loads(metadata[CONFIGS_META])
-        except ValueError:
-            known = {}
-    out = _Folder(known, arange_pos)
+    out = _Folder(recorded_configs(metadata, families.get(family)), arange_pos)
     by_comp: dict[str, dict[str, Item]] = {}
     for k, it in items.items():
         by_comp.setdefault(it.component, {})[k] = it

@@ -10,12 +10,11 @@ caller's extras file.
 
 from __future__ import annotations
 
-import contextlib
-import json
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
+from sdlens.analysis.recorded_configs import recorded_configs
 from sdlens.arch import families
 from sdlens.arch.keymap import DitMap, dit_map
 from sdlens.arch.record import Family
@@ -197,7 +196,5 @@ def diffusers_layout(
     hit = dit_record(family)
     if hit is None:
         raise SdlensError(path, f"--layout diffusers: no key map for this denoiser (family {family})")
-    known: dict[str, Any] = {}
-    with contextlib.suppress(ValueError, KeyError):
-        known = json.loads(metadata["sdlens.diffusers_configs"])
-    return to_diffusers(items, hit[0], hit[1], known if isinstance(known, dict) else {}, extras_file, path)
+    known = recorded_configs(metadata, hit[0])
+    return to_diffusers(items, hit[0], hit[1], known, extras_file, path)

@@ -3,8 +3,9 @@
 - To a diffusers folder: the scheduler config gets the file's ``prediction_type`` (not only the family's
   default) and, for zero terminal SNR, ``rescale_betas_zero_snr: true`` + ``timestep_spacing: "trailing"``;
   an EDM v-prediction file (``edm_vpred.*`` markers) gets ``EDMEulerScheduler`` with its σ range. A value
-  sdlens only guessed (family default, heuristic) is recorded as such under ``_sdlens_prediction`` (diffusers
-  keeps ``_``-keys without using them), so converting back does not turn a guess into a statement.
+  sdlens only guessed (family default, heuristic) or did not know at all (the family's filler) is recorded as
+  such under ``_sdlens_prediction`` (diffusers keeps ``_``-keys without using them), so converting back does
+  not turn a guess into a statement. A scheduler class sdlens does not know is left as it is.
 - From a diffusers folder to a single file: the marker keys ComfyUI reads (as its Save Checkpoint writes them:
   ``v_pred`` and ``ztsnr`` empty float32 tensors, ``edm_vpred.sigma_max`` / ``.sigma_min`` float32 scalars),
   when the folder states v-prediction (zero terminal SNR), so the type survives a round trip.
@@ -15,6 +16,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from sdlens.analysis.prediction import RECORD_KEY
+from sdlens.arch.scheduler_classes import CLASSES, EDM_V_SIGMA_DATA, ZERO_SNR_CLASSES
 from sdlens.convert import layouts as L
 from sdlens.convert.layouts import Item
 
@@ -22,27 +24,15 @@ if TYPE_CHECKING:
     from sdlens.analysis.prediction import Prediction
 
 SCHEDULER = "scheduler/scheduler_config.json"
-# diffusers schedulers that take rescale_betas_zero_snr (diffusers 0.3x: their __init__ arguments)
-ZSNR_SCHEDULERS = frozenset(
-    {
-        "DDIMScheduler",
-        "DDPMScheduler",
-        "EulerDiscreteScheduler",
-        "EulerAncestralDiscreteScheduler",
-        "DPMSolverMultistepScheduler",
-        "UniPCMultistepScheduler",
-        "LCMScheduler",
-        "TCDScheduler",
-    }
-)
 _BETAS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas", "steps_offset")
-EDM_V_SIGMA_DATA = 1.0  # ComfyUI's σ_data for EDM v-prediction (edm_vpred markers)
+_TAKES_PREDICTION = frozenset(CLASSES) | ZERO_SNR_CLASSES  # the classes whose prediction_type sdlens sets
+_NOT_STATED = ("family default", "heuristic", "unknown")  # certainties recorded under RECORD_KEY
 
 
 def fill_scheduler(cfg: dict[str, Any], pred: Prediction | None) -> tuple[dict[str, Any], list[str]]:
     """``cfg`` with the prediction type of ``pred`` (and its zero terminal SNR); what changed, in words."""
-    cls = cfg.get("_class_name") or ""
-    if pred is None or not isinstance(cls, str) or cls.startswith("FlowMatch"):
+    cls = cfg.get("_class_name")
+    if pred is None or cls not in _TAKES_PREDICTION or cls.startswith("FlowMatch"):
         return cfg, []
     out = dict(cfg)
     out.pop(RECORD_KEY, None)
@@ -58,10 +48,10 @@ def fill_scheduler(cfg: dict[str, Any], pred: Prediction | None) -> tuple[dict[s
             "prediction_type": "v_prediction",
         }
         words.append(f"EDMEulerScheduler, σ {lo:g}–{hi:g}, σ_data {EDM_V_SIGMA_DATA:g}")
-    elif pred.type in ("epsilon", "v_prediction") and pred.certainty != "unknown":
+    elif pred.type in ("epsilon", "v_prediction"):
         out["prediction_type"] = pred.type
     old = out.get("_class_name")
-    if pred.zero_terminal_snr and old not in ZSNR_SCHEDULERS and not str(old).startswith("EDM"):
+    if pred.zero_terminal_snr and old not in ZERO_SNR_CLASSES and not str(old).startswith("EDM"):
         out = {
             "_class_name": "EulerDiscreteScheduler",
             **L.SCHEDULERS["EulerDiscreteScheduler"],
@@ -69,18 +59,19 @@ def fill_scheduler(cfg: dict[str, Any], pred: Prediction | None) -> tuple[dict[s
             **({"prediction_type": out["prediction_type"]} if "prediction_type" in out else {}),
         }
         words.append(f"EulerDiscreteScheduler ({old} takes no rescale_betas_zero_snr)")
-    if pred.zero_terminal_snr and out.get("_class_name") in ZSNR_SCHEDULERS:
+    if pred.zero_terminal_snr and out.get("_class_name") in ZERO_SNR_CLASSES:
         out["rescale_betas_zero_snr"] = True
         out["timestep_spacing"] = "trailing"
     elif pred.zero_terminal_snr is False and out.get("rescale_betas_zero_snr"):
         out["rescale_betas_zero_snr"] = False
-    if pred.certainty in ("family default", "heuristic") and "prediction_type" in out:
+    if pred.certainty in _NOT_STATED and "prediction_type" in out:
         out[RECORD_KEY] = {"certainty": pred.certainty, "from": pred.summary()}
     said = ("rescale_betas_zero_snr", "timestep_spacing") if pred.zero_terminal_snr else ()
     changed = [k for k in ("prediction_type", *said) if k in out]
     words[:0] = [f"{k} {_json(out[k])}" for k in changed]
     if out.get(RECORD_KEY):
-        words.append(f"a {pred.certainty}, recorded as {RECORD_KEY}")
+        what = "not known (the family's value)" if pred.certainty == "unknown" else f"a {pred.certainty}"
+        words.append(f"{what}, recorded as {RECORD_KEY}")
     return out, [f"{SCHEDULER}: {', '.join(words)} (from: {pred.summary()})"] if words else []
 
 

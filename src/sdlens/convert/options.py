@@ -6,13 +6,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sdlens.analysis.recorded_configs import CONFIGS_META  # noqa: F401  (the metadata key convert writes)
 from sdlens.errors import SdlensError
 
 DTYPE_CHOICES = {"fp16": "F16", "bf16": "BF16", "fp32": "F32", "keep": None}
 EMA_CHOICES = ("keep", "drop", "use")
 LAYOUTS = ("single", "diffusers")
 EXTRAS_FILE = "sdlens_extras.safetensors"
-CONFIGS_META = "sdlens.diffusers_configs"
 PROVENANCE_META = "sdlens.provenance"
 
 # --drop / --extract names -> components (split_components ids; "other" = keys no layout explains)

@@ -10,7 +10,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from sdlens.analysis.recorded_configs import recorded_scheduler
+from sdlens.arch import families
 from sdlens.arch.detect import split_components
+from sdlens.arch.schedulers import scheduler_values_known
 from sdlens.convert import layouts as L
 from sdlens.convert import markers
 from sdlens.convert.diffusers_layout import to_diffusers
@@ -19,6 +22,7 @@ from sdlens.convert.layouts import Item, Piece, renamed
 from sdlens.convert.options import DTYPE_CHOICES, SELECTORS, ConvertOptions
 from sdlens.errors import SdlensError
 from sdlens.io.dtypes import DTYPES
+from sdlens.io.limits import show
 from sdlens.words import plural
 
 
@@ -206,6 +210,14 @@ def prediction_pass(st: PlanState) -> None:
         cfg = st.json_files.get(markers.SCHEDULER)
         if cfg is None:
             return
+        recorded, dropped = recorded_scheduler(st.metadata, families.get(st.family))
+        if dropped:
+            st.notes.append(dropped)
+        if recorded is None and not scheduler_values_known(st.family):
+            st.notes.append(
+                f"{markers.SCHEDULER}: {show(cfg.get('_class_name'))[1:-1]} with num_train_timesteps only: the "
+                "values of the release's scheduler config are not known to sdlens (set them before sampling)"
+            )
         new, words = markers.fill_scheduler(cfg, pred)
         st.json_files[markers.SCHEDULER] = new
         index = st.json_files.get("model_index.json")

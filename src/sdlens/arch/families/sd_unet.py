@@ -358,6 +358,9 @@ FAMILIES: tuple[Family, ...] = (
             {875000: "SD2 base"},
             "model.diffusion_model.output_blocks.11.1.transformer_blocks.0.norm1.bias",
             0.09,
+            in_channels_key="model.diffusion_model.input_blocks.0.0.weight",
+            in_channels=4,  # ComfyUI: "SD2.0 inpainting models are not v prediction"
+            modelspec_ids={"stable-diffusion-v2-768-v": "v_prediction", "stable-diffusion-v2-512": "epsilon"},
         ),
         notebook=(25, 2.1, 0.865, 2837, 4.46),
         loading=_LOAD_SD2,
