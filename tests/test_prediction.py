@@ -76,9 +76,20 @@ def test_ztsnr_marker(tmp_path):
     p = _pred(tmp_path, {"v_pred": EMPTY, "ztsnr": EMPTY})
     assert (p.type, p.certainty, p.zero_terminal_snr) == ("v_prediction", "stated", True)
     assert p.summary() == "v-prediction, zero terminal SNR (v_pred marker key, ztsnr marker key)"
-    alone = _pred(tmp_path, {"ztsnr": EMPTY})  # ztsnr says nothing about the type
-    assert (alone.type, alone.certainty, alone.zero_terminal_snr) == ("epsilon", "family default", True)
-    assert any("epsilon prediction" in n for n in alone.notes)  # the combination is pointed out
+    # ztsnr alone: ComfyUI ignores it (it applies ztsnr only with v_pred), so sdlens lists it, uncounted
+    alone = _pred(tmp_path, {"ztsnr": EMPTY})
+    assert (alone.type, alone.certainty, alone.zero_terminal_snr) == ("epsilon", "family default", None)
+    lone = next(e for e in alone.evidence if e.source == "marker key ztsnr")
+    assert not lone.counted and "ComfyUI ignores it" in lone.detail
+    # and convert writes no zero-terminal-SNR rescale for it
+    from sdlens.arch.schedulers import scheduler_config
+    from sdlens.convert.markers import fill_scheduler
+
+    cfg, _ = fill_scheduler(scheduler_config("sdxl"), alone)
+    assert "rescale_betas_zero_snr" not in cfg and cfg["timestep_spacing"] == "leading"
+    kohya = _pred(tmp_path, meta={"ss_v_parameterization": "False", "ss_zero_terminal_snr": "True"})
+    assert (kohya.type, kohya.zero_terminal_snr) == ("epsilon", True)
+    assert any("epsilon prediction" in n for n in kohya.notes)  # the combination is pointed out
 
 
 def test_edm_markers(tmp_path):
@@ -105,6 +116,7 @@ def test_edm_markers(tmp_path):
         ({"modelspec.prediction_type": "epsilon"}, "epsilon"),
         ({"modelspec.predict_key": "v"}, "v_prediction"),  # ComfyUI's Save Checkpoint
         ({"modelspec.architecture": "stable-diffusion-v2-768-v"}, "v_prediction"),
+        ({"modelspec.architecture": "stable-diffusion-v2-512"}, "epsilon"),
         ({"ss_v_parameterization": "True"}, "v_prediction"),
         ({"ss_v_parameterization": "False"}, "epsilon"),
     ],
@@ -113,6 +125,12 @@ def test_metadata_statements(tmp_path, meta, want):
     p = _pred(tmp_path, meta=meta, family="sd2")
     assert (p.type, p.certainty) == (want, "stated")
     assert p.basis.startswith(next(iter(meta)))
+
+
+def test_modelspec_architecture_counts_only_for_the_family_it_names(tmp_path):
+    p = _pred(tmp_path, meta={"modelspec.architecture": "stable-diffusion-v2-768-v"}, family="sdxl")
+    assert (p.type, p.certainty) == ("epsilon", "family default")
+    assert families.get("sd2").prediction_probe.modelspec_ids["stable-diffusion-v2-768-v"] == "v_prediction"
 
 
 def test_kohya_zero_terminal_snr(tmp_path):
@@ -138,7 +156,15 @@ def test_flow_family_ignores_epsilon_statements(tmp_path):
     p = _pred(tmp_path, meta={"modelspec.prediction_type": "epsilon"}, family="sd3")
     assert (p.type, p.certainty) == ("flow", "family default")
     ms = next(e for e in p.evidence if e.source == "modelspec.prediction_type")
-    assert not ms.counted and "does not apply" in ms.detail
+    assert not ms.counted and "does not apply" in ms.detail and "kohya writes" in ms.detail
+    # zero terminal SNR is a DDPM-schedule notion: no marker or kohya flag makes a flow model ztsnr
+    f = _pred(
+        tmp_path, {"v_pred": EMPTY, "ztsnr": EMPTY}, {"ss_zero_terminal_snr": "True"}, family="flux_dev"
+    )
+    assert (f.type, f.certainty, f.zero_terminal_snr) == ("flow", "family default", None)
+    v = next(e for e in f.evidence if e.source == "marker key v_pred")
+    assert not v.counted and "does not apply" in v.detail and "kohya" not in v.detail
+    assert not any(e.counted for e in f.evidence if e.zero_terminal_snr is not None)
 
 
 # --------------------------------------------------------------------------- defaults and the heuristic
@@ -158,14 +184,20 @@ def test_family_defaults(tmp_path, family, want, summary):
     assert p.summary() == summary.replace("SD3 medium", families.get("sd3").name)
 
 
+SD2_CONV_IN = "model.diffusion_model.input_blocks.0.0.weight"
+CONV4 = {SD2_CONV_IN: torch.zeros(8, 4, 1, 1)}  # a 4-channel (not inpainting) UNet's input conv
+
+
 def test_sd2_heuristic_is_labelled_heuristic(tmp_path):
     gen = torch.Generator().manual_seed(0)
-    v = _pred(tmp_path, {SD2_PROBE: torch.randn(320, generator=gen) * 0.5}, family="sd2")
+    v = _pred(tmp_path, {**CONV4, SD2_PROBE: torch.randn(320, generator=gen) * 0.5}, family="sd2")
     assert (v.type, v.certainty) == ("v_prediction", "heuristic")
     assert v.summary().startswith(
         "v-prediction (heuristic: std of output_blocks.11.1.transformer_blocks.0.norm1"
     )
-    e = _pred(tmp_path, {SD2_PROBE: torch.full((320,), 0.01) + torch.arange(320) * 1e-5}, family="sd2")
+    e = _pred(
+        tmp_path, {**CONV4, SD2_PROBE: torch.full((320,), 0.01) + torch.arange(320) * 1e-5}, family="sd2"
+    )
     assert (e.type, e.certainty) == ("epsilon", "heuristic")
     # the family itself does not say (two releases), and a statement outranks the guess
     assert any(x.strength == "default" and not x.counted for x in e.evidence)
@@ -180,6 +212,20 @@ def test_sd2_heuristic_is_labelled_heuristic(tmp_path):
     )
 
 
+def test_sd2_heuristic_as_comfyui_runs_it(tmp_path):
+    """ComfyUI: the std test only for 4 input channels ("SD2.0 inpainting models are not v prediction"), and
+    the population std (unbiased=False)."""
+    big = torch.randn(320, generator=torch.Generator().manual_seed(0))  # std ≈ 1: v by the guess
+    inpaint = _pred(tmp_path, {SD2_CONV_IN: torch.zeros(8, 9, 1, 1), SD2_PROBE: big}, family="sd2")
+    assert (inpaint.type, inpaint.certainty) == ("unknown", "unknown")
+    skipped = next(e for e in inpaint.evidence if e.strength == "heuristic")
+    assert not skipped.counted and skipped.detail.startswith("9 input channels")
+    assert _pred(tmp_path, {SD2_PROBE: big}, family="sd2").type == "unknown"  # channels not told: not run
+    # [0, 0.18]: population std 0.09 (not above 0.09: epsilon); the sample std would be 0.127 (v)
+    edge = _pred(tmp_path, {**CONV4, SD2_PROBE: torch.tensor([0.0, 0.18], dtype=torch.float64)}, family="sd2")
+    assert (edge.type, edge.certainty) == ("epsilon", "heuristic")
+
+
 def test_sd2_global_step_names_the_release(tmp_path):
     gen = torch.Generator().manual_seed(0)
     path = save_ckpt(
@@ -189,6 +235,21 @@ def test_sd2_global_step_names_the_release(tmp_path):
         p = prediction_of(ck, families.get("sd2"))
     assert (p.type, p.certainty) == ("epsilon", "family default")
     assert p.summary() == "epsilon (global_step 875000 = SD2 base)"
+
+
+def test_buffers_say_zero_terminal_snr_only_when_usable(tmp_path):
+    import numpy as np
+
+    ac = np.linspace(0.999, 0.0, 1000)  # ᾱ ends at exactly 0: a usable zero-terminal-SNR table (β_T = 1)
+    z = _pred(tmp_path, {"alphas_cumprod": torch.from_numpy(ac)}, family="sd1")
+    assert z.zero_terminal_snr is True and z.basis == "family default, SD1.x, schedule buffers".replace(
+        "SD1.x", families.get("sd1").name
+    )
+    mid = ac.copy()
+    mid[300:] = 0.0  # zeros from t = 300: β = 0/0, not a schedule
+    assert _pred(tmp_path, {"alphas_cumprod": torch.from_numpy(mid)}, family="sd1").zero_terminal_snr is None
+    long = np.linspace(0.999, 0.0, 100_001)  # more steps than a schedule table sdlens reads
+    assert _pred(tmp_path, {"alphas_cumprod": torch.from_numpy(long)}, family="sd1").zero_terminal_snr is None
 
 
 def test_nothing_says(tmp_path):

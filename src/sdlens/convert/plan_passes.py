@@ -212,11 +212,12 @@ def prediction_pass(st: PlanState) -> None:
             return
         recorded, dropped = recorded_scheduler(st.metadata, families.get(st.family))
         if dropped:
-            st.notes.append(dropped)
+            st.operations.append(f"prediction: {markers.SCHEDULER}: {dropped}")
         if recorded is None and not scheduler_values_known(st.family):
-            st.notes.append(
-                f"{markers.SCHEDULER}: {show(cfg.get('_class_name'))[1:-1]} with num_train_timesteps only: the "
-                "values of the release's scheduler config are not known to sdlens (set them before sampling)"
+            st.operations.append(
+                f"prediction: {markers.SCHEDULER}: {show(cfg.get('_class_name'))[1:-1]} with num_train_timesteps "
+                "only: the values of the release's scheduler config are not known to sdlens (set them before "
+                "sampling)"
             )
         new, words = markers.fill_scheduler(cfg, pred)
         st.json_files[markers.SCHEDULER] = new
