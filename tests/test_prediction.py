@@ -500,6 +500,15 @@ def test_convert_edm_v_prediction_both_ways(tmp_path):
     _convert(save_safetensors(sd, tmp_path / "m.safetensors"), out, layout="diffusers")
     c = _scheduler(out)
     assert (c.prediction_type, c.sigma_min, c.sigma_max) == ("v_prediction", pytest.approx(0.002), 120.0)
+    # the float32 marker's value as its shortest decimal (0.002, not 0.0020000000949949026), σ_data 1 (ComfyUI's)
+    from sdlens.arch.scheduler_classes import EDM_V_SIGMA_DATA
+
+    raw = json.loads((out / "scheduler" / "scheduler_config.json").read_text())
+    assert (
+        (raw["sigma_min"], raw["sigma_max"], raw["sigma_data"])
+        == (0.002, 120.0, 1.0)
+        == (0.002, 120.0, EDM_V_SIGMA_DATA)
+    )
 
 
 def test_convert_guess_is_recorded_not_promoted(tmp_path):
@@ -571,3 +580,116 @@ def test_convert_edm_markers_playground(tmp_path):
         "EDMDPMSolverMultistepScheduler",
     ]
     assert (c.prediction_type, c.sigma_data, c.sigma_min, c.sigma_max) == ("epsilon", 0.5, 0.002, 80.0)
+
+
+# --------------------------------------------------------------------------- review round: recorded configs
+
+
+def _configs_meta(sched: object) -> dict[str, str]:
+    return {"sdlens.diffusers_configs": json.dumps({"scheduler": sched})}
+
+
+HOSTILE_RECORDED = {
+    "str": "EulerDiscreteScheduler",
+    "list": [1, 2],
+    "noclass": {"prediction_type": "v_prediction"},
+    "esc": {
+        "_class_name": "EulerDiscreteScheduler\x1b[2J",
+        "prediction_type": "v_prediction",
+        "num_train_timesteps": "abc",
+    },
+    "badvalue": {"_class_name": "EulerDiscreteScheduler", "prediction_type": "v_prediction", "beta_end": "x"},
+    "esc_value": {"_class_name": "EulerDiscreteScheduler", "prediction_type": "v\x1b[31m"},
+    "flow": {"_class_name": "FlowMatchEulerDiscreteScheduler"},  # on SDXL, not a flow-matching model
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE_RECORDED))
+def test_recorded_scheduler_config_is_checked_before_use(tmp_path, case):
+    from sdlens.analysis.recorded_configs import recorded_configs, recorded_scheduler
+
+    meta = _configs_meta(HOSTILE_RECORDED[case])
+    p = _pred(tmp_path, meta=meta)
+    assert (p.type, p.certainty) == ("epsilon", "family default"), case  # nothing stated: the family's
+    e = next(e for e in p.evidence if e.source == "sdlens.diffusers_configs")
+    assert not e.counted and "dropped" in e.detail and "\x1b" not in json.dumps(p.to_dict())
+    cfg, why = recorded_scheduler(meta, families.get("sdxl"))
+    assert cfg is None and why.startswith(
+        "the scheduler config recorded in sdlens.diffusers_configs is dropped"
+    )
+    assert "scheduler" not in recorded_configs(meta, families.get("sdxl"))  # convert uses the family's
+
+
+def test_recorded_scheduler_config_kept_when_sound(tmp_path):
+    from sdlens.analysis.recorded_configs import recorded_scheduler
+    from sdlens.convert.options import CONFIGS_META
+
+    good = {"_class_name": "EulerDiscreteScheduler", "prediction_type": "v_prediction"}
+    assert recorded_scheduler(_configs_meta(good), families.get("sdxl")) == (good, "")
+    p = _pred(tmp_path, meta=_configs_meta(good))
+    assert (p.type, p.certainty) == ("v_prediction", "stated")
+    flow = {"_class_name": "FlowMatchEulerDiscreteScheduler", "shift": 3.0}
+    f = _pred(tmp_path, meta=_configs_meta(flow), family="sd3")
+    assert (f.type, f.certainty) == ("flow", "stated")
+    assert CONFIGS_META == "sdlens.diffusers_configs"  # one name, defined once (analysis.recorded_configs)
+
+
+def test_convert_drops_a_hostile_recorded_scheduler(tmp_path):
+    from sdlens.arch.schedulers import scheduler_config
+    from sdlens.testing.zoo_unet import build_single_file
+
+    sd = build_single_file("sd1", dtype=torch.float16)
+    src = save_safetensors(sd, tmp_path / "h.safetensors", _configs_meta(HOSTILE_RECORDED["esc"]))
+    folder = tmp_path / "dif"
+    res = _convert(src, folder, layout="diffusers")
+    assert any("is dropped (its _class_name is not a scheduler class" in op for op in res.plan.operations)
+    cfg = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+    want = {**scheduler_config("sd1"), "_sdlens_prediction": cfg["_sdlens_prediction"]}
+    assert cfg == want and cfg["_sdlens_prediction"]["certainty"] == "family default"
+    assert _scheduler(folder).prediction_type == "epsilon"  # diffusers loads it
+
+
+# --------------------------------------------------------------------------- review round: unknown values
+
+
+def test_unknown_type_is_not_promoted_to_a_statement(tmp_path):
+    """An SD2 file whose type nothing tells (no probe tensor): the folder's prediction_type is the family's
+    filler, recorded as unknown, and converting back writes no v_pred marker."""
+    from sdlens.testing.zoo_unet import build_single_file
+
+    sd = build_single_file("sd2", dtype=torch.float16)
+    del sd[SD2_PROBE]
+    src = save_safetensors(sd, tmp_path / "sd2.safetensors")
+    with open_checkpoint(src) as ck:
+        assert prediction_of(ck, families.get("sd2")).certainty == "unknown"
+    folder = tmp_path / "dif"
+    _convert(src, folder, layout="diffusers")
+    cfg = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+    assert cfg["_sdlens_prediction"]["certainty"] == "unknown"
+    p = _of_folder(folder, "sd2")
+    assert (p.type, p.certainty) == ("unknown", "unknown")
+    back = tmp_path / "back.safetensors"
+    _convert(folder, back)
+    assert "v_pred" not in _keys(back)
+    with open_checkpoint(back) as ck:
+        assert prediction_of(ck, families.get("sd2")).certainty == "unknown"
+
+
+@pytest.mark.parametrize(
+    ("family", "want"),
+    [
+        ("sana", {"_class_name": "DPMSolverMultistepScheduler", "prediction_type": "flow_prediction"}),
+        ("wan21_t2v_1_3b", {"_class_name": "UniPCMultistepScheduler", "prediction_type": "flow_prediction"}),
+        ("stable_cascade_c", {"_class_name": "DDPMWuerstchenScheduler"}),
+    ],
+)
+def test_unknown_scheduler_classes_get_no_other_class_values(family, want):
+    from sdlens.analysis.prediction import Prediction
+    from sdlens.arch.schedulers import scheduler_config, scheduler_values_known
+    from sdlens.convert.markers import fill_scheduler
+
+    cfg = scheduler_config(family)
+    assert cfg == {**want, "num_train_timesteps": 1000} and not scheduler_values_known(family)
+    eps = Prediction("epsilon", "family default", True, [])
+    assert fill_scheduler(cfg, eps) == (cfg, [])  # a class sdlens does not know is left as it is
+    assert scheduler_values_known("sdxl") and scheduler_config("sdxl")["beta_schedule"] == "scaled_linear"

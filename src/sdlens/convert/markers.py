@@ -5,7 +5,8 @@
   an EDM v-prediction file (``edm_vpred.*`` markers) gets ``EDMEulerScheduler`` with its σ range. A value
   sdlens only guessed (family default, heuristic) or did not know at all (the family's filler) is recorded as
   such under ``_sdlens_prediction`` (diffusers keeps ``_``-keys without using them), so converting back does
-  not turn a guess into a statement. A scheduler class sdlens does not know is left as it is.
+  not turn a guess into a statement. A scheduler class sdlens does not know, or one in flow-matching mode,
+  is left as it is.
 - From a diffusers folder to a single file: the marker keys ComfyUI reads (as its Save Checkpoint writes them:
   ``v_pred`` and ``ztsnr`` empty float32 tensors, ``edm_vpred.sigma_max`` / ``.sigma_min`` float32 scalars),
   when the folder states v-prediction (zero terminal SNR), so the type survives a round trip.
@@ -32,7 +33,8 @@ _NOT_STATED = ("family default", "heuristic", "unknown")  # certainties recorded
 def fill_scheduler(cfg: dict[str, Any], pred: Prediction | None) -> tuple[dict[str, Any], list[str]]:
     """``cfg`` with the prediction type of ``pred`` (and its zero terminal SNR); what changed, in words."""
     cls = cfg.get("_class_name")
-    if pred is None or cls not in _TAKES_PREDICTION or cls.startswith("FlowMatch"):
+    flow_mode = cfg.get("prediction_type") == "flow_prediction" or cfg.get("use_flow_sigmas") is True
+    if pred is None or cls not in _TAKES_PREDICTION or cls.startswith("FlowMatch") or flow_mode:
         return cfg, []
     out = dict(cfg)
     out.pop(RECORD_KEY, None)
