@@ -6,29 +6,34 @@ Sources, by strength:
 - **stated** (written for loaders to act on), most specific first:
   1. marker keys, as ComfyUI reads them (in its order): ``edm_mean`` + ``edm_std`` (EDM, Playground v2.5),
      ``edm_vpred.sigma_max`` / ``.sigma_min`` (v-prediction on EDM σ, CosXL), ``v_pred`` (v-prediction),
-     ``ztsnr`` (zero terminal SNR; ComfyUI applies it with ``v_pred``);
+     ``ztsnr`` (zero terminal SNR; counted only with ``v_pred``: ComfyUI ignores it alone);
   2. a diffusers folder's ``scheduler/scheduler_config.json`` (read confined to the folder): ``prediction_type``
      (``EDM*`` classes: EDM, ``FlowMatch*`` classes: flow), ``rescale_betas_zero_snr``; in a single file, the
-     same config as ``sdlens convert`` recorded it from a folder (metadata ``sdlens.diffusers_configs``);
+     same config as ``sdlens convert`` recorded it from a folder (metadata ``sdlens.diffusers_configs``), used
+     only when :mod:`sdlens.analysis.recorded_configs` finds it sound (a known class for the family, checked
+     values); a ``FlowMatch*`` class says flow only in a flow-matching family;
   3. metadata: Stability's ModelSpec ``modelspec.prediction_type`` (``v`` / ``epsilon``), ComfyUI's
-     ``modelspec.predict_key`` (its Save Checkpoint), the ModelSpec architecture ids
-     ``stable-diffusion-v2-768-v`` / ``stable-diffusion-v2-512``, kohya sd-scripts' ``ss_v_parameterization``
-     and ``ss_zero_terminal_snr``;
-  4. the ``alphas_cumprod`` buffer when it ends at exactly 0 (zero terminal SNR only; a standard buffer says
-     nothing, trainers rarely rewrite it).
+     ``modelspec.predict_key`` (its Save Checkpoint), the ``modelspec.architecture`` ids of the family's own
+     releases (record data: ``PredictionProbe.modelspec_ids``, SD2's 768-v / 512), kohya sd-scripts'
+     ``ss_v_parameterization`` and ``ss_zero_terminal_snr``;
+  4. the schedule buffers, read by the shared checked reader
+     (:func:`sdlens.analysis.schedule_buffers.read_buffers`), when they are a usable table whose ᾱ ends at
+     exactly 0 (zero terminal SNR only; a standard buffer says nothing, trainers rarely rewrite it).
 - **default** (the family's release): the record's ``Pipeline.prediction`` for a family with one prediction
   type; a family whose releases differ (a ``PredictionProbe``: SD2 512 epsilon / 768 v) has no default, but a
   pickle's ``global_step`` may name the release (875000 = SD2 base, epsilon, as diffusers' converter reads it).
-- **heuristic**: the family's ``PredictionProbe`` (SD2: std of one norm bias > 0.09 means v-prediction,
-  ComfyUI's guess), read (one small tensor) only when nothing stated or default gives the type.
+- **heuristic**: the family's ``PredictionProbe`` (SD2: population std of one norm bias > 0.09 means
+  v-prediction, ComfyUI's guess, and as ComfyUI only for a 4-channel UNet, not the inpainting release), read
+  (one small tensor) only when nothing stated or default gives the type.
 
 How they combine: stated beats default beats heuristic. Among stated sources the first in the order above
 gives the type; another stated source that says otherwise makes the certainty "conflicting" (both named in
 ``notes``). "epsilon" and "edm" agree (Playground's EDM is epsilon-parametrised). In a family whose formulation
 is flow matching (record ``prediction == "flow"``) statements of epsilon / v-prediction do not apply (kohya
 writes ``modelspec.prediction_type`` "epsilon" for every model trained without v, SD3 and FLUX included): they
-are listed with ``counted = False``. A scheduler config that ``sdlens convert`` filled in from a default or a
-heuristic records that (``_sdlens_prediction``) and counts as that, not as a statement. Zero terminal SNR:
+are listed with ``counted = False``, and so are their zero-terminal-SNR statements. A scheduler config that
+``sdlens convert`` filled in from a default or a heuristic records that (``_sdlens_prediction``) and counts as that, not as a statement; one it filled in
+without knowing the type (``certainty: unknown``) says nothing about the type. Zero terminal SNR:
 the first stated source that says true or false (None: nothing says).
 
 Untrusted values (metadata, JSON) are compared only after bounds checks and quoted only through
