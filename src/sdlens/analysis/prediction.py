@@ -32,9 +32,9 @@ gives the type; another stated source that says otherwise makes the certainty "c
 is flow matching (record ``prediction == "flow"``) statements of epsilon / v-prediction do not apply (kohya
 writes ``modelspec.prediction_type`` "epsilon" for every model trained without v, SD3 and FLUX included): they
 are listed with ``counted = False``, and so are their zero-terminal-SNR statements. A scheduler config that
-``sdlens convert`` filled in from a default or a heuristic records that (``_sdlens_prediction``) and counts as that, not as a statement; one it filled in
-without knowing the type (``certainty: unknown``) says nothing about the type. Zero terminal SNR:
-the first stated source that says true or false (None: nothing says).
+``sdlens convert`` filled in from a default or a heuristic records that (``_sdlens_prediction``) and counts
+as that, not as a statement; one it filled in without knowing the type (``certainty: unknown``) says nothing
+about the type. Zero terminal SNR: the first stated source that says true or false (None: nothing says).
 
 Untrusted values (metadata, JSON) are compared only after bounds checks and quoted only through
 :func:`sdlens.io.limits.show` (bounded, escaped).
