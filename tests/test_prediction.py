@@ -692,4 +692,6 @@ def test_unknown_scheduler_classes_get_no_other_class_values(family, want):
     assert cfg == {**want, "num_train_timesteps": 1000} and not scheduler_values_known(family)
     eps = Prediction("epsilon", "family default", True, [])
     assert fill_scheduler(cfg, eps) == (cfg, [])  # a class sdlens does not know is left as it is
+    odd = {"_class_name": ["EulerDiscreteScheduler"]}
+    assert fill_scheduler(odd, eps) == (odd, [])
     assert scheduler_values_known("sdxl") and scheduler_config("sdxl")["beta_schedule"] == "scaled_linear"

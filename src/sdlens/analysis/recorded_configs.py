@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from sdlens.arch.record import Family
 
 CONFIGS_META = "sdlens.diffusers_configs"
-_MAX_TEXT = 500  # characters of a string value in a recorded config (longer: not a config sdlens wrote)
+_MAX_TEXT = 1000  # characters of a string value in a recorded config (longer: not a config sdlens wrote)
 
 
 def _load(metadata: dict[str, Any]) -> dict[str, Any]:

@@ -34,7 +34,8 @@ def fill_scheduler(cfg: dict[str, Any], pred: Prediction | None) -> tuple[dict[s
     """``cfg`` with the prediction type of ``pred`` (and its zero terminal SNR); what changed, in words."""
     cls = cfg.get("_class_name")
     flow_mode = cfg.get("prediction_type") == "flow_prediction" or cfg.get("use_flow_sigmas") is True
-    if pred is None or cls not in _TAKES_PREDICTION or cls.startswith("FlowMatch") or flow_mode:
+    known = isinstance(cls, str) and cls in _TAKES_PREDICTION
+    if pred is None or not known or cls.startswith("FlowMatch") or flow_mode:
         return cfg, []
     out = dict(cfg)
     out.pop(RECORD_KEY, None)
