@@ -695,3 +695,23 @@ def test_unknown_scheduler_classes_get_no_other_class_values(family, want):
     odd = {"_class_name": ["EulerDiscreteScheduler"]}
     assert fill_scheduler(odd, eps) == (odd, [])
     assert scheduler_values_known("sdxl") and scheduler_config("sdxl")["beta_schedule"] == "scaled_linear"
+
+
+def test_convert_says_when_the_release_scheduler_values_are_unknown(tmp_path):
+    """Wan's UniPC scheduler: sdlens does not know the release's values, so the folder gets the class with
+    num_train_timesteps and flow_prediction only (never Euler's scaled-linear epsilon), and convert says so."""
+    from sdlens.testing import zoo_new_b
+
+    fam = families.get("wan21_t2v_1_3b")
+    src = zoo_new_b.write_denoiser(
+        tmp_path / "wan.safetensors", fam.id, layout="original", prefix=fam.single_file.get("denoiser", "")
+    )
+    folder = tmp_path / "dif"
+    res = _convert(src, folder, layout="diffusers")
+    cfg = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+    assert cfg == {
+        "_class_name": "UniPCMultistepScheduler",
+        "num_train_timesteps": 1000,
+        "prediction_type": "flow_prediction",
+    }
+    assert any("are not known to sdlens" in op for op in res.plan.operations)
