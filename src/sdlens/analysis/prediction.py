@@ -241,7 +241,8 @@ def _from_config(cfg: Any, source: str, fam: Family | None) -> tuple[Evidence, s
     if "timestep_spacing" in cfg:
         words.append(f"timestep_spacing {show(cfg.get('timestep_spacing'))}")
     if cls_s.startswith("FlowMatch") and says != "flow":
-        words.append(f"a flow-matching scheduler, but {fam.name} is not a flow-matching model: not counted")  # type: ignore[union-attr]
+        name = fam.name if fam is not None else "the model"
+        words.append(f"a flow-matching scheduler, but {name} is not a flow-matching model: not counted")
     strength, basis = "stated", source
     rec = cfg.get(RECORD_KEY)
     if isinstance(rec, dict) and isinstance(rec.get("certainty"), str) and rec["certainty"] in _RECORDED:
@@ -325,7 +326,7 @@ def _metadata(meta: dict[str, Any], fam: Family | None) -> list[tuple[Evidence, 
             "modelspec.architecture",
             ids[v.split("/")[0]],
             "stated",
-            f"{show(arch)}: the ModelSpec id names the {fam.name} release",  # type: ignore[union-attr]
+            f"{show(arch)}: the ModelSpec id names the {fam.name} release",
         )
         out.append((e, f"modelspec.architecture {show(arch)}"))
     if "ss_zero_terminal_snr" in meta:
@@ -475,7 +476,7 @@ def prediction_of(ckpt: Checkpoint, family: Family | None) -> Prediction:
                 or (e.says != "flow" and e.zero_terminal_snr is not None)
             ):
                 e.counted = False
-                e.detail += f"; does not apply: {family.name} is a flow-matching model"  # type: ignore[union-attr]
+                e.detail += f"; does not apply: {family.name} is a flow-matching model"
                 if e.source.startswith(("modelspec.", "ss_")) and e.says == "epsilon":
                     e.detail += " (kohya writes 'epsilon' for any model trained without v)"
     typed = [(e, b) for e, b in found if e.counted and e.says != "unknown"]

@@ -64,11 +64,12 @@ def scheduler_problem(cfg: Any, family: Family | None) -> str | None:
     cls = cfg.get("_class_name")
     if not isinstance(cls, str) or not cls or not (cls in CLASSES or cls == own):
         return "its _class_name is not a scheduler class sdlens knows"
-    flow_family = pipe is not None and pipe.prediction == "flow"
-    if cls.startswith("FlowMatch") and not flow_family:
-        return f"a flow-matching scheduler, but {family.name if family else 'the model'} is not a flow-matching model"
-    if flow_family and cls != own and CLASSES[cls].kind != "flow":
-        return f"not a flow-matching scheduler, but {family.name} is a flow-matching model"  # type: ignore[union-attr]
+    if pipe is not None and family is not None:
+        flow_family = pipe.prediction == "flow"
+        if cls.startswith("FlowMatch") and not flow_family:
+            return f"a flow-matching scheduler, but {family.name} is not a flow-matching model"
+        if flow_family and cls != own and CLASSES[cls].kind != "flow":
+            return f"not a flow-matching scheduler, but {family.name} is a flow-matching model"
     if not all(_clean(v) for v in cfg.values()):
         return "it holds values that are not plain numbers or short printable text"
     defaults = dict(CLASSES[cls].defaults) if cls in CLASSES else {"num_train_timesteps": 1000}

@@ -48,11 +48,11 @@ def scheduler_config(family: str) -> dict[str, Any]:
             cfg["prediction_type"] = "flow_prediction"
         return cfg
     known = pipe is not None and scheduler_values_known(family)
-    cls = pipe.scheduler if known else "EulerDiscreteScheduler"  # type: ignore[union-attr]
+    cls = pipe.scheduler if known else "EulerDiscreteScheduler"
     cfg = {
         "_class_name": cls,
         **SCHEDULERS.get(cls, {}),
-        **(pipe.scheduler_config if known else {}),  # type: ignore[union-attr]
+        **(pipe.scheduler_config if known else {}),
     }
     if not cls.startswith("FlowMatch"):
         cfg["prediction_type"] = (
