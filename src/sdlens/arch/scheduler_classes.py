@@ -100,3 +100,4 @@ ZERO_SNR_CLASSES = frozenset(name for name, c in CLASSES.items() if c.zero_snr) 
     "LCMScheduler",
     "TCDScheduler",
 }
+EDM_V_SIGMA_DATA = 1.0  # ComfyUI's σ_data for EDM v-prediction files (edm_vpred markers: CosXL)
