@@ -79,7 +79,7 @@ def test_discrete_schedules_equal_diffusers(name):
                     eta * float(ddim._get_variance(t, t - 1000 // steps)) ** 0.5
                     for t in ddim.timesteps.tolist()
                 ]
-                _close(S.ddim_sigmas(cfg, ti, eta), ref)
+                _close(S.ddim_sigmas(cfg, ti, steps, eta), ref)
     # Euler's σ in the sampler equals the σ of the curve at those timesteps (σ = √((1 − ᾱ) / ᾱ))
     if not s.config.get("rescale_betas_zero_snr"):
         _close(curve.sigma[-1], float(euler.sigmas.max()), 1e-3 * float(curve.sigma[-1]))
@@ -174,7 +174,7 @@ def test_names_and_aliases():
     assert released("flux-schnell").config["use_dynamic_shifting"] is False
     with pytest.raises(SdlensError, match="sdlens does not model"):
         released("wan")  # UniPC in flow mode: not modelled, said so rather than guessed
-    with pytest.raises(SdlensError, match="unknown schedule"):
+    with pytest.raises(SdlensError, match="is no named schedule, family or existing file"):
         schedule_report(["not-a-schedule"])
 
 
@@ -188,12 +188,20 @@ def sd1_dict():
 
 def test_standard_buffers_are_scaled_linear_in_any_precision():
     b = schedule_buffers()
-    for dt in (torch.float64, torch.float32, torch.float16, torch.bfloat16):
-        info = analyse_schedule(b["betas"].to(dt).float().numpy(), b["alphas_cumprod"].to(dt).float().numpy())
-        if dt == torch.bfloat16:  # 8 bits of mantissa: 0.4 % rounding, beyond what a named match allows
-            assert info.match is None and info.closest == "scaled_linear"
-            continue
+    for dt, name in (
+        (torch.float64, "F64"),
+        (torch.float32, "F32"),
+        (torch.float16, "F16"),
+        (torch.bfloat16, "BF16"),
+    ):
+        stored = (b["betas"].to(dt).float().numpy(), b["alphas_cumprod"].to(dt).float().numpy())
+        info = analyse_schedule(*stored, dtype=name)
         assert info.match == "scaled_linear" and info.consistent, dt
+        if (
+            dt == torch.bfloat16
+        ):  # 8 bits of mantissa round ᾱ by 0.4 %: beyond fp16's tolerance, within bf16's
+            assert analyse_schedule(*stored, dtype="F16").match is None
+            continue
         assert info.description.startswith(
             "scaled_linear, 1000 steps, β 0.00085 → 0.012; terminal SNR 0.0047, not zero"
         )
@@ -228,7 +236,11 @@ def test_checkpoint_buffers_named_and_tampered_not(tmp_path, sd1_dict):
     save_safetensors(sd1_dict, tmp_path / "std.safetensors")
     v = checkpoint_view(tmp_path / "std.safetensors", steps=None, res=None)
     assert v.file["family"] == "sd1" and v.file["buffers"].match == "scaled_linear"
-    assert v.schedule.name == "scaled_linear" and v.steps == 50 and v.schedule.config["steps_offset"] == 1
+    # the buffers are SD 1.5's released β table, so the view takes that release's sampler settings
+    assert v.schedule.name == "sd1" and v.steps == 50 and v.schedule.config["steps_offset"] == 1
+    assert v.schedule.config["set_alpha_to_one"] is False and v.schedule.source.startswith("buffers of")
+    (by_name,) = schedule_report(["sd1"], steps=50)
+    assert v.row("leading").ddim_sigma == by_name.row("leading").ddim_sigma  # the same model by either route
     sd = dict(sd1_dict)
     betas = sd["betas"].double().clone()
     betas[800:] *= 1.2
@@ -276,7 +288,7 @@ def test_cli_json_plot_and_errors(tmp_path, cli, sd1_dict):
         raise AssertionError(f"non-JSON constant {x}")
 
     views = json.loads(r.stdout, parse_constant=no_constants)  # strict JSON: no Infinity / NaN
-    assert [v["schedule"]["name"] for v in views] == ["scaled_linear", "flux_dev", "edm"]
+    assert [v["schedule"]["name"] for v in views] == ["sd1", "flux_dev", "edm"]
     assert views[0]["file"]["buffers"]["match"] == "scaled_linear"
     assert len(views[1]["sampling"][0]["sigmas"]) == 21 and views[1]["res"] == [1024, 1024]
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
@@ -318,3 +330,116 @@ def test_folder_states_its_schedule_and_hostile_configs_are_one_line(zoo, tmp_pa
             and "scheduler config" in r.stderr
             and "\x1b" not in r.stderr
         )
+
+
+def test_flux_schnell_uses_the_pipeline_sigmas_unshifted():
+    s = released("flux-schnell")
+    assert s.pipeline_sigmas and not s.config["use_dynamic_shifting"] and s.config["shift"] == 1.0
+    fm = diffusers.FlowMatchEulerDiscreteScheduler(**_kwargs(s))
+    fm.set_timesteps(sigmas=np.linspace(1.0, 1 / 4, 4))  # what FluxPipeline passes for 4 steps
+    ts, sig = S.flow_sigmas(s, 4, (1024, 1024))
+    _close(sig, fm.sigmas)
+    assert sig.tolist() == [1.0, 0.75, 0.5, 0.25, 0.0]
+
+
+def test_class_defaults_are_the_classes_own():
+    """sdlens.arch.scheduler_classes is data: each entry equals the class's __init__ defaults in diffusers."""
+    import inspect
+
+    from sdlens.arch.scheduler_classes import CLASSES
+
+    for name, entry in CLASSES.items():
+        params = inspect.signature(getattr(diffusers, name).__init__).parameters
+        for key, value in {**entry.defaults, **entry.unmodelled}.items():
+            assert params[key].default == value, (name, key)
+        assert ("rescale_betas_zero_snr" in params) == entry.zero_snr, name
+
+
+def test_folder_configs_take_their_class_defaults_and_unmodelled_options_are_refused():
+    cfg = {
+        "_class_name": "EulerDiscreteScheduler",
+        "beta_schedule": "scaled_linear",
+        "beta_start": 0.00085,
+        "beta_end": 0.012,
+    }
+    s = S.from_config(cfg, "x", "x", "x")
+    euler = diffusers.EulerDiscreteScheduler.from_config(cfg)
+    euler.set_timesteps(20)
+    ts = S.discrete_timesteps(s.config, 20, s.config["timestep_spacing"], integer=False)
+    assert s.config["timestep_spacing"] == "linspace"  # Euler's own default, not DDPM's "leading"
+    _close(S.euler_sigmas(s.config, ts), euler.sigmas)
+    heun = S.from_config({"_class_name": "HeunDiscreteScheduler"}, "h", "h", "h")
+    _close(S.train_curve(heun).alpha_bar, diffusers.HeunDiscreteScheduler().alphas_cumprod)
+    pndm = S.from_config({"_class_name": "PNDMScheduler", "rescale_betas_zero_snr": True}, "p", "p", "p")
+    assert "rescale_betas_zero_snr" not in pndm.config  # PNDM takes no such argument
+    with pytest.raises(SdlensError, match="use_karras_sigmas = True changes the σ"):
+        S.from_config({**cfg, "use_karras_sigmas": True}, "k", "k", "k")
+    with pytest.raises(SdlensError, match="shift_terminal"):
+        S.from_config(
+            {"_class_name": "FlowMatchEulerDiscreteScheduler", "shift_terminal": 0.1}, "f", "f", "f"
+        )
+    for bad, words in (
+        ({"steps_offset": 10**30}, "steps_offset"),
+        ({"steps_offset": -5}, "steps_offset"),
+        ({"beta_start": -0.1}, "beta_start"),
+        ({"beta_end": 1e300}, "beta_end"),
+        ({"rescale_betas_zero_snr": "true"}, "true or false"),
+        ({"num_train_timesteps": 10**6}, "num_train_timesteps"),
+    ):
+        with pytest.raises(SdlensError, match=words):
+            S.from_config({**cfg, **bad}, "b", "b", "b")
+    flow = {"_class_name": "FlowMatchEulerDiscreteScheduler", "use_dynamic_shifting": True}
+    with pytest.raises(SdlensError, match="base_image_seq_len equals"):
+        S.from_config({**flow, "base_image_seq_len": 256, "max_image_seq_len": 256}, "d", "d", "d")
+
+
+def test_edge_step_counts_are_stated_not_crashed():
+    (v,) = schedule_report(["sd1"], steps=1000)  # leading with steps_offset 1 visits t = 1000
+    lead = v.row("leading")
+    assert lead.ddim_timesteps == [] and "outside 0 … 999" in lead.note
+    (v,) = schedule_report(
+        ["scaled_linear+ztsnr"], steps=61
+    )  # trailing rounds to 62 timesteps, the last t = −1
+    trail = v.row("trailing")
+    assert (
+        len(trail.timesteps) == 62
+        and "62 timesteps for 61 steps" in trail.note
+        and trail.ddim_timesteps == []
+    )
+    euler = diffusers.EulerDiscreteScheduler(**_kwargs(S.NAMED["scaled_linear+ztsnr"], ("set_alpha_to_one",)))
+    euler.set_timesteps(61)
+    _close(trail.timesteps, euler.timesteps)  # the same flaw as diffusers', shown as diffusers runs it
+    (v,) = schedule_report(["flux"], steps=4, res=(16384, 16384))  # μ beyond e^μ's range: σ = 1, no overflow
+    assert v.sampling[0].sigmas[:-1] == [1.0] * 4
+    with pytest.raises(SdlensError, match="--res"):
+        schedule_report(["flux"], res=(10**6, 10**6))
+
+
+def test_edm_exponential_equals_diffusers():
+    cfg = {"_class_name": "EDMDPMSolverMultistepScheduler", "sigma_schedule": "exponential"}
+    s = S.from_config(cfg, "e", "e", "e")
+    edm = diffusers.EDMDPMSolverMultistepScheduler(sigma_schedule="exponential")
+    for steps in (1, 20, 999):
+        edm.set_timesteps(steps)
+        _close(S.edm_sigmas(s, steps)[1], edm.sigmas)
+
+
+def test_released_records_state_their_values():
+    assert released("auraflow").config["shift"] == 1.73  # ComfyUI's AuraFlow sampling settings
+    hy = released("hunyuandit")
+    assert (hy.config["beta_start"], hy.config["beta_end"]) == (0.00085, 0.018)
+    assert hy.config["_class_name"] == "DDPMScheduler"
+
+
+def test_edm_vpred_file_and_text_encoder_only_file(tmp_path):
+    sd = build_single_file("sdxl", dtype=torch.float16)
+    sd["edm_vpred.sigma_max"] = torch.tensor([120.0])
+    sd["edm_vpred.sigma_min"] = torch.tensor([0.002])
+    save_safetensors(sd, tmp_path / "cosxl.safetensors")
+    v = checkpoint_view(tmp_path / "cosxl.safetensors", steps=10, res=None)
+    assert v.schedule.kind == "edm" and v.schedule.config["sigma_data"] == 1.0
+    assert v.sampling[0].sigmas[0] == pytest.approx(120.0) and v.prediction.type == "v_prediction"
+    te = {k: t for k, t in sd.items() if k.startswith("conditioner.")}
+    save_safetensors(te, tmp_path / "te.safetensors")
+    with pytest.raises(SdlensError, match="holds no denoiser"):
+        checkpoint_view(tmp_path / "te.safetensors", steps=None, res=None)

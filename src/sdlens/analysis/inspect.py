@@ -13,7 +13,7 @@ from sdlens.analysis.metadata import MetadataSummary, summarise_metadata
 from sdlens.analysis.prediction import Prediction, prediction_of
 from sdlens.analysis.quantisation import QuantSummary, summarise_quantisation
 from sdlens.analysis.scan import ScanResult, scan_and_hash, scan_and_hash_bytes, scan_tensors
-from sdlens.analysis.schedule_buffers import ScheduleInfo, analyse_schedule
+from sdlens.analysis.schedule_buffers import ScheduleInfo, read_buffers
 from sdlens.arch import registry as R
 from sdlens.arch.identify import Identity, identify
 from sdlens.arch.record import Family
@@ -242,7 +242,7 @@ def describe(ckpt: Checkpoint) -> InspectReport:
         components=components,
         missing=_missing(comps, fam, ident),
         ema=_ema(comps),
-        schedule=_schedule(ckpt, comps),
+        schedule=_schedule(ckpt, problems),
         markers=[f"{k}: {R.MARKER_KEYS[k]}" for k in tensors if k in R.MARKER_KEYS],
         prediction=_prediction(ckpt, fam, comps),
         unknown_keys=[
@@ -309,13 +309,12 @@ def _ema(comps: dict) -> EmaInfo | None:
     return EmaInfo(len(present), len(expected), bool(expected) and not missing, missing[:5])
 
 
-def _schedule(ckpt: Checkpoint, comps: dict) -> ScheduleInfo | None:
-    sched = comps.get("schedule")
-    if sched is None:
-        return None
-    betas = ckpt.read_numpy("betas") if "betas" in sched.keys else None
-    ac = ckpt.read_numpy("alphas_cumprod") if "alphas_cumprod" in sched.keys else None
-    return analyse_schedule(betas, ac, list(sched.keys))
+def _schedule(ckpt: Checkpoint, problems: list[str]) -> ScheduleInfo | None:
+    """The file's schedule buffers named (one checked reader: bounded, float, 1-D); unusable ones are a problem."""
+    bufs = read_buffers(ckpt)
+    if bufs.problem:
+        problems.append(f"schedule buffers unusable: {bufs.problem}")
+    return bufs.info
 
 
 def _prediction(ckpt: Checkpoint, fam: Family | None, comps: dict) -> Prediction | None:

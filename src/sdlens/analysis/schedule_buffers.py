@@ -103,10 +103,10 @@ def analyse_schedule(
             f"{n} steps; the buffers hold NaN or infinite values",
         )
     scored = sorted(
-        ((_rel_error(ac, ref), key, words) for key, words, ref in _candidates(n, b)), key=lambda x: x[0]
+        ((_rel_error(ac, ref, rtol), key, words) for key, words, ref in _candidates(n, b)), key=lambda x: x[0]
     )
     err, key, words = scored[0]
-    matched = err <= MATCH_RTOL
+    matched = err <= rtol
     a_t = float(ac[-1])
     snr_t = a_t / (1 - a_t) if a_t < 1 else float("inf")
     ztsnr = abs(a_t) <= MATCH_ATOL

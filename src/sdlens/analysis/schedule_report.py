@@ -9,18 +9,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from sdlens.analysis import schedules as S
-from sdlens.analysis.schedule_buffers import ScheduleInfo, analyse_schedule
+from sdlens.analysis.schedule_buffers import Buffers, read_buffers
 from sdlens.arch import families
 from sdlens.arch import registry as R
+from sdlens.arch.scheduler_classes import EDM_V_SIGMA_DATA
 from sdlens.arch.schedulers import scheduler_config
 from sdlens.errors import SdlensError
 
 DEFAULT_RES = (1024, 1024)
 _ALIASES = {"cosine": "squaredcos_cap_v2", "ddpm": "linear", "sd": "scaled_linear", "karras": "edm"}
-_SMALL = 1 << 20  # buffers read from a checkpoint: at most this many bytes each
 
 
 @dataclass
@@ -111,8 +109,9 @@ def released(name: str) -> S.Schedule | None:
     return S.from_config(
         scheduler_config(fam.id),
         fam.id,
-        f"{fam.pipeline.name} (its released {fam.pipeline.scheduler or 'scheduler'} config)",
-        f"family {fam.id}",
+        f"{pipe.name} (its {pipe.scheduler or 'scheduler'} config)",
+        f"family {fam.id}: the record's scheduler config (sdlens.arch.schedulers)",
+        pipeline_sigmas=pipe.sigmas == "linspace",
     )
 
 
@@ -159,14 +158,29 @@ def _discrete_rows(s: S.Schedule, steps: int) -> list[SpacingRow]:
             [float(x) for x in S.euler_sigmas(s.config, ts)],
             first,
             first >= n - 1,
-            [int(t) for t in ti],
-            {f"eta={eta:g}": S.ddim_sigmas(s.config, ti, eta).tolist() for eta in S.ETAS},
         )
+        outside = [int(t) for t in ti if not 0 <= t < n]
+        notes = []
+        if len(ti) != steps:
+            notes.append(
+                f"{spacing} spacing gives {len(ti)} timesteps for {steps} steps (diffusers' rounding)"
+            )
+        if outside:  # DDIM's step fails there (Euler clamps σ): said, not computed
+            notes.append(
+                f"{spacing} spacing visits t = {', '.join(map(str, outside[:3]))}, outside 0 … {n - 1}: DDIM cannot "
+                "step there (σ(η) not computed; Euler's σ is clamped to the table's end)"
+            )
+        else:
+            row.ddim_timesteps = [int(t) for t in ti]
+            row.ddim_sigma = {
+                f"eta={eta:g}": S.ddim_sigmas(s.config, ti, steps, eta).tolist() for eta in S.ETAS
+            }
         if not row.reaches_end:
-            row.note = (
+            notes.append(
                 f"{spacing} spacing starts at t = {first:g}, not t = {n - 1}: the first step never starts from "
                 "the noisiest training timestep (Lin et al. 2023, Table 2)"
             )
+        row.note = "; ".join(notes)
         rows.append(row)
     return rows
 
@@ -232,28 +246,58 @@ def view(
 # --------------------------------------------------------------------------- checkpoints
 
 
-def _buffers(ckpt, comps: dict) -> tuple[ScheduleInfo | None, np.ndarray | None]:
-    """The file's schedule buffers named, and its β table (from ``betas``, else derived from ᾱ)."""
-    sched = comps.get("schedule")
-    if sched is None:
-        return None, None
+def _same_betas(a: S.Schedule, b: S.Schedule) -> bool:
+    def table(s: S.Schedule) -> tuple:
+        c = s.config
+        rescale = bool(c.get("rescale_betas_zero_snr"))
+        return c.get("beta_schedule"), c.get("beta_start"), c.get("beta_end"), rescale, c.get("trained_betas")
 
-    def read(key: str) -> np.ndarray | None:
-        info = ckpt.tensors.get(key) if key in sched.keys else None
-        if info is None or info.nbytes > _SMALL:
-            return None
-        return ckpt.read_numpy(key).astype(np.float64).reshape(-1)
+    return a.kind == b.kind == "discrete" and table(a) == table(b)
 
-    betas, ac = read("betas"), read("alphas_cumprod")
-    info = analyse_schedule(betas, ac, list(sched.keys))
-    if info is not None and betas is None:
-        betas = 1 - ac / np.concatenate([[1.0], ac[:-1]])
-    return info, betas
+
+def _release_of(fam) -> tuple[S.Schedule | None, str | None]:
+    """The family's released schedule, or why there is none."""
+    if fam is None or fam.pipeline is None:
+        return None, "no known family"
+    try:
+        return released(fam.id), None
+    except SdlensError as e:
+        return None, e.problem
+
+
+def _from_buffers(bufs: Buffers, release: S.Schedule | None, name: str, notes: list[str]) -> S.Schedule:
+    """The schedule a file's usable buffers hold: its family's release where the β table is the release's (so the
+    sampler settings are the release's too), else the named schedule, else the file's own table."""
+    info = bufs.info
+    notes.append(f"its schedule buffers: {info.description}")
+    where = f"buffers of {name}"
+    if info.match is not None:
+        base = S.NAMED[info.match]
+        base = S.Schedule(
+            base.name, base.label, "discrete", {**base.config, "num_train_timesteps": info.timesteps}, where
+        )
+        if (
+            release is not None
+            and _same_betas(base, release)
+            and release.num_train_timesteps == info.timesteps
+        ):
+            notes.append(
+                f"the buffers are the {release.label.split(' (')[0]} release's schedule: its sampler settings"
+            )
+            return S.Schedule(release.name, release.label, "discrete", release.config, where)
+        return base
+    cfg = {
+        **S.NAMED["scaled_linear"].config,
+        "num_train_timesteps": bufs.betas.size,
+        "trained_betas": bufs.betas.tolist(),
+    }
+    return S.Schedule("own buffers", f"{name}'s own schedule ({info.kind})", "discrete", cfg, where)
 
 
 def checkpoint_view(path: str | Path, *, steps: int | None, res: tuple[int, int] | None) -> ScheduleView:
-    """The schedule a checkpoint carries or implies: its own β / ᾱ buffers when it stores them, else its family's
-    released schedule (with the zero-terminal-SNR rescale where a ``ztsnr`` marker says so)."""
+    """The schedule a checkpoint carries or implies: a diffusers folder's scheduler config; an EDM v-prediction
+    file's σ range; its own β / ᾱ buffers when usable; else its family's released schedule (rescaled to zero
+    terminal SNR where the prediction evidence says so)."""
     from sdlens.analysis.prediction import folder_scheduler_config, prediction_of
     from sdlens.arch.identify import identify
     from sdlens.io.open import open_checkpoint
@@ -263,7 +307,8 @@ def checkpoint_view(path: str | Path, *, steps: int | None, res: tuple[int, int]
         if ident.kind == "lora":
             raise SdlensError(Path(path), "a LoRA carries no noise schedule; name its base model instead")
         fam = ident.record
-        info, betas = _buffers(ckpt, ident.split.components)
+        comps = ident.split.components
+        bufs = read_buffers(ckpt)
         markers = [k for k in ckpt.tensors if k in R.MARKER_KEYS]
         pred = prediction_of(ckpt, fam)
         folder_cfg = folder_scheduler_config(ckpt)
@@ -272,49 +317,71 @@ def checkpoint_view(path: str | Path, *, steps: int | None, res: tuple[int, int]
         "path": str(path),
         "family": fam.id if fam else None,
         "family_name": fam.name if fam else None,
-        "buffers": info,
+        "buffers": bufs.info,
+        "buffer_problem": bufs.problem,
         "markers": [f"{k}: {R.MARKER_KEYS[k]}" for k in markers],
     }
+    release, why_not = _release_of(fam)
     notes: list[str] = []
     if isinstance(folder_cfg, dict):  # a diffusers folder states its schedule
         where = f"{name}/scheduler/scheduler_config.json"
-        s = S.from_config(folder_cfg, "folder scheduler", where, where)
+        s = S.from_config(
+            folder_cfg,
+            "folder scheduler",
+            where,
+            where,
+            pipeline_sigmas=bool(release and release.pipeline_sigmas),
+        )
         notes.append(
             f"the folder's scheduler config: {str(folder_cfg.get('_class_name', 'no class named'))[:80]}"
         )
-    elif info is not None and betas is not None and np.all(np.isfinite(betas)):
-        notes.append(f"its schedule buffers: {info.description}")
-        if info.match is not None:
-            base = S.NAMED[info.match]
-            cfg = {**base.config, "num_train_timesteps": info.timesteps}
-            s = S.Schedule(base.name, base.label, "discrete", cfg, f"buffers of {name}")
-        else:  # the file's own β table, as diffusers takes one (trained_betas)
-            cfg = {
-                **S.NAMED["scaled_linear"].config,
-                "num_train_timesteps": betas.size,
-                "trained_betas": betas.tolist(),
-            }
-            s = S.Schedule(
-                "own buffers", f"{name}'s own schedule ({info.kind})", "discrete", cfg, f"buffers of {name}"
+    elif getattr(
+        pred, "sigma_range", None
+    ):  # EDM v-prediction markers (CosXL): continuous σ, as ComfyUI samples
+        lo, hi = pred.sigma_range
+        cfg = {
+            "_class_name": "EDMEulerScheduler",
+            "sigma_min": lo,
+            "sigma_max": hi,
+            "sigma_data": EDM_V_SIGMA_DATA,
+        }
+        s = S.from_config(
+            cfg, "edm (from the file's markers)", f"EDM σ {lo:.3g} → {hi:.3g} (edm_vpred markers)", name
+        )
+        notes.append(
+            "edm_vpred markers: sampled on continuous EDM σ (σ_data 1, as ComfyUI), not the family's β table"
+        )
+    elif bufs.info is not None and bufs.betas is not None:
+        s = _from_buffers(bufs, release, name, notes)
+        if pred.zero_terminal_snr and not bufs.zero_terminal_snr:
+            notes.append(
+                "the prediction evidence says zero terminal SNR, but the stored buffers are not rescaled: ComfyUI "
+                "samples it rescaled (its zsnr flag), A1111 samples the stored buffers"
             )
+    elif "denoiser" not in comps:
+        parts = ", ".join(sorted(comps)) or "no model components"
+        raise SdlensError(
+            Path(path),
+            f"holds no denoiser ({parts}): a noise schedule belongs to a model; name its base model",
+        )
     else:
-        if fam is None:
+        if release is None:
             raise SdlensError(
-                Path(path), "no schedule buffers and no known family: sdlens cannot tell its schedule"
+                Path(path), f"no usable schedule buffers and no released schedule to fall back on ({why_not})"
             )
-        s = released(fam.id)
-        if s is None:
-            raise SdlensError(
-                Path(path), f"no schedule buffers, and the {fam.name} record has no released pipeline"
-            )
-        notes.append(f"no usable schedule buffers in the file: the {fam.name} release's schedule")
-        if "ztsnr" in markers and s.kind == "discrete":
+        s = release
+        notes.append(
+            f"its schedule buffers are unusable ({bufs.problem}): the {fam.name} release's schedule"
+            if bufs.problem
+            else f"the file carries no schedule buffers: the {fam.name} release's schedule"
+        )
+        if pred.zero_terminal_snr and s.kind == "discrete":
             cfg = {**s.config, "rescale_betas_zero_snr": True, "timestep_spacing": "trailing"}
             s = S.Schedule(
                 f"{s.name}+ztsnr", f"{s.label}, rescaled to zero terminal SNR", s.kind, cfg, s.source
             )
             notes.append(
-                "ztsnr marker: trained with zero terminal SNR, so the rescaled schedule and trailing spacing"
+                "zero terminal SNR (see the prediction evidence): the rescaled schedule, trailing spacing"
             )
     steps = steps or (fam.pipeline.steps if fam and fam.pipeline else 50)
     res = res or (tuple(fam.pipeline.res) if fam and fam.pipeline else DEFAULT_RES)
@@ -333,8 +400,10 @@ def schedule_report(
     res: tuple[int, int] | None = None,
 ) -> list[ScheduleView]:
     """Each of ``items`` (a named schedule, a family name, a checkpoint path) computed; none: the named ones."""
-    if steps is not None and steps < 1:
-        raise SdlensError(None, "--steps must be at least 1")
+    if steps is not None and not 1 <= steps <= S.MAX_STEPS:
+        raise SdlensError(None, f"--steps must be between 1 and {S.MAX_STEPS}")
+    if res is not None and not all(16 <= x <= S.MAX_SIDE for x in res):
+        raise SdlensError(None, f"--res: each side must be from 16 to {S.MAX_SIDE} pixels")
     out = []
     for item in items or list(S.NAMED):
         s = named(item)
@@ -358,7 +427,7 @@ def schedule_report(
             continue
         raise SdlensError(
             None,
-            f"unknown schedule {item[:80]!r}: use a named schedule ({', '.join(S.NAMED)}), a family "
-            "(sd1, sdxl, sd3, flux, playground …) or a checkpoint path",
+            f"{item[:80]!r} is no named schedule, family or existing file: use a named schedule "
+            f"({', '.join(S.NAMED)}), a family (sd1, sdxl, sd3, flux, playground …) or a checkpoint path",
         )
     return out

@@ -22,24 +22,12 @@ from typing import Any
 
 import numpy as np
 
+from sdlens.arch.scheduler_classes import CLASSES
 from sdlens.errors import SdlensError
 
 SPACINGS = ("leading", "trailing", "linspace")
-KINDS = ("discrete", "flow", "edm")
 ETAS = (0.0, 1.0)
 
-# the DDPM scheduler classes whose schedule is a β table (their set_timesteps differ; sdlens shows Euler's σ and
-# DDIM's η, the two samplers users compare)
-DISCRETE_CLASSES = (
-    "DDPMScheduler",
-    "DDIMScheduler",
-    "PNDMScheduler",
-    "EulerDiscreteScheduler",
-    "EulerAncestralDiscreteScheduler",
-    "DPMSolverMultistepScheduler",
-    "LMSDiscreteScheduler",
-    "HeunDiscreteScheduler",
-)
 _DEFAULTS: dict[str, Any] = {  # the DDPM-family class defaults (DDPMScheduler's)
     "num_train_timesteps": 1000,
     "beta_start": 0.0001,
@@ -50,25 +38,8 @@ _DEFAULTS: dict[str, Any] = {  # the DDPM-family class defaults (DDPMScheduler's
     "steps_offset": 0,
     "set_alpha_to_one": True,
 }
-_FLOW_DEFAULTS: dict[str, Any] = {
-    "num_train_timesteps": 1000,
-    "shift": 1.0,
-    "use_dynamic_shifting": False,
-    "base_shift": 0.5,
-    "max_shift": 1.15,
-    "base_image_seq_len": 256,
-    "max_image_seq_len": 4096,
-    "time_shift_type": "exponential",
-}
-_EDM_DEFAULTS: dict[str, Any] = {
-    "sigma_min": 0.002,
-    "sigma_max": 80.0,
-    "sigma_data": 0.5,
-    "rho": 7.0,
-    "sigma_schedule": "karras",
-    "final_sigmas_type": "zero",
-    "num_train_timesteps": 1000,
-}
+_FLOW_DEFAULTS: dict[str, Any] = dict(CLASSES["FlowMatchEulerDiscreteScheduler"].defaults)
+_EDM_DEFAULTS: dict[str, Any] = dict(CLASSES["EDMDPMSolverMultistepScheduler"].defaults)
 _SD = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "steps_offset": 1}
 # Lin et al. 2023, "Common Diffusion Noise Schedules and Sample Steps are Flawed": rescale to zero terminal SNR
 # and sample with trailing timesteps
@@ -85,6 +56,7 @@ class Schedule:
     config: Mapping[str, Any] = field(hash=False)
     source: str = "named schedule"
     image_token: int = 16  # pixels per side of one image token (resolution-dependent flow shift)
+    pipeline_sigmas: bool = False  # flow: the pipeline passes σ = linspace(1, 1/N, N) (FLUX), not N alone
 
     @property
     def num_train_timesteps(self) -> int:
@@ -100,7 +72,7 @@ def _named() -> dict[str, Schedule]:
     out: dict[str, Schedule] = {}
 
     def add(name: str, label: str, kind: str, cfg: dict[str, Any]) -> None:
-        out[name] = Schedule(name, label, kind, cfg)
+        out[name] = Schedule(name, label, kind, cfg, pipeline_sigmas=bool(cfg.get("use_dynamic_shifting")))
 
     base = {"_class_name": "DDPMScheduler", **_DEFAULTS}
     for name, label, cfg in (
@@ -135,71 +107,112 @@ DISCRETE_NAMED = tuple(n for n, s in NAMED.items() if s.kind == "discrete")
 
 def kind_of(config: Mapping[str, Any]) -> str | None:
     """discrete / flow / edm for a diffusers scheduler config, None for a scheduler sdlens does not model."""
-    cls = str(config.get("_class_name", ""))
-    if cls.startswith("FlowMatch"):
-        return "flow"
-    if cls.startswith("EDM"):
-        return "edm"
-    if cls in DISCRETE_CLASSES and not config.get("use_flow_sigmas"):
-        return "discrete"
-    return None
+    cls = CLASSES.get(str(config.get("_class_name", "")))
+    if cls is None or any(config.get(k, v) != v for k, v in cls.unmodelled.items() if k == "use_flow_sigmas"):
+        return None
+    return cls.kind
 
 
 def from_config(
-    config: Mapping[str, Any], name: str, label: str, source: str, image_token: int = 16
+    config: Mapping[str, Any],
+    name: str,
+    label: str,
+    source: str,
+    image_token: int = 16,
+    pipeline_sigmas: bool = False,
 ) -> Schedule:
-    """The schedule of a diffusers scheduler config (refused with one line where sdlens does not model it)."""
+    """The schedule of a diffusers scheduler config, the class's defaults filled in as ``from_pretrained`` does
+    (refused with one line where sdlens does not model the class or an option it sets)."""
     kind = kind_of(config)
     if kind is None:
         raise SdlensError(
             None,
-            f"{label}: sdlens does not model the {config.get('_class_name') or 'unnamed'} scheduler's schedule "
-            f"(it models {', '.join(DISCRETE_CLASSES[:4])}, FlowMatchEulerDiscreteScheduler and EDM schedulers)",
+            f"{label}: sdlens does not model the {str(config.get('_class_name') or 'unnamed')[:60]} scheduler's "
+            f"schedule (it models {', '.join(CLASSES)})",
         )
-    defaults = {"discrete": _DEFAULTS, "flow": _FLOW_DEFAULTS, "edm": _EDM_DEFAULTS}[kind]
-    cfg = {**defaults, **config}
+    cls = CLASSES[str(config["_class_name"])]
+    for option, default in cls.unmodelled.items():
+        if config.get(option, default) != default:
+            raise SdlensError(
+                None,
+                f"{label}: {option} = {str(config[option])[:40]} changes the σ in a way sdlens does not compute "
+                f"(it computes {option} = {default})",
+            )
+    cfg = {**cls.defaults, **config}
+    if not cls.zero_snr:  # the class takes no such argument: diffusers ignores the key
+        cfg.pop("rescale_betas_zero_snr", None)
     check_config(cfg, label)
-    return Schedule(name, label, kind, cfg, source, image_token)
+    return Schedule(name, label, kind, cfg, source, image_token, pipeline_sigmas)
 
 
 MAX_STEPS = 10_000  # sampling steps sdlens computes (samplers use 1-1000)
-_NUMBERS = (
-    "beta_start", "beta_end", "shift", "base_shift", "max_shift", "base_image_seq_len", "max_image_seq_len",
-    "sigma_min", "sigma_max", "sigma_data", "rho", "steps_offset",
-)  # fmt: skip
+MAX_SIDE = 16_384  # pixels per side of --res
+
+
+# numbers a config may hold, and the closed range each must lie in (None: unbounded on that side)
+_RANGES: dict[str, tuple[float | None, float | None]] = {
+    "beta_start": (0.0, 0.999999),
+    "beta_end": (0.0, 0.999999),
+    "shift": (1e-6, 100.0),
+    "base_shift": (-100.0, 100.0),
+    "max_shift": (-100.0, 100.0),
+    "base_image_seq_len": (1, None),
+    "max_image_seq_len": (1, None),
+    "sigma_min": (1e-12, None),
+    "sigma_max": (1e-12, 1e6),
+    "sigma_data": (1e-12, 1e6),
+    "rho": (1e-3, 100.0),
+}
+_CHOICES = {
+    "beta_schedule": ("linear", "scaled_linear", "squaredcos_cap_v2"),
+    "timestep_spacing": SPACINGS,
+    "time_shift_type": ("exponential", "linear"),
+    "sigma_schedule": ("karras", "exponential"),
+    "final_sigmas_type": ("zero", "sigma_min"),
+}
+_FLAGS = ("rescale_betas_zero_snr", "use_dynamic_shifting", "set_alpha_to_one")
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _config_problem(cfg: Mapping[str, Any]) -> str | None:
+    """What makes ``cfg`` unusable, in words; None when it is fine."""
+    n = cfg.get("num_train_timesteps")
+    if isinstance(n, bool) or not isinstance(n, int) or not 2 <= n <= 100_000:
+        return "num_train_timesteps must be an integer from 2 to 100000"
+    for key, (lo, hi) in _RANGES.items():
+        v = cfg.get(key)
+        if v is not None and not (_number(v) and (lo is None or v >= lo) and (hi is None or v <= hi)):
+            return f"{key} must be a number from {lo} to {hi}"
+    off = cfg.get("steps_offset", 0)
+    if isinstance(off, bool) or not isinstance(off, int) or not 0 <= off < n:
+        return "steps_offset must be an integer from 0 to num_train_timesteps - 1"
+    for key, allowed in _CHOICES.items():
+        if key in cfg and cfg[key] not in allowed:
+            return f"{key} must be one of {', '.join(allowed)}"
+    for key in _FLAGS:
+        if key in cfg and not isinstance(cfg[key], bool):
+            return f"{key} is not true or false"
+    if cfg.get("use_dynamic_shifting") and cfg.get("base_image_seq_len") == cfg.get("max_image_seq_len"):
+        return "base_image_seq_len equals max_image_seq_len (the shift's line is undefined)"
+    if "sigma_min" in cfg and "sigma_max" in cfg and not cfg["sigma_min"] < cfg["sigma_max"]:
+        return "sigma_min must be below sigma_max"
+    tb = cfg.get("trained_betas")
+    if tb is not None and (
+        not isinstance(tb, (list, tuple)) or len(tb) != n or not all(_number(b) and 0 <= b <= 1 for b in tb)
+    ):
+        return "trained_betas is not a list of num_train_timesteps numbers in [0, 1]"
+    return None
 
 
 def check_config(cfg: Mapping[str, Any], label: str) -> None:
     """A config from a file (a diffusers folder's scheduler_config.json may be crafted): the values sdlens
     computes with must be numbers in range, the table length bounded, the names known; else one clear line."""
-
-    def bad(what: str) -> SdlensError:
-        return SdlensError(None, f"{label}: scheduler config {what}")
-
-    n = cfg.get("num_train_timesteps")
-    if isinstance(n, bool) or not isinstance(n, int) or not 2 <= n <= 100_000:
-        raise bad("num_train_timesteps must be an integer from 2 to 100000")
-    for key in _NUMBERS:
-        v = cfg.get(key)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)):
-            raise bad(f"{key} is not a finite number")
-    if cfg.get("beta_schedule", "linear") not in ("linear", "scaled_linear", "squaredcos_cap_v2"):
-        raise bad("beta_schedule is not linear, scaled_linear or squaredcos_cap_v2")
-    if cfg.get("timestep_spacing", "leading") not in SPACINGS:
-        raise bad(f"timestep_spacing is not one of {', '.join(SPACINGS)}")
-    tb = cfg.get("trained_betas")
-    if tb is not None and (
-        not isinstance(tb, (list, tuple))
-        or len(tb) != n
-        or not all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b <= 1 for b in tb)
-    ):
-        raise bad("trained_betas is not a list of num_train_timesteps numbers in [0, 1]")
-    if cfg.get("shift") is not None and not 0 < cfg["shift"] <= 1000:
-        raise bad("shift must be above 0")
-    if cfg.get("sigma_min") is not None and not 0 < cfg["sigma_min"] < cfg.get("sigma_max", 80.0):
-        raise bad("sigma_min must be above 0 and below sigma_max")
-    if cfg.get("rho") is not None and not 0 < cfg["rho"] <= 100:
-        raise bad("rho must be above 0")
+    problem = _config_problem(cfg)
+    if problem is not None:
+        raise SdlensError(None, f"{label}: scheduler config {problem}")
 
 
 # --------------------------------------------------------------------------- the training schedule
@@ -303,8 +316,13 @@ def dynamic_mu(schedule: Schedule, res: tuple[int, int]) -> float:
 
 
 def _time_shift(schedule: Schedule, mu: float, s):
+    """s' = e^μ / (e^μ + 1/s − 1) (exponential; diffusers' arithmetic, so bit-identical), or μ / (μ + 1/s − 1)."""
     if schedule.config.get("time_shift_type", "exponential") == "linear":
+        if mu <= 0:
+            raise SdlensError(None, f"{schedule.label}: the linear time shift needs μ > 0 (got {mu:.3g})")
         return mu / (mu + (1 / s - 1) ** 1.0)
+    if mu > 80:  # e^μ overflows float32 (diffusers' arithmetic gives NaN); 1 / (1 + (1/s − 1)·e^−μ) = 1 there
+        return np.ones_like(s)
     return math.exp(mu) / (math.exp(mu) + (1 / s - 1) ** 1.0)
 
 
@@ -333,10 +351,9 @@ def _karras(schedule: Schedule, n: int):
     ramp = torch.linspace(0, 1, n)
     rho = float(c["rho"])
     lo, hi = float(c["sigma_min"]) ** (1 / rho), float(c["sigma_max"]) ** (1 / rho)
-    if c.get("sigma_schedule", "karras") == "exponential":
-        return torch.tensor(
-            np.exp(np.linspace(math.log(float(c["sigma_max"])), math.log(float(c["sigma_min"])), n)),
-            dtype=torch.float32,
+    if c.get("sigma_schedule", "karras") == "exponential":  # as diffusers: ascending, exponentiated, flipped
+        return (
+            torch.linspace(math.log(float(c["sigma_min"])), math.log(float(c["sigma_max"])), n).exp().flip(0)
         )
     return (hi + ramp * (lo - hi)) ** rho
 
@@ -395,37 +412,45 @@ def euler_sigmas(config: Mapping[str, Any], timesteps: np.ndarray) -> np.ndarray
     return np.concatenate([sig, [0]]).astype(np.float32)
 
 
-def ddim_sigmas(config: Mapping[str, Any], timesteps: np.ndarray, eta: float) -> np.ndarray:
-    """DDIM's σ_t(η) = η·√((1 − ᾱ_prev) / (1 − ᾱ_t) · (1 − ᾱ_t / ᾱ_prev)) at each of ``timesteps``, with
-    prev = t − T / N as DDIMScheduler steps (ᾱ_prev = 1 past t = 0 with set_alpha_to_one, else ᾱ_0)."""
+def ddim_sigmas(config: Mapping[str, Any], timesteps: np.ndarray, steps: int, eta: float) -> np.ndarray:
+    """DDIM's σ_t(η) = η·√((1 − ᾱ_prev) / (1 − ᾱ_t) · (1 − ᾱ_t / ᾱ_prev)) at each of ``timesteps`` (all in
+    0 … T−1), with prev = t − ⌊T / steps⌋ as DDIMScheduler steps (ᾱ_prev = 1 past t = 0 with set_alpha_to_one,
+    else ᾱ_0). Where ᾱ has underflowed to 0 the variance is taken as its limit, 1 − ᾱ_prev."""
     ac = _alphas_cumprod(config)
     n = int(config.get("num_train_timesteps", 1000))
     final = 1.0 if config.get("set_alpha_to_one", True) else float(ac[0])
-    step = n // len(timesteps)
+    step = n // steps
     out = []
     for t in timesteps:
         prev = int(t) - step
         a_t = float(ac[int(t)])
         a_prev = float(ac[prev]) if prev >= 0 else final
-        var = (1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev) if a_t < 1 else 0.0
+        if a_t >= 1 or a_prev <= 0:
+            var = 0.0 if a_t >= 1 else 1 - a_prev
+        else:
+            var = (1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)
         out.append(eta * math.sqrt(max(var, 0.0)))
     return np.array(out, dtype=np.float64)
 
 
 def flow_sigmas(schedule: Schedule, steps: int, res: tuple[int, int] | None) -> tuple[np.ndarray, np.ndarray]:
-    """(timesteps, σ with a final 0) of FlowMatchEulerDiscreteScheduler.set_timesteps(steps) as the pipelines
-    call it: SD3 with the number of steps; FLUX (dynamic shift) with σ = linspace(1, 1/N, N) and μ at ``res``."""
+    """(timesteps, σ with a final 0) of FlowMatchEulerDiscreteScheduler.set_timesteps as the pipelines call it:
+    SD3's with the number of steps (σ linear between the shifted ends, then shifted); FLUX's with
+    σ = linspace(1, 1/N, N) (``pipeline_sigmas``), then shifted: by μ at ``res`` (dev) or by ``shift`` (schnell)."""
     import torch
 
     if not 1 <= steps <= MAX_STEPS:
         raise SdlensError(None, f"--steps must be between 1 and {MAX_STEPS}")
     n = schedule.num_train_timesteps
     c = schedule.config
-    if c.get("use_dynamic_shifting"):
-        if res is None:
-            raise SdlensError(None, f"{schedule.label}: its shift depends on the resolution; give --res")
+    if c.get("use_dynamic_shifting") and res is None:
+        raise SdlensError(None, f"{schedule.label}: its shift depends on the resolution; give --res")
+    if schedule.pipeline_sigmas or c.get("use_dynamic_shifting"):
         sig = np.linspace(1.0, 1 / steps, steps).astype(np.float32)
-        sig = _time_shift(schedule, dynamic_mu(schedule, res), sig)
+        if c.get("use_dynamic_shifting"):
+            sig = _time_shift(schedule, dynamic_mu(schedule, res), sig)
+        else:
+            sig = _static_shift(float(c["shift"]), sig)
     else:
         train = _flow_train_sigmas(schedule, None)
         hi, lo = train[0].item(), train[-1].item()

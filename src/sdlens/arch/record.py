@@ -108,6 +108,8 @@ class Pipeline:
     measured: bool = True  # one of the pipelines ``sdlens arch`` lists by default
     # the released scheduler_config.json's values beyond sdlens.arch.schedulers.SCHEDULERS' for its class
     scheduler_config: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    # "linspace": the pipeline hands set_timesteps σ = linspace(1, 1/N, N) (FluxPipeline), "" = its own spacing
+    sigmas: str = ""
 
 
 @dataclass(frozen=True)

@@ -100,6 +100,4 @@ ZERO_SNR_CLASSES = frozenset(name for name, c in CLASSES.items() if c.zero_snr) 
     "LCMScheduler",
     "TCDScheduler",
 }
-# σ_data of an EDM v-prediction model (CosXL style, ``edm_vpred.*`` marker keys): ComfyUI samples these with
-# σ_data 1.0 (its ModelSamplingContinuousEDM for V_PREDICTION_EDM), not EDM's usual 0.5
-EDM_V_SIGMA_DATA = 1.0
+EDM_V_SIGMA_DATA = 1.0  # ComfyUI's σ_data for EDM v-prediction files (edm_vpred markers: CosXL)

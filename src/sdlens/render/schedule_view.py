@@ -135,7 +135,7 @@ def render_schedules(views: Sequence[ScheduleView], console: Console, *, spacing
             f"terminal SNR {'0 (zero terminal SNR)' if tr['zero_terminal_snr'] else _g(tr['terminal_snr'], 3)}"
         )
         for line in lines:
-            console.print(line, highlight=False, soft_wrap=True)
+            console.print(line, highlight=False)
         chosen = _spacing_of(v, spacing)
         console.print(steps_table(v, chosen))
         if s.kind == "discrete":

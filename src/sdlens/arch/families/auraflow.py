@@ -124,6 +124,8 @@ FAMILIES: tuple[Family, ...] = (
             "FlowMatchEulerDiscreteScheduler",
             "flow",
             "AuraFlowPipeline",
+            # ComfyUI's AuraFlow sampling settings (comfy/supported_models.py): shift 1.73
+            scheduler_config={"num_train_timesteps": 1000, "shift": 1.73},
         ),
         diffusers_slots={"denoiser": "transformer", "pile_t5_xl": "text_encoder", "vae": "vae"},
         notebook=(36, 6.8, 6.8, 39974, 52.38),

@@ -128,6 +128,8 @@ FAMILIES: tuple[Family, ...] = (
             "DDPMScheduler",
             "v_prediction",
             "HunyuanDiTPipeline",
+            # ComfyUI's HunyuanDiT (v1.2) sampling settings: scaled linear β 0.00085 -> 0.018 (v1.0 / 1.1: 0.03)
+            scheduler_config={"beta_start": 0.00085, "beta_end": 0.018},
         ),
         diffusers_slots={
             "denoiser": "transformer",
