@@ -12,7 +12,8 @@ from rich.table import Table
 # (zoo file, copy to make, what it was built as)
 CASES = (
     ("sd1_fp16.safetensors", None, "scaled_linear buffers (fp16), epsilon"),
-    ("sd2_fp16.safetensors", None, "scaled_linear buffers, SD 2 (v-prediction release)"),
+    ("sd2_fp16.safetensors", None, "scaled_linear buffers, SD 2, random weights (probe bias std ≈ 0.02)"),
+    ("sd2_fp16.safetensors", "vbias", "SD 2 with the probe bias spread as a v model's (std 0.5)"),
     ("sd1_fp16.safetensors", "tampered", "buffers edited: β × 1.2 from t = 800"),
     ("sdxl_fp16.safetensors", "ztsnr_vpred", "no buffers; ztsnr + v_pred markers"),
     ("flux1-dev.safetensors", None, "no buffers; FLUX.1-dev (flow, dynamic shift)"),
@@ -27,12 +28,17 @@ def _copy(src: Path, how: str, out: Path) -> Path:
     from sdlens.testing.writers import save_safetensors
 
     sd = load_file(src)
-    if how == "tampered":
+    if how == "vbias":  # ComfyUI's SD 2 heuristic reads this bias: std > 0.09 means v-prediction
+        key = "model.diffusion_model.output_blocks.11.1.transformer_blocks.0.norm1.bias"
+        sd[key] = (torch.randn(sd[key].shape, generator=torch.Generator().manual_seed(0)) * 0.5).to(
+            sd[key].dtype
+        )
+    elif how == "tampered":
         betas = sd["betas"].double()
         betas[800:] *= 1.2
         sd["betas"] = betas.to(sd["betas"].dtype)
         sd["alphas_cumprod"] = torch.cumprod(1 - betas, 0).to(sd["alphas_cumprod"].dtype)
-    else:
+    else:  # ztsnr_vpred
         sd["ztsnr"] = torch.tensor([])
         sd["v_pred"] = torch.tensor([])
     path = out / f"{src.stem}-{how}.safetensors"
