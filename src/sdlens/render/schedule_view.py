@@ -32,17 +32,23 @@ def _spacing_of(v: ScheduleView, spacing: str | None) -> str:
     return spacing or own if v.schedule.kind == "discrete" else "own"
 
 
-def _prediction_lines(pred: Any) -> list[str]:
+def _prediction(pred: Any, console: Console) -> None:
+    """The prediction type's one line, then its evidence, one bullet each."""
     if pred is None:
-        return []
-    if hasattr(pred, "summary"):
-        lines = [f"prediction: {safe(pred.summary())}"]
-        lines += [
-            f"  {safe(e.source)}: {safe(e.says)} ({safe(e.strength)}){' — ' + safe(e.detail) if e.detail else ''}"
+        return
+    if not hasattr(pred, "summary"):  # a family's default, in words
+        console.print(f"prediction: {safe(pred)}", highlight=False)
+        return
+    console.print(f"prediction: {safe(pred.summary())}", highlight=False)
+    bullets(
+        console,
+        [
+            f"{safe(e.source)}: {safe(e.says)} ({safe(e.strength)}){' — ' + safe(e.detail) if e.detail else ''}"
             for e in pred.evidence
-        ]
-        return lines
-    return [f"prediction: {safe(pred)}"]
+        ],
+        mark="·",
+        indent=4,
+    )
 
 
 def comparison_table(views: Sequence[ScheduleView], spacing: str | None, wide: bool = True) -> Table:
@@ -127,15 +133,16 @@ def render_schedules(views: Sequence[ScheduleView], console: Console, *, spacing
             fam = f.get("family_name") or "unknown family"
             lines.append(f"file: {safe(f['path'])} ({safe(fam)})")
             lines += [f"marker {safe(m)}" for m in f.get("markers") or []]
-        lines += _prediction_lines(v.prediction)
-        tr = v.train
-        lines.append(
-            f"training: {tr['timesteps']} timesteps, β {_g(tr['beta_start'])} → {_g(tr['beta_end'])}, "
-            f"ᾱ {_g(tr['alpha_bar_0'])} → {_g(tr['alpha_bar_T'])}, σ {_g(tr['sigma_min'])} → {_g(tr['sigma_max'])}; "
-            f"terminal SNR {'0 (zero terminal SNR)' if tr['zero_terminal_snr'] else _g(tr['terminal_snr'], 3)}"
-        )
         for line in lines:
             console.print(line, highlight=False)
+        _prediction(v.prediction, console)
+        tr = v.train
+        console.print(
+            f"training: {tr['timesteps']} timesteps, β {_g(tr['beta_start'])} → {_g(tr['beta_end'])}, "
+            f"ᾱ {_g(tr['alpha_bar_0'])} → {_g(tr['alpha_bar_T'])}, σ {_g(tr['sigma_min'])} → {_g(tr['sigma_max'])}; "
+            f"terminal SNR {'0 (zero terminal SNR)' if tr['zero_terminal_snr'] else _g(tr['terminal_snr'], 3)}",
+            highlight=False,
+        )
         chosen = _spacing_of(v, spacing)
         console.print(steps_table(v, chosen))
         if s.kind == "discrete":
