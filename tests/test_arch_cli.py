@@ -93,14 +93,27 @@ def test_config_json_and_diffusers_folder(small_zoo, tmp_path):
 
 
 def _cli(*args):
+    """The real entry point, in a subprocess."""
     return subprocess.run(
         [sys.executable, "-m", "sdlens.cli", "arch", *args], capture_output=True, text=True, timeout=600
     )
 
 
+def _run(*args):
+    """The CLI in-process (typer's runner, the same command group and error handling): the torch / diffusers
+    imports a subprocess would repeat are already done. ``returncode`` / ``stdout`` / ``stderr`` as a process."""
+    from typer.testing import CliRunner
+
+    import sdlens.cli as cli_mod
+
+    r = CliRunner().invoke(cli_mod.app, ["arch", *args], env={"COLUMNS": "100"})
+    r.returncode = r.exit_code
+    return r
+
+
 def test_cli_json_gemm_diagram(tmp_path):
     gemm, svg = tmp_path / "g.csv", tmp_path / "d.svg"
-    p = _cli("sd1", "--res", "256x256", "--json", "--gemm", str(gemm), "--diagram", str(svg))
+    p = _run("sd1", "--res", "256x256", "--json", "--gemm", str(gemm), "--diagram", str(svg))
     d = json.loads(p.stdout)
     assert d["params"] == 859_520_964 and d["gemm_total_flops"] == d["denoiser"]["total_flops"]
     assert gemm.stat().st_size > 0
@@ -118,12 +131,12 @@ def test_cli_json_gemm_diagram(tmp_path):
 
 
 def test_cli_compare_and_errors():
-    p = _cli("--compare", "sd1,flux", "--res", "256x256")
+    p = _run("--compare", "sd1,flux", "--res", "256x256")
     assert p.returncode == 0, p.stderr
     assert "SD 1.5" in p.stdout and "FLUX.1-dev" in p.stdout and "torchinfo" in p.stdout
     bad = _cli("sd9")
     assert bad.returncode == 2 and "unknown model" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
-    res = _cli("sdxl", "--res", "1000x1000")
+    res = _run("sdxl", "--res", "1000x1000")
     assert res.returncode == 2 and "multiples of" in res.stderr
 
 
@@ -139,7 +152,7 @@ def test_command_module_import_is_cheap():
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 
-def test_a_family_without_an_input_recipe_is_one_clear_line(tmp_path, cli):
+def test_a_family_without_an_input_recipe_is_one_clear_line(tmp_path):
     """Chroma's record derives its config (the count check passes), but sdlens cannot trace its forward yet:
     one line naming the file, exit 2, and none of diffusers' deprecation notices on the terminal."""
     from sdlens.testing import zoo_new_b
@@ -149,13 +162,13 @@ def test_a_family_without_an_input_recipe_is_one_clear_line(tmp_path, cli):
     assert spec.family == "chroma" and spec.reference_params == B.count_params(
         B.build_denoiser(spec.cls_name, spec.config)
     )
-    r = cli("arch", str(path))
+    r = _run(str(path))
     assert r.returncode == 2
     assert r.stderr.count("\n") == 1 and str(path) in r.stderr and "ChromaTransformer2DModel" in r.stderr
     assert "Warning" not in r.stderr and "Traceback" not in r.stderr
 
 
-def test_crafted_shapes_are_one_clear_line(tmp_path, cli):
+def test_crafted_shapes_are_one_clear_line(tmp_path):
     """A FLUX file whose img_in is 1-d: the record's config-from-shapes cannot read it, and says so for the file."""
     import torch
 
@@ -165,12 +178,12 @@ def test_crafted_shapes_are_one_clear_line(tmp_path, cli):
     sd = zoo_dit.build_denoiser("flux_dev", layout="original")
     sd["img_in.weight"] = torch.zeros(8)
     path = save_safetensors(sd, tmp_path / "crafted.safetensors")
-    r = cli("arch", str(path))
+    r = _run(str(path))
     assert r.returncode == 2 and r.stderr.count("\n") == 1
     assert str(path) in r.stderr and "cannot derive a FluxTransformer2DModel config" in r.stderr
 
 
-def test_shapes_that_build_but_do_not_run_are_one_clear_line(tmp_path, cli):
+def test_shapes_that_build_but_do_not_run_are_one_clear_line(tmp_path):
     """A FLUX file whose q-norm width disagrees with its rotary axes builds, but its forward cannot run."""
     import torch
 
@@ -180,6 +193,6 @@ def test_shapes_that_build_but_do_not_run_are_one_clear_line(tmp_path, cli):
     sd = zoo_dit.build_denoiser("flux_dev", layout="original")
     sd["double_blocks.0.img_attn.norm.query_norm.scale"] = torch.zeros(5)
     path = save_safetensors(sd, tmp_path / "crafted.safetensors")
-    r = cli("arch", str(path))
+    r = _run(str(path))
     assert r.returncode == 2 and r.stderr.count("\n") == 1
     assert str(path) in r.stderr and "does not run" in r.stderr

@@ -139,6 +139,8 @@ class _CudaMemory:
         "max_memory_reserved (after empty_cache and reset_peak_memory_stats); the CUDA context is in neither"
     )
 
+    live_forwards = 0  # forwards live_pass runs
+
     def __init__(self, device: torch.device):
         self.device = device
         self.available = True
@@ -183,12 +185,14 @@ class _LinuxProcessMemory:
     method = (
         "process resident memory (Linux): VmHWM of /proc/self/status, reset by writing 5 to /proc/self/clear_refs "
         "after glibc malloc_trim(0); live tensors = one forward after a warm-up, allocations from 64 KiB up "
-        "mapped on their own (mallopt M_MMAP_THRESHOLD); held = over the timed forwards, threshold 32 MiB"
+        "mapped on their own (mallopt M_MMAP_THRESHOLD); held = one more forward with glibc's heap (threshold "
+        "32 MiB), before the timed ones"
     )
 
     def __init__(self) -> None:
         self.available = self._works()
         self.libc = self._glibc()
+        self.live_forwards = 0  # forwards live_pass runs
 
     @staticmethod
     def _status(field_name: str) -> int:
@@ -243,11 +247,10 @@ class _LinuxProcessMemory:
         if self.libc is None:
             return None
         try:
-            del_out = call()  # lazy initialisation (thread pools, kernel caches) outside the measured forward
-            del del_out
+            call()  # lazy initialisation (thread pools, kernel caches) outside the measured forward
             base = self._reset()
-            del_out = call()
-            del del_out
+            call()
+            self.live_forwards = 2
             return self._status("VmHWM") - base
         finally:
             self.finish()
@@ -269,6 +272,25 @@ def _probe(device: torch.device) -> _CudaMemory | _LinuxProcessMemory:
 # --------------------------------------------------------------------------- guards
 
 
+def available_memory() -> int:
+    """Bytes this process may still allocate: the machine's available memory, or less where a cgroup (a
+    container's memory limit: v2 ``memory.max``, v1 ``memory.limit_in_bytes``) leaves less."""
+    import psutil
+
+    available = psutil.virtual_memory().available
+    for limit, used in (
+        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+        ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"),
+    ):
+        try:
+            cap = Path(limit).read_text().strip()
+            if cap.isdigit():
+                return min(available, max(int(cap) - int(Path(used).read_text().strip()), 0))
+        except (OSError, ValueError):
+            continue
+    return available
+
+
 def _check_fits(device: torch.device, need_weights: int, need_total: int, what: str) -> None:
     """Refuse before building: on CUDA when the weights alone do not fit the free memory; on the CPU when the
     estimated weights + activation peak exceed half of the memory available (never push the machine to OOM)."""
@@ -282,9 +304,7 @@ def _check_fits(device: torch.device, need_weights: int, need_total: int, what: 
                 f"{free / gb:.1f} GB free on {torch.cuda.get_device_name(device)}; try --dtype fp16 or a smaller config",
             )
         return
-    import psutil
-
-    available = psutil.virtual_memory().available
+    available = available_memory()
     if need_total > CPU_MEMORY_SHARE * available:
         raise SdlensError(
             None,
@@ -345,11 +365,17 @@ def measure(
     runs: int = 3,
     tokens: int | None = None,
     seed: int = 0,
+    steps: int | None = None,
 ) -> MeasureReport:
     """Time and measure one denoiser forward of ``model`` with random weights on ``device``, beside the
     estimates of :func:`sdlens.analysis.cost.analyse` at the same settings. ``dtype`` None: fp16 on CUDA, fp32
     on the CPU. ``attn``: ``sdpa`` (PyTorch's default dispatch, compared with the fused-attention estimate) or
-    ``math`` (the unfused kernel, compared with the materialised-scores estimate)."""
+    ``math`` (the unfused kernel, compared with the materialised-scores estimate). Order: compile (timed
+    apart), the peaks' own untimed forwards, ``warmup`` forwards, ``runs`` timed ones.
+
+    On a Linux CPU the measurement changes process state for good: glibc's mmap / trim thresholds stay fixed
+    (32 / 64 MiB; setting them ends glibc's dynamic rule) and ``VmHWM`` / ``ru_maxrss`` are reset. A second
+    measurement in the same process may see a heap that holds freed blocks; the CLI runs one per process."""
     check_choice(attn, "attn", MeasureAttention)
     dev = resolve_device(device)
     dtype = dtype or default_dtype(dev)
@@ -357,7 +383,7 @@ def measure(
     if warmup < 0 or runs < 1:
         raise SdlensError(None, "--runs must be at least 1 and --warmup at least 0")
     spec = model if isinstance(model, B.ArchSpec) else resolve(model)
-    est = analyse(spec, res=res, batch=batch, cfg=cfg, dtype=dtype, tokens=tokens)
+    est = analyse(spec, res=res, batch=batch, cfg=cfg, dtype=dtype, tokens=tokens, steps=steps)
     spec = B.with_tokens(spec, tokens)
     s = est.settings
     width, height = s["res"]
@@ -368,7 +394,7 @@ def measure(
     meta = B.build_denoiser(spec.cls_name, spec.config, dt)  # the estimate's model, for its buffers
     est_weights = est.components[0].weight_bytes(dtype) + _buffer_bytes(meta)
     est_act = getattr(est.denoiser, f"peak_{mode}")
-    what = f"{est.name} at {width}×{height}, batch {eff}, {dtype}"
+    what = f"{est.name} at {width}×{height}, denoiser batch {eff}{' (CFG)' if s['cfg'] else ''}, {dtype}"
     _check_fits(dev, est_weights, est_weights + est_act, what)
 
     probe = _probe(dev)
@@ -480,18 +506,23 @@ def _run(
 
     compile_s = None
     live = held = None
+    untimed = 0
     with _running(attn):
         if compile:
             compile_s = _timed(call, dev)  # the first call compiles (and runs once)
-        for _ in range(warmup):
-            _timed(call, dev)
-        if probe.available:
-            live = probe.live_pass(call)  # CPU: before the heap keeps freed blocks
+            untimed += 1
+        if probe.available:  # the peaks from untimed forwards of their own
+            live = probe.live_pass(call)  # CPU: every tensor mapped on its own (None on CUDA)
+            untimed += probe.live_forwards
             probe.start()
-        seconds = [_timed(call, dev) for _ in range(runs)]
-        if probe.available:
+            _timed(call, dev)
+            untimed += 1
             held = probe.held()
             live = probe.live() if live is None else live
+        for _ in range(warmup):  # in the allocator's final state, right before the timed forwards
+            _timed(call, dev)
+        untimed += warmup
+        seconds = [_timed(call, dev) for _ in range(runs)]
     in_bytes = _bytes_of(inputs)
     return {
         "times": {
@@ -499,6 +530,7 @@ def _run(
             "min_s": min(seconds),
             "median_s": statistics.median(seconds),
             "compile_s": compile_s,
+            "untimed_forwards": untimed,
         },
         "inputs": in_bytes,
         "live": None if live is None else max(live, 0) + in_bytes,

@@ -124,11 +124,11 @@ def run(
             )
         if model is None:
             raise SdlensError(None, f"--measure: name a model ({MODELS_HELP})")
-        if img2img or steps is not None:
-            raise SdlensError(
-                None, "--measure times one denoiser forward: --img2img and --steps do not apply"
-            )
-        _measure(model, res, batch, cfg, dtype, tokens, device, attn, compile_model, warmup, runs, json_out)
+        if img2img:
+            raise SdlensError(None, "--measure times one denoiser forward: --img2img does not apply")
+        _measure(
+            model, res, batch, cfg, dtype, tokens, device, attn, compile_model, warmup, runs, json_out, steps
+        )
         return
     dtype = dtype or "fp16"
     kw = {
@@ -203,6 +203,7 @@ def _measure(
     warmup: int,
     runs: int,
     json_out: bool,
+    steps: int | None,
 ) -> None:
     from sdlens.analysis.cost import parse_res
     from sdlens.analysis.measure import measure
@@ -222,6 +223,7 @@ def _measure(
             warmup=warmup,
             runs=runs,
             tokens=tokens,
+            steps=steps,
         )
     if json_out:
         print(dumps({**m.arch.to_dict(), "measured": m.to_dict()}))

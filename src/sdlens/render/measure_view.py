@@ -37,10 +37,10 @@ def render_measure(m: MeasureReport, console: Console) -> None:
     console.print(
         f"{s['device']} ({safe(s['device_name'])}) · {s['dtype']} · attention {s['attn']}"
         + (" · torch.compile" if s["compile"] else "")
-        + f" · {s['res'][0]}×{s['res'][1]} (latent {s['latent'][0]}×{s['latent'][1]}) · denoiser batch "
+        + f" · {s['res'][0]}×{s['res'][1]} (latent {s['latent'][1]}×{s['latent'][0]}) · denoiser batch "
         f"{s['denoiser_batch']}"
         + (" (CFG)" if s["cfg"] else "")
-        + f" · {s['warmup']} warm-up, {s['runs']} timed",
+        + f" · {m.times.get('untimed_forwards', s['warmup'])} untimed forwards, {s['runs']} timed",
         highlight=False,
     )
     t = Table(title="measured vs estimate (one denoiser forward = one sampling step)", title_justify="left")
@@ -56,7 +56,7 @@ def render_measure(m: MeasureReport, console: Console) -> None:
         t.add_row(label, _value(r, r.measured), _value(r, r.estimate) if r.estimate else "", _ratio(r))
     console.print(t)
     console.print(
-        f"{s['steps']} steps ≈ {_value(m.rows[1], m.times['denoise_s'])} of denoising per "
+        f"{s['steps']} steps ≈ {_value(m.row('step (median forward)'), m.times['denoise_s'])} of denoising per "
         f"{'batch' if s['batch'] > 1 else 'image'}; {tf(m.flops_per_forward)} per forward (traced)",
         highlight=False,
     )
