@@ -209,3 +209,29 @@ def test_a_wrong_choice_is_one_line_before_any_work(option, bad, listed):
     ]
     with pytest.raises(SdlensError, match=f"{option} must be {listed}"):
         M.measure("sd1", **{option.strip("-"): bad})
+
+
+def test_the_cpu_guard_honours_a_container_memory_limit(monkeypatch):
+    """In a container the machine's available memory overstates what the process may use: a cgroup v2 limit of
+    2 GB with 1.5 GB in use leaves 0.5 GB, whatever /proc/meminfo says."""
+    import psutil
+
+    files = {"/sys/fs/cgroup/memory.max": "2000000000\n", "/sys/fs/cgroup/memory.current": "1500000000\n"}
+
+    class FakePath:
+        def __init__(self, p):
+            self.p = str(p)
+
+        def read_text(self):
+            if self.p not in files:
+                raise OSError(self.p)
+            return files[self.p]
+
+    class Lots:
+        available = 100_000_000_000
+
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: Lots())
+    monkeypatch.setattr(M, "Path", FakePath)
+    assert M.available_memory() == 500_000_000
+    files["/sys/fs/cgroup/memory.max"] = "max\n"  # no limit: the machine's figure
+    assert M.available_memory() == 100_000_000_000
