@@ -56,15 +56,7 @@ def main() -> None:
             state = bnb4.parse_quant_state(parts["quant_state"])
 
             def run(parts=parts, state=state):
-                bnb4.dequantise_4bit(
-                    parts["weight"],
-                    parts["absmax"],
-                    parts["quant_map"],
-                    state,
-                    parts.get("nested_absmax"),
-                    parts.get("nested_quant_map"),
-                    out=out,
-                )
+                bnb4.dequantise_parts(parts, state, out=out)
 
             t = _best(run, args.repeat)
             line = f"{quant_type} nested={nested!s:5} {dtype:8}  sdlens {t:6.3f} s  {n / t / 1e6:6.0f} M/s"

@@ -38,14 +38,7 @@ def bits(a: np.ndarray) -> np.ndarray:
 
 
 def decode(parts: dict[str, np.ndarray], state: bnb4.Bnb4State) -> np.ndarray:
-    return bnb4.dequantise_4bit(
-        parts["weight"],
-        parts["absmax"],
-        parts["quant_map"],
-        state,
-        parts.get("nested_absmax"),
-        parts.get("nested_quant_map"),
-    )
+    return bnb4.dequantise_parts(parts, state)
 
 
 def bnb_quantise(bnbf, w: torch.Tensor, quant_type: str, blocksize: int, nested: bool):

@@ -23,24 +23,17 @@ from typing import Any
 import numpy as np
 
 from sdlens.arch.scheduler_classes import CLASSES
+from sdlens.arch.schedulers import SCALED_LINEAR
 from sdlens.errors import SdlensError
 
 SPACINGS = ("leading", "trailing", "linspace")
 ETAS = (0.0, 1.0)
 
-_DEFAULTS: dict[str, Any] = {  # the DDPM-family class defaults (DDPMScheduler's)
-    "num_train_timesteps": 1000,
-    "beta_start": 0.0001,
-    "beta_end": 0.02,
-    "beta_schedule": "linear",
-    "rescale_betas_zero_snr": False,
-    "timestep_spacing": "leading",
-    "steps_offset": 0,
-    "set_alpha_to_one": True,
-}
+# the DDPM-family defaults the named schedules start from (DDIMScheduler's class defaults, no rescale)
+_DEFAULTS: dict[str, Any] = {**CLASSES["DDIMScheduler"].defaults, "rescale_betas_zero_snr": False}
 _FLOW_DEFAULTS: dict[str, Any] = dict(CLASSES["FlowMatchEulerDiscreteScheduler"].defaults)
 _EDM_DEFAULTS: dict[str, Any] = dict(CLASSES["EDMDPMSolverMultistepScheduler"].defaults)
-_SD = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "steps_offset": 1}
+_SD = SCALED_LINEAR  # the latent-diffusion β table the SD releases ship (sdlens.arch.schedulers)
 # Lin et al. 2023, "Common Diffusion Noise Schedules and Sample Steps are Flawed": rescale to zero terminal SNR
 # and sample with trailing timesteps
 _ZTSNR = {"rescale_betas_zero_snr": True, "timestep_spacing": "trailing"}

@@ -9,7 +9,7 @@ from typing import Any
 from sdlens.arch import families
 
 # scheduler classes: the settings a released folder gives them beyond the class defaults
-_SCALED_LINEAR: dict[str, Any] = {
+SCALED_LINEAR: dict[str, Any] = {
     "beta_start": 0.00085,
     "beta_end": 0.012,
     "beta_schedule": "scaled_linear",
@@ -18,10 +18,10 @@ _SCALED_LINEAR: dict[str, Any] = {
     "timestep_spacing": "leading",
 }
 SCHEDULERS: dict[str, dict[str, Any]] = {
-    "PNDMScheduler": {**_SCALED_LINEAR, "skip_prk_steps": True, "set_alpha_to_one": False},
-    "DDIMScheduler": {**_SCALED_LINEAR, "clip_sample": False, "set_alpha_to_one": False},
-    "EulerDiscreteScheduler": _SCALED_LINEAR,
-    "DDPMScheduler": {**_SCALED_LINEAR, "clip_sample": False},
+    "PNDMScheduler": {**SCALED_LINEAR, "skip_prk_steps": True, "set_alpha_to_one": False},
+    "DDIMScheduler": {**SCALED_LINEAR, "clip_sample": False, "set_alpha_to_one": False},
+    "EulerDiscreteScheduler": SCALED_LINEAR,
+    "DDPMScheduler": {**SCALED_LINEAR, "clip_sample": False},
     "FlowMatchEulerDiscreteScheduler": {"num_train_timesteps": 1000, "shift": 3.0},
 }
 

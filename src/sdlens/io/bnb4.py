@@ -523,6 +523,22 @@ def _blockwise_scale(x: np.ndarray, bs: int) -> tuple[np.ndarray, np.ndarray]:
     return amax, scaled
 
 
+def dequantise_parts(
+    parts: Mapping[str, np.ndarray], state: Bnb4State, *, out: np.ndarray | None = None
+) -> np.ndarray:
+    """:func:`dequantise_4bit` of a quantised weight's parts by role (``weight``, ``absmax``, ``quant_map``,
+    optional ``nested_absmax`` / ``nested_quant_map``: the keys ``quantise_4bit_numpy`` and a file use)."""
+    return dequantise_4bit(
+        parts["weight"],
+        parts["absmax"],
+        parts.get("quant_map"),
+        state,
+        parts.get("nested_absmax"),
+        parts.get("nested_quant_map"),
+        out=out,
+    )
+
+
 def quantise_4bit_numpy(
     w: np.ndarray,
     quant_type: str = "nf4",

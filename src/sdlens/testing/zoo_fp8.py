@@ -65,6 +65,26 @@ class Fp8Truth:
     metadata: dict[str, str] = field(default_factory=dict)
 
 
+def _put_scaled(
+    out: dict[str, torch.Tensor],
+    scales: dict[str, float],
+    companions: list[str],
+    key: str,
+    t: torch.Tensor,
+    fp8: str,
+    per_tensor_scale: bool,
+    scale_name: str,
+) -> str:
+    """``key``'s weight as fp8 into ``out`` with its float32 scale ``<layer>.<scale_name>``; returns the layer."""
+    q, s = _scaled(t, fp8, per_tensor_scale)
+    layer = key[: -len(".weight")]
+    out[key] = q
+    out[f"{layer}.{scale_name}"] = torch.tensor(s, dtype=torch.float32)
+    scales[key] = s
+    companions.append(f"{layer}.{scale_name}")
+    return layer
+
+
 def _kept(t: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
     if dtype is not None and t.is_floating_point():
         return t.to(dtype)
@@ -96,12 +116,7 @@ def write_scaled_fp8(
     companions = [marker_key]
     for key, t in state_dict.items():
         if select(key, t):
-            q, s = _scaled(t, fp8, per_tensor_scale)
-            layer = key[: -len(".weight")]
-            out[key] = q
-            out[f"{layer}.scale_weight"] = torch.tensor(s, dtype=torch.float32)
-            scales[key] = s
-            companions.append(f"{layer}.scale_weight")
+            layer = _put_scaled(out, scales, companions, key, t, fp8, per_tensor_scale, "scale_weight")
             if scale_input is not None:
                 out[f"{layer}.scale_input"] = torch.tensor(scale_input, dtype=torch.float32)
                 inputs[key] = scale_input
@@ -131,12 +146,7 @@ def write_comfy_quant_fp8(
     companions: list[str] = []
     for key, t in state_dict.items():
         if select(key, t):
-            q, s = _scaled(t, fp8, True)
-            layer = key[: -len(".weight")]
-            out[key] = q
-            out[f"{layer}.weight_scale"] = torch.tensor(s, dtype=torch.float32)
-            scales[key] = s
-            companions.append(f"{layer}.weight_scale")
+            layer = _put_scaled(out, scales, companions, key, t, fp8, True, "weight_scale")
             layers[layer] = {"format": COMFY_FORMAT[fp8]}
             if not in_metadata:
                 blob = json.dumps(layers[layer]).encode("utf-8")

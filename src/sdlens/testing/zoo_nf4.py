@@ -84,14 +84,7 @@ def _reference_values(parts: Mapping[str, Any], quant_type: str):
             return bnbf.dequantize_4bit(parts["weight"], state).float().reshape(shape)
     arrays = {k: v.numpy() for k, v in parts.items()}
     state = bnb4.parse_quant_state(arrays[f"quant_state.bitsandbytes__{quant_type}"], quant_type)
-    values = bnb4.dequantise_4bit(
-        arrays["weight"],
-        arrays["absmax"],
-        arrays["quant_map"],
-        state,
-        arrays.get("nested_absmax"),
-        arrays.get("nested_quant_map"),
-    )
+    values = bnb4.dequantise_parts(arrays, state)
     return torch.from_numpy(values)
 
 
